@@ -1,0 +1,58 @@
+package structs
+
+import "time"
+
+// AgentStatus is the liveness of an agent as the servers see it.
+type AgentStatus string
+
+// Agent statuses.
+const (
+	AgentAlive      AgentStatus = "ALIVE"
+	AgentLost       AgentStatus = "LOST"
+	AgentTerminated AgentStatus = "TERMINATED"
+)
+
+// Agent is a node that runs kernels, as recorded in the state store.
+type Agent struct {
+	ID            string      `json:"id"`
+	Name          string      `json:"name"`
+	ResourceGroup string      `json:"resource_group"`
+	Status        AgentStatus `json:"status"`
+	StatusInfo    string      `json:"status_info,omitempty"`
+	// RPCAddr is where the agent serves its own gRPC API (exec, logs).
+	RPCAddr string `json:"rpc_addr"`
+	// SerfAddr is the agent's gossip address.
+	SerfAddr string   `json:"serf_addr"`
+	Drivers  []string `json:"drivers"`
+	Capacity Slots    `json:"capacity"`
+	// Occupied is the sum of the resources of the kernels placed on this
+	// agent that have not ended; it changes in the same apply as they do.
+	Occupied     Slots     `json:"occupied"`
+	Version      string    `json:"version,omitempty"`
+	RegisteredAt time.Time `json:"registered_at"`
+	UpdatedAt    time.Time `json:"updated_at"`
+	CreateIndex  uint64    `json:"create_index"`
+	ModifyIndex  uint64    `json:"modify_index"`
+}
+
+// Copy returns a deep copy of a.
+func (a *Agent) Copy() *Agent {
+	c := *a
+	c.Drivers = append([]string(nil), a.Drivers...)
+	c.Capacity = a.Capacity.Copy()
+	c.Occupied = a.Occupied.Copy()
+	return &c
+}
+
+// HasDriver reports whether the agent advertises the named driver.
+func (a *Agent) HasDriver(name string) bool {
+	for _, d := range a.Drivers {
+		if d == name {
+			return true
+		}
+	}
+	return false
+}
+
+// Free returns capacity minus occupied.
+func (a *Agent) Free() Slots { return a.Capacity.Sub(a.Occupied) }

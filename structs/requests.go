@@ -1,0 +1,100 @@
+package structs
+
+import "time"
+
+// MessageType tags each raft log entry with the request it carries.
+type MessageType uint8
+
+// Raft log entry types. Never renumber: they are stored in the log.
+const (
+	SessionEnqueueRequestType MessageType = iota + 1
+	PlanApplyRequestType
+	KernelUpdateRequestType
+	AgentUpsertRequestType
+	AgentStatusRequestType
+	SessionDestroyRequestType
+	ScheduleFailureRequestType
+)
+
+// SessionEnqueueRequest adds a new PENDING session and its kernels.
+type SessionEnqueueRequest struct {
+	Session *Session  `json:"session"`
+	Kernels []*Kernel `json:"kernels"`
+	Time    time.Time `json:"time"`
+}
+
+// Placement puts one kernel on one agent.
+type Placement struct {
+	KernelID string `json:"kernel_id"`
+	AgentID  string `json:"agent_id"`
+}
+
+// SessionPlacement places all kernels of one session (gang: all or none).
+type SessionPlacement struct {
+	SessionID  string      `json:"session_id"`
+	Placements []Placement `json:"placements"`
+}
+
+// Plan is the scheduler's proposal for one pass; the FSM re-checks every
+// placement against the latest state and applies what still fits.
+type Plan struct {
+	Placements []SessionPlacement `json:"placements"`
+	// Unplaced says why each session that could not be placed stays PENDING.
+	Unplaced map[string]string `json:"unplaced,omitempty"`
+	// SnapshotIndex is the state index the plan was computed at.
+	SnapshotIndex uint64 `json:"snapshot_index"`
+}
+
+// PlanApplyRequest carries a plan through raft.
+type PlanApplyRequest struct {
+	Plan *Plan     `json:"plan"`
+	Time time.Time `json:"time"`
+}
+
+// PlanResult says what the FSM did with a plan.
+type PlanResult struct {
+	Applied  []string          `json:"applied"`
+	Rejected map[string]string `json:"rejected,omitempty"`
+}
+
+// KernelUpdate is a status change an agent observed for one kernel.
+type KernelUpdate struct {
+	KernelID string       `json:"kernel_id"`
+	Status   KernelStatus `json:"status"`
+	Info     string       `json:"info,omitempty"`
+	ExitCode *int         `json:"exit_code,omitempty"`
+	Time     time.Time    `json:"time"`
+}
+
+// KernelUpdateRequest is a batch of kernel status changes from one agent.
+type KernelUpdateRequest struct {
+	AgentID string          `json:"agent_id"`
+	Updates []*KernelUpdate `json:"updates"`
+}
+
+// AgentUpsertRequest registers an agent or refreshes its inventory.
+type AgentUpsertRequest struct {
+	Agent *Agent    `json:"agent"`
+	Time  time.Time `json:"time"`
+}
+
+// AgentStatusRequest changes an agent's liveness (from serf events).
+type AgentStatusRequest struct {
+	AgentID string      `json:"agent_id"`
+	Status  AgentStatus `json:"status"`
+	Info    string      `json:"info"`
+	Time    time.Time   `json:"time"`
+}
+
+// SessionDestroyRequest asks for a session to be cancelled or terminated.
+type SessionDestroyRequest struct {
+	SessionID string    `json:"session_id"`
+	Reason    string    `json:"reason"`
+	Time      time.Time `json:"time"`
+}
+
+// ScheduleFailureRequest records why pending sessions could not be placed.
+type ScheduleFailureRequest struct {
+	Reasons map[string]string `json:"reasons"`
+	Time    time.Time         `json:"time"`
+}

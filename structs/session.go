@@ -1,0 +1,146 @@
+package structs
+
+import (
+	"fmt"
+	"time"
+)
+
+// SessionType says how a session runs and ends.
+type SessionType string
+
+// Session types.
+const (
+	SessionTypeBatch       SessionType = "batch"
+	SessionTypeInteractive SessionType = "interactive"
+	SessionTypeInference   SessionType = "inference"
+	SessionTypeSystem      SessionType = "system"
+)
+
+// Valid reports whether t is a known session type.
+func (t SessionType) Valid() bool {
+	switch t {
+	case SessionTypeBatch, SessionTypeInteractive, SessionTypeInference, SessionTypeSystem:
+		return true
+	}
+	return false
+}
+
+// DefaultResourceGroup is the resource group of agents and sessions that name none.
+const DefaultResourceGroup = "default"
+
+// StatusChange is one entry of a status history: what, why and when.
+type StatusChange struct {
+	Status string    `json:"status"`
+	Info   string    `json:"info,omitempty"`
+	Time   time.Time `json:"time"`
+}
+
+// Session is a unit of work the user asked for: one or more kernels that run together.
+type Session struct {
+	ID            string        `json:"id"`
+	Name          string        `json:"name,omitempty"`
+	Type          SessionType   `json:"type"`
+	ResourceGroup string        `json:"resource_group"`
+	Status        SessionStatus `json:"status"`
+	StatusInfo    string        `json:"status_info,omitempty"`
+	Result        SessionResult `json:"result"`
+	// ScheduleAttempts counts scheduler passes that could not place the session.
+	ScheduleAttempts int            `json:"schedule_attempts,omitempty"`
+	KernelIDs        []string       `json:"kernel_ids"`
+	History          []StatusChange `json:"status_history"`
+	CreatedAt        time.Time      `json:"created_at"`
+	TerminatedAt     time.Time      `json:"terminated_at,omitzero"`
+	CreateIndex      uint64         `json:"create_index"`
+	ModifyIndex      uint64         `json:"modify_index"`
+}
+
+// Kernel is one container, VM or process of a session, placed on one agent.
+type Kernel struct {
+	ID        string `json:"id"`
+	SessionID string `json:"session_id"`
+	// Role is "main" or "sub"; Idx counts from 1 within the role.
+	Role        string            `json:"role"`
+	Idx         int               `json:"idx"`
+	Hostname    string            `json:"hostname"`
+	Driver      string            `json:"driver"`
+	Image       string            `json:"image,omitempty"`
+	Command     []string          `json:"command"`
+	Env         map[string]string `json:"env,omitempty"`
+	WorkDir     string            `json:"workdir,omitempty"`
+	Resources   Slots             `json:"resources"`
+	AgentID     string            `json:"agent_id,omitempty"`
+	Status      KernelStatus      `json:"status"`
+	StatusInfo  string            `json:"status_info,omitempty"`
+	ExitCode    *int              `json:"exit_code,omitempty"`
+	History     []StatusChange    `json:"status_history"`
+	CreatedAt   time.Time         `json:"created_at"`
+	CreateIndex uint64            `json:"create_index"`
+	ModifyIndex uint64            `json:"modify_index"`
+}
+
+// HoldsSlots reports whether the kernel occupies resources on its agent:
+// it is placed and has not reached a terminal status.
+func (k *Kernel) HoldsSlots() bool {
+	return k.AgentID != "" && !k.Status.Terminal()
+}
+
+// Copy returns a deep copy of k, safe to modify.
+func (k *Kernel) Copy() *Kernel {
+	c := *k
+	c.Command = append([]string(nil), k.Command...)
+	if k.Env != nil {
+		c.Env = make(map[string]string, len(k.Env))
+		for a, b := range k.Env {
+			c.Env[a] = b
+		}
+	}
+	c.Resources = k.Resources.Copy()
+	c.History = append([]StatusChange(nil), k.History...)
+	if k.ExitCode != nil {
+		v := *k.ExitCode
+		c.ExitCode = &v
+	}
+	return &c
+}
+
+// Copy returns a deep copy of s, safe to modify.
+func (s *Session) Copy() *Session {
+	c := *s
+	c.KernelIDs = append([]string(nil), s.KernelIDs...)
+	c.History = append([]StatusChange(nil), s.History...)
+	return &c
+}
+
+// SetStatus moves the kernel to a new status if the transition table allows
+// it, recording why and when in its history.
+func (k *Kernel) SetStatus(to KernelStatus, info string, now time.Time) error {
+	if err := CheckKernelTransition(k.Status, to); err != nil {
+		return fmt.Errorf("kernel %s: %w", k.ID, err)
+	}
+	k.Status = to
+	k.StatusInfo = info
+	k.History = append(k.History, StatusChange{Status: string(to), Info: info, Time: now})
+	return nil
+}
+
+// SetStatus moves the session to a new status if the transition table allows
+// it, recording why and when in its history. Setting the same status with a
+// new reason only records the new reason.
+func (s *Session) SetStatus(to SessionStatus, info string, now time.Time) error {
+	if err := CheckSessionTransition(s.Status, to); err != nil {
+		return fmt.Errorf("session %s: %w", s.ID, err)
+	}
+	if s.Status == to && s.StatusInfo == info {
+		return nil
+	}
+	s.Status = to
+	s.StatusInfo = info
+	s.History = append(s.History, StatusChange{Status: string(to), Info: info, Time: now})
+	if to.Terminal() && s.TerminatedAt.IsZero() {
+		s.TerminatedAt = now
+	}
+	return nil
+}
+
+// MaxHistory bounds a status history so a session retried for days stays small.
+const MaxHistory = 64
