@@ -13,7 +13,6 @@ const (
 	AgentUpsertRequestType
 	AgentStatusRequestType
 	SessionDestroyRequestType
-	ScheduleFailureRequestType
 )
 
 // SessionEnqueueRequest adds a new PENDING session and its kernels.
@@ -91,10 +90,4 @@ type SessionDestroyRequest struct {
 	SessionID string    `json:"session_id"`
 	Reason    string    `json:"reason"`
 	Time      time.Time `json:"time"`
-}
-
-// ScheduleFailureRequest records why pending sessions could not be placed.
-type ScheduleFailureRequest struct {
-	Reasons map[string]string `json:"reasons"`
-	Time    time.Time         `json:"time"`
 }

@@ -1,5 +1,28 @@
 package main
 
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"google.golang.org/grpc"
+
+	"github.com/corral-dev/corral/agent"
+	execdriver "github.com/corral-dev/corral/drivers/exec"
+	"github.com/corral-dev/corral/plugins/drivers"
+	"github.com/corral-dev/corral/rpc"
+	"github.com/corral-dev/corral/server"
+	"github.com/corral-dev/corral/structs"
+)
+
 // runDev, runServer and runAgent start the long-running roles. They are
 // wired in this file only; main.go dispatches to them.
 
@@ -7,8 +30,234 @@ func runDev(args []string) int    { return runDaemon("dev", args) }
 func runServer(args []string) int { return runDaemon("server", args) }
 func runAgent(args []string) int  { return runDaemon("agent", args) }
 
+// listFlag collects a repeatable or comma-separated flag.
+type listFlag []string
+
+func (l *listFlag) String() string { return strings.Join(*l, ",") }
+func (l *listFlag) Set(v string) error {
+	for _, p := range strings.Split(v, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			*l = append(*l, p)
+		}
+	}
+	return nil
+}
+
+type daemonFlags struct {
+	dataDir, name, httpAddr, rpcAddr, serfAddr, agentSerfAddr string
+	group, cpu, mem, logLevel                                 string
+	join                                                      listFlag
+	bootstrapExpect                                           int
+	fastGossip                                                bool
+}
+
+func parseDaemonFlags(role string, args []string) (*daemonFlags, error) {
+	f := &daemonFlags{}
+	fs := flag.NewFlagSet("corral "+role, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	defDir := map[string]string{"dev": "./.corral-dev", "server": "/var/lib/corral/server", "agent": "/var/lib/corral/agent"}[role]
+	fs.StringVar(&f.dataDir, "data-dir", defDir, "directory for state (raft log, snapshots, kernel logs)")
+	fs.StringVar(&f.name, "name", "", "node name in gossip (default: the hostname)")
+	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.BoolVar(&f.fastGossip, "fast-gossip", role == "dev", "shorter gossip timers: failure detection in about a second (loopback, tests)")
+	if role != "agent" {
+		fs.StringVar(&f.httpAddr, "http", "127.0.0.1:8640", "HTTP API address")
+		fs.IntVar(&f.bootstrapExpect, "bootstrap-expect", 1, "number of servers in the first quorum (only 1 yet)")
+	}
+	rpcDef := "127.0.0.1:8641"
+	serfDef := "127.0.0.1:8642"
+	if role == "agent" {
+		rpcDef, serfDef = "127.0.0.1:8644", "127.0.0.1:8643"
+	}
+	fs.StringVar(&f.rpcAddr, "rpc", rpcDef, "gRPC address (agents and servers; raft shares the port)")
+	fs.StringVar(&f.serfAddr, "serf", serfDef, "gossip address")
+	if role == "dev" {
+		fs.StringVar(&f.agentSerfAddr, "agent-serf", "127.0.0.1:8643", "gossip address of the embedded agent")
+	}
+	if role != "dev" {
+		fs.Var(&f.join, "join", "gossip address of any member to join (repeatable)")
+	}
+	if role != "server" {
+		fs.StringVar(&f.group, "resource-group", structs.DefaultResourceGroup, "resource group of this agent")
+		fs.StringVar(&f.cpu, "cpu", "", "override the fingerprinted cpu capacity (cores)")
+		fs.StringVar(&f.mem, "mem", "", "override the fingerprinted memory capacity (e.g. 8G)")
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fs.SetOutput(os.Stdout)
+			fmt.Printf("Usage: corral %s [flags]\n", role)
+			fs.PrintDefaults()
+		}
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	if role == "agent" && len(f.join) == 0 {
+		return nil, errors.New("-join ADDR is required: the gossip address of any server or agent")
+	}
+	return f, nil
+}
+
+func (f *daemonFlags) capacity() (structs.Slots, error) {
+	out := structs.Slots{}
+	if f.cpu != "" {
+		q, err := structs.ParseQuantity(f.cpu)
+		if err != nil || q <= 0 {
+			return nil, fmt.Errorf("invalid -cpu %q: want a positive number of cores", f.cpu)
+		}
+		out[structs.SlotCPU] = q
+	}
+	if f.mem != "" {
+		q, err := structs.ParseBytes(f.mem)
+		if err != nil || q <= 0 {
+			return nil, fmt.Errorf("invalid -mem %q: want a size such as 8G", f.mem)
+		}
+		out[structs.SlotMem] = q
+	}
+	return out, nil
+}
+
+func newLogger(level string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("invalid -log-level %q: want debug, info, warn or error", level)
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l})), nil
+}
+
+func builtinDrivers(logger *slog.Logger) []drivers.Driver {
+	return []drivers.Driver{execdriver.New(logger.With("driver", "exec"))}
+}
+
 func runDaemon(role string, args []string) int {
-	_ = role
-	_ = args
-	return 1
+	f, err := parseDaemonFlags(role, args)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "Error: %v (see 'corral %s -h')\n", err, role)
+		return 2
+	}
+	logger, err := newLogger(f.logLevel)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "Error: %v\n", err)
+		return 2
+	}
+	capacity, err := f.capacity()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "Error: %v\n", err)
+		return 2
+	}
+	// Raft, serf and memberlist log through here: warnings and errors only.
+	libLog := &levelFilter{w: os.Stderr}
+
+	var srv *server.Server
+	var agt *agent.Agent
+	var shared *grpc.Server
+	if role == "dev" {
+		shared = grpc.NewServer(rpc.ServerOptions()...)
+	}
+	if role != "agent" {
+		srv, err = server.New(server.Config{
+			NodeName: nodeName(f.name, "-server"), DataDir: dataSubdir(role, f.dataDir, "server"),
+			HTTPAddr: f.httpAddr, RPCAddr: f.rpcAddr, SerfAddr: f.serfAddr, Join: f.join,
+			BootstrapExpect: f.bootstrapExpect, GRPC: shared, Logger: logger, LogOutput: libLog,
+			FastGossip: f.fastGossip,
+		})
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "Error: %v\n", err)
+			return 1
+		}
+		go func() {
+			if err := srv.Serve(); err != nil {
+				logger.Error("gRPC server stopped", "error", err)
+			}
+		}()
+	}
+	if role != "server" {
+		cfg := agent.Config{
+			Name: nodeName(f.name, ""), DataDir: dataSubdir(role, f.dataDir, "agent"), ResourceGroup: f.group,
+			RPCAddr: f.rpcAddr, SerfAddr: f.serfAddr, Join: f.join, Drivers: builtinDrivers(logger),
+			Capacity: capacity, Logger: logger, LogOutput: libLog, FastGossip: f.fastGossip,
+		}
+		if role == "dev" {
+			cfg.RPCAddr = srv.RPCAddr()
+			cfg.SerfAddr = f.agentSerfAddr
+			cfg.Join = []string{srv.SerfAddr()}
+			cfg.GRPC = shared
+		}
+		agt, err = agent.New(cfg)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "Error: %v\n", err)
+			if srv != nil {
+				srv.Shutdown()
+			}
+			return 1
+		}
+	}
+	switch role {
+	case "dev":
+		fmt.Printf("corral dev is running (data in %s)\n", f.dataDir)
+		fmt.Printf("  HTTP API:   http://%s\n  gRPC+raft:  %s\n  gossip:     %s (server), %s (agent)\n", srv.HTTPAddr(), srv.RPCAddr(), srv.SerfAddr(), agt.SerfAddr())
+		fmt.Printf("Try: bin/corral session create -wait -- sh -c 'echo hello'\n")
+	case "server":
+		fmt.Printf("corral server is running (data in %s): HTTP http://%s, gRPC+raft %s, gossip %s\n", f.dataDir, srv.HTTPAddr(), srv.RPCAddr(), srv.SerfAddr())
+	case "agent":
+		fmt.Printf("corral agent %s is running (data in %s): gRPC %s, gossip %s, joining %s\n", agt.ID(), f.dataDir, f.rpcAddr, agt.SerfAddr(), f.join.String())
+	}
+
+	sig := make(chan os.Signal, 2)
+	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
+	s := <-sig
+	logger.Info("shutting down", "signal", s.String())
+	go func() {
+		<-sig
+		fmt.Fprintln(os.Stderr, "second signal: exiting now")
+		os.Exit(1)
+	}()
+	if agt != nil {
+		// The exec driver cannot reattach to kernels yet: stop them and let
+		// their final status reach the server before leaving.
+		agt.StopKernels(10 * time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		agt.Flush(ctx)
+		cancel()
+		agt.Shutdown()
+	}
+	if srv != nil {
+		srv.Shutdown()
+	}
+	return 0
+}
+
+// dataSubdir keeps the server's and the agent's files apart in `corral dev`.
+func dataSubdir(role, dir, sub string) string {
+	if role == "dev" {
+		return dir + string(os.PathSeparator) + sub
+	}
+	return dir
+}
+
+func nodeName(name, suffix string) string {
+	if name == "" {
+		name, _ = os.Hostname()
+	}
+	return name + suffix
+}
+
+// levelFilter passes only warning and error lines of the libraries' loggers.
+type levelFilter struct{ w io.Writer }
+
+func (l *levelFilter) Write(p []byte) (int, error) {
+	s := string(p)
+	if strings.Contains(s, "[WARN]") || strings.Contains(s, "[ERR") || strings.Contains(s, "[error]") || strings.Contains(s, "[warn]") {
+		// memberlist warns on every refused probe during a normal shutdown;
+		// keep its noise down to errors.
+		if strings.Contains(s, "memberlist") && strings.Contains(s, "[WARN]") {
+			return len(p), nil
+		}
+		return l.w.Write(p)
+	}
+	return len(p), nil
 }

@@ -1,0 +1,48 @@
+# corral: `make run` starts a single-node cluster on loopback, `make test`
+# runs the whole suite. Both install what they need when it is missing.
+
+GO      ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X main.version=$(VERSION)
+GOFILES := $(shell find . -name '*.go' -not -path './.git/*')
+
+.PHONY: all build run test deps lint bench clean
+
+all: build
+
+build: bin/corral
+
+bin/corral: $(GOFILES) go.mod go.sum
+	@mkdir -p bin
+	$(GO) build -ldflags "$(LDFLAGS)" -o bin/corral ./cmd/corral
+
+# deps installs the Debian packages the tests and drivers use, when missing.
+deps:
+	@need=""; \
+	command -v ip >/dev/null 2>&1 || need="$$need iproute2"; \
+	command -v busybox >/dev/null 2>&1 || need="$$need busybox-static"; \
+	if [ -n "$$need" ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "installing:$$need"; \
+			DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null && \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$need >/dev/null; \
+		else echo "missing packages:$$need (install them as root)"; fi; \
+	fi
+
+run: deps build
+	./bin/corral dev
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+test: deps lint
+	$(GO) test -count=1 -timeout 20m ./...
+
+bench: build
+	$(GO) test -run '^$$' -bench . -benchtime 1x ./server/... 
+	@echo "whole-system figures: start 'make run' and then 'bin/corral bench'"
+
+clean:
+	rm -rf bin

@@ -1,0 +1,339 @@
+// Package agent is corral's node process: it joins the gossip pool,
+// fingerprints the node, registers with a server, receives the kernels
+// placed on it over a long-lived gRPC stream, runs them through drivers and
+// reports their status changes back.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/hashicorp/serf/serf"
+	"google.golang.org/grpc"
+
+	"github.com/corral-dev/corral/gossip"
+	"github.com/corral-dev/corral/plugins/drivers"
+	"github.com/corral-dev/corral/rpc"
+	"github.com/corral-dev/corral/structs"
+)
+
+// Version is reported in gossip tags and registration.
+var Version = "dev"
+
+// Config configures an agent.
+type Config struct {
+	// Name names the node; default the hostname.
+	Name string
+	// DataDir holds the agent's ID and the kernels' directories and logs.
+	DataDir string
+	// ResourceGroup is the group the agent's slots belong to (default "default").
+	ResourceGroup string
+	// RPCAddr is where the agent's own gRPC service (exec, logs) listens,
+	// or, with GRPC set, the address of the shared port to advertise.
+	RPCAddr string
+	// SerfAddr is the agent's gossip bind address.
+	SerfAddr string
+	// Join lists gossip addresses of any members (servers or agents).
+	Join []string
+	// GRPC, when set, is a gRPC server shared with an in-process gossip.
+	GRPC *grpc.Server
+	// Drivers are the drivers this agent offers.
+	Drivers []drivers.Driver
+	// Capacity overrides fingerprinted slots (e.g. to reserve some for the host).
+	Capacity structs.Slots
+	// Logger receives structured logs; LogOutput the logs of serf and memberlist.
+	Logger    *slog.Logger
+	LogOutput io.Writer
+	// FastGossip shortens gossip timers (tests, dev).
+	FastGossip bool
+}
+
+// Agent is one running agent.
+type Agent struct {
+	cfg     Config
+	id      string
+	logger  *slog.Logger
+	drivers map[string]drivers.Driver
+
+	capacity structs.Slots
+	serf     *serf.Serf
+	events   chan serf.Event
+
+	grpc    *grpc.Server
+	ownGRPC bool
+	ln      net.Listener
+
+	mu      sync.Mutex
+	kernels map[string]*kernelRunner
+	conn    *serverConn
+
+	reporter *reporter
+
+	ctx      context.Context
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
+	shutdown sync.Once
+}
+
+// New starts an agent: fingerprint, gossip join, and the connection loop
+// to the servers it finds through gossip.
+func New(cfg Config) (*Agent, error) {
+	if cfg.DataDir == "" {
+		return nil, errors.New("agent: a data dir is required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.LogOutput == nil {
+		cfg.LogOutput = os.Stderr
+	}
+	if cfg.ResourceGroup == "" {
+		cfg.ResourceGroup = structs.DefaultResourceGroup
+	}
+	if cfg.Name == "" {
+		cfg.Name, _ = os.Hostname()
+	}
+	if cfg.SerfAddr == "" {
+		cfg.SerfAddr = "127.0.0.1:8643"
+	}
+	if cfg.RPCAddr == "" {
+		cfg.RPCAddr = "127.0.0.1:8644"
+	}
+	if len(cfg.Drivers) == 0 {
+		return nil, errors.New("agent: no drivers configured")
+	}
+	if err := os.MkdirAll(filepath.Join(cfg.DataDir, "kernels"), 0o700); err != nil {
+		return nil, fmt.Errorf("agent: data dir: %w", err)
+	}
+	id, err := agentID(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	a := &Agent{cfg: cfg, id: id, logger: cfg.Logger.With("agent_id", id[:8]), drivers: map[string]drivers.Driver{},
+		kernels: map[string]*kernelRunner{}, ctx: ctx, cancel: cancel}
+	a.reporter = newReporter(a)
+	ok := false
+	defer func() {
+		if !ok {
+			a.Shutdown()
+		}
+	}()
+	for _, d := range cfg.Drivers {
+		fp, err := d.Fingerprint(ctx)
+		if err != nil || fp.Health != drivers.HealthHealthy {
+			a.logger.Warn("driver unavailable on this node", "driver", d.Name(), "error", err)
+			continue
+		}
+		a.drivers[d.Name()] = d
+	}
+	if len(a.drivers) == 0 {
+		return nil, errors.New("agent: none of the configured drivers is healthy on this node")
+	}
+	a.capacity, err = fingerprint()
+	if err != nil {
+		return nil, err
+	}
+	for k, v := range cfg.Capacity {
+		a.capacity[k] = v
+	}
+
+	a.grpc = cfg.GRPC
+	if a.grpc == nil {
+		a.ln, err = net.Listen("tcp", cfg.RPCAddr)
+		if err != nil {
+			return nil, fmt.Errorf("agent: rpc listen on %s: %w", cfg.RPCAddr, err)
+		}
+		a.cfg.RPCAddr = a.ln.Addr().String()
+		a.grpc = grpc.NewServer(rpc.ServerOptions()...)
+		a.ownGRPC = true
+	}
+	rpc.RegisterAgentService(a.grpc, &agentService{a: a})
+	if a.ownGRPC {
+		a.wg.Add(1)
+		go func() { defer a.wg.Done(); _ = a.grpc.Serve(a.ln) }()
+	}
+	if err := a.setupSerf(); err != nil {
+		return nil, err
+	}
+	a.wg.Add(2)
+	go func() { defer a.wg.Done(); a.connectLoop() }()
+	go func() { defer a.wg.Done(); a.reporter.run(a.ctx) }()
+	ok = true
+	a.logger.Info("agent started", "name", cfg.Name, "capacity", a.capacity.String(), "drivers", a.driverNames(), "rpc", a.cfg.RPCAddr, "gossip", a.SerfAddr())
+	return a, nil
+}
+
+// ID is the agent's node ID.
+func (a *Agent) ID() string { return a.id }
+
+// SerfAddr is the agent's gossip address.
+func (a *Agent) SerfAddr() string {
+	if a.serf == nil {
+		return a.cfg.SerfAddr
+	}
+	m := a.serf.LocalMember()
+	return net.JoinHostPort(m.Addr.String(), fmt.Sprint(m.Port))
+}
+
+// Shutdown leaves the gossip pool and stops the agent. Kernels keep
+// running; a later issue reattaches them after a restart.
+func (a *Agent) Shutdown() {
+	a.shutdown.Do(func() {
+		a.cancel()
+		if a.serf != nil {
+			_ = a.serf.Leave()
+			_ = a.serf.Shutdown()
+		}
+		if a.ownGRPC && a.grpc != nil {
+			a.grpc.Stop()
+		}
+		a.wg.Wait()
+	})
+}
+
+// StopKernels stops every kernel this agent runs (used by `corral dev` on exit).
+func (a *Agent) StopKernels(timeout time.Duration) {
+	a.mu.Lock()
+	var rs []*kernelRunner
+	for _, r := range a.kernels {
+		rs = append(rs, r)
+	}
+	a.mu.Unlock()
+	for _, r := range rs {
+		r.requestStop("agent shutting down")
+	}
+	deadline := time.After(timeout)
+	for _, r := range rs {
+		select {
+		case <-r.done:
+		case <-deadline:
+			return
+		}
+	}
+}
+
+func (a *Agent) driverNames() []string {
+	var out []string
+	for n := range a.drivers {
+		out = append(out, n)
+	}
+	return out
+}
+
+func (a *Agent) inventory() *structs.Agent {
+	return &structs.Agent{
+		ID: a.id, Name: a.cfg.Name, ResourceGroup: a.cfg.ResourceGroup, RPCAddr: a.cfg.RPCAddr,
+		SerfAddr: a.SerfAddr(), Drivers: a.driverNames(), Capacity: a.capacity.Copy(), Version: Version,
+	}
+}
+
+func (a *Agent) setupSerf() error {
+	a.events = make(chan serf.Event, 64)
+	tags := map[string]string{
+		gossip.TagRole: "agent", gossip.TagID: a.id, gossip.TagRPC: a.cfg.RPCAddr,
+		gossip.TagGroup: a.cfg.ResourceGroup, gossip.TagSlots: gossip.FormatSlots(a.capacity),
+		gossip.TagDrivers: strings.Join(a.driverNames(), ","), gossip.TagVersion: Version,
+	}
+	conf, err := gossip.NewConfig(a.cfg.Name, a.cfg.SerfAddr, tags, a.cfg.FastGossip, a.events)
+	if err != nil {
+		return err
+	}
+	conf.LogOutput = a.cfg.LogOutput
+	conf.MemberlistConfig.LogOutput = a.cfg.LogOutput
+	sf, err := serf.Create(conf)
+	if err != nil {
+		return fmt.Errorf("agent: gossip on %s: %w", a.cfg.SerfAddr, err)
+	}
+	a.serf = sf
+	a.wg.Add(2)
+	go func() { defer a.wg.Done(); a.joinLoop() }()
+	go func() {
+		defer a.wg.Done()
+		for {
+			select {
+			case <-a.ctx.Done():
+				return
+			case <-a.events:
+			}
+		}
+	}()
+	return nil
+}
+
+// joinLoop joins the gossip pool and keeps retrying while no server is known.
+func (a *Agent) joinLoop() {
+	if len(a.cfg.Join) == 0 {
+		return
+	}
+	delay := 100 * time.Millisecond
+	for {
+		if len(a.servers()) > 0 {
+			return
+		}
+		if _, err := a.serf.Join(a.cfg.Join, true); err != nil {
+			a.logger.Warn("gossip join failed, retrying", "addrs", a.cfg.Join, "error", err)
+		}
+		select {
+		case <-a.ctx.Done():
+			return
+		case <-time.After(delay):
+		}
+		if delay < 5*time.Second {
+			delay *= 2
+		}
+	}
+}
+
+// servers lists the RPC addresses of alive servers seen through gossip.
+func (a *Agent) servers() []string {
+	var out []string
+	for _, m := range a.serf.Members() {
+		if m.Status == serf.StatusAlive && m.Tags[gossip.TagRole] == "server" && m.Tags[gossip.TagRPC] != "" {
+			out = append(out, m.Tags[gossip.TagRPC])
+		}
+	}
+	return out
+}
+
+// agentID reads the agent's ID from the data dir, creating it on first start.
+func agentID(dir string) (string, error) {
+	p := filepath.Join(dir, "agent-id")
+	if b, err := os.ReadFile(p); err == nil {
+		if id := strings.TrimSpace(string(b)); id != "" {
+			return id, nil
+		}
+	}
+	id := uuid.NewString()
+	if err := os.WriteFile(p, []byte(id+"\n"), 0o600); err != nil {
+		return "", fmt.Errorf("write agent id: %w", err)
+	}
+	return id, nil
+}
+
+// Flush waits until every queued status report reached a server, or ctx ends.
+func (a *Agent) Flush(ctx context.Context) {
+	for {
+		a.reporter.mu.Lock()
+		n := len(a.reporter.pending)
+		a.reporter.mu.Unlock()
+		if n == 0 {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}

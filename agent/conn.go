@@ -1,0 +1,183 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/corral-dev/corral/rpc"
+	"github.com/corral-dev/corral/structs"
+)
+
+// serverConn is the agent's current connection to a server.
+type serverConn struct {
+	addr   string
+	cc     *grpc.ClientConn
+	client *rpc.ServerClient
+}
+
+// currentConn waits for a server connection or ctx's end.
+func (a *Agent) currentConn(ctx context.Context) (*serverConn, error) {
+	for {
+		a.mu.Lock()
+		c := a.conn
+		a.mu.Unlock()
+		if c != nil {
+			return c, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// connectLoop keeps one registered connection with a watch stream open to
+// some server, moving to another (or reconnecting) when it breaks.
+func (a *Agent) connectLoop() {
+	delay := 50 * time.Millisecond
+	for a.ctx.Err() == nil {
+		servers := a.servers()
+		if len(servers) == 0 {
+			select {
+			case <-a.ctx.Done():
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+			continue
+		}
+		addr := servers[rand.IntN(len(servers))]
+		err := a.session(addr)
+		if a.ctx.Err() != nil {
+			return
+		}
+		a.logger.Warn("server connection lost, reconnecting", "server", addr, "error", err, "retry_in", delay)
+		select {
+		case <-a.ctx.Done():
+			return
+		case <-time.After(delay):
+		}
+		if delay < 2*time.Second {
+			delay *= 2
+		}
+		if err == nil {
+			delay = 50 * time.Millisecond
+		}
+	}
+}
+
+// session registers with one server and follows its kernel stream until it breaks.
+func (a *Agent) session(addr string) error {
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return err
+	}
+	defer cc.Close()
+	client := rpc.NewServerClient(cc)
+	ctx, cancel := context.WithCancel(a.ctx)
+	defer cancel()
+	rctx, rcancel := context.WithTimeout(ctx, 10*time.Second)
+	_, err = client.Register(rctx, &rpc.RegisterRequest{Agent: a.inventory()})
+	rcancel()
+	if err != nil {
+		return err
+	}
+	stream, err := client.WatchKernels(ctx, &rpc.WatchRequest{AgentID: a.id})
+	if err != nil {
+		return err
+	}
+	conn := &serverConn{addr: addr, cc: cc, client: client}
+	a.mu.Lock()
+	a.conn = conn
+	a.mu.Unlock()
+	defer func() {
+		a.mu.Lock()
+		if a.conn == conn {
+			a.conn = nil
+		}
+		a.mu.Unlock()
+	}()
+	a.logger.Info("connected to server", "server", addr)
+	a.reporter.kick()
+	for {
+		msg, err := stream.Recv()
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				return errors.New("server closed the stream")
+			}
+			return err
+		}
+		a.handleAssignments(msg)
+	}
+}
+
+// handleAssignments reconciles local kernels with what the server says.
+func (a *Agent) handleAssignments(msg *rpc.WatchResponse) {
+	listed := map[string]bool{}
+	for _, k := range msg.Kernels {
+		listed[k.ID] = true
+		a.handleKernel(k)
+	}
+	if !msg.Full {
+		return
+	}
+	// The server's state wins: a kernel we run that the server no longer
+	// lists as live is stopped.
+	a.mu.Lock()
+	var orphans []*kernelRunner
+	for id, r := range a.kernels {
+		if !listed[id] && !r.isDone() {
+			orphans = append(orphans, r)
+		}
+	}
+	a.mu.Unlock()
+	for _, r := range orphans {
+		a.logger.Warn("stopping kernel the server no longer knows as live", "kernel_id", r.id)
+		r.requestStop("the server no longer lists this kernel as live")
+	}
+}
+
+func (a *Agent) handleKernel(k *structs.Kernel) {
+	a.mu.Lock()
+	r, ok := a.kernels[k.ID]
+	a.mu.Unlock()
+	if ok {
+		switch {
+		case k.Status == structs.KernelTerminating:
+			r.requestStop(k.StatusInfo)
+		case k.Status.Terminal():
+			if r.isDone() {
+				a.mu.Lock()
+				delete(a.kernels, k.ID)
+				a.mu.Unlock()
+			} else {
+				r.requestStop("the server marked the kernel " + string(k.Status))
+			}
+		}
+		return
+	}
+	switch k.Status {
+	case structs.KernelScheduled:
+		d, ok := a.drivers[k.Driver]
+		if !ok {
+			a.reporter.report(k.ID, structs.KernelError, "driver "+k.Driver+" is not available on agent "+a.cfg.Name, nil)
+			return
+		}
+		r := newKernelRunner(a, k, d)
+		a.mu.Lock()
+		a.kernels[k.ID] = r
+		a.mu.Unlock()
+		a.wg.Add(1)
+		go func() { defer a.wg.Done(); r.run(a.ctx) }()
+	case structs.KernelTerminating:
+		a.reporter.report(k.ID, structs.KernelTerminated, "kernel was not running on the agent", nil)
+	case structs.KernelPreparing, structs.KernelPulling, structs.KernelCreating, structs.KernelRunning, structs.KernelRestarting:
+		a.reporter.report(k.ID, structs.KernelError, "kernel process lost: the agent restarted and has no record of it", nil)
+	}
+}

@@ -1,0 +1,158 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/corral-dev/corral/plugins/drivers"
+	"github.com/corral-dev/corral/structs"
+)
+
+// stopTimeout is how long a kernel gets between SIGTERM and SIGKILL.
+const stopTimeout = 5 * time.Second
+
+// kernelRunner drives one kernel through its driver and reports each
+// status change.
+type kernelRunner struct {
+	a      *Agent
+	id     string
+	kernel *structs.Kernel
+	driver drivers.Driver
+
+	stopOnce   sync.Once
+	stopCh     chan struct{}
+	stopReason string
+	done       chan struct{}
+}
+
+func newKernelRunner(a *Agent, k *structs.Kernel, d drivers.Driver) *kernelRunner {
+	return &kernelRunner{a: a, id: k.ID, kernel: k, driver: d, stopCh: make(chan struct{}), done: make(chan struct{})}
+}
+
+func (r *kernelRunner) requestStop(reason string) {
+	r.stopOnce.Do(func() {
+		r.stopReason = reason
+		close(r.stopCh)
+	})
+}
+
+func (r *kernelRunner) isDone() bool {
+	select {
+	case <-r.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// kernelDir is where a kernel's working directory and logs live on the agent.
+func (a *Agent) kernelDir(id string) string { return filepath.Join(a.cfg.DataDir, "kernels", id) }
+
+// taskConfig turns a kernel record into the driver's task config.
+func (r *kernelRunner) taskConfig() *drivers.TaskConfig {
+	k := r.kernel
+	dir := r.a.kernelDir(k.ID)
+	env := map[string]string{
+		"CORRAL_SESSION_ID":    k.SessionID,
+		"CORRAL_KERNEL_ID":     k.ID,
+		"CORRAL_CLUSTER_ROLE":  k.Role,
+		"CORRAL_CLUSTER_IDX":   strconv.Itoa(k.Idx),
+		"CORRAL_CLUSTER_HOST":  k.Hostname,
+		"CORRAL_CLUSTER_HOSTS": k.Hostname,
+		"CORRAL_CLUSTER_SIZE":  "1",
+	}
+	for key, v := range k.Env {
+		env[key] = v
+	}
+	workdir := k.WorkDir
+	if workdir == "" {
+		workdir = filepath.Join(dir, "work")
+	}
+	return &drivers.TaskConfig{
+		ID: k.ID, SessionID: k.SessionID, Hostname: k.Hostname, Image: k.Image,
+		Command: k.Command, Env: env, WorkDir: workdir, TaskDir: dir, Resources: k.Resources.Copy(),
+		StdoutPath: filepath.Join(dir, "stdout.log"), StderrPath: filepath.Join(dir, "stderr.log"),
+	}
+}
+
+func (r *kernelRunner) run(ctx context.Context) {
+	defer close(r.done)
+	log := r.a.logger.With("kernel_id", r.id, "session_id", r.kernel.SessionID)
+	rep := r.a.reporter
+	cfg := r.taskConfig()
+	rep.report(r.id, structs.KernelPreparing, "preparing kernel directory on agent "+r.a.cfg.Name, nil)
+	if err := os.MkdirAll(cfg.WorkDir, 0o755); err != nil {
+		rep.report(r.id, structs.KernelError, "preparing kernel directory: "+err.Error(), nil)
+		return
+	}
+	select {
+	case <-r.stopCh:
+		rep.report(r.id, structs.KernelTerminated, r.stopReason+" (before it started)", nil)
+		return
+	default:
+	}
+	if _, err := r.driver.Start(ctx, cfg); err != nil {
+		log.Warn("kernel failed to start", "error", err)
+		rep.report(r.id, structs.KernelError, fmt.Sprintf("driver %s could not start the kernel: %v", r.driver.Name(), err), nil)
+		return
+	}
+	rep.report(r.id, structs.KernelRunning, "started by driver "+r.driver.Name(), nil)
+	waitCh, err := r.driver.Wait(ctx, r.id)
+	if err != nil {
+		rep.report(r.id, structs.KernelError, "driver wait: "+err.Error(), nil)
+		r.destroy(log)
+		return
+	}
+	var res *drivers.ExitResult
+	stopped := false
+	select {
+	case res = <-waitCh:
+	case <-r.stopCh:
+		stopped = true
+		if err := r.driver.Stop(context.Background(), r.id, stopTimeout, "SIGTERM"); err != nil {
+			log.Warn("stopping kernel failed", "error", err)
+		}
+		select {
+		case res = <-waitCh:
+		case <-time.After(stopTimeout + 5*time.Second):
+			log.Warn("kernel did not exit after stop; destroying it")
+		}
+	case <-ctx.Done():
+		return // agent shutting down: the kernel keeps running
+	}
+	r.destroy(log)
+	var code *int
+	info := ""
+	switch {
+	case res == nil:
+		info = "killed: " + r.stopReason
+	case res.Err != nil:
+		info = "exit status unknown: " + res.Err.Error()
+	case res.Signal != 0:
+		c := res.ExitCode
+		code = &c
+		info = fmt.Sprintf("killed by signal %d", res.Signal)
+	default:
+		c := res.ExitCode
+		code = &c
+		info = fmt.Sprintf("exited with code %d", c)
+	}
+	if res != nil && res.OOMKilled {
+		info += " (out of memory)"
+	}
+	if stopped {
+		info = r.stopReason + ": " + info
+	}
+	rep.report(r.id, structs.KernelTerminated, info, code)
+}
+
+func (r *kernelRunner) destroy(log interface{ Warn(string, ...any) }) {
+	if err := r.driver.Destroy(context.Background(), r.id, true); err != nil {
+		log.Warn("destroying kernel failed", "error", err)
+	}
+}

@@ -1,0 +1,118 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/corral-dev/corral/plugins/drivers"
+	"github.com/corral-dev/corral/rpc"
+)
+
+// defaultLogTail is how much of each log stream Logs returns by default.
+const defaultLogTail = 8 << 20
+
+// agentService implements the gRPC service servers call on agents.
+type agentService struct{ a *Agent }
+
+var _ rpc.AgentService = (*agentService)(nil)
+
+// frameWriter turns writes into exec frames on a shared stream.
+type frameWriter struct {
+	mu     *sync.Mutex
+	stream rpc.ExecStream
+	name   string
+}
+
+func (w *frameWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	data := append([]byte(nil), p...)
+	if err := w.stream.Send(&rpc.ExecFrame{Stream: w.name, Data: data}); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// Exec runs a command in a kernel and streams its output and exit code.
+func (s *agentService) Exec(req *rpc.ExecRequest, stream rpc.ExecStream) error {
+	s.a.mu.Lock()
+	r, ok := s.a.kernels[req.KernelID]
+	s.a.mu.Unlock()
+	if !ok || r.isDone() {
+		return status.Errorf(codes.NotFound, "kernel %s is not running on agent %s", req.KernelID, s.a.cfg.Name)
+	}
+	var mu sync.Mutex
+	code, err := r.driver.Exec(stream.Context(), req.KernelID, &drivers.ExecOptions{
+		Command: req.Command, Env: req.Env,
+		Stdout: &frameWriter{mu: &mu, stream: stream, name: "stdout"},
+		Stderr: &frameWriter{mu: &mu, stream: stream, name: "stderr"},
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	if err != nil {
+		if errors.Is(err, drivers.ErrNotSupported) {
+			return stream.Send(&rpc.ExecFrame{Error: fmt.Sprintf("driver %s cannot exec", r.driver.Name())})
+		}
+		return stream.Send(&rpc.ExecFrame{Error: err.Error()})
+	}
+	return stream.Send(&rpc.ExecFrame{ExitCode: &code})
+}
+
+// Logs returns the tail of a kernel's stdout and stderr.
+func (s *agentService) Logs(ctx context.Context, req *rpc.LogsRequest) (*rpc.LogsResponse, error) {
+	if req.KernelID == "" || filepath.Base(req.KernelID) != req.KernelID {
+		return nil, status.Error(codes.InvalidArgument, "logs: invalid kernel ID")
+	}
+	dir := s.a.kernelDir(req.KernelID)
+	if _, err := os.Stat(dir); err != nil {
+		return nil, status.Errorf(codes.NotFound, "no logs for kernel %s on agent %s", req.KernelID, s.a.cfg.Name)
+	}
+	max := req.MaxBytes
+	if max <= 0 {
+		max = defaultLogTail
+	}
+	out := &rpc.LogsResponse{}
+	var err error
+	var t1, t2 bool
+	if out.Stdout, t1, err = tail(filepath.Join(dir, "stdout.log"), max); err != nil {
+		return nil, status.Error(codes.Internal, err.Error())
+	}
+	if out.Stderr, t2, err = tail(filepath.Join(dir, "stderr.log"), max); err != nil {
+		return nil, status.Error(codes.Internal, err.Error())
+	}
+	out.Truncated = t1 || t2
+	return out, nil
+}
+
+// tail reads at most max bytes from the end of a file; a missing file is empty.
+func tail(path string, max int64) ([]byte, bool, error) {
+	f, err := os.Open(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return []byte{}, false, nil
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, false, err
+	}
+	truncated := false
+	if st.Size() > max {
+		if _, err := f.Seek(st.Size()-max, io.SeekStart); err != nil {
+			return nil, false, err
+		}
+		truncated = true
+	}
+	b, err := io.ReadAll(io.LimitReader(f, max))
+	return b, truncated, err
+}

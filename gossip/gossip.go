@@ -1,0 +1,86 @@
+// Package gossip holds what servers and agents share about the serf pool:
+// the tag schema and the serf/memberlist configuration.
+package gossip
+
+import (
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+	"github.com/hashicorp/serf/serf"
+
+	"github.com/corral-dev/corral/structs"
+)
+
+// Gossip tag keys shared by servers and agents.
+const (
+	TagRole    = "role"    // "server" or "agent"
+	TagID      = "id"      // node ID
+	TagRPC     = "rpc"     // gRPC address
+	TagHTTP    = "http"    // HTTP API address (servers)
+	TagGroup   = "group"   // resource group (agents)
+	TagSlots   = "slots"   // compact capacity summary, "cpu=2,mem=8589934592"
+	TagDrivers = "drivers" // comma-separated driver names
+	TagVersion = "version"
+)
+
+// NewConfig builds a serf config bound to addr ("host:port"); fast
+// shortens the failure detector's timers (loopback tests, dev).
+func NewConfig(nodeName, addr string, tags map[string]string, fast bool, events chan<- serf.Event) (*serf.Config, error) {
+	host, portStr, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, fmt.Errorf("gossip address %q: %w", addr, err)
+	}
+	port, err := strconv.Atoi(portStr)
+	if err != nil {
+		return nil, fmt.Errorf("gossip port %q: %w", portStr, err)
+	}
+	conf := serf.DefaultConfig()
+	conf.Init()
+	conf.NodeName = nodeName
+	conf.Tags = tags
+	conf.EventCh = events
+	conf.MemberlistConfig = memberlist.DefaultLANConfig()
+	conf.MemberlistConfig.Name = nodeName
+	conf.MemberlistConfig.BindAddr = host
+	conf.MemberlistConfig.BindPort = port
+	conf.MemberlistConfig.AdvertiseAddr = host
+	conf.MemberlistConfig.AdvertisePort = port
+	if fast {
+		conf.MemberlistConfig.ProbeInterval = 200 * time.Millisecond
+		conf.MemberlistConfig.ProbeTimeout = 100 * time.Millisecond
+		conf.MemberlistConfig.GossipInterval = 50 * time.Millisecond
+		conf.MemberlistConfig.SuspicionMult = 2
+		conf.ReapInterval = 5 * time.Second
+		conf.ReconnectTimeout = time.Minute
+		conf.TombstoneTimeout = time.Minute
+	}
+	return conf, nil
+}
+
+// FormatSlots renders slots compactly for a gossip tag.
+func FormatSlots(s structs.Slots) string {
+	parts := make([]string, 0, len(s))
+	for _, k := range s.Names() {
+		parts = append(parts, k+"="+s[k].String())
+	}
+	return strings.Join(parts, ",")
+}
+
+// ParseSlots reads a slots gossip tag.
+func ParseSlots(tag string) structs.Slots {
+	out := structs.Slots{}
+	for _, kv := range strings.Split(tag, ",") {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok {
+			continue
+		}
+		if q, err := structs.ParseQuantity(v); err == nil {
+			out[k] = q
+		}
+	}
+	return out
+}

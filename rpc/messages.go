@@ -1,0 +1,64 @@
+package rpc
+
+import (
+	"github.com/corral-dev/corral/structs"
+)
+
+// RegisterRequest is an agent's full inventory, sent on every (re)connect.
+type RegisterRequest struct {
+	Agent *structs.Agent `json:"agent"`
+}
+
+// RegisterResponse acknowledges a registration.
+type RegisterResponse struct {
+	ServerName string `json:"server_name"`
+	Index      uint64 `json:"index"`
+}
+
+// WatchRequest opens the stream of an agent's kernel assignments.
+type WatchRequest struct {
+	AgentID string `json:"agent_id"`
+}
+
+// WatchResponse carries kernels placed on the agent that changed since the
+// last message. The first message of a stream has Full set and lists every
+// kernel the server has on the agent that has not ended.
+type WatchResponse struct {
+	Full    bool              `json:"full"`
+	Index   uint64            `json:"index"`
+	Kernels []*structs.Kernel `json:"kernels"`
+}
+
+// UpdateKernelsResponse says which updates the server skipped and why.
+type UpdateKernelsResponse struct {
+	Index   uint64            `json:"index"`
+	Skipped map[string]string `json:"skipped,omitempty"`
+}
+
+// ExecRequest runs a command inside a kernel on the agent.
+type ExecRequest struct {
+	KernelID string            `json:"kernel_id"`
+	Command  []string          `json:"command"`
+	Env      map[string]string `json:"env,omitempty"`
+}
+
+// ExecFrame is one chunk of an exec's output, or its end.
+type ExecFrame struct {
+	Stream   string `json:"stream,omitempty"`
+	Data     []byte `json:"data,omitempty"`
+	ExitCode *int   `json:"exit_code,omitempty"`
+	Error    string `json:"error,omitempty"`
+}
+
+// LogsRequest asks for a kernel's logs; MaxBytes bounds each stream (the tail is kept).
+type LogsRequest struct {
+	KernelID string `json:"kernel_id"`
+	MaxBytes int64  `json:"max_bytes,omitempty"`
+}
+
+// LogsResponse holds the kernel's stdout and stderr.
+type LogsResponse struct {
+	Stdout    []byte `json:"stdout"`
+	Stderr    []byte `json:"stderr"`
+	Truncated bool   `json:"truncated,omitempty"`
+}

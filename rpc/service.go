@@ -1,0 +1,192 @@
+package rpc
+
+import (
+	"context"
+
+	"google.golang.org/grpc"
+
+	"github.com/corral-dev/corral/structs"
+)
+
+// MaxMessageSize bounds one gRPC message (logs are the largest).
+const MaxMessageSize = 64 << 20
+
+// CallOptions are the options every client of these services must use.
+func CallOptions() []grpc.CallOption {
+	return []grpc.CallOption{grpc.CallContentSubtype(codecName), grpc.MaxCallRecvMsgSize(MaxMessageSize), grpc.MaxCallSendMsgSize(MaxMessageSize)}
+}
+
+// ServerOptions are the options every gRPC server of these services must use.
+func ServerOptions() []grpc.ServerOption {
+	return []grpc.ServerOption{grpc.MaxRecvMsgSize(MaxMessageSize), grpc.MaxSendMsgSize(MaxMessageSize)}
+}
+
+// ServerService is what servers offer agents.
+type ServerService interface {
+	Register(ctx context.Context, req *RegisterRequest) (*RegisterResponse, error)
+	WatchKernels(req *WatchRequest, stream WatchStream) error
+	UpdateKernels(ctx context.Context, req *structs.KernelUpdateRequest) (*UpdateKernelsResponse, error)
+}
+
+// WatchStream is the server side of WatchKernels.
+type WatchStream interface {
+	Send(*WatchResponse) error
+	Context() context.Context
+}
+
+// AgentService is what agents offer servers.
+type AgentService interface {
+	Exec(req *ExecRequest, stream ExecStream) error
+	Logs(ctx context.Context, req *LogsRequest) (*LogsResponse, error)
+}
+
+// ExecStream is the agent side of Exec.
+type ExecStream interface {
+	Send(*ExecFrame) error
+	Context() context.Context
+}
+
+type sendStream[T any] struct{ grpc.ServerStream }
+
+func (s sendStream[T]) Send(m *T) error { return s.ServerStream.SendMsg(m) }
+
+func unary[Req, Resp any](call func(srv any, ctx context.Context, req *Req) (*Resp, error), name string) grpc.MethodDesc {
+	return grpc.MethodDesc{
+		MethodName: name,
+		Handler: func(srv any, ctx context.Context, dec func(any) error, icpt grpc.UnaryServerInterceptor) (any, error) {
+			req := new(Req)
+			if err := dec(req); err != nil {
+				return nil, err
+			}
+			if icpt == nil {
+				return call(srv, ctx, req)
+			}
+			info := &grpc.UnaryServerInfo{Server: srv, FullMethod: name}
+			return icpt(ctx, req, info, func(ctx context.Context, r any) (any, error) {
+				return call(srv, ctx, r.(*Req))
+			})
+		},
+	}
+}
+
+const (
+	serverServiceName = "corral.v1.Server"
+	agentServiceName  = "corral.v1.Agent"
+)
+
+var serverDesc = grpc.ServiceDesc{
+	ServiceName: serverServiceName,
+	HandlerType: (*ServerService)(nil),
+	Methods: []grpc.MethodDesc{
+		unary(func(srv any, ctx context.Context, req *RegisterRequest) (*RegisterResponse, error) {
+			return srv.(ServerService).Register(ctx, req)
+		}, "Register"),
+		unary(func(srv any, ctx context.Context, req *structs.KernelUpdateRequest) (*UpdateKernelsResponse, error) {
+			return srv.(ServerService).UpdateKernels(ctx, req)
+		}, "UpdateKernels"),
+	},
+	Streams: []grpc.StreamDesc{{
+		StreamName:    "WatchKernels",
+		ServerStreams: true,
+		Handler: func(srv any, stream grpc.ServerStream) error {
+			req := new(WatchRequest)
+			if err := stream.RecvMsg(req); err != nil {
+				return err
+			}
+			return srv.(ServerService).WatchKernels(req, sendStream[WatchResponse]{stream})
+		},
+	}},
+}
+
+var agentDesc = grpc.ServiceDesc{
+	ServiceName: agentServiceName,
+	HandlerType: (*AgentService)(nil),
+	Methods: []grpc.MethodDesc{
+		unary(func(srv any, ctx context.Context, req *LogsRequest) (*LogsResponse, error) {
+			return srv.(AgentService).Logs(ctx, req)
+		}, "Logs"),
+	},
+	Streams: []grpc.StreamDesc{{
+		StreamName:    "Exec",
+		ServerStreams: true,
+		Handler: func(srv any, stream grpc.ServerStream) error {
+			req := new(ExecRequest)
+			if err := stream.RecvMsg(req); err != nil {
+				return err
+			}
+			return srv.(AgentService).Exec(req, sendStream[ExecFrame]{stream})
+		},
+	}},
+}
+
+// RegisterServerService adds the server's agent-facing service to s.
+func RegisterServerService(s *grpc.Server, impl ServerService) { s.RegisterService(&serverDesc, impl) }
+
+// RegisterAgentService adds the agent's server-facing service to s.
+func RegisterAgentService(s *grpc.Server, impl AgentService) { s.RegisterService(&agentDesc, impl) }
+
+// ServerClient calls the Server service.
+type ServerClient struct{ cc grpc.ClientConnInterface }
+
+// NewServerClient returns a client of the Server service over cc.
+func NewServerClient(cc grpc.ClientConnInterface) *ServerClient { return &ServerClient{cc: cc} }
+
+// Register sends the agent's inventory.
+func (c *ServerClient) Register(ctx context.Context, req *RegisterRequest) (*RegisterResponse, error) {
+	out := new(RegisterResponse)
+	return out, c.cc.Invoke(ctx, "/"+serverServiceName+"/Register", req, out, CallOptions()...)
+}
+
+// UpdateKernels reports a batch of kernel status changes.
+func (c *ServerClient) UpdateKernels(ctx context.Context, req *structs.KernelUpdateRequest) (*UpdateKernelsResponse, error) {
+	out := new(UpdateKernelsResponse)
+	return out, c.cc.Invoke(ctx, "/"+serverServiceName+"/UpdateKernels", req, out, CallOptions()...)
+}
+
+// WatchKernels opens the agent's assignment stream.
+func (c *ServerClient) WatchKernels(ctx context.Context, req *WatchRequest) (*RecvStream[WatchResponse], error) {
+	return openStream[WatchResponse](ctx, c.cc, &serverDesc.Streams[0], "/"+serverServiceName+"/WatchKernels", req)
+}
+
+// AgentClient calls the Agent service.
+type AgentClient struct{ cc grpc.ClientConnInterface }
+
+// NewAgentClient returns a client of the Agent service over cc.
+func NewAgentClient(cc grpc.ClientConnInterface) *AgentClient { return &AgentClient{cc: cc} }
+
+// Logs reads a kernel's logs.
+func (c *AgentClient) Logs(ctx context.Context, req *LogsRequest) (*LogsResponse, error) {
+	out := new(LogsResponse)
+	return out, c.cc.Invoke(ctx, "/"+agentServiceName+"/Logs", req, out, CallOptions()...)
+}
+
+// Exec runs a command in a kernel and streams its output.
+func (c *AgentClient) Exec(ctx context.Context, req *ExecRequest) (*RecvStream[ExecFrame], error) {
+	return openStream[ExecFrame](ctx, c.cc, &agentDesc.Streams[0], "/"+agentServiceName+"/Exec", req)
+}
+
+// RecvStream is the receiving side of a server-streaming call.
+type RecvStream[T any] struct{ cs grpc.ClientStream }
+
+// Recv returns the next message, or io.EOF at the end of the stream.
+func (s *RecvStream[T]) Recv() (*T, error) {
+	m := new(T)
+	if err := s.cs.RecvMsg(m); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+func openStream[T any](ctx context.Context, cc grpc.ClientConnInterface, desc *grpc.StreamDesc, method string, req any) (*RecvStream[T], error) {
+	cs, err := cc.NewStream(ctx, desc, method, CallOptions()...)
+	if err != nil {
+		return nil, err
+	}
+	if err := cs.SendMsg(req); err != nil {
+		return nil, err
+	}
+	if err := cs.CloseSend(); err != nil {
+		return nil, err
+	}
+	return &RecvStream[T]{cs: cs}, nil
+}

@@ -1,0 +1,157 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-memdb"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	"github.com/corral-dev/corral/rpc"
+	"github.com/corral-dev/corral/server/state"
+	"github.com/corral-dev/corral/structs"
+)
+
+// agentEndpoint implements the gRPC service agents call.
+type agentEndpoint struct{ srv *Server }
+
+var _ rpc.ServerService = (*agentEndpoint)(nil)
+
+func grpcError(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, ErrNotLeader):
+		return status.Error(codes.Unavailable, err.Error())
+	case errors.Is(err, state.ErrNotFound):
+		return status.Error(codes.NotFound, err.Error())
+	}
+	return status.Error(codes.Internal, err.Error())
+}
+
+// Register records the agent's inventory through raft.
+func (e *agentEndpoint) Register(ctx context.Context, req *rpc.RegisterRequest) (*rpc.RegisterResponse, error) {
+	if req.Agent == nil || req.Agent.ID == "" {
+		return nil, status.Error(codes.InvalidArgument, "register: agent ID is required")
+	}
+	a := req.Agent.Copy()
+	a.Status = structs.AgentAlive
+	a.StatusInfo = "registered"
+	_, idx, err := e.srv.apply(structs.AgentUpsertRequestType, &structs.AgentUpsertRequest{Agent: a, Time: time.Now().UTC()})
+	if err != nil {
+		return nil, grpcError(err)
+	}
+	e.srv.logger.Info("agent registered", "agent_id", a.ID, "name", a.Name, "capacity", a.Capacity.String(), "drivers", a.Drivers)
+	return &rpc.RegisterResponse{ServerName: e.srv.cfg.NodeName, Index: idx}, nil
+}
+
+// UpdateKernels applies a batch of kernel status changes through raft.
+func (e *agentEndpoint) UpdateKernels(ctx context.Context, req *structs.KernelUpdateRequest) (*rpc.UpdateKernelsResponse, error) {
+	if req.AgentID == "" {
+		return nil, status.Error(codes.InvalidArgument, "update: agent ID is required")
+	}
+	resp, idx, err := e.srv.apply(structs.KernelUpdateRequestType, req)
+	if err != nil {
+		return nil, grpcError(err)
+	}
+	out := &rpc.UpdateKernelsResponse{Index: idx}
+	if skipped, ok := resp.(map[string]string); ok && len(skipped) > 0 {
+		out.Skipped = skipped
+	}
+	return out, nil
+}
+
+// WatchKernels streams the kernels placed on an agent: first every kernel
+// that has not ended, then each kernel again whenever it changes.
+func (e *agentEndpoint) WatchKernels(req *rpc.WatchRequest, stream rpc.WatchStream) error {
+	if req.AgentID == "" {
+		return status.Error(codes.InvalidArgument, "watch: agent ID is required")
+	}
+	ctx := stream.Context()
+	sent := map[string]uint64{}
+	full := true
+	for {
+		abandon := e.srv.state.AbandonCh()
+		ws := memdb.NewWatchSet()
+		snap := e.srv.state.Snapshot()
+		ks, err := snap.KernelsByAgent(ws, req.AgentID)
+		if err != nil {
+			return grpcError(err)
+		}
+		msg := &rpc.WatchResponse{Full: full, Index: snap.Index("kernels")}
+		for _, k := range ks {
+			last, seen := sent[k.ID]
+			switch {
+			case full && k.Status.Terminal():
+				continue
+			case seen && last >= k.ModifyIndex:
+				continue
+			case !full && !seen && k.Status.Terminal():
+				continue
+			}
+			msg.Kernels = append(msg.Kernels, k)
+			if k.Status.Terminal() {
+				delete(sent, k.ID) // ended kernels are not sent again
+			} else {
+				sent[k.ID] = k.ModifyIndex
+			}
+		}
+		if full || len(msg.Kernels) > 0 {
+			if err := stream.Send(msg); err != nil {
+				return err
+			}
+		}
+		full = false
+		ws.Add(abandon)
+		if err := ws.WatchCtx(ctx); err != nil {
+			return nil
+		}
+		select {
+		case <-abandon:
+			full = true
+			sent = map[string]uint64{}
+		default:
+		}
+	}
+}
+
+// agentConns caches gRPC connections to agents (exec, logs).
+type agentConns struct {
+	mu    sync.Mutex
+	conns map[string]*grpc.ClientConn
+}
+
+func newAgentConns() *agentConns { return &agentConns{conns: map[string]*grpc.ClientConn{}} }
+
+func (c *agentConns) client(addr string) (*rpc.AgentClient, error) {
+	if addr == "" {
+		return nil, fmt.Errorf("agent has no RPC address")
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	cc, ok := c.conns[addr]
+	if !ok {
+		var err error
+		cc, err = grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			return nil, err
+		}
+		c.conns[addr] = cc
+	}
+	return rpc.NewAgentClient(cc), nil
+}
+
+func (c *agentConns) closeAll() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for k, cc := range c.conns {
+		cc.Close()
+		delete(c.conns, k)
+	}
+}

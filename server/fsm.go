@@ -1,0 +1,123 @@
+package server
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/corral-dev/corral/server/state"
+	"github.com/corral-dev/corral/structs"
+)
+
+// fsm applies committed raft log entries to the state store. Every entry is
+// one MessageType byte followed by the request as JSON.
+type fsm struct {
+	state  *state.StateStore
+	logger *slog.Logger
+}
+
+var _ raft.FSM = (*fsm)(nil)
+
+// encodeCommand frames a request for the raft log.
+func encodeCommand(t structs.MessageType, req any) ([]byte, error) {
+	body, err := json.Marshal(req)
+	if err != nil {
+		return nil, err
+	}
+	return append([]byte{byte(t)}, body...), nil
+}
+
+// Apply applies one committed entry. It returns an error value (not a
+// panic) for requests the state refuses, so the caller can report it.
+func (f *fsm) Apply(l *raft.Log) any {
+	if l.Type != raft.LogCommand || len(l.Data) == 0 {
+		return nil
+	}
+	t, body := structs.MessageType(l.Data[0]), l.Data[1:]
+	switch t {
+	case structs.SessionEnqueueRequestType:
+		var req structs.SessionEnqueueRequest
+		if err := json.Unmarshal(body, &req); err != nil {
+			return err
+		}
+		return f.state.EnqueueSession(l.Index, &req)
+	case structs.PlanApplyRequestType:
+		var req structs.PlanApplyRequest
+		if err := json.Unmarshal(body, &req); err != nil {
+			return err
+		}
+		res, err := f.state.ApplyPlan(l.Index, &req)
+		if err != nil {
+			return err
+		}
+		return res
+	case structs.KernelUpdateRequestType:
+		var req structs.KernelUpdateRequest
+		if err := json.Unmarshal(body, &req); err != nil {
+			return err
+		}
+		skipped, err := f.state.UpdateKernels(l.Index, &req)
+		if err != nil {
+			return err
+		}
+		for id, why := range skipped {
+			f.logger.Debug("kernel update skipped", "kernel_id", id, "agent_id", req.AgentID, "reason", why)
+		}
+		return skipped
+	case structs.AgentUpsertRequestType:
+		var req structs.AgentUpsertRequest
+		if err := json.Unmarshal(body, &req); err != nil {
+			return err
+		}
+		return f.state.UpsertAgent(l.Index, &req)
+	case structs.AgentStatusRequestType:
+		var req structs.AgentStatusRequest
+		if err := json.Unmarshal(body, &req); err != nil {
+			return err
+		}
+		return f.state.SetAgentStatus(l.Index, &req)
+	case structs.SessionDestroyRequestType:
+		var req structs.SessionDestroyRequest
+		if err := json.Unmarshal(body, &req); err != nil {
+			return err
+		}
+		return f.state.DestroySession(l.Index, &req)
+	}
+	// An unknown type means a newer server wrote the log: refuse loudly
+	// rather than silently diverging.
+	panic(fmt.Sprintf("corral: unknown raft message type %d at index %d", t, l.Index))
+}
+
+// Snapshot captures the whole state for raft's snapshot store.
+func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
+	d, err := f.state.Snapshot().Dump()
+	if err != nil {
+		return nil, err
+	}
+	return &fsmSnapshot{dump: d}, nil
+}
+
+// Restore replaces the state with a snapshot.
+func (f *fsm) Restore(rc io.ReadCloser) error {
+	defer rc.Close()
+	var d state.Dump
+	if err := json.NewDecoder(rc).Decode(&d); err != nil {
+		return fmt.Errorf("decode snapshot: %w", err)
+	}
+	return f.state.Restore(&d)
+}
+
+type fsmSnapshot struct{ dump *state.Dump }
+
+func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) error {
+	if err := json.NewEncoder(sink).Encode(s.dump); err != nil {
+		sink.Cancel()
+		return err
+	}
+	return sink.Close()
+}
+
+func (s *fsmSnapshot) Release() {}

@@ -1,0 +1,487 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/hashicorp/go-memdb"
+	"google.golang.org/grpc/status"
+
+	"github.com/corral-dev/corral/api"
+	"github.com/corral-dev/corral/rpc"
+	"github.com/corral-dev/corral/server/state"
+	"github.com/corral-dev/corral/structs"
+)
+
+// httpError is an error with the HTTP status it should be answered with.
+type httpError struct {
+	code int
+	msg  string
+}
+
+func (e *httpError) Error() string { return e.msg }
+
+func badRequest(format string, args ...any) error {
+	return &httpError{code: http.StatusBadRequest, msg: fmt.Sprintf(format, args...)}
+}
+
+func (s *Server) setupHTTP() error {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /v1/sessions", s.wrap(s.createSession))
+	mux.HandleFunc("GET /v1/sessions", s.wrap(s.listSessions))
+	mux.HandleFunc("GET /v1/sessions/{ref}", s.wrap(s.getSession))
+	mux.HandleFunc("DELETE /v1/sessions/{ref}", s.wrap(s.destroySession))
+	mux.HandleFunc("GET /v1/sessions/{ref}/logs", s.wrap(s.sessionLogs))
+	mux.HandleFunc("POST /v1/sessions/{ref}/exec", s.execSession)
+	mux.HandleFunc("GET /v1/agents", s.wrap(s.listAgents))
+	mux.HandleFunc("GET /v1/agents/{id}", s.wrap(s.getAgent))
+	mux.HandleFunc("GET /v1/status/leader", s.wrap(s.leader))
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path))
+	})
+	ln, err := net.Listen("tcp", s.cfg.HTTPAddr)
+	if err != nil {
+		return fmt.Errorf("http listen on %s: %w", s.cfg.HTTPAddr, err)
+	}
+	s.httpLn = ln
+	s.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		if err := s.httpSrv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.logger.Error("http server stopped", "error", err)
+		}
+	}()
+	return nil
+}
+
+type handler func(w http.ResponseWriter, r *http.Request) (any, error)
+
+// wrap turns a handler's result into JSON and its error into a 4xx/5xx
+// answer with {"error": "..."}.
+func (s *Server) wrap(h handler) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		out, err := h(w, r)
+		if err != nil {
+			code, msg := errorStatus(err)
+			if code >= 500 {
+				s.logger.Error("http request failed", "method", r.Method, "path", r.URL.Path, "error", err)
+			}
+			writeError(w, code, msg)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		code := http.StatusOK
+		if r.Method == http.MethodPost {
+			code = http.StatusCreated
+		}
+		w.WriteHeader(code)
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(out)
+	}
+}
+
+func errorStatus(err error) (int, string) {
+	var he *httpError
+	switch {
+	case errors.As(err, &he):
+		return he.code, he.msg
+	case errors.Is(err, state.ErrNotFound):
+		return http.StatusNotFound, err.Error()
+	case errors.Is(err, state.ErrAmbiguous):
+		return http.StatusBadRequest, err.Error()
+	case errors.Is(err, ErrNotLeader):
+		return http.StatusServiceUnavailable, err.Error()
+	}
+	return http.StatusInternalServerError, err.Error()
+}
+
+func writeError(w http.ResponseWriter, code int, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(api.ErrorResponse{Error: msg})
+}
+
+// decodeBody reads a JSON body strictly: one object, no unknown fields.
+func decodeBody(r *http.Request, v any) error {
+	if r.Body == nil {
+		return badRequest("request body is required")
+	}
+	dec := json.NewDecoder(io.LimitReader(r.Body, 1<<20))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		if errors.Is(err, io.EOF) {
+			return badRequest("request body is empty: want a JSON object")
+		}
+		return badRequest("malformed JSON body: %v", err)
+	}
+	if dec.More() {
+		return badRequest("malformed JSON body: unexpected data after the object")
+	}
+	return nil
+}
+
+var (
+	nameRe   = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+	envKeyRe = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+)
+
+// Bounds on what a kernel may ask for; anything beyond is a typo, not a request.
+var slotBounds = map[string]struct{ min, max structs.Quantity }{
+	structs.SlotCPU:        {min: 1, max: structs.Whole(4096)},
+	structs.SlotMem:        {min: structs.Whole(1 << 20), max: structs.Whole(64 << 40)},
+	structs.SlotCUDADevice: {min: structs.Whole(1), max: structs.Whole(64)},
+}
+
+// builtinDrivers are the drivers every agent has.
+var builtinDrivers = []string{"exec"}
+
+func (s *Server) knownDrivers(snap *state.Snapshot) []string {
+	seen := map[string]bool{}
+	var out []string
+	add := func(d string) {
+		if !seen[d] {
+			seen[d] = true
+			out = append(out, d)
+		}
+	}
+	for _, d := range builtinDrivers {
+		add(d)
+	}
+	agents, _ := snap.Agents(nil)
+	for _, a := range agents {
+		for _, d := range a.Drivers {
+			add(d)
+		}
+	}
+	return out
+}
+
+// validateCreate checks a create request and builds the session and its kernels.
+func (s *Server) validateCreate(req *api.CreateSessionRequest, snap *state.Snapshot, now time.Time) (*structs.Session, []*structs.Kernel, error) {
+	if req.Type == "" {
+		req.Type = structs.SessionTypeBatch
+	}
+	switch req.Type {
+	case structs.SessionTypeBatch, structs.SessionTypeInteractive:
+	case structs.SessionTypeInference, structs.SessionTypeSystem:
+		return nil, nil, badRequest("session type %q is not supported yet: use batch or interactive", req.Type)
+	default:
+		return nil, nil, badRequest("unknown session type %q: use batch or interactive", req.Type)
+	}
+	if req.Driver == "" {
+		req.Driver = "exec"
+	}
+	drivers := s.knownDrivers(snap)
+	found := false
+	for _, d := range drivers {
+		found = found || d == req.Driver
+	}
+	if !found {
+		return nil, nil, badRequest("unknown driver %q: known drivers are %s", req.Driver, strings.Join(drivers, ", "))
+	}
+	if len(req.Command) == 0 || strings.TrimSpace(req.Command[0]) == "" {
+		return nil, nil, badRequest("command is empty: give the program to run, e.g. [\"sh\", \"-c\", \"echo hi\"]")
+	}
+	if req.Name != "" {
+		if !nameRe.MatchString(req.Name) {
+			return nil, nil, badRequest("invalid session name %q: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit", req.Name)
+		}
+		if existing, err := snap.ResolveSession(nil, req.Name); err == nil && existing.Name == req.Name && !existing.Status.Terminal() {
+			return nil, nil, &httpError{code: http.StatusConflict, msg: fmt.Sprintf("a session named %q already exists (%s, %s): destroy it or pick another name", req.Name, existing.ID, existing.Status)}
+		}
+	}
+	for k := range req.Env {
+		if !envKeyRe.MatchString(k) {
+			return nil, nil, badRequest("invalid environment variable name %q", k)
+		}
+	}
+	group := req.ResourceGroup
+	if group == "" {
+		group = structs.DefaultResourceGroup
+	} else if !nameRe.MatchString(group) {
+		return nil, nil, badRequest("invalid resource group name %q", group)
+	}
+	res := s.cfg.DefaultResources.Copy()
+	for name, q := range req.Resources {
+		b, ok := slotBounds[name]
+		if !ok {
+			return nil, nil, badRequest("unknown resource slot %q: known slots are cpu, mem, cuda.device", name)
+		}
+		if q <= 0 {
+			return nil, nil, badRequest("resource %s must be positive, got %s", name, q)
+		}
+		if q < b.min || q > b.max {
+			lo, hi := b.min.String(), b.max.String()
+			if name == structs.SlotMem {
+				lo, hi = structs.FormatBytes(b.min), structs.FormatBytes(b.max)
+			}
+			return nil, nil, badRequest("resource %s=%s is out of range [%s, %s]", name, q, lo, hi)
+		}
+		res[name] = q
+	}
+	sess := &structs.Session{
+		ID: uuid.NewString(), Name: req.Name, Type: req.Type, ResourceGroup: group,
+		Status: structs.SessionPending, Result: structs.ResultUndefined, CreatedAt: now,
+	}
+	k := &structs.Kernel{
+		ID: uuid.NewString(), SessionID: sess.ID, Role: "main", Idx: 1, Hostname: "main1",
+		Driver: req.Driver, Image: req.Image, Command: req.Command, Env: req.Env,
+		Resources: res, Status: structs.KernelPending, CreatedAt: now,
+	}
+	return sess, []*structs.Kernel{k}, nil
+}
+
+func (s *Server) createSession(w http.ResponseWriter, r *http.Request) (any, error) {
+	var req api.CreateSessionRequest
+	if err := decodeBody(r, &req); err != nil {
+		return nil, err
+	}
+	now := time.Now().UTC()
+	sess, kernels, err := s.validateCreate(&req, s.state.Snapshot(), now)
+	if err != nil {
+		return nil, err
+	}
+	if _, _, err := s.apply(structs.SessionEnqueueRequestType, &structs.SessionEnqueueRequest{Session: sess, Kernels: kernels, Time: now}); err != nil {
+		return nil, err
+	}
+	s.logger.Debug("session enqueued", "session_id", sess.ID, "name", sess.Name)
+	return s.sessionDetail(nil, s.state.Snapshot(), sess.ID, w)
+}
+
+func (s *Server) sessionDetail(ws memdb.WatchSet, snap *state.Snapshot, ref string, w http.ResponseWriter) (*api.SessionDetail, error) {
+	sess, err := snap.ResolveSession(ws, ref)
+	if err != nil {
+		return nil, err
+	}
+	ks, err := snap.KernelsBySession(nil, sess.ID)
+	if err != nil {
+		return nil, err
+	}
+	if w != nil {
+		w.Header().Set(api.IndexHeader, strconv.FormatUint(sess.ModifyIndex, 10))
+	}
+	return &api.SessionDetail{Session: sess, Kernels: ks}, nil
+}
+
+func (s *Server) listSessions(w http.ResponseWriter, r *http.Request) (any, error) {
+	st := strings.ToUpper(r.URL.Query().Get("status"))
+	if st != "" && !structs.SessionStatus(st).Valid() {
+		return nil, badRequest("unknown session status %q", st)
+	}
+	snap := s.state.Snapshot()
+	out, err := snap.Sessions(nil, st)
+	if err != nil {
+		return nil, err
+	}
+	w.Header().Set(api.IndexHeader, strconv.FormatUint(snap.Index("sessions"), 10))
+	if out == nil {
+		out = []*structs.Session{}
+	}
+	return out, nil
+}
+
+// blockingParams reads ?index=N&wait=D of a blocking query.
+func blockingParams(r *http.Request) (uint64, time.Duration, error) {
+	q := r.URL.Query()
+	var index uint64
+	if v := q.Get("index"); v != "" {
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			return 0, 0, badRequest("invalid index %q: want a non-negative integer", v)
+		}
+		index = n
+	}
+	wait := 5 * time.Minute
+	if v := q.Get("wait"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 0 {
+			return 0, 0, badRequest("invalid wait %q: want a duration such as 30s", v)
+		}
+		wait = min(d, 10*time.Minute)
+	}
+	return index, wait, nil
+}
+
+func (s *Server) getSession(w http.ResponseWriter, r *http.Request) (any, error) {
+	index, wait, err := blockingParams(r)
+	if err != nil {
+		return nil, err
+	}
+	ref := r.PathValue("ref")
+	ctx, cancel := context.WithTimeout(r.Context(), wait)
+	defer cancel()
+	for {
+		abandon := s.state.AbandonCh()
+		ws := memdb.NewWatchSet()
+		d, err := s.sessionDetail(ws, s.state.Snapshot(), ref, w)
+		if err != nil {
+			return nil, err
+		}
+		if index == 0 || d.Session.ModifyIndex > index {
+			return d, nil
+		}
+		ws.Add(abandon)
+		if ws.WatchCtx(ctx) != nil {
+			return d, nil
+		}
+	}
+}
+
+func (s *Server) destroySession(w http.ResponseWriter, r *http.Request) (any, error) {
+	sess, err := s.state.Snapshot().ResolveSession(nil, r.PathValue("ref"))
+	if err != nil {
+		return nil, err
+	}
+	reason := "destroyed by user"
+	if _, _, err := s.apply(structs.SessionDestroyRequestType, &structs.SessionDestroyRequest{SessionID: sess.ID, Reason: reason, Time: time.Now().UTC()}); err != nil {
+		return nil, err
+	}
+	return s.sessionDetail(nil, s.state.Snapshot(), sess.ID, w)
+}
+
+// kernelOf finds a session's kernel by hostname or ID (default main1).
+func kernelOf(d *api.SessionDetail, ref string) (*structs.Kernel, error) {
+	if ref == "" {
+		ref = "main1"
+	}
+	for _, k := range d.Kernels {
+		if k.Hostname == ref || k.ID == ref {
+			return k, nil
+		}
+	}
+	return nil, &httpError{code: http.StatusNotFound, msg: fmt.Sprintf("session %s has no kernel %q", d.Session.ID, ref)}
+}
+
+// agentFor returns a client for the agent a kernel is on.
+func (s *Server) agentFor(k *structs.Kernel) (*rpc.AgentClient, error) {
+	if k.AgentID == "" {
+		return nil, &httpError{code: http.StatusConflict, msg: fmt.Sprintf("kernel %s is %s and has not been placed on an agent yet", k.Hostname, k.Status)}
+	}
+	a, err := s.state.Snapshot().Agent(nil, k.AgentID)
+	if err != nil {
+		return nil, err
+	}
+	if a.Status != structs.AgentAlive {
+		return nil, &httpError{code: http.StatusServiceUnavailable, msg: fmt.Sprintf("agent %s of kernel %s is %s", a.Name, k.Hostname, a.Status)}
+	}
+	return s.agents.client(a.RPCAddr)
+}
+
+func (s *Server) sessionLogs(w http.ResponseWriter, r *http.Request) (any, error) {
+	d, err := s.sessionDetail(nil, s.state.Snapshot(), r.PathValue("ref"), nil)
+	if err != nil {
+		return nil, err
+	}
+	k, err := kernelOf(d, r.URL.Query().Get("kernel"))
+	if err != nil {
+		return nil, err
+	}
+	c, err := s.agentFor(k)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
+	defer cancel()
+	lr, err := c.Logs(ctx, &rpc.LogsRequest{KernelID: k.ID})
+	if err != nil {
+		return nil, &httpError{code: http.StatusBadGateway, msg: fmt.Sprintf("reading logs of kernel %s from its agent: %s", k.Hostname, status.Convert(err).Message())}
+	}
+	return &api.LogsResponse{SessionID: d.Session.ID, KernelID: k.ID, Hostname: k.Hostname, Stdout: string(lr.Stdout), Stderr: string(lr.Stderr)}, nil
+}
+
+// execSession streams a command's output from the kernel's agent as
+// newline-delimited JSON frames, ending with the exit code.
+func (s *Server) execSession(w http.ResponseWriter, r *http.Request) {
+	fail := func(err error) {
+		code, msg := errorStatus(err)
+		writeError(w, code, msg)
+	}
+	var req api.ExecRequest
+	if err := decodeBody(r, &req); err != nil {
+		fail(err)
+		return
+	}
+	if len(req.Command) == 0 || strings.TrimSpace(req.Command[0]) == "" {
+		fail(badRequest("command is empty: give the program to run"))
+		return
+	}
+	d, err := s.sessionDetail(nil, s.state.Snapshot(), r.PathValue("ref"), nil)
+	if err != nil {
+		fail(err)
+		return
+	}
+	k, err := kernelOf(d, req.Kernel)
+	if err != nil {
+		fail(err)
+		return
+	}
+	if k.Status != structs.KernelRunning {
+		fail(&httpError{code: http.StatusConflict, msg: fmt.Sprintf("kernel %s of session %s is %s: exec needs a RUNNING kernel", k.Hostname, d.Session.ID, k.Status)})
+		return
+	}
+	c, err := s.agentFor(k)
+	if err != nil {
+		fail(err)
+		return
+	}
+	stream, err := c.Exec(r.Context(), &rpc.ExecRequest{KernelID: k.ID, Command: req.Command, Env: req.Env})
+	if err != nil {
+		fail(&httpError{code: http.StatusBadGateway, msg: "exec: " + status.Convert(err).Message()})
+		return
+	}
+	first, err := stream.Recv()
+	if err != nil {
+		fail(&httpError{code: http.StatusBadGateway, msg: "exec: " + status.Convert(err).Message()})
+		return
+	}
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.WriteHeader(http.StatusOK)
+	flusher, _ := w.(http.Flusher)
+	enc := json.NewEncoder(w)
+	frame := first
+	for {
+		_ = enc.Encode(api.ExecFrame{Stream: frame.Stream, Data: frame.Data, ExitCode: frame.ExitCode, Error: frame.Error})
+		if flusher != nil {
+			flusher.Flush()
+		}
+		if frame.ExitCode != nil || frame.Error != "" {
+			return
+		}
+		if frame, err = stream.Recv(); err != nil {
+			_ = enc.Encode(api.ExecFrame{Error: "exec stream from agent broke: " + status.Convert(err).Message()})
+			return
+		}
+	}
+}
+
+func (s *Server) listAgents(w http.ResponseWriter, r *http.Request) (any, error) {
+	out, err := s.state.Snapshot().Agents(nil)
+	if err != nil {
+		return nil, err
+	}
+	if out == nil {
+		out = []*structs.Agent{}
+	}
+	return out, nil
+}
+
+func (s *Server) getAgent(w http.ResponseWriter, r *http.Request) (any, error) {
+	return s.state.Snapshot().ResolveAgent(r.PathValue("id"))
+}
+
+func (s *Server) leader(w http.ResponseWriter, r *http.Request) (any, error) {
+	addr, id := s.raft.LeaderWithID()
+	return map[string]string{"address": string(addr), "id": string(id)}, nil
+}

@@ -1,0 +1,135 @@
+package server
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+)
+
+// raftMagic is the first byte a raft peer writes on a new connection to the
+// RPC port; gRPC connections start with the HTTP/2 preface ("PRI ...").
+const raftMagic byte = 0x01
+
+// muxListener splits one RPC listener into gRPC and raft connections by the
+// first byte each connection sends.
+type muxListener struct {
+	ln     net.Listener
+	grpc   *chanListener
+	raft   *chanListener
+	closed chan struct{}
+	once   sync.Once
+}
+
+func newMux(ln net.Listener) *muxListener {
+	m := &muxListener{ln: ln, closed: make(chan struct{})}
+	m.grpc = &chanListener{addr: ln.Addr(), ch: make(chan net.Conn), closed: m.closed, close: m.Close}
+	m.raft = &chanListener{addr: ln.Addr(), ch: make(chan net.Conn), closed: m.closed, close: m.Close}
+	go m.serve()
+	return m
+}
+
+func (m *muxListener) serve() {
+	for {
+		c, err := m.ln.Accept()
+		if err != nil {
+			select {
+			case <-m.closed:
+				return
+			default:
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				time.Sleep(10 * time.Millisecond)
+				continue
+			}
+			m.Close()
+			return
+		}
+		go m.route(c)
+	}
+}
+
+func (m *muxListener) route(c net.Conn) {
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	br := bufio.NewReader(c)
+	b, err := br.Peek(1)
+	if err != nil {
+		c.Close()
+		return
+	}
+	_ = c.SetReadDeadline(time.Time{})
+	target := m.grpc
+	if b[0] == raftMagic {
+		_, _ = br.Discard(1)
+		target = m.raft
+	}
+	select {
+	case target.ch <- &peekedConn{Conn: c, r: br}:
+	case <-m.closed:
+		c.Close()
+	}
+}
+
+// Close stops accepting connections on both halves.
+func (m *muxListener) Close() error {
+	var err error
+	m.once.Do(func() {
+		close(m.closed)
+		err = m.ln.Close()
+	})
+	return err
+}
+
+type peekedConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (p *peekedConn) Read(b []byte) (int, error) { return p.r.Read(b) }
+
+type chanListener struct {
+	addr   net.Addr
+	ch     chan net.Conn
+	closed chan struct{}
+	close  func() error
+}
+
+func (l *chanListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.ch:
+		return c, nil
+	case <-l.closed:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *chanListener) Close() error   { return l.close() }
+func (l *chanListener) Addr() net.Addr { return l.addr }
+
+// raftLayer is raft's StreamLayer over the muxed RPC port.
+type raftLayer struct {
+	*chanListener
+	advertise net.Addr
+}
+
+var _ raft.StreamLayer = (*raftLayer)(nil)
+
+func (r *raftLayer) Addr() net.Addr { return r.advertise }
+
+// Dial opens a raft connection to a peer's RPC port.
+func (r *raftLayer) Dial(address raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
+	c, err := net.DialTimeout("tcp", string(address), timeout)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := c.Write([]byte{raftMagic}); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("raft dial %s: %w", address, err)
+	}
+	return c, nil
+}

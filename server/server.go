@@ -1,0 +1,419 @@
+// Package server is corral's control plane: the raft-replicated state, the
+// HTTP API, the agent-facing gRPC service, the scheduler worker and plan
+// applier on the leader, and the agent registry fed by serf.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	"github.com/hashicorp/serf/serf"
+	"google.golang.org/grpc"
+
+	"github.com/corral-dev/corral/rpc"
+	"github.com/corral-dev/corral/server/state"
+	"github.com/corral-dev/corral/structs"
+)
+
+// Config configures a server.
+type Config struct {
+	// NodeName names this server in gossip; default "<hostname>-server".
+	NodeName string
+	// DataDir holds raft's log, stable store and snapshots, and the node ID.
+	DataDir string
+	// HTTPAddr is where the HTTP API listens (default 127.0.0.1:8640).
+	HTTPAddr string
+	// RPCAddr is where gRPC (agents) and raft (peers) share one port (default 127.0.0.1:8641).
+	RPCAddr string
+	// SerfAddr is the gossip bind address (default 127.0.0.1:8642).
+	SerfAddr string
+	// Join lists gossip addresses of existing members to join.
+	Join []string
+	// BootstrapExpect is the number of servers that form the first quorum; only 1 is supported yet.
+	BootstrapExpect int
+	// GRPC, when set, is a gRPC server shared with an in-process agent: the
+	// server registers its service on it and serves it on its RPC port.
+	GRPC *grpc.Server
+	// DefaultResources fill in what a session's kernels do not ask for.
+	DefaultResources structs.Slots
+	// Logger receives structured logs.
+	Logger *slog.Logger
+	// LogOutput receives the logs of raft, serf and memberlist.
+	LogOutput io.Writer
+	// FastGossip shortens gossip timers (failure detection under a second); for tests and dev.
+	FastGossip bool
+}
+
+func (c *Config) setDefaults() error {
+	if c.DataDir == "" {
+		return errors.New("server: a data dir is required")
+	}
+	if c.HTTPAddr == "" {
+		c.HTTPAddr = "127.0.0.1:8640"
+	}
+	if c.RPCAddr == "" {
+		c.RPCAddr = "127.0.0.1:8641"
+	}
+	if c.SerfAddr == "" {
+		c.SerfAddr = "127.0.0.1:8642"
+	}
+	if c.BootstrapExpect == 0 {
+		c.BootstrapExpect = 1
+	}
+	if c.BootstrapExpect != 1 {
+		return fmt.Errorf("server: -bootstrap-expect %d is not supported yet: run one server (1)", c.BootstrapExpect)
+	}
+	if c.NodeName == "" {
+		h, _ := os.Hostname()
+		c.NodeName = h + "-server"
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.LogOutput == nil {
+		c.LogOutput = os.Stderr
+	}
+	if c.DefaultResources == nil {
+		c.DefaultResources = structs.Slots{structs.SlotCPU: structs.Whole(1), structs.SlotMem: structs.Whole(256 << 20)}
+	}
+	return nil
+}
+
+// Server is one corral server.
+type Server struct {
+	cfg    Config
+	id     string
+	logger *slog.Logger
+
+	state *state.StateStore
+	raft  *raft.Raft
+	trans *raft.NetworkTransport
+	logs  *raftboltdb.BoltStore
+
+	serf   *serf.Serf
+	events chan serf.Event
+
+	mux          *muxListener
+	grpc         *grpc.Server
+	ownGRPC      bool
+	httpSrv      *http.Server
+	httpLn       net.Listener
+	agents       *agentConns
+	leaderMu     sync.Mutex
+	leaderCancel context.CancelFunc
+
+	ctx      context.Context
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
+	shutdown sync.Once
+}
+
+// New starts a server: raft (bootstrapping a single voter on first start),
+// gossip, the gRPC service and the HTTP API.
+func New(cfg Config) (*Server, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("server: data dir: %w", err)
+	}
+	id, err := nodeID(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	st, err := state.New()
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &Server{cfg: cfg, id: id, logger: cfg.Logger.With("server_id", id[:8]), state: st,
+		ctx: ctx, cancel: cancel, agents: newAgentConns()}
+	ok := false
+	defer func() {
+		if !ok {
+			s.Shutdown()
+		}
+	}()
+
+	ln, err := net.Listen("tcp", cfg.RPCAddr)
+	if err != nil {
+		return nil, fmt.Errorf("server: rpc listen on %s: %w", cfg.RPCAddr, err)
+	}
+	s.mux = newMux(ln)
+	if err := s.setupRaft(); err != nil {
+		return nil, err
+	}
+	s.grpc = cfg.GRPC
+	if s.grpc == nil {
+		s.grpc = grpc.NewServer(rpc.ServerOptions()...)
+		s.ownGRPC = true
+	}
+	rpc.RegisterServerService(s.grpc, &agentEndpoint{srv: s})
+	if err := s.setupSerf(); err != nil {
+		return nil, err
+	}
+	if err := s.setupHTTP(); err != nil {
+		return nil, err
+	}
+	s.wg.Add(2)
+	go func() { defer s.wg.Done(); s.monitorLeadership() }()
+	go func() { defer s.wg.Done(); s.handleSerfEvents() }()
+	ok = true
+	return s, nil
+}
+
+// Serve serves gRPC on the RPC port; call it after every service (an
+// in-process agent's too) is registered. It returns when the server stops.
+func (s *Server) Serve() error {
+	err := s.grpc.Serve(s.mux.grpc)
+	if errors.Is(err, net.ErrClosed) || errors.Is(err, grpc.ErrServerStopped) {
+		return nil
+	}
+	return err
+}
+
+// ID is the server's node ID.
+func (s *Server) ID() string { return s.id }
+
+// HTTPAddr is the address the HTTP API listens on.
+func (s *Server) HTTPAddr() string { return s.httpLn.Addr().String() }
+
+// RPCAddr is the address of the gRPC and raft port.
+func (s *Server) RPCAddr() string { return s.mux.ln.Addr().String() }
+
+// SerfAddr is the gossip address.
+func (s *Server) SerfAddr() string {
+	m := s.serf.LocalMember()
+	return net.JoinHostPort(m.Addr.String(), fmt.Sprint(m.Port))
+}
+
+// State gives read access to the state store (tests, benchmarks).
+func (s *Server) State() *state.StateStore { return s.state }
+
+// IsLeader reports whether this server is the raft leader.
+func (s *Server) IsLeader() bool { return s.raft != nil && s.raft.State() == raft.Leader }
+
+// WaitForLeader blocks until a leader is known or ctx ends.
+func (s *Server) WaitForLeader(ctx context.Context) error {
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for {
+		if addr, _ := s.raft.LeaderWithID(); addr != "" {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("no raft leader: %w", ctx.Err())
+		case <-t.C:
+		}
+	}
+}
+
+// Shutdown stops the server: HTTP, gRPC, gossip (leaving), raft.
+func (s *Server) Shutdown() {
+	s.shutdown.Do(func() {
+		s.cancel()
+		if s.httpSrv != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			_ = s.httpSrv.Shutdown(ctx)
+			cancel()
+		}
+		if s.grpc != nil && s.ownGRPC {
+			stopGRPC(s.grpc, 2*time.Second)
+		}
+		if s.serf != nil {
+			_ = s.serf.Leave()
+			_ = s.serf.Shutdown()
+		}
+		if s.raft != nil {
+			_ = s.raft.Shutdown().Error()
+		}
+		if s.trans != nil {
+			_ = s.trans.Close()
+		}
+		if s.logs != nil {
+			_ = s.logs.Close()
+		}
+		if s.mux != nil {
+			_ = s.mux.Close()
+		}
+		s.agents.closeAll()
+		s.wg.Wait()
+	})
+}
+
+// stopGRPC stops gracefully, then forcibly after timeout (open streams).
+func stopGRPC(g *grpc.Server, timeout time.Duration) {
+	done := make(chan struct{})
+	go func() { g.GracefulStop(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(timeout):
+		g.Stop()
+	}
+}
+
+// nodeID reads the node ID from the data dir, creating it on first start.
+func nodeID(dir string) (string, error) {
+	p := filepath.Join(dir, "node-id")
+	if b, err := os.ReadFile(p); err == nil {
+		if id := strings.TrimSpace(string(b)); id != "" {
+			return id, nil
+		}
+	}
+	id := uuid.NewString()
+	if err := os.WriteFile(p, []byte(id+"\n"), 0o600); err != nil {
+		return "", fmt.Errorf("write node id: %w", err)
+	}
+	return id, nil
+}
+
+func (s *Server) setupRaft() error {
+	dir := filepath.Join(s.cfg.DataDir, "raft")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	hl := hclog.New(&hclog.LoggerOptions{Name: "raft", Output: s.cfg.LogOutput, Level: hclog.Warn})
+	conf := raft.DefaultConfig()
+	conf.LocalID = raft.ServerID(s.id)
+	conf.Logger = hl
+	conf.BatchApplyCh = true
+	conf.MaxAppendEntries = 256
+	conf.SnapshotThreshold = 8192
+	if s.cfg.BootstrapExpect == 1 {
+		// A single voter needs no long election timeouts.
+		conf.HeartbeatTimeout = 200 * time.Millisecond
+		conf.ElectionTimeout = 200 * time.Millisecond
+		conf.LeaderLeaseTimeout = 100 * time.Millisecond
+	}
+	logs, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(dir, "raft.db")})
+	if err != nil {
+		return fmt.Errorf("raft log store: %w", err)
+	}
+	s.logs = logs
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(dir, 2, hl)
+	if err != nil {
+		return fmt.Errorf("raft snapshot store: %w", err)
+	}
+	adv, err := net.ResolveTCPAddr("tcp", s.mux.ln.Addr().String())
+	if err != nil {
+		return err
+	}
+	s.trans = raft.NewNetworkTransportWithLogger(&raftLayer{chanListener: s.mux.raft, advertise: adv}, 3, 10*time.Second, hl)
+	f := &fsm{state: s.state, logger: s.logger}
+	has, err := raft.HasExistingState(logs, logs, snaps)
+	if err != nil {
+		return err
+	}
+	if !has {
+		boot := raft.Configuration{Servers: []raft.Server{{ID: conf.LocalID, Address: s.trans.LocalAddr()}}}
+		if err := raft.BootstrapCluster(conf, logs, logs, snaps, s.trans, boot); err != nil {
+			return fmt.Errorf("raft bootstrap: %w", err)
+		}
+		s.logger.Info("bootstrapped a new cluster", "voters", 1)
+	}
+	r, err := raft.NewRaft(conf, f, logs, logs, snaps, s.trans)
+	if err != nil {
+		return fmt.Errorf("raft: %w", err)
+	}
+	s.raft = r
+	return nil
+}
+
+// ErrNotLeader is returned for writes on a server that is not the leader.
+var ErrNotLeader = errors.New("this server is not the raft leader")
+
+// apply submits a request to raft and returns the FSM's response.
+func (s *Server) apply(t structs.MessageType, req any) (any, uint64, error) {
+	buf, err := encodeCommand(t, req)
+	if err != nil {
+		return nil, 0, err
+	}
+	f := s.raft.Apply(buf, 30*time.Second)
+	if err := f.Error(); err != nil {
+		if errors.Is(err, raft.ErrNotLeader) {
+			return nil, 0, ErrNotLeader
+		}
+		return nil, 0, err
+	}
+	if err, ok := f.Response().(error); ok {
+		return nil, f.Index(), err
+	}
+	return f.Response(), f.Index(), nil
+}
+
+// monitorLeadership runs the leader's duties while this server leads.
+func (s *Server) monitorLeadership() {
+	ch := s.raft.LeaderCh()
+	var cancel context.CancelFunc
+	var wg sync.WaitGroup
+	stop := func() {
+		if cancel != nil {
+			cancel()
+			wg.Wait()
+			cancel = nil
+		}
+	}
+	defer stop()
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case isLeader := <-ch:
+			if !isLeader {
+				s.logger.Info("lost leadership")
+				stop()
+				continue
+			}
+			if cancel != nil {
+				continue
+			}
+			var ctx context.Context
+			ctx, cancel = context.WithCancel(s.ctx)
+			wg.Add(1)
+			go func() { defer wg.Done(); s.leaderLoop(ctx) }()
+		}
+	}
+}
+
+// leaderLoop establishes leadership (a barrier so the FSM is current), then
+// reconciles gossip membership and runs the scheduler until ctx ends.
+func (s *Server) leaderLoop(ctx context.Context) {
+	if err := s.raft.Barrier(10 * time.Second).Error(); err != nil {
+		s.logger.Error("leader barrier failed", "error", err)
+		return
+	}
+	s.logger.Info("acquired leadership")
+	s.reconcileMembers()
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); s.runScheduler(ctx) }()
+	go func() {
+		defer wg.Done()
+		t := time.NewTicker(30 * time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				s.reconcileMembers()
+			}
+		}
+	}()
+	wg.Wait()
+}

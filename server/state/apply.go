@@ -1,0 +1,413 @@
+package state
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/hashicorp/go-memdb"
+
+	"github.com/corral-dev/corral/server/scheduler"
+	"github.com/corral-dev/corral/structs"
+)
+
+// writer wraps one write transaction and the raft index it applies at.
+type writer struct {
+	txn   *memdb.Txn
+	index uint64
+	dirty map[string]bool
+}
+
+func (s *StateStore) write(index uint64) *writer {
+	return &writer{txn: s.db.Load().Txn(true), index: index, dirty: map[string]bool{}}
+}
+
+func (w *writer) commit() error {
+	for table := range w.dirty {
+		if err := w.txn.Insert(tableIndex, &indexEntry{Key: table, Value: w.index}); err != nil {
+			w.txn.Abort()
+			return err
+		}
+	}
+	w.txn.Commit()
+	return nil
+}
+
+func (w *writer) putSession(s *structs.Session) error {
+	s.ModifyIndex = w.index
+	if len(s.History) > structs.MaxHistory {
+		s.History = append(s.History[:1:1], s.History[len(s.History)-structs.MaxHistory+1:]...)
+	}
+	w.dirty[tableSessions] = true
+	return w.txn.Insert(tableSessions, s)
+}
+
+func (w *writer) putKernel(k *structs.Kernel) error {
+	k.ModifyIndex = w.index
+	if len(k.History) > structs.MaxHistory {
+		k.History = append(k.History[:1:1], k.History[len(k.History)-structs.MaxHistory+1:]...)
+	}
+	w.dirty[tableKernels] = true
+	return w.txn.Insert(tableKernels, k)
+}
+
+func (w *writer) putAgent(a *structs.Agent) error {
+	a.ModifyIndex = w.index
+	w.dirty[tableAgents] = true
+	return w.txn.Insert(tableAgents, a)
+}
+
+func (w *writer) snap() *Snapshot { return &Snapshot{txn: w.txn} }
+
+// EnqueueSession inserts a new PENDING session and its kernels.
+func (s *StateStore) EnqueueSession(index uint64, req *structs.SessionEnqueueRequest) error {
+	w := s.write(index)
+	defer w.txn.Abort()
+	if existing, _ := w.snap().Session(nil, req.Session.ID); existing != nil {
+		return fmt.Errorf("session %s already exists", req.Session.ID)
+	}
+	sess := req.Session.Copy()
+	sess.CreateIndex = index
+	sess.Status = structs.SessionPending
+	sess.Result = structs.ResultUndefined
+	sess.KernelIDs = nil
+	sess.History = []structs.StatusChange{{Status: string(structs.SessionPending), Info: "enqueued", Time: req.Time}}
+	sess.StatusInfo = "enqueued"
+	for _, k := range req.Kernels {
+		kc := k.Copy()
+		kc.SessionID = sess.ID
+		kc.CreateIndex = index
+		kc.Status = structs.KernelPending
+		kc.AgentID = ""
+		kc.History = []structs.StatusChange{{Status: string(structs.KernelPending), Info: "enqueued", Time: req.Time}}
+		sess.KernelIDs = append(sess.KernelIDs, kc.ID)
+		if err := w.putKernel(kc); err != nil {
+			return err
+		}
+	}
+	if err := w.putSession(sess); err != nil {
+		return err
+	}
+	return w.commit()
+}
+
+// ApplyPlan re-checks each session placement of a plan against the latest
+// state and applies those that still fit, all kernels of a session or none.
+// Agents' occupied slots change in the same transaction.
+func (s *StateStore) ApplyPlan(index uint64, req *structs.PlanApplyRequest) (*structs.PlanResult, error) {
+	w := s.write(index)
+	defer w.txn.Abort()
+	res := &structs.PlanResult{Rejected: map[string]string{}}
+	sn := w.snap()
+	for _, sp := range req.Plan.Placements {
+		if err := w.placeSession(sn, sp, req.Time); err != nil {
+			res.Rejected[sp.SessionID] = err.Error()
+			continue
+		}
+		res.Applied = append(res.Applied, sp.SessionID)
+	}
+	for id, reason := range req.Plan.Unplaced {
+		if err := w.recordPending(sn, id, reason, req.Time); err != nil {
+			return nil, err
+		}
+	}
+	if err := w.commit(); err != nil {
+		return nil, err
+	}
+	return res, nil
+}
+
+func (w *writer) placeSession(sn *Snapshot, sp structs.SessionPlacement, now time.Time) error {
+	sess, err := sn.Session(nil, sp.SessionID)
+	if err != nil {
+		return err
+	}
+	if sess.Status != structs.SessionPending {
+		return fmt.Errorf("session is %s, no longer PENDING", sess.Status)
+	}
+	kernels, err := sn.KernelsBySession(nil, sess.ID)
+	if err != nil {
+		return err
+	}
+	if len(sp.Placements) != len(kernels) {
+		return fmt.Errorf("plan places %d of the session's %d kernels", len(sp.Placements), len(kernels))
+	}
+	byID := map[string]*structs.Kernel{}
+	for _, k := range kernels {
+		byID[k.ID] = k
+	}
+	// Check every kernel against the latest agents before changing anything.
+	agents := map[string]*structs.Agent{}
+	for _, p := range sp.Placements {
+		k, ok := byID[p.KernelID]
+		if !ok {
+			return fmt.Errorf("kernel %s is not part of the session", p.KernelID)
+		}
+		if k.Status != structs.KernelPending {
+			return fmt.Errorf("kernel %s is %s, no longer PENDING", k.Hostname, k.Status)
+		}
+		a, ok := agents[p.AgentID]
+		if !ok {
+			cur, err := sn.Agent(nil, p.AgentID)
+			if err != nil {
+				return err
+			}
+			a = cur.Copy()
+			agents[p.AgentID] = a
+		}
+		if err := scheduler.CheckPlacement(a, a.Occupied, k); err != nil {
+			return err
+		}
+		a.Occupied = a.Occupied.Add(k.Resources)
+	}
+	for _, a := range agents {
+		a.UpdatedAt = now
+		if err := w.putAgent(a); err != nil {
+			return err
+		}
+	}
+	for _, p := range sp.Placements {
+		k := byID[p.KernelID].Copy()
+		k.AgentID = p.AgentID
+		if err := k.SetStatus(structs.KernelScheduled, "placed on agent "+agents[p.AgentID].Name, now); err != nil {
+			return err
+		}
+		if err := w.putKernel(k); err != nil {
+			return err
+		}
+	}
+	return w.refreshSession(sess.ID, "scheduled", now)
+}
+
+func (w *writer) recordPending(sn *Snapshot, id, reason string, now time.Time) error {
+	sess, err := sn.Session(nil, id)
+	if err != nil || sess.Status != structs.SessionPending {
+		return nil // placed or gone meanwhile
+	}
+	if sess.StatusInfo == reason {
+		return nil
+	}
+	c := sess.Copy()
+	c.ScheduleAttempts++
+	if err := c.SetStatus(structs.SessionPending, reason, now); err != nil {
+		return err
+	}
+	return w.putSession(c)
+}
+
+// refreshSession recomputes a session's status from its kernels, sets its
+// result when main1 has ended, and stores it with a new modify index.
+func (w *writer) refreshSession(id, info string, now time.Time) error {
+	sn := w.snap()
+	sess, err := sn.Session(nil, id)
+	if err != nil {
+		return err
+	}
+	kernels, err := sn.KernelsBySession(nil, id)
+	if err != nil {
+		return err
+	}
+	c := sess.Copy()
+	statuses := make([]structs.KernelStatus, 0, len(kernels))
+	for _, k := range kernels {
+		statuses = append(statuses, k.Status)
+		if k.Role == "main" && k.Idx == 1 && c.Type == structs.SessionTypeBatch &&
+			c.Result == structs.ResultUndefined && k.Status.Terminal() && k.Status != structs.KernelCancelled {
+			if k.Status == structs.KernelTerminated && k.ExitCode != nil && *k.ExitCode == 0 {
+				c.Result = structs.ResultSuccess
+			} else {
+				c.Result = structs.ResultFailure
+			}
+		}
+	}
+	derived := structs.DeriveSessionStatus(statuses)
+	if derived != c.Status {
+		if err := c.SetStatus(derived, info, now); err != nil {
+			return err
+		}
+	}
+	return w.putSession(c)
+}
+
+// UpdateKernels applies status changes reported by an agent. Changes that
+// the transition table refuses, or that come from an agent the kernel is not
+// placed on, are skipped and reported in the returned map (kernel ID → why).
+func (s *StateStore) UpdateKernels(index uint64, req *structs.KernelUpdateRequest) (map[string]string, error) {
+	w := s.write(index)
+	defer w.txn.Abort()
+	skipped := map[string]string{}
+	touched := map[string]string{}
+	var last time.Time
+	for _, u := range req.Updates {
+		sn := w.snap()
+		cur, err := sn.Kernel(u.KernelID)
+		if err != nil {
+			skipped[u.KernelID] = err.Error()
+			continue
+		}
+		if cur.AgentID != req.AgentID {
+			skipped[u.KernelID] = fmt.Sprintf("kernel is placed on agent %q, not %q", cur.AgentID, req.AgentID)
+			continue
+		}
+		k := cur.Copy()
+		if k.Status == u.Status {
+			continue
+		}
+		if err := k.SetStatus(u.Status, u.Info, u.Time); err != nil {
+			skipped[u.KernelID] = err.Error()
+			continue
+		}
+		if u.ExitCode != nil {
+			v := *u.ExitCode
+			k.ExitCode = &v
+		}
+		if err := w.releaseIfEnded(cur, k, u.Time); err != nil {
+			return nil, err
+		}
+		if err := w.putKernel(k); err != nil {
+			return nil, err
+		}
+		info := u.Info
+		if info == "" {
+			info = fmt.Sprintf("kernel %s %s", k.Hostname, k.Status)
+		}
+		touched[k.SessionID] = info
+		last = u.Time
+	}
+	for id, info := range touched {
+		if err := w.refreshSession(id, info, last); err != nil {
+			return nil, err
+		}
+	}
+	return skipped, w.commit()
+}
+
+// releaseIfEnded frees a kernel's slots on its agent when the kernel moves
+// from holding them to not holding them.
+func (w *writer) releaseIfEnded(before, after *structs.Kernel, now time.Time) error {
+	if !before.HoldsSlots() || after.HoldsSlots() {
+		return nil
+	}
+	cur, err := w.snap().Agent(nil, before.AgentID)
+	if err != nil {
+		return fmt.Errorf("kernel %s holds slots on unknown agent %s", before.ID, before.AgentID)
+	}
+	a := cur.Copy()
+	a.Occupied = a.Occupied.Sub(before.Resources)
+	if a.Occupied.AnyNegative() {
+		return fmt.Errorf("agent %s occupancy would go negative releasing kernel %s", a.ID, before.ID)
+	}
+	a.UpdatedAt = now
+	return w.putAgent(a)
+}
+
+// UpsertAgent registers an agent or refreshes its inventory. The agent's
+// occupied slots are the store's own and never taken from the request.
+func (s *StateStore) UpsertAgent(index uint64, req *structs.AgentUpsertRequest) error {
+	w := s.write(index)
+	defer w.txn.Abort()
+	a := req.Agent.Copy()
+	if a.ResourceGroup == "" {
+		a.ResourceGroup = structs.DefaultResourceGroup
+	}
+	if cur, err := w.snap().Agent(nil, a.ID); err == nil {
+		a.Occupied = cur.Occupied.Copy()
+		a.CreateIndex = cur.CreateIndex
+		a.RegisteredAt = cur.RegisteredAt
+		if a.RPCAddr == "" {
+			a.RPCAddr = cur.RPCAddr
+		}
+		if a.SerfAddr == "" {
+			a.SerfAddr = cur.SerfAddr
+		}
+		if len(a.Drivers) == 0 {
+			a.Drivers = cur.Drivers
+		}
+		if len(a.Capacity) == 0 {
+			a.Capacity = cur.Capacity.Copy()
+		}
+		if a.Status == "" {
+			a.Status = cur.Status
+		}
+	} else {
+		a.Occupied = structs.Slots{}
+		a.CreateIndex = index
+		a.RegisteredAt = req.Time
+	}
+	if a.Status == "" {
+		a.Status = structs.AgentAlive
+	}
+	a.UpdatedAt = req.Time
+	if err := w.putAgent(a); err != nil {
+		return err
+	}
+	return w.commit()
+}
+
+// SetAgentStatus changes an agent's liveness.
+func (s *StateStore) SetAgentStatus(index uint64, req *structs.AgentStatusRequest) error {
+	w := s.write(index)
+	defer w.txn.Abort()
+	cur, err := w.snap().Agent(nil, req.AgentID)
+	if err != nil {
+		return err
+	}
+	if cur.Status == req.Status && cur.StatusInfo == req.Info {
+		return nil
+	}
+	a := cur.Copy()
+	a.Status = req.Status
+	a.StatusInfo = req.Info
+	a.UpdatedAt = req.Time
+	if err := w.putAgent(a); err != nil {
+		return err
+	}
+	return w.commit()
+}
+
+// DestroySession cancels a session's PENDING kernels and asks the agents to
+// terminate the placed ones (TERMINATING); kernels on agents that are not
+// alive end at once.
+func (s *StateStore) DestroySession(index uint64, req *structs.SessionDestroyRequest) error {
+	w := s.write(index)
+	defer w.txn.Abort()
+	sn := w.snap()
+	sess, err := sn.Session(nil, req.SessionID)
+	if err != nil {
+		return err
+	}
+	if sess.Status.Terminal() {
+		return nil
+	}
+	kernels, err := sn.KernelsBySession(nil, sess.ID)
+	if err != nil {
+		return err
+	}
+	for _, cur := range kernels {
+		k := cur.Copy()
+		var to structs.KernelStatus
+		switch {
+		case k.Status.Terminal() || k.Status == structs.KernelTerminating:
+			continue
+		case k.Status == structs.KernelPending:
+			to = structs.KernelCancelled
+		default:
+			to = structs.KernelTerminating
+			if a, err := sn.Agent(nil, k.AgentID); err != nil || a.Status != structs.AgentAlive {
+				to = structs.KernelTerminated
+			}
+		}
+		if err := k.SetStatus(to, req.Reason, req.Time); err != nil {
+			return err
+		}
+		if err := w.releaseIfEnded(cur, k, req.Time); err != nil {
+			return err
+		}
+		if err := w.putKernel(k); err != nil {
+			return err
+		}
+	}
+	if err := w.refreshSession(sess.ID, req.Reason, req.Time); err != nil {
+		return err
+	}
+	return w.commit()
+}

@@ -1,0 +1,292 @@
+package state
+
+import (
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/hashicorp/go-memdb"
+
+	"github.com/corral-dev/corral/structs"
+)
+
+// ErrNotFound is returned when a session, kernel or agent does not exist.
+var ErrNotFound = errors.New("not found")
+
+// ErrAmbiguous is returned when a session reference matches several sessions.
+var ErrAmbiguous = errors.New("ambiguous reference")
+
+// StateStore holds the FSM's tables. Writes happen only from the FSM.
+type StateStore struct {
+	mu      sync.Mutex // guards abandon across restores
+	db      atomic.Pointer[memdb.MemDB]
+	abandon chan struct{}
+}
+
+// New returns an empty state store.
+func New() (*StateStore, error) {
+	db, err := memdb.NewMemDB(schema())
+	if err != nil {
+		return nil, fmt.Errorf("state schema: %w", err)
+	}
+	s := &StateStore{abandon: make(chan struct{})}
+	s.db.Store(db)
+	return s, nil
+}
+
+// Snapshot is a consistent, read-only view of the state at one point in time.
+type Snapshot struct {
+	txn *memdb.Txn
+}
+
+// Snapshot returns a point-in-time read view.
+func (s *StateStore) Snapshot() *Snapshot {
+	return &Snapshot{txn: s.db.Load().Txn(false)}
+}
+
+// AbandonCh is closed when the whole store is replaced by a raft restore;
+// watchers then start over on a fresh snapshot.
+func (s *StateStore) AbandonCh() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.abandon
+}
+
+// Index returns the raft index at which the named table ("sessions",
+// "kernels", "agents") last changed, or the latest of all with "".
+func (sn *Snapshot) Index(table string) uint64 {
+	if table == "" {
+		var max uint64
+		for _, t := range []string{tableSessions, tableKernels, tableAgents} {
+			if v := sn.Index(t); v > max {
+				max = v
+			}
+		}
+		return max
+	}
+	raw, err := sn.txn.First(tableIndex, "id", table)
+	if err != nil || raw == nil {
+		return 0
+	}
+	return raw.(*indexEntry).Value
+}
+
+// Session returns one session by exact ID, registering a watch in ws.
+func (sn *Snapshot) Session(ws memdb.WatchSet, id string) (*structs.Session, error) {
+	ch, raw, err := sn.txn.FirstWatch(tableSessions, "id", id)
+	if err != nil {
+		return nil, err
+	}
+	ws.Add(ch)
+	if raw == nil {
+		return nil, fmt.Errorf("session %q: %w", id, ErrNotFound)
+	}
+	return raw.(*structs.Session), nil
+}
+
+// ResolveSession finds a session by exact ID, name or unique ID prefix.
+// A name held by several sessions resolves to the newest one that has not
+// ended, else the newest one.
+func (sn *Snapshot) ResolveSession(ws memdb.WatchSet, ref string) (*structs.Session, error) {
+	if ref == "" {
+		return nil, fmt.Errorf("empty session reference: %w", ErrNotFound)
+	}
+	if s, err := sn.Session(ws, ref); err == nil {
+		return s, nil
+	}
+	// By name.
+	it, err := sn.txn.Get(tableSessions, "name", ref)
+	if err != nil {
+		return nil, err
+	}
+	var byName []*structs.Session
+	for raw := it.Next(); raw != nil; raw = it.Next() {
+		byName = append(byName, raw.(*structs.Session))
+	}
+	if len(byName) > 0 {
+		sort.Slice(byName, func(i, j int) bool { return byName[i].CreateIndex > byName[j].CreateIndex })
+		for _, s := range byName {
+			if !s.Status.Terminal() {
+				return sn.Session(ws, s.ID)
+			}
+		}
+		return sn.Session(ws, byName[0].ID)
+	}
+	// By unique ID prefix.
+	it, err = sn.txn.Get(tableSessions, "id_prefix", ref)
+	if err != nil {
+		return nil, err
+	}
+	var matches []string
+	for raw := it.Next(); raw != nil; raw = it.Next() {
+		matches = append(matches, raw.(*structs.Session).ID)
+		if len(matches) > 5 {
+			break
+		}
+	}
+	switch len(matches) {
+	case 0:
+		return nil, fmt.Errorf("no session with ID, ID prefix or name %q: %w", ref, ErrNotFound)
+	case 1:
+		return sn.Session(ws, matches[0])
+	default:
+		return nil, fmt.Errorf("%q matches several sessions (%s...): give more of the ID: %w", ref, strings.Join(matches[:2], ", "), ErrAmbiguous)
+	}
+}
+
+// Sessions lists sessions, optionally only those in one status, in creation order.
+func (sn *Snapshot) Sessions(ws memdb.WatchSet, status string) ([]*structs.Session, error) {
+	var it memdb.ResultIterator
+	var err error
+	if status != "" {
+		it, err = sn.txn.Get(tableSessions, "status", status)
+	} else {
+		it, err = sn.txn.Get(tableSessions, "id")
+	}
+	if err != nil {
+		return nil, err
+	}
+	if ws != nil {
+		ws.Add(it.WatchCh())
+	}
+	var out []*structs.Session
+	for raw := it.Next(); raw != nil; raw = it.Next() {
+		out = append(out, raw.(*structs.Session))
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].CreateIndex != out[j].CreateIndex {
+			return out[i].CreateIndex < out[j].CreateIndex
+		}
+		return out[i].ID < out[j].ID
+	})
+	return out, nil
+}
+
+// Kernel returns one kernel by ID.
+func (sn *Snapshot) Kernel(id string) (*structs.Kernel, error) {
+	raw, err := sn.txn.First(tableKernels, "id", id)
+	if err != nil {
+		return nil, err
+	}
+	if raw == nil {
+		return nil, fmt.Errorf("kernel %q: %w", id, ErrNotFound)
+	}
+	return raw.(*structs.Kernel), nil
+}
+
+// KernelsBySession returns a session's kernels in role order (main1, sub1, ...).
+func (sn *Snapshot) KernelsBySession(ws memdb.WatchSet, sessionID string) ([]*structs.Kernel, error) {
+	it, err := sn.txn.Get(tableKernels, "session", sessionID)
+	if err != nil {
+		return nil, err
+	}
+	if ws != nil {
+		ws.Add(it.WatchCh())
+	}
+	var out []*structs.Kernel
+	for raw := it.Next(); raw != nil; raw = it.Next() {
+		out = append(out, raw.(*structs.Kernel))
+	}
+	sortKernels(out)
+	return out, nil
+}
+
+// KernelsByAgent returns the kernels placed on an agent.
+func (sn *Snapshot) KernelsByAgent(ws memdb.WatchSet, agentID string) ([]*structs.Kernel, error) {
+	it, err := sn.txn.Get(tableKernels, "agent", agentID)
+	if err != nil {
+		return nil, err
+	}
+	if ws != nil {
+		ws.Add(it.WatchCh())
+	}
+	var out []*structs.Kernel
+	for raw := it.Next(); raw != nil; raw = it.Next() {
+		out = append(out, raw.(*structs.Kernel))
+	}
+	sortKernels(out)
+	return out, nil
+}
+
+// Kernels returns every kernel.
+func (sn *Snapshot) Kernels() ([]*structs.Kernel, error) {
+	it, err := sn.txn.Get(tableKernels, "id")
+	if err != nil {
+		return nil, err
+	}
+	var out []*structs.Kernel
+	for raw := it.Next(); raw != nil; raw = it.Next() {
+		out = append(out, raw.(*structs.Kernel))
+	}
+	return out, nil
+}
+
+// Agent returns one agent by ID.
+func (sn *Snapshot) Agent(ws memdb.WatchSet, id string) (*structs.Agent, error) {
+	ch, raw, err := sn.txn.FirstWatch(tableAgents, "id", id)
+	if err != nil {
+		return nil, err
+	}
+	if ws != nil {
+		ws.Add(ch)
+	}
+	if raw == nil {
+		return nil, fmt.Errorf("agent %q: %w", id, ErrNotFound)
+	}
+	return raw.(*structs.Agent), nil
+}
+
+// ResolveAgent finds an agent by ID, unique ID prefix or name.
+func (sn *Snapshot) ResolveAgent(ref string) (*structs.Agent, error) {
+	if a, err := sn.Agent(nil, ref); err == nil {
+		return a, nil
+	}
+	agents, err := sn.Agents(nil)
+	if err != nil {
+		return nil, err
+	}
+	var found []*structs.Agent
+	for _, a := range agents {
+		if a.Name == ref || strings.HasPrefix(a.ID, ref) {
+			found = append(found, a)
+		}
+	}
+	switch len(found) {
+	case 0:
+		return nil, fmt.Errorf("no agent with ID, ID prefix or name %q: %w", ref, ErrNotFound)
+	case 1:
+		return found[0], nil
+	}
+	return nil, fmt.Errorf("%q matches %d agents: give more of the ID: %w", ref, len(found), ErrAmbiguous)
+}
+
+// Agents lists all agents by ID.
+func (sn *Snapshot) Agents(ws memdb.WatchSet) ([]*structs.Agent, error) {
+	it, err := sn.txn.Get(tableAgents, "id")
+	if err != nil {
+		return nil, err
+	}
+	if ws != nil {
+		ws.Add(it.WatchCh())
+	}
+	var out []*structs.Agent
+	for raw := it.Next(); raw != nil; raw = it.Next() {
+		out = append(out, raw.(*structs.Agent))
+	}
+	return out, nil
+}
+
+func sortKernels(ks []*structs.Kernel) {
+	sort.Slice(ks, func(i, j int) bool {
+		if ks[i].Role != ks[j].Role {
+			return ks[i].Role == "main"
+		}
+		if ks[i].Idx != ks[j].Idx {
+			return ks[i].Idx < ks[j].Idx
+		}
+		return ks[i].ID < ks[j].ID
+	})
+}

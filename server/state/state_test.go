@@ -1,0 +1,274 @@
+package state
+
+import (
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/corral-dev/corral/structs"
+)
+
+var t0 = time.Date(2026, 11, 22, 8, 0, 0, 0, time.UTC)
+
+func slots(cpu, memMiB int64) structs.Slots {
+	return structs.Slots{structs.SlotCPU: structs.Whole(cpu), structs.SlotMem: structs.Whole(memMiB << 20)}
+}
+
+type fixture struct {
+	t     *testing.T
+	s     *StateStore
+	index uint64
+}
+
+func newFixture(t *testing.T) *fixture {
+	t.Helper()
+	s, err := New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &fixture{t: t, s: s}
+}
+
+func (f *fixture) next() uint64 { f.index++; return f.index }
+
+func (f *fixture) agent(id string, capacity structs.Slots) {
+	f.t.Helper()
+	a := &structs.Agent{ID: id, Name: id, Status: structs.AgentAlive, Drivers: []string{"exec"}, Capacity: capacity}
+	if err := f.s.UpsertAgent(f.next(), &structs.AgentUpsertRequest{Agent: a, Time: t0}); err != nil {
+		f.t.Fatal(err)
+	}
+}
+
+func (f *fixture) session(id string, typ structs.SessionType, res structs.Slots) {
+	f.t.Helper()
+	sess := &structs.Session{ID: id, Name: "n-" + id, Type: typ, ResourceGroup: structs.DefaultResourceGroup}
+	k := &structs.Kernel{ID: id + "-k", SessionID: id, Role: "main", Idx: 1, Hostname: "main1", Driver: "exec", Command: []string{"true"}, Resources: res}
+	if err := f.s.EnqueueSession(f.next(), &structs.SessionEnqueueRequest{Session: sess, Kernels: []*structs.Kernel{k}, Time: t0}); err != nil {
+		f.t.Fatal(err)
+	}
+}
+
+func (f *fixture) place(sessionID, agentID string) *structs.PlanResult {
+	f.t.Helper()
+	plan := &structs.Plan{Placements: []structs.SessionPlacement{{SessionID: sessionID, Placements: []structs.Placement{{KernelID: sessionID + "-k", AgentID: agentID}}}}}
+	res, err := f.s.ApplyPlan(f.next(), &structs.PlanApplyRequest{Plan: plan, Time: t0})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return res
+}
+
+func (f *fixture) update(agentID, kernelID string, st structs.KernelStatus, code *int) map[string]string {
+	f.t.Helper()
+	skipped, err := f.s.UpdateKernels(f.next(), &structs.KernelUpdateRequest{AgentID: agentID, Updates: []*structs.KernelUpdate{{KernelID: kernelID, Status: st, ExitCode: code, Time: t0}}})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return skipped
+}
+
+func (f *fixture) sess(id string) *structs.Session {
+	f.t.Helper()
+	s, err := f.s.Snapshot().Session(nil, id)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return s
+}
+
+func (f *fixture) occupied(agentID string) structs.Slots {
+	f.t.Helper()
+	a, err := f.s.Snapshot().Agent(nil, agentID)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return a.Occupied
+}
+
+func intp(v int) *int { return &v }
+
+func TestBatchLifecycleOccupancyAndResult(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		code   int
+		result structs.SessionResult
+	}{{"success", 0, structs.ResultSuccess}, {"failure", 3, structs.ResultFailure}} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t)
+			f.agent("a1", slots(2, 1024))
+			f.session("s1", structs.SessionTypeBatch, slots(1, 256))
+			if res := f.place("s1", "a1"); len(res.Applied) != 1 {
+				t.Fatalf("plan not applied: %+v", res)
+			}
+			if got := f.sess("s1").Status; got != structs.SessionScheduled {
+				t.Fatalf("status %s, want SCHEDULED", got)
+			}
+			if !f.occupied("a1").Equal(slots(1, 256)) {
+				t.Fatalf("occupied %v after placement", f.occupied("a1"))
+			}
+			f.update("a1", "s1-k", structs.KernelPreparing, nil)
+			f.update("a1", "s1-k", structs.KernelRunning, nil)
+			if got := f.sess("s1").Status; got != structs.SessionRunning {
+				t.Fatalf("status %s, want RUNNING", got)
+			}
+			f.update("a1", "s1-k", structs.KernelTerminated, intp(tc.code))
+			s := f.sess("s1")
+			if s.Status != structs.SessionTerminated || s.Result != tc.result {
+				t.Fatalf("got %s/%s, want TERMINATED/%s", s.Status, s.Result, tc.result)
+			}
+			if len(f.occupied("a1")) != 0 {
+				t.Fatalf("slots not freed: %v", f.occupied("a1"))
+			}
+			var seen []string
+			for _, h := range s.History {
+				seen = append(seen, h.Status)
+			}
+			want := []string{"PENDING", "SCHEDULED", "PREPARING", "RUNNING", "TERMINATED"}
+			if len(seen) != len(want) {
+				t.Fatalf("history %v, want %v", seen, want)
+			}
+			for i := range want {
+				if seen[i] != want[i] {
+					t.Fatalf("history %v, want %v", seen, want)
+				}
+			}
+		})
+	}
+}
+
+func TestPlanRecheckRejectsOverfullAgent(t *testing.T) {
+	f := newFixture(t)
+	f.agent("a1", slots(2, 1024))
+	f.session("s1", structs.SessionTypeBatch, slots(2, 256))
+	f.session("s2", structs.SessionTypeBatch, slots(1, 256))
+	if res := f.place("s1", "a1"); len(res.Applied) != 1 {
+		t.Fatalf("first plan: %+v", res)
+	}
+	// A stale plan computed before s1 was placed must not oversubscribe.
+	res := f.place("s2", "a1")
+	if len(res.Applied) != 0 || res.Rejected["s2"] == "" {
+		t.Fatalf("stale plan applied: %+v", res)
+	}
+	if got := f.sess("s2").Status; got != structs.SessionPending {
+		t.Fatalf("s2 is %s, want PENDING", got)
+	}
+	if !f.occupied("a1").Equal(slots(2, 256)) {
+		t.Fatalf("occupied %v", f.occupied("a1"))
+	}
+	// Placing the same session twice is refused too.
+	if res := f.place("s1", "a1"); len(res.Applied) != 0 {
+		t.Fatalf("double placement applied: %+v", res)
+	}
+}
+
+func TestIllegalAndForeignUpdatesAreSkipped(t *testing.T) {
+	f := newFixture(t)
+	f.agent("a1", slots(2, 1024))
+	f.agent("a2", slots(2, 1024))
+	f.session("s1", structs.SessionTypeBatch, slots(1, 256))
+	f.place("s1", "a1")
+	if skipped := f.update("a2", "s1-k", structs.KernelRunning, nil); skipped["s1-k"] == "" {
+		t.Fatal("update from the wrong agent was not skipped")
+	}
+	f.update("a1", "s1-k", structs.KernelTerminated, intp(0))
+	skipped := f.update("a1", "s1-k", structs.KernelRunning, nil)
+	if skipped["s1-k"] == "" {
+		t.Fatal("TERMINATED -> RUNNING was not refused")
+	}
+	k, _ := f.s.Snapshot().Kernel("s1-k")
+	if k.Status != structs.KernelTerminated {
+		t.Fatalf("kernel is %s after a refused update", k.Status)
+	}
+	if len(f.occupied("a1")) != 0 {
+		t.Fatalf("occupancy changed by a refused update: %v", f.occupied("a1"))
+	}
+}
+
+func TestDestroy(t *testing.T) {
+	f := newFixture(t)
+	f.agent("a1", slots(2, 1024))
+	f.session("pending", structs.SessionTypeInteractive, slots(1, 256))
+	f.session("running", structs.SessionTypeInteractive, slots(1, 256))
+	f.place("running", "a1")
+	f.update("a1", "running-k", structs.KernelRunning, nil)
+
+	if err := f.s.DestroySession(f.next(), &structs.SessionDestroyRequest{SessionID: "pending", Reason: "destroyed by user", Time: t0}); err != nil {
+		t.Fatal(err)
+	}
+	if s := f.sess("pending"); s.Status != structs.SessionCancelled || s.StatusInfo != "destroyed by user" {
+		t.Fatalf("pending session: %s %q", s.Status, s.StatusInfo)
+	}
+	if err := f.s.DestroySession(f.next(), &structs.SessionDestroyRequest{SessionID: "running", Reason: "destroyed by user", Time: t0}); err != nil {
+		t.Fatal(err)
+	}
+	if s := f.sess("running"); s.Status != structs.SessionTerminating {
+		t.Fatalf("running session: %s", s.Status)
+	}
+	if len(f.occupied("a1")) == 0 {
+		t.Fatal("slots freed before the agent confirmed termination")
+	}
+	f.update("a1", "running-k", structs.KernelTerminated, intp(143))
+	if s := f.sess("running"); s.Status != structs.SessionTerminated || s.Result != structs.ResultUndefined {
+		t.Fatalf("running session after stop: %s/%s", s.Status, s.Result)
+	}
+	if len(f.occupied("a1")) != 0 {
+		t.Fatalf("slots not freed: %v", f.occupied("a1"))
+	}
+}
+
+func TestResolveSession(t *testing.T) {
+	f := newFixture(t)
+	f.session("abc123", structs.SessionTypeBatch, slots(1, 256))
+	f.session("abd456", structs.SessionTypeBatch, slots(1, 256))
+	snap := f.s.Snapshot()
+	for ref, want := range map[string]string{"abc123": "abc123", "abc": "abc123", "n-abd456": "abd456"} {
+		s, err := snap.ResolveSession(nil, ref)
+		if err != nil || s.ID != want {
+			t.Errorf("resolve %q = %v, %v; want %s", ref, s, err, want)
+		}
+	}
+	if _, err := snap.ResolveSession(nil, "ab"); !errors.Is(err, ErrAmbiguous) {
+		t.Errorf("ambiguous prefix: %v", err)
+	}
+	if _, err := snap.ResolveSession(nil, "zzz"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("unknown: %v", err)
+	}
+}
+
+func TestDumpRestoreRoundTrip(t *testing.T) {
+	f := newFixture(t)
+	f.agent("a1", slots(2, 1024))
+	f.session("s1", structs.SessionTypeBatch, slots(1, 256))
+	f.place("s1", "a1")
+	d, err := f.s.Snapshot().Dump()
+	if err != nil {
+		t.Fatal(err)
+	}
+	abandon := f.s.AbandonCh()
+	s2, _ := New()
+	if err := s2.Restore(d); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.s.Restore(d); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-abandon:
+	default:
+		t.Fatal("restore did not close the abandon channel")
+	}
+	for _, s := range []*StateStore{s2, f.s} {
+		snap := s.Snapshot()
+		sess, err := snap.Session(nil, "s1")
+		if err != nil || sess.Status != structs.SessionScheduled {
+			t.Fatalf("restored session: %v %v", sess, err)
+		}
+		a, _ := snap.Agent(nil, "a1")
+		if !a.Occupied.Equal(slots(1, 256)) {
+			t.Fatalf("restored occupancy %v", a.Occupied)
+		}
+		if snap.Index("sessions") != d.Index["sessions"] {
+			t.Fatalf("restored index %d", snap.Index("sessions"))
+		}
+	}
+}
