@@ -382,8 +382,8 @@ func (s *Server) monitorLeadership() {
 			if cancel != nil {
 				continue
 			}
-			var ctx context.Context
-			ctx, cancel = context.WithCancel(s.ctx)
+			ctx, leaderCancel := context.WithCancel(s.ctx)
+			cancel = leaderCancel
 			wg.Add(1)
 			go func() { defer wg.Done(); s.leaderLoop(ctx) }()
 		}

@@ -102,12 +102,15 @@ func CheckKernelTransition(from, to KernelStatus) error {
 
 // CheckSessionTransition returns nil when a session may move from one status to another.
 func CheckSessionTransition(from, to SessionStatus) error {
-	if from == to {
-		return nil
-	}
 	next, ok := sessionTransitions[from]
 	if !ok {
 		return fmt.Errorf("%w: unknown session status %q", ErrIllegalTransition, from)
+	}
+	if _, ok := sessionTransitions[to]; !ok {
+		return fmt.Errorf("%w: unknown session status %q", ErrIllegalTransition, to)
+	}
+	if from == to {
+		return nil
 	}
 	for _, s := range next {
 		if s == to {
@@ -135,10 +138,12 @@ func (s KernelStatus) Valid() bool { _, ok := kernelTransitions[s]; return ok }
 func (s SessionStatus) Valid() bool { _, ok := sessionTransitions[s]; return ok }
 
 // kernelRank orders kernel statuses by how far along their lifecycle they are.
+// RESTARTING ranks below RUNNING so that a session with one kernel restarting
+// is RESTARTING whatever the order of its kernels.
 var kernelRank = map[KernelStatus]int{
 	KernelPending: 0, KernelScheduled: 1, KernelPreparing: 2, KernelPulling: 3,
-	KernelCreating: 4, KernelRunning: 5, KernelRestarting: 5, KernelTerminating: 6,
-	KernelTerminated: 7, KernelCancelled: 7, KernelError: 8,
+	KernelCreating: 4, KernelRestarting: 5, KernelRunning: 6, KernelTerminating: 7,
+	KernelTerminated: 8, KernelCancelled: 8, KernelError: 9,
 }
 
 // kernelToSession maps a kernel status to the session status it implies.

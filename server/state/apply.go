@@ -154,7 +154,7 @@ func (w *writer) placeSession(sn *Snapshot, sp structs.SessionPlacement, now tim
 			a = cur.Copy()
 			agents[p.AgentID] = a
 		}
-		if err := scheduler.CheckPlacement(a, a.Occupied, k); err != nil {
+		if err := scheduler.CheckPlacementInGroup(a, sess.ResourceGroup, a.Occupied, k); err != nil {
 			return err
 		}
 		a.Occupied = a.Occupied.Add(k.Resources)
@@ -221,9 +221,10 @@ func (w *writer) refreshSession(id, info string, now time.Time) error {
 	}
 	derived := structs.DeriveSessionStatus(statuses)
 	if derived != c.Status {
-		if err := c.SetStatus(derived, info, now); err != nil {
-			return err
-		}
+		// A move the session table refuses (ERROR back to RUNNING when one
+		// of several kernels is cleaned up) keeps the session where it is:
+		// the kernels' own changes still apply.
+		_ = c.SetStatus(derived, info, now)
 	}
 	return w.putSession(c)
 }

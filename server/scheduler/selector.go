@@ -1,0 +1,59 @@
+package scheduler
+
+import "github.com/corral-dev/corral/structs"
+
+// Candidate is an agent that can take the kernel being placed: ALIVE, in the
+// session's resource group, with the kernel's driver and room for all of its
+// slots in this pass.
+type Candidate struct {
+	// Agent is the agent as the snapshot holds it; never modify it.
+	Agent *structs.Agent
+	view  *agentView
+}
+
+// Free returns the agent's free amount of a slot in this pass (capacity
+// minus occupied, counting what the pass placed so far), before the kernel
+// being placed is counted.
+func (c Candidate) Free(slot string) structs.Quantity {
+	i, ok := c.view.slots.index[slot]
+	if !ok {
+		return 0
+	}
+	return c.view.free(i)
+}
+
+// FreeSlots returns all of the agent's free slots in this pass, as Free does.
+func (c Candidate) FreeSlots() structs.Slots {
+	out := make(structs.Slots, len(c.view.slots.names))
+	for i, name := range c.view.slots.names {
+		if f := c.view.free(i); f != 0 {
+			out[name] = f
+		}
+	}
+	return out
+}
+
+// AgentSelector chooses the agent for one kernel among candidates, which
+// are never empty and are sorted by agent ID. It returns an index into
+// candidates, or -1 to place the kernel nowhere in this pass. A selector must
+// be deterministic, must not modify its arguments and must not keep the
+// candidates after it returns (their free amounts change as the pass goes on).
+//
+// Backend.AI's concentrated, dispersed and round-robin selectors fit here.
+type AgentSelector func(k *structs.Kernel, candidates []Candidate) int
+
+// MostFreeCPU is the v1 agent selector: the candidate with the most free cpu
+// once the kernel is placed, ties broken by the lowest agent ID. It spreads
+// kernels over agents.
+func MostFreeCPU(k *structs.Kernel, candidates []Candidate) int {
+	best := -1
+	var bestFree structs.Quantity
+	need := k.Resources[structs.SlotCPU]
+	for i, c := range candidates {
+		f := c.view.free(c.view.slots.cpu) - need
+		if best < 0 || f > bestFree || (f == bestFree && c.Agent.ID < candidates[best].Agent.ID) {
+			best, bestFree = i, f
+		}
+	}
+	return best
+}
