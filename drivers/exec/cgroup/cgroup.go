@@ -1,0 +1,481 @@
+// Package cgroup gives each exec task its own cgroups (v1 or v2) that limit
+// its CPU and memory, report its usage and find every one of its processes
+// so that none survives the task.
+package cgroup
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"math"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// ErrUnavailable means this host offers no cgroup controller the driver can
+// use (not root, controllers missing or not writable).
+var ErrUnavailable = errors.New("cgroups unavailable")
+
+// Version is the cgroup hierarchy layout in use.
+type Version int
+
+// Cgroup versions.
+const (
+	None Version = iota // no cgroups: tasks run without limits
+	V1                  // one hierarchy per controller
+	V2                  // the unified hierarchy
+)
+
+// String returns "none", "v1" or "v2".
+func (v Version) String() string {
+	switch v {
+	case V1:
+		return "v1"
+	case V2:
+		return "v2"
+	default:
+		return "none"
+	}
+}
+
+// CFSPeriodMicros is the CFS scheduling period used for CPU quotas.
+const CFSPeriodMicros = 100000
+
+// minCFSQuotaMicros is the smallest quota the kernel accepts.
+const minCFSQuotaMicros = 1000
+
+// Controller names as they appear in mountinfo and Group.Dirs.
+const (
+	CPU     = "cpu"
+	CPUAcct = "cpuacct"
+	Memory  = "memory"
+	Unified = "unified" // the key of the single v2 directory in Group.Dirs
+)
+
+// Limits are the resource limits of one task; zero means unlimited.
+type Limits struct {
+	// CPU is the number of cores (fractional allowed) the task may use.
+	CPU float64
+	// MemoryBytes is the most memory the task may use before it is OOM-killed.
+	MemoryBytes int64
+}
+
+// Manager creates per-task cgroups below one parent cgroup (e.g. "corral")
+// in every hierarchy it found.
+type Manager struct {
+	version Version
+	// parents maps a controller (v1) or Unified (v2) to the parent directory.
+	parents     map[string]string
+	limitCPU    bool
+	limitMemory bool
+}
+
+// Detect reads /proc/self/mountinfo and prepares a Manager that creates task
+// cgroups below parent. It fails with ErrUnavailable when the process is not
+// root or no cpu or memory controller can be used.
+func Detect(parent string) (*Manager, error) {
+	if os.Geteuid() != 0 {
+		return nil, fmt.Errorf("%w: not running as root", ErrUnavailable)
+	}
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
+	defer f.Close()
+	mounts, err := ParseMountinfo(f)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
+	return NewManager(mounts, parent)
+}
+
+// NewManager prepares a Manager from the given mounts: cgroup v1 when a v1
+// cpu or memory controller is mounted, otherwise cgroup v2 when a cgroup2
+// mount offers cpu or memory. It creates the parent cgroup and, on v2,
+// enables the controllers for its children.
+func NewManager(mounts []Mount, parent string) (*Manager, error) {
+	if err := validName(parent); err != nil {
+		return nil, err
+	}
+	m := &Manager{parents: map[string]string{}}
+	for _, ctrl := range []string{CPU, Memory, CPUAcct} {
+		for _, mt := range mounts {
+			if !mt.V2 && slices.Contains(mt.Controllers, ctrl) {
+				m.parents[ctrl] = filepath.Join(mt.Point, parent)
+				break
+			}
+		}
+	}
+	if m.parents[CPU] != "" || m.parents[Memory] != "" {
+		m.version = V1
+		for ctrl, dir := range m.parents {
+			if err := os.MkdirAll(dir, 0o755); err != nil {
+				return nil, fmt.Errorf("%w: creating %s cgroup: %v", ErrUnavailable, ctrl, err)
+			}
+		}
+		m.limitCPU = m.parents[CPU] != ""
+		m.limitMemory = m.parents[Memory] != ""
+		return m, nil
+	}
+	return newV2(mounts, parent)
+}
+
+func newV2(mounts []Mount, parent string) (*Manager, error) {
+	var mt *Mount
+	for i := range mounts {
+		if mounts[i].V2 && (mt == nil || mounts[i].Point == "/sys/fs/cgroup") {
+			mt = &mounts[i]
+		}
+	}
+	if mt == nil {
+		return nil, fmt.Errorf("%w: no cgroup v1 cpu or memory controller and no cgroup2 mount", ErrUnavailable)
+	}
+	b, err := os.ReadFile(filepath.Join(mt.Point, "cgroup.controllers"))
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
+	avail := strings.Fields(string(b))
+	var enable []string
+	for _, c := range []string{CPU, Memory} {
+		if slices.Contains(avail, c) {
+			enable = append(enable, c)
+		}
+	}
+	if len(enable) == 0 {
+		return nil, fmt.Errorf("%w: cgroup2 at %s offers neither cpu nor memory", ErrUnavailable, mt.Point)
+	}
+	dir := filepath.Join(mt.Point, parent)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("%w: creating cgroup: %v", ErrUnavailable, err)
+	}
+	for _, d := range []string{mt.Point, dir} {
+		if err := enableControllers(d, enable); err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
+		}
+	}
+	return &Manager{
+		version:     V2,
+		parents:     map[string]string{Unified: dir},
+		limitCPU:    slices.Contains(enable, CPU),
+		limitMemory: slices.Contains(enable, Memory),
+	}, nil
+}
+
+// enableControllers makes ctrls available to the children of the v2 cgroup dir.
+func enableControllers(dir string, ctrls []string) error {
+	b, err := os.ReadFile(filepath.Join(dir, "cgroup.subtree_control"))
+	if err != nil {
+		return err
+	}
+	have := strings.Fields(string(b))
+	for _, c := range ctrls {
+		if slices.Contains(have, c) {
+			continue
+		}
+		if err := write(dir, "cgroup.subtree_control", "+"+c); err != nil {
+			return fmt.Errorf("enabling %s controller in %s: %w", c, dir, err)
+		}
+	}
+	return nil
+}
+
+// Version returns the cgroup version the manager uses.
+func (m *Manager) Version() Version { return m.version }
+
+// CanLimitCPU reports whether CPU quotas are enforced.
+func (m *Manager) CanLimitCPU() bool { return m.limitCPU }
+
+// CanLimitMemory reports whether memory limits are enforced.
+func (m *Manager) CanLimitMemory() bool { return m.limitMemory }
+
+// Create makes the cgroups of task id and applies l to them.
+func (m *Manager) Create(id string, l Limits) (*Group, error) {
+	if err := validName(id); err != nil {
+		return nil, err
+	}
+	g := &Group{Version: m.version, Dirs: map[string]string{}}
+	for ctrl, parent := range m.parents {
+		g.Dirs[ctrl] = filepath.Join(parent, id)
+	}
+	for _, dir := range g.dirs() {
+		if err := os.Mkdir(dir, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
+			_ = g.remove(context.Background())
+			return nil, fmt.Errorf("creating cgroup: %w", err)
+		}
+	}
+	if err := g.apply(l); err != nil {
+		_ = g.remove(context.Background())
+		return nil, err
+	}
+	return g, nil
+}
+
+// Group is the set of cgroup directories of one task. It is plain data so
+// that the driver can persist it and find the cgroups again after a restart.
+type Group struct {
+	Version Version `json:"version"`
+	// Dirs maps a controller (v1: "cpu", "memory", "cpuacct") or "unified"
+	// (v2) to the task's cgroup directory.
+	Dirs map[string]string `json:"dirs"`
+}
+
+// dirs returns the distinct directories of g in a stable order.
+func (g *Group) dirs() []string {
+	var out []string
+	for _, d := range g.Dirs {
+		if !slices.Contains(out, d) {
+			out = append(out, d)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// ProcsFiles returns the cgroup.procs files a process must write its pid to
+// in order to join every cgroup of g.
+func (g *Group) ProcsFiles() []string {
+	var out []string
+	for _, d := range g.dirs() {
+		out = append(out, filepath.Join(d, "cgroup.procs"))
+	}
+	return out
+}
+
+// UnifiedDir returns the v2 directory of g, or "" on v1.
+func (g *Group) UnifiedDir() string { return g.Dirs[Unified] }
+
+func (g *Group) apply(l Limits) error {
+	quota := "max"
+	if l.CPU > 0 {
+		q := int64(math.Round(l.CPU * CFSPeriodMicros))
+		quota = strconv.FormatInt(max(q, minCFSQuotaMicros), 10)
+	}
+	mem := "max"
+	if l.MemoryBytes > 0 {
+		mem = strconv.FormatInt(l.MemoryBytes, 10)
+	}
+	period := strconv.Itoa(CFSPeriodMicros)
+	switch g.Version {
+	case V1:
+		if d := g.Dirs[CPU]; d != "" {
+			if quota == "max" {
+				quota = "-1"
+			}
+			if err := write(d, "cpu.cfs_period_us", period); err != nil {
+				return err
+			}
+			if err := write(d, "cpu.cfs_quota_us", quota); err != nil {
+				return err
+			}
+		}
+		if d := g.Dirs[Memory]; d != "" {
+			if mem == "max" {
+				mem = "-1"
+			}
+			if err := write(d, "memory.limit_in_bytes", mem); err != nil {
+				return err
+			}
+			// Without swap accounting the file is missing; the limit
+			// above still holds for RAM.
+			if _, err := os.Stat(filepath.Join(d, "memory.memsw.limit_in_bytes")); err == nil {
+				_ = write(d, "memory.memsw.limit_in_bytes", mem)
+			}
+		}
+	case V2:
+		d := g.Dirs[Unified]
+		if _, err := os.Stat(filepath.Join(d, "cpu.max")); err == nil || l.CPU > 0 {
+			if err := write(d, "cpu.max", quota+" "+period); err != nil {
+				return err
+			}
+		}
+		if _, err := os.Stat(filepath.Join(d, "memory.max")); err == nil || l.MemoryBytes > 0 {
+			if err := write(d, "memory.max", mem); err != nil {
+				return err
+			}
+			if l.MemoryBytes > 0 {
+				if _, err := os.Stat(filepath.Join(d, "memory.swap.max")); err == nil {
+					_ = write(d, "memory.swap.max", "0")
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// Pids returns the processes currently in g.
+func (g *Group) Pids() ([]int, error) {
+	var pids []int
+	for _, f := range g.ProcsFiles() {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				continue
+			}
+			return nil, err
+		}
+		for _, s := range strings.Fields(string(b)) {
+			pid, err := strconv.Atoi(s)
+			if err == nil && !slices.Contains(pids, pid) {
+				pids = append(pids, pid)
+			}
+		}
+	}
+	return pids, nil
+}
+
+// Stats is a usage sample of a Group; the Has fields say which values the
+// cgroup could provide.
+type Stats struct {
+	CPUUsageNanos  uint64 // CPU time used by all processes, ever
+	HasCPU         bool   // CPUUsageNanos came from the cgroup
+	MemoryRSSBytes uint64 // anonymous resident memory charged to the cgroup
+	HasMemory      bool   // MemoryRSSBytes came from the cgroup
+	Pids           uint64 // processes in the cgroup now
+}
+
+// Stats samples the CPU time, resident memory and process count of g.
+func (g *Group) Stats() (Stats, error) {
+	var s Stats
+	pids, err := g.Pids()
+	if err != nil {
+		return s, err
+	}
+	s.Pids = uint64(len(pids))
+	switch g.Version {
+	case V1:
+		if d := g.Dirs[CPUAcct]; d != "" {
+			if b, err := os.ReadFile(filepath.Join(d, "cpuacct.usage")); err == nil {
+				if v, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64); err == nil {
+					s.CPUUsageNanos, s.HasCPU = v, true
+				}
+			}
+		}
+		if d := g.Dirs[Memory]; d != "" {
+			kv := readKV(filepath.Join(d, "memory.stat"))
+			if v, ok := kv["total_rss"]; ok {
+				s.MemoryRSSBytes, s.HasMemory = v, true
+			} else if v, ok := kv["rss"]; ok {
+				s.MemoryRSSBytes, s.HasMemory = v, true
+			}
+		}
+	case V2:
+		d := g.Dirs[Unified]
+		if v, ok := readKV(filepath.Join(d, "cpu.stat"))["usage_usec"]; ok {
+			s.CPUUsageNanos, s.HasCPU = v*1000, true
+		}
+		if v, ok := readKV(filepath.Join(d, "memory.stat"))["anon"]; ok {
+			s.MemoryRSSBytes, s.HasMemory = v, true
+		}
+	}
+	return s, nil
+}
+
+// OOMKilled reports whether the kernel OOM-killed a process of g because
+// of its memory limit.
+func (g *Group) OOMKilled() bool {
+	switch g.Version {
+	case V1:
+		if d := g.Dirs[Memory]; d != "" {
+			return readKV(filepath.Join(d, "memory.oom_control"))["oom_kill"] > 0
+		}
+	case V2:
+		return readKV(filepath.Join(g.Dirs[Unified], "memory.events"))["oom_kill"] > 0
+	}
+	return false
+}
+
+// Kill sends SIGKILL to every process of g until none is left or ctx ends.
+func (g *Group) Kill(ctx context.Context) error {
+	for {
+		pids, err := g.Pids()
+		if err != nil {
+			return fmt.Errorf("listing cgroup processes: %w", err)
+		}
+		if len(pids) == 0 {
+			return nil
+		}
+		for _, pid := range pids {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("processes %v survived SIGKILL: %w", pids, ctx.Err())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+// Destroy kills what is left in g and removes its directories. Directories
+// that are already gone are not an error.
+func (g *Group) Destroy(ctx context.Context) error {
+	if err := g.Kill(ctx); err != nil {
+		return err
+	}
+	return g.remove(ctx)
+}
+
+func (g *Group) remove(ctx context.Context) error {
+	var errs []error
+	for _, d := range g.dirs() {
+		for {
+			err := os.Remove(d)
+			if err == nil || errors.Is(err, fs.ErrNotExist) {
+				break
+			}
+			// EBUSY: the kernel has not yet released exiting tasks.
+			if !errors.Is(err, syscall.EBUSY) {
+				errs = append(errs, fmt.Errorf("removing cgroup: %w", err))
+				break
+			}
+			select {
+			case <-ctx.Done():
+				errs = append(errs, fmt.Errorf("removing cgroup %s: %w", d, ctx.Err()))
+			case <-time.After(10 * time.Millisecond):
+				continue
+			}
+			break
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// validName rejects names that are not a single path element.
+func validName(name string) error {
+	if name == "" || name == "." || name == ".." || strings.ContainsAny(name, "/\x00\n") {
+		return fmt.Errorf("invalid cgroup name %q: want a single path element", name)
+	}
+	return nil
+}
+
+func write(dir, file, value string) error {
+	if err := os.WriteFile(filepath.Join(dir, file), []byte(value), 0o644); err != nil {
+		return fmt.Errorf("writing %q to %s: %w", value, filepath.Join(dir, file), err)
+	}
+	return nil
+}
+
+// readKV parses "key value" lines such as memory.stat; unreadable files and
+// lines yield an empty or partial map.
+func readKV(path string) map[string]uint64 {
+	out := map[string]uint64{}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return out
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		k, v, ok := strings.Cut(strings.TrimSpace(line), " ")
+		if !ok {
+			continue
+		}
+		if n, err := strconv.ParseUint(strings.TrimSpace(v), 10, 64); err == nil {
+			out[k] = n
+		}
+	}
+	return out
+}

@@ -1,0 +1,584 @@
+// Package exec is the kernel driver that runs kernels as native processes
+// on the node: each task is a process group in its own working directory,
+// limited in CPU and memory by per-task cgroups (v1 or v2) when the agent
+// runs as root.
+package exec
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"maps"
+	"os"
+	osexec "os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/corral-dev/corral/drivers/exec/cgroup"
+	"github.com/corral-dev/corral/plugins/drivers"
+	"github.com/corral-dev/corral/structs"
+)
+
+// driverName is the name sessions use to pick this driver.
+const driverName = "exec"
+
+// CgroupParent is the cgroup below which the driver creates one cgroup per
+// task, e.g. /sys/fs/cgroup/memory/corral/<task ID> on cgroup v1.
+const CgroupParent = "corral"
+
+// ErrExitCodeUnknown is the ExitResult.Err of a task recovered after an
+// agent restart: the new agent is not the task's parent, so it sees the
+// process disappear but cannot learn its exit code.
+var ErrExitCodeUnknown = errors.New("exit code unknown: the task was recovered after an agent restart and its exit status went to another process")
+
+const (
+	// pollInterval is how often Stop and Destroy check for leftover processes.
+	pollInterval = 20 * time.Millisecond
+	// destroyTimeout bounds Destroy when ctx has no earlier deadline.
+	destroyTimeout = 30 * time.Second
+	// execWaitDelay is how long Exec waits for output after the command
+	// exited while a background child still holds its stdout or stderr.
+	execWaitDelay = time.Second
+)
+
+// recoverPollInterval is how often a recovered task is checked for exit.
+var recoverPollInterval = 250 * time.Millisecond
+
+// Driver runs tasks as native processes. It is safe for concurrent use.
+type Driver struct {
+	logger  *slog.Logger
+	cgroups *cgroup.Manager // nil: tasks run without limits
+	// noLimits says why cgroups are not used; empty when they are.
+	noLimits string
+
+	mu sync.Mutex
+	// tasks holds every started task; a nil value reserves an ID while the
+	// task is being started.
+	tasks map[string]*task
+}
+
+var _ drivers.Driver = (*Driver)(nil)
+
+// New returns an exec driver that logs to logger (nil discards). It detects
+// the cgroup hierarchies once; when it cannot use them it logs, once, that
+// tasks will run without resource limits.
+func New(logger *slog.Logger) *Driver {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	d := &Driver{logger: logger.With("driver", driverName), tasks: map[string]*task{}}
+	m, err := cgroup.Detect(CgroupParent)
+	if err != nil {
+		d.noLimits = err.Error()
+		d.logger.Warn("tasks will run without CPU and memory limits", "reason", err)
+		return d
+	}
+	d.cgroups = m
+	if !m.CanLimitCPU() || !m.CanLimitMemory() {
+		d.logger.Warn("some resource limits are unavailable", "cgroup_version", m.Version().String(),
+			"cpu", m.CanLimitCPU(), "memory", m.CanLimitMemory())
+	} else {
+		d.logger.Debug("resource limits enabled", "cgroup_version", m.Version().String())
+	}
+	return d
+}
+
+// Name returns "exec".
+func (d *Driver) Name() string { return driverName }
+
+// Fingerprint reports the driver healthy on Linux, with the kernel version
+// and the cgroup setup as attributes.
+func (d *Driver) Fingerprint(ctx context.Context) (*drivers.Fingerprint, error) {
+	if runtime.GOOS != "linux" {
+		return &drivers.Fingerprint{Health: drivers.HealthUndetected, Description: "the exec driver needs Linux"}, nil
+	}
+	attrs := map[string]string{
+		"driver.exec.cgroup_version":  cgroup.None.String(),
+		"driver.exec.resource_limits": fmt.Sprint(d.Capabilities().ResourceLimits),
+	}
+	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		attrs["driver.exec.kernel_version"] = strings.TrimSpace(string(b))
+	}
+	desc := "native processes"
+	if d.cgroups != nil {
+		attrs["driver.exec.cgroup_version"] = d.cgroups.Version().String()
+		desc += ", limited by cgroup " + d.cgroups.Version().String()
+	} else {
+		desc += ", without resource limits: " + d.noLimits
+	}
+	return &drivers.Fingerprint{Health: drivers.HealthHealthy, Description: desc, Attributes: attrs}, nil
+}
+
+// Capabilities reports exec, recover and host networking, and resource
+// limits when both CPU and memory cgroups are usable.
+func (d *Driver) Capabilities() drivers.Capabilities {
+	return drivers.Capabilities{
+		Exec:           true,
+		ResourceLimits: d.cgroups != nil && d.cgroups.CanLimitCPU() && d.cgroups.CanLimitMemory(),
+		Recover:        true,
+		HostNetworking: true,
+	}
+}
+
+// get returns the task with id or ErrTaskNotFound.
+func (d *Driver) get(id string) (*task, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	t := d.tasks[id]
+	if t == nil {
+		return nil, fmt.Errorf("%w: %q", drivers.ErrTaskNotFound, id)
+	}
+	return t, nil
+}
+
+func validateConfig(cfg *drivers.TaskConfig) error {
+	switch {
+	case cfg == nil:
+		return fmt.Errorf("%w: no task config", drivers.ErrInvalidConfig)
+	case cfg.ID == "" || cfg.ID == "." || cfg.ID == ".." || strings.ContainsAny(cfg.ID, "/\x00\n"):
+		return fmt.Errorf("%w: task ID %q must be a non-empty name without slashes", drivers.ErrInvalidConfig, cfg.ID)
+	case len(cfg.Command) == 0 || cfg.Command[0] == "":
+		return fmt.Errorf("%w: task %s has an empty command: give the program to run", drivers.ErrInvalidConfig, cfg.ID)
+	case cfg.WorkDir == "" || !filepath.IsAbs(cfg.WorkDir):
+		return fmt.Errorf("%w: task %s needs an absolute working directory, got %q", drivers.ErrInvalidConfig, cfg.ID, cfg.WorkDir)
+	}
+	return nil
+}
+
+func cloneConfig(cfg *drivers.TaskConfig) *drivers.TaskConfig {
+	c := *cfg
+	c.Command = slices.Clone(cfg.Command)
+	c.Env = maps.Clone(cfg.Env)
+	c.Resources = cfg.Resources.Copy()
+	return &c
+}
+
+// limits turns the task's cpu and mem slots into cgroup limits, leaving out
+// (with a warning) what this node cannot enforce.
+func (d *Driver) limits(cfg *drivers.TaskConfig, log *slog.Logger) cgroup.Limits {
+	l := cgroup.Limits{
+		CPU:         cfg.Resources[structs.SlotCPU].Float(),
+		MemoryBytes: int64(cfg.Resources[structs.SlotMem].Float()),
+	}
+	if d.cgroups == nil {
+		if l.CPU > 0 || l.MemoryBytes > 0 {
+			log.Debug("resource limits not enforced", "reason", d.noLimits)
+		}
+		return cgroup.Limits{}
+	}
+	if l.CPU > 0 && !d.cgroups.CanLimitCPU() {
+		log.Warn("no cpu cgroup controller: CPU limit not enforced", "cpu", l.CPU)
+		l.CPU = 0
+	}
+	if l.MemoryBytes > 0 && !d.cgroups.CanLimitMemory() {
+		log.Warn("no memory cgroup controller: memory limit not enforced", "mem", l.MemoryBytes)
+		l.MemoryBytes = 0
+	}
+	return l
+}
+
+// Start runs cfg.Command[0] (resolved through PATH) with cfg.Command[1:] in
+// its own process group and cgroups, in cfg.WorkDir (created if missing),
+// with stdout and stderr appended to cfg.StdoutPath and cfg.StderrPath.
+// It returns once the process runs inside its cgroups.
+func (d *Driver) Start(ctx context.Context, cfg *drivers.TaskConfig) (_ *drivers.TaskHandle, err error) {
+	if err := validateConfig(cfg); err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	cfg = cloneConfig(cfg)
+	log := d.logger.With("kernel_id", cfg.ID, "session_id", cfg.SessionID)
+	cred, err := lookupUser(cfg.User)
+	if err != nil {
+		return nil, err
+	}
+
+	d.mu.Lock()
+	if _, ok := d.tasks[cfg.ID]; ok {
+		d.mu.Unlock()
+		return nil, fmt.Errorf("%w: %q", drivers.ErrTaskExists, cfg.ID)
+	}
+	d.tasks[cfg.ID] = nil // reserve the ID
+	d.mu.Unlock()
+	defer func() {
+		if err != nil {
+			d.mu.Lock()
+			delete(d.tasks, cfg.ID)
+			d.mu.Unlock()
+		}
+	}()
+
+	if _, err := os.Stat(cfg.WorkDir); errors.Is(err, os.ErrNotExist) {
+		if err := os.MkdirAll(cfg.WorkDir, 0o755); err != nil {
+			return nil, fmt.Errorf("creating working directory: %w", err)
+		}
+		if cred != nil {
+			if err := os.Chown(cfg.WorkDir, int(cred.Uid), int(cred.Gid)); err != nil {
+				return nil, fmt.Errorf("handing working directory to user %s: %w", cfg.User, err)
+			}
+		}
+	}
+	env := taskEnv(cfg)
+	path, err := lookPath(cfg.Command[0], env["PATH"], cfg.WorkDir)
+	if err != nil {
+		return nil, fmt.Errorf("%w: task %s: %v", drivers.ErrInvalidConfig, cfg.ID, err)
+	}
+	stdout, err := openLog(cfg.StdoutPath)
+	if err != nil {
+		return nil, fmt.Errorf("opening stdout log: %w", err)
+	}
+	defer stdout.Close()
+	stderr, err := openLog(cfg.StderrPath)
+	if err != nil {
+		return nil, fmt.Errorf("opening stderr log: %w", err)
+	}
+	defer stderr.Close()
+
+	var group *cgroup.Group
+	if d.cgroups != nil {
+		group, err = d.cgroups.Create(cfg.ID, d.limits(cfg, log))
+		if err != nil {
+			return nil, fmt.Errorf("creating cgroups for task %s: %w", cfg.ID, err)
+		}
+		defer func() {
+			if err != nil {
+				cctx, cancel := context.WithTimeout(context.Background(), destroyTimeout)
+				defer cancel()
+				_ = group.Destroy(cctx)
+			}
+		}()
+		if cred != nil && group.Version == cgroup.V1 {
+			// The wrapper joins the cgroups after it became the user.
+			for _, f := range group.ProcsFiles() {
+				if err := os.Chown(f, int(cred.Uid), int(cred.Gid)); err != nil {
+					return nil, fmt.Errorf("delegating cgroup to user %s: %w", cfg.User, err)
+				}
+			}
+		}
+	} else {
+		d.limits(cfg, log)
+	}
+
+	cmd := &osexec.Cmd{
+		Path:        path,
+		Args:        cfg.Command,
+		Dir:         cfg.WorkDir,
+		Env:         envList(env),
+		Stdout:      stdout,
+		Stderr:      stderr,
+		SysProcAttr: &syscall.SysProcAttr{Setpgid: true, Credential: cred},
+	}
+	if err := startCmd(ctx, cmd, group); err != nil {
+		return nil, fmt.Errorf("starting task %s: %w", cfg.ID, err)
+	}
+	t := &task{
+		cfg: cfg, env: env, cred: cred, pid: cmd.Process.Pid, pgid: cmd.Process.Pid,
+		group: group, startedAt: time.Now(), done: make(chan struct{}),
+	}
+	t.logger = log.With("pid", t.pid)
+	if ps, err := readProcStat(t.pid); err == nil {
+		t.startTime = ps.StartTime
+	}
+	go t.wait(cmd)
+	h, err := t.handle()
+	if err != nil {
+		t.kill()
+		return nil, err
+	}
+	d.mu.Lock()
+	d.tasks[cfg.ID] = t
+	d.mu.Unlock()
+	t.logger.Info("task started", "command", cfg.Command, "cgroups", group != nil)
+	return h, nil
+}
+
+// Wait returns a channel that receives the task's exit result once the task
+// has exited, at once if it already has. Every call gets its own channel;
+// if ctx ends first, nothing is sent.
+func (d *Driver) Wait(ctx context.Context, taskID string) (<-chan *drivers.ExitResult, error) {
+	t, err := d.get(taskID)
+	if err != nil {
+		return nil, err
+	}
+	ch := make(chan *drivers.ExitResult, 1)
+	go func() {
+		select {
+		case <-t.done:
+			ch <- t.exitResult()
+			close(ch)
+		case <-ctx.Done():
+		}
+	}()
+	return ch, nil
+}
+
+// Stop sends signal (default SIGTERM) to the task's process group and
+// SIGKILL to the group and its cgroups if processes are left after timeout.
+// It returns once the task's main process has exited.
+func (d *Driver) Stop(ctx context.Context, taskID string, timeout time.Duration, signal string) error {
+	sig, err := parseSignal(signal)
+	if err != nil {
+		return err
+	}
+	t, err := d.get(taskID)
+	if err != nil {
+		return err
+	}
+	if t.gone() {
+		return nil
+	}
+	t.logger.Info("stopping task", "signal", sig.String(), "timeout", timeout)
+	if err := t.signal(sig); err != nil {
+		return err
+	}
+	grace, cancel := context.WithTimeout(ctx, timeout)
+	err = t.waitGone(grace)
+	cancel()
+	if err == nil {
+		return nil
+	}
+	if ctx.Err() != nil {
+		return fmt.Errorf("stopping task %s: %w", taskID, ctx.Err())
+	}
+	t.logger.Info("task did not stop in time; killing it", "processes", t.members())
+	t.kill()
+	select {
+	case <-t.done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("stopping task %s: %w", taskID, ctx.Err())
+	}
+}
+
+// Destroy kills every process left of the task (a running task only when
+// force is set), waits until they are gone, removes its cgroups and forgets
+// the task.
+func (d *Driver) Destroy(ctx context.Context, taskID string, force bool) error {
+	t, err := d.get(taskID)
+	if err != nil {
+		return err
+	}
+	if !t.exited() && !force {
+		return fmt.Errorf("task %s is still running: stop it first or destroy it with force", taskID)
+	}
+	ctx, cancel := context.WithTimeout(ctx, destroyTimeout)
+	defer cancel()
+	for !t.gone() {
+		t.kill()
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("destroying task %s: processes %v still alive: %w", taskID, t.members(), ctx.Err())
+		case <-time.After(pollInterval):
+		}
+	}
+	if t.group != nil {
+		if err := t.group.Destroy(ctx); err != nil {
+			return fmt.Errorf("destroying task %s: %w", taskID, err)
+		}
+	}
+	d.mu.Lock()
+	if d.tasks[taskID] == t {
+		delete(d.tasks, taskID)
+	}
+	d.mu.Unlock()
+	t.logger.Info("task destroyed")
+	return nil
+}
+
+// Inspect reports whether the task runs and, once it exited, how.
+func (d *Driver) Inspect(ctx context.Context, taskID string) (*drivers.TaskStatus, error) {
+	t, err := d.get(taskID)
+	if err != nil {
+		return nil, err
+	}
+	return t.status(), nil
+}
+
+// Stats samples the task's CPU time, resident memory and process count from
+// its cgroups, or from /proc for the processes of its group without them.
+func (d *Driver) Stats(ctx context.Context, taskID string) (*drivers.TaskStats, error) {
+	t, err := d.get(taskID)
+	if err != nil {
+		return nil, err
+	}
+	if t.exited() {
+		return nil, fmt.Errorf("%w: %q", drivers.ErrTaskNotRunning, taskID)
+	}
+	st := &drivers.TaskStats{Time: time.Now()}
+	var cs cgroup.Stats
+	if t.group != nil {
+		if cs, err = t.group.Stats(); err != nil {
+			return nil, fmt.Errorf("task %s stats: %w", taskID, err)
+		}
+	}
+	if cs.HasCPU && cs.HasMemory {
+		st.CPUUsageNanos, st.MemoryRSSBytes, st.Pids = cs.CPUUsageNanos, cs.MemoryRSSBytes, cs.Pids
+		return st, nil
+	}
+	cpu, rss, n := procGroupStats(t.pgid)
+	st.CPUUsageNanos, st.MemoryRSSBytes, st.Pids = cpu, rss, n
+	if cs.HasCPU {
+		st.CPUUsageNanos = cs.CPUUsageNanos
+	}
+	if cs.HasMemory {
+		st.MemoryRSSBytes = cs.MemoryRSSBytes
+	}
+	if t.group != nil {
+		st.Pids = cs.Pids
+	}
+	return st, nil
+}
+
+// Exec runs opts.Command in the task's working directory with its
+// environment plus opts.Env, inside its cgroups and process group, streams
+// the output to opts.Stdout and opts.Stderr as it is produced and returns
+// the exit code (128+N when killed by signal N). Ending ctx kills the
+// command.
+func (d *Driver) Exec(ctx context.Context, taskID string, opts *drivers.ExecOptions) (int, error) {
+	if opts == nil || len(opts.Command) == 0 || opts.Command[0] == "" {
+		return -1, fmt.Errorf("%w: exec needs a command", drivers.ErrInvalidConfig)
+	}
+	t, err := d.get(taskID)
+	if err != nil {
+		return -1, err
+	}
+	if t.exited() {
+		return -1, fmt.Errorf("%w: %q", drivers.ErrTaskNotRunning, taskID)
+	}
+	if t.userErr != nil {
+		return -1, fmt.Errorf("exec in task %s: %w", taskID, t.userErr)
+	}
+	env := maps.Clone(t.env)
+	maps.Copy(env, opts.Env)
+	path, err := lookPath(opts.Command[0], env["PATH"], t.cfg.WorkDir)
+	if err != nil {
+		return -1, fmt.Errorf("%w: exec in task %s: %v", drivers.ErrInvalidConfig, taskID, err)
+	}
+	// os/exec waits for its stdin copier, which cannot be interrupted while
+	// it blocks reading opts.Stdin; copy through our own pipe instead so
+	// that Exec returns when the command exits.
+	stdin, stdinW, err := execStdin(opts.Stdin)
+	if err != nil {
+		return -1, fmt.Errorf("exec in task %s: %w", taskID, err)
+	}
+	if stdinW != nil {
+		defer stdinW.Close()
+	}
+	newCmd := func(pgid int) *osexec.Cmd {
+		cmd := osexec.CommandContext(ctx, path)
+		cmd.Args = slices.Clone(opts.Command)
+		cmd.Dir, cmd.Env = t.cfg.WorkDir, envList(env)
+		if stdin != nil {
+			cmd.Stdin = stdin
+		}
+		cmd.Stdout, cmd.Stderr = opts.Stdout, opts.Stderr
+		cmd.WaitDelay = execWaitDelay
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pgid: pgid, Credential: t.cred}
+		return cmd
+	}
+	// Joining the task's process group lets Stop and Destroy reach the
+	// command; a recovered task's group may be in another session, where
+	// the kernel refuses that, so fall back to a group of its own.
+	cmd := newCmd(t.pgid)
+	err = startCmd(ctx, cmd, t.group)
+	if errors.Is(err, syscall.EPERM) || errors.Is(err, syscall.ESRCH) {
+		cmd = newCmd(0)
+		err = startCmd(ctx, cmd, t.group)
+	}
+	if stdinW != nil {
+		stdin.Close() // the child has its copy
+	}
+	if err != nil {
+		return -1, fmt.Errorf("exec in task %s: %w", taskID, err)
+	}
+	if stdinW != nil {
+		go func() {
+			_, _ = io.Copy(stdinW, opts.Stdin)
+			stdinW.Close()
+		}()
+	}
+	t.logger.Debug("exec started", "command", opts.Command, "exec_pid", cmd.Process.Pid)
+	res := exitResultOf(cmd.ProcessState, cmd.Wait())
+	if err := ctx.Err(); err != nil {
+		return res.ExitCode, fmt.Errorf("exec in task %s: %w", taskID, err)
+	}
+	return res.ExitCode, res.Err
+}
+
+// execStdin returns what Exec gives the command as stdin: r itself when it
+// is a file or nil, else the read end of a pipe whose write end (returned
+// too) the caller feeds from r.
+func execStdin(r io.Reader) (*os.File, *os.File, error) {
+	switch f := r.(type) {
+	case nil:
+		return nil, nil, nil
+	case *os.File:
+		return f, nil, nil
+	}
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return nil, nil, err
+	}
+	return pr, pw, nil
+}
+
+// Recover reattaches to a task started by an earlier agent process, using
+// the pid, process group, start time and cgroups in handle.DriverState. A
+// task whose process is gone (or whose pid now belongs to another process)
+// is recovered as exited. Because this process is not the task's parent,
+// the task's exit result has exit code -1 and ErrExitCodeUnknown.
+// Recovering a task the driver already knows is a no-op.
+func (d *Driver) Recover(ctx context.Context, handle *drivers.TaskHandle) error {
+	if handle == nil || handle.Config == nil {
+		return fmt.Errorf("%w: recover needs a handle with its task config", drivers.ErrInvalidConfig)
+	}
+	if handle.Driver != "" && handle.Driver != driverName {
+		return fmt.Errorf("%w: handle belongs to driver %q, not %q", drivers.ErrInvalidConfig, handle.Driver, driverName)
+	}
+	var st driverState
+	if err := json.Unmarshal(handle.DriverState, &st); err != nil || st.Pid <= 0 || st.Pgid <= 0 {
+		return fmt.Errorf("%w: task %s: unreadable driver state %q", drivers.ErrInvalidConfig, handle.Config.ID, handle.DriverState)
+	}
+	cfg := cloneConfig(handle.Config)
+	log := d.logger.With("kernel_id", cfg.ID, "session_id", cfg.SessionID, "pid", st.Pid)
+	cred, userErr := lookupUser(cfg.User)
+	if userErr != nil {
+		log.Warn("recovered task's user is unknown; exec into it will fail", "error", userErr)
+	}
+	t := &task{
+		cfg: cfg, env: taskEnv(cfg), cred: cred, userErr: userErr, pid: st.Pid, pgid: st.Pgid, startTime: st.StartTime,
+		group: st.Cgroup, startedAt: handle.StartedAt, recovered: true, logger: log, done: make(chan struct{}),
+	}
+	ps, err := readProcStat(st.Pid)
+	running := err == nil && ps.StartTime == st.StartTime && ps.Pgid == st.Pgid && ps.State != 'Z'
+	if !running {
+		// The pgid may now belong to unrelated processes: never signal it.
+		t.pgid = 0
+	}
+	d.mu.Lock()
+	if _, ok := d.tasks[cfg.ID]; ok {
+		d.mu.Unlock()
+		return nil
+	}
+	d.tasks[cfg.ID] = t
+	d.mu.Unlock()
+
+	if !running {
+		log.Info("recovered task is no longer running")
+		t.finish(unknownExit())
+		return nil
+	}
+	log.Info("task recovered")
+	go t.poll(recoverPollInterval)
+	return nil
+}

@@ -1,0 +1,215 @@
+package exec
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	osexec "os/exec"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/corral-dev/corral/drivers/exec/cgroup"
+	"github.com/corral-dev/corral/plugins/drivers"
+)
+
+// driverState is what TaskHandle.DriverState holds for the exec driver.
+type driverState struct {
+	Pid  int `json:"pid"`
+	Pgid int `json:"pgid"`
+	// StartTime is field 22 of /proc/<pid>/stat: with Pid it identifies the
+	// process even after the pid number is reused.
+	StartTime uint64        `json:"start_time"`
+	Cgroup    *cgroup.Group `json:"cgroup,omitempty"`
+}
+
+// task is one running or exited process tree.
+type task struct {
+	cfg       *drivers.TaskConfig
+	env       map[string]string
+	cred      *syscall.Credential
+	userErr   error // why cfg.User could not be resolved on recovery
+	pid       int
+	pgid      int
+	startTime uint64
+	group     *cgroup.Group // nil without cgroups
+	startedAt time.Time
+	recovered bool
+	logger    *slog.Logger
+
+	done        chan struct{} // closed once result is set
+	once        sync.Once
+	mu          sync.Mutex
+	result      *drivers.ExitResult
+	completedAt time.Time
+}
+
+func (t *task) state() driverState {
+	return driverState{Pid: t.pid, Pgid: t.pgid, StartTime: t.startTime, Cgroup: t.group}
+}
+
+func (t *task) handle() (*drivers.TaskHandle, error) {
+	st, err := json.Marshal(t.state())
+	if err != nil {
+		return nil, err
+	}
+	return &drivers.TaskHandle{
+		Version:     1,
+		Driver:      driverName,
+		Config:      t.cfg,
+		State:       drivers.TaskStateRunning,
+		DriverState: st,
+		StartedAt:   t.startedAt,
+	}, nil
+}
+
+// finish records how the task ended; only the first call counts.
+func (t *task) finish(res *drivers.ExitResult) {
+	t.once.Do(func() {
+		if t.group != nil && t.group.OOMKilled() {
+			res.OOMKilled = true
+		}
+		t.mu.Lock()
+		t.result, t.completedAt = res, time.Now()
+		t.mu.Unlock()
+		close(t.done)
+		t.logger.Info("task exited", "exit_code", res.ExitCode, "signal", res.Signal,
+			"oom_killed", res.OOMKilled, "error", res.Err)
+	})
+}
+
+func (t *task) exited() bool {
+	select {
+	case <-t.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// exitResult returns a copy of the result, nil while the task runs.
+func (t *task) exitResult() *drivers.ExitResult {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.result == nil {
+		return nil
+	}
+	r := *t.result
+	return &r
+}
+
+func (t *task) status() *drivers.TaskStatus {
+	st := &drivers.TaskStatus{ID: t.cfg.ID, State: drivers.TaskStateRunning, StartedAt: t.startedAt}
+	if res := t.exitResult(); res != nil {
+		t.mu.Lock()
+		st.State, st.CompletedAt, st.ExitResult = drivers.TaskStateExited, t.completedAt, res
+		t.mu.Unlock()
+	}
+	return st
+}
+
+// wait reaps the process the driver started and records its exit.
+func (t *task) wait(cmd *osexec.Cmd) {
+	err := cmd.Wait()
+	t.finish(exitResultOf(cmd.ProcessState, err))
+}
+
+// poll watches a recovered process, which this agent cannot reap, until it
+// is gone.
+func (t *task) poll(interval time.Duration) {
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	for range tick.C {
+		if !alive(t.pid, t.startTime) {
+			t.finish(unknownExit())
+			return
+		}
+	}
+}
+
+func unknownExit() *drivers.ExitResult {
+	return &drivers.ExitResult{ExitCode: -1, Err: ErrExitCodeUnknown}
+}
+
+// exitResultOf turns a reaped process state into an ExitResult; a process
+// killed by signal N reports exit code 128+N like a shell.
+func exitResultOf(ps *os.ProcessState, err error) *drivers.ExitResult {
+	if ps == nil {
+		return &drivers.ExitResult{ExitCode: -1, Err: fmt.Errorf("waiting for task: %w", err)}
+	}
+	res := &drivers.ExitResult{ExitCode: ps.ExitCode()}
+	if ws, ok := ps.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+		res.Signal = int(ws.Signal())
+		res.ExitCode = 128 + res.Signal
+	}
+	var ee *osexec.ExitError
+	if err != nil && !errors.As(err, &ee) && !errors.Is(err, osexec.ErrWaitDelay) {
+		res.Err = err
+	}
+	return res
+}
+
+// signal sends sig to the task's process group. A group that is already
+// empty is not an error.
+func (t *task) signal(sig syscall.Signal) error {
+	if t.pgid <= 0 {
+		return nil // a recovered task whose group could not be verified
+	}
+	if err := syscall.Kill(-t.pgid, sig); err != nil && !errors.Is(err, syscall.ESRCH) {
+		return fmt.Errorf("signalling process group %d: %w", t.pgid, err)
+	}
+	return nil
+}
+
+// kill sends SIGKILL to the process group and to every process in the
+// task's cgroups, which also catches processes that left the group.
+func (t *task) kill() {
+	_ = t.signal(syscall.SIGKILL)
+	if t.group != nil {
+		if pids, err := t.group.Pids(); err == nil {
+			for _, pid := range pids {
+				_ = syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+	}
+}
+
+// members returns the live processes of the task: those in its cgroups when
+// it has some, else those in its process group.
+func (t *task) members() []int {
+	if t.group != nil {
+		pids, err := t.group.Pids()
+		if err == nil {
+			live := pids[:0]
+			for _, pid := range pids {
+				if alive(pid, 0) {
+					live = append(live, pid)
+				}
+			}
+			return live
+		}
+	}
+	if t.pgid <= 0 {
+		return nil
+	}
+	return groupMembers(t.pgid)
+}
+
+// gone reports whether the task's leader has exited and no process of it
+// is left.
+func (t *task) gone() bool { return t.exited() && len(t.members()) == 0 }
+
+// waitGone polls until gone or ctx ends.
+func (t *task) waitGone(ctx context.Context) error {
+	for !t.gone() {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("task %s: processes %v still alive: %w", t.cfg.ID, t.members(), ctx.Err())
+		case <-time.After(pollInterval):
+		}
+	}
+	return nil
+}
