@@ -112,6 +112,11 @@ func New(cfg Config) (*Agent, error) {
 	if len(cfg.Drivers) == 0 {
 		return nil, errors.New("agent: no drivers configured")
 	}
+	abs, err := filepath.Abs(cfg.DataDir)
+	if err != nil {
+		return nil, fmt.Errorf("agent: data dir: %w", err)
+	}
+	cfg.DataDir = abs
 	if err := os.MkdirAll(filepath.Join(cfg.DataDir, "kernels"), 0o700); err != nil {
 		return nil, fmt.Errorf("agent: data dir: %w", err)
 	}

@@ -40,6 +40,9 @@ func (e *agentEndpoint) Register(ctx context.Context, req *rpc.RegisterRequest) 
 	if req.Agent == nil || req.Agent.ID == "" {
 		return nil, status.Error(codes.InvalidArgument, "register: agent ID is required")
 	}
+	if err := e.srv.waitReady(ctx); err != nil {
+		return nil, status.Error(codes.Unavailable, err.Error())
+	}
 	a := req.Agent.Copy()
 	a.Status = structs.AgentAlive
 	a.StatusInfo = "registered"
@@ -74,6 +77,11 @@ func (e *agentEndpoint) WatchKernels(req *rpc.WatchRequest, stream rpc.WatchStre
 		return status.Error(codes.InvalidArgument, "watch: agent ID is required")
 	}
 	ctx := stream.Context()
+	// A full list from a state that has not caught up would make the agent
+	// stop kernels the log still knows.
+	if err := e.srv.waitReady(ctx); err != nil {
+		return status.Error(codes.Unavailable, err.Error())
+	}
 	sent := map[string]uint64{}
 	full := true
 	for {

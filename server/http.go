@@ -71,7 +71,13 @@ type handler func(w http.ResponseWriter, r *http.Request) (any, error)
 // answer with {"error": "..."}.
 func (s *Server) wrap(h handler) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		out, err := h(w, r)
+		ctx, cancel := context.WithTimeout(r.Context(), 15*time.Second)
+		err := s.waitReady(ctx)
+		cancel()
+		var out any
+		if err == nil {
+			out, err = h(w, r)
+		}
 		if err != nil {
 			code, msg := errorStatus(err)
 			if code >= 500 {
@@ -101,7 +107,7 @@ func errorStatus(err error) (int, string) {
 		return http.StatusNotFound, err.Error()
 	case errors.Is(err, state.ErrAmbiguous):
 		return http.StatusBadRequest, err.Error()
-	case errors.Is(err, ErrNotLeader):
+	case errors.Is(err, ErrNotLeader), errors.Is(err, ErrNotReady):
 		return http.StatusServiceUnavailable, err.Error()
 	}
 	return http.StatusInternalServerError, err.Error()
@@ -407,6 +413,10 @@ func (s *Server) execSession(w http.ResponseWriter, r *http.Request) {
 	fail := func(err error) {
 		code, msg := errorStatus(err)
 		writeError(w, code, msg)
+	}
+	if err := s.waitReady(r.Context()); err != nil {
+		fail(err)
+		return
 	}
 	var req api.ExecRequest
 	if err := decodeBody(r, &req); err != nil {

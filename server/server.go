@@ -116,6 +116,10 @@ type Server struct {
 	leaderMu     sync.Mutex
 	leaderCancel context.CancelFunc
 
+	// ready is closed once the FSM has applied every log entry that was on
+	// disk at start: reads before that would show a past state.
+	ready chan struct{}
+
 	ctx      context.Context
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
@@ -141,7 +145,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{cfg: cfg, id: id, logger: cfg.Logger.With("server_id", id[:8]), state: st,
-		ctx: ctx, cancel: cancel, agents: newAgentConns()}
+		ctx: ctx, cancel: cancel, agents: newAgentConns(), ready: make(chan struct{})}
 	ok := false
 	defer func() {
 		if !ok {
@@ -169,7 +173,8 @@ func New(cfg Config) (*Server, error) {
 	if err := s.setupHTTP(); err != nil {
 		return nil, err
 	}
-	s.wg.Add(2)
+	s.wg.Add(3)
+	go func() { defer s.wg.Done(); s.waitCaughtUp(s.raft.LastIndex()) }()
 	go func() { defer s.wg.Done(); s.monitorLeadership() }()
 	go func() { defer s.wg.Done(); s.handleSerfEvents() }()
 	ok = true
@@ -207,12 +212,40 @@ func (s *Server) State() *state.StateStore { return s.state }
 // IsLeader reports whether this server is the raft leader.
 func (s *Server) IsLeader() bool { return s.raft != nil && s.raft.State() == raft.Leader }
 
-// WaitForLeader blocks until a leader is known or ctx ends.
+// waitCaughtUp closes ready once the FSM applied the log up to last.
+func (s *Server) waitCaughtUp(last uint64) {
+	t := time.NewTicker(5 * time.Millisecond)
+	defer t.Stop()
+	for s.raft.AppliedIndex() < last {
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+	close(s.ready)
+}
+
+// waitReady blocks until the state has caught up with the log on disk.
+func (s *Server) waitReady(ctx context.Context) error {
+	select {
+	case <-s.ready:
+		return nil
+	case <-ctx.Done():
+		return ErrNotReady
+	}
+}
+
+// ErrNotReady is returned while a starting server replays its raft log.
+var ErrNotReady = errors.New("the server is starting and still replaying its raft log: retry in a moment")
+
+// WaitForLeader blocks until a leader is known and the state has caught
+// up with the log, or ctx ends.
 func (s *Server) WaitForLeader(ctx context.Context) error {
 	t := time.NewTicker(20 * time.Millisecond)
 	defer t.Stop()
 	for {
-		if addr, _ := s.raft.LeaderWithID(); addr != "" {
+		if addr, _ := s.raft.LeaderWithID(); addr != "" && s.waitReady(ctx) == nil {
 			return nil
 		}
 		select {

@@ -169,11 +169,6 @@ func runDaemon(role string, args []string) int {
 			fmt.Fprintf(os.Stderr, "Error: %v\n", err)
 			return 1
 		}
-		go func() {
-			if err := srv.Serve(); err != nil {
-				logger.Error("gRPC server stopped", "error", err)
-			}
-		}()
 	}
 	if role != "server" {
 		cfg := agent.Config{
@@ -195,6 +190,14 @@ func runDaemon(role string, args []string) int {
 			}
 			return 1
 		}
+	}
+	if srv != nil {
+		// Serve only now: an in-process agent registers its service first.
+		go func() {
+			if err := srv.Serve(); err != nil {
+				logger.Error("gRPC server stopped", "error", err)
+			}
+		}()
 	}
 	switch role {
 	case "dev":

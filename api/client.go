@@ -1,0 +1,334 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/corral-dev/corral/structs"
+)
+
+// Client is the Go client of corral's HTTP API. It keeps connections alive
+// between calls and is safe for concurrent use.
+type Client struct {
+	base string // scheme://host[:port][/prefix], no trailing slash
+	http *http.Client
+	// timeout bounds ordinary requests; blocking queries get their wait plus
+	// a margin, exec streams only the caller's context.
+	timeout time.Duration
+}
+
+// Error is an answer of the API with a non-2xx status.
+type Error struct {
+	StatusCode int
+	// Message is the server's "error" field, or the HTTP status text when
+	// the body carried none.
+	Message string
+}
+
+// Error returns the server's message.
+func (e *Error) Error() string { return e.Message }
+
+// IsNotFound reports whether err is an API answer 404 Not Found.
+func IsNotFound(err error) bool {
+	var e *Error
+	return errors.As(err, &e) && e.StatusCode == http.StatusNotFound
+}
+
+// DefaultRequestTimeout bounds every request that is neither a blocking
+// query nor an exec stream.
+const DefaultRequestTimeout = time.Minute
+
+// DefaultWait is the wait of a blocking query that names none (the server's default).
+const DefaultWait = 5 * time.Minute
+
+// NewClient returns a client of the API at address, such as
+// "http://127.0.0.1:8640" or "127.0.0.1:8640"; empty means DefaultAddress.
+func NewClient(address string) (*Client, error) {
+	base, err := parseAddress(address)
+	if err != nil {
+		return nil, err
+	}
+	transport := &http.Transport{
+		Proxy: http.ProxyFromEnvironment,
+		DialContext: (&net.Dialer{
+			Timeout:   5 * time.Second,
+			KeepAlive: 30 * time.Second,
+		}).DialContext,
+		ForceAttemptHTTP2:     true,
+		MaxIdleConns:          100,
+		MaxIdleConnsPerHost:   64,
+		IdleConnTimeout:       90 * time.Second,
+		TLSHandshakeTimeout:   10 * time.Second,
+		ExpectContinueTimeout: time.Second,
+	}
+	// No http.Client.Timeout: it would cut blocking queries and exec
+	// streams; each call sets its own deadline instead.
+	return &Client{base: base, http: &http.Client{Transport: transport}, timeout: DefaultRequestTimeout}, nil
+}
+
+// parseAddress normalizes an API address to scheme://host[:port][/prefix].
+func parseAddress(address string) (string, error) {
+	address = strings.TrimSpace(address)
+	if address == "" {
+		address = DefaultAddress
+	}
+	if !strings.Contains(address, "://") {
+		address = "http://" + address
+	}
+	u, err := url.Parse(address)
+	if err != nil {
+		return "", fmt.Errorf("invalid API address %q: %v", address, err)
+	}
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return "", fmt.Errorf("invalid API address %q: the scheme must be http or https", address)
+	}
+	if u.Host == "" {
+		return "", fmt.Errorf("invalid API address %q: no host (want e.g. %s)", address, DefaultAddress)
+	}
+	if u.RawQuery != "" || u.Fragment != "" || u.User != nil {
+		return "", fmt.Errorf("invalid API address %q: want scheme://host:port only", address)
+	}
+	return strings.TrimRight(u.Scheme+"://"+u.Host+u.EscapedPath(), "/"), nil
+}
+
+// Address returns the base URL the client talks to.
+func (c *Client) Address() string { return c.base }
+
+// CreateSession submits a new session (POST /v1/sessions).
+func (c *Client) CreateSession(ctx context.Context, req *CreateSessionRequest) (*SessionDetail, error) {
+	var out SessionDetail
+	if _, err := c.do(ctx, http.MethodPost, "/v1/sessions", nil, req, &out, c.timeout); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// ListSessions lists sessions, oldest first; status filters by session
+// status when not empty.
+func (c *Client) ListSessions(ctx context.Context, status string) ([]*structs.Session, error) {
+	var q url.Values
+	if status != "" {
+		q = url.Values{"status": {status}}
+	}
+	var out []*structs.Session
+	if _, err := c.do(ctx, http.MethodGet, "/v1/sessions", q, nil, &out, c.timeout); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// GetSession returns a session and its kernels; ref is an ID, a unique ID
+// prefix or a name.
+func (c *Client) GetSession(ctx context.Context, ref string) (*SessionDetail, error) {
+	var out SessionDetail
+	if _, err := c.do(ctx, http.MethodGet, sessionPath(ref, ""), nil, nil, &out, c.timeout); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// WaitSession is a blocking query: it returns the session once its state
+// index is greater than index, or when wait has passed (wait <= 0 means
+// DefaultWait), together with the index to pass to the next call. Index 0
+// answers at once. When the server's index went backwards (a state restored
+// from an older snapshot), the returned index is 0 so that the next call
+// resynchronizes instead of waiting for an index that may never come.
+func (c *Client) WaitSession(ctx context.Context, ref string, index uint64, wait time.Duration) (*SessionDetail, uint64, error) {
+	if wait <= 0 {
+		wait = DefaultWait
+	}
+	q := url.Values{}
+	timeout := c.timeout
+	if index > 0 {
+		q.Set("index", strconv.FormatUint(index, 10))
+		q.Set("wait", wait.String())
+		timeout = wait + wait/8 + 10*time.Second
+	}
+	var out SessionDetail
+	got, err := c.do(ctx, http.MethodGet, sessionPath(ref, ""), q, nil, &out, timeout)
+	if err != nil {
+		return nil, 0, err
+	}
+	if got == 0 && out.Session != nil {
+		got = out.Session.ModifyIndex
+	}
+	if got < index {
+		got = 0
+	}
+	return &out, got, nil
+}
+
+// DestroySession cancels a pending session or terminates a running one.
+func (c *Client) DestroySession(ctx context.Context, ref string) (*SessionDetail, error) {
+	var out SessionDetail
+	if _, err := c.do(ctx, http.MethodDelete, sessionPath(ref, ""), nil, nil, &out, c.timeout); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// SessionLogs returns the stdout and stderr of one kernel of a session;
+// kernel is a hostname ("main1") or kernel ID, empty for main1.
+func (c *Client) SessionLogs(ctx context.Context, ref, kernel string) (*LogsResponse, error) {
+	var q url.Values
+	if kernel != "" {
+		q = url.Values{"kernel": {kernel}}
+	}
+	var out LogsResponse
+	if _, err := c.do(ctx, http.MethodGet, sessionPath(ref, "/logs"), q, nil, &out, c.timeout); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// Exec runs a command in a running kernel of a session, copies its output
+// to stdout and stderr as it arrives (nil discards), and returns its exit
+// code. Only ctx bounds how long it may run.
+func (c *Client) Exec(ctx context.Context, ref string, req *ExecRequest, stdout, stderr io.Writer) (int, error) {
+	if stdout == nil {
+		stdout = io.Discard
+	}
+	if stderr == nil {
+		stderr = io.Discard
+	}
+	resp, err := c.send(ctx, http.MethodPost, sessionPath(ref, "/exec"), nil, req)
+	if err != nil {
+		return -1, err
+	}
+	defer closeBody(resp)
+	dec := json.NewDecoder(resp.Body)
+	for {
+		var f ExecFrame
+		if err := dec.Decode(&f); err != nil {
+			if errors.Is(err, io.EOF) {
+				return -1, errors.New("exec: the stream ended without an exit code")
+			}
+			if ctx.Err() != nil {
+				return -1, ctx.Err()
+			}
+			return -1, fmt.Errorf("exec: reading the output stream: %w", err)
+		}
+		if len(f.Data) > 0 {
+			w := stdout
+			if f.Stream == "stderr" {
+				w = stderr
+			}
+			if _, err := w.Write(f.Data); err != nil {
+				return -1, fmt.Errorf("exec: writing %s: %w", f.Stream, err)
+			}
+		}
+		if f.Error != "" {
+			return -1, fmt.Errorf("exec: %s", f.Error)
+		}
+		if f.ExitCode != nil {
+			return *f.ExitCode, nil
+		}
+	}
+}
+
+// ListAgents lists the agents the servers know, alive or not.
+func (c *Client) ListAgents(ctx context.Context) ([]*structs.Agent, error) {
+	var out []*structs.Agent
+	if _, err := c.do(ctx, http.MethodGet, "/v1/agents", nil, nil, &out, c.timeout); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// GetAgent returns one agent by ID, unique ID prefix or name.
+func (c *Client) GetAgent(ctx context.Context, id string) (*structs.Agent, error) {
+	var out structs.Agent
+	if _, err := c.do(ctx, http.MethodGet, "/v1/agents/"+url.PathEscape(id), nil, nil, &out, c.timeout); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+func sessionPath(ref, suffix string) string {
+	return "/v1/sessions/" + url.PathEscape(ref) + suffix
+}
+
+// do sends a request, decodes a 2xx JSON answer into out and returns the
+// answer's state index (0 when it carries none).
+func (c *Client) do(ctx context.Context, method, path string, query url.Values, body, out any, timeout time.Duration) (uint64, error) {
+	if timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, timeout)
+		defer cancel()
+	}
+	resp, err := c.send(ctx, method, path, query, body)
+	if err != nil {
+		return 0, err
+	}
+	defer closeBody(resp)
+	if out != nil {
+		if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+			return 0, fmt.Errorf("%s %s: decoding the answer: %w", method, path, err)
+		}
+	}
+	index, _ := strconv.ParseUint(resp.Header.Get(IndexHeader), 10, 64)
+	return index, nil
+}
+
+// send sends a request and returns the response when its status is 2xx;
+// any other status becomes an *Error.
+func (c *Client) send(ctx context.Context, method, path string, query url.Values, body any) (*http.Response, error) {
+	u := c.base + path
+	if len(query) > 0 {
+		u += "?" + query.Encode()
+	}
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return nil, fmt.Errorf("%s %s: encoding the request: %w", method, path, err)
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, u, rd)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Accept", "application/json")
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		defer closeBody(resp)
+		return nil, decodeError(resp)
+	}
+	return resp, nil
+}
+
+// decodeError turns a non-2xx answer into an *Error.
+func decodeError(resp *http.Response) *Error {
+	e := &Error{StatusCode: resp.StatusCode}
+	var body ErrorResponse
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	if json.Unmarshal(b, &body) == nil && body.Error != "" {
+		e.Message = body.Error
+	} else if e.Message = http.StatusText(resp.StatusCode); e.Message == "" {
+		e.Message = "HTTP status " + strconv.Itoa(resp.StatusCode)
+	}
+	return e
+}
+
+// closeBody drains a little of what is left so the connection can be reused.
+func closeBody(resp *http.Response) {
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	_ = resp.Body.Close()
+}

@@ -1,0 +1,334 @@
+// Command corral is the server, the agent and the CLI of corral: one binary
+// for every role. The CLI commands are thin clients of the HTTP API.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/corral-dev/corral/api"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	os.Exit(run(os.Args[1:]))
+}
+
+// run dispatches the daemon roles, which own the process, and hands every
+// other command to the CLI.
+func run(args []string) int {
+	if len(args) > 0 {
+		switch args[0] {
+		case "dev":
+			return runDev(args[1:])
+		case "server":
+			return runServer(args[1:])
+		case "agent":
+			return runAgent(args[1:])
+		}
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	c := &cli{stdout: os.Stdout, stderr: os.Stderr, getenv: os.Getenv}
+	return c.run(ctx, args)
+}
+
+// cli runs the client commands; its fields let tests capture the output.
+type cli struct {
+	stdout, stderr io.Writer
+	getenv         func(string) string
+}
+
+// command is one subcommand of a command group (session, node).
+type command struct {
+	name, synopsis, summary string
+	run                     func(c *cli, ctx context.Context, args []string) error
+}
+
+var sessionCommands = []command{
+	{"create", "[flags] -- CMD [ARGS...]", "submit a session that runs CMD", (*cli).sessionCreate},
+	{"list", "[flags]", "list sessions, oldest first", (*cli).sessionList},
+	{"status", "REF [flags]", "show a session, its kernels and the history of their statuses", (*cli).sessionStatus},
+	{"logs", "REF [flags]", "print the stdout and stderr of a kernel", (*cli).sessionLogs},
+	{"exec", "REF [flags] -- CMD [ARGS...]", "run a command in a running session", (*cli).sessionExec},
+	{"destroy", "REF [flags]", "cancel a pending session or terminate a running one", (*cli).sessionDestroy},
+}
+
+var nodeCommands = []command{
+	{"list", "[flags]", "list agents with their status and resources", (*cli).nodeList},
+	{"status", "ID [flags]", "show one agent and each of its resource slots", (*cli).nodeStatus},
+}
+
+func (c *cli) usage(w io.Writer) {
+	fmt.Fprint(w, `Usage: corral <command> [subcommand] [flags]
+
+corral runs compute sessions on GPU clusters.
+
+Daemons:
+  dev                 a server and an agent in one process, to try corral
+  server              a server: HTTP API, raft state store, scheduler
+  agent               an agent: joins the cluster and runs kernels on this node
+
+`)
+	for _, g := range []struct {
+		title, name string
+		cmds        []command
+	}{{"Sessions", "session", sessionCommands}, {"Nodes", "node", nodeCommands}} {
+		fmt.Fprintf(w, "%s:\n", g.title)
+		for _, sc := range g.cmds {
+			fmt.Fprintf(w, "  %-18s  %s\n", g.name+" "+sc.name, sc.summary)
+		}
+		fmt.Fprintln(w)
+	}
+	fmt.Fprintf(w, `Other:
+  bench               measure throughput and latency of a running corral
+  version             print the version
+  help                print this help
+
+A session REF is its ID, a unique ID prefix or its name. Client commands
+talk to the HTTP API at -address (default $CORRAL_ADDR, else %s).
+Run 'corral <command> [subcommand] -h' for the flags of a command.
+`, api.DefaultAddress)
+}
+
+// run runs one client command and returns the process exit code.
+func (c *cli) run(ctx context.Context, args []string) int {
+	if len(args) == 0 {
+		c.usage(c.stderr)
+		return 2
+	}
+	var err error
+	switch args[0] {
+	case "help", "-h", "-help", "--help":
+		c.usage(c.stdout)
+		return 0
+	case "version", "-version", "--version":
+		fmt.Fprintf(c.stdout, "corral %s\n", version)
+		return 0
+	case "session":
+		err = c.group(ctx, "session", sessionCommands, args[1:])
+	case "node":
+		err = c.group(ctx, "node", nodeCommands, args[1:])
+	case "bench":
+		err = c.bench(ctx, args[1:])
+	default:
+		err = &usageError{cmd: "corral", msg: fmt.Sprintf("unknown command %q", args[0])}
+	}
+	return c.exit(ctx, err)
+}
+
+// group dispatches a subcommand of "session" or "node".
+func (c *cli) group(ctx context.Context, name string, cmds []command, args []string) error {
+	groupUsage := func(w io.Writer) {
+		fmt.Fprintf(w, "Usage: corral %s <subcommand> [flags]\n\nSubcommands:\n", name)
+		for _, sc := range cmds {
+			fmt.Fprintf(w, "  %-8s  %s\n", sc.name, sc.summary)
+		}
+		fmt.Fprintf(w, "\nRun 'corral %s <subcommand> -h' for its flags.\n", name)
+	}
+	if len(args) == 0 {
+		return &usageError{cmd: "corral " + name, msg: "missing subcommand"}
+	}
+	switch args[0] {
+	case "help", "-h", "-help", "--help":
+		groupUsage(c.stdout)
+		return flag.ErrHelp
+	}
+	for _, sc := range cmds {
+		if sc.name == args[0] {
+			return sc.run(c, ctx, args[1:])
+		}
+	}
+	names := make([]string, len(cmds))
+	for i, sc := range cmds {
+		names[i] = sc.name
+	}
+	return &usageError{cmd: "corral " + name, msg: fmt.Sprintf("unknown subcommand %q: want one of %s", args[0], strings.Join(names, ", "))}
+}
+
+// usageError is a mistake on the command line; it exits with code 2.
+type usageError struct {
+	cmd string // "corral session create", for the hint
+	msg string
+}
+
+func (e *usageError) Error() string { return e.msg }
+
+// exitCode ends a command with a code and nothing more to print (the exit
+// status of an exec'd command).
+type exitCode int
+
+func (e exitCode) Error() string { return fmt.Sprintf("exit status %d", int(e)) }
+
+// exit prints err as one line on stderr and maps it to an exit code:
+// 0 ok, 1 a failed operation or session, 2 a usage error.
+func (c *cli) exit(ctx context.Context, err error) int {
+	var ue *usageError
+	var code exitCode
+	switch {
+	case err == nil, errors.Is(err, flag.ErrHelp):
+		return 0
+	case errors.As(err, &ue):
+		fmt.Fprintf(c.stderr, "Error: %s (see '%s -h')\n", oneLine(ue.msg), ue.cmd)
+		return 2
+	case errors.As(err, &code):
+		return int(code)
+	}
+	fmt.Fprintf(c.stderr, "Error: %s\n", oneLine(describe(ctx, err)))
+	return 1
+}
+
+// describe words transport errors for a user: what went wrong and what to do.
+func describe(ctx context.Context, err error) string {
+	if errors.Is(err, context.Canceled) && ctx.Err() != nil {
+		return "interrupted"
+	}
+	var ue *url.Error
+	var op *net.OpError
+	if errors.As(err, &ue) && errors.As(err, &op) && op.Op == "dial" {
+		where := ue.URL
+		if u, perr := url.Parse(ue.URL); perr == nil {
+			where = u.Scheme + "://" + u.Host
+		}
+		return fmt.Sprintf("cannot reach corral at %s: %v (is it running? point -address or CORRAL_ADDR at its HTTP API)", where, op.Err)
+	}
+	if errors.As(err, &ue) {
+		return fmt.Sprintf("%s %s: %v", ue.Op, ue.URL, ue.Err)
+	}
+	return err.Error()
+}
+
+func oneLine(s string) string {
+	return strings.Join(strings.Fields(s), " ")
+}
+
+// flagSet is a subcommand's flags: the standard flag package, errors
+// returned rather than printed, and the flags every client command shares.
+type flagSet struct {
+	*flag.FlagSet
+	c        *cli
+	cmd      string // "corral session status"
+	synopsis string
+	summary  string
+	address  string
+	json     bool
+}
+
+// newFlags starts the flags of a client command: -address, and -json for
+// read commands when withJSON is set.
+func (c *cli) newFlags(cmd, synopsis, summary string, withJSON bool) *flagSet {
+	f := &flagSet{FlagSet: flag.NewFlagSet(cmd, flag.ContinueOnError), c: c, cmd: "corral " + cmd, synopsis: synopsis, summary: summary}
+	f.SetOutput(io.Discard)
+	addr := c.getenv("CORRAL_ADDR")
+	if addr == "" {
+		addr = api.DefaultAddress
+	}
+	f.StringVar(&f.address, "address", addr, "address of corral's HTTP API (env CORRAL_ADDR)")
+	if withJSON {
+		f.BoolVar(&f.json, "json", false, "print the API's JSON instead of a table")
+	}
+	return f
+}
+
+func (f *flagSet) printUsage() {
+	w := f.c.stdout
+	fmt.Fprintf(w, "Usage: %s %s\n\n%s\n\nFlags:\n", f.cmd, f.synopsis, f.summary)
+	f.SetOutput(w)
+	f.PrintDefaults()
+	f.SetOutput(io.Discard)
+}
+
+// parse reads flags anywhere among the first n positional arguments and
+// returns those, then what follows them unparsed: after the n-th
+// positional argument or after "--", the rest is a command with its own
+// flags. -h prints the usage and returns flag.ErrHelp.
+func (f *flagSet) parse(args []string, n int) (pos, rest []string, err error) {
+	for {
+		if err := f.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				f.printUsage()
+				return nil, nil, err
+			}
+			return nil, nil, f.usageErr("%v", err)
+		}
+		left := f.Args()
+		dashdash := len(left) < len(args) && args[len(args)-len(left)-1] == "--"
+		if len(pos) == n || dashdash || len(left) == 0 {
+			take := min(n-len(pos), len(left))
+			return append(pos, left[:take]...), left[take:], nil
+		}
+		pos = append(pos, left[0])
+		args = left[1:]
+	}
+}
+
+// parseRef parses a command that takes exactly one REF argument.
+func (f *flagSet) parseRef(args []string, what string) (string, error) {
+	pos, rest, err := f.parse(args, 1)
+	if err != nil {
+		return "", err
+	}
+	if len(pos) == 0 || pos[0] == "" {
+		return "", f.usageErr("missing %s", what)
+	}
+	if len(rest) > 0 {
+		return "", f.usageErr("unexpected argument %q after %s", rest[0], what)
+	}
+	return pos[0], nil
+}
+
+// parseNone parses a command that takes no positional argument.
+func (f *flagSet) parseNone(args []string) error {
+	_, rest, err := f.parse(args, 0)
+	if err != nil {
+		return err
+	}
+	if len(rest) > 0 {
+		return f.usageErr("unexpected argument %q", rest[0])
+	}
+	return nil
+}
+
+func (f *flagSet) usageErr(format string, args ...any) error {
+	return &usageError{cmd: f.cmd, msg: fmt.Sprintf(format, args...)}
+}
+
+// client returns an API client for -address; a bad address is a usage error.
+func (f *flagSet) client() (*api.Client, error) {
+	c, err := api.NewClient(f.address)
+	if err != nil {
+		return nil, f.usageErr("%v", err)
+	}
+	return c, nil
+}
+
+// envFlag collects repeatable -env KEY=VALUE flags.
+type envFlag map[string]string
+
+func (e envFlag) String() string {
+	parts := make([]string, 0, len(e))
+	for k, v := range e {
+		parts = append(parts, k+"="+v)
+	}
+	return strings.Join(parts, ",")
+}
+
+func (e envFlag) Set(v string) error {
+	k, val, ok := strings.Cut(v, "=")
+	if !ok || k == "" {
+		return errors.New("want KEY=VALUE")
+	}
+	e[k] = val
+	return nil
+}

@@ -1,0 +1,345 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/corral-dev/corral/api"
+	"github.com/corral-dev/corral/structs"
+)
+
+// followWait is the wait of each blocking query while following a session.
+const followWait = 30 * time.Second
+
+// createCmd is a parsed `session create`.
+type createCmd struct {
+	flags *flagSet
+	wait  bool
+	req   api.CreateSessionRequest
+}
+
+// parseCreate parses `session create` flags and the command after them
+// (after "--", or from the first argument that is not a flag).
+func (c *cli) parseCreate(args []string) (*createCmd, error) {
+	f := c.newFlags("session create", "[flags] -- CMD [ARGS...]",
+		"Submit a session that runs CMD in one kernel (main1) and print its ID.\n"+
+			"With -wait, follow it: a batch session until it ends (then print main1's output\n"+
+			"and exit 0 on SUCCESS, 1 otherwise), an interactive one until it is RUNNING.", false)
+	cmd := &createCmd{flags: f}
+	r := &cmd.req
+	f.StringVar(&r.Name, "name", "", "session name: a reference to it wherever an ID is taken")
+	typ := f.String("type", string(structs.SessionTypeBatch), "session type: batch (ends with its command) or interactive")
+	f.StringVar(&r.Driver, "driver", "", "kernel driver (the server's default: exec)")
+	f.StringVar(&r.Image, "image", "", "image reference, for drivers that run images")
+	cpu := f.String("cpu", "", "CPU cores per kernel, fractions allowed, e.g. 0.5 (the server's default when unset)")
+	mem := f.String("mem", "", "memory per kernel, e.g. 256M or 2G (the server's default when unset)")
+	f.StringVar(&r.ResourceGroup, "group", "", "resource group to run in (the server's default: default)")
+	env := envFlag{}
+	f.Var(env, "env", "environment variable `KEY=VALUE` of the kernel (repeatable)")
+	f.BoolVar(&cmd.wait, "wait", false, "follow the session until it ends (batch) or runs (interactive)")
+	_, command, err := f.parse(args, 0)
+	if err != nil {
+		return nil, err
+	}
+	if len(command) == 0 {
+		return nil, f.usageErr("missing the command to run: corral session create [flags] -- CMD [ARGS...]")
+	}
+	r.Command = command
+	r.Type = structs.SessionType(*typ)
+	if r.Type != structs.SessionTypeBatch && r.Type != structs.SessionTypeInteractive {
+		return nil, f.usageErr("invalid -type %q: want batch or interactive", *typ)
+	}
+	if len(env) > 0 {
+		r.Env = env
+	}
+	if *cpu != "" || *mem != "" {
+		r.Resources = structs.Slots{}
+	}
+	if *cpu != "" {
+		q, err := structs.ParseQuantity(*cpu)
+		if err != nil || q <= 0 {
+			return nil, f.usageErr("invalid -cpu %q: want a positive number of cores such as 1 or 0.5", *cpu)
+		}
+		r.Resources[structs.SlotCPU] = q
+	}
+	if *mem != "" {
+		q, err := structs.ParseBytes(*mem)
+		if err != nil || q <= 0 {
+			return nil, f.usageErr("invalid -mem %q: want a size such as 256M or 2G", *mem)
+		}
+		r.Resources[structs.SlotMem] = q
+	}
+	return cmd, nil
+}
+
+func (c *cli) sessionCreate(ctx context.Context, args []string) error {
+	cmd, err := c.parseCreate(args)
+	if err != nil {
+		return err
+	}
+	client, err := cmd.flags.client()
+	if err != nil {
+		return err
+	}
+	d, err := client.CreateSession(ctx, &cmd.req)
+	if err != nil {
+		return err
+	}
+	s := d.Session
+	batch := s.Type == structs.SessionTypeBatch
+	// With -wait, a batch session's stdout is its command's: the ID goes to stderr.
+	idOut := c.stdout
+	if cmd.wait && batch {
+		idOut = c.stderr
+	}
+	if s.Name != "" {
+		fmt.Fprintf(idOut, "%s %s\n", s.ID, s.Name)
+	} else {
+		fmt.Fprintln(idOut, s.ID)
+	}
+	if !cmd.wait {
+		return nil
+	}
+
+	short := shortID(s.ID)
+	last := c.printProgress(short, structs.StatusChange{}, s)
+	done := func(s *structs.Session) bool {
+		return s.Status.Terminal() || (!batch && (s.Status == structs.SessionRunning || s.Status == structs.SessionRunningDegraded))
+	}
+	d, err = followSession(ctx, client, d, done, func(s *structs.Session) { last = c.printProgress(short, last, s) })
+	if err != nil {
+		return fmt.Errorf("following session %s: %w", short, err)
+	}
+	s = d.Session
+	if !batch {
+		switch s.Status {
+		case structs.SessionRunning, structs.SessionRunningDegraded:
+			return nil
+		case structs.SessionTerminated:
+			fmt.Fprintf(c.stderr, "session %s already ended %s%s\n", short, s.Status, suffix(s.StatusInfo))
+			return nil
+		}
+		return fmt.Errorf("session %s ended %s%s", short, s.Status, suffix(s.StatusInfo))
+	}
+	c.printMainLogs(ctx, client, d)
+	if s.Result == structs.ResultSuccess {
+		return nil
+	}
+	return fmt.Errorf("session %s ended %s (%s)%s", short, s.Status, s.Result, suffix(s.StatusInfo))
+}
+
+func suffix(info string) string {
+	if info == "" {
+		return ""
+	}
+	return ": " + info
+}
+
+// printMainLogs copies main1's output of an ended batch session to stdout
+// and stderr; a kernel that never reached an agent has none.
+func (c *cli) printMainLogs(ctx context.Context, client *api.Client, d *api.SessionDetail) {
+	placed := false
+	for _, k := range d.Kernels {
+		placed = placed || (k.Hostname == "main1" && k.AgentID != "")
+	}
+	if !placed {
+		return
+	}
+	logs, err := client.SessionLogs(ctx, d.Session.ID, "main1")
+	if err != nil {
+		fmt.Fprintf(c.stderr, "Warning: cannot read the output of session %s: %s\n", shortID(d.Session.ID), oneLine(describe(ctx, err)))
+		return
+	}
+	_, _ = io.WriteString(c.stdout, logs.Stdout)
+	_, _ = io.WriteString(c.stderr, logs.Stderr)
+}
+
+// followSession follows a session with blocking queries until done holds,
+// calling onUpdate with each new state.
+func followSession(ctx context.Context, client *api.Client, d *api.SessionDetail, done func(*structs.Session) bool, onUpdate func(*structs.Session)) (*api.SessionDetail, error) {
+	index := d.Session.ModifyIndex
+	for !done(d.Session) {
+		next, idx, err := client.WaitSession(ctx, d.Session.ID, index, followWait)
+		if err != nil {
+			return d, err
+		}
+		if idx == 0 {
+			// No usable index (a server without one, or one that went
+			// backwards): do not spin.
+			select {
+			case <-ctx.Done():
+				return d, ctx.Err()
+			case <-time.After(200 * time.Millisecond):
+			}
+		}
+		d, index = next, idx
+		if onUpdate != nil {
+			onUpdate(d.Session)
+		}
+	}
+	return d, nil
+}
+
+// printProgress prints, one line each on stderr, the status changes of s
+// recorded after last, and returns the last one printed. The first call
+// (last is zero) prints the current status.
+func (c *cli) printProgress(short string, last structs.StatusChange, s *structs.Session) structs.StatusChange {
+	for _, ch := range newChanges(s, last) {
+		switch {
+		case last.Status == "" || last.Status == ch.Status:
+			fmt.Fprintf(c.stderr, "session %s: %s%s\n", short, ch.Status, suffix(ch.Info))
+		default:
+			fmt.Fprintf(c.stderr, "session %s: %s -> %s%s\n", short, last.Status, ch.Status, suffix(ch.Info))
+		}
+		last = ch
+	}
+	return last
+}
+
+// newChanges returns the changes of s's history after last. When last is
+// zero or no longer in the (bounded) history, it is just the latest state.
+func newChanges(s *structs.Session, last structs.StatusChange) []structs.StatusChange {
+	h := s.History
+	if len(h) == 0 {
+		h = []structs.StatusChange{{Status: string(s.Status), Info: s.StatusInfo}}
+	}
+	if last.Status != "" {
+		for i := len(h) - 1; i >= 0; i-- {
+			if h[i].Status == last.Status && h[i].Info == last.Info && h[i].Time.Equal(last.Time) {
+				return h[i+1:]
+			}
+		}
+	}
+	cur := h[len(h)-1]
+	if cur.Status == last.Status && cur.Info == last.Info {
+		return nil
+	}
+	return h[len(h)-1:]
+}
+
+func (c *cli) sessionList(ctx context.Context, args []string) error {
+	f := c.newFlags("session list", "[flags]", "List sessions, oldest first.", true)
+	status := f.String("status", "", "only sessions in this status, e.g. PENDING or RUNNING")
+	if err := f.parseNone(args); err != nil {
+		return err
+	}
+	client, err := f.client()
+	if err != nil {
+		return err
+	}
+	list, err := client.ListSessions(ctx, *status)
+	if err != nil {
+		return err
+	}
+	if f.json {
+		return printJSON(c.stdout, list)
+	}
+	return renderSessions(c.stdout, list, time.Now())
+}
+
+func (c *cli) sessionStatus(ctx context.Context, args []string) error {
+	f := c.newFlags("session status", "REF [flags]",
+		"Show a session, its kernels and their status histories: why it is PENDING, why it failed.", true)
+	ref, err := f.parseRef(args, "session ID, ID prefix or name")
+	if err != nil {
+		return err
+	}
+	client, err := f.client()
+	if err != nil {
+		return err
+	}
+	d, err := client.GetSession(ctx, ref)
+	if err != nil {
+		return err
+	}
+	if f.json {
+		return printJSON(c.stdout, d)
+	}
+	// Agent names make the kernels table readable; without them, IDs do.
+	names := map[string]string{}
+	if agents, err := client.ListAgents(ctx); err == nil {
+		for _, a := range agents {
+			names[a.ID] = a.Name
+		}
+	}
+	return renderSessionDetail(c.stdout, d, names, time.Now())
+}
+
+func (c *cli) sessionLogs(ctx context.Context, args []string) error {
+	f := c.newFlags("session logs", "REF [flags]", "Print a kernel's stdout to stdout and its stderr to stderr.", false)
+	kernel := f.String("kernel", "main1", "kernel hostname or ID")
+	ref, err := f.parseRef(args, "session ID, ID prefix or name")
+	if err != nil {
+		return err
+	}
+	client, err := f.client()
+	if err != nil {
+		return err
+	}
+	logs, err := client.SessionLogs(ctx, ref, *kernel)
+	if err != nil {
+		return err
+	}
+	if _, err := io.WriteString(c.stdout, logs.Stdout); err != nil {
+		return err
+	}
+	_, err = io.WriteString(c.stderr, logs.Stderr)
+	return err
+}
+
+func (c *cli) sessionExec(ctx context.Context, args []string) error {
+	f := c.newFlags("session exec", "REF [flags] -- CMD [ARGS...]",
+		"Run CMD in a running kernel of a session, stream its output and exit with its exit code.", false)
+	kernel := f.String("kernel", "main1", "kernel hostname or ID")
+	env := envFlag{}
+	f.Var(env, "env", "environment variable `KEY=VALUE` for the command (repeatable)")
+	pos, command, err := f.parse(args, 1)
+	if err != nil {
+		return err
+	}
+	if len(pos) == 0 || pos[0] == "" {
+		return f.usageErr("missing session ID, ID prefix or name")
+	}
+	if len(command) == 0 {
+		return f.usageErr("missing the command to run: corral session exec REF [flags] -- CMD [ARGS...]")
+	}
+	client, err := f.client()
+	if err != nil {
+		return err
+	}
+	req := &api.ExecRequest{Kernel: *kernel, Command: command}
+	if len(env) > 0 {
+		req.Env = env
+	}
+	code, err := client.Exec(ctx, pos[0], req, c.stdout, c.stderr)
+	if err != nil {
+		return err
+	}
+	if code < 0 || code > 255 {
+		code = 1
+	}
+	if code != 0 {
+		return exitCode(code)
+	}
+	return nil
+}
+
+func (c *cli) sessionDestroy(ctx context.Context, args []string) error {
+	f := c.newFlags("session destroy", "REF [flags]", "Cancel a pending session or terminate a running one.", false)
+	ref, err := f.parseRef(args, "session ID, ID prefix or name")
+	if err != nil {
+		return err
+	}
+	client, err := f.client()
+	if err != nil {
+		return err
+	}
+	d, err := client.DestroySession(ctx, ref)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(c.stdout, "session %s destroyed (%s)\n", d.Session.ID, d.Session.Status)
+	return nil
+}
