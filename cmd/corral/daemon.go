@@ -127,7 +127,7 @@ func newLogger(level string) (*slog.Logger, error) {
 }
 
 func builtinDrivers(logger *slog.Logger) []drivers.Driver {
-	return []drivers.Driver{execdriver.New(logger.With("driver", "exec"))}
+	return []drivers.Driver{execdriver.New(logger)}
 }
 
 func runDaemon(role string, args []string) int {
