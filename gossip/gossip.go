@@ -54,6 +54,8 @@ func NewConfig(nodeName, addr string, tags map[string]string, fast bool, events 
 		conf.MemberlistConfig.ProbeTimeout = 100 * time.Millisecond
 		conf.MemberlistConfig.GossipInterval = 50 * time.Millisecond
 		conf.MemberlistConfig.SuspicionMult = 2
+		conf.LeavePropagateDelay = 100 * time.Millisecond
+		conf.BroadcastTimeout = time.Second
 		conf.ReapInterval = 5 * time.Second
 		conf.ReconnectTimeout = time.Minute
 		conf.TombstoneTimeout = time.Minute

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"sync/atomic"
 
 	"github.com/hashicorp/raft"
 
@@ -17,6 +18,9 @@ import (
 type fsm struct {
 	state  *state.StateStore
 	logger *slog.Logger
+	// applied is the index of the last entry the FSM has applied (raft's
+	// own AppliedIndex runs ahead of the FSM while entries sit in its queue).
+	applied atomic.Uint64
 }
 
 var _ raft.FSM = (*fsm)(nil)
@@ -33,6 +37,7 @@ func encodeCommand(t structs.MessageType, req any) ([]byte, error) {
 // Apply applies one committed entry. It returns an error value (not a
 // panic) for requests the state refuses, so the caller can report it.
 func (f *fsm) Apply(l *raft.Log) any {
+	defer f.applied.Store(l.Index)
 	if l.Type != raft.LogCommand || len(l.Data) == 0 {
 		return nil
 	}

@@ -101,8 +101,12 @@ type Server struct {
 
 	state *state.StateStore
 	raft  *raft.Raft
-	trans *raft.NetworkTransport
-	logs  *raftboltdb.BoltStore
+	fsm   *fsm
+	// replayTarget is the last command on disk at start that the restored
+	// snapshot does not already hold.
+	replayTarget uint64
+	trans        *raft.NetworkTransport
+	logs         *raftboltdb.BoltStore
 
 	serf   *serf.Serf
 	events chan serf.Event
@@ -174,7 +178,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s.wg.Add(3)
-	go func() { defer s.wg.Done(); s.waitCaughtUp(s.raft.LastIndex()) }()
+	go func() { defer s.wg.Done(); s.waitCaughtUp(s.replayTarget) }()
 	go func() { defer s.wg.Done(); s.monitorLeadership() }()
 	go func() { defer s.wg.Done(); s.handleSerfEvents() }()
 	ok = true
@@ -216,7 +220,7 @@ func (s *Server) IsLeader() bool { return s.raft != nil && s.raft.State() == raf
 func (s *Server) waitCaughtUp(last uint64) {
 	t := time.NewTicker(5 * time.Millisecond)
 	defer t.Stop()
-	for s.raft.AppliedIndex() < last {
+	for s.fsm.applied.Load() < last {
 		select {
 		case <-s.ctx.Done():
 			return
@@ -348,6 +352,7 @@ func (s *Server) setupRaft() error {
 	}
 	s.trans = raft.NewNetworkTransportWithLogger(&raftLayer{chanListener: s.mux.raft, advertise: adv}, 3, 10*time.Second, hl)
 	f := &fsm{state: s.state, logger: s.logger}
+	s.fsm = f
 	has, err := raft.HasExistingState(logs, logs, snaps)
 	if err != nil {
 		return err
@@ -359,12 +364,41 @@ func (s *Server) setupRaft() error {
 		}
 		s.logger.Info("bootstrapped a new cluster", "voters", 1)
 	}
+	s.replayTarget, err = lastCommandIndex(logs)
+	if err != nil {
+		return err
+	}
+	if metas, err := snaps.List(); err == nil && len(metas) > 0 && metas[0].Index >= s.replayTarget {
+		s.replayTarget = 0 // the snapshot raft restores at start already holds it
+	}
 	r, err := raft.NewRaft(conf, f, logs, logs, snaps, s.trans)
 	if err != nil {
 		return fmt.Errorf("raft: %w", err)
 	}
 	s.raft = r
 	return nil
+}
+
+// lastCommandIndex finds the newest command entry in the log store.
+func lastCommandIndex(logs raft.LogStore) (uint64, error) {
+	first, err := logs.FirstIndex()
+	if err != nil {
+		return 0, err
+	}
+	last, err := logs.LastIndex()
+	if err != nil {
+		return 0, err
+	}
+	for i := last; i >= first && i > 0; i-- {
+		var l raft.Log
+		if err := logs.GetLog(i, &l); err != nil {
+			return 0, fmt.Errorf("reading raft log %d: %w", i, err)
+		}
+		if l.Type == raft.LogCommand {
+			return i, nil
+		}
+	}
+	return 0, nil
 }
 
 // ErrNotLeader is returned for writes on a server that is not the leader.
