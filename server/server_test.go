@@ -274,7 +274,10 @@ func TestServerRestartKeepsStateAndAgentReconnects(t *testing.T) {
 	dir := t.TempDir()
 	srv := startServer(t, dir)
 	a := startAgent(t, t.TempDir(), srv.SerfAddr(), nil)
-	defer a.Shutdown()
+	defer func() {
+		a.StopKernels(5 * time.Second)
+		a.Shutdown()
+	}()
 	c, _ := api.NewClient("http://" + srv.HTTPAddr())
 	cl := &cluster{srv: srv, agent: a, client: c}
 	cl.waitAgentAlive(t, a.ID())

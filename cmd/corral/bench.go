@@ -228,8 +228,8 @@ type latency struct {
 }
 
 // benchLatency runs sessions one at a time and measures, from the start of
-// each submission, when the server recorded it RUNNING and TERMINATED (same
-// machine, so the server's clock is the client's).
+// each submission, when the server recorded main1 RUNNING and the session
+// TERMINATED (same machine, so the server's clock is the client's).
 func benchLatency(ctx context.Context, client *api.Client, newReq func() *api.CreateSessionRequest, runs int) (*latency, error) {
 	l := &latency{}
 	for range runs {
@@ -244,17 +244,35 @@ func benchLatency(ctx context.Context, client *api.Client, newReq func() *api.Cr
 		}
 		s := d.Session
 		l.addSession(s)
-		for _, h := range s.History {
-			if h.Status == string(structs.SessionRunning) {
-				l.running = append(l.running, h.Time.Sub(start))
-				break
-			}
+		if t, ok := runningAt(d); ok {
+			l.running = append(l.running, t.Sub(start))
 		}
 		if s.Status == structs.SessionTerminated && !s.TerminatedAt.IsZero() {
 			l.terminated = append(l.terminated, s.TerminatedAt.Sub(start))
 		}
 	}
 	return l, nil
+}
+
+// runningAt is when main1 started: its kernel's RUNNING entry, or the
+// session's (a short session may go from PREPARING to TERMINATED in one
+// batch of kernel updates, with no RUNNING of its own).
+func runningAt(d *api.SessionDetail) (time.Time, bool) {
+	histories := [][]structs.StatusChange{}
+	for _, k := range d.Kernels {
+		if k.Hostname == "main1" {
+			histories = append(histories, k.History)
+		}
+	}
+	histories = append(histories, d.Session.History)
+	for _, h := range histories {
+		for _, ch := range h {
+			if ch.Status == string(structs.KernelRunning) {
+				return ch.Time, true
+			}
+		}
+	}
+	return time.Time{}, false
 }
 
 func rate(count int, d time.Duration) float64 {

@@ -110,6 +110,9 @@ func (c *cli) sessionCreate(ctx context.Context, args []string) error {
 	}
 	d, err = followSession(ctx, client, d, done, func(s *structs.Session) { last = c.printProgress(short, last, s) })
 	if err != nil {
+		if ctx.Err() == context.Canceled {
+			return fmt.Errorf("interrupted: session %s goes on (see 'corral session status %s', or end it with 'corral session destroy %s')", short, short, short)
+		}
 		return fmt.Errorf("following session %s: %w", short, err)
 	}
 	s = d.Session
