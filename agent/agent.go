@@ -78,6 +78,7 @@ type Agent struct {
 	conn    *serverConn
 
 	reporter *reporter
+	store    *localStore
 
 	ctx      context.Context
 	cancel   context.CancelFunc
@@ -145,6 +146,9 @@ func New(cfg Config) (*Agent, error) {
 	if len(a.drivers) == 0 {
 		return nil, errors.New("agent: none of the configured drivers is healthy on this node")
 	}
+	if a.store, err = openLocalStore(cfg.DataDir); err != nil {
+		return nil, err
+	}
 	a.capacity, err = fingerprint()
 	if err != nil {
 		return nil, err
@@ -168,6 +172,7 @@ func New(cfg Config) (*Agent, error) {
 		a.wg.Add(1)
 		go func() { defer a.wg.Done(); _ = a.grpc.Serve(a.ln) }()
 	}
+	a.recoverKernels()
 	if err := a.setupSerf(); err != nil {
 		return nil, err
 	}
@@ -204,6 +209,9 @@ func (a *Agent) Shutdown() {
 			a.grpc.Stop()
 		}
 		a.wg.Wait()
+		if a.store != nil {
+			_ = a.store.close()
+		}
 	})
 }
 
@@ -340,5 +348,53 @@ func (a *Agent) Flush(ctx context.Context) {
 			return
 		case <-time.After(20 * time.Millisecond):
 		}
+	}
+}
+
+// recoverKernels reattaches to the kernels an earlier agent process started
+// (their driver handles are in the local store) and re-queues final reports
+// that never reached a server.
+func (a *Agent) recoverKernels() {
+	recs, err := a.store.all()
+	if err != nil {
+		a.logger.Error("reading local kernel records failed; kernels of the last run cannot be recovered", "error", err)
+		return
+	}
+	for _, rec := range recs {
+		k := rec.Kernel
+		forget := func() {
+			if err := a.store.delete(k.ID); err != nil {
+				a.logger.Warn("removing kernel record failed", "kernel_id", k.ID, "error", err)
+			}
+		}
+		if rec.Final != nil {
+			a.reporter.reportUpdate(rec.Final, forget)
+			continue
+		}
+		if rec.Handle == nil {
+			a.reporter.reportUpdate(newUpdate(k.ID, structs.KernelError, "kernel lost: the agent restarted before the kernel started", nil), forget)
+			continue
+		}
+		d, ok := a.drivers[rec.Handle.Driver]
+		if !ok {
+			a.reporter.reportUpdate(newUpdate(k.ID, structs.KernelError, fmt.Sprintf("kernel lost: driver %q is not available after the agent restarted", rec.Handle.Driver), nil), forget)
+			continue
+		}
+		if err := d.Recover(a.ctx, rec.Handle); err != nil {
+			a.logger.Warn("reattaching to kernel failed", "kernel_id", k.ID, "driver", d.Name(), "error", err)
+			_ = d.Destroy(context.Background(), k.ID, true)
+			a.reporter.reportUpdate(newUpdate(k.ID, structs.KernelError, fmt.Sprintf("kernel lost: driver %s could not reattach after the agent restarted: %v", d.Name(), err), nil), forget)
+			continue
+		}
+		r := newKernelRunner(a, k, d)
+		r.handle = rec.Handle
+		a.mu.Lock()
+		a.kernels[k.ID] = r
+		a.mu.Unlock()
+		a.wg.Add(1)
+		go func() { defer a.wg.Done(); r.run(a.ctx) }()
+	}
+	if len(recs) > 0 {
+		a.logger.Info("recovered kernels from the last run", "records", len(recs))
 	}
 }

@@ -14,8 +14,15 @@ import (
 type reporter struct {
 	a       *Agent
 	mu      sync.Mutex
-	pending []*structs.KernelUpdate
+	pending []queuedUpdate
 	wake    chan struct{}
+}
+
+// queuedUpdate is one status change waiting for delivery; delivered, if
+// set, runs once a server has accepted it.
+type queuedUpdate struct {
+	update    *structs.KernelUpdate
+	delivered func()
 }
 
 func newReporter(a *Agent) *reporter {
@@ -24,8 +31,17 @@ func newReporter(a *Agent) *reporter {
 
 // report queues one status change.
 func (r *reporter) report(kernelID string, status structs.KernelStatus, info string, exitCode *int) {
+	r.reportUpdate(newUpdate(kernelID, status, info, exitCode), nil)
+}
+
+func newUpdate(kernelID string, status structs.KernelStatus, info string, exitCode *int) *structs.KernelUpdate {
+	return &structs.KernelUpdate{KernelID: kernelID, Status: status, Info: info, ExitCode: exitCode, Time: time.Now().UTC()}
+}
+
+// reportUpdate queues an update and a callback for when a server accepted it.
+func (r *reporter) reportUpdate(u *structs.KernelUpdate, delivered func()) {
 	r.mu.Lock()
-	r.pending = append(r.pending, &structs.KernelUpdate{KernelID: kernelID, Status: status, Info: info, ExitCode: exitCode, Time: time.Now().UTC()})
+	r.pending = append(r.pending, queuedUpdate{update: u, delivered: delivered})
 	r.mu.Unlock()
 	r.kick()
 }
@@ -66,14 +82,23 @@ func (r *reporter) run(ctx context.Context) {
 			r.mu.Lock()
 			r.pending = r.pending[len(batch):]
 			r.mu.Unlock()
+			for _, q := range batch {
+				if q.delivered != nil {
+					q.delivered()
+				}
+			}
 		}
 	}
 }
 
-func (r *reporter) send(ctx context.Context, batch []*structs.KernelUpdate) error {
+func (r *reporter) send(ctx context.Context, queued []queuedUpdate) error {
 	conn, err := r.a.currentConn(ctx)
 	if err != nil {
 		return err
+	}
+	batch := make([]*structs.KernelUpdate, len(queued))
+	for i, q := range queued {
+		batch[i] = q.update
 	}
 	cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()

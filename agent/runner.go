@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -23,6 +24,9 @@ type kernelRunner struct {
 	id     string
 	kernel *structs.Kernel
 	driver drivers.Driver
+
+	// handle is set for a kernel recovered after an agent restart.
+	handle *drivers.TaskHandle
 
 	stopOnce   sync.Once
 	stopCh     chan struct{}
@@ -83,29 +87,18 @@ func (r *kernelRunner) taskConfig() *drivers.TaskConfig {
 func (r *kernelRunner) run(ctx context.Context) {
 	defer close(r.done)
 	log := r.a.logger.With("kernel_id", r.id, "session_id", r.kernel.SessionID)
-	rep := r.a.reporter
 	cfg := r.taskConfig()
-	rep.report(r.id, structs.KernelPreparing, "preparing kernel directory on agent "+r.a.cfg.Name, nil)
-	if err := os.MkdirAll(cfg.WorkDir, 0o755); err != nil {
-		rep.report(r.id, structs.KernelError, "preparing kernel directory: "+err.Error(), nil)
-		return
+	if r.handle == nil {
+		if !r.start(ctx, log, cfg) {
+			return
+		}
+	} else {
+		log.Info("reattached to kernel after agent restart", "driver", r.driver.Name())
 	}
-	select {
-	case <-r.stopCh:
-		rep.report(r.id, structs.KernelTerminated, r.stopReason+" (before it started)", nil)
-		return
-	default:
-	}
-	if _, err := r.driver.Start(ctx, cfg); err != nil {
-		log.Warn("kernel failed to start", "error", err)
-		rep.report(r.id, structs.KernelError, fmt.Sprintf("driver %s could not start the kernel: %v", r.driver.Name(), err), nil)
-		return
-	}
-	rep.report(r.id, structs.KernelRunning, "started by driver "+r.driver.Name(), nil)
 	waitCh, err := r.driver.Wait(ctx, r.id)
 	if err != nil {
-		rep.report(r.id, structs.KernelError, "driver wait: "+err.Error(), nil)
 		r.destroy(log)
+		r.finish(newUpdate(r.id, structs.KernelError, "driver wait: "+err.Error(), nil))
 		return
 	}
 	var res *drivers.ExitResult
@@ -148,7 +141,52 @@ func (r *kernelRunner) run(ctx context.Context) {
 	if stopped {
 		info = r.stopReason + ": " + info
 	}
-	rep.report(r.id, structs.KernelTerminated, info, code)
+	r.finish(newUpdate(r.id, structs.KernelTerminated, info, code))
+}
+
+// start prepares the kernel's directory and starts it through the driver,
+// persisting the driver's handle so a restarted agent can reattach.
+func (r *kernelRunner) start(ctx context.Context, log *slog.Logger, cfg *drivers.TaskConfig) bool {
+	rep := r.a.reporter
+	rep.report(r.id, structs.KernelPreparing, "preparing kernel directory on agent "+r.a.cfg.Name, nil)
+	if err := os.MkdirAll(cfg.WorkDir, 0o755); err != nil {
+		rep.report(r.id, structs.KernelError, "preparing kernel directory: "+err.Error(), nil)
+		return false
+	}
+	select {
+	case <-r.stopCh:
+		rep.report(r.id, structs.KernelTerminated, r.stopReason+" (before it started)", nil)
+		return false
+	default:
+	}
+	h, err := r.driver.Start(ctx, cfg)
+	if err != nil {
+		log.Warn("kernel failed to start", "error", err)
+		rep.report(r.id, structs.KernelError, fmt.Sprintf("driver %s could not start the kernel: %v", r.driver.Name(), err), nil)
+		return false
+	}
+	if h.Driver == "" {
+		h.Driver = r.driver.Name()
+	}
+	r.handle = h
+	if err := r.a.store.put(&kernelRecord{Kernel: r.kernel, Handle: h}); err != nil {
+		log.Error("persisting kernel handle failed: the kernel cannot be recovered after an agent restart", "error", err)
+	}
+	rep.report(r.id, structs.KernelRunning, "started by driver "+r.driver.Name(), nil)
+	return true
+}
+
+// finish records the final status locally and reports it; the local record
+// goes away only once a server has accepted the report.
+func (r *kernelRunner) finish(u *structs.KernelUpdate) {
+	if err := r.a.store.put(&kernelRecord{Kernel: r.kernel, Final: u}); err != nil {
+		r.a.logger.Error("persisting final kernel status failed", "kernel_id", r.id, "error", err)
+	}
+	r.a.reporter.reportUpdate(u, func() {
+		if err := r.a.store.delete(r.id); err != nil {
+			r.a.logger.Warn("removing kernel record failed", "kernel_id", r.id, "error", err)
+		}
+	})
 }
 
 func (r *kernelRunner) destroy(log interface{ Warn(string, ...any) }) {

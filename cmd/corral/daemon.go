@@ -220,12 +220,16 @@ func runDaemon(role string, args []string) int {
 		os.Exit(1)
 	}()
 	if agt != nil {
-		// The exec driver cannot reattach to kernels yet: stop them and let
-		// their final status reach the server before leaving.
-		agt.StopKernels(10 * time.Second)
-		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-		agt.Flush(ctx)
-		cancel()
+		if role == "dev" {
+			// corral dev takes its kernels with it: stop them and let their
+			// final status reach the server before leaving.
+			agt.StopKernels(10 * time.Second)
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+			agt.Flush(ctx)
+			cancel()
+		}
+		// A standalone agent leaves its kernels running: the next start
+		// reattaches to them through the handles in its data dir.
 		agt.Shutdown()
 	}
 	if srv != nil {
