@@ -27,8 +27,8 @@ type muxListener struct {
 
 func newMux(ln net.Listener) *muxListener {
 	m := &muxListener{ln: ln, closed: make(chan struct{})}
-	m.grpc = &chanListener{addr: ln.Addr(), ch: make(chan net.Conn), closed: m.closed, close: m.Close}
-	m.raft = &chanListener{addr: ln.Addr(), ch: make(chan net.Conn), closed: m.closed, close: m.Close}
+	m.grpc = &chanListener{addr: ln.Addr(), ch: make(chan net.Conn), closed: m.closed, done: make(chan struct{})}
+	m.raft = &chanListener{addr: ln.Addr(), ch: make(chan net.Conn), closed: m.closed, done: make(chan struct{})}
 	go m.serve()
 	return m
 }
@@ -70,6 +70,8 @@ func (m *muxListener) route(c net.Conn) {
 	}
 	select {
 	case target.ch <- &peekedConn{Conn: c, r: br}:
+	case <-target.done:
+		c.Close()
 	case <-m.closed:
 		c.Close()
 	}
@@ -92,23 +94,30 @@ type peekedConn struct {
 
 func (p *peekedConn) Read(b []byte) (int, error) { return p.r.Read(b) }
 
+// chanListener is one half of the mux; closing it stops only that half.
 type chanListener struct {
 	addr   net.Addr
 	ch     chan net.Conn
-	closed chan struct{}
-	close  func() error
+	closed chan struct{} // the whole mux
+	done   chan struct{} // this half
+	once   sync.Once
 }
 
 func (l *chanListener) Accept() (net.Conn, error) {
 	select {
 	case c := <-l.ch:
 		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
 	case <-l.closed:
 		return nil, net.ErrClosed
 	}
 }
 
-func (l *chanListener) Close() error   { return l.close() }
+func (l *chanListener) Close() error {
+	l.once.Do(func() { close(l.done) })
+	return nil
+}
 func (l *chanListener) Addr() net.Addr { return l.addr }
 
 // raftLayer is raft's StreamLayer over the muxed RPC port.
