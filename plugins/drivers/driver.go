@@ -96,6 +96,30 @@ type TaskConfig struct {
 	StdoutPath string        `json:"stdout_path"`
 	StderrPath string        `json:"stderr_path"`
 	User       string        `json:"user,omitempty"`
+
+	// RootFS is, for container drivers, the host directory holding the
+	// kernel's unpacked image: read-only and shared by every kernel of that
+	// image. The driver layers a writable root of the kernel's own over it.
+	RootFS string `json:"rootfs,omitempty"`
+	// ImageConfig is how the image says to run it, nil when it says
+	// nothing. Command replaces its Cmd and keeps its Entrypoint; Env is
+	// added to its Env; WorkDir and User override its WorkingDir and User.
+	ImageConfig *ImageConfig `json:"image_config,omitempty"`
+	// NetNSPath is a network namespace prepared by the agent (e.g.
+	// /run/netns/<name>) for a container kernel to join; empty gives the
+	// kernel a network namespace of its own with only loopback.
+	NetNSPath string `json:"netns_path,omitempty"`
+}
+
+// ImageConfig is the run configuration of an OCI image.
+type ImageConfig struct {
+	Entrypoint []string `json:"entrypoint,omitempty"`
+	Cmd        []string `json:"cmd,omitempty"`
+	// Env holds KEY=value entries.
+	Env        []string `json:"env,omitempty"`
+	WorkingDir string   `json:"working_dir,omitempty"`
+	// User is a name or uid, optionally with ":group" or ":gid".
+	User string `json:"user,omitempty"`
 }
 
 // TaskHandle is what the agent persists to find a task again after a restart;

@@ -1,0 +1,40 @@
+package drivers_test
+
+import (
+	"log/slog"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/corral-dev/corral/drivers/exec"
+	"github.com/corral-dev/corral/plugins/drivers"
+	"github.com/corral-dev/corral/plugins/drivers/testutils"
+)
+
+// TestConformanceInMemory runs the conformance suite against the exec
+// driver through the plugin protocol over an in-memory go-plugin gRPC
+// connection.
+func TestConformanceInMemory(t *testing.T) {
+	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	testutils.RunConformance(t, func(t *testing.T) drivers.Driver {
+		return testutils.InMemoryPlugin(t, exec.New(logger))
+	})
+}
+
+// TestLaunchPlugin builds the example plugin and runs it as a process, as
+// docs/plugins.md tells plugin authors to do in their tests.
+func TestLaunchPlugin(t *testing.T) {
+	bin := testutils.BuildPlugin(t, "github.com/corral-dev/corral/cmd/corral-driver-example")
+	d := testutils.LaunchPlugin(t, bin)
+	if d.Name() != "example" {
+		t.Fatalf("Name = %q, want example", d.Name())
+	}
+	cfg := testutils.TaskConfig(t, "/bin/sh", "-c", "echo hi")
+	testutils.StartTask(t, d, cfg)
+	if res := testutils.WaitResult(t, d, cfg.ID, 10*time.Second); !res.Successful() {
+		t.Fatalf("result = %+v", res)
+	}
+	if got := testutils.ReadLog(t, cfg.StdoutPath); got != "hi\n" {
+		t.Errorf("stdout = %q", got)
+	}
+}
