@@ -8,9 +8,12 @@ GOFILES := $(shell find . -name '*.go' -not -path './.git/*')
 
 .PHONY: all build run test deps lint bench clean
 
+.DEFAULT_GOAL := all
+include plugins.mk
+
 all: build
 
-build: bin/corral
+build: bin/corral plugins
 
 bin/corral: $(GOFILES) go.mod go.sum
 	@mkdir -p bin

@@ -18,6 +18,7 @@ import (
 	"github.com/corral-dev/corral/agent"
 	execdriver "github.com/corral-dev/corral/drivers/exec"
 	"github.com/corral-dev/corral/plugins/drivers"
+	"github.com/corral-dev/corral/plugins/loader"
 	"github.com/corral-dev/corral/rpc"
 	"github.com/corral-dev/corral/server"
 	"github.com/corral-dev/corral/structs"
@@ -45,7 +46,7 @@ func (l *listFlag) Set(v string) error {
 
 type daemonFlags struct {
 	dataDir, name, httpAddr, rpcAddr, serfAddr, agentSerfAddr string
-	group, cpu, mem, logLevel                                 string
+	group, cpu, mem, logLevel, pluginDir                      string
 	join                                                      listFlag
 	bootstrapExpect                                           int
 	fastGossip                                                bool
@@ -81,6 +82,7 @@ func parseDaemonFlags(role string, args []string) (*daemonFlags, error) {
 		fs.StringVar(&f.group, "resource-group", structs.DefaultResourceGroup, "resource group of this agent")
 		fs.StringVar(&f.cpu, "cpu", "", "override the fingerprinted cpu capacity (cores)")
 		fs.StringVar(&f.mem, "mem", "", "override the fingerprinted memory capacity (e.g. 8G)")
+		fs.StringVar(&f.pluginDir, "plugin-dir", "", "directory of external driver plugins (executables launched through go-plugin)")
 	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -170,10 +172,22 @@ func runDaemon(role string, args []string) int {
 			return 1
 		}
 	}
+	var killPlugins func()
 	if role != "server" {
+		drvs := builtinDrivers(logger)
+		if f.pluginDir != "" {
+			var plugins []drivers.Driver
+			var errs []error
+			plugins, killPlugins, errs = loader.Load(context.Background(), f.pluginDir, logger)
+			for _, p := range plugins {
+				logger.Info("loaded driver plugin", "driver", p.Name(), "dir", f.pluginDir)
+			}
+			_ = errs // each refusal was logged on one line; the agent runs on without it
+			drvs = append(drvs, plugins...)
+		}
 		cfg := agent.Config{
 			Name: nodeName(f.name, ""), DataDir: dataSubdir(role, f.dataDir, "agent"), ResourceGroup: f.group,
-			RPCAddr: f.rpcAddr, SerfAddr: f.serfAddr, Join: f.join, Drivers: builtinDrivers(logger),
+			RPCAddr: f.rpcAddr, SerfAddr: f.serfAddr, Join: f.join, Drivers: drvs,
 			Capacity: capacity, Logger: logger, LogOutput: libLog, FastGossip: f.fastGossip,
 		}
 		if role == "dev" {
@@ -187,6 +201,9 @@ func runDaemon(role string, args []string) int {
 			fmt.Fprintf(os.Stderr, "Error: %v\n", err)
 			if srv != nil {
 				srv.Shutdown()
+			}
+			if killPlugins != nil {
+				killPlugins()
 			}
 			return 1
 		}
@@ -231,6 +248,9 @@ func runDaemon(role string, args []string) int {
 		// A standalone agent leaves its kernels running: the next start
 		// reattaches to them through the handles in its data dir.
 		agt.Shutdown()
+	}
+	if killPlugins != nil {
+		killPlugins()
 	}
 	if srv != nil {
 		srv.Shutdown()

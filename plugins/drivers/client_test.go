@@ -59,6 +59,8 @@ func TestConversionsRoundTrip(t *testing.T) {
 		Env: map[string]string{"A": "1"}, WorkDir: "/w", TaskDir: "/t",
 		Resources:  structs.Slots{structs.SlotCPU: 1500, structs.SlotMem: structs.Whole(1 << 20)},
 		StdoutPath: "/o", StderrPath: "/e", User: "nobody",
+		RootFS: "/images/abc", NetNSPath: "/run/netns/k1",
+		ImageConfig: &ImageConfig{Entrypoint: []string{"/init"}, Cmd: []string{"serve"}, Env: []string{"A=1"}, WorkingDir: "/app", User: "1000:1000"},
 	}
 	if got := taskConfigFromProto(taskConfigToProto(cfg)); !reflect.DeepEqual(got, cfg) {
 		t.Errorf("TaskConfig round trip = %+v, want %+v", got, cfg)

@@ -246,7 +246,22 @@ func taskConfigToProto(c *TaskConfig) *proto.TaskConfig {
 		Id: c.ID, SessionId: c.SessionID, Hostname: c.Hostname, Image: c.Image,
 		Command: c.Command, Env: c.Env, WorkDir: c.WorkDir, TaskDir: c.TaskDir,
 		Resources: res, StdoutPath: c.StdoutPath, StderrPath: c.StderrPath, User: c.User,
+		Rootfs: c.RootFS, ImageConfig: imageConfigToProto(c.ImageConfig), NetnsPath: c.NetNSPath,
 	}
+}
+
+func imageConfigToProto(c *ImageConfig) *proto.ImageConfig {
+	if c == nil {
+		return nil
+	}
+	return &proto.ImageConfig{Entrypoint: c.Entrypoint, Cmd: c.Cmd, Env: c.Env, WorkingDir: c.WorkingDir, User: c.User}
+}
+
+func imageConfigFromProto(c *proto.ImageConfig) *ImageConfig {
+	if c == nil {
+		return nil
+	}
+	return &ImageConfig{Entrypoint: c.GetEntrypoint(), Cmd: c.GetCmd(), Env: c.GetEnv(), WorkingDir: c.GetWorkingDir(), User: c.GetUser()}
 }
 
 func taskConfigFromProto(c *proto.TaskConfig) *TaskConfig {
@@ -268,6 +283,7 @@ func taskConfigFromProto(c *proto.TaskConfig) *TaskConfig {
 		ID: c.GetId(), SessionID: c.GetSessionId(), Hostname: c.GetHostname(), Image: c.GetImage(),
 		Command: c.GetCommand(), Env: env, WorkDir: c.GetWorkDir(), TaskDir: c.GetTaskDir(),
 		Resources: res, StdoutPath: c.GetStdoutPath(), StderrPath: c.GetStderrPath(), User: c.GetUser(),
+		RootFS: c.GetRootfs(), ImageConfig: imageConfigFromProto(c.GetImageConfig()), NetNSPath: c.GetNetnsPath(),
 	}
 }
 

@@ -354,6 +354,9 @@ type TaskConfig struct {
 	StdoutPath    string           `protobuf:"bytes,10,opt,name=stdout_path,json=stdoutPath,proto3" json:"stdout_path,omitempty"`
 	StderrPath    string           `protobuf:"bytes,11,opt,name=stderr_path,json=stderrPath,proto3" json:"stderr_path,omitempty"`
 	User          string           `protobuf:"bytes,12,opt,name=user,proto3" json:"user,omitempty"`
+	Rootfs        string           `protobuf:"bytes,13,opt,name=rootfs,proto3" json:"rootfs,omitempty"`
+	ImageConfig   *ImageConfig     `protobuf:"bytes,14,opt,name=image_config,json=imageConfig,proto3" json:"image_config,omitempty"`
+	NetnsPath     string           `protobuf:"bytes,15,opt,name=netns_path,json=netnsPath,proto3" json:"netns_path,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -472,6 +475,103 @@ func (x *TaskConfig) GetUser() string {
 	return ""
 }
 
+func (x *TaskConfig) GetRootfs() string {
+	if x != nil {
+		return x.Rootfs
+	}
+	return ""
+}
+
+func (x *TaskConfig) GetImageConfig() *ImageConfig {
+	if x != nil {
+		return x.ImageConfig
+	}
+	return nil
+}
+
+func (x *TaskConfig) GetNetnsPath() string {
+	if x != nil {
+		return x.NetnsPath
+	}
+	return ""
+}
+
+type ImageConfig struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Entrypoint    []string               `protobuf:"bytes,1,rep,name=entrypoint,proto3" json:"entrypoint,omitempty"`
+	Cmd           []string               `protobuf:"bytes,2,rep,name=cmd,proto3" json:"cmd,omitempty"`
+	Env           []string               `protobuf:"bytes,3,rep,name=env,proto3" json:"env,omitempty"`
+	WorkingDir    string                 `protobuf:"bytes,4,opt,name=working_dir,json=workingDir,proto3" json:"working_dir,omitempty"`
+	User          string                 `protobuf:"bytes,5,opt,name=user,proto3" json:"user,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ImageConfig) Reset() {
+	*x = ImageConfig{}
+	mi := &file_driver_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImageConfig) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImageConfig) ProtoMessage() {}
+
+func (x *ImageConfig) ProtoReflect() protoreflect.Message {
+	mi := &file_driver_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImageConfig.ProtoReflect.Descriptor instead.
+func (*ImageConfig) Descriptor() ([]byte, []int) {
+	return file_driver_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *ImageConfig) GetEntrypoint() []string {
+	if x != nil {
+		return x.Entrypoint
+	}
+	return nil
+}
+
+func (x *ImageConfig) GetCmd() []string {
+	if x != nil {
+		return x.Cmd
+	}
+	return nil
+}
+
+func (x *ImageConfig) GetEnv() []string {
+	if x != nil {
+		return x.Env
+	}
+	return nil
+}
+
+func (x *ImageConfig) GetWorkingDir() string {
+	if x != nil {
+		return x.WorkingDir
+	}
+	return ""
+}
+
+func (x *ImageConfig) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
 type TaskHandle struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Version       int64                  `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
@@ -486,7 +586,7 @@ type TaskHandle struct {
 
 func (x *TaskHandle) Reset() {
 	*x = TaskHandle{}
-	mi := &file_driver_proto_msgTypes[7]
+	mi := &file_driver_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -498,7 +598,7 @@ func (x *TaskHandle) String() string {
 func (*TaskHandle) ProtoMessage() {}
 
 func (x *TaskHandle) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[7]
+	mi := &file_driver_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -511,7 +611,7 @@ func (x *TaskHandle) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskHandle.ProtoReflect.Descriptor instead.
 func (*TaskHandle) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{7}
+	return file_driver_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *TaskHandle) GetVersion() int64 {
@@ -569,7 +669,7 @@ type ExitResult struct {
 
 func (x *ExitResult) Reset() {
 	*x = ExitResult{}
-	mi := &file_driver_proto_msgTypes[8]
+	mi := &file_driver_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -581,7 +681,7 @@ func (x *ExitResult) String() string {
 func (*ExitResult) ProtoMessage() {}
 
 func (x *ExitResult) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[8]
+	mi := &file_driver_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -594,7 +694,7 @@ func (x *ExitResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExitResult.ProtoReflect.Descriptor instead.
 func (*ExitResult) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{8}
+	return file_driver_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ExitResult) GetExitCode() int64 {
@@ -638,7 +738,7 @@ type TaskStatus struct {
 
 func (x *TaskStatus) Reset() {
 	*x = TaskStatus{}
-	mi := &file_driver_proto_msgTypes[9]
+	mi := &file_driver_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -650,7 +750,7 @@ func (x *TaskStatus) String() string {
 func (*TaskStatus) ProtoMessage() {}
 
 func (x *TaskStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[9]
+	mi := &file_driver_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -663,7 +763,7 @@ func (x *TaskStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskStatus.ProtoReflect.Descriptor instead.
 func (*TaskStatus) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{9}
+	return file_driver_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *TaskStatus) GetId() string {
@@ -713,7 +813,7 @@ type TaskStats struct {
 
 func (x *TaskStats) Reset() {
 	*x = TaskStats{}
-	mi := &file_driver_proto_msgTypes[10]
+	mi := &file_driver_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -725,7 +825,7 @@ func (x *TaskStats) String() string {
 func (*TaskStats) ProtoMessage() {}
 
 func (x *TaskStats) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[10]
+	mi := &file_driver_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -738,7 +838,7 @@ func (x *TaskStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskStats.ProtoReflect.Descriptor instead.
 func (*TaskStats) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{10}
+	return file_driver_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *TaskStats) GetTime() *timestamppb.Timestamp {
@@ -779,7 +879,7 @@ type StartRequest struct {
 
 func (x *StartRequest) Reset() {
 	*x = StartRequest{}
-	mi := &file_driver_proto_msgTypes[11]
+	mi := &file_driver_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -791,7 +891,7 @@ func (x *StartRequest) String() string {
 func (*StartRequest) ProtoMessage() {}
 
 func (x *StartRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[11]
+	mi := &file_driver_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -804,7 +904,7 @@ func (x *StartRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartRequest.ProtoReflect.Descriptor instead.
 func (*StartRequest) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{11}
+	return file_driver_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *StartRequest) GetConfig() *TaskConfig {
@@ -823,7 +923,7 @@ type StartResponse struct {
 
 func (x *StartResponse) Reset() {
 	*x = StartResponse{}
-	mi := &file_driver_proto_msgTypes[12]
+	mi := &file_driver_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -835,7 +935,7 @@ func (x *StartResponse) String() string {
 func (*StartResponse) ProtoMessage() {}
 
 func (x *StartResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[12]
+	mi := &file_driver_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -848,7 +948,7 @@ func (x *StartResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartResponse.ProtoReflect.Descriptor instead.
 func (*StartResponse) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{12}
+	return file_driver_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *StartResponse) GetHandle() *TaskHandle {
@@ -867,7 +967,7 @@ type WaitRequest struct {
 
 func (x *WaitRequest) Reset() {
 	*x = WaitRequest{}
-	mi := &file_driver_proto_msgTypes[13]
+	mi := &file_driver_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -879,7 +979,7 @@ func (x *WaitRequest) String() string {
 func (*WaitRequest) ProtoMessage() {}
 
 func (x *WaitRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[13]
+	mi := &file_driver_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -892,7 +992,7 @@ func (x *WaitRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitRequest.ProtoReflect.Descriptor instead.
 func (*WaitRequest) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{13}
+	return file_driver_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *WaitRequest) GetTaskId() string {
@@ -913,7 +1013,7 @@ type WaitResponse struct {
 
 func (x *WaitResponse) Reset() {
 	*x = WaitResponse{}
-	mi := &file_driver_proto_msgTypes[14]
+	mi := &file_driver_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -925,7 +1025,7 @@ func (x *WaitResponse) String() string {
 func (*WaitResponse) ProtoMessage() {}
 
 func (x *WaitResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[14]
+	mi := &file_driver_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -938,7 +1038,7 @@ func (x *WaitResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitResponse.ProtoReflect.Descriptor instead.
 func (*WaitResponse) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{14}
+	return file_driver_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *WaitResponse) GetResult() *ExitResult {
@@ -959,7 +1059,7 @@ type StopRequest struct {
 
 func (x *StopRequest) Reset() {
 	*x = StopRequest{}
-	mi := &file_driver_proto_msgTypes[15]
+	mi := &file_driver_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -971,7 +1071,7 @@ func (x *StopRequest) String() string {
 func (*StopRequest) ProtoMessage() {}
 
 func (x *StopRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[15]
+	mi := &file_driver_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -984,7 +1084,7 @@ func (x *StopRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopRequest.ProtoReflect.Descriptor instead.
 func (*StopRequest) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{15}
+	return file_driver_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *StopRequest) GetTaskId() string {
@@ -1016,7 +1116,7 @@ type StopResponse struct {
 
 func (x *StopResponse) Reset() {
 	*x = StopResponse{}
-	mi := &file_driver_proto_msgTypes[16]
+	mi := &file_driver_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1028,7 +1128,7 @@ func (x *StopResponse) String() string {
 func (*StopResponse) ProtoMessage() {}
 
 func (x *StopResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[16]
+	mi := &file_driver_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1041,7 +1141,7 @@ func (x *StopResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopResponse.ProtoReflect.Descriptor instead.
 func (*StopResponse) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{16}
+	return file_driver_proto_rawDescGZIP(), []int{17}
 }
 
 type DestroyRequest struct {
@@ -1054,7 +1154,7 @@ type DestroyRequest struct {
 
 func (x *DestroyRequest) Reset() {
 	*x = DestroyRequest{}
-	mi := &file_driver_proto_msgTypes[17]
+	mi := &file_driver_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1066,7 +1166,7 @@ func (x *DestroyRequest) String() string {
 func (*DestroyRequest) ProtoMessage() {}
 
 func (x *DestroyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[17]
+	mi := &file_driver_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1079,7 +1179,7 @@ func (x *DestroyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DestroyRequest.ProtoReflect.Descriptor instead.
 func (*DestroyRequest) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{17}
+	return file_driver_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *DestroyRequest) GetTaskId() string {
@@ -1104,7 +1204,7 @@ type DestroyResponse struct {
 
 func (x *DestroyResponse) Reset() {
 	*x = DestroyResponse{}
-	mi := &file_driver_proto_msgTypes[18]
+	mi := &file_driver_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1116,7 +1216,7 @@ func (x *DestroyResponse) String() string {
 func (*DestroyResponse) ProtoMessage() {}
 
 func (x *DestroyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[18]
+	mi := &file_driver_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1129,7 +1229,7 @@ func (x *DestroyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DestroyResponse.ProtoReflect.Descriptor instead.
 func (*DestroyResponse) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{18}
+	return file_driver_proto_rawDescGZIP(), []int{19}
 }
 
 type InspectRequest struct {
@@ -1141,7 +1241,7 @@ type InspectRequest struct {
 
 func (x *InspectRequest) Reset() {
 	*x = InspectRequest{}
-	mi := &file_driver_proto_msgTypes[19]
+	mi := &file_driver_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1153,7 +1253,7 @@ func (x *InspectRequest) String() string {
 func (*InspectRequest) ProtoMessage() {}
 
 func (x *InspectRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[19]
+	mi := &file_driver_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1166,7 +1266,7 @@ func (x *InspectRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InspectRequest.ProtoReflect.Descriptor instead.
 func (*InspectRequest) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{19}
+	return file_driver_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *InspectRequest) GetTaskId() string {
@@ -1185,7 +1285,7 @@ type InspectResponse struct {
 
 func (x *InspectResponse) Reset() {
 	*x = InspectResponse{}
-	mi := &file_driver_proto_msgTypes[20]
+	mi := &file_driver_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1197,7 +1297,7 @@ func (x *InspectResponse) String() string {
 func (*InspectResponse) ProtoMessage() {}
 
 func (x *InspectResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[20]
+	mi := &file_driver_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1210,7 +1310,7 @@ func (x *InspectResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InspectResponse.ProtoReflect.Descriptor instead.
 func (*InspectResponse) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{20}
+	return file_driver_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *InspectResponse) GetStatus() *TaskStatus {
@@ -1229,7 +1329,7 @@ type StatsRequest struct {
 
 func (x *StatsRequest) Reset() {
 	*x = StatsRequest{}
-	mi := &file_driver_proto_msgTypes[21]
+	mi := &file_driver_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1241,7 +1341,7 @@ func (x *StatsRequest) String() string {
 func (*StatsRequest) ProtoMessage() {}
 
 func (x *StatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[21]
+	mi := &file_driver_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1254,7 +1354,7 @@ func (x *StatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsRequest.ProtoReflect.Descriptor instead.
 func (*StatsRequest) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{21}
+	return file_driver_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *StatsRequest) GetTaskId() string {
@@ -1273,7 +1373,7 @@ type StatsResponse struct {
 
 func (x *StatsResponse) Reset() {
 	*x = StatsResponse{}
-	mi := &file_driver_proto_msgTypes[22]
+	mi := &file_driver_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1285,7 +1385,7 @@ func (x *StatsResponse) String() string {
 func (*StatsResponse) ProtoMessage() {}
 
 func (x *StatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[22]
+	mi := &file_driver_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1298,7 +1398,7 @@ func (x *StatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsResponse.ProtoReflect.Descriptor instead.
 func (*StatsResponse) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{22}
+	return file_driver_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *StatsResponse) GetStats() *TaskStats {
@@ -1323,7 +1423,7 @@ type ExecStart struct {
 
 func (x *ExecStart) Reset() {
 	*x = ExecStart{}
-	mi := &file_driver_proto_msgTypes[23]
+	mi := &file_driver_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1335,7 +1435,7 @@ func (x *ExecStart) String() string {
 func (*ExecStart) ProtoMessage() {}
 
 func (x *ExecStart) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[23]
+	mi := &file_driver_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1348,7 +1448,7 @@ func (x *ExecStart) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecStart.ProtoReflect.Descriptor instead.
 func (*ExecStart) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{23}
+	return file_driver_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ExecStart) GetTaskId() string {
@@ -1407,7 +1507,7 @@ type ExecRequest struct {
 
 func (x *ExecRequest) Reset() {
 	*x = ExecRequest{}
-	mi := &file_driver_proto_msgTypes[24]
+	mi := &file_driver_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1419,7 +1519,7 @@ func (x *ExecRequest) String() string {
 func (*ExecRequest) ProtoMessage() {}
 
 func (x *ExecRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[24]
+	mi := &file_driver_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1432,7 +1532,7 @@ func (x *ExecRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecRequest.ProtoReflect.Descriptor instead.
 func (*ExecRequest) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{24}
+	return file_driver_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ExecRequest) GetMsg() isExecRequest_Msg {
@@ -1502,7 +1602,7 @@ type ExecExit struct {
 
 func (x *ExecExit) Reset() {
 	*x = ExecExit{}
-	mi := &file_driver_proto_msgTypes[25]
+	mi := &file_driver_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1514,7 +1614,7 @@ func (x *ExecExit) String() string {
 func (*ExecExit) ProtoMessage() {}
 
 func (x *ExecExit) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[25]
+	mi := &file_driver_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1527,7 +1627,7 @@ func (x *ExecExit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecExit.ProtoReflect.Descriptor instead.
 func (*ExecExit) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{25}
+	return file_driver_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ExecExit) GetExitCode() int64 {
@@ -1551,7 +1651,7 @@ type ExecResponse struct {
 
 func (x *ExecResponse) Reset() {
 	*x = ExecResponse{}
-	mi := &file_driver_proto_msgTypes[26]
+	mi := &file_driver_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1563,7 +1663,7 @@ func (x *ExecResponse) String() string {
 func (*ExecResponse) ProtoMessage() {}
 
 func (x *ExecResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[26]
+	mi := &file_driver_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1576,7 +1676,7 @@ func (x *ExecResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecResponse.ProtoReflect.Descriptor instead.
 func (*ExecResponse) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{26}
+	return file_driver_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ExecResponse) GetMsg() isExecResponse_Msg {
@@ -1645,7 +1745,7 @@ type RecoverRequest struct {
 
 func (x *RecoverRequest) Reset() {
 	*x = RecoverRequest{}
-	mi := &file_driver_proto_msgTypes[27]
+	mi := &file_driver_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1657,7 +1757,7 @@ func (x *RecoverRequest) String() string {
 func (*RecoverRequest) ProtoMessage() {}
 
 func (x *RecoverRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[27]
+	mi := &file_driver_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1670,7 +1770,7 @@ func (x *RecoverRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecoverRequest.ProtoReflect.Descriptor instead.
 func (*RecoverRequest) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{27}
+	return file_driver_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *RecoverRequest) GetHandle() *TaskHandle {
@@ -1688,7 +1788,7 @@ type RecoverResponse struct {
 
 func (x *RecoverResponse) Reset() {
 	*x = RecoverResponse{}
-	mi := &file_driver_proto_msgTypes[28]
+	mi := &file_driver_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1700,7 +1800,7 @@ func (x *RecoverResponse) String() string {
 func (*RecoverResponse) ProtoMessage() {}
 
 func (x *RecoverResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[28]
+	mi := &file_driver_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1713,7 +1813,7 @@ func (x *RecoverResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecoverResponse.ProtoReflect.Descriptor instead.
 func (*RecoverResponse) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{28}
+	return file_driver_proto_rawDescGZIP(), []int{29}
 }
 
 var File_driver_proto protoreflect.FileDescriptor
@@ -1743,7 +1843,7 @@ const file_driver_proto_rawDesc = "" +
 	"\x04exec\x18\x01 \x01(\bR\x04exec\x12'\n" +
 	"\x0fresource_limits\x18\x02 \x01(\bR\x0eresourceLimits\x12\x18\n" +
 	"\arecover\x18\x03 \x01(\bR\arecover\x12'\n" +
-	"\x0fhost_networking\x18\x04 \x01(\bR\x0ehostNetworking\"\x8f\x04\n" +
+	"\x0fhost_networking\x18\x04 \x01(\bR\x0ehostNetworking\"\x89\x05\n" +
 	"\n" +
 	"TaskConfig\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1d\n" +
@@ -1761,13 +1861,26 @@ const file_driver_proto_rawDesc = "" +
 	"stdoutPath\x12\x1f\n" +
 	"\vstderr_path\x18\v \x01(\tR\n" +
 	"stderrPath\x12\x12\n" +
-	"\x04user\x18\f \x01(\tR\x04user\x1a6\n" +
+	"\x04user\x18\f \x01(\tR\x04user\x12\x16\n" +
+	"\x06rootfs\x18\r \x01(\tR\x06rootfs\x12A\n" +
+	"\fimage_config\x18\x0e \x01(\v2\x1e.corral.drivers.v1.ImageConfigR\vimageConfig\x12\x1d\n" +
+	"\n" +
+	"netns_path\x18\x0f \x01(\tR\tnetnsPath\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a<\n" +
 	"\x0eResourcesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\"\xe9\x01\n" +
+	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\"\x86\x01\n" +
+	"\vImageConfig\x12\x1e\n" +
+	"\n" +
+	"entrypoint\x18\x01 \x03(\tR\n" +
+	"entrypoint\x12\x10\n" +
+	"\x03cmd\x18\x02 \x03(\tR\x03cmd\x12\x10\n" +
+	"\x03env\x18\x03 \x03(\tR\x03env\x12\x1f\n" +
+	"\vworking_dir\x18\x04 \x01(\tR\n" +
+	"workingDir\x12\x12\n" +
+	"\x04user\x18\x05 \x01(\tR\x04user\"\xe9\x01\n" +
 	"\n" +
 	"TaskHandle\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x03R\aversion\x12\x16\n" +
@@ -1875,7 +1988,7 @@ func file_driver_proto_rawDescGZIP() []byte {
 	return file_driver_proto_rawDescData
 }
 
-var file_driver_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
+var file_driver_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
 var file_driver_proto_goTypes = []any{
 	(*PluginInfoRequest)(nil),     // 0: corral.drivers.v1.PluginInfoRequest
 	(*PluginInfoResponse)(nil),    // 1: corral.drivers.v1.PluginInfoResponse
@@ -1884,82 +1997,84 @@ var file_driver_proto_goTypes = []any{
 	(*CapabilitiesRequest)(nil),   // 4: corral.drivers.v1.CapabilitiesRequest
 	(*CapabilitiesResponse)(nil),  // 5: corral.drivers.v1.CapabilitiesResponse
 	(*TaskConfig)(nil),            // 6: corral.drivers.v1.TaskConfig
-	(*TaskHandle)(nil),            // 7: corral.drivers.v1.TaskHandle
-	(*ExitResult)(nil),            // 8: corral.drivers.v1.ExitResult
-	(*TaskStatus)(nil),            // 9: corral.drivers.v1.TaskStatus
-	(*TaskStats)(nil),             // 10: corral.drivers.v1.TaskStats
-	(*StartRequest)(nil),          // 11: corral.drivers.v1.StartRequest
-	(*StartResponse)(nil),         // 12: corral.drivers.v1.StartResponse
-	(*WaitRequest)(nil),           // 13: corral.drivers.v1.WaitRequest
-	(*WaitResponse)(nil),          // 14: corral.drivers.v1.WaitResponse
-	(*StopRequest)(nil),           // 15: corral.drivers.v1.StopRequest
-	(*StopResponse)(nil),          // 16: corral.drivers.v1.StopResponse
-	(*DestroyRequest)(nil),        // 17: corral.drivers.v1.DestroyRequest
-	(*DestroyResponse)(nil),       // 18: corral.drivers.v1.DestroyResponse
-	(*InspectRequest)(nil),        // 19: corral.drivers.v1.InspectRequest
-	(*InspectResponse)(nil),       // 20: corral.drivers.v1.InspectResponse
-	(*StatsRequest)(nil),          // 21: corral.drivers.v1.StatsRequest
-	(*StatsResponse)(nil),         // 22: corral.drivers.v1.StatsResponse
-	(*ExecStart)(nil),             // 23: corral.drivers.v1.ExecStart
-	(*ExecRequest)(nil),           // 24: corral.drivers.v1.ExecRequest
-	(*ExecExit)(nil),              // 25: corral.drivers.v1.ExecExit
-	(*ExecResponse)(nil),          // 26: corral.drivers.v1.ExecResponse
-	(*RecoverRequest)(nil),        // 27: corral.drivers.v1.RecoverRequest
-	(*RecoverResponse)(nil),       // 28: corral.drivers.v1.RecoverResponse
-	nil,                           // 29: corral.drivers.v1.FingerprintResponse.AttributesEntry
-	nil,                           // 30: corral.drivers.v1.TaskConfig.EnvEntry
-	nil,                           // 31: corral.drivers.v1.TaskConfig.ResourcesEntry
-	nil,                           // 32: corral.drivers.v1.ExecStart.EnvEntry
-	(*timestamppb.Timestamp)(nil), // 33: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 34: google.protobuf.Duration
+	(*ImageConfig)(nil),           // 7: corral.drivers.v1.ImageConfig
+	(*TaskHandle)(nil),            // 8: corral.drivers.v1.TaskHandle
+	(*ExitResult)(nil),            // 9: corral.drivers.v1.ExitResult
+	(*TaskStatus)(nil),            // 10: corral.drivers.v1.TaskStatus
+	(*TaskStats)(nil),             // 11: corral.drivers.v1.TaskStats
+	(*StartRequest)(nil),          // 12: corral.drivers.v1.StartRequest
+	(*StartResponse)(nil),         // 13: corral.drivers.v1.StartResponse
+	(*WaitRequest)(nil),           // 14: corral.drivers.v1.WaitRequest
+	(*WaitResponse)(nil),          // 15: corral.drivers.v1.WaitResponse
+	(*StopRequest)(nil),           // 16: corral.drivers.v1.StopRequest
+	(*StopResponse)(nil),          // 17: corral.drivers.v1.StopResponse
+	(*DestroyRequest)(nil),        // 18: corral.drivers.v1.DestroyRequest
+	(*DestroyResponse)(nil),       // 19: corral.drivers.v1.DestroyResponse
+	(*InspectRequest)(nil),        // 20: corral.drivers.v1.InspectRequest
+	(*InspectResponse)(nil),       // 21: corral.drivers.v1.InspectResponse
+	(*StatsRequest)(nil),          // 22: corral.drivers.v1.StatsRequest
+	(*StatsResponse)(nil),         // 23: corral.drivers.v1.StatsResponse
+	(*ExecStart)(nil),             // 24: corral.drivers.v1.ExecStart
+	(*ExecRequest)(nil),           // 25: corral.drivers.v1.ExecRequest
+	(*ExecExit)(nil),              // 26: corral.drivers.v1.ExecExit
+	(*ExecResponse)(nil),          // 27: corral.drivers.v1.ExecResponse
+	(*RecoverRequest)(nil),        // 28: corral.drivers.v1.RecoverRequest
+	(*RecoverResponse)(nil),       // 29: corral.drivers.v1.RecoverResponse
+	nil,                           // 30: corral.drivers.v1.FingerprintResponse.AttributesEntry
+	nil,                           // 31: corral.drivers.v1.TaskConfig.EnvEntry
+	nil,                           // 32: corral.drivers.v1.TaskConfig.ResourcesEntry
+	nil,                           // 33: corral.drivers.v1.ExecStart.EnvEntry
+	(*timestamppb.Timestamp)(nil), // 34: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 35: google.protobuf.Duration
 }
 var file_driver_proto_depIdxs = []int32{
-	29, // 0: corral.drivers.v1.FingerprintResponse.attributes:type_name -> corral.drivers.v1.FingerprintResponse.AttributesEntry
-	30, // 1: corral.drivers.v1.TaskConfig.env:type_name -> corral.drivers.v1.TaskConfig.EnvEntry
-	31, // 2: corral.drivers.v1.TaskConfig.resources:type_name -> corral.drivers.v1.TaskConfig.ResourcesEntry
-	6,  // 3: corral.drivers.v1.TaskHandle.config:type_name -> corral.drivers.v1.TaskConfig
-	33, // 4: corral.drivers.v1.TaskHandle.started_at:type_name -> google.protobuf.Timestamp
-	33, // 5: corral.drivers.v1.TaskStatus.started_at:type_name -> google.protobuf.Timestamp
-	33, // 6: corral.drivers.v1.TaskStatus.completed_at:type_name -> google.protobuf.Timestamp
-	8,  // 7: corral.drivers.v1.TaskStatus.exit_result:type_name -> corral.drivers.v1.ExitResult
-	33, // 8: corral.drivers.v1.TaskStats.time:type_name -> google.protobuf.Timestamp
-	6,  // 9: corral.drivers.v1.StartRequest.config:type_name -> corral.drivers.v1.TaskConfig
-	7,  // 10: corral.drivers.v1.StartResponse.handle:type_name -> corral.drivers.v1.TaskHandle
-	8,  // 11: corral.drivers.v1.WaitResponse.result:type_name -> corral.drivers.v1.ExitResult
-	34, // 12: corral.drivers.v1.StopRequest.timeout:type_name -> google.protobuf.Duration
-	9,  // 13: corral.drivers.v1.InspectResponse.status:type_name -> corral.drivers.v1.TaskStatus
-	10, // 14: corral.drivers.v1.StatsResponse.stats:type_name -> corral.drivers.v1.TaskStats
-	32, // 15: corral.drivers.v1.ExecStart.env:type_name -> corral.drivers.v1.ExecStart.EnvEntry
-	23, // 16: corral.drivers.v1.ExecRequest.start:type_name -> corral.drivers.v1.ExecStart
-	25, // 17: corral.drivers.v1.ExecResponse.exit:type_name -> corral.drivers.v1.ExecExit
-	7,  // 18: corral.drivers.v1.RecoverRequest.handle:type_name -> corral.drivers.v1.TaskHandle
-	0,  // 19: corral.drivers.v1.Driver.PluginInfo:input_type -> corral.drivers.v1.PluginInfoRequest
-	2,  // 20: corral.drivers.v1.Driver.Fingerprint:input_type -> corral.drivers.v1.FingerprintRequest
-	4,  // 21: corral.drivers.v1.Driver.Capabilities:input_type -> corral.drivers.v1.CapabilitiesRequest
-	11, // 22: corral.drivers.v1.Driver.Start:input_type -> corral.drivers.v1.StartRequest
-	13, // 23: corral.drivers.v1.Driver.Wait:input_type -> corral.drivers.v1.WaitRequest
-	15, // 24: corral.drivers.v1.Driver.Stop:input_type -> corral.drivers.v1.StopRequest
-	17, // 25: corral.drivers.v1.Driver.Destroy:input_type -> corral.drivers.v1.DestroyRequest
-	19, // 26: corral.drivers.v1.Driver.Inspect:input_type -> corral.drivers.v1.InspectRequest
-	21, // 27: corral.drivers.v1.Driver.Stats:input_type -> corral.drivers.v1.StatsRequest
-	24, // 28: corral.drivers.v1.Driver.Exec:input_type -> corral.drivers.v1.ExecRequest
-	27, // 29: corral.drivers.v1.Driver.Recover:input_type -> corral.drivers.v1.RecoverRequest
-	1,  // 30: corral.drivers.v1.Driver.PluginInfo:output_type -> corral.drivers.v1.PluginInfoResponse
-	3,  // 31: corral.drivers.v1.Driver.Fingerprint:output_type -> corral.drivers.v1.FingerprintResponse
-	5,  // 32: corral.drivers.v1.Driver.Capabilities:output_type -> corral.drivers.v1.CapabilitiesResponse
-	12, // 33: corral.drivers.v1.Driver.Start:output_type -> corral.drivers.v1.StartResponse
-	14, // 34: corral.drivers.v1.Driver.Wait:output_type -> corral.drivers.v1.WaitResponse
-	16, // 35: corral.drivers.v1.Driver.Stop:output_type -> corral.drivers.v1.StopResponse
-	18, // 36: corral.drivers.v1.Driver.Destroy:output_type -> corral.drivers.v1.DestroyResponse
-	20, // 37: corral.drivers.v1.Driver.Inspect:output_type -> corral.drivers.v1.InspectResponse
-	22, // 38: corral.drivers.v1.Driver.Stats:output_type -> corral.drivers.v1.StatsResponse
-	26, // 39: corral.drivers.v1.Driver.Exec:output_type -> corral.drivers.v1.ExecResponse
-	28, // 40: corral.drivers.v1.Driver.Recover:output_type -> corral.drivers.v1.RecoverResponse
-	30, // [30:41] is the sub-list for method output_type
-	19, // [19:30] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	30, // 0: corral.drivers.v1.FingerprintResponse.attributes:type_name -> corral.drivers.v1.FingerprintResponse.AttributesEntry
+	31, // 1: corral.drivers.v1.TaskConfig.env:type_name -> corral.drivers.v1.TaskConfig.EnvEntry
+	32, // 2: corral.drivers.v1.TaskConfig.resources:type_name -> corral.drivers.v1.TaskConfig.ResourcesEntry
+	7,  // 3: corral.drivers.v1.TaskConfig.image_config:type_name -> corral.drivers.v1.ImageConfig
+	6,  // 4: corral.drivers.v1.TaskHandle.config:type_name -> corral.drivers.v1.TaskConfig
+	34, // 5: corral.drivers.v1.TaskHandle.started_at:type_name -> google.protobuf.Timestamp
+	34, // 6: corral.drivers.v1.TaskStatus.started_at:type_name -> google.protobuf.Timestamp
+	34, // 7: corral.drivers.v1.TaskStatus.completed_at:type_name -> google.protobuf.Timestamp
+	9,  // 8: corral.drivers.v1.TaskStatus.exit_result:type_name -> corral.drivers.v1.ExitResult
+	34, // 9: corral.drivers.v1.TaskStats.time:type_name -> google.protobuf.Timestamp
+	6,  // 10: corral.drivers.v1.StartRequest.config:type_name -> corral.drivers.v1.TaskConfig
+	8,  // 11: corral.drivers.v1.StartResponse.handle:type_name -> corral.drivers.v1.TaskHandle
+	9,  // 12: corral.drivers.v1.WaitResponse.result:type_name -> corral.drivers.v1.ExitResult
+	35, // 13: corral.drivers.v1.StopRequest.timeout:type_name -> google.protobuf.Duration
+	10, // 14: corral.drivers.v1.InspectResponse.status:type_name -> corral.drivers.v1.TaskStatus
+	11, // 15: corral.drivers.v1.StatsResponse.stats:type_name -> corral.drivers.v1.TaskStats
+	33, // 16: corral.drivers.v1.ExecStart.env:type_name -> corral.drivers.v1.ExecStart.EnvEntry
+	24, // 17: corral.drivers.v1.ExecRequest.start:type_name -> corral.drivers.v1.ExecStart
+	26, // 18: corral.drivers.v1.ExecResponse.exit:type_name -> corral.drivers.v1.ExecExit
+	8,  // 19: corral.drivers.v1.RecoverRequest.handle:type_name -> corral.drivers.v1.TaskHandle
+	0,  // 20: corral.drivers.v1.Driver.PluginInfo:input_type -> corral.drivers.v1.PluginInfoRequest
+	2,  // 21: corral.drivers.v1.Driver.Fingerprint:input_type -> corral.drivers.v1.FingerprintRequest
+	4,  // 22: corral.drivers.v1.Driver.Capabilities:input_type -> corral.drivers.v1.CapabilitiesRequest
+	12, // 23: corral.drivers.v1.Driver.Start:input_type -> corral.drivers.v1.StartRequest
+	14, // 24: corral.drivers.v1.Driver.Wait:input_type -> corral.drivers.v1.WaitRequest
+	16, // 25: corral.drivers.v1.Driver.Stop:input_type -> corral.drivers.v1.StopRequest
+	18, // 26: corral.drivers.v1.Driver.Destroy:input_type -> corral.drivers.v1.DestroyRequest
+	20, // 27: corral.drivers.v1.Driver.Inspect:input_type -> corral.drivers.v1.InspectRequest
+	22, // 28: corral.drivers.v1.Driver.Stats:input_type -> corral.drivers.v1.StatsRequest
+	25, // 29: corral.drivers.v1.Driver.Exec:input_type -> corral.drivers.v1.ExecRequest
+	28, // 30: corral.drivers.v1.Driver.Recover:input_type -> corral.drivers.v1.RecoverRequest
+	1,  // 31: corral.drivers.v1.Driver.PluginInfo:output_type -> corral.drivers.v1.PluginInfoResponse
+	3,  // 32: corral.drivers.v1.Driver.Fingerprint:output_type -> corral.drivers.v1.FingerprintResponse
+	5,  // 33: corral.drivers.v1.Driver.Capabilities:output_type -> corral.drivers.v1.CapabilitiesResponse
+	13, // 34: corral.drivers.v1.Driver.Start:output_type -> corral.drivers.v1.StartResponse
+	15, // 35: corral.drivers.v1.Driver.Wait:output_type -> corral.drivers.v1.WaitResponse
+	17, // 36: corral.drivers.v1.Driver.Stop:output_type -> corral.drivers.v1.StopResponse
+	19, // 37: corral.drivers.v1.Driver.Destroy:output_type -> corral.drivers.v1.DestroyResponse
+	21, // 38: corral.drivers.v1.Driver.Inspect:output_type -> corral.drivers.v1.InspectResponse
+	23, // 39: corral.drivers.v1.Driver.Stats:output_type -> corral.drivers.v1.StatsResponse
+	27, // 40: corral.drivers.v1.Driver.Exec:output_type -> corral.drivers.v1.ExecResponse
+	29, // 41: corral.drivers.v1.Driver.Recover:output_type -> corral.drivers.v1.RecoverResponse
+	31, // [31:42] is the sub-list for method output_type
+	20, // [20:31] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_driver_proto_init() }
@@ -1967,12 +2082,12 @@ func file_driver_proto_init() {
 	if File_driver_proto != nil {
 		return
 	}
-	file_driver_proto_msgTypes[24].OneofWrappers = []any{
+	file_driver_proto_msgTypes[25].OneofWrappers = []any{
 		(*ExecRequest_Start)(nil),
 		(*ExecRequest_Stdin)(nil),
 		(*ExecRequest_StdinClose)(nil),
 	}
-	file_driver_proto_msgTypes[26].OneofWrappers = []any{
+	file_driver_proto_msgTypes[27].OneofWrappers = []any{
 		(*ExecResponse_Stdout)(nil),
 		(*ExecResponse_Stderr)(nil),
 		(*ExecResponse_Exit)(nil),
@@ -1983,7 +2098,7 @@ func file_driver_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_driver_proto_rawDesc), len(file_driver_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   33,
+			NumMessages:   34,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
