@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/corral-dev/corral/gossip"
+	"github.com/corral-dev/corral/images"
 	"github.com/corral-dev/corral/plugins/drivers"
 	"github.com/corral-dev/corral/rpc"
 	"github.com/corral-dev/corral/structs"
@@ -49,6 +50,10 @@ type Config struct {
 	GRPC *grpc.Server
 	// Drivers are the drivers this agent offers.
 	Drivers []drivers.Driver
+	// DockerConfig is a docker config.json with registry credentials.
+	DockerConfig string
+	// InsecureRegistries are spoken to over plain HTTP (loopback always is).
+	InsecureRegistries []string
 	// Capacity overrides fingerprinted slots (e.g. to reserve some for the host).
 	Capacity structs.Slots
 	// Logger receives structured logs; LogOutput the logs of serf and memberlist.
@@ -79,6 +84,7 @@ type Agent struct {
 
 	reporter *reporter
 	store    *localStore
+	images   *images.Store
 
 	ctx      context.Context
 	cancel   context.CancelFunc
@@ -149,6 +155,16 @@ func New(cfg Config) (*Agent, error) {
 	if a.store, err = openLocalStore(cfg.DataDir); err != nil {
 		return nil, err
 	}
+	imgOpts := []images.Option{images.WithLogger(a.logger.With("component", "images"))}
+	if cfg.DockerConfig != "" {
+		imgOpts = append(imgOpts, images.WithDockerConfig(cfg.DockerConfig))
+	}
+	if len(cfg.InsecureRegistries) > 0 {
+		imgOpts = append(imgOpts, images.WithInsecureRegistries(cfg.InsecureRegistries...))
+	}
+	if a.images, err = images.NewStore(filepath.Join(cfg.DataDir, "images"), imgOpts...); err != nil {
+		return nil, fmt.Errorf("agent: image store: %w", err)
+	}
 	a.capacity, err = fingerprint()
 	if err != nil {
 		return nil, err
@@ -211,6 +227,9 @@ func (a *Agent) Shutdown() {
 		a.wg.Wait()
 		if a.store != nil {
 			_ = a.store.close()
+		}
+		if a.images != nil {
+			_ = a.images.Close()
 		}
 	})
 }

@@ -153,6 +153,13 @@ func (r *kernelRunner) start(ctx context.Context, log *slog.Logger, cfg *drivers
 		rep.report(r.id, structs.KernelError, "preparing kernel directory: "+err.Error(), nil)
 		return false
 	}
+	if r.kernel.Image != "" {
+		if err := r.pullImage(ctx, cfg); err != nil {
+			log.Warn("image pull failed", "image", r.kernel.Image, "error", err)
+			rep.report(r.id, structs.KernelError, err.Error(), nil)
+			return false
+		}
+	}
 	select {
 	case <-r.stopCh:
 		rep.report(r.id, structs.KernelTerminated, r.stopReason+" (before it started)", nil)

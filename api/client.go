@@ -332,3 +332,21 @@ func closeBody(resp *http.Response) {
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 	_ = resp.Body.Close()
 }
+
+// ListImages returns the images cached on every alive agent.
+func (c *Client) ListImages(ctx context.Context) ([]*AgentImage, error) {
+	var out []*AgentImage
+	if _, err := c.do(ctx, http.MethodGet, "/v1/images", nil, nil, &out, c.timeout); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// PullImage makes one agent pull an image into its cache and waits for it.
+func (c *Client) PullImage(ctx context.Context, req *ImagePullRequest) (*AgentImage, error) {
+	var out AgentImage
+	if _, err := c.do(ctx, http.MethodPost, "/v1/images/pull", nil, req, &out, 0); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}

@@ -3,6 +3,8 @@
 package api
 
 import (
+	"time"
+
 	"github.com/corral-dev/corral/structs"
 )
 
@@ -62,4 +64,20 @@ type ExecFrame struct {
 // ErrorResponse is the body of every 4xx and 5xx answer.
 type ErrorResponse struct {
 	Error string `json:"error"`
+}
+
+// AgentImage is one image cached on one agent: an entry of GET /v1/images.
+type AgentImage struct {
+	AgentID   string    `json:"agent_id"`
+	AgentName string    `json:"agent_name"`
+	Ref       string    `json:"ref"`
+	Digest    string    `json:"digest"`
+	Size      int64     `json:"size"`
+	PulledAt  time.Time `json:"pulled_at"`
+}
+
+// ImagePullRequest is the body of POST /v1/images/pull: warm an agent's cache.
+type ImagePullRequest struct {
+	Ref   string `json:"ref"`
+	Agent string `json:"agent"` // agent ID, ID prefix or name
 }

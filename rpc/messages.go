@@ -1,6 +1,8 @@
 package rpc
 
 import (
+	"time"
+
 	"github.com/corral-dev/corral/structs"
 )
 
@@ -61,4 +63,30 @@ type LogsResponse struct {
 	Stdout    []byte `json:"stdout"`
 	Stderr    []byte `json:"stderr"`
 	Truncated bool   `json:"truncated,omitempty"`
+}
+
+// ImageInfo describes one image in an agent's cache.
+type ImageInfo struct {
+	Ref      string    `json:"ref"`
+	Digest   string    `json:"digest"`
+	Size     int64     `json:"size"`
+	PulledAt time.Time `json:"pulled_at"`
+}
+
+// ImageListRequest asks an agent for its cached images.
+type ImageListRequest struct{}
+
+// ImageListResponse lists an agent's cached images.
+type ImageListResponse struct {
+	Images []*ImageInfo `json:"images"`
+}
+
+// ImagePullRequest asks an agent to pull an image into its cache.
+type ImagePullRequest struct {
+	Ref string `json:"ref"`
+}
+
+// ImagePullResponse is the pulled image.
+type ImagePullResponse struct {
+	Image *ImageInfo `json:"image"`
 }

@@ -38,6 +38,8 @@ type WatchStream interface {
 type AgentService interface {
 	Exec(req *ExecRequest, stream ExecStream) error
 	Logs(ctx context.Context, req *LogsRequest) (*LogsResponse, error)
+	ImageList(ctx context.Context, req *ImageListRequest) (*ImageListResponse, error)
+	ImagePull(ctx context.Context, req *ImagePullRequest) (*ImagePullResponse, error)
 }
 
 // ExecStream is the agent side of Exec.
@@ -105,6 +107,12 @@ var agentDesc = grpc.ServiceDesc{
 		unary(func(srv any, ctx context.Context, req *LogsRequest) (*LogsResponse, error) {
 			return srv.(AgentService).Logs(ctx, req)
 		}, "Logs"),
+		unary(func(srv any, ctx context.Context, req *ImageListRequest) (*ImageListResponse, error) {
+			return srv.(AgentService).ImageList(ctx, req)
+		}, "ImageList"),
+		unary(func(srv any, ctx context.Context, req *ImagePullRequest) (*ImagePullResponse, error) {
+			return srv.(AgentService).ImagePull(ctx, req)
+		}, "ImagePull"),
 	},
 	Streams: []grpc.StreamDesc{{
 		StreamName:    "Exec",
@@ -158,6 +166,18 @@ func NewAgentClient(cc grpc.ClientConnInterface) *AgentClient { return &AgentCli
 func (c *AgentClient) Logs(ctx context.Context, req *LogsRequest) (*LogsResponse, error) {
 	out := new(LogsResponse)
 	return out, c.cc.Invoke(ctx, "/"+agentServiceName+"/Logs", req, out, CallOptions()...)
+}
+
+// ImageList lists the agent's cached images.
+func (c *AgentClient) ImageList(ctx context.Context, req *ImageListRequest) (*ImageListResponse, error) {
+	out := new(ImageListResponse)
+	return out, c.cc.Invoke(ctx, "/"+agentServiceName+"/ImageList", req, out, CallOptions()...)
+}
+
+// ImagePull makes the agent pull an image into its cache.
+func (c *AgentClient) ImagePull(ctx context.Context, req *ImagePullRequest) (*ImagePullResponse, error) {
+	out := new(ImagePullResponse)
+	return out, c.cc.Invoke(ctx, "/"+agentServiceName+"/ImagePull", req, out, CallOptions()...)
 }
 
 // Exec runs a command in a kernel and streams its output.

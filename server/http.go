@@ -15,9 +15,11 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/hashicorp/go-memdb"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/corral-dev/corral/api"
+	"github.com/corral-dev/corral/images"
 	"github.com/corral-dev/corral/rpc"
 	"github.com/corral-dev/corral/server/state"
 	"github.com/corral-dev/corral/structs"
@@ -46,6 +48,8 @@ func (s *Server) setupHTTP() error {
 	mux.HandleFunc("GET /v1/agents", s.wrap(s.listAgents))
 	mux.HandleFunc("GET /v1/agents/{id}", s.wrap(s.getAgent))
 	mux.HandleFunc("GET /v1/status/leader", s.wrap(s.leader))
+	mux.HandleFunc("GET /v1/images", s.wrap(s.listImages))
+	mux.HandleFunc("POST /v1/images/pull", s.wrap(s.pullImage))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path))
 	})
@@ -197,8 +201,23 @@ func (s *Server) validateCreate(req *api.CreateSessionRequest, snap *state.Snaps
 	if !found {
 		return nil, nil, badRequest("unknown driver %q: known drivers are %s", req.Driver, strings.Join(drivers, ", "))
 	}
-	if len(req.Command) == 0 || strings.TrimSpace(req.Command[0]) == "" {
+	if req.Image != "" {
+		if req.Driver == "exec" {
+			return nil, nil, badRequest("driver exec runs host processes and takes no image: use -driver runc for %q", req.Image)
+		}
+		if _, err := images.ParseReference(req.Image); err != nil {
+			return nil, nil, badRequest("%v", err)
+		}
+	} else if req.Driver == "runc" {
+		return nil, nil, badRequest("driver runc needs an image: give one with -image REF")
+	}
+	if req.Image == "" && (len(req.Command) == 0 || strings.TrimSpace(req.Command[0]) == "") {
 		return nil, nil, badRequest("command is empty: give the program to run, e.g. [\"sh\", \"-c\", \"echo hi\"]")
+	}
+	for _, a := range req.Command {
+		if strings.ContainsRune(a, 0) {
+			return nil, nil, badRequest("command contains a NUL byte")
+		}
 	}
 	if req.Name != "" {
 		if !nameRe.MatchString(req.Name) {
@@ -494,4 +513,71 @@ func (s *Server) getAgent(w http.ResponseWriter, r *http.Request) (any, error) {
 func (s *Server) leader(w http.ResponseWriter, r *http.Request) (any, error) {
 	addr, id := s.raft.LeaderWithID()
 	return map[string]string{"address": string(addr), "id": string(id)}, nil
+}
+
+// listImages gathers the image caches of every alive agent.
+func (s *Server) listImages(w http.ResponseWriter, r *http.Request) (any, error) {
+	agents, err := s.state.Snapshot().Agents(nil)
+	if err != nil {
+		return nil, err
+	}
+	out := []*api.AgentImage{}
+	for _, a := range agents {
+		if a.Status != structs.AgentAlive {
+			continue
+		}
+		c, err := s.agents.client(a.RPCAddr)
+		if err != nil {
+			return nil, err
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
+		resp, err := c.ImageList(ctx, &rpc.ImageListRequest{})
+		cancel()
+		if err != nil {
+			return nil, &httpError{code: http.StatusBadGateway, msg: fmt.Sprintf("listing images on agent %s: %s", a.Name, status.Convert(err).Message())}
+		}
+		for _, img := range resp.Images {
+			out = append(out, &api.AgentImage{AgentID: a.ID, AgentName: a.Name, Ref: img.Ref, Digest: img.Digest, Size: img.Size, PulledAt: img.PulledAt})
+		}
+	}
+	return out, nil
+}
+
+// pullImage makes one agent pull an image into its cache.
+func (s *Server) pullImage(w http.ResponseWriter, r *http.Request) (any, error) {
+	var req api.ImagePullRequest
+	if err := decodeBody(r, &req); err != nil {
+		return nil, err
+	}
+	if _, err := images.ParseReference(req.Ref); err != nil {
+		return nil, badRequest("%v", err)
+	}
+	if req.Agent == "" {
+		return nil, badRequest("agent is required: the agent whose cache to warm")
+	}
+	a, err := s.state.Snapshot().ResolveAgent(req.Agent)
+	if err != nil {
+		return nil, err
+	}
+	if a.Status != structs.AgentAlive {
+		return nil, &httpError{code: http.StatusServiceUnavailable, msg: fmt.Sprintf("agent %s is %s", a.Name, a.Status)}
+	}
+	c, err := s.agents.client(a.RPCAddr)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.ImagePull(r.Context(), &rpc.ImagePullRequest{Ref: req.Ref})
+	if err != nil {
+		st := status.Convert(err)
+		code := http.StatusBadGateway
+		switch st.Code() {
+		case codes.InvalidArgument:
+			code = http.StatusBadRequest
+		case codes.NotFound:
+			code = http.StatusNotFound
+		}
+		return nil, &httpError{code: code, msg: fmt.Sprintf("pulling %s on agent %s: %s", req.Ref, a.Name, st.Message())}
+	}
+	img := resp.Image
+	return &api.AgentImage{AgentID: a.ID, AgentName: a.Name, Ref: img.Ref, Digest: img.Digest, Size: img.Size, PulledAt: img.PulledAt}, nil
 }

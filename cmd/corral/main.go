@@ -84,7 +84,7 @@ Daemons:
 	for _, g := range []struct {
 		title, name string
 		cmds        []command
-	}{{"Sessions", "session", sessionCommands}, {"Nodes", "node", nodeCommands}} {
+	}{{"Sessions", "session", sessionCommands}, {"Nodes", "node", nodeCommands}, {"Images", "image", imageCommands}} {
 		fmt.Fprintf(w, "%s:\n", g.title)
 		for _, sc := range g.cmds {
 			fmt.Fprintf(w, "  %-18s  %s\n", g.name+" "+sc.name, sc.summary)
@@ -120,6 +120,8 @@ func (c *cli) run(ctx context.Context, args []string) int {
 		err = c.group(ctx, "session", sessionCommands, args[1:])
 	case "node":
 		err = c.group(ctx, "node", nodeCommands, args[1:])
+	case "image":
+		err = c.group(ctx, "image", imageCommands, args[1:])
 	case "bench":
 		err = c.bench(ctx, args[1:])
 	default:

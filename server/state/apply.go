@@ -229,6 +229,17 @@ func (w *writer) refreshSession(id, info string, now time.Time) error {
 	return w.putSession(c)
 }
 
+// setSessionInfo updates a live session's status info in place.
+func (w *writer) setSessionInfo(id, info string) error {
+	sess, err := w.snap().Session(nil, id)
+	if err != nil || sess.Status.Terminal() {
+		return err
+	}
+	c := sess.Copy()
+	c.StatusInfo = info
+	return w.putSession(c)
+}
+
 // UpdateKernels applies status changes reported by an agent. Changes that
 // the transition table refuses, or that come from an agent the kernel is not
 // placed on, are skipped and reported in the returned map (kernel ID → why).
@@ -251,6 +262,18 @@ func (s *StateStore) UpdateKernels(index uint64, req *structs.KernelUpdateReques
 		}
 		k := cur.Copy()
 		if k.Status == u.Status {
+			// Progress within a status (bytes pulled): a new reason, no new
+			// history entry.
+			if u.Info == "" || u.Info == k.StatusInfo || k.Status.Terminal() {
+				continue
+			}
+			k.StatusInfo = u.Info
+			if err := w.putKernel(k); err != nil {
+				return nil, err
+			}
+			if err := w.setSessionInfo(k.SessionID, u.Info); err != nil {
+				return nil, err
+			}
 			continue
 		}
 		if err := k.SetStatus(u.Status, u.Info, u.Time); err != nil {

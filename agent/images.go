@@ -1,0 +1,82 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/corral-dev/corral/images"
+	"github.com/corral-dev/corral/plugins/drivers"
+	"github.com/corral-dev/corral/rpc"
+	"github.com/corral-dev/corral/structs"
+)
+
+// pullReportInterval bounds how often pull progress is reported to the
+// servers (each report is a raft write).
+const pullReportInterval = 500 * time.Millisecond
+
+// pullImage pulls the kernel's image (PULLING with bytes done/total as
+// status info) and returns the rootfs and run config for the driver.
+func (r *kernelRunner) pullImage(ctx context.Context, cfg *drivers.TaskConfig) error {
+	ref := r.kernel.Image
+	rep := r.a.reporter
+	rep.report(r.id, structs.KernelPulling, "pulling image "+ref, nil)
+	var last time.Time
+	img, err := r.a.images.Pull(ctx, ref, func(p images.Progress) {
+		if now := time.Now(); now.Sub(last) >= pullReportInterval && p.BytesDone < p.BytesTotal {
+			last = now
+			rep.report(r.id, structs.KernelPulling, fmt.Sprintf("pulling image %s: %s / %s (layer %d of %d)",
+				ref, structs.FormatBytes(structs.Whole(p.BytesDone)), structs.FormatBytes(structs.Whole(p.BytesTotal)), p.Layer, p.Layers), nil)
+		}
+	})
+	if err != nil {
+		return err
+	}
+	cfg.RootFS = img.RootFS
+	cfg.ImageConfig = &drivers.ImageConfig{
+		Entrypoint: img.Config.Entrypoint, Cmd: img.Config.Cmd, Env: img.Config.Env,
+		WorkingDir: img.Config.WorkingDir, User: img.Config.User,
+	}
+	if r.kernel.WorkDir == "" {
+		cfg.WorkDir = "" // inside the container: the image's working dir
+	}
+	rep.report(r.id, structs.KernelPulling, fmt.Sprintf("pulled image %s (%s, %s)", ref, img.Digest, structs.FormatBytes(structs.Whole(img.Size))), nil)
+	return nil
+}
+
+func imageInfo(img *images.Image) *rpc.ImageInfo {
+	return &rpc.ImageInfo{Ref: img.Ref, Digest: img.Digest, Size: img.Size, PulledAt: img.PulledAt}
+}
+
+// ImageList lists the agent's cached images.
+func (s *agentService) ImageList(ctx context.Context, req *rpc.ImageListRequest) (*rpc.ImageListResponse, error) {
+	imgs, err := s.a.images.List()
+	if err != nil {
+		return nil, status.Error(codes.Internal, err.Error())
+	}
+	out := &rpc.ImageListResponse{Images: []*rpc.ImageInfo{}}
+	for _, img := range imgs {
+		out.Images = append(out.Images, imageInfo(img))
+	}
+	return out, nil
+}
+
+// ImagePull pulls an image into the agent's cache.
+func (s *agentService) ImagePull(ctx context.Context, req *rpc.ImagePullRequest) (*rpc.ImagePullResponse, error) {
+	img, err := s.a.images.Pull(ctx, req.Ref, nil)
+	switch {
+	case err == nil:
+		return &rpc.ImagePullResponse{Image: imageInfo(img)}, nil
+	case errors.Is(err, images.ErrInvalidReference):
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	case errors.Is(err, images.ErrImageNotFound):
+		return nil, status.Error(codes.NotFound, err.Error())
+	case errors.Is(err, images.ErrRegistryUnreachable):
+		return nil, status.Error(codes.Unavailable, err.Error())
+	}
+	return nil, status.Error(codes.Internal, err.Error())
+}

@@ -1,0 +1,70 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/corral-dev/corral/api"
+	"github.com/corral-dev/corral/structs"
+)
+
+var imageCommands = []command{
+	{"list", "[flags]", "list the images cached on the agents", (*cli).imageList},
+	{"pull", "REF -agent ID [flags]", "pull an image into an agent's cache", (*cli).imagePull},
+}
+
+func (c *cli) imageList(ctx context.Context, args []string) error {
+	f := c.newFlags("image list", "[flags]", "List the images cached on every alive agent.", true)
+	if err := f.parseNone(args); err != nil {
+		return err
+	}
+	client, err := f.client()
+	if err != nil {
+		return err
+	}
+	imgs, err := client.ListImages(ctx)
+	if err != nil {
+		return err
+	}
+	if f.json {
+		return printJSON(c.stdout, imgs)
+	}
+	return renderImages(c.stdout, imgs, time.Now())
+}
+
+func (c *cli) imagePull(ctx context.Context, args []string) error {
+	f := c.newFlags("image pull", "REF -agent ID [flags]", "Pull an image into one agent's cache (warm it before sessions need it).", false)
+	agent := f.String("agent", "", "agent ID, ID prefix or name (required)")
+	ref, err := f.parseRef(args, "image reference")
+	if err != nil {
+		return err
+	}
+	if *agent == "" {
+		return f.usageErr("-agent is required")
+	}
+	client, err := f.client()
+	if err != nil {
+		return err
+	}
+	img, err := client.PullImage(ctx, &api.ImagePullRequest{Ref: ref, Agent: *agent})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(c.stdout, "pulled %s on %s: %s (%s)\n", img.Ref, img.AgentName, img.Digest, structs.FormatBytes(structs.Whole(img.Size)))
+	return nil
+}
+
+func renderImages(w io.Writer, imgs []*api.AgentImage, now time.Time) error {
+	tw := newTable(w)
+	fmt.Fprintln(tw, "AGENT\tREF\tDIGEST\tSIZE\tPULLED")
+	for _, img := range imgs {
+		digest := img.Digest
+		if len(digest) > 19 {
+			digest = digest[:19]
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s ago\n", dash(img.AgentName), img.Ref, digest, structs.FormatBytes(structs.Whole(img.Size)), since(img.PulledAt, now))
+	}
+	return tw.Flush()
+}
