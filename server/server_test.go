@@ -52,9 +52,19 @@ func startServer(t *testing.T, dir string, join ...string) *server.Server {
 
 func startAgent(t *testing.T, dir, join string, capacity structs.Slots) *agent.Agent {
 	t.Helper()
+	return startAgentCfg(t, dir, join, capacity, execdriver.New(testLogger(t)))
+}
+
+func startAgentWith(t *testing.T, dir, join string, d drivers.Driver) *agent.Agent {
+	t.Helper()
+	return startAgentCfg(t, dir, join, nil, d)
+}
+
+func startAgentCfg(t *testing.T, dir, join string, capacity structs.Slots, d drivers.Driver) *agent.Agent {
+	t.Helper()
 	a, err := agent.New(agent.Config{
 		Name: "test-agent", DataDir: dir, RPCAddr: "127.0.0.1:0", SerfAddr: "127.0.0.1:0", Join: []string{join},
-		Drivers: []drivers.Driver{execdriver.New(testLogger(t))}, Capacity: capacity,
+		Drivers: []drivers.Driver{d}, Capacity: capacity,
 		Logger: testLogger(t), LogOutput: io.Discard, FastGossip: true,
 	})
 	if err != nil {
