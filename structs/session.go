@@ -37,13 +37,21 @@ type StatusChange struct {
 
 // Session is a unit of work the user asked for: one or more kernels that run together.
 type Session struct {
-	ID            string        `json:"id"`
-	Name          string        `json:"name,omitempty"`
-	Type          SessionType   `json:"type"`
-	ResourceGroup string        `json:"resource_group"`
-	Status        SessionStatus `json:"status"`
-	StatusInfo    string        `json:"status_info,omitempty"`
-	Result        SessionResult `json:"result"`
+	ID            string      `json:"id"`
+	Name          string      `json:"name,omitempty"`
+	Type          SessionType `json:"type"`
+	ResourceGroup string      `json:"resource_group"`
+	// AccessKey is the key the session was created with; its policy applies.
+	AccessKey string `json:"access_key,omitempty"`
+	// Priority orders sessions before the selector does (higher first).
+	Priority int `json:"priority,omitempty"`
+	// StartsAt keeps a reserved batch session PENDING until then.
+	StartsAt time.Time `json:"starts_at,omitzero"`
+	// DependsOn lists sessions that must end TERMINATED with SUCCESS first.
+	DependsOn  []string      `json:"depends_on,omitempty"`
+	Status     SessionStatus `json:"status"`
+	StatusInfo string        `json:"status_info,omitempty"`
+	Result     SessionResult `json:"result"`
 	// ScheduleAttempts counts scheduler passes that could not place the session.
 	ScheduleAttempts int            `json:"schedule_attempts,omitempty"`
 	KernelIDs        []string       `json:"kernel_ids"`
@@ -107,6 +115,7 @@ func (k *Kernel) Copy() *Kernel {
 func (s *Session) Copy() *Session {
 	c := *s
 	c.KernelIDs = append([]string(nil), s.KernelIDs...)
+	c.DependsOn = append([]string(nil), s.DependsOn...)
 	c.History = append([]StatusChange(nil), s.History...)
 	return &c
 }

@@ -1,0 +1,59 @@
+package structs
+
+import "time"
+
+// Session selectors: which pending session of a resource group goes next.
+const (
+	SelectorFIFO = "fifo"
+	SelectorLIFO = "lifo"
+	SelectorDRF  = "drf"
+)
+
+// Agent selectors: which agents a session's kernels go to.
+const (
+	AgentSelectorConcentrated = "concentrated" // bin-pack
+	AgentSelectorDispersed    = "dispersed"    // spread
+	AgentSelectorRoundRobin   = "roundrobin"
+)
+
+// ResourceGroup is a set of agents with its own scheduler configuration.
+type ResourceGroup struct {
+	Name string `json:"name"`
+	// SessionSelector is fifo (default), lifo or drf.
+	SessionSelector string `json:"session_selector"`
+	// NumRetriesToSkip, for fifo: a head-of-line session that failed this
+	// many passes no longer blocks the ones behind it (0: never blocks, as
+	// Backend.AI's default of skipping immediately).
+	NumRetriesToSkip int `json:"num_retries_to_skip"`
+	// AgentSelector is concentrated, dispersed (default) or roundrobin.
+	AgentSelector string `json:"agent_selector"`
+	// ResourcePriority orders slots when comparing agents (GPU first by default).
+	ResourcePriority []string `json:"resource_priority,omitempty"`
+	CreateIndex      uint64   `json:"create_index"`
+	ModifyIndex      uint64   `json:"modify_index"`
+}
+
+// DefaultResourcePriority compares agents by GPUs first, then CPU, then memory.
+var DefaultResourcePriority = []string{SlotCUDADevice, SlotCPU, SlotMem}
+
+// ResourcePolicy caps what the sessions of one access key may use.
+// Zero values mean unlimited.
+type ResourcePolicy struct {
+	Name                  string        `json:"name"`
+	MaxConcurrentSessions int           `json:"max_concurrent_sessions,omitempty"`
+	MaxPendingSessions    int           `json:"max_pending_sessions,omitempty"`
+	TotalResourceSlots    Slots         `json:"total_resource_slots,omitempty"`
+	MaxKernelsPerSession  int           `json:"max_kernels_per_session,omitempty"`
+	MaxSessionLifetime    time.Duration `json:"max_session_lifetime,omitempty"`
+	IdleTimeout           time.Duration `json:"idle_timeout,omitempty"`
+}
+
+// KeyUsage is what one access key holds right now: the sessions counted
+// against its concurrency limit (a set of IDs, so retries never count
+// twice) and the slots its placed kernels occupy. It changes in the same
+// raft apply as the transitions that occupy or free it.
+type KeyUsage struct {
+	AccessKey string          `json:"access_key"`
+	Sessions  map[string]bool `json:"sessions"` // concurrency set: session IDs
+	Occupied  Slots           `json:"occupied"`
+}
