@@ -90,6 +90,12 @@ func (f *fsm) Apply(l *raft.Log) any {
 			return err
 		}
 		return f.state.DestroySession(l.Index, &req)
+	case structs.ConfigUpsertRequestType:
+		var req structs.ConfigUpsertRequest
+		if err := json.Unmarshal(body, &req); err != nil {
+			return err
+		}
+		return f.state.UpsertConfig(l.Index, &req)
 	}
 	// An unknown type means a newer server wrote the log: refuse loudly
 	// rather than silently diverging.

@@ -13,7 +13,18 @@ const (
 	AgentUpsertRequestType
 	AgentStatusRequestType
 	SessionDestroyRequestType
+	ConfigUpsertRequestType
 )
+
+// ConfigUpsertRequest creates or replaces users, access keys, resource
+// policies and resource groups in one apply.
+type ConfigUpsertRequest struct {
+	Users    []*User           `json:"users,omitempty"`
+	Keys     []*AccessKey      `json:"keys,omitempty"`
+	Policies []*ResourcePolicy `json:"policies,omitempty"`
+	Groups   []*ResourceGroup  `json:"groups,omitempty"`
+	Time     time.Time         `json:"time"`
+}
 
 // SessionEnqueueRequest adds a new PENDING session and its kernels.
 type SessionEnqueueRequest struct {

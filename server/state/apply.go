@@ -167,6 +167,9 @@ func (w *writer) placeSession(sn *Snapshot, sp structs.SessionPlacement, now tim
 	}
 	for _, p := range sp.Placements {
 		k := byID[p.KernelID].Copy()
+		if err := w.occupy(sess.AccessKey, sess.ID, k.Resources); err != nil {
+			return err
+		}
 		k.AgentID = p.AgentID
 		if err := k.SetStatus(structs.KernelScheduled, "placed on agent "+agents[p.AgentID].Name, now); err != nil {
 			return err
@@ -225,6 +228,12 @@ func (w *writer) refreshSession(id, info string, now time.Time) error {
 		// of several kernels is cleaned up) keeps the session where it is:
 		// the kernels' own changes still apply.
 		_ = c.SetStatus(derived, info, now)
+	}
+	if c.Status.Terminal() && !sess.Status.Terminal() {
+		// The session leaves its key's concurrency set in the same apply.
+		if err := w.release(c.AccessKey, c.ID, nil, true); err != nil {
+			return err
+		}
 	}
 	return w.putSession(c)
 }
@@ -321,6 +330,11 @@ func (w *writer) releaseIfEnded(before, after *structs.Kernel, now time.Time) er
 		return fmt.Errorf("agent %s occupancy would go negative releasing kernel %s", a.ID, before.ID)
 	}
 	a.UpdatedAt = now
+	if sess, err := w.snap().Session(nil, before.SessionID); err == nil {
+		if err := w.release(sess.AccessKey, sess.ID, before.Resources, false); err != nil {
+			return err
+		}
+	}
 	return w.putAgent(a)
 }
 

@@ -10,10 +10,15 @@ import (
 
 // Dump is the whole state in a form that raft snapshots persist.
 type Dump struct {
-	Index    map[string]uint64  `json:"index"`
-	Sessions []*structs.Session `json:"sessions"`
-	Kernels  []*structs.Kernel  `json:"kernels"`
-	Agents   []*structs.Agent   `json:"agents"`
+	Index    map[string]uint64         `json:"index"`
+	Sessions []*structs.Session        `json:"sessions"`
+	Kernels  []*structs.Kernel         `json:"kernels"`
+	Agents   []*structs.Agent          `json:"agents"`
+	Users    []*structs.User           `json:"users,omitempty"`
+	Keys     []*structs.AccessKey      `json:"keys,omitempty"`
+	Policies []*structs.ResourcePolicy `json:"policies,omitempty"`
+	Groups   []*structs.ResourceGroup  `json:"groups,omitempty"`
+	Usage    []*structs.KeyUsage       `json:"usage,omitempty"`
 }
 
 // Dump copies everything out of the snapshot.
@@ -30,6 +35,24 @@ func (sn *Snapshot) Dump() (*Dump, error) {
 		return nil, err
 	}
 	if d.Agents, err = sn.Agents(nil); err != nil {
+		return nil, err
+	}
+	for _, t := range []string{tableUsers, tableKeys, tablePolicies, tableGroups, tableUsage} {
+		d.Index[t] = sn.Index(t)
+	}
+	if d.Users, err = sn.Users(); err != nil {
+		return nil, err
+	}
+	if d.Keys, err = sn.Keys(); err != nil {
+		return nil, err
+	}
+	if d.Policies, err = sn.Policies(); err != nil {
+		return nil, err
+	}
+	if d.Groups, err = sn.Groups(); err != nil {
+		return nil, err
+	}
+	if d.Usage, err = sn.AllUsage(); err != nil {
 		return nil, err
 	}
 	return d, nil
@@ -59,6 +82,19 @@ func (s *StateStore) Restore(d *Dump) error {
 			return fmt.Errorf("restore agent %s: %w", x.ID, err)
 		}
 	}
+	for _, set := range []struct {
+		table string
+		objs  []any
+	}{
+		{tableUsers, anySlice(d.Users)}, {tableKeys, anySlice(d.Keys)}, {tablePolicies, anySlice(d.Policies)},
+		{tableGroups, anySlice(d.Groups)}, {tableUsage, anySlice(d.Usage)},
+	} {
+		for _, o := range set.objs {
+			if err := txn.Insert(set.table, o); err != nil {
+				return fmt.Errorf("restore %s: %w", set.table, err)
+			}
+		}
+	}
 	for k, v := range d.Index {
 		if err := txn.Insert(tableIndex, &indexEntry{Key: k, Value: v}); err != nil {
 			return err
@@ -71,4 +107,12 @@ func (s *StateStore) Restore(d *Dump) error {
 	s.abandon = make(chan struct{})
 	s.mu.Unlock()
 	return nil
+}
+
+func anySlice[T any](in []T) []any {
+	out := make([]any, len(in))
+	for i, v := range in {
+		out[i] = v
+	}
+	return out
 }

@@ -17,6 +17,11 @@ const (
 	tableKernels  = "kernels"
 	tableAgents   = "agents"
 	tableIndex    = "index"
+	tableUsers    = "users"
+	tableKeys     = "keys"
+	tablePolicies = "policies"
+	tableGroups   = "groups"
+	tableUsage    = "usage"
 )
 
 // indexEntry records the raft index at which a table last changed.
@@ -72,11 +77,23 @@ func schema() *memdb.DBSchema {
 				"id": {Name: "id", Unique: true, Indexer: &memdb.StringFieldIndex{Field: "ID"}},
 			},
 		},
+		tableUsers:    simpleTable(tableUsers, "Name"),
+		tableKeys:     simpleTable(tableKeys, "AccessKey"),
+		tablePolicies: simpleTable(tablePolicies, "Name"),
+		tableGroups:   simpleTable(tableGroups, "Name"),
+		tableUsage:    simpleTable(tableUsage, "AccessKey"),
 		tableIndex: {
 			Name: tableIndex,
 			Indexes: map[string]*memdb.IndexSchema{
 				"id": {Name: "id", Unique: true, Indexer: &memdb.StringFieldIndex{Field: "Key"}},
 			},
 		},
+	}}
+}
+
+// simpleTable is a table with one unique string key.
+func simpleTable(name, field string) *memdb.TableSchema {
+	return &memdb.TableSchema{Name: name, Indexes: map[string]*memdb.IndexSchema{
+		"id": {Name: "id", Unique: true, Indexer: &memdb.StringFieldIndex{Field: field}},
 	}}
 }

@@ -272,3 +272,39 @@ func TestDumpRestoreRoundTrip(t *testing.T) {
 		}
 	}
 }
+
+func TestKeyUsageFollowsTransitions(t *testing.T) {
+	f := newFixture(t)
+	f.agent("a1", slots(4, 4096))
+	for _, id := range []string{"s1", "s2"} {
+		sess := &structs.Session{ID: id, Type: structs.SessionTypeBatch, ResourceGroup: structs.DefaultResourceGroup, AccessKey: "AK"}
+		k := &structs.Kernel{ID: id + "-k", SessionID: id, Role: "main", Idx: 1, Hostname: "main1", Driver: "exec", Command: []string{"true"}, Resources: slots(1, 256)}
+		if err := f.s.EnqueueSession(f.next(), &structs.SessionEnqueueRequest{Session: sess, Kernels: []*structs.Kernel{k}, Time: t0}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if u := f.s.Snapshot().Usage("AK"); len(u.Sessions) != 0 {
+		t.Fatalf("pending sessions counted: %+v", u)
+	}
+	f.place("s1", "a1")
+	f.place("s2", "a1")
+	// A plan retried for an already placed session never counts twice.
+	f.place("s1", "a1")
+	u := f.s.Snapshot().Usage("AK")
+	if len(u.Sessions) != 2 || !u.Occupied.Equal(slots(2, 512)) {
+		t.Fatalf("usage after placement: %+v", u)
+	}
+	f.update("a1", "s1-k", structs.KernelTerminated, intp(0))
+	u = f.s.Snapshot().Usage("AK")
+	if len(u.Sessions) != 1 || !u.Sessions["s2"] || !u.Occupied.Equal(slots(1, 256)) {
+		t.Fatalf("usage after s1 ended: %+v", u)
+	}
+	if err := f.s.DestroySession(f.next(), &structs.SessionDestroyRequest{SessionID: "s2", Reason: "bye", Time: t0}); err != nil {
+		t.Fatal(err)
+	}
+	f.update("a1", "s2-k", structs.KernelTerminated, intp(143))
+	u = f.s.Snapshot().Usage("AK")
+	if len(u.Sessions) != 0 || len(u.Occupied) != 0 {
+		t.Fatalf("usage after all ended: %+v", u)
+	}
+}

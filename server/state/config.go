@@ -1,0 +1,183 @@
+package state
+
+import (
+	"fmt"
+
+	"github.com/hashicorp/go-memdb"
+
+	"github.com/corral-dev/corral/structs"
+)
+
+// UpsertConfig creates or replaces users, keys, policies and groups.
+func (s *StateStore) UpsertConfig(index uint64, req *structs.ConfigUpsertRequest) error {
+	w := s.write(index)
+	defer w.txn.Abort()
+	for _, u := range req.Users {
+		c := *u
+		if cur, err := w.txn.First(tableUsers, "id", u.Name); err == nil && cur != nil {
+			c.CreateIndex, c.CreatedAt = cur.(*structs.User).CreateIndex, cur.(*structs.User).CreatedAt
+		} else {
+			c.CreateIndex, c.CreatedAt = index, req.Time
+		}
+		c.ModifyIndex = index
+		if err := w.put(tableUsers, &c); err != nil {
+			return err
+		}
+	}
+	for _, k := range req.Keys {
+		c := k.Copy()
+		if cur, err := w.txn.First(tableKeys, "id", k.AccessKey); err == nil && cur != nil {
+			old := cur.(*structs.AccessKey)
+			c.CreateIndex, c.CreatedAt = old.CreateIndex, old.CreatedAt
+			if c.SecretHash == "" {
+				c.SecretHash = old.SecretHash
+			}
+		} else {
+			c.CreateIndex, c.CreatedAt = index, req.Time
+		}
+		if c.SecretHash == "" {
+			return fmt.Errorf("access key %s has no secret", c.AccessKey)
+		}
+		c.ModifyIndex = index
+		if err := w.put(tableKeys, c); err != nil {
+			return err
+		}
+	}
+	for _, p := range req.Policies {
+		c := *p
+		c.TotalResourceSlots = p.TotalResourceSlots.Copy()
+		if err := w.put(tablePolicies, &c); err != nil {
+			return err
+		}
+	}
+	for _, g := range req.Groups {
+		c := *g
+		c.ResourcePriority = append([]string(nil), g.ResourcePriority...)
+		if cur, err := w.txn.First(tableGroups, "id", g.Name); err == nil && cur != nil {
+			c.CreateIndex = cur.(*structs.ResourceGroup).CreateIndex
+		} else {
+			c.CreateIndex = index
+		}
+		c.ModifyIndex = index
+		if err := w.put(tableGroups, &c); err != nil {
+			return err
+		}
+	}
+	return w.commit()
+}
+
+func (w *writer) put(table string, obj any) error {
+	w.dirty[table] = true
+	return w.txn.Insert(table, obj)
+}
+
+func listAll[T any](txn *memdb.Txn, table string) ([]T, error) {
+	it, err := txn.Get(table, "id")
+	if err != nil {
+		return nil, err
+	}
+	var out []T
+	for raw := it.Next(); raw != nil; raw = it.Next() {
+		out = append(out, raw.(T))
+	}
+	return out, nil
+}
+
+func first[T any](txn *memdb.Txn, table, id, what string) (T, error) {
+	var zero T
+	raw, err := txn.First(table, "id", id)
+	if err != nil {
+		return zero, err
+	}
+	if raw == nil {
+		return zero, fmt.Errorf("%s %q: %w", what, id, ErrNotFound)
+	}
+	return raw.(T), nil
+}
+
+// Users lists all users.
+func (sn *Snapshot) Users() ([]*structs.User, error) {
+	return listAll[*structs.User](sn.txn, tableUsers)
+}
+
+// User returns one user.
+func (sn *Snapshot) User(name string) (*structs.User, error) {
+	return first[*structs.User](sn.txn, tableUsers, name, "user")
+}
+
+// Keys lists all access keys.
+func (sn *Snapshot) Keys() ([]*structs.AccessKey, error) {
+	return listAll[*structs.AccessKey](sn.txn, tableKeys)
+}
+
+// Key returns one access key.
+func (sn *Snapshot) Key(id string) (*structs.AccessKey, error) {
+	return first[*structs.AccessKey](sn.txn, tableKeys, id, "access key")
+}
+
+// Policies lists all resource policies.
+func (sn *Snapshot) Policies() ([]*structs.ResourcePolicy, error) {
+	return listAll[*structs.ResourcePolicy](sn.txn, tablePolicies)
+}
+
+// Policy returns one resource policy.
+func (sn *Snapshot) Policy(name string) (*structs.ResourcePolicy, error) {
+	return first[*structs.ResourcePolicy](sn.txn, tablePolicies, name, "resource policy")
+}
+
+// Groups lists all configured resource groups.
+func (sn *Snapshot) Groups() ([]*structs.ResourceGroup, error) {
+	return listAll[*structs.ResourceGroup](sn.txn, tableGroups)
+}
+
+// Group returns one resource group's configuration.
+func (sn *Snapshot) Group(name string) (*structs.ResourceGroup, error) {
+	return first[*structs.ResourceGroup](sn.txn, tableGroups, name, "resource group")
+}
+
+// Usage returns what an access key holds now (empty when nothing).
+func (sn *Snapshot) Usage(key string) *structs.KeyUsage {
+	u, err := first[*structs.KeyUsage](sn.txn, tableUsage, key, "usage")
+	if err != nil {
+		return &structs.KeyUsage{AccessKey: key, Sessions: map[string]bool{}, Occupied: structs.Slots{}}
+	}
+	return u
+}
+
+// AllUsage lists the usage of every key that holds something.
+func (sn *Snapshot) AllUsage() ([]*structs.KeyUsage, error) {
+	return listAll[*structs.KeyUsage](sn.txn, tableUsage)
+}
+
+// occupy adds a session and a kernel's slots to its key's usage.
+func (w *writer) occupy(key, sessionID string, res structs.Slots) error {
+	if key == "" {
+		return nil
+	}
+	cur := w.snap().Usage(key)
+	u := &structs.KeyUsage{AccessKey: key, Sessions: map[string]bool{}, Occupied: cur.Occupied.Add(res)}
+	for id := range cur.Sessions {
+		u.Sessions[id] = true
+	}
+	u.Sessions[sessionID] = true
+	return w.put(tableUsage, u)
+}
+
+// release subtracts a kernel's slots from its key's usage and, when the
+// session has ended, drops it from the concurrency set.
+func (w *writer) release(key, sessionID string, res structs.Slots, sessionEnded bool) error {
+	if key == "" {
+		return nil
+	}
+	cur := w.snap().Usage(key)
+	u := &structs.KeyUsage{AccessKey: key, Sessions: map[string]bool{}, Occupied: cur.Occupied.Sub(res)}
+	if u.Occupied.AnyNegative() {
+		return fmt.Errorf("usage of key %s would go negative releasing session %s", key, sessionID)
+	}
+	for id := range cur.Sessions {
+		if !(sessionEnded && id == sessionID) {
+			u.Sessions[id] = true
+		}
+	}
+	return w.put(tableUsage, u)
+}
