@@ -25,7 +25,13 @@ type Client struct {
 	// timeout bounds ordinary requests; blocking queries get their wait plus
 	// a margin, exec streams only the caller's context.
 	timeout time.Duration
+	// token is sent as "Authorization: Bearer <token>".
+	token string
 }
+
+// SetToken sets the bearer token (an access key and secret, "AK....secret")
+// sent with every request.
+func (c *Client) SetToken(token string) { c.token = token }
 
 // Error is an answer of the API with a non-2xx status.
 type Error struct {
@@ -300,6 +306,9 @@ func (c *Client) send(ctx context.Context, method, path string, query url.Values
 		return nil, err
 	}
 	req.Header.Set("Accept", "application/json")
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}

@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -56,13 +57,33 @@ func freePort(t *testing.T) string {
 type proc struct {
 	name string
 	cmd  *exec.Cmd
-	log  *bytes.Buffer
+	log  *syncBuffer
 	done chan struct{}
 }
 
+// syncBuffer is a bytes.Buffer safe for a process's writes and a test's reads.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+func (p *proc) output() string { return p.log.String() }
+
 func start(t *testing.T, name string, args ...string) *proc {
 	t.Helper()
-	p := &proc{name: name, log: &bytes.Buffer{}, done: make(chan struct{})}
+	p := &proc{name: name, log: &syncBuffer{}, done: make(chan struct{})}
 	p.cmd = exec.Command(corralBin, args...)
 	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
 	if err := p.cmd.Start(); err != nil {
@@ -109,7 +130,9 @@ type result struct {
 func cli(t *testing.T, addr string, args ...string) result {
 	t.Helper()
 	cmd := exec.Command(corralBin, args...)
-	cmd.Env = append(os.Environ(), "CORRAL_ADDR="+addr)
+	tok, _ := apiTokens.Load(addr)
+	tokStr, _ := tok.(string)
+	cmd.Env = append(os.Environ(), "CORRAL_ADDR="+addr, "CORRAL_TOKEN="+tokStr, "HOME="+t.TempDir())
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()
@@ -147,8 +170,24 @@ func eventually(t *testing.T, timeout time.Duration, what string, f func() error
 
 type serverPorts struct{ http, rpc, serf string }
 
+// apiTokens maps a server's API address to the admin token its first
+// start printed.
+var apiTokens sync.Map
+
 func startServerProc(t *testing.T, dir string, ports serverPorts) *proc {
 	p := start(t, "server", "server", "-data-dir", dir, "-http", ports.http, "-rpc", ports.rpc, "-serf", ports.serf, "-fast-gossip")
+	addr := "http://" + ports.http
+	if _, ok := apiTokens.Load(addr); !ok {
+		eventually(t, 20*time.Second, "server prints the admin token", func() error {
+			for _, line := range strings.Split(p.output(), "\n") {
+				if tok, ok := strings.CutPrefix(line, "export CORRAL_TOKEN="); ok {
+					apiTokens.Store(addr, strings.TrimSpace(tok))
+					return nil
+				}
+			}
+			return fmt.Errorf("no token line yet")
+		})
+	}
 	eventually(t, 20*time.Second, "server answers", func() error {
 		r := cli(t, "http://"+ports.http, "node", "list")
 		if r.code != 0 {

@@ -79,7 +79,12 @@ func (s *Server) wrap(h handler) http.HandlerFunc {
 		err := s.waitReady(ctx)
 		cancel()
 		var out any
+		var id *identity
 		if err == nil {
+			id, err = s.authenticate(r)
+		}
+		if err == nil {
+			r = r.WithContext(withIdentity(r.Context(), id))
 			out, err = h(w, r)
 		}
 		if err != nil {
@@ -178,6 +183,42 @@ func (s *Server) knownDrivers(snap *state.Snapshot) []string {
 	return out
 }
 
+// admit applies the caller's key to a new session: ownership, the resource
+// groups the key may use, and the policy limits checked at creation.
+func (s *Server) admit(ctx context.Context, snap *state.Snapshot, sess *structs.Session, kernels []*structs.Kernel) error {
+	id := callerOf(ctx)
+	sess.AccessKey, sess.Owner = id.key.AccessKey, id.key.User
+	if !id.key.MayUseGroup(sess.ResourceGroup) {
+		return &httpError{code: http.StatusForbidden, msg: fmt.Sprintf("access key %s may not use resource group %q", id.key.AccessKey, sess.ResourceGroup)}
+	}
+	if id.key.Policy == "" {
+		return nil
+	}
+	pol, err := snap.Policy(id.key.Policy)
+	if err != nil {
+		return nil // a policy deleted after it was applied limits nothing
+	}
+	if pol.MaxKernelsPerSession > 0 && len(kernels) > pol.MaxKernelsPerSession {
+		return badRequest("session has %d kernels; policy %s allows %d per session", len(kernels), pol.Name, pol.MaxKernelsPerSession)
+	}
+	if pol.MaxPendingSessions > 0 {
+		pending, err := snap.Sessions(nil, string(structs.SessionPending))
+		if err != nil {
+			return err
+		}
+		n := 0
+		for _, p := range pending {
+			if p.AccessKey == id.key.AccessKey {
+				n++
+			}
+		}
+		if n >= pol.MaxPendingSessions {
+			return &httpError{code: http.StatusTooManyRequests, msg: fmt.Sprintf("access key %s already has %d pending sessions; policy %s allows %d", id.key.AccessKey, n, pol.Name, pol.MaxPendingSessions)}
+		}
+	}
+	return nil
+}
+
 // validateCreate checks a create request and builds the session and its kernels.
 func (s *Server) validateCreate(req *api.CreateSessionRequest, snap *state.Snapshot, now time.Time) (*structs.Session, []*structs.Kernel, error) {
 	if req.Type == "" {
@@ -274,19 +315,42 @@ func (s *Server) createSession(w http.ResponseWriter, r *http.Request) (any, err
 		return nil, err
 	}
 	now := time.Now().UTC()
-	sess, kernels, err := s.validateCreate(&req, s.state.Snapshot(), now)
+	snap := s.state.Snapshot()
+	sess, kernels, err := s.validateCreate(&req, snap, now)
 	if err != nil {
+		return nil, err
+	}
+	if err := s.admit(r.Context(), snap, sess, kernels); err != nil {
 		return nil, err
 	}
 	if _, _, err := s.apply(structs.SessionEnqueueRequestType, &structs.SessionEnqueueRequest{Session: sess, Kernels: kernels, Time: now}); err != nil {
 		return nil, err
 	}
 	s.logger.Debug("session enqueued", "session_id", sess.ID, "name", sess.Name)
-	return s.sessionDetail(nil, s.state.Snapshot(), sess.ID, w)
+	return s.sessionDetail(r.Context(), nil, s.state.Snapshot(), sess.ID, w)
 }
 
-func (s *Server) sessionDetail(ws memdb.WatchSet, snap *state.Snapshot, ref string, w http.ResponseWriter) (*api.SessionDetail, error) {
+// visible reports whether the caller may see a session: admins see all,
+// users their own; another user's session is answered 404, as if absent.
+func visible(ctx context.Context, sess *structs.Session) bool {
+	id := callerOf(ctx)
+	return id != nil && (id.admin() || (sess.Owner != "" && sess.Owner == id.key.User))
+}
+
+// resolveSession finds a session the caller may see by ID, prefix or name.
+func resolveSession(ctx context.Context, ws memdb.WatchSet, snap *state.Snapshot, ref string) (*structs.Session, error) {
 	sess, err := snap.ResolveSession(ws, ref)
+	if err != nil {
+		return nil, err
+	}
+	if !visible(ctx, sess) {
+		return nil, fmt.Errorf("no session with ID, ID prefix or name %q: %w", ref, state.ErrNotFound)
+	}
+	return sess, nil
+}
+
+func (s *Server) sessionDetail(ctx context.Context, ws memdb.WatchSet, snap *state.Snapshot, ref string, w http.ResponseWriter) (*api.SessionDetail, error) {
+	sess, err := resolveSession(ctx, ws, snap, ref)
 	if err != nil {
 		return nil, err
 	}
@@ -306,9 +370,15 @@ func (s *Server) listSessions(w http.ResponseWriter, r *http.Request) (any, erro
 		return nil, badRequest("unknown session status %q", st)
 	}
 	snap := s.state.Snapshot()
-	out, err := snap.Sessions(nil, st)
+	all, err := snap.Sessions(nil, st)
 	if err != nil {
 		return nil, err
+	}
+	var out []*structs.Session
+	for _, sess := range all {
+		if visible(r.Context(), sess) {
+			out = append(out, sess)
+		}
 	}
 	w.Header().Set(api.IndexHeader, strconv.FormatUint(snap.Index("sessions"), 10))
 	if out == nil {
@@ -350,7 +420,7 @@ func (s *Server) getSession(w http.ResponseWriter, r *http.Request) (any, error)
 	for {
 		abandon := s.state.AbandonCh()
 		ws := memdb.NewWatchSet()
-		d, err := s.sessionDetail(ws, s.state.Snapshot(), ref, w)
+		d, err := s.sessionDetail(r.Context(), ws, s.state.Snapshot(), ref, w)
 		if err != nil {
 			return nil, err
 		}
@@ -365,7 +435,7 @@ func (s *Server) getSession(w http.ResponseWriter, r *http.Request) (any, error)
 }
 
 func (s *Server) destroySession(w http.ResponseWriter, r *http.Request) (any, error) {
-	sess, err := s.state.Snapshot().ResolveSession(nil, r.PathValue("ref"))
+	sess, err := resolveSession(r.Context(), nil, s.state.Snapshot(), r.PathValue("ref"))
 	if err != nil {
 		return nil, err
 	}
@@ -373,7 +443,7 @@ func (s *Server) destroySession(w http.ResponseWriter, r *http.Request) (any, er
 	if _, _, err := s.apply(structs.SessionDestroyRequestType, &structs.SessionDestroyRequest{SessionID: sess.ID, Reason: reason, Time: time.Now().UTC()}); err != nil {
 		return nil, err
 	}
-	return s.sessionDetail(nil, s.state.Snapshot(), sess.ID, w)
+	return s.sessionDetail(r.Context(), nil, s.state.Snapshot(), sess.ID, w)
 }
 
 // kernelOf finds a session's kernel by hostname or ID (default main1).
@@ -405,7 +475,7 @@ func (s *Server) agentFor(k *structs.Kernel) (*rpc.AgentClient, error) {
 }
 
 func (s *Server) sessionLogs(w http.ResponseWriter, r *http.Request) (any, error) {
-	d, err := s.sessionDetail(nil, s.state.Snapshot(), r.PathValue("ref"), nil)
+	d, err := s.sessionDetail(r.Context(), nil, s.state.Snapshot(), r.PathValue("ref"), nil)
 	if err != nil {
 		return nil, err
 	}
@@ -437,6 +507,12 @@ func (s *Server) execSession(w http.ResponseWriter, r *http.Request) {
 		fail(err)
 		return
 	}
+	id, err := s.authenticate(r)
+	if err != nil {
+		fail(err)
+		return
+	}
+	r = r.WithContext(withIdentity(r.Context(), id))
 	var req api.ExecRequest
 	if err := decodeBody(r, &req); err != nil {
 		fail(err)
@@ -446,7 +522,7 @@ func (s *Server) execSession(w http.ResponseWriter, r *http.Request) {
 		fail(badRequest("command is empty: give the program to run"))
 		return
 	}
-	d, err := s.sessionDetail(nil, s.state.Snapshot(), r.PathValue("ref"), nil)
+	d, err := s.sessionDetail(r.Context(), nil, s.state.Snapshot(), r.PathValue("ref"), nil)
 	if err != nil {
 		fail(err)
 		return

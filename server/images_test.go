@@ -60,10 +60,11 @@ func TestSessionPullsItsImage(t *testing.T) {
 	}
 
 	drv := &imageDriver{Driver: execdriver.New(testLogger(t)), rootfs: map[string]string{}}
-	srv := startServer(t, t.TempDir())
+	dir := t.TempDir()
+	srv := startServer(t, dir)
 	a := startAgentWith(t, t.TempDir(), srv.SerfAddr(), drv)
 	t.Cleanup(func() { a.StopKernels(5e9); a.Shutdown(); srv.Shutdown() })
-	c, _ := api.NewClient("http://" + srv.HTTPAddr())
+	c := client(t, srv, dir)
 	cl := &cluster{srv: srv, agent: a, client: c}
 	cl.waitAgentAlive(t, a.ID())
 

@@ -54,6 +54,9 @@ type Config struct {
 	Logger *slog.Logger
 	// LogOutput receives the logs of raft, serf and memberlist.
 	LogOutput io.Writer
+	// OnBootstrapToken receives the admin token created on the first start
+	// of a cluster (default: printed as an export line on stdout).
+	OnBootstrapToken func(token string)
 	// FastGossip shortens gossip timers (failure detection under a second); for tests and dev.
 	FastGossip bool
 }
@@ -465,6 +468,7 @@ func (s *Server) leaderLoop(ctx context.Context) {
 		return
 	}
 	s.logger.Info("acquired leadership")
+	s.bootstrapAdmin()
 	s.reconcileMembers()
 	var wg sync.WaitGroup
 	wg.Add(2)

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -25,6 +26,13 @@ type cluster struct {
 	agent  *agent.Agent
 	client *api.Client
 	addr   string
+	token  string
+}
+
+func mustToken(dir string) string {
+	tok, _ := tokens.Load(dir)
+	s, _ := tok.(string)
+	return s
 }
 
 func testLogger(t *testing.T) *slog.Logger {
@@ -32,10 +40,14 @@ func testLogger(t *testing.T) *slog.Logger {
 }
 
 // startServer starts a server on loopback ports chosen by the kernel.
+// tokens holds the admin token each test server's data dir bootstrapped.
+var tokens sync.Map
+
 func startServer(t *testing.T, dir string, join ...string) *server.Server {
 	t.Helper()
 	srv, err := server.New(server.Config{
-		NodeName: "test-server", DataDir: dir, HTTPAddr: "127.0.0.1:0", RPCAddr: "127.0.0.1:0",
+		OnBootstrapToken: func(tok string) { tokens.Store(dir, tok) },
+		NodeName:         "test-server", DataDir: dir, HTTPAddr: "127.0.0.1:0", RPCAddr: "127.0.0.1:0",
 		SerfAddr: "127.0.0.1:0", Join: join, Logger: testLogger(t), LogOutput: io.Discard, FastGossip: true,
 	})
 	if err != nil {
@@ -47,7 +59,25 @@ func startServer(t *testing.T, dir string, join ...string) *server.Server {
 	if err := srv.WaitForLeader(ctx); err != nil {
 		t.Fatal(err)
 	}
+	for ctx.Err() == nil {
+		if _, ok := tokens.Load(dir); ok {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 	return srv
+}
+
+// client returns an admin API client of a server started on dir.
+func client(t *testing.T, srv *server.Server, dir string) *api.Client {
+	t.Helper()
+	c, err := api.NewClient("http://" + srv.HTTPAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, _ := tokens.Load(dir)
+	c.SetToken(tok.(string))
+	return c
 }
 
 func startAgent(t *testing.T, dir, join string, capacity structs.Slots) *agent.Agent {
@@ -75,18 +105,16 @@ func startAgentCfg(t *testing.T, dir, join string, capacity structs.Slots, d dri
 
 func startCluster(t *testing.T, capacity structs.Slots) *cluster {
 	t.Helper()
-	srv := startServer(t, t.TempDir())
+	dir := t.TempDir()
+	srv := startServer(t, dir)
 	a := startAgent(t, t.TempDir(), srv.SerfAddr(), capacity)
 	t.Cleanup(func() {
 		a.StopKernels(5 * time.Second)
 		a.Shutdown()
 		srv.Shutdown()
 	})
-	c, err := api.NewClient("http://" + srv.HTTPAddr())
-	if err != nil {
-		t.Fatal(err)
-	}
-	cl := &cluster{srv: srv, agent: a, client: c, addr: "http://" + srv.HTTPAddr()}
+	c := client(t, srv, dir)
+	cl := &cluster{srv: srv, agent: a, client: c, addr: "http://" + srv.HTTPAddr(), token: mustToken(dir)}
 	cl.waitAgentAlive(t, a.ID())
 	return cl
 }
@@ -253,6 +281,7 @@ func TestBadInput(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			req, _ := http.NewRequest(tc.method, c.addr+tc.path, strings.NewReader(tc.body))
+			req.Header.Set("Authorization", "Bearer "+c.token)
 			resp, err := http.DefaultClient.Do(req)
 			if err != nil {
 				t.Fatal(err)
@@ -288,7 +317,7 @@ func TestServerRestartKeepsStateAndAgentReconnects(t *testing.T) {
 		a.StopKernels(5 * time.Second)
 		a.Shutdown()
 	}()
-	c, _ := api.NewClient("http://" + srv.HTTPAddr())
+	c := client(t, srv, dir)
 	cl := &cluster{srv: srv, agent: a, client: c}
 	cl.waitAgentAlive(t, a.ID())
 	done := create(t, cl, &api.CreateSessionRequest{Type: "batch", Command: []string{"true"}, Resources: small})
@@ -300,7 +329,7 @@ func TestServerRestartKeepsStateAndAgentReconnects(t *testing.T) {
 	// The new server comes up on new ports and joins the agent's gossip.
 	srv2 := startServer(t, dir, a.SerfAddr())
 	defer srv2.Shutdown()
-	c2, _ := api.NewClient("http://" + srv2.HTTPAddr())
+	c2 := client(t, srv2, dir)
 	cl2 := &cluster{srv: srv2, agent: a, client: c2}
 	d, err := c2.GetSession(context.Background(), done.Session.ID)
 	if err != nil {

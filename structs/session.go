@@ -43,6 +43,8 @@ type Session struct {
 	ResourceGroup string      `json:"resource_group"`
 	// AccessKey is the key the session was created with; its policy applies.
 	AccessKey string `json:"access_key,omitempty"`
+	// Owner is the user the access key belongs to.
+	Owner string `json:"owner,omitempty"`
 	// Priority orders sessions before the selector does (higher first).
 	Priority int `json:"priority,omitempty"`
 	// StartsAt keeps a reserved batch session PENDING until then.

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -165,7 +166,7 @@ func runDaemon(role string, args []string) int {
 			NodeName: nodeName(f.name, "-server"), DataDir: dataSubdir(role, f.dataDir, "server"),
 			HTTPAddr: f.httpAddr, RPCAddr: f.rpcAddr, SerfAddr: f.serfAddr, Join: f.join,
 			BootstrapExpect: f.bootstrapExpect, GRPC: shared, Logger: logger, LogOutput: libLog,
-			FastGossip: f.fastGossip,
+			FastGossip: f.fastGossip, OnBootstrapToken: func(token string) { announceToken(role, token, logger) },
 		})
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "Error: %v\n", err)
@@ -287,4 +288,25 @@ func (l *levelFilter) Write(p []byte) (int, error) {
 		return l.w.Write(p)
 	}
 	return len(p), nil
+}
+
+// announceToken shows the first admin token once: as an export line on
+// stdout, and for `corral dev` also in ~/.corral/token, where the CLI looks
+// when CORRAL_TOKEN is unset.
+func announceToken(role, token string, logger *slog.Logger) {
+	fmt.Printf("The cluster's first admin key (shown once):\nexport CORRAL_TOKEN=%s\n", token)
+	if role != "dev" {
+		return
+	}
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return
+	}
+	dir := filepath.Join(home, ".corral")
+	if err := os.MkdirAll(dir, 0o700); err == nil {
+		err = os.WriteFile(filepath.Join(dir, "token"), []byte(token+"\n"), 0o600)
+	}
+	if err != nil {
+		logger.Warn("could not save the admin token for the CLI", "error", err)
+	}
 }

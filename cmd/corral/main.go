@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 
@@ -312,7 +313,22 @@ func (f *flagSet) client() (*api.Client, error) {
 	if err != nil {
 		return nil, f.usageErr("%v", err)
 	}
+	c.SetToken(f.c.token())
 	return c, nil
+}
+
+// token is the API token: $CORRAL_TOKEN, else the file `corral dev` writes
+// (~/.corral/token), so the dev flow needs no export.
+func (c *cli) token() string {
+	if t := strings.TrimSpace(c.getenv("CORRAL_TOKEN")); t != "" {
+		return t
+	}
+	if home := c.getenv("HOME"); home != "" {
+		if b, err := os.ReadFile(filepath.Join(home, ".corral", "token")); err == nil {
+			return strings.TrimSpace(string(b))
+		}
+	}
+	return ""
 }
 
 // envFlag collects repeatable -env KEY=VALUE flags.
