@@ -359,3 +359,98 @@ func (c *Client) PullImage(ctx context.Context, req *ImagePullRequest) (*AgentIm
 	}
 	return &out, nil
 }
+
+// CreateUser creates a user (admin only).
+func (c *Client) CreateUser(ctx context.Context, req *CreateUserRequest) (*structs.User, error) {
+	var out structs.User
+	_, err := c.do(ctx, http.MethodPost, "/v1/users", nil, req, &out, c.timeout)
+	return &out, err
+}
+
+// ListUsers lists users (admin only).
+func (c *Client) ListUsers(ctx context.Context) ([]*structs.User, error) {
+	var out []*structs.User
+	_, err := c.do(ctx, http.MethodGet, "/v1/users", nil, nil, &out, c.timeout)
+	return out, err
+}
+
+// CreateKey creates an access key; the answer holds its token, shown once.
+func (c *Client) CreateKey(ctx context.Context, req *CreateKeyRequest) (*CreateKeyResponse, error) {
+	var out CreateKeyResponse
+	_, err := c.do(ctx, http.MethodPost, "/v1/keys", nil, req, &out, c.timeout)
+	return &out, err
+}
+
+// ListKeys lists access keys (admins all, users their own).
+func (c *Client) ListKeys(ctx context.Context) ([]*structs.AccessKey, error) {
+	var out []*structs.AccessKey
+	_, err := c.do(ctx, http.MethodGet, "/v1/keys", nil, nil, &out, c.timeout)
+	return out, err
+}
+
+// RevokeKey revokes an access key (admin only).
+func (c *Client) RevokeKey(ctx context.Context, key string) (*structs.AccessKey, error) {
+	var out structs.AccessKey
+	_, err := c.do(ctx, http.MethodDelete, "/v1/keys/"+url.PathEscape(key), nil, nil, &out, c.timeout)
+	return &out, err
+}
+
+// KeyStatus returns a key, its policy and its current usage.
+func (c *Client) KeyStatus(ctx context.Context, key string) (*KeyStatus, error) {
+	var out KeyStatus
+	_, err := c.do(ctx, http.MethodGet, "/v1/keys/"+url.PathEscape(key)+"/status", nil, nil, &out, c.timeout)
+	return &out, err
+}
+
+// ApplyPolicy sets the resource policy of a key (admin only).
+func (c *Client) ApplyPolicy(ctx context.Context, key, policy string) (*structs.AccessKey, error) {
+	var out structs.AccessKey
+	_, err := c.do(ctx, http.MethodPost, "/v1/keys/"+url.PathEscape(key)+"/policy", nil, &ApplyPolicyRequest{Policy: policy}, &out, c.timeout)
+	return &out, err
+}
+
+// CreatePolicy creates or replaces a resource policy (admin only).
+func (c *Client) CreatePolicy(ctx context.Context, req *PolicyRequest) (*structs.ResourcePolicy, error) {
+	var out structs.ResourcePolicy
+	_, err := c.do(ctx, http.MethodPost, "/v1/policies", nil, req, &out, c.timeout)
+	return &out, err
+}
+
+// ListPolicies lists resource policies.
+func (c *Client) ListPolicies(ctx context.Context) ([]*structs.ResourcePolicy, error) {
+	var out []*structs.ResourcePolicy
+	_, err := c.do(ctx, http.MethodGet, "/v1/policies", nil, nil, &out, c.timeout)
+	return out, err
+}
+
+// CreateGroup creates a resource group (admin only).
+func (c *Client) CreateGroup(ctx context.Context, g *structs.ResourceGroup) (*structs.ResourceGroup, error) {
+	var out structs.ResourceGroup
+	_, err := c.do(ctx, http.MethodPost, "/v1/groups", nil, g, &out, c.timeout)
+	return &out, err
+}
+
+// UpdateGroup replaces a resource group's configuration (admin only).
+func (c *Client) UpdateGroup(ctx context.Context, g *structs.ResourceGroup) (*structs.ResourceGroup, error) {
+	var out structs.ResourceGroup
+	_, err := c.do(ctx, http.MethodPut, "/v1/groups/"+url.PathEscape(g.Name), nil, g, &out, c.timeout)
+	return &out, err
+}
+
+// ListGroups lists resource groups.
+func (c *Client) ListGroups(ctx context.Context) ([]*structs.ResourceGroup, error) {
+	var out []*structs.ResourceGroup
+	_, err := c.do(ctx, http.MethodGet, "/v1/groups", nil, nil, &out, c.timeout)
+	return out, err
+}
+
+// Queue lists a group's pending sessions in the order the scheduler takes them.
+func (c *Client) Queue(ctx context.Context, group string) ([]*QueueEntry, error) {
+	var out []*QueueEntry
+	q := url.Values{}
+	if group != "" {
+		q.Set("group", group)
+	}
+	_, err := c.do(ctx, http.MethodGet, "/v1/queue", q, nil, &out, c.timeout)
+	return out, err
+}

@@ -81,3 +81,54 @@ type ImagePullRequest struct {
 	Ref   string `json:"ref"`
 	Agent string `json:"agent"` // agent ID, ID prefix or name
 }
+
+// CreateUserRequest is the body of POST /v1/users.
+type CreateUserRequest struct {
+	Name  string `json:"name"`
+	Admin bool   `json:"admin,omitempty"`
+}
+
+// CreateKeyRequest is the body of POST /v1/keys.
+type CreateKeyRequest struct {
+	User          string   `json:"user"`
+	Admin         bool     `json:"admin,omitempty"`
+	Policy        string   `json:"policy,omitempty"`
+	AllowedGroups []string `json:"allowed_groups,omitempty"`
+}
+
+// CreateKeyResponse carries the new key's token: the only time it is shown.
+type CreateKeyResponse struct {
+	Key   *structs.AccessKey `json:"key"`
+	Token string             `json:"token"`
+}
+
+// PolicyRequest is the body of POST /v1/policies (create or replace).
+// Durations are Go durations ("2h", "30m"); zero or absent means unlimited.
+type PolicyRequest struct {
+	Name                  string        `json:"name"`
+	MaxConcurrentSessions int           `json:"max_concurrent_sessions,omitempty"`
+	MaxPendingSessions    int           `json:"max_pending_sessions,omitempty"`
+	TotalResourceSlots    structs.Slots `json:"total_resource_slots,omitempty"`
+	MaxKernelsPerSession  int           `json:"max_kernels_per_session,omitempty"`
+	MaxSessionLifetime    string        `json:"max_session_lifetime,omitempty"`
+	IdleTimeout           string        `json:"idle_timeout,omitempty"`
+}
+
+// ApplyPolicyRequest is the body of POST /v1/keys/{key}/policy.
+type ApplyPolicyRequest struct {
+	Policy string `json:"policy"`
+}
+
+// KeyStatus is the answer of GET /v1/keys/{key}/status: the key, its policy
+// and what it holds now (the concurrency set of session IDs and the slots).
+type KeyStatus struct {
+	Key    *structs.AccessKey      `json:"key"`
+	Policy *structs.ResourcePolicy `json:"policy,omitempty"`
+	Usage  *structs.KeyUsage       `json:"usage"`
+}
+
+// QueueEntry is one pending session in the order its group's selector takes them.
+type QueueEntry struct {
+	Position int              `json:"position"`
+	Session  *structs.Session `json:"session"`
+}

@@ -1,0 +1,111 @@
+package server_test
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"testing"
+
+	"github.com/corral-dev/corral/api"
+	"github.com/corral-dev/corral/structs"
+)
+
+func apiStatus(err error) int {
+	var e *api.Error
+	if errors.As(err, &e) {
+		return e.StatusCode
+	}
+	return 0
+}
+
+func TestAuthOwnershipAndPolicies(t *testing.T) {
+	c := startCluster(t, structs.Slots{structs.SlotCPU: structs.Whole(2)})
+	ctx := context.Background()
+	admin := c.client
+
+	anon, _ := api.NewClient(c.addr)
+	if _, err := anon.ListSessions(ctx, ""); apiStatus(err) != http.StatusUnauthorized {
+		t.Fatalf("no token: %v", err)
+	}
+	bad, _ := api.NewClient(c.addr)
+	bad.SetToken("AKNOPE.secret")
+	if _, err := bad.ListSessions(ctx, ""); apiStatus(err) != http.StatusUnauthorized {
+		t.Fatalf("bad token: %v", err)
+	}
+
+	keyFor := func(user string, policy string) *api.Client {
+		t.Helper()
+		if _, err := admin.CreateUser(ctx, &api.CreateUserRequest{Name: user}); err != nil {
+			t.Fatal(err)
+		}
+		k, err := admin.CreateKey(ctx, &api.CreateKeyRequest{User: user, Policy: policy})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cl, _ := api.NewClient(c.addr)
+		cl.SetToken(k.Token)
+		return cl
+	}
+	if _, err := admin.CreatePolicy(ctx, &api.PolicyRequest{Name: "tight", MaxPendingSessions: 1, MaxConcurrentSessions: 1}); err != nil {
+		t.Fatal(err)
+	}
+	alice := keyFor("alice", "tight")
+	bob := keyFor("bob", "")
+
+	// Alice's session is hers: bob gets 404, admin sees it.
+	huge := structs.Slots{structs.SlotCPU: structs.Whole(64)} // never fits: stays PENDING
+	d, err := alice.CreateSession(ctx, &api.CreateSessionRequest{Name: "a1", Command: []string{"true"}, Resources: huge})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.Session.Owner != "alice" {
+		t.Fatalf("owner %q", d.Session.Owner)
+	}
+	if _, err := bob.GetSession(ctx, d.Session.ID); apiStatus(err) != http.StatusNotFound {
+		t.Fatalf("bob reads alice's session: %v", err)
+	}
+	if _, err := bob.DestroySession(ctx, "a1"); apiStatus(err) != http.StatusNotFound {
+		t.Fatalf("bob destroys alice's session: %v", err)
+	}
+	if list, err := bob.ListSessions(ctx, ""); err != nil || len(list) != 0 {
+		t.Fatalf("bob's list: %v %v", list, err)
+	}
+	if _, err := admin.GetSession(ctx, d.Session.ID); err != nil {
+		t.Fatalf("admin: %v", err)
+	}
+	// The policy's pending limit refuses a second pending session.
+	if _, err := alice.CreateSession(ctx, &api.CreateSessionRequest{Command: []string{"true"}, Resources: huge}); apiStatus(err) != http.StatusTooManyRequests {
+		t.Fatalf("second pending session: %v", err)
+	}
+	// Users cannot administer.
+	if _, err := alice.CreateUser(ctx, &api.CreateUserRequest{Name: "mallory"}); apiStatus(err) != http.StatusForbidden {
+		t.Fatalf("user creates user: %v", err)
+	}
+	// A key may only use its groups.
+	if _, err := bob.CreateSession(ctx, &api.CreateSessionRequest{Command: []string{"true"}, ResourceGroup: "gpu"}); apiStatus(err) != http.StatusForbidden {
+		t.Fatalf("group outside the key: %v", err)
+	}
+	// Key status shows the concurrency set.
+	st, err := alice.KeyStatus(ctx, d.Session.AccessKey)
+	if err != nil || st.Policy == nil || st.Policy.Name != "tight" {
+		t.Fatalf("key status: %+v %v", st, err)
+	}
+	// A revoked key stops working.
+	keys, err := admin.ListKeys(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range keys {
+		if k.SecretHash != "" {
+			t.Fatal("key list leaks secret hashes")
+		}
+		if k.User == "bob" {
+			if _, err := admin.RevokeKey(ctx, k.AccessKey); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if _, err := bob.ListSessions(ctx, ""); apiStatus(err) != http.StatusUnauthorized {
+		t.Fatalf("revoked key: %v", err)
+	}
+}

@@ -1,0 +1,314 @@
+package server
+
+import (
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/corral-dev/corral/api"
+	"github.com/corral-dev/corral/structs"
+)
+
+func (s *Server) registerAdmin(mux *http.ServeMux) {
+	mux.HandleFunc("POST /v1/users", s.wrap(s.createUser))
+	mux.HandleFunc("GET /v1/users", s.wrap(s.listUsers))
+	mux.HandleFunc("POST /v1/keys", s.wrap(s.createKey))
+	mux.HandleFunc("GET /v1/keys", s.wrap(s.listKeys))
+	mux.HandleFunc("DELETE /v1/keys/{key}", s.wrap(s.revokeKey))
+	mux.HandleFunc("GET /v1/keys/{key}/status", s.wrap(s.keyStatus))
+	mux.HandleFunc("POST /v1/keys/{key}/policy", s.wrap(s.applyPolicy))
+	mux.HandleFunc("POST /v1/policies", s.wrap(s.createPolicy))
+	mux.HandleFunc("GET /v1/policies", s.wrap(s.listPolicies))
+	mux.HandleFunc("POST /v1/groups", s.wrap(s.upsertGroup))
+	mux.HandleFunc("PUT /v1/groups/{name}", s.wrap(s.upsertGroup))
+	mux.HandleFunc("GET /v1/groups", s.wrap(s.listGroups))
+}
+
+func requireAdmin(r *http.Request) error {
+	if id := callerOf(r.Context()); id == nil || !id.admin() {
+		return errAdminOnly
+	}
+	return nil
+}
+
+func (s *Server) applyConfig(req *structs.ConfigUpsertRequest) error {
+	req.Time = time.Now().UTC()
+	_, _, err := s.apply(structs.ConfigUpsertRequestType, req)
+	return err
+}
+
+func (s *Server) createUser(w http.ResponseWriter, r *http.Request) (any, error) {
+	if err := requireAdmin(r); err != nil {
+		return nil, err
+	}
+	var req api.CreateUserRequest
+	if err := decodeBody(r, &req); err != nil {
+		return nil, err
+	}
+	if !nameRe.MatchString(req.Name) {
+		return nil, badRequest("invalid user name %q: use 1-64 letters, digits, '.', '_' or '-'", req.Name)
+	}
+	if _, err := s.state.Snapshot().User(req.Name); err == nil {
+		return nil, &httpError{code: http.StatusConflict, msg: fmt.Sprintf("user %q already exists", req.Name)}
+	}
+	u := &structs.User{Name: req.Name, Admin: req.Admin}
+	if err := s.applyConfig(&structs.ConfigUpsertRequest{Users: []*structs.User{u}}); err != nil {
+		return nil, err
+	}
+	return s.state.Snapshot().User(req.Name)
+}
+
+func (s *Server) listUsers(w http.ResponseWriter, r *http.Request) (any, error) {
+	if err := requireAdmin(r); err != nil {
+		return nil, err
+	}
+	out, err := s.state.Snapshot().Users()
+	if out == nil {
+		out = []*structs.User{}
+	}
+	return out, err
+}
+
+// redact hides the secret hash from API answers.
+func redact(k *structs.AccessKey) *structs.AccessKey {
+	c := k.Copy()
+	c.SecretHash = ""
+	return c
+}
+
+func (s *Server) createKey(w http.ResponseWriter, r *http.Request) (any, error) {
+	if err := requireAdmin(r); err != nil {
+		return nil, err
+	}
+	var req api.CreateKeyRequest
+	if err := decodeBody(r, &req); err != nil {
+		return nil, err
+	}
+	snap := s.state.Snapshot()
+	u, err := snap.User(req.User)
+	if err != nil {
+		return nil, badRequest("unknown user %q: create it first with 'corral user create'", req.User)
+	}
+	if req.Policy != "" {
+		if _, err := snap.Policy(req.Policy); err != nil {
+			return nil, badRequest("unknown resource policy %q", req.Policy)
+		}
+	}
+	for _, g := range req.AllowedGroups {
+		if !nameRe.MatchString(g) {
+			return nil, badRequest("invalid resource group name %q", g)
+		}
+	}
+	if req.Admin && !u.Admin {
+		return nil, badRequest("user %q is not an admin: an admin key needs an admin user", u.Name)
+	}
+	ak, secret := NewCredentials()
+	k := &structs.AccessKey{AccessKey: ak, SecretHash: HashSecret(secret), User: u.Name, Admin: req.Admin,
+		Policy: req.Policy, AllowedGroups: req.AllowedGroups}
+	if err := s.applyConfig(&structs.ConfigUpsertRequest{Keys: []*structs.AccessKey{k}}); err != nil {
+		return nil, err
+	}
+	stored, err := s.state.Snapshot().Key(ak)
+	if err != nil {
+		return nil, err
+	}
+	return &api.CreateKeyResponse{Key: redact(stored), Token: ak + "." + secret}, nil
+}
+
+func (s *Server) listKeys(w http.ResponseWriter, r *http.Request) (any, error) {
+	keys, err := s.state.Snapshot().Keys()
+	if err != nil {
+		return nil, err
+	}
+	id := callerOf(r.Context())
+	out := []*structs.AccessKey{}
+	for _, k := range keys {
+		if id.admin() || k.User == id.key.User {
+			out = append(out, redact(k))
+		}
+	}
+	return out, nil
+}
+
+// ownKey finds a key the caller may look at: admins any, users their own.
+func (s *Server) ownKey(r *http.Request) (*structs.AccessKey, error) {
+	k, err := s.state.Snapshot().Key(r.PathValue("key"))
+	id := callerOf(r.Context())
+	if err != nil || (!id.admin() && k.User != id.key.User) {
+		return nil, &httpError{code: http.StatusNotFound, msg: fmt.Sprintf("no access key %q", r.PathValue("key"))}
+	}
+	return k, nil
+}
+
+func (s *Server) revokeKey(w http.ResponseWriter, r *http.Request) (any, error) {
+	if err := requireAdmin(r); err != nil {
+		return nil, err
+	}
+	k, err := s.ownKey(r)
+	if err != nil {
+		return nil, err
+	}
+	if k.AccessKey == callerOf(r.Context()).key.AccessKey {
+		return nil, badRequest("refusing to revoke the key this request was made with")
+	}
+	c := k.Copy()
+	c.Revoked = true
+	if err := s.applyConfig(&structs.ConfigUpsertRequest{Keys: []*structs.AccessKey{c}}); err != nil {
+		return nil, err
+	}
+	stored, err := s.state.Snapshot().Key(k.AccessKey)
+	if err != nil {
+		return nil, err
+	}
+	return redact(stored), nil
+}
+
+func (s *Server) keyStatus(w http.ResponseWriter, r *http.Request) (any, error) {
+	k, err := s.ownKey(r)
+	if err != nil {
+		return nil, err
+	}
+	snap := s.state.Snapshot()
+	out := &api.KeyStatus{Key: redact(k), Usage: snap.Usage(k.AccessKey)}
+	if k.Policy != "" {
+		out.Policy, _ = snap.Policy(k.Policy)
+	}
+	return out, nil
+}
+
+func (s *Server) applyPolicy(w http.ResponseWriter, r *http.Request) (any, error) {
+	if err := requireAdmin(r); err != nil {
+		return nil, err
+	}
+	k, err := s.ownKey(r)
+	if err != nil {
+		return nil, err
+	}
+	var req api.ApplyPolicyRequest
+	if err := decodeBody(r, &req); err != nil {
+		return nil, err
+	}
+	if req.Policy != "" {
+		if _, err := s.state.Snapshot().Policy(req.Policy); err != nil {
+			return nil, badRequest("unknown resource policy %q", req.Policy)
+		}
+	}
+	c := k.Copy()
+	c.Policy = req.Policy
+	if err := s.applyConfig(&structs.ConfigUpsertRequest{Keys: []*structs.AccessKey{c}}); err != nil {
+		return nil, err
+	}
+	stored, err := s.state.Snapshot().Key(k.AccessKey)
+	if err != nil {
+		return nil, err
+	}
+	return redact(stored), nil
+}
+
+func parseLimitDuration(field, v string) (time.Duration, error) {
+	if v == "" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d < 0 {
+		return 0, badRequest("invalid %s %q: want a duration such as 2h or 30m", field, v)
+	}
+	return d, nil
+}
+
+func (s *Server) createPolicy(w http.ResponseWriter, r *http.Request) (any, error) {
+	if err := requireAdmin(r); err != nil {
+		return nil, err
+	}
+	var req api.PolicyRequest
+	if err := decodeBody(r, &req); err != nil {
+		return nil, err
+	}
+	if !nameRe.MatchString(req.Name) {
+		return nil, badRequest("invalid policy name %q", req.Name)
+	}
+	if req.MaxConcurrentSessions < 0 || req.MaxPendingSessions < 0 || req.MaxKernelsPerSession < 0 {
+		return nil, badRequest("policy limits must not be negative (0 means unlimited)")
+	}
+	for name, q := range req.TotalResourceSlots {
+		if q <= 0 {
+			return nil, badRequest("total_resource_slots %s must be positive, got %s", name, q)
+		}
+	}
+	life, err := parseLimitDuration("max_session_lifetime", req.MaxSessionLifetime)
+	if err != nil {
+		return nil, err
+	}
+	idle, err := parseLimitDuration("idle_timeout", req.IdleTimeout)
+	if err != nil {
+		return nil, err
+	}
+	p := &structs.ResourcePolicy{Name: req.Name, MaxConcurrentSessions: req.MaxConcurrentSessions, MaxPendingSessions: req.MaxPendingSessions,
+		TotalResourceSlots: req.TotalResourceSlots, MaxKernelsPerSession: req.MaxKernelsPerSession, MaxSessionLifetime: life, IdleTimeout: idle}
+	if err := s.applyConfig(&structs.ConfigUpsertRequest{Policies: []*structs.ResourcePolicy{p}}); err != nil {
+		return nil, err
+	}
+	return s.state.Snapshot().Policy(req.Name)
+}
+
+func (s *Server) listPolicies(w http.ResponseWriter, r *http.Request) (any, error) {
+	out, err := s.state.Snapshot().Policies()
+	if out == nil {
+		out = []*structs.ResourcePolicy{}
+	}
+	return out, err
+}
+
+var (
+	sessionSelectors = map[string]bool{structs.SelectorFIFO: true, structs.SelectorLIFO: true, structs.SelectorDRF: true}
+	agentSelectors   = map[string]bool{structs.AgentSelectorConcentrated: true, structs.AgentSelectorDispersed: true, structs.AgentSelectorRoundRobin: true}
+)
+
+func (s *Server) upsertGroup(w http.ResponseWriter, r *http.Request) (any, error) {
+	if err := requireAdmin(r); err != nil {
+		return nil, err
+	}
+	var g structs.ResourceGroup
+	if err := decodeBody(r, &g); err != nil {
+		return nil, err
+	}
+	if name := r.PathValue("name"); name != "" {
+		if g.Name != "" && g.Name != name {
+			return nil, badRequest("group name in the body (%q) differs from the path (%q)", g.Name, name)
+		}
+		g.Name = name
+		if _, err := s.state.Snapshot().Group(name); err != nil {
+			return nil, &httpError{code: http.StatusNotFound, msg: fmt.Sprintf("no resource group %q: create it with POST /v1/groups", name)}
+		}
+	}
+	if !nameRe.MatchString(g.Name) {
+		return nil, badRequest("invalid resource group name %q", g.Name)
+	}
+	if g.SessionSelector == "" {
+		g.SessionSelector = structs.SelectorFIFO
+	}
+	if !sessionSelectors[g.SessionSelector] {
+		return nil, badRequest("unknown session selector %q: use fifo, lifo or drf", g.SessionSelector)
+	}
+	if g.AgentSelector == "" {
+		g.AgentSelector = structs.AgentSelectorDispersed
+	}
+	if !agentSelectors[g.AgentSelector] {
+		return nil, badRequest("unknown agent selector %q: use concentrated, dispersed or roundrobin", g.AgentSelector)
+	}
+	if g.NumRetriesToSkip < 0 {
+		return nil, badRequest("num_retries_to_skip must not be negative")
+	}
+	if err := s.applyConfig(&structs.ConfigUpsertRequest{Groups: []*structs.ResourceGroup{&g}}); err != nil {
+		return nil, err
+	}
+	return s.state.Snapshot().Group(g.Name)
+}
+
+func (s *Server) listGroups(w http.ResponseWriter, r *http.Request) (any, error) {
+	out, err := s.state.Snapshot().Groups()
+	if out == nil {
+		out = []*structs.ResourceGroup{}
+	}
+	return out, err
+}
