@@ -85,7 +85,9 @@ Daemons:
 	for _, g := range []struct {
 		title, name string
 		cmds        []command
-	}{{"Sessions", "session", sessionCommands}, {"Nodes", "node", nodeCommands}, {"Images", "image", imageCommands}} {
+	}{{"Sessions", "session", sessionCommands}, {"Nodes", "node", nodeCommands}, {"Images", "image", imageCommands},
+		{"Users", "user", userCommands}, {"Access keys", "key", keyCommands}, {"Policies", "policy", policyCommands},
+		{"Resource groups", "group", groupCommands}} {
 		fmt.Fprintf(w, "%s:\n", g.title)
 		for _, sc := range g.cmds {
 			fmt.Fprintf(w, "  %-18s  %s\n", g.name+" "+sc.name, sc.summary)
@@ -123,6 +125,16 @@ func (c *cli) run(ctx context.Context, args []string) int {
 		err = c.group(ctx, "node", nodeCommands, args[1:])
 	case "image":
 		err = c.group(ctx, "image", imageCommands, args[1:])
+	case "user":
+		err = c.group(ctx, "user", userCommands, args[1:])
+	case "key":
+		err = c.group(ctx, "key", keyCommands, args[1:])
+	case "policy":
+		err = c.group(ctx, "policy", policyCommands, args[1:])
+	case "group":
+		err = c.group(ctx, "group", groupCommands, args[1:])
+	case "queue":
+		err = c.queue(ctx, args[1:])
 	case "bench":
 		err = c.bench(ctx, args[1:])
 	default:

@@ -1,0 +1,433 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/corral-dev/corral/api"
+	"github.com/corral-dev/corral/structs"
+)
+
+var userCommands = []command{
+	{"create", "NAME [-admin]", "create a user", (*cli).userCreate},
+	{"list", "[flags]", "list users", (*cli).userList},
+}
+
+var keyCommands = []command{
+	{"create", "-user NAME [flags]", "create an access key and print its token once", (*cli).keyCreate},
+	{"list", "[flags]", "list access keys", (*cli).keyList},
+	{"revoke", "KEY", "revoke an access key", (*cli).keyRevoke},
+	{"status", "KEY [flags]", "show a key's policy and what it holds now", (*cli).keyStatus},
+}
+
+var policyCommands = []command{
+	{"create", "NAME [flags]", "create or replace a resource policy", (*cli).policyCreate},
+	{"apply", "NAME -key KEY", "apply a resource policy to an access key", (*cli).policyApply},
+	{"list", "[flags]", "list resource policies", (*cli).policyList},
+}
+
+var groupCommands = []command{
+	{"create", "NAME [flags]", "create a resource group with its scheduler configuration", (*cli).groupCreate},
+	{"update", "NAME [flags]", "change a resource group's scheduler configuration", (*cli).groupUpdate},
+	{"list", "[flags]", "list resource groups", (*cli).groupList},
+}
+
+// csvFlag collects a comma-separated or repeated flag.
+type csvFlag []string
+
+func (l *csvFlag) String() string { return strings.Join(*l, ",") }
+func (l *csvFlag) Set(v string) error {
+	for _, p := range strings.Split(v, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			*l = append(*l, p)
+		}
+	}
+	return nil
+}
+
+func (c *cli) userCreate(ctx context.Context, args []string) error {
+	f := c.newFlags("user create", "NAME [-admin]", "Create a user (admin only).", false)
+	admin := f.Bool("admin", false, "the user may hold admin keys")
+	name, err := f.parseRef(args, "user name")
+	if err != nil {
+		return err
+	}
+	client, err := f.client()
+	if err != nil {
+		return err
+	}
+	u, err := client.CreateUser(ctx, &api.CreateUserRequest{Name: name, Admin: *admin})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(c.stdout, "user %s created\n", u.Name)
+	return nil
+}
+
+func (c *cli) userList(ctx context.Context, args []string) error {
+	f := c.newFlags("user list", "[flags]", "List users (admin only).", true)
+	if err := f.parseNone(args); err != nil {
+		return err
+	}
+	client, err := f.client()
+	if err != nil {
+		return err
+	}
+	users, err := client.ListUsers(ctx)
+	if err != nil {
+		return err
+	}
+	if f.json {
+		return printJSON(c.stdout, users)
+	}
+	tw := newTable(c.stdout)
+	fmt.Fprintln(tw, "NAME\tADMIN\tCREATED")
+	for _, u := range users {
+		fmt.Fprintf(tw, "%s\t%v\t%s ago\n", u.Name, u.Admin, since(u.CreatedAt, time.Now()))
+	}
+	return tw.Flush()
+}
+
+func (c *cli) keyCreate(ctx context.Context, args []string) error {
+	f := c.newFlags("key create", "-user NAME [flags]", "Create an access key and print its token (shown once).", false)
+	user := f.String("user", "", "owner of the key (required)")
+	admin := f.Bool("admin", false, "an admin key (the user must be an admin)")
+	policy := f.String("policy", "", "resource policy of the key")
+	var groups csvFlag
+	f.Var(&groups, "groups", "resource groups the key may use (comma-separated; default: default)")
+	if err := f.parseNone(args); err != nil {
+		return err
+	}
+	if *user == "" {
+		return f.usageErr("-user is required")
+	}
+	client, err := f.client()
+	if err != nil {
+		return err
+	}
+	k, err := client.CreateKey(ctx, &api.CreateKeyRequest{User: *user, Admin: *admin, Policy: *policy, AllowedGroups: groups})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(c.stdout, "access key %s for user %s (shown once):\nexport CORRAL_TOKEN=%s\n", k.Key.AccessKey, k.Key.User, k.Token)
+	return nil
+}
+
+func (c *cli) keyList(ctx context.Context, args []string) error {
+	f := c.newFlags("key list", "[flags]", "List access keys (admins: all; users: their own).", true)
+	if err := f.parseNone(args); err != nil {
+		return err
+	}
+	client, err := f.client()
+	if err != nil {
+		return err
+	}
+	keys, err := client.ListKeys(ctx)
+	if err != nil {
+		return err
+	}
+	if f.json {
+		return printJSON(c.stdout, keys)
+	}
+	tw := newTable(c.stdout)
+	fmt.Fprintln(tw, "ACCESS KEY\tUSER\tADMIN\tPOLICY\tGROUPS\tREVOKED")
+	for _, k := range keys {
+		fmt.Fprintf(tw, "%s\t%s\t%v\t%s\t%s\t%v\n", k.AccessKey, k.User, k.Admin, dash(k.Policy), dash(strings.Join(k.AllowedGroups, ",")), k.Revoked)
+	}
+	return tw.Flush()
+}
+
+func (c *cli) keyRevoke(ctx context.Context, args []string) error {
+	f := c.newFlags("key revoke", "KEY", "Revoke an access key (admin only).", false)
+	key, err := f.parseRef(args, "access key")
+	if err != nil {
+		return err
+	}
+	client, err := f.client()
+	if err != nil {
+		return err
+	}
+	if _, err := client.RevokeKey(ctx, key); err != nil {
+		return err
+	}
+	fmt.Fprintf(c.stdout, "access key %s revoked\n", key)
+	return nil
+}
+
+func (c *cli) keyStatus(ctx context.Context, args []string) error {
+	f := c.newFlags("key status", "KEY [flags]", "Show a key's policy and its concurrency set and occupied slots.", true)
+	key, err := f.parseRef(args, "access key")
+	if err != nil {
+		return err
+	}
+	client, err := f.client()
+	if err != nil {
+		return err
+	}
+	st, err := client.KeyStatus(ctx, key)
+	if err != nil {
+		return err
+	}
+	if f.json {
+		return printJSON(c.stdout, st)
+	}
+	tw := newTable(c.stdout)
+	fmt.Fprintf(tw, "Access key:\t%s\nUser:\t%s\nAdmin:\t%v\nRevoked:\t%v\n", st.Key.AccessKey, st.Key.User, st.Key.Admin, st.Key.Revoked)
+	if p := st.Policy; p != nil {
+		fmt.Fprintf(tw, "Policy:\t%s (concurrent %s, pending %s, slots %s, kernels/session %s, lifetime %s, idle %s)\n", p.Name,
+			limit(p.MaxConcurrentSessions), limit(p.MaxPendingSessions), dash(p.TotalResourceSlots.String()), limit(p.MaxKernelsPerSession),
+			durLimit(p.MaxSessionLifetime), durLimit(p.IdleTimeout))
+	} else {
+		fmt.Fprintf(tw, "Policy:\t- (unlimited)\n")
+	}
+	ids := make([]string, 0, len(st.Usage.Sessions))
+	for id := range st.Usage.Sessions {
+		ids = append(ids, shortID(id))
+	}
+	fmt.Fprintf(tw, "Concurrency set:\t%d [%s]\nOccupied:\t%s\n", len(ids), strings.Join(ids, " "), dash(st.Usage.Occupied.String()))
+	return tw.Flush()
+}
+
+func limit(n int) string {
+	if n == 0 {
+		return "unlimited"
+	}
+	return fmt.Sprint(n)
+}
+
+func durLimit(d time.Duration) string {
+	if d == 0 {
+		return "unlimited"
+	}
+	return d.String()
+}
+
+func (c *cli) policyCreate(ctx context.Context, args []string) error {
+	f := c.newFlags("policy create", "NAME [flags]", "Create or replace a resource policy (admin only). Zero means unlimited.", false)
+	req := &api.PolicyRequest{}
+	f.IntVar(&req.MaxConcurrentSessions, "max-concurrent", 0, "max sessions holding resources at once")
+	f.IntVar(&req.MaxPendingSessions, "max-pending", 0, "max sessions waiting in the queue")
+	f.IntVar(&req.MaxKernelsPerSession, "max-kernels", 0, "max kernels per session")
+	f.StringVar(&req.MaxSessionLifetime, "max-lifetime", "", "max session lifetime, e.g. 12h")
+	f.StringVar(&req.IdleTimeout, "idle-timeout", "", "terminate sessions idle this long, e.g. 30m")
+	cpu := f.String("cpu", "", "total cpu cores of all the key's sessions")
+	mem := f.String("mem", "", "total memory of all the key's sessions, e.g. 64G")
+	gpu := f.String("gpu", "", "total GPUs (cuda.device) of all the key's sessions")
+	name, err := f.parseRef(args, "policy name")
+	if err != nil {
+		return err
+	}
+	req.Name = name
+	slots, err := parseSlotFlags(f, *cpu, *mem, *gpu)
+	if err != nil {
+		return err
+	}
+	req.TotalResourceSlots = slots
+	client, err := f.client()
+	if err != nil {
+		return err
+	}
+	if _, err := client.CreatePolicy(ctx, req); err != nil {
+		return err
+	}
+	fmt.Fprintf(c.stdout, "policy %s saved\n", name)
+	return nil
+}
+
+func parseSlotFlags(f *flagSet, cpu, mem, gpu string) (structs.Slots, error) {
+	out := structs.Slots{}
+	if cpu != "" {
+		q, err := structs.ParseQuantity(cpu)
+		if err != nil || q <= 0 {
+			return nil, f.usageErr("invalid -cpu %q: want a positive number", cpu)
+		}
+		out[structs.SlotCPU] = q
+	}
+	if mem != "" {
+		q, err := structs.ParseBytes(mem)
+		if err != nil || q <= 0 {
+			return nil, f.usageErr("invalid -mem %q: want a size such as 64G", mem)
+		}
+		out[structs.SlotMem] = q
+	}
+	if gpu != "" {
+		q, err := structs.ParseQuantity(gpu)
+		if err != nil || q <= 0 {
+			return nil, f.usageErr("invalid -gpu %q: want a positive number", gpu)
+		}
+		out[structs.SlotCUDADevice] = q
+	}
+	if len(out) == 0 {
+		return nil, nil
+	}
+	return out, nil
+}
+
+func (c *cli) policyApply(ctx context.Context, args []string) error {
+	f := c.newFlags("policy apply", "NAME -key KEY", "Apply a resource policy to an access key (admin only).", false)
+	key := f.String("key", "", "access key (required)")
+	name, err := f.parseRef(args, "policy name")
+	if err != nil {
+		return err
+	}
+	if *key == "" {
+		return f.usageErr("-key is required")
+	}
+	client, err := f.client()
+	if err != nil {
+		return err
+	}
+	if _, err := client.ApplyPolicy(ctx, *key, name); err != nil {
+		return err
+	}
+	fmt.Fprintf(c.stdout, "policy %s applied to %s\n", name, *key)
+	return nil
+}
+
+func (c *cli) policyList(ctx context.Context, args []string) error {
+	f := c.newFlags("policy list", "[flags]", "List resource policies.", true)
+	if err := f.parseNone(args); err != nil {
+		return err
+	}
+	client, err := f.client()
+	if err != nil {
+		return err
+	}
+	ps, err := client.ListPolicies(ctx)
+	if err != nil {
+		return err
+	}
+	if f.json {
+		return printJSON(c.stdout, ps)
+	}
+	tw := newTable(c.stdout)
+	fmt.Fprintln(tw, "NAME\tCONCURRENT\tPENDING\tSLOTS\tKERNELS\tLIFETIME\tIDLE")
+	for _, p := range ps {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.Name, limit(p.MaxConcurrentSessions), limit(p.MaxPendingSessions),
+			dash(p.TotalResourceSlots.String()), limit(p.MaxKernelsPerSession), durLimit(p.MaxSessionLifetime), durLimit(p.IdleTimeout))
+	}
+	return tw.Flush()
+}
+
+func groupFlags(f *flagSet) (*structs.ResourceGroup, *csvFlag) {
+	g := &structs.ResourceGroup{}
+	f.StringVar(&g.SessionSelector, "session-selector", "", "fifo, lifo or drf (default fifo)")
+	f.IntVar(&g.NumRetriesToSkip, "num-retries-to-skip", 0, "fifo: failed passes after which a head-of-line session stops blocking")
+	f.StringVar(&g.AgentSelector, "agent-selector", "", "concentrated, dispersed or roundrobin (default dispersed)")
+	prio := &csvFlag{}
+	f.Var(prio, "resource-priority", "slot order for comparing agents, e.g. cuda.device,cpu,mem")
+	return g, prio
+}
+
+func (c *cli) groupCreate(ctx context.Context, args []string) error {
+	return c.groupSave(ctx, args, false)
+}
+func (c *cli) groupUpdate(ctx context.Context, args []string) error {
+	return c.groupSave(ctx, args, true)
+}
+
+func (c *cli) groupSave(ctx context.Context, args []string, update bool) error {
+	verb := "create"
+	if update {
+		verb = "update"
+	}
+	f := c.newFlags("group "+verb, "NAME [flags]", "Save a resource group's scheduler configuration (admin only).", false)
+	g, prio := groupFlags(f)
+	name, err := f.parseRef(args, "group name")
+	if err != nil {
+		return err
+	}
+	g.Name = name
+	g.ResourcePriority = *prio
+	client, err := f.client()
+	if err != nil {
+		return err
+	}
+	if update {
+		// Keep what the flags do not set.
+		groups, err := client.ListGroups(ctx)
+		if err != nil {
+			return err
+		}
+		set := map[string]bool{}
+		f.Visit(func(fl *flag.Flag) { set[fl.Name] = true })
+		for _, cur := range groups {
+			if cur.Name != name {
+				continue
+			}
+			if !set["session-selector"] {
+				g.SessionSelector = cur.SessionSelector
+			}
+			if !set["num-retries-to-skip"] {
+				g.NumRetriesToSkip = cur.NumRetriesToSkip
+			}
+			if !set["agent-selector"] {
+				g.AgentSelector = cur.AgentSelector
+			}
+			if !set["resource-priority"] {
+				g.ResourcePriority = cur.ResourcePriority
+			}
+		}
+		_, err = client.UpdateGroup(ctx, g)
+		if err != nil {
+			return err
+		}
+	} else if _, err := client.CreateGroup(ctx, g); err != nil {
+		return err
+	}
+	fmt.Fprintf(c.stdout, "resource group %s saved\n", name)
+	return nil
+}
+
+func (c *cli) groupList(ctx context.Context, args []string) error {
+	f := c.newFlags("group list", "[flags]", "List resource groups and their scheduler configuration.", true)
+	if err := f.parseNone(args); err != nil {
+		return err
+	}
+	client, err := f.client()
+	if err != nil {
+		return err
+	}
+	gs, err := client.ListGroups(ctx)
+	if err != nil {
+		return err
+	}
+	if f.json {
+		return printJSON(c.stdout, gs)
+	}
+	tw := newTable(c.stdout)
+	fmt.Fprintln(tw, "NAME\tSESSION SELECTOR\tRETRIES TO SKIP\tAGENT SELECTOR\tRESOURCE PRIORITY")
+	for _, g := range gs {
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\n", g.Name, g.SessionSelector, g.NumRetriesToSkip, g.AgentSelector, dash(strings.Join(g.ResourcePriority, ",")))
+	}
+	return tw.Flush()
+}
+
+func (c *cli) queue(ctx context.Context, args []string) error {
+	f := c.newFlags("queue", "[-group G] [flags]", "List pending sessions in the order the scheduler will take them.", true)
+	group := f.String("group", "", "resource group (default: all groups)")
+	if err := f.parseNone(args); err != nil {
+		return err
+	}
+	client, err := f.client()
+	if err != nil {
+		return err
+	}
+	q, err := client.Queue(ctx, *group)
+	if err != nil {
+		return err
+	}
+	if f.json {
+		return printJSON(c.stdout, q)
+	}
+	tw := newTable(c.stdout)
+	fmt.Fprintln(tw, "#\tID\tNAME\tOWNER\tGROUP\tPRIORITY\tRETRIES\tWHY PENDING")
+	for _, e := range q {
+		s := e.Session
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%d\t%d\t%s\n", e.Position, shortID(s.ID), dash(s.Name), dash(s.Owner), s.ResourceGroup, s.Priority, s.ScheduleAttempts, dash(s.StatusInfo))
+	}
+	return tw.Flush()
+}
