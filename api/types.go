@@ -26,6 +26,13 @@ type CreateSessionRequest struct {
 	ResourceGroup string              `json:"resource_group,omitempty"`
 	// Resources per kernel; cpu and mem default when absent.
 	Resources structs.Slots `json:"resources,omitempty"`
+	// Priority: higher goes first within the resource group.
+	Priority int `json:"priority,omitempty"`
+	// StartsAt keeps a batch session PENDING until then (a reservation).
+	StartsAt time.Time `json:"starts_at,omitzero"`
+	// DependsOn lists sessions (ID, prefix or name) that must end with
+	// SUCCESS before this one starts; a failed one cancels this one.
+	DependsOn []string `json:"depends_on,omitempty"`
 }
 
 // SessionDetail is a session with its kernels: the answer of create, get and destroy.

@@ -298,9 +298,19 @@ func (s *Server) validateCreate(req *api.CreateSessionRequest, snap *state.Snaps
 		}
 		res[name] = q
 	}
+	if req.Priority < -1000 || req.Priority > 1000 {
+		return nil, nil, badRequest("priority %d is out of range [-1000, 1000]", req.Priority)
+	}
+	if !req.StartsAt.IsZero() && req.Type != structs.SessionTypeBatch {
+		return nil, nil, badRequest("starts_at is for batch sessions (reservations)")
+	}
 	sess := &structs.Session{
 		ID: uuid.NewString(), Name: req.Name, Type: req.Type, ResourceGroup: group,
 		Status: structs.SessionPending, Result: structs.ResultUndefined, CreatedAt: now,
+		Priority: req.Priority, StartsAt: req.StartsAt.UTC(),
+	}
+	if req.StartsAt.IsZero() {
+		sess.StartsAt = time.Time{}
 	}
 	k := &structs.Kernel{
 		ID: uuid.NewString(), SessionID: sess.ID, Role: "main", Idx: 1, Hostname: "main1",
@@ -323,6 +333,13 @@ func (s *Server) createSession(w http.ResponseWriter, r *http.Request) (any, err
 	}
 	if err := s.admit(r.Context(), snap, sess, kernels); err != nil {
 		return nil, err
+	}
+	for _, ref := range req.DependsOn {
+		dep, err := resolveSession(r.Context(), nil, snap, ref)
+		if err != nil {
+			return nil, badRequest("depends_on: %v", err)
+		}
+		sess.DependsOn = append(sess.DependsOn, dep.ID)
 	}
 	if _, _, err := s.apply(structs.SessionEnqueueRequestType, &structs.SessionEnqueueRequest{Session: sess, Kernels: kernels, Time: now}); err != nil {
 		return nil, err

@@ -36,6 +36,10 @@ func (c *cli) parseCreate(args []string) (*createCmd, error) {
 	cpu := f.String("cpu", "", "CPU cores per kernel, fractions allowed, e.g. 0.5 (the server's default when unset)")
 	mem := f.String("mem", "", "memory per kernel, e.g. 256M or 2G (the server's default when unset)")
 	f.StringVar(&r.ResourceGroup, "group", "", "resource group to run in (the server's default: default)")
+	f.IntVar(&r.Priority, "priority", 0, "scheduling priority within the group: higher goes first")
+	startsAt := f.String("starts-at", "", "batch reservation: start no earlier than this RFC 3339 time or duration from now (e.g. 10m)")
+	deps := &csvFlag{}
+	f.Var(deps, "depends-on", "sessions (comma-separated IDs or names) that must end with SUCCESS first")
 	env := envFlag{}
 	f.Var(env, "env", "environment variable `KEY=VALUE` of the kernel (repeatable)")
 	f.BoolVar(&cmd.wait, "wait", false, "follow the session until it ends (batch) or runs (interactive)")
@@ -43,8 +47,20 @@ func (c *cli) parseCreate(args []string) (*createCmd, error) {
 	if err != nil {
 		return nil, err
 	}
-	if len(command) == 0 {
+	if len(command) == 0 && r.Image == "" {
 		return nil, f.usageErr("missing the command to run: corral session create [flags] -- CMD [ARGS...]")
+	}
+	if len(*deps) > 0 {
+		r.DependsOn = *deps
+	}
+	if *startsAt != "" {
+		if d, err := time.ParseDuration(*startsAt); err == nil && d >= 0 {
+			r.StartsAt = time.Now().Add(d).UTC()
+		} else if t, err := time.Parse(time.RFC3339, *startsAt); err == nil {
+			r.StartsAt = t
+		} else {
+			return nil, f.usageErr("invalid -starts-at %q: want an RFC 3339 time or a duration such as 10m", *startsAt)
+		}
 	}
 	r.Command = command
 	r.Type = structs.SessionType(*typ)
