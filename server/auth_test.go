@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"strings"
 	"testing"
 
 	"github.com/corral-dev/corral/api"
@@ -107,5 +108,44 @@ func TestAuthOwnershipAndPolicies(t *testing.T) {
 	}
 	if _, err := bob.ListSessions(ctx, ""); apiStatus(err) != http.StatusUnauthorized {
 		t.Fatalf("revoked key: %v", err)
+	}
+}
+
+func TestLifetimeAndIdleTimeout(t *testing.T) {
+	c := startCluster(t, nil)
+	ctx := context.Background()
+	admin := c.client
+	if _, err := admin.CreatePolicy(ctx, &api.PolicyRequest{Name: "short", MaxSessionLifetime: "2s"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.CreatePolicy(ctx, &api.PolicyRequest{Name: "idle", IdleTimeout: "2s"}); err != nil {
+		t.Fatal(err)
+	}
+	newUser := func(name, policy string) *api.Client {
+		if _, err := admin.CreateUser(ctx, &api.CreateUserRequest{Name: name}); err != nil {
+			t.Fatal(err)
+		}
+		k, err := admin.CreateKey(ctx, &api.CreateKeyRequest{User: name, Policy: policy})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cl, _ := api.NewClient(c.addr)
+		cl.SetToken(k.Token)
+		return cl
+	}
+	short, idle := newUser("shorty", "short"), newUser("sleepy", "idle")
+	a, err := short.CreateSession(ctx, &api.CreateSessionRequest{Type: "interactive", Command: []string{"sleep", "infinity"}, Resources: small})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := idle.CreateSession(ctx, &api.CreateSessionRequest{Type: "interactive", Command: []string{"sleep", "infinity"}, Resources: small})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for id, want := range map[string]string{a.Session.ID: "max session lifetime", b.Session.ID: "idle for more than"} {
+		d := c.waitFor(t, id, terminal)
+		if d.Session.Status != structs.SessionTerminated || !strings.Contains(d.Session.StatusInfo, want) {
+			t.Fatalf("session %s: %s %q, want reason with %q", id, d.Session.Status, d.Session.StatusInfo, want)
+		}
 	}
 }

@@ -501,6 +501,7 @@ func (s *Server) sessionLogs(w http.ResponseWriter, r *http.Request) (any, error
 	if err != nil {
 		return nil, err
 	}
+	s.activity.touch(d.Session.ID, time.Now().UTC())
 	c, err := s.agentFor(k)
 	if err != nil {
 		return nil, err
@@ -550,6 +551,7 @@ func (s *Server) execSession(w http.ResponseWriter, r *http.Request) {
 		fail(err)
 		return
 	}
+	s.activity.touch(d.Session.ID, time.Now().UTC())
 	if k.Status != structs.KernelRunning {
 		fail(&httpError{code: http.StatusConflict, msg: fmt.Sprintf("kernel %s of session %s is %s: exec needs a RUNNING kernel", k.Hostname, d.Session.ID, k.Status)})
 		return

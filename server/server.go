@@ -120,6 +120,7 @@ type Server struct {
 	httpSrv      *http.Server
 	httpLn       net.Listener
 	agents       *agentConns
+	activity     activity
 	leaderMu     sync.Mutex
 	leaderCancel context.CancelFunc
 
@@ -471,8 +472,9 @@ func (s *Server) leaderLoop(ctx context.Context) {
 	s.bootstrapAdmin()
 	s.reconcileMembers()
 	var wg sync.WaitGroup
-	wg.Add(2)
+	wg.Add(3)
 	go func() { defer wg.Done(); s.runScheduler(ctx) }()
+	go func() { defer wg.Done(); s.enforceLimits(ctx) }()
 	go func() {
 		defer wg.Done()
 		t := time.NewTicker(30 * time.Second)
