@@ -65,9 +65,6 @@ func agentAlive(t *testing.T, addr string) {
 // exit code arrives later, and a kernel whose process died while the agent
 // was away is reported with a reason.
 func TestAgentKill9Recovery(t *testing.T) {
-	if os.Getenv("CORRAL_SHIM_READY") == "" {
-		t.Skip("exit codes after an agent restart need the exec driver's shim (in progress)")
-	}
 	ports := serverPorts{http: freePort(t), rpc: freePort(t), serf: freePort(t)}
 	addr := "http://" + ports.http
 	startServerProc(t, t.TempDir(), ports)

@@ -23,6 +23,7 @@ import (
 var version = "dev"
 
 func main() {
+	runShimIfRequested()
 	os.Exit(run(os.Args[1:]))
 }
 

@@ -1,7 +1,9 @@
 // Package exec is the kernel driver that runs kernels as native processes
 // on the node: each task is a process group in its own working directory,
 // limited in CPU and memory by per-task cgroups (v1 or v2) when the agent
-// runs as root.
+// runs as root. Every task runs under its own shim (package shim), which
+// survives agent restarts and records the task's exit status, so that a
+// restarted agent recovers the task and still learns how it ended.
 package exec
 
 import (
@@ -22,7 +24,10 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/corral-dev/corral/drivers/exec/cgroup"
+	"github.com/corral-dev/corral/drivers/shim"
 	"github.com/corral-dev/corral/plugins/drivers"
 	"github.com/corral-dev/corral/structs"
 )
@@ -34,10 +39,18 @@ const driverName = "exec"
 // task, e.g. /sys/fs/cgroup/memory/corral/<task ID> on cgroup v1.
 const CgroupParent = "corral"
 
-// ErrExitCodeUnknown is the ExitResult.Err of a task recovered after an
-// agent restart: the new agent is not the task's parent, so it sees the
-// process disappear but cannot learn its exit code.
-var ErrExitCodeUnknown = errors.New("exit code unknown: the task was recovered after an agent restart and its exit status went to another process")
+// ErrExitCodeUnknown is wrapped by the ExitResult.Err (with exit code -1)
+// of a task whose exit status is lost: its shim died without recording it
+// (shim.ErrNoExitStatus), or the task was recovered from the handle of an
+// agent that ran tasks without shims.
+var ErrExitCodeUnknown = errors.New("exit code unknown")
+
+// errNoShim is why the exit status of a task started without shim is lost.
+var errNoShim = errors.New("the task was started by an agent without shims, so its exit status went to that agent")
+
+// shimSubdir is the directory below TaskConfig.TaskDir that holds the
+// task's shim files.
+const shimSubdir = "shim"
 
 const (
 	// pollInterval is how often Stop and Destroy check for leftover processes.
@@ -49,7 +62,8 @@ const (
 	execWaitDelay = time.Second
 )
 
-// recoverPollInterval is how often a recovered task is checked for exit.
+// recoverPollInterval is how often a task recovered from a handle without
+// shim is checked for exit.
 var recoverPollInterval = 250 * time.Millisecond
 
 // Driver runs tasks as native processes. It is safe for concurrent use.
@@ -69,12 +83,17 @@ var _ drivers.Driver = (*Driver)(nil)
 
 // New returns an exec driver that logs to logger (nil discards). It detects
 // the cgroup hierarchies once; when it cannot use them it logs, once, that
-// tasks will run without resource limits.
+// tasks will run without resource limits. It also warns when the binary
+// cannot run task shims (see shim.MaybeRun).
 func New(logger *slog.Logger) *Driver {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
 	d := &Driver{logger: logger.With("driver", driverName), tasks: map[string]*task{}}
+	if !shim.Available() {
+		d.logger.Warn("this binary does not run task shims (shim.MaybeRun is not called first in main): " +
+			"tasks run inside this process and lose their exit status if it restarts")
+	}
 	m, err := cgroup.Detect(CgroupParent)
 	if err != nil {
 		d.noLimits = err.Error()
@@ -108,6 +127,13 @@ func (d *Driver) Fingerprint(ctx context.Context) (*drivers.Fingerprint, error) 
 		attrs["driver.exec.kernel_version"] = strings.TrimSpace(string(b))
 	}
 	desc := "native processes"
+	if shim.Available() {
+		attrs["driver.exec.shim"] = "process"
+		desc += " under shims"
+	} else {
+		attrs["driver.exec.shim"] = "in-process"
+		desc += " without shims (they die with the agent)"
+	}
 	if d.cgroups != nil {
 		attrs["driver.exec.cgroup_version"] = d.cgroups.Version().String()
 		desc += ", limited by cgroup " + d.cgroups.Version().String()
@@ -149,6 +175,8 @@ func validateConfig(cfg *drivers.TaskConfig) error {
 		return fmt.Errorf("%w: task %s has an empty command: give the program to run", drivers.ErrInvalidConfig, cfg.ID)
 	case cfg.WorkDir == "" || !filepath.IsAbs(cfg.WorkDir):
 		return fmt.Errorf("%w: task %s needs an absolute working directory, got %q", drivers.ErrInvalidConfig, cfg.ID, cfg.WorkDir)
+	case cfg.TaskDir == "" || !filepath.IsAbs(cfg.TaskDir):
+		return fmt.Errorf("%w: task %s needs an absolute task directory for its shim, got %q", drivers.ErrInvalidConfig, cfg.ID, cfg.TaskDir)
 	}
 	return nil
 }
@@ -188,7 +216,8 @@ func (d *Driver) limits(cfg *drivers.TaskConfig, log *slog.Logger) cgroup.Limits
 // Start runs cfg.Command[0] (resolved through PATH) with cfg.Command[1:] in
 // its own process group and cgroups, in cfg.WorkDir (created if missing),
 // with stdout and stderr appended to cfg.StdoutPath and cfg.StderrPath.
-// It returns once the process runs inside its cgroups.
+// The process is a child of the task's shim, which keeps its files in
+// cfg.TaskDir/shim. Start returns once the process runs inside its cgroups.
 func (d *Driver) Start(ctx context.Context, cfg *drivers.TaskConfig) (_ *drivers.TaskHandle, err error) {
 	if err := validateConfig(cfg); err != nil {
 		return nil, err
@@ -233,16 +262,6 @@ func (d *Driver) Start(ctx context.Context, cfg *drivers.TaskConfig) (_ *drivers
 	if err != nil {
 		return nil, fmt.Errorf("%w: task %s: %v", drivers.ErrInvalidConfig, cfg.ID, err)
 	}
-	stdout, err := openLog(cfg.StdoutPath)
-	if err != nil {
-		return nil, fmt.Errorf("opening stdout log: %w", err)
-	}
-	defer stdout.Close()
-	stderr, err := openLog(cfg.StderrPath)
-	if err != nil {
-		return nil, fmt.Errorf("opening stderr log: %w", err)
-	}
-	defer stderr.Close()
 
 	var group *cgroup.Group
 	if d.cgroups != nil {
@@ -269,27 +288,21 @@ func (d *Driver) Start(ctx context.Context, cfg *drivers.TaskConfig) (_ *drivers
 		d.limits(cfg, log)
 	}
 
-	cmd := &osexec.Cmd{
-		Path:        path,
-		Args:        cfg.Command,
-		Dir:         cfg.WorkDir,
-		Env:         envList(env),
-		Stdout:      stdout,
-		Stderr:      stderr,
-		SysProcAttr: &syscall.SysProcAttr{Setpgid: true, Credential: cred},
-	}
-	if err := startCmd(ctx, cmd, group); err != nil {
+	shimDir := filepath.Join(cfg.TaskDir, shimSubdir)
+	sh, err := shim.Launch(ctx, driverName, shimDir, &runConfig{
+		Path: path, Args: cfg.Command, Dir: cfg.WorkDir, Env: envList(env),
+		StdoutPath: cfg.StdoutPath, StderrPath: cfg.StderrPath, Credential: cred, Cgroup: group,
+	})
+	if err != nil {
 		return nil, fmt.Errorf("starting task %s: %w", cfg.ID, err)
 	}
+	st := sh.State()
 	t := &task{
-		cfg: cfg, env: env, cred: cred, pid: cmd.Process.Pid, pgid: cmd.Process.Pid,
-		group: group, startedAt: time.Now(), done: make(chan struct{}),
+		cfg: cfg, env: env, cred: cred, pid: st.Pid, pgid: st.Pid, startTime: st.StartTime,
+		group: group, shimDir: shimDir, shim: st, startedAt: st.StartedAt, done: make(chan struct{}),
 	}
 	t.logger = log.With("pid", t.pid)
-	if ps, err := readProcStat(t.pid); err == nil {
-		t.startTime = ps.StartTime
-	}
-	go t.wait(cmd)
+	go t.waitShim(sh)
 	h, err := t.handle()
 	if err != nil {
 		t.kill()
@@ -298,7 +311,7 @@ func (d *Driver) Start(ctx context.Context, cfg *drivers.TaskConfig) (_ *drivers
 	d.mu.Lock()
 	d.tasks[cfg.ID] = t
 	d.mu.Unlock()
-	t.logger.Info("task started", "command", cfg.Command, "cgroups", group != nil)
+	t.logger.Info("task started", "command", cfg.Command, "cgroups", group != nil, "shim_pid", st.ShimPid)
 	return h, nil
 }
 
@@ -361,8 +374,8 @@ func (d *Driver) Stop(ctx context.Context, taskID string, timeout time.Duration,
 }
 
 // Destroy kills every process left of the task (a running task only when
-// force is set), waits until they are gone, removes its cgroups and forgets
-// the task.
+// force is set), waits until they are gone, removes its cgroups and shim
+// files and forgets the task.
 func (d *Driver) Destroy(ctx context.Context, taskID string, force bool) error {
 	t, err := d.get(taskID)
 	if err != nil {
@@ -384,6 +397,12 @@ func (d *Driver) Destroy(ctx context.Context, taskID string, force bool) error {
 	if t.group != nil {
 		if err := t.group.Destroy(ctx); err != nil {
 			return fmt.Errorf("destroying task %s: %w", taskID, err)
+		}
+	}
+	if t.shimDir != "" {
+		// The shim has exited (or is gone): the task's exit is known.
+		if err := os.RemoveAll(t.shimDir); err != nil {
+			return fmt.Errorf("destroying task %s: removing shim files: %w", taskID, err)
 		}
 	}
 	d.mu.Lock()
@@ -487,11 +506,17 @@ func (d *Driver) Exec(ctx context.Context, taskID string, opts *drivers.ExecOpti
 		return cmd
 	}
 	// Joining the task's process group lets Stop and Destroy reach the
-	// command; a recovered task's group may be in another session, where
-	// the kernel refuses that, so fall back to a group of its own.
-	cmd := newCmd(t.pgid)
+	// command. The group is in its shim's session, where the kernel refuses
+	// that, unless the shim runs in this process; otherwise the command
+	// gets a group of its own, which the task tracks while it runs.
+	pgid := t.pgid
+	if sid, err := unix.Getsid(pgid); pgid <= 0 || err != nil || sid != ownSession() {
+		pgid = 0
+	}
+	cmd := newCmd(pgid)
 	err = startCmd(ctx, cmd, t.group)
-	if errors.Is(err, syscall.EPERM) || errors.Is(err, syscall.ESRCH) {
+	if pgid != 0 && (errors.Is(err, syscall.EPERM) || errors.Is(err, syscall.ESRCH)) {
+		pgid = 0
 		cmd = newCmd(0)
 		err = startCmd(ctx, cmd, t.group)
 	}
@@ -507,8 +532,12 @@ func (d *Driver) Exec(ctx context.Context, taskID string, opts *drivers.ExecOpti
 			stdinW.Close()
 		}()
 	}
+	if pgid == 0 {
+		defer t.addExec(cmd.Process.Pid)()
+	}
 	t.logger.Debug("exec started", "command", opts.Command, "exec_pid", cmd.Process.Pid)
-	res := exitResultOf(cmd.ProcessState, cmd.Wait())
+	err = cmd.Wait()
+	res := exitResultOf(cmd.ProcessState, err)
 	if err := ctx.Err(); err != nil {
 		return res.ExitCode, fmt.Errorf("exec in task %s: %w", taskID, err)
 	}
@@ -533,11 +562,14 @@ func execStdin(r io.Reader) (*os.File, *os.File, error) {
 }
 
 // Recover reattaches to a task started by an earlier agent process, using
-// the pid, process group, start time and cgroups in handle.DriverState. A
-// task whose process is gone (or whose pid now belongs to another process)
-// is recovered as exited. Because this process is not the task's parent,
-// the task's exit result has exit code -1 and ErrExitCodeUnknown.
-// Recovering a task the driver already knows is a no-op.
+// the shim directory, pids, start times and cgroups in handle.DriverState.
+// The task's shim records its exit status, so Wait reports how the task
+// ended, even when it ended while no agent ran. If the shim died without
+// recording it, the task is reported with exit code -1 and an error
+// wrapping ErrExitCodeUnknown and shim.ErrNoExitStatus once its process is
+// gone. A process that is gone, or whose pid now belongs to another
+// process, is never signalled. Recovering a task the driver already knows
+// is a no-op.
 func (d *Driver) Recover(ctx context.Context, handle *drivers.TaskHandle) error {
 	if handle == nil || handle.Config == nil {
 		return fmt.Errorf("%w: recover needs a handle with its task config", drivers.ErrInvalidConfig)
@@ -557,7 +589,8 @@ func (d *Driver) Recover(ctx context.Context, handle *drivers.TaskHandle) error 
 	}
 	t := &task{
 		cfg: cfg, env: taskEnv(cfg), cred: cred, userErr: userErr, pid: st.Pid, pgid: st.Pgid, startTime: st.StartTime,
-		group: st.Cgroup, startedAt: handle.StartedAt, recovered: true, logger: log, done: make(chan struct{}),
+		group: st.Cgroup, shimDir: st.ShimDir, shim: shim.State{ShimPid: st.ShimPid, ShimStartTime: st.ShimStartTime},
+		startedAt: handle.StartedAt, recovered: true, logger: log, done: make(chan struct{}),
 	}
 	ps, err := readProcStat(st.Pid)
 	running := err == nil && ps.StartTime == st.StartTime && ps.Pgid == st.Pgid && ps.State != 'Z'
@@ -573,12 +606,32 @@ func (d *Driver) Recover(ctx context.Context, handle *drivers.TaskHandle) error 
 	d.tasks[cfg.ID] = t
 	d.mu.Unlock()
 
-	if !running {
-		log.Info("recovered task is no longer running")
-		t.finish(unknownExit())
+	if st.ShimDir == "" {
+		if !running {
+			log.Info("recovered task is no longer running; its exit status is unknown")
+			t.finish(unknownExit(errNoShim), time.Time{})
+			return nil
+		}
+		log.Info("task recovered without shim: its exit status will be unknown")
+		go t.poll(recoverPollInterval)
 		return nil
 	}
-	log.Info("task recovered")
-	go t.poll(recoverPollInterval)
+	sh, err := shim.Reattach(st.ShimDir)
+	if err == nil && (sh.State().Pid != st.Pid || sh.State().StartTime != st.StartTime) {
+		err = fmt.Errorf("shim directory %s belongs to another start of the task (pid %d, the handle has %d)", st.ShimDir, sh.State().Pid, st.Pid)
+	}
+	if err != nil {
+		log.Warn("cannot reattach to the task's shim; its exit status is lost", "error", err, "running", running)
+		t.finish(unknownExit(err), time.Time{})
+		return nil
+	}
+	go t.waitShim(sh)
+	log.Info("task recovered", "running", running, "shim_pid", st.ShimPid)
 	return nil
+}
+
+// ownSession returns the session of this process.
+func ownSession() int {
+	sid, _ := unix.Getsid(0)
+	return sid
 }

@@ -13,13 +13,20 @@ import (
 	"time"
 
 	"github.com/corral-dev/corral/drivers/exec/cgroup"
+	"github.com/corral-dev/corral/drivers/shim"
 	"github.com/corral-dev/corral/plugins/drivers"
 )
 
-// driverState is what TaskHandle.DriverState holds for the exec driver.
+// driverState is what TaskHandle.DriverState holds for the exec driver:
+// everything Recover needs to find the task, its shim and its cgroups.
 type driverState struct {
-	Pid  int `json:"pid"`
-	Pgid int `json:"pgid"`
+	// ShimDir is the directory of the task's shim (state.json, exit.json,
+	// shim.log); empty in handles of agents that ran tasks without shims.
+	ShimDir       string `json:"shim_dir,omitempty"`
+	ShimPid       int    `json:"shim_pid,omitempty"`
+	ShimStartTime uint64 `json:"shim_start_time,omitempty"`
+	Pid           int    `json:"pid"`
+	Pgid          int    `json:"pgid"`
 	// StartTime is field 22 of /proc/<pid>/stat: with Pid it identifies the
 	// process even after the pid number is reused.
 	StartTime uint64        `json:"start_time"`
@@ -33,9 +40,11 @@ type task struct {
 	cred      *syscall.Credential
 	userErr   error // why cfg.User could not be resolved on recovery
 	pid       int
-	pgid      int
+	pgid      int // 0: not verified on recovery, never signalled
 	startTime uint64
 	group     *cgroup.Group // nil without cgroups
+	shimDir   string        // "" for a task recovered from a handle without shim
+	shim      shim.State
 	startedAt time.Time
 	recovered bool
 	logger    *slog.Logger
@@ -45,10 +54,17 @@ type task struct {
 	mu          sync.Mutex
 	result      *drivers.ExitResult
 	completedAt time.Time
+	// execs holds the process groups of running Exec commands that could
+	// not join the task's group (it lives in its shim's session), so that
+	// Stop and Destroy reach them too.
+	execs map[int]struct{}
 }
 
 func (t *task) state() driverState {
-	return driverState{Pid: t.pid, Pgid: t.pgid, StartTime: t.startTime, Cgroup: t.group}
+	return driverState{
+		ShimDir: t.shimDir, ShimPid: t.shim.ShimPid, ShimStartTime: t.shim.ShimStartTime,
+		Pid: t.pid, Pgid: t.pgid, StartTime: t.startTime, Cgroup: t.group,
+	}
 }
 
 func (t *task) handle() (*drivers.TaskHandle, error) {
@@ -66,14 +82,18 @@ func (t *task) handle() (*drivers.TaskHandle, error) {
 	}, nil
 }
 
-// finish records how the task ended; only the first call counts.
-func (t *task) finish(res *drivers.ExitResult) {
+// finish records how the task ended and when (now if at is zero); only
+// the first call counts.
+func (t *task) finish(res *drivers.ExitResult, at time.Time) {
 	t.once.Do(func() {
 		if t.group != nil && t.group.OOMKilled() {
 			res.OOMKilled = true
 		}
+		if at.IsZero() {
+			at = time.Now()
+		}
 		t.mu.Lock()
-		t.result, t.completedAt = res, time.Now()
+		t.result, t.completedAt = res, at
 		t.mu.Unlock()
 		close(t.done)
 		t.logger.Info("task exited", "exit_code", res.ExitCode, "signal", res.Signal,
@@ -111,27 +131,37 @@ func (t *task) status() *drivers.TaskStatus {
 	return st
 }
 
-// wait reaps the process the driver started and records its exit.
-func (t *task) wait(cmd *osexec.Cmd) {
-	err := cmd.Wait()
-	t.finish(exitResultOf(cmd.ProcessState, err))
+// waitShim records the task's exit once its shim knows it.
+func (t *task) waitShim(h *shim.Handle) {
+	<-h.Done()
+	st, err := h.Result()
+	if err != nil {
+		t.finish(unknownExit(err), time.Time{})
+		return
+	}
+	res := &drivers.ExitResult{ExitCode: st.ExitCode, Signal: st.Signal, OOMKilled: st.OOMKilled}
+	if st.Error != "" {
+		res.Err = fmt.Errorf("waiting for task: %s", st.Error)
+	}
+	t.finish(res, st.ExitedAt)
 }
 
-// poll watches a recovered process, which this agent cannot reap, until it
-// is gone.
+// poll watches a process recovered from a handle without shim, whose exit
+// status nobody can learn, until it is gone.
 func (t *task) poll(interval time.Duration) {
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
 	for range tick.C {
 		if !alive(t.pid, t.startTime) {
-			t.finish(unknownExit())
+			t.finish(unknownExit(errNoShim), time.Time{})
 			return
 		}
 	}
 }
 
-func unknownExit() *drivers.ExitResult {
-	return &drivers.ExitResult{ExitCode: -1, Err: ErrExitCodeUnknown}
+// unknownExit is the result of a task whose exit status is lost, and why.
+func unknownExit(why error) *drivers.ExitResult {
+	return &drivers.ExitResult{ExitCode: -1, Err: fmt.Errorf("%w: %w", ErrExitCodeUnknown, why)}
 }
 
 // exitResultOf turns a reaped process state into an ExitResult; a process
@@ -152,16 +182,47 @@ func exitResultOf(ps *os.ProcessState, err error) *drivers.ExitResult {
 	return res
 }
 
-// signal sends sig to the task's process group. A group that is already
-// empty is not an error.
+// signal sends sig to the task's process group and to those of its
+// running Exec commands. A group that is already empty is not an error.
 func (t *task) signal(sig syscall.Signal) error {
-	if t.pgid <= 0 {
-		return nil // a recovered task whose group could not be verified
+	var errs []error
+	for _, pgid := range t.groups() {
+		if err := syscall.Kill(-pgid, sig); err != nil && !errors.Is(err, syscall.ESRCH) {
+			errs = append(errs, fmt.Errorf("signalling process group %d: %w", pgid, err))
+		}
 	}
-	if err := syscall.Kill(-t.pgid, sig); err != nil && !errors.Is(err, syscall.ESRCH) {
-		return fmt.Errorf("signalling process group %d: %w", t.pgid, err)
+	return errors.Join(errs...)
+}
+
+// groups returns the task's process group (unless it could not be
+// verified on recovery) and those of its running Exec commands.
+func (t *task) groups() []int {
+	var out []int
+	if t.pgid > 0 {
+		out = append(out, t.pgid)
 	}
-	return nil
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for pgid := range t.execs {
+		out = append(out, pgid)
+	}
+	return out
+}
+
+// addExec tracks the process group of a running Exec command; the
+// returned func forgets it.
+func (t *task) addExec(pgid int) func() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.execs == nil {
+		t.execs = map[int]struct{}{}
+	}
+	t.execs[pgid] = struct{}{}
+	return func() {
+		t.mu.Lock()
+		defer t.mu.Unlock()
+		delete(t.execs, pgid)
+	}
 }
 
 // kill sends SIGKILL to the process group and to every process in the
@@ -178,7 +239,7 @@ func (t *task) kill() {
 }
 
 // members returns the live processes of the task: those in its cgroups when
-// it has some, else those in its process group.
+// it has some, else those in its process groups.
 func (t *task) members() []int {
 	if t.group != nil {
 		pids, err := t.group.Pids()
@@ -192,10 +253,11 @@ func (t *task) members() []int {
 			return live
 		}
 	}
-	if t.pgid <= 0 {
-		return nil
+	var pids []int
+	for _, pgid := range t.groups() {
+		pids = append(pids, groupMembers(pgid)...)
 	}
-	return groupMembers(t.pgid)
+	return pids
 }
 
 // gone reports whether the task's leader has exited and no process of it

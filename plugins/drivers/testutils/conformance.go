@@ -22,9 +22,14 @@ const exitTimeout = 10 * time.Second
 // /bin/sh, sleep and kill and print pids of the host's pid namespace, so
 // the suite suits drivers that run tasks on the host (exec) or can see the
 // host's tools. newDriver should skip the test when the driver cannot run
-// on this node.
-func RunConformance(t *testing.T, newDriver func(t *testing.T) drivers.Driver) {
+// on this node. Drivers that isolate tasks further adapt the suite with
+// options (WithHostPids, SkipConformance).
+func RunConformance(t *testing.T, newDriver func(t *testing.T) drivers.Driver, opts ...ConformanceOption) {
 	t.Helper()
+	o := &conformanceOptions{}
+	for _, opt := range opts {
+		opt(o)
+	}
 	tests := []struct {
 		name string
 		fn   func(*testing.T, drivers.Driver)
@@ -36,8 +41,8 @@ func RunConformance(t *testing.T, newDriver func(t *testing.T) drivers.Driver) {
 		{"Env", testEnv},
 		{"InspectRunning", testInspectRunning},
 		{"StopSignal", testStopSignal},
-		{"StopEscalatesToKill", testStopEscalates},
-		{"DestroyKillsChildren", testDestroyKillsChildren},
+		{"StopEscalatesToKill", func(t *testing.T, d drivers.Driver) { testStopEscalates(t, d, o) }},
+		{"DestroyKillsChildren", func(t *testing.T, d drivers.Driver) { testDestroyKillsChildren(t, d, o) }},
 		{"DestroyRunningNeedsForce", testDestroyNeedsForce},
 		{"Exec", testExec},
 		{"ExecStreams", testExecStreams},
@@ -50,10 +55,51 @@ func RunConformance(t *testing.T, newDriver func(t *testing.T) drivers.Driver) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
+			if why, ok := o.skip[tc.name]; ok {
+				t.Skip(why)
+			}
 			t.Parallel()
 			tc.fn(t, newDriver(t))
 		})
 	}
+}
+
+// ConformanceOption adapts RunConformance to a driver.
+type ConformanceOption func(*conformanceOptions)
+
+type conformanceOptions struct {
+	skip     map[string]string
+	hostPids func(t testing.TB, d drivers.Driver, taskID string, pids []int) []int
+}
+
+// WithHostPids is for drivers that give each task its own pid namespace:
+// hostPids turns pids that a running task printed (`echo $$ $!`), which are
+// its namespace's, into the host's, so that the suite can check that those
+// processes are gone.
+func WithHostPids(hostPids func(t testing.TB, d drivers.Driver, taskID string, pids []int) []int) ConformanceOption {
+	return func(o *conformanceOptions) { o.hostPids = hostPids }
+}
+
+// SkipConformance skips the subtest name (as RunConformance lists it) and
+// logs why: for behaviour that the driver's isolation rules out.
+func SkipConformance(name, why string) ConformanceOption {
+	return func(o *conformanceOptions) {
+		if o.skip == nil {
+			o.skip = map[string]string{}
+		}
+		o.skip[name] = why
+	}
+}
+
+// taskPids waits until the task's stdout log starts with a line of n pids
+// and returns them as the host's pids.
+func (o *conformanceOptions) taskPids(t *testing.T, d drivers.Driver, cfg *drivers.TaskConfig, n int) []int {
+	t.Helper()
+	pids := WaitForPids(t, cfg.StdoutPath, n, exitTimeout)
+	if o.hostPids != nil {
+		pids = o.hostPids(t, d, cfg.ID, pids)
+	}
+	return pids
 }
 
 func testIdentity(t *testing.T, d drivers.Driver) {
@@ -198,11 +244,11 @@ func testStopSignal(t *testing.T, d drivers.Driver) {
 	}
 }
 
-func testStopEscalates(t *testing.T, d drivers.Driver) {
+func testStopEscalates(t *testing.T, d drivers.Driver, o *conformanceOptions) {
 	// Both the shell and its child ignore SIGTERM.
 	cfg := TaskConfig(t, "/bin/sh", "-c", `trap "" TERM; sleep 1000 & echo $$ $!; wait`)
 	StartTask(t, d, cfg)
-	pids := WaitForPids(t, cfg.StdoutPath, 2, exitTimeout)
+	pids := o.taskPids(t, d, cfg, 2)
 	start := time.Now()
 	if err := d.Stop(context.Background(), cfg.ID, 300*time.Millisecond, "SIGTERM"); err != nil {
 		t.Fatalf("Stop: %v", err)
@@ -217,10 +263,10 @@ func testStopEscalates(t *testing.T, d drivers.Driver) {
 	waitGone(t, pids...)
 }
 
-func testDestroyKillsChildren(t *testing.T, d drivers.Driver) {
+func testDestroyKillsChildren(t *testing.T, d drivers.Driver, o *conformanceOptions) {
 	cfg := TaskConfig(t, "/bin/sh", "-c", "sleep 1000 & echo $$ $!; sleep 1000")
 	StartTask(t, d, cfg)
-	pids := WaitForPids(t, cfg.StdoutPath, 2, exitTimeout)
+	pids := o.taskPids(t, d, cfg, 2)
 	ch, err := d.Wait(context.Background(), cfg.ID)
 	if err != nil {
 		t.Fatalf("Wait: %v", err)
