@@ -69,6 +69,7 @@ func TestAgentKill9Recovery(t *testing.T) {
 	addr := "http://" + ports.http
 	startServerProc(t, t.TempDir(), ports)
 	agentDir := t.TempDir()
+	reapKernels(t, agentDir)
 	agentArgs := []string{"agent", "-data-dir", agentDir, "-rpc", freePort(t), "-serf", freePort(t), "-join", ports.serf, "-fast-gossip"}
 	agent := start(t, "agent", agentArgs...)
 	agentAlive(t, addr)

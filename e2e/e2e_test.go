@@ -220,7 +220,9 @@ func TestTourAndServerKill9(t *testing.T) {
 	addr := "http://" + ports.http
 	serverDir := t.TempDir()
 	srv := startServerProc(t, serverDir, ports)
-	start(t, "agent", "agent", "-data-dir", t.TempDir(), "-rpc", freePort(t), "-serf", freePort(t), "-join", ports.serf, "-fast-gossip")
+	agentDir := t.TempDir()
+	reapKernels(t, agentDir)
+	start(t, "agent", "agent", "-data-dir", agentDir, "-rpc", freePort(t), "-serf", freePort(t), "-join", ports.serf, "-fast-gossip")
 	eventually(t, 20*time.Second, "agent is ALIVE", func() error {
 		r := cli(t, addr, "node", "list", "-json")
 		var agents []*structs.Agent
@@ -308,5 +310,27 @@ func TestTourAndServerKill9(t *testing.T) {
 			return fmt.Errorf("nb is %s", d.Session.Status)
 		}
 		return nil
+	})
+}
+
+// reapKernels kills, at the end of a test, whatever kernel processes a
+// standalone agent left running in dir (agents leave kernels running when
+// they stop, so that a restart reattaches): a failed test leaks nothing.
+func reapKernels(t *testing.T, dir string) {
+	t.Cleanup(func() {
+		states, _ := filepath.Glob(filepath.Join(dir, "kernels", "*", "shim", "state.json"))
+		for _, p := range states {
+			b, err := os.ReadFile(p)
+			if err != nil {
+				continue
+			}
+			var st struct {
+				Pid int `json:"pid"`
+			}
+			if json.Unmarshal(b, &st) == nil && st.Pid > 1 {
+				_ = syscall.Kill(-st.Pid, syscall.SIGKILL)
+				_ = syscall.Kill(st.Pid, syscall.SIGKILL)
+			}
+		}
 	})
 }
