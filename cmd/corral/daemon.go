@@ -18,6 +18,7 @@ import (
 
 	"github.com/corral-dev/corral/agent"
 	execdriver "github.com/corral-dev/corral/drivers/exec"
+	"github.com/corral-dev/corral/drivers/runc"
 	"github.com/corral-dev/corral/plugins/drivers"
 	"github.com/corral-dev/corral/plugins/loader"
 	"github.com/corral-dev/corral/rpc"
@@ -129,8 +130,17 @@ func newLogger(level string) (*slog.Logger, error) {
 	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l})), nil
 }
 
-func builtinDrivers(logger *slog.Logger) []drivers.Driver {
-	return []drivers.Driver{execdriver.New(logger)}
+// builtinDrivers are the in-process drivers; runc keeps its container state
+// under the agent's data dir so that a restarted agent finds it again.
+func builtinDrivers(logger *slog.Logger, agentDataDir string) []drivers.Driver {
+	abs, err := filepath.Abs(agentDataDir)
+	if err != nil {
+		abs = agentDataDir
+	}
+	return []drivers.Driver{
+		execdriver.New(logger),
+		runc.New(logger, runc.WithStateDir(filepath.Join(abs, "runc"))),
+	}
 }
 
 func runDaemon(role string, args []string) int {
@@ -175,7 +185,7 @@ func runDaemon(role string, args []string) int {
 	}
 	var killPlugins func()
 	if role != "server" {
-		drvs := builtinDrivers(logger)
+		drvs := builtinDrivers(logger, dataSubdir(role, f.dataDir, "agent"))
 		if f.pluginDir != "" {
 			var plugins []drivers.Driver
 			var errs []error

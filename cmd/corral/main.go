@@ -23,6 +23,7 @@ import (
 var version = "dev"
 
 func main() {
+	runcInitIfRequested()
 	runShimIfRequested()
 	os.Exit(run(os.Args[1:]))
 }

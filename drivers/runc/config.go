@@ -1,0 +1,185 @@
+package runc
+
+import (
+	"fmt"
+	"maps"
+	"path"
+	"slices"
+	"strings"
+
+	"github.com/opencontainers/runc/libcontainer/configs"
+	"github.com/opencontainers/runc/libcontainer/specconv"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+
+	"github.com/corral-dev/corral/plugins/drivers"
+	"github.com/corral-dev/corral/structs"
+)
+
+const (
+	// defaultPath is the PATH of a container whose image sets none.
+	defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+	// cfsPeriod is the CFS period (µs) against which the CPU quota is set.
+	cfsPeriod = 100000
+	// minCFSQuota is the smallest quota (µs) the kernel accepts.
+	minCFSQuota = 1000
+)
+
+// processSpec is a command to run in a container, resolved against its
+// image: what libcontainer needs for the init and for every exec.
+type processSpec struct {
+	Args    []string         `json:"args"`
+	Env     []string         `json:"env"`
+	Cwd     string           `json:"cwd"`
+	User    execUser         `json:"user"`
+	Rlimits []configs.Rlimit `json:"rlimits,omitempty"`
+}
+
+// commandLine applies Docker's rules: the image's Entrypoint, followed by
+// TaskConfig.Command when it is set and by the image's Cmd otherwise.
+func commandLine(cfg *drivers.TaskConfig) []string {
+	var entrypoint, cmd []string
+	if ic := cfg.ImageConfig; ic != nil {
+		entrypoint, cmd = ic.Entrypoint, ic.Cmd
+	}
+	if len(cfg.Command) > 0 {
+		cmd = cfg.Command
+	}
+	return append(slices.Clone(entrypoint), cmd...)
+}
+
+// workingDir is TaskConfig.WorkDir, else the image's WorkingDir, else "/",
+// as an absolute path inside the container.
+func workingDir(cfg *drivers.TaskConfig) string {
+	wd := cfg.WorkDir
+	if wd == "" && cfg.ImageConfig != nil {
+		wd = cfg.ImageConfig.WorkingDir
+	}
+	return path.Join("/", wd)
+}
+
+// userSpec is TaskConfig.User, else the image's User.
+func userSpec(cfg *drivers.TaskConfig) string {
+	if cfg.User != "" || cfg.ImageConfig == nil {
+		return cfg.User
+	}
+	return cfg.ImageConfig.User
+}
+
+// envList merges environments: base entries ("K=V") in their order, then
+// each map in turn, whose values override earlier ones of the same name and
+// whose new names are appended in name order. Entries without "=" are
+// dropped.
+func envList(base []string, overrides ...map[string]string) []string {
+	var keys []string
+	vals := map[string]string{}
+	set := func(k, v string) {
+		if _, ok := vals[k]; !ok {
+			keys = append(keys, k)
+		}
+		vals[k] = v
+	}
+	for _, kv := range base {
+		if k, v, ok := strings.Cut(kv, "="); ok && k != "" {
+			set(k, v)
+		}
+	}
+	for _, m := range overrides {
+		for _, k := range slices.Sorted(maps.Keys(m)) {
+			set(k, m[k])
+		}
+	}
+	env := make([]string, len(keys))
+	for i, k := range keys {
+		env[i] = k + "=" + vals[k]
+	}
+	return env
+}
+
+// envValue returns the value of key in env ("K=V" entries).
+func envValue(env []string, key string) (string, bool) {
+	for _, kv := range slices.Backward(env) {
+		if k, v, ok := strings.Cut(kv, "="); ok && k == key {
+			return v, true
+		}
+	}
+	return "", false
+}
+
+// processEnv is the environment of a kernel: the image's, plus PATH, HOME
+// and HOSTNAME where the image sets none, plus the task's, which wins.
+func processEnv(cfg *drivers.TaskConfig, u *execUser) []string {
+	var image []string
+	if cfg.ImageConfig != nil {
+		image = cfg.ImageConfig.Env
+	}
+	defaults := map[string]string{}
+	if _, ok := envValue(image, "PATH"); !ok {
+		defaults["PATH"] = defaultPath
+	}
+	if _, ok := envValue(image, "HOME"); !ok {
+		defaults["HOME"] = u.Home
+	}
+	if _, ok := envValue(image, "HOSTNAME"); !ok && cfg.Hostname != "" {
+		defaults["HOSTNAME"] = cfg.Hostname
+	}
+	return envList(image, defaults, cfg.Env)
+}
+
+// etcMounts are the files the driver writes for a container and binds over
+// the image's.
+type etcMounts struct {
+	Hosts, Hostname, ResolvConf string
+}
+
+// containerConfig turns a task into a libcontainer configuration: runc's
+// default spec (capabilities, no new privileges, masked and read-only
+// paths, proc/dev/devpts/shm/mqueue/sysfs/cgroup mounts, pid, mount, uts,
+// ipc and net namespaces) with the kernel's rootfs, hostname, /etc files,
+// network namespace and cgroup limits.
+func (d *Driver) containerConfig(cfg *drivers.TaskConfig, rootfs string, etc etcMounts) (*configs.Config, []configs.Rlimit, error) {
+	spec := specconv.Example()
+	spec.Root = &specs.Root{Path: rootfs}
+	spec.Process.Terminal = false
+	spec.Hostname = cfg.Hostname
+	if d.capabilities != nil {
+		caps := slices.Clone(d.capabilities)
+		spec.Process.Capabilities = &specs.LinuxCapabilities{Bounding: caps, Effective: caps, Permitted: caps}
+	}
+	for _, m := range [][2]string{{"/etc/hosts", etc.Hosts}, {"/etc/hostname", etc.Hostname}, {"/etc/resolv.conf", etc.ResolvConf}} {
+		spec.Mounts = append(spec.Mounts, specs.Mount{
+			Destination: m[0], Type: "bind", Source: m[1],
+			Options: []string{"rbind", "rprivate", "nosuid", "nodev", "noexec"},
+		})
+	}
+	if cfg.NetNSPath != "" {
+		for i, ns := range spec.Linux.Namespaces {
+			if ns.Type == specs.NetworkNamespace {
+				spec.Linux.Namespaces[i].Path = cfg.NetNSPath
+			}
+		}
+	}
+	spec.Linux.CgroupsPath = d.cgroupPath(cfg.ID)
+	spec.Linux.Resources.Pids = &specs.LinuxPids{Limit: &d.pidsLimit}
+	if cpu := cfg.Resources[structs.SlotCPU].Float(); cpu > 0 {
+		quota := max(int64(cpu*cfsPeriod), minCFSQuota)
+		period := uint64(cfsPeriod)
+		spec.Linux.Resources.CPU = &specs.LinuxCPU{Quota: &quota, Period: &period}
+	}
+	if mem := int64(cfg.Resources[structs.SlotMem].Float()); mem > 0 {
+		spec.Linux.Resources.Memory = &specs.LinuxMemory{Limit: &mem}
+	}
+	lc, err := specconv.CreateLibcontainerConfig(&specconv.CreateOpts{CgroupName: cfg.ID, Spec: spec})
+	if err != nil {
+		return nil, nil, fmt.Errorf("building container config: %w", err)
+	}
+	// Process rlimits are the process's business in libcontainer: the
+	// spec's RLIMIT_NOFILE goes to the init and every exec alike.
+	var rlimits []configs.Rlimit
+	for _, rl := range spec.Process.Rlimits {
+		if rl.Type == "RLIMIT_NOFILE" {
+			rlimits = append(rlimits, configs.Rlimit{Type: unix.RLIMIT_NOFILE, Hard: rl.Hard, Soft: rl.Soft})
+		}
+	}
+	return lc, rlimits, nil
+}

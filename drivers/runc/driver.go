@@ -1,0 +1,664 @@
+// Package runc is the kernel driver that runs kernels as containers with
+// libcontainer (runc's Go library, no runc binary): each kernel gets a
+// writable root layered over its shared, read-only image directory, its own
+// pid, mount, uts, ipc and network namespaces, runc's default security
+// settings and per-kernel cgroups (v1 or v2) limiting CPU, memory and pids.
+//
+// The binary re-executes itself as each container's init: it must call
+// InitIfRequested first thing in main.
+package runc
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"os"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"runtime/debug"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/opencontainers/cgroups"
+	"github.com/opencontainers/runc/libcontainer"
+	"golang.org/x/sys/unix"
+
+	"github.com/corral-dev/corral/plugins/drivers"
+)
+
+// driverName is the name sessions use to pick this driver.
+const driverName = "runc"
+
+const (
+	// DefaultStateDir is where libcontainer keeps the containers' state
+	// unless WithStateDir says otherwise.
+	DefaultStateDir = "/run/corral/runc"
+	// DefaultCgroupParent is the cgroup below which each container gets
+	// runc-<task ID>.
+	DefaultCgroupParent = "corral"
+	// DefaultPidsLimit is the most processes a container may have.
+	DefaultPidsLimit = 4096
+)
+
+// ErrExitCodeUnknown is the ExitResult.Err of a task recovered after an
+// agent restart whose init then exited: the new agent is not the init's
+// parent, so it sees the container stop but cannot learn the exit code.
+var ErrExitCodeUnknown = errors.New("exit code unknown: the container was recovered after an agent restart and its exit status went to another process")
+
+const (
+	// pollInterval is how often Stop and Destroy check for leftover processes.
+	pollInterval = 10 * time.Millisecond
+	// destroyTimeout bounds Destroy when ctx has no earlier deadline.
+	destroyTimeout = 30 * time.Second
+	// execWaitDelay is how long Exec waits for output after the command
+	// exited while a background child still holds its stdout or stderr.
+	execWaitDelay = time.Second
+)
+
+// recoverPollInterval is how often a recovered task is checked for exit.
+var recoverPollInterval = 250 * time.Millisecond
+
+// validID is what libcontainer accepts as a container ID.
+var validID = regexp.MustCompile(`^[\w+.-]+$`)
+
+// Option configures a Driver.
+type Option func(*Driver)
+
+// WithStateDir sets the directory where libcontainer keeps the containers'
+// state (DefaultStateDir by default). Recover needs the same directory.
+func WithStateDir(dir string) Option { return func(d *Driver) { d.stateDir = dir } }
+
+// WithCgroupParent sets the cgroup (a relative path such as "corral")
+// below which each container gets its own.
+func WithCgroupParent(parent string) Option {
+	return func(d *Driver) { d.cgroupParent = strings.Trim(parent, "/") }
+}
+
+// WithPidsLimit sets the most processes a container may have.
+func WithPidsLimit(n int64) Option { return func(d *Driver) { d.pidsLimit = n } }
+
+// WithRootFSMode sets how each kernel gets its writable root (RootFSAuto
+// by default).
+func WithRootFSMode(m RootFSMode) Option { return func(d *Driver) { d.rootfsMode = m } }
+
+// WithCapabilities replaces runc's default capability set (CAP_AUDIT_WRITE,
+// CAP_KILL, CAP_NET_BIND_SERVICE) with caps, given as "CAP_..." names.
+func WithCapabilities(caps ...string) Option {
+	return func(d *Driver) { d.capabilities = slices.Clone(caps) }
+}
+
+// Driver runs tasks as libcontainer containers. It is safe for concurrent
+// use.
+type Driver struct {
+	logger       *slog.Logger
+	stateDir     string
+	cgroupParent string
+	pidsLimit    int64
+	rootfsMode   RootFSMode
+	capabilities []string
+
+	mu sync.Mutex
+	// tasks holds every started task; a nil value reserves an ID while the
+	// task is being started.
+	tasks map[string]*task
+}
+
+var _ drivers.Driver = (*Driver)(nil)
+
+// New returns a runc driver that logs to logger (nil discards).
+func New(logger *slog.Logger, opts ...Option) *Driver {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	d := &Driver{
+		logger:       logger.With("driver", driverName),
+		stateDir:     DefaultStateDir,
+		cgroupParent: DefaultCgroupParent,
+		pidsLimit:    DefaultPidsLimit,
+		tasks:        map[string]*task{},
+	}
+	for _, o := range opts {
+		o(d)
+	}
+	return d
+}
+
+// Name returns "runc".
+func (d *Driver) Name() string { return driverName }
+
+// Fingerprint reports the driver healthy when this process can run
+// containers: Linux, root, built with cgo, InitIfRequested called at start,
+// the pid, mount, uts, ipc and net namespaces and the cpu, memory and pids
+// cgroup controllers available. Otherwise it is undetected, and the
+// description says why.
+func (d *Driver) Fingerprint(ctx context.Context) (*drivers.Fingerprint, error) {
+	undetected := func(why string) (*drivers.Fingerprint, error) {
+		return &drivers.Fingerprint{Health: drivers.HealthUndetected, Description: why}, nil
+	}
+	switch {
+	case runtime.GOOS != "linux":
+		return undetected("the runc driver needs Linux")
+	case !cgoEnabled:
+		return undetected("the binary was built without cgo, which libcontainer's namespace setup needs")
+	case os.Geteuid() != 0:
+		return undetected("the runc driver needs root to create namespaces and cgroups")
+	case !initHooked.Load():
+		return undetected("the binary cannot act as a container's init: call runc.InitIfRequested first thing in main")
+	}
+	for _, ns := range []string{"pid", "mnt", "uts", "ipc", "net"} {
+		if _, err := os.Stat("/proc/self/ns/" + ns); err != nil {
+			return undetected(fmt.Sprintf("the kernel lacks %s namespaces: %v", ns, err))
+		}
+	}
+	if missing := missingControllers(); len(missing) > 0 {
+		return undetected("cgroup controllers missing: " + strings.Join(missing, ", "))
+	}
+	attrs := map[string]string{
+		"driver.runc.cgroup_version": cgroupVersion(),
+		"driver.runc.overlayfs":      fmt.Sprint(overlayAvailable()),
+		"driver.runc.rootfs_mode":    d.rootfsMode.String(),
+	}
+	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		attrs["driver.runc.kernel_version"] = strings.TrimSpace(string(b))
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, m := range bi.Deps {
+			if m.Path == "github.com/opencontainers/runc" {
+				attrs["driver.runc.libcontainer_version"] = m.Version
+			}
+		}
+	}
+	return &drivers.Fingerprint{
+		Health:      drivers.HealthHealthy,
+		Description: "containers with libcontainer, cgroup " + cgroupVersion(),
+		Attributes:  attrs,
+	}, nil
+}
+
+// overlayAvailable reports whether the kernel knows overlayfs.
+func overlayAvailable() bool {
+	b, err := os.ReadFile("/proc/filesystems")
+	return err == nil && strings.Contains(string(b), "\toverlay\n")
+}
+
+// Capabilities reports exec, resource limits and recover; kernels never
+// share the host's network.
+func (d *Driver) Capabilities() drivers.Capabilities {
+	return drivers.Capabilities{Exec: true, ResourceLimits: true, Recover: true}
+}
+
+// get returns the task with id or ErrTaskNotFound.
+func (d *Driver) get(id string) (*task, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	t := d.tasks[id]
+	if t == nil {
+		return nil, fmt.Errorf("%w: %q", drivers.ErrTaskNotFound, id)
+	}
+	return t, nil
+}
+
+func validateConfig(cfg *drivers.TaskConfig) error {
+	switch {
+	case cfg == nil:
+		return fmt.Errorf("%w: no task config", drivers.ErrInvalidConfig)
+	case !validID.MatchString(cfg.ID) || cfg.ID == "." || cfg.ID == "..":
+		return fmt.Errorf("%w: task ID %q must be a non-empty name of letters, digits and _+.-", drivers.ErrInvalidConfig, cfg.ID)
+	case len(commandLine(cfg)) == 0:
+		return fmt.Errorf("%w: task %s has no command and its image has neither entrypoint nor cmd", drivers.ErrInvalidConfig, cfg.ID)
+	case commandLine(cfg)[0] == "":
+		return fmt.Errorf("%w: task %s has an empty program name", drivers.ErrInvalidConfig, cfg.ID)
+	case cfg.TaskDir != "" && !filepath.IsAbs(cfg.TaskDir):
+		return fmt.Errorf("%w: task %s: task dir %q must be absolute", drivers.ErrInvalidConfig, cfg.ID, cfg.TaskDir)
+	case cfg.NetNSPath != "" && !filepath.IsAbs(cfg.NetNSPath):
+		return fmt.Errorf("%w: task %s: network namespace path %q must be absolute", drivers.ErrInvalidConfig, cfg.ID, cfg.NetNSPath)
+	}
+	return nil
+}
+
+func cloneConfig(cfg *drivers.TaskConfig) *drivers.TaskConfig {
+	c := *cfg
+	c.Command = slices.Clone(cfg.Command)
+	c.Env = maps.Clone(cfg.Env)
+	c.Resources = cfg.Resources.Copy()
+	if cfg.ImageConfig != nil {
+		ic := *cfg.ImageConfig
+		ic.Entrypoint, ic.Cmd, ic.Env = slices.Clone(ic.Entrypoint), slices.Clone(ic.Cmd), slices.Clone(ic.Env)
+		c.ImageConfig = &ic
+	}
+	return &c
+}
+
+// containerDir is the driver's directory for a task's rootfs and files.
+func (d *Driver) containerDir(cfg *drivers.TaskConfig) string {
+	if cfg.TaskDir != "" {
+		return filepath.Join(cfg.TaskDir, "container")
+	}
+	return filepath.Join(d.stateDir, "tasks", cfg.ID)
+}
+
+// Start runs a container for cfg and returns once its init process runs the
+// kernel's command:
+//   - root: a writable layer (overlayfs, else a copy) over cfg.RootFS;
+//   - command: the image's Entrypoint followed by cfg.Command, or by the
+//     image's Cmd when cfg.Command is empty (Docker's rules);
+//   - environment: the image's, plus PATH, HOME and HOSTNAME when it sets
+//     none, plus cfg.Env, which wins;
+//   - working dir: cfg.WorkDir, else the image's, else "/" (created when
+//     missing);
+//   - user: cfg.User, else the image's, as uid[:gid] or names from the
+//     rootfs's /etc/passwd and /etc/group; root when neither says;
+//   - hostname cfg.Hostname, with /etc/hosts, /etc/hostname and
+//     /etc/resolv.conf bound from the task dir;
+//   - a network namespace of its own with loopback, or cfg.NetNSPath;
+//   - cgroups /<parent>/runc-<ID> with the cpu and mem slots and the pids
+//     limit;
+//   - stdout and stderr appended to cfg.StdoutPath and cfg.StderrPath.
+//
+// The command runs as the pid namespace's init (pid 1).
+func (d *Driver) Start(ctx context.Context, cfg *drivers.TaskConfig) (_ *drivers.TaskHandle, err error) {
+	if err := validateConfig(cfg); err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	cfg = cloneConfig(cfg)
+	log := d.logger.With("kernel_id", cfg.ID, "session_id", cfg.SessionID)
+	image, err := imageDir(cfg)
+	if err != nil {
+		return nil, err
+	}
+
+	d.mu.Lock()
+	if _, ok := d.tasks[cfg.ID]; ok {
+		d.mu.Unlock()
+		return nil, fmt.Errorf("%w: %q", drivers.ErrTaskExists, cfg.ID)
+	}
+	d.tasks[cfg.ID] = nil // reserve the ID
+	d.mu.Unlock()
+	defer func() {
+		if err != nil {
+			d.mu.Lock()
+			delete(d.tasks, cfg.ID)
+			d.mu.Unlock()
+		}
+	}()
+
+	start := time.Now()
+	rfs, err := prepareRootFS(d.containerDir(cfg), image, d.rootfsMode, log)
+	if err != nil {
+		return nil, fmt.Errorf("task %s: %w", cfg.ID, err)
+	}
+	defer func() {
+		if err != nil {
+			if rerr := rfs.release(); rerr != nil {
+				log.Error("cleaning up the rootfs of a task that failed to start", "error", rerr)
+			}
+		}
+	}()
+	proc, err := d.processFor(cfg, rfs.RootFS)
+	if err != nil {
+		return nil, fmt.Errorf("task %s: %w", cfg.ID, err)
+	}
+	etc, err := writeEtcFiles(rfs.Dir, cfg.Hostname)
+	if err != nil {
+		return nil, fmt.Errorf("task %s: writing /etc files: %w", cfg.ID, err)
+	}
+	lc, rlimits, err := d.containerConfig(cfg, rfs.RootFS, etc)
+	if err != nil {
+		return nil, fmt.Errorf("task %s: %w", cfg.ID, err)
+	}
+	proc.Rlimits = rlimits
+	spec := &containerSpec{
+		Root: d.stateDir, ID: cfg.ID, Config: lc, Process: *proc,
+		StdoutPath: cfg.StdoutPath, StderrPath: cfg.StderrPath,
+	}
+
+	cgroupParents.creating.RLock()
+	parents, err := makeCgroupParents(lc.Cgroups)
+	var rc *runningContainer
+	if err == nil {
+		rc, err = launch(spec)
+	}
+	cgroupParents.creating.RUnlock()
+	if err != nil {
+		d.removeCgroupParents(parents, log)
+		return nil, fmt.Errorf("task %s: %w", cfg.ID, err)
+	}
+
+	t := &task{
+		cfg:       cfg,
+		container: rc.container,
+		startedAt: time.Now(),
+		logger:    log.With("pid", rc.pid),
+		done:      make(chan struct{}),
+		state: driverState{
+			Root: d.stateDir, ContainerID: cfg.ID, InitPid: rc.pid,
+			RootFS: *rfs, CgroupParents: parents, Process: *proc,
+			CgroupsVersion: cgroupVersion(),
+		},
+	}
+	if st, serr := rc.container.State(); serr == nil {
+		t.state.InitStartTime = st.InitProcessStartTime
+		// A copy: libcontainer shares its map and empties it on Destroy.
+		t.state.CgroupPaths = maps.Clone(st.CgroupPaths)
+	}
+	go func() { t.finish(rc.wait()) }()
+	h, err := t.handle()
+	if err != nil {
+		t.kill()
+		<-t.done
+		_ = rc.container.Destroy()
+		d.removeCgroupParents(parents, log)
+		return nil, err
+	}
+	d.mu.Lock()
+	d.tasks[cfg.ID] = t
+	d.mu.Unlock()
+	t.logger.Info("task started", "command", proc.Args, "overlay", rfs.Overlay, "took", time.Since(start))
+	return h, nil
+}
+
+// processFor resolves cfg's command, environment, working dir and user
+// against the rootfs.
+func (d *Driver) processFor(cfg *drivers.TaskConfig, rootfs string) (*processSpec, error) {
+	u, err := resolveUser(rootfs, userSpec(cfg))
+	if err != nil {
+		return nil, err
+	}
+	p := &processSpec{Args: commandLine(cfg), Cwd: workingDir(cfg), User: *u}
+	p.Env = processEnv(cfg, u)
+	path, _ := envValue(p.Env, "PATH")
+	if _, err := lookPathIn(rootfs, p.Args[0], path, p.Cwd); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// removeCgroupParents removes the parents of a container's cgroups that a
+// runc driver created, where no other cgroup uses them any more.
+func (d *Driver) removeCgroupParents(dirs []string, log *slog.Logger) {
+	if err := removeCgroupParents(dirs); err != nil {
+		log.Warn("cgroup parents left behind", "error", err)
+	}
+}
+
+// Wait returns a channel that receives the task's exit result once the task
+// has exited, at once if it already has. Every call gets its own channel;
+// if ctx ends first, nothing is sent.
+func (d *Driver) Wait(ctx context.Context, taskID string) (<-chan *drivers.ExitResult, error) {
+	t, err := d.get(taskID)
+	if err != nil {
+		return nil, err
+	}
+	ch := make(chan *drivers.ExitResult, 1)
+	go func() {
+		select {
+		case <-t.done:
+			ch <- t.exitResult()
+			close(ch)
+		case <-ctx.Done():
+		}
+	}()
+	return ch, nil
+}
+
+// Stop sends signal (default SIGTERM) to the container's init and SIGKILL
+// to all its processes if it has not exited after timeout. It returns once
+// the init has exited and no process of the container is left.
+//
+// The init is the pid namespace's pid 1, which the kernel protects from
+// signals it has no handler for. Stop delivers such a signal as SIGKILL
+// (the task's result then reports the signal asked for), so that a command
+// that would die of SIGTERM elsewhere dies of it in a container too.
+func (d *Driver) Stop(ctx context.Context, taskID string, timeout time.Duration, signal string) error {
+	sig, err := parseSignal(signal)
+	if err != nil {
+		return err
+	}
+	t, err := d.get(taskID)
+	if err != nil {
+		return err
+	}
+	if t.gone() {
+		return nil
+	}
+	t.logger.Info("stopping task", "signal", sig.String(), "timeout", timeout)
+	if err := t.signal(sig); err != nil {
+		return err
+	}
+	grace, cancel := context.WithTimeout(ctx, timeout)
+	err = t.waitGone(grace)
+	cancel()
+	if err == nil {
+		return nil
+	}
+	if ctx.Err() != nil {
+		return fmt.Errorf("stopping task %s: %w", taskID, ctx.Err())
+	}
+	t.logger.Info("task did not stop in time; killing it", "processes", t.members())
+	t.kill()
+	if err := t.waitGone(ctx); err != nil {
+		return fmt.Errorf("stopping task %s: %w", taskID, err)
+	}
+	return nil
+}
+
+// Destroy kills every process left of the task (a running task only when
+// force is set), waits until they are gone, then removes the container's
+// state and cgroups (and the cgroup parents its Start created, once
+// unused), unmounts its rootfs, removes its directory and forgets the task.
+func (d *Driver) Destroy(ctx context.Context, taskID string, force bool) error {
+	t, err := d.get(taskID)
+	if err != nil {
+		return err
+	}
+	if !t.exited() && !force {
+		return fmt.Errorf("task %s is still running: stop it first or destroy it with force", taskID)
+	}
+	ctx, cancel := context.WithTimeout(ctx, destroyTimeout)
+	defer cancel()
+	for !t.gone() {
+		t.kill()
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("destroying task %s: processes %v still alive: %w", taskID, t.members(), ctx.Err())
+		case <-time.After(pollInterval):
+		}
+	}
+	var errs []error
+	if t.container != nil {
+		if err := t.container.Destroy(); err != nil {
+			errs = append(errs, fmt.Errorf("destroying container: %w", err))
+		}
+	}
+	// libcontainer removes the leaves it knows; a recovered task whose
+	// state was lost has only the paths in its handle. RemovePaths empties
+	// the map it gets.
+	if err := cgroups.RemovePaths(maps.Clone(t.state.CgroupPaths)); err != nil {
+		errs = append(errs, fmt.Errorf("removing cgroups: %w", err))
+	}
+	if t.container == nil && t.state.Root != "" && t.state.ContainerID != "" {
+		_ = os.RemoveAll(filepath.Join(t.state.Root, t.state.ContainerID))
+	}
+	levels := strings.Count(d.cgroupParent, "/") + 1
+	d.removeCgroupParents(append(cgroupParentsOf(t.state.CgroupPaths, levels), t.state.CgroupParents...), t.logger)
+	if err := t.state.RootFS.release(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("destroying task %s: %w", taskID, err)
+	}
+	d.mu.Lock()
+	if d.tasks[taskID] == t {
+		delete(d.tasks, taskID)
+	}
+	d.mu.Unlock()
+	t.logger.Info("task destroyed")
+	return nil
+}
+
+// Inspect reports whether the task runs and, once it exited, how.
+func (d *Driver) Inspect(ctx context.Context, taskID string) (*drivers.TaskStatus, error) {
+	t, err := d.get(taskID)
+	if err != nil {
+		return nil, err
+	}
+	return t.status(), nil
+}
+
+// Stats samples the container's CPU time, resident memory and process
+// count from its cgroups.
+func (d *Driver) Stats(ctx context.Context, taskID string) (*drivers.TaskStats, error) {
+	t, err := d.get(taskID)
+	if err != nil {
+		return nil, err
+	}
+	if t.exited() || t.container == nil {
+		return nil, fmt.Errorf("%w: %q", drivers.ErrTaskNotRunning, taskID)
+	}
+	s, err := t.container.Stats()
+	if err != nil {
+		return nil, fmt.Errorf("task %s stats: %w", taskID, err)
+	}
+	st := &drivers.TaskStats{Time: time.Now()}
+	if cs := s.CgroupStats; cs != nil {
+		st.CPUUsageNanos = cs.CpuStats.CpuUsage.TotalUsage
+		st.Pids = cs.PidsStats.Current
+		mem := cs.MemoryStats.Stats
+		for _, k := range []string{"total_rss", "rss", "anon"} { // v1, v1 without hierarchy, v2
+			if v := mem[k]; v > 0 {
+				st.MemoryRSSBytes = v
+				break
+			}
+		}
+	}
+	return st, nil
+}
+
+// Exec runs opts.Command inside the container (its namespaces, cgroups,
+// user, capabilities and working dir) with the kernel's environment plus
+// opts.Env, streams the output to opts.Stdout and opts.Stderr as it is
+// produced and returns the exit code (128+N when killed by signal N).
+// Ending ctx kills the command.
+func (d *Driver) Exec(ctx context.Context, taskID string, opts *drivers.ExecOptions) (int, error) {
+	if opts == nil || len(opts.Command) == 0 || opts.Command[0] == "" {
+		return -1, fmt.Errorf("%w: exec needs a command", drivers.ErrInvalidConfig)
+	}
+	t, err := d.get(taskID)
+	if err != nil {
+		return -1, err
+	}
+	if t.exited() || t.container == nil {
+		return -1, fmt.Errorf("%w: %q", drivers.ErrTaskNotRunning, taskID)
+	}
+	if err := ctx.Err(); err != nil {
+		return -1, fmt.Errorf("exec in task %s: %w", taskID, err)
+	}
+	ps := t.state.Process
+	ps.Args = opts.Command
+	ps.Env = envList(ps.Env, opts.Env)
+	// The container's root as the host sees it holds whatever the kernel
+	// installed since it started (no volumes are mounted into it yet).
+	path, _ := envValue(ps.Env, "PATH")
+	if _, err := lookPathIn(t.state.RootFS.RootFS, ps.Args[0], path, ps.Cwd); err != nil {
+		return -1, fmt.Errorf("exec in task %s: %w", taskID, err)
+	}
+	p := newProcess(&ps, false)
+	stdio, err := newExecIO(opts)
+	if err != nil {
+		return -1, fmt.Errorf("exec in task %s: %w", taskID, err)
+	}
+	defer stdio.close()
+	stdio.attach(p)
+	if err := t.container.Run(p); err != nil {
+		if t.exited() {
+			return -1, fmt.Errorf("%w: %q", drivers.ErrTaskNotRunning, taskID)
+		}
+		return -1, fmt.Errorf("exec in task %s: %w", taskID, err)
+	}
+	stdio.started()
+	pid, _ := p.Pid()
+	t.logger.Debug("exec started", "command", opts.Command, "exec_pid", pid)
+	waited := make(chan *drivers.ExitResult, 1)
+	go func() { waited <- exitResultOf(p.Wait()) }()
+	var res *drivers.ExitResult
+	select {
+	case res = <-waited:
+	case <-ctx.Done():
+		_ = p.Signal(unix.SIGKILL)
+		res = <-waited
+	}
+	stdio.wait(execWaitDelay)
+	if err := ctx.Err(); err != nil {
+		return res.ExitCode, fmt.Errorf("exec in task %s: %w", taskID, err)
+	}
+	return res.ExitCode, res.Err
+}
+
+// Recover reattaches to a container started by an earlier agent process,
+// with libcontainer.Load on the state root and container ID in
+// handle.DriverState, so that Stop, Destroy, Exec and Stats work again. A
+// container whose init is gone (or whose state is lost) is recovered as
+// exited. Because this process is not the init's parent, the task's exit
+// result has exit code -1 and ErrExitCodeUnknown. Recovering a task the
+// driver already knows is a no-op.
+func (d *Driver) Recover(ctx context.Context, handle *drivers.TaskHandle) error {
+	if handle == nil || handle.Config == nil {
+		return fmt.Errorf("%w: recover needs a handle with its task config", drivers.ErrInvalidConfig)
+	}
+	if handle.Driver != "" && handle.Driver != driverName {
+		return fmt.Errorf("%w: handle belongs to driver %q, not %q", drivers.ErrInvalidConfig, handle.Driver, driverName)
+	}
+	var st driverState
+	if err := json.Unmarshal(handle.DriverState, &st); err != nil || st.Root == "" || !validID.MatchString(st.ContainerID) {
+		return fmt.Errorf("%w: task %s: unreadable driver state %q", drivers.ErrInvalidConfig, handle.Config.ID, handle.DriverState)
+	}
+	cfg := cloneConfig(handle.Config)
+	log := d.logger.With("kernel_id", cfg.ID, "session_id", cfg.SessionID, "pid", st.InitPid)
+	// The parents this container's Start created go when the last
+	// container below them does, whichever driver process destroys it.
+	ownCgroupParents(st.CgroupParents)
+	t := &task{
+		cfg: cfg, state: st, startedAt: handle.StartedAt, recovered: true,
+		logger: log, done: make(chan struct{}),
+	}
+	c, err := libcontainer.Load(st.Root, st.ContainerID)
+	if err != nil {
+		log.Warn("container state not found; the task can only be destroyed", "error", err)
+	} else {
+		t.container = c
+		if cs, err := c.State(); err == nil {
+			if cs.InitProcessPid != st.InitPid || cs.InitProcessStartTime != st.InitStartTime {
+				log.Warn("container's init differs from the handle's", "state_pid", cs.InitProcessPid)
+			}
+			t.state.InitPid, t.state.InitStartTime = cs.InitProcessPid, cs.InitProcessStartTime
+			if len(cs.CgroupPaths) > 0 {
+				t.state.CgroupPaths = maps.Clone(cs.CgroupPaths)
+			}
+		}
+	}
+	d.mu.Lock()
+	if _, ok := d.tasks[cfg.ID]; ok {
+		d.mu.Unlock()
+		return nil
+	}
+	d.tasks[cfg.ID] = t
+	d.mu.Unlock()
+
+	if !t.initAlive() {
+		log.Info("recovered task is no longer running")
+		t.finish(unknownExit())
+		return nil
+	}
+	log.Info("task recovered")
+	go t.poll(recoverPollInterval)
+	return nil
+}

@@ -1,0 +1,159 @@
+package runc
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	osexec "os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/opencontainers/runc/libcontainer"
+	"github.com/opencontainers/runc/libcontainer/configs"
+
+	"github.com/corral-dev/corral/plugins/drivers"
+)
+
+// containerSpec is what launch needs to create and start one container.
+// It is plain data so that a supervising process (a shim that outlives
+// agent restarts) can receive it as JSON and call launch in the driver's
+// place.
+type containerSpec struct {
+	// Root is libcontainer's state root; the container's state lives in
+	// Root/ID.
+	Root       string          `json:"root"`
+	ID         string          `json:"id"`
+	Config     *configs.Config `json:"config"`
+	Process    processSpec     `json:"process"`
+	StdoutPath string          `json:"stdout_path"`
+	StderrPath string          `json:"stderr_path"`
+}
+
+// runningContainer is a container whose init process runs; whoever
+// launched it reaps the init with wait.
+type runningContainer struct {
+	container *libcontainer.Container
+	process   *libcontainer.Process
+	pid       int // of the init, in the launcher's pid namespace
+}
+
+// launch creates the container and starts its init process with stdout and
+// stderr appended to the spec's log files. It returns once the init runs
+// the kernel's command (or failed to); on failure nothing of the container
+// is left but the cgroup parents the caller made.
+func launch(spec *containerSpec) (_ *runningContainer, err error) {
+	stdout, err := openLog(spec.StdoutPath)
+	if err != nil {
+		return nil, fmt.Errorf("opening stdout log: %w", err)
+	}
+	defer stdout.Close()
+	stderr, err := openLog(spec.StderrPath)
+	if err != nil {
+		return nil, fmt.Errorf("opening stderr log: %w", err)
+	}
+	defer stderr.Close()
+
+	c, err := libcontainer.Create(spec.Root, spec.ID, spec.Config)
+	if errors.Is(err, libcontainer.ErrExist) {
+		return nil, fmt.Errorf("%w: container state %s is left from an earlier container: destroy that task first",
+			drivers.ErrTaskExists, filepath.Join(spec.Root, spec.ID))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("creating container: %w", err)
+	}
+	p := newProcess(&spec.Process, true)
+	p.Stdout, p.Stderr = stdout, stderr
+	if err := c.Run(p); err != nil {
+		_ = c.Destroy()
+		return nil, fmt.Errorf("starting container: %w", err)
+	}
+	pid, err := p.Pid()
+	if err != nil {
+		_ = c.Signal(syscall.SIGKILL)
+		_, _ = p.Wait()
+		_ = c.Destroy()
+		return nil, fmt.Errorf("starting container: %w", err)
+	}
+	waitExec(pid, execTimeout)
+	return &runningContainer{container: c, process: p, pid: pid}, nil
+}
+
+// execTimeout bounds how long launch waits for the init to execute the
+// kernel's command.
+const execTimeout = 5 * time.Second
+
+// waitExec waits until process pid is no longer libcontainer's init stage
+// (named "runc:[2:INIT]"), i.e. has executed the kernel's command or
+// exited. Container.Run returns once it released the init, a moment before
+// that: a signal sent in between would reach the init stage's Go runtime.
+func waitExec(pid int, timeout time.Duration) {
+	deadline := time.Now().Add(timeout)
+	for delay := 20 * time.Microsecond; ; delay = min(2*delay, 5*time.Millisecond) {
+		b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+		if err != nil {
+			return
+		}
+		s := string(b)
+		open, end := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
+		if open < 0 || end < open || end+2 >= len(s) {
+			return
+		}
+		if !strings.HasPrefix(s[open+1:end], "runc:[") || s[end+2] == 'Z' || time.Now().After(deadline) {
+			return
+		}
+		time.Sleep(delay)
+	}
+}
+
+// wait reaps the container's init and returns how it ended.
+func (r *runningContainer) wait() *drivers.ExitResult {
+	return exitResultOf(r.process.Wait())
+}
+
+// newProcess returns the libcontainer process for ps, without stdio.
+func newProcess(ps *processSpec, init bool) *libcontainer.Process {
+	return &libcontainer.Process{
+		Args:             slices.Clone(ps.Args),
+		Env:              slices.Clone(ps.Env),
+		Cwd:              ps.Cwd,
+		UID:              ps.User.UID,
+		GID:              ps.User.GID,
+		AdditionalGroups: slices.Clone(ps.User.Groups),
+		Rlimits:          slices.Clone(ps.Rlimits),
+		Init:             init,
+	}
+}
+
+// openLog opens path for appending, creating it and its directory.
+func openLog(path string) (*os.File, error) {
+	if path == "" {
+		return os.OpenFile(os.DevNull, os.O_WRONLY, 0)
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, err
+	}
+	return os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+}
+
+// exitResultOf turns a reaped process's state into an ExitResult; a
+// process killed by signal N reports exit code 128+N like a shell (where
+// libcontainer says -1).
+func exitResultOf(ps *os.ProcessState, err error) *drivers.ExitResult {
+	if ps == nil {
+		return &drivers.ExitResult{ExitCode: -1, Err: fmt.Errorf("waiting for the process: %w", err)}
+	}
+	res := &drivers.ExitResult{ExitCode: ps.ExitCode()}
+	if ws, ok := ps.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+		res.Signal = int(ws.Signal())
+		res.ExitCode = 128 + res.Signal
+	}
+	var ee *osexec.ExitError
+	if err != nil && !errors.As(err, &ee) {
+		res.Err = err
+	}
+	return res
+}
