@@ -1,0 +1,136 @@
+package e2e
+
+import (
+	"archive/tar"
+	"bytes"
+	"net/http/httptest"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+)
+
+// busyboxImage builds an OCI image from the host's static busybox: one
+// layer with /bin/busybox and its applets as symlinks.
+func busyboxImage(t *testing.T) v1.Image {
+	t.Helper()
+	bb, err := os.ReadFile("/bin/busybox")
+	if err != nil {
+		t.Skip("runc e2e needs /bin/busybox (Debian busybox-static; make test installs it)")
+	}
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, d := range []string{"bin/", "etc/", "tmp/", "proc/", "sys/", "dev/"} {
+		_ = tw.WriteHeader(&tar.Header{Name: d, Typeflag: tar.TypeDir, Mode: 0o755})
+	}
+	_ = tw.WriteHeader(&tar.Header{Name: "bin/busybox", Typeflag: tar.TypeReg, Mode: 0o755, Size: int64(len(bb))})
+	_, _ = tw.Write(bb)
+	for _, app := range []string{"sh", "echo", "cat", "hostname", "sleep", "ls", "true", "false", "id", "env", "ps"} {
+		_ = tw.WriteHeader(&tar.Header{Name: "bin/" + app, Typeflag: tar.TypeSymlink, Linkname: "busybox", Mode: 0o777})
+	}
+	passwd := "root:x:0:0:root:/root:/bin/sh\n"
+	_ = tw.WriteHeader(&tar.Header{Name: "etc/passwd", Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(passwd))})
+	_, _ = tw.Write([]byte(passwd))
+	_ = tw.Close()
+	layer, err := tarball.LayerFromReader(bytes.NewReader(buf.Bytes()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := mutate.AppendLayers(empty.Image, layer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, _ := img.ConfigFile()
+	cfg = cfg.DeepCopy()
+	cfg.OS, cfg.Architecture = "linux", "amd64"
+	cfg.Config.Env = []string{"PATH=/bin", "IMAGE_VAR=from-image"}
+	cfg.Config.Cmd = []string{"sh", "-c", "echo default command"}
+	img, err = mutate.ConfigFile(img, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return img
+}
+
+// startRegistry serves a registry on loopback and pushes img as repo:tag.
+func startRegistry(t *testing.T, img v1.Image, repoTag string) string {
+	t.Helper()
+	reg := httptest.NewServer(registry.New())
+	t.Cleanup(reg.Close)
+	ref := strings.TrimPrefix(reg.URL, "http://") + "/" + repoTag
+	tag, err := name.ParseReference(ref, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(tag, img); err != nil {
+		t.Fatal(err)
+	}
+	return ref
+}
+
+// TestRuncSessionsFromARegistry runs container sessions from an image the
+// test pushes to a registry on loopback.
+func TestRuncSessionsFromARegistry(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("runc e2e needs root")
+	}
+	ref := startRegistry(t, busyboxImage(t), "corral/busybox:1")
+	ports := serverPorts{http: freePort(t), rpc: freePort(t), serf: freePort(t)}
+	addr := "http://" + ports.http
+	startServerProc(t, t.TempDir(), ports)
+	agentDir := t.TempDir()
+	reapKernels(t, agentDir)
+	start(t, "agent", "agent", "-data-dir", agentDir, "-rpc", freePort(t), "-serf", freePort(t), "-join", ports.serf, "-fast-gossip")
+	agentAlive(t, addr)
+	r := mustCLI(t, addr, 0, "node", "list")
+	if !strings.Contains(r.stdout, "runc") {
+		t.Fatalf("agent does not advertise runc:\n%s", r.stdout)
+	}
+
+	r = mustCLI(t, addr, 0, "session", "create", "-driver", "runc", "-image", ref, "-env", "SESSION_VAR=from-session", "-wait", "--",
+		"sh", "-c", "echo host=$(hostname) pid=$$ $IMAGE_VAR $SESSION_VAR $CORRAL_CLUSTER_ROLE")
+	if !strings.Contains(r.stdout, "host=main1 pid=1 from-image from-session main") {
+		t.Fatalf("container output: %q", r.stdout)
+	}
+	// No command: the image's.
+	r = mustCLI(t, addr, 0, "session", "create", "-driver", "runc", "-image", ref, "-wait")
+	if !strings.Contains(r.stdout, "default command") {
+		t.Fatalf("image command output: %q", r.stdout)
+	}
+	mustCLI(t, addr, 0, "session", "create", "-driver", "runc", "-image", ref, "-type", "interactive", "-name", "box", "-cpu", "0.5", "-mem", "64M", "-wait", "--", "sleep", "1000")
+	r = mustCLI(t, addr, 3, "session", "exec", "box", "--", "sh", "-c", "cat /etc/hostname; ls /proc/1/exe >/dev/null && echo ok; exit 3")
+	if !strings.Contains(r.stdout, "main1") || !strings.Contains(r.stdout, "ok") {
+		t.Fatalf("exec in container: %q %q", r.stdout, r.stderr)
+	}
+	r = mustCLI(t, addr, 0, "session", "status", "box")
+	if !strings.Contains(r.stdout, "PULLING") || !strings.Contains(r.stdout, "RUNNING") {
+		t.Fatalf("status lacks PULLING/RUNNING:\n%s", r.stdout)
+	}
+	r = mustCLI(t, addr, 0, "image", "list")
+	if !strings.Contains(r.stdout, "corral/busybox:1") {
+		t.Fatalf("image list:\n%s", r.stdout)
+	}
+	mustCLI(t, addr, 0, "session", "destroy", "box")
+	waitStatus(t, addr, "box", "TERMINATED")
+
+	// A missing tag: the session errors naming the image and the registry's answer.
+	missing := strings.TrimSuffix(ref, ":1") + ":nope"
+	r = mustCLI(t, addr, 1, "session", "create", "-driver", "runc", "-image", missing, "-wait", "--", "true")
+	if !strings.Contains(r.stderr, "corral/busybox:nope") {
+		t.Fatalf("missing tag: %q", r.stderr)
+	}
+	// A malformed reference is refused at create.
+	r = mustCLI(t, addr, 1, "session", "create", "-driver", "runc", "-image", "Bad Ref!", "--", "true")
+	if !strings.Contains(r.stderr, "reference") {
+		t.Fatalf("malformed ref: %q", r.stderr)
+	}
+	// runc without an image is refused.
+	mustCLI(t, addr, 1, "session", "create", "-driver", "runc", "--", "true")
+}
