@@ -116,3 +116,26 @@ func tail(path string, max int64) ([]byte, bool, error) {
 	b, err := io.ReadAll(io.LimitReader(f, max))
 	return b, truncated, err
 }
+
+// Stats samples the resource usage of running kernels through their drivers.
+func (s *agentService) Stats(ctx context.Context, req *rpc.StatsRequest) (*rpc.StatsResponse, error) {
+	out := &rpc.StatsResponse{}
+	for _, id := range req.KernelIDs {
+		ks := &rpc.KernelStats{KernelID: id}
+		out.Kernels = append(out.Kernels, ks)
+		s.a.mu.Lock()
+		r, ok := s.a.kernels[id]
+		s.a.mu.Unlock()
+		if !ok || r.isDone() {
+			ks.Error = "not running on this agent"
+			continue
+		}
+		st, err := r.driver.Stats(ctx, id)
+		if err != nil {
+			ks.Error = err.Error()
+			continue
+		}
+		ks.Time, ks.CPUUsageNanos, ks.MemoryRSSBytes, ks.Pids = st.Time, st.CPUUsageNanos, st.MemoryRSSBytes, st.Pids
+	}
+	return out, nil
+}

@@ -454,3 +454,10 @@ func (c *Client) Queue(ctx context.Context, group string) ([]*QueueEntry, error)
 	_, err := c.do(ctx, http.MethodGet, "/v1/queue", q, nil, &out, c.timeout)
 	return out, err
 }
+
+// SessionStats samples the resource usage of a session's running kernels.
+func (c *Client) SessionStats(ctx context.Context, ref string) ([]*KernelStats, error) {
+	var out []*KernelStats
+	_, err := c.do(ctx, http.MethodGet, "/v1/sessions/"+url.PathEscape(ref)+"/stats", nil, nil, &out, c.timeout)
+	return out, err
+}

@@ -139,3 +139,14 @@ type QueueEntry struct {
 	Position int              `json:"position"`
 	Session  *structs.Session `json:"session"`
 }
+
+// KernelStats is one kernel's resource usage: an entry of GET /v1/sessions/{id}/stats.
+type KernelStats struct {
+	KernelID       string    `json:"kernel_id"`
+	Hostname       string    `json:"hostname"`
+	Time           time.Time `json:"time,omitzero"`
+	CPUUsageNanos  uint64    `json:"cpu_usage_nanos"`
+	MemoryRSSBytes uint64    `json:"memory_rss_bytes"`
+	Pids           uint64    `json:"pids"`
+	Error          string    `json:"error,omitempty"`
+}

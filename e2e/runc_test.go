@@ -110,7 +110,7 @@ func TestRuncSessionsFromARegistry(t *testing.T) {
 		t.Fatalf("exec in container: %q %q", r.stdout, r.stderr)
 	}
 	r = mustCLI(t, addr, 0, "session", "status", "box")
-	if !strings.Contains(r.stdout, "PULLING") || !strings.Contains(r.stdout, "RUNNING") {
+	if !strings.Contains(r.stdout, "PULLING") || !strings.Contains(r.stdout, "RUNNING") || !strings.Contains(r.stdout, "Kernel usage") {
 		t.Fatalf("status lacks PULLING/RUNNING:\n%s", r.stdout)
 	}
 	r = mustCLI(t, addr, 0, "image", "list")

@@ -90,3 +90,23 @@ type ImagePullRequest struct {
 type ImagePullResponse struct {
 	Image *ImageInfo `json:"image"`
 }
+
+// StatsRequest asks for resource usage samples of kernels on the agent.
+type StatsRequest struct {
+	KernelIDs []string `json:"kernel_ids"`
+}
+
+// KernelStats is one kernel's resource usage sample, or why there is none.
+type KernelStats struct {
+	KernelID       string    `json:"kernel_id"`
+	Time           time.Time `json:"time"`
+	CPUUsageNanos  uint64    `json:"cpu_usage_nanos"`
+	MemoryRSSBytes uint64    `json:"memory_rss_bytes"`
+	Pids           uint64    `json:"pids"`
+	Error          string    `json:"error,omitempty"`
+}
+
+// StatsResponse holds one sample per requested kernel.
+type StatsResponse struct {
+	Kernels []*KernelStats `json:"kernels"`
+}

@@ -40,6 +40,7 @@ type AgentService interface {
 	Logs(ctx context.Context, req *LogsRequest) (*LogsResponse, error)
 	ImageList(ctx context.Context, req *ImageListRequest) (*ImageListResponse, error)
 	ImagePull(ctx context.Context, req *ImagePullRequest) (*ImagePullResponse, error)
+	Stats(ctx context.Context, req *StatsRequest) (*StatsResponse, error)
 }
 
 // ExecStream is the agent side of Exec.
@@ -113,6 +114,9 @@ var agentDesc = grpc.ServiceDesc{
 		unary(func(srv any, ctx context.Context, req *ImagePullRequest) (*ImagePullResponse, error) {
 			return srv.(AgentService).ImagePull(ctx, req)
 		}, "ImagePull"),
+		unary(func(srv any, ctx context.Context, req *StatsRequest) (*StatsResponse, error) {
+			return srv.(AgentService).Stats(ctx, req)
+		}, "Stats"),
 	},
 	Streams: []grpc.StreamDesc{{
 		StreamName:    "Exec",
@@ -178,6 +182,12 @@ func (c *AgentClient) ImageList(ctx context.Context, req *ImageListRequest) (*Im
 func (c *AgentClient) ImagePull(ctx context.Context, req *ImagePullRequest) (*ImagePullResponse, error) {
 	out := new(ImagePullResponse)
 	return out, c.cc.Invoke(ctx, "/"+agentServiceName+"/ImagePull", req, out, CallOptions()...)
+}
+
+// Stats samples the resource usage of kernels.
+func (c *AgentClient) Stats(ctx context.Context, req *StatsRequest) (*StatsResponse, error) {
+	out := new(StatsResponse)
+	return out, c.cc.Invoke(ctx, "/"+agentServiceName+"/Stats", req, out, CallOptions()...)
 }
 
 // Exec runs a command in a kernel and streams its output.

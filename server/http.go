@@ -45,6 +45,7 @@ func (s *Server) setupHTTP() error {
 	mux.HandleFunc("DELETE /v1/sessions/{ref}", s.wrap(s.destroySession))
 	mux.HandleFunc("GET /v1/sessions/{ref}/logs", s.wrap(s.sessionLogs))
 	mux.HandleFunc("POST /v1/sessions/{ref}/exec", s.execSession)
+	mux.HandleFunc("GET /v1/sessions/{ref}/stats", s.wrap(s.sessionStats))
 	mux.HandleFunc("GET /v1/agents", s.wrap(s.listAgents))
 	mux.HandleFunc("GET /v1/agents/{id}", s.wrap(s.getAgent))
 	mux.HandleFunc("GET /v1/status/leader", s.wrap(s.leader))
@@ -676,4 +677,38 @@ func (s *Server) pullImage(w http.ResponseWriter, r *http.Request) (any, error) 
 	}
 	img := resp.Image
 	return &api.AgentImage{AgentID: a.ID, AgentName: a.Name, Ref: img.Ref, Digest: img.Digest, Size: img.Size, PulledAt: img.PulledAt}, nil
+}
+
+// sessionStats samples the running kernels of a session on their agents.
+func (s *Server) sessionStats(w http.ResponseWriter, r *http.Request) (any, error) {
+	d, err := s.sessionDetail(r.Context(), nil, s.state.Snapshot(), r.PathValue("ref"), nil)
+	if err != nil {
+		return nil, err
+	}
+	out := []*api.KernelStats{}
+	for _, k := range d.Kernels {
+		ks := &api.KernelStats{KernelID: k.ID, Hostname: k.Hostname}
+		out = append(out, ks)
+		if k.Status != structs.KernelRunning {
+			ks.Error = "kernel is " + string(k.Status)
+			continue
+		}
+		c, err := s.agentFor(k)
+		if err != nil {
+			ks.Error = err.Error()
+			continue
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
+		resp, err := c.Stats(ctx, &rpc.StatsRequest{KernelIDs: []string{k.ID}})
+		cancel()
+		if err != nil {
+			ks.Error = status.Convert(err).Message()
+			continue
+		}
+		if len(resp.Kernels) == 1 {
+			st := resp.Kernels[0]
+			ks.Time, ks.CPUUsageNanos, ks.MemoryRSSBytes, ks.Pids, ks.Error = st.Time, st.CPUUsageNanos, st.MemoryRSSBytes, st.Pids, st.Error
+		}
+	}
+	return out, nil
 }

@@ -214,6 +214,12 @@ func (c *cli) printProgress(short string, last structs.StatusChange, s *structs.
 		}
 		last = ch
 	}
+	// Progress within a status (bytes of an image pulled) changes the
+	// status info without a new history entry: show it as a progress line.
+	if s.Status == structs.SessionPulling && string(s.Status) == last.Status && s.StatusInfo != last.Info {
+		fmt.Fprintf(c.stderr, "session %s: %s%s\n", short, s.Status, suffix(s.StatusInfo))
+		last.Info = s.StatusInfo
+	}
 	return last
 }
 
@@ -283,7 +289,33 @@ func (c *cli) sessionStatus(ctx context.Context, args []string) error {
 			names[a.ID] = a.Name
 		}
 	}
-	return renderSessionDetail(c.stdout, d, names, time.Now())
+	if err := renderSessionDetail(c.stdout, d, names, time.Now()); err != nil {
+		return err
+	}
+	if d.Session.Status.Terminal() {
+		return nil
+	}
+	stats, err := client.SessionStats(ctx, d.Session.ID)
+	if err != nil {
+		return nil // usage is a bonus: the status above stands
+	}
+	return renderStats(c.stdout, stats)
+}
+
+// renderStats writes the resource usage of a session's running kernels.
+func renderStats(w io.Writer, stats []*api.KernelStats) error {
+	fmt.Fprintln(w, "\nKernel usage")
+	tw := newTable(w)
+	fmt.Fprintln(tw, "HOSTNAME\tCPU TIME\tMEMORY\tPIDS\tNOTE")
+	for _, st := range stats {
+		if st.Error != "" {
+			fmt.Fprintf(tw, "%s\t-\t-\t-\t%s\n", st.Hostname, st.Error)
+			continue
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t-\n", st.Hostname, time.Duration(st.CPUUsageNanos).Round(time.Millisecond),
+			structs.FormatBytes(structs.Whole(int64(st.MemoryRSSBytes))), st.Pids)
+	}
+	return tw.Flush()
 }
 
 func (c *cli) sessionLogs(ctx context.Context, args []string) error {
