@@ -179,24 +179,16 @@ func (sn *Snapshot) Kernel(id string) (*structs.Kernel, error) {
 
 // KernelsBySession returns a session's kernels in role order (main1, sub1, ...).
 func (sn *Snapshot) KernelsBySession(ws memdb.WatchSet, sessionID string) ([]*structs.Kernel, error) {
-	it, err := sn.txn.Get(tableKernels, "session", sessionID)
-	if err != nil {
-		return nil, err
-	}
-	if ws != nil {
-		ws.Add(it.WatchCh())
-	}
-	var out []*structs.Kernel
-	for raw := it.Next(); raw != nil; raw = it.Next() {
-		out = append(out, raw.(*structs.Kernel))
-	}
-	sortKernels(out)
-	return out, nil
+	return sn.kernelsBy(ws, "session", sessionID)
 }
 
 // KernelsByAgent returns the kernels placed on an agent.
 func (sn *Snapshot) KernelsByAgent(ws memdb.WatchSet, agentID string) ([]*structs.Kernel, error) {
-	it, err := sn.txn.Get(tableKernels, "agent", agentID)
+	return sn.kernelsBy(ws, "agent", agentID)
+}
+
+func (sn *Snapshot) kernelsBy(ws memdb.WatchSet, index, value string) ([]*structs.Kernel, error) {
+	it, err := sn.txn.Get(tableKernels, index, value)
 	if err != nil {
 		return nil, err
 	}
