@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -71,6 +72,16 @@ func makeCgroupParents(c *cgroups.Cgroup) ([]string, error) {
 		}
 	}
 	return deepestFirst(created), nil
+}
+
+// cgroupLeaves returns the cgroups that c will get, by hierarchy, as
+// libcontainer's state records them.
+func cgroupLeaves(c *cgroups.Cgroup) (map[string]string, error) {
+	m, err := manager.New(c)
+	if err != nil {
+		return nil, fmt.Errorf("cgroup manager: %w", err)
+	}
+	return maps.Clone(m.GetPaths()), nil
 }
 
 // cgroupParentsOf returns the parents of the leaves in paths that lie

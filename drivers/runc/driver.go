@@ -4,8 +4,14 @@
 // pid, mount, uts, ipc and network namespaces, runc's default security
 // settings and per-kernel cgroups (v1 or v2) limiting CPU, memory and pids.
 //
-// The binary re-executes itself as each container's init: it must call
-// InitIfRequested first thing in main.
+// Every container runs under its own shim (package shim): the init is a
+// child of a small supervisor process that outlives agent restarts and
+// records how the init ended, so that a restarted agent recovers the task
+// and still learns its real exit code.
+//
+// The binary re-executes itself as each container's init and as each
+// task's shim: it must call InitIfRequested and then shim.MaybeRun first
+// thing in main.
 package runc
 
 import (
@@ -29,6 +35,7 @@ import (
 	"github.com/opencontainers/runc/libcontainer"
 	"golang.org/x/sys/unix"
 
+	"github.com/corral-dev/corral/drivers/shim"
 	"github.com/corral-dev/corral/plugins/drivers"
 )
 
@@ -46,10 +53,20 @@ const (
 	DefaultPidsLimit = 4096
 )
 
-// ErrExitCodeUnknown is the ExitResult.Err of a task recovered after an
-// agent restart whose init then exited: the new agent is not the init's
-// parent, so it sees the container stop but cannot learn the exit code.
-var ErrExitCodeUnknown = errors.New("exit code unknown: the container was recovered after an agent restart and its exit status went to another process")
+// ErrExitCodeUnknown is wrapped by the ExitResult.Err (with exit code -1)
+// of a recovered task whose exit status is lost: its shim died without
+// recording it (shim.ErrNoExitStatus), or the task was recovered from the
+// handle of an agent that ran containers without shims, so that the init's
+// exit status went to that agent.
+var ErrExitCodeUnknown = errors.New("exit code unknown")
+
+// errNoShim is why the exit status of a container started without shim
+// is lost.
+var errNoShim = errors.New("the container was started by an agent without shims, so its exit status went to that agent")
+
+// shimExitGrace bounds how long Destroy waits for a task's shim to exit
+// by itself once the container's init has exited.
+const shimExitGrace = 2 * time.Second
 
 const (
 	// pollInterval is how often Stop and Destroy check for leftover processes.
@@ -126,6 +143,10 @@ func New(logger *slog.Logger, opts ...Option) *Driver {
 	for _, o := range opts {
 		o(d)
 	}
+	if !shim.Available() {
+		d.logger.Warn("this binary does not run task shims (shim.MaybeRun is not called first in main): " +
+			"containers are children of this process and lose their exit status if it restarts")
+	}
 	return d
 }
 
@@ -163,6 +184,12 @@ func (d *Driver) Fingerprint(ctx context.Context) (*drivers.Fingerprint, error) 
 		"driver.runc.cgroup_version": cgroupVersion(),
 		"driver.runc.overlayfs":      fmt.Sprint(overlayAvailable()),
 		"driver.runc.rootfs_mode":    d.rootfsMode.String(),
+		"driver.runc.shim":           "process",
+	}
+	desc := "containers with libcontainer under shims, cgroup " + cgroupVersion()
+	if !shim.Available() {
+		attrs["driver.runc.shim"] = "in-process"
+		desc = "containers with libcontainer without shims (their exit status is lost when the agent restarts), cgroup " + cgroupVersion()
 	}
 	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
 		attrs["driver.runc.kernel_version"] = strings.TrimSpace(string(b))
@@ -176,7 +203,7 @@ func (d *Driver) Fingerprint(ctx context.Context) (*drivers.Fingerprint, error) 
 	}
 	return &drivers.Fingerprint{
 		Health:      drivers.HealthHealthy,
-		Description: "containers with libcontainer, cgroup " + cgroupVersion(),
+		Description: desc,
 		Attributes:  attrs,
 	}, nil
 }
@@ -261,7 +288,8 @@ func (d *Driver) containerDir(cfg *drivers.TaskConfig) string {
 //     limit;
 //   - stdout and stderr appended to cfg.StdoutPath and cfg.StderrPath.
 //
-// The command runs as the pid namespace's init (pid 1).
+// The command runs as the pid namespace's init (pid 1), a child of the
+// task's shim, which keeps its files in the container's dir (shim/).
 func (d *Driver) Start(ctx context.Context, cfg *drivers.TaskConfig) (_ *drivers.TaskHandle, err error) {
 	if err := validateConfig(cfg); err != nil {
 		return nil, err
@@ -290,6 +318,11 @@ func (d *Driver) Start(ctx context.Context, cfg *drivers.TaskConfig) (_ *drivers
 			d.mu.Unlock()
 		}
 	}()
+
+	if _, err := os.Lstat(filepath.Join(d.stateDir, cfg.ID)); err == nil {
+		return nil, fmt.Errorf("%w: container state %s is left from an earlier container: destroy that task first",
+			drivers.ErrTaskExists, filepath.Join(d.stateDir, cfg.ID))
+	}
 
 	start := time.Now()
 	rfs, err := prepareRootFS(d.containerDir(cfg), image, d.rootfsMode, log)
@@ -321,11 +354,19 @@ func (d *Driver) Start(ctx context.Context, cfg *drivers.TaskConfig) (_ *drivers
 		StdoutPath: cfg.StdoutPath, StderrPath: cfg.StderrPath,
 	}
 
+	// The leaves' paths, should libcontainer's state be unreadable.
+	leaves, err := cgroupLeaves(lc.Cgroups)
+	if err != nil {
+		return nil, fmt.Errorf("task %s: %w", cfg.ID, err)
+	}
+	shimDir := filepath.Join(rfs.Dir, shimSubdir)
 	cgroupParents.creating.RLock()
 	parents, err := makeCgroupParents(lc.Cgroups)
-	var rc *runningContainer
+	var sh *shim.Handle
 	if err == nil {
-		rc, err = launch(spec)
+		// The shim creates the container, whose init is its child, and
+		// returns once the init runs the command.
+		sh, err = shim.Launch(ctx, driverName, shimDir, spec)
 	}
 	cgroupParents.creating.RUnlock()
 	if err != nil {
@@ -333,37 +374,76 @@ func (d *Driver) Start(ctx context.Context, cfg *drivers.TaskConfig) (_ *drivers
 		return nil, fmt.Errorf("task %s: %w", cfg.ID, err)
 	}
 
+	ss := sh.State()
 	t := &task{
 		cfg:       cfg,
-		container: rc.container,
-		startedAt: time.Now(),
-		logger:    log.With("pid", rc.pid),
+		startedAt: ss.StartedAt,
+		logger:    log.With("pid", ss.Pid),
 		done:      make(chan struct{}),
 		state: driverState{
-			Root: d.stateDir, ContainerID: cfg.ID, InitPid: rc.pid,
-			RootFS: *rfs, CgroupParents: parents, Process: *proc,
+			Root: d.stateDir, ContainerID: cfg.ID, InitPid: ss.Pid, InitStartTime: ss.StartTime,
+			RootFS: *rfs, CgroupPaths: leaves, CgroupParents: parents, Process: *proc,
 			CgroupsVersion: cgroupVersion(),
+			ShimDir:        shimDir, ShimPid: ss.ShimPid, ShimStartTime: ss.ShimStartTime,
 		},
 	}
-	if st, serr := rc.container.State(); serr == nil {
-		t.state.InitStartTime = st.InitProcessStartTime
-		// A copy: libcontainer shares its map and empties it on Destroy.
-		t.state.CgroupPaths = maps.Clone(st.CgroupPaths)
+	// Signal, Exec, Stats and Destroy go through libcontainer's state,
+	// which the shim wrote.
+	c, err := libcontainer.Load(d.stateDir, cfg.ID)
+	if err == nil {
+		t.container = c
+		if st, serr := c.State(); serr == nil && len(st.CgroupPaths) > 0 {
+			// A copy: libcontainer shares its map and empties it on Destroy.
+			t.state.CgroupPaths = maps.Clone(st.CgroupPaths)
+		}
+	} else {
+		err = fmt.Errorf("task %s: loading the container the shim started: %w", cfg.ID, err)
 	}
-	go func() { t.finish(rc.wait()) }()
-	h, err := t.handle()
+	go t.waitShim(sh)
+	var h *drivers.TaskHandle
+	if err == nil {
+		h, err = t.handle()
+	}
 	if err != nil {
-		t.kill()
-		<-t.done
-		_ = rc.container.Destroy()
-		d.removeCgroupParents(parents, log)
+		d.abandon(t, sh)
 		return nil, err
 	}
 	d.mu.Lock()
 	d.tasks[cfg.ID] = t
 	d.mu.Unlock()
-	t.logger.Info("task started", "command", proc.Args, "overlay", rfs.Overlay, "took", time.Since(start))
+	t.logger.Info("task started", "command", proc.Args, "overlay", rfs.Overlay, "shim_pid", ss.ShimPid, "took", time.Since(start))
 	return h, nil
+}
+
+// abandon kills the container of a task whose Start fails after its shim
+// started it, waits until the init and the shim are gone and removes the
+// container's state and cgroups; Start's deferred cleanup releases the
+// rootfs.
+func (d *Driver) abandon(t *task, sh *shim.Handle) {
+	ctx, cancel := context.WithTimeout(context.Background(), destroyTimeout)
+	defer cancel()
+	if t.container == nil && procAlive(t.state.InitPid, t.state.InitStartTime) {
+		_ = unix.Kill(t.state.InitPid, unix.SIGKILL)
+	}
+	for !t.gone() && ctx.Err() == nil {
+		t.kill()
+		select {
+		case <-ctx.Done():
+		case <-time.After(pollInterval):
+		}
+	}
+	_ = t.waitShimExit(ctx, shimExitGrace)
+	if t.container != nil {
+		_ = t.container.Destroy()
+	} else {
+		_ = os.RemoveAll(filepath.Join(t.state.Root, t.state.ContainerID))
+	}
+	_ = cgroups.RemovePaths(maps.Clone(t.state.CgroupPaths))
+	d.removeCgroupParents(t.state.CgroupParents, t.logger)
+	select {
+	case <-sh.Done():
+	case <-ctx.Done():
+	}
 }
 
 // processFor resolves cfg's command, environment, working dir and user
@@ -472,6 +552,10 @@ func (d *Driver) Destroy(ctx context.Context, taskID string, force bool) error {
 			return fmt.Errorf("destroying task %s: processes %v still alive: %w", taskID, t.members(), ctx.Err())
 		case <-time.After(pollInterval):
 		}
+	}
+	// The shim exits right after recording the init's exit status.
+	if err := t.waitShimExit(ctx, shimExitGrace); err != nil {
+		return fmt.Errorf("destroying task %s: %w", taskID, err)
 	}
 	var errs []error
 	if t.container != nil {
@@ -605,11 +689,14 @@ func (d *Driver) Exec(ctx context.Context, taskID string, opts *drivers.ExecOpti
 
 // Recover reattaches to a container started by an earlier agent process,
 // with libcontainer.Load on the state root and container ID in
-// handle.DriverState, so that Stop, Destroy, Exec and Stats work again. A
-// container whose init is gone (or whose state is lost) is recovered as
-// exited. Because this process is not the init's parent, the task's exit
-// result has exit code -1 and ErrExitCodeUnknown. Recovering a task the
-// driver already knows is a no-op.
+// handle.DriverState, so that Stop, Destroy, Exec and Stats work again,
+// and with shim.Reattach on its shim's directory, so that Wait reports how
+// the container's init ended, even when it ended while no agent ran. If
+// the shim died without recording that, or the handle comes from an agent
+// that ran containers without shims, the task is reported with exit code
+// -1 and an error wrapping ErrExitCodeUnknown once its init is gone (at
+// once when it already is, or when the container's state is lost).
+// Recovering a task the driver already knows is a no-op.
 func (d *Driver) Recover(ctx context.Context, handle *drivers.TaskHandle) error {
 	if handle == nil || handle.Config == nil {
 		return fmt.Errorf("%w: recover needs a handle with its task config", drivers.ErrInvalidConfig)
@@ -653,12 +740,27 @@ func (d *Driver) Recover(ctx context.Context, handle *drivers.TaskHandle) error 
 	d.tasks[cfg.ID] = t
 	d.mu.Unlock()
 
+	why := errNoShim
+	if st.ShimDir != "" {
+		sh, err := shim.Reattach(st.ShimDir)
+		if err == nil && (sh.State().Pid != st.InitPid || sh.State().StartTime != st.InitStartTime) {
+			err = fmt.Errorf("shim directory %s belongs to another start of the task (init %d, the handle has %d)",
+				st.ShimDir, sh.State().Pid, st.InitPid)
+		}
+		if err == nil {
+			go t.waitShim(sh)
+			log.Info("task recovered", "running", t.initAlive(), "shim_pid", sh.State().ShimPid)
+			return nil
+		}
+		log.Warn("cannot reattach to the container's shim; its exit status is lost", "error", err)
+		why = err
+	}
 	if !t.initAlive() {
-		log.Info("recovered task is no longer running")
-		t.finish(unknownExit())
+		log.Info("recovered task is no longer running; its exit status is unknown")
+		t.finish(unknownExit(why), time.Time{})
 		return nil
 	}
-	log.Info("task recovered")
-	go t.poll(recoverPollInterval)
+	log.Info("task recovered without shim: its exit status will be unknown")
+	go t.poll(recoverPollInterval, why)
 	return nil
 }

@@ -20,7 +20,9 @@ var initHooked atomic.Bool
 // libcontainer sets up the container and executes the kernel's command in
 // its place. Otherwise it returns at once. Every binary that uses the runc
 // driver must call it first thing in main (and test binaries in TestMain),
-// before it starts goroutines or reads flags.
+// before it starts goroutines or reads flags, and then shim.MaybeRun: the
+// containers' shims are re-executions of the binary too, and libcontainer
+// re-executes the shim as the init.
 func InitIfRequested() {
 	// The environment check keeps a CLI subcommand named "init" working:
 	// libcontainer always passes its init pipe.

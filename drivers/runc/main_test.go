@@ -10,6 +10,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/corral-dev/corral/drivers/shim"
 	"github.com/corral-dev/corral/plugins/drivers"
 	"github.com/corral-dev/corral/plugins/drivers/testutils"
 )
@@ -27,8 +28,17 @@ var testCgroupParent = fmt.Sprintf("corral-runc-test-%d", os.Getpid())
 // imageRoot is a directory for the test image, removed after the tests.
 var imageRoot string
 
+// TestMain lets the test binary act as a container's init (libcontainer
+// re-executes it, from the shim too), as the containers' shim (shim.Launch
+// re-executes it) and as the fake agent of TestAgentKilled.
 func TestMain(m *testing.M) {
 	InitIfRequested() // the container init never gets past this
+	if os.Getenv(noShimEnv) == "" {
+		shim.MaybeRun() // nor does a shim
+	}
+	if os.Getenv(fakeAgentEnv) != "" {
+		os.Exit(runFakeAgent())
+	}
 	os.Exit(runTests(m))
 }
 

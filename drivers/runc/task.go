@@ -6,6 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -13,6 +17,7 @@ import (
 	"github.com/opencontainers/runc/libcontainer"
 	"golang.org/x/sys/unix"
 
+	"github.com/corral-dev/corral/drivers/shim"
 	"github.com/corral-dev/corral/plugins/drivers"
 )
 
@@ -33,6 +38,13 @@ type driverState struct {
 	CgroupParents  []string    `json:"cgroup_parents,omitempty"`
 	Process        processSpec `json:"process"`
 	CgroupsVersion string      `json:"cgroups_version,omitempty"`
+	// ShimDir is the directory of the container's shim (state.json,
+	// exit.json, shim.log), whose process is the init's parent and
+	// records how it ended; empty in handles of agents that ran
+	// containers without shims.
+	ShimDir       string `json:"shim_dir,omitempty"`
+	ShimPid       int    `json:"shim_pid,omitempty"`
+	ShimStartTime uint64 `json:"shim_start_time,omitempty"`
 }
 
 // task is one container and what the driver made for it.
@@ -71,19 +83,26 @@ func (t *task) handle() (*drivers.TaskHandle, error) {
 	}, nil
 }
 
-// finish records how the task ended; only the first call counts.
-func (t *task) finish(res *drivers.ExitResult) {
+// finish records how the task ended and when (now if at is zero); only
+// the first call counts.
+func (t *task) finish(res *drivers.ExitResult, at time.Time) {
 	t.once.Do(func() {
-		if sig := unix.Signal(t.emulated.Load()); sig != 0 && res.Signal == int(unix.SIGKILL) {
-			// Stop's SIGKILL stood in for sig, which the init did not
-			// handle: report the end the signal would have brought.
-			res.Signal, res.ExitCode = int(sig), 128+int(sig)
+		if res.Signal == int(unix.SIGKILL) {
+			if sig := t.emulatedSignal(); sig != 0 {
+				// Stop's SIGKILL stood in for sig, which the init did
+				// not handle: report the end the signal would have
+				// brought.
+				res.Signal, res.ExitCode = int(sig), 128+int(sig)
+			}
 		}
 		if oomKilled(t.state.CgroupPaths) {
 			res.OOMKilled = true
 		}
+		if at.IsZero() {
+			at = time.Now()
+		}
 		t.mu.Lock()
-		t.result, t.completedAt = res, time.Now()
+		t.result, t.completedAt = res, at
 		t.mu.Unlock()
 		close(t.done)
 		t.logger.Info("task exited", "exit_code", res.ExitCode, "signal", res.Signal,
@@ -121,14 +140,30 @@ func (t *task) status() *drivers.TaskStatus {
 	return st
 }
 
-// poll watches the init of a recovered container, which this process
-// cannot reap, until it is gone.
-func (t *task) poll(interval time.Duration) {
+// waitShim records the task's exit once its shim knows it.
+func (t *task) waitShim(h *shim.Handle) {
+	<-h.Done()
+	st, err := h.Result()
+	if err != nil {
+		t.finish(unknownExit(err), time.Time{})
+		return
+	}
+	res := &drivers.ExitResult{ExitCode: st.ExitCode, Signal: st.Signal, OOMKilled: st.OOMKilled}
+	if st.Error != "" {
+		res.Err = fmt.Errorf("waiting for the container's init: %s", st.Error)
+	}
+	t.finish(res, st.ExitedAt)
+}
+
+// poll watches the init of a recovered container without a shim to
+// reattach to, whose exit status this process cannot learn, until it is
+// gone; why says why the status is unknown.
+func (t *task) poll(interval time.Duration, why error) {
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
 	for range tick.C {
 		if !t.initAlive() {
-			t.finish(unknownExit())
+			t.finish(unknownExit(why), time.Time{})
 			return
 		}
 	}
@@ -143,8 +178,97 @@ func (t *task) initAlive() bool {
 	return err == nil && s != libcontainer.Stopped
 }
 
-func unknownExit() *drivers.ExitResult {
-	return &drivers.ExitResult{ExitCode: -1, Err: ErrExitCodeUnknown}
+// unknownExit is the result of a task whose exit status is lost, and why.
+func unknownExit(why error) *drivers.ExitResult {
+	return &drivers.ExitResult{ExitCode: -1, Err: fmt.Errorf("%w: %w", ErrExitCodeUnknown, why)}
+}
+
+// stopSignalFile, in the container's dir, records the signal that Stop
+// delivered as SIGKILL, so that an agent that recovers the task after a
+// restart still reports the signal asked for.
+const stopSignalFile = "stop-signal"
+
+// emulatedSignal returns the signal that a Stop of this or of an earlier
+// agent process delivered as SIGKILL, 0 if none did.
+func (t *task) emulatedSignal() unix.Signal {
+	if sig := unix.Signal(t.emulated.Load()); sig != 0 {
+		return sig
+	}
+	if t.state.RootFS.Dir == "" {
+		return 0
+	}
+	b, err := os.ReadFile(filepath.Join(t.state.RootFS.Dir, stopSignalFile))
+	if err != nil {
+		return 0
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || n <= 0 || n > 64 {
+		return 0
+	}
+	return unix.Signal(n)
+}
+
+// recordEmulated records that Stop delivers sig as SIGKILL, in memory and
+// in the container's dir; only the first signal counts.
+func (t *task) recordEmulated(sig unix.Signal) {
+	if !t.emulated.CompareAndSwap(0, int32(sig)) || t.state.RootFS.Dir == "" {
+		return
+	}
+	dir := t.state.RootFS.Dir
+	tmp := filepath.Join(dir, "."+stopSignalFile+".tmp")
+	err := os.WriteFile(tmp, []byte(strconv.Itoa(int(sig))+"\n"), 0o600)
+	if err == nil {
+		err = os.Rename(tmp, filepath.Join(dir, stopSignalFile))
+	}
+	if err != nil {
+		_ = os.Remove(tmp)
+		t.logger.Warn("cannot record the stop signal: after an agent restart the task will report SIGKILL", "error", err)
+	}
+}
+
+// shimAlive reports whether the task's shim process still runs. A shim
+// that ran inside this process (see shim.Available) does not count.
+func (t *task) shimAlive() bool {
+	pid := t.state.ShimPid
+	return pid > 0 && pid != os.Getpid() && procAlive(pid, t.state.ShimStartTime)
+}
+
+// waitShimExit waits until the task's shim has exited, which it does right
+// after recording the exit status of the init, and kills it if it takes
+// longer than grace.
+func (t *task) waitShimExit(ctx context.Context, grace time.Duration) error {
+	deadline := time.Now().Add(grace)
+	for t.shimAlive() {
+		if time.Now().After(deadline) {
+			_ = unix.Kill(t.state.ShimPid, unix.SIGKILL)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("task %s: shim %d still runs: %w", t.cfg.ID, t.state.ShimPid, ctx.Err())
+		case <-time.After(pollInterval):
+		}
+	}
+	return nil
+}
+
+// procAlive reports whether pid is a live (not zombie) process that started
+// at start (field 22 of /proc/<pid>/stat).
+func procAlive(pid int, start uint64) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return false
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return false
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 20 || f[0] == "Z" || f[0] == "X" {
+		return false
+	}
+	st, err := strconv.ParseUint(f[19], 10, 64)
+	return err == nil && st == start
 }
 
 // signal sends sig to the container's init. The init of a pid namespace
@@ -160,7 +284,7 @@ func (t *task) signal(sig unix.Signal) error {
 		if def, err := hasDefaultAction(t.state.InitPid, sig); err == nil && def {
 			t.logger.Debug("init has no handler for the stop signal, which its pid namespace's init never receives: killing it",
 				"signal", sig.String())
-			t.emulated.CompareAndSwap(0, int32(sig))
+			t.recordEmulated(sig)
 			t.kill()
 			return nil
 		}
