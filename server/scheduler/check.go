@@ -8,7 +8,8 @@ import (
 	"github.com/corral-dev/corral/structs"
 )
 
-// Kinds of placement failure, for errors.Is on the errors CheckPlacement returns.
+// Kinds of placement failure, for errors.Is on the errors CheckPlacement,
+// CheckKeyLimits and CheckPendingLimit return.
 var (
 	ErrAgentNotFound  = errors.New("agent not found")
 	ErrAgentNotAlive  = errors.New("agent is not alive")
@@ -16,6 +17,12 @@ var (
 	ErrMissingDriver  = errors.New("agent lacks the kernel's driver")
 	ErrNotEnoughSlots = errors.New("agent has not enough free slots")
 	ErrInvalidRequest = errors.New("invalid kernel resource request")
+	// ErrConcurrencyLimit: the access key holds as many sessions as its policy allows.
+	ErrConcurrencyLimit = errors.New("concurrent session limit reached")
+	// ErrSlotLimit: the session would take the access key past its policy's total resource slots.
+	ErrSlotLimit = errors.New("resource slot limit reached")
+	// ErrPendingLimit: the access key has as many pending sessions as its policy allows.
+	ErrPendingLimit = errors.New("pending session limit reached")
 )
 
 // PlacementError says why a kernel cannot go on an agent; Kind is one of the

@@ -2,13 +2,22 @@
 // of the pending sessions. It is pure: it reads a snapshot of the state and
 // returns a plan, with no I/O, goroutines or clock, so the leader can run it
 // on any consistent view and the FSM re-checks the plan when it applies it.
+//
+// One pass, for each resource group and each priority level (highest
+// first), asks the group's session selector (queue.go: fifo, lifo, drf) for
+// the next session, runs the predicates (predicate.go: dependencies,
+// starts_at, policy limits) and then places all of the session's kernels or
+// none, each on the agent the group's agent selector prefers among those with
+// room (selector.go: concentrated, dispersed, roundrobin).
 package scheduler
 
 import (
 	"cmp"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/corral-dev/corral/structs"
 )
@@ -20,231 +29,166 @@ type PendingSession struct {
 }
 
 // Input is one scheduling pass's view of the state. The scheduler never
-// modifies it or anything it points to.
+// modifies it or anything it points to. Only Pending and Agents are
+// required; every other field has a documented meaning when left empty.
 type Input struct {
-	// Pending are the sessions to place, in any order: the scheduler sorts
-	// a copy by Session.CreateIndex, then Session.ID (FIFO).
+	// Pending are the sessions to place, in any order.
 	Pending []*PendingSession
 	// Agents are all known agents, in any status.
 	Agents []*structs.Agent
 	// Index is the state index of the snapshot.
 	Index uint64
+	// Groups holds the resource groups' scheduler configuration by name
+	// ("default", or "", for the default group). A group absent here, or the empty
+	// fields of one, take the defaults: fifo, NumRetriesToSkip 0,
+	// dispersed, structs.DefaultResourcePriority (see DefaultSessionSelector).
+	Groups map[string]*structs.ResourceGroup
+	// Policies holds the resource policy of each access key, by access key
+	// (not by policy name). Absent or nil: the key is unlimited.
+	Policies map[string]*structs.ResourcePolicy
+	// Usage holds what each access key holds now (its concurrency set and
+	// occupied slots), by access key. Absent: nothing.
+	Usage map[string]*structs.KeyUsage
+	// Sessions finds, by ID and in any status, the sessions that pending
+	// ones depend on; the sessions of Pending are found without it.
+	Sessions map[string]*structs.Session
+	// LookupSession, when set, is asked for the IDs that Sessions lacks; it
+	// returns nil for an unknown ID. It must be pure, as the rest of Input.
+	LookupSession func(id string) *structs.Session `json:"-"`
+	// Now is the pass's clock, for StartsAt. A zero Now starts no reserved
+	// session: callers must set it.
+	Now time.Time
+	// RoundRobin holds each group's round-robin cursor: the ID of the last
+	// agent the roundrobin selector used (the previous Result.RoundRobin).
+	RoundRobin map[string]string
 }
 
-// Schedule computes a plan for one pass with the default agent selector
-// (MostFreeCPU); see ScheduleWith.
-func Schedule(in *Input) *structs.Plan { return ScheduleWith(in, MostFreeCPU) }
+// Result is what one pass decided.
+type Result struct {
+	// Plan holds the placements, in the order they were made, and in
+	// Plan.Unplaced why every other pending session stays PENDING (except
+	// those in Cancel). Submit it through raft as before.
+	Plan *structs.Plan
+	// Cancel holds the sessions that can never run and why: a dependency
+	// ended without success, or does not exist. The server cancels them.
+	Cancel map[string]string
+	// RoundRobin is every group's round-robin cursor after the pass:
+	// Input.RoundRobin with the cursors the pass moved. Pass it as the next
+	// pass's Input.RoundRobin.
+	RoundRobin map[string]string
+	// Order lists each resource group's pending sessions in the order the
+	// pass took them: by priority, then by the group's session selector.
+	// For drf the order depends on what got placed. `corral queue` shows it.
+	Order map[string][]string
+	// Attempts holds the new Session.ScheduleAttempts of every session the
+	// pass tried and could not place (a predicate on its key's limits or its
+	// kernels failed, or no agents had room). Sessions that were placed,
+	// cancelled, not ready yet (starts_at, dependencies), blocked behind a
+	// fifo head of line, or in a misconfigured group are absent. The server
+	// records these counts: fifo's NumRetriesToSkip counts on them.
+	Attempts map[string]int
+}
 
-// ScheduleWith computes a plan for one pass. Sessions are taken in FIFO order
-// within their resource group ("" is the default group); each session's
-// kernels are placed all or none (gang), on ALIVE agents of the session's
-// group that have the kernel's driver and enough free slots, counting what
-// the pass already placed. sel picks among the agents that fit (nil means
-// MostFreeCPU).
-//
-// A session that cannot be placed goes into Plan.Unplaced with the reason,
-// and does not block the sessions behind it in this v1: it is skipped for
-// this pass, and later, smaller sessions may take the room it waits for.
-// (Backend.AI's num_retries_to_skip head-of-line blocking is a later step.)
-//
-// A session's kernels are placed one by one in role and index order (main1,
-// sub1, sub2...), each on the agent sel picks; the pass does not search
-// other assignments, so a gang that would fit only if a later, larger kernel
-// went first stays unplaced in this v1.
-//
-// Placements come in FIFO order, kernels in role and index order. The same
-// input always gives the same plan, whatever the order of its slices.
+// Options swaps the pieces a pass uses; the zero value uses the built-in ones.
+type Options struct {
+	// AgentSelector, when set, picks the agent of every kernel in every
+	// group instead of the group's configured agent selector. It sees all
+	// candidates, so it is slower than the built-in ones.
+	AgentSelector AgentSelector
+	// Predicates replaces DefaultPredicates when not nil.
+	Predicates []Predicate
+}
+
+// Plan runs one scheduling pass with the groups' configured selectors and
+// DefaultPredicates.
+func Plan(in *Input) *Result { return PlanWith(in, Options{}) }
+
+// Schedule runs one pass and returns only its plan; see Plan for the rest.
+func Schedule(in *Input) *structs.Plan { return Plan(in).Plan }
+
+// ScheduleWith runs one pass with sel choosing agents in every group (nil:
+// the groups' configured selectors, as Schedule) and returns its plan.
 func ScheduleWith(in *Input, sel AgentSelector) *structs.Plan {
-	plan := &structs.Plan{Placements: []structs.SessionPlacement{}, Unplaced: map[string]string{}}
+	return PlanWith(in, Options{AgentSelector: sel}).Plan
+}
+
+// Queue returns the IDs of a resource group's pending sessions in the order
+// the pass takes them ("" is the default group): Plan(in).Order[group].
+func Queue(in *Input, group string) []string {
+	return Plan(in).Order[groupOf(group)]
+}
+
+// PlanWith runs one scheduling pass with the given pieces.
+//
+// Each session's kernels are placed all or none (gang) on ALIVE agents of
+// the session's group that have the kernel's driver and room for all of its
+// slots, counting what the pass already placed. They are placed one by one
+// in role and index order (main1, sub1, sub2...), each on the agent the
+// selector prefers; the pass does not search other assignments, so a gang
+// that would fit only if a later, larger kernel went first stays unplaced.
+//
+// The same input always gives the same result, whatever the order of its
+// slices and maps.
+func PlanWith(in *Input, opt Options) *Result {
+	res := &Result{
+		Plan:       &structs.Plan{Placements: []structs.SessionPlacement{}, Unplaced: map[string]string{}},
+		Cancel:     map[string]string{},
+		RoundRobin: map[string]string{},
+		Order:      map[string][]string{},
+		Attempts:   map[string]int{},
+	}
 	if in == nil {
-		return plan
+		return res
 	}
-	plan.SnapshotIndex = in.Index
-	if sel == nil {
-		sel = MostFreeCPU
-	}
-	pending := fifo(in.Pending)
-	slots := newSlotTable(in.Agents, pending)
-	p := &pass{slots: slots, groups: buildGroups(in.Agents, slots), sel: sel}
-	for _, ps := range pending {
-		sp, reason := p.placeSession(ps)
-		if reason != "" {
-			plan.Unplaced[ps.Session.ID] = reason
-			continue
+	res.Plan.SnapshotIndex = in.Index
+	maps.Copy(res.RoundRobin, in.RoundRobin)
+	p := newPass(in, opt, res)
+	p.run()
+	for _, g := range p.groups {
+		if g.moved {
+			res.RoundRobin[g.name] = g.cursor
 		}
-		plan.Placements = append(plan.Placements, sp)
 	}
-	return plan
+	return res
 }
 
-// fifo returns the usable pending sessions sorted by create index then ID,
-// each session once.
-func fifo(in []*PendingSession) []*PendingSession {
-	out := make([]*PendingSession, 0, len(in))
-	for _, ps := range in {
-		if ps != nil && ps.Session != nil {
-			out = append(out, ps)
-		}
-	}
-	slices.SortStableFunc(out, func(a, b *PendingSession) int {
-		return cmp.Or(cmp.Compare(a.Session.CreateIndex, b.Session.CreateIndex), strings.Compare(a.Session.ID, b.Session.ID))
-	})
-	seen := make(map[string]bool, len(out))
-	return slices.DeleteFunc(out, func(ps *PendingSession) bool {
-		dup := seen[ps.Session.ID]
-		seen[ps.Session.ID] = true
-		return dup
-	})
+// item is one pending session during a pass.
+type item struct {
+	ps      *PendingSession
+	sess    *structs.Session
+	group   string
+	grank   int               // rank of group among the pass's groups, by name
+	kernels []*structs.Kernel // non-nil, in role and index order
+	reqs    []request         // per kernel
+	req     structs.Slots     // sum of the kernels' positive requests
+	invalid string            // why the session cannot be tried at all
+	// copies of the session's fields that sorting compares
+	priority    int
+	createIndex uint64
 }
 
-// slotTable numbers the slot names of one pass, so that per-agent amounts
-// live in dense vectors rather than maps on the hot path.
-type slotTable struct {
-	index map[string]int
-	names []string // sorted
-	cpu   int      // index of structs.SlotCPU, always present
-}
-
-func newSlotTable(agents []*structs.Agent, pending []*PendingSession) *slotTable {
-	set := map[string]bool{structs.SlotCPU: true}
-	for _, a := range agents {
-		if a == nil {
-			continue
-		}
-		for name := range a.Capacity {
-			set[name] = true
-		}
-		for name := range a.Occupied {
-			set[name] = true
-		}
-	}
-	for _, ps := range pending {
-		for _, k := range ps.Kernels {
-			if k != nil {
-				for name := range k.Resources {
-					set[name] = true
-				}
-			}
-		}
-	}
-	t := &slotTable{index: make(map[string]int, len(set))}
-	for name := range set {
-		t.names = append(t.names, name)
-	}
-	slices.Sort(t.names)
-	for i, name := range t.names {
-		t.index[name] = i
-	}
-	t.cpu = t.index[structs.SlotCPU]
-	return t
-}
-
-// request is what a kernel asks for: its positive slots, in name order.
-type request struct {
-	idx []int
-	amt []structs.Quantity
-}
-
-func (t *slotTable) request(k *structs.Kernel) request {
-	var r request
-	for _, name := range k.Resources.Names() {
-		if q := k.Resources[name]; q > 0 {
-			r.idx = append(r.idx, t.index[name])
-			r.amt = append(r.amt, q)
-		}
-	}
-	return r
-}
-
-// agentView is an ALIVE agent during one pass.
-type agentView struct {
-	agent *structs.Agent
-	slots *slotTable
-	// freeVec is capacity minus occupied per slot, counting what the pass
-	// placed so far: the pass's working copy, never the agent's own maps.
-	freeVec []structs.Quantity
-}
-
-func (v *agentView) free(i int) structs.Quantity { return v.freeVec[i] }
-
-// fits is structs.Fits over the dense vector.
-func (v *agentView) fits(r request) bool {
-	for j, i := range r.idx {
-		if v.freeVec[i] < r.amt[j] {
-			return false
-		}
-	}
-	return true
-}
-
-// take counts r as placed on the agent (sign 1) or gives it back (sign -1).
-func (v *agentView) take(r request, sign structs.Quantity) {
-	for j, i := range r.idx {
-		v.freeVec[i] -= sign * r.amt[j]
-	}
-}
-
-// groupView is one resource group's agents.
-type groupView struct {
-	name     string
-	agents   []*agentView            // ALIVE, sorted by ID
-	byDriver map[string][]*agentView // driver -> ALIVE agents with it, sorted by ID
-	notAlive int
-}
-
-func buildGroups(agents []*structs.Agent, slots *slotTable) map[string]*groupView {
-	sorted := make([]*structs.Agent, 0, len(agents))
-	for _, a := range agents {
-		if a != nil {
-			sorted = append(sorted, a)
-		}
-	}
-	slices.SortStableFunc(sorted, func(a, b *structs.Agent) int { return strings.Compare(a.ID, b.ID) })
-	sorted = slices.CompactFunc(sorted, func(a, b *structs.Agent) bool { return a.ID == b.ID })
-	// All views and free vectors live in two arrays, so that scanning a
-	// group's agents walks contiguous memory.
-	n := len(slots.names)
-	views := make([]agentView, 0, len(sorted))
-	backing := make([]structs.Quantity, len(sorted)*n)
-	groups := map[string]*groupView{}
-	for _, a := range sorted {
-		name := groupOf(a.ResourceGroup)
-		g := groups[name]
-		if g == nil {
-			g = &groupView{name: name, byDriver: map[string][]*agentView{}}
-			groups[name] = g
-		}
-		if a.Status != structs.AgentAlive {
-			g.notAlive++
-			continue
-		}
-		free := backing[len(views)*n : (len(views)+1)*n : (len(views)+1)*n]
-		for name, q := range a.Capacity {
-			free[slots.index[name]] += q
-		}
-		for name, q := range a.Occupied {
-			free[slots.index[name]] -= q
-		}
-		views = append(views, agentView{agent: a, slots: slots, freeVec: free})
-		v := &views[len(views)-1]
-		g.agents = append(g.agents, v)
-		seen := map[string]bool{}
-		for _, d := range a.Drivers {
-			if !seen[d] {
-				seen[d] = true
-				g.byDriver[d] = append(g.byDriver[d], v)
-			}
-		}
-	}
-	return groups
+// keyState is one access key during a pass.
+type keyState struct {
+	policy       *structs.ResourcePolicy
+	usage        *structs.KeyUsage
+	passSessions int
+	passOccupied structs.Slots
 }
 
 // pass is the state of one scheduling pass.
 type pass struct {
+	in     *Input
+	opt    Options
+	res    *Result
+	preds  []Predicate
 	slots  *slotTable
 	groups map[string]*groupView
-	sel    AgentSelector
+	items  []*item
+	byID   map[string]*item
+	keys   map[string]*keyState
+	check  SessionCheck
 	cands  []Candidate // reused between kernels
+	done   []placed    // reused between sessions
 }
 
 type placed struct {
@@ -253,49 +197,332 @@ type placed struct {
 	r request
 }
 
-// placeSession places all kernels of ps or none; it returns the placement,
-// or the reason why the session stays PENDING.
-func (p *pass) placeSession(ps *PendingSession) (structs.SessionPlacement, string) {
-	sp := structs.SessionPlacement{SessionID: ps.Session.ID}
-	kernels := make([]*structs.Kernel, 0, len(ps.Kernels))
-	for _, k := range ps.Kernels {
-		if k != nil {
-			kernels = append(kernels, k)
+func newPass(in *Input, opt Options, res *Result) *pass {
+	p := &pass{in: in, opt: opt, res: res, preds: opt.Predicates, keys: map[string]*keyState{}}
+	if p.preds == nil {
+		p.preds = DefaultPredicates
+	}
+	names := map[string]bool{}
+	items, byID, nkernels, nentries := prepare(in.Pending, names)
+	p.items, p.byID = items, byID
+	p.slots = newSlotTable(in.Agents, names)
+	p.groups = buildGroups(in.Agents, p.slots)
+	// All requests of the pass share three arrays.
+	reqs := make([]request, nkernels)
+	idx := make([]int, nentries)
+	amt := make([]structs.Quantity, nentries)
+	for _, it := range p.items {
+		if p.groups[it.group] == nil {
+			p.groups[it.group] = newGroupView(it.group)
+		}
+		it.reqs, reqs = reqs[:len(it.kernels):len(it.kernels)], reqs[len(it.kernels):]
+		for j, k := range it.kernels {
+			r := p.slots.requestInto(k.Resources, idx[:0:len(idx)], amt[:0:len(amt)])
+			it.reqs[j] = r
+			idx, amt = idx[len(r.idx):], amt[len(r.amt):]
 		}
 	}
-	if len(kernels) == 0 {
-		return sp, "session has no kernels"
-	}
-	slices.SortStableFunc(kernels, func(a, b *structs.Kernel) int {
-		return cmp.Or(strings.Compare(a.Role, b.Role), cmp.Compare(a.Idx, b.Idx), strings.Compare(a.ID, b.ID))
-	})
-	for _, k := range kernels {
-		if k.Status != structs.KernelPending {
-			return sp, fmt.Sprintf("kernel %s is %s, not %s", kernelName(k), k.Status, structs.KernelPending)
+	for name, g := range p.groups {
+		rg := in.Groups[name]
+		if rg == nil && name == structs.DefaultResourceGroup {
+			rg = in.Groups[""]
 		}
-		if err := checkRequest(k); err != nil {
-			return sp, err.Error()
-		}
+		g.cfg = resolveGroup(name, rg)
+		g.order = p.slots.order(g.cfg.priority)
+		g.cursor = in.RoundRobin[name]
 	}
-	name := groupOf(ps.Session.ResourceGroup)
-	g := p.groups[name]
-	if g == nil || len(g.agents) == 0 {
-		return sp, p.noAliveReason(name, g)
-	}
+	p.check.Lookup = p.lookup
+	p.check.Now = in.Now
+	return p
+}
 
-	var done []placed
+// prepare returns the usable pending sessions, each once, sorted by
+// queueOrder, with their kernels sorted and their requests summed; it adds
+// the slot names the kernels ask for to names.
+func prepare(pending []*PendingSession, names map[string]bool) (items []*item, byID map[string]*item, nkernels, nentries int) {
+	items = make([]*item, 0, len(pending))
+	byID = make(map[string]*item, len(pending))
+	slab := make([]item, len(pending))
+	for _, ps := range pending {
+		if ps == nil || ps.Session == nil || byID[ps.Session.ID] != nil {
+			continue
+		}
+		it := &slab[len(items)]
+		*it = item{ps: ps, sess: ps.Session, group: groupOf(ps.Session.ResourceGroup), req: structs.Slots{},
+			priority: ps.Session.Priority, createIndex: ps.Session.CreateIndex}
+		it.kernels = sortedKernels(ps.Kernels)
+		for _, k := range it.kernels {
+			if it.invalid == "" && k.Status != structs.KernelPending {
+				it.invalid = fmt.Sprintf("kernel %s is %s, not %s", kernelName(k), k.Status, structs.KernelPending)
+			}
+			for name, q := range k.Resources {
+				names[name] = true
+				if q > 0 {
+					it.req[name] += q
+					nentries++
+				} else if q < 0 && it.invalid == "" {
+					it.invalid = checkRequest(k).Error()
+				}
+			}
+		}
+		nkernels += len(it.kernels)
+		if len(it.kernels) == 0 {
+			it.invalid = "session has no kernels"
+		}
+		items = append(items, it)
+		byID[it.sess.ID] = it
+	}
+	// Number the groups so that sorting compares integers.
+	groups := map[string]int{}
+	for _, it := range items {
+		groups[it.group] = 0
+	}
+	sorted := slices.Sorted(maps.Keys(groups))
+	for i, g := range sorted {
+		groups[g] = i
+	}
+	for _, it := range items {
+		it.grank = groups[it.group]
+	}
+	slices.SortFunc(items, queueOrder)
+	return items, byID, nkernels, nentries
+}
+
+// kernelOrder sorts a session's kernels: main1, sub1, sub2...
+func kernelOrder(a, b *structs.Kernel) int {
+	return cmp.Or(strings.Compare(a.Role, b.Role), cmp.Compare(a.Idx, b.Idx), strings.Compare(a.ID, b.ID))
+}
+
+// sortedKernels returns ks without nils in kernelOrder: ks itself when it
+// already is (never modified), else a sorted copy.
+func sortedKernels(ks []*structs.Kernel) []*structs.Kernel {
+	ok := true
+	for i, k := range ks {
+		if k == nil || (i > 0 && kernelOrder(ks[i-1], k) > 0) {
+			ok = false
+			break
+		}
+	}
+	if ok {
+		return ks
+	}
+	out := make([]*structs.Kernel, 0, len(ks))
+	for _, k := range ks {
+		if k != nil {
+			out = append(out, k)
+		}
+	}
+	slices.SortStableFunc(out, kernelOrder)
+	return out
+}
+
+func (p *pass) lookup(id string) *structs.Session {
+	if s := p.in.Sessions[id]; s != nil {
+		return s
+	}
+	if p.in.LookupSession != nil {
+		if s := p.in.LookupSession(id); s != nil {
+			return s
+		}
+	}
+	if it := p.byID[id]; it != nil {
+		return it.sess
+	}
+	return nil
+}
+
+func (p *pass) key(k string) *keyState {
+	ks := p.keys[k]
+	if ks == nil {
+		ks = &keyState{policy: p.in.Policies[k], usage: p.in.Usage[k]}
+		p.keys[k] = ks
+	}
+	return ks
+}
+
+// run takes priority levels from highest to lowest; within a level, the
+// groups in name order (groups share only the keys' limits).
+func (p *pass) run() {
+	type groupLevels struct {
+		g      *groupView
+		levels [][]*item
+	}
+	var all []*groupLevels
+	var prios []int
+	for i := 0; i < len(p.items); {
+		j := i
+		for j < len(p.items) && p.items[j].group == p.items[i].group {
+			j++
+		}
+		gl := &groupLevels{g: p.groups[p.items[i].group], levels: priorityLevels(p.items[i:j])}
+		for _, l := range gl.levels {
+			prios = append(prios, l[0].sess.Priority)
+		}
+		all = append(all, gl)
+		i = j
+	}
+	slices.Sort(prios)
+	prios = slices.Compact(prios)
+	for pi := len(prios) - 1; pi >= 0; pi-- {
+		for _, gl := range all {
+			if len(gl.levels) == 0 || gl.levels[0][0].sess.Priority != prios[pi] {
+				continue
+			}
+			q := p.newQueue(gl.g, gl.levels[0])
+			gl.levels = gl.levels[1:]
+			for it := q.next(); it != nil; it = q.next() {
+				if p.consider(gl.g, it) {
+					q.placed(it)
+				}
+			}
+		}
+	}
+}
+
+// consider decides one session: cancel, leave PENDING with a reason, or
+// place it. It reports whether the session was placed.
+func (p *pass) consider(g *groupView, it *item) bool {
+	id := it.sess.ID
+	p.res.Order[g.name] = append(p.res.Order[g.name], id)
+	plan := p.res.Plan
+	if it.invalid != "" {
+		plan.Unplaced[id] = it.invalid
+		p.res.Attempts[id] = it.sess.ScheduleAttempts + 1
+		return false
+	}
+	ks := p.key(it.sess.AccessKey)
+	c := &p.check
+	c.Session, c.Kernels, c.Request = it.sess, it.kernels, it.req
+	c.Policy, c.Usage, c.PassSessions, c.PassOccupied = ks.policy, ks.usage, ks.passSessions, ks.passOccupied
+	var v Verdict
+	for _, pred := range p.preds {
+		if v = pred(c); v.Failed() {
+			break
+		}
+	}
+	switch {
+	case v.Cancel:
+		p.res.Cancel[id] = v.Reason
+		return false
+	case v.Wait:
+		plan.Unplaced[id] = v.Reason
+		return false
+	case g.cfg.invalid != "":
+		plan.Unplaced[id] = g.cfg.invalid
+		return false
+	case g.blocked != nil:
+		h := g.blocked
+		plan.Unplaced[id] = fmt.Sprintf("waiting behind session %s, the head of the queue of resource group %q "+
+			"(fifo: a head blocks the sessions behind it until it has failed %d passes; it has failed %d)",
+			h.ID, g.name, g.cfg.numRetriesToSkip, h.ScheduleAttempts+1)
+		return false
+	case v.Failed():
+		plan.Unplaced[id] = v.Reason
+		p.res.Attempts[id] = it.sess.ScheduleAttempts + 1
+		return false
+	}
+	sp, reason := p.place(g, it)
+	if reason != "" {
+		plan.Unplaced[id] = reason
+		p.res.Attempts[id] = it.sess.ScheduleAttempts + 1
+		if g.cfg.sessionSelector == structs.SelectorFIFO && it.sess.ScheduleAttempts < g.cfg.numRetriesToSkip {
+			g.blocked = it.sess
+		}
+		return false
+	}
+	plan.Placements = append(plan.Placements, sp)
+	if ks.usage == nil || !ks.usage.Sessions[id] {
+		ks.passSessions++
+	}
+	if ks.passOccupied == nil {
+		ks.passOccupied = structs.Slots{}
+	}
+	for name, q := range it.req {
+		ks.passOccupied[name] += q
+	}
+	return true
+}
+
+// place puts all kernels of the session on agents of g, or none; it
+// returns the placement, or the reason why the session stays PENDING.
+func (p *pass) place(g *groupView, it *item) (structs.SessionPlacement, string) {
+	sp := structs.SessionPlacement{SessionID: it.sess.ID}
+	if len(g.agents) == 0 {
+		return sp, p.noAliveReason(g.name, g)
+	}
+	done := p.done[:0]
+	cursor, moved := g.cursor, g.moved
 	rollback := func() {
 		for _, d := range done {
 			d.v.take(d.r, -1)
 		}
+		g.cursor, g.moved = cursor, moved
 	}
-	for _, k := range kernels {
+	if reason := p.precheck(g, it); reason != "" {
+		return sp, reason
+	}
+	for j, k := range it.kernels {
 		withDriver := g.byDriver[k.Driver]
 		if len(withDriver) == 0 {
 			rollback()
 			return sp, noDriverReason(g, k)
 		}
-		r := p.slots.request(k)
+		r := it.reqs[j]
+		v, reason, short := p.pick(g, k, r, withDriver, len(done) == 0)
+		if v == nil {
+			rollback()
+			if short && len(done) > 0 && p.anyFits(g, k.Driver, r, withDriver) {
+				reason = fmt.Sprintf("the session's %d kernels do not fit together: after placing %s, %s",
+					len(it.kernels), placedList(done), reason)
+			}
+			p.done = done
+			return sp, reason
+		}
+		v.take(r, 1)
+		if g.cfg.agentSelector == structs.AgentSelectorRoundRobin && p.opt.AgentSelector == nil {
+			g.cursor, g.moved = v.agent.ID, true
+		}
+		done = append(done, placed{k: k, v: v, r: r})
+	}
+	sp.Placements = make([]structs.Placement, len(done))
+	for i, d := range done {
+		sp.Placements[i] = structs.Placement{KernelID: d.k.ID, AgentID: d.v.agent.ID}
+	}
+	p.done = done
+	return sp, ""
+}
+
+// precheck fails a session of several kernels, before anything is held
+// for it, when one of its kernels has no driver or finds no room even on its
+// own: that spares holding and giving back the kernels before it.
+func (p *pass) precheck(g *groupView, it *item) string {
+	if len(it.kernels) < 2 || p.opt.AgentSelector != nil {
+		return ""
+	}
+	for j, k := range it.kernels {
+		withDriver := g.byDriver[k.Driver]
+		if len(withDriver) == 0 {
+			return noDriverReason(g, k)
+		}
+		r := it.reqs[j]
+		idx := g.index(k.Driver)
+		fails := g.knownToFail(k.Driver, r) || !idx.mayFitAny(r)
+		if !fails && j > 0 && idx.first(r) == nil {
+			g.rememberFailed(k.Driver, r)
+			fails = true
+		}
+		if fails {
+			return g.shortReason(withDriver, k, r, idx.best)
+		}
+	}
+	return ""
+}
+
+// pick chooses the agent for one kernel, or says why there is none; short
+// is true when no agent had room. clean says the pass holds nothing
+// tentatively for the session, so that a failure may be remembered.
+func (p *pass) pick(g *groupView, k *structs.Kernel, r request, withDriver []*agentView, clean bool) (v *agentView, reason string, short bool) {
+	if sel := p.opt.AgentSelector; sel != nil {
 		p.cands = p.cands[:0]
 		for _, v := range withDriver {
 			if v.fits(r) {
@@ -303,38 +530,57 @@ func (p *pass) placeSession(ps *PendingSession) (structs.SessionPlacement, strin
 			}
 		}
 		if len(p.cands) == 0 {
-			reason := shortReason(g, withDriver, k, r)
-			rollback()
-			if len(done) > 0 && anyFits(withDriver, r) {
-				reason = fmt.Sprintf("the session's %d kernels do not fit together: after placing %s, %s",
-					len(kernels), placedList(done), reason)
-			}
-			return sp, reason
+			return nil, g.shortReason(withDriver, k, r, scanBest(withDriver)), true
 		}
-		i := p.sel(k, p.cands)
+		i := sel(k, p.cands)
 		if i < 0 || i >= len(p.cands) {
-			rollback()
-			return sp, fmt.Sprintf("the agent selector chose none of the %d agents in resource group %q with room for kernel %s",
-				len(p.cands), g.name, kernelName(k))
+			return nil, fmt.Sprintf("the agent selector chose none of the %d agents in resource group %q with room for kernel %s",
+				len(p.cands), g.name, kernelName(k)), false
 		}
-		v := p.cands[i].view
-		v.take(r, 1)
-		done = append(done, placed{k: k, v: v, r: r})
+		return p.cands[i].view, "", false
 	}
-	sp.Placements = make([]structs.Placement, len(done))
-	for i, d := range done {
-		sp.Placements[i] = structs.Placement{KernelID: d.k.ID, AgentID: d.v.agent.ID}
+	idx := g.index(k.Driver)
+	if !g.knownToFail(k.Driver, r) {
+		if g.cfg.agentSelector == structs.AgentSelectorRoundRobin {
+			v = idx.firstAfter(g.cursor, r)
+		}
+		if v == nil {
+			v = idx.first(r)
+		}
+		if v != nil {
+			return v, "", false
+		}
+		if clean {
+			g.rememberFailed(k.Driver, r)
+		}
 	}
-	return sp, ""
+	return nil, g.shortReason(withDriver, k, r, idx.best), true
 }
 
-func anyFits(agents []*agentView, r request) bool {
-	for _, v := range agents {
-		if v.fits(r) {
-			return true
+func (p *pass) anyFits(g *groupView, driver string, r request, withDriver []*agentView) bool {
+	if p.opt.AgentSelector != nil {
+		for _, v := range withDriver {
+			if v.fits(r) {
+				return true
+			}
 		}
+		return false
 	}
-	return false
+	return g.index(driver).first(r) != nil
+}
+
+// scanBest finds the agent with the most free room of a slot (the lowest
+// ID on ties) by scanning agents, for passes with a custom selector.
+func scanBest(agents []*agentView) func(i int) (*agentView, structs.Quantity) {
+	return func(i int) (*agentView, structs.Quantity) {
+		best := agents[0]
+		for _, v := range agents[1:] {
+			if v.free(i) > best.free(i) {
+				best = v
+			}
+		}
+		return best, best.free(i)
+	}
 }
 
 func placedList(done []placed) string {
@@ -381,27 +627,24 @@ func noDriverReason(g *groupView, k *structs.Kernel) string {
 // maxAgentsInReason bounds how many agents a reason lists.
 const maxAgentsInReason = 3
 
-// shortReason explains why no agent of withDriver (non-empty) has room for
-// kernel k: the slots that no agent has enough of, with the best free amount
-// of each, or else that no agent has all of them at once.
-func shortReason(g *groupView, withDriver []*agentView, k *structs.Kernel, r request) string {
+// shortReason explains why no agent of withDriver (non-empty, sorted by ID)
+// has room for kernel k: the slots that no agent has enough of, with the
+// best free amount of each (best finds it), or else that no agent has all
+// of them at once.
+func shortReason(g *groupView, withDriver []*agentView, k *structs.Kernel, r request,
+	best func(i int) (*agentView, structs.Quantity)) string {
 	where := fmt.Sprintf("in resource group %q", g.name)
 	if len(withDriver) < len(g.agents) {
 		where = fmt.Sprintf("with driver %q in resource group %q", k.Driver, g.name)
 	}
-	names := g.agents[0].slots.names
+	names := withDriver[0].slots.names
 	var shortNames, needs, bests []string
 	for j, i := range r.idx {
-		best := withDriver[0]
-		for _, v := range withDriver[1:] {
-			if v.free(i) > best.free(i) {
-				best = v
-			}
-		}
-		if best.free(i) < r.amt[j] {
+		v, q := best(i)
+		if q < r.amt[j] {
 			shortNames = append(shortNames, names[i])
-			needs = append(needs, slotString(names[i], r.amt[j]))
-			bests = append(bests, slotString(names[i], best.free(i))+" on agent "+best.agent.ID)
+			needs = append(needs, g.slotString(names[i], r.amt[j]))
+			bests = append(bests, g.slotString(names[i], q)+" on agent "+v.agent.ID)
 		}
 	}
 	if len(shortNames) > 0 {
@@ -411,13 +654,13 @@ func shortReason(g *groupView, withDriver []*agentView, k *structs.Kernel, r req
 	// Each slot is free somewhere, but never all on the same agent.
 	all := make([]string, len(r.idx))
 	for j, i := range r.idx {
-		all[j] = slotString(names[i], r.amt[j])
+		all[j] = g.slotString(names[i], r.amt[j])
 	}
 	var frees []string
 	for _, v := range withDriver[:min(len(withDriver), maxAgentsInReason)] {
 		parts := make([]string, len(r.idx))
 		for j, i := range r.idx {
-			parts[j] = slotString(names[i], v.free(i))
+			parts[j] = g.slotString(names[i], v.free(i))
 		}
 		frees = append(frees, v.agent.ID+" has "+strings.Join(parts, " "))
 	}

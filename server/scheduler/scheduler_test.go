@@ -592,7 +592,7 @@ func TestScheduleWithSelector(t *testing.T) {
 	}
 	checkPlan(t, in, plan)
 
-	// nil selector is MostFreeCPU.
+	// A nil selector uses the groups' configured selectors, as Schedule.
 	if got, want := placedMap(ScheduleWith(in, nil)), placedMap(Schedule(in)); !reflect.DeepEqual(got, want) {
 		t.Errorf("nil selector: %v, want %v", got, want)
 	}
@@ -723,15 +723,4 @@ func TestCheckPlacement(t *testing.T) {
 			}
 		})
 	}
-}
-
-func BenchmarkSchedule10kSessions1kAgents(b *testing.B) {
-	in := randomInput(1, 1000, 10000)
-	b.ReportAllocs()
-	var plan *structs.Plan
-	for b.Loop() {
-		plan = Schedule(in)
-	}
-	b.ReportMetric(float64(len(plan.Placements)), "placed")
-	b.ReportMetric(float64(len(plan.Unplaced)), "unplaced")
 }

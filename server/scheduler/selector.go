@@ -2,6 +2,29 @@ package scheduler
 
 import "github.com/corral-dev/corral/structs"
 
+// Agent selectors. A resource group's AgentSelector picks the agent of each
+// kernel among the ALIVE agents of the group that have the kernel's driver
+// and room for every slot it asks for (counting what the pass placed):
+//
+//   - concentrated (bin-pack): the agent with the fewest unutilized slots
+//     (slots the agent has room in that the kernel does not ask for, as in
+//     Backend.AI: a CPU-only kernel avoids agents with free GPUs), then the
+//     least free room, compared slot by slot in the group's resource
+//     priority order (ResourcePriority, default
+//     structs.DefaultResourcePriority: cuda.device, cpu, mem; the slots it
+//     does not name come after, by name), then the lowest agent ID.
+//   - dispersed (spread, the default): the fewest unutilized slots, then the
+//     most free room in the same order, then the lowest agent ID.
+//   - roundrobin: the first agent with room whose ID sorts after the group's
+//     cursor (Input.RoundRobin), wrapping around to the lowest ID; the
+//     cursor moves to the chosen agent, kernel by kernel (a gang that fails
+//     leaves it where it was). Result.RoundRobin carries it to the next pass.
+//
+// Comparing free room before or after the kernel is placed gives the same
+// order, since every candidate loses the same amounts. The built-in
+// selectors find their agent in ordered indices (index.go) without testing
+// every agent; an AgentSelector given in Options sees every candidate instead.
+
 // Candidate is an agent that can take the kernel being placed: ALIVE, in the
 // session's resource group, with the kernel's driver and room for all of its
 // slots in this pass.
@@ -39,10 +62,10 @@ func (c Candidate) FreeSlots() structs.Slots {
 // be deterministic, must not modify its arguments and must not keep the
 // candidates after it returns (their free amounts change as the pass goes on).
 //
-// Backend.AI's concentrated, dispersed and round-robin selectors fit here.
+// It is the hook for selectors the built-in ones do not cover (see Options).
 type AgentSelector func(k *structs.Kernel, candidates []Candidate) int
 
-// MostFreeCPU is the v1 agent selector: the candidate with the most free cpu
+// MostFreeCPU is the v1 agent selector (v2 groups default to dispersed): the candidate with the most free cpu
 // once the kernel is placed, ties broken by the lowest agent ID. It spreads
 // kernels over agents.
 func MostFreeCPU(k *structs.Kernel, candidates []Candidate) int {
