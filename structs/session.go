@@ -50,10 +50,16 @@ type Session struct {
 	// StartsAt keeps a reserved batch session PENDING until then.
 	StartsAt time.Time `json:"starts_at,omitzero"`
 	// DependsOn lists sessions that must end TERMINATED with SUCCESS first.
-	DependsOn  []string      `json:"depends_on,omitempty"`
-	Status     SessionStatus `json:"status"`
-	StatusInfo string        `json:"status_info,omitempty"`
-	Result     SessionResult `json:"result"`
+	DependsOn []string `json:"depends_on,omitempty"`
+	// ClusterMode says where the kernels of a session of several kernels
+	// run: ClusterModeSingleNode (all on one agent) or ClusterModeMultiNode
+	// (spread over agents, joined by an overlay). Empty: single-node.
+	ClusterMode string `json:"cluster_mode,omitempty"`
+	// ClusterSize is the number of kernels (main1 plus the sub kernels).
+	ClusterSize int           `json:"cluster_size,omitempty"`
+	Status      SessionStatus `json:"status"`
+	StatusInfo  string        `json:"status_info,omitempty"`
+	Result      SessionResult `json:"result"`
 	// ScheduleAttempts counts scheduler passes that could not place the session.
 	ScheduleAttempts int            `json:"schedule_attempts,omitempty"`
 	KernelIDs        []string       `json:"kernel_ids"`
@@ -63,6 +69,15 @@ type Session struct {
 	CreateIndex      uint64         `json:"create_index"`
 	ModifyIndex      uint64         `json:"modify_index"`
 }
+
+// Cluster modes of a session of several kernels.
+const (
+	ClusterModeSingleNode = "single-node"
+	ClusterModeMultiNode  = "multi-node"
+)
+
+// SingleNode reports whether all kernels of the session must share one agent.
+func (s *Session) SingleNode() bool { return s.ClusterMode != ClusterModeMultiNode }
 
 // Kernel is one container, VM or process of a session, placed on one agent.
 type Kernel struct {
