@@ -33,6 +33,11 @@ type CreateSessionRequest struct {
 	// DependsOn lists sessions (ID, prefix or name) that must end with
 	// SUCCESS before this one starts; a failed one cancels this one.
 	DependsOn []string `json:"depends_on,omitempty"`
+	// ClusterSize is the number of kernels: main1 plus sub1..subN-1 (default 1).
+	ClusterSize int `json:"cluster_size,omitempty"`
+	// ClusterMode is single-node (default: all kernels on one agent) or
+	// multi-node (kernels spread over agents).
+	ClusterMode string `json:"cluster_mode,omitempty"`
 }
 
 // SessionDetail is a session with its kernels: the answer of create, get and destroy.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"regexp"
@@ -21,6 +22,7 @@ import (
 	"github.com/corral-dev/corral/api"
 	"github.com/corral-dev/corral/images"
 	"github.com/corral-dev/corral/rpc"
+	"github.com/corral-dev/corral/server/scheduler"
 	"github.com/corral-dev/corral/server/state"
 	"github.com/corral-dev/corral/structs"
 )
@@ -49,6 +51,7 @@ func (s *Server) setupHTTP() error {
 	mux.HandleFunc("GET /v1/agents", s.wrap(s.listAgents))
 	mux.HandleFunc("GET /v1/agents/{id}", s.wrap(s.getAgent))
 	mux.HandleFunc("GET /v1/status/leader", s.wrap(s.leader))
+	mux.HandleFunc("GET /v1/queue", s.wrap(s.queue))
 	mux.HandleFunc("GET /v1/images", s.wrap(s.listImages))
 	mux.HandleFunc("POST /v1/images/pull", s.wrap(s.pullImage))
 	s.registerAdmin(mux)
@@ -118,6 +121,8 @@ func errorStatus(err error) (int, string) {
 		return http.StatusNotFound, err.Error()
 	case errors.Is(err, state.ErrAmbiguous):
 		return http.StatusBadRequest, err.Error()
+	case errors.Is(err, scheduler.ErrPendingLimit):
+		return http.StatusTooManyRequests, err.Error()
 	case errors.Is(err, ErrNotLeader), errors.Is(err, ErrNotReady):
 		return http.StatusServiceUnavailable, err.Error()
 	}
@@ -203,21 +208,8 @@ func (s *Server) admit(ctx context.Context, snap *state.Snapshot, sess *structs.
 	if pol.MaxKernelsPerSession > 0 && len(kernels) > pol.MaxKernelsPerSession {
 		return badRequest("session has %d kernels; policy %s allows %d per session", len(kernels), pol.Name, pol.MaxKernelsPerSession)
 	}
-	if pol.MaxPendingSessions > 0 {
-		pending, err := snap.Sessions(nil, string(structs.SessionPending))
-		if err != nil {
-			return err
-		}
-		n := 0
-		for _, p := range pending {
-			if p.AccessKey == id.key.AccessKey {
-				n++
-			}
-		}
-		if n >= pol.MaxPendingSessions {
-			return &httpError{code: http.StatusTooManyRequests, msg: fmt.Sprintf("access key %s already has %d pending sessions; policy %s allows %d", id.key.AccessKey, n, pol.Name, pol.MaxPendingSessions)}
-		}
-	}
+	// max_pending_sessions is checked by the FSM, where concurrent creates
+	// are serialized (scheduler.CheckPendingLimit): 429 below.
 	return nil
 }
 
@@ -302,6 +294,16 @@ func (s *Server) validateCreate(req *api.CreateSessionRequest, snap *state.Snaps
 	if req.Priority < -1000 || req.Priority > 1000 {
 		return nil, nil, badRequest("priority %d is out of range [-1000, 1000]", req.Priority)
 	}
+	if req.ClusterSize < 0 || req.ClusterSize > maxClusterSize {
+		return nil, nil, badRequest("cluster_size %d is out of range [1, %d]", req.ClusterSize, maxClusterSize)
+	}
+	switch req.ClusterMode {
+	case "":
+		req.ClusterMode = structs.ClusterModeSingleNode
+	case structs.ClusterModeSingleNode, structs.ClusterModeMultiNode:
+	default:
+		return nil, nil, badRequest("unknown cluster_mode %q: use single-node or multi-node", req.ClusterMode)
+	}
 	if !req.StartsAt.IsZero() && req.Type != structs.SessionTypeBatch {
 		return nil, nil, badRequest("starts_at is for batch sessions (reservations)")
 	}
@@ -309,16 +311,51 @@ func (s *Server) validateCreate(req *api.CreateSessionRequest, snap *state.Snaps
 		ID: uuid.NewString(), Name: req.Name, Type: req.Type, ResourceGroup: group,
 		Status: structs.SessionPending, Result: structs.ResultUndefined, CreatedAt: now,
 		Priority: req.Priority, StartsAt: req.StartsAt.UTC(),
+		ClusterMode: req.ClusterMode, ClusterSize: max(req.ClusterSize, 1),
 	}
 	if req.StartsAt.IsZero() {
 		sess.StartsAt = time.Time{}
 	}
-	k := &structs.Kernel{
-		ID: uuid.NewString(), SessionID: sess.ID, Role: "main", Idx: 1, Hostname: "main1",
-		Driver: req.Driver, Image: req.Image, Command: req.Command, Env: req.Env,
-		Resources: res, Status: structs.KernelPending, CreatedAt: now,
+	return sess, clusterKernels(sess, req, res, now), nil
+}
+
+// maxClusterSize bounds the kernels of one session.
+const maxClusterSize = 64
+
+// clusterKernels builds the session's kernels, main1 and sub1..subN-1, each
+// with the cluster's environment (as Backend.AI's cluster sessions have).
+func clusterKernels(sess *structs.Session, req *api.CreateSessionRequest, res structs.Slots, now time.Time) []*structs.Kernel {
+	n := max(req.ClusterSize, 1)
+	hosts := make([]string, n)
+	for i := range hosts {
+		hosts[i] = "main1"
+		if i > 0 {
+			hosts[i] = fmt.Sprintf("sub%d", i)
+		}
 	}
-	return sess, []*structs.Kernel{k}, nil
+	ks := make([]*structs.Kernel, n)
+	for i := range ks {
+		role, idx := "main", 1
+		if i > 0 {
+			role, idx = "sub", i
+		}
+		k := &structs.Kernel{
+			ID: uuid.NewString(), SessionID: sess.ID, Role: role, Idx: idx, Hostname: hosts[i],
+			Driver: req.Driver, Image: req.Image, Command: req.Command,
+			Resources: res.Copy(), Status: structs.KernelPending, CreatedAt: now,
+			Env: map[string]string{},
+		}
+		maps.Copy(k.Env, req.Env)
+		k.Env["CORRAL_SESSION_ID"] = sess.ID
+		k.Env["CORRAL_KERNEL_ID"] = k.ID
+		k.Env["CORRAL_CLUSTER_ROLE"] = role
+		k.Env["CORRAL_CLUSTER_IDX"] = strconv.Itoa(idx)
+		k.Env["CORRAL_CLUSTER_HOST"] = hosts[i]
+		k.Env["CORRAL_CLUSTER_HOSTS"] = strings.Join(hosts, ",")
+		k.Env["CORRAL_CLUSTER_SIZE"] = strconv.Itoa(n)
+		ks[i] = k
+	}
+	return ks
 }
 
 func (s *Server) createSession(w http.ResponseWriter, r *http.Request) (any, error) {

@@ -7,13 +7,28 @@ import (
 	"github.com/hashicorp/go-memdb"
 
 	"github.com/corral-dev/corral/server/scheduler"
+	"github.com/corral-dev/corral/server/state"
 	"github.com/corral-dev/corral/structs"
 )
 
-// runScheduler is the leader's scheduling worker: whenever pending sessions
-// or agents change it takes a snapshot, asks the pure scheduler for a plan
+// schedWorker is the leader's scheduling loop state: what survives from one
+// pass to the next lives here, in memory, and is rebuilt by a new leader.
+type schedWorker struct {
+	s *Server
+	// roundRobin holds each group's round-robin cursor.
+	roundRobin map[string]string
+	// ownIndex is the state index of the worker's last plan apply: a pass
+	// that sees nothing newer was woken by its own write and counts no
+	// attempts, so fifo's num_retries_to_skip counts real retries only.
+	ownIndex uint64
+}
+
+// runScheduler is the leader's scheduling worker: whenever pending sessions,
+// agents or the scheduling configuration change (or a reserved session's
+// start time comes) it takes a snapshot, asks the pure scheduler for a plan
 // and submits the plan through raft, where the FSM re-checks it.
 func (s *Server) runScheduler(ctx context.Context) {
+	wk := &schedWorker{s: s, roundRobin: map[string]string{}}
 	backoff := 50 * time.Millisecond
 	for {
 		if ctx.Err() != nil {
@@ -21,7 +36,7 @@ func (s *Server) runScheduler(ctx context.Context) {
 		}
 		abandon := s.state.AbandonCh()
 		ws := memdb.NewWatchSet()
-		progressed, err := s.schedulePass(ws)
+		progressed, wake, err := wk.pass(ws)
 		if err != nil {
 			s.logger.Warn("scheduling pass failed", "error", err)
 			select {
@@ -39,54 +54,128 @@ func (s *Server) runScheduler(ctx context.Context) {
 			continue
 		}
 		ws.Add(abandon)
-		_ = ws.WatchCtx(ctx)
+		wctx := ctx
+		if !wake.IsZero() {
+			var cancel context.CancelFunc
+			wctx, cancel = context.WithDeadline(ctx, wake)
+			_ = ws.WatchCtx(wctx)
+			cancel()
+			continue
+		}
+		_ = ws.WatchCtx(wctx)
 	}
 }
 
-// schedulePass runs one pass; it reports whether it changed the state (so
-// the caller runs another pass at once rather than waiting).
-func (s *Server) schedulePass(ws memdb.WatchSet) (bool, error) {
-	snap := s.state.Snapshot()
+// schedulerInput builds a pass's input from a snapshot, registering in ws
+// what should wake the next pass. It also returns the pending sessions by
+// ID and the earliest future start time among them (zero: none).
+func schedulerInput(snap *state.Snapshot, ws memdb.WatchSet, now time.Time) (*scheduler.Input, map[string]*structs.Session, time.Time, error) {
+	var wake time.Time
 	pending, err := snap.Sessions(ws, string(structs.SessionPending))
 	if err != nil {
-		return false, err
+		return nil, nil, wake, err
 	}
 	agents, err := snap.Agents(ws)
 	if err != nil {
-		return false, err
+		return nil, nil, wake, err
 	}
-	if len(pending) == 0 {
-		return false, nil
+	snap.WatchTables(ws, "groups", "policies", "keys")
+	in := &scheduler.Input{
+		Agents:   agents,
+		Index:    snap.Index(""),
+		Groups:   map[string]*structs.ResourceGroup{},
+		Policies: map[string]*structs.ResourcePolicy{},
+		Usage:    map[string]*structs.KeyUsage{},
+		Now:      now,
+		LookupSession: func(id string) *structs.Session {
+			sess, err := snap.Session(nil, id)
+			if err != nil {
+				return nil
+			}
+			return sess
+		},
 	}
-	in := &scheduler.Input{Agents: agents, Index: snap.Index("")}
+	groups, err := snap.Groups()
+	if err != nil {
+		return nil, nil, wake, err
+	}
+	for _, g := range groups {
+		in.Groups[g.Name] = g
+	}
 	byID := make(map[string]*structs.Session, len(pending))
 	for _, sess := range pending {
 		ks, err := snap.KernelsBySession(nil, sess.ID)
 		if err != nil {
-			return false, err
+			return nil, nil, wake, err
 		}
 		in.Pending = append(in.Pending, &scheduler.PendingSession{Session: sess, Kernels: ks})
 		byID[sess.ID] = sess
-	}
-	plan := scheduler.Schedule(in)
-	// Record a reason only when it changed, so an idle queue writes nothing.
-	for id, reason := range plan.Unplaced {
-		if sess := byID[id]; sess != nil && sess.StatusInfo == reason {
-			delete(plan.Unplaced, id)
+		if ak := sess.AccessKey; ak != "" {
+			if _, ok := in.Usage[ak]; !ok {
+				in.Usage[ak] = snap.Usage(ak)
+				if p := snap.KeyPolicy(ak); p != nil {
+					in.Policies[ak] = p
+				}
+			}
+		}
+		if at := sess.StartsAt; at.After(now) && (wake.IsZero() || at.Before(wake)) {
+			wake = at
 		}
 	}
-	if len(plan.Placements) == 0 && len(plan.Unplaced) == 0 {
-		return false, nil
+	return in, byID, wake, nil
+}
+
+// pass runs one scheduling pass. It reports whether it changed the state
+// (so the caller runs another pass at once rather than waiting) and when a
+// reserved session is due (zero: none).
+func (wk *schedWorker) pass(ws memdb.WatchSet) (bool, time.Time, error) {
+	s := wk.s
+	snap := s.state.Snapshot()
+	in, byID, wake, err := schedulerInput(snap, ws, time.Now().UTC())
+	if err != nil || len(in.Pending) == 0 {
+		return false, wake, err
 	}
-	resp, _, err := s.apply(structs.PlanApplyRequestType, &structs.PlanApplyRequest{Plan: plan, Time: time.Now().UTC()})
+	in.RoundRobin = wk.roundRobin
+	res := scheduler.Plan(in)
+	wk.roundRobin = res.RoundRobin
+	plan := res.Plan
+	// Record a reason only when it changed, and attempts only when the
+	// pass saw a change it did not make itself, so an idle queue writes
+	// nothing and the worker's own writes do not count as retries.
+	if in.Index == wk.ownIndex {
+		res.Attempts = map[string]int{}
+	}
+	for id, n := range res.Attempts {
+		if sess := byID[id]; sess == nil || sess.ScheduleAttempts == n {
+			delete(res.Attempts, id)
+		}
+	}
+	for id, reason := range plan.Unplaced {
+		if sess := byID[id]; sess != nil && sess.StatusInfo == reason {
+			if _, counted := res.Attempts[id]; !counted {
+				delete(plan.Unplaced, id)
+			}
+		}
+	}
+	plan.Attempts, plan.Cancel = res.Attempts, res.Cancel
+	if len(plan.Placements) == 0 && len(plan.Unplaced) == 0 && len(plan.Cancel) == 0 && len(plan.Attempts) == 0 {
+		return false, wake, nil
+	}
+	resp, index, err := s.apply(structs.PlanApplyRequestType, &structs.PlanApplyRequest{Plan: plan, Time: time.Now().UTC()})
 	if err != nil {
-		return false, err
+		return false, wake, err
 	}
+	wk.ownIndex = index
 	if res, ok := resp.(*structs.PlanResult); ok {
 		for id, why := range res.Rejected {
 			s.logger.Info("plan placement rejected by the FSM", "session_id", id, "reason", why)
 		}
-		return len(res.Applied) > 0 || len(plan.Unplaced) > 0, nil
+		for _, id := range res.Cancelled {
+			s.logger.Info("session cancelled by the scheduler", "session_id", id, "reason", plan.Cancel[id])
+		}
+		// Rejections alone wait for the next change: retrying at once
+		// would only be rejected again.
+		return len(res.Applied) > 0 || len(res.Cancelled) > 0, wake, nil
 	}
-	return true, nil
+	return true, wake, nil
 }

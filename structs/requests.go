@@ -51,6 +51,13 @@ type Plan struct {
 	Placements []SessionPlacement `json:"placements"`
 	// Unplaced says why each session that could not be placed stays PENDING.
 	Unplaced map[string]string `json:"unplaced,omitempty"`
+	// Attempts sets the ScheduleAttempts of sessions the pass tried and
+	// could not place. Plans without it (older log entries) count one
+	// attempt whenever a session's reason changes.
+	Attempts map[string]int `json:"attempts,omitempty"`
+	// Cancel lists sessions that can never run (a dependency failed) and
+	// why; the FSM cancels those still PENDING.
+	Cancel map[string]string `json:"cancel,omitempty"`
 	// SnapshotIndex is the state index the plan was computed at.
 	SnapshotIndex uint64 `json:"snapshot_index"`
 }
@@ -65,6 +72,8 @@ type PlanApplyRequest struct {
 type PlanResult struct {
 	Applied  []string          `json:"applied"`
 	Rejected map[string]string `json:"rejected,omitempty"`
+	// Cancelled lists the sessions the plan cancelled.
+	Cancelled []string `json:"cancelled,omitempty"`
 }
 
 // KernelUpdate is a status change an agent observed for one kernel.

@@ -24,7 +24,8 @@ type createCmd struct {
 // (after "--", or from the first argument that is not a flag).
 func (c *cli) parseCreate(args []string) (*createCmd, error) {
 	f := c.newFlags("session create", "[flags] -- CMD [ARGS...]",
-		"Submit a session that runs CMD in one kernel (main1) and print its ID.\n"+
+		"Submit a session that runs CMD in its kernels (main1, and sub1..subN-1 with\n"+
+			"-cluster-size N) and print its ID.\n"+
 			"With -wait, follow it: a batch session until it ends (then print main1's output\n"+
 			"and exit 0 on SUCCESS, 1 otherwise), an interactive one until it is RUNNING.", false)
 	cmd := &createCmd{flags: f}
@@ -42,6 +43,8 @@ func (c *cli) parseCreate(args []string) (*createCmd, error) {
 	f.Var(deps, "depends-on", "sessions (comma-separated IDs or names) that must end with SUCCESS first")
 	env := envFlag{}
 	f.Var(env, "env", "environment variable `KEY=VALUE` of the kernel (repeatable)")
+	f.IntVar(&r.ClusterSize, "cluster-size", 1, "number of kernels: main1 plus sub1..subN-1, placed together or not at all")
+	f.StringVar(&r.ClusterMode, "cluster-mode", "", "single-node (all kernels on one agent, the default) or multi-node")
 	f.BoolVar(&cmd.wait, "wait", false, "follow the session until it ends (batch) or runs (interactive)")
 	_, command, err := f.parse(args, 0)
 	if err != nil {
@@ -61,6 +64,14 @@ func (c *cli) parseCreate(args []string) (*createCmd, error) {
 		} else {
 			return nil, f.usageErr("invalid -starts-at %q: want an RFC 3339 time or a duration such as 10m", *startsAt)
 		}
+	}
+	if r.ClusterSize < 1 {
+		return nil, f.usageErr("invalid -cluster-size %d: want 1 or more kernels", r.ClusterSize)
+	}
+	switch r.ClusterMode {
+	case "", structs.ClusterModeSingleNode, structs.ClusterModeMultiNode:
+	default:
+		return nil, f.usageErr("invalid -cluster-mode %q: want single-node or multi-node", r.ClusterMode)
 	}
 	r.Command = command
 	r.Type = structs.SessionType(*typ)

@@ -2,6 +2,7 @@ package state
 
 import (
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/hashicorp/go-memdb"
@@ -65,6 +66,22 @@ func (s *StateStore) EnqueueSession(index uint64, req *structs.SessionEnqueueReq
 	if existing, _ := w.snap().Session(nil, req.Session.ID); existing != nil {
 		return fmt.Errorf("session %s already exists", req.Session.ID)
 	}
+	// max_pending_sessions, checked where concurrent creates are serialized.
+	if pol := w.snap().KeyPolicy(req.Session.AccessKey); pol != nil && pol.MaxPendingSessions > 0 {
+		pending, err := w.snap().Sessions(nil, string(structs.SessionPending))
+		if err != nil {
+			return err
+		}
+		n := 0
+		for _, p := range pending {
+			if p.AccessKey == req.Session.AccessKey {
+				n++
+			}
+		}
+		if err := scheduler.CheckPendingLimit(pol, n); err != nil {
+			return err
+		}
+	}
 	sess := req.Session.Copy()
 	sess.CreateIndex = index
 	sess.Status = structs.SessionPending
@@ -92,7 +109,9 @@ func (s *StateStore) EnqueueSession(index uint64, req *structs.SessionEnqueueReq
 
 // ApplyPlan re-checks each session placement of a plan against the latest
 // state and applies those that still fit, all kernels of a session or none.
-// Agents' occupied slots change in the same transaction.
+// Agents' occupied slots and the keys' usage change in the same
+// transaction. It then cancels the plan's Cancel sessions that are still
+// PENDING and records the reasons and attempts of the unplaced ones.
 func (s *StateStore) ApplyPlan(index uint64, req *structs.PlanApplyRequest) (*structs.PlanResult, error) {
 	w := s.write(index)
 	defer w.txn.Abort()
@@ -105,15 +124,45 @@ func (s *StateStore) ApplyPlan(index uint64, req *structs.PlanApplyRequest) (*st
 		}
 		res.Applied = append(res.Applied, sp.SessionID)
 	}
-	for id, reason := range req.Plan.Unplaced {
-		if err := w.recordPending(sn, id, reason, req.Time); err != nil {
+	for _, id := range sortedKeys(req.Plan.Cancel) {
+		sess, err := sn.Session(nil, id)
+		if err != nil || sess.Status != structs.SessionPending {
+			continue // placed, cancelled or gone meanwhile
+		}
+		if err := w.endSession(sn, sess, "cancelled: "+req.Plan.Cancel[id], req.Time); err != nil {
 			return nil, err
+		}
+		res.Cancelled = append(res.Cancelled, id)
+	}
+	for id, reason := range req.Plan.Unplaced {
+		attempts, counted := req.Plan.Attempts[id]
+		if req.Plan.Attempts == nil {
+			attempts, counted = -1, true // older plans: count on a new reason
+		}
+		if err := w.recordPending(sn, id, reason, attempts, counted, req.Time); err != nil {
+			return nil, err
+		}
+	}
+	for id, attempts := range req.Plan.Attempts {
+		if _, ok := req.Plan.Unplaced[id]; !ok {
+			if err := w.recordPending(sn, id, "", attempts, true, req.Time); err != nil {
+				return nil, err
+			}
 		}
 	}
 	if err := w.commit(); err != nil {
 		return nil, err
 	}
 	return res, nil
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	slices.Sort(out)
+	return out
 }
 
 func (w *writer) placeSession(sn *Snapshot, sp structs.SessionPlacement, now time.Time) error {
@@ -132,8 +181,22 @@ func (w *writer) placeSession(sn *Snapshot, sp structs.SessionPlacement, now tim
 		return fmt.Errorf("plan places %d of the session's %d kernels", len(sp.Placements), len(kernels))
 	}
 	byID := map[string]*structs.Kernel{}
+	var req structs.Slots
 	for _, k := range kernels {
 		byID[k.ID] = k
+		req = req.Add(k.Resources)
+	}
+	// The key's limits against its latest usage: a plan computed on an
+	// older snapshot, or by another worker, never pushes a key over them.
+	if err := scheduler.CheckKeyLimits(sn.KeyPolicy(sess.AccessKey), sn.Usage(sess.AccessKey), sess.ID, req); err != nil {
+		return err
+	}
+	if sess.SingleNode() && len(sp.Placements) > 1 {
+		for _, p := range sp.Placements[1:] {
+			if p.AgentID != sp.Placements[0].AgentID {
+				return fmt.Errorf("single-node session placed on several agents (%s and %s)", sp.Placements[0].AgentID, p.AgentID)
+			}
+		}
 	}
 	// Check every kernel against the latest agents before changing anything.
 	agents := map[string]*structs.Agent{}
@@ -181,18 +244,33 @@ func (w *writer) placeSession(sn *Snapshot, sp structs.SessionPlacement, now tim
 	return w.refreshSession(sess.ID, "scheduled", now)
 }
 
-func (w *writer) recordPending(sn *Snapshot, id, reason string, now time.Time) error {
+// recordPending records why a PENDING session stays so (reason "": keep
+// it) and, when counted, its schedule attempts (-1: one more when the
+// reason changes, as plans before Plan.Attempts did).
+func (w *writer) recordPending(sn *Snapshot, id, reason string, attempts int, counted bool, now time.Time) error {
 	sess, err := sn.Session(nil, id)
 	if err != nil || sess.Status != structs.SessionPending {
 		return nil // placed or gone meanwhile
 	}
-	if sess.StatusInfo == reason {
+	newReason := reason != "" && sess.StatusInfo != reason
+	if attempts < 0 {
+		attempts = sess.ScheduleAttempts
+		if newReason {
+			attempts++
+		}
+	}
+	if !counted {
+		attempts = sess.ScheduleAttempts
+	}
+	if !newReason && attempts == sess.ScheduleAttempts {
 		return nil
 	}
 	c := sess.Copy()
-	c.ScheduleAttempts++
-	if err := c.SetStatus(structs.SessionPending, reason, now); err != nil {
-		return err
+	c.ScheduleAttempts = attempts
+	if newReason {
+		if err := c.SetStatus(structs.SessionPending, reason, now); err != nil {
+			return err
+		}
 	}
 	return w.putSession(c)
 }
@@ -307,6 +385,9 @@ func (s *StateStore) UpdateKernels(index uint64, req *structs.KernelUpdateReques
 		last = u.Time
 	}
 	for id, info := range touched {
+		if err := w.stopAfterMain(id, last); err != nil {
+			return nil, err
+		}
 		if err := w.refreshSession(id, info, last); err != nil {
 			return nil, err
 		}
@@ -416,11 +497,32 @@ func (s *StateStore) DestroySession(index uint64, req *structs.SessionDestroyReq
 	if sess.Status.Terminal() {
 		return nil
 	}
+	if err := w.endSession(sn, sess, req.Reason, req.Time); err != nil {
+		return err
+	}
+	return w.commit()
+}
+
+// endSession cancels the session's PENDING kernels, moves its placed ones
+// to TERMINATING (or TERMINATED on agents that are not alive) and derives
+// the session's status.
+func (w *writer) endSession(sn *Snapshot, sess *structs.Session, reason string, now time.Time) error {
 	kernels, err := sn.KernelsBySession(nil, sess.ID)
 	if err != nil {
 		return err
 	}
+	if err := w.stopKernels(sn, kernels, nil, reason, now); err != nil {
+		return err
+	}
+	return w.refreshSession(sess.ID, reason, now)
+}
+
+// stopKernels ends every live kernel of the list except skip.
+func (w *writer) stopKernels(sn *Snapshot, kernels []*structs.Kernel, skip *structs.Kernel, reason string, now time.Time) error {
 	for _, cur := range kernels {
+		if skip != nil && cur.ID == skip.ID {
+			continue
+		}
 		k := cur.Copy()
 		var to structs.KernelStatus
 		switch {
@@ -434,18 +536,39 @@ func (s *StateStore) DestroySession(index uint64, req *structs.SessionDestroyReq
 				to = structs.KernelTerminated
 			}
 		}
-		if err := k.SetStatus(to, req.Reason, req.Time); err != nil {
+		if err := k.SetStatus(to, reason, now); err != nil {
 			return err
 		}
-		if err := w.releaseIfEnded(cur, k, req.Time); err != nil {
+		if err := w.releaseIfEnded(cur, k, now); err != nil {
 			return err
 		}
 		if err := w.putKernel(k); err != nil {
 			return err
 		}
 	}
-	if err := w.refreshSession(sess.ID, req.Reason, req.Time); err != nil {
+	return nil
+}
+
+// stopAfterMain ends the other kernels of a batch session whose main1 has
+// ended: the session's result is main1's, and its sub kernels have nothing
+// left to serve.
+func (w *writer) stopAfterMain(id string, now time.Time) error {
+	sn := w.snap()
+	sess, err := sn.Session(nil, id)
+	if err != nil || sess.Type != structs.SessionTypeBatch || sess.Status.Terminal() {
 		return err
 	}
-	return w.commit()
+	kernels, err := sn.KernelsBySession(nil, id)
+	if err != nil || len(kernels) < 2 {
+		return err
+	}
+	for _, k := range kernels {
+		if k.Role == "main" && k.Idx == 1 {
+			if !k.Status.Terminal() {
+				return nil
+			}
+			return w.stopKernels(sn, kernels, k, fmt.Sprintf("main1 ended (%s)", k.Status), now)
+		}
+	}
+	return nil
 }

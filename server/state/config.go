@@ -144,6 +144,23 @@ func (sn *Snapshot) Usage(key string) *structs.KeyUsage {
 	return u
 }
 
+// KeyPolicy returns the resource policy of an access key; nil when the key
+// has none (or it was deleted): unlimited.
+func (sn *Snapshot) KeyPolicy(accessKey string) *structs.ResourcePolicy {
+	if accessKey == "" {
+		return nil
+	}
+	k, err := sn.Key(accessKey)
+	if err != nil || k.Policy == "" {
+		return nil
+	}
+	p, err := sn.Policy(k.Policy)
+	if err != nil {
+		return nil
+	}
+	return p
+}
+
 // AllUsage lists the usage of every key that holds something.
 func (sn *Snapshot) AllUsage() ([]*structs.KeyUsage, error) {
 	return listAll[*structs.KeyUsage](sn.txn, tableUsage)

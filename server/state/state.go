@@ -56,11 +56,12 @@ func (s *StateStore) AbandonCh() <-chan struct{} {
 }
 
 // Index returns the raft index at which the named table ("sessions",
-// "kernels", "agents") last changed, or the latest of all with "".
+// "kernels", "agents", "users", "keys", "policies", "groups", "usage") last
+// changed, or the latest of all with "".
 func (sn *Snapshot) Index(table string) uint64 {
 	if table == "" {
 		var max uint64
-		for _, t := range []string{tableSessions, tableKernels, tableAgents} {
+		for _, t := range []string{tableSessions, tableKernels, tableAgents, tableUsers, tableKeys, tablePolicies, tableGroups, tableUsage} {
 			if v := sn.Index(t); v > max {
 				max = v
 			}
@@ -72,6 +73,19 @@ func (sn *Snapshot) Index(table string) uint64 {
 		return 0
 	}
 	return raw.(*indexEntry).Value
+}
+
+// WatchTables adds to ws a watch that fires when any of the named tables
+// changes.
+func (sn *Snapshot) WatchTables(ws memdb.WatchSet, tables ...string) {
+	if ws == nil {
+		return
+	}
+	for _, t := range tables {
+		if ch, _, err := sn.txn.FirstWatch(tableIndex, "id", t); err == nil {
+			ws.Add(ch)
+		}
+	}
 }
 
 // Session returns one session by exact ID, registering a watch in ws.

@@ -2,9 +2,12 @@ package state
 
 import (
 	"errors"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/corral-dev/corral/server/scheduler"
 	"github.com/corral-dev/corral/structs"
 )
 
@@ -306,5 +309,65 @@ func TestKeyUsageFollowsTransitions(t *testing.T) {
 	u = f.s.Snapshot().Usage("AK")
 	if len(u.Sessions) != 0 || len(u.Occupied) != 0 {
 		t.Fatalf("usage after all ended: %+v", u)
+	}
+}
+
+// TestApplyPlanRechecksKeyLimitsCancelsAndCountsAttempts: the FSM refuses a
+// placement that would take a key over its policy even when the plan (from
+// an older snapshot) proposes it, cancels the plan's Cancel sessions that
+// are still PENDING, and records attempts as the plan says.
+func TestApplyPlanRechecksKeyLimitsCancelsAndCountsAttempts(t *testing.T) {
+	f := newFixture(t)
+	f.agent("a1", slots(8, 8192))
+	cfg := &structs.ConfigUpsertRequest{
+		Policies: []*structs.ResourcePolicy{{Name: "one", MaxConcurrentSessions: 1, MaxPendingSessions: 3}},
+		Keys:     []*structs.AccessKey{{AccessKey: "AK", SecretHash: "h", User: "u", Policy: "one"}},
+		Time:     t0,
+	}
+	if err := f.s.UpsertConfig(f.next(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"s1", "s2", "s3"} {
+		sess := &structs.Session{ID: id, Type: structs.SessionTypeBatch, ResourceGroup: structs.DefaultResourceGroup, AccessKey: "AK"}
+		k := &structs.Kernel{ID: id + "-k", SessionID: id, Role: "main", Idx: 1, Hostname: "main1", Driver: "exec", Command: []string{"true"}, Resources: slots(1, 256)}
+		if err := f.s.EnqueueSession(f.next(), &structs.SessionEnqueueRequest{Session: sess, Kernels: []*structs.Kernel{k}, Time: t0}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A fourth pending session is over max_pending_sessions, whoever races.
+	sess := &structs.Session{ID: "s4", Type: structs.SessionTypeBatch, ResourceGroup: structs.DefaultResourceGroup, AccessKey: "AK"}
+	err := f.s.EnqueueSession(f.next(), &structs.SessionEnqueueRequest{Session: sess, Time: t0})
+	if !errors.Is(err, scheduler.ErrPendingLimit) {
+		t.Fatalf("fourth pending session: %v", err)
+	}
+	if res := f.place("s1", "a1"); len(res.Applied) != 1 {
+		t.Fatalf("s1: %+v", res)
+	}
+	if res := f.place("s2", "a1"); len(res.Applied) != 0 || !strings.Contains(res.Rejected["s2"], "max_concurrent_sessions") {
+		t.Fatalf("s2 over the key's concurrency: %+v", res)
+	}
+	if u := f.s.Snapshot().Usage("AK"); len(u.Sessions) != 1 || !u.Occupied.Equal(slots(1, 256)) || !f.occupied("a1").Equal(slots(1, 256)) {
+		t.Fatalf("usage after the rejected placement: %+v, agent %v", u, f.occupied("a1"))
+	}
+	plan := &structs.Plan{
+		Unplaced: map[string]string{"s2": "max_concurrent_sessions: ..."},
+		Attempts: map[string]int{"s2": 4},
+		Cancel:   map[string]string{"s3": "dependency x ended TERMINATED/FAILURE", "s1": "not pending: ignored"},
+	}
+	res, err := f.s.ApplyPlan(f.next(), &structs.PlanApplyRequest{Plan: plan, Time: t0})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(res.Cancelled, []string{"s3"}) {
+		t.Fatalf("cancelled %v", res.Cancelled)
+	}
+	if s := f.sess("s3"); s.Status != structs.SessionCancelled || !strings.Contains(s.StatusInfo, "dependency x") {
+		t.Fatalf("s3: %s %q", s.Status, s.StatusInfo)
+	}
+	if s := f.sess("s1"); s.Status != structs.SessionScheduled {
+		t.Fatalf("s1 touched by a cancel of a placed session: %s", s.Status)
+	}
+	if s := f.sess("s2"); s.ScheduleAttempts != 4 || s.StatusInfo != "max_concurrent_sessions: ..." {
+		t.Fatalf("s2: attempts %d %q", s.ScheduleAttempts, s.StatusInfo)
 	}
 }
