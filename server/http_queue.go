@@ -22,7 +22,7 @@ func (s *Server) queue(w http.ResponseWriter, r *http.Request) (any, error) {
 		return nil, badRequest("invalid resource group name %q", group)
 	}
 	snap := s.state.Snapshot()
-	in, byID, _, err := schedulerInput(snap, nil, time.Now().UTC())
+	in, byID, _, err := snap.SchedulerInput(nil, time.Now().UTC())
 	if err != nil {
 		return nil, err
 	}

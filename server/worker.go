@@ -7,7 +7,6 @@ import (
 	"github.com/hashicorp/go-memdb"
 
 	"github.com/corral-dev/corral/server/scheduler"
-	"github.com/corral-dev/corral/server/state"
 	"github.com/corral-dev/corral/structs"
 )
 
@@ -66,72 +65,13 @@ func (s *Server) runScheduler(ctx context.Context) {
 	}
 }
 
-// schedulerInput builds a pass's input from a snapshot, registering in ws
-// what should wake the next pass. It also returns the pending sessions by
-// ID and the earliest future start time among them (zero: none).
-func schedulerInput(snap *state.Snapshot, ws memdb.WatchSet, now time.Time) (*scheduler.Input, map[string]*structs.Session, time.Time, error) {
-	var wake time.Time
-	pending, err := snap.Sessions(ws, string(structs.SessionPending))
-	if err != nil {
-		return nil, nil, wake, err
-	}
-	agents, err := snap.Agents(ws)
-	if err != nil {
-		return nil, nil, wake, err
-	}
-	snap.WatchTables(ws, "groups", "policies", "keys")
-	in := &scheduler.Input{
-		Agents:   agents,
-		Index:    snap.Index(""),
-		Groups:   map[string]*structs.ResourceGroup{},
-		Policies: map[string]*structs.ResourcePolicy{},
-		Usage:    map[string]*structs.KeyUsage{},
-		Now:      now,
-		LookupSession: func(id string) *structs.Session {
-			sess, err := snap.Session(nil, id)
-			if err != nil {
-				return nil
-			}
-			return sess
-		},
-	}
-	groups, err := snap.Groups()
-	if err != nil {
-		return nil, nil, wake, err
-	}
-	for _, g := range groups {
-		in.Groups[g.Name] = g
-	}
-	byID := make(map[string]*structs.Session, len(pending))
-	for _, sess := range pending {
-		ks, err := snap.KernelsBySession(nil, sess.ID)
-		if err != nil {
-			return nil, nil, wake, err
-		}
-		in.Pending = append(in.Pending, &scheduler.PendingSession{Session: sess, Kernels: ks})
-		byID[sess.ID] = sess
-		if ak := sess.AccessKey; ak != "" {
-			if _, ok := in.Usage[ak]; !ok {
-				in.Usage[ak] = snap.Usage(ak)
-				if p := snap.KeyPolicy(ak); p != nil {
-					in.Policies[ak] = p
-				}
-			}
-		}
-		if at := sess.StartsAt; at.After(now) && (wake.IsZero() || at.Before(wake)) {
-			wake = at
-		}
-	}
-	return in, byID, wake, nil
-}
-
 // pass runs one scheduling pass. It reports whether it changed the state
 // (so the caller runs another pass at once rather than waiting) and when a
 // reserved session is due (zero: none).
 func (wk *schedWorker) pass(ws memdb.WatchSet) (bool, time.Time, error) {
 	s := wk.s
 	snap := s.state.Snapshot()
-	in, byID, wake, err := schedulerInput(snap, ws, time.Now().UTC())
+	in, byID, wake, err := snap.SchedulerInput(ws, time.Now().UTC())
 	if err != nil || len(in.Pending) == 0 {
 		return false, wake, err
 	}
