@@ -56,10 +56,13 @@ type Session struct {
 	// (spread over agents, joined by an overlay). Empty: single-node.
 	ClusterMode string `json:"cluster_mode,omitempty"`
 	// ClusterSize is the number of kernels (main1 plus the sub kernels).
-	ClusterSize int           `json:"cluster_size,omitempty"`
-	Status      SessionStatus `json:"status"`
-	StatusInfo  string        `json:"status_info,omitempty"`
-	Result      SessionResult `json:"result"`
+	ClusterSize int `json:"cluster_size,omitempty"`
+	// Network is the session's overlay (VNI and subnet) while it is placed
+	// and has several kernels; nil otherwise.
+	Network    *Network      `json:"network,omitempty"`
+	Status     SessionStatus `json:"status"`
+	StatusInfo string        `json:"status_info,omitempty"`
+	Result     SessionResult `json:"result"`
 	// ScheduleAttempts counts scheduler passes that could not place the session.
 	ScheduleAttempts int            `json:"schedule_attempts,omitempty"`
 	KernelIDs        []string       `json:"kernel_ids"`
@@ -84,23 +87,26 @@ type Kernel struct {
 	ID        string `json:"id"`
 	SessionID string `json:"session_id"`
 	// Role is "main" or "sub"; Idx counts from 1 within the role.
-	Role        string            `json:"role"`
-	Idx         int               `json:"idx"`
-	Hostname    string            `json:"hostname"`
-	Driver      string            `json:"driver"`
-	Image       string            `json:"image,omitempty"`
-	Command     []string          `json:"command"`
-	Env         map[string]string `json:"env,omitempty"`
-	WorkDir     string            `json:"workdir,omitempty"`
-	Resources   Slots             `json:"resources"`
-	AgentID     string            `json:"agent_id,omitempty"`
-	Status      KernelStatus      `json:"status"`
-	StatusInfo  string            `json:"status_info,omitempty"`
-	ExitCode    *int              `json:"exit_code,omitempty"`
-	History     []StatusChange    `json:"status_history"`
-	CreatedAt   time.Time         `json:"created_at"`
-	CreateIndex uint64            `json:"create_index"`
-	ModifyIndex uint64            `json:"modify_index"`
+	Role      string            `json:"role"`
+	Idx       int               `json:"idx"`
+	Hostname  string            `json:"hostname"`
+	Driver    string            `json:"driver"`
+	Image     string            `json:"image,omitempty"`
+	Command   []string          `json:"command"`
+	Env       map[string]string `json:"env,omitempty"`
+	WorkDir   string            `json:"workdir,omitempty"`
+	Resources Slots             `json:"resources"`
+	AgentID   string            `json:"agent_id,omitempty"`
+	// Network wires the kernel into its session's overlay (cluster
+	// sessions); set when the kernel is placed.
+	Network     *KernelNetwork `json:"network,omitempty"`
+	Status      KernelStatus   `json:"status"`
+	StatusInfo  string         `json:"status_info,omitempty"`
+	ExitCode    *int           `json:"exit_code,omitempty"`
+	History     []StatusChange `json:"status_history"`
+	CreatedAt   time.Time      `json:"created_at"`
+	CreateIndex uint64         `json:"create_index"`
+	ModifyIndex uint64         `json:"modify_index"`
 }
 
 // HoldsSlots reports whether the kernel occupies resources on its agent:
@@ -120,6 +126,7 @@ func (k *Kernel) Copy() *Kernel {
 		}
 	}
 	c.Resources = k.Resources.Copy()
+	c.Network = k.Network.Copy()
 	c.History = append([]StatusChange(nil), k.History...)
 	if k.ExitCode != nil {
 		v := *k.ExitCode
@@ -134,6 +141,10 @@ func (s *Session) Copy() *Session {
 	c.KernelIDs = append([]string(nil), s.KernelIDs...)
 	c.DependsOn = append([]string(nil), s.DependsOn...)
 	c.History = append([]StatusChange(nil), s.History...)
+	if s.Network != nil {
+		n := *s.Network
+		c.Network = &n
+	}
 	return &c
 }
 

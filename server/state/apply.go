@@ -228,12 +228,33 @@ func (w *writer) placeSession(sn *Snapshot, sp structs.SessionPlacement, now tim
 			return err
 		}
 	}
+	// A session of several kernels gets its overlay in the same apply.
+	var nets map[string]*structs.KernelNetwork
+	if len(kernels) > 1 {
+		nw, err := w.allocNetwork(sess.ID)
+		if err != nil {
+			return err
+		}
+		agentOf := map[string]*structs.Agent{}
+		for _, p := range sp.Placements {
+			agentOf[p.KernelID] = agents[p.AgentID]
+		}
+		if nets, err = kernelNetworks(nw, kernels, agentOf); err != nil {
+			return err
+		}
+		c := sess.Copy()
+		c.Network = nw
+		if err := w.putSession(c); err != nil {
+			return err
+		}
+	}
 	for _, p := range sp.Placements {
 		k := byID[p.KernelID].Copy()
 		if err := w.occupy(sess.AccessKey, sess.ID, k.Resources); err != nil {
 			return err
 		}
 		k.AgentID = p.AgentID
+		k.Network = nets[k.ID]
 		if err := k.SetStatus(structs.KernelScheduled, "placed on agent "+agents[p.AgentID].Name, now); err != nil {
 			return err
 		}
@@ -310,6 +331,10 @@ func (w *writer) refreshSession(id, info string, now time.Time) error {
 	if c.Status.Terminal() && !sess.Status.Terminal() {
 		// The session leaves its key's concurrency set in the same apply.
 		if err := w.release(c.AccessKey, c.ID, nil, true); err != nil {
+			return err
+		}
+		// Its overlay slot too; the record keeps the VNI and subnet it had.
+		if err := w.freeNetwork(c.Network); err != nil {
 			return err
 		}
 	}

@@ -19,6 +19,7 @@ type Dump struct {
 	Policies []*structs.ResourcePolicy `json:"policies,omitempty"`
 	Groups   []*structs.ResourceGroup  `json:"groups,omitempty"`
 	Usage    []*structs.KeyUsage       `json:"usage,omitempty"`
+	Networks []*structs.Network        `json:"networks,omitempty"`
 }
 
 // Dump copies everything out of the snapshot.
@@ -37,8 +38,11 @@ func (sn *Snapshot) Dump() (*Dump, error) {
 	if d.Agents, err = sn.Agents(nil); err != nil {
 		return nil, err
 	}
-	for _, t := range []string{tableUsers, tableKeys, tablePolicies, tableGroups, tableUsage} {
+	for _, t := range []string{tableUsers, tableKeys, tablePolicies, tableGroups, tableUsage, tableNetworks, networkCursor} {
 		d.Index[t] = sn.Index(t)
+	}
+	if d.Networks, err = sn.Networks(); err != nil {
+		return nil, err
 	}
 	if d.Users, err = sn.Users(); err != nil {
 		return nil, err
@@ -87,7 +91,7 @@ func (s *StateStore) Restore(d *Dump) error {
 		objs  []any
 	}{
 		{tableUsers, anySlice(d.Users)}, {tableKeys, anySlice(d.Keys)}, {tablePolicies, anySlice(d.Policies)},
-		{tableGroups, anySlice(d.Groups)}, {tableUsage, anySlice(d.Usage)},
+		{tableGroups, anySlice(d.Groups)}, {tableUsage, anySlice(d.Usage)}, {tableNetworks, anySlice(d.Networks)},
 	} {
 		for _, o := range set.objs {
 			if err := txn.Insert(set.table, o); err != nil {

@@ -81,6 +81,30 @@ func (st *store) check(what string) {
 			keySessions[s.AccessKey][s.ID] = true
 		}
 	}
+	// Overlays: exactly the live placed cluster sessions hold one, never two
+	// the same VNI or subnet, and their kernels carry its addresses.
+	nets, _ := snap.Networks()
+	held := map[string]bool{}
+	seen := map[string]bool{}
+	for _, nw := range nets {
+		s := sess[nw.SessionID]
+		if s == nil || s.Status.Terminal() || s.Network == nil || s.Network.VNI != nw.VNI {
+			t.Fatalf("after %s: network %+v held for session %+v", what, nw, s)
+		}
+		if seen[nw.Subnet] || seen[fmt.Sprint(nw.VNI)] {
+			t.Fatalf("after %s: network %+v given twice", what, nw)
+		}
+		seen[nw.Subnet], seen[fmt.Sprint(nw.VNI)], held[nw.SessionID] = true, true, true
+	}
+	for _, k := range kernels {
+		s := sess[k.SessionID]
+		if k.AgentID == "" || s.Status.Terminal() || len(s.KernelIDs) < 2 {
+			continue
+		}
+		if !held[s.ID] || k.Network == nil || k.Network.VNI != s.Network.VNI {
+			t.Fatalf("after %s: placed cluster kernel %s without its session's network (%+v)", what, k.ID, k.Network)
+		}
+	}
 	for _, a := range agents {
 		if !a.Occupied.Equal(byAgent[a.ID]) {
 			t.Fatalf("after %s: agent %s occupied %v, its kernels hold %v", what, a.ID, a.Occupied, byAgent[a.ID])

@@ -22,6 +22,7 @@ const (
 	tablePolicies = "policies"
 	tableGroups   = "groups"
 	tableUsage    = "usage"
+	tableNetworks = "networks"
 )
 
 // indexEntry records the raft index at which a table last changed.
@@ -82,6 +83,12 @@ func schema() *memdb.DBSchema {
 		tablePolicies: simpleTable(tablePolicies, "Name"),
 		tableGroups:   simpleTable(tableGroups, "Name"),
 		tableUsage:    simpleTable(tableUsage, "AccessKey"),
+		tableNetworks: {
+			Name: tableNetworks,
+			Indexes: map[string]*memdb.IndexSchema{
+				"id": {Name: "id", Unique: true, Indexer: &memdb.IntFieldIndex{Field: "Slot"}},
+			},
+		},
 		tableIndex: {
 			Name: tableIndex,
 			Indexes: map[string]*memdb.IndexSchema{

@@ -2,6 +2,7 @@ package state
 
 import (
 	"errors"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -369,5 +370,77 @@ func TestApplyPlanRechecksKeyLimitsCancelsAndCountsAttempts(t *testing.T) {
 	}
 	if s := f.sess("s2"); s.ScheduleAttempts != 4 || s.StatusInfo != "max_concurrent_sessions: ..." {
 		t.Fatalf("s2: attempts %d %q", s.ScheduleAttempts, s.StatusInfo)
+	}
+}
+
+// TestClusterNetworkAllocation: placing a session of several kernels gives
+// it a VNI and subnet in the same apply, one address per kernel, the hosts
+// table and the peers' underlay addresses; its end frees them, and the
+// next session gets another slot (next-fit).
+func TestClusterNetworkAllocation(t *testing.T) {
+	f := newFixture(t)
+	for _, id := range []string{"a1", "a2"} {
+		a := &structs.Agent{ID: id, Name: id, Status: structs.AgentAlive, Drivers: []string{"exec"}, Capacity: slots(4, 4096), SerfAddr: map[string]string{"a1": "10.9.0.11:8643", "a2": "10.9.0.12:8643"}[id]}
+		if err := f.s.UpsertAgent(f.next(), &structs.AgentUpsertRequest{Agent: a, Time: t0}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	enqueue := func(id string) {
+		sess := &structs.Session{ID: id, Type: structs.SessionTypeBatch, ResourceGroup: structs.DefaultResourceGroup, ClusterMode: structs.ClusterModeMultiNode, ClusterSize: 3}
+		var ks []*structs.Kernel
+		for i, h := range []string{"main1", "sub1", "sub2"} {
+			role, idx := "sub", i
+			if i == 0 {
+				role, idx = "main", 1
+			}
+			ks = append(ks, &structs.Kernel{ID: id + "-" + h, SessionID: id, Role: role, Idx: idx, Hostname: h, Driver: "exec", Command: []string{"true"}, Resources: slots(1, 64)})
+		}
+		if err := f.s.EnqueueSession(f.next(), &structs.SessionEnqueueRequest{Session: sess, Kernels: ks, Time: t0}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	place := func(id string) {
+		plan := &structs.Plan{Placements: []structs.SessionPlacement{{SessionID: id, Placements: []structs.Placement{
+			{KernelID: id + "-main1", AgentID: "a1"}, {KernelID: id + "-sub1", AgentID: "a2"}, {KernelID: id + "-sub2", AgentID: "a2"}}}}}
+		res, err := f.s.ApplyPlan(f.next(), &structs.PlanApplyRequest{Plan: plan, Time: t0})
+		if err != nil || len(res.Applied) != 1 {
+			t.Fatalf("place %s: %+v %v", id, res, err)
+		}
+	}
+	enqueue("c1")
+	place("c1")
+	s1 := f.sess("c1")
+	if s1.Network == nil || s1.Network.VNI != structs.DefaultOverlayVNIBase || s1.Network.Subnet != "10.224.0.0/24" {
+		t.Fatalf("c1's network %+v", s1.Network)
+	}
+	k, _ := f.s.Snapshot().Kernel("c1-sub2")
+	want := &structs.KernelNetwork{VNI: s1.Network.VNI, Address: "10.224.0.4/24", Underlay: "10.9.0.12", Peers: []string{"10.9.0.11"},
+		Hosts: map[string]string{"main1": "10.224.0.2", "sub1": "10.224.0.3", "sub2": "10.224.0.4"}}
+	if !reflect.DeepEqual(k.Network, want) {
+		t.Fatalf("sub2's network %+v, want %+v", k.Network, want)
+	}
+	enqueue("c2")
+	place("c2")
+	if s2 := f.sess("c2"); s2.Network == nil || s2.Network.VNI == s1.Network.VNI || s2.Network.Subnet == s1.Network.Subnet {
+		t.Fatalf("c2's network %+v beside c1's %+v", s2.Network, s1.Network)
+	}
+	if err := f.s.DestroySession(f.next(), &structs.SessionDestroyRequest{SessionID: "c1", Reason: "bye", Time: t0}); err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range []string{"main1", "sub1", "sub2"} {
+		agent := "a2"
+		if h == "main1" {
+			agent = "a1"
+		}
+		f.update(agent, "c1-"+h, structs.KernelTerminated, intp(0))
+	}
+	nets, _ := f.s.Snapshot().Networks()
+	if len(nets) != 1 || nets[0].SessionID != "c2" {
+		t.Fatalf("networks after c1 ended: %+v", nets)
+	}
+	enqueue("c3")
+	place("c3")
+	if s3 := f.sess("c3"); s3.Network.Slot != 2 {
+		t.Fatalf("c3 got slot %d, want the next one (2), not c1's freed 0", s3.Network.Slot)
 	}
 }
