@@ -340,7 +340,7 @@ func (d *Driver) Start(ctx context.Context, cfg *drivers.TaskConfig) (_ *drivers
 	if err != nil {
 		return nil, fmt.Errorf("task %s: %w", cfg.ID, err)
 	}
-	etc, err := writeEtcFiles(rfs.Dir, cfg.Hostname)
+	etc, err := writeEtcFiles(rfs.Dir, cfg.Hostname, cfg.Hosts)
 	if err != nil {
 		return nil, fmt.Errorf("task %s: writing /etc files: %w", cfg.ID, err)
 	}

@@ -7,9 +7,11 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -197,8 +199,9 @@ func unmount(target string) error {
 }
 
 // writeEtcFiles writes the container's /etc/hosts, /etc/hostname and
-// /etc/resolv.conf into dir/etc.
-func writeEtcFiles(dir, hostname string) (etcMounts, error) {
+// /etc/resolv.conf into dir/etc; extra adds hostname to IP entries (the
+// other kernels of a cluster session), in name order.
+func writeEtcFiles(dir, hostname string, extra map[string]string) (etcMounts, error) {
 	etc := filepath.Join(dir, "etc")
 	m := etcMounts{
 		Hosts:      filepath.Join(etc, "hosts"),
@@ -210,8 +213,11 @@ func writeEtcFiles(dir, hostname string) (etcMounts, error) {
 	}
 	hosts := "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n" +
 		"fe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n"
-	if hostname != "" {
+	if hostname != "" && extra[hostname] == "" {
 		hosts += "127.0.1.1\t" + hostname + "\n"
+	}
+	for _, name := range slices.Sorted(maps.Keys(extra)) {
+		hosts += extra[name] + "\t" + name + "\n"
 	}
 	for path, content := range map[string]string{m.Hosts: hosts, m.Hostname: hostname + "\n", m.ResolvConf: resolvConf("/etc/resolv.conf")} {
 		if err := os.WriteFile(path, []byte(content), 0o644); err != nil {

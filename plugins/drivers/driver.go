@@ -109,6 +109,9 @@ type TaskConfig struct {
 	// /run/netns/<name>) for a container kernel to join; empty gives the
 	// kernel a network namespace of its own with only loopback.
 	NetNSPath string `json:"netns_path,omitempty"`
+	// Hosts are extra /etc/hosts entries (hostname to IP) for container
+	// drivers: the other kernels of a cluster session.
+	Hosts map[string]string `json:"hosts,omitempty"`
 }
 
 // ImageConfig is the run configuration of an OCI image.

@@ -246,7 +246,7 @@ func taskConfigToProto(c *TaskConfig) *proto.TaskConfig {
 		Id: c.ID, SessionId: c.SessionID, Hostname: c.Hostname, Image: c.Image,
 		Command: c.Command, Env: c.Env, WorkDir: c.WorkDir, TaskDir: c.TaskDir,
 		Resources: res, StdoutPath: c.StdoutPath, StderrPath: c.StderrPath, User: c.User,
-		Rootfs: c.RootFS, ImageConfig: imageConfigToProto(c.ImageConfig), NetnsPath: c.NetNSPath,
+		Rootfs: c.RootFS, ImageConfig: imageConfigToProto(c.ImageConfig), NetnsPath: c.NetNSPath, Hosts: c.Hosts,
 	}
 }
 
@@ -283,7 +283,7 @@ func taskConfigFromProto(c *proto.TaskConfig) *TaskConfig {
 		ID: c.GetId(), SessionID: c.GetSessionId(), Hostname: c.GetHostname(), Image: c.GetImage(),
 		Command: c.GetCommand(), Env: env, WorkDir: c.GetWorkDir(), TaskDir: c.GetTaskDir(),
 		Resources: res, StdoutPath: c.GetStdoutPath(), StderrPath: c.GetStderrPath(), User: c.GetUser(),
-		RootFS: c.GetRootfs(), ImageConfig: imageConfigFromProto(c.GetImageConfig()), NetNSPath: c.GetNetnsPath(),
+		RootFS: c.GetRootfs(), ImageConfig: imageConfigFromProto(c.GetImageConfig()), NetNSPath: c.GetNetnsPath(), Hosts: c.GetHosts(),
 	}
 }
 

@@ -350,13 +350,16 @@ type TaskConfig struct {
 	WorkDir   string                 `protobuf:"bytes,7,opt,name=work_dir,json=workDir,proto3" json:"work_dir,omitempty"`
 	TaskDir   string                 `protobuf:"bytes,8,opt,name=task_dir,json=taskDir,proto3" json:"task_dir,omitempty"`
 	// resources maps a slot name to a structs.Quantity (fixed point).
-	Resources     map[string]int64 `protobuf:"bytes,9,rep,name=resources,proto3" json:"resources,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
-	StdoutPath    string           `protobuf:"bytes,10,opt,name=stdout_path,json=stdoutPath,proto3" json:"stdout_path,omitempty"`
-	StderrPath    string           `protobuf:"bytes,11,opt,name=stderr_path,json=stderrPath,proto3" json:"stderr_path,omitempty"`
-	User          string           `protobuf:"bytes,12,opt,name=user,proto3" json:"user,omitempty"`
-	Rootfs        string           `protobuf:"bytes,13,opt,name=rootfs,proto3" json:"rootfs,omitempty"`
-	ImageConfig   *ImageConfig     `protobuf:"bytes,14,opt,name=image_config,json=imageConfig,proto3" json:"image_config,omitempty"`
-	NetnsPath     string           `protobuf:"bytes,15,opt,name=netns_path,json=netnsPath,proto3" json:"netns_path,omitempty"`
+	Resources   map[string]int64 `protobuf:"bytes,9,rep,name=resources,proto3" json:"resources,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	StdoutPath  string           `protobuf:"bytes,10,opt,name=stdout_path,json=stdoutPath,proto3" json:"stdout_path,omitempty"`
+	StderrPath  string           `protobuf:"bytes,11,opt,name=stderr_path,json=stderrPath,proto3" json:"stderr_path,omitempty"`
+	User        string           `protobuf:"bytes,12,opt,name=user,proto3" json:"user,omitempty"`
+	Rootfs      string           `protobuf:"bytes,13,opt,name=rootfs,proto3" json:"rootfs,omitempty"`
+	ImageConfig *ImageConfig     `protobuf:"bytes,14,opt,name=image_config,json=imageConfig,proto3" json:"image_config,omitempty"`
+	NetnsPath   string           `protobuf:"bytes,15,opt,name=netns_path,json=netnsPath,proto3" json:"netns_path,omitempty"`
+	// Extra /etc/hosts entries: hostname -> IP (the other kernels of a
+	// cluster session).
+	Hosts         map[string]string `protobuf:"bytes,16,rep,name=hosts,proto3" json:"hosts,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -494,6 +497,13 @@ func (x *TaskConfig) GetNetnsPath() string {
 		return x.NetnsPath
 	}
 	return ""
+}
+
+func (x *TaskConfig) GetHosts() map[string]string {
+	if x != nil {
+		return x.Hosts
+	}
+	return nil
 }
 
 type ImageConfig struct {
@@ -1843,7 +1853,7 @@ const file_driver_proto_rawDesc = "" +
 	"\x04exec\x18\x01 \x01(\bR\x04exec\x12'\n" +
 	"\x0fresource_limits\x18\x02 \x01(\bR\x0eresourceLimits\x12\x18\n" +
 	"\arecover\x18\x03 \x01(\bR\arecover\x12'\n" +
-	"\x0fhost_networking\x18\x04 \x01(\bR\x0ehostNetworking\"\x89\x05\n" +
+	"\x0fhost_networking\x18\x04 \x01(\bR\x0ehostNetworking\"\x83\x06\n" +
 	"\n" +
 	"TaskConfig\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1d\n" +
@@ -1865,13 +1875,18 @@ const file_driver_proto_rawDesc = "" +
 	"\x06rootfs\x18\r \x01(\tR\x06rootfs\x12A\n" +
 	"\fimage_config\x18\x0e \x01(\v2\x1e.corral.drivers.v1.ImageConfigR\vimageConfig\x12\x1d\n" +
 	"\n" +
-	"netns_path\x18\x0f \x01(\tR\tnetnsPath\x1a6\n" +
+	"netns_path\x18\x0f \x01(\tR\tnetnsPath\x12>\n" +
+	"\x05hosts\x18\x10 \x03(\v2(.corral.drivers.v1.TaskConfig.HostsEntryR\x05hosts\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a<\n" +
 	"\x0eResourcesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\"\x86\x01\n" +
+	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\x1a8\n" +
+	"\n" +
+	"HostsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x86\x01\n" +
 	"\vImageConfig\x12\x1e\n" +
 	"\n" +
 	"entrypoint\x18\x01 \x03(\tR\n" +
@@ -1988,7 +2003,7 @@ func file_driver_proto_rawDescGZIP() []byte {
 	return file_driver_proto_rawDescData
 }
 
-var file_driver_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
+var file_driver_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
 var file_driver_proto_goTypes = []any{
 	(*PluginInfoRequest)(nil),     // 0: corral.drivers.v1.PluginInfoRequest
 	(*PluginInfoResponse)(nil),    // 1: corral.drivers.v1.PluginInfoResponse
@@ -2023,58 +2038,60 @@ var file_driver_proto_goTypes = []any{
 	nil,                           // 30: corral.drivers.v1.FingerprintResponse.AttributesEntry
 	nil,                           // 31: corral.drivers.v1.TaskConfig.EnvEntry
 	nil,                           // 32: corral.drivers.v1.TaskConfig.ResourcesEntry
-	nil,                           // 33: corral.drivers.v1.ExecStart.EnvEntry
-	(*timestamppb.Timestamp)(nil), // 34: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 35: google.protobuf.Duration
+	nil,                           // 33: corral.drivers.v1.TaskConfig.HostsEntry
+	nil,                           // 34: corral.drivers.v1.ExecStart.EnvEntry
+	(*timestamppb.Timestamp)(nil), // 35: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 36: google.protobuf.Duration
 }
 var file_driver_proto_depIdxs = []int32{
 	30, // 0: corral.drivers.v1.FingerprintResponse.attributes:type_name -> corral.drivers.v1.FingerprintResponse.AttributesEntry
 	31, // 1: corral.drivers.v1.TaskConfig.env:type_name -> corral.drivers.v1.TaskConfig.EnvEntry
 	32, // 2: corral.drivers.v1.TaskConfig.resources:type_name -> corral.drivers.v1.TaskConfig.ResourcesEntry
 	7,  // 3: corral.drivers.v1.TaskConfig.image_config:type_name -> corral.drivers.v1.ImageConfig
-	6,  // 4: corral.drivers.v1.TaskHandle.config:type_name -> corral.drivers.v1.TaskConfig
-	34, // 5: corral.drivers.v1.TaskHandle.started_at:type_name -> google.protobuf.Timestamp
-	34, // 6: corral.drivers.v1.TaskStatus.started_at:type_name -> google.protobuf.Timestamp
-	34, // 7: corral.drivers.v1.TaskStatus.completed_at:type_name -> google.protobuf.Timestamp
-	9,  // 8: corral.drivers.v1.TaskStatus.exit_result:type_name -> corral.drivers.v1.ExitResult
-	34, // 9: corral.drivers.v1.TaskStats.time:type_name -> google.protobuf.Timestamp
-	6,  // 10: corral.drivers.v1.StartRequest.config:type_name -> corral.drivers.v1.TaskConfig
-	8,  // 11: corral.drivers.v1.StartResponse.handle:type_name -> corral.drivers.v1.TaskHandle
-	9,  // 12: corral.drivers.v1.WaitResponse.result:type_name -> corral.drivers.v1.ExitResult
-	35, // 13: corral.drivers.v1.StopRequest.timeout:type_name -> google.protobuf.Duration
-	10, // 14: corral.drivers.v1.InspectResponse.status:type_name -> corral.drivers.v1.TaskStatus
-	11, // 15: corral.drivers.v1.StatsResponse.stats:type_name -> corral.drivers.v1.TaskStats
-	33, // 16: corral.drivers.v1.ExecStart.env:type_name -> corral.drivers.v1.ExecStart.EnvEntry
-	24, // 17: corral.drivers.v1.ExecRequest.start:type_name -> corral.drivers.v1.ExecStart
-	26, // 18: corral.drivers.v1.ExecResponse.exit:type_name -> corral.drivers.v1.ExecExit
-	8,  // 19: corral.drivers.v1.RecoverRequest.handle:type_name -> corral.drivers.v1.TaskHandle
-	0,  // 20: corral.drivers.v1.Driver.PluginInfo:input_type -> corral.drivers.v1.PluginInfoRequest
-	2,  // 21: corral.drivers.v1.Driver.Fingerprint:input_type -> corral.drivers.v1.FingerprintRequest
-	4,  // 22: corral.drivers.v1.Driver.Capabilities:input_type -> corral.drivers.v1.CapabilitiesRequest
-	12, // 23: corral.drivers.v1.Driver.Start:input_type -> corral.drivers.v1.StartRequest
-	14, // 24: corral.drivers.v1.Driver.Wait:input_type -> corral.drivers.v1.WaitRequest
-	16, // 25: corral.drivers.v1.Driver.Stop:input_type -> corral.drivers.v1.StopRequest
-	18, // 26: corral.drivers.v1.Driver.Destroy:input_type -> corral.drivers.v1.DestroyRequest
-	20, // 27: corral.drivers.v1.Driver.Inspect:input_type -> corral.drivers.v1.InspectRequest
-	22, // 28: corral.drivers.v1.Driver.Stats:input_type -> corral.drivers.v1.StatsRequest
-	25, // 29: corral.drivers.v1.Driver.Exec:input_type -> corral.drivers.v1.ExecRequest
-	28, // 30: corral.drivers.v1.Driver.Recover:input_type -> corral.drivers.v1.RecoverRequest
-	1,  // 31: corral.drivers.v1.Driver.PluginInfo:output_type -> corral.drivers.v1.PluginInfoResponse
-	3,  // 32: corral.drivers.v1.Driver.Fingerprint:output_type -> corral.drivers.v1.FingerprintResponse
-	5,  // 33: corral.drivers.v1.Driver.Capabilities:output_type -> corral.drivers.v1.CapabilitiesResponse
-	13, // 34: corral.drivers.v1.Driver.Start:output_type -> corral.drivers.v1.StartResponse
-	15, // 35: corral.drivers.v1.Driver.Wait:output_type -> corral.drivers.v1.WaitResponse
-	17, // 36: corral.drivers.v1.Driver.Stop:output_type -> corral.drivers.v1.StopResponse
-	19, // 37: corral.drivers.v1.Driver.Destroy:output_type -> corral.drivers.v1.DestroyResponse
-	21, // 38: corral.drivers.v1.Driver.Inspect:output_type -> corral.drivers.v1.InspectResponse
-	23, // 39: corral.drivers.v1.Driver.Stats:output_type -> corral.drivers.v1.StatsResponse
-	27, // 40: corral.drivers.v1.Driver.Exec:output_type -> corral.drivers.v1.ExecResponse
-	29, // 41: corral.drivers.v1.Driver.Recover:output_type -> corral.drivers.v1.RecoverResponse
-	31, // [31:42] is the sub-list for method output_type
-	20, // [20:31] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	33, // 4: corral.drivers.v1.TaskConfig.hosts:type_name -> corral.drivers.v1.TaskConfig.HostsEntry
+	6,  // 5: corral.drivers.v1.TaskHandle.config:type_name -> corral.drivers.v1.TaskConfig
+	35, // 6: corral.drivers.v1.TaskHandle.started_at:type_name -> google.protobuf.Timestamp
+	35, // 7: corral.drivers.v1.TaskStatus.started_at:type_name -> google.protobuf.Timestamp
+	35, // 8: corral.drivers.v1.TaskStatus.completed_at:type_name -> google.protobuf.Timestamp
+	9,  // 9: corral.drivers.v1.TaskStatus.exit_result:type_name -> corral.drivers.v1.ExitResult
+	35, // 10: corral.drivers.v1.TaskStats.time:type_name -> google.protobuf.Timestamp
+	6,  // 11: corral.drivers.v1.StartRequest.config:type_name -> corral.drivers.v1.TaskConfig
+	8,  // 12: corral.drivers.v1.StartResponse.handle:type_name -> corral.drivers.v1.TaskHandle
+	9,  // 13: corral.drivers.v1.WaitResponse.result:type_name -> corral.drivers.v1.ExitResult
+	36, // 14: corral.drivers.v1.StopRequest.timeout:type_name -> google.protobuf.Duration
+	10, // 15: corral.drivers.v1.InspectResponse.status:type_name -> corral.drivers.v1.TaskStatus
+	11, // 16: corral.drivers.v1.StatsResponse.stats:type_name -> corral.drivers.v1.TaskStats
+	34, // 17: corral.drivers.v1.ExecStart.env:type_name -> corral.drivers.v1.ExecStart.EnvEntry
+	24, // 18: corral.drivers.v1.ExecRequest.start:type_name -> corral.drivers.v1.ExecStart
+	26, // 19: corral.drivers.v1.ExecResponse.exit:type_name -> corral.drivers.v1.ExecExit
+	8,  // 20: corral.drivers.v1.RecoverRequest.handle:type_name -> corral.drivers.v1.TaskHandle
+	0,  // 21: corral.drivers.v1.Driver.PluginInfo:input_type -> corral.drivers.v1.PluginInfoRequest
+	2,  // 22: corral.drivers.v1.Driver.Fingerprint:input_type -> corral.drivers.v1.FingerprintRequest
+	4,  // 23: corral.drivers.v1.Driver.Capabilities:input_type -> corral.drivers.v1.CapabilitiesRequest
+	12, // 24: corral.drivers.v1.Driver.Start:input_type -> corral.drivers.v1.StartRequest
+	14, // 25: corral.drivers.v1.Driver.Wait:input_type -> corral.drivers.v1.WaitRequest
+	16, // 26: corral.drivers.v1.Driver.Stop:input_type -> corral.drivers.v1.StopRequest
+	18, // 27: corral.drivers.v1.Driver.Destroy:input_type -> corral.drivers.v1.DestroyRequest
+	20, // 28: corral.drivers.v1.Driver.Inspect:input_type -> corral.drivers.v1.InspectRequest
+	22, // 29: corral.drivers.v1.Driver.Stats:input_type -> corral.drivers.v1.StatsRequest
+	25, // 30: corral.drivers.v1.Driver.Exec:input_type -> corral.drivers.v1.ExecRequest
+	28, // 31: corral.drivers.v1.Driver.Recover:input_type -> corral.drivers.v1.RecoverRequest
+	1,  // 32: corral.drivers.v1.Driver.PluginInfo:output_type -> corral.drivers.v1.PluginInfoResponse
+	3,  // 33: corral.drivers.v1.Driver.Fingerprint:output_type -> corral.drivers.v1.FingerprintResponse
+	5,  // 34: corral.drivers.v1.Driver.Capabilities:output_type -> corral.drivers.v1.CapabilitiesResponse
+	13, // 35: corral.drivers.v1.Driver.Start:output_type -> corral.drivers.v1.StartResponse
+	15, // 36: corral.drivers.v1.Driver.Wait:output_type -> corral.drivers.v1.WaitResponse
+	17, // 37: corral.drivers.v1.Driver.Stop:output_type -> corral.drivers.v1.StopResponse
+	19, // 38: corral.drivers.v1.Driver.Destroy:output_type -> corral.drivers.v1.DestroyResponse
+	21, // 39: corral.drivers.v1.Driver.Inspect:output_type -> corral.drivers.v1.InspectResponse
+	23, // 40: corral.drivers.v1.Driver.Stats:output_type -> corral.drivers.v1.StatsResponse
+	27, // 41: corral.drivers.v1.Driver.Exec:output_type -> corral.drivers.v1.ExecResponse
+	29, // 42: corral.drivers.v1.Driver.Recover:output_type -> corral.drivers.v1.RecoverResponse
+	32, // [32:43] is the sub-list for method output_type
+	21, // [21:32] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_driver_proto_init() }
@@ -2098,7 +2115,7 @@ func file_driver_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_driver_proto_rawDesc), len(file_driver_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   34,
+			NumMessages:   35,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
