@@ -83,6 +83,7 @@ type Agent struct {
 	conn    *serverConn
 
 	reporter *reporter
+	overlays *overlays
 	store    *localStore
 	images   *images.Store
 
@@ -135,6 +136,7 @@ func New(cfg Config) (*Agent, error) {
 	a := &Agent{cfg: cfg, id: id, logger: cfg.Logger.With("agent_id", id[:8]), drivers: map[string]drivers.Driver{},
 		kernels: map[string]*kernelRunner{}, ctx: ctx, cancel: cancel}
 	a.reporter = newReporter(a)
+	a.overlays = &overlays{a: a}
 	ok := false
 	defer func() {
 		if !ok {
@@ -231,6 +233,7 @@ func (a *Agent) Shutdown() {
 		if a.images != nil {
 			_ = a.images.Close()
 		}
+		a.overlays.close()
 	})
 }
 
@@ -379,6 +382,7 @@ func (a *Agent) recoverKernels() {
 		a.logger.Error("reading local kernel records failed; kernels of the last run cannot be recovered", "error", err)
 		return
 	}
+	var runners []*kernelRunner
 	for _, rec := range recs {
 		k := rec.Kernel
 		forget := func() {
@@ -402,6 +406,9 @@ func (a *Agent) recoverKernels() {
 		if err := d.Recover(a.ctx, rec.Handle); err != nil {
 			a.logger.Warn("reattaching to kernel failed", "kernel_id", k.ID, "driver", d.Name(), "error", err)
 			_ = d.Destroy(context.Background(), k.ID, true)
+			if wired(k, d) {
+				a.overlays.teardown(k)
+			}
 			a.reporter.reportUpdate(newUpdate(k.ID, structs.KernelError, fmt.Sprintf("kernel lost: driver %s could not reattach after the agent restarted: %v", d.Name(), err), nil), forget)
 			continue
 		}
@@ -410,6 +417,17 @@ func (a *Agent) recoverKernels() {
 		a.mu.Lock()
 		a.kernels[k.ID] = r
 		a.mu.Unlock()
+		runners = append(runners, r)
+	}
+	// Overlays of the last run that no recovered kernel uses go first.
+	var live []*structs.Kernel
+	for _, r := range runners {
+		if wired(r.kernel, r.driver) {
+			live = append(live, r.kernel)
+		}
+	}
+	a.overlays.reconcile(live)
+	for _, r := range runners {
 		a.wg.Add(1)
 		go func() { defer a.wg.Done(); r.run(a.ctx) }()
 	}

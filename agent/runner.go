@@ -166,8 +166,19 @@ func (r *kernelRunner) start(ctx context.Context, log *slog.Logger, cfg *drivers
 		return false
 	default:
 	}
+	if wired(r.kernel, r.driver) {
+		if err := r.a.overlays.setup(r.kernel, cfg); err != nil {
+			log.Warn("overlay setup failed", "error", err)
+			r.a.overlays.teardown(r.kernel)
+			rep.report(r.id, structs.KernelError, "network: "+err.Error(), nil)
+			return false
+		}
+	}
 	h, err := r.driver.Start(ctx, cfg)
 	if err != nil {
+		if wired(r.kernel, r.driver) {
+			r.a.overlays.teardown(r.kernel)
+		}
 		log.Warn("kernel failed to start", "error", err)
 		rep.report(r.id, structs.KernelError, fmt.Sprintf("driver %s could not start the kernel: %v", r.driver.Name(), err), nil)
 		return false
@@ -199,5 +210,8 @@ func (r *kernelRunner) finish(u *structs.KernelUpdate) {
 func (r *kernelRunner) destroy(log interface{ Warn(string, ...any) }) {
 	if err := r.driver.Destroy(context.Background(), r.id, true); err != nil {
 		log.Warn("destroying kernel failed", "error", err)
+	}
+	if wired(r.kernel, r.driver) {
+		r.a.overlays.teardown(r.kernel)
 	}
 }
