@@ -33,6 +33,10 @@ type Client struct {
 // sent with every request.
 func (c *Client) SetToken(token string) { c.token = token }
 
+// SetHTTPClient replaces the HTTP client the API client uses (a custom
+// transport, e.g. one that dials inside a network namespace).
+func (c *Client) SetHTTPClient(h *http.Client) { c.http = h }
+
 // Error is an answer of the API with a non-2xx status.
 type Error struct {
 	StatusCode int

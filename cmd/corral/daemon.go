@@ -50,6 +50,7 @@ type daemonFlags struct {
 	dataDir, name, httpAddr, rpcAddr, serfAddr, agentSerfAddr string
 	group, cpu, mem, logLevel, pluginDir                      string
 	join                                                      listFlag
+	insecureRegistries                                        listFlag
 	bootstrapExpect                                           int
 	fastGossip                                                bool
 }
@@ -85,6 +86,7 @@ func parseDaemonFlags(role string, args []string) (*daemonFlags, error) {
 		fs.StringVar(&f.cpu, "cpu", "", "override the fingerprinted cpu capacity (cores)")
 		fs.StringVar(&f.mem, "mem", "", "override the fingerprinted memory capacity (e.g. 8G)")
 		fs.StringVar(&f.pluginDir, "plugin-dir", "", "directory of external driver plugins (executables launched through go-plugin)")
+		fs.Var(&f.insecureRegistries, "insecure-registry", "registry host[:port] spoken to over plain HTTP (repeatable; loopback always is)")
 	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -200,6 +202,7 @@ func runDaemon(role string, args []string) int {
 			Name: nodeName(f.name, ""), DataDir: dataSubdir(role, f.dataDir, "agent"), ResourceGroup: f.group,
 			RPCAddr: f.rpcAddr, SerfAddr: f.serfAddr, Join: f.join, Drivers: drvs,
 			Capacity: capacity, Logger: logger, LogOutput: libLog, FastGossip: f.fastGossip,
+			InsecureRegistries: f.insecureRegistries,
 		}
 		if role == "dev" {
 			cfg.RPCAddr = srv.RPCAddr()
