@@ -16,10 +16,16 @@ type writer struct {
 	txn   *memdb.Txn
 	index uint64
 	dirty map[string]bool
+	// usage holds the key usages this transaction already copied and
+	// inserted: later changes in the same transaction edit them in place
+	// instead of copying a concurrency set per kernel.
+	usage  map[string]*structs.KeyUsage
+	agents map[string]*structs.Agent
 }
 
 func (s *StateStore) write(index uint64) *writer {
-	return &writer{txn: s.db.Load().Txn(true), index: index, dirty: map[string]bool{}}
+	return &writer{txn: s.db.Load().Txn(true), index: index, dirty: map[string]bool{},
+		usage: map[string]*structs.KeyUsage{}, agents: map[string]*structs.Agent{}}
 }
 
 func (w *writer) commit() error {
@@ -58,6 +64,25 @@ func (w *writer) putAgent(a *structs.Agent) error {
 }
 
 func (w *writer) snap() *Snapshot { return &Snapshot{txn: w.txn} }
+
+// ownAgent returns the agent as a copy private to this transaction,
+// already inserted into the table (like ownUsage), so that placing many
+// sessions on one agent in one plan copies and indexes it once.
+func (w *writer) ownAgent(id string) (*structs.Agent, error) {
+	if a, ok := w.agents[id]; ok {
+		return a, nil
+	}
+	cur, err := w.snap().Agent(nil, id)
+	if err != nil {
+		return nil, err
+	}
+	a := cur.Copy()
+	if err := w.putAgent(a); err != nil {
+		return nil, err
+	}
+	w.agents[id] = a
+	return a, nil
+}
 
 // EnqueueSession inserts a new PENDING session and its kernels.
 func (s *StateStore) EnqueueSession(index uint64, req *structs.SessionEnqueueRequest) error {
@@ -200,6 +225,7 @@ func (w *writer) placeSession(sn *Snapshot, sp structs.SessionPlacement, now tim
 	}
 	// Check every kernel against the latest agents before changing anything.
 	agents := map[string]*structs.Agent{}
+	adds := map[string]structs.Slots{}
 	for _, p := range sp.Placements {
 		k, ok := byID[p.KernelID]
 		if !ok {
@@ -214,19 +240,22 @@ func (w *writer) placeSession(sn *Snapshot, sp structs.SessionPlacement, now tim
 			if err != nil {
 				return err
 			}
-			a = cur.Copy()
+			a = cur
 			agents[p.AgentID] = a
 		}
-		if err := scheduler.CheckPlacementInGroup(a, sess.ResourceGroup, a.Occupied, k); err != nil {
+		if err := scheduler.CheckPlacementInGroup(a, sess.ResourceGroup, a.Occupied.Add(adds[p.AgentID]), k); err != nil {
 			return err
 		}
-		a.Occupied = a.Occupied.Add(k.Resources)
+		adds[p.AgentID] = adds[p.AgentID].Add(k.Resources)
 	}
-	for _, a := range agents {
-		a.UpdatedAt = now
-		if err := w.putAgent(a); err != nil {
+	for id, add := range adds {
+		a, err := w.ownAgent(id)
+		if err != nil {
 			return err
 		}
+		a.Occupied = a.Occupied.Add(add)
+		a.UpdatedAt = now
+		agents[id] = a
 	}
 	// A session of several kernels gets its overlay in the same apply.
 	var nets map[string]*structs.KernelNetwork
@@ -426,22 +455,22 @@ func (w *writer) releaseIfEnded(before, after *structs.Kernel, now time.Time) er
 	if !before.HoldsSlots() || after.HoldsSlots() {
 		return nil
 	}
-	cur, err := w.snap().Agent(nil, before.AgentID)
+	a, err := w.ownAgent(before.AgentID)
 	if err != nil {
 		return fmt.Errorf("kernel %s holds slots on unknown agent %s", before.ID, before.AgentID)
 	}
-	a := cur.Copy()
-	a.Occupied = a.Occupied.Sub(before.Resources)
-	if a.Occupied.AnyNegative() {
+	occ := a.Occupied.Sub(before.Resources)
+	if occ.AnyNegative() {
 		return fmt.Errorf("agent %s occupancy would go negative releasing kernel %s", a.ID, before.ID)
 	}
+	a.Occupied = occ
 	a.UpdatedAt = now
 	if sess, err := w.snap().Session(nil, before.SessionID); err == nil {
 		if err := w.release(sess.AccessKey, sess.ID, before.Resources, false); err != nil {
 			return err
 		}
 	}
-	return w.putAgent(a)
+	return nil
 }
 
 // UpsertAgent registers an agent or refreshes its inventory. The agent's

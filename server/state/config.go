@@ -171,13 +171,13 @@ func (w *writer) occupy(key, sessionID string, res structs.Slots) error {
 	if key == "" {
 		return nil
 	}
-	cur := w.snap().Usage(key)
-	u := &structs.KeyUsage{AccessKey: key, Sessions: map[string]bool{}, Occupied: cur.Occupied.Add(res)}
-	for id := range cur.Sessions {
-		u.Sessions[id] = true
+	u, err := w.ownUsage(key)
+	if err != nil {
+		return err
 	}
+	u.Occupied = u.Occupied.Add(res)
 	u.Sessions[sessionID] = true
-	return w.put(tableUsage, u)
+	return nil
 }
 
 // release subtracts a kernel's slots from its key's usage and, when the
@@ -186,15 +186,35 @@ func (w *writer) release(key, sessionID string, res structs.Slots, sessionEnded 
 	if key == "" {
 		return nil
 	}
-	cur := w.snap().Usage(key)
-	u := &structs.KeyUsage{AccessKey: key, Sessions: map[string]bool{}, Occupied: cur.Occupied.Sub(res)}
-	if u.Occupied.AnyNegative() {
+	u, err := w.ownUsage(key)
+	if err != nil {
+		return err
+	}
+	occ := u.Occupied.Sub(res)
+	if occ.AnyNegative() {
 		return fmt.Errorf("usage of key %s would go negative releasing session %s", key, sessionID)
 	}
-	for id := range cur.Sessions {
-		if !(sessionEnded && id == sessionID) {
-			u.Sessions[id] = true
-		}
+	u.Occupied = occ
+	if sessionEnded {
+		delete(u.Sessions, sessionID)
 	}
-	return w.put(tableUsage, u)
+	return nil
+}
+
+// ownUsage returns the key's usage as a copy private to this transaction,
+// already inserted into the table; changes to it are the transaction's.
+func (w *writer) ownUsage(key string) (*structs.KeyUsage, error) {
+	if u, ok := w.usage[key]; ok {
+		return u, nil
+	}
+	cur := w.snap().Usage(key)
+	u := &structs.KeyUsage{AccessKey: key, Sessions: make(map[string]bool, len(cur.Sessions)+1), Occupied: cur.Occupied.Copy()}
+	for id := range cur.Sessions {
+		u.Sessions[id] = true
+	}
+	if err := w.put(tableUsage, u); err != nil {
+		return nil, err
+	}
+	w.usage[key] = u
+	return u, nil
 }
