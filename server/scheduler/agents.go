@@ -175,11 +175,14 @@ type groupView struct {
 	order    []int                   // slot indices in resource priority order
 	agents   []*agentView            // ALIVE, sorted by ID
 	byDriver map[string][]*agentView // driver -> ALIVE agents with it, sorted by ID
+	// withAll holds, by driverKey of several drivers, the ALIVE agents that
+	// have all of them; built on first use.
+	withAll  map[string]driverSet
 	notAlive int
 	capacity structs.Slots // summed capacity of the ALIVE agents, for DRF
-	// indices are built on first use, one per driver.
+	// indices are built on first use, one per driverKey.
 	indices map[string]*agentIndex
-	// failed holds, per driver, requests that found no agent while the
+	// failed holds, per driverKey, requests that found no agent while the
 	// pass held nothing tentatively: free room only shrinks during a
 	// pass, so any request that covers one of them fails too.
 	failed map[string][]request
@@ -193,11 +196,13 @@ type groupView struct {
 	blocked *structs.Session // fifo head of line that blocks the rest of the pass
 }
 
-// reasonKey identifies a shortage reason: the same kernel name, driver and
-// request, with the same best free amounts on the same agents, give the
-// same text (once a group is full, many sessions fail alike).
+// reasonKey identifies a shortage reason: the same kernel name (or number
+// of kernels placed together), drivers and request, with the same best free
+// amounts on the same agents, give the same text (once a group is full, many
+// sessions fail alike).
 type reasonKey struct {
 	driver, kernel string
+	together       int
 	n              int
 	idx            [6]int
 	amt            [6]structs.Quantity
@@ -209,11 +214,16 @@ type reasonKey struct {
 }
 
 // shortReason is the package's shortReason, cached by reasonKey.
-func (g *groupView) shortReason(withDriver []*agentView, k *structs.Kernel, r request, best func(i int) (*agentView, structs.Quantity)) string {
+func (g *groupView) shortReason(withDriver []*agentView, d demand, r request, best func(i int) (*agentView, structs.Quantity)) string {
 	if len(r.idx) > len(reasonKey{}.idx) {
-		return shortReason(g, withDriver, k, r, best)
+		return shortReason(g, withDriver, d, r, best)
 	}
-	key := reasonKey{driver: k.Driver, kernel: kernelName(k), n: len(r.idx)}
+	key := reasonKey{driver: d.drivers, n: len(r.idx)}
+	if d.n > 1 {
+		key.together = d.n
+	} else {
+		key.kernel = kernelName(d.k)
+	}
 	copy(key.idx[:], r.idx)
 	copy(key.amt[:], r.amt)
 	short := false
@@ -232,7 +242,7 @@ func (g *groupView) shortReason(withDriver []*agentView, k *structs.Kernel, r re
 	if text, ok := g.reasons[key]; ok {
 		return text
 	}
-	text := shortReason(g, withDriver, k, r, best)
+	text := shortReason(g, withDriver, d, r, best)
 	if g.reasons == nil {
 		g.reasons = map[reasonKey]string{}
 	}
@@ -287,8 +297,65 @@ func (g *groupView) rememberFailed(driver string, r request) {
 	g.failed[driver] = append(list, r)
 }
 
-// index returns the group's ordered index of the agents with driver, for
-// the group's agent selector, building it on first use.
+// driverSet is the ALIVE agents of a group that have every driver of a
+// driverKey, sorted by ID, and the key their index and failure memo go by:
+// the key itself, or one of its drivers that only those agents have (as
+// when every agent with runc also has exec), so that the same agents share
+// one index.
+type driverSet struct {
+	agents []*agentView
+	key    string
+}
+
+// agentsWith returns the group's agents with every driver of drivers (a
+// driverKey), as agentsFor does, without the key.
+func (g *groupView) agentsWith(drivers string) []*agentView {
+	return g.agentsFor(drivers).agents
+}
+
+// agentsFor returns the group's ALIVE agents that have every driver of
+// drivers (a driverKey), and the key of their index.
+func (g *groupView) agentsFor(drivers string) driverSet {
+	if !strings.Contains(drivers, driverSep) {
+		return driverSet{g.byDriver[drivers], drivers}
+	}
+	if set, ok := g.withAll[drivers]; ok {
+		return set
+	}
+	// Filter the agents of the rarest driver; when all of them have the
+	// other drivers too, they are the set, and their index serves.
+	names := strings.Split(drivers, driverSep)
+	base := names[0]
+	for _, d := range names[1:] {
+		if len(g.byDriver[d]) < len(g.byDriver[base]) {
+			base = d
+		}
+	}
+	all := g.byDriver[base]
+	var vs []*agentView // set once an agent lacks a driver: those that have all
+	for i, v := range all {
+		ok := !slices.ContainsFunc(names, func(d string) bool { return d != base && !v.agent.HasDriver(d) })
+		switch {
+		case !ok && vs == nil:
+			vs = append(make([]*agentView, 0, len(all)), all[:i]...)
+		case ok && vs != nil:
+			vs = append(vs, v)
+		}
+	}
+	set := driverSet{all, base}
+	if vs != nil {
+		set = driverSet{vs, drivers}
+	}
+	if g.withAll == nil {
+		g.withAll = map[string]driverSet{}
+	}
+	g.withAll[drivers] = set
+	return set
+}
+
+// index returns the group's ordered index of the agents with every driver
+// of driver (a driverKey), for the group's agent selector, building it on
+// first use.
 func (g *groupView) index(driver string) *agentIndex {
 	if idx := g.indices[driver]; idx != nil {
 		return idx
@@ -300,7 +367,7 @@ func (g *groupView) index(driver string) *agentIndex {
 	case structs.AgentSelectorConcentrated:
 		order = orderLeastFree
 	}
-	idx := newAgentIndex(g.byDriver[driver], order, g.order)
+	idx := newAgentIndex(g.agentsWith(driver), order, g.order)
 	if g.indices == nil {
 		g.indices = map[string]*agentIndex{}
 	}

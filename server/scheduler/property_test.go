@@ -29,6 +29,8 @@ type sim struct {
 	next     int
 	keys     []string
 	placedAt map[string]time.Time // session -> when it was placed
+	// together counts the placed single-node sessions of several kernels.
+	together int
 }
 
 func newSim(t *testing.T, seed uint64) *sim {
@@ -102,6 +104,8 @@ func (s *sim) addSessions(n int) {
 			group = "gpu"
 		}
 		ps := session(id, uint64(s.next), group, ks...)
+		// The default (single-node), single-node said outright, or multi-node.
+		ps.Session.ClusterMode = []string{"", structs.ClusterModeSingleNode, structs.ClusterModeMultiNode}[s.r.IntN(3)]
 		ps.Session.AccessKey = s.keys[s.r.IntN(len(s.keys))]
 		ps.Session.Priority = s.r.IntN(3) - 1
 		if s.r.IntN(6) == 0 {
@@ -149,6 +153,14 @@ func (s *sim) apply(in *Input, res *Result) {
 		ks := s.kernels[sess.ID]
 		if len(sp.Placements) != len(ks) {
 			t.Fatalf("session %s: %d placements for %d kernels", sess.ID, len(sp.Placements), len(ks))
+		}
+		if sess.SingleNode() && len(ks) > 1 {
+			for _, p := range sp.Placements {
+				if p.AgentID != sp.Placements[0].AgentID {
+					t.Fatalf("single-node session %s: kernels on %s and %s", sess.ID, sp.Placements[0].AgentID, p.AgentID)
+				}
+			}
+			s.together++
 		}
 		var req structs.Slots = structs.Slots{}
 		for _, k := range ks {
@@ -301,7 +313,7 @@ func (s *sim) check(pass int) {
 }
 
 func TestPropertyPasses(t *testing.T) {
-	placed, cancelled := 0, 0
+	placed, cancelled, together := 0, 0, 0
 	for seed := range uint64(25) {
 		s := newSim(t, seed)
 		s.addSessions(40)
@@ -334,10 +346,12 @@ func TestPropertyPasses(t *testing.T) {
 			s.addSessions(s.r.IntN(15))
 			s.now = s.now.Add(time.Minute)
 		}
+		together += s.together
 	}
-	t.Logf("%d placements, %d cancellations over 25 clusters x 12 passes", placed, cancelled)
-	if placed == 0 || cancelled == 0 {
-		t.Fatal("the property test placed or cancelled nothing")
+	t.Logf("%d placements (%d single-node sessions of several kernels), %d cancellations over 25 clusters x 12 passes",
+		placed, together, cancelled)
+	if placed == 0 || cancelled == 0 || together == 0 {
+		t.Fatal("the property test placed or cancelled nothing, or placed no single-node session of several kernels")
 	}
 }
 

@@ -7,8 +7,12 @@
 // first), asks the group's session selector (queue.go: fifo, lifo, drf) for
 // the next session, runs the predicates (predicate.go: dependencies,
 // starts_at, policy limits) and then places all of the session's kernels or
-// none, each on the agent the group's agent selector prefers among those with
-// room (selector.go: concentrated, dispersed, roundrobin).
+// none (gang), on the agents the group's agent selector prefers among those
+// with room (selector.go: concentrated, dispersed, roundrobin). A
+// single-node session of several kernels (structs.Session.SingleNode, the
+// default cluster mode) goes whole on one agent, chosen as if it were one
+// kernel asking for the sum of its kernels' requests; a multi-node one may
+// spread its kernels over agents, each on the agent the selector prefers.
 package scheduler
 
 import (
@@ -16,6 +20,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -93,7 +98,11 @@ type Result struct {
 type Options struct {
 	// AgentSelector, when set, picks the agent of every kernel in every
 	// group instead of the group's configured agent selector. It sees all
-	// candidates, so it is slower than the built-in ones.
+	// candidates, so it is slower than the built-in ones. For a single-node
+	// session of several kernels it is asked once, with a copy of main1
+	// (the first kernel) whose Resources are the sum of all the kernels'
+	// requests, among the agents with every driver they use and room for
+	// that sum.
 	AgentSelector AgentSelector
 	// Predicates replaces DefaultPredicates when not nil.
 	Predicates []Predicate
@@ -121,11 +130,20 @@ func Queue(in *Input, group string) []string {
 // PlanWith runs one scheduling pass with the given pieces.
 //
 // Each session's kernels are placed all or none (gang) on ALIVE agents of
-// the session's group that have the kernel's driver and room for all of its
-// slots, counting what the pass already placed. They are placed one by one
-// in role and index order (main1, sub1, sub2...), each on the agent the
-// selector prefers; the pass does not search other assignments, so a gang
-// that would fit only if a later, larger kernel went first stays unplaced.
+// the session's group, counting what the pass already placed:
+//
+//   - A single-node session of several kernels (Session.SingleNode: cluster
+//     mode single-node, or empty) goes whole on one agent that has every
+//     driver its kernels use and room for the sum of their requests, slot by
+//     slot: the agent the selector prefers for one kernel asking for that
+//     sum. When none has, the session stays PENDING with the sum it needs
+//     and the best free amounts, even if its kernels would fit apart.
+//   - The kernels of a multi-node session go one by one in role and index
+//     order (main1, sub1, sub2...), each on the agent the selector prefers
+//     among those with the kernel's driver and room for all of its slots;
+//     the pass does not search other assignments, so a gang that would fit
+//     only if a later, larger kernel went first stays unplaced.
+//   - A session of one kernel is placed as that kernel, whatever its mode.
 //
 // The same input always gives the same result, whatever the order of its
 // slices and maps.
@@ -162,6 +180,12 @@ type item struct {
 	reqs    []request         // per kernel
 	req     structs.Slots     // sum of the kernels' positive requests
 	invalid string            // why the session cannot be tried at all
+	// together is set for a single-node session of several kernels, which
+	// goes whole on one agent: one with every driver of drivers (their
+	// driverKey) and room for sum, which is req as a request.
+	together bool
+	drivers  string
+	sum      request
 	// copies of the session's fields that sorting compares
 	priority    int
 	createIndex uint64
@@ -207,7 +231,8 @@ func newPass(in *Input, opt Options, res *Result) *pass {
 	p.items, p.byID = items, byID
 	p.slots = newSlotTable(in.Agents, names)
 	p.groups = buildGroups(in.Agents, p.slots)
-	// All requests of the pass share three arrays.
+	// All requests of the pass share three arrays (nentries counts the
+	// summed requests of the sessions placed together too).
 	reqs := make([]request, nkernels)
 	idx := make([]int, nentries)
 	amt := make([]structs.Quantity, nentries)
@@ -220,6 +245,10 @@ func newPass(in *Input, opt Options, res *Result) *pass {
 			r := p.slots.requestInto(k.Resources, idx[:0:len(idx)], amt[:0:len(amt)])
 			it.reqs[j] = r
 			idx, amt = idx[len(r.idx):], amt[len(r.amt):]
+		}
+		if it.together {
+			it.sum = p.slots.requestInto(it.req, idx[:0:len(idx)], amt[:0:len(amt)])
+			idx, amt = idx[len(it.sum.idx):], amt[len(it.sum.amt):]
 		}
 	}
 	for name, g := range p.groups {
@@ -269,6 +298,11 @@ func prepare(pending []*PendingSession, names map[string]bool) (items []*item, b
 		if len(it.kernels) == 0 {
 			it.invalid = "session has no kernels"
 		}
+		if len(it.kernels) > 1 && it.sess.SingleNode() {
+			it.together = true
+			it.drivers = driverKey(it.kernels)
+			nentries += len(it.req)
+		}
 		items = append(items, it)
 		byID[it.sess.ID] = it
 	}
@@ -286,6 +320,32 @@ func prepare(pending []*PendingSession, names map[string]bool) (items []*item, b
 	}
 	slices.SortFunc(items, queueOrder)
 	return items, byID, nkernels, nentries
+}
+
+// driverSep joins the driver names of a driverKey.
+const driverSep = "\x00"
+
+// driverKey names the set of drivers that ks (non-empty) use: the one
+// driver when they share it, else the distinct names sorted and joined by
+// driverSep. Group views find agents and keep indices by driver key.
+func driverKey(ks []*structs.Kernel) string {
+	d := ks[0].Driver
+	same := true
+	for _, k := range ks[1:] {
+		if k.Driver != d {
+			same = false
+			break
+		}
+	}
+	if same {
+		return d
+	}
+	names := make([]string, len(ks))
+	for i, k := range ks {
+		names[i] = k.Driver
+	}
+	slices.Sort(names)
+	return strings.Join(slices.Compact(names), driverSep)
 }
 
 // kernelOrder sorts a session's kernels: main1, sub1, sub2...
@@ -450,6 +510,9 @@ func (p *pass) place(g *groupView, it *item) (structs.SessionPlacement, string) 
 	if len(g.agents) == 0 {
 		return sp, p.noAliveReason(g.name, g)
 	}
+	if it.together {
+		return p.placeTogether(g, it)
+	}
 	done := p.done[:0]
 	cursor, moved := g.cursor, g.moved
 	rollback := func() {
@@ -468,7 +531,7 @@ func (p *pass) place(g *groupView, it *item) (structs.SessionPlacement, string) 
 			return sp, noDriverReason(g, k)
 		}
 		r := it.reqs[j]
-		v, reason, short := p.pick(g, k, r, withDriver, len(done) == 0)
+		v, reason, short := p.pick(g, demand{k: k, drivers: k.Driver, key: k.Driver, n: 1}, r, withDriver, len(done) == 0)
 		if v == nil {
 			rollback()
 			if short && len(done) > 0 && p.anyFits(g, k.Driver, r, withDriver) {
@@ -492,9 +555,45 @@ func (p *pass) place(g *groupView, it *item) (structs.SessionPlacement, string) 
 	return sp, ""
 }
 
-// precheck fails a session of several kernels, before anything is held
-// for it, when one of its kernels has no driver or finds no room even on its
-// own: that spares holding and giving back the kernels before it.
+// placeTogether puts all kernels of a single-node session on one agent of
+// g: the one the selector prefers for their summed request among the agents
+// with every driver they use, as if they were one kernel.
+func (p *pass) placeTogether(g *groupView, it *item) (structs.SessionPlacement, string) {
+	sp := structs.SessionPlacement{SessionID: it.sess.ID}
+	for _, k := range it.kernels {
+		if len(g.byDriver[k.Driver]) == 0 {
+			return sp, noDriverReason(g, k)
+		}
+	}
+	set := g.agentsFor(it.drivers)
+	if len(set.agents) == 0 {
+		return sp, noAgentWithAllDriversReason(g, it.drivers)
+	}
+	d := demand{k: it.kernels[0], drivers: it.drivers, key: set.key, n: len(it.kernels)}
+	if p.opt.AgentSelector != nil {
+		// The selector sees main1 asking for the whole session.
+		k := *it.kernels[0]
+		k.Resources = it.req.Copy()
+		d.k = &k
+	}
+	v, reason, _ := p.pick(g, d, it.sum, set.agents, true)
+	if v == nil {
+		return sp, reason
+	}
+	v.take(it.sum, 1)
+	if g.cfg.agentSelector == structs.AgentSelectorRoundRobin && p.opt.AgentSelector == nil {
+		g.cursor, g.moved = v.agent.ID, true
+	}
+	sp.Placements = make([]structs.Placement, len(it.kernels))
+	for i, k := range it.kernels {
+		sp.Placements[i] = structs.Placement{KernelID: k.ID, AgentID: v.agent.ID}
+	}
+	return sp, ""
+}
+
+// precheck fails a multi-node session of several kernels, before anything
+// is held for it, when one of its kernels has no driver or finds no room
+// even on its own: that spares holding and giving back the kernels before it.
 func (p *pass) precheck(g *groupView, it *item) string {
 	if len(it.kernels) < 2 || p.opt.AgentSelector != nil {
 		return ""
@@ -512,16 +611,39 @@ func (p *pass) precheck(g *groupView, it *item) string {
 			fails = true
 		}
 		if fails {
-			return g.shortReason(withDriver, k, r, idx.best)
+			return g.shortReason(withDriver, demand{k: k, drivers: k.Driver, key: k.Driver, n: 1}, r, idx.best)
 		}
 	}
 	return ""
 }
 
-// pick chooses the agent for one kernel, or says why there is none; short
-// is true when no agent had room. clean says the pass holds nothing
+// demand is what one pick places: a kernel, or all n kernels of a
+// single-node session together.
+type demand struct {
+	// k is the kernel; for a session, its first kernel (main1), or for a
+	// custom AgentSelector a copy of it asking for the session's sum.
+	k *structs.Kernel
+	// drivers is the driverKey of the drivers the agent needs, and key
+	// the one its agents' index and failure memo go by (see driverSet).
+	drivers, key string
+	// n is how many kernels go together: 1 for a kernel alone.
+	n int
+}
+
+// what names the demand in reasons: "kernel main1", or "all 3 kernels of
+// the single-node session together".
+func (d demand) what() string {
+	if d.n > 1 {
+		return fmt.Sprintf("all %d kernels of the single-node session together", d.n)
+	}
+	return "kernel " + kernelName(d.k)
+}
+
+// pick chooses the agent for a demand asking for r among withDriver (the
+// ALIVE agents of g with its drivers, non-empty), or says why there is none;
+// short is true when no agent had room. clean says the pass holds nothing
 // tentatively for the session, so that a failure may be remembered.
-func (p *pass) pick(g *groupView, k *structs.Kernel, r request, withDriver []*agentView, clean bool) (v *agentView, reason string, short bool) {
+func (p *pass) pick(g *groupView, d demand, r request, withDriver []*agentView, clean bool) (v *agentView, reason string, short bool) {
 	if sel := p.opt.AgentSelector; sel != nil {
 		p.cands = p.cands[:0]
 		for _, v := range withDriver {
@@ -530,17 +652,17 @@ func (p *pass) pick(g *groupView, k *structs.Kernel, r request, withDriver []*ag
 			}
 		}
 		if len(p.cands) == 0 {
-			return nil, g.shortReason(withDriver, k, r, scanBest(withDriver)), true
+			return nil, g.shortReason(withDriver, d, r, scanBest(withDriver)), true
 		}
-		i := sel(k, p.cands)
+		i := sel(d.k, p.cands)
 		if i < 0 || i >= len(p.cands) {
-			return nil, fmt.Sprintf("the agent selector chose none of the %d agents in resource group %q with room for kernel %s",
-				len(p.cands), g.name, kernelName(k)), false
+			return nil, fmt.Sprintf("the agent selector chose none of the %d agents in resource group %q with room for %s",
+				len(p.cands), g.name, d.what()), false
 		}
 		return p.cands[i].view, "", false
 	}
-	idx := g.index(k.Driver)
-	if !g.knownToFail(k.Driver, r) {
+	idx := g.index(d.key)
+	if !g.knownToFail(d.key, r) {
 		if g.cfg.agentSelector == structs.AgentSelectorRoundRobin {
 			v = idx.firstAfter(g.cursor, r)
 		}
@@ -551,10 +673,10 @@ func (p *pass) pick(g *groupView, k *structs.Kernel, r request, withDriver []*ag
 			return v, "", false
 		}
 		if clean {
-			g.rememberFailed(k.Driver, r)
+			g.rememberFailed(d.key, r)
 		}
 	}
-	return nil, g.shortReason(withDriver, k, r, idx.best), true
+	return nil, g.shortReason(withDriver, d, r, idx.best), true
 }
 
 func (p *pass) anyFits(g *groupView, driver string, r request, withDriver []*agentView) bool {
@@ -624,49 +746,134 @@ func noDriverReason(g *groupView, k *structs.Kernel) string {
 		g.name, k.Driver, kernelName(k), driverList(have))
 }
 
+// noAgentWithAllDriversReason explains a single-node session whose drivers
+// (a driverKey of several) are each on some agent of g, but never all on one.
+func noAgentWithAllDriversReason(g *groupView, drivers string) string {
+	return fmt.Sprintf("no alive agent in resource group %q has all of the %s that the kernels of the single-node session use "+
+		"(each is on some agent, never all on one; give the kernels one driver, or make the session multi-node)",
+		g.name, driversPhrase(drivers))
+}
+
+// driversPhrase writes a driverKey as `driver "exec"` or
+// `drivers "exec" and "runc"`.
+func driversPhrase(drivers string) string {
+	names := strings.Split(drivers, driverSep)
+	if len(names) == 1 {
+		return fmt.Sprintf("driver %q", names[0])
+	}
+	quoted := make([]string, len(names))
+	for i, n := range names {
+		quoted[i] = fmt.Sprintf("%q", n)
+	}
+	return "drivers " + strings.Join(quoted[:len(quoted)-1], ", ") + " and " + quoted[len(quoted)-1]
+}
+
 // maxAgentsInReason bounds how many agents a reason lists.
 const maxAgentsInReason = 3
 
 // shortReason explains why no agent of withDriver (non-empty, sorted by ID)
-// has room for kernel k: the slots that no agent has enough of, with the
-// best free amount of each (best finds it), or else that no agent has all
-// of them at once.
-func shortReason(g *groupView, withDriver []*agentView, k *structs.Kernel, r request,
+// has room for demand d asking for r: the slots that no agent has enough
+// of, with the best free amount of each (best finds it), or else that no
+// agent has all of them at once. Many sessions fail in a full group, so it
+// writes the text into one builder rather than through fmt.
+func shortReason(g *groupView, withDriver []*agentView, d demand, r request,
 	best func(i int) (*agentView, structs.Quantity)) string {
-	where := fmt.Sprintf("in resource group %q", g.name)
-	if len(withDriver) < len(g.agents) {
-		where = fmt.Sprintf("with driver %q in resource group %q", k.Driver, g.name)
+	type bestFree struct {
+		v *agentView
+		q structs.Quantity
 	}
 	names := withDriver[0].slots.names
-	var shortNames, needs, bests []string
+	var buf [8]bestFree
+	bests := buf[:0]
+	short := false
 	for j, i := range r.idx {
 		v, q := best(i)
-		if q < r.amt[j] {
-			shortNames = append(shortNames, names[i])
-			needs = append(needs, g.slotString(names[i], r.amt[j]))
-			bests = append(bests, g.slotString(names[i], q)+" on agent "+v.agent.ID)
+		bests = append(bests, bestFree{v, q})
+		short = short || q < r.amt[j]
+	}
+	var b strings.Builder
+	b.Grow(200)
+	b.WriteString("no agent ")
+	if len(withDriver) < len(g.agents) {
+		b.WriteString("with ")
+		b.WriteString(driversPhrase(d.drivers))
+		b.WriteByte(' ')
+	}
+	b.WriteString("in resource group ")
+	b.WriteString(strconv.Quote(g.name))
+	together := func() {
+		b.WriteString(" has room for all ")
+		b.WriteString(strconv.Itoa(d.n))
+		b.WriteString(" kernels of the single-node session together: ")
+	}
+	// list writes the slots j of r that keep accepts, each by slot(j), joined by sep.
+	list := func(sep string, keep func(j int) bool, slot func(j int)) {
+		first := true
+		for j := range r.idx {
+			if keep(j) {
+				if !first {
+					b.WriteString(sep)
+				}
+				first = false
+				slot(j)
+			}
 		}
 	}
-	if len(shortNames) > 0 {
-		return fmt.Sprintf("no agent %s has enough free %s (kernel %s needs %s, best free %s)",
-			where, strings.Join(shortNames, " or "), kernelName(k), strings.Join(needs, " and "), strings.Join(bests, " and "))
+	isShort := func(j int) bool { return bests[j].q < r.amt[j] }
+	name := func(j int) { b.WriteString(names[r.idx[j]]) }
+	need := func(j int) { b.WriteString(g.slotString(names[r.idx[j]], r.amt[j])) }
+	if short {
+		if d.n > 1 {
+			together()
+			b.WriteString("not enough free ")
+			list(" or ", isShort, name)
+			b.WriteString(" (they need ")
+			list(" and ", isShort, need)
+			b.WriteString(" in all, best free ")
+		} else {
+			b.WriteString(" has enough free ")
+			list(" or ", isShort, name)
+			b.WriteString(" (kernel ")
+			b.WriteString(kernelName(d.k))
+			b.WriteString(" needs ")
+			list(" and ", isShort, need)
+			b.WriteString(", best free ")
+		}
+		list(" and ", isShort, func(j int) {
+			b.WriteString(g.slotString(names[r.idx[j]], bests[j].q))
+			b.WriteString(" on agent ")
+			b.WriteString(bests[j].v.agent.ID)
+		})
+		b.WriteByte(')')
+		return b.String()
 	}
 	// Each slot is free somewhere, but never all on the same agent.
-	all := make([]string, len(r.idx))
-	for j, i := range r.idx {
-		all[j] = g.slotString(names[i], r.amt[j])
+	all := func(int) bool { return true }
+	if d.n > 1 {
+		together()
+		b.WriteString("none has all of their slots free at once (they need ")
+		list(" ", all, need)
+		b.WriteString(" in all; free: ")
+	} else {
+		b.WriteString(" has all of the kernel's slots free at once (kernel ")
+		b.WriteString(kernelName(d.k))
+		b.WriteString(" needs ")
+		list(" ", all, need)
+		b.WriteString("; free: ")
 	}
-	var frees []string
-	for _, v := range withDriver[:min(len(withDriver), maxAgentsInReason)] {
-		parts := make([]string, len(r.idx))
-		for j, i := range r.idx {
-			parts[j] = g.slotString(names[i], v.free(i))
+	for a, v := range withDriver[:min(len(withDriver), maxAgentsInReason)] {
+		if a > 0 {
+			b.WriteString(", ")
 		}
-		frees = append(frees, v.agent.ID+" has "+strings.Join(parts, " "))
+		b.WriteString(v.agent.ID)
+		b.WriteString(" has ")
+		list(" ", all, func(j int) { b.WriteString(g.slotString(names[r.idx[j]], v.free(r.idx[j]))) })
 	}
 	if more := len(withDriver) - maxAgentsInReason; more > 0 {
-		frees = append(frees, fmt.Sprintf("and %d more", more))
+		b.WriteString(", and ")
+		b.WriteString(strconv.Itoa(more))
+		b.WriteString(" more")
 	}
-	return fmt.Sprintf("no agent %s has all of the kernel's slots free at once (kernel %s needs %s; free: %s)",
-		where, kernelName(k), strings.Join(all, " "), strings.Join(frees, ", "))
+	b.WriteByte(')')
+	return b.String()
 }

@@ -68,6 +68,13 @@ func session(id string, createIndex uint64, group string, kernels ...*structs.Ke
 	return &PendingSession{Session: s, Kernels: kernels}
 }
 
+// multiNode makes ps a multi-node session: its kernels may go on
+// different agents. (Sessions of several kernels are single-node by default.)
+func multiNode(ps *PendingSession) *PendingSession {
+	ps.Session.ClusterMode = structs.ClusterModeMultiNode
+	return ps
+}
+
 // placed renders a plan's placements as session -> "main1@a1 sub1@a2".
 func placedMap(p *structs.Plan) map[string]string {
 	out := map[string]string{}
@@ -169,7 +176,7 @@ func TestSchedule(t *testing.T) {
 		{
 			name:    "gang: one kernel on each agent",
 			agents:  []*structs.Agent{agent("a1", cpu(4)), agent("a2", cpu(4))},
-			pending: []*PendingSession{session("s1", 1, "", kernel("sub1", cpu(4)), kernel("main1", cpu(4)))},
+			pending: []*PendingSession{multiNode(session("s1", 1, "", kernel("sub1", cpu(4)), kernel("main1", cpu(4))))},
 			placed:  map[string]string{"s1": "main1@a1 sub1@a2"},
 		},
 		{
@@ -182,7 +189,7 @@ func TestSchedule(t *testing.T) {
 			name:   "gang: none placed when only one kernel fits, and the room stays free",
 			agents: []*structs.Agent{agent("a1", cpu(4)), agent("a2", cpu(2))},
 			pending: []*PendingSession{
-				session("s1", 1, "", kernel("main1", cpu(3)), kernel("sub1", cpu(3))),
+				multiNode(session("s1", 1, "", kernel("main1", cpu(3)), kernel("sub1", cpu(3)))),
 				session("s2", 2, "", kernel("main1", cpu(4))),
 			},
 			placed: map[string]string{"s2": "main1@a1"},
@@ -361,7 +368,8 @@ func TestSchedule(t *testing.T) {
 
 // checkPlan replays a plan the way the FSM does: every placement must pass
 // CheckPlacementInGroup against occupancy that counts the earlier ones, every
-// session is placed whole or unplaced, never both.
+// session is placed whole or unplaced, never both, and the kernels of a
+// single-node session share one agent.
 func checkPlan(t *testing.T, in *Input, plan *structs.Plan) {
 	t.Helper()
 	agents := map[string]*structs.Agent{}
@@ -388,6 +396,13 @@ func checkPlan(t *testing.T, in *Input, plan *structs.Plan) {
 		if len(sp.Placements) != len(ps.Kernels) {
 			t.Fatalf("session %s: %d placements for %d kernels", sp.SessionID, len(sp.Placements), len(ps.Kernels))
 		}
+		if ps.Session.SingleNode() {
+			for _, p := range sp.Placements {
+				if p.AgentID != sp.Placements[0].AgentID {
+					t.Fatalf("single-node session %s placed on several agents: %v", sp.SessionID, placedMap(plan)[sp.SessionID])
+				}
+			}
+		}
 		kernels := map[string]*structs.Kernel{}
 		for _, k := range ps.Kernels {
 			kernels[k.ID] = k
@@ -413,7 +428,8 @@ func checkPlan(t *testing.T, in *Input, plan *structs.Plan) {
 }
 
 // randomInput builds a cluster of nAgents agents in two groups, some dead,
-// and nSessions pending sessions of 1-3 kernels, from a fixed seed.
+// and nSessions pending sessions of 1-3 kernels, from a fixed seed; every
+// other session is multi-node, the others single-node (the default).
 func randomInput(seed uint64, nAgents, nSessions int) *Input {
 	r := rand.New(rand.NewPCG(seed, 1))
 	in := &Input{Index: 99}
@@ -460,7 +476,11 @@ func randomInput(seed uint64, nAgents, nSessions int) *Input {
 		if r.IntN(10) == 0 {
 			group = "gpu"
 		}
-		in.Pending = append(in.Pending, session(fmt.Sprintf("sess-%06d", i), uint64(1000+r.IntN(nSessions)), group, ks...))
+		ps := session(fmt.Sprintf("sess-%06d", i), uint64(1000+r.IntN(nSessions)), group, ks...)
+		if i%2 == 1 {
+			multiNode(ps)
+		}
+		in.Pending = append(in.Pending, ps)
 	}
 	return in
 }
@@ -571,7 +591,7 @@ func TestScheduleEdgeInputs(t *testing.T) {
 func TestScheduleWithSelector(t *testing.T) {
 	agents := []*structs.Agent{agent("a1", cpu(4)), agent("a2", cpu(8)), agent("a3", cpu(6))}
 	pending := []*PendingSession{
-		session("s1", 1, "", kernel("main1", cpu(2)), kernel("sub1", cpu(2))),
+		multiNode(session("s1", 1, "", kernel("main1", cpu(2)), kernel("sub1", cpu(2)))),
 		session("s2", 2, "", kernel("main1", cpu(2))),
 	}
 	in := &Input{Pending: pending, Agents: agents}

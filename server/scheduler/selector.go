@@ -4,7 +4,10 @@ import "github.com/corral-dev/corral/structs"
 
 // Agent selectors. A resource group's AgentSelector picks the agent of each
 // kernel among the ALIVE agents of the group that have the kernel's driver
-// and room for every slot it asks for (counting what the pass placed):
+// and room for every slot it asks for (counting what the pass placed). A
+// single-node session of several kernels is picked for as one kernel asking
+// for the sum of their requests, among the agents with all of their drivers,
+// and goes whole on the agent chosen:
 //
 //   - concentrated (bin-pack): the agent with the fewest unutilized slots
 //     (slots the agent has room in that the kernel does not ask for, as in
@@ -17,8 +20,9 @@ import "github.com/corral-dev/corral/structs"
 //     most free room in the same order, then the lowest agent ID.
 //   - roundrobin: the first agent with room whose ID sorts after the group's
 //     cursor (Input.RoundRobin), wrapping around to the lowest ID; the
-//     cursor moves to the chosen agent, kernel by kernel (a gang that fails
-//     leaves it where it was). Result.RoundRobin carries it to the next pass.
+//     cursor moves to the chosen agent, kernel by kernel (once for a
+//     single-node session; a gang that fails leaves it where it was).
+//     Result.RoundRobin carries it to the next pass.
 //
 // Comparing free room before or after the kernel is placed gives the same
 // order, since every candidate loses the same amounts. The built-in
@@ -27,7 +31,8 @@ import "github.com/corral-dev/corral/structs"
 
 // Candidate is an agent that can take the kernel being placed: ALIVE, in the
 // session's resource group, with the kernel's driver and room for all of its
-// slots in this pass.
+// slots in this pass (for a single-node session: with every driver of its
+// kernels and room for their sum).
 type Candidate struct {
 	// Agent is the agent as the snapshot holds it; never modify it.
 	Agent *structs.Agent

@@ -298,7 +298,7 @@ func TestAgentSelectors(t *testing.T) {
 		sess("s1", 1, cpu(2)),
 		sess("s2", 2, cpu(2)),
 		sess("s3", 3, cpu(3)),
-		session("gang", 4, "", kernel("main1", cpu(1)), kernel("sub1", cpu(1))),
+		multiNode(session("gang", 4, "", kernel("main1", cpu(1)), kernel("sub1", cpu(1)))),
 	}
 	tests := []struct {
 		sel    string
@@ -339,7 +339,7 @@ func TestAgentSelectors(t *testing.T) {
 		in := &Input{
 			Agents: []*structs.Agent{agent("a1", cpu(4)), agent("a2", cpu(1))},
 			Pending: []*PendingSession{
-				session("gang", 1, "", kernel("main1", cpu(2)), kernel("sub1", cpu(3))),
+				multiNode(session("gang", 1, "", kernel("main1", cpu(2)), kernel("sub1", cpu(3)))),
 			},
 			Groups: group("", 0, structs.AgentSelectorRoundRobin), RoundRobin: map[string]string{"default": "a2"},
 		}
@@ -690,8 +690,8 @@ func TestGangWithSelectors(t *testing.T) {
 			in := &Input{
 				Agents: []*structs.Agent{agent("a1", cpu(4)), agent("a2", cpu(2))},
 				Pending: []*PendingSession{
-					session("s1", 1, "", kernel("main1", cpu(3)), kernel("sub1", cpu(3))),
-					session("s2", 2, "", kernel("main1", cpu(2)), kernel("sub1", cpu(2)), kernel("sub2", cpu(2))),
+					multiNode(session("s1", 1, "", kernel("main1", cpu(3)), kernel("sub1", cpu(3)))),
+					multiNode(session("s2", 2, "", kernel("main1", cpu(2)), kernel("sub1", cpu(2)), kernel("sub2", cpu(2)))),
 				},
 				Groups: group("", 0, sel),
 			}
