@@ -465,3 +465,17 @@ func (c *Client) SessionStats(ctx context.Context, ref string) ([]*KernelStats, 
 	_, err := c.do(ctx, http.MethodGet, "/v1/sessions/"+url.PathEscape(ref)+"/stats", nil, nil, &out, c.timeout)
 	return out, err
 }
+
+// DrainAgent stops (drain) or resumes new placements on an agent; force
+// also terminates the kernels it runs.
+func (c *Client) DrainAgent(ctx context.Context, id string, drain, force bool) (*structs.Agent, error) {
+	var out structs.Agent
+	path := "/v1/agents/" + url.PathEscape(id) + "/eligible"
+	var body any
+	if drain {
+		path = "/v1/agents/" + url.PathEscape(id) + "/drain"
+		body = &DrainRequest{Force: force}
+	}
+	_, err := c.do(ctx, http.MethodPost, path, nil, body, &out, c.timeout)
+	return &out, err
+}

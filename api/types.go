@@ -33,6 +33,9 @@ type CreateSessionRequest struct {
 	// DependsOn lists sessions (ID, prefix or name) that must end with
 	// SUCCESS before this one starts; a failed one cancels this one.
 	DependsOn []string `json:"depends_on,omitempty"`
+	// MaxRetries re-queues a batch session up to this many times when an
+	// agent running its kernels is lost.
+	MaxRetries int `json:"max_retries,omitempty"`
 	// ClusterSize is the number of kernels: main1 plus sub1..subN-1 (default 1).
 	ClusterSize int `json:"cluster_size,omitempty"`
 	// ClusterMode is single-node (default: all kernels on one agent) or
@@ -154,4 +157,10 @@ type KernelStats struct {
 	MemoryRSSBytes uint64    `json:"memory_rss_bytes"`
 	Pids           uint64    `json:"pids"`
 	Error          string    `json:"error,omitempty"`
+}
+
+// DrainRequest is the body of POST /v1/agents/{id}/drain.
+type DrainRequest struct {
+	// Force also terminates the kernels running on the agent.
+	Force bool `json:"force,omitempty"`
 }

@@ -25,6 +25,7 @@ const (
 	TagSlots   = "slots"   // compact capacity summary, "cpu=2,mem=8589934592"
 	TagDrivers = "drivers" // comma-separated driver names
 	TagVersion = "version"
+	TagExpect  = "expect" // servers: -bootstrap-expect
 )
 
 // NewConfig builds a serf config bound to addr ("host:port"); fast

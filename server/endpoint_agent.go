@@ -43,6 +43,13 @@ func (e *agentEndpoint) Register(ctx context.Context, req *rpc.RegisterRequest) 
 	if err := e.srv.waitReady(ctx); err != nil {
 		return nil, status.Error(codes.Unavailable, err.Error())
 	}
+	if !e.srv.IsLeader() {
+		cl, err := e.srv.leaderClient()
+		if err != nil {
+			return nil, grpcError(err)
+		}
+		return cl.Register(ctx, req)
+	}
 	a := req.Agent.Copy()
 	a.Status = structs.AgentAlive
 	a.StatusInfo = "registered"
@@ -58,6 +65,13 @@ func (e *agentEndpoint) Register(ctx context.Context, req *rpc.RegisterRequest) 
 func (e *agentEndpoint) UpdateKernels(ctx context.Context, req *structs.KernelUpdateRequest) (*rpc.UpdateKernelsResponse, error) {
 	if req.AgentID == "" {
 		return nil, status.Error(codes.InvalidArgument, "update: agent ID is required")
+	}
+	if !e.srv.IsLeader() {
+		cl, err := e.srv.leaderClient()
+		if err != nil {
+			return nil, grpcError(err)
+		}
+		return cl.UpdateKernels(ctx, req)
 	}
 	resp, idx, err := e.srv.apply(structs.KernelUpdateRequestType, req)
 	if err != nil {

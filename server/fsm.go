@@ -96,6 +96,12 @@ func (f *fsm) Apply(l *raft.Log) any {
 			return err
 		}
 		return f.state.UpsertConfig(l.Index, &req)
+	case structs.AgentDrainRequestType:
+		var req structs.AgentDrainRequest
+		if err := json.Unmarshal(body, &req); err != nil {
+			return err
+		}
+		return f.state.DrainAgent(l.Index, &req)
 	}
 	// An unknown type means a newer server wrote the log: refuse loudly
 	// rather than silently diverging.

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"maps"
-	"net"
 	"net/http"
 	"regexp"
 	"strconv"
@@ -50,6 +49,8 @@ func (s *Server) setupHTTP() error {
 	mux.HandleFunc("GET /v1/sessions/{ref}/stats", s.wrap(s.sessionStats))
 	mux.HandleFunc("GET /v1/agents", s.wrap(s.listAgents))
 	mux.HandleFunc("GET /v1/agents/{id}", s.wrap(s.getAgent))
+	mux.HandleFunc("POST /v1/agents/{id}/drain", s.wrap(s.drainAgent))
+	mux.HandleFunc("POST /v1/agents/{id}/eligible", s.wrap(s.drainAgent))
 	mux.HandleFunc("GET /v1/status/leader", s.wrap(s.leader))
 	mux.HandleFunc("GET /v1/queue", s.wrap(s.queue))
 	mux.HandleFunc("GET /v1/images", s.wrap(s.listImages))
@@ -58,12 +59,8 @@ func (s *Server) setupHTTP() error {
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path))
 	})
-	ln, err := net.Listen("tcp", s.cfg.HTTPAddr)
-	if err != nil {
-		return fmt.Errorf("http listen on %s: %w", s.cfg.HTTPAddr, err)
-	}
-	s.httpLn = ln
-	s.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	ln := s.httpLn
+	s.httpSrv = &http.Server{Handler: s.forwardToLeader(mux), ReadHeaderTimeout: 10 * time.Second}
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
@@ -294,6 +291,12 @@ func (s *Server) validateCreate(req *api.CreateSessionRequest, snap *state.Snaps
 	if req.Priority < -1000 || req.Priority > 1000 {
 		return nil, nil, badRequest("priority %d is out of range [-1000, 1000]", req.Priority)
 	}
+	if req.MaxRetries < 0 || req.MaxRetries > 100 {
+		return nil, nil, badRequest("max_retries %d is out of range [0, 100]", req.MaxRetries)
+	}
+	if req.MaxRetries > 0 && req.Type != structs.SessionTypeBatch {
+		return nil, nil, badRequest("max_retries is for batch sessions")
+	}
 	if req.ClusterSize < 0 || req.ClusterSize > maxClusterSize {
 		return nil, nil, badRequest("cluster_size %d is out of range [1, %d]", req.ClusterSize, maxClusterSize)
 	}
@@ -311,7 +314,7 @@ func (s *Server) validateCreate(req *api.CreateSessionRequest, snap *state.Snaps
 		ID: uuid.NewString(), Name: req.Name, Type: req.Type, ResourceGroup: group,
 		Status: structs.SessionPending, Result: structs.ResultUndefined, CreatedAt: now,
 		Priority: req.Priority, StartsAt: req.StartsAt.UTC(),
-		ClusterMode: req.ClusterMode, ClusterSize: max(req.ClusterSize, 1),
+		ClusterMode: req.ClusterMode, ClusterSize: max(req.ClusterSize, 1), MaxRetries: req.MaxRetries,
 	}
 	if req.StartsAt.IsZero() {
 		sess.StartsAt = time.Time{}
@@ -642,6 +645,32 @@ func (s *Server) listAgents(w http.ResponseWriter, r *http.Request) (any, error)
 
 func (s *Server) getAgent(w http.ResponseWriter, r *http.Request) (any, error) {
 	return s.state.Snapshot().ResolveAgent(r.PathValue("id"))
+}
+
+// drainAgent serves both drain (stop new placements, -force: terminate
+// the agent's kernels) and eligible (take placements again). Admins only.
+func (s *Server) drainAgent(w http.ResponseWriter, r *http.Request) (any, error) {
+	if err := requireAdmin(r); err != nil {
+		return nil, err
+	}
+	a, err := s.state.Snapshot().ResolveAgent(r.PathValue("id"))
+	if err != nil {
+		return nil, err
+	}
+	req := &structs.AgentDrainRequest{AgentID: a.ID, Time: time.Now().UTC()}
+	if strings.HasSuffix(r.URL.Path, "/drain") {
+		var body api.DrainRequest
+		if r.ContentLength != 0 {
+			if err := decodeBody(r, &body); err != nil {
+				return nil, err
+			}
+		}
+		req.Drain, req.Force = true, body.Force
+	}
+	if _, _, err := s.apply(structs.AgentDrainRequestType, req); err != nil {
+		return nil, err
+	}
+	return s.state.Snapshot().Agent(nil, a.ID)
 }
 
 func (s *Server) leader(w http.ResponseWriter, r *http.Request) (any, error) {

@@ -1,12 +1,15 @@
 package server
 
 import (
+	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/hashicorp/raft"
 	"github.com/hashicorp/serf/serf"
 
 	"github.com/corral-dev/corral/gossip"
@@ -15,7 +18,8 @@ import (
 
 func (s *Server) setupSerf() error {
 	s.events = make(chan serf.Event, 256)
-	tags := map[string]string{gossip.TagRole: "server", gossip.TagID: s.id, gossip.TagRPC: s.RPCAddr(), gossip.TagHTTP: s.cfg.HTTPAddr}
+	tags := map[string]string{gossip.TagRole: "server", gossip.TagID: s.id, gossip.TagRPC: s.RPCAddr(), gossip.TagHTTP: s.cfg.HTTPAddr,
+		gossip.TagExpect: strconv.Itoa(s.cfg.BootstrapExpect)}
 	conf, err := gossip.NewConfig(s.cfg.NodeName, s.cfg.SerfAddr, tags, s.cfg.FastGossip, s.events)
 	if err != nil {
 		return err
@@ -61,8 +65,13 @@ func (s *Server) reconcileMembers() {
 	}
 }
 
-// reconcileMember records one agent member's gossip state in raft.
+// reconcileMember records one agent member's gossip state in raft, and
+// keeps raft's voters in step with the server members.
 func (s *Server) reconcileMember(m serf.Member) {
+	if m.Tags[gossip.TagRole] == "server" {
+		s.reconcileServer(m)
+		return
+	}
 	if m.Tags[gossip.TagRole] != "agent" || m.Tags[gossip.TagID] == "" {
 		return
 	}
@@ -106,5 +115,79 @@ func (s *Server) reconcileMember(m serf.Member) {
 	s.logger.Info("agent status changed", "agent_id", id, "name", m.Name, "from", cur.Status, "to", status, "reason", info)
 	if _, _, err := s.apply(structs.AgentStatusRequestType, &structs.AgentStatusRequest{AgentID: id, Status: status, Info: info, Time: now}); err != nil {
 		s.logger.Warn("recording agent status failed", "agent_id", id, "error", err)
+	}
+}
+
+// reconcileServer, on the leader, adds an alive server member that raft
+// does not know as a voter (a server started after the first quorum, or a
+// replaced one) and removes one that left the pool for good. A failed
+// server stays a voter: it may come back, and removing it would shrink the
+// quorum behind the operator's back.
+func (s *Server) reconcileServer(m serf.Member) {
+	id, addr := m.Tags[gossip.TagID], m.Tags[gossip.TagRPC]
+	if id == "" || addr == "" || id == s.id {
+		return
+	}
+	fut := s.raft.GetConfiguration()
+	if err := fut.Error(); err != nil {
+		return
+	}
+	known := false
+	for _, srv := range fut.Configuration().Servers {
+		known = known || string(srv.ID) == id
+	}
+	switch {
+	case m.Status == serf.StatusAlive && !known:
+		s.logger.Info("adding server to the raft quorum", "server", m.Name, "id", id, "addr", addr)
+		if err := s.raft.AddVoter(raft.ServerID(id), raft.ServerAddress(addr), 0, 10*time.Second).Error(); err != nil {
+			s.logger.Warn("adding raft voter failed", "server", m.Name, "error", err)
+		}
+	case m.Status == serf.StatusLeft && known:
+		s.logger.Info("removing server that left from the raft quorum", "server", m.Name, "id", id)
+		if err := s.raft.RemoveServer(raft.ServerID(id), 0, 10*time.Second).Error(); err != nil {
+			s.logger.Warn("removing raft voter failed", "server", m.Name, "error", err)
+		}
+	}
+}
+
+// bootstrapWhenExpected waits until -bootstrap-expect servers (this one
+// included) announce the same expectation in gossip, then bootstraps raft
+// with all of them as voters. Every one of them does the same with the same
+// list, which raft accepts; a server that finds a leader first joins it.
+func (s *Server) bootstrapWhenExpected() {
+	t := time.NewTicker(200 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-t.C:
+		}
+		if addr, _ := s.raft.LeaderWithID(); addr != "" {
+			return
+		}
+		want := strconv.Itoa(s.cfg.BootstrapExpect)
+		var servers []raft.Server
+		for _, m := range s.serf.Members() {
+			if m.Status != serf.StatusAlive || m.Tags[gossip.TagRole] != "server" || m.Tags[gossip.TagID] == "" {
+				continue
+			}
+			if m.Tags[gossip.TagExpect] != want {
+				s.logger.Warn("server in the pool expects a different first quorum", "server", m.Name, "expects", m.Tags[gossip.TagExpect], "we_expect", want)
+				continue
+			}
+			servers = append(servers, raft.Server{ID: raft.ServerID(m.Tags[gossip.TagID]), Address: raft.ServerAddress(m.Tags[gossip.TagRPC])})
+		}
+		if len(servers) < s.cfg.BootstrapExpect {
+			continue
+		}
+		slices.SortFunc(servers, func(a, b raft.Server) int { return strings.Compare(string(a.ID), string(b.ID)) })
+		err := s.raft.BootstrapCluster(raft.Configuration{Servers: servers}).Error()
+		if err != nil && !errors.Is(err, raft.ErrCantBootstrap) {
+			s.logger.Error("raft bootstrap failed", "error", err)
+			continue
+		}
+		s.logger.Info("bootstrapped a new cluster", "voters", len(servers))
+		return
 	}
 }

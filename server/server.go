@@ -77,8 +77,8 @@ func (c *Config) setDefaults() error {
 	if c.BootstrapExpect == 0 {
 		c.BootstrapExpect = 1
 	}
-	if c.BootstrapExpect != 1 {
-		return fmt.Errorf("server: -bootstrap-expect %d is not supported yet: run one server (1)", c.BootstrapExpect)
+	if c.BootstrapExpect < 1 || c.BootstrapExpect > 9 {
+		return fmt.Errorf("server: -bootstrap-expect %d is out of range: use 1 (a single server) or the size of the first quorum, e.g. 3 or 5", c.BootstrapExpect)
 	}
 	if c.NodeName == "" {
 		h, _ := os.Hostname()
@@ -105,6 +105,9 @@ type Server struct {
 	state *state.StateStore
 	raft  *raft.Raft
 	fsm   *fsm
+	// needsBootstrap: a new server of a multi-server cluster waits for
+	// -bootstrap-expect servers in gossip before it bootstraps raft.
+	needsBootstrap bool
 	// replayTarget is the last command on disk at start that the restored
 	// snapshot does not already hold.
 	replayTarget uint64
@@ -123,6 +126,10 @@ type Server struct {
 	activity     activity
 	leaderMu     sync.Mutex
 	leaderCancel context.CancelFunc
+	// leaderConn is a follower's connection to the leader, for forwarding.
+	leaderConnMu   sync.Mutex
+	leaderConn     *grpc.ClientConn
+	leaderConnAddr string
 
 	// ready is closed once the FSM has applied every log entry that was on
 	// disk at start: reads before that would show a past state.
@@ -175,11 +182,21 @@ func New(cfg Config) (*Server, error) {
 		s.ownGRPC = true
 	}
 	rpc.RegisterServerService(s.grpc, &agentEndpoint{srv: s})
+	// The HTTP port is bound before gossip starts so that its real address
+	// (port 0 in tests) goes into the server's tags.
+	if s.httpLn, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
+		return nil, fmt.Errorf("server: http listen on %s: %w", cfg.HTTPAddr, err)
+	}
+	s.cfg.HTTPAddr = s.httpLn.Addr().String()
 	if err := s.setupSerf(); err != nil {
 		return nil, err
 	}
 	if err := s.setupHTTP(); err != nil {
 		return nil, err
+	}
+	if s.needsBootstrap {
+		s.wg.Add(1)
+		go func() { defer s.wg.Done(); s.bootstrapWhenExpected() }()
 	}
 	s.wg.Add(3)
 	go func() { defer s.wg.Done(); s.waitCaughtUp(s.replayTarget) }()
@@ -293,6 +310,11 @@ func (s *Server) Shutdown() {
 			_ = s.mux.Close()
 		}
 		s.agents.closeAll()
+		s.leaderConnMu.Lock()
+		if s.leaderConn != nil {
+			_ = s.leaderConn.Close()
+		}
+		s.leaderConnMu.Unlock()
 		s.wg.Wait()
 	})
 }
@@ -361,13 +383,14 @@ func (s *Server) setupRaft() error {
 	if err != nil {
 		return err
 	}
-	if !has {
+	if !has && s.cfg.BootstrapExpect == 1 {
 		boot := raft.Configuration{Servers: []raft.Server{{ID: conf.LocalID, Address: s.trans.LocalAddr()}}}
 		if err := raft.BootstrapCluster(conf, logs, logs, snaps, s.trans, boot); err != nil {
 			return fmt.Errorf("raft bootstrap: %w", err)
 		}
 		s.logger.Info("bootstrapped a new cluster", "voters", 1)
 	}
+	s.needsBootstrap = !has && s.cfg.BootstrapExpect > 1
 	s.replayTarget, err = lastCommandIndex(logs)
 	if err != nil {
 		return err

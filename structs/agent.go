@@ -24,7 +24,10 @@ type Agent struct {
 	// SerfAddr is the agent's gossip address.
 	SerfAddr string   `json:"serf_addr"`
 	Drivers  []string `json:"drivers"`
-	Capacity Slots    `json:"capacity"`
+	// Drain stops new placements on the agent (corral node drain); its
+	// running kernels go on unless the drain was forced.
+	Drain    bool  `json:"drain,omitempty"`
+	Capacity Slots `json:"capacity"`
 	// Occupied is the sum of the resources of the kernels placed on this
 	// agent that have not ended; it changes in the same apply as they do.
 	Occupied     Slots     `json:"occupied"`

@@ -14,7 +14,17 @@ const (
 	AgentStatusRequestType
 	SessionDestroyRequestType
 	ConfigUpsertRequestType
+	AgentDrainRequestType
 )
+
+// AgentDrainRequest stops (Drain) or resumes new placements on an agent;
+// Force also terminates the kernels running there.
+type AgentDrainRequest struct {
+	AgentID string    `json:"agent_id"`
+	Drain   bool      `json:"drain"`
+	Force   bool      `json:"force,omitempty"`
+	Time    time.Time `json:"time"`
+}
 
 // ConfigUpsertRequest creates or replaces users, access keys, resource
 // policies and resource groups in one apply.

@@ -57,6 +57,10 @@ type Session struct {
 	ClusterMode string `json:"cluster_mode,omitempty"`
 	// ClusterSize is the number of kernels (main1 plus the sub kernels).
 	ClusterSize int `json:"cluster_size,omitempty"`
+	// MaxRetries is how many times a batch session is re-queued when an
+	// agent running its kernels is lost; Retries counts those so far.
+	MaxRetries int `json:"max_retries,omitempty"`
+	Retries    int `json:"retries,omitempty"`
 	// Network is the session's overlay (VNI and subnet) while it is placed
 	// and has several kernels; nil otherwise.
 	Network    *Network      `json:"network,omitempty"`

@@ -17,7 +17,7 @@ func TestKernelSetStatus(t *testing.T) {
 		fail  KernelStatus // a final illegal step, "" for none
 	}{
 		{"happy path", KernelPending, []KernelStatus{KernelScheduled, KernelPreparing, KernelPulling, KernelCreating, KernelRunning, KernelTerminating, KernelTerminated}, ""},
-		{"restart", KernelRunning, []KernelStatus{KernelRestarting, KernelRunning}, KernelPending},
+		{"restart", KernelRunning, []KernelStatus{KernelRestarting, KernelRunning}, KernelCancelled},
 		{"cancel pending", KernelPending, []KernelStatus{KernelCancelled}, KernelScheduled},
 		{"error cleanup", KernelRunning, []KernelStatus{KernelError, KernelTerminated}, KernelRunning},
 		{"pending to running", KernelPending, nil, KernelRunning},

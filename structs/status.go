@@ -50,15 +50,17 @@ const (
 	ResultFailure   SessionResult = "FAILURE"
 )
 
-// kernelTransitions is the one table of legal kernel status changes.
+// kernelTransitions is the one table of legal kernel status changes. A
+// placed kernel goes back to PENDING only when its agent is lost and its
+// batch session is re-queued (-max-retries).
 var kernelTransitions = map[KernelStatus][]KernelStatus{
 	KernelPending:     {KernelScheduled, KernelCancelled, KernelError},
 	KernelScheduled:   {KernelPreparing, KernelPulling, KernelCreating, KernelRunning, KernelTerminating, KernelTerminated, KernelError, KernelCancelled, KernelPending},
-	KernelPreparing:   {KernelPulling, KernelCreating, KernelRunning, KernelTerminating, KernelTerminated, KernelError},
-	KernelPulling:     {KernelPreparing, KernelCreating, KernelRunning, KernelTerminating, KernelTerminated, KernelError},
-	KernelCreating:    {KernelRunning, KernelTerminating, KernelTerminated, KernelError},
-	KernelRunning:     {KernelRestarting, KernelTerminating, KernelTerminated, KernelError},
-	KernelRestarting:  {KernelRunning, KernelTerminating, KernelTerminated, KernelError},
+	KernelPreparing:   {KernelPulling, KernelCreating, KernelRunning, KernelTerminating, KernelTerminated, KernelError, KernelPending},
+	KernelPulling:     {KernelPreparing, KernelCreating, KernelRunning, KernelTerminating, KernelTerminated, KernelError, KernelPending},
+	KernelCreating:    {KernelRunning, KernelTerminating, KernelTerminated, KernelError, KernelPending},
+	KernelRunning:     {KernelRestarting, KernelTerminating, KernelTerminated, KernelError, KernelPending},
+	KernelRestarting:  {KernelRunning, KernelTerminating, KernelTerminated, KernelError, KernelPending},
 	KernelTerminating: {KernelTerminated, KernelError},
 	KernelTerminated:  {},
 	KernelError:       {KernelTerminated},
@@ -69,11 +71,11 @@ var kernelTransitions = map[KernelStatus][]KernelStatus{
 var sessionTransitions = map[SessionStatus][]SessionStatus{
 	SessionPending:         {SessionScheduled, SessionPreparing, SessionPulling, SessionRunning, SessionTerminating, SessionTerminated, SessionCancelled, SessionError},
 	SessionScheduled:       {SessionPreparing, SessionPulling, SessionRunning, SessionTerminating, SessionTerminated, SessionCancelled, SessionError, SessionPending},
-	SessionPreparing:       {SessionPulling, SessionRunning, SessionTerminating, SessionTerminated, SessionError},
-	SessionPulling:         {SessionPreparing, SessionRunning, SessionTerminating, SessionTerminated, SessionError},
-	SessionRunning:         {SessionRunningDegraded, SessionRestarting, SessionTerminating, SessionTerminated, SessionError},
+	SessionPreparing:       {SessionPulling, SessionRunning, SessionTerminating, SessionTerminated, SessionError, SessionPending},
+	SessionPulling:         {SessionPreparing, SessionRunning, SessionTerminating, SessionTerminated, SessionError, SessionPending},
+	SessionRunning:         {SessionRunningDegraded, SessionRestarting, SessionTerminating, SessionTerminated, SessionError, SessionPending},
 	SessionRunningDegraded: {SessionRunning, SessionRestarting, SessionTerminating, SessionTerminated, SessionError},
-	SessionRestarting:      {SessionRunning, SessionRunningDegraded, SessionTerminating, SessionTerminated, SessionError},
+	SessionRestarting:      {SessionRunning, SessionRunningDegraded, SessionTerminating, SessionTerminated, SessionError, SessionPending},
 	SessionTerminating:     {SessionTerminated, SessionError},
 	SessionTerminated:      {},
 	SessionError:           {SessionTerminated},

@@ -92,7 +92,8 @@ func TestKernelTransitions(t *testing.T) {
 		{KernelCancelled, KernelScheduled, false},
 		{KernelCancelled, KernelPending, false},
 		{KernelError, KernelRunning, false},
-		{KernelRunning, KernelPending, false},
+		{KernelRunning, KernelPending, true}, // re-queued after agent loss
+		{KernelTerminated, KernelPending, false},
 		{KernelRunning, KernelRunning, false},
 		{KernelRunning, KernelCancelled, false},
 		{KernelTerminating, KernelRunning, false},
@@ -143,7 +144,8 @@ func TestSessionTransitions(t *testing.T) {
 		{SessionCancelled, SessionScheduled, false},
 		{SessionCancelled, SessionPending, false},
 		{SessionError, SessionRunning, false},
-		{SessionRunning, SessionPending, false},
+		{SessionRunning, SessionPending, true}, // re-queued after agent loss
+		{SessionTerminated, SessionPending, false},
 		{SessionRunning, SessionCancelled, false},
 		{SessionTerminating, SessionRunning, false},
 		{"BOGUS", SessionRunning, false},

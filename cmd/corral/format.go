@@ -189,7 +189,11 @@ func renderAgent(w io.Writer, a *structs.Agent, now time.Time) error {
 	field := func(k, v string) { fmt.Fprintf(tw, "%s:\t%s\n", k, v) }
 	field("ID", a.ID)
 	field("Name", dash(a.Name))
-	field("Status", string(a.Status))
+	st := string(a.Status)
+	if a.Drain {
+		st += " (drained: no new placements)"
+	}
+	field("Status", st)
 	field("Status info", dash(a.StatusInfo))
 	field("Resource group", dash(a.ResourceGroup))
 	field("Drivers", dash(strings.Join(a.Drivers, ", ")))

@@ -71,6 +71,8 @@ var sessionCommands = []command{
 var nodeCommands = []command{
 	{"list", "[flags]", "list agents with their status and resources", (*cli).nodeList},
 	{"status", "ID [flags]", "show one agent and each of its resource slots", (*cli).nodeStatus},
+	{"drain", "ID [-force] [flags]", "stop new placements on an agent (-force also terminates its kernels)", (*cli).nodeDrain},
+	{"eligible", "ID [flags]", "let an agent take new placements again", (*cli).nodeEligible},
 }
 
 func (c *cli) usage(w io.Writer) {

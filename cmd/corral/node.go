@@ -43,3 +43,33 @@ func (c *cli) nodeStatus(ctx context.Context, args []string) error {
 	}
 	return renderAgent(c.stdout, a, time.Now())
 }
+
+func (c *cli) nodeDrain(ctx context.Context, args []string) error {
+	f := c.newFlags("node drain", "ID [-force] [flags]", "Stop new placements on an agent; with -force also terminate the kernels it runs.", true)
+	force := f.Bool("force", false, "also terminate the kernels running on the agent")
+	return c.setDrain(ctx, f, args, true, force)
+}
+
+func (c *cli) nodeEligible(ctx context.Context, args []string) error {
+	f := c.newFlags("node eligible", "ID [flags]", "Let a drained agent take new placements again.", true)
+	return c.setDrain(ctx, f, args, false, new(bool))
+}
+
+func (c *cli) setDrain(ctx context.Context, f *flagSet, args []string, drain bool, force *bool) error {
+	id, err := f.parseRef(args, "agent ID, ID prefix or name")
+	if err != nil {
+		return err
+	}
+	client, err := f.client()
+	if err != nil {
+		return err
+	}
+	a, err := client.DrainAgent(ctx, id, drain, *force)
+	if err != nil {
+		return err
+	}
+	if f.json {
+		return printJSON(c.stdout, a)
+	}
+	return renderAgent(c.stdout, a, time.Now())
+}

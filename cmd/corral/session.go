@@ -43,7 +43,8 @@ func (c *cli) parseCreate(args []string) (*createCmd, error) {
 	f.Var(deps, "depends-on", "sessions (comma-separated IDs or names) that must end with SUCCESS first")
 	env := envFlag{}
 	f.Var(env, "env", "environment variable `KEY=VALUE` of the kernel (repeatable)")
-	f.IntVar(&r.ClusterSize, "cluster-size", 1, "number of kernels: main1 plus sub1..subN-1, placed together or not at all")
+	f.IntVar(&r.MaxRetries, "max-retries", 0, "batch: re-queue the session up to N times when an agent running it is lost")
+	f.IntVar(&r.ClusterSize, "cluster-size", 0, "number of kernels: main1 plus sub1..subN-1, placed together or not at all (0: one)")
 	f.StringVar(&r.ClusterMode, "cluster-mode", "", "single-node (all kernels on one agent, the default) or multi-node")
 	f.BoolVar(&cmd.wait, "wait", false, "follow the session until it ends (batch) or runs (interactive)")
 	_, command, err := f.parse(args, 0)
@@ -65,7 +66,7 @@ func (c *cli) parseCreate(args []string) (*createCmd, error) {
 			return nil, f.usageErr("invalid -starts-at %q: want an RFC 3339 time or a duration such as 10m", *startsAt)
 		}
 	}
-	if r.ClusterSize < 1 {
+	if r.ClusterSize < 0 {
 		return nil, f.usageErr("invalid -cluster-size %d: want 1 or more kernels", r.ClusterSize)
 	}
 	switch r.ClusterMode {

@@ -179,6 +179,7 @@ type groupView struct {
 	// have all of them; built on first use.
 	withAll  map[string]driverSet
 	notAlive int
+	drained  int           // alive agents drained of new placements
 	capacity structs.Slots // summed capacity of the ALIVE agents, for DRF
 	// indices are built on first use, one per driverKey.
 	indices map[string]*agentIndex
@@ -400,6 +401,10 @@ func buildGroups(agents []*structs.Agent, slots *slotTable) map[string]*groupVie
 		}
 		if a.Status != structs.AgentAlive {
 			g.notAlive++
+			continue
+		}
+		if a.Drain {
+			g.drained++
 			continue
 		}
 		free := backing[len(views)*n : (len(views)+1)*n : (len(views)+1)*n]

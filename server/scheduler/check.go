@@ -56,6 +56,9 @@ func CheckPlacement(agent *structs.Agent, occupied structs.Slots, k *structs.Ker
 	if agent.Status != structs.AgentAlive {
 		return placementErr(ErrAgentNotAlive, "agent %s is %s, not %s", agent.ID, agent.Status, structs.AgentAlive)
 	}
+	if agent.Drain {
+		return placementErr(ErrAgentNotAlive, "agent %s is drained: it takes no new kernels", agent.ID)
+	}
 	if !agent.HasDriver(k.Driver) {
 		return placementErr(ErrMissingDriver, "agent %s has no driver %q (it has %s)", agent.ID, k.Driver, driverList(agent.Drivers))
 	}

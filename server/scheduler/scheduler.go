@@ -716,6 +716,10 @@ func placedList(done []placed) string {
 // noAliveReason explains a group with no ALIVE agent.
 func (p *pass) noAliveReason(name string, g *groupView) string {
 	msg := fmt.Sprintf("no alive agent in resource group %q", name)
+	if g != nil && g.drained > 0 {
+		msg = fmt.Sprintf("no alive agent open to new sessions in resource group %q (%d drained, %d not ALIVE)", name, g.drained, g.notAlive)
+		return msg
+	}
 	switch {
 	case g != nil && g.notAlive == 1:
 		msg += " (its 1 agent is not ALIVE)"

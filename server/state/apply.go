@@ -527,12 +527,17 @@ func (s *StateStore) SetAgentStatus(index uint64, req *structs.AgentStatusReques
 	if cur.Status == req.Status && cur.StatusInfo == req.Info {
 		return nil
 	}
-	a := cur.Copy()
+	a, err := w.ownAgent(req.AgentID)
+	if err != nil {
+		return err
+	}
 	a.Status = req.Status
 	a.StatusInfo = req.Info
 	a.UpdatedAt = req.Time
-	if err := w.putAgent(a); err != nil {
-		return err
+	if req.Status == structs.AgentLost || req.Status == structs.AgentTerminated {
+		if err := w.agentGone(a, req.Info, req.Time); err != nil {
+			return err
+		}
 	}
 	return w.commit()
 }

@@ -1,0 +1,115 @@
+package server
+
+import (
+	"fmt"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"sync"
+
+	"github.com/hashicorp/serf/serf"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/corral-dev/corral/gossip"
+	"github.com/corral-dev/corral/rpc"
+)
+
+// forwardedHeader marks a request one server forwarded to another, so that
+// a request never goes round in circles while leadership moves.
+const forwardedHeader = "X-Corral-Forwarded-By"
+
+// forwardToLeader serves the API on the leader and makes followers proxy
+// every request to it: writes must go through the leader's raft, and reads
+// there see every acknowledged write. Streams (exec, blocking queries) are
+// proxied as they come.
+func (s *Server) forwardToLeader(next http.Handler) http.Handler {
+	var mu sync.Mutex
+	proxies := map[string]*httputil.ReverseProxy{}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if s.IsLeader() {
+			next.ServeHTTP(w, r)
+			return
+		}
+		addr, err := s.leaderHTTP()
+		if err != nil || r.Header.Get(forwardedHeader) != "" {
+			if err == nil {
+				err = fmt.Errorf("leadership is moving: server %s is not the leader either", r.Header.Get(forwardedHeader))
+			}
+			writeError(w, http.StatusServiceUnavailable, err.Error())
+			return
+		}
+		mu.Lock()
+		p, ok := proxies[addr]
+		if !ok {
+			target := &url.URL{Scheme: "http", Host: addr}
+			p = &httputil.ReverseProxy{
+				Rewrite: func(pr *httputil.ProxyRequest) {
+					pr.SetURL(target)
+					pr.Out.Host = pr.In.Host
+					pr.Out.Header.Set(forwardedHeader, s.cfg.NodeName)
+				},
+				FlushInterval: -1,
+				ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+					writeError(w, http.StatusServiceUnavailable, fmt.Sprintf("forwarding to the leader at %s: %v", addr, err))
+				},
+			}
+			proxies[addr] = p
+		}
+		mu.Unlock()
+		p.ServeHTTP(w, r)
+	})
+}
+
+// leaderMember finds the gossip member of the current raft leader.
+func (s *Server) leaderMember() (serf.Member, error) {
+	_, id := s.raft.LeaderWithID()
+	if id == "" {
+		return serf.Member{}, fmt.Errorf("no raft leader yet: %w", ErrNotLeader)
+	}
+	for _, m := range s.serf.Members() {
+		if m.Tags[gossip.TagRole] == "server" && m.Tags[gossip.TagID] == string(id) && m.Status == serf.StatusAlive {
+			return m, nil
+		}
+	}
+	return serf.Member{}, fmt.Errorf("the raft leader %s is not an alive gossip member: %w", id, ErrNotLeader)
+}
+
+// leaderHTTP is the HTTP API address of the current leader.
+func (s *Server) leaderHTTP() (string, error) {
+	m, err := s.leaderMember()
+	if err != nil {
+		return "", err
+	}
+	return m.Tags[gossip.TagHTTP], nil
+}
+
+// leaderClient is a gRPC client of the leader's agent-facing service, for
+// followers that forward what agents send them (registrations, kernel
+// updates) to where raft takes writes.
+func (s *Server) leaderClient() (*rpc.ServerClient, error) {
+	m, err := s.leaderMember()
+	if err != nil {
+		return nil, err
+	}
+	addr := m.Tags[gossip.TagRPC]
+	s.leaderConnMu.Lock()
+	defer s.leaderConnMu.Unlock()
+	if s.leaderConn != nil && s.leaderConnAddr == addr {
+		return rpc.NewServerClient(s.leaderConn), nil
+	}
+	if s.leaderConn != nil {
+		_ = s.leaderConn.Close()
+	}
+	cc, err := grpc.NewClient(addr, s.serverDialOptions()...)
+	if err != nil {
+		return nil, err
+	}
+	s.leaderConn, s.leaderConnAddr = cc, addr
+	return rpc.NewServerClient(cc), nil
+}
+
+// serverDialOptions are the options of gRPC connections to other servers.
+func (s *Server) serverDialOptions() []grpc.DialOption {
+	return []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+}

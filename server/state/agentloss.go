@@ -1,0 +1,160 @@
+package state
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/corral-dev/corral/structs"
+)
+
+// agentGone handles the kernels of an agent that gossip declared failed
+// (LOST) or that left: in the same apply, every kernel it held ends in
+// ERROR with the reason and frees its slots, and the sessions follow. A
+// batch session with retries left whose live kernels were all on gone
+// agents is re-queued instead: its kernels go back to PENDING and the
+// scheduler places them elsewhere. If the agent comes back with those
+// kernels still running, its kernel stream no longer lists them and it
+// kills them: the server's state wins.
+func (w *writer) agentGone(a *structs.Agent, why string, now time.Time) error {
+	sn := w.snap()
+	kernels, err := sn.KernelsByAgent(nil, a.ID)
+	if err != nil {
+		return err
+	}
+	reason := fmt.Sprintf("agent lost: %s (%s)", a.Name, why)
+	sessions := map[string]bool{}
+	for _, k := range kernels {
+		if k.HoldsSlots() {
+			sessions[k.SessionID] = true
+		}
+	}
+	for _, id := range sortedKeys(sessions) {
+		sess, err := sn.Session(nil, id)
+		if err != nil {
+			return err
+		}
+		all, err := sn.KernelsBySession(nil, id)
+		if err != nil {
+			return err
+		}
+		if w.requeue(sn, sess, all, reason, now) {
+			continue
+		}
+		for _, cur := range all {
+			if cur.AgentID != a.ID || !cur.HoldsSlots() {
+				continue
+			}
+			k := cur.Copy()
+			if err := k.SetStatus(structs.KernelError, reason, now); err != nil {
+				return err
+			}
+			if err := w.releaseIfEnded(cur, k, now); err != nil {
+				return err
+			}
+			if err := w.putKernel(k); err != nil {
+				return err
+			}
+		}
+		// The session's kernels elsewhere have nothing left to serve in a
+		// batch session; an interactive one keeps them (degraded).
+		if sess.Type == structs.SessionTypeBatch {
+			fresh, err := w.snap().KernelsBySession(nil, id)
+			if err != nil {
+				return err
+			}
+			if err := w.stopKernels(w.snap(), fresh, nil, reason, now); err != nil {
+				return err
+			}
+		}
+		if err := w.refreshSession(id, reason, now); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// requeue puts a batch session with retries left back to PENDING when
+// none of its live kernels runs on an alive agent; it reports whether it did.
+func (w *writer) requeue(sn *Snapshot, sess *structs.Session, kernels []*structs.Kernel, reason string, now time.Time) bool {
+	if sess.Type != structs.SessionTypeBatch || sess.Retries >= sess.MaxRetries || sess.Status.Terminal() {
+		return false
+	}
+	for _, k := range kernels {
+		if !k.HoldsSlots() {
+			if k.Status.Terminal() {
+				return false // a kernel already ended: the attempt is over
+			}
+			continue
+		}
+		if ag, err := w.snap().Agent(nil, k.AgentID); err == nil && ag.Status == structs.AgentAlive {
+			return false
+		}
+	}
+	info := fmt.Sprintf("re-queued (retry %d of %d): %s", sess.Retries+1, sess.MaxRetries, reason)
+	for _, cur := range kernels {
+		if !cur.HoldsSlots() {
+			continue
+		}
+		k := cur.Copy()
+		if err := k.SetStatus(structs.KernelPending, info, now); err != nil {
+			return false
+		}
+		k.AgentID, k.Network, k.ExitCode = "", nil, nil
+		if err := w.releaseIfEnded(cur, k, now); err != nil {
+			return false
+		}
+		if err := w.putKernel(k); err != nil {
+			return false
+		}
+	}
+	c := sess.Copy()
+	c.Retries++
+	if err := w.freeNetwork(c.Network); err != nil {
+		return false
+	}
+	c.Network = nil
+	if err := w.putSession(c); err != nil {
+		return false
+	}
+	// It leaves its key's concurrency set until it is placed again.
+	if err := w.release(c.AccessKey, c.ID, nil, true); err != nil {
+		return false
+	}
+	return w.refreshSession(c.ID, info, now) == nil
+}
+
+// DrainAgent stops or resumes new placements on an agent; a forced drain
+// also asks the agent to terminate every kernel it runs.
+func (s *StateStore) DrainAgent(index uint64, req *structs.AgentDrainRequest) error {
+	w := s.write(index)
+	defer w.txn.Abort()
+	a, err := w.ownAgent(req.AgentID)
+	if err != nil {
+		return err
+	}
+	a.Drain = req.Drain
+	a.UpdatedAt = req.Time
+	if req.Drain && req.Force {
+		sn := w.snap()
+		kernels, err := sn.KernelsByAgent(nil, a.ID)
+		if err != nil {
+			return err
+		}
+		reason := fmt.Sprintf("agent %s drained (forced)", a.Name)
+		touched := map[string]bool{}
+		for _, k := range kernels {
+			if k.HoldsSlots() {
+				touched[k.SessionID] = true
+			}
+		}
+		if err := w.stopKernels(sn, kernels, nil, reason, req.Time); err != nil {
+			return err
+		}
+		for _, id := range sortedKeys(touched) {
+			if err := w.refreshSession(id, reason, req.Time); err != nil {
+				return err
+			}
+		}
+	}
+	return w.commit()
+}
