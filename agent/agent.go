@@ -145,8 +145,12 @@ func New(cfg Config) (*Agent, error) {
 	}()
 	for _, d := range cfg.Drivers {
 		fp, err := d.Fingerprint(ctx)
-		if err != nil || fp.Health != drivers.HealthHealthy {
+		if err != nil {
 			a.logger.Warn("driver unavailable on this node", "driver", d.Name(), "error", err)
+			continue
+		}
+		if fp.Health != drivers.HealthHealthy {
+			a.logger.Warn("driver unavailable on this node", "driver", d.Name(), "health", fp.Health, "reason", fp.Description)
 			continue
 		}
 		a.drivers[d.Name()] = d

@@ -96,6 +96,9 @@ func (e *agentEndpoint) WatchKernels(req *rpc.WatchRequest, stream rpc.WatchStre
 	if err := e.srv.waitReady(ctx); err != nil {
 		return status.Error(codes.Unavailable, err.Error())
 	}
+	if err := e.srv.waitCommitted(ctx); err != nil {
+		return status.Error(codes.Unavailable, err.Error())
+	}
 	sent := map[string]uint64{}
 	full := true
 	for {

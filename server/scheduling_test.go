@@ -259,3 +259,39 @@ func TestKeyConcurrencyAndSlotLimits(t *testing.T) {
 		}
 	}
 }
+
+// TestDrainAndEligible: a drained agent takes no new session (the reason
+// says so), its running kernels go on unless the drain is forced, and
+// eligible opens it again.
+func TestDrainAndEligible(t *testing.T) {
+	c := startCluster(t, structs.Slots{structs.SlotCPU: structs.Whole(2)})
+	ctx := context.Background()
+	run := create(t, c, &api.CreateSessionRequest{Type: "interactive", Command: []string{"sleep", "infinity"}, Resources: small})
+	c.waitFor(t, run.Session.ID, status(structs.SessionRunning))
+	a, err := c.client.DrainAgent(ctx, c.agent.ID(), true, false)
+	if err != nil || !a.Drain {
+		t.Fatalf("drain: %+v %v", a, err)
+	}
+	p := create(t, c, &api.CreateSessionRequest{Command: []string{"true"}, Resources: small})
+	if d := c.waitFor(t, p.Session.ID, reasonHas("drained")); d.Session.Status != structs.SessionPending {
+		t.Fatalf("session on a drained cluster: %s %q", d.Session.Status, d.Session.StatusInfo)
+	}
+	if d, _ := c.client.GetSession(ctx, run.Session.ID); d.Session.Status != structs.SessionRunning {
+		t.Fatalf("running session after a drain: %s", d.Session.Status)
+	}
+	if _, err := c.client.DrainAgent(ctx, c.agent.ID(), false, false); err != nil {
+		t.Fatal(err)
+	}
+	if d := c.waitFor(t, p.Session.ID, terminal); d.Session.Result != structs.ResultSuccess {
+		t.Fatalf("after eligible: %s/%s %q", d.Session.Status, d.Session.Result, d.Session.StatusInfo)
+	}
+	if _, err := c.client.DrainAgent(ctx, c.agent.ID(), true, true); err != nil {
+		t.Fatal(err)
+	}
+	if d := c.waitFor(t, run.Session.ID, terminal); d.Session.Status != structs.SessionTerminated || !strings.Contains(d.Kernels[0].StatusInfo, "drained (forced)") {
+		t.Fatalf("after a forced drain: %s %q", d.Session.Status, d.Kernels[0].StatusInfo)
+	}
+	if _, err := c.client.DrainAgent(ctx, "no-such-agent", true, false); apiStatus(err) != 404 {
+		t.Fatalf("drain of an unknown agent: %v", err)
+	}
+}

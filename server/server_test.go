@@ -5,11 +5,14 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -36,6 +39,9 @@ func mustToken(dir string) string {
 }
 
 func testLogger(t *testing.T) *slog.Logger {
+	if os.Getenv("CORRAL_TEST_LOG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, nil))
+	}
 	return slog.New(slog.NewTextHandler(io.Discard, nil))
 }
 
@@ -90,10 +96,13 @@ func startAgentWith(t *testing.T, dir, join string, d drivers.Driver) *agent.Age
 	return startAgentCfg(t, dir, join, nil, d)
 }
 
+// agentSeq gives every test agent its own gossip node name.
+var agentSeq atomic.Int64
+
 func startAgentCfg(t *testing.T, dir, join string, capacity structs.Slots, d drivers.Driver) *agent.Agent {
 	t.Helper()
 	a, err := agent.New(agent.Config{
-		Name: "test-agent", DataDir: dir, RPCAddr: "127.0.0.1:0", SerfAddr: "127.0.0.1:0", Join: []string{join},
+		Name: fmt.Sprintf("test-agent-%d", agentSeq.Add(1)), DataDir: dir, RPCAddr: "127.0.0.1:0", SerfAddr: "127.0.0.1:0", Join: []string{join},
 		Drivers: []drivers.Driver{d}, Capacity: capacity,
 		Logger: testLogger(t), LogOutput: io.Discard, FastGossip: true,
 	})

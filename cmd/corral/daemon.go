@@ -66,7 +66,7 @@ func parseDaemonFlags(role string, args []string) (*daemonFlags, error) {
 	fs.BoolVar(&f.fastGossip, "fast-gossip", role == "dev", "shorter gossip timers: failure detection in about a second (loopback, tests)")
 	if role != "agent" {
 		fs.StringVar(&f.httpAddr, "http", "127.0.0.1:8640", "HTTP API address")
-		fs.IntVar(&f.bootstrapExpect, "bootstrap-expect", 1, "number of servers in the first quorum (only 1 yet)")
+		fs.IntVar(&f.bootstrapExpect, "bootstrap-expect", 1, "number of servers in the first quorum (1: a single server; 3 or 5: servers find each other through -join and bootstrap raft together)")
 	}
 	rpcDef := "127.0.0.1:8641"
 	serfDef := "127.0.0.1:8642"
