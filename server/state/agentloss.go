@@ -2,6 +2,7 @@ package state
 
 import (
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/corral-dev/corral/structs"
@@ -90,24 +91,44 @@ func (w *writer) requeue(sn *Snapshot, sess *structs.Session, kernels []*structs
 			return false
 		}
 	}
-	info := fmt.Sprintf("re-queued (retry %d of %d): %s", sess.Retries+1, sess.MaxRetries, reason)
+	retry := sess.Retries + 1
+	info := fmt.Sprintf("re-queued (retry %d of %d): %s", retry, sess.MaxRetries, reason)
+	// The attempt's kernels end, kept as records of the attempt under a
+	// session ID of their own; the retry gets fresh kernels (new IDs), so a
+	// late report from the old attempt, or an agent that comes back still
+	// running it, can never touch the new one.
+	ids := make([]string, 0, len(kernels))
 	for _, cur := range kernels {
-		if !cur.HoldsSlots() {
-			continue
+		old := cur.Copy()
+		nk := cur.Copy()
+		to := structs.KernelError
+		if cur.Status == structs.KernelPending {
+			to = structs.KernelCancelled
 		}
-		k := cur.Copy()
-		if err := k.SetStatus(structs.KernelPending, info, now); err != nil {
+		if err := old.SetStatus(to, info, now); err != nil {
 			return false
 		}
-		k.AgentID, k.Network, k.ExitCode = "", nil, nil
-		if err := w.releaseIfEnded(cur, k, now); err != nil {
+		old.SessionID = fmt.Sprintf("%s%s%d", sess.ID, supersededMark, retry)
+		if err := w.releaseIfEnded(cur, old, now); err != nil {
 			return false
 		}
-		if err := w.putKernel(k); err != nil {
+		if err := w.putKernel(old); err != nil {
 			return false
 		}
+		nk.ID = retryKernelID(cur.ID, retry)
+		nk.AgentID, nk.Network, nk.ExitCode = "", nil, nil
+		nk.Status, nk.StatusInfo = structs.KernelPending, info
+		nk.History = []structs.StatusChange{{Status: string(structs.KernelPending), Info: info, Time: now}}
+		if nk.Env != nil && nk.Env["CORRAL_KERNEL_ID"] != "" {
+			nk.Env["CORRAL_KERNEL_ID"] = nk.ID
+		}
+		if err := w.putKernel(nk); err != nil {
+			return false
+		}
+		ids = append(ids, nk.ID)
 	}
 	c := sess.Copy()
+	c.KernelIDs = ids
 	c.Retries++
 	if err := w.freeNetwork(c.Network); err != nil {
 		return false
@@ -121,6 +142,18 @@ func (w *writer) requeue(sn *Snapshot, sess *structs.Session, kernels []*structs
 		return false
 	}
 	return w.refreshSession(c.ID, info, now) == nil
+}
+
+// supersededMark joins a session ID and an attempt number into the session
+// ID of the kernels of an earlier attempt of a re-queued session.
+const supersededMark = "~attempt"
+
+// retryKernelID is the deterministic ID of a kernel's copy in a retry.
+func retryKernelID(id string, retry int) string {
+	if i := strings.LastIndex(id, ".r"); i > 0 {
+		id = id[:i]
+	}
+	return fmt.Sprintf("%s.r%d", id, retry)
 }
 
 // DrainAgent stops or resumes new placements on an agent; a forced drain

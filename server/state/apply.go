@@ -3,6 +3,7 @@ package state
 import (
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/go-memdb"
@@ -329,6 +330,9 @@ func (w *writer) recordPending(sn *Snapshot, id, reason string, attempts int, co
 // result when main1 has ended, and stores it with a new modify index.
 func (w *writer) refreshSession(id, info string, now time.Time) error {
 	sn := w.snap()
+	if strings.Contains(id, supersededMark) {
+		return nil // a kernel of an earlier attempt: the session moved on
+	}
 	sess, err := sn.Session(nil, id)
 	if err != nil {
 		return err
