@@ -38,6 +38,9 @@ type CreateSessionRequest struct {
 	MaxRetries int `json:"max_retries,omitempty"`
 	// ClusterSize is the number of kernels: main1 plus sub1..subN-1 (default 1).
 	ClusterSize int `json:"cluster_size,omitempty"`
+	// Roles override, per role ("main" or "sub"), the image, driver,
+	// command or resources of that role's kernels (heterogeneous kernels).
+	Roles []RoleSpec `json:"roles,omitempty"`
 	// ClusterMode is single-node (default: all kernels on one agent) or
 	// multi-node (kernels spread over agents).
 	ClusterMode string `json:"cluster_mode,omitempty"`
@@ -163,4 +166,13 @@ type KernelStats struct {
 type DrainRequest struct {
 	// Force also terminates the kernels running on the agent.
 	Force bool `json:"force,omitempty"`
+}
+
+// RoleSpec overrides what the kernels of one role run and ask for.
+type RoleSpec struct {
+	Role      string        `json:"role"`
+	Image     string        `json:"image,omitempty"`
+	Driver    string        `json:"driver,omitempty"`
+	Command   []string      `json:"command,omitempty"`
+	Resources structs.Slots `json:"resources,omitempty"`
 }

@@ -9,6 +9,7 @@ import (
 	"maps"
 	"net/http"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -319,7 +320,72 @@ func (s *Server) validateCreate(req *api.CreateSessionRequest, snap *state.Snaps
 	if req.StartsAt.IsZero() {
 		sess.StartsAt = time.Time{}
 	}
-	return sess, clusterKernels(sess, req, res, now), nil
+	kernels := clusterKernels(sess, req, res, now)
+	if err := s.applyRoles(req, kernels, drivers); err != nil {
+		return nil, nil, err
+	}
+	return sess, kernels, nil
+}
+
+// applyRoles applies the request's per-role overrides to the kernels of
+// each role, with the same checks as the session-wide fields.
+func (s *Server) applyRoles(req *api.CreateSessionRequest, kernels []*structs.Kernel, drivers []string) error {
+	seen := map[string]bool{}
+	for _, rs := range req.Roles {
+		if rs.Role != "main" && rs.Role != "sub" {
+			return badRequest("unknown role %q: use main or sub", rs.Role)
+		}
+		if seen[rs.Role] {
+			return badRequest("role %q is given twice", rs.Role)
+		}
+		seen[rs.Role] = true
+		if rs.Role == "sub" && len(kernels) < 2 {
+			return badRequest("role sub given for a session without sub kernels: set cluster_size to 2 or more")
+		}
+		driver := req.Driver
+		if rs.Driver != "" {
+			if !slices.Contains(drivers, rs.Driver) {
+				return badRequest("role %s: unknown driver %q: known drivers are %s", rs.Role, rs.Driver, strings.Join(drivers, ", "))
+			}
+			driver = rs.Driver
+		}
+		if rs.Image != "" {
+			if _, err := images.ParseReference(rs.Image); err != nil {
+				return badRequest("role %s: %v", rs.Role, err)
+			}
+		}
+		for name, q := range rs.Resources {
+			b, ok := slotBounds[name]
+			if !ok {
+				return badRequest("role %s: unknown resource slot %q: known slots are cpu, mem, cuda.device", rs.Role, name)
+			}
+			if q <= 0 || q < b.min || q > b.max {
+				return badRequest("role %s: resource %s=%s is out of range", rs.Role, name, q)
+			}
+		}
+		for _, k := range kernels {
+			if k.Role != rs.Role {
+				continue
+			}
+			k.Driver = driver
+			if rs.Image != "" {
+				k.Image = rs.Image
+			}
+			if len(rs.Command) > 0 {
+				k.Command = append([]string(nil), rs.Command...)
+			}
+			for name, q := range rs.Resources {
+				k.Resources[name] = q
+			}
+			if k.Driver == "exec" && k.Image != "" {
+				return badRequest("role %s: driver exec takes no image", rs.Role)
+			}
+			if k.Driver == "runc" && k.Image == "" {
+				return badRequest("role %s: driver runc needs an image", rs.Role)
+			}
+		}
+	}
+	return nil
 }
 
 // maxClusterSize bounds the kernels of one session.

@@ -180,7 +180,19 @@ func TestGangAndSingleNodeCluster(t *testing.T) {
 	if a, err := c.client.GetAgent(ctx, c.agent.ID()); err != nil || len(a.Occupied) != 0 {
 		t.Fatalf("agent occupancy %v (%v)", a.Occupied, err)
 	}
+	// Heterogeneous kernels: the sub role runs its own command and size.
+	h := create(t, c, &api.CreateSessionRequest{Command: []string{"sh", "-c", "echo main"}, Resources: half, ClusterSize: 2,
+		Roles: []api.RoleSpec{{Role: "sub", Command: []string{"sh", "-c", "sleep 60"}, Resources: structs.Slots{structs.SlotCPU: 250}}}})
+	if ks := h.Kernels; ks[1].Resources[structs.SlotCPU] != 250 || ks[1].Command[2] != "sleep 60" || ks[0].Resources[structs.SlotCPU] != 500 {
+		t.Fatalf("role overrides: main %v %v, sub %v %v", ks[0].Resources, ks[0].Command, ks[1].Resources, ks[1].Command)
+	}
+	if d := c.waitFor(t, h.Session.ID, terminal); d.Session.Result != structs.ResultSuccess {
+		t.Fatalf("heterogeneous session: %s/%s %q", d.Session.Status, d.Session.Result, d.Session.StatusInfo)
+	}
 	for _, bad := range []*api.CreateSessionRequest{
+		{Command: []string{"true"}, ClusterSize: 2, Roles: []api.RoleSpec{{Role: "boss"}}},
+		{Command: []string{"true"}, Roles: []api.RoleSpec{{Role: "sub", Resources: structs.Slots{structs.SlotCPU: 500}}}},
+		{Command: []string{"true"}, ClusterSize: 2, Roles: []api.RoleSpec{{Role: "sub", Driver: "warp"}}},
 		{Command: []string{"true"}, ClusterSize: 1000},
 		{Command: []string{"true"}, ClusterSize: 2, ClusterMode: "sideways"},
 	} {

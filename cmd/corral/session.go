@@ -2,8 +2,10 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"time"
 
 	"github.com/corral-dev/corral/api"
@@ -43,6 +45,7 @@ func (c *cli) parseCreate(args []string) (*createCmd, error) {
 	f.Var(deps, "depends-on", "sessions (comma-separated IDs or names) that must end with SUCCESS first")
 	env := envFlag{}
 	f.Var(env, "env", "environment variable `KEY=VALUE` of the kernel (repeatable)")
+	f.Var(roleFlag{&r.Roles}, "role", "per-role `ROLE:key=value,...` override (image, driver, cpu, mem), e.g. sub:image=IMG2,cpu=2,mem=1G (repeatable)")
 	f.IntVar(&r.MaxRetries, "max-retries", 0, "batch: re-queue the session up to N times when an agent running it is lost")
 	f.IntVar(&r.ClusterSize, "cluster-size", 0, "number of kernels: main1 plus sub1..subN-1, placed together or not at all (0: one)")
 	f.StringVar(&r.ClusterMode, "cluster-mode", "", "single-node (all kernels on one agent, the default) or multi-node")
@@ -404,5 +407,60 @@ func (c *cli) sessionDestroy(ctx context.Context, args []string) error {
 		return err
 	}
 	fmt.Fprintf(c.stdout, "session %s destroyed (%s)\n", d.Session.ID, d.Session.Status)
+	return nil
+}
+
+// roleFlag parses -role ROLE:key=value,... (keys: image, driver, cpu, mem).
+type roleFlag struct{ specs *[]api.RoleSpec }
+
+func (f roleFlag) String() string {
+	if f.specs == nil {
+		return ""
+	}
+	var parts []string
+	for _, r := range *f.specs {
+		parts = append(parts, r.Role)
+	}
+	return strings.Join(parts, " ")
+}
+
+func (f roleFlag) Set(v string) error {
+	role, rest, ok := strings.Cut(v, ":")
+	if !ok || (role != "main" && role != "sub") {
+		return errors.New("want ROLE:key=value,... with ROLE main or sub, e.g. sub:image=busybox,cpu=2,mem=1G")
+	}
+	spec := api.RoleSpec{Role: role}
+	for _, kv := range strings.Split(rest, ",") {
+		k, val, ok := strings.Cut(strings.TrimSpace(kv), "=")
+		if !ok || val == "" {
+			return fmt.Errorf("%q: want key=value (image, driver, cpu, mem)", kv)
+		}
+		switch k {
+		case "image":
+			spec.Image = val
+		case "driver":
+			spec.Driver = val
+		case "cpu", "mem":
+			if spec.Resources == nil {
+				spec.Resources = structs.Slots{}
+			}
+			var q structs.Quantity
+			var err error
+			if k == "cpu" {
+				q, err = structs.ParseQuantity(val)
+				k = structs.SlotCPU
+			} else {
+				q, err = structs.ParseBytes(val)
+				k = structs.SlotMem
+			}
+			if err != nil || q <= 0 {
+				return fmt.Errorf("invalid %s %q", k, val)
+			}
+			spec.Resources[k] = q
+		default:
+			return fmt.Errorf("unknown key %q: want image, driver, cpu or mem", k)
+		}
+	}
+	*f.specs = append(*f.specs, spec)
 	return nil
 }

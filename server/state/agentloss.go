@@ -67,6 +67,9 @@ func (w *writer) agentGone(a *structs.Agent, why string, now time.Time) error {
 				return err
 			}
 		}
+		if err := w.stopAfterMain(id, now); err != nil {
+			return err
+		}
 		if err := w.refreshSession(id, reason, now); err != nil {
 			return err
 		}

@@ -355,6 +355,9 @@ func (w *writer) refreshSession(id, info string, now time.Time) error {
 		}
 	}
 	derived := structs.DeriveSessionStatus(statuses)
+	if degraded(c, kernels) {
+		derived = structs.SessionRunningDegraded
+	}
 	if derived != c.Status {
 		// A move the session table refuses (ERROR back to RUNNING when one
 		// of several kernels is cleaned up) keeps the session where it is:
@@ -372,6 +375,25 @@ func (w *writer) refreshSession(id, info string, now time.Time) error {
 		}
 	}
 	return w.putSession(c)
+}
+
+// degraded reports whether an interactive cluster session runs on with a
+// sub kernel gone: main1 still RUNNING, the session RUNNING (or already
+// degraded), and a sub kernel ended.
+func degraded(sess *structs.Session, kernels []*structs.Kernel) bool {
+	if sess.Type != structs.SessionTypeInteractive || len(kernels) < 2 ||
+		(sess.Status != structs.SessionRunning && sess.Status != structs.SessionRunningDegraded) {
+		return false
+	}
+	mainUp, subGone := false, false
+	for _, k := range kernels {
+		if k.Role == "main" && k.Idx == 1 {
+			mainUp = k.Status == structs.KernelRunning
+		} else if k.Status.Terminal() {
+			subGone = true
+		}
+	}
+	return mainUp && subGone
 }
 
 // setSessionInfo updates a live session's status info in place.
@@ -612,13 +634,16 @@ func (w *writer) stopKernels(sn *Snapshot, kernels []*structs.Kernel, skip *stru
 	return nil
 }
 
-// stopAfterMain ends the other kernels of a batch session whose main1 has
-// ended: the session's result is main1's, and its sub kernels have nothing
-// left to serve.
+// stopAfterMain ends the other kernels of a session whose main1 has ended:
+// a batch session's result is main1's, and in any session the sub kernels
+// have nothing left to serve.
 func (w *writer) stopAfterMain(id string, now time.Time) error {
 	sn := w.snap()
+	if strings.Contains(id, supersededMark) {
+		return nil
+	}
 	sess, err := sn.Session(nil, id)
-	if err != nil || sess.Type != structs.SessionTypeBatch || sess.Status.Terminal() {
+	if err != nil || sess.Status.Terminal() {
 		return err
 	}
 	kernels, err := sn.KernelsBySession(nil, id)

@@ -444,3 +444,36 @@ func TestClusterNetworkAllocation(t *testing.T) {
 		t.Fatalf("c3 got slot %d, want the next one (2), not c1's freed 0", s3.Network.Slot)
 	}
 }
+
+// TestInteractiveClusterDegradesWhenASubKernelEnds: an interactive cluster
+// session whose sub kernel dies runs on RUNNING_DEGRADED with the reason;
+// main1's end stops the rest.
+func TestInteractiveClusterDegradesWhenASubKernelEnds(t *testing.T) {
+	f := newFixture(t)
+	f.agent("a1", slots(8, 8192))
+	sess := &structs.Session{ID: "i1", Type: structs.SessionTypeInteractive, ResourceGroup: structs.DefaultResourceGroup, ClusterSize: 2}
+	ks := []*structs.Kernel{
+		{ID: "i1-main1", SessionID: "i1", Role: "main", Idx: 1, Hostname: "main1", Driver: "exec", Command: []string{"sleep"}, Resources: slots(1, 64)},
+		{ID: "i1-sub1", SessionID: "i1", Role: "sub", Idx: 1, Hostname: "sub1", Driver: "exec", Command: []string{"sleep"}, Resources: slots(1, 64)},
+	}
+	if err := f.s.EnqueueSession(f.next(), &structs.SessionEnqueueRequest{Session: sess, Kernels: ks, Time: t0}); err != nil {
+		t.Fatal(err)
+	}
+	plan := &structs.Plan{Placements: []structs.SessionPlacement{{SessionID: "i1", Placements: []structs.Placement{{KernelID: "i1-main1", AgentID: "a1"}, {KernelID: "i1-sub1", AgentID: "a1"}}}}}
+	if _, err := f.s.ApplyPlan(f.next(), &structs.PlanApplyRequest{Plan: plan, Time: t0}); err != nil {
+		t.Fatal(err)
+	}
+	f.update("a1", "i1-main1", structs.KernelRunning, nil)
+	f.update("a1", "i1-sub1", structs.KernelRunning, nil)
+	if s := f.sess("i1"); s.Status != structs.SessionRunning {
+		t.Fatalf("both running: %s", s.Status)
+	}
+	f.update("a1", "i1-sub1", structs.KernelTerminated, intp(1))
+	if s := f.sess("i1"); s.Status != structs.SessionRunningDegraded || !strings.Contains(s.StatusInfo, "sub1") {
+		t.Fatalf("sub1 ended: %s %q", s.Status, s.StatusInfo)
+	}
+	f.update("a1", "i1-main1", structs.KernelTerminated, intp(0))
+	if s := f.sess("i1"); s.Status != structs.SessionTerminated {
+		t.Fatalf("main1 ended too: %s %q", s.Status, s.StatusInfo)
+	}
+}
