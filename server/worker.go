@@ -101,12 +101,20 @@ func (wk *schedWorker) pass(ws memdb.WatchSet) (bool, time.Time, error) {
 	if len(plan.Placements) == 0 && len(plan.Unplaced) == 0 && len(plan.Cancel) == 0 && len(plan.Attempts) == 0 {
 		return false, wake, nil
 	}
-	resp, index, err := s.apply(structs.PlanApplyRequestType, &structs.PlanApplyRequest{Plan: plan, Time: time.Now().UTC()})
-	if err != nil {
-		return false, wake, err
-	}
-	wk.ownIndex = index
-	if res, ok := resp.(*structs.PlanResult); ok {
+	// Big plans go through raft in parts: each apply stays small, and the
+	// first placements reach their agents while the rest are applied.
+	progressed := false
+	for _, part := range scheduler.SplitPlan(plan, planChunk) {
+		resp, index, err := s.apply(structs.PlanApplyRequestType, &structs.PlanApplyRequest{Plan: part, Time: time.Now().UTC()})
+		if err != nil {
+			return progressed, wake, err
+		}
+		wk.ownIndex = index
+		res, ok := resp.(*structs.PlanResult)
+		if !ok {
+			progressed = true
+			continue
+		}
 		for id, why := range res.Rejected {
 			s.logger.Info("plan placement rejected by the FSM", "session_id", id, "reason", why)
 		}
@@ -115,7 +123,10 @@ func (wk *schedWorker) pass(ws memdb.WatchSet) (bool, time.Time, error) {
 		}
 		// Rejections alone wait for the next change: retrying at once
 		// would only be rejected again.
-		return len(res.Applied) > 0 || len(res.Cancelled) > 0, wake, nil
+		progressed = progressed || len(res.Applied) > 0 || len(res.Cancelled) > 0
 	}
-	return true, wake, nil
+	return progressed, wake, nil
 }
+
+// planChunk is the most session placements one raft apply carries.
+const planChunk = 1000

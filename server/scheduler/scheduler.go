@@ -881,3 +881,22 @@ func shortReason(g *groupView, withDriver []*agentView, d demand, r request,
 	b.WriteByte(')')
 	return b.String()
 }
+
+// SplitPlan cuts a plan into plans of at most n session placements each, so
+// that one raft apply stays small (a write transaction's cost grows faster
+// than its size). Unplaced reasons, attempts and cancels ride with the
+// first part. The parts keep the plan's order and snapshot index.
+func SplitPlan(p *structs.Plan, n int) []*structs.Plan {
+	if n <= 0 || len(p.Placements) <= n {
+		return []*structs.Plan{p}
+	}
+	var parts []*structs.Plan
+	for i := 0; i < len(p.Placements); i += n {
+		part := &structs.Plan{Placements: p.Placements[i:min(i+n, len(p.Placements))], SnapshotIndex: p.SnapshotIndex}
+		if i == 0 {
+			part.Unplaced, part.Attempts, part.Cancel = p.Unplaced, p.Attempts, p.Cancel
+		}
+		parts = append(parts, part)
+	}
+	return parts
+}

@@ -258,6 +258,7 @@ func (w *writer) placeSession(sn *Snapshot, sp structs.SessionPlacement, now tim
 		a.UpdatedAt = now
 		agents[id] = a
 	}
+	c := sess.Copy()
 	// A session of several kernels gets its overlay in the same apply.
 	var nets map[string]*structs.KernelNetwork
 	if len(kernels) > 1 {
@@ -272,11 +273,7 @@ func (w *writer) placeSession(sn *Snapshot, sp structs.SessionPlacement, now tim
 		if nets, err = kernelNetworks(nw, kernels, agentOf); err != nil {
 			return err
 		}
-		c := sess.Copy()
 		c.Network = nw
-		if err := w.putSession(c); err != nil {
-			return err
-		}
 	}
 	for _, p := range sp.Placements {
 		k := byID[p.KernelID].Copy()
@@ -292,7 +289,11 @@ func (w *writer) placeSession(sn *Snapshot, sp structs.SessionPlacement, now tim
 			return err
 		}
 	}
-	return w.refreshSession(sess.ID, "scheduled", now)
+	// Every kernel went from PENDING to SCHEDULED: so does the session.
+	if err := c.SetStatus(structs.SessionScheduled, "scheduled", now); err != nil {
+		return err
+	}
+	return w.putSession(c)
 }
 
 // recordPending records why a PENDING session stays so (reason "": keep
