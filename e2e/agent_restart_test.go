@@ -3,9 +3,6 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
-	"os"
-	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -59,12 +56,57 @@ func agentAlive(t *testing.T, addr string) {
 	})
 }
 
-// TestAgentKill9Recovery kills the agent with SIGKILL while exec kernels
-// run, restarts it on the same data dir, and checks that it reattached:
-// the interactive kernel still runs and takes exec, the batch kernel's real
-// exit code arrives later, and a kernel whose process died while the agent
-// was away is reported with a reason.
+// kernelOf returns the only kernel of session ref.
+func kernelOf(t *testing.T, addr, ref string) *structs.Kernel {
+	t.Helper()
+	d, err := sessionDetail(t, addr, ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(d.Kernels) != 1 {
+		t.Fatalf("session %s has %d kernels, want 1", ref, len(d.Kernels))
+	}
+	return d.Kernels[0]
+}
+
+// signalKernel sends sig to every process of the kernel (found by its
+// environment, in a container too) and returns how many it signalled.
+func signalKernel(t *testing.T, kernelID string, sig syscall.Signal) int {
+	t.Helper()
+	pids := kernelProcs([]string{kernelID})[kernelID]
+	for _, pid := range pids {
+		if err := syscall.Kill(pid, sig); err != nil && err != syscall.ESRCH {
+			t.Fatalf("signalling process %d of kernel %s: %v", pid, kernelID, err)
+		}
+	}
+	return len(pids)
+}
+
+// untilSignalled is a batch command that runs until the test sends its
+// processes SIGUSR1, then exits with code: the test decides when the
+// kernel ends (after the agent's restart), the kernel sets the exit code.
+func untilSignalled(code int) []string {
+	return []string{"sh", "-c", fmt.Sprintf("trap 'exit %d' USR1; while :; do sleep 1; done", code)}
+}
+
+// TestAgentKill9Recovery kills the agent with SIGKILL while exec and runc
+// kernels run (runc ones from an image on a loopback registry, where this
+// machine can run containers), restarts it on the same data dir, and checks
+// for each driver that it reattached: the kernels are still RUNNING, an
+// interactive one takes exec, batch ones that end after the restart get
+// their real exit code and result, and a kernel whose process died while
+// the agent was away is reported TERMINATED or ERROR with a reason. Once
+// everything is destroyed, nothing is left of the kernels on the host.
 func TestAgentKill9Recovery(t *testing.T) {
+	drivers := map[string][]string{"exec": {"-driver", "exec"}}
+	why := runcUnavailable()
+	runc := why == ""
+	if runc {
+		ref := startRegistry(t, busyboxImage(t), "corral/busybox:1")
+		drivers["runc"] = []string{"-driver", "runc", "-image", ref}
+	} else {
+		t.Logf("exec kernels only: %s", why)
+	}
 	ports := serverPorts{http: freePort(t), rpc: freePort(t), serf: freePort(t)}
 	addr := "http://" + ports.http
 	startServerProc(t, t.TempDir(), ports)
@@ -73,52 +115,116 @@ func TestAgentKill9Recovery(t *testing.T) {
 	agentArgs := []string{"agent", "-data-dir", agentDir, "-rpc", freePort(t), "-serf", freePort(t), "-join", ports.serf, "-fast-gossip"}
 	agent := start(t, "agent", agentArgs...)
 	agentAlive(t, addr)
+	if runc {
+		agentRunsRunc(t, addr)
+	}
 
-	pids := t.TempDir()
-	mustCLI(t, addr, 0, "session", "create", "-type", "interactive", "-name", "keep", "-cpu", "0.1", "-mem", "32M", "-wait", "--", "sleep", "infinity")
-	mustCLI(t, addr, 0, "session", "create", "-type", "batch", "-name", "later", "-cpu", "0.1", "-mem", "32M", "--",
-		"sh", "-c", "sleep 4; exit 7")
-	mustCLI(t, addr, 0, "session", "create", "-type", "interactive", "-name", "victim", "-cpu", "0.1", "-mem", "32M", "-wait", "--",
-		"sh", "-c", "echo $$ > "+filepath.Join(pids, "victim")+"; exec sleep 1000")
-	waitStatus(t, addr, "later", structs.SessionRunning)
+	// For each driver: an interactive kernel that stays, one that dies
+	// while the agent is away, and batch kernels that end after the
+	// restart with code 7 and 0.
+	kernels := map[string]string{} // session name -> kernel ID
+	for drv, args := range drivers {
+		create := func(typ, name string, cmd ...string) {
+			a := append([]string{"session", "create", "-type", typ, "-name", name + "-" + drv, "-cpu", "0.1", "-mem", "32M"}, args...)
+			if typ == "interactive" {
+				a = append(a, "-wait")
+			}
+			mustCLI(t, addr, 0, append(append(a, "--"), cmd...)...)
+		}
+		create("interactive", "keep", "sleep", "100000")
+		create("interactive", "victim", "sleep", "100000")
+		create("batch", "exit7", untilSignalled(7)...)
+		create("batch", "exit0", untilSignalled(0)...)
+	}
+	for drv := range drivers {
+		for _, s := range []string{"keep", "victim", "exit7", "exit0"} {
+			ref := s + "-" + drv
+			waitStatus(t, addr, ref, structs.SessionRunning)
+			kernels[ref] = kernelOf(t, addr, ref).ID
+		}
+	}
+	// The victims' processes, found while the agent still runs, so that it
+	// is away as briefly as possible (gossip declares it lost after about
+	// a second, and the server would then fail its kernels itself).
+	victims := map[string][]int{}
+	for drv := range drivers {
+		ref := "victim-" + drv
+		if victims[ref] = kernelProcs([]string{kernels[ref]})[kernels[ref]]; len(victims[ref]) == 0 {
+			t.Fatalf("no process of kernel %s (%s) found", kernels[ref], ref)
+		}
+	}
 
 	agent.kill9()
-	// While the agent is away, one kernel's process dies.
-	b, err := os.ReadFile(filepath.Join(pids, "victim"))
-	if err != nil {
-		t.Fatal(err)
+	// While the agent is away, the victims' processes die (a container's
+	// init takes all of the container with it).
+	for ref, pids := range victims {
+		for _, pid := range pids {
+			if err := syscall.Kill(pid, syscall.SIGKILL); err != nil && err != syscall.ESRCH {
+				t.Fatalf("killing process %d of %s: %v", pid, ref, err)
+			}
+		}
 	}
-	victim, _ := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err := syscall.Kill(victim, syscall.SIGKILL); err != nil {
-		t.Fatalf("killing the victim kernel (pid %d): %v", victim, err)
-	}
-
 	start(t, "agent-restarted", agentArgs...)
 	agentAlive(t, addr)
-	eventually(t, 30*time.Second, "exec into the reattached kernel", func() error {
-		r := cli(t, addr, "session", "exec", "keep", "--", "sh", "-c", "echo still here")
-		if r.code != 0 || strings.TrimSpace(r.stdout) != "still here" {
-			return fmt.Errorf("exit %d: %s %s", r.code, r.stdout, r.stderr)
+
+	for drv := range drivers {
+		keep := "keep-" + drv
+		eventually(t, 30*time.Second, "exec into the reattached kernel "+keep, func() error {
+			r := cli(t, addr, "session", "exec", keep, "--", "sh", "-c", "echo still here; exit 5")
+			if r.code != 5 || strings.TrimSpace(r.stdout) != "still here" {
+				return fmt.Errorf("exit %d: %q %q", r.code, r.stdout, r.stderr)
+			}
+			return nil
+		})
+		// The batch kernels run on under the restarted agent.
+		for _, ref := range []string{keep, "exit7-" + drv, "exit0-" + drv} {
+			d, err := sessionDetail(t, addr, ref)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d.Session.Status != structs.SessionRunning || d.Kernels[0].Status != structs.KernelRunning {
+				t.Fatalf("%s after the restart: session %s, kernel %s (%s)", ref, d.Session.Status, d.Kernels[0].Status, d.Kernels[0].StatusInfo)
+			}
 		}
-		return nil
-	})
-	d := waitStatus(t, addr, "later", structs.SessionTerminated)
-	if d.Session.Result != structs.ResultFailure || d.Kernels[0].ExitCode == nil || *d.Kernels[0].ExitCode != 7 {
-		t.Fatalf("batch kernel after recovery: result %s exit %v (%s)", d.Session.Result, d.Kernels[0].ExitCode, d.Session.StatusInfo)
+		for _, ref := range []string{"exit7-" + drv, "exit0-" + drv} {
+			if signalKernel(t, kernels[ref], syscall.SIGUSR1) == 0 {
+				t.Fatalf("no process of kernel %s (%s) after the restart", kernels[ref], ref)
+			}
+		}
 	}
-	eventually(t, 30*time.Second, "victim reported", func() error {
-		d, err := sessionDetail(t, addr, "victim")
-		if err != nil {
-			return err
+	for drv := range drivers {
+		for ref, want := range map[string]int{"exit7-" + drv: 7, "exit0-" + drv: 0} {
+			d := waitStatus(t, addr, ref, structs.SessionTerminated)
+			k := d.Kernels[0]
+			result := structs.ResultSuccess
+			if want != 0 {
+				result = structs.ResultFailure
+			}
+			if d.Session.Result != result || k.Hostname != "main1" || k.Status != structs.KernelTerminated || k.ExitCode == nil || *k.ExitCode != want {
+				t.Fatalf("%s after recovery: result %s, kernel %s %s exit %v (%s), want %s exit %d",
+					ref, d.Session.Result, k.Hostname, k.Status, k.ExitCode, k.StatusInfo, result, want)
+			}
 		}
-		if !d.Session.Status.Terminal() || d.Session.StatusInfo == "" {
-			return fmt.Errorf("victim is %s (%s)", d.Session.Status, d.Session.StatusInfo)
-		}
-		return nil
-	})
-	if d := waitStatus(t, addr, "keep", structs.SessionRunning); d.Kernels[0].Status != structs.KernelRunning {
-		t.Fatalf("keep: %s", d.Kernels[0].Status)
+		victim := "victim-" + drv
+		eventually(t, 30*time.Second, victim+" reported", func() error {
+			d, err := sessionDetail(t, addr, victim)
+			if err != nil {
+				return err
+			}
+			k := d.Kernels[0]
+			if (d.Session.Status != structs.SessionTerminated && d.Session.Status != structs.SessionError) ||
+				(k.Status != structs.KernelTerminated && k.Status != structs.KernelError) || k.StatusInfo == "" {
+				return fmt.Errorf("%s is %s (%s), its kernel %s (%s)", victim, d.Session.Status, d.Session.StatusInfo, k.Status, k.StatusInfo)
+			}
+			if strings.Contains(k.StatusInfo, "agent lost") {
+				t.Fatalf("%s: the server gave up on the agent instead of hearing from it: %s", victim, k.StatusInfo)
+			}
+			t.Logf("%s: session %s (%s), kernel %s (%s)", victim, d.Session.Status, d.Session.StatusInfo, k.Status, k.StatusInfo)
+			return nil
+		})
+		keep := "keep-" + drv
+		mustCLI(t, addr, 0, "session", "destroy", keep)
+		waitStatus(t, addr, keep, structs.SessionTerminated)
 	}
-	mustCLI(t, addr, 0, "session", "destroy", "keep")
-	waitStatus(t, addr, "keep", structs.SessionTerminated)
+	checkNoLeftovers(t, agentDir)
 }

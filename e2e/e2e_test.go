@@ -312,25 +312,3 @@ func TestTourAndServerKill9(t *testing.T) {
 		return nil
 	})
 }
-
-// reapKernels kills, at the end of a test, whatever kernel processes a
-// standalone agent left running in dir (agents leave kernels running when
-// they stop, so that a restart reattaches): a failed test leaks nothing.
-func reapKernels(t *testing.T, dir string) {
-	t.Cleanup(func() {
-		states, _ := filepath.Glob(filepath.Join(dir, "kernels", "*", "shim", "state.json"))
-		for _, p := range states {
-			b, err := os.ReadFile(p)
-			if err != nil {
-				continue
-			}
-			var st struct {
-				Pid int `json:"pid"`
-			}
-			if json.Unmarshal(b, &st) == nil && st.Pid > 1 {
-				_ = syscall.Kill(-st.Pid, syscall.SIGKILL)
-				_ = syscall.Kill(st.Pid, syscall.SIGKILL)
-			}
-		}
-	})
-}

@@ -3,6 +3,8 @@ package e2e
 import (
 	"archive/tar"
 	"bytes"
+	"io"
+	"log"
 	"net/http/httptest"
 	"os"
 	"strings"
@@ -62,7 +64,7 @@ func busyboxImage(t *testing.T) v1.Image {
 // startRegistry serves a registry on loopback and pushes img as repo:tag.
 func startRegistry(t *testing.T, img v1.Image, repoTag string) string {
 	t.Helper()
-	reg := httptest.NewServer(registry.New())
+	reg := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
 	t.Cleanup(reg.Close)
 	ref := strings.TrimPrefix(reg.URL, "http://") + "/" + repoTag
 	tag, err := name.ParseReference(ref, name.Insecure)
@@ -75,11 +77,31 @@ func startRegistry(t *testing.T, img v1.Image, repoTag string) string {
 	return ref
 }
 
+// runcUnavailable says why this machine cannot run the runc e2e, or "".
+func runcUnavailable() string {
+	if os.Geteuid() != 0 {
+		return "runc e2e needs root"
+	}
+	if _, err := os.Stat("/bin/busybox"); err != nil {
+		return "runc e2e needs /bin/busybox (Debian busybox-static; make test installs it)"
+	}
+	return ""
+}
+
+// agentRunsRunc fails the test unless the cluster's agent advertises the
+// runc driver.
+func agentRunsRunc(t *testing.T, addr string) {
+	t.Helper()
+	if r := mustCLI(t, addr, 0, "node", "list"); !strings.Contains(r.stdout, "runc") {
+		t.Fatalf("agent does not advertise runc:\n%s", r.stdout)
+	}
+}
+
 // TestRuncSessionsFromARegistry runs container sessions from an image the
 // test pushes to a registry on loopback.
 func TestRuncSessionsFromARegistry(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("runc e2e needs root")
+	if why := runcUnavailable(); why != "" {
+		t.Skip(why)
 	}
 	ref := startRegistry(t, busyboxImage(t), "corral/busybox:1")
 	ports := serverPorts{http: freePort(t), rpc: freePort(t), serf: freePort(t)}
@@ -89,12 +111,9 @@ func TestRuncSessionsFromARegistry(t *testing.T) {
 	reapKernels(t, agentDir)
 	start(t, "agent", "agent", "-data-dir", agentDir, "-rpc", freePort(t), "-serf", freePort(t), "-join", ports.serf, "-fast-gossip")
 	agentAlive(t, addr)
-	r := mustCLI(t, addr, 0, "node", "list")
-	if !strings.Contains(r.stdout, "runc") {
-		t.Fatalf("agent does not advertise runc:\n%s", r.stdout)
-	}
+	agentRunsRunc(t, addr)
 
-	r = mustCLI(t, addr, 0, "session", "create", "-driver", "runc", "-image", ref, "-env", "SESSION_VAR=from-session", "-wait", "--",
+	r := mustCLI(t, addr, 0, "session", "create", "-driver", "runc", "-image", ref, "-env", "SESSION_VAR=from-session", "-wait", "--",
 		"sh", "-c", "echo host=$(hostname) pid=$$ $IMAGE_VAR $SESSION_VAR $CORRAL_CLUSTER_ROLE")
 	if !strings.Contains(r.stdout, "host=main1 pid=1 from-image from-session main") {
 		t.Fatalf("container output: %q", r.stdout)
@@ -133,4 +152,7 @@ func TestRuncSessionsFromARegistry(t *testing.T) {
 	}
 	// runc without an image is refused.
 	mustCLI(t, addr, 1, "session", "create", "-driver", "runc", "--", "true")
+
+	// Nothing is left of the containers: processes, shims, roots, cgroups.
+	checkNoLeftovers(t, agentDir)
 }
