@@ -94,10 +94,12 @@ func TestQuorumFailoverAndAgentLoss(t *testing.T) {
 
 	var agentList []string
 	byID := map[string]*agent.Agent{}
+	dirs := map[string]string{}
 	for _, s := range []int{follower, other} {
-		a := startAgent(t, t.TempDir(), srvs[s].SerfAddr(), structs.Slots{structs.SlotCPU: structs.Whole(2)})
+		dir := t.TempDir()
+		a := startAgent(t, dir, srvs[s].SerfAddr(), structs.Slots{structs.SlotCPU: structs.Whole(2)})
 		agentList = append(agentList, a.ID())
-		byID[a.ID()] = a
+		byID[a.ID()], dirs[a.ID()] = a, dir
 		t.Cleanup(func() { a.StopKernels(5 * time.Second); a.Shutdown() })
 	}
 	c := &cluster{client: fc}
@@ -175,4 +177,11 @@ func TestQuorumFailoverAndAgentLoss(t *testing.T) {
 	if a, err := cc.GetAgent(ctx, lost); err != nil || len(a.Occupied) != 0 {
 		t.Fatalf("the lost agent still holds %v (%v)", a.Occupied, err)
 	}
+	// The lost agent comes back on its data dir: it finds its kernels of
+	// the last run (ended meanwhile, or stopped since the server gave up on
+	// them) and cleans up after them (processes, cgroups).
+	back := startAgent(t, dirs[lost], srvs[newLeader].SerfAddr(), structs.Slots{structs.SlotCPU: structs.Whole(2)})
+	c.waitAgentAlive(t, back.ID())
+	back.StopKernels(5 * time.Second)
+	back.Shutdown()
 }
