@@ -130,6 +130,11 @@ func (o *overlays) teardown(k *structs.Kernel) {
 			o.a.logger.Warn("overlay: deleting overlay failed", "vni", vni, "error", err)
 		}
 	}
+	if len(o.users) == 0 {
+		// The last cluster kernel is gone: leave nothing mounted behind.
+		_ = m.Close()
+		o.mgr = nil
+	}
 }
 
 // reconcile, after recovery, removes the overlays and namespaces of an

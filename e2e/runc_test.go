@@ -139,6 +139,15 @@ func TestRuncSessionsFromARegistry(t *testing.T) {
 	mustCLI(t, addr, 0, "session", "destroy", "box")
 	waitStatus(t, addr, "box", "TERMINATED")
 
+	// A single-node cluster session on a loopback agent: its kernels share a
+	// bridge (the VXLAN has no peers) and reach each other by hostname.
+	r = mustCLI(t, addr, 0, "session", "create", "-driver", "runc", "-image", ref, "-cluster-size", "2", "-wait", "--", "sh", "-c",
+		`if [ "$CORRAL_CLUSTER_ROLE" = sub ]; then exec nc -ll -p 7000 -e /bin/cat; fi
+		for i in $(seq 50); do r=$(echo ping | nc -w 1 sub1 7000) && [ "$r" = ping ] && echo "echo from sub1: $r" && exit 0; sleep 0.1; done; exit 1`)
+	if !strings.Contains(r.stdout, "echo from sub1: ping") {
+		t.Fatalf("single-node cluster session: %q %q", r.stdout, r.stderr)
+	}
+
 	// A missing tag: the session errors naming the image and the registry's answer.
 	missing := strings.TrimSuffix(ref, ":1") + ":nope"
 	r = mustCLI(t, addr, 1, "session", "create", "-driver", "runc", "-image", missing, "-wait", "--", "true")

@@ -93,6 +93,13 @@ func New(cfg Config) (*Manager, error) {
 func (m *Manager) Close() error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	// The namespace dir stops being a mount point of its own once no
+	// namespace is left in it, so that nothing outlives the agent's kernels.
+	if entries, err := os.ReadDir(m.dir); err == nil && len(entries) == 0 {
+		if err := unix.Unmount(m.dir, unix.MNT_DETACH); err == nil {
+			m.shared = false
+		}
+	}
 	if m.h != nil {
 		m.h.Close()
 		m.h = nil
