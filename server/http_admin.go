@@ -299,6 +299,14 @@ func (s *Server) upsertGroup(w http.ResponseWriter, r *http.Request) (any, error
 	if g.NumRetriesToSkip < 0 {
 		return nil, badRequest("num_retries_to_skip must not be negative")
 	}
+	for name, q := range g.TotalResourceSlots {
+		if _, ok := slotBounds[name]; !ok {
+			return nil, badRequest("total_resource_slots: unknown resource slot %q: known slots are cpu, mem, cuda.device", name)
+		}
+		if q < 0 {
+			return nil, badRequest("total_resource_slots: %s must not be negative", name)
+		}
+	}
 	if err := s.applyConfig(&structs.ConfigUpsertRequest{Groups: []*structs.ResourceGroup{&g}}); err != nil {
 		return nil, err
 	}

@@ -307,3 +307,28 @@ func TestDrainAndEligible(t *testing.T) {
 		t.Fatalf("drain of an unknown agent: %v", err)
 	}
 }
+
+// TestGroupTotalResourceSlots: a resource group's cap keeps its sessions
+// within it (with the predicate's reason) even where agents have room.
+func TestGroupTotalResourceSlots(t *testing.T) {
+	c := startCluster(t, structs.Slots{structs.SlotCPU: structs.Whole(4)})
+	ctx := context.Background()
+	if _, err := c.client.CreateGroup(ctx, &structs.ResourceGroup{Name: "default", TotalResourceSlots: structs.Slots{structs.SlotCPU: structs.Whole(1)}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.client.CreateGroup(ctx, &structs.ResourceGroup{Name: "bad", TotalResourceSlots: structs.Slots{"warp": 1}}); apiStatus(err) != 400 {
+		t.Fatalf("unknown slot in a group cap: %v", err)
+	}
+	first := create(t, c, &api.CreateSessionRequest{Type: "interactive", Command: []string{"sleep", "infinity"}, Resources: oneCPU()})
+	c.waitFor(t, first.Session.ID, status(structs.SessionRunning))
+	second := create(t, c, &api.CreateSessionRequest{Command: []string{"true"}, Resources: oneCPU()})
+	if d := c.waitFor(t, second.Session.ID, reasonHas(`total_resource_slots of resource group "default"`)); d.Session.Status != structs.SessionPending {
+		t.Fatalf("second: %s %q", d.Session.Status, d.Session.StatusInfo)
+	}
+	if _, err := c.client.DestroySession(ctx, first.Session.ID); err != nil {
+		t.Fatal(err)
+	}
+	if d := c.waitFor(t, second.Session.ID, terminal); d.Session.Result != structs.ResultSuccess {
+		t.Fatalf("second after the first ended: %s/%s %q", d.Session.Status, d.Session.Result, d.Session.StatusInfo)
+	}
+}

@@ -29,6 +29,10 @@ type ResourceGroup struct {
 	AgentSelector string `json:"agent_selector"`
 	// ResourcePriority orders slots when comparing agents (GPU first by default).
 	ResourcePriority []string `json:"resource_priority,omitempty"`
+	// TotalResourceSlots caps what all sessions of the group hold at once
+	// (per slot; absent or zero: no cap), e.g. to keep headroom on shared
+	// nodes or to share a group between teams by policy.
+	TotalResourceSlots Slots `json:"total_resource_slots,omitempty"`
 	CreateIndex      uint64   `json:"create_index"`
 	ModifyIndex      uint64   `json:"modify_index"`
 }

@@ -314,6 +314,8 @@ func (c *cli) policyList(ctx context.Context, args []string) error {
 
 func groupFlags(f *flagSet) (*structs.ResourceGroup, *csvFlag) {
 	g := &structs.ResourceGroup{}
+	f.Var(slotLimitFlag{&g.TotalResourceSlots, structs.SlotCPU, false}, "total-cpu", "cap on the CPU cores all sessions of the group hold at once")
+	f.Var(slotLimitFlag{&g.TotalResourceSlots, structs.SlotMem, true}, "total-mem", "cap on the memory all sessions of the group hold at once, e.g. 64G")
 	f.StringVar(&g.SessionSelector, "session-selector", "", "fifo, lifo or drf (default fifo)")
 	f.IntVar(&g.NumRetriesToSkip, "num-retries-to-skip", 0, "fifo: failed passes after which a head-of-line session stops blocking")
 	f.StringVar(&g.AgentSelector, "agent-selector", "", "concentrated, dispersed or roundrobin (default dispersed)")
@@ -370,6 +372,16 @@ func (c *cli) groupSave(ctx context.Context, args []string, update bool) error {
 			if !set["resource-priority"] {
 				g.ResourcePriority = cur.ResourcePriority
 			}
+			for flagName, slot := range map[string]string{"total-cpu": structs.SlotCPU, "total-mem": structs.SlotMem} {
+				if !set[flagName] {
+					if q, ok := cur.TotalResourceSlots[slot]; ok {
+						if g.TotalResourceSlots == nil {
+							g.TotalResourceSlots = structs.Slots{}
+						}
+						g.TotalResourceSlots[slot] = q
+					}
+				}
+			}
 		}
 		_, err = client.UpdateGroup(ctx, g)
 		if err != nil {
@@ -399,9 +411,10 @@ func (c *cli) groupList(ctx context.Context, args []string) error {
 		return printJSON(c.stdout, gs)
 	}
 	tw := newTable(c.stdout)
-	fmt.Fprintln(tw, "NAME\tSESSION SELECTOR\tRETRIES TO SKIP\tAGENT SELECTOR\tRESOURCE PRIORITY")
+	fmt.Fprintln(tw, "NAME\tSESSION SELECTOR\tRETRIES TO SKIP\tAGENT SELECTOR\tRESOURCE PRIORITY\tTOTAL LIMIT")
 	for _, g := range gs {
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\n", g.Name, g.SessionSelector, g.NumRetriesToSkip, g.AgentSelector, dash(strings.Join(g.ResourcePriority, ",")))
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\n", g.Name, g.SessionSelector, g.NumRetriesToSkip, g.AgentSelector,
+			dash(strings.Join(g.ResourcePriority, ",")), dash(g.TotalResourceSlots.String()))
 	}
 	return tw.Flush()
 }
@@ -430,4 +443,34 @@ func (c *cli) queue(ctx context.Context, args []string) error {
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%d\t%d\t%s\n", e.Position, shortID(s.ID), dash(s.Name), dash(s.Owner), s.ResourceGroup, s.Priority, s.ScheduleAttempts, dash(s.StatusInfo))
 	}
 	return tw.Flush()
+}
+
+// slotLimitFlag sets one slot of a Slots limit from a flag.
+type slotLimitFlag struct {
+	slots *structs.Slots
+	slot  string
+	bytes bool
+}
+
+func (f slotLimitFlag) String() string {
+	if f.slots == nil || *f.slots == nil {
+		return ""
+	}
+	return (*f.slots)[f.slot].String()
+}
+
+func (f slotLimitFlag) Set(v string) error {
+	parse := structs.ParseQuantity
+	if f.bytes {
+		parse = structs.ParseBytes
+	}
+	q, err := parse(v)
+	if err != nil || q < 0 {
+		return fmt.Errorf("invalid %s limit %q", f.slot, v)
+	}
+	if *f.slots == nil {
+		*f.slots = structs.Slots{}
+	}
+	(*f.slots)[f.slot] = q
+	return nil
 }

@@ -181,6 +181,9 @@ type groupView struct {
 	notAlive int
 	drained  int           // alive agents drained of new placements
 	capacity structs.Slots // summed capacity of the ALIVE agents, for DRF
+	// held is what the group's sessions hold (Input.GroupUsage) plus what
+	// the pass placed, for the group's TotalResourceSlots.
+	held structs.Slots
 	// indices are built on first use, one per driverKey.
 	indices map[string]*agentIndex
 	// failed holds, per driverKey, requests that found no agent while the

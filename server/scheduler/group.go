@@ -26,6 +26,8 @@ type groupConfig struct {
 	numRetriesToSkip int
 	agentSelector    string
 	priority         []string
+	// limit caps what the group's sessions hold (TotalResourceSlots).
+	limit structs.Slots
 	// invalid says why the configuration cannot be used; every session of
 	// the group stays PENDING with it.
 	invalid string
@@ -55,6 +57,7 @@ func resolveGroup(name string, rg *structs.ResourceGroup) groupConfig {
 	if len(rg.ResourcePriority) > 0 {
 		c.priority = rg.ResourcePriority
 	}
+	c.limit = rg.TotalResourceSlots
 	switch c.sessionSelector {
 	case structs.SelectorFIFO, structs.SelectorLIFO, structs.SelectorDRF:
 	default:

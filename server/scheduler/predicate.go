@@ -246,3 +246,24 @@ func slotLimitReason(p *structs.ResourcePolicy, key string, occupied, pass, req 
 	return fmt.Sprintf("total_resource_slots: %s would hold more %s than %s allows (%s; %s)",
 		keyName(key), strings.Join(over, " and "), policyName(p), strings.Join(detail, "; "), hint)
 }
+
+// GroupLimitReason says why a session's request does not fit in its
+// resource group's TotalResourceSlots given what the group's sessions hold;
+// "" when it fits. The FSM uses it too, against the latest usage.
+func GroupLimitReason(group string, limit, held, req structs.Slots) string {
+	var over, detail []string
+	for _, name := range limit.Names() {
+		l, need := limit[name], req[name]
+		if l <= 0 || need <= 0 || held[name]+need <= l {
+			continue
+		}
+		over = append(over, name)
+		detail = append(detail, fmt.Sprintf("its sessions hold %s, the session needs %s, limit %s",
+			slotString(name, held[name]), slotString(name, need), slotString(name, l)))
+	}
+	if len(over) == 0 {
+		return ""
+	}
+	return fmt.Sprintf("total_resource_slots of resource group %q: the group would hold more %s than it allows (%s; the session starts when others in the group end)",
+		group, strings.Join(over, " and "), strings.Join(detail, "; "))
+}

@@ -63,6 +63,9 @@ type Input struct {
 	// Now is the pass's clock, for StartsAt. A zero Now starts no reserved
 	// session: callers must set it.
 	Now time.Time
+	// GroupUsage holds what each resource group's sessions hold now, by
+	// group name, for the groups' TotalResourceSlots. Absent: nothing.
+	GroupUsage map[string]structs.Slots
 	// RoundRobin holds each group's round-robin cursor: the ID of the last
 	// agent the roundrobin selector used (the previous Result.RoundRobin).
 	RoundRobin map[string]string
@@ -481,6 +484,16 @@ func (p *pass) consider(g *groupView, it *item) bool {
 		p.res.Attempts[id] = it.sess.ScheduleAttempts + 1
 		return false
 	}
+	if len(g.cfg.limit) > 0 {
+		if g.held == nil {
+			g.held = p.in.GroupUsage[g.name].Copy()
+		}
+		if r := GroupLimitReason(g.name, g.cfg.limit, g.held, it.req); r != "" {
+			plan.Unplaced[id] = r
+			p.res.Attempts[id] = it.sess.ScheduleAttempts + 1
+			return false
+		}
+	}
 	sp, reason := p.place(g, it)
 	if reason != "" {
 		plan.Unplaced[id] = reason
@@ -491,6 +504,9 @@ func (p *pass) consider(g *groupView, it *item) bool {
 		return false
 	}
 	plan.Placements = append(plan.Placements, sp)
+	if len(g.cfg.limit) > 0 {
+		g.held = g.held.Add(it.req)
+	}
 	if ks.usage == nil || !ks.usage.Sessions[id] {
 		ks.passSessions++
 	}

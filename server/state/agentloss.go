@@ -144,6 +144,9 @@ func (w *writer) requeue(sn *Snapshot, sess *structs.Session, kernels []*structs
 	if err := w.release(c.AccessKey, c.ID, nil, true); err != nil {
 		return false
 	}
+	if err := w.release(groupUsageKey(c.ResourceGroup), c.ID, nil, true); err != nil {
+		return false
+	}
 	return w.refreshSession(c.ID, info, now) == nil
 }
 

@@ -1,6 +1,7 @@
 package state
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -217,6 +218,12 @@ func (w *writer) placeSession(sn *Snapshot, sp structs.SessionPlacement, now tim
 	if err := scheduler.CheckKeyLimits(sn.KeyPolicy(sess.AccessKey), sn.Usage(sess.AccessKey), sess.ID, req); err != nil {
 		return err
 	}
+	// The group's cap against what its sessions hold now.
+	if g, err := sn.Group(groupOf(sess.ResourceGroup)); err == nil && len(g.TotalResourceSlots) > 0 {
+		if r := scheduler.GroupLimitReason(g.Name, g.TotalResourceSlots, sn.GroupUsage(g.Name), req); r != "" {
+			return errors.New(r)
+		}
+	}
 	if sess.SingleNode() && len(sp.Placements) > 1 {
 		for _, p := range sp.Placements[1:] {
 			if p.AgentID != sp.Placements[0].AgentID {
@@ -278,6 +285,9 @@ func (w *writer) placeSession(sn *Snapshot, sp structs.SessionPlacement, now tim
 	for _, p := range sp.Placements {
 		k := byID[p.KernelID].Copy()
 		if err := w.occupy(sess.AccessKey, sess.ID, k.Resources); err != nil {
+			return err
+		}
+		if err := w.occupy(groupUsageKey(sess.ResourceGroup), sess.ID, k.Resources); err != nil {
 			return err
 		}
 		k.AgentID = p.AgentID
@@ -368,6 +378,9 @@ func (w *writer) refreshSession(id, info string, now time.Time) error {
 	if c.Status.Terminal() && !sess.Status.Terminal() {
 		// The session leaves its key's concurrency set in the same apply.
 		if err := w.release(c.AccessKey, c.ID, nil, true); err != nil {
+			return err
+		}
+		if err := w.release(groupUsageKey(c.ResourceGroup), c.ID, nil, true); err != nil {
 			return err
 		}
 		// Its overlay slot too; the record keeps the VNI and subnet it had.
@@ -494,6 +507,9 @@ func (w *writer) releaseIfEnded(before, after *structs.Kernel, now time.Time) er
 	a.UpdatedAt = now
 	if sess, err := w.snap().Session(nil, before.SessionID); err == nil {
 		if err := w.release(sess.AccessKey, sess.ID, before.Resources, false); err != nil {
+			return err
+		}
+		if err := w.release(groupUsageKey(sess.ResourceGroup), sess.ID, before.Resources, false); err != nil {
 			return err
 		}
 	}
@@ -660,4 +676,12 @@ func (w *writer) stopAfterMain(id string, now time.Time) error {
 		}
 	}
 	return nil
+}
+
+// groupOf names a session's resource group ("" is the default group).
+func groupOf(g string) string {
+	if g == "" {
+		return structs.DefaultResourceGroup
+	}
+	return g
 }

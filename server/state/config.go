@@ -144,6 +144,19 @@ func (sn *Snapshot) Usage(key string) *structs.KeyUsage {
 	return u
 }
 
+// groupUsageKey is the usage-table key of a resource group's holdings.
+func groupUsageKey(group string) string {
+	if group == "" {
+		group = structs.DefaultResourceGroup
+	}
+	return "group:" + group
+}
+
+// GroupUsage returns what the sessions of a resource group hold now.
+func (sn *Snapshot) GroupUsage(group string) structs.Slots {
+	return sn.Usage(groupUsageKey(group)).Occupied
+}
+
 // KeyPolicy returns the resource policy of an access key; nil when the key
 // has none (or it was deleted): unlimited.
 func (sn *Snapshot) KeyPolicy(accessKey string) *structs.ResourcePolicy {

@@ -120,6 +120,14 @@ func (st *store) check(what string) {
 			return
 		}
 	}
+	var groupHeld structs.Slots
+	for _, h := range byAgent {
+		groupHeld = groupHeld.Add(h)
+	}
+	if gu := snap.GroupUsage("default"); !gu.Equal(groupHeld) || gu[structs.SlotCPU] > structs.Whole(12) {
+		t.Errorf("after %s: group usage %v, its kernels hold %v, cap cpu=12", what, gu, groupHeld)
+		return
+	}
 	for _, a := range agents {
 		if !a.Occupied.Equal(byAgent[a.ID]) {
 			t.Errorf("after %s: agent %s occupied %v, its kernels hold %v", what, a.ID, a.Occupied, byAgent[a.ID])
@@ -190,7 +198,8 @@ func runConcurrentWorkers(t *testing.T, seed uint64) {
 	st.apply("config", func(i uint64) error {
 		return s.UpsertConfig(i, &structs.ConfigUpsertRequest{
 			Groups: []*structs.ResourceGroup{
-				{Name: "default", SessionSelector: []string{"fifo", "lifo", "drf"}[seed%3], NumRetriesToSkip: int(seed % 2), AgentSelector: []string{"concentrated", "dispersed", "roundrobin"}[seed%3]},
+				{Name: "default", SessionSelector: []string{"fifo", "lifo", "drf"}[seed%3], NumRetriesToSkip: int(seed % 2), AgentSelector: []string{"concentrated", "dispersed", "roundrobin"}[seed%3],
+					TotalResourceSlots: structs.Slots{structs.SlotCPU: structs.Whole(12)}},
 			},
 			Policies: []*structs.ResourcePolicy{
 				{Name: "few", MaxConcurrentSessions: 2},

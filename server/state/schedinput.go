@@ -24,12 +24,13 @@ func (snap *Snapshot) SchedulerInput(ws memdb.WatchSet, now time.Time) (*schedul
 	}
 	snap.WatchTables(ws, tableGroups, tablePolicies, tableKeys)
 	in := &scheduler.Input{
-		Agents:   agents,
-		Index:    snap.Index(""),
-		Groups:   map[string]*structs.ResourceGroup{},
-		Policies: map[string]*structs.ResourcePolicy{},
-		Usage:    map[string]*structs.KeyUsage{},
-		Now:      now,
+		Agents:     agents,
+		Index:      snap.Index(""),
+		Groups:     map[string]*structs.ResourceGroup{},
+		Policies:   map[string]*structs.ResourcePolicy{},
+		Usage:      map[string]*structs.KeyUsage{},
+		GroupUsage: map[string]structs.Slots{},
+		Now:        now,
 		LookupSession: func(id string) *structs.Session {
 			sess, err := snap.Session(nil, id)
 			if err != nil {
@@ -44,6 +45,9 @@ func (snap *Snapshot) SchedulerInput(ws memdb.WatchSet, now time.Time) (*schedul
 	}
 	for _, g := range groups {
 		in.Groups[g.Name] = g
+		if len(g.TotalResourceSlots) > 0 {
+			in.GroupUsage[g.Name] = snap.GroupUsage(g.Name)
+		}
 	}
 	byID := make(map[string]*structs.Session, len(pending))
 	for _, sess := range pending {
