@@ -32,9 +32,9 @@ type ResourceGroup struct {
 	// TotalResourceSlots caps what all sessions of the group hold at once
 	// (per slot; absent or zero: no cap), e.g. to keep headroom on shared
 	// nodes or to share a group between teams by policy.
-	TotalResourceSlots Slots `json:"total_resource_slots,omitempty"`
-	CreateIndex      uint64   `json:"create_index"`
-	ModifyIndex      uint64   `json:"modify_index"`
+	TotalResourceSlots Slots  `json:"total_resource_slots,omitempty"`
+	CreateIndex        uint64 `json:"create_index"`
+	ModifyIndex        uint64 `json:"modify_index"`
 }
 
 // DefaultResourcePriority compares agents by GPUs first, then CPU, then memory.
