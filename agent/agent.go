@@ -137,6 +137,7 @@ func New(cfg Config) (*Agent, error) {
 		kernels: map[string]*kernelRunner{}, ctx: ctx, cancel: cancel}
 	a.reporter = newReporter(a)
 	a.overlays = &overlays{a: a}
+	a.overlays.open()
 	ok := false
 	defer func() {
 		if !ok {

@@ -15,6 +15,21 @@ import (
 // kernelIf is the name of a cluster kernel's overlay interface in its netns.
 const kernelIf = "eth0"
 
+// open opens the netns manager while the agent starts, before any thread
+// has entered a kernel's namespace: the manager takes the host network
+// namespace from the process, and a Go thread that once entered another
+// namespace may be the one asking later.
+func (o *overlays) open() {
+	if os.Geteuid() != 0 {
+		return
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if _, err := o.manager(); err != nil {
+		o.a.logger.Warn("cluster session networking unavailable", "error", err)
+	}
+}
+
 // overlays wires the kernels of cluster sessions into their session's
 // VXLAN overlay: one bridge and VXLAN device per session on this agent, a
 // network namespace per kernel with a veth on that bridge. The netns
@@ -132,8 +147,7 @@ func (o *overlays) teardown(k *structs.Kernel) {
 	}
 	if len(o.users) == 0 {
 		// The last cluster kernel is gone: leave nothing mounted behind.
-		_ = m.Close()
-		o.mgr = nil
+		m.Tidy()
 	}
 }
 

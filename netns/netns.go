@@ -89,17 +89,30 @@ func New(cfg Config) (*Manager, error) {
 	return &Manager{dir: filepath.Clean(dir), log: log, hostNS: ns, h: h}, nil
 }
 
-// Close releases the Manager's handles; it does not remove anything.
-func (m *Manager) Close() error {
+// Tidy unmounts the namespace dir when no namespace is left in it, so that
+// nothing outlives the kernels; the next Create mounts it again.
+func (m *Manager) Tidy() {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	// The namespace dir stops being a mount point of its own once no
-	// namespace is left in it, so that nothing outlives the agent's kernels.
+	m.tidy()
+}
+
+func (m *Manager) tidy() {
+	if !m.shared {
+		return
+	}
 	if entries, err := os.ReadDir(m.dir); err == nil && len(entries) == 0 {
 		if err := unix.Unmount(m.dir, unix.MNT_DETACH); err == nil {
 			m.shared = false
 		}
 	}
+}
+
+// Close releases the Manager's handles; it does not remove anything.
+func (m *Manager) Close() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.tidy()
 	if m.h != nil {
 		m.h.Close()
 		m.h = nil
