@@ -61,7 +61,6 @@ func schema() *memdb.DBSchema {
 				"id":     {Name: "id", Unique: true, Indexer: &memdb.StringFieldIndex{Field: "ID"}},
 				"name":   {Name: "name", AllowMissing: true, Indexer: &memdb.StringFieldIndex{Field: "Name"}},
 				"status": {Name: "status", Indexer: sessionStatusIndexer{}},
-				"group":  {Name: "group", Indexer: &memdb.StringFieldIndex{Field: "ResourceGroup"}},
 			},
 		},
 		tableKernels: {
