@@ -26,6 +26,7 @@ import (
 	"github.com/corral-dev/corral/plugins/drivers"
 	"github.com/corral-dev/corral/rpc"
 	"github.com/corral-dev/corral/structs"
+	"github.com/corral-dev/corral/tlsutil"
 )
 
 // Version is reported in gossip tags and registration.
@@ -61,6 +62,11 @@ type Config struct {
 	LogOutput io.Writer
 	// FastGossip shortens gossip timers (tests, dev).
 	FastGossip bool
+	// GossipKey, when set, encrypts gossip (see gossip.Encrypt).
+	GossipKey []byte
+	// Security is the agent's certificate (its own gRPC port then accepts
+	// only servers) and the join token it presents to servers.
+	Security *rpc.Security
 }
 
 // Agent is one running agent.
@@ -187,7 +193,7 @@ func New(cfg Config) (*Agent, error) {
 			return nil, fmt.Errorf("agent: rpc listen on %s: %w", cfg.RPCAddr, err)
 		}
 		a.cfg.RPCAddr = a.ln.Addr().String()
-		a.grpc = grpc.NewServer(rpc.ServerOptions()...)
+		a.grpc = grpc.NewServer(cfg.Security.ServerOptions(tlsutil.RoleServer)...)
 		a.ownGRPC = true
 	}
 	rpc.RegisterAgentService(a.grpc, &agentService{a: a})
@@ -209,6 +215,9 @@ func New(cfg Config) (*Agent, error) {
 
 // ID is the agent's node ID.
 func (a *Agent) ID() string { return a.id }
+
+// RPCAddr is the address of the agent's gRPC service (exec, logs).
+func (a *Agent) RPCAddr() string { return a.cfg.RPCAddr }
 
 // SerfAddr is the agent's gossip address.
 func (a *Agent) SerfAddr() string {
@@ -291,6 +300,9 @@ func (a *Agent) setupSerf() error {
 	}
 	conf.LogOutput = a.cfg.LogOutput
 	conf.MemberlistConfig.LogOutput = a.cfg.LogOutput
+	if err := gossip.Encrypt(conf, a.cfg.GossipKey); err != nil {
+		return err
+	}
 	sf, err := serf.Create(conf)
 	if err != nil {
 		return fmt.Errorf("agent: gossip on %s: %w", a.cfg.SerfAddr, err)

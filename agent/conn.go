@@ -5,13 +5,16 @@ import (
 	"errors"
 	"io"
 	"math/rand/v2"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/corral-dev/corral/rpc"
 	"github.com/corral-dev/corral/structs"
+	"github.com/corral-dev/corral/tlsutil"
 )
 
 // serverConn is the agent's current connection to a server.
@@ -57,13 +60,20 @@ func (a *Agent) connectLoop() {
 		if a.ctx.Err() != nil {
 			return
 		}
-		a.logger.Warn("server connection lost, reconnecting", "server", addr, "error", err, "retry_in", delay)
+		if refused(err) {
+			// A wrong certificate or join token does not fix itself:
+			// say so plainly, and knock less often.
+			delay = max(delay, 5*time.Second)
+			a.logger.Error("the server refused this agent: check -join-token and the -tls-* files", "server", addr, "error", err, "retry_in", delay)
+		} else {
+			a.logger.Warn("server connection lost, reconnecting", "server", addr, "error", err, "retry_in", delay)
+		}
 		select {
 		case <-a.ctx.Done():
 			return
 		case <-time.After(delay):
 		}
-		if delay < 2*time.Second {
+		if delay < 2*time.Second && !refused(err) {
 			delay *= 2
 		}
 		if err == nil {
@@ -74,7 +84,7 @@ func (a *Agent) connectLoop() {
 
 // session registers with one server and follows its kernel stream until it breaks.
 func (a *Agent) session(addr string) error {
-	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	cc, err := grpc.NewClient(addr, a.cfg.Security.DialOptions(tlsutil.RoleServer)...)
 	if err != nil {
 		return err
 	}
@@ -180,4 +190,14 @@ func (a *Agent) handleKernel(k *structs.Kernel) {
 	case structs.KernelPreparing, structs.KernelPulling, structs.KernelCreating, structs.KernelRunning, structs.KernelRestarting:
 		a.reporter.report(k.ID, structs.KernelError, "kernel process lost: the agent restarted and has no record of it", nil)
 	}
+}
+
+// refused tells a refusal (wrong join token, certificate not accepted)
+// from a connection that broke.
+func refused(err error) bool {
+	switch status.Code(err) {
+	case codes.Unauthenticated, codes.PermissionDenied:
+		return true
+	}
+	return err != nil && (strings.Contains(err.Error(), "tls:") || strings.Contains(err.Error(), "x509:") || strings.Contains(err.Error(), "certificate"))
 }

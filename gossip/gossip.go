@@ -3,6 +3,8 @@
 package gossip
 
 import (
+	"crypto/rand"
+	"encoding/base64"
 	"fmt"
 	"net"
 	"strconv"
@@ -86,4 +88,44 @@ func ParseSlots(tag string) structs.Slots {
 		}
 	}
 	return out
+}
+
+// ParseKey decodes a gossip encryption key as `corral keygen` prints it:
+// base64 of 16, 24 or 32 bytes (AES-128, -192 or -256).
+func ParseKey(s string) ([]byte, error) {
+	k, err := base64.StdEncoding.DecodeString(strings.TrimSpace(s))
+	if err != nil {
+		return nil, fmt.Errorf("the gossip key is not base64: %w (create one with 'corral keygen')", err)
+	}
+	switch len(k) {
+	case 16, 24, 32:
+		return k, nil
+	}
+	return nil, fmt.Errorf("the gossip key is %d bytes; want 16, 24 or 32 (create one with 'corral keygen')", len(k))
+}
+
+// GenerateKey returns a new random 32-byte gossip key in base64.
+func GenerateKey() (string, error) {
+	k := make([]byte, 32)
+	if _, err := rand.Read(k); err != nil {
+		return "", err
+	}
+	return base64.StdEncoding.EncodeToString(k), nil
+}
+
+// Encrypt makes conf's member encrypt and authenticate every gossip
+// message with key (serf's keyring): members without the key can neither
+// read the pool nor join it.
+func Encrypt(conf *serf.Config, key []byte) error {
+	if len(key) == 0 {
+		return nil
+	}
+	kr, err := memberlist.NewKeyring(nil, key)
+	if err != nil {
+		return fmt.Errorf("gossip keyring: %w", err)
+	}
+	conf.MemberlistConfig.Keyring = kr
+	conf.MemberlistConfig.GossipVerifyIncoming = true
+	conf.MemberlistConfig.GossipVerifyOutgoing = true
+	return nil
 }

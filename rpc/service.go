@@ -53,7 +53,9 @@ type sendStream[T any] struct{ grpc.ServerStream }
 
 func (s sendStream[T]) Send(m *T) error { return s.ServerStream.SendMsg(m) }
 
-func unary[Req, Resp any](call func(srv any, ctx context.Context, req *Req) (*Resp, error), name string) grpc.MethodDesc {
+// unary describes one unary method of service; interceptors see its full
+// name, "/service/name", as generated code gives it.
+func unary[Req, Resp any](call func(srv any, ctx context.Context, req *Req) (*Resp, error), service, name string) grpc.MethodDesc {
 	return grpc.MethodDesc{
 		MethodName: name,
 		Handler: func(srv any, ctx context.Context, dec func(any) error, icpt grpc.UnaryServerInterceptor) (any, error) {
@@ -64,7 +66,7 @@ func unary[Req, Resp any](call func(srv any, ctx context.Context, req *Req) (*Re
 			if icpt == nil {
 				return call(srv, ctx, req)
 			}
-			info := &grpc.UnaryServerInfo{Server: srv, FullMethod: name}
+			info := &grpc.UnaryServerInfo{Server: srv, FullMethod: "/" + service + "/" + name}
 			return icpt(ctx, req, info, func(ctx context.Context, r any) (any, error) {
 				return call(srv, ctx, r.(*Req))
 			})
@@ -83,10 +85,10 @@ var serverDesc = grpc.ServiceDesc{
 	Methods: []grpc.MethodDesc{
 		unary(func(srv any, ctx context.Context, req *RegisterRequest) (*RegisterResponse, error) {
 			return srv.(ServerService).Register(ctx, req)
-		}, "Register"),
+		}, serverServiceName, "Register"),
 		unary(func(srv any, ctx context.Context, req *structs.KernelUpdateRequest) (*UpdateKernelsResponse, error) {
 			return srv.(ServerService).UpdateKernels(ctx, req)
-		}, "UpdateKernels"),
+		}, serverServiceName, "UpdateKernels"),
 	},
 	Streams: []grpc.StreamDesc{{
 		StreamName:    "WatchKernels",
@@ -107,16 +109,16 @@ var agentDesc = grpc.ServiceDesc{
 	Methods: []grpc.MethodDesc{
 		unary(func(srv any, ctx context.Context, req *LogsRequest) (*LogsResponse, error) {
 			return srv.(AgentService).Logs(ctx, req)
-		}, "Logs"),
+		}, agentServiceName, "Logs"),
 		unary(func(srv any, ctx context.Context, req *ImageListRequest) (*ImageListResponse, error) {
 			return srv.(AgentService).ImageList(ctx, req)
-		}, "ImageList"),
+		}, agentServiceName, "ImageList"),
 		unary(func(srv any, ctx context.Context, req *ImagePullRequest) (*ImagePullResponse, error) {
 			return srv.(AgentService).ImagePull(ctx, req)
-		}, "ImagePull"),
+		}, agentServiceName, "ImagePull"),
 		unary(func(srv any, ctx context.Context, req *StatsRequest) (*StatsResponse, error) {
 			return srv.(AgentService).Stats(ctx, req)
-		}, "Stats"),
+		}, agentServiceName, "Stats"),
 	},
 	Streams: []grpc.StreamDesc{{
 		StreamName:    "Exec",

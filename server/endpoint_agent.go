@@ -10,7 +10,6 @@ import (
 	"github.com/hashicorp/go-memdb"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	"github.com/corral-dev/corral/rpc"
@@ -150,9 +149,12 @@ func (e *agentEndpoint) WatchKernels(req *rpc.WatchRequest, stream rpc.WatchStre
 type agentConns struct {
 	mu    sync.Mutex
 	conns map[string]*grpc.ClientConn
+	dial  []grpc.DialOption
 }
 
-func newAgentConns() *agentConns { return &agentConns{conns: map[string]*grpc.ClientConn{}} }
+func newAgentConns(dial []grpc.DialOption) *agentConns {
+	return &agentConns{conns: map[string]*grpc.ClientConn{}, dial: dial}
+}
 
 func (c *agentConns) client(addr string) (*rpc.AgentClient, error) {
 	if addr == "" {
@@ -163,7 +165,7 @@ func (c *agentConns) client(addr string) (*rpc.AgentClient, error) {
 	cc, ok := c.conns[addr]
 	if !ok {
 		var err error
-		cc, err = grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		cc, err = grpc.NewClient(addr, c.dial...)
 		if err != nil {
 			return nil, err
 		}

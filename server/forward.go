@@ -12,10 +12,10 @@ import (
 
 	"github.com/hashicorp/serf/serf"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/corral-dev/corral/gossip"
 	"github.com/corral-dev/corral/rpc"
+	"github.com/corral-dev/corral/tlsutil"
 )
 
 // forwardedHeader marks a request one server forwarded to another, so that
@@ -114,7 +114,7 @@ func (s *Server) leaderClient() (*rpc.ServerClient, error) {
 
 // serverDialOptions are the options of gRPC connections to other servers.
 func (s *Server) serverDialOptions() []grpc.DialOption {
-	return []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+	return s.cfg.Security.DialOptions(tlsutil.RoleServer)
 }
 
 // waitCommitted makes a follower wait until its FSM has applied what the

@@ -19,6 +19,12 @@ import (
 // other through gossip only, and returns them with the admin token.
 func startQuorum(t *testing.T, n int) ([]*server.Server, string) {
 	t.Helper()
+	return startQuorumCfg(t, n, nil)
+}
+
+// startQuorumCfg is startQuorum with mod applied to each server's config.
+func startQuorumCfg(t *testing.T, n int, mod func(*server.Config)) ([]*server.Server, string) {
+	t.Helper()
 	var mu sync.Mutex
 	token := ""
 	srvs := make([]*server.Server, n)
@@ -27,11 +33,15 @@ func startQuorum(t *testing.T, n int) ([]*server.Server, string) {
 		if i > 0 {
 			join = []string{srvs[0].SerfAddr()}
 		}
-		srv, err := server.New(server.Config{
+		cfg := server.Config{
 			OnBootstrapToken: func(tok string) { mu.Lock(); token = tok; mu.Unlock() },
 			NodeName:         fmt.Sprintf("server%d", i), DataDir: t.TempDir(), HTTPAddr: "127.0.0.1:0", RPCAddr: "127.0.0.1:0",
 			SerfAddr: "127.0.0.1:0", Join: join, BootstrapExpect: n, Logger: testLogger(t), LogOutput: io.Discard, FastGossip: true,
-		})
+		}
+		if mod != nil {
+			mod(&cfg)
+		}
+		srv, err := server.New(cfg)
 		if err != nil {
 			t.Fatal(err)
 		}

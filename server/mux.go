@@ -2,6 +2,7 @@ package server
 
 import (
 	"bufio"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -23,10 +24,13 @@ type muxListener struct {
 	raft   *chanListener
 	closed chan struct{}
 	once   sync.Once
+	// raftTLS, when set, wraps raft connections (after the magic byte) in
+	// TLS that accepts only server certificates; gRPC does its own TLS.
+	raftTLS *tls.Config
 }
 
-func newMux(ln net.Listener) *muxListener {
-	m := &muxListener{ln: ln, closed: make(chan struct{})}
+func newMux(ln net.Listener, raftTLS *tls.Config) *muxListener {
+	m := &muxListener{ln: ln, closed: make(chan struct{}), raftTLS: raftTLS}
 	m.grpc = &chanListener{addr: ln.Addr(), ch: make(chan net.Conn), closed: m.closed, done: make(chan struct{})}
 	m.raft = &chanListener{addr: ln.Addr(), ch: make(chan net.Conn), closed: m.closed, done: make(chan struct{})}
 	go m.serve()
@@ -64,12 +68,16 @@ func (m *muxListener) route(c net.Conn) {
 	}
 	_ = c.SetReadDeadline(time.Time{})
 	target := m.grpc
+	var conn net.Conn = &peekedConn{Conn: c, r: br}
 	if b[0] == raftMagic {
 		_, _ = br.Discard(1)
 		target = m.raft
+		if m.raftTLS != nil {
+			conn = tls.Server(conn, m.raftTLS)
+		}
 	}
 	select {
-	case target.ch <- &peekedConn{Conn: c, r: br}:
+	case target.ch <- conn:
 	case <-target.done:
 		c.Close()
 	case <-m.closed:
@@ -124,6 +132,8 @@ func (l *chanListener) Addr() net.Addr { return l.addr }
 type raftLayer struct {
 	*chanListener
 	advertise net.Addr
+	// tls, when set, is the client side of raft's TLS to other servers.
+	tls *tls.Config
 }
 
 var _ raft.StreamLayer = (*raftLayer)(nil)
@@ -140,5 +150,15 @@ func (r *raftLayer) Dial(address raft.ServerAddress, timeout time.Duration) (net
 		c.Close()
 		return nil, fmt.Errorf("raft dial %s: %w", address, err)
 	}
-	return c, nil
+	if r.tls == nil {
+		return c, nil
+	}
+	tc := tls.Client(c, r.tls)
+	_ = tc.SetDeadline(time.Now().Add(timeout))
+	if err := tc.Handshake(); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("raft dial %s: TLS: %w", address, err)
+	}
+	_ = tc.SetDeadline(time.Time{})
+	return tc, nil
 }

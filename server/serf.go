@@ -27,6 +27,9 @@ func (s *Server) setupSerf() error {
 	conf.LogOutput = s.cfg.LogOutput
 	conf.MemberlistConfig.LogOutput = s.cfg.LogOutput
 	conf.SnapshotPath = ""
+	if err := gossip.Encrypt(conf, s.cfg.GossipKey); err != nil {
+		return err
+	}
 	sf, err := serf.Create(conf)
 	if err != nil {
 		return fmt.Errorf("gossip on %s: %w", s.cfg.SerfAddr, err)
@@ -91,7 +94,9 @@ func (s *Server) reconcileMember(m serf.Member) {
 	}
 	cur, err := s.state.Snapshot().Agent(nil, id)
 	if err != nil {
-		if status != structs.AgentAlive {
+		if status != structs.AgentAlive || s.cfg.Security.Enabled() {
+			// In a secured cluster gossip alone proves nothing: the agent
+			// appears when it registers with its certificate and token.
 			return
 		}
 		// First sight through gossip: record what the tags say; the agent's

@@ -5,6 +5,7 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -27,6 +28,7 @@ import (
 	"github.com/corral-dev/corral/rpc"
 	"github.com/corral-dev/corral/server/state"
 	"github.com/corral-dev/corral/structs"
+	"github.com/corral-dev/corral/tlsutil"
 )
 
 // Config configures a server.
@@ -59,6 +61,13 @@ type Config struct {
 	OnBootstrapToken func(token string)
 	// FastGossip shortens gossip timers (failure detection under a second); for tests and dev.
 	FastGossip bool
+	// GossipKey, when set, encrypts gossip (see gossip.Encrypt).
+	GossipKey []byte
+	// Security protects the RPC port (gRPC and raft) with mutual TLS and
+	// guards agent registration with a join token. With any of it set, an
+	// agent exists for the scheduler only once it has registered over RPC,
+	// not when it first shows up in gossip.
+	Security *rpc.Security
 }
 
 func (c *Config) setDefaults() error {
@@ -160,7 +169,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{cfg: cfg, id: id, logger: cfg.Logger.With("server_id", id[:8]), state: st,
-		ctx: ctx, cancel: cancel, agents: newAgentConns(), ready: make(chan struct{})}
+		ctx: ctx, cancel: cancel, agents: newAgentConns(cfg.Security.DialOptions(tlsutil.RoleAgent)), ready: make(chan struct{})}
 	ok := false
 	defer func() {
 		if !ok {
@@ -172,13 +181,17 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("server: rpc listen on %s: %w", cfg.RPCAddr, err)
 	}
-	s.mux = newMux(ln)
+	var raftServerTLS *tls.Config
+	if cfg.Security != nil && cfg.Security.TLS != nil {
+		raftServerTLS = cfg.Security.TLS.ServerConfig(tlsutil.RoleServer)
+	}
+	s.mux = newMux(ln, raftServerTLS)
 	if err := s.setupRaft(); err != nil {
 		return nil, err
 	}
 	s.grpc = cfg.GRPC
 	if s.grpc == nil {
-		s.grpc = grpc.NewServer(rpc.ServerOptions()...)
+		s.grpc = grpc.NewServer(s.cfg.Security.ServerOptions(tlsutil.RoleAgent, tlsutil.RoleServer)...)
 		s.ownGRPC = true
 	}
 	rpc.RegisterServerService(s.grpc, &agentEndpoint{srv: s})
@@ -230,6 +243,9 @@ func (s *Server) SerfAddr() string {
 	m := s.serf.LocalMember()
 	return net.JoinHostPort(m.Addr.String(), fmt.Sprint(m.Port))
 }
+
+// SerfMembers lists the gossip pool as this server sees it.
+func (s *Server) SerfMembers() []serf.Member { return s.serf.Members() }
 
 // State gives read access to the state store (tests, benchmarks).
 func (s *Server) State() *state.StateStore { return s.state }
@@ -376,7 +392,7 @@ func (s *Server) setupRaft() error {
 	if err != nil {
 		return err
 	}
-	s.trans = raft.NewNetworkTransportWithLogger(&raftLayer{chanListener: s.mux.raft, advertise: adv}, 3, 10*time.Second, hl)
+	s.trans = raft.NewNetworkTransportWithLogger(&raftLayer{chanListener: s.mux.raft, advertise: adv, tls: s.raftClientTLS()}, 3, 10*time.Second, hl)
 	f := &fsm{state: s.state, logger: s.logger}
 	s.fsm = f
 	has, err := raft.HasExistingState(logs, logs, snaps)
@@ -512,4 +528,13 @@ func (s *Server) leaderLoop(ctx context.Context) {
 		}
 	}()
 	wg.Wait()
+}
+
+// raftClientTLS is the TLS configuration of raft connections to other
+// servers, nil without TLS.
+func (s *Server) raftClientTLS() *tls.Config {
+	if s.cfg.Security == nil || s.cfg.Security.TLS == nil {
+		return nil
+	}
+	return s.cfg.Security.TLS.ClientConfig(tlsutil.RoleServer)
 }

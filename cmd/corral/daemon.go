@@ -19,11 +19,13 @@ import (
 	"github.com/corral-dev/corral/agent"
 	execdriver "github.com/corral-dev/corral/drivers/exec"
 	"github.com/corral-dev/corral/drivers/runc"
+	"github.com/corral-dev/corral/gossip"
 	"github.com/corral-dev/corral/plugins/drivers"
 	"github.com/corral-dev/corral/plugins/loader"
 	"github.com/corral-dev/corral/rpc"
 	"github.com/corral-dev/corral/server"
 	"github.com/corral-dev/corral/structs"
+	"github.com/corral-dev/corral/tlsutil"
 )
 
 // runDev, runServer and runAgent start the long-running roles. They are
@@ -53,6 +55,7 @@ type daemonFlags struct {
 	insecureRegistries                                        listFlag
 	bootstrapExpect                                           int
 	fastGossip                                                bool
+	sec                                                       securityFlags
 }
 
 func parseDaemonFlags(role string, args []string) (*daemonFlags, error) {
@@ -81,6 +84,13 @@ func parseDaemonFlags(role string, args []string) (*daemonFlags, error) {
 	if role != "dev" {
 		fs.Var(&f.join, "join", "gossip address of any member to join (repeatable)")
 	}
+	if role != "dev" {
+		fs.StringVar(&f.sec.encrypt, "encrypt", "", "gossip encryption key from 'corral keygen' (env CORRAL_GOSSIP_KEY); every member needs the same")
+		fs.StringVar(&f.sec.tlsCA, "tls-ca", "", "CA certificate: with -tls-cert and -tls-key, RPC (gRPC and raft) uses mutual TLS")
+		fs.StringVar(&f.sec.tlsCert, "tls-cert", "", "this node's certificate from 'corral tls cert create -"+role+"'")
+		fs.StringVar(&f.sec.tlsKey, "tls-key", "", "this node's private key")
+		fs.StringVar(&f.sec.joinToken, "join-token", "", "secret agents must present to register (env CORRAL_JOIN_TOKEN); servers and agents give the same")
+	}
 	if role != "server" {
 		fs.StringVar(&f.group, "resource-group", structs.DefaultResourceGroup, "resource group of this agent")
 		fs.StringVar(&f.cpu, "cpu", "", "override the fingerprinted cpu capacity (cores)")
@@ -98,6 +108,11 @@ func parseDaemonFlags(role string, args []string) (*daemonFlags, error) {
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	f.sec.encrypt = envOr(f.sec.encrypt, "CORRAL_GOSSIP_KEY")
+	f.sec.joinToken = envOr(f.sec.joinToken, "CORRAL_JOIN_TOKEN")
+	if err := f.sec.check(); err != nil {
+		return nil, err
 	}
 	if role == "agent" && len(f.join) == 0 {
 		return nil, errors.New("-join ADDR is required: the gossip address of any server or agent")
@@ -164,6 +179,11 @@ func runDaemon(role string, args []string) int {
 		fmt.Fprintf(os.Stderr, "Error: %v\n", err)
 		return 2
 	}
+	gossipKey, security, err := f.security(role)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "Error: %v\n", err)
+		return 2
+	}
 	// Raft, serf and memberlist log through here: warnings and errors only.
 	libLog := &levelFilter{w: os.Stderr}
 
@@ -178,7 +198,7 @@ func runDaemon(role string, args []string) int {
 			NodeName: nodeName(f.name, "-server"), DataDir: dataSubdir(role, f.dataDir, "server"),
 			HTTPAddr: f.httpAddr, RPCAddr: f.rpcAddr, SerfAddr: f.serfAddr, Join: f.join,
 			BootstrapExpect: f.bootstrapExpect, GRPC: shared, Logger: logger, LogOutput: libLog,
-			FastGossip: f.fastGossip, OnBootstrapToken: func(token string) { announceToken(role, token, logger) },
+			FastGossip: f.fastGossip, GossipKey: gossipKey, Security: security, OnBootstrapToken: func(token string) { announceToken(role, token, logger) },
 		})
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "Error: %v\n", err)
@@ -202,7 +222,7 @@ func runDaemon(role string, args []string) int {
 			Name: nodeName(f.name, ""), DataDir: dataSubdir(role, f.dataDir, "agent"), ResourceGroup: f.group,
 			RPCAddr: f.rpcAddr, SerfAddr: f.serfAddr, Join: f.join, Drivers: drvs,
 			Capacity: capacity, Logger: logger, LogOutput: libLog, FastGossip: f.fastGossip,
-			InsecureRegistries: f.insecureRegistries,
+			InsecureRegistries: f.insecureRegistries, GossipKey: gossipKey, Security: security,
 		}
 		if role == "dev" {
 			cfg.RPCAddr = srv.RPCAddr()
@@ -322,4 +342,27 @@ func announceToken(role, token string, logger *slog.Logger) {
 	if err != nil {
 		logger.Warn("could not save the admin token for the CLI", "error", err)
 	}
+}
+
+// security loads the gossip key and the TLS material of a server or agent.
+func (f *daemonFlags) security(role string) ([]byte, *rpc.Security, error) {
+	var key []byte
+	if f.sec.encrypt != "" {
+		var err error
+		if key, err = gossip.ParseKey(f.sec.encrypt); err != nil {
+			return nil, nil, fmt.Errorf("-encrypt: %w", err)
+		}
+	}
+	sec := &rpc.Security{JoinToken: f.sec.joinToken}
+	if f.sec.tlsCA != "" {
+		conf, err := tlsutil.Load(f.sec.tlsCA, f.sec.tlsCert, f.sec.tlsKey)
+		if err != nil {
+			return nil, nil, err
+		}
+		if string(conf.Role()) != role {
+			return nil, nil, fmt.Errorf("-tls-cert %s was issued for role %s; a %s needs one from 'corral tls cert create -%s'", f.sec.tlsCert, conf.Role(), role, role)
+		}
+		sec.TLS = conf
+	}
+	return key, sec, nil
 }

@@ -91,7 +91,7 @@ Daemons:
 		cmds        []command
 	}{{"Sessions", "session", sessionCommands}, {"Nodes", "node", nodeCommands}, {"Images", "image", imageCommands},
 		{"Users", "user", userCommands}, {"Access keys", "key", keyCommands}, {"Policies", "policy", policyCommands},
-		{"Resource groups", "group", groupCommands}} {
+		{"Resource groups", "group", groupCommands}, {"Security", "tls", tlsCommands}} {
 		fmt.Fprintf(w, "%s:\n", g.title)
 		for _, sc := range g.cmds {
 			fmt.Fprintf(w, "  %-18s  %s\n", g.name+" "+sc.name, sc.summary)
@@ -99,6 +99,7 @@ Daemons:
 		fmt.Fprintln(w)
 	}
 	fmt.Fprintf(w, `Other:
+  keygen              print a new gossip encryption key for -encrypt
   bench               measure throughput and latency of a running corral
   version             print the version
   help                print this help
@@ -139,6 +140,10 @@ func (c *cli) run(ctx context.Context, args []string) int {
 		err = c.group(ctx, "group", groupCommands, args[1:])
 	case "queue":
 		err = c.queue(ctx, args[1:])
+	case "keygen":
+		err = c.keygen(ctx, args[1:])
+	case "tls":
+		err = c.group(ctx, "tls", tlsCommands, args[1:])
 	case "bench":
 		err = c.bench(ctx, args[1:])
 	default:

@@ -1,0 +1,93 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/corral-dev/corral/gossip"
+	"github.com/corral-dev/corral/tlsutil"
+)
+
+func TestKeygenAndTLSFiles(t *testing.T) {
+	r := mustRun(t, "http://127.0.0.1:1", 0, "keygen")
+	if _, err := gossip.ParseKey(r.stdout); err != nil {
+		t.Fatalf("keygen printed %q: %v", r.stdout, err)
+	}
+	dir := t.TempDir()
+	mustRun(t, "", 0, "tls", "ca", "create", "-dir", dir)
+	ca, key := filepath.Join(dir, tlsutil.CAFile), filepath.Join(dir, tlsutil.CAKeyFile)
+	if fi, err := os.Stat(key); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("CA key: %v %v", fi, err)
+	}
+	// A second CA in the same place is refused, nothing overwritten.
+	if r := runCLI(t, "", "tls", "ca", "create", "-dir", dir); r.code != 1 || !strings.Contains(r.stderr, "already exists") {
+		t.Fatalf("second CA: %+v", r)
+	}
+	for i, role := range []string{"server", "server", "agent"} {
+		r := mustRun(t, "", 0, "tls", "cert", "create", "-"+role, "-dir", dir, "-ca", ca, "-ca-key", key, "-ip", "10.0.0.1")
+		n := map[int]string{0: "0", 1: "1", 2: "0"}[i]
+		cf := filepath.Join(dir, "corral-"+role+"-"+n+".pem")
+		if !strings.Contains(r.stdout, cf) {
+			t.Fatalf("stdout %q, want %s", r.stdout, cf)
+		}
+		conf, err := tlsutil.Load(ca, cf, strings.TrimSuffix(cf, ".pem")+"-key.pem")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(conf.Role()) != role {
+			t.Fatalf("%s has role %s", cf, conf.Role())
+		}
+	}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"tls", "cert", "create", "-dir", dir}, "give exactly one of -server and -agent"},
+		{[]string{"tls", "cert", "create", "-server", "-agent"}, "give exactly one of -server and -agent"},
+		{[]string{"tls", "cert", "create", "-agent", "-ip", "nope"}, `-ip "nope" is not an IP address`},
+		{[]string{"tls", "ca", "create", "-days", "0"}, "-days must be positive"},
+		{[]string{"tls", "ca", "make"}, "want 'corral tls ca create'"},
+		{[]string{"keygen", "extra"}, `unexpected argument "extra"`},
+	} {
+		r := runCLI(t, "", tc.args...)
+		if r.code != 2 || !strings.Contains(r.stderr, tc.want) || strings.Count(r.stderr, "\n") != 1 {
+			t.Fatalf("%v: exit %d, stderr %q; want 2 and %q", tc.args, r.code, r.stderr, tc.want)
+		}
+	}
+	if r := runCLI(t, "", "tls", "cert", "create", "-agent", "-dir", dir, "-ca", filepath.Join(dir, "missing.pem")); r.code != 1 || !strings.Contains(r.stderr, "missing.pem") {
+		t.Fatalf("missing CA: %+v", r)
+	}
+}
+
+func TestDaemonSecurityFlags(t *testing.T) {
+	dir := t.TempDir()
+	mustRun(t, "", 0, "tls", "ca", "create", "-dir", dir)
+	mustRun(t, "", 0, "tls", "cert", "create", "-agent", "-dir", dir, "-ca", filepath.Join(dir, tlsutil.CAFile), "-ca-key", filepath.Join(dir, tlsutil.CAKeyFile))
+	ca, cert, key := filepath.Join(dir, tlsutil.CAFile), filepath.Join(dir, "corral-agent-0.pem"), filepath.Join(dir, "corral-agent-0-key.pem")
+
+	f, err := parseDaemonFlags("server", []string{"-tls-ca", ca})
+	if err == nil || !strings.Contains(err.Error(), "all of -tls-ca, -tls-cert and -tls-key") {
+		t.Fatalf("partial TLS flags: %v %v", f, err)
+	}
+	f, err = parseDaemonFlags("server", []string{"-tls-ca", ca, "-tls-cert", cert, "-tls-key", key, "-encrypt", "c2hvcnQ="})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := f.security("server"); err == nil || !strings.Contains(err.Error(), "-encrypt") {
+		t.Fatalf("short gossip key: %v", err)
+	}
+	f.sec.encrypt = ""
+	if _, _, err := f.security("server"); err == nil || !strings.Contains(err.Error(), "was issued for role agent; a server needs one") {
+		t.Fatalf("agent cert on a server: %v", err)
+	}
+	f, err = parseDaemonFlags("agent", []string{"-join", "127.0.0.1:1", "-tls-ca", ca, "-tls-cert", cert, "-tls-key", key, "-join-token", "tok"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, sec, err := f.security("agent")
+	if err != nil || sec.TLS == nil || sec.JoinToken != "tok" {
+		t.Fatalf("agent security: %+v %v", sec, err)
+	}
+}
