@@ -328,21 +328,28 @@ func (a *Agent) joinLoop() {
 	if len(a.cfg.Join) == 0 {
 		return
 	}
+	// The loop runs for the agent's life: an agent cut off the network
+	// sees every server fail, and gossip alone retries a failed member
+	// only every ReconnectInterval; joining again as soon as no server is
+	// alive brings a healed agent back in a second or two.
 	delay := 100 * time.Millisecond
 	for {
 		if len(a.servers()) > 0 {
-			return
+			delay = 100 * time.Millisecond
+		} else if _, err := a.serf.Join(a.cfg.Join, true); err != nil {
+			a.logger.Warn("gossip join failed, retrying", "addrs", a.cfg.Join, "error", err, "retry_in", delay)
+			if delay < 5*time.Second {
+				delay *= 2
+			}
 		}
-		if _, err := a.serf.Join(a.cfg.Join, true); err != nil {
-			a.logger.Warn("gossip join failed, retrying", "addrs", a.cfg.Join, "error", err)
+		wait := delay
+		if len(a.servers()) > 0 {
+			wait = time.Second
 		}
 		select {
 		case <-a.ctx.Done():
 			return
-		case <-time.After(delay):
-		}
-		if delay < 5*time.Second {
-			delay *= 2
+		case <-time.After(wait):
 		}
 	}
 }

@@ -66,6 +66,8 @@ type fltCluster struct {
 	servers []*fltNode
 	agents  []*fltNode
 	token   string
+	// gossipFlag is -fast-gossip=true or =false for every daemon.
+	gossipFlag string
 
 	mu    sync.Mutex
 	marks int
@@ -77,6 +79,13 @@ var fltMarkRE = regexp.MustCompile(`fltmark-[0-9a-f]+-[0-9]+`)
 
 func newFltCluster(t *testing.T, agents bool) *fltCluster {
 	t.Helper()
+	return newFltClusterGossip(t, agents, true)
+}
+
+// newFltClusterGossip is newFltCluster with the daemons' -fast-gossip set
+// to fast (false: memberlist's LAN defaults, as in production).
+func newFltClusterGossip(t *testing.T, agents, fast bool) *fltCluster {
+	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("fault e2e needs root (network namespaces)")
 	}
@@ -85,7 +94,7 @@ func newFltCluster(t *testing.T, agents bool) *fltCluster {
 		n = 6
 	}
 	b := testbed.New(t, n)
-	fc := &fltCluster{t: t, bed: b}
+	fc := &fltCluster{t: t, bed: b, gossipFlag: fmt.Sprintf("-fast-gossip=%v", fast)}
 	for i := range 3 {
 		h := b.Hosts[i]
 		fc.servers = append(fc.servers, &fltNode{idx: i, name: fmt.Sprintf("server%d", i+1), host: h,
@@ -138,7 +147,7 @@ func newFltCluster(t *testing.T, agents bool) *fltCluster {
 func (fc *fltCluster) startServer(i int, restart bool) {
 	fc.t.Helper()
 	s := fc.servers[i]
-	args := []string{"server", "-name", s.name, "-data-dir", s.dir, "-bootstrap-expect", "3", "-fast-gossip",
+	args := []string{"server", "-name", s.name, "-data-dir", s.dir, "-bootstrap-expect", "3", fc.gossipFlag,
 		"-http", net.JoinHostPort(s.ip(), fltHTTPPort), "-rpc", net.JoinHostPort(s.ip(), fltServerRPCPort),
 		"-serf", net.JoinHostPort(s.ip(), fltServerSerf)}
 	for j, o := range fc.servers {
@@ -158,7 +167,7 @@ func (fc *fltCluster) startServer(i int, restart bool) {
 func (fc *fltCluster) startAgent(i int) {
 	fc.t.Helper()
 	a := fc.agents[i]
-	args := []string{"agent", "-name", a.name, "-data-dir", a.dir, "-cpu", "2", "-mem", "1G", "-fast-gossip",
+	args := []string{"agent", "-name", a.name, "-data-dir", a.dir, "-cpu", "2", "-mem", "1G", fc.gossipFlag,
 		"-rpc", net.JoinHostPort(a.ip(), fltAgentRPCPort), "-serf", net.JoinHostPort(a.ip(), fltAgentSerf)}
 	for _, s := range fc.servers {
 		args = append(args, "-join", net.JoinHostPort(s.ip(), fltServerSerf))
@@ -951,4 +960,49 @@ func TestFailoverMedian(t *testing.T) {
 		s = append(s, d.Round(time.Millisecond).String())
 	}
 	t.Logf("FIGURE failover over 5 leader kills: median %v (sorted: %s)", times[2].Round(time.Millisecond), strings.Join(s, " "))
+}
+
+// TestAgentDeathMedian kills an agent that runs a kernel five times with
+// the tuned gossip timers (-fast-gossip) and five times with memberlist's
+// LAN defaults, and logs the median time from the SIGKILL to the kernel's
+// ERROR "agent lost" in the server's record.
+func TestAgentDeathMedian(t *testing.T) {
+	if testing.Short() {
+		t.Skip("kills agents ten times")
+	}
+	for _, fast := range []bool{true, false} {
+		name := map[bool]string{true: "tuned", false: "default"}[fast]
+		t.Run(name, func(t *testing.T) {
+			fc := newFltClusterGossip(t, true, fast)
+			var times []time.Duration
+			for n := range 5 {
+				victim := fc.agents[n%3]
+				req, _ := fc.request(structs.SessionTypeInteractive, "600", 0)
+				d := fc.placeOn(victim, req)
+				killed := time.Now()
+				victim.p.kill9()
+				d = fc.wait(d.Session.ID, 90*time.Second, "kernel ERROR after the agent's death", func(d *api.SessionDetail) error {
+					if k := d.Kernels[0]; k.Status != structs.KernelError || !strings.Contains(k.StatusInfo, "agent lost") {
+						return fmt.Errorf("kernel %s (%s)", k.Status, k.StatusInfo)
+					}
+					return nil
+				})
+				at, ok := fltHistoryTime(d.Kernels[0].History, string(structs.KernelError), "agent lost")
+				if !ok {
+					t.Fatalf("no ERROR in the kernel's history: %+v", d.Kernels[0].History)
+				}
+				times = append(times, at.Sub(killed))
+				t.Logf("%s gossip: %s killed, kernel ERROR after %v", name, victim.name, at.Sub(killed).Round(time.Millisecond))
+				fc.startAgent(victim.idx)
+				fc.waitAgents(90*time.Second, victim.name+" ALIVE again", map[int]structs.AgentStatus{victim.idx: structs.AgentAlive})
+			}
+			slices.Sort(times)
+			var s []string
+			for _, d := range times {
+				s = append(s, d.Round(time.Millisecond).String())
+			}
+			t.Logf("FIGURE agent death -> kernels ERROR, %s gossip, 5 kills: median %v (sorted: %s)", name, times[2].Round(time.Millisecond), strings.Join(s, " "))
+			checkCluster(t, fc, name+" gossip agent deaths")
+		})
+	}
 }

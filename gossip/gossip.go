@@ -60,6 +60,7 @@ func NewConfig(nodeName, addr string, tags map[string]string, fast bool, events 
 		conf.LeavePropagateDelay = 100 * time.Millisecond
 		conf.BroadcastTimeout = time.Second
 		conf.ReapInterval = 5 * time.Second
+		conf.ReconnectInterval = 2 * time.Second
 		conf.ReconnectTimeout = time.Minute
 		conf.TombstoneTimeout = time.Minute
 	}

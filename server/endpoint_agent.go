@@ -72,6 +72,7 @@ func (e *agentEndpoint) UpdateKernels(ctx context.Context, req *structs.KernelUp
 		}
 		return cl.UpdateKernels(ctx, req)
 	}
+	e.srv.rejoinIfLost(req.AgentID)
 	resp, idx, err := e.srv.apply(structs.KernelUpdateRequestType, req)
 	if err != nil {
 		return nil, grpcError(err)

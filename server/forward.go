@@ -1,8 +1,12 @@
 package server
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
@@ -29,39 +33,99 @@ const forwardedHeader = "X-Corral-Forwarded-By"
 func (s *Server) forwardToLeader(next http.Handler) http.Handler {
 	var mu sync.Mutex
 	proxies := map[string]*httputil.ReverseProxy{}
+	proxyFor := func(addr string) *httputil.ReverseProxy {
+		mu.Lock()
+		defer mu.Unlock()
+		if p, ok := proxies[addr]; ok {
+			return p
+		}
+		target := &url.URL{Scheme: "http", Host: addr}
+		p := &httputil.ReverseProxy{
+			Rewrite: func(pr *httputil.ProxyRequest) {
+				pr.SetURL(target)
+				pr.Out.Host = pr.In.Host
+				pr.Out.Header.Set(forwardedHeader, s.cfg.NodeName)
+			},
+			FlushInterval: -1,
+			ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+				if a, ok := r.Context().Value(forwardAttemptKey{}).(*forwardAttempt); ok && notSent(err) {
+					a.dialErr = err // nothing reached the old leader: try the next one
+					return
+				}
+				writeError(w, http.StatusServiceUnavailable, fmt.Sprintf("forwarding to the leader at %s: %v", addr, err))
+			},
+		}
+		proxies[addr] = p
+		return p
+	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if s.IsLeader() {
 			next.ServeHTTP(w, r)
 			return
 		}
-		addr, err := s.leaderHTTP()
-		if err != nil || r.Header.Get(forwardedHeader) != "" {
-			if err == nil {
-				err = fmt.Errorf("leadership is moving: server %s is not the leader either", r.Header.Get(forwardedHeader))
-			}
-			writeError(w, http.StatusServiceUnavailable, err.Error())
+		if r.Header.Get(forwardedHeader) != "" {
+			writeError(w, http.StatusServiceUnavailable, fmt.Sprintf("leadership is moving: server %s took this server for the leader; retry in a moment", r.Header.Get(forwardedHeader)))
 			return
 		}
-		mu.Lock()
-		p, ok := proxies[addr]
-		if !ok {
-			target := &url.URL{Scheme: "http", Host: addr}
-			p = &httputil.ReverseProxy{
-				Rewrite: func(pr *httputil.ProxyRequest) {
-					pr.SetURL(target)
-					pr.Out.Host = pr.In.Host
-					pr.Out.Header.Set(forwardedHeader, s.cfg.NodeName)
-				},
-				FlushInterval: -1,
-				ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
-					writeError(w, http.StatusServiceUnavailable, fmt.Sprintf("forwarding to the leader at %s: %v", addr, err))
-				},
-			}
-			proxies[addr] = p
+		// While leadership moves (the leader died, an election runs) the
+		// request waits for the next leader instead of failing: it is
+		// re-sent only when it never reached a leader, so nothing is
+		// applied twice.
+		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxForwardBody))
+		if err != nil {
+			writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body: %v", err))
+			return
 		}
-		mu.Unlock()
-		p.ServeHTTP(w, r)
+		deadline := time.Now().Add(forwardWait)
+		for {
+			if s.IsLeader() {
+				r.Body = io.NopCloser(bytes.NewReader(body))
+				next.ServeHTTP(w, r)
+				return
+			}
+			addr, err := s.leaderHTTP()
+			if err == nil {
+				a := &forwardAttempt{}
+				rr := r.Clone(context.WithValue(r.Context(), forwardAttemptKey{}, a))
+				rr.Body = io.NopCloser(bytes.NewReader(body))
+				rr.ContentLength = int64(len(body))
+				proxyFor(addr).ServeHTTP(w, rr)
+				if a.dialErr == nil {
+					return
+				}
+				err = fmt.Errorf("forwarding to the leader at %s: %w", addr, a.dialErr)
+			}
+			if time.Now().After(deadline) || r.Context().Err() != nil {
+				writeError(w, http.StatusServiceUnavailable, err.Error())
+				return
+			}
+			select {
+			case <-r.Context().Done():
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
 	})
+}
+
+// forwardWait bounds how long a follower holds a request while there is
+// no reachable leader; failover takes a few seconds.
+const forwardWait = 10 * time.Second
+
+// maxForwardBody bounds a forwarded request's body (it is held in memory
+// so that it can be re-sent to the next leader).
+const maxForwardBody = 8 << 20
+
+type forwardAttemptKey struct{}
+
+// forwardAttempt records that one try at forwarding failed before the
+// request left this server.
+type forwardAttempt struct{ dialErr error }
+
+// notSent tells errors where the request cannot have reached the other
+// side: the connection was never made.
+func notSent(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "dial"
 }
 
 // leaderMember finds the gossip member of the current raft leader.

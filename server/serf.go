@@ -36,11 +36,35 @@ func (s *Server) setupSerf() error {
 	}
 	s.serf = sf
 	if len(s.cfg.Join) > 0 {
-		if _, err := sf.Join(s.cfg.Join, true); err != nil {
-			s.logger.Warn("gossip join failed", "addrs", s.cfg.Join, "error", err)
-		}
+		s.wg.Add(1)
+		go func() { defer s.wg.Done(); s.joinLoop() }()
 	}
 	return nil
+}
+
+// joinLoop joins the gossip pool through -join, retrying with backoff until
+// some other member is seen: servers of a new cluster start together, and
+// the one they join may not listen yet.
+func (s *Server) joinLoop() {
+	delay := 100 * time.Millisecond
+	for {
+		n, err := s.serf.Join(s.cfg.Join, true)
+		if err == nil && n > 0 {
+			return
+		}
+		if s.serf.NumNodes() > 1 {
+			return // someone else found us meanwhile
+		}
+		s.logger.Warn("gossip join failed, retrying", "addrs", s.cfg.Join, "error", err, "retry_in", delay)
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-time.After(delay):
+		}
+		if delay < 5*time.Second {
+			delay *= 2
+		}
+	}
 }
 
 // handleSerfEvents turns membership changes of agents into raft updates
@@ -195,4 +219,41 @@ func (s *Server) bootstrapWhenExpected() {
 		s.logger.Info("bootstrapped a new cluster", "voters", len(servers))
 		return
 	}
+}
+
+// rejoinIfLost pulls an agent that the leader holds LOST back into the
+// gossip pool as soon as it shows it is reachable again (it talks RPC):
+// after a partition heals, the agent may still take the servers for alive
+// and never learn that the pool declared it dead until its next periodic
+// push-pull, tens of seconds away. A join from the server's side
+// exchanges state at once; the agent refutes its death and the usual
+// member-alive event marks it ALIVE. At most one try per agent every few
+// seconds.
+func (s *Server) rejoinIfLost(agentID string) {
+	if s.ctx.Err() != nil {
+		return
+	}
+	a, err := s.state.Snapshot().Agent(nil, agentID)
+	if err != nil || a.Status != structs.AgentLost || a.SerfAddr == "" {
+		return
+	}
+	s.rejoinMu.Lock()
+	if s.rejoinAt == nil {
+		s.rejoinAt = map[string]time.Time{}
+	}
+	if time.Since(s.rejoinAt[agentID]) < 3*time.Second {
+		s.rejoinMu.Unlock()
+		return
+	}
+	s.rejoinAt[agentID] = time.Now()
+	s.rejoinMu.Unlock()
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		if _, err := s.serf.Join([]string{a.SerfAddr}, true); err != nil {
+			s.logger.Warn("rejoining a lost agent that talks RPC failed", "agent_id", agentID, "serf", a.SerfAddr, "error", err)
+			return
+		}
+		s.logger.Info("a lost agent reached us over RPC: pulled it back into gossip", "agent_id", agentID, "serf", a.SerfAddr)
+	}()
 }

@@ -148,6 +148,10 @@ type Server struct {
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
 	shutdown sync.Once
+
+	// rejoinAt limits how often a lost agent is pulled back into gossip.
+	rejoinMu sync.Mutex
+	rejoinAt map[string]time.Time
 }
 
 // New starts a server: raft (bootstrapping a single voter on first start),

@@ -23,6 +23,11 @@ type writer struct {
 	// instead of copying a concurrency set per kernel.
 	usage  map[string]*structs.KeyUsage
 	agents map[string]*structs.Agent
+	// policies and groups cache the configuration a plan's re-check
+	// reads once per session; only ApplyPlan fills them, and it never
+	// changes keys, policies or groups.
+	policies map[string]*structs.ResourcePolicy
+	groups   map[string]*structs.ResourceGroup
 }
 
 func (s *StateStore) write(index uint64) *writer {
@@ -67,6 +72,45 @@ func (w *writer) putAgent(a *structs.Agent) error {
 
 func (w *writer) snap() *Snapshot { return &Snapshot{txn: w.txn} }
 
+// keyPolicy is sn.KeyPolicy, read once per key and transaction.
+func (w *writer) keyPolicy(sn *Snapshot, key string) *structs.ResourcePolicy {
+	if p, ok := w.policies[key]; ok {
+		return p
+	}
+	p := sn.KeyPolicy(key)
+	if w.policies == nil {
+		w.policies = map[string]*structs.ResourcePolicy{}
+	}
+	w.policies[key] = p
+	return p
+}
+
+// group is sn.Group (nil when not configured), read once per group and
+// transaction.
+func (w *writer) group(sn *Snapshot, name string) *structs.ResourceGroup {
+	if g, ok := w.groups[name]; ok {
+		return g
+	}
+	g, err := sn.Group(name)
+	if err != nil {
+		g = nil
+	}
+	if w.groups == nil {
+		w.groups = map[string]*structs.ResourceGroup{}
+	}
+	w.groups[name] = g
+	return g
+}
+
+// usageOf is sn.Usage, without a look-up once this transaction owns the
+// key's usage (the table then holds that very copy).
+func (w *writer) usageOf(sn *Snapshot, key string) *structs.KeyUsage {
+	if u, ok := w.usage[key]; ok {
+		return u
+	}
+	return sn.Usage(key)
+}
+
 // ownAgent returns the agent as a copy private to this transaction,
 // already inserted into the table (like ownUsage), so that placing many
 // sessions on one agent in one plan copies and indexes it once.
@@ -78,12 +122,15 @@ func (w *writer) ownAgent(id string) (*structs.Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	a := cur.Copy()
-	if err := w.putAgent(a); err != nil {
+	// Only the occupancy is the copy's own: the driver list and capacity
+	// are shared with the stored version, which nothing changes in place.
+	a := *cur
+	a.Occupied = cur.Occupied.Copy()
+	if err := w.putAgent(&a); err != nil {
 		return nil, err
 	}
-	w.agents[id] = a
-	return a, nil
+	w.agents[id] = &a
+	return &a, nil
 }
 
 // EnqueueSession inserts a new PENDING session and its kernels.
@@ -207,20 +254,25 @@ func (w *writer) placeSession(sn *Snapshot, sp structs.SessionPlacement, now tim
 	if len(sp.Placements) != len(kernels) {
 		return fmt.Errorf("plan places %d of the session's %d kernels", len(sp.Placements), len(kernels))
 	}
-	byID := map[string]*structs.Kernel{}
+	// What the session asks for in all (read only: a single kernel's own
+	// slots need no copy).
 	var req structs.Slots
-	for _, k := range kernels {
-		byID[k.ID] = k
-		req = req.Add(k.Resources)
+	if len(kernels) == 1 {
+		req = kernels[0].Resources
+	} else {
+		req = structs.Slots{}
+		for _, k := range kernels {
+			addSlots(req, k.Resources)
+		}
 	}
 	// The key's limits against its latest usage: a plan computed on an
 	// older snapshot, or by another worker, never pushes a key over them.
-	if err := scheduler.CheckKeyLimits(sn.KeyPolicy(sess.AccessKey), sn.Usage(sess.AccessKey), sess.ID, req); err != nil {
+	if err := scheduler.CheckKeyLimits(w.keyPolicy(sn, sess.AccessKey), w.usageOf(sn, sess.AccessKey), sess.ID, req); err != nil {
 		return err
 	}
 	// The group's cap against what its sessions hold now.
-	if g, err := sn.Group(groupOf(sess.ResourceGroup)); err == nil && len(g.TotalResourceSlots) > 0 {
-		if r := scheduler.GroupLimitReason(g.Name, g.TotalResourceSlots, sn.GroupUsage(g.Name), req); r != "" {
+	if g := w.group(sn, groupOf(sess.ResourceGroup)); g != nil && len(g.TotalResourceSlots) > 0 {
+		if r := scheduler.GroupLimitReason(g.Name, g.TotalResourceSlots, w.usageOf(sn, groupUsageKey(g.Name)).Occupied, req); r != "" {
 			return errors.New(r)
 		}
 	}
@@ -231,41 +283,69 @@ func (w *writer) placeSession(sn *Snapshot, sp structs.SessionPlacement, now tim
 			}
 		}
 	}
-	// Check every kernel against the latest agents before changing anything.
-	agents := map[string]*structs.Agent{}
-	adds := map[string]structs.Slots{}
-	for _, p := range sp.Placements {
-		k, ok := byID[p.KernelID]
-		if !ok {
+	// Check every kernel against the latest agents before changing
+	// anything. targets[i] is where placement i goes; several kernels on
+	// one agent share a target, whose add sums them.
+	type target struct {
+		a   *structs.Agent
+		add structs.Slots
+	}
+	targets := make([]*target, len(sp.Placements))
+	placed := make([]*structs.Kernel, len(sp.Placements))
+	for i, p := range sp.Placements {
+		k := kernelByID(kernels, p.KernelID)
+		if k == nil {
 			return fmt.Errorf("kernel %s is not part of the session", p.KernelID)
 		}
+		for _, q := range placed[:i] {
+			if q == k {
+				return fmt.Errorf("plan places kernel %s twice", k.Hostname)
+			}
+		}
+		placed[i] = k
 		if k.Status != structs.KernelPending {
 			return fmt.Errorf("kernel %s is %s, no longer PENDING", k.Hostname, k.Status)
 		}
-		a, ok := agents[p.AgentID]
-		if !ok {
+		var t *target
+		for j, q := range sp.Placements[:i] {
+			if q.AgentID == p.AgentID {
+				t = targets[j]
+				break
+			}
+		}
+		if t == nil {
 			cur, err := sn.Agent(nil, p.AgentID)
 			if err != nil {
 				return err
 			}
-			a = cur
-			agents[p.AgentID] = a
+			t = &target{a: cur}
 		}
-		if err := scheduler.CheckPlacementInGroup(a, sess.ResourceGroup, a.Occupied.Add(adds[p.AgentID]), k); err != nil {
+		targets[i] = t
+		occupied := t.a.Occupied
+		if t.add != nil {
+			occupied = t.a.Occupied.Add(t.add)
+		}
+		if err := scheduler.CheckPlacementInGroup(t.a, sess.ResourceGroup, occupied, k); err != nil {
 			return err
 		}
-		adds[p.AgentID] = adds[p.AgentID].Add(k.Resources)
+		if t.add == nil {
+			t.add = structs.Slots{}
+		}
+		addSlots(t.add, k.Resources)
 	}
-	for id, add := range adds {
-		a, err := w.ownAgent(id)
+	for _, t := range targets {
+		if t.add == nil {
+			continue // applied with an earlier placement on the same agent
+		}
+		a, err := w.ownAgent(t.a.ID)
 		if err != nil {
 			return err
 		}
-		a.Occupied = a.Occupied.Add(add)
+		a.Occupied = addSlots(a.Occupied, t.add)
 		a.UpdatedAt = now
-		agents[id] = a
+		t.a, t.add = a, nil
 	}
-	c := sess.Copy()
+	c := editSession(sess)
 	// A session of several kernels gets its overlay in the same apply.
 	var nets map[string]*structs.KernelNetwork
 	if len(kernels) > 1 {
@@ -274,16 +354,16 @@ func (w *writer) placeSession(sn *Snapshot, sp structs.SessionPlacement, now tim
 			return err
 		}
 		agentOf := map[string]*structs.Agent{}
-		for _, p := range sp.Placements {
-			agentOf[p.KernelID] = agents[p.AgentID]
+		for i, p := range sp.Placements {
+			agentOf[p.KernelID] = targets[i].a
 		}
 		if nets, err = kernelNetworks(nw, kernels, agentOf); err != nil {
 			return err
 		}
 		c.Network = nw
 	}
-	for _, p := range sp.Placements {
-		k := byID[p.KernelID].Copy()
+	for i, p := range sp.Placements {
+		k := editKernel(placed[i])
 		if err := w.occupy(sess.AccessKey, sess.ID, k.Resources); err != nil {
 			return err
 		}
@@ -292,7 +372,7 @@ func (w *writer) placeSession(sn *Snapshot, sp structs.SessionPlacement, now tim
 		}
 		k.AgentID = p.AgentID
 		k.Network = nets[k.ID]
-		if err := k.SetStatus(structs.KernelScheduled, "placed on agent "+agents[p.AgentID].Name, now); err != nil {
+		if err := k.SetStatus(structs.KernelScheduled, "placed on agent "+targets[i].a.Name, now); err != nil {
 			return err
 		}
 		if err := w.putKernel(k); err != nil {
@@ -304,6 +384,46 @@ func (w *writer) placeSession(sn *Snapshot, sp structs.SessionPlacement, now tim
 		return err
 	}
 	return w.putSession(c)
+}
+
+// kernelByID finds a kernel of a session's list.
+func kernelByID(kernels []*structs.Kernel, id string) *structs.Kernel {
+	for _, k := range kernels {
+		if k.ID == id {
+			return k
+		}
+	}
+	return nil
+}
+
+// addSlots adds o into s in place and returns s (a new map when s is
+// nil); s must be private to the caller.
+func addSlots(s, o structs.Slots) structs.Slots {
+	if s == nil {
+		s = make(structs.Slots, len(o))
+	}
+	for k, v := range o {
+		s[k] += v
+	}
+	return s
+}
+
+// editSession returns a copy of a stored session for a status change:
+// only its history is copied (with room for one more entry); the parts
+// a status change never edits (kernel IDs, dependencies, network) are
+// shared with the stored version, which nothing changes in place.
+func editSession(s *structs.Session) *structs.Session {
+	c := *s
+	c.History = append(make([]structs.StatusChange, 0, len(s.History)+1), s.History...)
+	return &c
+}
+
+// editKernel is editSession for a kernel: its command, environment and
+// resources are shared with the stored version.
+func editKernel(k *structs.Kernel) *structs.Kernel {
+	c := *k
+	c.History = append(make([]structs.StatusChange, 0, len(k.History)+1), k.History...)
+	return &c
 }
 
 // recordPending records why a PENDING session stays so (reason "": keep

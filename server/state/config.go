@@ -188,7 +188,7 @@ func (w *writer) occupy(key, sessionID string, res structs.Slots) error {
 	if err != nil {
 		return err
 	}
-	u.Occupied = u.Occupied.Add(res)
+	u.Occupied = addSlots(u.Occupied, res) // u is this transaction's copy
 	u.Sessions[sessionID] = true
 	return nil
 }

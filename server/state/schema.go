@@ -53,35 +53,83 @@ func (sessionStatusIndexer) FromArgs(args ...any) ([]byte, error) {
 	return []byte(s + "\x00"), nil
 }
 
+// fieldIndex indexes objects of type T by one string field, read by
+// field instead of by reflection (memdb.StringFieldIndex's FromObject,
+// with the same keys: the value and a NUL; an empty value is missing).
+// Look-ups go through the embedded StringFieldIndex. spare is room left
+// after the key, for the primary key memdb appends in a non-unique index.
+type fieldIndex[T any] struct {
+	memdb.StringFieldIndex
+	field func(T) string
+	spare int
+}
+
+func (ix *fieldIndex[T]) FromObject(obj any) (bool, []byte, error) {
+	o, ok := obj.(T)
+	if !ok {
+		return false, nil, fmt.Errorf("field %s: unexpected type %T", ix.Field, obj)
+	}
+	v := ix.field(o)
+	if v == "" {
+		return false, nil, nil
+	}
+	b := make([]byte, len(v)+1, len(v)+1+ix.spare)
+	copy(b, v)
+	return true, b, nil
+}
+
+// byField is a fieldIndex named after its field; nonUnique leaves room
+// for the primary key.
+func byField[T any](field string, get func(T) string, nonUnique bool) *fieldIndex[T] {
+	ix := &fieldIndex[T]{StringFieldIndex: memdb.StringFieldIndex{Field: field}, field: get}
+	if nonUnique {
+		ix.spare = 24
+	}
+	return ix
+}
+
+func sessionID(s *structs.Session) string   { return s.ID }
+func sessionName(s *structs.Session) string { return s.Name }
+func kernelID(k *structs.Kernel) string     { return k.ID }
+func kernelSession(k *structs.Kernel) string {
+	return k.SessionID
+}
+func kernelAgent(k *structs.Kernel) string { return k.AgentID }
+func agentID(a *structs.Agent) string      { return a.ID }
+func usageKey(u *structs.KeyUsage) string  { return u.AccessKey }
+func indexEntryKey(e *indexEntry) string   { return e.Key }
+
 func schema() *memdb.DBSchema {
 	return &memdb.DBSchema{Tables: map[string]*memdb.TableSchema{
 		tableSessions: {
 			Name: tableSessions,
 			Indexes: map[string]*memdb.IndexSchema{
-				"id":     {Name: "id", Unique: true, Indexer: &memdb.StringFieldIndex{Field: "ID"}},
-				"name":   {Name: "name", AllowMissing: true, Indexer: &memdb.StringFieldIndex{Field: "Name"}},
+				"id":     {Name: "id", Unique: true, Indexer: byField("ID", sessionID, false)},
+				"name":   {Name: "name", AllowMissing: true, Indexer: byField("Name", sessionName, true)},
 				"status": {Name: "status", Indexer: sessionStatusIndexer{}},
 			},
 		},
 		tableKernels: {
 			Name: tableKernels,
 			Indexes: map[string]*memdb.IndexSchema{
-				"id":      {Name: "id", Unique: true, Indexer: &memdb.StringFieldIndex{Field: "ID"}},
-				"session": {Name: "session", Indexer: &memdb.StringFieldIndex{Field: "SessionID"}},
-				"agent":   {Name: "agent", AllowMissing: true, Indexer: &memdb.StringFieldIndex{Field: "AgentID"}},
+				"id":      {Name: "id", Unique: true, Indexer: byField("ID", kernelID, false)},
+				"session": {Name: "session", Indexer: byField("SessionID", kernelSession, true)},
+				"agent":   {Name: "agent", AllowMissing: true, Indexer: byField("AgentID", kernelAgent, true)},
 			},
 		},
 		tableAgents: {
 			Name: tableAgents,
 			Indexes: map[string]*memdb.IndexSchema{
-				"id": {Name: "id", Unique: true, Indexer: &memdb.StringFieldIndex{Field: "ID"}},
+				"id": {Name: "id", Unique: true, Indexer: byField("ID", agentID, false)},
 			},
 		},
 		tableUsers:    simpleTable(tableUsers, "Name"),
 		tableKeys:     simpleTable(tableKeys, "AccessKey"),
 		tablePolicies: simpleTable(tablePolicies, "Name"),
 		tableGroups:   simpleTable(tableGroups, "Name"),
-		tableUsage:    simpleTable(tableUsage, "AccessKey"),
+		tableUsage: {Name: tableUsage, Indexes: map[string]*memdb.IndexSchema{
+			"id": {Name: "id", Unique: true, Indexer: byField("AccessKey", usageKey, false)},
+		}},
 		tableNetworks: {
 			Name: tableNetworks,
 			Indexes: map[string]*memdb.IndexSchema{
@@ -91,7 +139,7 @@ func schema() *memdb.DBSchema {
 		tableIndex: {
 			Name: tableIndex,
 			Indexes: map[string]*memdb.IndexSchema{
-				"id": {Name: "id", Unique: true, Indexer: &memdb.StringFieldIndex{Field: "Key"}},
+				"id": {Name: "id", Unique: true, Indexer: byField("Key", indexEntryKey, false)},
 			},
 		},
 	}}
