@@ -25,8 +25,8 @@ import (
 	"github.com/corral-dev/corral/images"
 	"github.com/corral-dev/corral/plugins/drivers"
 	"github.com/corral-dev/corral/rpc"
+	"github.com/corral-dev/corral/rpc/tlsutil"
 	"github.com/corral-dev/corral/structs"
-	"github.com/corral-dev/corral/tlsutil"
 )
 
 // Version is reported in gossip tags and registration.

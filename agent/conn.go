@@ -13,8 +13,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/corral-dev/corral/rpc"
+	"github.com/corral-dev/corral/rpc/tlsutil"
 	"github.com/corral-dev/corral/structs"
-	"github.com/corral-dev/corral/tlsutil"
 )
 
 // serverConn is the agent's current connection to a server.

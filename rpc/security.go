@@ -12,7 +12,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
-	"github.com/corral-dev/corral/tlsutil"
+	"github.com/corral-dev/corral/rpc/tlsutil"
 )
 
 // joinTokenKey is the gRPC metadata key that carries the join token.

@@ -19,7 +19,7 @@ import (
 
 	"github.com/corral-dev/corral/gossip"
 	"github.com/corral-dev/corral/rpc"
-	"github.com/corral-dev/corral/tlsutil"
+	"github.com/corral-dev/corral/rpc/tlsutil"
 )
 
 // forwardedHeader marks a request one server forwarded to another, so that

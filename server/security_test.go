@@ -23,9 +23,9 @@ import (
 	"github.com/corral-dev/corral/gossip"
 	"github.com/corral-dev/corral/plugins/drivers"
 	"github.com/corral-dev/corral/rpc"
+	"github.com/corral-dev/corral/rpc/tlsutil"
 	"github.com/corral-dev/corral/server"
 	"github.com/corral-dev/corral/structs"
-	"github.com/corral-dev/corral/tlsutil"
 )
 
 // pki is a CA with helpers to issue node TLS configs in memory.

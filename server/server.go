@@ -26,9 +26,9 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/corral-dev/corral/rpc"
+	"github.com/corral-dev/corral/rpc/tlsutil"
 	"github.com/corral-dev/corral/server/state"
 	"github.com/corral-dev/corral/structs"
-	"github.com/corral-dev/corral/tlsutil"
 )
 
 // Config configures a server.

@@ -23,9 +23,9 @@ import (
 	"github.com/corral-dev/corral/plugins/drivers"
 	"github.com/corral-dev/corral/plugins/loader"
 	"github.com/corral-dev/corral/rpc"
+	"github.com/corral-dev/corral/rpc/tlsutil"
 	"github.com/corral-dev/corral/server"
 	"github.com/corral-dev/corral/structs"
-	"github.com/corral-dev/corral/tlsutil"
 )
 
 // runDev, runServer and runAgent start the long-running roles. They are

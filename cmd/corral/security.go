@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/corral-dev/corral/gossip"
-	"github.com/corral-dev/corral/tlsutil"
+	"github.com/corral-dev/corral/rpc/tlsutil"
 )
 
 // keygen prints a new gossip encryption key for -encrypt.

@@ -7,7 +7,7 @@ import (
 	"testing"
 
 	"github.com/corral-dev/corral/gossip"
-	"github.com/corral-dev/corral/tlsutil"
+	"github.com/corral-dev/corral/rpc/tlsutil"
 )
 
 func TestKeygenAndTLSFiles(t *testing.T) {

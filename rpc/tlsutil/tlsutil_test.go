@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/corral-dev/corral/tlsutil"
+	"github.com/corral-dev/corral/rpc/tlsutil"
 )
 
 type pki struct {
