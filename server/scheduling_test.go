@@ -7,7 +7,11 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
 	"github.com/corral-dev/corral/api"
+	"github.com/corral-dev/corral/rpc"
 	"github.com/corral-dev/corral/structs"
 )
 
@@ -283,6 +287,21 @@ func TestDrainAndEligible(t *testing.T) {
 	a, err := c.client.DrainAgent(ctx, c.agent.ID(), true, false)
 	if err != nil || !a.Drain {
 		t.Fatalf("drain: %+v %v", a, err)
+	}
+	// The agent registers again (a reconnect sends its inventory, where
+	// Drain is false): the operator's drain stays.
+	cc, err := grpc.NewClient(c.srv.RPCAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	inv := a.Copy()
+	inv.Drain = false
+	if _, err := rpc.NewServerClient(cc).Register(ctx, &rpc.RegisterRequest{Agent: inv}); err != nil {
+		t.Fatal(err)
+	}
+	cc.Close()
+	if a, err := c.client.GetAgent(ctx, c.agent.ID()); err != nil || !a.Drain {
+		t.Fatalf("after a re-registration: drain %v, %v", a != nil && a.Drain, err)
 	}
 	p := create(t, c, &api.CreateSessionRequest{Command: []string{"true"}, Resources: small})
 	if d := c.waitFor(t, p.Session.ID, reasonHas("drained")); d.Session.Status != structs.SessionPending {

@@ -649,6 +649,9 @@ func (s *StateStore) UpsertAgent(index uint64, req *structs.AgentUpsertRequest) 
 		a.Occupied = cur.Occupied.Copy()
 		a.CreateIndex = cur.CreateIndex
 		a.RegisteredAt = cur.RegisteredAt
+		// Draining is the operator's, not the agent's: a re-registration
+		// (reconnect, restart) keeps it.
+		a.Drain = cur.Drain
 		if a.RPCAddr == "" {
 			a.RPCAddr = cur.RPCAddr
 		}
