@@ -34,7 +34,7 @@ func (w *writer) agentGone(a *structs.Agent, why string, now time.Time) error {
 		if err != nil {
 			return err
 		}
-		all, err := sn.KernelsBySession(nil, id)
+		all, err := sn.kernelsOf(nil, sess)
 		if err != nil {
 			return err
 		}

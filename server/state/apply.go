@@ -122,6 +122,14 @@ func (w *writer) ownAgent(id string) (*structs.Agent, error) {
 	if err != nil {
 		return nil, err
 	}
+	return w.ownAgentOf(cur)
+}
+
+// ownAgentOf is ownAgent for an agent just read in this transaction.
+func (w *writer) ownAgentOf(cur *structs.Agent) (*structs.Agent, error) {
+	if a, ok := w.agents[cur.ID]; ok {
+		return a, nil
+	}
 	// Only the occupancy is the copy's own: the driver list and capacity
 	// are shared with the stored version, which nothing changes in place.
 	a := *cur
@@ -129,7 +137,7 @@ func (w *writer) ownAgent(id string) (*structs.Agent, error) {
 	if err := w.putAgent(&a); err != nil {
 		return nil, err
 	}
-	w.agents[id] = &a
+	w.agents[a.ID] = &a
 	return &a, nil
 }
 
@@ -247,7 +255,7 @@ func (w *writer) placeSession(sn *Snapshot, sp structs.SessionPlacement, now tim
 	if sess.Status != structs.SessionPending {
 		return fmt.Errorf("session is %s, no longer PENDING", sess.Status)
 	}
-	kernels, err := sn.KernelsBySession(nil, sess.ID)
+	kernels, err := sn.kernelsOf(nil, sess)
 	if err != nil {
 		return err
 	}
@@ -337,7 +345,7 @@ func (w *writer) placeSession(sn *Snapshot, sp structs.SessionPlacement, now tim
 		if t.add == nil {
 			continue // applied with an earlier placement on the same agent
 		}
-		a, err := w.ownAgent(t.a.ID)
+		a, err := w.ownAgentOf(t.a)
 		if err != nil {
 			return err
 		}
@@ -468,7 +476,7 @@ func (w *writer) refreshSession(id, info string, now time.Time) error {
 	if err != nil {
 		return err
 	}
-	kernels, err := sn.KernelsBySession(nil, id)
+	kernels, err := sn.kernelsOf(nil, sess)
 	if err != nil {
 		return err
 	}
@@ -732,7 +740,7 @@ func (s *StateStore) DestroySession(index uint64, req *structs.SessionDestroyReq
 // to TERMINATING (or TERMINATED on agents that are not alive) and derives
 // the session's status.
 func (w *writer) endSession(sn *Snapshot, sess *structs.Session, reason string, now time.Time) error {
-	kernels, err := sn.KernelsBySession(nil, sess.ID)
+	kernels, err := sn.kernelsOf(nil, sess)
 	if err != nil {
 		return err
 	}
@@ -786,7 +794,7 @@ func (w *writer) stopAfterMain(id string, now time.Time) error {
 	if err != nil || sess.Status.Terminal() {
 		return err
 	}
-	kernels, err := sn.KernelsBySession(nil, id)
+	kernels, err := sn.kernelsOf(nil, sess)
 	if err != nil || len(kernels) < 2 {
 		return err
 	}

@@ -2,6 +2,7 @@ package state
 
 import (
 	"fmt"
+	"maps"
 
 	"github.com/hashicorp/go-memdb"
 
@@ -221,9 +222,11 @@ func (w *writer) ownUsage(key string) (*structs.KeyUsage, error) {
 		return u, nil
 	}
 	cur := w.snap().Usage(key)
-	u := &structs.KeyUsage{AccessKey: key, Sessions: make(map[string]bool, len(cur.Sessions)+1), Occupied: cur.Occupied.Copy()}
-	for id := range cur.Sessions {
-		u.Sessions[id] = true
+	// The concurrency set is copied whole (maps.Clone copies the table,
+	// not entry by entry): a group's set holds every session it runs.
+	u := &structs.KeyUsage{AccessKey: key, Sessions: maps.Clone(cur.Sessions), Occupied: cur.Occupied.Copy()}
+	if u.Sessions == nil {
+		u.Sessions = map[string]bool{}
 	}
 	if err := w.put(tableUsage, u); err != nil {
 		return nil, err

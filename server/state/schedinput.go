@@ -51,7 +51,7 @@ func (snap *Snapshot) SchedulerInput(ws memdb.WatchSet, now time.Time) (*schedul
 	}
 	byID := make(map[string]*structs.Session, len(pending))
 	for _, sess := range pending {
-		ks, err := snap.KernelsBySession(nil, sess.ID)
+		ks, err := snap.kernelsOf(nil, sess)
 		if err != nil {
 			return nil, nil, wake, err
 		}

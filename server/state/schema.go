@@ -31,18 +31,26 @@ type indexEntry struct {
 	Value uint64
 }
 
-// statusIndexer indexes a session by its status string.
-type sessionStatusIndexer struct{}
+// pendingIndexer indexes the PENDING sessions only (by status, so the
+// keys are "PENDING\x00" and the ID): the scheduler's queue. Sessions in
+// any other status have no entry, so their status changes (SCHEDULED,
+// RUNNING, TERMINATED...) write nothing to this index, and a placement
+// only deletes; other statuses are listed by a scan of the table.
+type pendingIndexer struct{}
 
-func (sessionStatusIndexer) FromObject(obj any) (bool, []byte, error) {
+func (pendingIndexer) FromObject(obj any) (bool, []byte, error) {
 	s, ok := obj.(*structs.Session)
 	if !ok {
 		return false, nil, fmt.Errorf("unexpected type %T", obj)
 	}
-	return true, []byte(string(s.Status) + "\x00"), nil
+	if s.Status != structs.SessionPending {
+		return false, nil, nil
+	}
+	b := make([]byte, 0, len(s.Status)+1+len(s.ID)+1)
+	return true, append(append(b, s.Status...), 0), nil
 }
 
-func (sessionStatusIndexer) FromArgs(args ...any) ([]byte, error) {
+func (pendingIndexer) FromArgs(args ...any) ([]byte, error) {
 	if len(args) != 1 {
 		return nil, fmt.Errorf("must provide one argument")
 	}
@@ -91,30 +99,26 @@ func byField[T any](field string, get func(T) string, nonUnique bool) *fieldInde
 func sessionID(s *structs.Session) string   { return s.ID }
 func sessionName(s *structs.Session) string { return s.Name }
 func kernelID(k *structs.Kernel) string     { return k.ID }
-func kernelSession(k *structs.Kernel) string {
-	return k.SessionID
-}
-func kernelAgent(k *structs.Kernel) string { return k.AgentID }
-func agentID(a *structs.Agent) string      { return a.ID }
-func usageKey(u *structs.KeyUsage) string  { return u.AccessKey }
-func indexEntryKey(e *indexEntry) string   { return e.Key }
+func kernelAgent(k *structs.Kernel) string  { return k.AgentID }
+func agentID(a *structs.Agent) string       { return a.ID }
+func usageKey(u *structs.KeyUsage) string   { return u.AccessKey }
+func indexEntryKey(e *indexEntry) string    { return e.Key }
 
 func schema() *memdb.DBSchema {
 	return &memdb.DBSchema{Tables: map[string]*memdb.TableSchema{
 		tableSessions: {
 			Name: tableSessions,
 			Indexes: map[string]*memdb.IndexSchema{
-				"id":     {Name: "id", Unique: true, Indexer: byField("ID", sessionID, false)},
-				"name":   {Name: "name", AllowMissing: true, Indexer: byField("Name", sessionName, true)},
-				"status": {Name: "status", Indexer: sessionStatusIndexer{}},
+				"id":      {Name: "id", Unique: true, Indexer: byField("ID", sessionID, false)},
+				"name":    {Name: "name", AllowMissing: true, Indexer: byField("Name", sessionName, true)},
+				"pending": {Name: "pending", AllowMissing: true, Indexer: pendingIndexer{}},
 			},
 		},
 		tableKernels: {
 			Name: tableKernels,
 			Indexes: map[string]*memdb.IndexSchema{
-				"id":      {Name: "id", Unique: true, Indexer: byField("ID", kernelID, false)},
-				"session": {Name: "session", Indexer: byField("SessionID", kernelSession, true)},
-				"agent":   {Name: "agent", AllowMissing: true, Indexer: byField("AgentID", kernelAgent, true)},
+				"id":    {Name: "id", Unique: true, Indexer: byField("ID", kernelID, false)},
+				"agent": {Name: "agent", AllowMissing: true, Indexer: byField("AgentID", kernelAgent, true)},
 			},
 		},
 		tableAgents: {

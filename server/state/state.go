@@ -151,12 +151,14 @@ func (sn *Snapshot) ResolveSession(ws memdb.WatchSet, ref string) (*structs.Sess
 	}
 }
 
-// Sessions lists sessions, optionally only those in one status, in creation order.
+// Sessions lists sessions, optionally only those in one status, in
+// creation order. The PENDING ones come from their index; another status
+// is a scan of the table.
 func (sn *Snapshot) Sessions(ws memdb.WatchSet, status string) ([]*structs.Session, error) {
 	var it memdb.ResultIterator
 	var err error
-	if status != "" {
-		it, err = sn.txn.Get(tableSessions, "status", status)
+	if status == string(structs.SessionPending) {
+		it, err = sn.txn.Get(tableSessions, "pending", status)
 	} else {
 		it, err = sn.txn.Get(tableSessions, "id")
 	}
@@ -168,7 +170,9 @@ func (sn *Snapshot) Sessions(ws memdb.WatchSet, status string) ([]*structs.Sessi
 	}
 	var out []*structs.Session
 	for raw := it.Next(); raw != nil; raw = it.Next() {
-		out = append(out, raw.(*structs.Session))
+		if s := raw.(*structs.Session); status == "" || string(s.Status) == status {
+			out = append(out, s)
+		}
 	}
 	sort.Slice(out, func(i, j int) bool {
 		if out[i].CreateIndex != out[j].CreateIndex {
@@ -191,18 +195,51 @@ func (sn *Snapshot) Kernel(id string) (*structs.Kernel, error) {
 	return raw.(*structs.Kernel), nil
 }
 
-// KernelsBySession returns a session's kernels in role order (main1, sub1, ...).
+// KernelsBySession returns a session's kernels in role order (main1,
+// sub1, ...): those of its kernel IDs (the kernels of an earlier attempt
+// of a re-queued session carry a session ID of their own and are not
+// among them). None when the session does not exist.
 func (sn *Snapshot) KernelsBySession(ws memdb.WatchSet, sessionID string) ([]*structs.Kernel, error) {
-	return sn.kernelsBy(ws, "session", sessionID)
+	ch, raw, err := sn.txn.FirstWatch(tableSessions, "id", sessionID)
+	if err != nil {
+		return nil, err
+	}
+	if ws != nil {
+		ws.Add(ch)
+	}
+	if raw == nil {
+		return nil, nil
+	}
+	return sn.kernelsOf(ws, raw.(*structs.Session))
+}
+
+// kernelsOf is KernelsBySession for a session already read. There is no
+// kernels-by-session index: the session lists its kernels, so a kernel's
+// change writes one index less.
+func (sn *Snapshot) kernelsOf(ws memdb.WatchSet, sess *structs.Session) ([]*structs.Kernel, error) {
+	out := make([]*structs.Kernel, 0, len(sess.KernelIDs))
+	for _, id := range sess.KernelIDs {
+		ch, raw, err := sn.txn.FirstWatch(tableKernels, "id", id)
+		if err != nil {
+			return nil, err
+		}
+		if ws != nil {
+			ws.Add(ch)
+		}
+		if raw == nil {
+			continue
+		}
+		if k := raw.(*structs.Kernel); k.SessionID == sess.ID {
+			out = append(out, k)
+		}
+	}
+	sortKernels(out)
+	return out, nil
 }
 
 // KernelsByAgent returns the kernels placed on an agent.
 func (sn *Snapshot) KernelsByAgent(ws memdb.WatchSet, agentID string) ([]*structs.Kernel, error) {
-	return sn.kernelsBy(ws, "agent", agentID)
-}
-
-func (sn *Snapshot) kernelsBy(ws memdb.WatchSet, index, value string) ([]*structs.Kernel, error) {
-	it, err := sn.txn.Get(tableKernels, index, value)
+	it, err := sn.txn.Get(tableKernels, "agent", agentID)
 	if err != nil {
 		return nil, err
 	}
