@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -68,6 +69,9 @@ type fltCluster struct {
 	token   string
 	// gossipFlag is -fast-gossip=true or =false for every daemon.
 	gossipFlag string
+	// The cluster runs secured, as production would: gossip encryption,
+	// mutual TLS and a join token, all made with the corral CLI.
+	pki, gossipKey, joinToken string
 
 	mu    sync.Mutex
 	marks int
@@ -95,6 +99,7 @@ func newFltClusterGossip(t *testing.T, agents, fast bool) *fltCluster {
 	}
 	b := testbed.New(t, n)
 	fc := &fltCluster{t: t, bed: b, gossipFlag: fmt.Sprintf("-fast-gossip=%v", fast)}
+	fc.makeSecrets()
 	for i := range 3 {
 		h := b.Hosts[i]
 		fc.servers = append(fc.servers, &fltNode{idx: i, name: fmt.Sprintf("server%d", i+1), host: h,
@@ -148,6 +153,8 @@ func (fc *fltCluster) startServer(i int, restart bool) {
 	fc.t.Helper()
 	s := fc.servers[i]
 	args := []string{"server", "-name", s.name, "-data-dir", s.dir, "-bootstrap-expect", "3", fc.gossipFlag,
+		"-encrypt", fc.gossipKey, "-join-token", fc.joinToken, "-tls-ca", filepath.Join(fc.pki, "corral-ca.pem"),
+		"-tls-cert", filepath.Join(fc.pki, fmt.Sprintf("corral-server-%d.pem", i)), "-tls-key", filepath.Join(fc.pki, fmt.Sprintf("corral-server-%d-key.pem", i)),
 		"-http", net.JoinHostPort(s.ip(), fltHTTPPort), "-rpc", net.JoinHostPort(s.ip(), fltServerRPCPort),
 		"-serf", net.JoinHostPort(s.ip(), fltServerSerf)}
 	for j, o := range fc.servers {
@@ -168,6 +175,8 @@ func (fc *fltCluster) startAgent(i int) {
 	fc.t.Helper()
 	a := fc.agents[i]
 	args := []string{"agent", "-name", a.name, "-data-dir", a.dir, "-cpu", "2", "-mem", "1G", fc.gossipFlag,
+		"-encrypt", fc.gossipKey, "-join-token", fc.joinToken, "-tls-ca", filepath.Join(fc.pki, "corral-ca.pem"),
+		"-tls-cert", filepath.Join(fc.pki, fmt.Sprintf("corral-agent-%d.pem", i)), "-tls-key", filepath.Join(fc.pki, fmt.Sprintf("corral-agent-%d-key.pem", i)),
 		"-rpc", net.JoinHostPort(a.ip(), fltAgentRPCPort), "-serf", net.JoinHostPort(a.ip(), fltAgentSerf)}
 	for _, s := range fc.servers {
 		args = append(args, "-join", net.JoinHostPort(s.ip(), fltServerSerf))
@@ -177,6 +186,31 @@ func (fc *fltCluster) startAgent(i int) {
 		pname += "-restarted"
 	}
 	a.p = ovStart(fc.t, a.host, pname, args...)
+}
+
+// makeSecrets creates the gossip key, the CA and a certificate per server
+// and agent with the corral CLI, and a join token.
+func (fc *fltCluster) makeSecrets() {
+	fc.t.Helper()
+	fc.pki = filepath.Join(fc.bed.Dir(), "pki")
+	if err := os.MkdirAll(fc.pki, 0o700); err != nil {
+		fc.t.Fatal(err)
+	}
+	cli := func(args ...string) string {
+		out, err := exec.Command(corralBin, args...).CombinedOutput()
+		if err != nil {
+			fc.t.Fatalf("corral %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	fc.gossipKey = cli("keygen")
+	cli("tls", "ca", "create", "-dir", fc.pki)
+	ca := []string{"-dir", fc.pki, "-ca", filepath.Join(fc.pki, "corral-ca.pem"), "-ca-key", filepath.Join(fc.pki, "corral-ca-key.pem")}
+	for range 3 {
+		cli(append([]string{"tls", "cert", "create", "-server"}, ca...)...)
+		cli(append([]string{"tls", "cert", "create", "-agent"}, ca...)...)
+	}
+	fc.joinToken = fmt.Sprintf("fault-bed-%d", time.Now().UnixNano())
 }
 
 type fltLeader struct {
