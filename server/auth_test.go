@@ -50,6 +50,13 @@ func TestAuthOwnershipAndPolicies(t *testing.T) {
 	if _, err := admin.CreatePolicy(ctx, &api.PolicyRequest{Name: "tight", MaxPendingSessions: 1, MaxConcurrentSessions: 1}); err != nil {
 		t.Fatal(err)
 	}
+	// A limit on a slot that does not exist would limit nothing: refused.
+	for _, slots := range []structs.Slots{{"gpu": structs.Whole(1)}, {structs.SlotCPU: 0}} {
+		_, err := admin.CreatePolicy(ctx, &api.PolicyRequest{Name: "typo", TotalResourceSlots: slots})
+		if apiStatus(err) != 400 || !strings.Contains(err.Error(), "total_resource_slots") {
+			t.Fatalf("policy with total_resource_slots %v: %v", slots, err)
+		}
+	}
 	alice := keyFor("alice", "tight")
 	bob := keyFor("bob", "")
 

@@ -62,11 +62,7 @@ func (s *Server) listUsers(w http.ResponseWriter, r *http.Request) (any, error) 
 	if err := requireAdmin(r); err != nil {
 		return nil, err
 	}
-	out, err := s.state.Snapshot().Users()
-	if out == nil {
-		out = []*structs.User{}
-	}
-	return out, err
+	return orEmpty(s.state.Snapshot().Users())
 }
 
 // redact hides the secret hash from API answers.
@@ -230,10 +226,8 @@ func (s *Server) createPolicy(w http.ResponseWriter, r *http.Request) (any, erro
 	if req.MaxConcurrentSessions < 0 || req.MaxPendingSessions < 0 || req.MaxKernelsPerSession < 0 {
 		return nil, badRequest("policy limits must not be negative (0 means unlimited)")
 	}
-	for name, q := range req.TotalResourceSlots {
-		if q <= 0 {
-			return nil, badRequest("total_resource_slots %s must be positive, got %s", name, q)
-		}
+	if err := checkSlotLimits(req.TotalResourceSlots, false); err != nil {
+		return nil, err
 	}
 	life, err := parseLimitDuration("max_session_lifetime", req.MaxSessionLifetime)
 	if err != nil {
@@ -252,11 +246,7 @@ func (s *Server) createPolicy(w http.ResponseWriter, r *http.Request) (any, erro
 }
 
 func (s *Server) listPolicies(w http.ResponseWriter, r *http.Request) (any, error) {
-	out, err := s.state.Snapshot().Policies()
-	if out == nil {
-		out = []*structs.ResourcePolicy{}
-	}
-	return out, err
+	return orEmpty(s.state.Snapshot().Policies())
 }
 
 var (
@@ -299,13 +289,8 @@ func (s *Server) upsertGroup(w http.ResponseWriter, r *http.Request) (any, error
 	if g.NumRetriesToSkip < 0 {
 		return nil, badRequest("num_retries_to_skip must not be negative")
 	}
-	for name, q := range g.TotalResourceSlots {
-		if _, ok := slotBounds[name]; !ok {
-			return nil, badRequest("total_resource_slots: unknown resource slot %q: known slots are cpu, mem, cuda.device", name)
-		}
-		if q < 0 {
-			return nil, badRequest("total_resource_slots: %s must not be negative", name)
-		}
+	if err := checkSlotLimits(g.TotalResourceSlots, true); err != nil {
+		return nil, err
 	}
 	if err := s.applyConfig(&structs.ConfigUpsertRequest{Groups: []*structs.ResourceGroup{&g}}); err != nil {
 		return nil, err
@@ -314,9 +299,31 @@ func (s *Server) upsertGroup(w http.ResponseWriter, r *http.Request) (any, error
 }
 
 func (s *Server) listGroups(w http.ResponseWriter, r *http.Request) (any, error) {
-	out, err := s.state.Snapshot().Groups()
+	return orEmpty(s.state.Snapshot().Groups())
+}
+
+// checkSlotLimits validates total_resource_slots of a policy (each limit
+// positive) or a group (zero allowed: nothing of that slot).
+func checkSlotLimits(slots structs.Slots, zeroOK bool) error {
+	for name, q := range slots {
+		if _, ok := slotBounds[name]; !ok {
+			return badRequest("total_resource_slots: unknown resource slot %q: known slots are cpu, mem, cuda.device", name)
+		}
+		if q < 0 || (q == 0 && !zeroOK) {
+			want := "positive"
+			if zeroOK {
+				want = "zero or more"
+			}
+			return badRequest("total_resource_slots: %s must be %s, got %s", name, want, q)
+		}
+	}
+	return nil
+}
+
+// orEmpty makes a nil list an empty one, so that JSON says [] not null.
+func orEmpty[T any](out []T, err error) ([]T, error) {
 	if out == nil {
-		out = []*structs.ResourceGroup{}
+		out = []T{}
 	}
 	return out, err
 }

@@ -68,27 +68,10 @@ func (c *cli) userCreate(ctx context.Context, args []string) error {
 }
 
 func (c *cli) userList(ctx context.Context, args []string) error {
-	f := c.newFlags("user list", "[flags]", "List users (admin only).", true)
-	if err := f.parseNone(args); err != nil {
-		return err
-	}
-	client, err := f.client()
-	if err != nil {
-		return err
-	}
-	users, err := client.ListUsers(ctx)
-	if err != nil {
-		return err
-	}
-	if f.json {
-		return printJSON(c.stdout, users)
-	}
-	tw := newTable(c.stdout)
-	fmt.Fprintln(tw, "NAME\tADMIN\tCREATED")
-	for _, u := range users {
-		fmt.Fprintf(tw, "%s\t%v\t%s ago\n", u.Name, u.Admin, since(u.CreatedAt, time.Now()))
-	}
-	return tw.Flush()
+	return listCommand(c, ctx, args, "user list", "List users (admin only).", (*api.Client).ListUsers,
+		"NAME\tADMIN\tCREATED", func(u *structs.User) string {
+			return fmt.Sprintf("%s\t%v\t%s ago", u.Name, u.Admin, since(u.CreatedAt, time.Now()))
+		})
 }
 
 func (c *cli) keyCreate(ctx context.Context, args []string) error {
@@ -117,27 +100,10 @@ func (c *cli) keyCreate(ctx context.Context, args []string) error {
 }
 
 func (c *cli) keyList(ctx context.Context, args []string) error {
-	f := c.newFlags("key list", "[flags]", "List access keys (admins: all; users: their own).", true)
-	if err := f.parseNone(args); err != nil {
-		return err
-	}
-	client, err := f.client()
-	if err != nil {
-		return err
-	}
-	keys, err := client.ListKeys(ctx)
-	if err != nil {
-		return err
-	}
-	if f.json {
-		return printJSON(c.stdout, keys)
-	}
-	tw := newTable(c.stdout)
-	fmt.Fprintln(tw, "ACCESS KEY\tUSER\tADMIN\tPOLICY\tGROUPS\tREVOKED")
-	for _, k := range keys {
-		fmt.Fprintf(tw, "%s\t%s\t%v\t%s\t%s\t%v\n", k.AccessKey, k.User, k.Admin, dash(k.Policy), dash(strings.Join(k.AllowedGroups, ",")), k.Revoked)
-	}
-	return tw.Flush()
+	return listCommand(c, ctx, args, "key list", "List access keys (admins: all; users: their own).", (*api.Client).ListKeys,
+		"ACCESS KEY\tUSER\tADMIN\tPOLICY\tGROUPS\tREVOKED", func(k *structs.AccessKey) string {
+			return fmt.Sprintf("%s\t%s\t%v\t%s\t%s\t%v", k.AccessKey, k.User, k.Admin, dash(k.Policy), dash(strings.Join(k.AllowedGroups, ",")), k.Revoked)
+		})
 }
 
 func (c *cli) keyRevoke(ctx context.Context, args []string) error {
@@ -288,28 +254,11 @@ func (c *cli) policyApply(ctx context.Context, args []string) error {
 }
 
 func (c *cli) policyList(ctx context.Context, args []string) error {
-	f := c.newFlags("policy list", "[flags]", "List resource policies.", true)
-	if err := f.parseNone(args); err != nil {
-		return err
-	}
-	client, err := f.client()
-	if err != nil {
-		return err
-	}
-	ps, err := client.ListPolicies(ctx)
-	if err != nil {
-		return err
-	}
-	if f.json {
-		return printJSON(c.stdout, ps)
-	}
-	tw := newTable(c.stdout)
-	fmt.Fprintln(tw, "NAME\tCONCURRENT\tPENDING\tSLOTS\tKERNELS\tLIFETIME\tIDLE")
-	for _, p := range ps {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.Name, limit(p.MaxConcurrentSessions), limit(p.MaxPendingSessions),
-			dash(p.TotalResourceSlots.String()), limit(p.MaxKernelsPerSession), durLimit(p.MaxSessionLifetime), durLimit(p.IdleTimeout))
-	}
-	return tw.Flush()
+	return listCommand(c, ctx, args, "policy list", "List resource policies.", (*api.Client).ListPolicies,
+		"NAME\tCONCURRENT\tPENDING\tSLOTS\tKERNELS\tLIFETIME\tIDLE", func(p *structs.ResourcePolicy) string {
+			return fmt.Sprintf("%s\t%s\t%s\t%s\t%s\t%s\t%s", p.Name, limit(p.MaxConcurrentSessions), limit(p.MaxPendingSessions),
+				dash(p.TotalResourceSlots.String()), limit(p.MaxKernelsPerSession), durLimit(p.MaxSessionLifetime), durLimit(p.IdleTimeout))
+		})
 }
 
 func groupFlags(f *flagSet) (*structs.ResourceGroup, *csvFlag) {
@@ -395,28 +344,11 @@ func (c *cli) groupSave(ctx context.Context, args []string, update bool) error {
 }
 
 func (c *cli) groupList(ctx context.Context, args []string) error {
-	f := c.newFlags("group list", "[flags]", "List resource groups and their scheduler configuration.", true)
-	if err := f.parseNone(args); err != nil {
-		return err
-	}
-	client, err := f.client()
-	if err != nil {
-		return err
-	}
-	gs, err := client.ListGroups(ctx)
-	if err != nil {
-		return err
-	}
-	if f.json {
-		return printJSON(c.stdout, gs)
-	}
-	tw := newTable(c.stdout)
-	fmt.Fprintln(tw, "NAME\tSESSION SELECTOR\tRETRIES TO SKIP\tAGENT SELECTOR\tRESOURCE PRIORITY\tTOTAL LIMIT")
-	for _, g := range gs {
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\n", g.Name, g.SessionSelector, g.NumRetriesToSkip, g.AgentSelector,
-			dash(strings.Join(g.ResourcePriority, ",")), dash(g.TotalResourceSlots.String()))
-	}
-	return tw.Flush()
+	return listCommand(c, ctx, args, "group list", "List resource groups and their scheduler configuration.", (*api.Client).ListGroups,
+		"NAME\tSESSION SELECTOR\tRETRIES TO SKIP\tAGENT SELECTOR\tRESOURCE PRIORITY\tTOTAL LIMIT", func(g *structs.ResourceGroup) string {
+			return fmt.Sprintf("%s\t%s\t%d\t%s\t%s\t%s", g.Name, g.SessionSelector, g.NumRetriesToSkip, g.AgentSelector,
+				dash(strings.Join(g.ResourcePriority, ",")), dash(g.TotalResourceSlots.String()))
+		})
 }
 
 func (c *cli) queue(ctx context.Context, args []string) error {
@@ -473,4 +405,32 @@ func (f slotLimitFlag) Set(v string) error {
 	}
 	(*f.slots)[f.slot] = q
 	return nil
+}
+
+// listCommand runs a command that takes no argument and lists what list
+// returns: as JSON with -json, else as a table with header and one row
+// (tab-separated, no newline) per item.
+func listCommand[T any](c *cli, ctx context.Context, args []string, name, summary string,
+	list func(*api.Client, context.Context) ([]T, error), header string, row func(T) string) error {
+	f := c.newFlags(name, "[flags]", summary, true)
+	if err := f.parseNone(args); err != nil {
+		return err
+	}
+	client, err := f.client()
+	if err != nil {
+		return err
+	}
+	items, err := list(client, ctx)
+	if err != nil {
+		return err
+	}
+	if f.json {
+		return printJSON(c.stdout, items)
+	}
+	tw := newTable(c.stdout)
+	fmt.Fprintln(tw, header)
+	for _, it := range items {
+		fmt.Fprintln(tw, row(it))
+	}
+	return tw.Flush()
 }
