@@ -90,7 +90,11 @@ func (e *agentEndpoint) WatchKernels(req *rpc.WatchRequest, stream rpc.WatchStre
 	if req.AgentID == "" {
 		return status.Error(codes.InvalidArgument, "watch: agent ID is required")
 	}
-	ctx := stream.Context()
+	// The stream also ends when the server shuts down, so that a graceful
+	// stop does not wait for every agent to hang up.
+	ctx, cancel := context.WithCancel(stream.Context())
+	defer cancel()
+	defer context.AfterFunc(e.srv.ctx, cancel)()
 	// A full list from a state that has not caught up would make the agent
 	// stop kernels the log still knows.
 	if err := e.srv.waitReady(ctx); err != nil {
