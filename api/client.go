@@ -3,6 +3,7 @@ package api
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -36,6 +37,14 @@ func (c *Client) SetToken(token string) { c.token = token }
 // SetHTTPClient replaces the HTTP client the API client uses (a custom
 // transport, e.g. one that dials inside a network namespace).
 func (c *Client) SetHTTPClient(h *http.Client) { c.http = h }
+
+// SetTLS sets the TLS configuration of https connections (e.g. the
+// cluster CA as RootCAs).
+func (c *Client) SetTLS(conf *tls.Config) {
+	if t, ok := c.http.Transport.(*http.Transport); ok {
+		t.TLSClientConfig = conf
+	}
+}
 
 // Error is an answer of the API with a non-2xx status.
 type Error struct {

@@ -40,7 +40,13 @@ func (s *Server) forwardToLeader(next http.Handler) http.Handler {
 			return p
 		}
 		target := &url.URL{Scheme: "http", Host: addr}
+		var transport http.RoundTripper
+		if s.cfg.HTTPTLS {
+			target.Scheme = "https"
+			transport = &http.Transport{TLSClientConfig: s.cfg.Security.TLS.ClientConfig(tlsutil.RoleServer), ForceAttemptHTTP2: true}
+		}
 		p := &httputil.ReverseProxy{
+			Transport: transport,
 			Rewrite: func(pr *httputil.ProxyRequest) {
 				pr.SetURL(target)
 				pr.Out.Host = pr.In.Host

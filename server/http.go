@@ -2,10 +2,12 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"maps"
 	"net/http"
 	"regexp"
@@ -61,7 +63,12 @@ func (s *Server) setupHTTP() error {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path))
 	})
 	ln := s.httpLn
-	s.httpSrv = &http.Server{Handler: s.forwardToLeader(mux), ReadHeaderTimeout: 10 * time.Second}
+	if s.cfg.HTTPTLS {
+		ln = tls.NewListener(ln, s.cfg.Security.TLS.HTTPSConfig())
+	}
+	s.httpSrv = &http.Server{Handler: s.forwardToLeader(mux), ReadHeaderTimeout: 10 * time.Second,
+		// TLS handshake failures of stray clients are not worth a warning.
+		ErrorLog: slog.NewLogLogger(s.logger.Handler(), slog.LevelDebug)}
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()

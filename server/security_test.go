@@ -3,6 +3,7 @@ package server_test
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -291,6 +292,7 @@ func TestSecuredQuorum(t *testing.T) {
 	srvs, admin := startQuorumCfg(t, 3, func(c *server.Config) {
 		c.GossipKey = key
 		c.Security = &rpc.Security{TLS: p.node(t, tlsutil.RoleServer), JoinToken: token}
+		c.HTTPTLS = true
 	})
 	var leader *server.Server
 	for _, s := range srvs {
@@ -319,9 +321,25 @@ func TestSecuredQuorum(t *testing.T) {
 	}
 	t.Cleanup(func() { a.StopKernels(5 * time.Second); a.Shutdown() })
 
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(p.caPEM)
+	httpsClient := func(addr string) *api.Client {
+		c, err := api.NewClient("https://" + addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetToken(admin)
+		c.SetTLS(&tls.Config{RootCAs: pool})
+		return c
+	}
+	// The API speaks https only; a plain-http client gets nowhere.
+	if _, err := apiClient(t, follower.HTTPAddr(), admin).ListAgents(context.Background()); err == nil {
+		t.Fatal("plain http to an https API worked")
+	}
 	run := func(via *server.Server) {
 		t.Helper()
-		c := &cluster{srv: via, agent: a, client: apiClient(t, via.HTTPAddr(), admin), addr: "http://" + via.HTTPAddr(), token: admin}
+		// Through a follower: it forwards to the leader over https.
+		c := &cluster{srv: via, agent: a, client: httpsClient(via.HTTPAddr()), addr: "https://" + via.HTTPAddr(), token: admin}
 		c.waitAgentAlive(t, a.ID())
 		d := create(t, c, &api.CreateSessionRequest{Type: "batch", Command: []string{"true"}, Resources: small})
 		d = c.waitFor(t, d.Session.ID, terminal)

@@ -68,6 +68,9 @@ type Config struct {
 	// agent exists for the scheduler only once it has registered over RPC,
 	// not when it first shows up in gossip.
 	Security *rpc.Security
+	// HTTPTLS serves the HTTP API over TLS with the node certificate of
+	// Security.TLS (followers then forward to the leader over https too).
+	HTTPTLS bool
 }
 
 func (c *Config) setDefaults() error {
@@ -82,6 +85,9 @@ func (c *Config) setDefaults() error {
 	}
 	if c.SerfAddr == "" {
 		c.SerfAddr = "127.0.0.1:8642"
+	}
+	if c.HTTPTLS && (c.Security == nil || c.Security.TLS == nil) {
+		return errors.New("server: HTTPS for the API needs the server's TLS certificate (-tls-ca, -tls-cert, -tls-key)")
 	}
 	if c.BootstrapExpect == 0 {
 		c.BootstrapExpect = 1

@@ -54,6 +54,7 @@ type daemonFlags struct {
 	join                                                      listFlag
 	insecureRegistries                                        listFlag
 	bootstrapExpect                                           int
+	httpTLS                                                   bool
 	fastGossip                                                bool
 	sec                                                       securityFlags
 }
@@ -89,6 +90,9 @@ func parseDaemonFlags(role string, args []string) (*daemonFlags, error) {
 		fs.StringVar(&f.sec.tlsCA, "tls-ca", "", "CA certificate: with -tls-cert and -tls-key, RPC (gRPC and raft) uses mutual TLS")
 		fs.StringVar(&f.sec.tlsCert, "tls-cert", "", "this node's certificate from 'corral tls cert create -"+role+"'")
 		fs.StringVar(&f.sec.tlsKey, "tls-key", "", "this node's private key")
+		if role == "server" {
+			fs.BoolVar(&f.httpTLS, "tls-http", false, "serve the HTTP API over TLS with the -tls-cert (clients: -ca-cert or CORRAL_CACERT)")
+		}
 		fs.StringVar(&f.sec.joinToken, "join-token", "", "secret agents must present to register (env CORRAL_JOIN_TOKEN); servers and agents give the same")
 	}
 	if role != "server" {
@@ -113,6 +117,9 @@ func parseDaemonFlags(role string, args []string) (*daemonFlags, error) {
 	f.sec.joinToken = envOr(f.sec.joinToken, "CORRAL_JOIN_TOKEN")
 	if err := f.sec.check(); err != nil {
 		return nil, err
+	}
+	if f.httpTLS && f.sec.tlsCA == "" {
+		return nil, errors.New("-tls-http needs -tls-ca, -tls-cert and -tls-key")
 	}
 	if role == "agent" && len(f.join) == 0 {
 		return nil, errors.New("-join ADDR is required: the gossip address of any server or agent")
@@ -198,7 +205,7 @@ func runDaemon(role string, args []string) int {
 			NodeName: nodeName(f.name, "-server"), DataDir: dataSubdir(role, f.dataDir, "server"),
 			HTTPAddr: f.httpAddr, RPCAddr: f.rpcAddr, SerfAddr: f.serfAddr, Join: f.join,
 			BootstrapExpect: f.bootstrapExpect, GRPC: shared, Logger: logger, LogOutput: libLog,
-			FastGossip: f.fastGossip, GossipKey: gossipKey, Security: security, OnBootstrapToken: func(token string) { announceToken(role, token, logger) },
+			FastGossip: f.fastGossip, GossipKey: gossipKey, Security: security, HTTPTLS: f.httpTLS, OnBootstrapToken: func(token string) { announceToken(role, token, logger) },
 		})
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "Error: %v\n", err)
@@ -256,7 +263,11 @@ func runDaemon(role string, args []string) int {
 		fmt.Printf("  HTTP API:   http://%s\n  gRPC+raft:  %s\n  gossip:     %s (server), %s (agent)\n", srv.HTTPAddr(), srv.RPCAddr(), srv.SerfAddr(), agt.SerfAddr())
 		fmt.Printf("Try: bin/corral session create -wait -- sh -c 'echo hello'\n")
 	case "server":
-		fmt.Printf("corral server is running (data in %s): HTTP http://%s, gRPC+raft %s, gossip %s\n", f.dataDir, srv.HTTPAddr(), srv.RPCAddr(), srv.SerfAddr())
+		scheme := "http"
+		if f.httpTLS {
+			scheme = "https"
+		}
+		fmt.Printf("corral server is running (data in %s): HTTP %s://%s, gRPC+raft %s, gossip %s\n", f.dataDir, scheme, srv.HTTPAddr(), srv.RPCAddr(), srv.SerfAddr())
 	case "agent":
 		fmt.Printf("corral agent %s is running (data in %s): gRPC %s, gossip %s, joining %s\n", agt.ID(), f.dataDir, f.rpcAddr, agt.SerfAddr(), f.join.String())
 	}

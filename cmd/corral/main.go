@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -17,6 +18,7 @@ import (
 	"syscall"
 
 	"github.com/corral-dev/corral/api"
+	"github.com/corral-dev/corral/rpc/tlsutil"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -246,6 +248,7 @@ type flagSet struct {
 	synopsis string
 	summary  string
 	address  string
+	caCert   string
 	json     bool
 }
 
@@ -259,6 +262,7 @@ func (c *cli) newFlags(cmd, synopsis, summary string, withJSON bool) *flagSet {
 		addr = api.DefaultAddress
 	}
 	f.StringVar(&f.address, "address", addr, "address of corral's HTTP API (env CORRAL_ADDR)")
+	f.StringVar(&f.caCert, "ca-cert", c.getenv("CORRAL_CACERT"), "CA certificate to verify an https API address with (env CORRAL_CACERT)")
 	if withJSON {
 		f.BoolVar(&f.json, "json", false, "print the API's JSON instead of a table")
 	}
@@ -333,6 +337,13 @@ func (f *flagSet) client() (*api.Client, error) {
 	c, err := api.NewClient(f.address)
 	if err != nil {
 		return nil, f.usageErr("%v", err)
+	}
+	if f.caCert != "" {
+		pool, err := tlsutil.LoadPool(f.caCert)
+		if err != nil {
+			return nil, f.usageErr("-ca-cert: %v", err)
+		}
+		c.SetTLS(&tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12})
 	}
 	c.SetToken(f.c.token())
 	return c, nil

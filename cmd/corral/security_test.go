@@ -50,6 +50,7 @@ func TestKeygenAndTLSFiles(t *testing.T) {
 		{[]string{"tls", "ca", "create", "-days", "0"}, "-days must be positive"},
 		{[]string{"tls", "ca", "make"}, "want 'corral tls ca create'"},
 		{[]string{"keygen", "extra"}, `unexpected argument "extra"`},
+		{[]string{"session", "list", "-ca-cert", filepath.Join(dir, "nope.pem")}, "-ca-cert: reading the CA certificate"},
 	} {
 		r := runCLI(t, "", tc.args...)
 		if r.code != 2 || !strings.Contains(r.stderr, tc.want) || strings.Count(r.stderr, "\n") != 1 {
@@ -67,6 +68,9 @@ func TestDaemonSecurityFlags(t *testing.T) {
 	mustRun(t, "", 0, "tls", "cert", "create", "-agent", "-dir", dir, "-ca", filepath.Join(dir, tlsutil.CAFile), "-ca-key", filepath.Join(dir, tlsutil.CAKeyFile))
 	ca, cert, key := filepath.Join(dir, tlsutil.CAFile), filepath.Join(dir, "corral-agent-0.pem"), filepath.Join(dir, "corral-agent-0-key.pem")
 
+	if _, err := parseDaemonFlags("server", []string{"-tls-http"}); err == nil || !strings.Contains(err.Error(), "-tls-http needs") {
+		t.Fatalf("-tls-http without TLS: %v", err)
+	}
 	f, err := parseDaemonFlags("server", []string{"-tls-ca", ca})
 	if err == nil || !strings.Contains(err.Error(), "all of -tls-ca, -tls-cert and -tls-key") {
 		t.Fatalf("partial TLS flags: %v %v", f, err)

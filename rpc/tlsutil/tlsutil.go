@@ -254,6 +254,20 @@ type Config struct {
 	role Role
 }
 
+// LoadPool reads a CA certificate file into a pool, for clients of the
+// HTTP API (`corral -ca-cert`).
+func LoadPool(caFile string) (*x509.CertPool, error) {
+	b, err := os.ReadFile(caFile)
+	if err != nil {
+		return nil, fmt.Errorf("reading the CA certificate: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(b) {
+		return nil, fmt.Errorf("%s holds no PEM certificate", caFile)
+	}
+	return pool, nil
+}
+
 // Load reads a CA certificate and a node's certificate and key, and checks
 // that the certificate is a corral certificate signed by that CA.
 func Load(caFile, certFile, keyFile string) (*Config, error) {
@@ -319,6 +333,13 @@ func (c *Config) ServerConfig(accept ...Role) *tls.Config {
 		ClientCAs:        c.pool,
 		VerifyConnection: func(cs tls.ConnectionState) error { return checkPeerRole(cs, "client", accept) },
 	}
+}
+
+// HTTPSConfig is the TLS configuration of a server's HTTP API: it presents
+// this node's certificate and asks clients for none (they authenticate
+// with bearer tokens).
+func (c *Config) HTTPSConfig() *tls.Config {
+	return &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{c.cert}}
 }
 
 // ClientConfig is the TLS configuration of a dialer of a node of role
