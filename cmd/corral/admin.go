@@ -51,11 +51,7 @@ func (l *csvFlag) Set(v string) error {
 func (c *cli) userCreate(ctx context.Context, args []string) error {
 	f := c.newFlags("user create", "NAME [-admin]", "Create a user (admin only).", false)
 	admin := f.Bool("admin", false, "the user may hold admin keys")
-	name, err := f.parseRef(args, "user name")
-	if err != nil {
-		return err
-	}
-	client, err := f.client()
+	name, client, err := f.refClient(args, "user name")
 	if err != nil {
 		return err
 	}
@@ -108,11 +104,7 @@ func (c *cli) keyList(ctx context.Context, args []string) error {
 
 func (c *cli) keyRevoke(ctx context.Context, args []string) error {
 	f := c.newFlags("key revoke", "KEY", "Revoke an access key (admin only).", false)
-	key, err := f.parseRef(args, "access key")
-	if err != nil {
-		return err
-	}
-	client, err := f.client()
+	key, client, err := f.refClient(args, "access key")
 	if err != nil {
 		return err
 	}
@@ -125,11 +117,7 @@ func (c *cli) keyRevoke(ctx context.Context, args []string) error {
 
 func (c *cli) keyStatus(ctx context.Context, args []string) error {
 	f := c.newFlags("key status", "KEY [flags]", "Show a key's policy and its concurrency set and occupied slots.", true)
-	key, err := f.parseRef(args, "access key")
-	if err != nil {
-		return err
-	}
-	client, err := f.client()
+	key, client, err := f.refClient(args, "access key")
 	if err != nil {
 		return err
 	}

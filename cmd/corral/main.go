@@ -316,6 +316,17 @@ func (f *flagSet) parseRef(args []string, what string) (string, error) {
 	return pos[0], nil
 }
 
+// refClient parses a command that takes one REF and returns it with an
+// API client.
+func (f *flagSet) refClient(args []string, what string) (string, *api.Client, error) {
+	ref, err := f.parseRef(args, what)
+	if err != nil {
+		return "", nil, err
+	}
+	client, err := f.client()
+	return ref, client, err
+}
+
 // parseNone parses a command that takes no positional argument.
 func (f *flagSet) parseNone(args []string) error {
 	_, rest, err := f.parse(args, 0)

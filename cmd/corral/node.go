@@ -26,11 +26,7 @@ func (c *cli) nodeList(ctx context.Context, args []string) error {
 
 func (c *cli) nodeStatus(ctx context.Context, args []string) error {
 	f := c.newFlags("node status", "ID [flags]", "Show one agent (by ID, unique ID prefix or name) and each of its resource slots.", true)
-	id, err := f.parseRef(args, "agent ID, ID prefix or name")
-	if err != nil {
-		return err
-	}
-	client, err := f.client()
+	id, client, err := f.refClient(args, "agent ID, ID prefix or name")
 	if err != nil {
 		return err
 	}
@@ -56,11 +52,7 @@ func (c *cli) nodeEligible(ctx context.Context, args []string) error {
 }
 
 func (c *cli) setDrain(ctx context.Context, f *flagSet, args []string, drain bool, force *bool) error {
-	id, err := f.parseRef(args, "agent ID, ID prefix or name")
-	if err != nil {
-		return err
-	}
-	client, err := f.client()
+	id, client, err := f.refClient(args, "agent ID, ID prefix or name")
 	if err != nil {
 		return err
 	}

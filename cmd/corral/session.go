@@ -282,11 +282,7 @@ func (c *cli) sessionList(ctx context.Context, args []string) error {
 func (c *cli) sessionStatus(ctx context.Context, args []string) error {
 	f := c.newFlags("session status", "REF [flags]",
 		"Show a session, its kernels and their status histories: why it is PENDING, why it failed.", true)
-	ref, err := f.parseRef(args, "session ID, ID prefix or name")
-	if err != nil {
-		return err
-	}
-	client, err := f.client()
+	ref, client, err := f.refClient(args, "session ID, ID prefix or name")
 	if err != nil {
 		return err
 	}
@@ -336,11 +332,7 @@ func renderStats(w io.Writer, stats []*api.KernelStats) error {
 func (c *cli) sessionLogs(ctx context.Context, args []string) error {
 	f := c.newFlags("session logs", "REF [flags]", "Print a kernel's stdout to stdout and its stderr to stderr.", false)
 	kernel := f.String("kernel", "main1", "kernel hostname or ID")
-	ref, err := f.parseRef(args, "session ID, ID prefix or name")
-	if err != nil {
-		return err
-	}
-	client, err := f.client()
+	ref, client, err := f.refClient(args, "session ID, ID prefix or name")
 	if err != nil {
 		return err
 	}
@@ -394,11 +386,7 @@ func (c *cli) sessionExec(ctx context.Context, args []string) error {
 
 func (c *cli) sessionDestroy(ctx context.Context, args []string) error {
 	f := c.newFlags("session destroy", "REF [flags]", "Cancel a pending session or terminate a running one.", false)
-	ref, err := f.parseRef(args, "session ID, ID prefix or name")
-	if err != nil {
-		return err
-	}
-	client, err := f.client()
+	ref, client, err := f.refClient(args, "session ID, ID prefix or name")
 	if err != nil {
 		return err
 	}
