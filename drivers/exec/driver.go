@@ -27,6 +27,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/corral-dev/corral/drivers/exec/cgroup"
+	"github.com/corral-dev/corral/drivers/internal/lifecycle"
 	"github.com/corral-dev/corral/drivers/shim"
 	"github.com/corral-dev/corral/plugins/drivers"
 	"github.com/corral-dev/corral/structs"
@@ -298,20 +299,20 @@ func (d *Driver) Start(ctx context.Context, cfg *drivers.TaskConfig) (_ *drivers
 	}
 	st := sh.State()
 	t := &task{
-		cfg: cfg, env: env, cred: cred, pid: st.Pid, pgid: st.Pid, startTime: st.StartTime,
-		group: group, shimDir: shimDir, shim: st, startedAt: st.StartedAt, done: make(chan struct{}),
+		env: env, cred: cred, pid: st.Pid, pgid: st.Pid, startTime: st.StartTime,
+		group: group, shimDir: shimDir, shim: st,
 	}
-	t.logger = log.With("pid", t.pid)
-	go t.waitShim(sh)
-	h, err := t.handle()
+	t.Task = lifecycle.New(kind, t, cfg, st.StartedAt, log.With("pid", st.Pid))
+	go t.WaitShim(sh)
+	h, err := t.Handle(t.state())
 	if err != nil {
-		t.kill()
+		t.Kill()
 		return nil, err
 	}
 	d.mu.Lock()
 	d.tasks[cfg.ID] = t
 	d.mu.Unlock()
-	t.logger.Info("task started", "command", cfg.Command, "cgroups", group != nil, "shim_pid", st.ShimPid)
+	t.Logger.Info("task started", "command", cfg.Command, "cgroups", group != nil, "shim_pid", st.ShimPid)
 	return h, nil
 }
 
@@ -323,16 +324,7 @@ func (d *Driver) Wait(ctx context.Context, taskID string) (<-chan *drivers.ExitR
 	if err != nil {
 		return nil, err
 	}
-	ch := make(chan *drivers.ExitResult, 1)
-	go func() {
-		select {
-		case <-t.done:
-			ch <- t.exitResult()
-			close(ch)
-		case <-ctx.Done():
-		}
-	}()
-	return ch, nil
+	return t.Wait(ctx), nil
 }
 
 // Stop sends signal (default SIGTERM) to the task's process group and
@@ -347,30 +339,7 @@ func (d *Driver) Stop(ctx context.Context, taskID string, timeout time.Duration,
 	if err != nil {
 		return err
 	}
-	if t.gone() {
-		return nil
-	}
-	t.logger.Info("stopping task", "signal", sig.String(), "timeout", timeout)
-	if err := t.signal(sig); err != nil {
-		return err
-	}
-	grace, cancel := context.WithTimeout(ctx, timeout)
-	err = t.waitGone(grace)
-	cancel()
-	if err == nil {
-		return nil
-	}
-	if ctx.Err() != nil {
-		return fmt.Errorf("stopping task %s: %w", taskID, ctx.Err())
-	}
-	t.logger.Info("task did not stop in time; killing it", "processes", t.members())
-	t.kill()
-	select {
-	case <-t.done:
-		return nil
-	case <-ctx.Done():
-		return fmt.Errorf("stopping task %s: %w", taskID, ctx.Err())
-	}
+	return t.Stop(ctx, sig, timeout)
 }
 
 // Destroy kills every process left of the task (a running task only when
@@ -381,18 +350,13 @@ func (d *Driver) Destroy(ctx context.Context, taskID string, force bool) error {
 	if err != nil {
 		return err
 	}
-	if !t.exited() && !force {
+	if !t.Exited() && !force {
 		return fmt.Errorf("task %s is still running: stop it first or destroy it with force", taskID)
 	}
 	ctx, cancel := context.WithTimeout(ctx, destroyTimeout)
 	defer cancel()
-	for !t.gone() {
-		t.kill()
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("destroying task %s: processes %v still alive: %w", taskID, t.members(), ctx.Err())
-		case <-time.After(pollInterval):
-		}
+	if err := t.KillAll(ctx); err != nil {
+		return fmt.Errorf("destroying task %s: %w", taskID, err)
 	}
 	if t.group != nil {
 		if err := t.group.Destroy(ctx); err != nil {
@@ -410,7 +374,7 @@ func (d *Driver) Destroy(ctx context.Context, taskID string, force bool) error {
 		delete(d.tasks, taskID)
 	}
 	d.mu.Unlock()
-	t.logger.Info("task destroyed")
+	t.Logger.Info("task destroyed")
 	return nil
 }
 
@@ -420,7 +384,7 @@ func (d *Driver) Inspect(ctx context.Context, taskID string) (*drivers.TaskStatu
 	if err != nil {
 		return nil, err
 	}
-	return t.status(), nil
+	return t.Status(), nil
 }
 
 // Stats samples the task's CPU time, resident memory and process count from
@@ -430,7 +394,7 @@ func (d *Driver) Stats(ctx context.Context, taskID string) (*drivers.TaskStats, 
 	if err != nil {
 		return nil, err
 	}
-	if t.exited() {
+	if t.Exited() {
 		return nil, fmt.Errorf("%w: %q", drivers.ErrTaskNotRunning, taskID)
 	}
 	st := &drivers.TaskStats{Time: time.Now()}
@@ -471,7 +435,7 @@ func (d *Driver) Exec(ctx context.Context, taskID string, opts *drivers.ExecOpti
 	if err != nil {
 		return -1, err
 	}
-	if t.exited() {
+	if t.Exited() {
 		return -1, fmt.Errorf("%w: %q", drivers.ErrTaskNotRunning, taskID)
 	}
 	if t.userErr != nil {
@@ -479,7 +443,7 @@ func (d *Driver) Exec(ctx context.Context, taskID string, opts *drivers.ExecOpti
 	}
 	env := maps.Clone(t.env)
 	maps.Copy(env, opts.Env)
-	path, err := lookPath(opts.Command[0], env["PATH"], t.cfg.WorkDir)
+	path, err := lookPath(opts.Command[0], env["PATH"], t.Config.WorkDir)
 	if err != nil {
 		return -1, fmt.Errorf("%w: exec in task %s: %v", drivers.ErrInvalidConfig, taskID, err)
 	}
@@ -496,7 +460,7 @@ func (d *Driver) Exec(ctx context.Context, taskID string, opts *drivers.ExecOpti
 	newCmd := func(pgid int) *osexec.Cmd {
 		cmd := osexec.CommandContext(ctx, path)
 		cmd.Args = slices.Clone(opts.Command)
-		cmd.Dir, cmd.Env = t.cfg.WorkDir, envList(env)
+		cmd.Dir, cmd.Env = t.Config.WorkDir, envList(env)
 		if stdin != nil {
 			cmd.Stdin = stdin
 		}
@@ -535,7 +499,7 @@ func (d *Driver) Exec(ctx context.Context, taskID string, opts *drivers.ExecOpti
 	if pgid == 0 {
 		defer t.addExec(cmd.Process.Pid)()
 	}
-	t.logger.Debug("exec started", "command", opts.Command, "exec_pid", cmd.Process.Pid)
+	t.Logger.Debug("exec started", "command", opts.Command, "exec_pid", cmd.Process.Pid)
 	err = cmd.Wait()
 	res := exitResultOf(cmd.ProcessState, err)
 	if err := ctx.Err(); err != nil {
@@ -571,11 +535,8 @@ func execStdin(r io.Reader) (*os.File, *os.File, error) {
 // process, is never signalled. Recovering a task the driver already knows
 // is a no-op.
 func (d *Driver) Recover(ctx context.Context, handle *drivers.TaskHandle) error {
-	if handle == nil || handle.Config == nil {
-		return fmt.Errorf("%w: recover needs a handle with its task config", drivers.ErrInvalidConfig)
-	}
-	if handle.Driver != "" && handle.Driver != driverName {
-		return fmt.Errorf("%w: handle belongs to driver %q, not %q", drivers.ErrInvalidConfig, handle.Driver, driverName)
+	if err := kind.CheckHandle(handle); err != nil {
+		return err
 	}
 	var st driverState
 	if err := json.Unmarshal(handle.DriverState, &st); err != nil || st.Pid <= 0 || st.Pgid <= 0 {
@@ -588,10 +549,11 @@ func (d *Driver) Recover(ctx context.Context, handle *drivers.TaskHandle) error 
 		log.Warn("recovered task's user is unknown; exec into it will fail", "error", userErr)
 	}
 	t := &task{
-		cfg: cfg, env: taskEnv(cfg), cred: cred, userErr: userErr, pid: st.Pid, pgid: st.Pgid, startTime: st.StartTime,
+		env: taskEnv(cfg), cred: cred, userErr: userErr, pid: st.Pid, pgid: st.Pgid, startTime: st.StartTime,
 		group: st.Cgroup, shimDir: st.ShimDir, shim: shim.State{ShimPid: st.ShimPid, ShimStartTime: st.ShimStartTime},
-		startedAt: handle.StartedAt, recovered: true, logger: log, done: make(chan struct{}),
 	}
+	t.Task = lifecycle.New(kind, t, cfg, handle.StartedAt, log)
+	t.Recovered = true
 	ps, err := readProcStat(st.Pid)
 	running := err == nil && ps.StartTime == st.StartTime && ps.Pgid == st.Pgid && ps.State != 'Z'
 	if !running {
@@ -609,11 +571,11 @@ func (d *Driver) Recover(ctx context.Context, handle *drivers.TaskHandle) error 
 	if st.ShimDir == "" {
 		if !running {
 			log.Info("recovered task is no longer running; its exit status is unknown")
-			t.finish(unknownExit(errNoShim), time.Time{})
+			t.Finish(kind.UnknownExit(errNoShim), time.Time{})
 			return nil
 		}
 		log.Info("task recovered without shim: its exit status will be unknown")
-		go t.poll(recoverPollInterval)
+		go t.Poll(recoverPollInterval, func() bool { return alive(t.pid, t.startTime) }, errNoShim)
 		return nil
 	}
 	sh, err := shim.Reattach(st.ShimDir)
@@ -622,10 +584,10 @@ func (d *Driver) Recover(ctx context.Context, handle *drivers.TaskHandle) error 
 	}
 	if err != nil {
 		log.Warn("cannot reattach to the task's shim; its exit status is lost", "error", err, "running", running)
-		t.finish(unknownExit(err), time.Time{})
+		t.Finish(kind.UnknownExit(err), time.Time{})
 		return nil
 	}
-	go t.waitShim(sh)
+	go t.WaitShim(sh)
 	log.Info("task recovered", "running", running, "shim_pid", st.ShimPid)
 	return nil
 }

@@ -1,18 +1,15 @@
 package exec
 
 import (
-	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
 	"os"
 	osexec "os/exec"
 	"sync"
 	"syscall"
-	"time"
 
 	"github.com/corral-dev/corral/drivers/exec/cgroup"
+	"github.com/corral-dev/corral/drivers/internal/lifecycle"
 	"github.com/corral-dev/corral/drivers/shim"
 	"github.com/corral-dev/corral/plugins/drivers"
 )
@@ -33,9 +30,17 @@ type driverState struct {
 	Cgroup    *cgroup.Group `json:"cgroup,omitempty"`
 }
 
+// kind is what the shared task code knows of this driver.
+var kind = &lifecycle.Kind{
+	Name:               driverName,
+	ErrExitCodeUnknown: ErrExitCodeUnknown,
+	Waiting:            "task",
+	PollInterval:       pollInterval,
+}
+
 // task is one running or exited process tree.
 type task struct {
-	cfg       *drivers.TaskConfig
+	lifecycle.Task
 	env       map[string]string
 	cred      *syscall.Credential
 	userErr   error // why cfg.User could not be resolved on recovery
@@ -45,15 +50,8 @@ type task struct {
 	group     *cgroup.Group // nil without cgroups
 	shimDir   string        // "" for a task recovered from a handle without shim
 	shim      shim.State
-	startedAt time.Time
-	recovered bool
-	logger    *slog.Logger
 
-	done        chan struct{} // closed once result is set
-	once        sync.Once
-	mu          sync.Mutex
-	result      *drivers.ExitResult
-	completedAt time.Time
+	mu sync.Mutex
 	// execs holds the process groups of running Exec commands that could
 	// not join the task's group (it lives in its shim's session), so that
 	// Stop and Destroy reach them too.
@@ -67,101 +65,11 @@ func (t *task) state() driverState {
 	}
 }
 
-func (t *task) handle() (*drivers.TaskHandle, error) {
-	st, err := json.Marshal(t.state())
-	if err != nil {
-		return nil, err
+// Amend marks the result of a task that the OOM killer ended.
+func (t *task) Amend(res *drivers.ExitResult) {
+	if t.group != nil && t.group.OOMKilled() {
+		res.OOMKilled = true
 	}
-	return &drivers.TaskHandle{
-		Version:     1,
-		Driver:      driverName,
-		Config:      t.cfg,
-		State:       drivers.TaskStateRunning,
-		DriverState: st,
-		StartedAt:   t.startedAt,
-	}, nil
-}
-
-// finish records how the task ended and when (now if at is zero); only
-// the first call counts.
-func (t *task) finish(res *drivers.ExitResult, at time.Time) {
-	t.once.Do(func() {
-		if t.group != nil && t.group.OOMKilled() {
-			res.OOMKilled = true
-		}
-		if at.IsZero() {
-			at = time.Now()
-		}
-		t.mu.Lock()
-		t.result, t.completedAt = res, at
-		t.mu.Unlock()
-		close(t.done)
-		t.logger.Info("task exited", "exit_code", res.ExitCode, "signal", res.Signal,
-			"oom_killed", res.OOMKilled, "error", res.Err)
-	})
-}
-
-func (t *task) exited() bool {
-	select {
-	case <-t.done:
-		return true
-	default:
-		return false
-	}
-}
-
-// exitResult returns a copy of the result, nil while the task runs.
-func (t *task) exitResult() *drivers.ExitResult {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.result == nil {
-		return nil
-	}
-	r := *t.result
-	return &r
-}
-
-func (t *task) status() *drivers.TaskStatus {
-	st := &drivers.TaskStatus{ID: t.cfg.ID, State: drivers.TaskStateRunning, StartedAt: t.startedAt}
-	if res := t.exitResult(); res != nil {
-		t.mu.Lock()
-		st.State, st.CompletedAt, st.ExitResult = drivers.TaskStateExited, t.completedAt, res
-		t.mu.Unlock()
-	}
-	return st
-}
-
-// waitShim records the task's exit once its shim knows it.
-func (t *task) waitShim(h *shim.Handle) {
-	<-h.Done()
-	st, err := h.Result()
-	if err != nil {
-		t.finish(unknownExit(err), time.Time{})
-		return
-	}
-	res := &drivers.ExitResult{ExitCode: st.ExitCode, Signal: st.Signal, OOMKilled: st.OOMKilled}
-	if st.Error != "" {
-		res.Err = fmt.Errorf("waiting for task: %s", st.Error)
-	}
-	t.finish(res, st.ExitedAt)
-}
-
-// poll watches a process recovered from a handle without shim, whose exit
-// status nobody can learn, until it is gone.
-func (t *task) poll(interval time.Duration) {
-	tick := time.NewTicker(interval)
-	defer tick.Stop()
-	for range tick.C {
-		if !alive(t.pid, t.startTime) {
-			t.finish(unknownExit(errNoShim), time.Time{})
-			return
-		}
-	}
-}
-
-// unknownExit is the result of a task whose exit status is lost, and why.
-func unknownExit(why error) *drivers.ExitResult {
-	return &drivers.ExitResult{ExitCode: -1, Err: fmt.Errorf("%w: %w", ErrExitCodeUnknown, why)}
 }
 
 // exitResultOf turns a reaped process state into an ExitResult; a process
@@ -182,9 +90,9 @@ func exitResultOf(ps *os.ProcessState, err error) *drivers.ExitResult {
 	return res
 }
 
-// signal sends sig to the task's process group and to those of its
+// Signal sends sig to the task's process group and to those of its
 // running Exec commands. A group that is already empty is not an error.
-func (t *task) signal(sig syscall.Signal) error {
+func (t *task) Signal(sig syscall.Signal) error {
 	var errs []error
 	for _, pgid := range t.groups() {
 		if err := syscall.Kill(-pgid, sig); err != nil && !errors.Is(err, syscall.ESRCH) {
@@ -225,10 +133,10 @@ func (t *task) addExec(pgid int) func() {
 	}
 }
 
-// kill sends SIGKILL to the process group and to every process in the
+// Kill sends SIGKILL to the process group and to every process in the
 // task's cgroups, which also catches processes that left the group.
-func (t *task) kill() {
-	_ = t.signal(syscall.SIGKILL)
+func (t *task) Kill() {
+	_ = t.Signal(syscall.SIGKILL)
 	if t.group != nil {
 		if pids, err := t.group.Pids(); err == nil {
 			for _, pid := range pids {
@@ -238,9 +146,9 @@ func (t *task) kill() {
 	}
 }
 
-// members returns the live processes of the task: those in its cgroups when
+// Members returns the live processes of the task: those in its cgroups when
 // it has some, else those in its process groups.
-func (t *task) members() []int {
+func (t *task) Members() []int {
 	if t.group != nil {
 		pids, err := t.group.Pids()
 		if err == nil {
@@ -258,20 +166,4 @@ func (t *task) members() []int {
 		pids = append(pids, groupMembers(pgid)...)
 	}
 	return pids
-}
-
-// gone reports whether the task's leader has exited and no process of it
-// is left.
-func (t *task) gone() bool { return t.exited() && len(t.members()) == 0 }
-
-// waitGone polls until gone or ctx ends.
-func (t *task) waitGone(ctx context.Context) error {
-	for !t.gone() {
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("task %s: processes %v still alive: %w", t.cfg.ID, t.members(), ctx.Err())
-		case <-time.After(pollInterval):
-		}
-	}
-	return nil
 }

@@ -35,6 +35,7 @@ import (
 	"github.com/opencontainers/runc/libcontainer"
 	"golang.org/x/sys/unix"
 
+	"github.com/corral-dev/corral/drivers/internal/lifecycle"
 	"github.com/corral-dev/corral/drivers/shim"
 	"github.com/corral-dev/corral/plugins/drivers"
 )
@@ -376,10 +377,6 @@ func (d *Driver) Start(ctx context.Context, cfg *drivers.TaskConfig) (_ *drivers
 
 	ss := sh.State()
 	t := &task{
-		cfg:       cfg,
-		startedAt: ss.StartedAt,
-		logger:    log.With("pid", ss.Pid),
-		done:      make(chan struct{}),
 		state: driverState{
 			Root: d.stateDir, ContainerID: cfg.ID, InitPid: ss.Pid, InitStartTime: ss.StartTime,
 			RootFS: *rfs, CgroupPaths: leaves, CgroupParents: parents, Process: *proc,
@@ -387,6 +384,7 @@ func (d *Driver) Start(ctx context.Context, cfg *drivers.TaskConfig) (_ *drivers
 			ShimDir:        shimDir, ShimPid: ss.ShimPid, ShimStartTime: ss.ShimStartTime,
 		},
 	}
+	t.Task = lifecycle.New(kind, t, cfg, ss.StartedAt, log.With("pid", ss.Pid))
 	// Signal, Exec, Stats and Destroy go through libcontainer's state,
 	// which the shim wrote.
 	c, err := libcontainer.Load(d.stateDir, cfg.ID)
@@ -399,10 +397,10 @@ func (d *Driver) Start(ctx context.Context, cfg *drivers.TaskConfig) (_ *drivers
 	} else {
 		err = fmt.Errorf("task %s: loading the container the shim started: %w", cfg.ID, err)
 	}
-	go t.waitShim(sh)
+	go t.WaitShim(sh)
 	var h *drivers.TaskHandle
 	if err == nil {
-		h, err = t.handle()
+		h, err = t.Handle(t.state)
 	}
 	if err != nil {
 		d.abandon(t, sh)
@@ -411,7 +409,7 @@ func (d *Driver) Start(ctx context.Context, cfg *drivers.TaskConfig) (_ *drivers
 	d.mu.Lock()
 	d.tasks[cfg.ID] = t
 	d.mu.Unlock()
-	t.logger.Info("task started", "command", proc.Args, "overlay", rfs.Overlay, "shim_pid", ss.ShimPid, "took", time.Since(start))
+	t.Logger.Info("task started", "command", proc.Args, "overlay", rfs.Overlay, "shim_pid", ss.ShimPid, "took", time.Since(start))
 	return h, nil
 }
 
@@ -425,13 +423,7 @@ func (d *Driver) abandon(t *task, sh *shim.Handle) {
 	if t.container == nil && procAlive(t.state.InitPid, t.state.InitStartTime) {
 		_ = unix.Kill(t.state.InitPid, unix.SIGKILL)
 	}
-	for !t.gone() && ctx.Err() == nil {
-		t.kill()
-		select {
-		case <-ctx.Done():
-		case <-time.After(pollInterval):
-		}
-	}
+	_ = t.KillAll(ctx)
 	_ = t.waitShimExit(ctx, shimExitGrace)
 	if t.container != nil {
 		_ = t.container.Destroy()
@@ -439,7 +431,7 @@ func (d *Driver) abandon(t *task, sh *shim.Handle) {
 		_ = os.RemoveAll(filepath.Join(t.state.Root, t.state.ContainerID))
 	}
 	_ = cgroups.RemovePaths(maps.Clone(t.state.CgroupPaths))
-	d.removeCgroupParents(t.state.CgroupParents, t.logger)
+	d.removeCgroupParents(t.state.CgroupParents, t.Logger)
 	select {
 	case <-sh.Done():
 	case <-ctx.Done():
@@ -478,16 +470,7 @@ func (d *Driver) Wait(ctx context.Context, taskID string) (<-chan *drivers.ExitR
 	if err != nil {
 		return nil, err
 	}
-	ch := make(chan *drivers.ExitResult, 1)
-	go func() {
-		select {
-		case <-t.done:
-			ch <- t.exitResult()
-			close(ch)
-		case <-ctx.Done():
-		}
-	}()
-	return ch, nil
+	return t.Wait(ctx), nil
 }
 
 // Stop sends signal (default SIGTERM) to the container's init and SIGKILL
@@ -507,28 +490,7 @@ func (d *Driver) Stop(ctx context.Context, taskID string, timeout time.Duration,
 	if err != nil {
 		return err
 	}
-	if t.gone() {
-		return nil
-	}
-	t.logger.Info("stopping task", "signal", sig.String(), "timeout", timeout)
-	if err := t.signal(sig); err != nil {
-		return err
-	}
-	grace, cancel := context.WithTimeout(ctx, timeout)
-	err = t.waitGone(grace)
-	cancel()
-	if err == nil {
-		return nil
-	}
-	if ctx.Err() != nil {
-		return fmt.Errorf("stopping task %s: %w", taskID, ctx.Err())
-	}
-	t.logger.Info("task did not stop in time; killing it", "processes", t.members())
-	t.kill()
-	if err := t.waitGone(ctx); err != nil {
-		return fmt.Errorf("stopping task %s: %w", taskID, err)
-	}
-	return nil
+	return t.Stop(ctx, sig, timeout)
 }
 
 // Destroy kills every process left of the task (a running task only when
@@ -540,18 +502,13 @@ func (d *Driver) Destroy(ctx context.Context, taskID string, force bool) error {
 	if err != nil {
 		return err
 	}
-	if !t.exited() && !force {
+	if !t.Exited() && !force {
 		return fmt.Errorf("task %s is still running: stop it first or destroy it with force", taskID)
 	}
 	ctx, cancel := context.WithTimeout(ctx, destroyTimeout)
 	defer cancel()
-	for !t.gone() {
-		t.kill()
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("destroying task %s: processes %v still alive: %w", taskID, t.members(), ctx.Err())
-		case <-time.After(pollInterval):
-		}
+	if err := t.KillAll(ctx); err != nil {
+		return fmt.Errorf("destroying task %s: %w", taskID, err)
 	}
 	// The shim exits right after recording the init's exit status.
 	if err := t.waitShimExit(ctx, shimExitGrace); err != nil {
@@ -573,7 +530,7 @@ func (d *Driver) Destroy(ctx context.Context, taskID string, force bool) error {
 		_ = os.RemoveAll(filepath.Join(t.state.Root, t.state.ContainerID))
 	}
 	levels := strings.Count(d.cgroupParent, "/") + 1
-	d.removeCgroupParents(append(cgroupParentsOf(t.state.CgroupPaths, levels), t.state.CgroupParents...), t.logger)
+	d.removeCgroupParents(append(cgroupParentsOf(t.state.CgroupPaths, levels), t.state.CgroupParents...), t.Logger)
 	if err := t.state.RootFS.release(); err != nil {
 		errs = append(errs, err)
 	}
@@ -585,7 +542,7 @@ func (d *Driver) Destroy(ctx context.Context, taskID string, force bool) error {
 		delete(d.tasks, taskID)
 	}
 	d.mu.Unlock()
-	t.logger.Info("task destroyed")
+	t.Logger.Info("task destroyed")
 	return nil
 }
 
@@ -595,7 +552,7 @@ func (d *Driver) Inspect(ctx context.Context, taskID string) (*drivers.TaskStatu
 	if err != nil {
 		return nil, err
 	}
-	return t.status(), nil
+	return t.Status(), nil
 }
 
 // Stats samples the container's CPU time, resident memory and process
@@ -605,7 +562,7 @@ func (d *Driver) Stats(ctx context.Context, taskID string) (*drivers.TaskStats, 
 	if err != nil {
 		return nil, err
 	}
-	if t.exited() || t.container == nil {
+	if t.Exited() || t.container == nil {
 		return nil, fmt.Errorf("%w: %q", drivers.ErrTaskNotRunning, taskID)
 	}
 	s, err := t.container.Stats()
@@ -640,7 +597,7 @@ func (d *Driver) Exec(ctx context.Context, taskID string, opts *drivers.ExecOpti
 	if err != nil {
 		return -1, err
 	}
-	if t.exited() || t.container == nil {
+	if t.Exited() || t.container == nil {
 		return -1, fmt.Errorf("%w: %q", drivers.ErrTaskNotRunning, taskID)
 	}
 	if err := ctx.Err(); err != nil {
@@ -663,14 +620,14 @@ func (d *Driver) Exec(ctx context.Context, taskID string, opts *drivers.ExecOpti
 	defer stdio.close()
 	stdio.attach(p)
 	if err := t.container.Run(p); err != nil {
-		if t.exited() {
+		if t.Exited() {
 			return -1, fmt.Errorf("%w: %q", drivers.ErrTaskNotRunning, taskID)
 		}
 		return -1, fmt.Errorf("exec in task %s: %w", taskID, err)
 	}
 	stdio.started()
 	pid, _ := p.Pid()
-	t.logger.Debug("exec started", "command", opts.Command, "exec_pid", pid)
+	t.Logger.Debug("exec started", "command", opts.Command, "exec_pid", pid)
 	waited := make(chan *drivers.ExitResult, 1)
 	go func() { waited <- exitResultOf(p.Wait()) }()
 	var res *drivers.ExitResult
@@ -698,11 +655,8 @@ func (d *Driver) Exec(ctx context.Context, taskID string, opts *drivers.ExecOpti
 // once when it already is, or when the container's state is lost).
 // Recovering a task the driver already knows is a no-op.
 func (d *Driver) Recover(ctx context.Context, handle *drivers.TaskHandle) error {
-	if handle == nil || handle.Config == nil {
-		return fmt.Errorf("%w: recover needs a handle with its task config", drivers.ErrInvalidConfig)
-	}
-	if handle.Driver != "" && handle.Driver != driverName {
-		return fmt.Errorf("%w: handle belongs to driver %q, not %q", drivers.ErrInvalidConfig, handle.Driver, driverName)
+	if err := kind.CheckHandle(handle); err != nil {
+		return err
 	}
 	var st driverState
 	if err := json.Unmarshal(handle.DriverState, &st); err != nil || st.Root == "" || !validID.MatchString(st.ContainerID) {
@@ -713,10 +667,9 @@ func (d *Driver) Recover(ctx context.Context, handle *drivers.TaskHandle) error 
 	// The parents this container's Start created go when the last
 	// container below them does, whichever driver process destroys it.
 	ownCgroupParents(st.CgroupParents)
-	t := &task{
-		cfg: cfg, state: st, startedAt: handle.StartedAt, recovered: true,
-		logger: log, done: make(chan struct{}),
-	}
+	t := &task{state: st}
+	t.Task = lifecycle.New(kind, t, cfg, handle.StartedAt, log)
+	t.Recovered = true
 	c, err := libcontainer.Load(st.Root, st.ContainerID)
 	if err != nil {
 		log.Warn("container state not found; the task can only be destroyed", "error", err)
@@ -748,7 +701,7 @@ func (d *Driver) Recover(ctx context.Context, handle *drivers.TaskHandle) error 
 				st.ShimDir, sh.State().Pid, st.InitPid)
 		}
 		if err == nil {
-			go t.waitShim(sh)
+			go t.WaitShim(sh)
 			log.Info("task recovered", "running", t.initAlive(), "shim_pid", sh.State().ShimPid)
 			return nil
 		}
@@ -757,10 +710,10 @@ func (d *Driver) Recover(ctx context.Context, handle *drivers.TaskHandle) error 
 	}
 	if !t.initAlive() {
 		log.Info("recovered task is no longer running; its exit status is unknown")
-		t.finish(unknownExit(why), time.Time{})
+		t.Finish(kind.UnknownExit(why), time.Time{})
 		return nil
 	}
 	log.Info("task recovered without shim: its exit status will be unknown")
-	go t.poll(recoverPollInterval, why)
+	go t.Poll(recoverPollInterval, t.initAlive, why)
 	return nil
 }

@@ -2,22 +2,19 @@ package runc
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/opencontainers/runc/libcontainer"
 	"golang.org/x/sys/unix"
 
-	"github.com/corral-dev/corral/drivers/shim"
+	"github.com/corral-dev/corral/drivers/internal/lifecycle"
 	"github.com/corral-dev/corral/plugins/drivers"
 )
 
@@ -47,125 +44,40 @@ type driverState struct {
 	ShimStartTime uint64 `json:"shim_start_time,omitempty"`
 }
 
+// kind is what the shared task code knows of this driver.
+var kind = &lifecycle.Kind{
+	Name:               driverName,
+	ErrExitCodeUnknown: ErrExitCodeUnknown,
+	Waiting:            "the container's init",
+	PollInterval:       pollInterval,
+	StopAwaitsAll:      true,
+}
+
 // task is one container and what the driver made for it.
 type task struct {
-	cfg   *drivers.TaskConfig
+	lifecycle.Task
 	state driverState
 	// container is nil for a recovered task whose container state is gone.
 	container *libcontainer.Container
-	startedAt time.Time
-	recovered bool
-	logger    *slog.Logger
 
 	// emulated is the signal that Stop delivered as SIGKILL because the
 	// init, as its pid namespace's init, would not have received it.
 	emulated atomic.Int32
-
-	done        chan struct{} // closed once result is set
-	once        sync.Once
-	mu          sync.Mutex
-	result      *drivers.ExitResult
-	completedAt time.Time
 }
 
-func (t *task) handle() (*drivers.TaskHandle, error) {
-	st, err := json.Marshal(t.state)
-	if err != nil {
-		return nil, err
-	}
-	return &drivers.TaskHandle{
-		Version:     1,
-		Driver:      driverName,
-		Config:      t.cfg,
-		State:       drivers.TaskStateRunning,
-		DriverState: st,
-		StartedAt:   t.startedAt,
-	}, nil
-}
-
-// finish records how the task ended and when (now if at is zero); only
-// the first call counts.
-func (t *task) finish(res *drivers.ExitResult, at time.Time) {
-	t.once.Do(func() {
-		if res.Signal == int(unix.SIGKILL) {
-			if sig := t.emulatedSignal(); sig != 0 {
-				// Stop's SIGKILL stood in for sig, which the init did
-				// not handle: report the end the signal would have
-				// brought.
-				res.Signal, res.ExitCode = int(sig), 128+int(sig)
-			}
+// Amend reports the signal that Stop's SIGKILL stood in for, and an OOM
+// kill.
+func (t *task) Amend(res *drivers.ExitResult) {
+	if res.Signal == int(unix.SIGKILL) {
+		if sig := t.emulatedSignal(); sig != 0 {
+			// Stop's SIGKILL stood in for sig, which the init did
+			// not handle: report the end the signal would have
+			// brought.
+			res.Signal, res.ExitCode = int(sig), 128+int(sig)
 		}
-		if oomKilled(t.state.CgroupPaths) {
-			res.OOMKilled = true
-		}
-		if at.IsZero() {
-			at = time.Now()
-		}
-		t.mu.Lock()
-		t.result, t.completedAt = res, at
-		t.mu.Unlock()
-		close(t.done)
-		t.logger.Info("task exited", "exit_code", res.ExitCode, "signal", res.Signal,
-			"oom_killed", res.OOMKilled, "error", res.Err)
-	})
-}
-
-func (t *task) exited() bool {
-	select {
-	case <-t.done:
-		return true
-	default:
-		return false
 	}
-}
-
-// exitResult returns a copy of the result, nil while the task runs.
-func (t *task) exitResult() *drivers.ExitResult {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.result == nil {
-		return nil
-	}
-	r := *t.result
-	return &r
-}
-
-func (t *task) status() *drivers.TaskStatus {
-	st := &drivers.TaskStatus{ID: t.cfg.ID, State: drivers.TaskStateRunning, StartedAt: t.startedAt}
-	if res := t.exitResult(); res != nil {
-		t.mu.Lock()
-		st.State, st.CompletedAt, st.ExitResult = drivers.TaskStateExited, t.completedAt, res
-		t.mu.Unlock()
-	}
-	return st
-}
-
-// waitShim records the task's exit once its shim knows it.
-func (t *task) waitShim(h *shim.Handle) {
-	<-h.Done()
-	st, err := h.Result()
-	if err != nil {
-		t.finish(unknownExit(err), time.Time{})
-		return
-	}
-	res := &drivers.ExitResult{ExitCode: st.ExitCode, Signal: st.Signal, OOMKilled: st.OOMKilled}
-	if st.Error != "" {
-		res.Err = fmt.Errorf("waiting for the container's init: %s", st.Error)
-	}
-	t.finish(res, st.ExitedAt)
-}
-
-// poll watches the init of a recovered container without a shim to
-// reattach to, whose exit status this process cannot learn, until it is
-// gone; why says why the status is unknown.
-func (t *task) poll(interval time.Duration, why error) {
-	tick := time.NewTicker(interval)
-	defer tick.Stop()
-	for range tick.C {
-		if !t.initAlive() {
-			t.finish(unknownExit(why), time.Time{})
-			return
-		}
+	if oomKilled(t.state.CgroupPaths) {
+		res.OOMKilled = true
 	}
 }
 
@@ -176,11 +88,6 @@ func (t *task) initAlive() bool {
 	}
 	s, err := t.container.Status()
 	return err == nil && s != libcontainer.Stopped
-}
-
-// unknownExit is the result of a task whose exit status is lost, and why.
-func unknownExit(why error) *drivers.ExitResult {
-	return &drivers.ExitResult{ExitCode: -1, Err: fmt.Errorf("%w: %w", ErrExitCodeUnknown, why)}
 }
 
 // stopSignalFile, in the container's dir, records the signal that Stop
@@ -222,7 +129,7 @@ func (t *task) recordEmulated(sig unix.Signal) {
 	}
 	if err != nil {
 		_ = os.Remove(tmp)
-		t.logger.Warn("cannot record the stop signal: after an agent restart the task will report SIGKILL", "error", err)
+		t.Logger.Warn("cannot record the stop signal: after an agent restart the task will report SIGKILL", "error", err)
 	}
 }
 
@@ -244,7 +151,7 @@ func (t *task) waitShimExit(ctx context.Context, grace time.Duration) error {
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("task %s: shim %d still runs: %w", t.cfg.ID, t.state.ShimPid, ctx.Err())
+			return fmt.Errorf("task %s: shim %d still runs: %w", t.Config.ID, t.state.ShimPid, ctx.Err())
 		case <-time.After(pollInterval):
 		}
 	}
@@ -271,35 +178,35 @@ func procAlive(pid int, start uint64) bool {
 	return err == nil && st == start
 }
 
-// signal sends sig to the container's init. The init of a pid namespace
+// Signal sends sig to the container's init. The init of a pid namespace
 // receives only the signals it handles; when it would die of sig outside
 // one (it neither handles nor ignores sig, whose default action ends a
 // process) the kernel drops sig, so signal kills the container instead and
 // the task's result reports sig.
-func (t *task) signal(sig unix.Signal) error {
-	if t.container == nil || t.exited() {
+func (t *task) Signal(sig unix.Signal) error {
+	if t.container == nil || t.Exited() {
 		return nil
 	}
 	if sig != unix.SIGKILL && terminatesByDefault(sig) {
 		if def, err := hasDefaultAction(t.state.InitPid, sig); err == nil && def {
-			t.logger.Debug("init has no handler for the stop signal, which its pid namespace's init never receives: killing it",
+			t.Logger.Debug("init has no handler for the stop signal, which its pid namespace's init never receives: killing it",
 				"signal", sig.String())
 			t.recordEmulated(sig)
-			t.kill()
+			t.Kill()
 			return nil
 		}
 	}
 	err := t.container.Signal(sig)
-	if err != nil && !errors.Is(err, libcontainer.ErrNotRunning) && !errors.Is(err, unix.ESRCH) && !t.exited() {
-		return fmt.Errorf("signalling task %s: %w", t.cfg.ID, err)
+	if err != nil && !errors.Is(err, libcontainer.ErrNotRunning) && !errors.Is(err, unix.ESRCH) && !t.Exited() {
+		return fmt.Errorf("signalling task %s: %w", t.Config.ID, err)
 	}
 	return nil
 }
 
-// kill sends SIGKILL to the init, which takes its whole pid namespace
+// Kill sends SIGKILL to the init, which takes its whole pid namespace
 // along, and to every process in the container's cgroups.
-func (t *task) kill() {
-	if t.container != nil && !t.exited() {
+func (t *task) Kill() {
+	if t.container != nil && !t.Exited() {
 		_ = t.container.Signal(unix.SIGKILL)
 	}
 	for _, pid := range cgroupPids(t.state.CgroupPaths) {
@@ -307,25 +214,5 @@ func (t *task) kill() {
 	}
 }
 
-// members returns the processes left in the container's cgroups.
-func (t *task) members() []int { return cgroupPids(t.state.CgroupPaths) }
-
-// gone reports whether the init has exited and no process is left.
-func (t *task) gone() bool { return t.exited() && len(t.members()) == 0 }
-
-// waitGone polls until gone or ctx ends.
-func (t *task) waitGone(ctx context.Context) error {
-	for !t.gone() {
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("task %s: processes %v still alive: %w", t.cfg.ID, t.members(), ctx.Err())
-		case <-t.done:
-			// The init is gone; poll for the rest.
-			select {
-			case <-ctx.Done():
-			case <-time.After(pollInterval):
-			}
-		}
-	}
-	return nil
-}
+// Members returns the processes left in the container's cgroups.
+func (t *task) Members() []int { return cgroupPids(t.state.CgroupPaths) }
