@@ -14,15 +14,30 @@ import (
 )
 
 // writer wraps one write transaction and the raft index it applies at.
+//
+// Its snapshot (snap) reads one session, kernel, agent or key usage by ID
+// from what this transaction wrote (sessions, kernels, agents, usage) or
+// else from base, the state the transaction started from: the same answer
+// as reading the transaction itself, which memdb answers from a clone of
+// the index's write transaction, dropping that transaction's cache of
+// nodes it already copied. A read between two writes of one table then
+// made the next write copy the index's whole path again, from the root:
+// most of a plan's apply. Listings still read the transaction.
 type writer struct {
 	txn   *memdb.Txn
+	base  *memdb.Txn
 	index uint64
 	dirty map[string]bool
 	// usage holds the key usages this transaction already copied and
 	// inserted: later changes in the same transaction edit them in place
 	// instead of copying a concurrency set per kernel.
-	usage  map[string]*structs.KeyUsage
+	usage map[string]*structs.KeyUsage
+	// agents holds the agents this transaction inserted, private to it
+	// until it commits: later changes in it edit them in place.
 	agents map[string]*structs.Agent
+	// sessions and kernels hold those this transaction inserted.
+	sessions map[string]*structs.Session
+	kernels  map[string]*structs.Kernel
 	// policies and groups cache the configuration a plan's re-check
 	// reads once per session; only ApplyPlan fills them, and it never
 	// changes keys, policies or groups.
@@ -31,8 +46,13 @@ type writer struct {
 }
 
 func (s *StateStore) write(index uint64) *writer {
-	return &writer{txn: s.db.Load().Txn(true), index: index, dirty: map[string]bool{},
-		usage: map[string]*structs.KeyUsage{}, agents: map[string]*structs.Agent{}}
+	db := s.db.Load()
+	txn := db.Txn(true)
+	// Taken under the write lock the transaction holds: no commit between.
+	base := db.Txn(false)
+	return &writer{txn: txn, base: base, index: index, dirty: map[string]bool{},
+		usage: map[string]*structs.KeyUsage{}, agents: map[string]*structs.Agent{},
+		sessions: map[string]*structs.Session{}, kernels: map[string]*structs.Kernel{}}
 }
 
 func (w *writer) commit() error {
@@ -52,7 +72,11 @@ func (w *writer) putSession(s *structs.Session) error {
 		s.History = append(s.History[:1:1], s.History[len(s.History)-structs.MaxHistory+1:]...)
 	}
 	w.dirty[tableSessions] = true
-	return w.txn.Insert(tableSessions, s)
+	if err := w.txn.Insert(tableSessions, s); err != nil {
+		return err
+	}
+	w.sessions[s.ID] = s
+	return nil
 }
 
 func (w *writer) putKernel(k *structs.Kernel) error {
@@ -61,16 +85,24 @@ func (w *writer) putKernel(k *structs.Kernel) error {
 		k.History = append(k.History[:1:1], k.History[len(k.History)-structs.MaxHistory+1:]...)
 	}
 	w.dirty[tableKernels] = true
-	return w.txn.Insert(tableKernels, k)
+	if err := w.txn.Insert(tableKernels, k); err != nil {
+		return err
+	}
+	w.kernels[k.ID] = k
+	return nil
 }
 
 func (w *writer) putAgent(a *structs.Agent) error {
 	a.ModifyIndex = w.index
 	w.dirty[tableAgents] = true
-	return w.txn.Insert(tableAgents, a)
+	if err := w.txn.Insert(tableAgents, a); err != nil {
+		return err
+	}
+	w.agents[a.ID] = a
+	return nil
 }
 
-func (w *writer) snap() *Snapshot { return &Snapshot{txn: w.txn} }
+func (w *writer) snap() *Snapshot { return &Snapshot{txn: w.txn, w: w} }
 
 // keyPolicy is sn.KeyPolicy, read once per key and transaction.
 func (w *writer) keyPolicy(sn *Snapshot, key string) *structs.ResourcePolicy {
@@ -102,15 +134,6 @@ func (w *writer) group(sn *Snapshot, name string) *structs.ResourceGroup {
 	return g
 }
 
-// usageOf is sn.Usage, without a look-up once this transaction owns the
-// key's usage (the table then holds that very copy).
-func (w *writer) usageOf(sn *Snapshot, key string) *structs.KeyUsage {
-	if u, ok := w.usage[key]; ok {
-		return u
-	}
-	return sn.Usage(key)
-}
-
 // ownAgent returns the agent as a copy private to this transaction,
 // already inserted into the table (like ownUsage), so that placing many
 // sessions on one agent in one plan copies and indexes it once.
@@ -137,7 +160,6 @@ func (w *writer) ownAgentOf(cur *structs.Agent) (*structs.Agent, error) {
 	if err := w.putAgent(&a); err != nil {
 		return nil, err
 	}
-	w.agents[a.ID] = &a
 	return &a, nil
 }
 
@@ -275,12 +297,12 @@ func (w *writer) placeSession(sn *Snapshot, sp structs.SessionPlacement, now tim
 	}
 	// The key's limits against its latest usage: a plan computed on an
 	// older snapshot, or by another worker, never pushes a key over them.
-	if err := scheduler.CheckKeyLimits(w.keyPolicy(sn, sess.AccessKey), w.usageOf(sn, sess.AccessKey), sess.ID, req); err != nil {
+	if err := scheduler.CheckKeyLimits(w.keyPolicy(sn, sess.AccessKey), sn.Usage(sess.AccessKey), sess.ID, req); err != nil {
 		return err
 	}
 	// The group's cap against what its sessions hold now.
 	if g := w.group(sn, groupOf(sess.ResourceGroup)); g != nil && len(g.TotalResourceSlots) > 0 {
-		if r := scheduler.GroupLimitReason(g.Name, g.TotalResourceSlots, w.usageOf(sn, groupUsageKey(g.Name)).Occupied, req); r != "" {
+		if r := scheduler.GroupLimitReason(g.Name, g.TotalResourceSlots, sn.GroupUsage(g.Name), req); r != "" {
 			return errors.New(r)
 		}
 	}

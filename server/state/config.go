@@ -138,7 +138,14 @@ func (sn *Snapshot) Group(name string) (*structs.ResourceGroup, error) {
 
 // Usage returns what an access key holds now (empty when nothing).
 func (sn *Snapshot) Usage(key string) *structs.KeyUsage {
-	u, err := first[*structs.KeyUsage](sn.txn, tableUsage, key, "usage")
+	txn := sn.txn
+	if w := sn.w; w != nil {
+		if u, ok := w.usage[key]; ok {
+			return u
+		}
+		txn = w.base
+	}
+	u, err := first[*structs.KeyUsage](txn, tableUsage, key, "usage")
 	if err != nil {
 		return &structs.KeyUsage{AccessKey: key, Sessions: map[string]bool{}, Occupied: structs.Slots{}}
 	}

@@ -40,6 +40,8 @@ func New() (*StateStore, error) {
 // Snapshot is a consistent, read-only view of the state at one point in time.
 type Snapshot struct {
 	txn *memdb.Txn
+	// w, in a writer's snapshot, answers look-ups by ID (see writer).
+	w *writer
 }
 
 // Snapshot returns a point-in-time read view.
@@ -90,7 +92,14 @@ func (sn *Snapshot) WatchTables(ws memdb.WatchSet, tables ...string) {
 
 // Session returns one session by exact ID, registering a watch in ws.
 func (sn *Snapshot) Session(ws memdb.WatchSet, id string) (*structs.Session, error) {
-	ch, raw, err := sn.txn.FirstWatch(tableSessions, "id", id)
+	txn := sn.txn
+	if w := sn.w; w != nil && ws == nil {
+		if s, ok := w.sessions[id]; ok {
+			return s, nil
+		}
+		txn = w.base
+	}
+	ch, raw, err := txn.FirstWatch(tableSessions, "id", id)
 	if err != nil {
 		return nil, err
 	}
@@ -185,12 +194,32 @@ func (sn *Snapshot) Sessions(ws memdb.WatchSet, status string) ([]*structs.Sessi
 
 // Kernel returns one kernel by ID.
 func (sn *Snapshot) Kernel(id string) (*structs.Kernel, error) {
-	raw, err := sn.txn.First(tableKernels, "id", id)
+	k, err := sn.kernel(nil, id)
 	if err != nil {
 		return nil, err
 	}
-	if raw == nil {
+	if k == nil {
 		return nil, fmt.Errorf("kernel %q: %w", id, ErrNotFound)
+	}
+	return k, nil
+}
+
+// kernel returns one kernel by ID, nil when there is none.
+func (sn *Snapshot) kernel(ws memdb.WatchSet, id string) (*structs.Kernel, error) {
+	txn := sn.txn
+	if w := sn.w; w != nil && ws == nil {
+		if k, ok := w.kernels[id]; ok {
+			return k, nil
+		}
+		txn = w.base
+	}
+	ch, raw, err := txn.FirstWatch(tableKernels, "id", id)
+	if err != nil {
+		return nil, err
+	}
+	ws.Add(ch)
+	if raw == nil {
+		return nil, nil
 	}
 	return raw.(*structs.Kernel), nil
 }
@@ -219,17 +248,11 @@ func (sn *Snapshot) KernelsBySession(ws memdb.WatchSet, sessionID string) ([]*st
 func (sn *Snapshot) kernelsOf(ws memdb.WatchSet, sess *structs.Session) ([]*structs.Kernel, error) {
 	out := make([]*structs.Kernel, 0, len(sess.KernelIDs))
 	for _, id := range sess.KernelIDs {
-		ch, raw, err := sn.txn.FirstWatch(tableKernels, "id", id)
+		k, err := sn.kernel(ws, id)
 		if err != nil {
 			return nil, err
 		}
-		if ws != nil {
-			ws.Add(ch)
-		}
-		if raw == nil {
-			continue
-		}
-		if k := raw.(*structs.Kernel); k.SessionID == sess.ID {
+		if k != nil && k.SessionID == sess.ID {
 			out = append(out, k)
 		}
 	}
@@ -269,7 +292,14 @@ func (sn *Snapshot) Kernels() ([]*structs.Kernel, error) {
 
 // Agent returns one agent by ID.
 func (sn *Snapshot) Agent(ws memdb.WatchSet, id string) (*structs.Agent, error) {
-	ch, raw, err := sn.txn.FirstWatch(tableAgents, "id", id)
+	txn := sn.txn
+	if w := sn.w; w != nil && ws == nil {
+		if a, ok := w.agents[id]; ok {
+			return a, nil
+		}
+		txn = w.base
+	}
+	ch, raw, err := txn.FirstWatch(tableAgents, "id", id)
 	if err != nil {
 		return nil, err
 	}
