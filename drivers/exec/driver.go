@@ -20,7 +20,6 @@ import (
 	"runtime"
 	"slices"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -74,10 +73,7 @@ type Driver struct {
 	// noLimits says why cgroups are not used; empty when they are.
 	noLimits string
 
-	mu sync.Mutex
-	// tasks holds every started task; a nil value reserves an ID while the
-	// task is being started.
-	tasks map[string]*task
+	tasks lifecycle.Tasks[*task]
 }
 
 var _ drivers.Driver = (*Driver)(nil)
@@ -90,7 +86,7 @@ func New(logger *slog.Logger) *Driver {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	d := &Driver{logger: logger.With("driver", driverName), tasks: map[string]*task{}}
+	d := &Driver{logger: logger.With("driver", driverName)}
 	if !shim.Available() {
 		d.logger.Warn("this binary does not run task shims (shim.MaybeRun is not called first in main): " +
 			"tasks run inside this process and lose their exit status if it restarts")
@@ -156,15 +152,7 @@ func (d *Driver) Capabilities() drivers.Capabilities {
 }
 
 // get returns the task with id or ErrTaskNotFound.
-func (d *Driver) get(id string) (*task, error) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	t := d.tasks[id]
-	if t == nil {
-		return nil, fmt.Errorf("%w: %q", drivers.ErrTaskNotFound, id)
-	}
-	return t, nil
-}
+func (d *Driver) get(id string) (*task, error) { return d.tasks.Get(id) }
 
 func validateConfig(cfg *drivers.TaskConfig) error {
 	switch {
@@ -233,18 +221,12 @@ func (d *Driver) Start(ctx context.Context, cfg *drivers.TaskConfig) (_ *drivers
 		return nil, err
 	}
 
-	d.mu.Lock()
-	if _, ok := d.tasks[cfg.ID]; ok {
-		d.mu.Unlock()
-		return nil, fmt.Errorf("%w: %q", drivers.ErrTaskExists, cfg.ID)
+	if err := d.tasks.Reserve(cfg.ID); err != nil {
+		return nil, err
 	}
-	d.tasks[cfg.ID] = nil // reserve the ID
-	d.mu.Unlock()
 	defer func() {
 		if err != nil {
-			d.mu.Lock()
-			delete(d.tasks, cfg.ID)
-			d.mu.Unlock()
+			d.tasks.Unreserve(cfg.ID)
 		}
 	}()
 
@@ -309,9 +291,7 @@ func (d *Driver) Start(ctx context.Context, cfg *drivers.TaskConfig) (_ *drivers
 		t.Kill()
 		return nil, err
 	}
-	d.mu.Lock()
-	d.tasks[cfg.ID] = t
-	d.mu.Unlock()
+	d.tasks.Set(cfg.ID, t)
 	t.Logger.Info("task started", "command", cfg.Command, "cgroups", group != nil, "shim_pid", st.ShimPid)
 	return h, nil
 }
@@ -320,11 +300,7 @@ func (d *Driver) Start(ctx context.Context, cfg *drivers.TaskConfig) (_ *drivers
 // has exited, at once if it already has. Every call gets its own channel;
 // if ctx ends first, nothing is sent.
 func (d *Driver) Wait(ctx context.Context, taskID string) (<-chan *drivers.ExitResult, error) {
-	t, err := d.get(taskID)
-	if err != nil {
-		return nil, err
-	}
-	return t.Wait(ctx), nil
+	return d.tasks.Wait(ctx, taskID)
 }
 
 // Stop sends signal (default SIGTERM) to the task's process group and
@@ -335,56 +311,32 @@ func (d *Driver) Stop(ctx context.Context, taskID string, timeout time.Duration,
 	if err != nil {
 		return err
 	}
-	t, err := d.get(taskID)
-	if err != nil {
-		return err
-	}
-	return t.Stop(ctx, sig, timeout)
+	return d.tasks.Stop(ctx, taskID, sig, timeout)
 }
 
 // Destroy kills every process left of the task (a running task only when
 // force is set), waits until they are gone, removes its cgroups and shim
 // files and forgets the task.
 func (d *Driver) Destroy(ctx context.Context, taskID string, force bool) error {
-	t, err := d.get(taskID)
-	if err != nil {
-		return err
-	}
-	if !t.Exited() && !force {
-		return fmt.Errorf("task %s is still running: stop it first or destroy it with force", taskID)
-	}
-	ctx, cancel := context.WithTimeout(ctx, destroyTimeout)
-	defer cancel()
-	if err := t.KillAll(ctx); err != nil {
-		return fmt.Errorf("destroying task %s: %w", taskID, err)
-	}
-	if t.group != nil {
-		if err := t.group.Destroy(ctx); err != nil {
-			return fmt.Errorf("destroying task %s: %w", taskID, err)
+	return d.tasks.Destroy(ctx, taskID, force, destroyTimeout, func(ctx context.Context, t *task) error {
+		if t.group != nil {
+			if err := t.group.Destroy(ctx); err != nil {
+				return err
+			}
 		}
-	}
-	if t.shimDir != "" {
-		// The shim has exited (or is gone): the task's exit is known.
-		if err := os.RemoveAll(t.shimDir); err != nil {
-			return fmt.Errorf("destroying task %s: removing shim files: %w", taskID, err)
+		if t.shimDir != "" {
+			// The shim has exited (or is gone): the task's exit is known.
+			if err := os.RemoveAll(t.shimDir); err != nil {
+				return fmt.Errorf("removing shim files: %w", err)
+			}
 		}
-	}
-	d.mu.Lock()
-	if d.tasks[taskID] == t {
-		delete(d.tasks, taskID)
-	}
-	d.mu.Unlock()
-	t.Logger.Info("task destroyed")
-	return nil
+		return nil
+	})
 }
 
 // Inspect reports whether the task runs and, once it exited, how.
 func (d *Driver) Inspect(ctx context.Context, taskID string) (*drivers.TaskStatus, error) {
-	t, err := d.get(taskID)
-	if err != nil {
-		return nil, err
-	}
-	return t.Status(), nil
+	return d.tasks.Inspect(taskID)
 }
 
 // Stats samples the task's CPU time, resident memory and process count from
@@ -560,13 +512,9 @@ func (d *Driver) Recover(ctx context.Context, handle *drivers.TaskHandle) error 
 		// The pgid may now belong to unrelated processes: never signal it.
 		t.pgid = 0
 	}
-	d.mu.Lock()
-	if _, ok := d.tasks[cfg.ID]; ok {
-		d.mu.Unlock()
+	if !d.tasks.Add(cfg.ID, t) {
 		return nil
 	}
-	d.tasks[cfg.ID] = t
-	d.mu.Unlock()
 
 	if st.ShimDir == "" {
 		if !running {

@@ -28,7 +28,6 @@ import (
 	"runtime/debug"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/opencontainers/cgroups"
@@ -121,10 +120,7 @@ type Driver struct {
 	rootfsMode   RootFSMode
 	capabilities []string
 
-	mu sync.Mutex
-	// tasks holds every started task; a nil value reserves an ID while the
-	// task is being started.
-	tasks map[string]*task
+	tasks lifecycle.Tasks[*task]
 }
 
 var _ drivers.Driver = (*Driver)(nil)
@@ -139,7 +135,6 @@ func New(logger *slog.Logger, opts ...Option) *Driver {
 		stateDir:     DefaultStateDir,
 		cgroupParent: DefaultCgroupParent,
 		pidsLimit:    DefaultPidsLimit,
-		tasks:        map[string]*task{},
 	}
 	for _, o := range opts {
 		o(d)
@@ -222,15 +217,7 @@ func (d *Driver) Capabilities() drivers.Capabilities {
 }
 
 // get returns the task with id or ErrTaskNotFound.
-func (d *Driver) get(id string) (*task, error) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	t := d.tasks[id]
-	if t == nil {
-		return nil, fmt.Errorf("%w: %q", drivers.ErrTaskNotFound, id)
-	}
-	return t, nil
-}
+func (d *Driver) get(id string) (*task, error) { return d.tasks.Get(id) }
 
 func validateConfig(cfg *drivers.TaskConfig) error {
 	switch {
@@ -305,18 +292,12 @@ func (d *Driver) Start(ctx context.Context, cfg *drivers.TaskConfig) (_ *drivers
 		return nil, err
 	}
 
-	d.mu.Lock()
-	if _, ok := d.tasks[cfg.ID]; ok {
-		d.mu.Unlock()
-		return nil, fmt.Errorf("%w: %q", drivers.ErrTaskExists, cfg.ID)
+	if err := d.tasks.Reserve(cfg.ID); err != nil {
+		return nil, err
 	}
-	d.tasks[cfg.ID] = nil // reserve the ID
-	d.mu.Unlock()
 	defer func() {
 		if err != nil {
-			d.mu.Lock()
-			delete(d.tasks, cfg.ID)
-			d.mu.Unlock()
+			d.tasks.Unreserve(cfg.ID)
 		}
 	}()
 
@@ -406,9 +387,7 @@ func (d *Driver) Start(ctx context.Context, cfg *drivers.TaskConfig) (_ *drivers
 		d.abandon(t, sh)
 		return nil, err
 	}
-	d.mu.Lock()
-	d.tasks[cfg.ID] = t
-	d.mu.Unlock()
+	d.tasks.Set(cfg.ID, t)
 	t.Logger.Info("task started", "command", proc.Args, "overlay", rfs.Overlay, "shim_pid", ss.ShimPid, "took", time.Since(start))
 	return h, nil
 }
@@ -466,11 +445,7 @@ func (d *Driver) removeCgroupParents(dirs []string, log *slog.Logger) {
 // has exited, at once if it already has. Every call gets its own channel;
 // if ctx ends first, nothing is sent.
 func (d *Driver) Wait(ctx context.Context, taskID string) (<-chan *drivers.ExitResult, error) {
-	t, err := d.get(taskID)
-	if err != nil {
-		return nil, err
-	}
-	return t.Wait(ctx), nil
+	return d.tasks.Wait(ctx, taskID)
 }
 
 // Stop sends signal (default SIGTERM) to the container's init and SIGKILL
@@ -486,11 +461,7 @@ func (d *Driver) Stop(ctx context.Context, taskID string, timeout time.Duration,
 	if err != nil {
 		return err
 	}
-	t, err := d.get(taskID)
-	if err != nil {
-		return err
-	}
-	return t.Stop(ctx, sig, timeout)
+	return d.tasks.Stop(ctx, taskID, sig, timeout)
 }
 
 // Destroy kills every process left of the task (a running task only when
@@ -498,61 +469,38 @@ func (d *Driver) Stop(ctx context.Context, taskID string, timeout time.Duration,
 // state and cgroups (and the cgroup parents its Start created, once
 // unused), unmounts its rootfs, removes its directory and forgets the task.
 func (d *Driver) Destroy(ctx context.Context, taskID string, force bool) error {
-	t, err := d.get(taskID)
-	if err != nil {
-		return err
-	}
-	if !t.Exited() && !force {
-		return fmt.Errorf("task %s is still running: stop it first or destroy it with force", taskID)
-	}
-	ctx, cancel := context.WithTimeout(ctx, destroyTimeout)
-	defer cancel()
-	if err := t.KillAll(ctx); err != nil {
-		return fmt.Errorf("destroying task %s: %w", taskID, err)
-	}
-	// The shim exits right after recording the init's exit status.
-	if err := t.waitShimExit(ctx, shimExitGrace); err != nil {
-		return fmt.Errorf("destroying task %s: %w", taskID, err)
-	}
-	var errs []error
-	if t.container != nil {
-		if err := t.container.Destroy(); err != nil {
-			errs = append(errs, fmt.Errorf("destroying container: %w", err))
+	return d.tasks.Destroy(ctx, taskID, force, destroyTimeout, func(ctx context.Context, t *task) error {
+		// The shim exits right after recording the init's exit status.
+		if err := t.waitShimExit(ctx, shimExitGrace); err != nil {
+			return err
 		}
-	}
-	// libcontainer removes the leaves it knows; a recovered task whose
-	// state was lost has only the paths in its handle. RemovePaths empties
-	// the map it gets.
-	if err := cgroups.RemovePaths(maps.Clone(t.state.CgroupPaths)); err != nil {
-		errs = append(errs, fmt.Errorf("removing cgroups: %w", err))
-	}
-	if t.container == nil && t.state.Root != "" && t.state.ContainerID != "" {
-		_ = os.RemoveAll(filepath.Join(t.state.Root, t.state.ContainerID))
-	}
-	levels := strings.Count(d.cgroupParent, "/") + 1
-	d.removeCgroupParents(append(cgroupParentsOf(t.state.CgroupPaths, levels), t.state.CgroupParents...), t.Logger)
-	if err := t.state.RootFS.release(); err != nil {
-		errs = append(errs, err)
-	}
-	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("destroying task %s: %w", taskID, err)
-	}
-	d.mu.Lock()
-	if d.tasks[taskID] == t {
-		delete(d.tasks, taskID)
-	}
-	d.mu.Unlock()
-	t.Logger.Info("task destroyed")
-	return nil
+		var errs []error
+		if t.container != nil {
+			if err := t.container.Destroy(); err != nil {
+				errs = append(errs, fmt.Errorf("destroying container: %w", err))
+			}
+		}
+		// libcontainer removes the leaves it knows; a recovered task whose
+		// state was lost has only the paths in its handle. RemovePaths empties
+		// the map it gets.
+		if err := cgroups.RemovePaths(maps.Clone(t.state.CgroupPaths)); err != nil {
+			errs = append(errs, fmt.Errorf("removing cgroups: %w", err))
+		}
+		if t.container == nil && t.state.Root != "" && t.state.ContainerID != "" {
+			_ = os.RemoveAll(filepath.Join(t.state.Root, t.state.ContainerID))
+		}
+		levels := strings.Count(d.cgroupParent, "/") + 1
+		d.removeCgroupParents(append(cgroupParentsOf(t.state.CgroupPaths, levels), t.state.CgroupParents...), t.Logger)
+		if err := t.state.RootFS.release(); err != nil {
+			errs = append(errs, err)
+		}
+		return errors.Join(errs...)
+	})
 }
 
 // Inspect reports whether the task runs and, once it exited, how.
 func (d *Driver) Inspect(ctx context.Context, taskID string) (*drivers.TaskStatus, error) {
-	t, err := d.get(taskID)
-	if err != nil {
-		return nil, err
-	}
-	return t.Status(), nil
+	return d.tasks.Inspect(taskID)
 }
 
 // Stats samples the container's CPU time, resident memory and process
@@ -685,13 +633,9 @@ func (d *Driver) Recover(ctx context.Context, handle *drivers.TaskHandle) error 
 			}
 		}
 	}
-	d.mu.Lock()
-	if _, ok := d.tasks[cfg.ID]; ok {
-		d.mu.Unlock()
+	if !d.tasks.Add(cfg.ID, t) {
 		return nil
 	}
-	d.tasks[cfg.ID] = t
-	d.mu.Unlock()
 
 	why := errNoShim
 	if st.ShimDir != "" {
