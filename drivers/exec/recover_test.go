@@ -1,7 +1,6 @@
 package exec
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -14,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/corral-dev/corral/drivers/internal/drivertest"
 	"github.com/corral-dev/corral/drivers/shim"
 	"github.com/corral-dev/corral/plugins/drivers"
 	"github.com/corral-dev/corral/plugins/drivers/testutils"
@@ -42,26 +42,9 @@ func runFakeAgent() int {
 	return 0
 }
 
-// persisted round-trips h through JSON as the agent's state store does.
-func persisted(t *testing.T, h *drivers.TaskHandle) *drivers.TaskHandle {
-	t.Helper()
-	b, err := json.Marshal(h)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out drivers.TaskHandle
-	if err := json.Unmarshal(b, &out); err != nil {
-		t.Fatal(err)
-	}
-	return &out
-}
-
 func stateOf(t *testing.T, h *drivers.TaskHandle) driverState {
 	t.Helper()
-	var st driverState
-	if err := json.Unmarshal(h.DriverState, &st); err != nil {
-		t.Fatal(err)
-	}
+	st := drivertest.DriverState[driverState](t, h)
 	if st.ShimDir == "" || st.ShimPid <= 0 || st.ShimStartTime == 0 || st.Pid <= 0 || st.StartTime == 0 {
 		t.Fatalf("driver state %s lacks what Recover needs", h.DriverState)
 	}
@@ -73,31 +56,8 @@ func stateOf(t *testing.T, h *drivers.TaskHandle) driverState {
 func recoverTask(t *testing.T, h *drivers.TaskHandle) *Driver {
 	t.Helper()
 	d := newTestDriver(t)
-	if err := d.Recover(context.Background(), persisted(t, h)); err != nil {
-		t.Fatalf("Recover: %v", err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
-		defer cancel()
-		if err := d.Destroy(ctx, h.Config.ID, true); err != nil && !errors.Is(err, drivers.ErrTaskNotFound) {
-			t.Errorf("cleanup: Destroy: %v", err)
-		}
-	})
+	drivertest.Recover(t, d, h)
 	return d
-}
-
-// waitGone waits until none of pids runs.
-func waitGone(t *testing.T, pids ...int) {
-	t.Helper()
-	deadline := time.Now().Add(testTimeout)
-	for _, pid := range pids {
-		for !testutils.ProcessGone(pid) {
-			if time.Now().After(deadline) {
-				t.Fatalf("process %d still runs", pid)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	}
 }
 
 func TestRecoverRealExitCode(t *testing.T) {
@@ -146,7 +106,7 @@ func TestRecoverExitedWhileAway(t *testing.T) {
 	cfg := testutils.TaskConfig(t, "/bin/sh", "-c", "exit 3")
 	h := testutils.StartTask(t, first, cfg)
 	st := stateOf(t, h)
-	waitGone(t, st.Pid, st.ShimPid)
+	drivertest.WaitGone(t, st.Pid, st.ShimPid)
 	before := time.Now()
 	second := recoverTask(t, h)
 	res := testutils.WaitResult(t, second, cfg.ID, time.Second)
@@ -177,9 +137,9 @@ func TestRecoverShimDied(t *testing.T) {
 		st := stateOf(t, h)
 		// Kill the shim first so that it records nothing.
 		_ = syscall.Kill(st.ShimPid, syscall.SIGKILL)
-		waitGone(t, st.ShimPid)
+		drivertest.WaitGone(t, st.ShimPid)
 		_ = syscall.Kill(-st.Pgid, syscall.SIGKILL)
-		waitGone(t, st.Pid)
+		drivertest.WaitGone(t, st.Pid)
 		second := recoverTask(t, h)
 		res := testutils.WaitResult(t, second, cfg.ID, testTimeout)
 		checkLost(t, res)
@@ -190,7 +150,7 @@ func TestRecoverShimDied(t *testing.T) {
 		h := testutils.StartTask(t, first, cfg)
 		st := stateOf(t, h)
 		_ = syscall.Kill(st.ShimPid, syscall.SIGKILL)
-		waitGone(t, st.ShimPid)
+		drivertest.WaitGone(t, st.ShimPid)
 		second := recoverTask(t, h)
 		if ins, err := second.Inspect(context.Background(), cfg.ID); err != nil || ins.State != drivers.TaskStateRunning {
 			t.Fatalf("Inspect = %+v, %v; want still running", ins, err)
@@ -198,7 +158,7 @@ func TestRecoverShimDied(t *testing.T) {
 		if err := second.Stop(context.Background(), cfg.ID, 5*time.Second, "SIGTERM"); err != nil {
 			t.Fatalf("Stop: %v", err)
 		}
-		waitGone(t, st.Pid)
+		drivertest.WaitGone(t, st.Pid)
 		checkLost(t, testutils.WaitResult(t, second, cfg.ID, testTimeout))
 	})
 }
@@ -234,7 +194,7 @@ func TestAgentKilled(t *testing.T) {
 			}
 			if whileAway {
 				release()
-				waitGone(t, st.Pid)
+				drivertest.WaitGone(t, st.Pid)
 			}
 			d := recoverTask(t, h)
 			if !whileAway {
@@ -255,31 +215,8 @@ func TestAgentKilled(t *testing.T) {
 // with SIGKILL and returns the handle it printed.
 func startInFakeAgent(t *testing.T, cfg *drivers.TaskConfig) (*drivers.TaskHandle, driverState) {
 	t.Helper()
-	b, err := json.Marshal(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	agent := osexec.Command(os.Args[0])
-	agent.Env = append(os.Environ(), fakeAgentEnv+"="+string(b))
-	var stderr bytes.Buffer
-	agent.Stderr = &stderr
-	out, err := agent.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := agent.Start(); err != nil {
-		t.Fatal(err)
-	}
-	killAgent := func() {
-		_ = agent.Process.Signal(syscall.SIGKILL)
-		_ = agent.Wait()
-	}
-	var h drivers.TaskHandle
-	if err := json.NewDecoder(out).Decode(&h); err != nil {
-		killAgent()
-		t.Fatalf("reading the fake agent's handle: %v; its stderr: %s", err, stderr.String())
-	}
-	st := stateOf(t, &h)
+	h, killAgent := drivertest.StartFakeAgent(t, fakeAgentEnv, cfg)
+	st := stateOf(t, h)
 	// Whatever happens next, leave no process behind.
 	t.Cleanup(func() {
 		if !testutils.ProcessGone(st.Pid) {
@@ -287,7 +224,7 @@ func startInFakeAgent(t *testing.T, cfg *drivers.TaskConfig) (*drivers.TaskHandl
 		}
 	})
 	killAgent()
-	return &h, st
+	return h, st
 }
 
 func TestRecoverGoneOrReused(t *testing.T) {
@@ -398,5 +335,5 @@ func TestExecReachedByStop(t *testing.T) {
 	case <-time.After(testTimeout):
 		t.Fatal("Exec did not return after Stop")
 	}
-	waitGone(t, pid)
+	drivertest.WaitGone(t, pid)
 }

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/corral-dev/corral/drivers/internal/drivertest"
 	"github.com/corral-dev/corral/drivers/shim"
 	"github.com/corral-dev/corral/plugins/drivers"
 	"github.com/corral-dev/corral/plugins/drivers/testutils"
@@ -98,27 +99,10 @@ func runFakeAgent() int {
 	return 0
 }
 
-// persisted round-trips h through JSON as the agent's state store does.
-func persisted(t *testing.T, h *drivers.TaskHandle) *drivers.TaskHandle {
-	t.Helper()
-	b, err := json.Marshal(h)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out drivers.TaskHandle
-	if err := json.Unmarshal(b, &out); err != nil {
-		t.Fatal(err)
-	}
-	return &out
-}
-
 // stateOf returns the driver state in h, which must name the shim.
 func stateOf(t *testing.T, h *drivers.TaskHandle) driverState {
 	t.Helper()
-	var st driverState
-	if err := json.Unmarshal(h.DriverState, &st); err != nil {
-		t.Fatal(err)
-	}
+	st := drivertest.DriverState[driverState](t, h)
 	if st.ShimDir == "" || st.ShimPid <= 0 || st.ShimStartTime == 0 || st.InitPid <= 0 || st.InitStartTime == 0 {
 		t.Fatalf("driver state %s lacks what Recover needs", h.DriverState)
 	}
@@ -130,31 +114,8 @@ func stateOf(t *testing.T, h *drivers.TaskHandle) driverState {
 func recoverTask(t *testing.T, h *drivers.TaskHandle, opts ...Option) *Driver {
 	t.Helper()
 	d := newTestDriver(t, opts...)
-	if err := d.Recover(context.Background(), persisted(t, h)); err != nil {
-		t.Fatalf("Recover: %v", err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
-		defer cancel()
-		if err := d.Destroy(ctx, h.Config.ID, true); err != nil && !errors.Is(err, drivers.ErrTaskNotFound) {
-			t.Errorf("cleanup: Destroy: %v", err)
-		}
-	})
+	drivertest.Recover(t, d, h)
 	return d
-}
-
-// waitGone waits until none of pids runs.
-func waitGone(t *testing.T, pids ...int) {
-	t.Helper()
-	deadline := time.Now().Add(testTimeout)
-	for _, pid := range pids {
-		for !testutils.ProcessGone(pid) {
-			if time.Now().After(deadline) {
-				t.Fatalf("process %d still runs", pid)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	}
 }
 
 // destroyAndCheck destroys the task and checks that nothing of it is left:
@@ -206,7 +167,7 @@ func TestRecoverExitedWhileAway(t *testing.T) {
 	cfg := taskConfig(t, "/bin/sh", "-c", "exit 3")
 	h := testutils.StartTask(t, first, cfg)
 	st := stateOf(t, h)
-	waitGone(t, st.InitPid, st.ShimPid)
+	drivertest.WaitGone(t, st.InitPid, st.ShimPid)
 	before := time.Now()
 	second := recoverTask(t, h)
 	res := testutils.WaitResult(t, second, cfg.ID, time.Second)
@@ -358,7 +319,7 @@ func TestRecoverShimDied(t *testing.T) {
 	h := testutils.StartTask(t, first, cfg)
 	st := stateOf(t, h)
 	_ = syscall.Kill(st.ShimPid, syscall.SIGKILL)
-	waitGone(t, st.ShimPid)
+	drivertest.WaitGone(t, st.ShimPid)
 	second := recoverTask(t, h)
 	if ins, err := second.Inspect(context.Background(), cfg.ID); err != nil || ins.State != drivers.TaskStateRunning {
 		t.Fatalf("Inspect = %+v, %v; want still running", ins, err)
@@ -434,7 +395,7 @@ func TestAgentKilled(t *testing.T) {
 			}
 			if whileAway {
 				release()
-				waitGone(t, st.InitPid, st.ShimPid)
+				drivertest.WaitGone(t, st.InitPid, st.ShimPid)
 			}
 			before := time.Now()
 			d := recoverTask(t, h, WithCgroupParent(parent))
@@ -464,43 +425,20 @@ func TestAgentKilled(t *testing.T) {
 // handle it printed.
 func startInFakeAgent(t *testing.T, cgroupParent string, cfg *drivers.TaskConfig) (*drivers.TaskHandle, driverState) {
 	t.Helper()
-	b, err := json.Marshal(fakeAgent{StateDir: t.TempDir(), CgroupParent: cgroupParent, Task: cfg})
-	if err != nil {
-		t.Fatal(err)
-	}
-	agent := osexec.Command(os.Args[0])
-	agent.Env = append(os.Environ(), fakeAgentEnv+"="+string(b))
-	var stderr bytes.Buffer
-	agent.Stderr = &stderr
-	out, err := agent.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := agent.Start(); err != nil {
-		t.Fatal(err)
-	}
-	killAgent := func() {
-		_ = agent.Process.Signal(syscall.SIGKILL)
-		_ = agent.Wait()
-	}
-	var h drivers.TaskHandle
-	if err := json.NewDecoder(out).Decode(&h); err != nil {
-		killAgent()
-		t.Fatalf("reading the fake agent's handle: %v; its stderr: %s", err, stderr.String())
-	}
-	st := stateOf(t, &h)
+	h, killAgent := drivertest.StartFakeAgent(t, fakeAgentEnv, fakeAgent{StateDir: t.TempDir(), CgroupParent: cgroupParent, Task: cfg})
+	st := stateOf(t, h)
 	// Whatever happens next, leave nothing behind: recover the task on a
 	// driver of its own and destroy it (a no-op once the test did).
 	t.Cleanup(func() {
 		d := New(nil, WithCgroupParent(cgroupParent))
 		ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
 		defer cancel()
-		if err := d.Recover(ctx, &h); err == nil {
+		if err := d.Recover(ctx, h); err == nil {
 			_ = d.Destroy(ctx, cfg.ID, true)
 		}
 	})
 	killAgent()
-	return &h, st
+	return h, st
 }
 
 // TestWithoutShimBinary runs a container from a binary that never called
@@ -539,7 +477,7 @@ func TestWithoutShimBinary(t *testing.T) {
 	if res.ExitCode != 5 || res.Signal != 0 || res.Err != "" || res.DestroyError != "" || res.Fingerprint != "in-process" {
 		t.Errorf("agent without shims reported %+v, want exit code 5 and the in-process fingerprint", res)
 	}
-	waitGone(t, st.InitPid)
+	drivertest.WaitGone(t, st.InitPid)
 	if dirs := cgroupParentDirs(t, parent); len(dirs) > 0 {
 		t.Errorf("cgroup parents left: %v", dirs)
 	}
