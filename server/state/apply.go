@@ -220,6 +220,10 @@ func (s *StateStore) ApplyPlan(index uint64, req *structs.PlanApplyRequest) (*st
 	w := s.write(index)
 	defer w.txn.Abort()
 	res := &structs.PlanResult{Rejected: map[string]string{}}
+	// Room for every session and kernel the plan may write.
+	n := len(req.Plan.Placements) + len(req.Plan.Unplaced) + len(req.Plan.Attempts) + len(req.Plan.Cancel)
+	w.sessions = make(map[string]*structs.Session, n)
+	w.kernels = make(map[string]*structs.Kernel, len(req.Plan.Placements)+len(req.Plan.Cancel))
 	sn := w.snap()
 	for _, sp := range req.Plan.Placements {
 		if err := w.placeSession(sn, sp, req.Time); err != nil {

@@ -1,8 +1,10 @@
 package state
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -183,11 +185,11 @@ func (sn *Snapshot) Sessions(ws memdb.WatchSet, status string) ([]*structs.Sessi
 			out = append(out, s)
 		}
 	}
-	sort.Slice(out, func(i, j int) bool {
-		if out[i].CreateIndex != out[j].CreateIndex {
-			return out[i].CreateIndex < out[j].CreateIndex
+	slices.SortFunc(out, func(a, b *structs.Session) int {
+		if c := cmp.Compare(a.CreateIndex, b.CreateIndex); c != 0 {
+			return c
 		}
-		return out[i].ID < out[j].ID
+		return strings.Compare(a.ID, b.ID)
 	})
 	return out, nil
 }
@@ -352,14 +354,24 @@ func (sn *Snapshot) Agents(ws memdb.WatchSet) ([]*structs.Agent, error) {
 	return out, nil
 }
 
+// sortKernels orders kernels main first, then by index and ID.
 func sortKernels(ks []*structs.Kernel) {
-	sort.Slice(ks, func(i, j int) bool {
-		if ks[i].Role != ks[j].Role {
-			return ks[i].Role == "main"
+	if len(ks) < 2 {
+		return
+	}
+	slices.SortFunc(ks, func(a, b *structs.Kernel) int {
+		if a.Role != b.Role {
+			switch {
+			case a.Role == "main":
+				return -1
+			case b.Role == "main":
+				return 1
+			}
+			return 0
 		}
-		if ks[i].Idx != ks[j].Idx {
-			return ks[i].Idx < ks[j].Idx
+		if c := cmp.Compare(a.Idx, b.Idx); c != 0 {
+			return c
 		}
-		return ks[i].ID < ks[j].ID
+		return strings.Compare(a.ID, b.ID)
 	})
 }
