@@ -22,7 +22,9 @@ import (
 // the index's write transaction, dropping that transaction's cache of
 // nodes it already copied. A read between two writes of one table then
 // made the next write copy the index's whole path again, from the root:
-// most of a plan's apply. Listings still read the transaction.
+// most of a plan's apply. Listings still read the transaction. This holds
+// because every write of those tables goes through putSession, putKernel,
+// putAgent and ownUsage, and none deletes their rows.
 type writer struct {
 	txn   *memdb.Txn
 	base  *memdb.Txn
@@ -481,7 +483,7 @@ func (w *writer) recordPending(sn *Snapshot, id, reason string, attempts int, co
 	if !newReason && attempts == sess.ScheduleAttempts {
 		return nil
 	}
-	c := sess.Copy()
+	c := editSession(sess)
 	c.ScheduleAttempts = attempts
 	if newReason {
 		if err := c.SetStatus(structs.SessionPending, reason, now); err != nil {
