@@ -206,9 +206,10 @@ func (fc *fltCluster) makeSecrets() {
 	fc.gossipKey = cli("keygen")
 	cli("tls", "ca", "create", "-dir", fc.pki)
 	ca := []string{"-dir", fc.pki, "-ca", filepath.Join(fc.pki, "corral-ca.pem"), "-ca-key", filepath.Join(fc.pki, "corral-ca-key.pem")}
-	for range 3 {
+	for i := range 3 {
 		cli(append([]string{"tls", "cert", "create", "-server"}, ca...)...)
-		cli(append([]string{"tls", "cert", "create", "-agent"}, ca...)...)
+		// Agent certificates are bound to the agents' names.
+		cli(append([]string{"tls", "cert", "create", "-agent", "-node", fmt.Sprintf("agent%d", i+1)}, ca...)...)
 	}
 	fc.joinToken = fmt.Sprintf("fault-bed-%d", time.Now().UnixNano())
 }

@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
 	"github.com/corral-dev/corral/rpc/tlsutil"
@@ -106,3 +107,23 @@ func (t tokenCreds) GetRequestMetadata(context.Context, ...string) (map[string]s
 }
 
 func (t tokenCreds) RequireTransportSecurity() bool { return t.secure }
+
+// PeerAgent reports, for a call over mutual TLS, whether the caller holds
+// an agent certificate and which node name it is bound to ("" when it is
+// bound to the role only). Callers with a server certificate (forwarding
+// for an agent, which they checked) and plaintext calls give ok=false.
+func PeerAgent(ctx context.Context) (node string, ok bool) {
+	p, found := peer.FromContext(ctx)
+	if !found {
+		return "", false
+	}
+	info, isTLS := p.AuthInfo.(credentials.TLSInfo)
+	if !isTLS || len(info.State.PeerCertificates) == 0 {
+		return "", false
+	}
+	cert := info.State.PeerCertificates[0]
+	if role, _ := tlsutil.RoleOf(cert); role != tlsutil.RoleAgent {
+		return "", false
+	}
+	return tlsutil.NodeOf(cert), true
+}

@@ -42,6 +42,9 @@ func (e *agentEndpoint) Register(ctx context.Context, req *rpc.RegisterRequest) 
 	if err := e.srv.waitReady(ctx); err != nil {
 		return nil, status.Error(codes.Unavailable, err.Error())
 	}
+	if err := e.checkIdentity(ctx, req.Agent.ID, req.Agent.Name, false); err != nil {
+		return nil, err
+	}
 	if !e.srv.IsLeader() {
 		cl, err := e.srv.leaderClient()
 		if err != nil {
@@ -64,6 +67,9 @@ func (e *agentEndpoint) Register(ctx context.Context, req *rpc.RegisterRequest) 
 func (e *agentEndpoint) UpdateKernels(ctx context.Context, req *structs.KernelUpdateRequest) (*rpc.UpdateKernelsResponse, error) {
 	if req.AgentID == "" {
 		return nil, status.Error(codes.InvalidArgument, "update: agent ID is required")
+	}
+	if err := e.checkIdentity(ctx, req.AgentID, "", false); err != nil {
+		return nil, err
 	}
 	if !e.srv.IsLeader() {
 		cl, err := e.srv.leaderClient()
@@ -102,6 +108,9 @@ func (e *agentEndpoint) WatchKernels(req *rpc.WatchRequest, stream rpc.WatchStre
 	}
 	if err := e.srv.waitCommitted(ctx); err != nil {
 		return status.Error(codes.Unavailable, err.Error())
+	}
+	if err := e.checkIdentity(ctx, req.AgentID, "", true); err != nil {
+		return err
 	}
 	sent := map[string]uint64{}
 	full := true
@@ -186,4 +195,29 @@ func (c *agentConns) closeAll() {
 		cc.Close()
 		delete(c.conns, k)
 	}
+}
+
+// checkIdentity holds a caller whose agent certificate is bound to a node
+// name (corral tls cert create -agent -node NAME) to that agent: it may
+// register only under its own name, and act only for an agent ID recorded
+// under that name. must says the agent has to be recorded already (a
+// watch must not wait for another agent's kernels). Role-only
+// certificates, server certificates (a follower forwarding what it
+// checked) and plaintext clusters pass.
+func (e *agentEndpoint) checkIdentity(ctx context.Context, agentID, name string, must bool) error {
+	node, ok := rpc.PeerAgent(ctx)
+	if !ok || node == "" {
+		return nil
+	}
+	if name != "" && name != node {
+		return status.Errorf(codes.PermissionDenied, "this agent's certificate is for node %q; it cannot register as %q (start the agent with -name %s)", node, name, node)
+	}
+	a, err := e.srv.state.Snapshot().Agent(nil, agentID)
+	switch {
+	case err == nil && a.Name != node:
+		return status.Errorf(codes.PermissionDenied, "agent %s is %q; a certificate for node %q cannot act for it", agentID, a.Name, node)
+	case err != nil && must:
+		return status.Errorf(codes.PermissionDenied, "agent %s is not registered: register before watching", agentID)
+	}
+	return nil
 }

@@ -50,7 +50,13 @@ func newPKI(t *testing.T) *pki {
 
 func (p *pki) node(t *testing.T, role tlsutil.Role) *tlsutil.Config {
 	t.Helper()
-	c, k, err := p.ca.Issue(tlsutil.CertRequest{Role: role})
+	return p.named(t, role, "")
+}
+
+// named issues a certificate bound to a node name.
+func (p *pki) named(t *testing.T, role tlsutil.Role, node string) *tlsutil.Config {
+	t.Helper()
+	c, k, err := p.ca.Issue(tlsutil.CertRequest{Role: role, Node: node})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -121,8 +127,10 @@ func TestSecuredCluster(t *testing.T) {
 		"right certificate, no token":    startSecAgent("impostor-notoken", &rpc.Security{TLS: p.node(t, tlsutil.RoleAgent)}),
 		"right certificate, wrong token": startSecAgent("impostor-badtoken", &rpc.Security{TLS: p.node(t, tlsutil.RoleAgent), JoinToken: "guess"}),
 		"foreign CA, right token":        startSecAgent("impostor-foreign", &rpc.Security{TLS: foreign.node(t, tlsutil.RoleAgent), JoinToken: token}),
+		"certificate for another node":   startSecAgent("impostor-named", &rpc.Security{TLS: p.named(t, tlsutil.RoleAgent, "other"), JoinToken: token}),
 	}
-	good := startSecAgent("good-agent", &rpc.Security{TLS: p.node(t, tlsutil.RoleAgent), JoinToken: token})
+	// The good agent's certificate is bound to its name.
+	good := startSecAgent("good-agent", &rpc.Security{TLS: p.named(t, tlsutil.RoleAgent, "good-agent"), JoinToken: token})
 
 	c := &cluster{srv: srv, agent: good, client: client(t, srv, dir), addr: "http://" + srv.HTTPAddr(), token: mustToken(dir)}
 	c.waitAgentAlive(t, good.ID())
@@ -167,6 +175,9 @@ func TestSecuredCluster(t *testing.T) {
 		"right certificate, wrong token":   {TLS: p.node(t, tlsutil.RoleAgent), JoinToken: "guess"},
 		"foreign CA, right token":          {TLS: foreign.node(t, tlsutil.RoleAgent), JoinToken: token},
 		"server certificate of another CA": {TLS: foreign.node(t, tlsutil.RoleServer), JoinToken: token},
+		// Bound to node "other": it cannot take over the good agent's ID
+		// (registering under its own name) nor watch the good agent's kernels.
+		"certificate for another node": {TLS: p.named(t, tlsutil.RoleAgent, "other"), JoinToken: token},
 	} {
 		t.Run(name, func(t *testing.T) {
 			if impostors[name] == nil && !strings.HasPrefix(name, "server") {
@@ -180,7 +191,11 @@ func TestSecuredCluster(t *testing.T) {
 			cl := rpc.NewServerClient(cc)
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
-			_, err = cl.Register(ctx, &rpc.RegisterRequest{Agent: &structs.Agent{ID: "impostor", Name: "impostor", Capacity: small, Drivers: []string{"exec"}}})
+			inv := &structs.Agent{ID: "impostor", Name: "impostor", Capacity: small, Drivers: []string{"exec"}}
+			if name == "certificate for another node" {
+				inv.ID, inv.Name = good.ID(), "other"
+			}
+			_, err = cl.Register(ctx, &rpc.RegisterRequest{Agent: inv})
 			if err == nil {
 				t.Fatal("Register accepted")
 			}

@@ -69,6 +69,7 @@ func (c *cli) tlsCert(_ context.Context, args []string) error {
 	caFile := f.String("ca", tlsutil.CAFile, "CA certificate")
 	caKey := f.String("ca-key", tlsutil.CAKeyFile, "CA key")
 	days := f.Int("days", int(tlsutil.DefaultCertValidity/(24*time.Hour)), "validity in days")
+	node := f.String("node", "", "agents: bind the certificate to this node name (the agent's -name); it may then act only as that agent")
 	var ips, dns listFlag
 	f.Var(&ips, "ip", "extra IP address SAN (repeatable; servers default to 127.0.0.1)")
 	f.Var(&dns, "dns", "extra DNS name SAN (repeatable; servers default to localhost)")
@@ -88,8 +89,11 @@ func (c *cli) tlsCert(_ context.Context, args []string) error {
 	if *days <= 0 {
 		return f.usageErr("-days must be positive, got %d", *days)
 	}
-	req := tlsutil.CertRequest{Role: tlsutil.RoleAgent, DNSNames: dns, Validity: time.Duration(*days) * 24 * time.Hour}
+	req := tlsutil.CertRequest{Role: tlsutil.RoleAgent, DNSNames: dns, Validity: time.Duration(*days) * 24 * time.Hour, Node: *node}
 	if *isServer {
+		if *node != "" {
+			return f.usageErr("-node binds agent certificates only")
+		}
 		req.Role = tlsutil.RoleServer
 	}
 	for _, s := range ips {

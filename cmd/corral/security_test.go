@@ -1,6 +1,8 @@
 package main
 
 import (
+	"crypto/x509"
+	"encoding/pem"
 	"os"
 	"path/filepath"
 	"strings"
@@ -50,12 +52,24 @@ func TestKeygenAndTLSFiles(t *testing.T) {
 		{[]string{"tls", "ca", "create", "-days", "0"}, "-days must be positive"},
 		{[]string{"tls", "ca", "make"}, "want 'corral tls ca create'"},
 		{[]string{"keygen", "extra"}, `unexpected argument "extra"`},
+		{[]string{"tls", "cert", "create", "-server", "-node", "n1"}, "-node binds agent certificates only"},
 		{[]string{"session", "list", "-ca-cert", filepath.Join(dir, "nope.pem")}, "-ca-cert: reading the CA certificate"},
 	} {
 		r := runCLI(t, "", tc.args...)
 		if r.code != 2 || !strings.Contains(r.stderr, tc.want) || strings.Count(r.stderr, "\n") != 1 {
 			t.Fatalf("%v: exit %d, stderr %q; want 2 and %q", tc.args, r.code, r.stderr, tc.want)
 		}
+	}
+	r = mustRun(t, "", 0, "tls", "cert", "create", "-agent", "-node", "gpu-07", "-dir", dir, "-ca", ca, "-ca-key", key)
+	cf := filepath.Join(dir, "corral-agent-1.pem")
+	if !strings.Contains(r.stdout, cf) {
+		t.Fatalf("stdout %q, want %s", r.stdout, cf)
+	}
+	b, _ := os.ReadFile(cf)
+	blk, _ := pem.Decode(b)
+	cert, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil || tlsutil.NodeOf(cert) != "gpu-07" {
+		t.Fatalf("node of %s: %q, %v", cf, tlsutil.NodeOf(cert), err)
 	}
 	if r := runCLI(t, "", "tls", "cert", "create", "-agent", "-dir", dir, "-ca", filepath.Join(dir, "missing.pem")); r.code != 1 || !strings.Contains(r.stderr, "missing.pem") {
 		t.Fatalf("missing CA: %+v", r)

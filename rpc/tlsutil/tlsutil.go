@@ -70,6 +70,17 @@ func RoleOf(cert *x509.Certificate) (Role, bool) {
 	return "", false
 }
 
+// NodeOf reads the node name a certificate is bound to, "" when it is
+// bound to a role only.
+func NodeOf(cert *x509.Certificate) string {
+	for _, u := range cert.URIs {
+		if u.Scheme == "corral" {
+			return strings.TrimPrefix(u.Path, "/")
+		}
+	}
+	return ""
+}
+
 // CA is a certificate authority that signs node certificates.
 type CA struct {
 	Cert *x509.Certificate
@@ -156,6 +167,10 @@ type CertRequest struct {
 	DNSNames []string
 	// Validity defaults to DefaultCertValidity.
 	Validity time.Duration
+	// Node, when set, binds the certificate to one node name (the
+	// agent's -name): servers then let it register, watch and report
+	// only as that agent. It goes into the role URI: corral://agent/NODE.
+	Node string
 }
 
 // Issue creates a key and a certificate for a node, signed by the CA.
@@ -167,6 +182,13 @@ func (ca *CA) Issue(req CertRequest) (certPEM, keyPEM []byte, err error) {
 	}
 	if req.Validity <= 0 {
 		req.Validity = DefaultCertValidity
+	}
+	uri := req.Role.uri()
+	if req.Node != "" {
+		if strings.ContainsAny(req.Node, "/ \t\r\n") {
+			return nil, nil, fmt.Errorf("invalid node name %q", req.Node)
+		}
+		uri.Path = "/" + req.Node
 	}
 	ips, dns := slices.Clone(req.IPs), slices.Clone(req.DNSNames)
 	if req.Role == RoleServer && len(ips) == 0 && len(dns) == 0 {
@@ -197,7 +219,7 @@ func (ca *CA) Issue(req CertRequest) (certPEM, keyPEM []byte, err error) {
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 		DNSNames:     dns,
 		IPAddresses:  ips,
-		URIs:         []*url.URL{req.Role.uri()},
+		URIs:         []*url.URL{uri},
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, &key.PublicKey, ca.Key)
 	if err != nil {
