@@ -31,6 +31,14 @@ func requireAdmin(r *http.Request) error {
 	return nil
 }
 
+// decodeAdmin checks that the caller is an admin, then decodes the body.
+func decodeAdmin(r *http.Request, v any) error {
+	if err := requireAdmin(r); err != nil {
+		return err
+	}
+	return decodeBody(r, v)
+}
+
 func (s *Server) applyConfig(req *structs.ConfigUpsertRequest) error {
 	req.Time = time.Now().UTC()
 	_, _, err := s.apply(structs.ConfigUpsertRequestType, req)
@@ -38,11 +46,8 @@ func (s *Server) applyConfig(req *structs.ConfigUpsertRequest) error {
 }
 
 func (s *Server) createUser(w http.ResponseWriter, r *http.Request) (any, error) {
-	if err := requireAdmin(r); err != nil {
-		return nil, err
-	}
 	var req api.CreateUserRequest
-	if err := decodeBody(r, &req); err != nil {
+	if err := decodeAdmin(r, &req); err != nil {
 		return nil, err
 	}
 	if !nameRe.MatchString(req.Name) {
@@ -73,11 +78,8 @@ func redact(k *structs.AccessKey) *structs.AccessKey {
 }
 
 func (s *Server) createKey(w http.ResponseWriter, r *http.Request) (any, error) {
-	if err := requireAdmin(r); err != nil {
-		return nil, err
-	}
 	var req api.CreateKeyRequest
-	if err := decodeBody(r, &req); err != nil {
+	if err := decodeAdmin(r, &req); err != nil {
 		return nil, err
 	}
 	snap := s.state.Snapshot()
@@ -213,11 +215,8 @@ func parseLimitDuration(field, v string) (time.Duration, error) {
 }
 
 func (s *Server) createPolicy(w http.ResponseWriter, r *http.Request) (any, error) {
-	if err := requireAdmin(r); err != nil {
-		return nil, err
-	}
 	var req api.PolicyRequest
-	if err := decodeBody(r, &req); err != nil {
+	if err := decodeAdmin(r, &req); err != nil {
 		return nil, err
 	}
 	if !nameRe.MatchString(req.Name) {
@@ -255,11 +254,8 @@ var (
 )
 
 func (s *Server) upsertGroup(w http.ResponseWriter, r *http.Request) (any, error) {
-	if err := requireAdmin(r); err != nil {
-		return nil, err
-	}
 	var g structs.ResourceGroup
-	if err := decodeBody(r, &g); err != nil {
+	if err := decodeAdmin(r, &g); err != nil {
 		return nil, err
 	}
 	if name := r.PathValue("name"); name != "" {

@@ -92,11 +92,7 @@ func NewCA(validity time.Duration) (certPEM, keyPEM []byte, err error) {
 	if validity <= 0 {
 		validity = DefaultCAValidity
 	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, nil, err
-	}
-	serial, err := newSerial()
+	key, serial, err := newKeyAndSerial()
 	if err != nil {
 		return nil, nil, err
 	}
@@ -197,11 +193,7 @@ func (ca *CA) Issue(req CertRequest) (certPEM, keyPEM []byte, err error) {
 	if !slices.Contains(dns, req.Role.ServerName()) {
 		dns = append([]string{req.Role.ServerName()}, dns...)
 	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, nil, err
-	}
-	serial, err := newSerial()
+	key, serial, err := newKeyAndSerial()
 	if err != nil {
 		return nil, nil, err
 	}
@@ -399,8 +391,14 @@ func checkPeerRole(cs tls.ConnectionState, side string, accept []Role) error {
 	return nil
 }
 
-func newSerial() (*big.Int, error) {
-	return rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
+// newKeyAndSerial makes a P-256 key and a random 127-bit serial number.
+func newKeyAndSerial() (*ecdsa.PrivateKey, *big.Int, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, err
+	}
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
+	return key, serial, err
 }
 
 func encodeKey(key *ecdsa.PrivateKey) ([]byte, error) {
