@@ -22,57 +22,19 @@ import (
 	"github.com/corral-dev/corral/api"
 	execdriver "github.com/corral-dev/corral/drivers/exec"
 	"github.com/corral-dev/corral/gossip"
-	"github.com/corral-dev/corral/plugins/drivers"
 	"github.com/corral-dev/corral/rpc"
 	"github.com/corral-dev/corral/rpc/tlsutil"
+	"github.com/corral-dev/corral/rpc/tlsutil/tlstest"
 	"github.com/corral-dev/corral/server"
 	"github.com/corral-dev/corral/structs"
 )
-
-// pki is a CA with helpers to issue node TLS configs in memory.
-type pki struct {
-	caPEM []byte
-	ca    *tlsutil.CA
-}
-
-func newPKI(t *testing.T) *pki {
-	t.Helper()
-	c, k, err := tlsutil.NewCA(0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, err := tlsutil.ParseCA(c, k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &pki{caPEM: c, ca: ca}
-}
-
-func (p *pki) node(t *testing.T, role tlsutil.Role) *tlsutil.Config {
-	t.Helper()
-	return p.named(t, role, "")
-}
-
-// named issues a certificate bound to a node name.
-func (p *pki) named(t *testing.T, role tlsutil.Role, node string) *tlsutil.Config {
-	t.Helper()
-	c, k, err := p.ca.Issue(tlsutil.CertRequest{Role: role, Node: node})
-	if err != nil {
-		t.Fatal(err)
-	}
-	conf, err := tlsutil.New(p.caPEM, c, k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return conf
-}
 
 // TestSecuredCluster runs a server with gossip encryption, mutual TLS and
 // a join token, and checks that a properly equipped agent runs work while
 // agents without the right certificate or token can neither register nor
 // watch for kernels, and a member without the gossip key cannot join.
 func TestSecuredCluster(t *testing.T) {
-	p, foreign := newPKI(t), newPKI(t)
+	p, foreign := tlstest.New(t), tlstest.New(t)
 	keyB64, err := gossip.GenerateKey()
 	if err != nil {
 		t.Fatal(err)
@@ -82,41 +44,18 @@ func TestSecuredCluster(t *testing.T) {
 		t.Fatal(err)
 	}
 	const token = "join-me-7f3a"
-	serverSec := &rpc.Security{TLS: p.node(t, tlsutil.RoleServer), JoinToken: token}
+	serverSec := &rpc.Security{TLS: p.Node(t, tlsutil.RoleServer, ""), JoinToken: token}
 
 	dir := t.TempDir()
-	srv, err := server.New(server.Config{
-		OnBootstrapToken: func(tok string) { tokens.Store(dir, tok) },
-		NodeName:         "secure-server", DataDir: dir, HTTPAddr: "127.0.0.1:0", RPCAddr: "127.0.0.1:0",
-		SerfAddr: "127.0.0.1:0", Logger: testLogger(t), LogOutput: io.Discard, FastGossip: true,
-		GossipKey: key, Security: serverSec,
+	srv := startServerCfg(t, dir, func(c *server.Config) {
+		c.NodeName, c.GossipKey, c.Security = "secure-server", key, serverSec
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
 	t.Cleanup(srv.Shutdown)
-	go func() { _ = srv.Serve() }()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := srv.WaitForLeader(ctx); err != nil {
-		t.Fatal(err)
-	}
-	for ctx.Err() == nil {
-		if _, ok := tokens.Load(dir); ok {
-			break
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 
 	startSecAgent := func(name string, sec *rpc.Security) *agent.Agent {
-		a, err := agent.New(agent.Config{
-			Name: name, DataDir: t.TempDir(), RPCAddr: "127.0.0.1:0", SerfAddr: "127.0.0.1:0", Join: []string{srv.SerfAddr()},
-			Drivers: []drivers.Driver{execdriver.New(testLogger(t))}, Capacity: small,
-			Logger: testLogger(t), LogOutput: io.Discard, FastGossip: true, GossipKey: key, Security: sec,
+		a := startAgentCfg(t, t.TempDir(), srv.SerfAddr(), small, execdriver.New(testLogger(t)), func(c *agent.Config) {
+			c.Name, c.GossipKey, c.Security = name, key, sec
 		})
-		if err != nil {
-			t.Fatal(err)
-		}
 		t.Cleanup(func() { a.StopKernels(5 * time.Second); a.Shutdown() })
 		return a
 	}
@@ -124,13 +63,13 @@ func TestSecuredCluster(t *testing.T) {
 	// the time the good agent is in.
 	impostors := map[string]*agent.Agent{
 		"no TLS, right token":            startSecAgent("impostor-plain", &rpc.Security{JoinToken: token}),
-		"right certificate, no token":    startSecAgent("impostor-notoken", &rpc.Security{TLS: p.node(t, tlsutil.RoleAgent)}),
-		"right certificate, wrong token": startSecAgent("impostor-badtoken", &rpc.Security{TLS: p.node(t, tlsutil.RoleAgent), JoinToken: "guess"}),
-		"foreign CA, right token":        startSecAgent("impostor-foreign", &rpc.Security{TLS: foreign.node(t, tlsutil.RoleAgent), JoinToken: token}),
-		"certificate for another node":   startSecAgent("impostor-named", &rpc.Security{TLS: p.named(t, tlsutil.RoleAgent, "other"), JoinToken: token}),
+		"right certificate, no token":    startSecAgent("impostor-notoken", &rpc.Security{TLS: p.Node(t, tlsutil.RoleAgent, "")}),
+		"right certificate, wrong token": startSecAgent("impostor-badtoken", &rpc.Security{TLS: p.Node(t, tlsutil.RoleAgent, ""), JoinToken: "guess"}),
+		"foreign CA, right token":        startSecAgent("impostor-foreign", &rpc.Security{TLS: foreign.Node(t, tlsutil.RoleAgent, ""), JoinToken: token}),
+		"certificate for another node":   startSecAgent("impostor-named", &rpc.Security{TLS: p.Node(t, tlsutil.RoleAgent, "other"), JoinToken: token}),
 	}
 	// The good agent's certificate is bound to its name.
-	good := startSecAgent("good-agent", &rpc.Security{TLS: p.named(t, tlsutil.RoleAgent, "good-agent"), JoinToken: token})
+	good := startSecAgent("good-agent", &rpc.Security{TLS: p.Node(t, tlsutil.RoleAgent, "good-agent"), JoinToken: token})
 
 	c := &cluster{srv: srv, agent: good, client: client(t, srv, dir), addr: "http://" + srv.HTTPAddr(), token: mustToken(dir)}
 	c.waitAgentAlive(t, good.ID())
@@ -171,13 +110,13 @@ func TestSecuredCluster(t *testing.T) {
 	// The same refusals, call by call: Register and WatchKernels.
 	for name, sec := range map[string]*rpc.Security{
 		"no TLS, right token":              {JoinToken: token},
-		"right certificate, no token":      {TLS: p.node(t, tlsutil.RoleAgent)},
-		"right certificate, wrong token":   {TLS: p.node(t, tlsutil.RoleAgent), JoinToken: "guess"},
-		"foreign CA, right token":          {TLS: foreign.node(t, tlsutil.RoleAgent), JoinToken: token},
-		"server certificate of another CA": {TLS: foreign.node(t, tlsutil.RoleServer), JoinToken: token},
+		"right certificate, no token":      {TLS: p.Node(t, tlsutil.RoleAgent, "")},
+		"right certificate, wrong token":   {TLS: p.Node(t, tlsutil.RoleAgent, ""), JoinToken: "guess"},
+		"foreign CA, right token":          {TLS: foreign.Node(t, tlsutil.RoleAgent, ""), JoinToken: token},
+		"server certificate of another CA": {TLS: foreign.Node(t, tlsutil.RoleServer, ""), JoinToken: token},
 		// Bound to node "other": it cannot take over the good agent's ID
 		// (registering under its own name) nor watch the good agent's kernels.
-		"certificate for another node": {TLS: p.named(t, tlsutil.RoleAgent, "other"), JoinToken: token},
+		"certificate for another node": {TLS: p.Node(t, tlsutil.RoleAgent, "other"), JoinToken: token},
 	} {
 		t.Run(name, func(t *testing.T) {
 			if impostors[name] == nil && !strings.HasPrefix(name, "server") {
@@ -215,7 +154,7 @@ func TestSecuredCluster(t *testing.T) {
 
 	// A client with a foreign certificate that does not even check the
 	// server is refused by the server's side of the handshake.
-	skip := foreign.node(t, tlsutil.RoleAgent).ClientConfig(tlsutil.RoleServer)
+	skip := foreign.Node(t, tlsutil.RoleAgent, "").ClientConfig(tlsutil.RoleServer)
 	skip.InsecureSkipVerify, skip.VerifyConnection = true, nil
 	if cc, err := grpc.NewClient(srv.RPCAddr(), grpc.WithTransportCredentials(credentials.NewTLS(skip))); err != nil {
 		t.Fatal(err)
@@ -238,7 +177,7 @@ func TestSecuredCluster(t *testing.T) {
 		}
 		raw.SetDeadline(time.Now().Add(2 * time.Second))
 		raw.Write([]byte{0x01}) // raft's magic byte
-		tc := tls.Client(raw, p.node(t, role).ClientConfig(tlsutil.RoleServer))
+		tc := tls.Client(raw, p.Node(t, role, "").ClientConfig(tlsutil.RoleServer))
 		err = tc.Handshake()
 		if err == nil {
 			_, err = tc.Read(make([]byte, 1))
@@ -256,7 +195,7 @@ func TestSecuredCluster(t *testing.T) {
 
 	// The agent's own port takes only servers: an agent certificate cannot
 	// read another agent's kernel logs.
-	cc, err := grpc.NewClient(good.RPCAddr(), (&rpc.Security{TLS: p.node(t, tlsutil.RoleAgent)}).DialOptions(tlsutil.RoleAgent)...)
+	cc, err := grpc.NewClient(good.RPCAddr(), (&rpc.Security{TLS: p.Node(t, tlsutil.RoleAgent, "")}).DialOptions(tlsutil.RoleAgent)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -300,13 +239,13 @@ func TestSecuredCluster(t *testing.T) {
 // runs work, and after the leader goes a new leader is elected over TLS
 // and work runs again.
 func TestSecuredQuorum(t *testing.T) {
-	p := newPKI(t)
+	p := tlstest.New(t)
 	kb, _ := gossip.GenerateKey()
 	key, _ := gossip.ParseKey(kb)
 	const token = "quorum-token"
 	srvs, admin := startQuorumCfg(t, 3, func(c *server.Config) {
 		c.GossipKey = key
-		c.Security = &rpc.Security{TLS: p.node(t, tlsutil.RoleServer), JoinToken: token}
+		c.Security = &rpc.Security{TLS: p.Node(t, tlsutil.RoleServer, ""), JoinToken: token}
 		c.HTTPTLS = true
 	})
 	var leader *server.Server
@@ -325,19 +264,14 @@ func TestSecuredQuorum(t *testing.T) {
 			break
 		}
 	}
-	a, err := agent.New(agent.Config{
-		Name: "secure-quorum-agent", DataDir: t.TempDir(), RPCAddr: "127.0.0.1:0", SerfAddr: "127.0.0.1:0", Join: []string{follower.SerfAddr()},
-		Drivers: []drivers.Driver{execdriver.New(testLogger(t))}, Capacity: small,
-		Logger: testLogger(t), LogOutput: io.Discard, FastGossip: true, GossipKey: key,
-		Security: &rpc.Security{TLS: p.node(t, tlsutil.RoleAgent), JoinToken: token},
+	a := startAgentCfg(t, t.TempDir(), follower.SerfAddr(), small, execdriver.New(testLogger(t)), func(c *agent.Config) {
+		c.Name, c.GossipKey = "secure-quorum-agent", key
+		c.Security = &rpc.Security{TLS: p.Node(t, tlsutil.RoleAgent, ""), JoinToken: token}
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
 	t.Cleanup(func() { a.StopKernels(5 * time.Second); a.Shutdown() })
 
 	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(p.caPEM)
+	pool.AppendCertsFromPEM(p.CAPEM)
 	httpsClient := func(addr string) *api.Client {
 		c, err := api.NewClient("https://" + addr)
 		if err != nil {

@@ -51,11 +51,19 @@ var tokens sync.Map
 
 func startServer(t *testing.T, dir string, join ...string) *server.Server {
 	t.Helper()
-	srv, err := server.New(server.Config{
+	return startServerCfg(t, dir, func(c *server.Config) { c.Join = join })
+}
+
+// startServerCfg is startServer with mod applied to the config.
+func startServerCfg(t *testing.T, dir string, mod func(*server.Config)) *server.Server {
+	t.Helper()
+	cfg := server.Config{
 		OnBootstrapToken: func(tok string) { tokens.Store(dir, tok) },
 		NodeName:         "test-server", DataDir: dir, HTTPAddr: "127.0.0.1:0", RPCAddr: "127.0.0.1:0",
-		SerfAddr: "127.0.0.1:0", Join: join, Logger: testLogger(t), LogOutput: io.Discard, FastGossip: true,
-	})
+		SerfAddr: "127.0.0.1:0", Logger: testLogger(t), LogOutput: io.Discard, FastGossip: true,
+	}
+	mod(&cfg)
+	srv, err := server.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -99,13 +107,17 @@ func startAgentWith(t *testing.T, dir, join string, d drivers.Driver) *agent.Age
 // agentSeq gives every test agent its own gossip node name.
 var agentSeq atomic.Int64
 
-func startAgentCfg(t *testing.T, dir, join string, capacity structs.Slots, d drivers.Driver) *agent.Agent {
+func startAgentCfg(t *testing.T, dir, join string, capacity structs.Slots, d drivers.Driver, mods ...func(*agent.Config)) *agent.Agent {
 	t.Helper()
-	a, err := agent.New(agent.Config{
+	cfg := agent.Config{
 		Name: fmt.Sprintf("test-agent-%d", agentSeq.Add(1)), DataDir: dir, RPCAddr: "127.0.0.1:0", SerfAddr: "127.0.0.1:0", Join: []string{join},
 		Drivers: []drivers.Driver{d}, Capacity: capacity,
 		Logger: testLogger(t), LogOutput: io.Discard, FastGossip: true,
-	})
+	}
+	for _, mod := range mods {
+		mod(&cfg)
+	}
+	a, err := agent.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -107,15 +107,7 @@ func NewCA(validity time.Duration) (certPEM, keyPEM []byte, err error) {
 		MaxPathLenZero:        true,
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		return nil, nil, err
-	}
-	keyPEM, err = encodeKey(key)
-	if err != nil {
-		return nil, nil, err
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), keyPEM, nil
+	return sign(tmpl, tmpl, key, key)
 }
 
 // ParseCA reads a CA from its PEM certificate and key.
@@ -213,15 +205,7 @@ func (ca *CA) Issue(req CertRequest) (certPEM, keyPEM []byte, err error) {
 		IPAddresses:  ips,
 		URIs:         []*url.URL{uri},
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, &key.PublicKey, ca.Key)
-	if err != nil {
-		return nil, nil, err
-	}
-	keyPEM, err = encodeKey(key)
-	if err != nil {
-		return nil, nil, err
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), keyPEM, nil
+	return sign(tmpl, ca.Cert, key, ca.Key)
 }
 
 // WriteNew writes files (path → content) that must not exist yet; names
@@ -389,6 +373,20 @@ func checkPeerRole(cs tls.ConnectionState, side string, accept []Role) error {
 		return fmt.Errorf("corral: a %s certificate of role %s is not accepted here (want %v)", side, role, accept)
 	}
 	return nil
+}
+
+// sign creates the certificate tmpl for key, signed by parent's signer,
+// and returns it and key as PEM.
+func sign(tmpl, parent *x509.Certificate, key, signer *ecdsa.PrivateKey) (certPEM, keyPEM []byte, err error) {
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, &key.PublicKey, signer)
+	if err != nil {
+		return nil, nil, err
+	}
+	keyPEM, err = encodeKey(key)
+	if err != nil {
+		return nil, nil, err
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), keyPEM, nil
 }
 
 // newKeyAndSerial makes a P-256 key and a random 127-bit serial number.

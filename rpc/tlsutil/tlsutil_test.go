@@ -14,41 +14,8 @@ import (
 	"time"
 
 	"github.com/corral-dev/corral/rpc/tlsutil"
+	"github.com/corral-dev/corral/rpc/tlsutil/tlstest"
 )
-
-type pki struct {
-	caPEM []byte
-	ca    *tlsutil.CA
-}
-
-func newPKI(t *testing.T) *pki {
-	t.Helper()
-	certPEM, keyPEM, err := tlsutil.NewCA(0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, err := tlsutil.ParseCA(certPEM, keyPEM)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &pki{caPEM: certPEM, ca: ca}
-}
-
-func (p *pki) node(t *testing.T, role tlsutil.Role) *tlsutil.Config {
-	t.Helper()
-	certPEM, keyPEM, err := p.ca.Issue(tlsutil.CertRequest{Role: role})
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := tlsutil.New(p.caPEM, certPEM, keyPEM)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if c.Role() != role {
-		t.Fatalf("role %s, want %s", c.Role(), role)
-	}
-	return c
-}
 
 func parse(t *testing.T, b []byte) *x509.Certificate {
 	t.Helper()
@@ -61,11 +28,11 @@ func parse(t *testing.T, b []byte) *x509.Certificate {
 }
 
 func TestIssuedCertificates(t *testing.T) {
-	p := newPKI(t)
-	if !p.ca.Cert.IsCA || p.ca.Cert.MaxPathLen != 0 || !p.ca.Cert.MaxPathLenZero {
-		t.Fatalf("CA constraints: %+v", p.ca.Cert)
+	p := tlstest.New(t)
+	if !p.CA.Cert.IsCA || p.CA.Cert.MaxPathLen != 0 || !p.CA.Cert.MaxPathLenZero {
+		t.Fatalf("CA constraints: %+v", p.CA.Cert)
 	}
-	srvPEM, _, err := p.ca.Issue(tlsutil.CertRequest{Role: tlsutil.RoleServer})
+	srvPEM, _, err := p.CA.Issue(tlsutil.CertRequest{Role: tlsutil.RoleServer})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -83,7 +50,7 @@ func TestIssuedCertificates(t *testing.T) {
 		t.Fatalf("ext key usage %v", srv.ExtKeyUsage)
 	}
 
-	agtPEM, _, err := p.ca.Issue(tlsutil.CertRequest{Role: tlsutil.RoleAgent, IPs: []net.IP{net.ParseIP("10.0.0.7")}, DNSNames: []string{"gpu7"}})
+	agtPEM, _, err := p.CA.Issue(tlsutil.CertRequest{Role: tlsutil.RoleAgent, IPs: []net.IP{net.ParseIP("10.0.0.7")}, DNSNames: []string{"gpu7"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -94,30 +61,30 @@ func TestIssuedCertificates(t *testing.T) {
 	if r, _ := tlsutil.RoleOf(agt); r != tlsutil.RoleAgent {
 		t.Fatalf("agent role %q", r)
 	}
-	if _, _, err := p.ca.Issue(tlsutil.CertRequest{Role: "admin"}); err == nil {
+	if _, _, err := p.CA.Issue(tlsutil.CertRequest{Role: "admin"}); err == nil {
 		t.Fatal("issued a certificate of an unknown role")
 	}
 	// A certificate never outlives its CA.
-	long, _, err := p.ca.Issue(tlsutil.CertRequest{Role: tlsutil.RoleAgent, Validity: 100 * 365 * 24 * time.Hour})
+	long, _, err := p.CA.Issue(tlsutil.CertRequest{Role: tlsutil.RoleAgent, Validity: 100 * 365 * 24 * time.Hour})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if parse(t, long).NotAfter.After(p.ca.Cert.NotAfter) {
+	if parse(t, long).NotAfter.After(p.CA.Cert.NotAfter) {
 		t.Fatal("certificate outlives its CA")
 	}
 }
 
 func TestLoadRejectsForeignCertificates(t *testing.T) {
-	p, other := newPKI(t), newPKI(t)
-	certPEM, keyPEM, err := other.ca.Issue(tlsutil.CertRequest{Role: tlsutil.RoleAgent})
+	p, other := tlstest.New(t), tlstest.New(t)
+	certPEM, keyPEM, err := other.CA.Issue(tlsutil.CertRequest{Role: tlsutil.RoleAgent})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := tlsutil.New(p.caPEM, certPEM, keyPEM); err == nil || !strings.Contains(err.Error(), "does not verify against the CA") {
+	if _, err := tlsutil.New(p.CAPEM, certPEM, keyPEM); err == nil || !strings.Contains(err.Error(), "does not verify against the CA") {
 		t.Fatalf("cert of another CA: %v", err)
 	}
-	_, otherKey, _ := other.ca.Issue(tlsutil.CertRequest{Role: tlsutil.RoleAgent})
-	if _, err := tlsutil.New(other.caPEM, certPEM, otherKey); err == nil {
+	_, otherKey, _ := other.CA.Issue(tlsutil.CertRequest{Role: tlsutil.RoleAgent})
+	if _, err := tlsutil.New(other.CAPEM, certPEM, otherKey); err == nil {
 		t.Fatal("accepted a key that is not the certificate's")
 	}
 	if _, err := tlsutil.New([]byte("junk"), certPEM, keyPEM); err == nil || !strings.Contains(err.Error(), "no PEM certificate") {
@@ -207,9 +174,9 @@ func handshake(srv, cli *tls.Config) (serverErr, clientErr error) {
 }
 
 func TestMutualTLSRoles(t *testing.T) {
-	p, other := newPKI(t), newPKI(t)
-	server, agent := p.node(t, tlsutil.RoleServer), p.node(t, tlsutil.RoleAgent)
-	foreign := other.node(t, tlsutil.RoleAgent)
+	p, other := tlstest.New(t), tlstest.New(t)
+	server, agent := p.Node(t, tlsutil.RoleServer, ""), p.Node(t, tlsutil.RoleAgent, "")
+	foreign := other.Node(t, tlsutil.RoleAgent, "")
 	for _, tc := range []struct {
 		name     string
 		srv, cli *tls.Config
