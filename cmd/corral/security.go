@@ -36,18 +36,8 @@ func (c *cli) tlsCA(_ context.Context, args []string) error {
 	f := c.newFlags("tls ca create", "[flags]", "Create the cluster's certificate authority in -dir: "+tlsutil.CAFile+" (give it to every node) and "+tlsutil.CAKeyFile+" (keep it safe; only 'tls cert create' needs it).", false)
 	dir := f.String("dir", ".", "directory to write the files to")
 	days := f.Int("days", int(tlsutil.DefaultCAValidity/(24*time.Hour)), "validity in days")
-	pos, rest, err := f.parse(args, 1)
-	if err != nil {
+	if err := f.parseCreate(args, "corral tls ca create", days); err != nil {
 		return err
-	}
-	if len(pos) == 0 || pos[0] != "create" {
-		return f.usageErr("want 'corral tls ca create'")
-	}
-	if len(rest) > 0 {
-		return f.usageErr("unexpected argument %q", rest[0])
-	}
-	if *days <= 0 {
-		return f.usageErr("-days must be positive, got %d", *days)
 	}
 	certPEM, keyPEM, err := tlsutil.NewCA(time.Duration(*days) * 24 * time.Hour)
 	if err != nil {
@@ -73,21 +63,11 @@ func (c *cli) tlsCert(_ context.Context, args []string) error {
 	var ips, dns listFlag
 	f.Var(&ips, "ip", "extra IP address SAN (repeatable; servers default to 127.0.0.1)")
 	f.Var(&dns, "dns", "extra DNS name SAN (repeatable; servers default to localhost)")
-	pos, rest, err := f.parse(args, 1)
-	if err != nil {
+	if err := f.parseCreate(args, "corral tls cert create -server|-agent", days); err != nil {
 		return err
-	}
-	if len(pos) == 0 || pos[0] != "create" {
-		return f.usageErr("want 'corral tls cert create -server|-agent'")
-	}
-	if len(rest) > 0 {
-		return f.usageErr("unexpected argument %q", rest[0])
 	}
 	if *isServer == *isAgent {
 		return f.usageErr("give exactly one of -server and -agent")
-	}
-	if *days <= 0 {
-		return f.usageErr("-days must be positive, got %d", *days)
 	}
 	req := tlsutil.CertRequest{Role: tlsutil.RoleAgent, DNSNames: dns, Validity: time.Duration(*days) * 24 * time.Hour, Node: *node}
 	if *isServer {
@@ -123,6 +103,25 @@ func (c *cli) tlsCert(_ context.Context, args []string) error {
 		fmt.Fprintf(c.stdout, "wrote %s and %s\n", cf, kf)
 		return nil
 	}
+}
+
+// parseCreate parses a `corral tls ... create` command: its one word
+// "create", no other argument, and a positive -days.
+func (f *flagSet) parseCreate(args []string, usage string, days *int) error {
+	pos, rest, err := f.parse(args, 1)
+	if err != nil {
+		return err
+	}
+	if len(pos) == 0 || pos[0] != "create" {
+		return f.usageErr("want '%s'", usage)
+	}
+	if len(rest) > 0 {
+		return f.usageErr("unexpected argument %q", rest[0])
+	}
+	if *days <= 0 {
+		return f.usageErr("-days must be positive, got %d", *days)
+	}
+	return nil
 }
 
 func exists(p string) bool {
