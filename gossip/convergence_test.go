@@ -663,12 +663,10 @@ func (e *expectedFailures) has(name string) bool {
 type eventTracker struct {
 	expected *expectedFailures
 
-	mu       sync.Mutex
+	noiseBox
 	joined   map[obsKey]time.Time // first EventMemberJoin
 	failed   map[obsKey]time.Time // latest EventMemberFailed
 	isFailed map[obsKey]bool
-	frozen   bool
-	c        noiseCounts
 }
 
 func newEventTracker(expected *expectedFailures) *eventTracker {
@@ -747,30 +745,36 @@ func (t *eventTracker) waitFor(kind evKind, target string, observers []string, s
 	}
 }
 
-func (t *eventTracker) freeze() {
-	t.mu.Lock()
-	t.frozen = true
-	t.mu.Unlock()
-}
-
-func (t *eventTracker) counts() noiseCounts {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return t.c
-}
-
 // ---- log scanning ----
 
 // logScanner is every member's log output: it counts failure-detector
 // noise about live members and keeps the last lines for failure reports.
-type logScanner struct {
-	expected *expectedFailures
-
+// noiseBox holds noise counts behind a mutex until it is frozen; the
+// event tracker and the log scanner both count into one.
+type noiseBox struct {
 	mu     sync.Mutex
 	frozen bool
 	c      noiseCounts
-	ring   []string
-	next   int
+}
+
+func (b *noiseBox) freeze() {
+	b.mu.Lock()
+	b.frozen = true
+	b.mu.Unlock()
+}
+
+func (b *noiseBox) counts() noiseCounts {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.c
+}
+
+type logScanner struct {
+	expected *expectedFailures
+
+	noiseBox
+	ring []string
+	next int
 }
 
 const logTail = 200
@@ -829,18 +833,6 @@ func (l *logScanner) Write(b []byte) (int, error) {
 		}
 	}
 	return len(b), nil
-}
-
-func (l *logScanner) freeze() {
-	l.mu.Lock()
-	l.frozen = true
-	l.mu.Unlock()
-}
-
-func (l *logScanner) counts() noiseCounts {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.c
 }
 
 func (l *logScanner) tail() []string {
