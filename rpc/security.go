@@ -37,16 +37,13 @@ func (s *Security) Enabled() bool { return s != nil && (s.TLS != nil || s.JoinTo
 
 // DialOptions are the options of a connection to a node of role peer.
 func (s *Security) DialOptions(peer tlsutil.Role) []grpc.DialOption {
-	if s == nil || s.TLS == nil {
-		opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
-		if s != nil && s.JoinToken != "" {
-			opts = append(opts, grpc.WithPerRPCCredentials(tokenCreds{token: s.JoinToken}))
-		}
-		return opts
+	creds, secure := insecure.NewCredentials(), false
+	if s != nil && s.TLS != nil {
+		creds, secure = credentials.NewTLS(s.TLS.ClientConfig(peer)), true
 	}
-	opts := []grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(s.TLS.ClientConfig(peer)))}
-	if s.JoinToken != "" {
-		opts = append(opts, grpc.WithPerRPCCredentials(tokenCreds{token: s.JoinToken, secure: true}))
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(creds)}
+	if s != nil && s.JoinToken != "" {
+		opts = append(opts, grpc.WithPerRPCCredentials(tokenCreds{token: s.JoinToken, secure: secure}))
 	}
 	return opts
 }
