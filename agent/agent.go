@@ -334,17 +334,12 @@ func (a *Agent) joinLoop() {
 	// alive brings a healed agent back in a second or two.
 	delay := 100 * time.Millisecond
 	for {
+		wait := time.Second
 		if len(a.servers()) > 0 {
 			delay = 100 * time.Millisecond
 		} else if _, err := a.serf.Join(a.cfg.Join, true); err != nil {
 			a.logger.Warn("gossip join failed, retrying", "addrs", a.cfg.Join, "error", err, "retry_in", delay)
-			if delay < 5*time.Second {
-				delay *= 2
-			}
-		}
-		wait := delay
-		if len(a.servers()) > 0 {
-			wait = time.Second
+			wait, delay = delay, min(2*delay, 5*time.Second)
 		}
 		select {
 		case <-a.ctx.Done():

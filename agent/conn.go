@@ -199,5 +199,7 @@ func refused(err error) bool {
 	case codes.Unauthenticated, codes.PermissionDenied:
 		return true
 	}
-	return err != nil && (strings.Contains(err.Error(), "tls:") || strings.Contains(err.Error(), "x509:") || strings.Contains(err.Error(), "certificate"))
+	// gRPC reports a TLS handshake that failed (certificate refused on
+	// either side) as Unavailable with this phrase.
+	return err != nil && strings.Contains(err.Error(), "authentication handshake failed")
 }
