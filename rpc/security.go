@@ -3,6 +3,7 @@ package rpc
 import (
 	"context"
 	"crypto/subtle"
+	"crypto/tls"
 	"strings"
 
 	"google.golang.org/grpc"
@@ -35,11 +36,29 @@ type Security struct {
 // Enabled reports whether any protection is configured.
 func (s *Security) Enabled() bool { return s != nil && (s.TLS != nil || s.JoinToken != "") }
 
+// ServerTLS is the listener side of mutual TLS accepting peers of the given
+// roles, nil without TLS (for connections that are not gRPC: raft).
+func (s *Security) ServerTLS(accept ...tlsutil.Role) *tls.Config {
+	if s == nil || s.TLS == nil {
+		return nil
+	}
+	return s.TLS.ServerConfig(accept...)
+}
+
+// ClientTLS is the dialer side of mutual TLS towards a node of role peer,
+// nil without TLS.
+func (s *Security) ClientTLS(peer tlsutil.Role) *tls.Config {
+	if s == nil || s.TLS == nil {
+		return nil
+	}
+	return s.TLS.ClientConfig(peer)
+}
+
 // DialOptions are the options of a connection to a node of role peer.
 func (s *Security) DialOptions(peer tlsutil.Role) []grpc.DialOption {
 	creds, secure := insecure.NewCredentials(), false
-	if s != nil && s.TLS != nil {
-		creds, secure = credentials.NewTLS(s.TLS.ClientConfig(peer)), true
+	if conf := s.ClientTLS(peer); conf != nil {
+		creds, secure = credentials.NewTLS(conf), true
 	}
 	opts := []grpc.DialOption{grpc.WithTransportCredentials(creds)}
 	if s != nil && s.JoinToken != "" {
@@ -55,8 +74,8 @@ func (s *Security) ServerOptions(accept ...tlsutil.Role) []grpc.ServerOption {
 	if s == nil {
 		return opts
 	}
-	if s.TLS != nil {
-		opts = append(opts, grpc.Creds(credentials.NewTLS(s.TLS.ServerConfig(accept...))))
+	if conf := s.ServerTLS(accept...); conf != nil {
+		opts = append(opts, grpc.Creds(credentials.NewTLS(conf)))
 	}
 	if s.JoinToken != "" {
 		opts = append(opts,

@@ -5,7 +5,6 @@ package server
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -191,11 +190,7 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("server: rpc listen on %s: %w", cfg.RPCAddr, err)
 	}
-	var raftServerTLS *tls.Config
-	if cfg.Security != nil && cfg.Security.TLS != nil {
-		raftServerTLS = cfg.Security.TLS.ServerConfig(tlsutil.RoleServer)
-	}
-	s.mux = newMux(ln, raftServerTLS)
+	s.mux = newMux(ln, cfg.Security.ServerTLS(tlsutil.RoleServer))
 	if err := s.setupRaft(); err != nil {
 		return nil, err
 	}
@@ -402,7 +397,7 @@ func (s *Server) setupRaft() error {
 	if err != nil {
 		return err
 	}
-	s.trans = raft.NewNetworkTransportWithLogger(&raftLayer{chanListener: s.mux.raft, advertise: adv, tls: s.raftClientTLS()}, 3, 10*time.Second, hl)
+	s.trans = raft.NewNetworkTransportWithLogger(&raftLayer{chanListener: s.mux.raft, advertise: adv, tls: s.cfg.Security.ClientTLS(tlsutil.RoleServer)}, 3, 10*time.Second, hl)
 	f := &fsm{state: s.state, logger: s.logger}
 	s.fsm = f
 	has, err := raft.HasExistingState(logs, logs, snaps)
@@ -538,13 +533,4 @@ func (s *Server) leaderLoop(ctx context.Context) {
 		}
 	}()
 	wg.Wait()
-}
-
-// raftClientTLS is the TLS configuration of raft connections to other
-// servers, nil without TLS.
-func (s *Server) raftClientTLS() *tls.Config {
-	if s.cfg.Security == nil || s.cfg.Security.TLS == nil {
-		return nil
-	}
-	return s.cfg.Security.TLS.ClientConfig(tlsutil.RoleServer)
 }
