@@ -94,22 +94,41 @@ func (sn *Snapshot) WatchTables(ws memdb.WatchSet, tables ...string) {
 
 // Session returns one session by exact ID, registering a watch in ws.
 func (sn *Snapshot) Session(ws memdb.WatchSet, id string) (*structs.Session, error) {
-	txn := sn.txn
-	if w := sn.w; w != nil && ws == nil {
-		if s, ok := w.sessions[id]; ok {
-			return s, nil
-		}
-		txn = w.base
+	var written map[string]*structs.Session
+	if sn.w != nil {
+		written = sn.w.sessions
 	}
-	ch, raw, err := txn.FirstWatch(tableSessions, "id", id)
+	s, err := byID(sn, ws, tableSessions, id, written)
+	if err == nil && s == nil {
+		err = fmt.Errorf("session %q: %w", id, ErrNotFound)
+	}
+	return s, err
+}
+
+// byID looks a row up by ID, registering a watch in ws; nil when there is
+// none. In a writer's snapshot, without a watch, it answers from the rows
+// the writer wrote, else from the state the writer started from: a read
+// through memdb's write transaction would clone the index's transaction
+// and drop its cache of copied nodes, so that the next write copies the
+// index path from the root again.
+func byID[T any](sn *Snapshot, ws memdb.WatchSet, table, id string, written map[string]T) (T, error) {
+	var zero T
+	txn := sn.txn
+	if sn.w != nil && ws == nil {
+		if v, ok := written[id]; ok {
+			return v, nil
+		}
+		txn = sn.w.base
+	}
+	ch, raw, err := txn.FirstWatch(table, "id", id)
 	if err != nil {
-		return nil, err
+		return zero, err
 	}
 	ws.Add(ch)
 	if raw == nil {
-		return nil, fmt.Errorf("session %q: %w", id, ErrNotFound)
+		return zero, nil
 	}
-	return raw.(*structs.Session), nil
+	return raw.(T), nil
 }
 
 // ResolveSession finds a session by exact ID, name or unique ID prefix.
@@ -208,22 +227,11 @@ func (sn *Snapshot) Kernel(id string) (*structs.Kernel, error) {
 
 // kernel returns one kernel by ID, nil when there is none.
 func (sn *Snapshot) kernel(ws memdb.WatchSet, id string) (*structs.Kernel, error) {
-	txn := sn.txn
-	if w := sn.w; w != nil && ws == nil {
-		if k, ok := w.kernels[id]; ok {
-			return k, nil
-		}
-		txn = w.base
+	var written map[string]*structs.Kernel
+	if sn.w != nil {
+		written = sn.w.kernels
 	}
-	ch, raw, err := txn.FirstWatch(tableKernels, "id", id)
-	if err != nil {
-		return nil, err
-	}
-	ws.Add(ch)
-	if raw == nil {
-		return nil, nil
-	}
-	return raw.(*structs.Kernel), nil
+	return byID(sn, ws, tableKernels, id, written)
 }
 
 // KernelsBySession returns a session's kernels in role order (main1,
@@ -294,24 +302,15 @@ func (sn *Snapshot) Kernels() ([]*structs.Kernel, error) {
 
 // Agent returns one agent by ID.
 func (sn *Snapshot) Agent(ws memdb.WatchSet, id string) (*structs.Agent, error) {
-	txn := sn.txn
-	if w := sn.w; w != nil && ws == nil {
-		if a, ok := w.agents[id]; ok {
-			return a, nil
-		}
-		txn = w.base
+	var written map[string]*structs.Agent
+	if sn.w != nil {
+		written = sn.w.agents
 	}
-	ch, raw, err := txn.FirstWatch(tableAgents, "id", id)
-	if err != nil {
-		return nil, err
+	a, err := byID(sn, ws, tableAgents, id, written)
+	if err == nil && a == nil {
+		err = fmt.Errorf("agent %q: %w", id, ErrNotFound)
 	}
-	if ws != nil {
-		ws.Add(ch)
-	}
-	if raw == nil {
-		return nil, fmt.Errorf("agent %q: %w", id, ErrNotFound)
-	}
-	return raw.(*structs.Agent), nil
+	return a, err
 }
 
 // ResolveAgent finds an agent by ID, unique ID prefix or name.
