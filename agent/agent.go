@@ -228,13 +228,14 @@ func (a *Agent) SerfAddr() string {
 	return net.JoinHostPort(m.Addr.String(), fmt.Sprint(m.Port))
 }
 
-// Shutdown leaves the gossip pool and stops the agent. Kernels keep
-// running; a later issue reattaches them after a restart.
+// Shutdown stops the agent without leaving the pool: its kernels keep
+// running and keep their slots, the servers see the agent DISCONNECTED,
+// and the next start with the same data dir reattaches them (within the
+// servers' -agent-lost-after). Leaving is explicit: see Leave.
 func (a *Agent) Shutdown() {
 	a.shutdown.Do(func() {
 		a.cancel()
 		if a.serf != nil {
-			_ = a.serf.Leave()
 			_ = a.serf.Shutdown()
 		}
 		if a.ownGRPC && a.grpc != nil {
@@ -249,6 +250,18 @@ func (a *Agent) Shutdown() {
 		}
 		a.overlays.close()
 	})
+}
+
+// Leave gives the node up: it leaves the gossip pool gracefully, so the
+// servers record it TERMINATED and end (or re-queue) its kernels, then
+// stops the agent. Use it to decommission a node, not to upgrade one.
+func (a *Agent) Leave() {
+	if a.serf != nil {
+		if err := a.serf.Leave(); err != nil {
+			a.logger.Warn("leaving the gossip pool failed", "error", err)
+		}
+	}
+	a.Shutdown()
 }
 
 // StopKernels stops every kernel this agent runs (used by `corral dev` on exit).

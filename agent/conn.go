@@ -115,6 +115,7 @@ func (a *Agent) session(addr string) error {
 	}()
 	a.logger.Info("connected to server", "server", addr)
 	a.reporter.kick()
+	go a.heartbeat(ctx, client)
 	for {
 		msg, err := stream.Recv()
 		if err != nil {
@@ -124,6 +125,35 @@ func (a *Agent) session(addr string) error {
 			return err
 		}
 		a.handleAssignments(msg)
+	}
+}
+
+// heartbeatInterval is how often the agent tells the servers it is alive
+// over RPC; the servers' heartbeat TTL is a few of these.
+func (a *Agent) heartbeatInterval() time.Duration {
+	if a.cfg.FastGossip {
+		return time.Second
+	}
+	return 3 * time.Second
+}
+
+// heartbeat sends an empty status report at every interval while the
+// session's ctx lives: the RPC half of the agent's liveness, so that a
+// node too busy to answer gossip probes in time is not taken for dead.
+func (a *Agent) heartbeat(ctx context.Context, client *rpc.ServerClient) {
+	t := time.NewTicker(a.heartbeatInterval())
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		hctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		if _, err := client.UpdateKernels(hctx, &structs.KernelUpdateRequest{AgentID: a.id}); err != nil && ctx.Err() == nil {
+			a.logger.Debug("heartbeat failed", "error", err)
+		}
+		cancel()
 	}
 }
 

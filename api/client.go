@@ -475,6 +475,14 @@ func (c *Client) SessionStats(ctx context.Context, ref string) ([]*KernelStats, 
 	return out, err
 }
 
+// LeaveAgent gives a node up: the agent is TERMINATED and its kernels end
+// (batch sessions with retries are re-queued).
+func (c *Client) LeaveAgent(ctx context.Context, id string) (*structs.Agent, error) {
+	var out structs.Agent
+	_, err := c.do(ctx, http.MethodPost, "/v1/agents/"+url.PathEscape(id)+"/leave", nil, nil, &out, c.timeout)
+	return &out, err
+}
+
 // DrainAgent stops (drain) or resumes new placements on an agent; force
 // also terminates the kernels it runs.
 func (c *Client) DrainAgent(ctx context.Context, id string, drain, force bool) (*structs.Agent, error) {

@@ -36,6 +36,10 @@ type CreateSessionRequest struct {
 	// MaxRetries re-queues a batch session up to this many times when an
 	// agent running its kernels is lost.
 	MaxRetries int `json:"max_retries,omitempty"`
+	// LostAfter ("30s", "2m") gives the session's kernels up when their
+	// agent has been DISCONNECTED this long, sooner than the cluster's
+	// -agent-lost-after (for sessions that prefer a fast re-queue).
+	LostAfter string `json:"lost_after,omitempty"`
 	// ClusterSize is the number of kernels: main1 plus sub1..subN-1 (default 1).
 	ClusterSize int `json:"cluster_size,omitempty"`
 	// Roles override, per role ("main" or "sub"), the image, driver,

@@ -78,6 +78,10 @@ type fltCluster struct {
 	acked []string // sessions whose create returned 2xx, in order
 }
 
+// fltLostAfter is the servers' -agent-lost-after on the fault bed: short,
+// so that a killed agent's kernels are given up within the test.
+const fltLostAfter = 2 * time.Second
+
 // fltMarkRE finds the markers that the sessions' commands carry.
 var fltMarkRE = regexp.MustCompile(`fltmark-[0-9a-f]+-[0-9]+`)
 
@@ -156,7 +160,7 @@ func (fc *fltCluster) startServer(i int, restart bool) {
 		"-encrypt", fc.gossipKey, "-join-token", fc.joinToken, "-tls-ca", filepath.Join(fc.pki, "corral-ca.pem"),
 		"-tls-cert", filepath.Join(fc.pki, fmt.Sprintf("corral-server-%d.pem", i)), "-tls-key", filepath.Join(fc.pki, fmt.Sprintf("corral-server-%d-key.pem", i)),
 		"-http", net.JoinHostPort(s.ip(), fltHTTPPort), "-rpc", net.JoinHostPort(s.ip(), fltServerRPCPort),
-		"-serf", net.JoinHostPort(s.ip(), fltServerSerf)}
+		"-serf", net.JoinHostPort(s.ip(), fltServerSerf), "-agent-lost-after", fltLostAfter.String()}
 	for j, o := range fc.servers {
 		if (restart && j != i) || (!restart && i > 0 && j == 0) {
 			args = append(args, "-join", net.JoinHostPort(o.ip(), fltServerSerf))
@@ -1000,7 +1004,9 @@ func TestFailoverMedian(t *testing.T) {
 // TestAgentDeathMedian kills an agent that runs a kernel five times with
 // the tuned gossip timers (-fast-gossip) and five times with memberlist's
 // LAN defaults, and logs the median time from the SIGKILL to the kernel's
-// ERROR "agent lost" in the server's record.
+// ERROR "agent lost" in the server's record: the agent is DISCONNECTED once
+// gossip failed it and its RPC heartbeats stopped, and LOST fltLostAfter
+// later (servers run with that short grace period here).
 func TestAgentDeathMedian(t *testing.T) {
 	if testing.Short() {
 		t.Skip("kills agents ten times")
@@ -1027,7 +1033,11 @@ func TestAgentDeathMedian(t *testing.T) {
 					t.Fatalf("no ERROR in the kernel's history: %+v", d.Kernels[0].History)
 				}
 				times = append(times, at.Sub(killed))
-				t.Logf("%s gossip: %s killed, kernel ERROR after %v", name, victim.name, at.Sub(killed).Round(time.Millisecond))
+				disc := "?"
+				if ag, err := fc.servers[0].c.GetAgent(context.Background(), d.Kernels[0].AgentID); err == nil && !ag.DisconnectedAt.IsZero() {
+					disc = ag.DisconnectedAt.Sub(killed).Round(time.Millisecond).String()
+				}
+				t.Logf("%s gossip: %s killed, DISCONNECTED after %s, kernel ERROR after %v (grace %s)", name, victim.name, disc, at.Sub(killed).Round(time.Millisecond), fltLostAfter)
 				fc.startAgent(victim.idx)
 				fc.waitAgents(90*time.Second, victim.name+" ALIVE again", map[int]structs.AgentStatus{victim.idx: structs.AgentAlive})
 			}
@@ -1036,7 +1046,7 @@ func TestAgentDeathMedian(t *testing.T) {
 			for _, d := range times {
 				s = append(s, d.Round(time.Millisecond).String())
 			}
-			t.Logf("FIGURE agent death -> kernels ERROR, %s gossip, 5 kills: median %v (sorted: %s)", name, times[2].Round(time.Millisecond), strings.Join(s, " "))
+			t.Logf("FIGURE agent death -> kernels ERROR (grace %s), %s gossip, 5 kills: median %v (sorted: %s)", fltLostAfter, name, times[2].Round(time.Millisecond), strings.Join(s, " "))
 			checkCluster(t, fc, name+" gossip agent deaths")
 		})
 	}

@@ -52,6 +52,7 @@ func (e *agentEndpoint) Register(ctx context.Context, req *rpc.RegisterRequest) 
 		}
 		return cl.Register(ctx, req)
 	}
+	e.srv.heartbeats.seen(req.Agent.ID)
 	a := req.Agent.Copy()
 	a.Status = structs.AgentAlive
 	a.StatusInfo = "registered"
@@ -78,7 +79,12 @@ func (e *agentEndpoint) UpdateKernels(ctx context.Context, req *structs.KernelUp
 		}
 		return cl.UpdateKernels(ctx, req)
 	}
+	e.srv.heartbeats.seen(req.AgentID)
 	e.srv.rejoinIfLost(req.AgentID)
+	if len(req.Updates) == 0 {
+		// A heartbeat: the agent is alive and talks RPC.
+		return &rpc.UpdateKernelsResponse{Index: e.srv.raft.AppliedIndex()}, nil
+	}
 	resp, idx, err := e.srv.apply(structs.KernelUpdateRequestType, req)
 	if err != nil {
 		return nil, grpcError(err)

@@ -102,6 +102,12 @@ func (f *fsm) Apply(l *raft.Log) any {
 			return err
 		}
 		return f.state.DrainAgent(l.Index, &req)
+	case structs.KernelsLostRequestType:
+		var req structs.KernelsLostRequest
+		if err := json.Unmarshal(body, &req); err != nil {
+			return err
+		}
+		return f.state.KernelsLost(l.Index, &req)
 	}
 	// An unknown type means a newer server wrote the log: refuse loudly
 	// rather than silently diverging.

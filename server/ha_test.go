@@ -81,11 +81,12 @@ func apiClient(t *testing.T, addr, token string) *api.Client {
 // TestQuorumFailoverAndAgentLoss: three servers bootstrap one raft quorum
 // from gossip; a follower serves the API by forwarding to the leader and
 // agents may register with any server; when the leader goes, a new one
-// takes over with every acknowledged session; an agent that leaves gets its
-// kernels ended with the reason, and a batch session with -max-retries
-// runs again on another agent.
+// takes over with every acknowledged session; an agent that stops is
+// DISCONNECTED (its kernels untouched), then LOST once the grace period
+// (short here) runs out: its kernels end with the reason, and a batch
+// session with -max-retries runs again on another agent.
 func TestQuorumFailoverAndAgentLoss(t *testing.T) {
-	srvs, token := startQuorum(t, 3)
+	srvs, token := startQuorumCfg(t, 3, func(c *server.Config) { c.AgentLostAfter = 3 * time.Second })
 	leaders := 0
 	var leader int
 	for i, s := range srvs {
@@ -169,8 +170,18 @@ func TestQuorumFailoverAndAgentLoss(t *testing.T) {
 		t.Fatalf("concentrated put the sessions on %s and %s", lost, db.Kernels[0].AgentID)
 	}
 	byID[lost].Shutdown()
+	// Stopped, not gone: DISCONNECTED first, with both signals named, and
+	// its sessions untouched while the grace period runs.
+	ag := c.waitAgentStatus(t, lost, structs.AgentDisconnected, 15*time.Second)
+	if !strings.Contains(ag.StatusInfo, "gossip: member failed") || !strings.Contains(ag.StatusInfo, "no RPC heartbeat") {
+		t.Fatalf("disconnected agent's reason: %q", ag.StatusInfo)
+	}
+	if got, err := cc.GetSession(ctx, i.Session.ID); err != nil || got.Session.Status != structs.SessionRunning {
+		t.Fatalf("a session on a DISCONNECTED agent must keep running: %+v %v", got.Session, err)
+	}
 	di = c.waitFor(t, i.Session.ID, terminal)
-	if di.Session.Status != structs.SessionError || !strings.Contains(di.Kernels[0].StatusInfo, "agent lost") {
+	if di.Session.Status != structs.SessionError || !strings.Contains(di.Kernels[0].StatusInfo, "agent lost") ||
+		!strings.Contains(di.Kernels[0].StatusInfo, "past the grace period") {
 		t.Fatalf("interactive session on the lost agent: %s, kernel %s %q", di.Session.Status, di.Kernels[0].Status, di.Kernels[0].StatusInfo)
 	}
 	db = c.waitFor(t, b.Session.ID, terminal)

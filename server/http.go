@@ -54,6 +54,7 @@ func (s *Server) setupHTTP() error {
 	mux.HandleFunc("GET /v1/agents/{id}", s.wrap(s.getAgent))
 	mux.HandleFunc("POST /v1/agents/{id}/drain", s.wrap(s.drainAgent))
 	mux.HandleFunc("POST /v1/agents/{id}/eligible", s.wrap(s.drainAgent))
+	mux.HandleFunc("POST /v1/agents/{id}/leave", s.wrap(s.leaveAgent))
 	mux.HandleFunc("GET /v1/status/leader", s.wrap(s.leader))
 	mux.HandleFunc("GET /v1/queue", s.wrap(s.queue))
 	mux.HandleFunc("GET /v1/images", s.wrap(s.listImages))
@@ -305,6 +306,14 @@ func (s *Server) validateCreate(req *api.CreateSessionRequest, snap *state.Snaps
 	if req.MaxRetries > 0 && req.Type != structs.SessionTypeBatch {
 		return nil, nil, badRequest("max_retries is for batch sessions")
 	}
+	var lostAfter time.Duration
+	if req.LostAfter != "" {
+		d, err := time.ParseDuration(req.LostAfter)
+		if err != nil || d <= 0 {
+			return nil, nil, badRequest("lost_after %q: want a positive Go duration such as 30s or 2m", req.LostAfter)
+		}
+		lostAfter = d
+	}
 	if req.ClusterSize < 0 || req.ClusterSize > maxClusterSize {
 		return nil, nil, badRequest("cluster_size %d is out of range [1, %d]", req.ClusterSize, maxClusterSize)
 	}
@@ -323,6 +332,7 @@ func (s *Server) validateCreate(req *api.CreateSessionRequest, snap *state.Snaps
 		Status: structs.SessionPending, Result: structs.ResultUndefined, CreatedAt: now,
 		Priority: req.Priority, StartsAt: req.StartsAt.UTC(),
 		ClusterMode: req.ClusterMode, ClusterSize: max(req.ClusterSize, 1), MaxRetries: req.MaxRetries,
+		LostAfter: lostAfter,
 	}
 	if req.StartsAt.IsZero() {
 		sess.StartsAt = time.Time{}
@@ -741,6 +751,24 @@ func (s *Server) drainAgent(w http.ResponseWriter, r *http.Request) (any, error)
 		req.Drain, req.Force = true, body.Force
 	}
 	if _, _, err := s.apply(structs.AgentDrainRequestType, req); err != nil {
+		return nil, err
+	}
+	return s.state.Snapshot().Agent(nil, a.ID)
+}
+
+// leaveAgent gives a node up at once (admins only): the agent is
+// TERMINATED, its kernels end, batch sessions with retries are re-queued.
+// Stopping an agent never does this; it is how a node is decommissioned.
+func (s *Server) leaveAgent(w http.ResponseWriter, r *http.Request) (any, error) {
+	if err := requireAdmin(r); err != nil {
+		return nil, err
+	}
+	a, err := s.state.Snapshot().ResolveAgent(r.PathValue("id"))
+	if err != nil {
+		return nil, err
+	}
+	req := &structs.AgentStatusRequest{AgentID: a.ID, Status: structs.AgentTerminated, Info: "left: given up by the operator (node leave)", Time: time.Now().UTC()}
+	if _, _, err := s.apply(structs.AgentStatusRequestType, req); err != nil {
 		return nil, err
 	}
 	return s.state.Snapshot().Agent(nil, a.ID)

@@ -109,11 +109,14 @@ func (s *Server) reconcileMember(m serf.Member) {
 	switch m.Status {
 	case serf.StatusAlive:
 		status, info = structs.AgentAlive, "gossip: member alive"
-	case serf.StatusFailed:
-		status, info = structs.AgentLost, "gossip: member failed (unreachable)"
 	case serf.StatusLeft:
+		// Only an explicit leave gets here: a stopped agent does not
+		// leave the pool, it fails, and comes back to its kernels.
 		status, info = structs.AgentTerminated, "gossip: member left the cluster"
 	default:
+		// A failed member alone kills nothing: a busy node is not a dead
+		// one. The liveness loop weighs it with the RPC heartbeats.
+		s.heartbeats.check()
 		return
 	}
 	cur, err := s.state.Snapshot().Agent(nil, id)
@@ -234,7 +237,18 @@ func (s *Server) rejoinIfLost(agentID string) {
 		return
 	}
 	a, err := s.state.Snapshot().Agent(nil, agentID)
-	if err != nil || a.Status != structs.AgentLost || a.SerfAddr == "" {
+	if err != nil || a.Status != structs.AgentLost {
+		return
+	}
+	s.rejoin(a)
+}
+
+// rejoin joins an agent's gossip address from this server's side (at most
+// once every few seconds per agent): used for agents that talk RPC while
+// gossip holds them failed or the state holds them lost.
+func (s *Server) rejoin(a *structs.Agent) {
+	agentID := a.ID
+	if a.SerfAddr == "" || s.ctx.Err() != nil {
 		return
 	}
 	s.rejoinMu.Lock()
@@ -254,6 +268,6 @@ func (s *Server) rejoinIfLost(agentID string) {
 			s.logger.Warn("rejoining a lost agent that talks RPC failed", "agent_id", agentID, "serf", a.SerfAddr, "error", err)
 			return
 		}
-		s.logger.Info("a lost agent reached us over RPC: pulled it back into gossip", "agent_id", agentID, "serf", a.SerfAddr)
+		s.logger.Info("an agent gossip had failed or lost reached us over RPC: pulled it back into gossip", "agent_id", agentID, "serf", a.SerfAddr)
 	}()
 }

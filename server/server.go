@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -70,6 +71,14 @@ type Config struct {
 	// HTTPTLS serves the HTTP API over TLS with the node certificate of
 	// Security.TLS (followers then forward to the leader over https too).
 	HTTPTLS bool
+	// AgentLostAfter is how long an agent may stay DISCONNECTED (gossip
+	// failed and no RPC heartbeat) before it is LOST and its kernels are
+	// given up (default DefaultAgentLostAfter).
+	AgentLostAfter time.Duration
+	// HeartbeatTTL is how long an agent may send no RPC before that signal
+	// counts as gone (default DefaultHeartbeatTTL, FastHeartbeatTTL under
+	// FastGossip).
+	HeartbeatTTL time.Duration
 }
 
 func (c *Config) setDefaults() error {
@@ -157,6 +166,11 @@ type Server struct {
 	// rejoinAt limits how often a lost agent is pulled back into gossip.
 	rejoinMu sync.Mutex
 	rejoinAt map[string]time.Time
+
+	// heartbeats: when each agent last spoke RPC to this leader.
+	heartbeats *heartbeats
+	// localAgent is the ID of the agent embedded in this process, if any.
+	localAgent atomic.Value
 }
 
 // New starts a server: raft (bootstrapping a single voter on first start),
@@ -178,7 +192,8 @@ func New(cfg Config) (*Server, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{cfg: cfg, id: id, logger: cfg.Logger.With("server_id", id[:8]), state: st,
-		ctx: ctx, cancel: cancel, agents: newAgentConns(cfg.Security.DialOptions(tlsutil.RoleAgent)), ready: make(chan struct{})}
+		ctx: ctx, cancel: cancel, agents: newAgentConns(cfg.Security.DialOptions(tlsutil.RoleAgent)), ready: make(chan struct{}),
+		heartbeats: newHeartbeats()}
 	ok := false
 	defer func() {
 		if !ok {
@@ -516,7 +531,8 @@ func (s *Server) leaderLoop(ctx context.Context) {
 	s.bootstrapAdmin()
 	s.reconcileMembers()
 	var wg sync.WaitGroup
-	wg.Add(3)
+	wg.Add(4)
+	go func() { defer wg.Done(); s.watchLiveness(ctx) }()
 	go func() { defer wg.Done(); s.runScheduler(ctx) }()
 	go func() { defer wg.Done(); s.enforceLimits(ctx) }()
 	go func() {

@@ -153,6 +153,23 @@ func (c *cluster) waitAgentAlive(t *testing.T, id string) {
 	t.Fatalf("agent %s never became ALIVE", id)
 }
 
+// waitAgentStatus polls until the agent has the status and returns it.
+func (c *cluster) waitAgentStatus(t *testing.T, id string, want structs.AgentStatus, within time.Duration) *structs.Agent {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	var last *structs.Agent
+	for time.Now().Before(deadline) {
+		a, err := c.client.GetAgent(context.Background(), id)
+		if err == nil && a.Status == want {
+			return a
+		}
+		last = a
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("agent %s never became %s within %s (last: %+v)", id, want, within, last)
+	return nil
+}
+
 // waitFor follows a session with blocking queries until cond holds.
 func (c *cluster) waitFor(t *testing.T, ref string, cond func(*api.SessionDetail) bool) *api.SessionDetail {
 	t.Helper()

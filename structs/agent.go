@@ -7,10 +7,20 @@ type AgentStatus string
 
 // Agent statuses.
 const (
-	AgentAlive      AgentStatus = "ALIVE"
-	AgentLost       AgentStatus = "LOST"
-	AgentTerminated AgentStatus = "TERMINATED"
+	AgentAlive AgentStatus = "ALIVE"
+	// AgentDisconnected: neither gossip nor the agent's RPC heartbeats
+	// reach the servers. Its kernels keep their slots and nothing is
+	// killed; it becomes AgentLost only after the grace period
+	// (-agent-lost-after), and ALIVE again, with its kernels as they are,
+	// when either signal returns.
+	AgentDisconnected AgentStatus = "DISCONNECTED"
+	AgentLost         AgentStatus = "LOST"
+	AgentTerminated   AgentStatus = "TERMINATED"
 )
+
+// Reachable reports whether kernels on an agent of this status may still
+// run: ALIVE, or DISCONNECTED within its grace period.
+func (s AgentStatus) Reachable() bool { return s == AgentAlive || s == AgentDisconnected }
 
 // Agent is a node that runs kernels, as recorded in the state store.
 type Agent struct {
@@ -30,12 +40,16 @@ type Agent struct {
 	Capacity Slots `json:"capacity"`
 	// Occupied is the sum of the resources of the kernels placed on this
 	// agent that have not ended; it changes in the same apply as they do.
-	Occupied     Slots     `json:"occupied"`
-	Version      string    `json:"version,omitempty"`
-	RegisteredAt time.Time `json:"registered_at"`
-	UpdatedAt    time.Time `json:"updated_at"`
-	CreateIndex  uint64    `json:"create_index"`
-	ModifyIndex  uint64    `json:"modify_index"`
+	Occupied Slots `json:"occupied"`
+	// DisconnectedAt is when the agent became DISCONNECTED (kept when it
+	// then became LOST; zero once ALIVE): its grace period counts from
+	// there, on any leader.
+	DisconnectedAt time.Time `json:"disconnected_at,omitzero"`
+	Version        string    `json:"version,omitempty"`
+	RegisteredAt   time.Time `json:"registered_at"`
+	UpdatedAt      time.Time `json:"updated_at"`
+	CreateIndex    uint64    `json:"create_index"`
+	ModifyIndex    uint64    `json:"modify_index"`
 }
 
 // Copy returns a deep copy of a.

@@ -15,7 +15,19 @@ const (
 	SessionDestroyRequestType
 	ConfigUpsertRequestType
 	AgentDrainRequestType
+	KernelsLostRequestType
 )
+
+// KernelsLostRequest gives up the kernels of the listed sessions on a
+// DISCONNECTED agent whose sessions asked for a shorter grace period
+// (Session.LostAfter) than the agent's: they end as if the agent were
+// LOST (ERROR, or re-queued), the agent keeps its status.
+type KernelsLostRequest struct {
+	AgentID    string    `json:"agent_id"`
+	SessionIDs []string  `json:"session_ids"`
+	Info       string    `json:"info"`
+	Time       time.Time `json:"time"`
+}
 
 // AgentDrainRequest stops (Drain) or resumes new placements on an agent;
 // Force also terminates the kernels running there.

@@ -61,6 +61,11 @@ type Session struct {
 	// agent running its kernels is lost; Retries counts those so far.
 	MaxRetries int `json:"max_retries,omitempty"`
 	Retries    int `json:"retries,omitempty"`
+	// LostAfter, when set, overrides the cluster's -agent-lost-after for
+	// this session: its kernels on an agent DISCONNECTED for longer are
+	// given up (ERROR, or re-queued when retries are left) while the agent
+	// itself may still come back.
+	LostAfter time.Duration `json:"lost_after,omitempty"`
 	// Network is the session's overlay (VNI and subnet) while it is placed
 	// and has several kernels; nil otherwise.
 	Network    *Network      `json:"network,omitempty"`

@@ -54,6 +54,7 @@ type daemonFlags struct {
 	join                                                      listFlag
 	insecureRegistries                                        listFlag
 	bootstrapExpect                                           int
+	agentLostAfter, heartbeatTTL                              time.Duration
 	httpTLS                                                   bool
 	fastGossip                                                bool
 	sec                                                       securityFlags
@@ -70,6 +71,8 @@ func parseDaemonFlags(role string, args []string) (*daemonFlags, error) {
 	fs.BoolVar(&f.fastGossip, "fast-gossip", role == "dev", "shorter gossip timers: failure detection in about a second (loopback, tests)")
 	if role != "agent" {
 		fs.StringVar(&f.httpAddr, "http", "127.0.0.1:8640", "HTTP API address")
+		fs.DurationVar(&f.agentLostAfter, "agent-lost-after", server.DefaultAgentLostAfter, "grace period of a DISCONNECTED agent (gossip failed and no RPC heartbeat): its kernels keep their slots and are given up only after this")
+		fs.DurationVar(&f.heartbeatTTL, "heartbeat-ttl", 0, "how long an agent may send no RPC heartbeat before that signal counts as gone (default 10s, 3s with -fast-gossip)")
 		fs.IntVar(&f.bootstrapExpect, "bootstrap-expect", 1, "number of servers in the first quorum (1: a single server; 3 or 5: servers find each other through -join and bootstrap raft together)")
 	}
 	rpcDef := "127.0.0.1:8641"
@@ -120,6 +123,9 @@ func parseDaemonFlags(role string, args []string) (*daemonFlags, error) {
 	}
 	if f.httpTLS && f.sec.tlsCA == "" {
 		return nil, errors.New("-tls-http needs -tls-ca, -tls-cert and -tls-key")
+	}
+	if f.agentLostAfter < 0 || f.heartbeatTTL < 0 {
+		return nil, errors.New("-agent-lost-after and -heartbeat-ttl must not be negative")
 	}
 	if role == "agent" && len(f.join) == 0 {
 		return nil, errors.New("-join ADDR is required: the gossip address of any server or agent")
@@ -205,7 +211,8 @@ func runDaemon(role string, args []string) int {
 			NodeName: nodeName(f.name, "-server"), DataDir: dataSubdir(role, f.dataDir, "server"),
 			HTTPAddr: f.httpAddr, RPCAddr: f.rpcAddr, SerfAddr: f.serfAddr, Join: f.join,
 			BootstrapExpect: f.bootstrapExpect, GRPC: shared, Logger: logger, LogOutput: libLog,
-			FastGossip: f.fastGossip, GossipKey: gossipKey, Security: security, HTTPTLS: f.httpTLS, OnBootstrapToken: func(token string) { announceToken(role, token, logger) },
+			FastGossip: f.fastGossip, GossipKey: gossipKey, Security: security, HTTPTLS: f.httpTLS,
+			AgentLostAfter: f.agentLostAfter, HeartbeatTTL: f.heartbeatTTL, OnBootstrapToken: func(token string) { announceToken(role, token, logger) },
 		})
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "Error: %v\n", err)
@@ -248,6 +255,9 @@ func runDaemon(role string, args []string) int {
 			}
 			return 1
 		}
+	}
+	if srv != nil && agt != nil {
+		srv.SetLocalAgent(agt.ID())
 	}
 	if srv != nil {
 		// Serve only now: an in-process agent registers its service first.

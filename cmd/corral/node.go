@@ -51,6 +51,24 @@ func (c *cli) nodeEligible(ctx context.Context, args []string) error {
 	return c.setDrain(ctx, f, args, false, new(bool))
 }
 
+func (c *cli) nodeLeave(ctx context.Context, args []string) error {
+	f := c.newFlags("node leave", "ID [flags]", "Give a node up now: the agent is TERMINATED, its kernels end and batch sessions\n"+
+		"with retries are re-queued. Stopping an agent (SIGTERM) never does this: its kernels\n"+
+		"keep running and the next start reattaches them. Stop the agent after leaving.", true)
+	id, client, err := f.refClient(args, "agent ID, ID prefix or name")
+	if err != nil {
+		return err
+	}
+	a, err := client.LeaveAgent(ctx, id)
+	if err != nil {
+		return err
+	}
+	if f.json {
+		return printJSON(c.stdout, a)
+	}
+	return renderAgent(c.stdout, a, time.Now())
+}
+
 func (c *cli) setDrain(ctx context.Context, f *flagSet, args []string, drain bool, force *bool) error {
 	id, client, err := f.refClient(args, "agent ID, ID prefix or name")
 	if err != nil {

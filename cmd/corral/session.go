@@ -47,6 +47,7 @@ func (c *cli) parseCreate(args []string) (*createCmd, error) {
 	f.Var(env, "env", "environment variable `KEY=VALUE` of the kernel (repeatable)")
 	f.Var(roleFlag{&r.Roles}, "role", "per-role `ROLE:key=value,...` override (image, driver, cpu, mem), e.g. sub:image=IMG2,cpu=2,mem=1G (repeatable)")
 	f.IntVar(&r.MaxRetries, "max-retries", 0, "batch: re-queue the session up to N times when an agent running it is lost")
+	f.StringVar(&r.LostAfter, "lost-after", "", "give the kernels up (ERROR, or re-queue with -max-retries) once their agent is DISCONNECTED this long, sooner than the cluster's -agent-lost-after (e.g. 30s)")
 	f.IntVar(&r.ClusterSize, "cluster-size", 0, "number of kernels: main1 plus sub1..subN-1, placed together or not at all (0: one)")
 	f.StringVar(&r.ClusterMode, "cluster-mode", "", "single-node (all kernels on one agent, the default) or multi-node")
 	f.BoolVar(&cmd.wait, "wait", false, "follow the session until it ends (batch) or runs (interactive)")

@@ -8,15 +8,16 @@ import (
 	"github.com/corral-dev/corral/structs"
 )
 
-// agentGone handles the kernels of an agent that gossip declared failed
-// (LOST) or that left: in the same apply, every kernel it held ends in
+// agentGone handles the kernels of an agent that was declared LOST (its
+// grace period as DISCONNECTED ran out) or that left: in the same apply, every kernel it held ends in
 // ERROR with the reason and frees its slots, and the sessions follow. A
 // batch session with retries left whose live kernels were all on gone
 // agents is re-queued instead: its kernels go back to PENDING and the
 // scheduler places them elsewhere. If the agent comes back with those
 // kernels still running, its kernel stream no longer lists them and it
-// kills them: the server's state wins.
-func (w *writer) agentGone(a *structs.Agent, why string, now time.Time) error {
+// kills them: the server's state wins. With only set, just those
+// sessions' kernels are given up (their own, shorter grace period ran out).
+func (w *writer) agentGone(a *structs.Agent, why string, now time.Time, only map[string]bool) error {
 	sn := w.snap()
 	kernels, err := sn.KernelsByAgent(nil, a.ID)
 	if err != nil {
@@ -25,7 +26,7 @@ func (w *writer) agentGone(a *structs.Agent, why string, now time.Time) error {
 	reason := fmt.Sprintf("agent lost: %s (%s)", a.Name, why)
 	sessions := map[string]bool{}
 	for _, k := range kernels {
-		if k.HoldsSlots() {
+		if k.HoldsSlots() && (only == nil || only[k.SessionID]) {
 			sessions[k.SessionID] = true
 		}
 	}
@@ -38,7 +39,7 @@ func (w *writer) agentGone(a *structs.Agent, why string, now time.Time) error {
 		if err != nil {
 			return err
 		}
-		if w.requeue(sn, sess, all, reason, now) {
+		if w.requeue(sn, sess, all, a.ID, reason, now) {
 			continue
 		}
 		for _, cur := range all {
@@ -78,8 +79,9 @@ func (w *writer) agentGone(a *structs.Agent, why string, now time.Time) error {
 }
 
 // requeue puts a batch session with retries left back to PENDING when
-// none of its live kernels runs on an alive agent; it reports whether it did.
-func (w *writer) requeue(sn *Snapshot, sess *structs.Session, kernels []*structs.Kernel, reason string, now time.Time) bool {
+// none of its live kernels runs on an agent other than lostAgent that is
+// ALIVE or DISCONNECTED (may still run it); it reports whether it did.
+func (w *writer) requeue(sn *Snapshot, sess *structs.Session, kernels []*structs.Kernel, lostAgent, reason string, now time.Time) bool {
 	if sess.Type != structs.SessionTypeBatch || sess.Retries >= sess.MaxRetries || sess.Status.Terminal() {
 		return false
 	}
@@ -90,7 +92,9 @@ func (w *writer) requeue(sn *Snapshot, sess *structs.Session, kernels []*structs
 			}
 			continue
 		}
-		if ag, err := w.snap().Agent(nil, k.AgentID); err == nil && ag.Status == structs.AgentAlive {
+		// A kernel on another agent that is ALIVE, or DISCONNECTED and so
+		// maybe still running, keeps the attempt going.
+		if ag, err := w.snap().Agent(nil, k.AgentID); err == nil && ag.ID != lostAgent && ag.Status.Reachable() {
 			return false
 		}
 	}

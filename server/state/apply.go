@@ -736,10 +736,44 @@ func (s *StateStore) SetAgentStatus(index uint64, req *structs.AgentStatusReques
 	a.Status = req.Status
 	a.StatusInfo = req.Info
 	a.UpdatedAt = req.Time
-	if req.Status == structs.AgentLost || req.Status == structs.AgentTerminated {
-		if err := w.agentGone(a, req.Info, req.Time); err != nil {
+	switch req.Status {
+	case structs.AgentDisconnected:
+		// The grace period counts from the first disconnection, not from
+		// a later change of the reason.
+		if cur.Status != structs.AgentDisconnected {
+			a.DisconnectedAt = req.Time
+		}
+	case structs.AgentLost, structs.AgentTerminated:
+		if err := w.agentGone(a, req.Info, req.Time, nil); err != nil {
 			return err
 		}
+	}
+	if req.Status == structs.AgentAlive {
+		a.DisconnectedAt = time.Time{}
+	}
+	return w.commit()
+}
+
+// KernelsLost gives up the listed sessions' kernels on a DISCONNECTED
+// agent (their own grace period ran out before the agent's); the agent
+// keeps its status. On an agent that is ALIVE again it does nothing: the
+// agent came back in time.
+func (s *StateStore) KernelsLost(index uint64, req *structs.KernelsLostRequest) error {
+	w := s.write(index)
+	defer w.txn.Abort()
+	a, err := w.snap().Agent(nil, req.AgentID)
+	if err != nil {
+		return err
+	}
+	if a.Status != structs.AgentDisconnected {
+		return nil
+	}
+	only := map[string]bool{}
+	for _, id := range req.SessionIDs {
+		only[id] = true
+	}
+	if err := w.agentGone(a, req.Info, req.Time, only); err != nil {
+		return err
 	}
 	return w.commit()
 }
@@ -793,7 +827,10 @@ func (w *writer) stopKernels(sn *Snapshot, kernels []*structs.Kernel, skip *stru
 			to = structs.KernelCancelled
 		default:
 			to = structs.KernelTerminating
-			if a, err := sn.Agent(nil, k.AgentID); err != nil || a.Status != structs.AgentAlive {
+			// On a DISCONNECTED agent the kernel may still run: it stays
+			// TERMINATING, holding its slots, until the agent comes back
+			// and stops it or is declared LOST.
+			if a, err := sn.Agent(nil, k.AgentID); err != nil || !a.Status.Reachable() {
 				to = structs.KernelTerminated
 			}
 		}
