@@ -3,6 +3,7 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -98,6 +99,38 @@ func untilSignalled(code int) []string {
 // the agent was away is reported TERMINATED or ERROR with a reason. Once
 // everything is destroyed, nothing is left of the kernels on the host.
 func TestAgentKill9Recovery(t *testing.T) {
+	testAgentRestart(t, "SIGKILL", 0)
+}
+
+// TestAgentStopAndRestart is the upgrade path: the agent is stopped with
+// SIGTERM (it does not leave the pool), stays away for 30 s, far longer
+// than gossip takes to fail it (the servers hold it DISCONNECTED, its
+// sessions RUNNING), and a new agent process on the same data dir
+// reattaches every kernel; nothing is restarted.
+func TestAgentStopAndRestart(t *testing.T) {
+	if testing.Short() {
+		t.Skip("keeps the agent away for 30 s")
+	}
+	testAgentRestart(t, "SIGTERM", 30*time.Second)
+}
+
+// agentStatus is the only agent's record.
+func agentStatus(t *testing.T, addr string) (*structs.Agent, error) {
+	t.Helper()
+	r := cli(t, addr, "node", "list", "-json")
+	var agents []*structs.Agent
+	if err := json.Unmarshal([]byte(r.stdout), &agents); err != nil {
+		return nil, err
+	}
+	if len(agents) != 1 {
+		return nil, fmt.Errorf("agents: %s", r.stdout)
+	}
+	return agents[0], nil
+}
+
+// testAgentRestart stops the agent with sig while kernels run, keeps it
+// away for at least away, restarts it and checks that it reattached.
+func testAgentRestart(t *testing.T, sig string, away time.Duration) {
 	drivers := map[string][]string{"exec": {"-driver", "exec"}}
 	why := runcUnavailable()
 	runc := why == ""
@@ -154,7 +187,20 @@ func TestAgentKill9Recovery(t *testing.T) {
 		}
 	}
 
-	agent.kill9()
+	keepPids := map[string][]int{}
+	for drv := range drivers {
+		ref := "keep-" + drv
+		keepPids[ref] = kernelProcs([]string{kernels[ref]})[kernels[ref]]
+	}
+	stoppedAt := time.Now()
+	if sig == "SIGTERM" {
+		agent.stop(10 * time.Second)
+		if !strings.Contains(agent.output(), "shutting down") {
+			t.Fatalf("the agent did not stop on SIGTERM:\n%s", agent.output())
+		}
+	} else {
+		agent.kill9()
+	}
 	// While the agent is away, the victims' processes die (a container's
 	// init takes all of the container with it).
 	for ref, pids := range victims {
@@ -164,8 +210,43 @@ func TestAgentKill9Recovery(t *testing.T) {
 			}
 		}
 	}
+	if away > 0 {
+		// Away: DISCONNECTED once gossip failed it and its heartbeats
+		// stopped; its sessions untouched however long it stays away
+		// within the grace period.
+		eventually(t, 20*time.Second, "agent DISCONNECTED", func() error {
+			a, err := agentStatus(t, addr)
+			if err != nil {
+				return err
+			}
+			if a.Status != structs.AgentDisconnected {
+				return fmt.Errorf("agent %s (%s)", a.Status, a.StatusInfo)
+			}
+			return nil
+		})
+		time.Sleep(time.Until(stoppedAt.Add(away)))
+		a, err := agentStatus(t, addr)
+		if err != nil || a.Status != structs.AgentDisconnected {
+			t.Fatalf("agent away for %v: %+v %v", away, a, err)
+		}
+		t.Logf("agent away %v: %s (%s)", time.Since(stoppedAt).Round(time.Second), a.Status, a.StatusInfo)
+		for ref := range kernels {
+			if d, err := sessionDetail(t, addr, ref); err != nil || d.Session.Status != structs.SessionRunning {
+				t.Fatalf("%s while its agent is away: %+v %v", ref, d.Session, err)
+			}
+		}
+	}
 	start(t, "agent-restarted", agentArgs...)
 	agentAlive(t, addr)
+	// Reattached, not restarted: the same processes.
+	for ref, pids := range keepPids {
+		now := kernelProcs([]string{kernels[ref]})[kernels[ref]]
+		slices.Sort(now)
+		slices.Sort(pids)
+		if len(pids) == 0 || !slices.Equal(now, pids) {
+			t.Fatalf("%s after the restart: processes %v, before %v", ref, now, pids)
+		}
+	}
 
 	for drv := range drivers {
 		keep := "keep-" + drv
