@@ -174,8 +174,8 @@ type serverPorts struct{ http, rpc, serf string }
 // start printed.
 var apiTokens sync.Map
 
-func startServerProc(t *testing.T, dir string, ports serverPorts) *proc {
-	p := start(t, "server", "server", "-data-dir", dir, "-http", ports.http, "-rpc", ports.rpc, "-serf", ports.serf, "-fast-gossip")
+func startServerProc(t *testing.T, dir string, ports serverPorts, extra ...string) *proc {
+	p := start(t, "server", append([]string{"server", "-data-dir", dir, "-http", ports.http, "-rpc", ports.rpc, "-serf", ports.serf, "-fast-gossip"}, extra...)...)
 	addr := "http://" + ports.http
 	if _, ok := apiTokens.Load(addr); !ok {
 		eventually(t, 20*time.Second, "server prints the admin token", func() error {

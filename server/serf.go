@@ -116,6 +116,9 @@ func (s *Server) reconcileMember(m serf.Member) {
 	default:
 		// A failed member alone kills nothing: a busy node is not a dead
 		// one. The liveness loop weighs it with the RPC heartbeats.
+		if m.Status == serf.StatusFailed {
+			s.logger.Info("gossip failed an agent; its RPC heartbeats decide whether it is disconnected", "agent_id", id, "name", m.Name)
+		}
 		s.heartbeats.check()
 		return
 	}
