@@ -150,4 +150,3 @@ func TestVersionChecks(t *testing.T) {
 		t.Errorf("server too new: %v", err)
 	}
 }
-
