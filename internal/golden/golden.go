@@ -54,9 +54,9 @@ func fill(v reflect.Value, path string) {
 	case reflect.Bool:
 		v.SetBool(true)
 	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
-		v.SetInt(int64(num(path) % 127))
+		v.SetInt(int64(num(path)%126 + 1))
 	case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64, reflect.Uintptr:
-		v.SetUint(num(path) % 127)
+		v.SetUint(num(path)%126 + 1)
 	case reflect.Float32, reflect.Float64:
 		v.SetFloat(float64(num(path)) + 0.5)
 	case reflect.Pointer:
