@@ -60,7 +60,12 @@ func (a *Agent) connectLoop() {
 		if a.ctx.Err() != nil {
 			return
 		}
-		if refused(err) {
+		if status.Code(err) == codes.FailedPrecondition {
+			// A protocol version outside the skew policy needs an upgrade:
+			// say which, and knock less often.
+			delay = max(delay, 5*time.Second)
+			a.logger.Error("protocol version mismatch with the server: see docs/upgrades.md", "server", addr, "agent_protocol", rpc.ProtocolVersion, "error", status.Convert(err).Message(), "retry_in", delay)
+		} else if refused(err) {
 			// A wrong certificate or join token does not fix itself:
 			// say so plainly, and knock less often.
 			delay = max(delay, 5*time.Second)
@@ -73,7 +78,7 @@ func (a *Agent) connectLoop() {
 			return
 		case <-time.After(delay):
 		}
-		if delay < 2*time.Second && !refused(err) {
+		if delay < 2*time.Second && !refused(err) && status.Code(err) != codes.FailedPrecondition {
 			delay *= 2
 		}
 		if err == nil {
@@ -93,12 +98,15 @@ func (a *Agent) session(addr string) error {
 	ctx, cancel := context.WithCancel(a.ctx)
 	defer cancel()
 	rctx, rcancel := context.WithTimeout(ctx, 10*time.Second)
-	_, err = client.Register(rctx, &rpc.RegisterRequest{Agent: a.inventory()})
+	resp, err := client.Register(rctx, &rpc.RegisterRequest{Agent: a.inventory(), ProtocolVersion: rpc.ProtocolVersion})
 	rcancel()
 	if err != nil {
 		return err
 	}
-	stream, err := client.WatchKernels(ctx, &rpc.WatchRequest{AgentID: a.id})
+	if err := rpc.CheckServerVersion(resp.ProtocolVersion); err != nil {
+		return status.Error(codes.FailedPrecondition, err.Error())
+	}
+	stream, err := client.WatchKernels(ctx, &rpc.WatchRequest{AgentID: a.id, ProtocolVersion: rpc.ProtocolVersion})
 	if err != nil {
 		return err
 	}

@@ -61,8 +61,30 @@ type LogsResponse struct {
 	SessionID string `json:"session_id"`
 	KernelID  string `json:"kernel_id"`
 	Hostname  string `json:"hostname"`
-	Stdout    string `json:"stdout"`
-	Stderr    string `json:"stderr"`
+	// Stdout and Stderr are the output as text, for readers that want
+	// text: bytes that are not UTF-8 read as U+FFFD. StdoutData and
+	// StderrData return the exact bytes.
+	Stdout string `json:"stdout"`
+	Stderr string `json:"stderr"`
+	// StdoutBytes and StderrBytes are the exact output, base64 in JSON
+	// (absent from servers older than protocol 2 and when empty).
+	StdoutBytes []byte `json:"stdout_b64,omitempty"`
+	StderrBytes []byte `json:"stderr_b64,omitempty"`
+}
+
+// StdoutData returns the kernel's stdout byte for byte (as text from a
+// server that sends no bytes).
+func (l *LogsResponse) StdoutData() []byte { return orText(l.StdoutBytes, l.Stdout) }
+
+// StderrData returns the kernel's stderr byte for byte (as text from a
+// server that sends no bytes).
+func (l *LogsResponse) StderrData() []byte { return orText(l.StderrBytes, l.Stderr) }
+
+func orText(b []byte, s string) []byte {
+	if b == nil {
+		return []byte(s)
+	}
+	return b
 }
 
 // ExecRequest is the body of POST /v1/sessions/{id}/exec.

@@ -14,6 +14,9 @@ import (
 // codecName is the gRPC content subtype of corral's JSON messages.
 const codecName = "json"
 
+// jsonCodec is encoding/json as is. It must keep ignoring unknown fields
+// (no DisallowUnknownFields): that is how a peer one protocol version
+// older reads a newer peer's messages (docs/upgrades.md).
 type jsonCodec struct{}
 
 func (jsonCodec) Marshal(v any) ([]byte, error)      { return json.Marshal(v) }

@@ -9,17 +9,25 @@ import (
 // RegisterRequest is an agent's full inventory, sent on every (re)connect.
 type RegisterRequest struct {
 	Agent *structs.Agent `json:"agent"`
+	// ProtocolVersion is the agent's ProtocolVersion; absent (0) from
+	// agents of protocol 1.
+	ProtocolVersion int `json:"protocol_version,omitempty"`
 }
 
 // RegisterResponse acknowledges a registration.
 type RegisterResponse struct {
 	ServerName string `json:"server_name"`
 	Index      uint64 `json:"index"`
+	// ProtocolVersion is the server's ProtocolVersion; absent (0) from
+	// servers of protocol 1.
+	ProtocolVersion int `json:"protocol_version,omitempty"`
 }
 
 // WatchRequest opens the stream of an agent's kernel assignments.
 type WatchRequest struct {
 	AgentID string `json:"agent_id"`
+	// ProtocolVersion is the agent's ProtocolVersion, as in RegisterRequest.
+	ProtocolVersion int `json:"protocol_version,omitempty"`
 }
 
 // WatchResponse carries kernels placed on the agent that changed since the

@@ -39,6 +39,10 @@ func (e *agentEndpoint) Register(ctx context.Context, req *rpc.RegisterRequest) 
 	if req.Agent == nil || req.Agent.ID == "" {
 		return nil, status.Error(codes.InvalidArgument, "register: agent ID is required")
 	}
+	if err := rpc.CheckAgentVersion(req.ProtocolVersion); err != nil {
+		e.srv.logger.Warn("agent refused: protocol version", "agent_id", req.Agent.ID, "name", req.Agent.Name, "error", err)
+		return nil, err
+	}
 	if err := e.srv.waitReady(ctx); err != nil {
 		return nil, status.Error(codes.Unavailable, err.Error())
 	}
@@ -50,7 +54,13 @@ func (e *agentEndpoint) Register(ctx context.Context, req *rpc.RegisterRequest) 
 		if err != nil {
 			return nil, grpcError(err)
 		}
-		return cl.Register(ctx, req)
+		resp, err := cl.Register(ctx, req)
+		if err != nil {
+			return nil, err
+		}
+		// The agent watches this server: it needs this server's version.
+		resp.ProtocolVersion = rpc.ProtocolVersion
+		return resp, nil
 	}
 	e.srv.heartbeats.seen(req.Agent.ID)
 	a := req.Agent.Copy()
@@ -61,7 +71,7 @@ func (e *agentEndpoint) Register(ctx context.Context, req *rpc.RegisterRequest) 
 		return nil, grpcError(err)
 	}
 	e.srv.logger.Info("agent registered", "agent_id", a.ID, "name", a.Name, "capacity", a.Capacity.String(), "drivers", a.Drivers)
-	return &rpc.RegisterResponse{ServerName: e.srv.cfg.NodeName, Index: idx}, nil
+	return &rpc.RegisterResponse{ServerName: e.srv.cfg.NodeName, Index: idx, ProtocolVersion: rpc.ProtocolVersion}, nil
 }
 
 // UpdateKernels applies a batch of kernel status changes through raft.
@@ -101,6 +111,9 @@ func (e *agentEndpoint) UpdateKernels(ctx context.Context, req *structs.KernelUp
 func (e *agentEndpoint) WatchKernels(req *rpc.WatchRequest, stream rpc.WatchStream) error {
 	if req.AgentID == "" {
 		return status.Error(codes.InvalidArgument, "watch: agent ID is required")
+	}
+	if err := rpc.CheckAgentVersion(req.ProtocolVersion); err != nil {
+		return err
 	}
 	// The stream also ends when the server shuts down, so that a graceful
 	// stop does not wait for every agent to hang up.

@@ -2,7 +2,6 @@ package server
 
 import (
 	"encoding/json"
-	"fmt"
 	"io"
 	"log/slog"
 	"sync/atomic"
@@ -41,7 +40,8 @@ func (f *fsm) Apply(l *raft.Log) any {
 	if l.Type != raft.LogCommand || len(l.Data) == 0 {
 		return nil
 	}
-	t, body := structs.MessageType(l.Data[0]), l.Data[1:]
+	t, ignorable := entryType(l.Data[0])
+	body := l.Data[1:]
 	switch t {
 	case structs.SessionEnqueueRequestType:
 		var req structs.SessionEnqueueRequest
@@ -109,9 +109,8 @@ func (f *fsm) Apply(l *raft.Log) any {
 		}
 		return f.state.KernelsLost(l.Index, &req)
 	}
-	// An unknown type means a newer server wrote the log: refuse loudly
-	// rather than silently diverging.
-	panic(fmt.Sprintf("corral: unknown raft message type %d at index %d", t, l.Index))
+	// An unknown type means a newer server wrote the log.
+	return f.unknownEntry(t, ignorable, l.Index)
 }
 
 // Snapshot captures the whole state for raft's snapshot store.
@@ -126,11 +125,11 @@ func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
 // Restore replaces the state with a snapshot.
 func (f *fsm) Restore(rc io.ReadCloser) error {
 	defer rc.Close()
-	var d state.Dump
-	if err := json.NewDecoder(rc).Decode(&d); err != nil {
-		return fmt.Errorf("decode snapshot: %w", err)
+	d, err := f.decodeDump(rc)
+	if err != nil {
+		return err
 	}
-	return f.state.Restore(&d)
+	return f.state.Restore(d)
 }
 
 type fsmSnapshot struct{ dump *state.Dump }

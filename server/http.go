@@ -636,7 +636,7 @@ func (s *Server) sessionLogs(w http.ResponseWriter, r *http.Request) (any, error
 	if err != nil {
 		return nil, &httpError{code: http.StatusBadGateway, msg: fmt.Sprintf("reading logs of kernel %s from its agent: %s", k.Hostname, status.Convert(err).Message())}
 	}
-	return &api.LogsResponse{SessionID: d.Session.ID, KernelID: k.ID, Hostname: k.Hostname, Stdout: string(lr.Stdout), Stderr: string(lr.Stderr)}, nil
+	return &api.LogsResponse{SessionID: d.Session.ID, KernelID: k.ID, Hostname: k.Hostname, Stdout: string(lr.Stdout), Stderr: string(lr.Stderr), StdoutBytes: lr.Stdout, StderrBytes: lr.Stderr}, nil
 }
 
 // execSession streams a command's output from the kernel's agent as

@@ -187,8 +187,8 @@ func (c *cli) printMainLogs(ctx context.Context, client *api.Client, d *api.Sess
 		fmt.Fprintf(c.stderr, "Warning: cannot read the output of session %s: %s\n", shortID(d.Session.ID), oneLine(describe(ctx, err)))
 		return
 	}
-	_, _ = io.WriteString(c.stdout, logs.Stdout)
-	_, _ = io.WriteString(c.stderr, logs.Stderr)
+	_, _ = c.stdout.Write(logs.StdoutData())
+	_, _ = c.stderr.Write(logs.StderrData())
 }
 
 // followSession follows a session with blocking queries until done holds,
@@ -341,10 +341,10 @@ func (c *cli) sessionLogs(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	if _, err := io.WriteString(c.stdout, logs.Stdout); err != nil {
+	if _, err := c.stdout.Write(logs.StdoutData()); err != nil {
 		return err
 	}
-	_, err = io.WriteString(c.stderr, logs.Stderr)
+	_, err = c.stderr.Write(logs.StderrData())
 	return err
 }
 
