@@ -33,6 +33,7 @@ var entries = []struct {
 	{structs.SessionDestroyRequestType, &structs.SessionDestroyRequest{}},
 	{structs.ConfigUpsertRequestType, &structs.ConfigUpsertRequest{}},
 	{structs.AgentDrainRequestType, &structs.AgentDrainRequest{}},
+	{structs.KernelsLostRequestType, &structs.KernelsLostRequest{}},
 }
 
 func entryFixture(typ structs.MessageType, req any) string {
