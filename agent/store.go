@@ -40,6 +40,9 @@ func openLocalStore(dataDir string) (*localStore, error) {
 		db.Close()
 		return nil, err
 	}
+	// Kernels start and end concurrently: their record writes share one
+	// transaction (and one fsync) when they come within a couple of ms.
+	db.MaxBatchDelay = 2 * time.Millisecond
 	return &localStore{db: db}, nil
 }
 
@@ -48,13 +51,13 @@ func (s *localStore) put(rec *kernelRecord) error {
 	if err != nil {
 		return err
 	}
-	return s.db.Update(func(tx *bolt.Tx) error {
+	return s.db.Batch(func(tx *bolt.Tx) error {
 		return tx.Bucket(kernelsBucket).Put([]byte(rec.Kernel.ID), buf)
 	})
 }
 
 func (s *localStore) delete(id string) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
+	return s.db.Batch(func(tx *bolt.Tx) error {
 		return tx.Bucket(kernelsBucket).Delete([]byte(id))
 	})
 }

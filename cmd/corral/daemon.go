@@ -187,6 +187,7 @@ func runDaemon(role string, args []string) int {
 		fmt.Fprintf(os.Stderr, "Error: %v\n", err)
 		return 2
 	}
+	servePprof(logger)
 	capacity, err := f.capacity()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "Error: %v\n", err)

@@ -132,7 +132,7 @@ func supervise(ctx context.Context, dir string, inProcess bool, report func(repl
 		if st.StartTime, err = startTime(pid); err != nil {
 			return fmt.Errorf("reading the workload's start time: %w", err)
 		}
-		if err := writeFileAtomic(dir, stateFile, st); err != nil {
+		if err := writeFileAtomic(dir, stateFile, st, false); err != nil {
 			return fmt.Errorf("recording shim state: %w", err)
 		}
 		reported = true
@@ -158,7 +158,7 @@ func supervise(ctx context.Context, dir string, inProcess bool, report func(repl
 	if status.ExitedAt.IsZero() {
 		status.ExitedAt = time.Now()
 	}
-	if err := writeFileAtomic(dir, exitFile, status); err != nil {
+	if err := writeFileAtomic(dir, exitFile, status, true); err != nil {
 		return fmt.Errorf("recording the exit status %+v: %w", status, err)
 	}
 	return nil

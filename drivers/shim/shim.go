@@ -163,7 +163,7 @@ func Launch(ctx context.Context, kind, dir string, config any) (_ *Handle, err e
 			_ = os.Remove(filepath.Join(dir, stateFile))
 		}
 	}()
-	if err := writeFileAtomic(dir, configFile, shimConfig{Kind: kind, Config: raw}); err != nil {
+	if err := writeFileAtomic(dir, configFile, shimConfig{Kind: kind, Config: raw}, false); err != nil {
 		return nil, fmt.Errorf("writing shim config: %w", err)
 	}
 	if !Available() {
@@ -322,9 +322,15 @@ func readExit(dir string) (*ExitStatus, error) {
 	return &st, nil
 }
 
-// writeFileAtomic writes v as JSON to dir/name through a synced temporary
-// file and a rename, so that readers see all of it or nothing.
-func writeFileAtomic(dir, name string, v any) error {
+// writeFileAtomic writes v as JSON to dir/name through a temporary file
+// and a rename, so that readers see all of it or nothing. With durable,
+// the file and the directory are synced too, so that the content survives
+// a crash of the machine: only the exit status needs that. The config and
+// the state describe processes that a machine crash ends anyway; a crash
+// of the agent or the shim alone leaves them complete without a sync, and
+// the two fsyncs they would cost are most of a kernel's start on a busy
+// disk.
+func writeFileAtomic(dir, name string, v any, durable bool) error {
 	b, err := json.Marshal(v)
 	if err != nil {
 		return err
@@ -335,7 +341,7 @@ func writeFileAtomic(dir, name string, v any) error {
 	}
 	tmp := f.Name()
 	_, err = f.Write(b)
-	if err == nil {
+	if err == nil && durable {
 		err = f.Sync()
 	}
 	if cerr := f.Close(); err == nil {
@@ -347,6 +353,9 @@ func writeFileAtomic(dir, name string, v any) error {
 	if err != nil {
 		_ = os.Remove(tmp)
 		return err
+	}
+	if !durable {
+		return nil
 	}
 	if d, err := os.Open(dir); err == nil {
 		_ = d.Sync()
