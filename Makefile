@@ -24,6 +24,7 @@ deps:
 	@need=""; \
 	command -v ip >/dev/null 2>&1 || need="$$need iproute2"; \
 	command -v busybox >/dev/null 2>&1 || need="$$need busybox-static"; \
+	command -v iptables >/dev/null 2>&1 || need="$$need iptables"; \
 	if [ -n "$$need" ]; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 			echo "installing:$$need"; \

@@ -23,6 +23,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -366,6 +367,34 @@ func (h *Host) HTTPClient() *http.Client {
 
 // Links returns the names of the links in the host's namespace, sorted.
 func (h *Host) Links() ([]string, error) { return links(h.Path()) }
+
+// DropPorts makes the host drop every TCP and UDP packet that arrives
+// from or for one of ports (iptables in the host's namespace): one
+// protocol of the host goes deaf (say, gossip) while the others (say, RPC)
+// keep working. AllowPorts undoes it.
+func (h *Host) DropPorts(ports ...uint16) error {
+	for _, p := range ports {
+		for _, proto := range []string{"tcp", "udp"} {
+			for _, dir := range []string{"--dport", "--sport"} {
+				if err := h.iptables("-A", "INPUT", "-p", proto, dir, strconv.Itoa(int(p)), "-j", "DROP"); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// AllowPorts removes what DropPorts added.
+func (h *Host) AllowPorts() error { return h.iptables("-F", "INPUT") }
+
+func (h *Host) iptables(args ...string) error {
+	out, err := h.Command(context.Background(), "iptables", args...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("testbed: iptables %s on %s: %v: %s", strings.Join(args, " "), h.Name, err, out)
+	}
+	return nil
+}
 
 // Cut takes the switch's end of the host's link down: the host keeps its
 // address and routes, but nothing reaches it or leaves it over the underlay,
