@@ -80,9 +80,10 @@ func renderSessions(w io.Writer, list []*structs.Session, now time.Time) error {
 }
 
 // renderSessionDetail writes `session status`: the session, its kernels and
-// the status histories that say why it is where it is. agentNames maps
-// agent IDs to names where known.
-func renderSessionDetail(w io.Writer, d *api.SessionDetail, agentNames map[string]string, now time.Time) error {
+// the status histories that say why it is where it is. agents maps agent
+// IDs to the agents where known (names; kernels on DISCONNECTED agents
+// show UNKNOWN).
+func renderSessionDetail(w io.Writer, d *api.SessionDetail, agents map[string]*structs.Agent, now time.Time) error {
 	s := d.Session
 	tw := newTable(w)
 	field := func(k, v string) { fmt.Fprintf(tw, "%s:\t%s\n", k, v) }
@@ -109,14 +110,20 @@ func renderSessionDetail(w io.Writer, d *api.SessionDetail, agentNames map[strin
 	fmt.Fprintln(tw, "HOSTNAME\tID\tAGENT\tSTATUS\tEXIT\tRESOURCES")
 	for _, k := range d.Kernels {
 		agent := shortID(k.AgentID)
-		if name := agentNames[k.AgentID]; name != "" {
-			agent = name
+		st := string(k.Status)
+		if a := agents[k.AgentID]; a != nil {
+			agent = a.Name
+			// A kernel on a DISCONNECTED agent may be running or not:
+			// nobody can tell until the agent is back (or LOST).
+			if a.Status == structs.AgentDisconnected && k.HoldsSlots() {
+				st = fmt.Sprintf("UNKNOWN (agent disconnected %s; last %s)", since(a.DisconnectedAt, now), k.Status)
+			}
 		}
 		exit := "-"
 		if k.ExitCode != nil {
 			exit = fmt.Sprint(*k.ExitCode)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", k.Hostname, shortID(k.ID), dash(agent), k.Status, exit, dash(k.Resources.String()))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", k.Hostname, shortID(k.ID), dash(agent), st, exit, dash(k.Resources.String()))
 	}
 	if err := tw.Flush(); err != nil {
 		return err

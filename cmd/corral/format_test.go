@@ -111,7 +111,7 @@ func TestRenderSessionDetail(t *testing.T) {
 		}},
 	}
 	var b bytes.Buffer
-	if err := renderSessionDetail(&b, d, map[string]string{"agent-id-1234": "node-7"}, created.Add(time.Minute)); err != nil {
+	if err := renderSessionDetail(&b, d, map[string]*structs.Agent{"agent-id-1234": {Name: "node-7"}}, created.Add(time.Minute)); err != nil {
 		t.Fatal(err)
 	}
 	out := b.String()
@@ -123,5 +123,30 @@ func TestRenderSessionDetail(t *testing.T) {
 		if !strings.Contains(out, want) {
 			t.Errorf("lacks %q:\n%s", want, out)
 		}
+	}
+}
+
+// TestRenderKernelOnDisconnectedAgent: a live kernel on a DISCONNECTED
+// agent shows UNKNOWN with its last known status; an ended one does not.
+func TestRenderKernelOnDisconnectedAgent(t *testing.T) {
+	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	d := &api.SessionDetail{
+		Session: &structs.Session{ID: "ssssssss-1", Type: "interactive", Status: "RUNNING", CreatedAt: now.Add(-time.Hour)},
+		Kernels: []*structs.Kernel{
+			{ID: "kkkkkkkk-1", Hostname: "main1", AgentID: "a1", Status: structs.KernelRunning},
+			{ID: "kkkkkkkk-2", Hostname: "sub1", AgentID: "a1", Status: structs.KernelTerminated},
+		},
+	}
+	agents := map[string]*structs.Agent{"a1": {Name: "node-1", Status: structs.AgentDisconnected, DisconnectedAt: now.Add(-90 * time.Second)}}
+	var b bytes.Buffer
+	if err := renderSessionDetail(&b, d, agents, now); err != nil {
+		t.Fatal(err)
+	}
+	out := b.String()
+	if !strings.Contains(out, "UNKNOWN (agent disconnected 1m; last RUNNING)") {
+		t.Errorf("the running kernel is not shown UNKNOWN:\n%s", out)
+	}
+	if !strings.Contains(out, "sub1      kkkkkkkk  node-1  TERMINATED") {
+		t.Errorf("the ended kernel changed:\n%s", out)
 	}
 }

@@ -294,11 +294,12 @@ func (c *cli) sessionStatus(ctx context.Context, args []string) error {
 	if f.json {
 		return printJSON(c.stdout, d)
 	}
-	// Agent names make the kernels table readable; without them, IDs do.
-	names := map[string]string{}
+	// Agent names make the kernels table readable (without them, IDs
+	// do), and their liveness says whether a kernel's status is current.
+	names := map[string]*structs.Agent{}
 	if agents, err := client.ListAgents(ctx); err == nil {
 		for _, a := range agents {
-			names[a.ID] = a.Name
+			names[a.ID] = a
 		}
 	}
 	if err := renderSessionDetail(c.stdout, d, names, time.Now()); err != nil {
