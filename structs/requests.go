@@ -15,6 +15,7 @@ const (
 	SessionDestroyRequestType
 	ConfigUpsertRequestType
 	AgentDrainRequestType
+	SessionsGCRequestType
 )
 
 // AgentDrainRequest stops (Drain) or resumes new placements on an agent;
