@@ -70,6 +70,10 @@ type Config struct {
 	// HTTPTLS serves the HTTP API over TLS with the node certificate of
 	// Security.TLS (followers then forward to the leader over https too).
 	HTTPTLS bool
+	// GCRetention is how long ended sessions and their kernels stay in
+	// the state before the leader collects them (0: DefaultGCRetention;
+	// negative: never).
+	GCRetention time.Duration
 }
 
 func (c *Config) setDefaults() error {
@@ -516,7 +520,8 @@ func (s *Server) leaderLoop(ctx context.Context) {
 	s.bootstrapAdmin()
 	s.reconcileMembers()
 	var wg sync.WaitGroup
-	wg.Add(3)
+	wg.Add(4)
+	go func() { defer wg.Done(); s.runGC(ctx) }()
 	go func() { defer wg.Done(); s.runScheduler(ctx) }()
 	go func() { defer wg.Done(); s.enforceLimits(ctx) }()
 	go func() {
