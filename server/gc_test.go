@@ -4,11 +4,15 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/corral-dev/corral/agent"
 	"github.com/corral-dev/corral/api"
+	execdriver "github.com/corral-dev/corral/drivers/exec"
 	"github.com/corral-dev/corral/server"
 	"github.com/corral-dev/corral/structs"
 )
@@ -287,4 +291,36 @@ func TestPeriodicGC(t *testing.T) {
 		index = page.Index
 	}
 	t.Fatal("the leader never collected the ended session")
+}
+
+func TestAgentRemovesEndedKernelDirs(t *testing.T) {
+	dir := t.TempDir()
+	srv := startServer(t, dir)
+	agentDir := t.TempDir()
+	a := startAgentCfg(t, agentDir, srv.SerfAddr(), nil, execdriver.New(testLogger(t)), func(c *agent.Config) { c.GCRetention = 300 * time.Millisecond })
+	t.Cleanup(func() {
+		a.StopKernels(5 * time.Second)
+		a.Shutdown()
+		srv.Shutdown()
+	})
+	c := &cluster{srv: srv, agent: a, client: client(t, srv, dir), addr: "http://" + srv.HTTPAddr()}
+	c.waitAgentAlive(t, a.ID())
+	d := create(t, c, &api.CreateSessionRequest{Command: []string{"sh", "-c", "echo kept-for-a-while"}, Resources: small})
+	d = c.waitFor(t, d.Session.ID, terminal)
+	kdir := filepath.Join(agentDir, "kernels", d.Kernels[0].ID)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, err := os.Stat(kdir); os.IsNotExist(err) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("kernel directory %s still there 10s after its session ended", kdir)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// The server still knows the session; its logs say where they went.
+	_, err := c.client.SessionLogs(context.Background(), d.Session.ID, "main1")
+	if err == nil || !strings.Contains(err.Error(), "collected") {
+		t.Fatalf("logs of a collected kernel: %v", err)
+	}
 }

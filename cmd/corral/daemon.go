@@ -56,6 +56,7 @@ type daemonFlags struct {
 	bootstrapExpect                                           int
 	httpTLS                                                   bool
 	fastGossip                                                bool
+	gcRetention                                               time.Duration
 	sec                                                       securityFlags
 }
 
@@ -68,6 +69,12 @@ func parseDaemonFlags(role string, args []string) (*daemonFlags, error) {
 	fs.StringVar(&f.name, "name", "", "node name in gossip (default: the hostname)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.BoolVar(&f.fastGossip, "fast-gossip", role == "dev", "shorter gossip timers: failure detection in about a second (loopback, tests)")
+	gcHelp := map[string]string{
+		"dev":    "how long ended sessions stay in the state, and ended kernels' directories and logs on the agent, before they are collected",
+		"server": "how long ended sessions and their kernels stay in the state before the leader collects them",
+		"agent":  "how long an ended kernel's directory and logs stay on this node after the server acknowledged its end",
+	}[role]
+	fs.DurationVar(&f.gcRetention, "gc-retention", 24*time.Hour, gcHelp)
 	if role != "agent" {
 		fs.StringVar(&f.httpAddr, "http", "127.0.0.1:8640", "HTTP API address")
 		fs.IntVar(&f.bootstrapExpect, "bootstrap-expect", 1, "number of servers in the first quorum (1: a single server; 3 or 5: servers find each other through -join and bootstrap raft together)")
@@ -120,6 +127,9 @@ func parseDaemonFlags(role string, args []string) (*daemonFlags, error) {
 	}
 	if f.httpTLS && f.sec.tlsCA == "" {
 		return nil, errors.New("-tls-http needs -tls-ca, -tls-cert and -tls-key")
+	}
+	if f.gcRetention <= 0 {
+		return nil, fmt.Errorf("invalid -gc-retention %s: want a positive duration such as 24h", f.gcRetention)
 	}
 	if role == "agent" && len(f.join) == 0 {
 		return nil, errors.New("-join ADDR is required: the gossip address of any server or agent")
@@ -206,6 +216,7 @@ func runDaemon(role string, args []string) int {
 			HTTPAddr: f.httpAddr, RPCAddr: f.rpcAddr, SerfAddr: f.serfAddr, Join: f.join,
 			BootstrapExpect: f.bootstrapExpect, GRPC: shared, Logger: logger, LogOutput: libLog,
 			FastGossip: f.fastGossip, GossipKey: gossipKey, Security: security, HTTPTLS: f.httpTLS, OnBootstrapToken: func(token string) { announceToken(role, token, logger) },
+			GCRetention: f.gcRetention,
 		})
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "Error: %v\n", err)
@@ -230,6 +241,7 @@ func runDaemon(role string, args []string) int {
 			RPCAddr: f.rpcAddr, SerfAddr: f.serfAddr, Join: f.join, Drivers: drvs,
 			Capacity: capacity, Logger: logger, LogOutput: libLog, FastGossip: f.fastGossip,
 			InsecureRegistries: f.insecureRegistries, GossipKey: gossipKey, Security: security,
+			GCRetention: f.gcRetention,
 		}
 		if role == "dev" {
 			cfg.RPCAddr = srv.RPCAddr()
