@@ -324,3 +324,50 @@ func TestAgentRemovesEndedKernelDirs(t *testing.T) {
 		t.Fatalf("logs of a collected kernel: %v", err)
 	}
 }
+
+// TestGCSameOnEveryServer forces a collection through a follower and
+// checks that every server's state lost the same sessions and kernels.
+func TestGCSameOnEveryServer(t *testing.T) {
+	srvs, token := startQuorum(t, 3)
+	var follower *server.Server
+	for _, s := range srvs {
+		if !s.IsLeader() {
+			follower = s
+			break
+		}
+	}
+	c := apiClient(t, follower.HTTPAddr(), token)
+	ctx := context.Background()
+	var ids []string
+	for range 4 {
+		d, err := c.CreateSession(ctx, &api.CreateSessionRequest{Command: []string{"true"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, d.Session.ID)
+	}
+	for _, id := range ids[:3] {
+		if _, err := c.DestroySession(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	res, err := c.SystemGC(ctx, 0)
+	if err != nil || res.Sessions != 3 || res.Kernels != 3 {
+		t.Fatalf("gc through a follower: %+v %v", res, err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for _, s := range srvs {
+		for {
+			snap := s.State().Snapshot()
+			sessions, _ := snap.Sessions(nil, "")
+			kernels, _ := snap.Kernels()
+			if len(sessions) == 1 && sessions[0].ID == ids[3] && len(kernels) == 1 && kernels[0].SessionID == ids[3] {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("server %s: sessions %v, %d kernels after gc", s.ID(), idsOf(sessions), len(kernels))
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+}
