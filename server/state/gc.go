@@ -44,7 +44,12 @@ func (s *StateStore) GCSessions(index uint64, req *structs.SessionsGCRequest) (*
 	sn := &Snapshot{txn: w.txn}
 	var all []*structs.Session
 	if len(req.IDs) > 0 {
+		seen := map[string]bool{}
 		for _, id := range req.IDs {
+			if seen[id] {
+				continue
+			}
+			seen[id] = true
 			raw, err := w.txn.First(tableSessions, "id", id)
 			if err != nil {
 				return nil, err

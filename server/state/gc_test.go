@@ -204,7 +204,7 @@ func TestGCSessionsDeterministicLimitAndIDs(t *testing.T) {
 		}
 	}
 	// IDs restrict the set; a session that does not qualify stays.
-	res := a.gc(&structs.SessionsGCRequest{Cutoff: t0.Add(time.Hour), IDs: []string{"run", "retry", "nope"}})
+	res := a.gc(&structs.SessionsGCRequest{Cutoff: t0.Add(time.Hour), IDs: []string{"run", "retry", "nope", "retry"}})
 	if res.Sessions != 1 || res.Kernels != 2 {
 		t.Fatalf("gc by IDs %+v, want retry and its 2 kernels", res)
 	}
