@@ -3,6 +3,7 @@ package agent
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 )
 
@@ -65,6 +66,7 @@ func (a *Agent) collectKernelDirs(now time.Time) []string {
 	}
 	a.mu.Unlock()
 	ret := a.gcRetention()
+	mounts := mountPoints()
 	var removed []string
 	for _, e := range entries {
 		id := e.Name()
@@ -73,6 +75,12 @@ func (a *Agent) collectKernelDirs(now time.Time) []string {
 		}
 		dir := filepath.Join(root, id)
 		if now.Sub(lastChange(dir)) < ret {
+			continue
+		}
+		if m := mountedBelow(mounts, dir); m != "" {
+			// A rootfs a crashed driver left mounted: removing through it
+			// could reach what it mounts. Leave it to the operator.
+			a.logger.Warn("kernel directory still has a mount; not removing it", "kernel_id", id, "mount", m)
 			continue
 		}
 		if err := os.RemoveAll(dir); err != nil {
@@ -99,4 +107,31 @@ func lastChange(dir string) time.Time {
 		}
 	}
 	return last
+}
+
+// mountPoints lists the mount points of this process's mount namespace
+// (none where /proc is not readable).
+func mountPoints() []string {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, line := range strings.Split(string(b), "\n") {
+		// ID parent major:minor root mountpoint ...; spaces are escaped.
+		if f := strings.Fields(line); len(f) > 4 {
+			out = append(out, strings.ReplaceAll(f[4], "\\040", " "))
+		}
+	}
+	return out
+}
+
+// mountedBelow returns a mount point at or below dir, "" when none is.
+func mountedBelow(mounts []string, dir string) string {
+	for _, m := range mounts {
+		if m == dir || strings.HasPrefix(m, dir+"/") {
+			return m
+		}
+	}
+	return ""
 }

@@ -96,3 +96,21 @@ func TestCollectKernelDirs(t *testing.T) {
 		t.Fatalf("third pass removed %v", removed)
 	}
 }
+
+func TestMountedBelow(t *testing.T) {
+	mounts := []string{"/", "/proc", "/data/kernels/k1/container/rootfs", "/data/kernels/k10"}
+	for dir, want := range map[string]string{
+		"/data/kernels/k1":  "/data/kernels/k1/container/rootfs",
+		"/data/kernels/k10": "/data/kernels/k10",
+		"/data/kernels/k2":  "",
+		"/data/kernels/k":   "",
+	} {
+		if got := mountedBelow(mounts, dir); got != want {
+			t.Errorf("mountedBelow(%s) = %q, want %q", dir, got, want)
+		}
+	}
+	// This process's own mounts are read: / at least.
+	if ms := mountPoints(); len(ms) > 0 && mountedBelow(ms, "/") == "" {
+		t.Errorf("mount points %v lack /", ms)
+	}
+}
