@@ -67,6 +67,9 @@ type Config struct {
 	// Security is the agent's certificate (its own gRPC port then accepts
 	// only servers) and the join token it presents to servers.
 	Security *rpc.Security
+	// GCRetention is how long an ended kernel's directory and logs stay
+	// after a server acknowledged its end (0: DefaultGCRetention).
+	GCRetention time.Duration
 }
 
 // Agent is one running agent.
@@ -205,7 +208,8 @@ func New(cfg Config) (*Agent, error) {
 	if err := a.setupSerf(); err != nil {
 		return nil, err
 	}
-	a.wg.Add(2)
+	a.wg.Add(3)
+	go func() { defer a.wg.Done(); a.runGC() }()
 	go func() { defer a.wg.Done(); a.connectLoop() }()
 	go func() { defer a.wg.Done(); a.reporter.run(a.ctx) }()
 	ok = true

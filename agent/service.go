@@ -73,7 +73,7 @@ func (s *agentService) Logs(ctx context.Context, req *rpc.LogsRequest) (*rpc.Log
 	}
 	dir := s.a.kernelDir(req.KernelID)
 	if _, err := os.Stat(dir); err != nil {
-		return nil, status.Errorf(codes.NotFound, "no logs for kernel %s on agent %s", req.KernelID, s.a.cfg.Name)
+		return nil, status.Errorf(codes.NotFound, "no logs for kernel %s on agent %s: the kernel never started there, or its logs were collected %s after it ended (agent -gc-retention)", req.KernelID, s.a.cfg.Name, s.a.gcRetention())
 	}
 	max := req.MaxBytes
 	if max <= 0 {

@@ -132,20 +132,6 @@ func (c *Client) CreateSession(ctx context.Context, req *CreateSessionRequest) (
 	return &out, nil
 }
 
-// ListSessions lists sessions, oldest first; status filters by session
-// status when not empty.
-func (c *Client) ListSessions(ctx context.Context, status string) ([]*structs.Session, error) {
-	var q url.Values
-	if status != "" {
-		q = url.Values{"status": {status}}
-	}
-	var out []*structs.Session
-	if _, err := c.do(ctx, http.MethodGet, "/v1/sessions", q, nil, &out, c.timeout); err != nil {
-		return nil, err
-	}
-	return out, nil
-}
-
 // GetSession returns a session and its kernels; ref is an ID, a unique ID
 // prefix or a name.
 func (c *Client) GetSession(ctx context.Context, ref string) (*SessionDetail, error) {

@@ -162,10 +162,10 @@ func TestPathEscapingAndQueries(t *testing.T) {
 	if err != nil || len(list) != 2 || list[1].ID != "b" {
 		t.Fatalf("list: %v %v", list, err)
 	}
-	if q := seen()[0].URL.RawQuery; q != "status=PENDING" {
+	if q := seen()[0].URL.RawQuery; q != "limit=500&status=PENDING" {
 		t.Errorf("list query %q", q)
 	}
-	if _, err := c.ListSessions(ctx, ""); err != nil || seen()[1].URL.RawQuery != "" {
+	if _, err := c.ListSessions(ctx, ""); err != nil || seen()[1].URL.RawQuery != "limit=500" {
 		t.Errorf("unfiltered list query %q, %v", seen()[1].URL.RawQuery, err)
 	}
 	logs, err := c.SessionLogs(ctx, "a b/c", "sub1")

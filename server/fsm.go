@@ -108,6 +108,16 @@ func (f *fsm) Apply(l *raft.Log) any {
 			return err
 		}
 		return f.state.KernelsLost(l.Index, &req)
+	case structs.SessionsGCRequestType:
+		var req structs.SessionsGCRequest
+		if err := json.Unmarshal(body, &req); err != nil {
+			return err
+		}
+		res, err := f.state.GCSessions(l.Index, &req)
+		if err != nil {
+			return err
+		}
+		return res
 	}
 	// An unknown type means a newer server wrote the log.
 	return f.unknownEntry(t, ignorable, l.Index)

@@ -34,6 +34,7 @@ var entries = []struct {
 	{structs.ConfigUpsertRequestType, &structs.ConfigUpsertRequest{}},
 	{structs.AgentDrainRequestType, &structs.AgentDrainRequest{}},
 	{structs.KernelsLostRequestType, &structs.KernelsLostRequest{}},
+	{structs.SessionsGCRequestType, &structs.SessionsGCRequest{}},
 }
 
 func entryFixture(typ structs.MessageType, req any) string {

@@ -59,6 +59,7 @@ func (s *Server) setupHTTP() error {
 	mux.HandleFunc("GET /v1/queue", s.wrap(s.queue))
 	mux.HandleFunc("GET /v1/images", s.wrap(s.listImages))
 	mux.HandleFunc("POST /v1/images/pull", s.wrap(s.pullImage))
+	mux.HandleFunc("POST /v1/system/gc", s.wrap(s.systemGC))
 	s.registerAdmin(mux)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path))
@@ -504,29 +505,6 @@ func (s *Server) sessionDetail(ctx context.Context, ws memdb.WatchSet, snap *sta
 		w.Header().Set(api.IndexHeader, strconv.FormatUint(sess.ModifyIndex, 10))
 	}
 	return &api.SessionDetail{Session: sess, Kernels: ks}, nil
-}
-
-func (s *Server) listSessions(w http.ResponseWriter, r *http.Request) (any, error) {
-	st := strings.ToUpper(r.URL.Query().Get("status"))
-	if st != "" && !structs.SessionStatus(st).Valid() {
-		return nil, badRequest("unknown session status %q", st)
-	}
-	snap := s.state.Snapshot()
-	all, err := snap.Sessions(nil, st)
-	if err != nil {
-		return nil, err
-	}
-	var out []*structs.Session
-	for _, sess := range all {
-		if visible(r.Context(), sess) {
-			out = append(out, sess)
-		}
-	}
-	w.Header().Set(api.IndexHeader, strconv.FormatUint(snap.Index("sessions"), 10))
-	if out == nil {
-		out = []*structs.Session{}
-	}
-	return out, nil
 }
 
 // blockingParams reads ?index=N&wait=D of a blocking query.

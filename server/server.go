@@ -79,6 +79,10 @@ type Config struct {
 	// counts as gone (default DefaultHeartbeatTTL, FastHeartbeatTTL under
 	// FastGossip).
 	HeartbeatTTL time.Duration
+	// GCRetention is how long ended sessions and their kernels stay in
+	// the state before the leader collects them (0: DefaultGCRetention;
+	// negative: never).
+	GCRetention time.Duration
 }
 
 func (c *Config) setDefaults() error {
@@ -531,8 +535,9 @@ func (s *Server) leaderLoop(ctx context.Context) {
 	s.bootstrapAdmin()
 	s.reconcileMembers()
 	var wg sync.WaitGroup
-	wg.Add(4)
+	wg.Add(5)
 	go func() { defer wg.Done(); s.watchLiveness(ctx) }()
+	go func() { defer wg.Done(); s.runGC(ctx) }()
 	go func() { defer wg.Done(); s.runScheduler(ctx) }()
 	go func() { defer wg.Done(); s.enforceLimits(ctx) }()
 	go func() {

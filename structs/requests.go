@@ -16,6 +16,7 @@ const (
 	ConfigUpsertRequestType
 	AgentDrainRequestType
 	KernelsLostRequestType
+	SessionsGCRequestType
 )
 
 // KernelsLostRequest gives up the kernels of the listed sessions on a

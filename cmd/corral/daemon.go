@@ -57,6 +57,7 @@ type daemonFlags struct {
 	agentLostAfter, heartbeatTTL                              time.Duration
 	httpTLS                                                   bool
 	fastGossip                                                bool
+	gcRetention                                               time.Duration
 	sec                                                       securityFlags
 }
 
@@ -69,6 +70,12 @@ func parseDaemonFlags(role string, args []string) (*daemonFlags, error) {
 	fs.StringVar(&f.name, "name", "", "node name in gossip (default: the hostname)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.BoolVar(&f.fastGossip, "fast-gossip", role == "dev", "shorter gossip timers: failure detection in about a second (loopback, tests)")
+	gcHelp := map[string]string{
+		"dev":    "how long ended sessions stay in the state, and ended kernels' directories and logs on the agent, before they are collected",
+		"server": "how long ended sessions and their kernels stay in the state before the leader collects them",
+		"agent":  "how long an ended kernel's directory and logs stay on this node after the server acknowledged its end",
+	}[role]
+	fs.DurationVar(&f.gcRetention, "gc-retention", 24*time.Hour, gcHelp)
 	if role != "agent" {
 		fs.StringVar(&f.httpAddr, "http", "127.0.0.1:8640", "HTTP API address")
 		fs.DurationVar(&f.agentLostAfter, "agent-lost-after", server.DefaultAgentLostAfter, "grace period of a DISCONNECTED agent (gossip failed and no RPC heartbeat): its kernels keep their slots and are given up only after this")
@@ -126,6 +133,9 @@ func parseDaemonFlags(role string, args []string) (*daemonFlags, error) {
 	}
 	if f.agentLostAfter < 0 || f.heartbeatTTL < 0 {
 		return nil, errors.New("-agent-lost-after and -heartbeat-ttl must not be negative")
+	}
+	if f.gcRetention <= 0 {
+		return nil, fmt.Errorf("invalid -gc-retention %s: want a positive duration such as 24h", f.gcRetention)
 	}
 	if role == "agent" && len(f.join) == 0 {
 		return nil, errors.New("-join ADDR is required: the gossip address of any server or agent")
@@ -214,6 +224,7 @@ func runDaemon(role string, args []string) int {
 			BootstrapExpect: f.bootstrapExpect, GRPC: shared, Logger: logger, LogOutput: libLog,
 			FastGossip: f.fastGossip, GossipKey: gossipKey, Security: security, HTTPTLS: f.httpTLS,
 			AgentLostAfter: f.agentLostAfter, HeartbeatTTL: f.heartbeatTTL, OnBootstrapToken: func(token string) { announceToken(role, token, logger) },
+			GCRetention: f.gcRetention,
 		})
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "Error: %v\n", err)
@@ -238,6 +249,7 @@ func runDaemon(role string, args []string) int {
 			RPCAddr: f.rpcAddr, SerfAddr: f.serfAddr, Join: f.join, Drivers: drvs,
 			Capacity: capacity, Logger: logger, LogOutput: libLog, FastGossip: f.fastGossip,
 			InsecureRegistries: f.insecureRegistries, GossipKey: gossipKey, Security: security,
+			GCRetention: f.gcRetention,
 		}
 		if role == "dev" {
 			cfg.RPCAddr = srv.RPCAddr()

@@ -94,7 +94,7 @@ Daemons:
 		cmds        []command
 	}{{"Sessions", "session", sessionCommands}, {"Nodes", "node", nodeCommands}, {"Images", "image", imageCommands},
 		{"Users", "user", userCommands}, {"Access keys", "key", keyCommands}, {"Policies", "policy", policyCommands},
-		{"Resource groups", "group", groupCommands}, {"Security", "tls", tlsCommands}} {
+		{"Resource groups", "group", groupCommands}, {"Security", "tls", tlsCommands}, {"System", "system", systemCommands}} {
 		fmt.Fprintf(w, "%s:\n", g.title)
 		for _, sc := range g.cmds {
 			fmt.Fprintf(w, "  %-18s  %s\n", g.name+" "+sc.name, sc.summary)
@@ -149,6 +149,8 @@ func (c *cli) run(ctx context.Context, args []string) int {
 		err = c.group(ctx, "tls", tlsCommands, args[1:])
 	case "bench":
 		err = c.bench(ctx, args[1:])
+	case "system":
+		err = c.group(ctx, "system", systemCommands, args[1:])
 	default:
 		err = &usageError{cmd: "corral", msg: fmt.Sprintf("unknown command %q", args[0])}
 	}

@@ -261,23 +261,66 @@ func newChanges(s *structs.Session, last structs.StatusChange) []structs.StatusC
 }
 
 func (c *cli) sessionList(ctx context.Context, args []string) error {
-	f := c.newFlags("session list", "[flags]", "List sessions, oldest first.", true)
-	status := f.String("status", "", "only sessions in this status, e.g. PENDING or RUNNING")
+	f := c.newFlags("session list", "[flags]", "List sessions, oldest first. Without -limit (or with -all) every page is fetched.", true)
+	status := f.String("status", "", "only sessions in these statuses, comma-separated, e.g. PENDING,RUNNING")
+	limit := f.Int("limit", 0, "list at most this many sessions (the oldest first)")
+	all := f.Bool("all", false, "list every session, following the pages to the end (the default without -limit)")
 	if err := f.parseNone(args); err != nil {
 		return err
+	}
+	if *limit < 0 {
+		return f.usageErr("invalid -limit %d: want a positive number of sessions", *limit)
+	}
+	if *all && *limit > 0 {
+		return f.usageErr("give -limit N or -all, not both")
 	}
 	client, err := f.client()
 	if err != nil {
 		return err
 	}
-	list, err := client.ListSessions(ctx, *status)
+	list, more, err := listSessions(ctx, client, *status, *limit)
 	if err != nil {
 		return err
+	}
+	if more {
+		fmt.Fprintf(c.stderr, "(showing the first %d sessions: more match; use -all or a larger -limit)\n", len(list))
 	}
 	if f.json {
 		return printJSON(c.stdout, list)
 	}
 	return renderSessions(c.stdout, list, time.Now())
+}
+
+// listSessions fetches the sessions in the given statuses (comma-separated,
+// "" for all), page after page, up to limit (0: all); more says whether
+// sessions beyond the limit exist.
+func listSessions(ctx context.Context, client *api.Client, status string, limit int) (list []*structs.Session, more bool, err error) {
+	opts := api.SessionListOptions{}
+	if status != "" {
+		opts.Statuses = strings.Split(status, ",")
+	}
+	list = []*structs.Session{}
+	for {
+		opts.Limit = api.MaxPageSize
+		if limit > 0 {
+			opts.Limit = min(limit-len(list), api.MaxPageSize)
+		}
+		page, err := client.ListSessionsPage(ctx, opts)
+		if err != nil {
+			return nil, false, err
+		}
+		list = append(list, page.Sessions...)
+		if page.Next == "" || page.Next == opts.Next {
+			if limit > 0 && len(list) > limit {
+				return list[:limit], true, nil // a server that does not page
+			}
+			return list, false, nil
+		}
+		if limit > 0 && len(list) >= limit {
+			return list[:limit], true, nil
+		}
+		opts.Next = page.Next
+	}
 }
 
 func (c *cli) sessionStatus(ctx context.Context, args []string) error {

@@ -24,7 +24,8 @@ import (
 // made the next write copy the index's whole path again, from the root:
 // most of a plan's apply. Listings still read the transaction. This holds
 // because every write of those tables goes through putSession, putKernel,
-// putAgent and ownUsage, and none deletes their rows.
+// putAgent and ownUsage, and none deletes their rows (GCSessions, which
+// does, reads through the transaction itself).
 type writer struct {
 	txn   *memdb.Txn
 	base  *memdb.Txn

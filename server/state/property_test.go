@@ -1,8 +1,10 @@
 package state_test
 
 import (
+	"errors"
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -105,6 +107,10 @@ func (st *store) check(what string) {
 	}
 	for _, k := range kernels {
 		s := sess[k.SessionID]
+		if base, _, ok := strings.Cut(k.SessionID, "~attempt"); sess[base] == nil {
+			t.Errorf("after %s: kernel %s of session %s outlived it (attempt kernel: %v)", what, k.ID, k.SessionID, ok)
+			return
+		}
 		if s == nil {
 			if k.HoldsSlots() {
 				t.Errorf("after %s: kernel %s of no session holds slots", what, k.ID)
@@ -259,7 +265,7 @@ func runConcurrentWorkers(t *testing.T, seed uint64) {
 
 	// The world: sessions arrive, kernels run and end, sessions are
 	// destroyed, agents are lost and come back.
-	n := 0
+	n, collected := 0, 0
 	for step := 0; step < 600 && !t.Failed(); step++ {
 		switch op := r.IntN(10); {
 		case op < 4:
@@ -320,7 +326,11 @@ func runConcurrentWorkers(t *testing.T, seed uint64) {
 			}
 			id := fmt.Sprintf("s%d", 1+r.IntN(n))
 			st.apply("destroy", func(i uint64) error {
-				return s.DestroySession(i, &structs.SessionDestroyRequest{SessionID: id, Reason: "destroyed", Time: t0})
+				err := s.DestroySession(i, &structs.SessionDestroyRequest{SessionID: id, Reason: "destroyed", Time: t0})
+				if errors.Is(err, state.ErrNotFound) {
+					return nil // collected
+				}
+				return err
 			})
 		default:
 			id := fmt.Sprintf("ag%d", r.IntN(nAgents))
@@ -335,6 +345,15 @@ func runConcurrentWorkers(t *testing.T, seed uint64) {
 		if step%5 == 0 {
 			time.Sleep(300 * time.Microsecond) // let the workers interleave
 		}
+		if step%40 == 39 {
+			st.apply("gc", func(i uint64) error {
+				res, err := s.GCSessions(i, &structs.SessionsGCRequest{Cutoff: t0.Add(time.Second), Limit: 1 + r.IntN(20)})
+				if err == nil {
+					collected += res.Sessions
+				}
+				return err
+			})
+		}
 	}
 	close(stop)
 	wg.Wait()
@@ -345,7 +364,10 @@ func runConcurrentWorkers(t *testing.T, seed uint64) {
 	if placed == 0 {
 		t.Fatalf("no kernel was ever placed in %d applies", st.applies)
 	}
-	t.Logf("seed %d: %d applies, %d sessions, %d kernels placed", seed, st.applies, n, placed)
+	if collected == 0 {
+		t.Fatalf("gc collected no session in %d applies", st.applies)
+	}
+	t.Logf("seed %d: %d applies, %d sessions, %d kernels placed, %d sessions collected", seed, st.applies, n, placed, collected)
 }
 
 func r2(seed uint64, w, n int) int { return int(seed*7+uint64(w)*131+uint64(n)*37) % 1500 }
