@@ -179,7 +179,7 @@ func usedTotal(a *structs.Agent, slot string) string {
 func driverList(a *structs.Agent, sep string) string {
 	out := slices.Clone(a.Drivers)
 	for _, d := range slices.Sorted(maps.Keys(a.UnhealthyDrivers)) {
-		out = append(out, d+" (unhealthy)")
+		out = append(out, d+"(unhealthy)")
 	}
 	return strings.Join(out, sep)
 }
