@@ -77,7 +77,8 @@ func pluginOf(t *testing.T, agent *proc, bin string, not int) int {
 // ends with its task's real exit code, and the relaunched plugin takes new
 // sessions. Then the agent itself is killed with SIGKILL: its plugin dies
 // with it while the plugin's tasks run on, and the restarted agent
-// reattaches them.
+// reattaches them. Finally the plugin is crashed until the agent stops
+// advertising its driver.
 func TestPluginKill9(t *testing.T) {
 	pluginDir, bin := buildExamplePlugin(t)
 	ports := serverPorts{http: freePort(t), rpc: freePort(t), serf: freePort(t)}
@@ -161,6 +162,28 @@ func TestPluginKill9(t *testing.T) {
 	mustCLI(t, addr, 0, "session", "destroy", "keep")
 	waitStatus(t, addr, "keep", structs.SessionTerminated)
 	checkNoLeftovers(t, agentDir)
+
+	// A plugin that keeps crashing is no longer advertised.
+	for range 5 {
+		if err := syscall.Kill(plugin, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		plugin = pluginOf(t, agent, bin, plugin)
+	}
+	eventually(t, 30*time.Second, "the example driver is reported unhealthy", func() error {
+		r := cli(t, addr, "node", "list", "-json")
+		var agents []*structs.Agent
+		if err := json.Unmarshal([]byte(r.stdout), &agents); err != nil {
+			return err
+		}
+		if len(agents) != 1 || agents[0].HasDriver("example") || !strings.Contains(agents[0].UnhealthyDrivers["example"], "crashed 5 times") {
+			return fmt.Errorf("agents: %s", r.stdout)
+		}
+		return nil
+	})
+	if r := mustCLI(t, addr, 0, "node", "list"); !strings.Contains(r.stdout, "example(unhealthy)") {
+		t.Errorf("node list does not show the unhealthy driver:\n%s", r.stdout)
+	}
 	// A stopped agent ends its plugin too.
 	agent.stop(10 * time.Second)
 	if !processGone(plugin) {
