@@ -16,6 +16,10 @@ import (
 // recoverTimeout bounds the Recover of one task on a relaunched plugin.
 const recoverTimeout = 30 * time.Second
 
+// retryPause is how long a call waits before it tries a plugin again that
+// failed as if it had exited but still runs.
+const retryPause = 100 * time.Millisecond
+
 // Policy tunes how a Supervisor relaunches its plugin and judges its
 // health. Zero fields take the defaults in parentheses.
 type Policy struct {
@@ -76,7 +80,8 @@ type Supervisor struct {
 	mu      sync.Mutex
 	cur     *drivers.Client // nil while no plugin process runs
 	pid     int
-	ready   chan struct{} // closed once cur is set, or on Close
+	ready   chan struct{} // closed once cur is set
+	gone    chan struct{} // closed once cur is unset again
 	tasks   map[string]*drivers.TaskHandle
 	lost    map[string]error // tasks a relaunched plugin could not recover, and why
 	crashes []time.Time
@@ -120,17 +125,16 @@ func (s *Supervisor) run(started chan<- error) {
 	// process of the plugin, on one thread that ends when it returns.
 	runtime.LockOSThread()
 	c, pid, kill, err := launch(s.path, s.log)
-	if err == nil {
-		s.name, s.caps = c.Name(), c.Capabilities()
-		s.log = s.log.With("driver", s.name)
-	}
-	started <- err
 	if err != nil {
+		started <- err
 		return
 	}
+	s.name, s.caps = c.Name(), c.Capabilities()
+	s.log = s.log.With("driver", s.name)
+	s.publish(c, pid)
+	started <- nil
 	backoff := s.policy.MinBackoff
 	for {
-		s.publish(c, pid)
 		stable := time.NewTimer(s.policy.StableAfter)
 		exited := false
 	up:
@@ -153,8 +157,9 @@ func (s *Supervisor) run(started chan<- error) {
 			return
 		}
 		s.crashed(fmt.Errorf("the plugin process %d exited", pid))
+		s.log.Warn("driver plugin exited; relaunching it", "pid", pid)
 		for {
-			s.log.Warn("driver plugin exited; relaunching it", "pid", pid, "retry_in", backoff)
+			s.log.Info("relaunching driver plugin", "in", backoff)
 			select {
 			case <-time.After(backoff):
 			case <-s.closing:
@@ -167,6 +172,7 @@ func (s *Supervisor) run(started chan<- error) {
 			s.log.Error("relaunching driver plugin failed", "error", err)
 			s.crashed(err)
 		}
+		s.publish(c, pid)
 	}
 }
 
@@ -212,6 +218,7 @@ func (s *Supervisor) publish(c *drivers.Client, pid int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.cur, s.pid = c, pid
+	s.gone = make(chan struct{})
 	close(s.ready)
 }
 
@@ -221,6 +228,7 @@ func (s *Supervisor) unpublish() {
 	defer s.mu.Unlock()
 	s.cur, s.pid = nil, 0
 	s.ready = make(chan struct{})
+	close(s.gone)
 }
 
 // crashed counts a crash (or failed relaunch) and marks the driver
@@ -300,18 +308,25 @@ func (s *Supervisor) client(ctx context.Context, prev *drivers.Client, deadline 
 	}
 	for {
 		s.mu.Lock()
-		c := s.cur
-		var ready <-chan struct{} = s.ready
+		c, ready, gone := s.cur, s.ready, s.gone
 		s.mu.Unlock()
-		if c != nil && c != prev {
+		var again <-chan time.Time
+		switch {
+		case c == nil:
+		case c != prev:
 			return c, nil
-		}
-		if c == prev && c != nil {
-			// prev failed as exited but run has not noticed yet.
-			ready = c.Done()
+		case isDone(c.Done()):
+			// prev has exited; wait for its relaunch.
+			ready = gone
+		default:
+			// The call failed as if prev had exited, yet it runs (a
+			// transient failure): try it again shortly.
+			ready, again = nil, time.After(retryPause)
 		}
 		select {
 		case <-ready:
+		case <-again:
+			return c, nil
 		case <-s.closing:
 			return nil, fmt.Errorf("driver %q: %w: the agent closed it", s.name, drivers.ErrPluginExited)
 		case <-ctx.Done():
@@ -319,6 +334,15 @@ func (s *Supervisor) client(ctx context.Context, prev *drivers.Client, deadline 
 		case <-timeout:
 			return nil, fmt.Errorf("driver %q: %w and was not relaunched within %v", s.name, drivers.ErrPluginExited, s.policy.CallWait)
 		}
+	}
+}
+
+func isDone(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
 	}
 }
 
