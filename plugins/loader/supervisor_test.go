@@ -2,6 +2,7 @@ package loader_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -182,5 +183,40 @@ func TestSupervisorClose(t *testing.T) {
 	}
 	if _, err := s.Inspect(context.Background(), "x"); !errors.Is(err, drivers.ErrPluginExited) {
 		t.Errorf("Inspect after Close: err = %v, want ErrPluginExited", err)
+	}
+}
+
+// TestSupervisorTaskLostWhileDown kills a task and its shim while no
+// plugin runs: the Wait made before yields an error saying that the exit
+// status is lost, not that the plugin exited.
+func TestSupervisorTaskLostWhileDown(t *testing.T) {
+	s := supervise(t, loader.Policy{MinBackoff: time.Second})
+	ctx := context.Background()
+	cfg := testutils.TaskConfig(t, "sleep", "1000")
+	h := testutils.StartTask(t, s, cfg)
+	var st struct {
+		Pid     int `json:"pid"`
+		ShimPid int `json:"shim_pid"`
+	}
+	if err := json.Unmarshal(h.DriverState, &st); err != nil || st.Pid == 0 || st.ShimPid == 0 {
+		t.Fatalf("driver state %s: %v", h.DriverState, err)
+	}
+	ch, err := s.Wait(ctx, cfg.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, pid := range []int{s.Pid(), st.ShimPid, st.Pid} {
+		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case res := <-ch:
+		if res == nil || res.ExitCode != -1 || res.Err == nil || errors.Is(res.Err, drivers.ErrPluginExited) ||
+			!strings.Contains(res.Err.Error(), "exit code unknown") {
+			t.Errorf("result %+v, want exit code -1 and an error saying the exit code is unknown", res)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("no result after the relaunch")
 	}
 }
