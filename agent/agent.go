@@ -340,13 +340,14 @@ func (a *Agent) watchHealth(name string, w drivers.HealthWatcher) {
 			a.healthGen++
 		}
 		a.mu.Unlock()
+		switch {
+		case isBad && !wasBad:
+			a.logger.Warn("driver unhealthy: no longer advertised for placements", "driver", name, "reason", now)
+		case !isBad && wasBad:
+			a.logger.Info("driver healthy again: advertised for placements", "driver", name)
+		}
 		if update {
-			if isBad {
-				a.logger.Warn("driver unhealthy: no longer advertised for placements", "driver", name, "reason", now)
-			} else {
-				a.logger.Info("driver healthy again: advertised for placements", "driver", name)
-			}
-			a.advertise()
+			a.advertise() // also when only the reason changed
 		}
 		select {
 		case <-changed:
