@@ -10,9 +10,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -90,6 +92,10 @@ type Agent struct {
 	mu      sync.Mutex
 	kernels map[string]*kernelRunner
 	conn    *serverConn
+	// unhealthy holds the drivers not advertised now, and why; healthGen
+	// counts its changes.
+	unhealthy map[string]string
+	healthGen int
 
 	reporter *reporter
 	overlays *overlays
@@ -143,7 +149,7 @@ func New(cfg Config) (*Agent, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	a := &Agent{cfg: cfg, id: id, logger: cfg.Logger.With("agent_id", id[:8]), drivers: map[string]drivers.Driver{},
-		kernels: map[string]*kernelRunner{}, ctx: ctx, cancel: cancel}
+		kernels: map[string]*kernelRunner{}, unhealthy: map[string]string{}, ctx: ctx, cancel: cancel}
 	a.reporter = newReporter(a)
 	a.overlays = &overlays{a: a}
 	a.overlays.open()
@@ -212,6 +218,12 @@ func New(cfg Config) (*Agent, error) {
 	go func() { defer a.wg.Done(); a.runGC() }()
 	go func() { defer a.wg.Done(); a.connectLoop() }()
 	go func() { defer a.wg.Done(); a.reporter.run(a.ctx) }()
+	for _, d := range a.drivers {
+		if w, ok := d.(drivers.HealthWatcher); ok {
+			a.wg.Add(1)
+			go func() { defer a.wg.Done(); a.watchHealth(d.Name(), w) }()
+		}
+	}
 	ok = true
 	a.logger.Info("agent started", "name", cfg.Name, "capacity", a.capacity.String(), "drivers", a.driverNames(), "rpc", a.cfg.RPCAddr, "gossip", a.SerfAddr())
 	return a, nil
@@ -289,29 +301,104 @@ func (a *Agent) StopKernels(timeout time.Duration) {
 	}
 }
 
+// driverNames lists the drivers the agent advertises: all but the unhealthy.
 func (a *Agent) driverNames() []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
 	var out []string
 	for n := range a.drivers {
-		out = append(out, n)
+		if _, bad := a.unhealthy[n]; !bad {
+			out = append(out, n)
+		}
 	}
+	slices.Sort(out)
 	return out
 }
 
 func (a *Agent) inventory() *structs.Agent {
+	a.mu.Lock()
+	var unhealthy map[string]string
+	if len(a.unhealthy) > 0 {
+		unhealthy = maps.Clone(a.unhealthy)
+	}
+	a.mu.Unlock()
 	return &structs.Agent{
 		ID: a.id, Name: a.cfg.Name, ResourceGroup: a.cfg.ResourceGroup, RPCAddr: a.cfg.RPCAddr,
-		SerfAddr: a.SerfAddr(), Drivers: a.driverNames(), Capacity: a.capacity.Copy(), Version: Version,
+		SerfAddr: a.SerfAddr(), Drivers: a.driverNames(), UnhealthyDrivers: unhealthy,
+		Capacity: a.capacity.Copy(), Version: Version,
+	}
+}
+
+// tags are the agent's gossip tags.
+func (a *Agent) tags() map[string]string {
+	return map[string]string{
+		gossip.TagRole: "agent", gossip.TagID: a.id, gossip.TagRPC: a.cfg.RPCAddr,
+		gossip.TagGroup: a.cfg.ResourceGroup, gossip.TagSlots: gossip.FormatSlots(a.capacity),
+		gossip.TagDrivers: strings.Join(a.driverNames(), ","), gossip.TagVersion: Version,
+	}
+}
+
+// watchHealth follows the health of a driver that can change while the
+// agent runs (a supervised plugin): the driver is advertised only while
+// it is healthy. Its kernels keep running either way.
+func (a *Agent) watchHealth(name string, w drivers.HealthWatcher) {
+	for {
+		h, reason, changed := w.Health()
+		a.mu.Lock()
+		old, wasBad := a.unhealthy[name]
+		if h == drivers.HealthHealthy {
+			delete(a.unhealthy, name)
+		} else {
+			a.unhealthy[name] = strings.TrimSpace(string(h) + ": " + reason)
+		}
+		now, isBad := a.unhealthy[name]
+		update := wasBad != isBad || old != now
+		if update {
+			a.healthGen++
+		}
+		a.mu.Unlock()
+		switch {
+		case isBad && !wasBad:
+			a.logger.Warn("driver unhealthy: no longer advertised for placements", "driver", name, "reason", now)
+		case !isBad && wasBad:
+			a.logger.Info("driver healthy again: advertised for placements", "driver", name)
+		}
+		if update {
+			a.advertise() // also when only the reason changed
+		}
+		select {
+		case <-changed:
+		case <-a.ctx.Done():
+			return
+		}
+	}
+}
+
+// advertise tells the cluster the agent's current drivers: in its gossip
+// tags and by registering again with the server it is connected to (the
+// next connection registers anyway).
+func (a *Agent) advertise() {
+	if a.serf != nil {
+		if err := a.serf.SetTags(a.tags()); err != nil {
+			a.logger.Warn("updating gossip tags failed", "error", err)
+		}
+	}
+	a.mu.Lock()
+	c := a.conn
+	a.mu.Unlock()
+	if c == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(a.ctx, 10*time.Second)
+	defer cancel()
+	if _, err := c.client.Register(ctx, &rpc.RegisterRequest{Agent: a.inventory()}); err != nil {
+		a.logger.Warn("registering the agent's new drivers failed; the next connection will", "server", c.addr, "error", err)
 	}
 }
 
 func (a *Agent) setupSerf() error {
 	a.events = make(chan serf.Event, 64)
-	tags := map[string]string{
-		gossip.TagRole: "agent", gossip.TagID: a.id, gossip.TagRPC: a.cfg.RPCAddr,
-		gossip.TagGroup: a.cfg.ResourceGroup, gossip.TagSlots: gossip.FormatSlots(a.capacity),
-		gossip.TagDrivers: strings.Join(a.driverNames(), ","), gossip.TagVersion: Version,
-	}
-	conf, err := gossip.NewConfig(a.cfg.Name, a.cfg.SerfAddr, tags, a.cfg.FastGossip, a.events)
+	conf, err := gossip.NewConfig(a.cfg.Name, a.cfg.SerfAddr, a.tags(), a.cfg.FastGossip, a.events)
 	if err != nil {
 		return err
 	}

@@ -97,6 +97,9 @@ func (a *Agent) session(addr string) error {
 	client := rpc.NewServerClient(cc)
 	ctx, cancel := context.WithCancel(a.ctx)
 	defer cancel()
+	a.mu.Lock()
+	gen := a.healthGen
+	a.mu.Unlock()
 	rctx, rcancel := context.WithTimeout(ctx, 10*time.Second)
 	resp, err := client.Register(rctx, &rpc.RegisterRequest{Agent: a.inventory(), ProtocolVersion: rpc.ProtocolVersion})
 	rcancel()
@@ -113,7 +116,13 @@ func (a *Agent) session(addr string) error {
 	conn := &serverConn{addr: addr, cc: cc, client: client}
 	a.mu.Lock()
 	a.conn = conn
+	stale := a.healthGen != gen
 	a.mu.Unlock()
+	if stale {
+		// A driver's health changed while we registered.
+		a.wg.Add(1) // within connectLoop's count: no race with Shutdown's Wait
+		go func() { defer a.wg.Done(); a.advertise() }()
+	}
 	defer func() {
 		a.mu.Lock()
 		if a.conn == conn {

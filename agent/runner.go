@@ -121,11 +121,17 @@ func (r *kernelRunner) run(ctx context.Context) {
 	r.destroy(log)
 	var code *int
 	info := ""
+	status := structs.KernelTerminated
 	switch {
 	case res == nil:
 		info = "killed: " + r.stopReason
 	case res.Err != nil:
+		// The driver lost the task (its exit status, or the task itself
+		// after a plugin relaunch): an error, unless we were stopping it.
 		info = "exit status unknown: " + res.Err.Error()
+		if !stopped {
+			status = structs.KernelError
+		}
 	case res.Signal != 0:
 		c := res.ExitCode
 		code = &c
@@ -141,7 +147,7 @@ func (r *kernelRunner) run(ctx context.Context) {
 	if stopped {
 		info = r.stopReason + ": " + info
 	}
-	r.finish(newUpdate(r.id, structs.KernelTerminated, info, code))
+	r.finish(newUpdate(r.id, status, info, code))
 }
 
 // start prepares the kernel's directory and starts it through the driver,

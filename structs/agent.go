@@ -1,6 +1,9 @@
 package structs
 
-import "time"
+import (
+	"maps"
+	"time"
+)
 
 // AgentStatus is the liveness of an agent as the servers see it.
 type AgentStatus string
@@ -32,8 +35,12 @@ type Agent struct {
 	// RPCAddr is where the agent serves its own gRPC API (exec, logs).
 	RPCAddr string `json:"rpc_addr"`
 	// SerfAddr is the agent's gossip address.
-	SerfAddr string   `json:"serf_addr"`
-	Drivers  []string `json:"drivers"`
+	SerfAddr string `json:"serf_addr"`
+	// Drivers are the drivers the agent offers for placements.
+	Drivers []string `json:"drivers"`
+	// UnhealthyDrivers are drivers the agent has but does not offer now,
+	// each with why (e.g. a driver plugin that keeps crashing).
+	UnhealthyDrivers map[string]string `json:"unhealthy_drivers,omitempty"`
 	// Drain stops new placements on the agent (corral node drain); its
 	// running kernels go on unless the drain was forced.
 	Drain    bool  `json:"drain,omitempty"`
@@ -56,6 +63,7 @@ type Agent struct {
 func (a *Agent) Copy() *Agent {
 	c := *a
 	c.Drivers = append([]string(nil), a.Drivers...)
+	c.UnhealthyDrivers = maps.Clone(a.UnhealthyDrivers)
 	c.Capacity = a.Capacity.Copy()
 	c.Occupied = a.Occupied.Copy()
 	return &c

@@ -16,6 +16,7 @@ import (
 	"log/slog"
 
 	"github.com/corral-dev/corral/drivers/exec"
+	"github.com/corral-dev/corral/drivers/shim"
 	"github.com/corral-dev/corral/plugins/drivers"
 )
 
@@ -77,6 +78,11 @@ func (d *driver) Recover(ctx context.Context, h *drivers.TaskHandle) error {
 }
 
 func main() {
+	// Tasks run under shims, re-executions of this binary in their own
+	// session: they outlive this plugin process (a crash, or the agent
+	// ending it) and record their exit status, so that a relaunched plugin
+	// recovers them and still learns how they ended.
+	shim.MaybeRun()
 	// Plugins log JSON lines on stderr; the agent puts them in its own log.
 	drivers.Serve(&driver{Driver: exec.New(drivers.PluginLogger(slog.LevelInfo))})
 }

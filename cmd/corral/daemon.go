@@ -302,6 +302,8 @@ func runDaemon(role string, args []string) int {
 	go func() {
 		<-sig
 		fmt.Fprintln(os.Stderr, "second signal: exiting now")
+		// Driver plugins die with this process (loader.Launch sets their
+		// parent-death signal); their tasks run on.
 		os.Exit(1)
 	}()
 	if agt != nil {

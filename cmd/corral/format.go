@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -179,13 +181,23 @@ func usedTotal(a *structs.Agent, slot string) string {
 	return used.String() + "/" + total.String()
 }
 
+// driverList joins the agent's drivers with sep, the unhealthy ones (not
+// offered for placements) marked as such.
+func driverList(a *structs.Agent, sep string) string {
+	out := slices.Clone(a.Drivers)
+	for _, d := range slices.Sorted(maps.Keys(a.UnhealthyDrivers)) {
+		out = append(out, d+"(unhealthy)")
+	}
+	return strings.Join(out, sep)
+}
+
 // renderAgents writes the table of `node list`.
 func renderAgents(w io.Writer, agents []*structs.Agent, now time.Time) error {
 	tw := newTable(w)
 	fmt.Fprintln(tw, "ID\tNAME\tSTATUS\tGROUP\tDRIVERS\tCPU\tMEM\tAGE")
 	for _, a := range agents {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", shortID(a.ID), dash(a.Name), a.Status, dash(a.ResourceGroup),
-			dash(strings.Join(a.Drivers, ",")), usedTotal(a, structs.SlotCPU), usedTotal(a, structs.SlotMem), since(a.RegisteredAt, now))
+			dash(driverList(a, ",")), usedTotal(a, structs.SlotCPU), usedTotal(a, structs.SlotMem), since(a.RegisteredAt, now))
 	}
 	return tw.Flush()
 }
@@ -203,7 +215,10 @@ func renderAgent(w io.Writer, a *structs.Agent, now time.Time) error {
 	field("Status", st)
 	field("Status info", dash(a.StatusInfo))
 	field("Resource group", dash(a.ResourceGroup))
-	field("Drivers", dash(strings.Join(a.Drivers, ", ")))
+	field("Drivers", dash(driverList(a, ", ")))
+	for _, d := range slices.Sorted(maps.Keys(a.UnhealthyDrivers)) {
+		field("Driver "+d, a.UnhealthyDrivers[d])
+	}
 	field("RPC address", dash(a.RPCAddr))
 	field("Gossip address", dash(a.SerfAddr))
 	field("Version", dash(a.Version))

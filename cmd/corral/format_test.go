@@ -150,3 +150,28 @@ func TestRenderKernelOnDisconnectedAgent(t *testing.T) {
 		t.Errorf("the ended kernel changed:\n%s", out)
 	}
 }
+
+func TestRenderAgentsUnhealthyDriver(t *testing.T) {
+	now := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	a := &structs.Agent{
+		ID: "33333333-cccc", Name: "n1", Status: structs.AgentAlive, Drivers: []string{"exec"},
+		UnhealthyDrivers: map[string]string{"example": "unhealthy: driver plugin crashed 5 times within 3m0s"},
+		RegisteredAt:     now.Add(-time.Minute),
+	}
+	var b bytes.Buffer
+	if err := renderAgents(&b, []*structs.Agent{a}, now); err != nil {
+		t.Fatal(err)
+	}
+	if got := fields(b.String()); len(got) != 2 || got[1][4] != "exec,example(unhealthy)" {
+		t.Errorf("node list:\n%s", b.String())
+	}
+	b.Reset()
+	if err := renderAgent(&b, a, now); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"exec, example(unhealthy)", "Driver example:", "crashed 5 times"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("node status does not say %q:\n%s", want, b.String())
+		}
+	}
+}

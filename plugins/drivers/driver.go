@@ -54,6 +54,16 @@ type Driver interface {
 	Recover(ctx context.Context, handle *TaskHandle) error
 }
 
+// HealthWatcher is implemented by drivers whose health changes while the
+// agent runs, such as an external plugin that the agent relaunches when it
+// exits and that may keep crashing. The agent advertises such a driver only
+// while it is healthy.
+type HealthWatcher interface {
+	// Health returns the driver's health now, why when it is not healthy,
+	// and a channel that is closed at the next change.
+	Health() (state HealthState, reason string, changed <-chan struct{})
+}
+
 // HealthState is a driver's health on this node.
 type HealthState string
 

@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/go-plugin"
@@ -37,15 +38,16 @@ func (e *RefusedError) Unwrap() error { return e.Err }
 
 // Load launches every executable file in dir as a driver plugin and returns
 // the drivers of those that pass the go-plugin handshake (magic cookie,
-// protocol version, gRPC) and report this agent's drivers.APIVersion, and a
-// func that kills all their processes (call it when the agent stops). Each
+// protocol version, gRPC) and report this agent's drivers.APIVersion, each
+// a *Supervisor with the default Policy, and a func that kills all their
+// processes for good (call it when the agent stops). Each
 // plugin that is refused is logged in one line and gets a *RefusedError in
 // the returned errors; the others load regardless. Directories and files
 // without an execute bit are skipped. An empty dir loads nothing. ctx is
 // checked between plugins.
 //
-// Calls to a driver whose plugin later exits fail with an error wrapping
-// drivers.ErrPluginExited, and the exit is logged.
+// A plugin that later exits is relaunched and recovers its tasks (see
+// Supervisor).
 func Load(ctx context.Context, dir string, logger *slog.Logger) ([]drivers.Driver, func(), []error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
@@ -85,10 +87,10 @@ func Load(ctx context.Context, dir string, logger *slog.Logger) ([]drivers.Drive
 			logger.Debug("skipping a plugin dir entry that is not an executable file", "path", path, "mode", fi.Mode().String())
 			continue
 		}
-		d, kill, err := Launch(path, logger)
+		d, err := Supervise(path, logger, Policy{})
 		if err == nil {
 			if other, taken := byName[d.Name()]; taken {
-				kill()
+				d.Close()
 				err = &RefusedError{Path: path, Err: fmt.Errorf("driver name %q is taken by plugin %s", d.Name(), other)}
 			}
 		}
@@ -99,7 +101,7 @@ func Load(ctx context.Context, dir string, logger *slog.Logger) ([]drivers.Drive
 		}
 		byName[d.Name()] = path
 		loaded = append(loaded, d)
-		kills = append(kills, kill)
+		kills = append(kills, d.Close)
 	}
 	var once sync.Once
 	killAll := func() {
@@ -114,34 +116,48 @@ func Load(ctx context.Context, dir string, logger *slog.Logger) ([]drivers.Drive
 	return loaded, killAll, errs
 }
 
-// Launch starts the plugin binary at path, completes the handshake and
-// returns its driver and a func that ends its process (safe to call more
-// than once). A plugin that fails the handshake, does not speak gRPC or
-// reports another API version is killed and refused with a *RefusedError
-// that says why. The plugin's log lines go to logger at their own levels;
-// go-plugin's own messages at debug level.
+// Launch starts the plugin binary at path as a child process, completes
+// the handshake and returns its driver and a func that ends its process
+// (safe to call more than once). A plugin that fails the handshake, does
+// not speak gRPC or reports another API version is killed and refused with
+// a *RefusedError that says why. The plugin's log lines go to logger at
+// their own levels; go-plugin's own messages at debug level.
+//
+// The kernel kills the plugin (SIGKILL) when the OS thread that launched it
+// ends, which for an unlocked goroutine means when this process ends: a
+// plugin never outlives its agent, not even a kill -9 of it. Its tasks
+// should not be its children in its process group (see package shim), so
+// that they survive it.
 func Launch(path string, logger *slog.Logger) (*drivers.Client, func(), error) {
+	d, _, kill, err := launch(path, logger)
+	return d, kill, err
+}
+
+// launch is Launch that also returns the plugin's pid.
+func launch(path string, logger *slog.Logger) (*drivers.Client, int, func(), error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
 	path, err := filepath.Abs(path)
 	if err != nil {
-		return nil, nil, &RefusedError{Path: path, Err: err}
+		return nil, 0, nil, &RefusedError{Path: path, Err: err}
 	}
 	log := logger.With("plugin", path)
 	stderr := &stderrTail{}
+	cmd := exec.Command(path)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	client := plugin.NewClient(&plugin.ClientConfig{
 		HandshakeConfig:  drivers.Handshake,
 		Plugins:          drivers.PluginSet(nil),
-		Cmd:              exec.Command(path),
+		Cmd:              cmd,
 		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
 		Logger:           newHCLogger(log, filepath.Base(path)),
 		StartTimeout:     startTimeout,
 		Stderr:           stderr,
 	})
-	refuse := func(err error) (*drivers.Client, func(), error) {
+	refuse := func(err error) (*drivers.Client, int, func(), error) {
 		client.Kill()
-		return nil, nil, &RefusedError{Path: path, Err: err}
+		return nil, 0, nil, &RefusedError{Path: path, Err: err}
 	}
 	rpc, err := client.Client()
 	if err != nil {
@@ -155,6 +171,7 @@ func Launch(path string, logger *slog.Logger) (*drivers.Client, func(), error) {
 	if !ok {
 		return refuse(fmt.Errorf("dispensed a %T, not a driver", raw))
 	}
+	pid := cmd.Process.Pid
 	var killed atomic.Bool
 	kill := func() {
 		killed.Store(true)
@@ -163,12 +180,12 @@ func Launch(path string, logger *slog.Logger) (*drivers.Client, func(), error) {
 	go func() {
 		<-d.Done()
 		if !killed.Load() {
-			log.Error("driver plugin exited: calls to its driver fail until the agent restarts", "driver", d.Name())
+			log.Error("driver plugin exited", "driver", d.Name(), "pid", pid)
 		}
 	}()
 	info := d.PluginInfo()
-	log.Info("driver plugin loaded", "driver", info.Name, "plugin_version", info.PluginVersion, "api_version", info.APIVersion)
-	return d, kill, nil
+	log.Info("driver plugin loaded", "driver", info.Name, "pid", pid, "plugin_version", info.PluginVersion, "api_version", info.APIVersion)
+	return d, pid, kill, nil
 }
 
 // handshakeError says in one line why go-plugin could not connect to a

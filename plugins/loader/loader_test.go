@@ -129,10 +129,18 @@ func TestLoadExample(t *testing.T) {
 	if d.Name() != "example" {
 		t.Errorf("Name = %q, want example", d.Name())
 	}
-	c, ok := d.(*drivers.Client)
+	s, ok := d.(*loader.Supervisor)
 	if !ok {
-		t.Fatalf("loaded driver is a %T, want *drivers.Client", d)
+		t.Fatalf("loaded driver is a %T, want *loader.Supervisor", d)
 	}
+	if s.Pid() == 0 {
+		t.Error("Pid = 0 for a running plugin")
+	}
+	c, kill, err := loader.Launch(binary(t, "corral-driver-example"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer kill()
 	if info := c.PluginInfo(); info.APIVersion != drivers.APIVersion || info.PluginVersion == "" || info.Type != drivers.PluginTypeDriver {
 		t.Errorf("PluginInfo = %+v", info)
 	}

@@ -695,7 +695,9 @@ func (s *StateStore) UpsertAgent(index uint64, req *structs.AgentUpsertRequest) 
 		if a.SerfAddr == "" {
 			a.SerfAddr = cur.SerfAddr
 		}
-		if len(a.Drivers) == 0 {
+		// No drivers keeps those recorded, unless the agent says that
+		// all of its drivers are unhealthy: then it offers none.
+		if len(a.Drivers) == 0 && len(a.UnhealthyDrivers) == 0 {
 			a.Drivers = cur.Drivers
 		}
 		if len(a.Capacity) == 0 {

@@ -477,3 +477,27 @@ func TestInteractiveClusterDegradesWhenASubKernelEnds(t *testing.T) {
 		t.Fatalf("main1 ended too: %s %q", s.Status, s.StatusInfo)
 	}
 }
+
+// TestUpsertAgentDrivers: a registration without drivers keeps the
+// recorded ones, unless it lists them all as unhealthy.
+func TestUpsertAgentDrivers(t *testing.T) {
+	f := newFixture(t)
+	f.agent("a1", slots(1, 64))
+	upsert := func(a *structs.Agent) []string {
+		t.Helper()
+		if err := f.s.UpsertAgent(f.next(), &structs.AgentUpsertRequest{Agent: a, Time: t0}); err != nil {
+			t.Fatal(err)
+		}
+		got, err := f.s.Snapshot().Agent(nil, "a1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got.Drivers
+	}
+	if d := upsert(&structs.Agent{ID: "a1"}); !slices.Equal(d, []string{"exec"}) {
+		t.Errorf("drivers after an upsert without any: %v, want [exec]", d)
+	}
+	if d := upsert(&structs.Agent{ID: "a1", UnhealthyDrivers: map[string]string{"exec": "unhealthy: crashing"}}); len(d) != 0 {
+		t.Errorf("drivers after all became unhealthy: %v, want none", d)
+	}
+}
