@@ -87,6 +87,8 @@ type Agent struct {
 	mu      sync.Mutex
 	kernels map[string]*kernelRunner
 	conn    *serverConn
+	// lastPrune is when old kernel start records were last pruned.
+	lastPrune time.Time
 
 	reporter *reporter
 	overlays *overlays
