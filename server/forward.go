@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
-	"strconv"
 	"sync"
 	"time"
 
@@ -185,27 +184,4 @@ func (s *Server) leaderClient() (*rpc.ServerClient, error) {
 // serverDialOptions are the options of gRPC connections to other servers.
 func (s *Server) serverDialOptions() []grpc.DialOption {
 	return s.cfg.Security.DialOptions(tlsutil.RoleServer)
-}
-
-// waitCommitted makes a follower wait until its FSM has applied what the
-// leader had committed when it was called, so that an agent's full kernel
-// list from a follower is never older than what the agent may already run.
-func (s *Server) waitCommitted(ctx context.Context) error {
-	if s.IsLeader() {
-		return nil
-	}
-	commit, _ := strconv.ParseUint(s.raft.Stats()["commit_index"], 10, 64)
-	t := time.NewTicker(10 * time.Millisecond)
-	defer t.Stop()
-	deadline := time.After(10 * time.Second)
-	for s.raft.AppliedIndex() < commit {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-deadline:
-			return fmt.Errorf("this server is behind the leader (applied %d of %d): %w", s.raft.AppliedIndex(), commit, ErrNotReady)
-		case <-t.C:
-		}
-	}
-	return nil
 }
