@@ -132,6 +132,18 @@ func (c *Client) CreateSession(ctx context.Context, req *CreateSessionRequest) (
 	return &out, nil
 }
 
+// CreateSessionWithKey submits a new session with an idempotency key
+// (see IdempotencyKeyHeader): sent again with the same key, for instance
+// after a 503 or a broken connection, it returns the session the first
+// send created instead of creating another.
+func (c *Client) CreateSessionWithKey(ctx context.Context, req *CreateSessionRequest, key string) (*SessionDetail, error) {
+	return c.CreateSession(context.WithValue(ctx, idempotencyKeyCtx{}, key), req)
+}
+
+// idempotencyKeyCtx carries an idempotency key from CreateSessionWithKey
+// to send.
+type idempotencyKeyCtx struct{}
+
 // ListSessions lists sessions, oldest first; status filters by session
 // status when not empty.
 func (c *Client) ListSessions(ctx context.Context, status string) ([]*structs.Session, error) {
@@ -324,6 +336,9 @@ func (c *Client) send(ctx context.Context, method, path string, query url.Values
 	}
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
+	}
+	if key, _ := ctx.Value(idempotencyKeyCtx{}).(string); key != "" {
+		req.Header.Set(IdempotencyKeyHeader, key)
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {

@@ -53,8 +53,11 @@ func (s *Server) forwardToLeader(next http.Handler) http.Handler {
 			},
 			FlushInterval: -1,
 			ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
-				if a, ok := r.Context().Value(forwardAttemptKey{}).(*forwardAttempt); ok && notSent(err) {
-					a.dialErr = err // nothing reached the old leader: try the next one
+				if a, ok := r.Context().Value(forwardAttemptKey{}).(*forwardAttempt); ok && (notSent(err) || idempotentRequest(r)) {
+					// Nothing reached the old leader, or the request is
+					// idempotent (a create with a key the FSM dedups):
+					// try the next leader.
+					a.dialErr = err
 					return
 				}
 				writeError(w, http.StatusServiceUnavailable, fmt.Sprintf("forwarding to the leader at %s: %v", addr, err))
