@@ -15,10 +15,12 @@ import (
 	"github.com/corral-dev/corral/structs"
 )
 
-// TestExactlyOnceAcrossFailovers: while batch sessions are submitted (each
-// with an idempotency key, retried on errors as the CLI does), a follower
-// is SIGKILLed and restarted, then the leader is SIGKILLed and restarted,
-// three times over. Every kernel leaves one file per start in a shared
+// TestExactlyOnceAcrossFailovers: a follower is SIGKILLed in a burst of
+// submissions and stays down while the log grows and the batch sessions
+// end; it restarts far behind, and the leader
+// is SIGKILLed at once (agents reconnect, some to the follower still
+// catching up) while more sessions are submitted (each with an
+// idempotency key, retried on errors as the CLI does); three times over. Every kernel leaves one file per start in a shared
 // directory: no kernel may have started twice, and no submission may have
 // made two sessions.
 func TestExactlyOnceAcrossFailovers(t *testing.T) {
@@ -39,7 +41,7 @@ func TestExactlyOnceAcrossFailovers(t *testing.T) {
 	var mu sync.Mutex
 	marks := map[string]string{} // mark -> session ID acknowledged
 	var failed []string
-	submit := func(n int) {
+	submit := func(n int, gap time.Duration) {
 		for range n {
 			req, mark := fc.request(structs.SessionTypeBatch, "1", 0)
 			req.Command = []string{"sh", "-c", fmt.Sprintf(`touch %s/"$CORRAL_KERNEL_ID.$$"; sleep 1 # %s`, starts, mark)}
@@ -73,17 +75,49 @@ func TestExactlyOnceAcrossFailovers(t *testing.T) {
 				fc.ack(d.Session.ID)
 			}
 			mu.Unlock()
-			time.Sleep(150 * time.Millisecond)
+			time.Sleep(gap)
 		}
 	}
 
+	waitEnded := func(ids []string) {
+		for _, id := range ids {
+			fc.wait(id, 60*time.Second, "session "+id+" ended", func(d *api.SessionDetail) error {
+				if !d.Session.Status.Terminal() {
+					return fmt.Errorf("%s (%s)", d.Session.Status, d.Session.StatusInfo)
+				}
+				return nil
+			})
+		}
+	}
 	for round := 1; round <= 3; round++ {
-		done := make(chan struct{})
-		go func() { defer close(done); submit(10) }()
-		time.Sleep(500 * time.Millisecond)
+		// A follower dies in a burst of submissions, some of its kernels
+		// just SCHEDULED, and stays down while the log grows by more than
+		// a replication batch and the kernels end.
 		leader := fc.leader()
 		follower := (leader + 1 + rand.IntN(2)) % 3
+		before := len(fc.ackedIDs())
+		burst := make(chan struct{})
+		go func() { defer close(burst); submit(8, 30*time.Millisecond) }()
+		time.Sleep(time.Duration(100+rand.IntN(200)) * time.Millisecond)
 		fc.servers[follower].p.kill9()
+		<-burst
+		for i := range 80 {
+			err := fc.try(func(c *api.Client) error {
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				defer cancel()
+				_, err := c.DrainAgent(ctx, fc.agents[i%3].id, false, false)
+				return err
+			})
+			if err != nil {
+				t.Fatalf("eligible: %v", err)
+			}
+		}
+		waitEnded(fc.ackedIDs()[before:])
+		// It comes back far behind; the leader dies at once, so agents
+		// reconnect, some of them to the server still catching up, while
+		// more sessions are submitted.
+		done := make(chan struct{})
+		go func() { defer close(done); submit(6, 150*time.Millisecond) }()
 		fc.startServer(follower, true)
 		time.Sleep(300 * time.Millisecond)
 		killed := time.Now()
@@ -93,7 +127,7 @@ func TestExactlyOnceAcrossFailovers(t *testing.T) {
 		fc.waitServerBack(follower, 30*time.Second)
 		fc.waitServerBack(leader, 30*time.Second)
 		<-done
-		t.Logf("round %d: %s restarted, leader %s killed, %s leads after %v", round,
+		t.Logf("round %d: %s down and back, leader %s killed, %s leads after %v", round,
 			fc.servers[follower].name, fc.servers[leader].name, fc.servers[next].name, took.Round(time.Millisecond))
 	}
 	if len(failed) > 0 {
@@ -101,14 +135,7 @@ func TestExactlyOnceAcrossFailovers(t *testing.T) {
 	}
 
 	// Every acknowledged session ends; count its sessions and kernel starts.
-	for _, id := range fc.ackedIDs() {
-		fc.wait(id, 60*time.Second, "session "+id+" ended", func(d *api.SessionDetail) error {
-			if !d.Session.Status.Terminal() {
-				return fmt.Errorf("%s (%s)", d.Session.Status, d.Session.StatusInfo)
-			}
-			return nil
-		})
-	}
+	waitEnded(fc.ackedIDs())
 	var sessions []*structs.Session
 	if err := fc.try(func(c *api.Client) (err error) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
