@@ -96,6 +96,8 @@ type Agent struct {
 	// counts its changes.
 	unhealthy map[string]string
 	healthGen int
+	// lastPrune is when old kernel start records were last pruned.
+	lastPrune time.Time
 
 	reporter *reporter
 	overlays *overlays

@@ -184,6 +184,7 @@ func (a *Agent) handleAssignments(msg *rpc.WatchResponse) {
 	if !msg.Full {
 		return
 	}
+	a.maybePruneStarted(time.Now())
 	// The server's state wins: a kernel we run that the server no longer
 	// lists as live is stopped.
 	a.mu.Lock()
@@ -226,6 +227,9 @@ func (a *Agent) handleKernel(k *structs.Kernel) {
 			a.reporter.report(k.ID, structs.KernelError, "driver "+k.Driver+" is not available on agent "+a.cfg.Name, nil)
 			return
 		}
+		if !a.claimStart(k) {
+			return
+		}
 		r := newKernelRunner(a, k, d)
 		a.mu.Lock()
 		a.kernels[k.ID] = r
@@ -235,6 +239,10 @@ func (a *Agent) handleKernel(k *structs.Kernel) {
 	case structs.KernelTerminating:
 		a.reporter.report(k.ID, structs.KernelTerminated, "kernel was not running on the agent", nil)
 	case structs.KernelPreparing, structs.KernelPulling, structs.KernelCreating, structs.KernelRunning, structs.KernelRestarting:
+		if rec, err := a.store.started(k.ID); err == nil && rec != nil {
+			a.reportAgain(k.ID, rec)
+			return
+		}
 		a.reporter.report(k.ID, structs.KernelError, "kernel process lost: the agent restarted and has no record of it", nil)
 	}
 }

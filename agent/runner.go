@@ -156,19 +156,19 @@ func (r *kernelRunner) start(ctx context.Context, log *slog.Logger, cfg *drivers
 	rep := r.a.reporter
 	rep.report(r.id, structs.KernelPreparing, "preparing kernel directory on agent "+r.a.cfg.Name, nil)
 	if err := os.MkdirAll(cfg.WorkDir, 0o755); err != nil {
-		rep.report(r.id, structs.KernelError, "preparing kernel directory: "+err.Error(), nil)
+		r.fail(structs.KernelError, "preparing kernel directory: "+err.Error())
 		return false
 	}
 	if r.kernel.Image != "" {
 		if err := r.pullImage(ctx, cfg); err != nil {
 			log.Warn("image pull failed", "image", r.kernel.Image, "error", err)
-			rep.report(r.id, structs.KernelError, err.Error(), nil)
+			r.fail(structs.KernelError, err.Error())
 			return false
 		}
 	}
 	select {
 	case <-r.stopCh:
-		rep.report(r.id, structs.KernelTerminated, r.stopReason+" (before it started)", nil)
+		r.fail(structs.KernelTerminated, r.stopReason+" (before it started)")
 		return false
 	default:
 	}
@@ -176,7 +176,7 @@ func (r *kernelRunner) start(ctx context.Context, log *slog.Logger, cfg *drivers
 		if err := r.a.overlays.setup(r.kernel, cfg); err != nil {
 			log.Warn("overlay setup failed", "error", err)
 			r.a.overlays.teardown(r.kernel)
-			rep.report(r.id, structs.KernelError, "network: "+err.Error(), nil)
+			r.fail(structs.KernelError, "network: "+err.Error())
 			return false
 		}
 	}
@@ -186,7 +186,7 @@ func (r *kernelRunner) start(ctx context.Context, log *slog.Logger, cfg *drivers
 			r.a.overlays.teardown(r.kernel)
 		}
 		log.Warn("kernel failed to start", "error", err)
-		rep.report(r.id, structs.KernelError, fmt.Sprintf("driver %s could not start the kernel: %v", r.driver.Name(), err), nil)
+		r.fail(structs.KernelError, fmt.Sprintf("driver %s could not start the kernel: %v", r.driver.Name(), err))
 		return false
 	}
 	if h.Driver == "" {
@@ -203,6 +203,9 @@ func (r *kernelRunner) start(ctx context.Context, log *slog.Logger, cfg *drivers
 // finish records the final status locally and reports it; the local record
 // goes away only once a server has accepted the report.
 func (r *kernelRunner) finish(u *structs.KernelUpdate) {
+	if err := r.a.store.setFinal(u); err != nil {
+		r.a.logger.Error("recording final kernel status failed", "kernel_id", r.id, "error", err)
+	}
 	if err := r.a.store.put(&kernelRecord{Kernel: r.kernel, Final: u}); err != nil {
 		r.a.logger.Error("persisting final kernel status failed", "kernel_id", r.id, "error", err)
 	}
@@ -211,6 +214,16 @@ func (r *kernelRunner) finish(u *structs.KernelUpdate) {
 			r.a.logger.Warn("removing kernel record failed", "kernel_id", r.id, "error", err)
 		}
 	})
+}
+
+// fail reports that the kernel ended before it ran, and records that
+// final status with the kernel's start record.
+func (r *kernelRunner) fail(status structs.KernelStatus, info string) {
+	u := newUpdate(r.id, status, info, nil)
+	if err := r.a.store.setFinal(u); err != nil {
+		r.a.logger.Error("recording final kernel status failed", "kernel_id", r.id, "error", err)
+	}
+	r.a.reporter.reportUpdate(u, nil)
 }
 
 func (r *kernelRunner) destroy(log interface{ Warn(string, ...any) }) {

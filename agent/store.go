@@ -34,7 +34,10 @@ func openLocalStore(dataDir string) (*localStore, error) {
 		return nil, fmt.Errorf("agent state file: %w (is another agent using %s?)", err, dataDir)
 	}
 	if err := db.Update(func(tx *bolt.Tx) error {
-		_, err := tx.CreateBucketIfNotExists(kernelsBucket)
+		if _, err := tx.CreateBucketIfNotExists(kernelsBucket); err != nil {
+			return err
+		}
+		_, err := tx.CreateBucketIfNotExists(startedBucket)
 		return err
 	}); err != nil {
 		db.Close()

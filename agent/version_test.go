@@ -40,6 +40,10 @@ func (s *versionedServer) UpdateKernels(context.Context, *structs.KernelUpdateRe
 	return &rpc.UpdateKernelsResponse{}, nil
 }
 
+func (s *versionedServer) ReadIndex(context.Context, *rpc.ReadIndexRequest) (*rpc.ReadIndexResponse, error) {
+	return &rpc.ReadIndexResponse{}, nil
+}
+
 func serveDouble(t *testing.T, version int) (*versionedServer, string) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -54,7 +58,7 @@ func serveDouble(t *testing.T, version int) (*versionedServer, string) {
 	return s, ln.Addr().String()
 }
 
-func testAgent(ctx context.Context) *Agent {
+func versionTestAgent(ctx context.Context) *Agent {
 	return &Agent{id: "agent-1", ctx: ctx, logger: slog.New(slog.NewTextHandler(io.Discard, nil)), reporter: &reporter{wake: make(chan struct{}, 1)}}
 }
 
@@ -66,7 +70,7 @@ func TestAgentAnnouncesVersionAndAcceptsOlderServer(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan error, 1)
-	go func() { done <- testAgent(ctx).session(addr) }()
+	go func() { done <- versionTestAgent(ctx).session(addr) }()
 	select {
 	case req := <-srv.register:
 		if req.ProtocolVersion != rpc.ProtocolVersion {
@@ -93,7 +97,7 @@ func TestAgentAnnouncesVersionAndAcceptsOlderServer(t *testing.T) {
 // with a message that says to upgrade the agent.
 func TestAgentRefusesServerTooNew(t *testing.T) {
 	srv, addr := serveDouble(t, rpc.ProtocolVersion+2)
-	err := testAgent(context.Background()).session(addr)
+	err := versionTestAgent(context.Background()).session(addr)
 	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "upgrade the agent") {
 		t.Fatalf("session with a too new server: %v", err)
 	}

@@ -132,6 +132,18 @@ func (c *Client) CreateSession(ctx context.Context, req *CreateSessionRequest) (
 	return &out, nil
 }
 
+// CreateSessionWithKey submits a new session with an idempotency key
+// (see IdempotencyKeyHeader): sent again with the same key, for instance
+// after a 503 or a broken connection, it returns the session the first
+// send created instead of creating another.
+func (c *Client) CreateSessionWithKey(ctx context.Context, req *CreateSessionRequest, key string) (*SessionDetail, error) {
+	return c.CreateSession(context.WithValue(ctx, idempotencyKeyCtx{}, key), req)
+}
+
+// idempotencyKeyCtx carries an idempotency key from CreateSessionWithKey
+// to send.
+type idempotencyKeyCtx struct{}
+
 // GetSession returns a session and its kernels; ref is an ID, a unique ID
 // prefix or a name.
 func (c *Client) GetSession(ctx context.Context, ref string) (*SessionDetail, error) {
@@ -310,6 +322,9 @@ func (c *Client) send(ctx context.Context, method, path string, query url.Values
 	}
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
+	}
+	if key, _ := ctx.Value(idempotencyKeyCtx{}).(string); key != "" {
+		req.Header.Set(IdempotencyKeyHeader, key)
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {

@@ -15,6 +15,18 @@ const DefaultAddress = "http://127.0.0.1:8640"
 // ?index=N (with &wait=DURATION) to block until something newer exists.
 const IndexHeader = "X-Corral-Index"
 
+// IdempotencyKeyHeader, on POST /v1/sessions, makes the create idempotent:
+// at most one session is created per access key and key, however often
+// the request is sent (1 to 128 printable ASCII characters; a UUID per
+// intended session is a good key). A repeat is answered like the first
+// create, with IdempotentReplayedHeader set; the same key with another
+// body is refused with 422.
+const IdempotencyKeyHeader = "Idempotency-Key"
+
+// IdempotentReplayedHeader is "true" on the answer to a create that
+// repeated an earlier one's idempotency key: no new session was made.
+const IdempotentReplayedHeader = "Idempotent-Replayed"
+
 // CreateSessionRequest is the body of POST /v1/sessions.
 type CreateSessionRequest struct {
 	Name          string              `json:"name,omitempty"`

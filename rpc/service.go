@@ -26,6 +26,9 @@ type ServerService interface {
 	Register(ctx context.Context, req *RegisterRequest) (*RegisterResponse, error)
 	WatchKernels(req *WatchRequest, stream WatchStream) error
 	UpdateKernels(ctx context.Context, req *structs.KernelUpdateRequest) (*UpdateKernelsResponse, error)
+	// ReadIndex, on the leader, confirms leadership and returns the index
+	// a follower must apply before serving agents (other servers call it).
+	ReadIndex(ctx context.Context, req *ReadIndexRequest) (*ReadIndexResponse, error)
 }
 
 // WatchStream is the server side of WatchKernels.
@@ -89,6 +92,9 @@ var serverDesc = grpc.ServiceDesc{
 		unary(func(srv any, ctx context.Context, req *structs.KernelUpdateRequest) (*UpdateKernelsResponse, error) {
 			return srv.(ServerService).UpdateKernels(ctx, req)
 		}, serverServiceName, "UpdateKernels"),
+		unary(func(srv any, ctx context.Context, req *ReadIndexRequest) (*ReadIndexResponse, error) {
+			return srv.(ServerService).ReadIndex(ctx, req)
+		}, serverServiceName, "ReadIndex"),
 	},
 	Streams: []grpc.StreamDesc{{
 		StreamName:    "WatchKernels",

@@ -121,11 +121,12 @@ func (e *agentEndpoint) WatchKernels(req *rpc.WatchRequest, stream rpc.WatchStre
 	defer cancel()
 	defer context.AfterFunc(e.srv.ctx, cancel)()
 	// A full list from a state that has not caught up would make the agent
-	// stop kernels the log still knows.
+	// stop kernels the log still knows, or start kernels that already ran:
+	// first catch up with what the leader has (a read index).
 	if err := e.srv.waitReady(ctx); err != nil {
 		return status.Error(codes.Unavailable, err.Error())
 	}
-	if err := e.srv.waitCommitted(ctx); err != nil {
+	if err := e.srv.waitCaughtUpWithLeader(ctx); err != nil {
 		return status.Error(codes.Unavailable, err.Error())
 	}
 	if err := e.checkIdentity(ctx, req.AgentID, "", true); err != nil {
@@ -171,6 +172,11 @@ func (e *agentEndpoint) WatchKernels(req *rpc.WatchRequest, stream rpc.WatchStre
 		}
 		select {
 		case <-abandon:
+			// A snapshot replaced the state: the next full list too
+			// waits until this server has caught up with the leader.
+			if err := e.srv.waitCaughtUpWithLeader(ctx); err != nil {
+				return status.Error(codes.Unavailable, err.Error())
+			}
 			full = true
 			sent = map[string]uint64{}
 		default:

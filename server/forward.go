@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
-	"strconv"
 	"sync"
 	"time"
 
@@ -54,8 +53,11 @@ func (s *Server) forwardToLeader(next http.Handler) http.Handler {
 			},
 			FlushInterval: -1,
 			ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
-				if a, ok := r.Context().Value(forwardAttemptKey{}).(*forwardAttempt); ok && notSent(err) {
-					a.dialErr = err // nothing reached the old leader: try the next one
+				if a, ok := r.Context().Value(forwardAttemptKey{}).(*forwardAttempt); ok && (notSent(err) || idempotentRequest(r)) {
+					// Nothing reached the old leader, or the request is
+					// idempotent (a create with a key the FSM dedups):
+					// try the next leader.
+					a.dialErr = err
 					return
 				}
 				writeError(w, http.StatusServiceUnavailable, fmt.Sprintf("forwarding to the leader at %s: %v", addr, err))
@@ -185,27 +187,4 @@ func (s *Server) leaderClient() (*rpc.ServerClient, error) {
 // serverDialOptions are the options of gRPC connections to other servers.
 func (s *Server) serverDialOptions() []grpc.DialOption {
 	return s.cfg.Security.DialOptions(tlsutil.RoleServer)
-}
-
-// waitCommitted makes a follower wait until its FSM has applied what the
-// leader had committed when it was called, so that an agent's full kernel
-// list from a follower is never older than what the agent may already run.
-func (s *Server) waitCommitted(ctx context.Context) error {
-	if s.IsLeader() {
-		return nil
-	}
-	commit, _ := strconv.ParseUint(s.raft.Stats()["commit_index"], 10, 64)
-	t := time.NewTicker(10 * time.Millisecond)
-	defer t.Stop()
-	deadline := time.After(10 * time.Second)
-	for s.raft.AppliedIndex() < commit {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-deadline:
-			return fmt.Errorf("this server is behind the leader (applied %d of %d): %w", s.raft.AppliedIndex(), commit, ErrNotReady)
-		case <-t.C:
-		}
-	}
-	return nil
 }

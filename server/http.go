@@ -450,6 +450,13 @@ func (s *Server) createSession(w http.ResponseWriter, r *http.Request) (any, err
 	if err := decodeBody(r, &req); err != nil {
 		return nil, err
 	}
+	key, hash, err := idempotencyOf(r, &req)
+	if err != nil {
+		return nil, err
+	}
+	if d, err := s.replayedCreate(r.Context(), w, key, hash, ""); d != nil || err != nil {
+		return d, err
+	}
 	now := time.Now().UTC()
 	snap := s.state.Snapshot()
 	sess, kernels, err := s.validateCreate(&req, snap, now)
@@ -466,8 +473,15 @@ func (s *Server) createSession(w http.ResponseWriter, r *http.Request) (any, err
 		}
 		sess.DependsOn = append(sess.DependsOn, dep.ID)
 	}
-	if _, _, err := s.apply(structs.SessionEnqueueRequestType, &structs.SessionEnqueueRequest{Session: sess, Kernels: kernels, Time: now}); err != nil {
+	enq := &structs.SessionEnqueueRequest{Session: sess, Kernels: kernels, Time: now, IdempotencyKey: key, RequestHash: hash}
+	if _, _, err := s.apply(structs.SessionEnqueueRequestType, enq); err != nil {
+		if errors.Is(err, state.ErrIdempotencyConflict) {
+			return nil, &httpError{code: http.StatusUnprocessableEntity, msg: err.Error()}
+		}
 		return nil, err
+	}
+	if d, err := s.replayedCreate(r.Context(), w, key, hash, sess.ID); d != nil || err != nil {
+		return d, err // a create with this key was committed meanwhile
 	}
 	s.logger.Debug("session enqueued", "session_id", sess.ID, "name", sess.Name)
 	return s.sessionDetail(r.Context(), nil, s.state.Snapshot(), sess.ID, w)

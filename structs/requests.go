@@ -54,6 +54,13 @@ type SessionEnqueueRequest struct {
 	Session *Session  `json:"session"`
 	Kernels []*Kernel `json:"kernels"`
 	Time    time.Time `json:"time"`
+	// IdempotencyKey, when set, makes the create idempotent per access
+	// key: a second create with the key enqueues nothing (server/state,
+	// idempotency.go).
+	IdempotencyKey string `json:"idempotency_key,omitempty"`
+	// RequestHash identifies the create's request body, so that a key
+	// reused for another request is refused.
+	RequestHash string `json:"request_hash,omitempty"`
 }
 
 // Placement puts one kernel on one agent.

@@ -28,6 +28,12 @@ type fakeCorral struct {
 	creates  []api.CreateSessionRequest
 	execs    []api.ExecRequest
 	agent    *structs.Agent
+	// keys records the Idempotency-Key of each create; failCreates makes
+	// the next creates fail (an HTTP status, or 0 to drop the connection
+	// after the session was made, as a leader that died after commit).
+	keys        []string
+	failCreates []int
+	byKey       map[string]*fakeSession
 }
 
 type fakeSession struct {
@@ -95,6 +101,21 @@ func (f *fakeCorral) create(w http.ResponseWriter, r *http.Request) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.creates = append(f.creates, req)
+	key := r.Header.Get(api.IdempotencyKeyHeader)
+	f.keys = append(f.keys, key)
+	if fs, ok := f.byKey[key]; ok && key != "" {
+		w.Header().Set(api.IdempotentReplayedHeader, "true")
+		f.reply(w, 201, fs.d)
+		return
+	}
+	fail := -1
+	if len(f.failCreates) > 0 {
+		fail, f.failCreates = f.failCreates[0], f.failCreates[1:]
+	}
+	if fail > 0 {
+		f.reply(w, fail, api.ErrorResponse{Error: "forwarding to the leader: EOF"})
+		return
+	}
 	if req.Name == "taken" {
 		f.reply(w, 409, api.ErrorResponse{Error: `a session named "taken" already exists`})
 		return
@@ -135,6 +156,20 @@ func (f *fakeCorral) create(w http.ResponseWriter, r *http.Request) {
 	}
 	fs := &fakeSession{d: &api.SessionDetail{Session: s, Kernels: []*structs.Kernel{k}}, steps: steps}
 	f.sessions = append(f.sessions, fs)
+	if key != "" {
+		if f.byKey == nil {
+			f.byKey = map[string]*fakeSession{}
+		}
+		f.byKey[key] = fs
+	}
+	if fail == 0 {
+		if hj, ok := w.(http.Hijacker); ok {
+			if conn, _, err := hj.Hijack(); err == nil {
+				conn.Close()
+				return
+			}
+		}
+	}
 	w.Header().Set(api.IndexHeader, strconv.FormatUint(s.ModifyIndex, 10))
 	f.reply(w, 201, fs.d)
 }

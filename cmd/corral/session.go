@@ -115,7 +115,7 @@ func (c *cli) sessionCreate(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	d, err := client.CreateSession(ctx, &cmd.req)
+	d, err := createOnce(ctx, client, &cmd.req, c.stderr)
 	if err != nil {
 		return err
 	}

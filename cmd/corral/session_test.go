@@ -216,3 +216,34 @@ func TestNewChanges(t *testing.T) {
 		t.Errorf("bare, unchanged: %v", got)
 	}
 }
+
+func TestCreateRetriesUnderOneIdempotencyKey(t *testing.T) {
+	createBackoff = time.Millisecond
+	f := newFakeCorral(t)
+	// A 503, then a leader that made the session and died before answering.
+	f.failCreates = []int{503, 0}
+	r := mustRun(t, f.url, 0, "session", "create", "-name", "job1", "--", "true")
+	if r.stdout != "00000001-1111-2222-3333-444444444444 job1\n" {
+		t.Fatalf("stdout %q: want the one session's ID", r.stdout)
+	}
+	if len(f.sessions) != 1 || len(f.keys) != 3 {
+		t.Fatalf("%d sessions after %d sends, want 1 after 3", len(f.sessions), len(f.keys))
+	}
+	if f.keys[0] == "" || f.keys[1] != f.keys[0] || f.keys[2] != f.keys[0] {
+		t.Fatalf("idempotency keys %q: want one key, the same on every send", f.keys)
+	}
+	if !strings.Contains(r.stderr, "retrying") {
+		t.Errorf("stderr %q: want a note about the retries", r.stderr)
+	}
+	// The next invocation is another session: another key.
+	mustRun(t, f.url, 0, "session", "create", "--", "true")
+	if len(f.sessions) != 2 || f.keys[3] == f.keys[0] {
+		t.Fatalf("second invocation: %d sessions, keys %q", len(f.sessions), f.keys)
+	}
+	// Errors that are answers are not retried.
+	f.failCreates = []int{400}
+	mustRun(t, f.url, 1, "session", "create", "--", "true")
+	if len(f.keys) != 5 {
+		t.Fatalf("a 400 was sent %d times, want once", len(f.keys)-4)
+	}
+}

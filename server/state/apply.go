@@ -170,6 +170,9 @@ func (w *writer) ownAgentOf(cur *structs.Agent) (*structs.Agent, error) {
 func (s *StateStore) EnqueueSession(index uint64, req *structs.SessionEnqueueRequest) error {
 	w := s.write(index)
 	defer w.txn.Abort()
+	if dup, err := w.claimIdempotency(req); err != nil || dup {
+		return err // a replayed create enqueues nothing
+	}
 	if existing, _ := w.snap().Session(nil, req.Session.ID); existing != nil {
 		return fmt.Errorf("session %s already exists", req.Session.ID)
 	}

@@ -108,6 +108,10 @@ func (s *StateStore) GCSessions(index uint64, req *structs.SessionsGCRequest) (*
 		if err := w.txn.Delete(tableSessions, sess); err != nil {
 			return nil, fmt.Errorf("gc: delete session %s: %w", sess.ID, err)
 		}
+		// Its idempotency key goes with it: a retry that late creates anew.
+		if err := w.forgetIdempotency(sess.ID); err != nil {
+			return nil, fmt.Errorf("gc: forget the idempotency key of session %s: %w", sess.ID, err)
+		}
 		// An ended session left its key's and its group's concurrency
 		// sets when it ended; one that is still there would be counted
 		// forever once the session is gone.

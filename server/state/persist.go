@@ -20,6 +20,8 @@ type Dump struct {
 	Groups   []*structs.ResourceGroup  `json:"groups,omitempty"`
 	Usage    []*structs.KeyUsage       `json:"usage,omitempty"`
 	Networks []*structs.Network        `json:"networks,omitempty"`
+	// Idempotency holds the idempotency keys of creates (idempotency.go).
+	Idempotency []*IdempotencyEntry `json:"idempotency,omitempty"`
 }
 
 // Dump copies everything out of the snapshot.
@@ -38,7 +40,7 @@ func (sn *Snapshot) Dump() (*Dump, error) {
 	if d.Agents, err = sn.Agents(nil); err != nil {
 		return nil, err
 	}
-	for _, t := range []string{tableUsers, tableKeys, tablePolicies, tableGroups, tableUsage, tableNetworks, networkCursor} {
+	for _, t := range []string{tableUsers, tableKeys, tablePolicies, tableGroups, tableUsage, tableNetworks, networkCursor, tableIdempotency} {
 		d.Index[t] = sn.Index(t)
 	}
 	if d.Networks, err = sn.Networks(); err != nil {
@@ -57,6 +59,9 @@ func (sn *Snapshot) Dump() (*Dump, error) {
 		return nil, err
 	}
 	if d.Usage, err = sn.AllUsage(); err != nil {
+		return nil, err
+	}
+	if d.Idempotency, err = sn.IdempotencyEntries(); err != nil {
 		return nil, err
 	}
 	return d, nil
@@ -92,6 +97,7 @@ func (s *StateStore) Restore(d *Dump) error {
 	}{
 		{tableUsers, anySlice(d.Users)}, {tableKeys, anySlice(d.Keys)}, {tablePolicies, anySlice(d.Policies)},
 		{tableGroups, anySlice(d.Groups)}, {tableUsage, anySlice(d.Usage)}, {tableNetworks, anySlice(d.Networks)},
+		{tableIdempotency, anySlice(d.Idempotency)},
 	} {
 		for _, o := range set.objs {
 			if err := txn.Insert(set.table, o); err != nil {

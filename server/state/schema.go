@@ -140,6 +140,7 @@ func schema() *memdb.DBSchema {
 				"id": {Name: "id", Unique: true, Indexer: &memdb.IntFieldIndex{Field: "Slot"}},
 			},
 		},
+		tableIdempotency: idempotencyTable(),
 		tableIndex: {
 			Name: tableIndex,
 			Indexes: map[string]*memdb.IndexSchema{
