@@ -15,15 +15,23 @@ import (
 	"github.com/corral-dev/corral/structs"
 )
 
+// onceRounds is how many times TestExactlyOnceAcrossFailovers restarts a
+// follower and kills the leader.
+const onceRounds = 10
+
 // TestExactlyOnceAcrossFailovers: a follower is SIGKILLed in a burst of
 // submissions and stays down while the log grows and the batch sessions
 // end; it restarts far behind, and the leader
 // is SIGKILLed at once (agents reconnect, some to the follower still
 // catching up) while more sessions are submitted (each with an
-// idempotency key, retried on errors as the CLI does); three times over. Every kernel leaves one file per start in a shared
+// idempotency key, retried on errors as the CLI does); onceRounds times
+// in a row. Every kernel leaves one file per start in a shared
 // directory: no kernel may have started twice, and no submission may have
 // made two sessions.
 func TestExactlyOnceAcrossFailovers(t *testing.T) {
+	if testing.Short() {
+		t.Skip("ten rounds of follower restarts and leader kills")
+	}
 	if os.Geteuid() != 0 {
 		t.Skip("fault e2e needs root (network namespaces)")
 	}
@@ -89,7 +97,7 @@ func TestExactlyOnceAcrossFailovers(t *testing.T) {
 			})
 		}
 	}
-	for round := 1; round <= 3; round++ {
+	for round := 1; round <= onceRounds; round++ {
 		// A follower dies in a burst of submissions, some of its kernels
 		// just SCHEDULED, and stays down while the log grows by more than
 		// a replication batch and the kernels end.
