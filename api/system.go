@@ -36,3 +36,25 @@ func (c *Client) SystemGC(ctx context.Context, olderThan time.Duration) (*System
 	}
 	return &out, nil
 }
+
+// SystemStats is the answer of GET /v1/system/stats: what the answering
+// server holds, measured after a Go garbage collection.
+type SystemStats struct {
+	// Sessions and Kernels count the rows of the state store.
+	Sessions int `json:"sessions"`
+	Kernels  int `json:"kernels"`
+	// SnapshotBytes is the size of the state as a raft snapshot stores it.
+	SnapshotBytes int64 `json:"snapshot_bytes"`
+	// HeapBytes is the Go heap in use; RSSBytes the process's resident set.
+	HeapBytes uint64 `json:"heap_bytes"`
+	RSSBytes  uint64 `json:"rss_bytes"`
+}
+
+// SystemStats measures the answering server (admin key).
+func (c *Client) SystemStats(ctx context.Context) (*SystemStats, error) {
+	var out SystemStats
+	if _, err := c.do(ctx, http.MethodGet, "/v1/system/stats", nil, nil, &out, c.timeout+time.Minute); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}

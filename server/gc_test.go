@@ -241,9 +241,20 @@ func TestSystemGC(t *testing.T) {
 	if err != nil || res.Sessions != 0 {
 		t.Fatalf("gc older than 1h: %+v %v", res, err)
 	}
+	before, err := b.admin.SystemStats(ctx)
+	if err != nil || before.Sessions != 3 || before.Kernels != 3 || before.SnapshotBytes == 0 || before.HeapBytes == 0 {
+		t.Fatalf("stats before gc: %+v %v", before, err)
+	}
+	if _, err := bob.SystemStats(ctx); apiStatus(err) != http.StatusForbidden {
+		t.Fatalf("non-admin stats: %v, want 403", err)
+	}
 	res, err = b.admin.SystemGC(ctx, 0)
 	if err != nil || res.Sessions != 2 || res.Kernels != 2 {
 		t.Fatalf("gc of every ended session: %+v %v", res, err)
+	}
+	after, err := b.admin.SystemStats(ctx)
+	if err != nil || after.Sessions != 1 || after.Kernels != 1 || after.SnapshotBytes >= before.SnapshotBytes {
+		t.Fatalf("stats after gc: %+v (before %+v) %v", after, before, err)
 	}
 	list, err := b.admin.ListSessions(ctx, "")
 	if err != nil || len(list) != 1 || list[0].ID != ids[2] {

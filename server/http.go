@@ -60,6 +60,7 @@ func (s *Server) setupHTTP() error {
 	mux.HandleFunc("GET /v1/images", s.wrap(s.listImages))
 	mux.HandleFunc("POST /v1/images/pull", s.wrap(s.pullImage))
 	mux.HandleFunc("POST /v1/system/gc", s.wrap(s.systemGC))
+	mux.HandleFunc("GET /v1/system/stats", s.wrap(s.systemStats))
 	s.registerAdmin(mux)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path))

@@ -30,12 +30,14 @@ func (c *cli) bench(ctx context.Context, args []string) error {
 	cpu := f.String("cpu", "0.05", "CPU cores per session")
 	mem := f.String("mem", "16M", "memory per session")
 	pid := f.Int("pid", 0, "PID of the corral server process, to report its resident memory")
+	waves := f.Int("waves", 1, "soak: run the throughput phase this many times; after each wave force a GC of ended\n"+
+		"sessions (corral system gc -older-than 0) and report the server's state size and memory (admin key)")
 	timeout := f.Duration("timeout", 10*time.Minute, "give up after this long")
 	if err := f.parseNone(args); err != nil {
 		return err
 	}
-	if *n < 0 || *runs < 0 || *conc < 1 {
-		return f.usageErr("-n and -latency-runs must be >= 0 and -concurrency >= 1")
+	if *n < 0 || *runs < 0 || *conc < 1 || *waves < 1 {
+		return f.usageErr("-n and -latency-runs must be >= 0, -concurrency and -waves >= 1")
 	}
 	cpuQ, err := structs.ParseQuantity(*cpu)
 	if err != nil || cpuQ <= 0 {
@@ -78,14 +80,31 @@ func (c *cli) bench(ctx context.Context, args []string) error {
 	fmt.Fprintf(c.stdout, "corral bench against %s (%d ALIVE agents): batch sessions running `true` with %s\n", client.Address(), alive, res)
 
 	failed := 0
-	if *n > 0 {
+	var first *api.SystemStats
+	for wave := 1; *n > 0 && wave <= *waves; wave++ {
 		t, err := benchThroughput(ctx, client, newReq, *n, *conc)
 		if err != nil {
 			return timedOut(err)
 		}
-		fmt.Fprintf(c.stdout, "throughput: %d sessions from %d submitters: submitted in %s (%.1f/s), all ended after %s: %.1f sessions/s; %s\n",
-			*n, *conc, formatDuration(t.submit), rate(t.submitted, t.submit), formatDuration(t.total), rate(t.submitted, t.total), t.summary())
+		label := "throughput"
+		if *waves > 1 {
+			label = fmt.Sprintf("wave %d/%d", wave, *waves)
+		}
+		fmt.Fprintf(c.stdout, "%s: %d sessions from %d submitters: submitted in %s (%.1f/s), all ended after %s: %.1f sessions/s; %s\n",
+			label, *n, *conc, formatDuration(t.submit), rate(t.submitted, t.submit), formatDuration(t.total), rate(t.submitted, t.total), t.summary())
 		failed += *n - t.results["SUCCESS"]
+		if *waves > 1 {
+			st, err := benchCollect(ctx, client)
+			if err != nil {
+				return timedOut(err)
+			}
+			if first == nil {
+				first = st
+			}
+			fmt.Fprintf(c.stdout, "  after GC: %d sessions, %d kernels in the state; snapshot %s (%.2fx wave 1), heap %s, RSS %s (%.2fx wave 1)\n",
+				st.Sessions, st.Kernels, structs.FormatBytes(structs.Whole(st.SnapshotBytes)), ratio(st.SnapshotBytes, first.SnapshotBytes),
+				structs.FormatBytes(structs.Whole(int64(st.HeapBytes))), structs.FormatBytes(structs.Whole(int64(st.RSSBytes))), ratio(int64(st.RSSBytes), int64(first.RSSBytes)))
+		}
 	}
 	if *runs > 0 {
 		l, err := benchLatency(ctx, client, newReq, *runs)
@@ -273,6 +292,21 @@ func runningAt(d *api.SessionDetail) (time.Time, bool) {
 		}
 	}
 	return time.Time{}, false
+}
+
+// benchCollect forces a GC of every ended session and measures the server.
+func benchCollect(ctx context.Context, client *api.Client) (*api.SystemStats, error) {
+	if _, err := client.SystemGC(ctx, 0); err != nil {
+		return nil, fmt.Errorf("forcing a GC (needs an admin key): %w", err)
+	}
+	return client.SystemStats(ctx)
+}
+
+func ratio(a, b int64) float64 {
+	if b == 0 {
+		return 0
+	}
+	return float64(a) / float64(b)
 }
 
 func rate(count int, d time.Duration) float64 {
