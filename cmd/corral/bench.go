@@ -7,6 +7,7 @@ import (
 	"io"
 	"math"
 	"os"
+	"os/exec"
 	"sort"
 	"strconv"
 	"strings"
@@ -30,6 +31,8 @@ func (c *cli) bench(ctx context.Context, args []string) error {
 	cpu := f.String("cpu", "0.05", "CPU cores per session")
 	mem := f.String("mem", "16M", "memory per session")
 	pid := f.Int("pid", 0, "PID of the corral server process, to report its resident memory")
+	cliProcs := f.Int("cli", 0, "also submit the -n sessions through this many parallel `corral session create -wait`\n"+
+		"processes (the CLI's own path: process start, create, follow) and report that rate")
 	waves := f.Int("waves", 1, "soak: run the throughput phase this many times; after each wave force a GC of ended\n"+
 		"sessions (corral system gc -older-than 0) and report the server's state size and memory (admin key)")
 	timeout := f.Duration("timeout", 10*time.Minute, "give up after this long")
@@ -105,6 +108,15 @@ func (c *cli) bench(ctx context.Context, args []string) error {
 				st.Sessions, st.Kernels, structs.FormatBytes(structs.Whole(st.SnapshotBytes)), ratio(st.SnapshotBytes, first.SnapshotBytes),
 				structs.FormatBytes(structs.Whole(int64(st.HeapBytes))), structs.FormatBytes(structs.Whole(int64(st.RSSBytes))), ratio(int64(st.RSSBytes), int64(first.RSSBytes)))
 		}
+	}
+	if *cliProcs > 0 && *n > 0 {
+		took, bad, err := benchCLI(ctx, f.address, *cpu, *mem, *n, *cliProcs)
+		if err != nil {
+			return timedOut(err)
+		}
+		fmt.Fprintf(c.stdout, "cli: %d sessions through %d parallel `corral session create -wait` processes: all ended after %s: %.1f sessions/s; %d failed\n",
+			*n, *cliProcs, formatDuration(took), rate(*n, took), bad)
+		failed += bad
 	}
 	if *runs > 0 {
 		l, err := benchLatency(ctx, client, newReq, *runs)
@@ -292,6 +304,50 @@ func runningAt(d *api.SessionDetail) (time.Time, bool) {
 		}
 	}
 	return time.Time{}, false
+}
+
+// benchCLI runs n batch sessions through procs parallel CLI processes of
+// this binary (`session create -type batch -wait -- true`) and counts the
+// ones that did not exit 0.
+func benchCLI(ctx context.Context, addr, cpu, mem string, n, procs int) (time.Duration, int, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return 0, 0, fmt.Errorf("finding this binary to run it as the CLI: %w", err)
+	}
+	jobs := make(chan struct{}, n)
+	for range n {
+		jobs <- struct{}{}
+	}
+	close(jobs)
+	var mu sync.Mutex
+	bad := 0
+	var firstErr error
+	start := time.Now()
+	var wg sync.WaitGroup
+	for range procs {
+		wg.Go(func() {
+			for range jobs {
+				cmd := exec.CommandContext(ctx, self, "session", "create", "-address", addr, "-type", "batch", "-cpu", cpu, "-mem", mem, "-wait", "--", "true")
+				out, err := cmd.CombinedOutput()
+				if err != nil {
+					mu.Lock()
+					bad++
+					if firstErr == nil {
+						firstErr = fmt.Errorf("%v: %s", err, oneLine(string(out)))
+					}
+					mu.Unlock()
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if err := ctx.Err(); err != nil {
+		return 0, 0, err
+	}
+	if bad == n {
+		return 0, bad, firstErr
+	}
+	return time.Since(start), bad, nil
 }
 
 // benchCollect forces a GC of every ended session and measures the server.
