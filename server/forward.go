@@ -19,6 +19,7 @@ import (
 	"github.com/corral-dev/corral/gossip"
 	"github.com/corral-dev/corral/rpc"
 	"github.com/corral-dev/corral/rpc/tlsutil"
+	"github.com/corral-dev/corral/structs"
 )
 
 // forwardedHeader marks a request one server forwarded to another, so that
@@ -80,8 +81,12 @@ func (s *Server) forwardToLeader(next http.Handler) http.Handler {
 		// re-sent only when it never reached a leader, so nothing is
 		// applied twice.
 		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxForwardBody))
+		if tooLarge := (*http.MaxBytesError)(nil); errors.As(err, &tooLarge) {
+			writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body is larger than the limit of %s", structs.FormatBytes(structs.Whole(tooLarge.Limit))))
+			return
+		}
 		if err != nil {
-			writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body: %v", err))
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("reading the request body: %v", err))
 			return
 		}
 		deadline := time.Now().Add(forwardWait)

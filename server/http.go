@@ -98,6 +98,9 @@ func (s *Server) wrap(h handler) http.HandlerFunc {
 		}
 		if err == nil {
 			r = r.WithContext(withIdentity(r.Context(), id))
+			if r.Body != nil {
+				r.Body = http.MaxBytesReader(w, r.Body, maxBody)
+			}
 			out, err = h(w, r)
 		}
 		if err != nil {
@@ -143,14 +146,20 @@ func writeError(w http.ResponseWriter, code int, msg string) {
 	_ = json.NewEncoder(w).Encode(api.ErrorResponse{Error: msg})
 }
 
+// maxBody bounds a request body of the API (wrap enforces it): 413 past it.
+const maxBody = 1 << 20
+
 // decodeBody reads a JSON body strictly: one object, no unknown fields.
 func decodeBody(r *http.Request, v any) error {
 	if r.Body == nil {
 		return badRequest("request body is required")
 	}
-	dec := json.NewDecoder(io.LimitReader(r.Body, 1<<20))
+	dec := json.NewDecoder(r.Body)
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
+		if tooLarge := (*http.MaxBytesError)(nil); errors.As(err, &tooLarge) {
+			return &httpError{code: http.StatusRequestEntityTooLarge, msg: fmt.Sprintf("request body is larger than the limit of %s", structs.FormatBytes(structs.Whole(tooLarge.Limit)))}
+		}
 		if errors.Is(err, io.EOF) {
 			return badRequest("request body is empty: want a JSON object")
 		}
@@ -163,7 +172,10 @@ func decodeBody(r *http.Request, v any) error {
 }
 
 var (
-	nameRe   = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+	nameRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+	// idLikeRe: names that read as a session ID prefix (4 or more hex
+	// digits or '-'; the CLI shows 8) would shadow one.
+	idLikeRe = regexp.MustCompile(`^[0-9a-fA-F-]{4,}$`)
 	envKeyRe = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 )
 
@@ -222,7 +234,7 @@ func (s *Server) admit(ctx context.Context, snap *state.Snapshot, sess *structs.
 }
 
 // validateCreate checks a create request and builds the session and its kernels.
-func (s *Server) validateCreate(req *api.CreateSessionRequest, snap *state.Snapshot, now time.Time) (*structs.Session, []*structs.Kernel, error) {
+func (s *Server) validateCreate(req *api.CreateSessionRequest, snap *state.Snapshot, owner string, now time.Time) (*structs.Session, []*structs.Kernel, error) {
 	if req.Type == "" {
 		req.Type = structs.SessionTypeBatch
 	}
@@ -266,8 +278,13 @@ func (s *Server) validateCreate(req *api.CreateSessionRequest, snap *state.Snaps
 		if !nameRe.MatchString(req.Name) {
 			return nil, nil, badRequest("invalid session name %q: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit", req.Name)
 		}
-		if existing, err := snap.ResolveSession(nil, req.Name); err == nil && existing.Name == req.Name && !existing.Status.Terminal() {
-			return nil, nil, &httpError{code: http.StatusConflict, msg: fmt.Sprintf("a session named %q already exists (%s, %s): destroy it or pick another name", req.Name, existing.ID, existing.Status)}
+		if idLikeRe.MatchString(req.Name) {
+			return nil, nil, badRequest("invalid session name %q: it reads as a session ID prefix (4 or more hex digits and '-'); add a letter g-z, a '.' or a '_'", req.Name)
+		}
+		// Names are the owner's: unique among their live sessions, and
+		// another user's names are neither seen nor taken.
+		if existing, err := snap.ResolveSessionOf(nil, req.Name, owner); err == nil && existing.Name == req.Name && !existing.Status.Terminal() {
+			return nil, nil, &httpError{code: http.StatusConflict, msg: fmt.Sprintf("you already have a session named %q (%s, %s): destroy it or pick another name", req.Name, existing.ID, existing.Status)}
 		}
 	}
 	for k := range req.Env {
@@ -460,7 +477,11 @@ func (s *Server) createSession(w http.ResponseWriter, r *http.Request) (any, err
 	}
 	now := time.Now().UTC()
 	snap := s.state.Snapshot()
-	sess, kernels, err := s.validateCreate(&req, snap, now)
+	owner := ""
+	if id := callerOf(r.Context()); id != nil {
+		owner = id.key.User
+	}
+	sess, kernels, err := s.validateCreate(&req, snap, owner, now)
 	if err != nil {
 		return nil, err
 	}
@@ -495,9 +516,19 @@ func visible(ctx context.Context, sess *structs.Session) bool {
 	return id != nil && (id.admin() || (sess.Owner != "" && sess.Owner == id.key.User))
 }
 
-// resolveSession finds a session the caller may see by ID, prefix or name.
+// callerUser is the user of the caller's key, "" for an admin (who sees
+// every session) or an anonymous caller.
+func callerUser(ctx context.Context) string {
+	if id := callerOf(ctx); id != nil && !id.admin() {
+		return id.key.User
+	}
+	return ""
+}
+
+// resolveSession finds a session the caller may see by ID, prefix or
+// name: a user's names and prefixes resolve among their own sessions only.
 func resolveSession(ctx context.Context, ws memdb.WatchSet, snap *state.Snapshot, ref string) (*structs.Session, error) {
-	sess, err := snap.ResolveSession(ws, ref)
+	sess, err := snap.ResolveSessionOf(ws, ref, callerUser(ctx))
 	if err != nil {
 		return nil, err
 	}

@@ -39,8 +39,11 @@ func (c *cli) bench(ctx context.Context, args []string) error {
 	if err := f.parseNone(args); err != nil {
 		return err
 	}
-	if *n < 0 || *runs < 0 || *conc < 1 || *waves < 1 {
-		return f.usageErr("-n and -latency-runs must be >= 0, -concurrency and -waves >= 1")
+	if *n < 0 || *runs < 0 || *conc < 1 {
+		return f.usageErr("-n and -latency-runs must be >= 0 and -concurrency >= 1")
+	}
+	if *waves < 1 || *cliProcs < 0 {
+		return f.usageErr("-waves must be >= 1 and -cli >= 0")
 	}
 	cpuQ, err := structs.ParseQuantity(*cpu)
 	if err != nil || cpuQ <= 0 {

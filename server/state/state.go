@@ -131,14 +131,23 @@ func byID[T any](sn *Snapshot, ws memdb.WatchSet, table, id string, written map[
 	return raw.(T), nil
 }
 
-// ResolveSession finds a session by exact ID, name or unique ID prefix.
-// A name held by several sessions resolves to the newest one that has not
-// ended, else the newest one.
+// ResolveSession finds a session by ID, unique ID prefix or name among
+// all sessions (see ResolveSessionOf).
 func (sn *Snapshot) ResolveSession(ws memdb.WatchSet, ref string) (*structs.Session, error) {
+	return sn.ResolveSessionOf(ws, ref, "")
+}
+
+// ResolveSessionOf finds a session by ID, name or unique ID prefix among
+// the sessions of owner (every session when owner is empty): a name or a
+// prefix never resolves to another user's session, and an ambiguous
+// prefix names only the owner's matches. Among sessions of one name, the
+// newest live one wins, else the newest.
+func (sn *Snapshot) ResolveSessionOf(ws memdb.WatchSet, ref, owner string) (*structs.Session, error) {
 	if ref == "" {
 		return nil, fmt.Errorf("empty session reference: %w", ErrNotFound)
 	}
-	if s, err := sn.Session(ws, ref); err == nil {
+	mine := func(s *structs.Session) bool { return owner == "" || s.Owner == owner }
+	if s, err := sn.Session(ws, ref); err == nil && mine(s) {
 		return s, nil
 	}
 	// By name.
@@ -148,7 +157,9 @@ func (sn *Snapshot) ResolveSession(ws memdb.WatchSet, ref string) (*structs.Sess
 	}
 	var byName []*structs.Session
 	for raw := it.Next(); raw != nil; raw = it.Next() {
-		byName = append(byName, raw.(*structs.Session))
+		if s := raw.(*structs.Session); mine(s) {
+			byName = append(byName, s)
+		}
 	}
 	if len(byName) > 0 {
 		sort.Slice(byName, func(i, j int) bool { return byName[i].CreateIndex > byName[j].CreateIndex })
@@ -166,9 +177,11 @@ func (sn *Snapshot) ResolveSession(ws memdb.WatchSet, ref string) (*structs.Sess
 	}
 	var matches []string
 	for raw := it.Next(); raw != nil; raw = it.Next() {
-		matches = append(matches, raw.(*structs.Session).ID)
-		if len(matches) > 5 {
-			break
+		if s := raw.(*structs.Session); mine(s) {
+			matches = append(matches, s.ID)
+			if len(matches) > 5 {
+				break
+			}
 		}
 	}
 	switch len(matches) {
