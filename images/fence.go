@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -77,6 +78,10 @@ type RegistryPolicy struct {
 	// all public. A registry named exactly (not by a wildcard) is allowed
 	// whatever its addresses; a wildcard match must still be public.
 	Allowed []string
+	// AlsoAllowed lists registries allowed in addition to Allowed (or to
+	// public registries when Allowed is empty), in the same forms: e.g.
+	// the ones an operator allows on a whole server or agent.
+	AlsoAllowed []string
 	// AllowLoopback also allows loopback addresses (corral dev and tests,
 	// where a registry runs on 127.0.0.1).
 	AllowLoopback bool
@@ -105,15 +110,15 @@ func splitRegistry(registry string) (host, port string) {
 	return strings.Trim(registry, "[]"), ""
 }
 
-// match reports whether registry is allowed by the list, and whether it is
-// named exactly (so exempt from the address rule).
+// match reports whether registry is allowed by the lists, and whether it
+// is named exactly (so exempt from the address rule).
 func (p *RegistryPolicy) match(registry string) (allowed, exact bool) {
 	host, port := splitRegistry(registry)
 	names := []string{host}
 	if host == "index.docker.io" || host == "registry-1.docker.io" {
 		names = append(names, "docker.io") // the name users write
 	}
-	for _, e := range p.Allowed {
+	for _, e := range append(slices.Clip(p.Allowed), p.AlsoAllowed...) {
 		e = strings.ToLower(e)
 		if suffix, ok := strings.CutPrefix(e, "*."); ok {
 			for _, n := range names {
@@ -147,11 +152,19 @@ func (p *RegistryPolicy) hint() string {
 	return ""
 }
 
+// listed says what the policy allows, for errors.
 func (p *RegistryPolicy) listed() string {
+	what := strings.Join(p.Allowed, ", ")
 	if len(p.Allowed) == 0 {
-		return "public registries only"
+		what = "public registries"
+		if p.AllowLoopback {
+			what += " and loopback"
+		}
 	}
-	return strings.Join(p.Allowed, ", ")
+	if len(p.AlsoAllowed) > 0 {
+		what += "; also " + strings.Join(p.AlsoAllowed, ", ")
+	}
+	return "allowed: " + what
 }
 
 // Check tells whether images may be pulled from registry (host or
@@ -194,6 +207,8 @@ type policyKey struct{}
 // WithRegistryPolicy returns a context whose pulls follow p instead of the
 // store's own policy (see WithDefaultRegistryPolicy): e.g. the allow-list
 // of the resource group a kernel runs in.
+//
+// The store's AllowLoopback, AlsoAllowed and Hint apply as well.
 func WithRegistryPolicy(ctx context.Context, p RegistryPolicy) context.Context {
 	return context.WithValue(ctx, policyKey{}, &p)
 }
@@ -207,6 +222,7 @@ func (s *Store) policyFor(ctx context.Context) *RegistryPolicy {
 	}
 	q := *p
 	q.AllowLoopback = q.AllowLoopback || s.opts.policy.AllowLoopback
+	q.AlsoAllowed = append(slices.Clip(q.AlsoAllowed), s.opts.policy.AlsoAllowed...)
 	if q.Hint == "" {
 		q.Hint = s.opts.policy.Hint
 	}

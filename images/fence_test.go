@@ -78,13 +78,17 @@ func TestRegistryPolicyCheck(t *testing.T) {
 		{RegistryPolicy{AllowLoopback: true}, "127.0.0.1:5000", true, ""},
 		{RegistryPolicy{AllowLoopback: true}, "10.0.0.1:5000", false, "private"},
 		{RegistryPolicy{Allowed: []string{"127.0.0.1:5000"}}, "127.0.0.1:5000", true, ""},
-		{RegistryPolicy{Allowed: []string{"127.0.0.1:5000"}}, "127.0.0.1:5001", false, "not in the allow-list (127.0.0.1:5000)"},
+		{RegistryPolicy{Allowed: []string{"127.0.0.1:5000"}}, "127.0.0.1:5001", false, "not in the allow-list (allowed: 127.0.0.1:5000)"},
 		{RegistryPolicy{Allowed: []string{"10.0.0.5"}}, "10.0.0.5:5000", true, ""},
 		{RegistryPolicy{Allowed: []string{"8.8.8.8"}}, "1.1.1.1", false, "not in the allow-list"},
+		{RegistryPolicy{AlsoAllowed: []string{"10.0.0.5:5000"}}, "10.0.0.5:5000", true, ""},
+		{RegistryPolicy{AlsoAllowed: []string{"10.0.0.5:5000"}}, "8.8.8.8", true, ""},
+		{RegistryPolicy{AlsoAllowed: []string{"10.0.0.5:5000"}}, "10.0.0.6:5000", false, "private"},
+		{RegistryPolicy{Allowed: []string{"8.8.8.8"}, AlsoAllowed: []string{"10.0.0.5"}}, "10.0.0.5", true, ""},
 		{RegistryPolicy{Allowed: []string{"docker.io"}}, "index.docker.io", true, ""},
 		// A wildcard allows the names below it, still only at public addresses.
 		{RegistryPolicy{Allowed: []string{"*.example.com"}}, "example.com", false, "not in the allow-list"},
-		{RegistryPolicy{Allowed: []string{"*.example.com"}, Hint: "ask an admin"}, "reg.example.org", false, "allow-list (*.example.com); ask an admin"},
+		{RegistryPolicy{Allowed: []string{"*.example.com"}, Hint: "ask an admin"}, "reg.example.org", false, "allow-list (allowed: *.example.com); ask an admin"},
 		// Names are resolved, and every address checked.
 		{RegistryPolicy{}, "localhost:5000", false, "loopback"},
 		{RegistryPolicy{Allowed: []string{"localhost:5000"}}, "localhost:5000", true, ""},
@@ -129,7 +133,7 @@ func TestPullRefusesPrivateRegistries(t *testing.T) {
 		t.Fatalf("pull from loopback: %v", err)
 	}
 	_, err = s.Pull(WithRegistryPolicy(ctx, RegistryPolicy{Allowed: []string{"registry.example.com"}}), ref, nil)
-	if !errors.Is(err, ErrRegistryNotAllowed) || !strings.Contains(err.Error(), "allow-list (registry.example.com)") {
+	if !errors.Is(err, ErrRegistryNotAllowed) || !strings.Contains(err.Error(), "allow-list (allowed: registry.example.com)") {
 		t.Fatalf("pull outside the allow-list: %v", err)
 	}
 	if n := reg.requests.Load(); n != 0 {

@@ -108,16 +108,18 @@ const (
 
 // WithDefaultRegistryPolicy sets the registry policy of pulls whose
 // context carries none (see WithRegistryPolicy). The default allows
-// registries at public addresses only. Its AllowLoopback and Hint apply to
-// every pull.
+// registries at public addresses only. Its AllowLoopback, AlsoAllowed and
+// Hint apply to every pull.
 func WithDefaultRegistryPolicy(p RegistryPolicy) Option {
 	return func(o *options) error {
-		for i, e := range p.Allowed {
-			n, err := CheckRegistryEntry(e)
-			if err != nil {
-				return err
+		for _, list := range [][]string{p.Allowed, p.AlsoAllowed} {
+			for i, e := range list {
+				n, err := CheckRegistryEntry(e)
+				if err != nil {
+					return err
+				}
+				list[i] = n
 			}
-			p.Allowed[i] = n
 		}
 		o.policy = p
 		return nil
