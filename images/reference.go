@@ -141,3 +141,13 @@ func checkGrammar(ref string) string {
 	}
 	return ""
 }
+
+// RegistryOf returns the registry (host or host:port) an image reference
+// pulls from, e.g. "index.docker.io" for "ubuntu".
+func RegistryOf(ref string) (string, error) {
+	r, err := parseReference(ref)
+	if err != nil {
+		return "", err
+	}
+	return r.Context().RegistryStr(), nil
+}
