@@ -47,10 +47,18 @@ var reservedPrefixes = []netip.Prefix{
 	netip.MustParsePrefix("203.0.113.0/24"),  // documentation
 }
 
+var nat64 = netip.MustParsePrefix("64:ff9b::/96")
+
 // ClassifyAddr tells which kind of address ip is. IPv4-mapped IPv6
-// addresses are classified as the IPv4 address they carry.
+// and NAT64 (64:ff9b::/96) addresses are classified as the IPv4 address
+// they carry.
 func ClassifyAddr(ip netip.Addr) AddrClass {
 	ip = ip.Unmap()
+	if nat64.Contains(ip) {
+		// The well-known NAT64 prefix reaches the IPv4 address it embeds.
+		b := ip.As16()
+		ip = netip.AddrFrom4([4]byte(b[12:]))
+	}
 	switch {
 	case !ip.IsValid(), ip.IsUnspecified():
 		return AddrUnspecified

@@ -31,6 +31,8 @@ func TestClassifyAddr(t *testing.T) {
 		"172.31.255.254":   AddrPrivate,
 		"192.168.1.1":      AddrPrivate,
 		"::ffff:10.1.2.3":  AddrPrivate,
+		"64:ff9b::a00:1":   AddrPrivate,
+		"64:ff9b::808:808": AddrPublic,
 		"fc00::1":          AddrPrivate,
 		"fd12:3456::1":     AddrPrivate,
 		"169.254.169.254":  AddrLinkLocal,
