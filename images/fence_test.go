@@ -9,7 +9,12 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
 	"net/netip"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -298,5 +303,39 @@ func TestDecompressionBombAborted(t *testing.T) {
 	_, err = s2.Pull(testContext(t), reg.ref("bomb/files:1"), nil)
 	if !errors.Is(err, ErrImageTooLarge) || !strings.Contains(err.Error(), "more than 20 files") {
 		t.Fatalf("many files: %v", err)
+	}
+}
+
+// TestPullRefusesRedirectsToPrivateAddresses: a registry allowed by name
+// that redirects its blobs to another name on loopback (a CDN answer, or
+// a DNS name that rebinds) is refused when the redirect is dialled.
+func TestPullRefusesRedirectsToPrivateAddresses(t *testing.T) {
+	reg := newTestRegistry(t)
+	ref := reg.ref("fence/redirect:1")
+	reg.push(ref, imageOf(t, v1.Config{}, tarLayer(t, file("a", 0o644, "a"))))
+	_, port, _ := net.SplitHostPort(reg.host)
+	hostile := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.Contains(r.URL.Path, "/blobs/") {
+			http.Redirect(w, r, "http://localhost:"+port+r.URL.Path, http.StatusTemporaryRedirect)
+			return
+		}
+		httputil.NewSingleHostReverseProxy(&url.URL{Scheme: "http", Host: reg.host}).ServeHTTP(w, r)
+	}))
+	defer hostile.Close()
+	hostileHost := strings.TrimPrefix(hostile.URL, "http://")
+
+	s, err := NewStore(t.TempDir(), WithLogger(slog.New(slog.DiscardHandler)), WithRetries(3, 0),
+		WithDefaultRegistryPolicy(RegistryPolicy{AlsoAllowed: []string{hostileHost}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	reg.resetCounts()
+	_, err = s.Pull(testContext(t), hostileHost+"/fence/redirect:1", nil)
+	if !errors.Is(err, ErrRegistryNotAllowed) || errors.Is(err, ErrRegistryUnreachable) || !strings.Contains(err.Error(), "localhost:"+port+" resolves to") {
+		t.Fatalf("pull redirected to loopback: %v", err)
+	}
+	if n := reg.totalBlobGets(); n != 0 {
+		t.Fatalf("the redirect target served %d blobs", n)
 	}
 }

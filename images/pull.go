@@ -679,6 +679,9 @@ const (
 
 // classify tells what a registry error means for the caller.
 func classify(err error) errKind {
+	if errors.Is(err, ErrRegistryNotAllowed) {
+		return kindFatal // refused by the policy at the dial: never retried
+	}
 	var te *transport.Error
 	if errors.As(err, &te) {
 		for _, d := range te.Errors {
