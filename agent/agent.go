@@ -57,6 +57,17 @@ type Config struct {
 	DockerConfig string
 	// InsecureRegistries are spoken to over plain HTTP (loopback always is).
 	InsecureRegistries []string
+	// AllowedRegistries may be pulled from whatever their address (host,
+	// host:port or *.domain; -allow-registry). Others must be at public
+	// addresses: the agent never pulls from loopback, private, link-local,
+	// unspecified or multicast addresses unless they are listed here.
+	AllowedRegistries []string
+	// AllowLoopbackRegistries also allows registries on loopback
+	// addresses (corral dev, tests).
+	AllowLoopbackRegistries bool
+	// MaxImageSize bounds the files of one unpacked image, in bytes
+	// (-max-image-size; default images.DefaultMaxImageSize).
+	MaxImageSize int64
 	// Capacity overrides fingerprinted slots (e.g. to reserve some for the host).
 	Capacity structs.Slots
 	// Logger receives structured logs; LogOutput the logs of serf and memberlist.
@@ -185,6 +196,14 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if len(cfg.InsecureRegistries) > 0 {
 		imgOpts = append(imgOpts, images.WithInsecureRegistries(cfg.InsecureRegistries...))
+	}
+	imgOpts = append(imgOpts, images.WithDefaultRegistryPolicy(images.RegistryPolicy{
+		AlsoAllowed:   slices.Clone(cfg.AllowedRegistries),
+		AllowLoopback: cfg.AllowLoopbackRegistries,
+		Hint:          "an agent pulls only from registries at public addresses unless it is started with -allow-registry HOST[:PORT]",
+	}))
+	if cfg.MaxImageSize != 0 {
+		imgOpts = append(imgOpts, images.WithUnpackLimits(cfg.MaxImageSize, images.DefaultMaxImageFiles))
 	}
 	if a.images, err = images.NewStore(filepath.Join(cfg.DataDir, "images"), imgOpts...); err != nil {
 		return nil, fmt.Errorf("agent: image store: %w", err)

@@ -49,7 +49,7 @@ func (r *kernelRunner) pullImage(ctx context.Context, cfg *drivers.TaskConfig) e
 }
 
 func imageInfo(img *images.Image) *rpc.ImageInfo {
-	return &rpc.ImageInfo{Ref: img.Ref, Digest: img.Digest, Size: img.Size, PulledAt: img.PulledAt}
+	return &rpc.ImageInfo{Ref: img.Ref, Digest: img.Digest, Size: img.Size, UnpackedSize: img.UnpackedSize, PulledAt: img.PulledAt}
 }
 
 // ImageList lists the agent's cached images.
@@ -77,6 +77,10 @@ func (s *agentService) ImagePull(ctx context.Context, req *rpc.ImagePullRequest)
 		return nil, status.Error(codes.NotFound, err.Error())
 	case errors.Is(err, images.ErrRegistryUnreachable):
 		return nil, status.Error(codes.Unavailable, err.Error())
+	case errors.Is(err, images.ErrRegistryNotAllowed):
+		return nil, status.Error(codes.PermissionDenied, err.Error())
+	case errors.Is(err, images.ErrImageTooLarge):
+		return nil, status.Error(codes.ResourceExhausted, err.Error())
 	}
 	return nil, status.Error(codes.Internal, err.Error())
 }

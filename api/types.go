@@ -124,12 +124,15 @@ type ErrorResponse struct {
 
 // AgentImage is one image cached on one agent: an entry of GET /v1/images.
 type AgentImage struct {
-	AgentID   string    `json:"agent_id"`
-	AgentName string    `json:"agent_name"`
-	Ref       string    `json:"ref"`
-	Digest    string    `json:"digest"`
-	Size      int64     `json:"size"`
-	PulledAt  time.Time `json:"pulled_at"`
+	AgentID   string `json:"agent_id"`
+	AgentName string `json:"agent_name"`
+	Ref       string `json:"ref"`
+	Digest    string `json:"digest"`
+	Size      int64  `json:"size"`
+	// UnpackedSize is the size of the image's files on the agent (0: not
+	// counted, by an agent older than this field).
+	UnpackedSize int64     `json:"unpacked_size,omitempty"`
+	PulledAt     time.Time `json:"pulled_at"`
 }
 
 // ImagePullRequest is the body of POST /v1/images/pull: warm an agent's cache.

@@ -134,18 +134,20 @@ func testAgentRestart(t *testing.T, sig string, away time.Duration) {
 	drivers := map[string][]string{"exec": {"-driver", "exec"}}
 	why := runcUnavailable()
 	runc := why == ""
+	var allow []string // the registry is on loopback: server and agent allow it
 	if runc {
 		ref := startRegistry(t, busyboxImage(t), "corral/busybox:1")
 		drivers["runc"] = []string{"-driver", "runc", "-image", ref}
+		allow = []string{"-allow-registry", strings.SplitN(ref, "/", 2)[0]}
 	} else {
 		t.Logf("exec kernels only: %s", why)
 	}
 	ports := serverPorts{http: freePort(t), rpc: freePort(t), serf: freePort(t)}
 	addr := "http://" + ports.http
-	startServerProc(t, t.TempDir(), ports)
+	startServerProc(t, t.TempDir(), ports, allow...)
 	agentDir := t.TempDir()
 	reapKernels(t, agentDir)
-	agentArgs := []string{"agent", "-data-dir", agentDir, "-rpc", freePort(t), "-serf", freePort(t), "-join", ports.serf, "-fast-gossip"}
+	agentArgs := append([]string{"agent", "-data-dir", agentDir, "-rpc", freePort(t), "-serf", freePort(t), "-join", ports.serf, "-fast-gossip"}, allow...)
 	agent := start(t, "agent", agentArgs...)
 	agentAlive(t, addr)
 	if runc {

@@ -113,7 +113,7 @@ func newOvCluster(t *testing.T) *ovCluster {
 	sip := oc.server.IP.String()
 	srv := ovStart(t, oc.server, "server", "server", "-name", "server1", "-data-dir", filepath.Join(b.Dir(), "server"),
 		"-http", net.JoinHostPort(sip, ovHTTPPort), "-rpc", net.JoinHostPort(sip, ovServerRPCPort),
-		"-serf", net.JoinHostPort(sip, ovServerSerf), "-fast-gossip")
+		"-serf", net.JoinHostPort(sip, ovServerSerf), "-fast-gossip", "-allow-registry", regHost)
 	var tok string
 	eventually(t, 20*time.Second, "server prints the admin token", func() error {
 		for _, line := range strings.Split(srv.output(), "\n") {
@@ -142,7 +142,7 @@ func newOvCluster(t *testing.T) *ovCluster {
 		ovStart(t, h, fmt.Sprintf("agent%d", i+1), "agent", "-name", fmt.Sprintf("agent%d", i+1), "-data-dir", dir,
 			"-join", net.JoinHostPort(sip, ovServerSerf), "-rpc", net.JoinHostPort(ip, ovAgentRPCPort),
 			"-serf", net.JoinHostPort(ip, ovAgentSerf), "-cpu", "2", "-mem", "1G",
-			"-insecure-registry", regHost, "-fast-gossip")
+			"-insecure-registry", regHost, "-allow-registry", regHost, "-fast-gossip")
 	}
 	eventually(t, 30*time.Second, "3 agents ALIVE with runc", func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

@@ -106,10 +106,13 @@ func TestRuncSessionsFromARegistry(t *testing.T) {
 	ref := startRegistry(t, busyboxImage(t), "corral/busybox:1")
 	ports := serverPorts{http: freePort(t), rpc: freePort(t), serf: freePort(t)}
 	addr := "http://" + ports.http
-	startServerProc(t, t.TempDir(), ports)
+	// The registry is on loopback: server and agent must both allow it.
+	regHost := strings.SplitN(ref, "/", 2)[0]
+	startServerProc(t, t.TempDir(), ports, "-allow-registry", regHost)
 	agentDir := t.TempDir()
 	reapKernels(t, agentDir)
-	start(t, "agent", "agent", "-data-dir", agentDir, "-rpc", freePort(t), "-serf", freePort(t), "-join", ports.serf, "-fast-gossip")
+	start(t, "agent", "agent", "-data-dir", agentDir, "-rpc", freePort(t), "-serf", freePort(t), "-join", ports.serf, "-fast-gossip",
+		"-allow-registry", regHost)
 	agentAlive(t, addr)
 	agentRunsRunc(t, addr)
 

@@ -268,7 +268,8 @@ func newTestStore(t testing.TB, dir string, opts ...Option) *Store {
 	if dir == "" {
 		dir = t.TempDir()
 	}
-	opts = append([]Option{WithRetries(3, time.Millisecond), WithLogger(slog.New(slog.DiscardHandler))}, opts...)
+	opts = append([]Option{WithRetries(3, time.Millisecond), WithLogger(slog.New(slog.DiscardHandler)),
+		WithDefaultRegistryPolicy(RegistryPolicy{AllowLoopback: true})}, opts...)
 	s, err := NewStore(dir, opts...)
 	if err != nil {
 		t.Fatal(err)

@@ -51,6 +51,10 @@ func (s *Store) Pull(ctx context.Context, ref string, progress func(Progress)) (
 		return nil, err
 	}
 	key := r.Name()
+	// Each caller's policy, before it may share another caller's flight.
+	if err := s.policyFor(ctx).Check(ctx, r.Context().RegistryStr()); err != nil {
+		return nil, fmt.Errorf("pull %s: %w", key, err)
+	}
 	if _, ok := r.(name.Digest); ok {
 		s.mu.Lock()
 		rec := s.lookupLocked(r)
@@ -316,22 +320,44 @@ func (s *Store) pull(ctx context.Context, key string, ref name.Reference, emit f
 	}
 
 	s.pin(pins...)
-	defer s.unpin(pins...)
-	unlock, err := s.locks.lock(ctx, "rootfs/"+imgHex)
+	defer func() { s.unpin(pins...) }()
+	unlockRootFS, err := s.locks.lock(ctx, "rootfs/"+imgHex)
 	if err != nil {
 		return fail(err)
 	}
+	var once sync.Once
+	unlock := func() { once.Do(unlockRootFS) }
 	defer unlock()
 	if s.hasRootFS(rec.Digest) {
 		log.Debug("image already unpacked", "digest", rec.Digest)
+		s.mu.Lock()
+		for _, other := range s.images {
+			if other.Digest == rec.Digest {
+				rec.Unpacked = max(rec.Unpacked, other.Unpacked)
+			}
+		}
+		s.mu.Unlock()
 		emit(Progress{Ref: key, Digest: rec.Digest, BytesDone: rec.Size, BytesTotal: rec.Size, Layer: len(layers), Layers: len(layers)})
 	} else {
 		start := time.Now()
 		tr := newTracker(key, layers, emit)
-		if err := s.build(ctx, log, ref.Context(), layers, diffIDs, imgHex, tr); err != nil {
+		unpacked, err := s.build(ctx, log, ref.Context(), layers, diffIDs, imgHex, tr)
+		if errors.Is(err, ErrImageTooLarge) {
+			// Nothing of it is kept: neither the partial root filesystem
+			// (removed by build) nor blobs no other image uses.
+			unlock()
+			s.unpin(pins...)
+			pins = nil
+			if cerr := s.collectBlobs(rec.Layers); cerr != nil {
+				log.Warn("cannot remove the blobs of a refused image", "error", cerr)
+			}
+			return nil, err
+		}
+		if err != nil {
 			return fail(err)
 		}
-		log.Info("pulled image", "digest", rec.Digest, "layers", len(layers), "bytes", rec.Size,
+		rec.Unpacked = unpacked
+		log.Info("pulled image", "digest", rec.Digest, "layers", len(layers), "bytes", rec.Size, "unpacked_bytes", unpacked,
 			"downloaded", tr.downloaded(), "duration", time.Since(start).Round(time.Millisecond))
 	}
 
@@ -358,10 +384,10 @@ func (s *Store) pull(ctx context.Context, key string, ref name.Reference, emit f
 // build downloads the layers (a few at a time) and unpacks them in order,
 // each as soon as it is in the cache, into a staging directory renamed to
 // the image's root filesystem once complete.
-func (s *Store) build(ctx context.Context, log *slog.Logger, repo name.Repository, layers []v1.Descriptor, diffIDs []v1.Hash, imgHex string, tr *tracker) error {
+func (s *Store) build(ctx context.Context, log *slog.Logger, repo name.Repository, layers []v1.Descriptor, diffIDs []v1.Hash, imgHex string, tr *tracker) (int64, error) {
 	stage, err := os.MkdirTemp(s.tmpDir(), "rootfs-")
 	if err != nil {
-		return err
+		return 0, err
 	}
 	complete := false
 	defer func() {
@@ -370,7 +396,7 @@ func (s *Store) build(ctx context.Context, log *slog.Logger, repo name.Repositor
 		}
 	}()
 	if err := os.Chmod(stage, 0o755); err != nil {
-		return err
+		return 0, err
 	}
 
 	ctx, cancel := context.WithCancel(ctx)
@@ -402,9 +428,9 @@ func (s *Store) build(ctx context.Context, log *slog.Logger, repo name.Repositor
 		}
 	}()
 
-	u, err := newUnpacker(stage, log)
+	u, err := newUnpacker(stage, log, unpackLimits{ref: tr.ref, maxBytes: s.opts.maxBytes, maxFiles: s.opts.maxFiles})
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer u.Close()
 	for i, l := range layers {
@@ -414,24 +440,28 @@ func (s *Store) build(ctx context.Context, log *slog.Logger, repo name.Repositor
 			err = ctx.Err()
 		}
 		if err != nil {
-			return err
+			return 0, err
 		}
 		log.Debug("unpacking layer", "layer", i+1, "layers", len(layers), "digest", l.Digest.String())
 		if err := s.unpackLayer(ctx, u, l, diffIDs[i]); err != nil {
-			return fmt.Errorf("layer %d of %d (%s): %w", i+1, len(layers), l.Digest, err)
+			if errors.Is(err, ErrImageTooLarge) {
+				log.Warn("image too large; removing what was unpacked", "layer", i+1, "bytes", u.bytes, "files", u.files, "error", err)
+				return 0, err
+			}
+			return 0, fmt.Errorf("layer %d of %d (%s): %w", i+1, len(layers), l.Digest, err)
 		}
 	}
 	tr.finish()
 
 	// Make the tree durable before it becomes visible under its final name.
 	if err := syncFS(stage); err != nil {
-		return err
+		return 0, err
 	}
 	if err := os.Rename(stage, s.rootfsPath(imgHex)); err != nil {
-		return err
+		return 0, err
 	}
 	complete = true
-	return syncDir(s.rootfsDir())
+	return u.bytes, syncDir(s.rootfsDir())
 }
 
 func syncFS(dir string) error {
@@ -649,6 +679,9 @@ const (
 
 // classify tells what a registry error means for the caller.
 func classify(err error) errKind {
+	if errors.Is(err, ErrRegistryNotAllowed) {
+		return kindFatal // refused by the policy at the dial: never retried
+	}
 	var te *transport.Error
 	if errors.As(err, &te) {
 		for _, d := range te.Errors {

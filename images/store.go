@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -41,8 +42,11 @@ type Image struct {
 	// of the platform chosen from it).
 	Digest string `json:"digest"`
 	// Size is the total size of the compressed layers, in bytes.
-	Size   int64       `json:"size"`
-	Config ImageConfig `json:"config"`
+	Size int64 `json:"size"`
+	// UnpackedSize is the size of the files of the root filesystem, in
+	// bytes (0 for images pulled by agents that did not count it).
+	UnpackedSize int64       `json:"unpacked_size"`
+	Config       ImageConfig `json:"config"`
 	// RootFS is the unpacked root filesystem, shared by every kernel that
 	// uses the image: callers must treat it as read-only (mount an overlay
 	// or copy it).
@@ -91,6 +95,50 @@ type options struct {
 	insecure     map[string]bool
 	platform     v1.Platform
 	jobs         int
+	policy       RegistryPolicy
+	maxBytes     int64
+	maxFiles     int
+}
+
+// Default limits of an unpacked image (see WithUnpackLimits).
+const (
+	DefaultMaxImageSize  = 50 << 30
+	DefaultMaxImageFiles = 1_000_000
+)
+
+// WithDefaultRegistryPolicy sets the registry policy of pulls whose
+// context carries none (see WithRegistryPolicy). The default allows
+// registries at public addresses only. Its AllowLoopback, AlsoAllowed and
+// Hint apply to every pull.
+func WithDefaultRegistryPolicy(p RegistryPolicy) Option {
+	return func(o *options) error {
+		for _, list := range [][]string{p.Allowed, p.AlsoAllowed} {
+			for i, e := range list {
+				n, err := CheckRegistryEntry(e)
+				if err != nil {
+					return err
+				}
+				list[i] = n
+			}
+		}
+		o.policy = p
+		return nil
+	}
+}
+
+// WithUnpackLimits bounds what one image may unpack to: maxBytes of
+// regular file content in all and maxFiles entries (defaults
+// DefaultMaxImageSize and DefaultMaxImageFiles). A pull that would go
+// beyond either fails with ErrImageTooLarge, and its partial root
+// filesystem is removed.
+func WithUnpackLimits(maxBytes int64, maxFiles int) Option {
+	return func(o *options) error {
+		if maxBytes <= 0 || maxFiles <= 0 {
+			return fmt.Errorf("unpack limits must be positive, got %d bytes and %d files", maxBytes, maxFiles)
+		}
+		o.maxBytes, o.maxFiles = maxBytes, maxFiles
+		return nil
+	}
 }
 
 // WithDockerConfig reads registry credentials from a docker config.json
@@ -187,6 +235,7 @@ type record struct {
 	Digest     string      `json:"digest"`
 	RepoDigest string      `json:"repo_digest"` // what the ref resolved to (an index or the manifest)
 	Size       int64       `json:"size"`
+	Unpacked   int64       `json:"unpacked_size,omitempty"`
 	Config     ImageConfig `json:"config"`
 	Layers     []string    `json:"layers"`
 	PulledAt   time.Time   `json:"pulled_at"`
@@ -222,6 +271,8 @@ func NewStore(dir string, opts ...Option) (*Store, error) {
 		insecure: map[string]bool{},
 		platform: v1.Platform{OS: "linux", Architecture: runtime.GOARCH},
 		jobs:     3,
+		maxBytes: DefaultMaxImageSize,
+		maxFiles: DefaultMaxImageFiles,
 	}
 	for _, opt := range opts {
 		if err := opt(&o); err != nil {
@@ -261,7 +312,12 @@ func NewStore(dir string, opts ...Option) (*Store, error) {
 	if err := os.MkdirAll(s.tmpDir(), 0o700); err != nil {
 		return nil, fmt.Errorf("image store: %w", err)
 	}
+	// Every connection to a registry, or to where it redirects, goes
+	// through the registry policy.
+	tr := remote.DefaultTransport.(*http.Transport).Clone()
+	tr.DialContext = s.dialContext
 	popts := []remote.Option{
+		remote.WithTransport(tr),
 		remote.WithPlatform(o.platform),
 		remote.WithUserAgent("corral-agent"),
 		// Retries are ours (bounded, logged, classified): none below.
@@ -404,12 +460,13 @@ func syncDir(dir string) error {
 func (s *Store) image(r *record) *Image {
 	hex, _ := digestHex(r.Digest)
 	return &Image{
-		Ref:      r.Ref,
-		Digest:   r.Digest,
-		Size:     r.Size,
-		Config:   r.Config.clone(),
-		RootFS:   s.rootfsPath(hex),
-		PulledAt: r.PulledAt,
+		Ref:          r.Ref,
+		Digest:       r.Digest,
+		Size:         r.Size,
+		UnpackedSize: r.Unpacked,
+		Config:       r.Config.clone(),
+		RootFS:       s.rootfsPath(hex),
+		PulledAt:     r.PulledAt,
 	}
 }
 

@@ -36,10 +36,45 @@ type unpacker struct {
 	// dirs holds the paths (relative, cleaned) checked to be real
 	// directories; entries are dropped when something is removed.
 	dirs map[string]bool
+
+	lim   unpackLimits
+	bytes int64 // regular file content written, over all layers
+	files int   // entries applied, over all layers
+}
+
+// unpackLimits bounds one image's unpacked root filesystem; ref names the
+// image in errors.
+type unpackLimits struct {
+	ref      string
+	maxBytes int64
+	maxFiles int
+}
+
+// ErrImageTooLarge means an image unpacks to more bytes or files than the
+// store allows (see WithUnpackLimits): a decompression bomb, or an image
+// too large for this agent.
+var ErrImageTooLarge = errors.New("image too large")
+
+// formatSize writes n bytes in the largest binary unit that divides it.
+func formatSize(n int64) string {
+	for _, u := range []struct {
+		name string
+		size int64
+	}{{"TiB", 1 << 40}, {"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}} {
+		if n >= u.size && n%u.size == 0 {
+			return fmt.Sprintf("%d %s", n/u.size, u.name)
+		}
+	}
+	return fmt.Sprintf("%d bytes", n)
+}
+
+func (u *unpacker) tooLarge() error {
+	return fmt.Errorf("%w: image %s unpacks to more than %s (agent -max-image-size); use a smaller image or raise the agent's limit",
+		ErrImageTooLarge, u.lim.ref, formatSize(u.lim.maxBytes))
 }
 
 // newUnpacker opens dir (an empty staging directory) for unpacking.
-func newUnpacker(dir string, log *slog.Logger) (*unpacker, error) {
+func newUnpacker(dir string, log *slog.Logger, lim unpackLimits) (*unpacker, error) {
 	root, err := os.OpenRoot(dir)
 	if err != nil {
 		return nil, err
@@ -50,6 +85,7 @@ func newUnpacker(dir string, log *slog.Logger) (*unpacker, error) {
 		chown: os.Geteuid() == 0,
 		buf:   make([]byte, 1<<20),
 		dirs:  map[string]bool{".": true},
+		lim:   lim,
 	}, nil
 }
 
@@ -110,6 +146,10 @@ func (u *unpacker) apply(ctx context.Context, r io.Reader) error {
 		}
 		if err != nil {
 			return fmt.Errorf("%w: reading tar stream: %v", ErrInvalidLayer, err)
+		}
+		if u.files++; u.lim.maxFiles > 0 && u.files > u.lim.maxFiles {
+			return fmt.Errorf("%w: image %s unpacks to more than %d files; use an image with fewer files",
+				ErrImageTooLarge, u.lim.ref, u.lim.maxFiles)
 		}
 		if err := u.entry(tr, hdr, ls); err != nil {
 			return err
@@ -276,6 +316,10 @@ func (u *unpacker) dir(hdr *tar.Header, p string, ls *layerState) error {
 type writerOnly struct{ io.Writer }
 
 func (u *unpacker) file(tr *tar.Reader, hdr *tar.Header, p string) error {
+	// Refuse a file that cannot fit before writing any of it.
+	if u.lim.maxBytes > 0 && hdr.Size > u.lim.maxBytes-u.bytes {
+		return u.tooLarge()
+	}
 	if _, err := u.parent(hdr.Name, p, true); err != nil {
 		return err
 	}
@@ -291,6 +335,9 @@ func (u *unpacker) file(tr *tar.Reader, hdr *tar.Header, p string) error {
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
+	if errors.Is(err, ErrImageTooLarge) {
+		return err
+	}
 	if err != nil {
 		return fmt.Errorf("unpack %q: %w", hdr.Name, err)
 	}
@@ -302,8 +349,18 @@ func (u *unpacker) file(tr *tar.Reader, hdr *tar.Header, p string) error {
 }
 
 func (u *unpacker) fill(f *os.File, tr *tar.Reader, hdr *tar.Header) error {
-	if _, err := io.CopyBuffer(writerOnly{f}, tr, u.buf); err != nil {
+	// Count what is written, whatever the header said.
+	var r io.Reader = tr
+	if u.lim.maxBytes > 0 {
+		r = io.LimitReader(tr, u.lim.maxBytes-u.bytes+1)
+	}
+	n, err := io.CopyBuffer(writerOnly{f}, r, u.buf)
+	u.bytes += n
+	if err != nil {
 		return err
+	}
+	if u.lim.maxBytes > 0 && u.bytes > u.lim.maxBytes {
+		return u.tooLarge()
 	}
 	if u.chown {
 		if err := f.Chown(hdr.Uid, hdr.Gid); err != nil {

@@ -98,7 +98,7 @@ func TestUnpackRejectsMaliciousLayers(t *testing.T) {
 				t.Fatal(err)
 			}
 			entries = maliciousLayers(outside)[name]
-			u, err := newUnpacker(root, slog.New(slog.DiscardHandler))
+			u, err := newUnpacker(root, slog.New(slog.DiscardHandler), unpackLimits{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -158,7 +158,7 @@ func TestPullRejectsMaliciousLayers(t *testing.T) {
 
 func TestUnpackSafeOddities(t *testing.T) {
 	root := t.TempDir()
-	u, err := newUnpacker(root, slog.New(slog.DiscardHandler))
+	u, err := newUnpacker(root, slog.New(slog.DiscardHandler), unpackLimits{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -75,10 +75,12 @@ type LogsResponse struct {
 
 // ImageInfo describes one image in an agent's cache.
 type ImageInfo struct {
-	Ref      string    `json:"ref"`
-	Digest   string    `json:"digest"`
-	Size     int64     `json:"size"`
-	PulledAt time.Time `json:"pulled_at"`
+	Ref    string `json:"ref"`
+	Digest string `json:"digest"`
+	Size   int64  `json:"size"`
+	// UnpackedSize is the size of the image's files (0: not counted).
+	UnpackedSize int64     `json:"unpacked_size,omitempty"`
+	PulledAt     time.Time `json:"pulled_at"`
 }
 
 // ImageListRequest asks an agent for its cached images.

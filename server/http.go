@@ -488,6 +488,9 @@ func (s *Server) createSession(w http.ResponseWriter, r *http.Request) (any, err
 	if err := s.admit(r.Context(), snap, sess, kernels); err != nil {
 		return nil, err
 	}
+	if err := s.checkRegistries(r.Context(), snap, sess.ResourceGroup, kernels); err != nil {
+		return nil, err
+	}
 	for _, ref := range req.DependsOn {
 		dep, err := resolveSession(r.Context(), nil, snap, ref)
 		if err != nil {
@@ -825,16 +828,52 @@ func (s *Server) listImages(w http.ResponseWriter, r *http.Request) (any, error)
 			return nil, &httpError{code: http.StatusBadGateway, msg: fmt.Sprintf("listing images on agent %s: %s", a.Name, status.Convert(err).Message())}
 		}
 		for _, img := range resp.Images {
-			out = append(out, &api.AgentImage{AgentID: a.ID, AgentName: a.Name, Ref: img.Ref, Digest: img.Digest, Size: img.Size, PulledAt: img.PulledAt})
+			out = append(out, &api.AgentImage{AgentID: a.ID, AgentName: a.Name, Ref: img.Ref, Digest: img.Digest, Size: img.Size, UnpackedSize: img.UnpackedSize, PulledAt: img.PulledAt})
 		}
 	}
 	return out, nil
 }
 
-// pullImage makes one agent pull an image into its cache.
+// registryPolicy is the registry policy of a resource group's sessions.
+func (s *Server) registryPolicy(snap *state.Snapshot, group string) images.RegistryPolicy {
+	p := images.RegistryPolicy{
+		AllowLoopback: s.cfg.AllowLoopbackRegistries,
+		AlsoAllowed:   s.cfg.AllowedRegistries,
+		Hint:          fmt.Sprintf("use an image from an allowed registry, or ask an admin to allow it: corral group update %s -allow-registry HOST[:PORT]", group),
+	}
+	if g, err := snap.Group(group); err == nil {
+		p.Allowed = g.AllowedRegistries
+	}
+	return p
+}
+
+// checkRegistries refuses (403) a session whose kernels' images come from
+// a registry its resource group does not allow. Agents check again (the
+// private-address rule) before they pull, and when they dial.
+func (s *Server) checkRegistries(ctx context.Context, snap *state.Snapshot, group string, kernels []*structs.Kernel) error {
+	p := s.registryPolicy(snap, group)
+	seen := map[string]bool{}
+	for _, k := range kernels {
+		if k.Image == "" || seen[k.Image] {
+			continue
+		}
+		seen[k.Image] = true
+		registry, err := images.RegistryOf(k.Image)
+		if err != nil {
+			return badRequest("%v", err)
+		}
+		if err := p.Check(ctx, registry); err != nil {
+			return &httpError{code: http.StatusForbidden, msg: fmt.Sprintf("image %s: resource group %s: %v", k.Image, group, err)}
+		}
+	}
+	return nil
+}
+
+// pullImage makes one agent pull an image into its cache (admins only:
+// sessions pull through their group's registry allow-list).
 func (s *Server) pullImage(w http.ResponseWriter, r *http.Request) (any, error) {
 	var req api.ImagePullRequest
-	if err := decodeBody(r, &req); err != nil {
+	if err := decodeAdmin(r, &req); err != nil {
 		return nil, err
 	}
 	if _, err := images.ParseReference(req.Ref); err != nil {
@@ -863,11 +902,15 @@ func (s *Server) pullImage(w http.ResponseWriter, r *http.Request) (any, error) 
 			code = http.StatusBadRequest
 		case codes.NotFound:
 			code = http.StatusNotFound
+		case codes.PermissionDenied:
+			code = http.StatusForbidden
+		case codes.ResourceExhausted:
+			code = http.StatusUnprocessableEntity
 		}
 		return nil, &httpError{code: code, msg: fmt.Sprintf("pulling %s on agent %s: %s", req.Ref, a.Name, st.Message())}
 	}
 	img := resp.Image
-	return &api.AgentImage{AgentID: a.ID, AgentName: a.Name, Ref: img.Ref, Digest: img.Digest, Size: img.Size, PulledAt: img.PulledAt}, nil
+	return &api.AgentImage{AgentID: a.ID, AgentName: a.Name, Ref: img.Ref, Digest: img.Digest, Size: img.Size, UnpackedSize: img.UnpackedSize, PulledAt: img.PulledAt}, nil
 }
 
 // sessionStats samples the running kernels of a session on their agents.

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/corral-dev/corral/api"
+	"github.com/corral-dev/corral/images"
 	"github.com/corral-dev/corral/structs"
 )
 
@@ -287,6 +288,13 @@ func (s *Server) upsertGroup(w http.ResponseWriter, r *http.Request) (any, error
 	}
 	if err := checkSlotLimits(g.TotalResourceSlots, true); err != nil {
 		return nil, err
+	}
+	for i, e := range g.AllowedRegistries {
+		n, err := images.CheckRegistryEntry(e)
+		if err != nil {
+			return nil, badRequest("allowed_registries: %v", err)
+		}
+		g.AllowedRegistries[i] = n
 	}
 	if err := s.applyConfig(&structs.ConfigUpsertRequest{Groups: []*structs.ResourceGroup{&g}}); err != nil {
 		return nil, err

@@ -25,6 +25,7 @@ import (
 	"github.com/hashicorp/serf/serf"
 	"google.golang.org/grpc"
 
+	"github.com/corral-dev/corral/images"
 	"github.com/corral-dev/corral/rpc"
 	"github.com/corral-dev/corral/rpc/tlsutil"
 	"github.com/corral-dev/corral/server/state"
@@ -83,6 +84,14 @@ type Config struct {
 	// the state before the leader collects them (0: DefaultGCRetention;
 	// negative: never).
 	GCRetention time.Duration
+	// AllowLoopbackRegistries lets sessions of groups without an
+	// allow-list pull from registries on loopback addresses (corral dev,
+	// tests); by default only registries at public addresses are allowed.
+	AllowLoopbackRegistries bool
+	// AllowedRegistries are allowed to the sessions of every group, in
+	// addition to the group's own list (host, host:port or *.domain;
+	// -allow-registry): e.g. a registry on the cluster's private network.
+	AllowedRegistries []string
 }
 
 func (c *Config) setDefaults() error {
@@ -116,6 +125,13 @@ func (c *Config) setDefaults() error {
 	}
 	if c.LogOutput == nil {
 		c.LogOutput = os.Stderr
+	}
+	for i, e := range c.AllowedRegistries {
+		n, err := images.CheckRegistryEntry(e)
+		if err != nil {
+			return fmt.Errorf("server: -allow-registry: %w", err)
+		}
+		c.AllowedRegistries[i] = n
 	}
 	if c.DefaultResources == nil {
 		c.DefaultResources = structs.Slots{structs.SlotCPU: structs.Whole(1), structs.SlotMem: structs.Whole(256 << 20)}

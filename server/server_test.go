@@ -61,6 +61,8 @@ func startServerCfg(t *testing.T, dir string, mod func(*server.Config)) *server.
 		OnBootstrapToken: func(tok string) { tokens.Store(dir, tok) },
 		NodeName:         "test-server", DataDir: dir, HTTPAddr: "127.0.0.1:0", RPCAddr: "127.0.0.1:0",
 		SerfAddr: "127.0.0.1:0", Logger: testLogger(t), LogOutput: io.Discard, FastGossip: true,
+		// Tests serve images from registries on 127.0.0.1, as corral dev may.
+		AllowLoopbackRegistries: true,
 	}
 	mod(&cfg)
 	srv, err := server.New(cfg)
@@ -112,7 +114,7 @@ func startAgentCfg(t *testing.T, dir, join string, capacity structs.Slots, d dri
 	cfg := agent.Config{
 		Name: fmt.Sprintf("test-agent-%d", agentSeq.Add(1)), DataDir: dir, RPCAddr: "127.0.0.1:0", SerfAddr: "127.0.0.1:0", Join: []string{join},
 		Drivers: []drivers.Driver{d}, Capacity: capacity,
-		Logger: testLogger(t), LogOutput: io.Discard, FastGossip: true,
+		Logger: testLogger(t), LogOutput: io.Discard, FastGossip: true, AllowLoopbackRegistries: true,
 	}
 	for _, mod := range mods {
 		mod(&cfg)

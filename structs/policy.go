@@ -32,9 +32,15 @@ type ResourceGroup struct {
 	// TotalResourceSlots caps what all sessions of the group hold at once
 	// (per slot; absent or zero: no cap), e.g. to keep headroom on shared
 	// nodes or to share a group between teams by policy.
-	TotalResourceSlots Slots  `json:"total_resource_slots,omitempty"`
-	CreateIndex        uint64 `json:"create_index"`
-	ModifyIndex        uint64 `json:"modify_index"`
+	TotalResourceSlots Slots `json:"total_resource_slots,omitempty"`
+	// AllowedRegistries lists the registries sessions of the group may
+	// pull images from: host, host:port or *.domain. Empty: any registry
+	// at public addresses (never loopback, private, link-local,
+	// unspecified or multicast ones); a registry named exactly here is
+	// allowed whatever its address.
+	AllowedRegistries []string `json:"allowed_registries,omitempty"`
+	CreateIndex       uint64   `json:"create_index"`
+	ModifyIndex       uint64   `json:"modify_index"`
 }
 
 // DefaultResourcePriority compares agents by GPUs first, then CPU, then memory.

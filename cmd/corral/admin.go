@@ -258,6 +258,8 @@ func groupFlags(f *flagSet) (*structs.ResourceGroup, *csvFlag) {
 	f.StringVar(&g.AgentSelector, "agent-selector", "", "concentrated, dispersed or roundrobin (default dispersed)")
 	prio := &csvFlag{}
 	f.Var(prio, "resource-priority", "slot order for comparing agents, e.g. cuda.device,cpu,mem")
+	f.Var((*listFlag)(&g.AllowedRegistries), "allow-registry",
+		"registry host[:port] or *.domain the group's sessions may pull images from (repeatable; default: any registry at a public address)")
 	return g, prio
 }
 
@@ -309,6 +311,9 @@ func (c *cli) groupSave(ctx context.Context, args []string, update bool) error {
 			if !set["resource-priority"] {
 				g.ResourcePriority = cur.ResourcePriority
 			}
+			if !set["allow-registry"] {
+				g.AllowedRegistries = cur.AllowedRegistries
+			}
 			for flagName, slot := range map[string]string{"total-cpu": structs.SlotCPU, "total-mem": structs.SlotMem} {
 				if !set[flagName] {
 					if q, ok := cur.TotalResourceSlots[slot]; ok {
@@ -333,9 +338,13 @@ func (c *cli) groupSave(ctx context.Context, args []string, update bool) error {
 
 func (c *cli) groupList(ctx context.Context, args []string) error {
 	return listCommand(c, ctx, args, "group list", "List resource groups and their scheduler configuration.", (*api.Client).ListGroups,
-		"NAME\tSESSION SELECTOR\tRETRIES TO SKIP\tAGENT SELECTOR\tRESOURCE PRIORITY\tTOTAL LIMIT", func(g *structs.ResourceGroup) string {
-			return fmt.Sprintf("%s\t%s\t%d\t%s\t%s\t%s", g.Name, g.SessionSelector, g.NumRetriesToSkip, g.AgentSelector,
-				dash(strings.Join(g.ResourcePriority, ",")), dash(g.TotalResourceSlots.String()))
+		"NAME\tSESSION SELECTOR\tRETRIES TO SKIP\tAGENT SELECTOR\tRESOURCE PRIORITY\tTOTAL LIMIT\tREGISTRIES", func(g *structs.ResourceGroup) string {
+			registries := strings.Join(g.AllowedRegistries, ",")
+			if registries == "" {
+				registries = "public"
+			}
+			return fmt.Sprintf("%s\t%s\t%d\t%s\t%s\t%s\t%s", g.Name, g.SessionSelector, g.NumRetriesToSkip, g.AgentSelector,
+				dash(strings.Join(g.ResourcePriority, ",")), dash(g.TotalResourceSlots.String()), registries)
 		})
 }
 

@@ -53,6 +53,9 @@ type daemonFlags struct {
 	group, cpu, mem, logLevel, pluginDir                      string
 	join                                                      listFlag
 	insecureRegistries                                        listFlag
+	allowedRegistries                                         listFlag
+	maxImageSize                                              string
+	maxImageBytes                                             int64
 	bootstrapExpect                                           int
 	agentLostAfter, heartbeatTTL                              time.Duration
 	httpTLS                                                   bool
@@ -111,7 +114,13 @@ func parseDaemonFlags(role string, args []string) (*daemonFlags, error) {
 		fs.StringVar(&f.mem, "mem", "", "override the fingerprinted memory capacity (e.g. 8G)")
 		fs.StringVar(&f.pluginDir, "plugin-dir", "", "directory of external driver plugins (executables launched through go-plugin)")
 		fs.Var(&f.insecureRegistries, "insecure-registry", "registry host[:port] spoken to over plain HTTP (repeatable; loopback always is)")
+		fs.StringVar(&f.maxImageSize, "max-image-size", "50G", "largest unpacked image (its files in all); a pull beyond it fails")
 	}
+	allowHelp := "registry host[:port] or *.domain that images may be pulled from although it is not at a public address (repeatable)"
+	if role == "dev" {
+		allowHelp += "; loopback registries are allowed in dev"
+	}
+	fs.Var(&f.allowedRegistries, "allow-registry", allowHelp)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fs.SetOutput(os.Stdout)
@@ -130,6 +139,13 @@ func parseDaemonFlags(role string, args []string) (*daemonFlags, error) {
 	}
 	if f.httpTLS && f.sec.tlsCA == "" {
 		return nil, errors.New("-tls-http needs -tls-ca, -tls-cert and -tls-key")
+	}
+	if f.maxImageSize != "" {
+		q, err := structs.ParseBytes(f.maxImageSize)
+		if err != nil || q <= 0 {
+			return nil, fmt.Errorf("-max-image-size %q: want a positive size such as 50G or 500M", f.maxImageSize)
+		}
+		f.maxImageBytes = int64(q / structs.QuantityScale)
 	}
 	if f.agentLostAfter < 0 || f.heartbeatTTL < 0 {
 		return nil, errors.New("-agent-lost-after and -heartbeat-ttl must not be negative")
@@ -224,7 +240,8 @@ func runDaemon(role string, args []string) int {
 			BootstrapExpect: f.bootstrapExpect, GRPC: shared, Logger: logger, LogOutput: libLog,
 			FastGossip: f.fastGossip, GossipKey: gossipKey, Security: security, HTTPTLS: f.httpTLS,
 			AgentLostAfter: f.agentLostAfter, HeartbeatTTL: f.heartbeatTTL, OnBootstrapToken: func(token string) { announceToken(role, token, logger) },
-			GCRetention: f.gcRetention,
+			GCRetention:       f.gcRetention,
+			AllowedRegistries: f.allowedRegistries, AllowLoopbackRegistries: role == "dev",
 		})
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "Error: %v\n", err)
@@ -249,8 +266,10 @@ func runDaemon(role string, args []string) int {
 			RPCAddr: f.rpcAddr, SerfAddr: f.serfAddr, Join: f.join, Drivers: drvs,
 			Capacity: capacity, Logger: logger, LogOutput: libLog, FastGossip: f.fastGossip,
 			InsecureRegistries: f.insecureRegistries, GossipKey: gossipKey, Security: security,
-			GCRetention: f.gcRetention,
+			GCRetention:       f.gcRetention,
+			AllowedRegistries: f.allowedRegistries, AllowLoopbackRegistries: role == "dev",
 		}
+		cfg.MaxImageSize = f.maxImageBytes
 		if role == "dev" {
 			cfg.RPCAddr = srv.RPCAddr()
 			cfg.SerfAddr = f.agentSerfAddr

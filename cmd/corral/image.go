@@ -52,19 +52,24 @@ func (c *cli) imagePull(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(c.stdout, "pulled %s on %s: %s (%s)\n", img.Ref, img.AgentName, img.Digest, structs.FormatBytes(structs.Whole(img.Size)))
+	fmt.Fprintf(c.stdout, "pulled %s on %s: %s (%s, %s unpacked)\n", img.Ref, img.AgentName, img.Digest,
+		structs.FormatBytes(structs.Whole(img.Size)), structs.FormatBytes(structs.Whole(img.UnpackedSize)))
 	return nil
 }
 
 func renderImages(w io.Writer, imgs []*api.AgentImage, now time.Time) error {
 	tw := newTable(w)
-	fmt.Fprintln(tw, "AGENT\tREF\tDIGEST\tSIZE\tPULLED")
+	fmt.Fprintln(tw, "AGENT\tREF\tDIGEST\tSIZE\tUNPACKED\tPULLED")
 	for _, img := range imgs {
 		digest := img.Digest
 		if len(digest) > 19 {
 			digest = digest[:19]
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s ago\n", dash(img.AgentName), img.Ref, digest, structs.FormatBytes(structs.Whole(img.Size)), since(img.PulledAt, now))
+		unpacked := "-"
+		if img.UnpackedSize > 0 {
+			unpacked = structs.FormatBytes(structs.Whole(img.UnpackedSize))
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s ago\n", dash(img.AgentName), img.Ref, digest, structs.FormatBytes(structs.Whole(img.Size)), unpacked, since(img.PulledAt, now))
 	}
 	return tw.Flush()
 }
