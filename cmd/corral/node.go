@@ -3,6 +3,9 @@ package main
 import (
 	"context"
 	"time"
+
+	"github.com/corral-dev/corral/api"
+	"github.com/corral-dev/corral/structs"
 )
 
 func (c *cli) nodeList(ctx context.Context, args []string) error {
@@ -26,55 +29,39 @@ func (c *cli) nodeList(ctx context.Context, args []string) error {
 
 func (c *cli) nodeStatus(ctx context.Context, args []string) error {
 	f := c.newFlags("node status", "ID [flags]", "Show one agent (by ID, unique ID prefix or name) and each of its resource slots.", true)
-	id, client, err := f.refClient(args, "agent ID, ID prefix or name")
-	if err != nil {
-		return err
-	}
-	a, err := client.GetAgent(ctx, id)
-	if err != nil {
-		return err
-	}
-	if f.json {
-		return printJSON(c.stdout, a)
-	}
-	return renderAgent(c.stdout, a, time.Now())
+	return c.agentCommand(ctx, f, args, (*api.Client).GetAgent)
 }
 
 func (c *cli) nodeDrain(ctx context.Context, args []string) error {
 	f := c.newFlags("node drain", "ID [-force] [flags]", "Stop new placements on an agent; with -force also terminate the kernels it runs.", true)
 	force := f.Bool("force", false, "also terminate the kernels running on the agent")
-	return c.setDrain(ctx, f, args, true, force)
+	return c.agentCommand(ctx, f, args, func(cl *api.Client, ctx context.Context, id string) (*structs.Agent, error) {
+		return cl.DrainAgent(ctx, id, true, *force)
+	})
 }
 
 func (c *cli) nodeEligible(ctx context.Context, args []string) error {
 	f := c.newFlags("node eligible", "ID [flags]", "Let a drained agent take new placements again.", true)
-	return c.setDrain(ctx, f, args, false, new(bool))
+	return c.agentCommand(ctx, f, args, func(cl *api.Client, ctx context.Context, id string) (*structs.Agent, error) {
+		return cl.DrainAgent(ctx, id, false, false)
+	})
 }
 
 func (c *cli) nodeLeave(ctx context.Context, args []string) error {
 	f := c.newFlags("node leave", "ID [flags]", "Give a node up now: the agent is TERMINATED, its kernels end and batch sessions\n"+
 		"with retries are re-queued. Stopping an agent (SIGTERM) never does this: its kernels\n"+
 		"keep running and the next start reattaches them. Stop the agent after leaving.", true)
-	id, client, err := f.refClient(args, "agent ID, ID prefix or name")
-	if err != nil {
-		return err
-	}
-	a, err := client.LeaveAgent(ctx, id)
-	if err != nil {
-		return err
-	}
-	if f.json {
-		return printJSON(c.stdout, a)
-	}
-	return renderAgent(c.stdout, a, time.Now())
+	return c.agentCommand(ctx, f, args, (*api.Client).LeaveAgent)
 }
 
-func (c *cli) setDrain(ctx context.Context, f *flagSet, args []string, drain bool, force *bool) error {
+// agentCommand runs a command on one agent named by ID, prefix or name
+// and prints the agent as the server answered.
+func (c *cli) agentCommand(ctx context.Context, f *flagSet, args []string, call func(*api.Client, context.Context, string) (*structs.Agent, error)) error {
 	id, client, err := f.refClient(args, "agent ID, ID prefix or name")
 	if err != nil {
 		return err
 	}
-	a, err := client.DrainAgent(ctx, id, drain, *force)
+	a, err := call(client, ctx, id)
 	if err != nil {
 		return err
 	}
