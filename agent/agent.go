@@ -268,7 +268,8 @@ func (a *Agent) SerfAddr() string {
 // Shutdown stops the agent without leaving the pool: its kernels keep
 // running and keep their slots, the servers see the agent DISCONNECTED,
 // and the next start with the same data dir reattaches them (within the
-// servers' -agent-lost-after). Leaving is explicit: see Leave.
+// servers' -agent-lost-after). Giving a node up is explicit: corral node
+// leave, or a forced drain.
 func (a *Agent) Shutdown() {
 	a.shutdown.Do(func() {
 		a.cancel()
@@ -287,18 +288,6 @@ func (a *Agent) Shutdown() {
 		}
 		a.overlays.close()
 	})
-}
-
-// Leave gives the node up: it leaves the gossip pool gracefully, so the
-// servers record it TERMINATED and end (or re-queue) its kernels, then
-// stops the agent. Use it to decommission a node, not to upgrade one.
-func (a *Agent) Leave() {
-	if a.serf != nil {
-		if err := a.serf.Leave(); err != nil {
-			a.logger.Warn("leaving the gossip pool failed", "error", err)
-		}
-	}
-	a.Shutdown()
 }
 
 // StopKernels stops every kernel this agent runs (used by `corral dev` on exit).
