@@ -171,6 +171,9 @@ type PolicyRequest struct {
 	MaxKernelsPerSession  int           `json:"max_kernels_per_session,omitempty"`
 	MaxSessionLifetime    string        `json:"max_session_lifetime,omitempty"`
 	IdleTimeout           string        `json:"idle_timeout,omitempty"`
+	// Drivers lists the drivers the keys under the policy may use (empty:
+	// every driver but the admin-only "host").
+	Drivers []string `json:"drivers,omitempty"`
 }
 
 // ApplyPolicyRequest is the body of POST /v1/keys/{key}/policy.

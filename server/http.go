@@ -132,6 +132,8 @@ func errorStatus(err error) (int, string) {
 		return http.StatusNotFound, err.Error()
 	case errors.Is(err, state.ErrAmbiguous):
 		return http.StatusBadRequest, err.Error()
+	case errors.Is(err, state.ErrForbidden):
+		return http.StatusForbidden, err.Error()
 	case errors.Is(err, scheduler.ErrPendingLimit):
 		return http.StatusTooManyRequests, err.Error()
 	case errors.Is(err, ErrNotLeader), errors.Is(err, ErrNotReady):
@@ -218,12 +220,17 @@ func (s *Server) admit(ctx context.Context, snap *state.Snapshot, sess *structs.
 	if !id.key.MayUseGroup(sess.ResourceGroup) {
 		return &httpError{code: http.StatusForbidden, msg: fmt.Sprintf("access key %s may not use resource group %q", id.key.AccessKey, sess.ResourceGroup)}
 	}
-	if id.key.Policy == "" {
-		return nil
+	var pol *structs.ResourcePolicy
+	if id.key.Policy != "" {
+		pol, _ = snap.Policy(id.key.Policy) // a policy deleted after it was applied limits nothing
 	}
-	pol, err := snap.Policy(id.key.Policy)
-	if err != nil {
-		return nil // a policy deleted after it was applied limits nothing
+	for _, k := range kernels {
+		if err := structs.DriverAllowed(id.key, pol, k.Driver); err != nil {
+			return &httpError{code: http.StatusForbidden, msg: fmt.Sprintf("access key %s: %v", id.key.AccessKey, err)}
+		}
+	}
+	if pol == nil {
+		return nil
 	}
 	if pol.MaxKernelsPerSession > 0 && len(kernels) > pol.MaxKernelsPerSession {
 		return badRequest("session has %d kernels; policy %s allows %d per session", len(kernels), pol.Name, pol.MaxKernelsPerSession)

@@ -237,8 +237,14 @@ func (s *Server) createPolicy(w http.ResponseWriter, r *http.Request) (any, erro
 	if err != nil {
 		return nil, err
 	}
+	for _, d := range req.Drivers {
+		if !nameRe.MatchString(d) {
+			return nil, badRequest("invalid driver name %q in drivers", d)
+		}
+	}
 	p := &structs.ResourcePolicy{Name: req.Name, MaxConcurrentSessions: req.MaxConcurrentSessions, MaxPendingSessions: req.MaxPendingSessions,
-		TotalResourceSlots: req.TotalResourceSlots, MaxKernelsPerSession: req.MaxKernelsPerSession, MaxSessionLifetime: life, IdleTimeout: idle}
+		TotalResourceSlots: req.TotalResourceSlots, MaxKernelsPerSession: req.MaxKernelsPerSession, MaxSessionLifetime: life, IdleTimeout: idle,
+		Drivers: req.Drivers}
 	if err := s.applyConfig(&structs.ConfigUpsertRequest{Policies: []*structs.ResourcePolicy{p}}); err != nil {
 		return nil, err
 	}

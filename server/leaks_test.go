@@ -115,3 +115,43 @@ func TestNoCrossUserLeaks(t *testing.T) {
 		}
 	}
 }
+
+// TestPolicyDrivers: a policy lists the drivers its keys may use, and the
+// admin-only host driver is refused to every other key, with 403 and the
+// reason.
+func TestPolicyDrivers(t *testing.T) {
+	c := startCluster(t, structs.Slots{structs.SlotCPU: structs.Whole(2)})
+	ctx := context.Background()
+	if p, err := c.client.CreatePolicy(ctx, &api.PolicyRequest{Name: "containers", Drivers: []string{"runc"}}); err != nil || len(p.Drivers) != 1 || p.Drivers[0] != "runc" {
+		t.Fatalf("policy: %+v %v", p, err)
+	}
+	for _, u := range []struct{ user, policy string }{{"carol", "containers"}, {"dave", ""}} {
+		if _, err := c.client.CreateUser(ctx, &api.CreateUserRequest{Name: u.user}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	keyOf := func(user, policy string) *api.Client {
+		k, err := c.client.CreateKey(ctx, &api.CreateKeyRequest{User: user, Policy: policy})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cl, _ := api.NewClient(c.addr)
+		cl.SetToken(k.Token)
+		return cl
+	}
+	carol, dave := keyOf("carol", "containers"), keyOf("dave", "")
+	_, err := carol.CreateSession(ctx, &api.CreateSessionRequest{Driver: "exec", Command: []string{"true"}})
+	if apiStatus(err) != http.StatusForbidden || !strings.Contains(err.Error(), `driver "exec" is not allowed by policy containers (allowed: runc)`) {
+		t.Fatalf("exec under a runc-only policy: %v", err)
+	}
+	// Without a policy every driver but the admin-only ones.
+	if _, err := dave.CreateSession(ctx, &api.CreateSessionRequest{Driver: "exec", Command: []string{"true"}}); err != nil {
+		t.Fatalf("exec without a policy: %v", err)
+	}
+	if err := structs.DriverAllowed(&structs.AccessKey{User: "dave"}, nil, "host"); err == nil || !strings.Contains(err.Error(), "admin keys only") {
+		t.Fatalf("host driver for a user: %v", err)
+	}
+	if err := structs.DriverAllowed(&structs.AccessKey{User: "root", Admin: true}, &structs.ResourcePolicy{Drivers: []string{"runc"}}, "host"); err != nil {
+		t.Fatalf("host driver for an admin: %v", err)
+	}
+}

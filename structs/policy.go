@@ -1,6 +1,10 @@
 package structs
 
-import "time"
+import (
+	"fmt"
+	"strings"
+	"time"
+)
 
 // Session selectors: which pending session of a resource group goes next.
 const (
@@ -56,6 +60,36 @@ type ResourcePolicy struct {
 	MaxKernelsPerSession  int           `json:"max_kernels_per_session,omitempty"`
 	MaxSessionLifetime    time.Duration `json:"max_session_lifetime,omitempty"`
 	IdleTimeout           time.Duration `json:"idle_timeout,omitempty"`
+	// Drivers lists the drivers the key's sessions may use (empty: every
+	// driver but the admin-only ones).
+	Drivers []string `json:"drivers,omitempty"`
+}
+
+// AdminOnlyDrivers run kernels with host privileges (as root in the
+// host's namespaces): only admin keys may use them, whatever a policy
+// lists.
+var AdminOnlyDrivers = []string{"host"}
+
+// DriverAllowed says why a key under policy pol (nil: none) may not run
+// kernels with driver, or returns nil when it may.
+func DriverAllowed(key *AccessKey, pol *ResourcePolicy, driver string) error {
+	if key != nil && key.Admin {
+		return nil
+	}
+	for _, d := range AdminOnlyDrivers {
+		if d == driver {
+			return fmt.Errorf("driver %q runs kernels as host root: admin keys only", driver)
+		}
+	}
+	if pol == nil || len(pol.Drivers) == 0 {
+		return nil
+	}
+	for _, d := range pol.Drivers {
+		if d == driver {
+			return nil
+		}
+	}
+	return fmt.Errorf("driver %q is not allowed by policy %s (allowed: %s)", driver, pol.Name, strings.Join(pol.Drivers, ", "))
 }
 
 // KeyUsage is what one access key holds right now: the sessions counted

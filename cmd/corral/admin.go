@@ -170,6 +170,8 @@ func (c *cli) policyCreate(ctx context.Context, args []string) error {
 	cpu := f.String("cpu", "", "total cpu cores of all the key's sessions")
 	mem := f.String("mem", "", "total memory of all the key's sessions, e.g. 64G")
 	gpu := f.String("gpu", "", "total GPUs (cuda.device) of all the key's sessions")
+	drivers := &csvFlag{}
+	f.Var(drivers, "drivers", "drivers the key's sessions may use, comma-separated, e.g. runc,exec (default: all but the admin-only host)")
 	name, err := f.parseRef(args, "policy name")
 	if err != nil {
 		return err
@@ -180,6 +182,7 @@ func (c *cli) policyCreate(ctx context.Context, args []string) error {
 		return err
 	}
 	req.TotalResourceSlots = slots
+	req.Drivers = *drivers
 	client, err := f.client()
 	if err != nil {
 		return err

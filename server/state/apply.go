@@ -176,6 +176,17 @@ func (s *StateStore) EnqueueSession(index uint64, req *structs.SessionEnqueueReq
 	if existing, _ := w.snap().Session(nil, req.Session.ID); existing != nil {
 		return fmt.Errorf("session %s already exists", req.Session.ID)
 	}
+	// The drivers a key may use, checked where the policy in force is the
+	// one of this point of the log (the API checked it too).
+	if req.Session.AccessKey != "" {
+		key, _ := w.snap().Key(req.Session.AccessKey)
+		pol := w.snap().KeyPolicy(req.Session.AccessKey)
+		for _, k := range req.Kernels {
+			if err := structs.DriverAllowed(key, pol, k.Driver); err != nil {
+				return fmt.Errorf("%w: %v", ErrForbidden, err)
+			}
+		}
+	}
 	// max_pending_sessions, checked where concurrent creates are serialized.
 	if pol := w.snap().KeyPolicy(req.Session.AccessKey); pol != nil && pol.MaxPendingSessions > 0 {
 		pending, err := w.snap().Sessions(nil, string(structs.SessionPending))

@@ -21,6 +21,10 @@ var ErrNotFound = errors.New("not found")
 // ErrAmbiguous is returned when a session reference matches several sessions.
 var ErrAmbiguous = errors.New("ambiguous reference")
 
+// ErrForbidden is wrapped by a change the caller's key may not make (a
+// driver its policy does not allow).
+var ErrForbidden = errors.New("forbidden")
+
 // StateStore holds the FSM's tables. Writes happen only from the FSM.
 type StateStore struct {
 	mu      sync.Mutex // guards abandon across restores

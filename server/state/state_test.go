@@ -501,3 +501,39 @@ func TestUpsertAgentDrivers(t *testing.T) {
 		t.Errorf("drivers after all became unhealthy: %v, want none", d)
 	}
 }
+
+// TestEnqueueChecksDrivers: the FSM refuses a session whose driver the
+// key's policy does not list, or an admin-only driver for a user key, as
+// of its point in the log (a policy changed after the API checked wins).
+func TestEnqueueChecksDrivers(t *testing.T) {
+	f := newFixture(t)
+	cfg := &structs.ConfigUpsertRequest{
+		Policies: []*structs.ResourcePolicy{{Name: "containers", Drivers: []string{"runc"}}},
+		Keys: []*structs.AccessKey{{AccessKey: "AKP", SecretHash: "h", User: "u", Policy: "containers"},
+			{AccessKey: "AKU", SecretHash: "h", User: "v"}, {AccessKey: "AKA", SecretHash: "h", User: "root", Admin: true}},
+		Time: t0,
+	}
+	if err := f.s.UpsertConfig(f.next(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	enqueue := func(id, ak, driver string) error {
+		sess := &structs.Session{ID: id, Type: structs.SessionTypeBatch, ResourceGroup: structs.DefaultResourceGroup, AccessKey: ak}
+		k := &structs.Kernel{ID: id + "-k", SessionID: id, Role: "main", Idx: 1, Hostname: "main1", Driver: driver, Command: []string{"true"}, Resources: slots(1, 256)}
+		return f.s.EnqueueSession(f.next(), &structs.SessionEnqueueRequest{Session: sess, Kernels: []*structs.Kernel{k}, Time: t0})
+	}
+	for _, tc := range []struct {
+		id, ak, driver string
+		ok             bool
+	}{
+		{"s1", "AKP", "exec", false}, {"s2", "AKP", "runc", true},
+		{"s3", "AKU", "host", false}, {"s4", "AKU", "exec", true}, {"s5", "AKA", "host", true},
+	} {
+		err := enqueue(tc.id, tc.ak, tc.driver)
+		if tc.ok != (err == nil) || (err != nil && !errors.Is(err, ErrForbidden)) {
+			t.Errorf("%s with key %s and driver %s: %v (want allowed=%v)", tc.id, tc.ak, tc.driver, err, tc.ok)
+		}
+	}
+	if n := f.sessionCount(); n != 3 {
+		t.Fatalf("%d sessions enqueued, want 3", n)
+	}
+}
