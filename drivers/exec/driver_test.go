@@ -30,6 +30,11 @@ func newTestDriver(t *testing.T) *Driver {
 	return New(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
 }
 
+// slogWarn returns a logger of warnings to stderr.
+func slogWarn() *slog.Logger {
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+}
+
 func TestConformance(t *testing.T) {
 	testutils.RunConformance(t, func(t *testing.T) drivers.Driver { return newTestDriver(t) }, testutils.WithHostPids(hostPids))
 }

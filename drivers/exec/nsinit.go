@@ -53,9 +53,11 @@ const (
 // initStatusStarted is the status line of a command that runs.
 const initStatusStarted = "started"
 
-// Mount options of the tmpfs mounts that hide and replace directories.
+// Mount options of the tmpfs mounts that hide and replace directories: a
+// hidden directory can be passed on the way to the task's working
+// directory, not listed.
 const (
-	hideMountData = "mode=0755,size=1m"
+	hideMountData = "mode=0711,size=1m"
 	tmpMountData  = "mode=1777"
 )
 
@@ -231,7 +233,8 @@ func setupMounts(dir string, hidden []string) error {
 	}
 	var got unix.Stat_t
 	if err := unix.Stat(dir, &got); err != nil || got.Dev != want.Dev || got.Ino != want.Ino {
-		if err := os.MkdirAll(dir, 0o755); err != nil {
+		// Directories on the way may be passed, not listed.
+		if err := os.MkdirAll(dir, 0o711); err != nil {
 			return fmt.Errorf("recreating the working directory's path: %w", err)
 		}
 		if err := unix.Mount("/proc/self/fd/"+strconv.Itoa(wd), dir, "", unix.MS_BIND, ""); err != nil {
