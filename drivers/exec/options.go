@@ -53,9 +53,10 @@ func WithPidsLimit(n int64) Option {
 }
 
 // WithHiddenPaths names host directories (the agent's and the server's
-// data dirs) that kernels must not see: each is covered by an empty
-// read-only tmpfs in the kernel's mount namespace. The directory holding
-// every kernel's task directory is always hidden. Relative paths are made
+// data dirs) that kernels must not see: each is covered, in the kernel's
+// mount namespace, by an empty tmpfs that the kernel can pass (on the way
+// to its working directory) but not list. The directory holding every
+// kernel's task directory is always hidden. Relative paths are made
 // absolute; "/" is ignored.
 func WithHiddenPaths(paths ...string) Option {
 	return func(d *Driver) {
@@ -67,9 +68,15 @@ func WithHiddenPaths(paths ...string) Option {
 	}
 }
 
-// resolveUser returns the credentials a task of cfg runs as in isolated
-// mode: cfg.User, else the mapper's choice, else the driver's user. Uid 0
-// is refused.
+// CheckUser says whether name (a user name or uid) can run exec kernels:
+// it must exist and must not be root.
+func CheckUser(name string) error {
+	_, err := lookupTaskUser(name)
+	return err
+}
+
+// resolveUser returns the user a task of cfg runs as in isolated mode:
+// cfg.User, else the mapper's choice, else the driver's user.
 func (d *Driver) resolveUser(cfg *drivers.TaskConfig) (name string, err error) {
 	name = cfg.User
 	if name == "" && d.mapUser != nil {
