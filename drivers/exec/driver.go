@@ -498,7 +498,7 @@ func (d *Driver) Exec(ctx context.Context, taskID string, opts *drivers.ExecOpti
 	}
 	env := maps.Clone(t.env)
 	maps.Copy(env, opts.Env)
-	if t.iso != nil {
+	if t.iso != nil || t.execAs != nil {
 		return d.execIsolated(ctx, t, env, opts)
 	}
 	path, err := lookPath(opts.Command[0], env["PATH"], t.Config.WorkDir)
@@ -569,9 +569,15 @@ func (d *Driver) Exec(ctx context.Context, taskID string, opts *drivers.ExecOpti
 // execIsolated is Exec in an isolated task: the command starts as the
 // init helper in exec mode on a thread that entered the task's
 // namespaces, joins the task's cgroups and becomes the command as the
-// task's user.
+// task's user. In a task that runs in the host's namespaces (t.execAs: one
+// that an agent from before the isolation started) it does the same
+// without entering namespaces.
 func (d *Driver) execIsolated(ctx context.Context, t *task, env map[string]string, opts *drivers.ExecOptions) (int, error) {
 	taskID := t.Config.ID
+	as, enter := t.iso, true
+	if as == nil {
+		as, enter = t.execAs, false
+	}
 	stdin, stdinW, err := execStdin(opts.Stdin)
 	if err != nil {
 		return -1, fmt.Errorf("exec in task %s: %w", taskID, err)
@@ -579,7 +585,7 @@ func (d *Driver) execIsolated(ctx context.Context, t *task, env map[string]strin
 	if stdinW != nil {
 		defer stdinW.Close()
 	}
-	icfg := &initConfig{Mode: modeExec, Args: slices.Clone(opts.Command), Dir: t.Config.WorkDir, Env: envList(env), Isolation: t.iso}
+	icfg := &initConfig{Mode: modeExec, Args: slices.Clone(opts.Command), Dir: t.Config.WorkDir, Env: envList(env), Isolation: as}
 	cmd, cfgW, statusR, closeChild, err := initCmd(ctx, icfg)
 	if err != nil {
 		return -1, fmt.Errorf("exec in task %s: %w", taskID, err)
@@ -600,7 +606,7 @@ func (d *Driver) execIsolated(ctx context.Context, t *task, env map[string]strin
 	}
 	icfg.Procs = procs
 	var notFound error
-	err = enterTask(t.pid, t.startTime, func() error {
+	start := func() error {
 		// Inside the task's mount namespace: its /tmp, its view.
 		path, err := lookPath(opts.Command[0], env["PATH"], t.Config.WorkDir)
 		if err != nil {
@@ -609,7 +615,12 @@ func (d *Driver) execIsolated(ctx context.Context, t *task, env map[string]strin
 		}
 		icfg.Path = path
 		return cmd.Start()
-	})
+	}
+	if enter {
+		err = enterTask(t.pid, t.startTime, start)
+	} else {
+		err = start()
+	}
 	release()
 	closeChild()
 	if stdinW != nil {
@@ -686,16 +697,18 @@ func (d *Driver) Recover(ctx context.Context, handle *drivers.TaskHandle) error 
 	cfg := cloneConfig(handle.Config)
 	log := d.logger.With("kernel_id", cfg.ID, "session_id", cfg.SessionID, "pid", st.Pid)
 	var cred *syscall.Credential
+	var execAs *Isolation
 	var userErr error
 	switch {
 	case st.Isolation != nil:
 		cred = &syscall.Credential{Uid: st.Isolation.Uid, Gid: st.Isolation.Gid}
-	case d.isolated && cfg.User == "":
-		// A task of an agent whose exec kernels ran as root: exec into it
-		// runs as the driver's user, never as root.
-		var iso *Isolation
-		if iso, userErr = lookupTaskUser(d.user); userErr == nil {
-			cred = &syscall.Credential{Uid: iso.Uid, Gid: iso.Gid, Groups: []uint32{}}
+	case d.isolated:
+		// A task of an agent whose exec kernels ran in the host's
+		// namespaces, as root unless they named a user: exec into it runs
+		// as the driver's user (or its own), never as root.
+		name, err := d.resolveUser(cfg)
+		if userErr = err; err == nil {
+			execAs, userErr = lookupTaskUser(name)
 		}
 	default:
 		cred, userErr = lookupUser(cfg.User)
@@ -704,7 +717,7 @@ func (d *Driver) Recover(ctx context.Context, handle *drivers.TaskHandle) error 
 		log.Warn("recovered task's user is unknown; exec into it will fail", "error", userErr)
 	}
 	t := &task{
-		env: taskEnv(cfg), cred: cred, iso: st.Isolation, userErr: userErr, pid: st.Pid, pgid: st.Pgid, startTime: st.StartTime,
+		env: taskEnv(cfg), cred: cred, iso: st.Isolation, execAs: execAs, userErr: userErr, pid: st.Pid, pgid: st.Pgid, startTime: st.StartTime,
 		group: st.Cgroup, shimDir: st.ShimDir, shim: shim.State{ShimPid: st.ShimPid, ShimStartTime: st.ShimStartTime},
 	}
 	t.Task = lifecycle.New(d.kind, t, cfg, handle.StartedAt, log)

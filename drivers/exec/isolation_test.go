@@ -300,3 +300,21 @@ func TestHostDriver(t *testing.T) {
 func TestHostConformance(t *testing.T) {
 	testutils.RunConformance(t, func(t *testing.T) drivers.Driver { return NewHost(slogWarn()) })
 }
+
+// TestRecoverTaskOfOldAgent recovers a task that an agent from before the
+// isolation started (as root, in the host's namespaces): exec into it runs
+// as the driver's user, never as root.
+func TestRecoverTaskOfOldAgent(t *testing.T) {
+	requireRoot(t)
+	cfg := testutils.TaskConfig(t, "sleep", "1000")
+	h := testutils.StartTask(t, NewHost(slogWarn()), cfg)
+	h.Driver = "exec" // an old exec handle: no isolation in its state
+	d := newTestDriver(t)
+	if err := d.Recover(context.Background(), h); err != nil {
+		t.Fatalf("Recover: %v", err)
+	}
+	t.Cleanup(func() { _ = d.Destroy(context.Background(), cfg.ID, true) })
+	if code, out := execOut(t, d, cfg.ID, "id", "-u"); code != 0 || out != "65534\n" {
+		t.Errorf("exec = %d, %q; want uid 65534", code, out)
+	}
+}

@@ -17,6 +17,7 @@ import (
 	"strings"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -107,8 +108,14 @@ type initConfig struct {
 	Procs []string `json:"procs,omitempty"`
 }
 
+// initName is the init's process name (ps shows it in the task).
+const initName = "corral-init"
+
 func init() {
 	if len(os.Args) > 1 && os.Args[1] == initArg {
+		// Package initialisation runs on the main thread, whose name
+		// the process shows.
+		_ = unix.Prctl(unix.PR_SET_NAME, uintptr(unsafe.Pointer(&[]byte(initName + "\x00")[0])), 0, 0, 0)
 		os.Exit(initMain())
 	}
 }
@@ -286,6 +293,13 @@ func execAsUser(cfg *initConfig) error {
 	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
 		return fmt.Errorf("setting no_new_privs: %w", err)
 	}
+	// As root: the working directory of a task from before the isolation
+	// lies below directories private to root.
+	if cfg.Dir != "" {
+		if err := os.Chdir(cfg.Dir); err != nil {
+			return err
+		}
+	}
 	if err := syscall.Setgroups(nil); err != nil {
 		return fmt.Errorf("clearing groups: %w", err)
 	}
@@ -294,11 +308,6 @@ func execAsUser(cfg *initConfig) error {
 	}
 	if err := syscall.Setuid(int(iso.Uid)); err != nil {
 		return fmt.Errorf("setuid %d: %w", iso.Uid, err)
-	}
-	if cfg.Dir != "" {
-		if err := os.Chdir(cfg.Dir); err != nil {
-			return err
-		}
 	}
 	err := syscall.Exec(cfg.Path, cfg.Args, cfg.Env)
 	return fmt.Errorf("exec %s: %w", cfg.Path, err)

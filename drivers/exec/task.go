@@ -54,10 +54,13 @@ var (
 // task is one running or exited process tree.
 type task struct {
 	lifecycle.Task
-	env       map[string]string
-	cred      *syscall.Credential
-	iso       *Isolation // nil: the task runs in the host's namespaces
-	userErr   error      // why cfg.User could not be resolved on recovery
+	env  map[string]string
+	cred *syscall.Credential
+	iso  *Isolation // nil: the task runs in the host's namespaces
+	// execAs, for a task that runs in the host's namespaces under the
+	// exec driver (started before the isolation), is who Exec runs as.
+	execAs    *Isolation
+	userErr   error // why cfg.User could not be resolved on recovery
 	pid       int
 	pgid      int // 0: not verified on recovery, never signalled
 	startTime uint64
