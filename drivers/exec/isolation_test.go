@@ -2,6 +2,7 @@ package exec
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
@@ -44,12 +45,12 @@ func execOut(t *testing.T, d *Driver, id string, command ...string) (int, string
 	return code, out.String()
 }
 
-// agentLayout makes a directory outside /tmp (which tasks do not share
-// with the host anyway) laid out like an agent's data dir, private to
+// agentLayout makes a directory outside /tmp and /var/tmp (which tasks do
+// not share with the host anyway) laid out like an agent's data dir, private to
 // root, and a task config whose task dir lies in it.
 func agentLayout(t *testing.T, command ...string) (dataDir string, cfg *drivers.TaskConfig) {
 	t.Helper()
-	dataDir, err := os.MkdirTemp("/var/tmp", "corral-exec-test-")
+	dataDir, err := os.MkdirTemp("/var/lib", "corral-exec-test-")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -122,7 +123,7 @@ func TestUserMapper(t *testing.T) {
 
 func TestRootFilesUnreadable(t *testing.T) {
 	requireRoot(t)
-	home, err := os.MkdirTemp("/var/tmp", "corral-home-")
+	home, err := os.MkdirTemp("/var/lib", "corral-home-")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -216,17 +217,23 @@ func TestOwnProcAndNamespaces(t *testing.T) {
 func TestPrivateTmp(t *testing.T) {
 	requireRoot(t)
 	d := newTestDriver(t)
-	name := "/tmp/corral-private-" + testutils.TaskID(t)
-	a := testutils.TaskConfig(t, "/bin/sh", "-c", "echo secret > "+name+" && echo > /dev/shm/corral-shm && echo written; exec sleep 1000")
+	id := testutils.TaskID(t)
+	files := []string{"/tmp/corral-" + id, "/var/tmp/corral-" + id, "/dev/shm/corral-" + id}
+	for _, f := range files {
+		t.Cleanup(func() { _ = os.Remove(f) })
+	}
+	a := testutils.TaskConfig(t, "/bin/sh", "-c", "for f in "+strings.Join(files, " ")+"; do echo secret > $f || exit 1; done; echo written; exec sleep 1000")
 	testutils.StartTask(t, d, a)
 	testutils.WaitForLog(t, a.StdoutPath, "written", testTimeout)
-	if _, err := os.Stat(name); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("the task's /tmp file is on the host's /tmp: %v", err)
+	for _, f := range files {
+		if _, err := os.Stat(f); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("the task's %s is the host's: %v", f, err)
+		}
 	}
-	if code, out := execOut(t, d, a.ID, "cat", name); code != 0 || out != "secret\n" {
+	if code, out := execOut(t, d, a.ID, "cat", files[0]); code != 0 || out != "secret\n" {
 		t.Errorf("exec in the same task: %d, %q; want the file", code, out)
 	}
-	b := testutils.TaskConfig(t, "/bin/sh", "-c", "cat "+name+" /dev/shm/corral-shm || echo unseen")
+	b := testutils.TaskConfig(t, "/bin/sh", "-c", "cat "+strings.Join(files, " ")+" || echo unseen")
 	if res, out, _ := runToEnd(t, d, b); !res.Successful() || out != "unseen\n" {
 		t.Errorf("another task: %+v, %q; want the files unseen", res, out)
 	}
@@ -316,5 +323,58 @@ func TestRecoverTaskOfOldAgent(t *testing.T) {
 	t.Cleanup(func() { _ = d.Destroy(context.Background(), cfg.ID, true) })
 	if code, out := execOut(t, d, cfg.ID, "id", "-u"); code != 0 || out != "65534\n" {
 		t.Errorf("exec = %d, %q; want uid 65534", code, out)
+	}
+}
+
+// TestIsolatedCgroupV2 checks that the init of an isolated task starts in
+// its cgroup on cgroup v2 (CLONE_INTO_CGROUP together with the namespace
+// flags), on whatever cgroup2 mount this host has.
+func TestIsolatedCgroupV2(t *testing.T) {
+	requireRoot(t)
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mounts, err := cgroup.ParseMountinfo(f)
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mount *cgroup.Mount
+	for i := range mounts {
+		if mounts[i].V2 {
+			mount = &mounts[i]
+		}
+	}
+	if mount == nil {
+		t.Skip("no cgroup2 mount")
+	}
+	cfg := testutils.TaskConfig(t, "cat", "/proc/self/cgroup")
+	dir := filepath.Join(mount.Point, CgroupParent+"-test", cfg.ID)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Skipf("cgroup2 at %s is not writable: %v", mount.Point, err)
+	}
+	t.Cleanup(func() { _ = os.Remove(filepath.Dir(dir)) })
+	g := &cgroup.Group{Version: cgroup.V2, Dirs: map[string]string{cgroup.Unified: dir}}
+	t.Cleanup(func() { _ = g.Destroy(context.Background()) })
+	if err := os.MkdirAll(cfg.WorkDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	raw, err := json.Marshal(&runConfig{
+		Path: "/bin/cat", Args: cfg.Command, Dir: cfg.WorkDir, Env: []string{"PATH=" + basePath},
+		StdoutPath: cfg.StdoutPath, StderrPath: cfg.StderrPath, Cgroup: g,
+		Isolation: &Isolation{Uid: 65534, Gid: 65534},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var initPid int
+	st, err := runTask(context.Background(), raw, func(pid int) error { initPid = pid; return nil })
+	if err != nil || st.ExitCode != 0 || initPid == 0 {
+		t.Fatalf("runTask = %+v, %v (init %d); stderr %q", st, err, initPid, testutils.ReadLog(t, cfg.StderrPath))
+	}
+	rel := strings.TrimPrefix(dir, mount.Point)
+	if out := testutils.ReadLog(t, cfg.StdoutPath); !strings.Contains(out, "0::"+rel+"\n") {
+		t.Errorf("the command's cgroups:\n%s\nwant 0::%s", out, rel)
 	}
 }

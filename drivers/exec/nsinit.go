@@ -28,7 +28,7 @@ import (
 // with initArg as first argument, which the task's shim starts in new pid,
 // mount and IPC namespaces. As root and before the command exists, the init
 // joins the task's cgroups, makes every mount private, gives the task a
-// private /tmp and /dev/shm, covers the hidden directories (the agent's
+// private /tmp, /var/tmp and /dev/shm, covers the hidden directories (the agent's
 // data dir, every kernel's files) with empty tmpfs mounts while keeping the
 // task's working directory reachable at its path, and mounts a /proc of the
 // new pid namespace. Then it starts the command as the task's unprivileged
@@ -61,6 +61,11 @@ const (
 	hideMountData = "mode=0711,size=1m"
 	tmpMountData  = "mode=1777"
 )
+
+// privateDirs are the world-writable directories that every task gets
+// empty and of its own, so that tasks (which may share a uid) cannot leave
+// files to each other or to the host there.
+var privateDirs = []string{"/tmp", "/var/tmp", "/dev/shm"}
 
 // namespaceFlags are the namespaces of an isolated task: pid, mount, IPC.
 const namespaceFlags = syscall.CLONE_NEWPID | syscall.CLONE_NEWNS | syscall.CLONE_NEWIPC
@@ -204,7 +209,7 @@ func runInit(cfg *initConfig, status *os.File, fail func(error) int) int {
 }
 
 // setupMounts makes the calling process's mount namespace the task's:
-// private propagation, private /tmp and /dev/shm, hidden directories,
+// private propagation, private privateDirs, hidden directories,
 // dir reachable at its path and a /proc of the current pid namespace.
 func setupMounts(dir string, hidden []string) error {
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
@@ -219,7 +224,7 @@ func setupMounts(dir string, hidden []string) error {
 	if err := unix.Fstat(wd, &want); err != nil {
 		return fmt.Errorf("working directory: %w", err)
 	}
-	for _, p := range []string{"/tmp", "/dev/shm"} {
+	for _, p := range privateDirs {
 		if fi, err := os.Stat(p); err != nil || !fi.IsDir() {
 			continue
 		}
