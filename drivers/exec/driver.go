@@ -314,9 +314,11 @@ func (d *Driver) Start(ctx context.Context, cfg *drivers.TaskConfig) (_ *drivers
 		}
 		created = true
 	}
-	// The task owns a working directory that Start made or that lies in
-	// its task directory (the agent makes it there); never another one.
-	if cred != nil && (created || within(cfg.WorkDir, cfg.TaskDir)) {
+	// The task owns a working directory that lies in its task directory
+	// (the agent makes it there), never one elsewhere on the host: a
+	// directory made for it in /etc could hold configuration that root
+	// reads. (Host tasks of a named user also get one Start made.)
+	if cred != nil && (within(cfg.WorkDir, cfg.TaskDir) || (created && iso == nil)) {
 		if err := os.Lchown(cfg.WorkDir, int(cred.Uid), int(cred.Gid)); err != nil {
 			return nil, fmt.Errorf("handing working directory to uid %d: %w", cred.Uid, err)
 		}
