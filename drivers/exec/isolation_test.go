@@ -378,3 +378,28 @@ func TestIsolatedCgroupV2(t *testing.T) {
 		t.Errorf("the command's cgroups:\n%s\nwant 0::%s", out, rel)
 	}
 }
+
+// TestStartErrorFromInit checks that Start fails with the init's reason
+// when the command cannot start inside the task's namespaces: a program in
+// the host's /tmp is not in the task's.
+func TestStartErrorFromInit(t *testing.T) {
+	requireRoot(t)
+	prog := filepath.Join(t.TempDir(), "prog.sh")
+	if err := os.WriteFile(prog, []byte("#!/bin/sh\necho hi\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	d := newTestDriver(t)
+	cfg := testutils.TaskConfig(t, prog)
+	_, err := d.Start(context.Background(), cfg)
+	if err == nil || !strings.Contains(err.Error(), "no such file or directory") || !strings.Contains(err.Error(), prog) {
+		t.Fatalf("Start: err = %v, want the init's reason", err)
+	}
+	if _, err := d.Inspect(context.Background(), cfg.ID); !errors.Is(err, drivers.ErrTaskNotFound) {
+		t.Errorf("failed Start left the task behind: %v", err)
+	}
+	if d.cgroups != nil {
+		if _, err := os.Stat(filepath.Join("/sys/fs/cgroup/pids", CgroupParent, cfg.ID)); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("failed Start left its cgroup: %v", err)
+		}
+	}
+}

@@ -285,6 +285,11 @@ func startAsUser(cfg *initConfig) (int, error) {
 		},
 	})
 	if err != nil {
+		for _, d := range privateDirs {
+			if errors.Is(err, syscall.ENOENT) && within(cfg.Path, d) {
+				return 0, fmt.Errorf("starting %s as uid %d: %w (the task has a %s of its own: put programs in its working directory)", cfg.Path, iso.Uid, err, d)
+			}
+		}
 		return 0, fmt.Errorf("starting %s as uid %d: %w", cfg.Path, iso.Uid, err)
 	}
 	return pid, nil
