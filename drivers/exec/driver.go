@@ -8,11 +8,11 @@
 //
 // The exec driver (New) never runs a kernel as host root: a kernel runs as
 // an unprivileged user (DefaultUser unless WithUser or a UserMapper says
-// otherwise) in its own pid, mount and IPC namespaces, with a private /tmp,
-// /var/tmp and /dev/shm, a /proc of its own, and the agent's files out of sight (see
-// nsinit.go). Kernels share the host's network. The host driver (NewHost)
-// is the same driver without that isolation, for admins: kernels run as
-// root in the host's namespaces.
+// otherwise) in its own pid, mount and IPC namespaces, with a private
+// /tmp, /var/tmp and /dev/shm, a /proc of its own, and the agent's files
+// out of sight (see nsinit.go). Kernels share the host's network. The host
+// driver (NewHost) is the same driver without that isolation, for admins:
+// kernels run as root in the host's namespaces.
 package exec
 
 import (
