@@ -156,6 +156,13 @@ func New(cfg Config) (*Agent, error) {
 	if err := os.MkdirAll(filepath.Join(cfg.DataDir, "kernels"), 0o700); err != nil {
 		return nil, fmt.Errorf("agent: data dir: %w", err)
 	}
+	// Kernels' logs, handles and shim files are the agent's: private to
+	// it even when the directories existed before with looser modes.
+	for _, d := range []string{cfg.DataDir, filepath.Join(cfg.DataDir, "kernels")} {
+		if err := os.Chmod(d, 0o700); err != nil {
+			return nil, fmt.Errorf("agent: data dir: %w", err)
+		}
+	}
 	id, err := agentID(cfg.DataDir)
 	if err != nil {
 		return nil, err

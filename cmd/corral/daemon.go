@@ -51,6 +51,8 @@ func (l *listFlag) Set(v string) error {
 type daemonFlags struct {
 	dataDir, name, httpAddr, rpcAddr, serfAddr, agentSerfAddr string
 	group, cpu, mem, logLevel, pluginDir                      string
+	execUser                                                  string
+	enableHostDriver                                          bool
 	join                                                      listFlag
 	insecureRegistries                                        listFlag
 	allowedRegistries                                         listFlag
@@ -115,6 +117,8 @@ func parseDaemonFlags(role string, args []string) (*daemonFlags, error) {
 		fs.StringVar(&f.pluginDir, "plugin-dir", "", "directory of external driver plugins (executables launched through go-plugin)")
 		fs.Var(&f.insecureRegistries, "insecure-registry", "registry host[:port] spoken to over plain HTTP (repeatable; loopback always is)")
 		fs.StringVar(&f.maxImageSize, "max-image-size", "50G", "largest unpacked image (its files in all); a pull beyond it fails")
+		fs.StringVar(&f.execUser, "exec-user", execdriver.DefaultUser, "unprivileged user (name or uid, never root) that exec kernels run as, in namespaces of their own")
+		fs.BoolVar(&f.enableHostDriver, "enable-host-driver", false, "offer the host driver: kernels run as root in the host's namespaces (for admins only)")
 	}
 	allowHelp := "registry host[:port] or *.domain that images may be pulled from although it is not at a public address (repeatable)"
 	if role == "dev" {
@@ -153,6 +157,11 @@ func parseDaemonFlags(role string, args []string) (*daemonFlags, error) {
 	if f.gcRetention <= 0 {
 		return nil, fmt.Errorf("invalid -gc-retention %s: want a positive duration such as 24h", f.gcRetention)
 	}
+	if role != "server" {
+		if err := execdriver.CheckUser(f.execUser); err != nil {
+			return nil, fmt.Errorf("invalid -exec-user: %w", err)
+		}
+	}
 	if role == "agent" && len(f.join) == 0 {
 		return nil, errors.New("-join ADDR is required: the gossip address of any server or agent")
 	}
@@ -187,16 +196,28 @@ func newLogger(level string) (*slog.Logger, error) {
 }
 
 // builtinDrivers are the in-process drivers; runc keeps its container state
-// under the agent's data dir so that a restarted agent finds it again.
-func builtinDrivers(logger *slog.Logger, agentDataDir string) []drivers.Driver {
+// under the agent's data dir so that a restarted agent finds it again. Exec
+// kernels run as f.execUser and never see dataDir (the whole data dir, the
+// server's too in dev mode); the host driver is there only with
+// -enable-host-driver.
+func builtinDrivers(logger *slog.Logger, f *daemonFlags, dataDir, agentDataDir string) []drivers.Driver {
 	abs, err := filepath.Abs(agentDataDir)
 	if err != nil {
 		abs = agentDataDir
 	}
-	return []drivers.Driver{
-		execdriver.New(logger),
+	user := f.execUser
+	if user == "" {
+		user = execdriver.DefaultUser
+	}
+	drvs := []drivers.Driver{
+		execdriver.New(logger, execdriver.WithUser(user), execdriver.WithHiddenPaths(dataDir, abs)),
 		runc.New(logger, runc.WithStateDir(filepath.Join(abs, "runc"))),
 	}
+	if f.enableHostDriver {
+		logger.Warn("the host driver is enabled: its kernels run as root in the host's namespaces")
+		drvs = append(drvs, execdriver.NewHost(logger))
+	}
+	return drvs
 }
 
 func runDaemon(role string, args []string) int {
@@ -250,7 +271,7 @@ func runDaemon(role string, args []string) int {
 	}
 	var killPlugins func()
 	if role != "server" {
-		drvs := builtinDrivers(logger, dataSubdir(role, f.dataDir, "agent"))
+		drvs := builtinDrivers(logger, f, f.dataDir, dataSubdir(role, f.dataDir, "agent"))
 		if f.pluginDir != "" {
 			var plugins []drivers.Driver
 			var errs []error

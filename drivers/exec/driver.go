@@ -1,12 +1,22 @@
 // Package exec is the kernel driver that runs kernels as native processes
 // on the node: each task is a process group in its own working directory,
-// limited in CPU and memory by per-task cgroups (v1 or v2) when the agent
-// runs as root. Every task runs under its own shim (package shim), which
-// survives agent restarts and records the task's exit status, so that a
-// restarted agent recovers the task and still learns how it ended.
+// limited in CPU, memory and number of processes by per-task cgroups (v1 or
+// v2) when the agent runs as root. Every task runs under its own shim
+// (package shim), which survives agent restarts and records the task's exit
+// status, so that a restarted agent recovers the task and still learns how
+// it ended.
+//
+// The exec driver (New) never runs a kernel as host root: a kernel runs as
+// an unprivileged user (DefaultUser unless WithUser or a UserMapper says
+// otherwise) in its own pid, mount and IPC namespaces, with a private
+// /tmp, /var/tmp and /dev/shm, a /proc of its own, and the agent's files
+// out of sight (see nsinit.go). Kernels share the host's network. The host
+// driver (NewHost) is the same driver without that isolation, for admins:
+// kernels run as root in the host's namespaces.
 package exec
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -32,7 +42,8 @@ import (
 	"github.com/corral-dev/corral/structs"
 )
 
-// driverName is the name sessions use to pick this driver.
+// driverName is the name sessions use to pick this driver, and the kind of
+// its shims (in both modes).
 const driverName = "exec"
 
 // CgroupParent is the cgroup below which the driver creates one cgroup per
@@ -73,20 +84,47 @@ type Driver struct {
 	// noLimits says why cgroups are not used; empty when they are.
 	noLimits string
 
+	// kind is execKind, or hostKind in host mode.
+	kind *lifecycle.Kind
+	// isolated is false in host mode: tasks run as root (or cfg.User) in
+	// the host's namespaces.
+	isolated  bool
+	user      string     // isolated mode: the default user of tasks
+	mapUser   UserMapper // isolated mode: picks a task's user; may be nil
+	pidsLimit int64      // pids limit of tasks whose resources name none
+	hidden    []string   // isolated mode: host directories tasks must not see
+
 	tasks lifecycle.Tasks[*task]
 }
 
 var _ drivers.Driver = (*Driver)(nil)
 
-// New returns an exec driver that logs to logger (nil discards). It detects
+// New returns the exec driver, which isolates its kernels (see the package
+// doc), configured by opts and logging to logger (nil discards). It detects
 // the cgroup hierarchies once; when it cannot use them it logs, once, that
 // tasks will run without resource limits. It also warns when the binary
 // cannot run task shims (see shim.MaybeRun).
-func New(logger *slog.Logger) *Driver {
+func New(logger *slog.Logger, opts ...Option) *Driver {
+	return newDriver(logger, execKind, true, opts)
+}
+
+// NewHost returns the host driver: the exec driver without isolation, whose
+// kernels run as root (or the task's User) in the host's namespaces, as
+// exec kernels did before they were isolated. It is for admins only: the
+// agent offers it only when asked to (corral agent -enable-host-driver).
+// WithUser and WithUserMapper have no effect on it.
+func NewHost(logger *slog.Logger, opts ...Option) *Driver {
+	return newDriver(logger, hostKind, false, opts)
+}
+
+func newDriver(logger *slog.Logger, k *lifecycle.Kind, isolated bool, opts []Option) *Driver {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	d := &Driver{logger: logger.With("driver", driverName)}
+	d := &Driver{logger: logger.With("driver", k.Name), kind: k, isolated: isolated, user: DefaultUser, pidsLimit: DefaultPidsLimit}
+	for _, o := range opts {
+		o(d)
+	}
 	if !shim.Available() {
 		d.logger.Warn("this binary does not run task shims (shim.MaybeRun is not called first in main): " +
 			"tasks run inside this process and lose their exit status if it restarts")
@@ -98,23 +136,30 @@ func New(logger *slog.Logger) *Driver {
 		return d
 	}
 	d.cgroups = m
-	if !m.CanLimitCPU() || !m.CanLimitMemory() {
+	if !m.CanLimitCPU() || !m.CanLimitMemory() || !m.CanLimitPids() {
 		d.logger.Warn("some resource limits are unavailable", "cgroup_version", m.Version().String(),
-			"cpu", m.CanLimitCPU(), "memory", m.CanLimitMemory())
+			"cpu", m.CanLimitCPU(), "memory", m.CanLimitMemory(), "pids", m.CanLimitPids())
 	} else {
 		d.logger.Debug("resource limits enabled", "cgroup_version", m.Version().String())
 	}
 	return d
 }
 
-// Name returns "exec".
-func (d *Driver) Name() string { return driverName }
+// Name returns "exec", or "host" for the host driver.
+func (d *Driver) Name() string { return d.kind.Name }
 
-// Fingerprint reports the driver healthy on Linux, with the kernel version
-// and the cgroup setup as attributes.
+// errNeedsRoot is why the exec driver cannot run kernels without root.
+var errNeedsRoot = errors.New("the exec driver runs kernels as an unprivileged user in namespaces of their own, which needs an agent running as root")
+
+// Fingerprint reports the driver healthy on Linux (the exec driver only
+// when the agent runs as root), with the kernel version, the cgroup setup
+// and the isolation as attributes.
 func (d *Driver) Fingerprint(ctx context.Context) (*drivers.Fingerprint, error) {
 	if runtime.GOOS != "linux" {
-		return &drivers.Fingerprint{Health: drivers.HealthUndetected, Description: "the exec driver needs Linux"}, nil
+		return &drivers.Fingerprint{Health: drivers.HealthUndetected, Description: "the " + d.Name() + " driver needs Linux"}, nil
+	}
+	if d.isolated && os.Geteuid() != 0 {
+		return &drivers.Fingerprint{Health: drivers.HealthUnhealthy, Description: errNeedsRoot.Error()}, nil
 	}
 	attrs := map[string]string{
 		"driver.exec.cgroup_version":  cgroup.None.String(),
@@ -124,6 +169,14 @@ func (d *Driver) Fingerprint(ctx context.Context) (*drivers.Fingerprint, error) 
 		attrs["driver.exec.kernel_version"] = strings.TrimSpace(string(b))
 	}
 	desc := "native processes"
+	if d.isolated {
+		attrs["driver.exec.isolation"] = "namespaces"
+		attrs["driver.exec.user"] = d.user
+		desc += " as user " + d.user + " in pid, mount and IPC namespaces of their own"
+	} else {
+		attrs["driver.exec.isolation"] = "none"
+		desc += " as root in the host's namespaces"
+	}
 	if shim.Available() {
 		attrs["driver.exec.shim"] = "process"
 		desc += " under shims"
@@ -178,15 +231,20 @@ func cloneConfig(cfg *drivers.TaskConfig) *drivers.TaskConfig {
 	return &c
 }
 
-// limits turns the task's cpu and mem slots into cgroup limits, leaving out
-// (with a warning) what this node cannot enforce.
+// limits turns the task's cpu, mem and pids slots into cgroup limits (the
+// driver's pids limit when the task names none), leaving out (with a
+// warning) what this node cannot enforce.
 func (d *Driver) limits(cfg *drivers.TaskConfig, log *slog.Logger) cgroup.Limits {
 	l := cgroup.Limits{
 		CPU:         cfg.Resources[structs.SlotCPU].Float(),
 		MemoryBytes: int64(cfg.Resources[structs.SlotMem].Float()),
+		Pids:        int64(cfg.Resources[pidsSlot].Float()),
+	}
+	if l.Pids <= 0 {
+		l.Pids = max(d.pidsLimit, 0)
 	}
 	if d.cgroups == nil {
-		if l.CPU > 0 || l.MemoryBytes > 0 {
+		if l.CPU > 0 || l.MemoryBytes > 0 || l.Pids > 0 {
 			log.Debug("resource limits not enforced", "reason", d.noLimits)
 		}
 		return cgroup.Limits{}
@@ -199,6 +257,10 @@ func (d *Driver) limits(cfg *drivers.TaskConfig, log *slog.Logger) cgroup.Limits
 		log.Warn("no memory cgroup controller: memory limit not enforced", "mem", l.MemoryBytes)
 		l.MemoryBytes = 0
 	}
+	if l.Pids > 0 && !d.cgroups.CanLimitPids() {
+		log.Debug("no pids cgroup controller: pids limit not enforced", "pids", l.Pids)
+		l.Pids = 0
+	}
 	return l
 }
 
@@ -206,7 +268,8 @@ func (d *Driver) limits(cfg *drivers.TaskConfig, log *slog.Logger) cgroup.Limits
 // its own process group and cgroups, in cfg.WorkDir (created if missing),
 // with stdout and stderr appended to cfg.StdoutPath and cfg.StderrPath.
 // The process is a child of the task's shim, which keeps its files in
-// cfg.TaskDir/shim. Start returns once the process runs inside its cgroups.
+// cfg.TaskDir/shim; the exec driver puts the task's init (see nsinit.go)
+// between them. Start returns once the process runs inside its cgroups.
 func (d *Driver) Start(ctx context.Context, cfg *drivers.TaskConfig) (_ *drivers.TaskHandle, err error) {
 	if err := validateConfig(cfg); err != nil {
 		return nil, err
@@ -216,8 +279,22 @@ func (d *Driver) Start(ctx context.Context, cfg *drivers.TaskConfig) (_ *drivers
 	}
 	cfg = cloneConfig(cfg)
 	log := d.logger.With("kernel_id", cfg.ID, "session_id", cfg.SessionID)
-	cred, err := lookupUser(cfg.User)
-	if err != nil {
+	var cred *syscall.Credential
+	var iso *Isolation
+	if d.isolated {
+		if os.Geteuid() != 0 {
+			return nil, fmt.Errorf("task %s: %w; run the agent as root", cfg.ID, errNeedsRoot)
+		}
+		name, err := d.resolveUser(cfg)
+		if err != nil {
+			return nil, err
+		}
+		if iso, err = lookupTaskUser(name); err != nil {
+			return nil, err
+		}
+		iso.Hidden = append(slices.Clone(d.hidden), filepath.Dir(cfg.TaskDir))
+		cred = &syscall.Credential{Uid: iso.Uid, Gid: iso.Gid}
+	} else if cred, err = lookupUser(cfg.User); err != nil {
 		return nil, err
 	}
 
@@ -230,14 +307,20 @@ func (d *Driver) Start(ctx context.Context, cfg *drivers.TaskConfig) (_ *drivers
 		}
 	}()
 
+	created := false
 	if _, err := os.Stat(cfg.WorkDir); errors.Is(err, os.ErrNotExist) {
 		if err := os.MkdirAll(cfg.WorkDir, 0o755); err != nil {
 			return nil, fmt.Errorf("creating working directory: %w", err)
 		}
-		if cred != nil {
-			if err := os.Chown(cfg.WorkDir, int(cred.Uid), int(cred.Gid)); err != nil {
-				return nil, fmt.Errorf("handing working directory to user %s: %w", cfg.User, err)
-			}
+		created = true
+	}
+	// The task owns a working directory that lies in its task directory
+	// (the agent makes it there), never one elsewhere on the host: a
+	// directory made for it in /etc could hold configuration that root
+	// reads. (Host tasks of a named user also get one Start made.)
+	if cred != nil && (within(cfg.WorkDir, cfg.TaskDir) || (created && iso == nil)) {
+		if err := os.Lchown(cfg.WorkDir, int(cred.Uid), int(cred.Gid)); err != nil {
+			return nil, fmt.Errorf("handing working directory to uid %d: %w", cred.Uid, err)
 		}
 	}
 	env := taskEnv(cfg)
@@ -259,8 +342,9 @@ func (d *Driver) Start(ctx context.Context, cfg *drivers.TaskConfig) (_ *drivers
 				_ = group.Destroy(cctx)
 			}
 		}()
-		if cred != nil && group.Version == cgroup.V1 {
-			// The wrapper joins the cgroups after it became the user.
+		if iso == nil && cred != nil && group.Version == cgroup.V1 {
+			// The wrapper joins the cgroups after it became the user; an
+			// isolated task's init joins them as root.
 			for _, f := range group.ProcsFiles() {
 				if err := os.Chown(f, int(cred.Uid), int(cred.Gid)); err != nil {
 					return nil, fmt.Errorf("delegating cgroup to user %s: %w", cfg.User, err)
@@ -271,20 +355,24 @@ func (d *Driver) Start(ctx context.Context, cfg *drivers.TaskConfig) (_ *drivers
 		d.limits(cfg, log)
 	}
 
-	shimDir := filepath.Join(cfg.TaskDir, shimSubdir)
-	sh, err := shim.Launch(ctx, driverName, shimDir, &runConfig{
+	rc := &runConfig{
 		Path: path, Args: cfg.Command, Dir: cfg.WorkDir, Env: envList(env),
-		StdoutPath: cfg.StdoutPath, StderrPath: cfg.StderrPath, Credential: cred, Cgroup: group,
-	})
+		StdoutPath: cfg.StdoutPath, StderrPath: cfg.StderrPath, Cgroup: group, Isolation: iso,
+	}
+	if iso == nil {
+		rc.Credential = cred
+	}
+	shimDir := filepath.Join(cfg.TaskDir, shimSubdir)
+	sh, err := shim.Launch(ctx, driverName, shimDir, rc)
 	if err != nil {
 		return nil, fmt.Errorf("starting task %s: %w", cfg.ID, err)
 	}
 	st := sh.State()
 	t := &task{
-		env: env, cred: cred, pid: st.Pid, pgid: st.Pid, startTime: st.StartTime,
+		env: env, cred: cred, iso: iso, pid: st.Pid, pgid: st.Pid, startTime: st.StartTime,
 		group: group, shimDir: shimDir, shim: st,
 	}
-	t.Task = lifecycle.New(kind, t, cfg, st.StartedAt, log.With("pid", st.Pid))
+	t.Task = lifecycle.New(d.kind, t, cfg, st.StartedAt, log.With("pid", st.Pid))
 	go t.WaitShim(sh)
 	h, err := t.Handle(t.state())
 	if err != nil {
@@ -292,8 +380,24 @@ func (d *Driver) Start(ctx context.Context, cfg *drivers.TaskConfig) (_ *drivers
 		return nil, err
 	}
 	d.tasks.Set(cfg.ID, t)
-	t.Logger.Info("task started", "command", cfg.Command, "cgroups", group != nil, "shim_pid", st.ShimPid)
+	t.Logger.Info("task started", "command", cfg.Command, "cgroups", group != nil, "shim_pid", st.ShimPid,
+		"isolated", iso != nil, "uid", credUID(cred))
 	return h, nil
+}
+
+// within reports whether path is below dir (not dir itself, which holds
+// the shim's files and the logs).
+func within(path, dir string) bool {
+	rel, err := filepath.Rel(dir, path)
+	return err == nil && rel != "." && rel != ".." && !strings.HasPrefix(rel, "../")
+}
+
+// credUID is the uid of cred, 0 (root) for nil.
+func credUID(cred *syscall.Credential) uint32 {
+	if cred == nil {
+		return 0
+	}
+	return cred.Uid
 }
 
 // Wait returns a channel that receives the task's exit result once the task
@@ -378,7 +482,8 @@ func (d *Driver) Stats(ctx context.Context, taskID string) (*drivers.TaskStats, 
 // environment plus opts.Env, inside its cgroups and process group, streams
 // the output to opts.Stdout and opts.Stderr as it is produced and returns
 // the exit code (128+N when killed by signal N). Ending ctx kills the
-// command.
+// command. In an isolated task the command runs in the task's namespaces
+// as the task's user.
 func (d *Driver) Exec(ctx context.Context, taskID string, opts *drivers.ExecOptions) (int, error) {
 	if opts == nil || len(opts.Command) == 0 || opts.Command[0] == "" {
 		return -1, fmt.Errorf("%w: exec needs a command", drivers.ErrInvalidConfig)
@@ -395,6 +500,9 @@ func (d *Driver) Exec(ctx context.Context, taskID string, opts *drivers.ExecOpti
 	}
 	env := maps.Clone(t.env)
 	maps.Copy(env, opts.Env)
+	if t.iso != nil || t.execAs != nil {
+		return d.execIsolated(ctx, t, env, opts)
+	}
 	path, err := lookPath(opts.Command[0], env["PATH"], t.Config.WorkDir)
 	if err != nil {
 		return -1, fmt.Errorf("%w: exec in task %s: %v", drivers.ErrInvalidConfig, taskID, err)
@@ -460,6 +568,100 @@ func (d *Driver) Exec(ctx context.Context, taskID string, opts *drivers.ExecOpti
 	return res.ExitCode, res.Err
 }
 
+// execIsolated is Exec in an isolated task: the command starts as the
+// init helper in exec mode on a thread that entered the task's
+// namespaces, joins the task's cgroups and becomes the command as the
+// task's user. In a task that runs in the host's namespaces (t.execAs: one
+// that an agent from before the isolation started) it does the same
+// without entering namespaces.
+func (d *Driver) execIsolated(ctx context.Context, t *task, env map[string]string, opts *drivers.ExecOptions) (int, error) {
+	taskID := t.Config.ID
+	as, enter := t.iso, true
+	if as == nil {
+		as, enter = t.execAs, false
+	}
+	stdin, stdinW, err := execStdin(opts.Stdin)
+	if err != nil {
+		return -1, fmt.Errorf("exec in task %s: %w", taskID, err)
+	}
+	if stdinW != nil {
+		defer stdinW.Close()
+	}
+	icfg := &initConfig{Mode: modeExec, Args: slices.Clone(opts.Command), Dir: t.Config.WorkDir, Env: envList(env), Isolation: as}
+	cmd, cfgW, statusR, closeChild, err := initCmd(ctx, icfg)
+	if err != nil {
+		return -1, fmt.Errorf("exec in task %s: %w", taskID, err)
+	}
+	defer statusR.Close()
+	if stdin != nil {
+		cmd.Stdin = stdin
+	}
+	cmd.Stdout, cmd.Stderr = opts.Stdout, opts.Stderr
+	cmd.WaitDelay = execWaitDelay
+	// Its own process group: the task's lives in its shim's session.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	procs, release, err := cgroupFD(cmd, t.group)
+	if err != nil {
+		closeChild()
+		cfgW.Close()
+		return -1, fmt.Errorf("exec in task %s: %w", taskID, err)
+	}
+	icfg.Procs = procs
+	var notFound error
+	start := func() error {
+		// Inside the task's mount namespace: its /tmp, its view.
+		path, err := lookPath(opts.Command[0], env["PATH"], t.Config.WorkDir)
+		if err != nil {
+			notFound = err
+			return nil
+		}
+		icfg.Path = path
+		return cmd.Start()
+	}
+	if enter {
+		err = enterTask(t.pid, t.startTime, start)
+	} else {
+		err = start()
+	}
+	release()
+	closeChild()
+	if stdinW != nil {
+		stdin.Close() // the child has its copy
+	}
+	if err == nil && notFound != nil {
+		cfgW.Close()
+		return -1, fmt.Errorf("%w: exec in task %s: %v", drivers.ErrInvalidConfig, taskID, notFound)
+	}
+	if err != nil {
+		cfgW.Close()
+		return -1, fmt.Errorf("exec in task %s: %w", taskID, err)
+	}
+	defer t.addExec(cmd.Process.Pid)()
+	if err := sendConfig(cfgW, icfg); err != nil {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		return -1, fmt.Errorf("exec in task %s: %w", taskID, err)
+	}
+	if err := readStatus(ctx, statusR, bufio.NewReader(statusR), true); err != nil {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		return -1, fmt.Errorf("exec in task %s: %w", taskID, err)
+	}
+	if stdinW != nil {
+		go func() {
+			_, _ = io.Copy(stdinW, opts.Stdin)
+			stdinW.Close()
+		}()
+	}
+	t.Logger.Debug("exec started", "command", opts.Command, "exec_pid", cmd.Process.Pid)
+	err = cmd.Wait()
+	res := exitResultOf(cmd.ProcessState, err)
+	if err := ctx.Err(); err != nil {
+		return res.ExitCode, fmt.Errorf("exec in task %s: %w", taskID, err)
+	}
+	return res.ExitCode, res.Err
+}
+
 // execStdin returns what Exec gives the command as stdin: r itself when it
 // is a file or nil, else the read end of a pipe whose write end (returned
 // too) the caller feeds from r.
@@ -487,7 +689,7 @@ func execStdin(r io.Reader) (*os.File, *os.File, error) {
 // process, is never signalled. Recovering a task the driver already knows
 // is a no-op.
 func (d *Driver) Recover(ctx context.Context, handle *drivers.TaskHandle) error {
-	if err := kind.CheckHandle(handle); err != nil {
+	if err := d.kind.CheckHandle(handle); err != nil {
 		return err
 	}
 	var st driverState
@@ -496,15 +698,31 @@ func (d *Driver) Recover(ctx context.Context, handle *drivers.TaskHandle) error 
 	}
 	cfg := cloneConfig(handle.Config)
 	log := d.logger.With("kernel_id", cfg.ID, "session_id", cfg.SessionID, "pid", st.Pid)
-	cred, userErr := lookupUser(cfg.User)
+	var cred *syscall.Credential
+	var execAs *Isolation
+	var userErr error
+	switch {
+	case st.Isolation != nil:
+		cred = &syscall.Credential{Uid: st.Isolation.Uid, Gid: st.Isolation.Gid}
+	case d.isolated:
+		// A task of an agent whose exec kernels ran in the host's
+		// namespaces, as root unless they named a user: exec into it runs
+		// as the driver's user (or its own), never as root.
+		name, err := d.resolveUser(cfg)
+		if userErr = err; err == nil {
+			execAs, userErr = lookupTaskUser(name)
+		}
+	default:
+		cred, userErr = lookupUser(cfg.User)
+	}
 	if userErr != nil {
 		log.Warn("recovered task's user is unknown; exec into it will fail", "error", userErr)
 	}
 	t := &task{
-		env: taskEnv(cfg), cred: cred, userErr: userErr, pid: st.Pid, pgid: st.Pgid, startTime: st.StartTime,
+		env: taskEnv(cfg), cred: cred, iso: st.Isolation, execAs: execAs, userErr: userErr, pid: st.Pid, pgid: st.Pgid, startTime: st.StartTime,
 		group: st.Cgroup, shimDir: st.ShimDir, shim: shim.State{ShimPid: st.ShimPid, ShimStartTime: st.ShimStartTime},
 	}
-	t.Task = lifecycle.New(kind, t, cfg, handle.StartedAt, log)
+	t.Task = lifecycle.New(d.kind, t, cfg, handle.StartedAt, log)
 	t.Recovered = true
 	ps, err := readProcStat(st.Pid)
 	running := err == nil && ps.StartTime == st.StartTime && ps.Pgid == st.Pgid && ps.State != 'Z'
@@ -519,7 +737,7 @@ func (d *Driver) Recover(ctx context.Context, handle *drivers.TaskHandle) error 
 	if st.ShimDir == "" {
 		if !running {
 			log.Info("recovered task is no longer running; its exit status is unknown")
-			t.Finish(kind.UnknownExit(errNoShim), time.Time{})
+			t.Finish(d.kind.UnknownExit(errNoShim), time.Time{})
 			return nil
 		}
 		log.Info("task recovered without shim: its exit status will be unknown")
@@ -532,7 +750,7 @@ func (d *Driver) Recover(ctx context.Context, handle *drivers.TaskHandle) error 
 	}
 	if err != nil {
 		log.Warn("cannot reattach to the task's shim; its exit status is lost", "error", err, "running", running)
-		t.Finish(kind.UnknownExit(err), time.Time{})
+		t.Finish(d.kind.UnknownExit(err), time.Time{})
 		return nil
 	}
 	go t.WaitShim(sh)

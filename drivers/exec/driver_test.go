@@ -27,11 +27,68 @@ const testTimeout = 10 * time.Second
 // for failing packages or with -v).
 func newTestDriver(t *testing.T) *Driver {
 	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("the exec driver isolates kernels, which needs root")
+	}
 	return New(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
 }
 
+// slogWarn returns a logger of warnings to stderr.
+func slogWarn() *slog.Logger {
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+}
+
 func TestConformance(t *testing.T) {
-	testutils.RunConformance(t, func(t *testing.T) drivers.Driver { return newTestDriver(t) })
+	testutils.RunConformance(t, func(t *testing.T) drivers.Driver { return newTestDriver(t) }, testutils.WithHostPids(hostPids))
+}
+
+// hostPids turns pids that an isolated task printed, which are its pid
+// namespace's, into the host's (see testutils.WithHostPids).
+func hostPids(t testing.TB, d drivers.Driver, taskID string, pids []int) []int {
+	t.Helper()
+	tk, err := d.(*Driver).get(taskID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tk.iso == nil {
+		return pids
+	}
+	ns, err := os.Readlink("/proc/" + itoa(tk.pid) + "/ns/pid")
+	if err != nil {
+		t.Fatal(err)
+	}
+	byNS := map[int]int{}
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		hp, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if l, err := os.Readlink("/proc/" + e.Name() + "/ns/pid"); err != nil || l != ns {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/status")
+		if err != nil {
+			continue
+		}
+		for line := range strings.Lines(string(b)) {
+			if rest, ok := strings.CutPrefix(line, "NSpid:"); ok {
+				f := strings.Fields(rest)
+				if n, err := strconv.Atoi(f[len(f)-1]); err == nil && len(f) > 1 {
+					byNS[n] = hp
+				}
+			}
+		}
+	}
+	out := make([]int, len(pids))
+	for i, p := range pids {
+		hp, ok := byNS[p]
+		if !ok {
+			t.Fatalf("task %s: no process with pid %d in its namespace (have %v)", taskID, p, byNS)
+		}
+		out[i] = hp
+	}
+	return out
 }
 
 func TestCapabilitiesAndFingerprint(t *testing.T) {
@@ -339,8 +396,9 @@ func TestStatsFromProc(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.Pids != 2 || st.CPUUsageNanos == 0 || st.MemoryRSSBytes == 0 {
-		t.Errorf("Stats = %+v, want 2 pids, CPU time and memory", st)
+	// The shell, its sleep and the task's init.
+	if st.Pids != 3 || st.CPUUsageNanos == 0 || st.MemoryRSSBytes == 0 {
+		t.Errorf("Stats = %+v, want 3 pids, CPU time and memory", st)
 	}
 	if taskOf(t, d, cfg.ID).group != nil {
 		t.Error("task has cgroups although the driver has none")
@@ -384,7 +442,7 @@ func TestRecover(t *testing.T) {
 	cfg := testutils.TaskConfig(t, "/bin/sh", "-c", "sleep 1000 & echo $$ $!; wait")
 	cfg.Env = map[string]string{"FOO": "kept"}
 	h := testutils.StartTask(t, first, cfg)
-	pids := testutils.WaitForPids(t, cfg.StdoutPath, 2, testTimeout)
+	pids := hostPids(t, first, cfg.ID, testutils.WaitForPids(t, cfg.StdoutPath, 2, testTimeout))
 
 	// Persist and reload the handle as the agent would.
 	b, err := json.Marshal(h)
@@ -462,7 +520,7 @@ func TestConformanceWithoutCgroups(t *testing.T) {
 		d := newTestDriver(t)
 		d.cgroups, d.noLimits = nil, "disabled by the test"
 		return d
-	})
+	}, testutils.WithHostPids(hostPids))
 }
 
 func TestExecStdin(t *testing.T) {

@@ -119,6 +119,27 @@ func lookupUser(name string) (*syscall.Credential, error) {
 	return cred, nil
 }
 
+// lookupTaskUser returns the uid and primary gid that an isolated task of
+// user name (a name or a uid) runs as; uid 0 is refused.
+func lookupTaskUser(name string) (*Isolation, error) {
+	u, err := user.Lookup(name)
+	if err != nil {
+		var uerr error
+		if u, uerr = user.LookupId(name); uerr != nil {
+			return nil, fmt.Errorf("%w: user %q: %v; give an existing user (corral agent -exec-user)", drivers.ErrInvalidConfig, name, err)
+		}
+	}
+	uid, err1 := strconv.ParseUint(u.Uid, 10, 32)
+	gid, err2 := strconv.ParseUint(u.Gid, 10, 32)
+	if err := errors.Join(err1, err2); err != nil {
+		return nil, fmt.Errorf("%w: user %q has a non-numeric id: %v", drivers.ErrInvalidConfig, name, err)
+	}
+	if uid == 0 {
+		return nil, fmt.Errorf("%w: user %q is root: the exec driver never runs kernels as root (admins have the host driver)", drivers.ErrInvalidConfig, name)
+	}
+	return &Isolation{Uid: uint32(uid), Gid: uint32(gid)}, nil
+}
+
 // openLog opens path for appending, creating it and its directory; an empty
 // path discards the output.
 func openLog(path string) (*os.File, error) {

@@ -327,6 +327,7 @@ func TestExecReachedByStop(t *testing.T) {
 	if _, err := fmt.Sscan(out.String(), &pid); err != nil {
 		t.Fatal(err)
 	}
+	pid = hostPids(t, d, cfg.ID, []int{pid})[0]
 	if err := d.Stop(context.Background(), cfg.ID, 5*time.Second, "SIGTERM"); err != nil {
 		t.Fatalf("Stop: %v", err)
 	}

@@ -28,21 +28,38 @@ type driverState struct {
 	// process even after the pid number is reused.
 	StartTime uint64        `json:"start_time"`
 	Cgroup    *cgroup.Group `json:"cgroup,omitempty"`
+	// Isolation is set for a task isolated by the exec driver: Pid is its
+	// init, whose namespaces Exec enters. Handles of host tasks, and of
+	// agents from before the isolation, have none.
+	Isolation *Isolation `json:"isolation,omitempty"`
 }
 
-// kind is what the shared task code knows of this driver.
-var kind = &lifecycle.Kind{
-	Name:               driverName,
-	ErrExitCodeUnknown: ErrExitCodeUnknown,
-	Waiting:            "task",
-	PollInterval:       pollInterval,
-}
+// execKind and hostKind are what the shared task code knows of the exec
+// and host drivers.
+var (
+	execKind = &lifecycle.Kind{
+		Name:               driverName,
+		ErrExitCodeUnknown: ErrExitCodeUnknown,
+		Waiting:            "task",
+		PollInterval:       pollInterval,
+	}
+	hostKind = &lifecycle.Kind{
+		Name:               hostDriverName,
+		ErrExitCodeUnknown: ErrExitCodeUnknown,
+		Waiting:            "task",
+		PollInterval:       pollInterval,
+	}
+)
 
 // task is one running or exited process tree.
 type task struct {
 	lifecycle.Task
-	env       map[string]string
-	cred      *syscall.Credential
+	env  map[string]string
+	cred *syscall.Credential
+	iso  *Isolation // nil: the task runs in the host's namespaces
+	// execAs, for a task that runs in the host's namespaces under the
+	// exec driver (started before the isolation), is who Exec runs as.
+	execAs    *Isolation
 	userErr   error // why cfg.User could not be resolved on recovery
 	pid       int
 	pgid      int // 0: not verified on recovery, never signalled
@@ -61,7 +78,7 @@ type task struct {
 func (t *task) state() driverState {
 	return driverState{
 		ShimDir: t.shimDir, ShimPid: t.shim.ShimPid, ShimStartTime: t.shim.ShimStartTime,
-		Pid: t.pid, Pgid: t.pgid, StartTime: t.startTime, Cgroup: t.group,
+		Pid: t.pid, Pgid: t.pgid, StartTime: t.startTime, Cgroup: t.group, Isolation: t.iso,
 	}
 }
 

@@ -1,5 +1,5 @@
 // Package cgroup gives each exec task its own cgroups (v1 or v2) that limit
-// its CPU and memory, report its usage and find every one of its processes
+// its CPU, memory and number of processes, report its usage and find every one of its processes
 // so that none survives the task.
 package cgroup
 
@@ -55,6 +55,7 @@ const (
 	CPU     = "cpu"
 	CPUAcct = "cpuacct"
 	Memory  = "memory"
+	Pids    = "pids"
 	Unified = "unified" // the key of the single v2 directory in Group.Dirs
 )
 
@@ -64,6 +65,9 @@ type Limits struct {
 	CPU float64
 	// MemoryBytes is the most memory the task may use before it is OOM-killed.
 	MemoryBytes int64
+	// Pids is the most processes (and threads) the task may have at once,
+	// which stops fork bombs.
+	Pids int64
 }
 
 // Manager creates per-task cgroups below one parent cgroup (e.g. "corral")
@@ -74,6 +78,7 @@ type Manager struct {
 	parents     map[string]string
 	limitCPU    bool
 	limitMemory bool
+	limitPids   bool
 }
 
 // Detect reads /proc/self/mountinfo and prepares a Manager that creates task
@@ -104,7 +109,7 @@ func NewManager(mounts []Mount, parent string) (*Manager, error) {
 		return nil, err
 	}
 	m := &Manager{parents: map[string]string{}}
-	for _, ctrl := range []string{CPU, Memory, CPUAcct} {
+	for _, ctrl := range []string{CPU, Memory, CPUAcct, Pids} {
 		for _, mt := range mounts {
 			if !mt.V2 && slices.Contains(mt.Controllers, ctrl) {
 				m.parents[ctrl] = filepath.Join(mt.Point, parent)
@@ -121,6 +126,7 @@ func NewManager(mounts []Mount, parent string) (*Manager, error) {
 		}
 		m.limitCPU = m.parents[CPU] != ""
 		m.limitMemory = m.parents[Memory] != ""
+		m.limitPids = m.parents[Pids] != ""
 		return m, nil
 	}
 	return newV2(mounts, parent)
@@ -142,12 +148,12 @@ func newV2(mounts []Mount, parent string) (*Manager, error) {
 	}
 	avail := strings.Fields(string(b))
 	var enable []string
-	for _, c := range []string{CPU, Memory} {
+	for _, c := range []string{CPU, Memory, Pids} {
 		if slices.Contains(avail, c) {
 			enable = append(enable, c)
 		}
 	}
-	if len(enable) == 0 {
+	if !slices.Contains(enable, CPU) && !slices.Contains(enable, Memory) {
 		return nil, fmt.Errorf("%w: cgroup2 at %s offers neither cpu nor memory", ErrUnavailable, mt.Point)
 	}
 	dir := filepath.Join(mt.Point, parent)
@@ -164,6 +170,7 @@ func newV2(mounts []Mount, parent string) (*Manager, error) {
 		parents:     map[string]string{Unified: dir},
 		limitCPU:    slices.Contains(enable, CPU),
 		limitMemory: slices.Contains(enable, Memory),
+		limitPids:   slices.Contains(enable, Pids),
 	}, nil
 }
 
@@ -194,6 +201,10 @@ func (m *Manager) CanLimitCPU() bool { return m.limitCPU }
 // CanLimitMemory reports whether memory limits are enforced.
 func (m *Manager) CanLimitMemory() bool { return m.limitMemory }
 
+// CanLimitPids reports whether limits on the number of processes are
+// enforced (the pids controller).
+func (m *Manager) CanLimitPids() bool { return m.limitPids }
+
 // Create makes the cgroups of task id and applies l to them.
 func (m *Manager) Create(id string, l Limits) (*Group, error) {
 	if err := validName(id); err != nil {
@@ -220,7 +231,7 @@ func (m *Manager) Create(id string, l Limits) (*Group, error) {
 // that the driver can persist it and find the cgroups again after a restart.
 type Group struct {
 	Version Version `json:"version"`
-	// Dirs maps a controller (v1: "cpu", "memory", "cpuacct") or "unified"
+	// Dirs maps a controller (v1: "cpu", "memory", "cpuacct", "pids") or "unified"
 	// (v2) to the task's cgroup directory.
 	Dirs map[string]string `json:"dirs"`
 }
@@ -261,6 +272,10 @@ func (g *Group) apply(l Limits) error {
 		mem = strconv.FormatInt(l.MemoryBytes, 10)
 	}
 	period := strconv.Itoa(CFSPeriodMicros)
+	pids := "max"
+	if l.Pids > 0 {
+		pids = strconv.FormatInt(l.Pids, 10)
+	}
 	switch g.Version {
 	case V1:
 		if d := g.Dirs[CPU]; d != "" {
@@ -287,6 +302,11 @@ func (g *Group) apply(l Limits) error {
 				_ = write(d, "memory.memsw.limit_in_bytes", mem)
 			}
 		}
+		if d := g.Dirs[Pids]; d != "" {
+			if err := write(d, "pids.max", pids); err != nil {
+				return err
+			}
+		}
 	case V2:
 		d := g.Dirs[Unified]
 		if _, err := os.Stat(filepath.Join(d, "cpu.max")); err == nil || l.CPU > 0 {
@@ -302,6 +322,11 @@ func (g *Group) apply(l Limits) error {
 				if _, err := os.Stat(filepath.Join(d, "memory.swap.max")); err == nil {
 					_ = write(d, "memory.swap.max", "0")
 				}
+			}
+		}
+		if _, err := os.Stat(filepath.Join(d, "pids.max")); err == nil || l.Pids > 0 {
+			if err := write(d, "pids.max", pids); err != nil {
+				return err
 			}
 		}
 	}

@@ -174,19 +174,22 @@ func TestV2(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if m.Version() != V2 || !m.CanLimitCPU() || !m.CanLimitMemory() {
+	if m.Version() != V2 || !m.CanLimitCPU() || !m.CanLimitMemory() || !m.CanLimitPids() {
 		t.Fatalf("manager = %+v", m)
 	}
 	// The fake file keeps only the last write.
-	if got := read(t, filepath.Join(parent, "cgroup.subtree_control")); got != "+memory" {
+	if got := read(t, filepath.Join(parent, "cgroup.subtree_control")); got != "+pids" {
 		t.Errorf("parent subtree_control = %q", got)
 	}
-	g, err := m.Create("task1", Limits{CPU: 0.5, MemoryBytes: 1 << 20})
+	g, err := m.Create("task1", Limits{CPU: 0.5, MemoryBytes: 1 << 20, Pids: 64})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if g.UnifiedDir() != filepath.Join(parent, "task1") || len(g.ProcsFiles()) != 1 {
 		t.Fatalf("group = %+v", g)
+	}
+	if got := read(t, filepath.Join(g.UnifiedDir(), "pids.max")); got != "64" {
+		t.Errorf("pids.max = %q", got)
 	}
 	if got := read(t, filepath.Join(g.UnifiedDir(), "cpu.max")); got != "50000 100000" {
 		t.Errorf("cpu.max = %q", got)
@@ -290,5 +293,34 @@ func TestGroupFiles(t *testing.T) {
 	// real cgroupfs has no such files.
 	if err := g.Destroy(context.Background()); err == nil {
 		t.Error("Destroy of a directory with files succeeded")
+	}
+}
+
+func TestV1Pids(t *testing.T) {
+	for _, tc := range []struct {
+		limit int64
+		want  string
+	}{{64, "64"}, {0, "max"}} {
+		m, err := NewManager(fakeV1(t, CPU, Memory, Pids), "corral")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !m.CanLimitPids() {
+			t.Fatal("CanLimitPids = false with a pids hierarchy")
+		}
+		g, err := m.Create("task1", Limits{Pids: tc.limit})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := read(t, filepath.Join(g.Dirs[Pids], "pids.max")); got != tc.want {
+			t.Errorf("limit %d: pids.max = %q, want %q", tc.limit, got, tc.want)
+		}
+	}
+	m, err := NewManager(fakeV1(t, CPU, Memory), "corral")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.CanLimitPids() {
+		t.Error("CanLimitPids = true without a pids hierarchy")
 	}
 }

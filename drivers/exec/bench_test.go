@@ -1,0 +1,43 @@
+package exec
+
+import (
+	"context"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/corral-dev/corral/plugins/drivers/testutils"
+)
+
+// BenchmarkStart measures how long Start takes to get a kernel running,
+// with the exec driver's isolation (init, namespaces, mounts) and without
+// it (the host driver). Both use cgroups where the host has them.
+func BenchmarkStart(b *testing.B) {
+	if os.Geteuid() != 0 {
+		b.Skip("isolation needs root")
+	}
+	for _, bc := range []struct {
+		name string
+		d    *Driver
+	}{
+		{"namespaces", New(nil)},
+		{"host", NewHost(nil)},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			var total time.Duration
+			for b.Loop() {
+				cfg := testutils.TaskConfig(b, "true")
+				start := time.Now()
+				if _, err := bc.d.Start(context.Background(), cfg); err != nil {
+					b.Fatal(err)
+				}
+				total += time.Since(start)
+				testutils.WaitResult(b, bc.d, cfg.ID, testTimeout)
+				if err := bc.d.Destroy(context.Background(), cfg.ID, true); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(total.Microseconds())/1000/float64(b.N), "ms/start")
+		})
+	}
+}
