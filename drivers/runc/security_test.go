@@ -1,6 +1,7 @@
 package runc
 
 import (
+	"context"
 	"errors"
 	"os"
 	"os/exec"
@@ -11,8 +12,10 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/corral-dev/corral/plugins/drivers/testutils"
+	"github.com/corral-dev/corral/structs"
 )
 
 // probeSource is a static program that tries system calls the default
@@ -210,5 +213,116 @@ id -u; stat -c %u /bin/busybox /home/alice; touch /tmp/new && stat -c %u /tmp/ne
 	cfg := taskConfig(t, "cat", "/proc/self/uid_map")
 	if got := strings.Fields(runOutput(t, off, cfg)); strings.Join(got, " ") != "0 0 4294967295" {
 		t.Errorf("with -userns=false: uid_map = %q, want the host's", got)
+	}
+}
+
+func TestPidsLimitStopsForkBomb(t *testing.T) {
+	d := newTestDriver(t)
+	cfg := taskConfig(t, "/bin/sh", "-c", `echo ready; b() { b | b & }; b; sleep 1000`)
+	cfg.Resources = structs.Slots{SlotPids: structs.Whole(64)}
+	testutils.StartTask(t, d, cfg)
+	testutils.WaitForLog(t, cfg.StdoutPath, "ready", testTimeout)
+	tk, err := d.get(cfg.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cgroupFile(t, tk, "pids", "pids.max", "pids.max"); got != "64" {
+		t.Fatalf("pids.max = %s, want the pids slot's 64", got)
+	}
+	// The bomb fills its cgroup up to the limit and no further.
+	deadline := time.Now().Add(testTimeout)
+	for {
+		n, _ := strconv.Atoi(cgroupFile(t, tk, "pids", "pids.current", "pids.current"))
+		if n > 64 {
+			t.Fatalf("pids.current = %d, over the limit of 64", n)
+		}
+		if n == 64 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the fork bomb reached only %d processes", n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	time.Sleep(200 * time.Millisecond)
+	if n, _ := strconv.Atoi(cgroupFile(t, tk, "pids", "pids.current", "pids.current")); n > 64 {
+		t.Fatalf("pids.current = %d, over the limit of 64", n)
+	}
+	// And the kernel can still be stopped and cleaned up.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := d.Stop(ctx, cfg.ID, time.Second, "SIGKILL"); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Destroy(ctx, cfg.ID, true); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestDiskLimitStopsKernel(t *testing.T) {
+	defer func(old time.Duration) { diskCheckInterval = old }(diskCheckInterval)
+	diskCheckInterval = 50 * time.Millisecond
+	d := newTestDriver(t)
+	cfg := taskConfig(t, "/bin/sh", "-c", `echo ready; dd if=/dev/zero of=/tmp/big bs=1M count=32 2>/dev/null; echo written; exec sleep 1000`)
+	cfg.Resources = structs.Slots{SlotDisk: structs.Whole(8 << 20)}
+	testutils.StartTask(t, d, cfg)
+	res := testutils.WaitResult(t, d, cfg.ID, testTimeout)
+	if !errors.Is(res.Err, ErrDiskLimit) {
+		t.Fatalf("result = %+v, want an error wrapping ErrDiskLimit", res)
+	}
+	if want := "kernel wrote more than 8 MiB to its scratch space (disk slot)"; !strings.Contains(res.Err.Error(), want) {
+		t.Errorf("reason = %q, want it to say %q", res.Err, want)
+	}
+
+	// Under the limit nothing happens.
+	ok := taskConfig(t, "/bin/sh", "-c", `dd if=/dev/zero of=/tmp/small bs=1M count=2 2>/dev/null; sleep 0.5; echo fine`)
+	ok.Resources = structs.Slots{SlotDisk: structs.Whole(8 << 20)}
+	if out := runOutput(t, d, ok); out != "fine\n" {
+		t.Errorf("kernel under its disk limit printed %q", out)
+	}
+}
+
+func TestLogCapped(t *testing.T) {
+	const limit = 64 << 10
+	d := newTestDriver(t, WithMaxLogSize(limit))
+	cfg := taskConfig(t, "/bin/sh", "-c", `head -c 1000000 /dev/zero | tr '\0' a; echo; echo END; head -c 300000 /dev/zero | tr '\0' b >&2`)
+	runOutput(t, d, cfg)
+	for _, p := range []string{cfg.StdoutPath, cfg.StderrPath} {
+		var total int64
+		for _, f := range []string{p, p + ".1"} {
+			fi, err := os.Stat(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			total += fi.Size()
+		}
+		if total > limit {
+			t.Errorf("%s and its .1 hold %d bytes, over the cap of %d", p, total, limit)
+		}
+		if total < limit/2 {
+			t.Errorf("%s and its .1 hold %d bytes, want the last %d at least", p, total, limit/2)
+		}
+	}
+	if out := testutils.ReadLog(t, cfg.StdoutPath); !strings.HasSuffix(out, "aaaa\nEND\n") {
+		t.Errorf("stdout log does not end with the output's end: ...%q", out[max(0, len(out)-20):])
+	}
+}
+
+func TestCappedLogRotates(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "out.log")
+	l, err := openCappedLog(p, 20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []string{"0123456789", "abcdefghij", "ABCDEFGHIJ", "xy"} {
+		if _, err := l.Write([]byte(s)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	l.Close()
+	for f, want := range map[string]string{p: "xy", p + ".1": "ABCDEFGHIJ"} {
+		if b, _ := os.ReadFile(f); string(b) != want {
+			t.Errorf("%s = %q, want %q", filepath.Base(f), b, want)
+		}
 	}
 }
