@@ -7,6 +7,8 @@ LDFLAGS := -X main.version=$(VERSION)
 # seccomp: libcontainer loads the runc kernels' seccomp profile only when
 # built with cgo and this tag (libseccomp-dev, installed by `make deps`).
 # A build without it works, but runc kernels then run without seccomp.
+# make test passes it through GOFLAGS, so that the binaries the e2e tests
+# build get it too.
 TAGS    ?= seccomp
 GOFILES := $(shell find . -name '*.go' -not -path './.git/*')
 
@@ -48,7 +50,7 @@ lint:
 	$(GO) vet -tags "$(TAGS)" ./...
 
 test: deps lint
-	$(GO) test -tags "$(TAGS)" -count=1 -timeout 20m ./...
+	GOFLAGS="$(GOFLAGS) -tags=$(TAGS)" $(GO) test -count=1 -timeout 20m ./...
 
 bench: build
 	$(GO) test -tags "$(TAGS)" -run '^$$' -bench . -benchtime 1x ./server/... 
