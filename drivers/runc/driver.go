@@ -3,6 +3,10 @@
 // writable root layered over its shared, read-only image directory, its own
 // pid, mount, uts, ipc and network namespaces, runc's default security
 // settings and per-kernel cgroups (v1 or v2) limiting CPU, memory and pids.
+// Kernels are confined further by the container runtimes' default seccomp
+// profile, a user namespace of their own where the host supports it (see
+// UserNSMode), logs capped in size and a limit on what they write into
+// their scratch space.
 //
 // Every container runs under its own shim (package shim): the init is a
 // child of a small supervisor process that outlives agent restarts and
