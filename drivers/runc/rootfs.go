@@ -126,7 +126,12 @@ func prepareRootFS(dir, image string, mode RootFSMode, ids *idRange, log *slog.L
 		if err := os.MkdirAll(usernsRootBase, 0o711); err != nil {
 			return nil, fmt.Errorf("creating %s: %w", usernsRootBase, err)
 		}
-		_ = os.Chmod(usernsRootBase, 0o711)
+		// corral's dirs in /run: traversable by all, listable by root.
+		for _, d := range []string{filepath.Dir(usernsRootBase), usernsRootBase} {
+			if fi, err := os.Stat(d); err == nil && fi.Mode().Perm()&0o011 != 0o011 {
+				_ = os.Chmod(d, fi.Mode().Perm()|0o011)
+			}
+		}
 		if target, err = os.MkdirTemp(usernsRootBase, filepath.Base(filepath.Dir(dir))+"-"); err != nil {
 			return nil, fmt.Errorf("creating the kernel's rootfs mount point: %w", err)
 		}
