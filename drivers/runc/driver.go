@@ -227,15 +227,16 @@ func (d *Driver) Fingerprint(ctx context.Context) (*drivers.Fingerprint, error) 
 		"driver.runc.disk_limit":     fmt.Sprint(d.diskLimit),
 		"driver.runc.max_log_size":   fmt.Sprint(d.maxLogSize),
 	}
-	desc := "containers with libcontainer under shims, cgroup " + cgroupVersion() + ", seccomp " + d.seccompMode()
+	desc := "containers with libcontainer under shims, cgroup " + cgroupVersion()
+	if !shim.Available() {
+		attrs["driver.runc.shim"] = "in-process"
+		desc = "containers with libcontainer without shims (their exit status is lost when the agent restarts), cgroup " + cgroupVersion()
+	}
+	desc += ", seccomp " + d.seccompMode()
 	if err := d.usernsWanted(); err != nil {
 		desc += ", no user namespaces (" + err.Error() + ")"
 	} else {
 		desc += ", user namespaces"
-	}
-	if !shim.Available() {
-		attrs["driver.runc.shim"] = "in-process"
-		desc = "containers with libcontainer without shims (their exit status is lost when the agent restarts), cgroup " + cgroupVersion()
 	}
 	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
 		attrs["driver.runc.kernel_version"] = strings.TrimSpace(string(b))
@@ -358,7 +359,8 @@ func (d *Driver) Start(ctx context.Context, cfg *drivers.TaskConfig) (_ *drivers
 
 	start := time.Now()
 	var ids *idRange
-	if err := d.usernsWanted(); err == nil {
+	switch werr := d.usernsWanted(); {
+	case werr == nil:
 		if ids, err = d.ids.alloc(cfg.ID); err != nil {
 			return nil, fmt.Errorf("task %s: %w", cfg.ID, err)
 		}
@@ -367,8 +369,8 @@ func (d *Driver) Start(ctx context.Context, cfg *drivers.TaskConfig) (_ *drivers
 				d.ids.free(cfg.ID, ids)
 			}
 		}()
-	} else if d.userns == UserNSOn {
-		return nil, fmt.Errorf("task %s: the driver must give kernels user namespaces, but cannot: %w", cfg.ID, err)
+	case d.userns == UserNSOn:
+		return nil, fmt.Errorf("task %s: the driver must give kernels user namespaces (-userns=true), but cannot: %w", cfg.ID, werr)
 	}
 	rfs, err := prepareRootFS(d.containerDir(cfg), image, d.rootfsMode, ids, log)
 	if err != nil {

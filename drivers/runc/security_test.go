@@ -208,6 +208,17 @@ id -u; stat -c %u /bin/busybox /home/alice; touch /tmp/new && stat -c %u /tmp/ne
 	if ranges[0] == ranges[1] {
 		t.Errorf("two running kernels share the host id range at %s", ranges[0])
 	}
+	// A start that fails gives its range back.
+	bad := taskConfig(t, "/no/such/program")
+	if _, err := d.Start(context.Background(), bad); err == nil {
+		t.Fatal("start of a missing program succeeded")
+	}
+	d.ids.mu.Lock()
+	inUse := len(d.ids.used)
+	d.ids.mu.Unlock()
+	if inUse != 2 {
+		t.Errorf("%d id ranges in use after a failed start, want the 2 of the running kernels", inUse)
+	}
 
 	off := newTestDriver(t, WithUserNS(UserNSOff))
 	cfg := taskConfig(t, "cat", "/proc/self/uid_map")
