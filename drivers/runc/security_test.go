@@ -2,6 +2,7 @@ package runc
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"os"
 	"os/exec"
@@ -14,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/corral-dev/corral/plugins/drivers"
 	"github.com/corral-dev/corral/plugins/drivers/testutils"
 	"github.com/corral-dev/corral/structs"
 )
@@ -335,5 +337,60 @@ func TestCappedLogRotates(t *testing.T) {
 		if b, _ := os.ReadFile(f); string(b) != want {
 			t.Errorf("%s = %q, want %q", filepath.Base(f), b, want)
 		}
+	}
+}
+
+// TestConfinementSurvivesRecover checks that an agent that recovers a
+// kernel keeps its user namespace id range reserved and its disk limit
+// watched.
+func TestConfinementSurvivesRecover(t *testing.T) {
+	defer func(old time.Duration) { diskCheckInterval = old }(diskCheckInterval)
+	diskCheckInterval = 50 * time.Millisecond
+	stateDir := t.TempDir()
+	ctx := context.Background()
+	// The first driver (the agent before its restart) watches no disk
+	// use; the handle the second one recovers says 8 MiB.
+	first := newTestDriver(t, WithStateDir(stateDir), WithDiskLimit(0))
+	cfg := taskConfig(t, "/bin/sh", "-c", `echo ready; while [ ! -e /tmp/go ]; do sleep 0.05; done; dd if=/dev/zero of=/tmp/big bs=1M count=32 2>/dev/null; exec sleep 1000`)
+	h := testutils.StartTask(t, first, cfg)
+	testutils.WaitForLog(t, cfg.StdoutPath, "ready", testTimeout)
+	var st driverState
+	if err := json.Unmarshal(h.DriverState, &st); err != nil || st.DiskLimit != 0 {
+		t.Fatalf("driver state %s: %v, want no disk limit", h.DriverState, err)
+	}
+	st.DiskLimit = 8 << 20
+	b, _ := json.Marshal(h)
+	var persisted drivers.TaskHandle
+	if err := json.Unmarshal(b, &persisted); err != nil {
+		t.Fatal(err)
+	}
+	var err error
+	if persisted.DriverState, err = json.Marshal(st); err != nil {
+		t.Fatal(err)
+	}
+	second := newTestDriver(t, WithStateDir(stateDir))
+	if err := second.Recover(ctx, &persisted); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		dctx, cancel := context.WithTimeout(ctx, testTimeout)
+		defer cancel()
+		_ = second.Destroy(dctx, cfg.ID, true)
+	})
+	tk, err := second.get(cfg.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ids := tk.state.RootFS.IDs; ids != nil {
+		if next, err := second.ids.alloc("other"); err != nil || next.Index == ids.Index {
+			t.Errorf("after Recover the kernel's id range %d is handed out again (%+v, %v)", ids.Index, next, err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(tk.state.RootFS.RootFS, "tmp/go"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	res := testutils.WaitResult(t, second, cfg.ID, testTimeout)
+	if !errors.Is(res.Err, ErrDiskLimit) {
+		t.Fatalf("recovered result = %+v, want an error wrapping ErrDiskLimit", res)
 	}
 }
