@@ -23,9 +23,9 @@ const DefaultDiskLimit = 10 << 30
 // scratch space.
 var ErrDiskLimit = errors.New("disk limit exceeded")
 
-// diskCheckInterval is how often the driver measures each kernel's
-// scratch space. A kernel may overshoot its limit by what it writes in one
-// interval.
+// diskCheckInterval is how often a driver made after it is set measures
+// each kernel's scratch space. A kernel may overshoot its limit by what it
+// writes in one interval.
 var diskCheckInterval = 2 * time.Second
 
 // diskExceededFile, in the container's dir, records the limit a kernel
@@ -104,15 +104,15 @@ func (r *rootfsState) scratchDir() string {
 	}
 }
 
-// watchDisk measures the task's scratch space every diskCheckInterval
-// until the task exits, and kills the task, recording why, when the space
-// holds more than limit bytes.
-func (t *task) watchDisk(limit int64) {
+// watchDisk measures the task's scratch space every interval until the
+// task exits, and kills the task, recording why, when the space holds
+// more than limit bytes.
+func (t *task) watchDisk(limit int64, interval time.Duration) {
 	if limit <= 0 {
 		return
 	}
 	dir := t.state.RootFS.scratchDir()
-	tick := time.NewTicker(diskCheckInterval)
+	tick := time.NewTicker(interval)
 	defer tick.Stop()
 	for {
 		select {

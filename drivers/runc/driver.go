@@ -146,6 +146,7 @@ type Driver struct {
 	userns       UserNSMode
 	maxLogSize   int64
 	diskLimit    int64
+	diskInterval time.Duration
 
 	// usernsOnce probes whether kernels can get user namespaces here;
 	// usernsErr says why not.
@@ -171,6 +172,7 @@ func New(logger *slog.Logger, opts ...Option) *Driver {
 		seccomp:      true,
 		maxLogSize:   DefaultMaxLogSize,
 		diskLimit:    DefaultDiskLimit,
+		diskInterval: diskCheckInterval,
 	}
 	for _, o := range opts {
 		o(d)
@@ -454,7 +456,7 @@ func (d *Driver) Start(ctx context.Context, cfg *drivers.TaskConfig) (_ *drivers
 		return nil, err
 	}
 	d.tasks.Set(cfg.ID, t)
-	go t.watchDisk(t.state.DiskLimit)
+	go t.watchDisk(t.state.DiskLimit, d.diskInterval)
 	t.Logger.Info("task started", "command", proc.Args, "overlay", rfs.Overlay, "shim_pid", ss.ShimPid,
 		"seccomp", lc.Seccomp != nil, "userns", ids != nil, "took", time.Since(start))
 	return h, nil
@@ -747,7 +749,7 @@ func (d *Driver) Recover(ctx context.Context, handle *drivers.TaskHandle) error 
 		return nil
 	}
 	d.ids.mark(cfg.ID, st.RootFS.IDs)
-	go t.watchDisk(st.DiskLimit)
+	go t.watchDisk(st.DiskLimit, d.diskInterval)
 
 	why := errNoShim
 	if st.ShimDir != "" {

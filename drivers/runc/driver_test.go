@@ -467,6 +467,10 @@ func snapshot(t *testing.T, d *Driver, id string) leftovers {
 	}
 	l.dirs = []string{tk.state.RootFS.Dir, filepath.Join(tk.state.Root, tk.state.ContainerID)}
 	l.mountPrefix = []string{tk.state.RootFS.Dir}
+	if m := tk.state.RootFS.Mount; m != "" { // a user namespace's root
+		l.dirs = append(l.dirs, m)
+		l.mountPrefix = append(l.mountPrefix, m)
+	}
 	return l
 }
 
