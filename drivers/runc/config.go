@@ -6,6 +6,7 @@ import (
 	"path"
 	"slices"
 	"strings"
+	"sync"
 
 	"github.com/opencontainers/runc/libcontainer/configs"
 	"github.com/opencontainers/runc/libcontainer/specconv"
@@ -43,6 +44,29 @@ type processSpec struct {
 	Cwd     string           `json:"cwd"`
 	User    execUser         `json:"user"`
 	Rlimits []configs.Rlimit `json:"rlimits,omitempty"`
+}
+
+// specconvMu serializes specconv.CreateLibcontainerConfig, which points
+// every config's Devices at specconv's package-level list and sets their
+// owners to the config's root uid and gid in place.
+var specconvMu sync.Mutex
+
+// createLibcontainerConfig is specconv.CreateLibcontainerConfig with a
+// config of its own: its devices are copies, owned by its root (the
+// mapped root of a user namespace, host root else), which no later call
+// for another container changes.
+func createLibcontainerConfig(opts *specconv.CreateOpts) (*configs.Config, error) {
+	specconvMu.Lock()
+	defer specconvMu.Unlock()
+	lc, err := specconv.CreateLibcontainerConfig(opts)
+	if err != nil {
+		return nil, err
+	}
+	for i, dev := range lc.Devices {
+		c := *dev
+		lc.Devices[i] = &c
+	}
+	return lc, nil
 }
 
 // commandLine applies Docker's rules: the image's Entrypoint, followed by
@@ -208,7 +232,7 @@ func (d *Driver) containerConfig(cfg *drivers.TaskConfig, rootfs string, etc etc
 		}
 		spec.Linux.Seccomp = sc
 	}
-	lc, err := specconv.CreateLibcontainerConfig(&specconv.CreateOpts{CgroupName: cfg.ID, Spec: spec})
+	lc, err := createLibcontainerConfig(&specconv.CreateOpts{CgroupName: cfg.ID, Spec: spec})
 	if err != nil {
 		return nil, nil, fmt.Errorf("building container config: %w", err)
 	}
