@@ -64,6 +64,34 @@ type daemonFlags struct {
 	fastGossip                                                bool
 	gcRetention                                               time.Duration
 	sec                                                       securityFlags
+	runc                                                      runcFlags
+}
+
+// runcFlags confine the runc driver's kernels.
+type runcFlags struct {
+	seccomp                     bool
+	userns                      usernsFlag
+	maxLogSize, diskLimit       string
+	maxLogBytes, diskLimitBytes int64
+}
+
+// usernsFlag is -userns: auto (the default), true or false; a bare
+// -userns means true.
+type usernsFlag struct{ mode runc.UserNSMode }
+
+func (u *usernsFlag) String() string   { return u.mode.String() }
+func (u *usernsFlag) IsBoolFlag() bool { return true }
+func (u *usernsFlag) Set(v string) (err error) {
+	u.mode, err = runc.ParseUserNSMode(v)
+	return err
+}
+
+// options turns the flags into runc driver options.
+func (r *runcFlags) options() []runc.Option {
+	return []runc.Option{
+		runc.WithSeccomp(r.seccomp), runc.WithUserNS(r.userns.mode),
+		runc.WithMaxLogSize(r.maxLogBytes), runc.WithDiskLimit(r.diskLimitBytes),
+	}
 }
 
 func parseDaemonFlags(role string, args []string) (*daemonFlags, error) {
@@ -119,6 +147,10 @@ func parseDaemonFlags(role string, args []string) (*daemonFlags, error) {
 		fs.StringVar(&f.maxImageSize, "max-image-size", "50G", "largest unpacked image (its files in all); a pull beyond it fails")
 		fs.StringVar(&f.execUser, "exec-user", execdriver.DefaultUser, "unprivileged user (name or uid, never root) that exec kernels run as, in namespaces of their own")
 		fs.BoolVar(&f.enableHostDriver, "enable-host-driver", false, "offer the host driver: kernels run as root in the host's namespaces (for admins only)")
+		fs.BoolVar(&f.runc.seccomp, "runc-seccomp", true, "give runc kernels the container runtimes' default seccomp profile (false: an operator's escape hatch)")
+		fs.Var(&f.runc.userns, "userns", "run runc kernels in user namespaces, their root an unprivileged host uid: auto (where the kernel supports it), true or false")
+		fs.StringVar(&f.runc.maxLogSize, "max-log-size", "100M", "most bytes of each runc kernel's stdout and stderr kept on disk (the log and its rotated .1 together; 0: no cap)")
+		fs.StringVar(&f.runc.diskLimit, "runc-disk-limit", "10G", "most bytes a runc kernel without a disk slot may write into its scratch space before it is stopped (0: no limit)")
 	}
 	allowHelp := "registry host[:port] or *.domain that images may be pulled from although it is not at a public address (repeatable)"
 	if role == "dev" {
@@ -150,6 +182,19 @@ func parseDaemonFlags(role string, args []string) (*daemonFlags, error) {
 			return nil, fmt.Errorf("-max-image-size %q: want a positive size such as 50G or 500M", f.maxImageSize)
 		}
 		f.maxImageBytes = int64(q / structs.QuantityScale)
+	}
+	for _, b := range []struct {
+		name, v string
+		out     *int64
+	}{{"-max-log-size", f.runc.maxLogSize, &f.runc.maxLogBytes}, {"-runc-disk-limit", f.runc.diskLimit, &f.runc.diskLimitBytes}} {
+		if b.v == "" {
+			continue
+		}
+		q, err := structs.ParseBytes(b.v)
+		if err != nil || q < 0 {
+			return nil, fmt.Errorf("%s %q: want a size such as 100M or 10G (0: none)", b.name, b.v)
+		}
+		*b.out = int64(q / structs.QuantityScale)
 	}
 	if f.agentLostAfter < 0 || f.heartbeatTTL < 0 {
 		return nil, errors.New("-agent-lost-after and -heartbeat-ttl must not be negative")
@@ -200,7 +245,7 @@ func newLogger(level string) (*slog.Logger, error) {
 // kernels run as f.execUser and never see dataDir (the whole data dir, the
 // server's too in dev mode); the host driver is there only with
 // -enable-host-driver.
-func builtinDrivers(logger *slog.Logger, f *daemonFlags, dataDir, agentDataDir string) []drivers.Driver {
+func builtinDrivers(logger *slog.Logger, f *daemonFlags, dataDir, agentDataDir string, runcOpts ...runc.Option) []drivers.Driver {
 	abs, err := filepath.Abs(agentDataDir)
 	if err != nil {
 		abs = agentDataDir
@@ -211,7 +256,7 @@ func builtinDrivers(logger *slog.Logger, f *daemonFlags, dataDir, agentDataDir s
 	}
 	drvs := []drivers.Driver{
 		execdriver.New(logger, execdriver.WithUser(user), execdriver.WithHiddenPaths(dataDir, abs)),
-		runc.New(logger, runc.WithStateDir(filepath.Join(abs, "runc"))),
+		runc.New(logger, append([]runc.Option{runc.WithStateDir(filepath.Join(abs, "runc"))}, runcOpts...)...),
 	}
 	if f.enableHostDriver {
 		logger.Warn("the host driver is enabled: its kernels run as root in the host's namespaces")
@@ -271,7 +316,7 @@ func runDaemon(role string, args []string) int {
 	}
 	var killPlugins func()
 	if role != "server" {
-		drvs := builtinDrivers(logger, f, f.dataDir, dataSubdir(role, f.dataDir, "agent"))
+		drvs := builtinDrivers(logger, f, f.dataDir, dataSubdir(role, f.dataDir, "agent"), f.runc.options()...)
 		if f.pluginDir != "" {
 			var plugins []drivers.Driver
 			var errs []error

@@ -134,3 +134,44 @@ func removeBenchParents() {
 		_ = os.Remove(d)
 	}
 }
+
+// BenchmarkStartConfinement measures Start of `sleep 1000` until it runs
+// with the default confinement (seccomp profile and a user namespace with
+// an idmapped image layer, where this binary and host support them) and
+// without either, and reports ms/start for each. Destroy is not timed.
+func BenchmarkStartConfinement(b *testing.B) {
+	testImage(b)
+	for _, c := range []struct {
+		name string
+		opts []Option
+	}{
+		{"plain", []Option{WithSeccomp(false), WithUserNS(UserNSOff)}},
+		{"seccomp", []Option{WithSeccomp(true), WithUserNS(UserNSOff)}},
+		{"userns", []Option{WithSeccomp(false), WithUserNS(UserNSAuto)}},
+		{"seccomp+userns", []Option{WithSeccomp(true), WithUserNS(UserNSAuto)}},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			opts := append([]Option{WithStateDir(b.TempDir()), WithCgroupParent(testCgroupParent)}, c.opts...)
+			d := New(nil, opts...)
+			if c.name == "seccomp+userns" && (!d.seccompOn() || d.usernsWanted() != nil) {
+				b.Logf("confinement partial here: seccomp %s, userns error %v", d.seccompMode(), d.usernsWanted())
+			}
+			ctx := context.Background()
+			var total time.Duration
+			for b.Loop() {
+				cfg := taskConfig(b, "sleep", "1000")
+				start := time.Now()
+				if _, err := d.Start(ctx, cfg); err != nil {
+					b.Fatal(err)
+				}
+				total += time.Since(start)
+				b.StopTimer()
+				if err := d.Destroy(ctx, cfg.ID, true); err != nil {
+					b.Fatal(err)
+				}
+				b.StartTimer()
+			}
+			b.ReportMetric(float64(total.Microseconds())/1000/float64(b.N), "ms/start")
+		})
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"path"
 	"slices"
 	"strings"
+	"sync"
 
 	"github.com/opencontainers/runc/libcontainer/configs"
 	"github.com/opencontainers/runc/libcontainer/specconv"
@@ -25,6 +26,16 @@ const (
 	minCFSQuota = 1000
 )
 
+const (
+	// SlotPids is the resource slot that sets a kernel's pids limit (the
+	// most processes and threads it may have), overriding the driver's.
+	SlotPids = "pids"
+	// SlotDisk is the resource slot that sets how many bytes a kernel may
+	// write into its scratch space (the writable layer of its rootfs),
+	// overriding the driver's disk limit.
+	SlotDisk = "disk"
+)
+
 // processSpec is a command to run in a container, resolved against its
 // image: what libcontainer needs for the init and for every exec.
 type processSpec struct {
@@ -33,6 +44,29 @@ type processSpec struct {
 	Cwd     string           `json:"cwd"`
 	User    execUser         `json:"user"`
 	Rlimits []configs.Rlimit `json:"rlimits,omitempty"`
+}
+
+// specconvMu serializes specconv.CreateLibcontainerConfig, which points
+// every config's Devices at specconv's package-level list and sets their
+// owners to the config's root uid and gid in place.
+var specconvMu sync.Mutex
+
+// createLibcontainerConfig is specconv.CreateLibcontainerConfig with a
+// config of its own: its devices are copies, owned by its root (the
+// mapped root of a user namespace, host root else), which no later call
+// for another container changes.
+func createLibcontainerConfig(opts *specconv.CreateOpts) (*configs.Config, error) {
+	specconvMu.Lock()
+	defer specconvMu.Unlock()
+	lc, err := specconv.CreateLibcontainerConfig(opts)
+	if err != nil {
+		return nil, err
+	}
+	for i, dev := range lc.Devices {
+		c := *dev
+		lc.Devices[i] = &c
+	}
+	return lc, nil
 }
 
 // commandLine applies Docker's rules: the image's Entrypoint, followed by
@@ -136,8 +170,10 @@ type etcMounts struct {
 // default spec (capabilities, no new privileges, masked and read-only
 // paths, proc/dev/devpts/shm/mqueue/sysfs/cgroup mounts, pid, mount, uts,
 // ipc and net namespaces) with the kernel's rootfs, hostname, /etc files,
-// network namespace and cgroup limits.
-func (d *Driver) containerConfig(cfg *drivers.TaskConfig, rootfs string, etc etcMounts) (*configs.Config, []configs.Rlimit, error) {
+// network namespace and cgroup limits (the pids slot, else the driver's
+// pids limit), plus the default seccomp profile unless the driver's is off
+// and a user namespace mapping container root to ids when ids is set.
+func (d *Driver) containerConfig(cfg *drivers.TaskConfig, rootfs string, etc etcMounts, ids *idRange) (*configs.Config, []configs.Rlimit, error) {
 	spec := specconv.Example()
 	spec.Root = &specs.Root{Path: rootfs}
 	spec.Process.Terminal = false
@@ -160,7 +196,11 @@ func (d *Driver) containerConfig(cfg *drivers.TaskConfig, rootfs string, etc etc
 		}
 	}
 	spec.Linux.CgroupsPath = d.cgroupPath(cfg.ID)
-	spec.Linux.Resources.Pids = &specs.LinuxPids{Limit: &d.pidsLimit}
+	pids := d.pidsLimit
+	if n := int64(cfg.Resources[SlotPids].Float()); n > 0 {
+		pids = n
+	}
+	spec.Linux.Resources.Pids = &specs.LinuxPids{Limit: &pids}
 	if cpu := cfg.Resources[structs.SlotCPU].Float(); cpu > 0 {
 		quota := max(int64(cpu*cfsPeriod), minCFSQuota)
 		period := uint64(cfsPeriod)
@@ -169,7 +209,30 @@ func (d *Driver) containerConfig(cfg *drivers.TaskConfig, rootfs string, etc etc
 	if mem := int64(cfg.Resources[structs.SlotMem].Float()); mem > 0 {
 		spec.Linux.Resources.Memory = &specs.LinuxMemory{Limit: &mem}
 	}
-	lc, err := specconv.CreateLibcontainerConfig(&specconv.CreateOpts{CgroupName: cfg.ID, Spec: spec})
+	if ids != nil && cfg.NetNSPath != "" {
+		// sysfs can be mounted only by the user namespace that owns the
+		// network namespace, and the agent's netns belongs to the host's:
+		// bind the host's /sys read-only instead, as rootless runc does.
+		for i, m := range spec.Mounts {
+			if m.Destination == "/sys" {
+				spec.Mounts[i] = specs.Mount{Destination: "/sys", Type: "none", Source: "/sys",
+					Options: []string{"rbind", "nosuid", "noexec", "nodev", "ro"}}
+			}
+		}
+	}
+	if ids != nil {
+		spec.Linux.Namespaces = append(spec.Linux.Namespaces, specs.LinuxNamespace{Type: specs.UserNamespace})
+		spec.Linux.UIDMappings = []specs.LinuxIDMapping{{ContainerID: 0, HostID: ids.HostID, Size: ids.Size}}
+		spec.Linux.GIDMappings = []specs.LinuxIDMapping{{ContainerID: 0, HostID: ids.HostID, Size: ids.Size}}
+	}
+	if d.seccompOn() {
+		sc, err := defaultSeccomp(spec)
+		if err != nil {
+			return nil, nil, err
+		}
+		spec.Linux.Seccomp = sc
+	}
+	lc, err := createLibcontainerConfig(&specconv.CreateOpts{CgroupName: cfg.ID, Spec: spec})
 	if err != nil {
 		return nil, nil, fmt.Errorf("building container config: %w", err)
 	}

@@ -3,6 +3,10 @@
 // writable root layered over its shared, read-only image directory, its own
 // pid, mount, uts, ipc and network namespaces, runc's default security
 // settings and per-kernel cgroups (v1 or v2) limiting CPU, memory and pids.
+// Kernels are confined further by the container runtimes' default seccomp
+// profile, a user namespace of their own where the host supports it (see
+// UserNSMode), logs capped in size and a limit on what they write into
+// their scratch space.
 //
 // Every container runs under its own shim (package shim): the init is a
 // child of a small supervisor process that outlives agent restarts and
@@ -28,6 +32,7 @@ import (
 	"runtime/debug"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/opencontainers/cgroups"
@@ -104,6 +109,24 @@ func WithPidsLimit(n int64) Option { return func(d *Driver) { d.pidsLimit = n } 
 // by default).
 func WithRootFSMode(m RootFSMode) Option { return func(d *Driver) { d.rootfsMode = m } }
 
+// WithSeccomp turns the default seccomp profile (Docker's, see
+// defaultSeccomp) on, as it is by default, or off.
+func WithSeccomp(on bool) Option { return func(d *Driver) { d.seccomp = on } }
+
+// WithUserNS says whether kernels get user namespaces (UserNSAuto by
+// default).
+func WithUserNS(m UserNSMode) Option { return func(d *Driver) { d.userns = m } }
+
+// WithMaxLogSize caps each of a kernel's output logs at n bytes on disk,
+// the log and its rotated generation (.1) together (DefaultMaxLogSize by
+// default; 0: no cap).
+func WithMaxLogSize(n int64) Option { return func(d *Driver) { d.maxLogSize = n } }
+
+// WithDiskLimit sets how many bytes a kernel without a disk slot may write
+// into its scratch space before the driver stops it (DefaultDiskLimit by
+// default; 0: no limit).
+func WithDiskLimit(n int64) Option { return func(d *Driver) { d.diskLimit = n } }
+
 // WithCapabilities replaces runc's default capability set (CAP_AUDIT_WRITE,
 // CAP_KILL, CAP_NET_BIND_SERVICE) with caps, given as "CAP_..." names.
 func WithCapabilities(caps ...string) Option {
@@ -119,6 +142,17 @@ type Driver struct {
 	pidsLimit    int64
 	rootfsMode   RootFSMode
 	capabilities []string
+	seccomp      bool
+	userns       UserNSMode
+	maxLogSize   int64
+	diskLimit    int64
+	diskInterval time.Duration
+
+	// usernsOnce probes whether kernels can get user namespaces here;
+	// usernsErr says why not.
+	usernsOnce sync.Once
+	usernsErr  error
+	ids        idRanges
 
 	tasks lifecycle.Tasks[*task]
 }
@@ -135,9 +169,17 @@ func New(logger *slog.Logger, opts ...Option) *Driver {
 		stateDir:     DefaultStateDir,
 		cgroupParent: DefaultCgroupParent,
 		pidsLimit:    DefaultPidsLimit,
+		seccomp:      true,
+		maxLogSize:   DefaultMaxLogSize,
+		diskLimit:    DefaultDiskLimit,
+		diskInterval: diskCheckInterval,
 	}
 	for _, o := range opts {
 		o(d)
+	}
+	if d.seccomp && !seccompBuilt {
+		d.logger.Warn("kernels run WITHOUT a seccomp profile: this binary was built without libcontainer's seccomp support " +
+			"(build with cgo and -tags seccomp, as make build does, with libseccomp-dev installed)")
 	}
 	if !shim.Available() {
 		d.logger.Warn("this binary does not run task shims (shim.MaybeRun is not called first in main): " +
@@ -181,11 +223,22 @@ func (d *Driver) Fingerprint(ctx context.Context) (*drivers.Fingerprint, error) 
 		"driver.runc.overlayfs":      fmt.Sprint(overlayAvailable()),
 		"driver.runc.rootfs_mode":    d.rootfsMode.String(),
 		"driver.runc.shim":           "process",
+		"driver.runc.seccomp":        d.seccompMode(),
+		"driver.runc.userns":         fmt.Sprint(d.usernsWanted() == nil),
+		"driver.runc.pids_limit":     fmt.Sprint(d.pidsLimit),
+		"driver.runc.disk_limit":     fmt.Sprint(d.diskLimit),
+		"driver.runc.max_log_size":   fmt.Sprint(d.maxLogSize),
 	}
 	desc := "containers with libcontainer under shims, cgroup " + cgroupVersion()
 	if !shim.Available() {
 		attrs["driver.runc.shim"] = "in-process"
 		desc = "containers with libcontainer without shims (their exit status is lost when the agent restarts), cgroup " + cgroupVersion()
+	}
+	desc += ", seccomp " + d.seccompMode()
+	if err := d.usernsWanted(); err != nil {
+		desc += ", no user namespaces (" + err.Error() + ")"
+	} else {
+		desc += ", user namespaces"
 	}
 	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
 		attrs["driver.runc.kernel_version"] = strings.TrimSpace(string(b))
@@ -307,7 +360,21 @@ func (d *Driver) Start(ctx context.Context, cfg *drivers.TaskConfig) (_ *drivers
 	}
 
 	start := time.Now()
-	rfs, err := prepareRootFS(d.containerDir(cfg), image, d.rootfsMode, log)
+	var ids *idRange
+	switch werr := d.usernsWanted(); {
+	case werr == nil:
+		if ids, err = d.ids.alloc(cfg.ID); err != nil {
+			return nil, fmt.Errorf("task %s: %w", cfg.ID, err)
+		}
+		defer func() {
+			if err != nil {
+				d.ids.free(cfg.ID, ids)
+			}
+		}()
+	case d.userns == UserNSOn:
+		return nil, fmt.Errorf("task %s: the driver must give kernels user namespaces (-userns=true), but cannot: %w", cfg.ID, werr)
+	}
+	rfs, err := prepareRootFS(d.containerDir(cfg), image, d.rootfsMode, ids, log)
 	if err != nil {
 		return nil, fmt.Errorf("task %s: %w", cfg.ID, err)
 	}
@@ -322,18 +389,18 @@ func (d *Driver) Start(ctx context.Context, cfg *drivers.TaskConfig) (_ *drivers
 	if err != nil {
 		return nil, fmt.Errorf("task %s: %w", cfg.ID, err)
 	}
-	etc, err := writeEtcFiles(rfs.Dir, cfg.Hostname, cfg.Hosts)
+	etc, err := writeEtcFiles(rfs.Dir, cfg.Hostname, cfg.Hosts, ids)
 	if err != nil {
 		return nil, fmt.Errorf("task %s: writing /etc files: %w", cfg.ID, err)
 	}
-	lc, rlimits, err := d.containerConfig(cfg, rfs.RootFS, etc)
+	lc, rlimits, err := d.containerConfig(cfg, rfs.RootFS, etc, ids)
 	if err != nil {
 		return nil, fmt.Errorf("task %s: %w", cfg.ID, err)
 	}
 	proc.Rlimits = rlimits
 	spec := &containerSpec{
 		Root: d.stateDir, ID: cfg.ID, Config: lc, Process: *proc,
-		StdoutPath: cfg.StdoutPath, StderrPath: cfg.StderrPath,
+		StdoutPath: cfg.StdoutPath, StderrPath: cfg.StderrPath, MaxLogSize: d.maxLogSize,
 	}
 
 	// The leaves' paths, should libcontainer's state be unreadable.
@@ -363,6 +430,7 @@ func (d *Driver) Start(ctx context.Context, cfg *drivers.TaskConfig) (_ *drivers
 			RootFS: *rfs, CgroupPaths: leaves, CgroupParents: parents, Process: *proc,
 			CgroupsVersion: cgroupVersion(),
 			ShimDir:        shimDir, ShimPid: ss.ShimPid, ShimStartTime: ss.ShimStartTime,
+			DiskLimit: d.diskLimitOf(cfg),
 		},
 	}
 	t.Task = lifecycle.New(kind, t, cfg, ss.StartedAt, log.With("pid", ss.Pid))
@@ -388,7 +456,9 @@ func (d *Driver) Start(ctx context.Context, cfg *drivers.TaskConfig) (_ *drivers
 		return nil, err
 	}
 	d.tasks.Set(cfg.ID, t)
-	t.Logger.Info("task started", "command", proc.Args, "overlay", rfs.Overlay, "shim_pid", ss.ShimPid, "took", time.Since(start))
+	go t.watchDisk(t.state.DiskLimit, d.diskInterval)
+	t.Logger.Info("task started", "command", proc.Args, "overlay", rfs.Overlay, "shim_pid", ss.ShimPid,
+		"seccomp", lc.Seccomp != nil, "userns", ids != nil, "took", time.Since(start))
 	return h, nil
 }
 
@@ -431,6 +501,46 @@ func (d *Driver) processFor(cfg *drivers.TaskConfig, rootfs string) (*processSpe
 		return nil, err
 	}
 	return p, nil
+}
+
+// seccompOn says whether kernels get the default seccomp profile.
+func (d *Driver) seccompOn() bool { return d.seccomp && seccompBuilt }
+
+// seccompMode describes the kernels' seccomp confinement.
+func (d *Driver) seccompMode() string {
+	switch {
+	case !d.seccomp:
+		return "off"
+	case !seccompBuilt:
+		return "unavailable (binary built without -tags seccomp)"
+	default:
+		return "default profile"
+	}
+}
+
+// usernsWanted returns nil when kernels get user namespaces, else why not.
+func (d *Driver) usernsWanted() error {
+	if d.userns == UserNSOff {
+		return errors.New("turned off")
+	}
+	d.usernsOnce.Do(func() {
+		d.usernsErr = usernsSupport()
+		if d.usernsErr == nil {
+			d.usernsErr = probeIDMappedOverlay(d.stateDir)
+		}
+		if d.usernsErr != nil && d.userns == UserNSAuto {
+			d.logger.Warn("kernels run without user namespaces (container root is host root)", "reason", d.usernsErr)
+		}
+	})
+	return d.usernsErr
+}
+
+// diskLimitOf is the task's disk slot, else the driver's disk limit.
+func (d *Driver) diskLimitOf(cfg *drivers.TaskConfig) int64 {
+	if n := int64(cfg.Resources[SlotDisk].Float()); n > 0 {
+		return n
+	}
+	return d.diskLimit
 }
 
 // removeCgroupParents removes the parents of a container's cgroups that a
@@ -493,6 +603,8 @@ func (d *Driver) Destroy(ctx context.Context, taskID string, force bool) error {
 		d.removeCgroupParents(append(cgroupParentsOf(t.state.CgroupPaths, levels), t.state.CgroupParents...), t.Logger)
 		if err := t.state.RootFS.release(); err != nil {
 			errs = append(errs, err)
+		} else {
+			d.ids.free(t.Config.ID, t.state.RootFS.IDs)
 		}
 		return errors.Join(errs...)
 	})
@@ -636,6 +748,8 @@ func (d *Driver) Recover(ctx context.Context, handle *drivers.TaskHandle) error 
 	if !d.tasks.Add(cfg.ID, t) {
 		return nil
 	}
+	d.ids.mark(cfg.ID, st.RootFS.IDs)
+	go t.watchDisk(st.DiskLimit, d.diskInterval)
 
 	why := errNoShim
 	if st.ShimDir != "" {

@@ -371,7 +371,10 @@ func TestOverlayIsolation(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if mounted != (mode == RootFSOverlay) || tk.state.RootFS.Overlay != (mode == RootFSOverlay) {
+			// With a user namespace a copy is bound at a mount point
+			// outside the task dir.
+			wantMounted := mode == RootFSOverlay || tk.state.RootFS.Mount != ""
+			if mounted != wantMounted || tk.state.RootFS.Overlay != (mode == RootFSOverlay) {
 				t.Errorf("rootfs %s mounted = %v, overlay = %v in %s mode", tk.state.RootFS.RootFS, mounted, tk.state.RootFS.Overlay, mode)
 			}
 		})
@@ -464,6 +467,10 @@ func snapshot(t *testing.T, d *Driver, id string) leftovers {
 	}
 	l.dirs = []string{tk.state.RootFS.Dir, filepath.Join(tk.state.Root, tk.state.ContainerID)}
 	l.mountPrefix = []string{tk.state.RootFS.Dir}
+	if m := tk.state.RootFS.Mount; m != "" { // a user namespace's root
+		l.dirs = append(l.dirs, m)
+		l.mountPrefix = append(l.mountPrefix, m)
+	}
 	return l
 }
 
@@ -727,7 +734,7 @@ func TestCopyTree(t *testing.T) {
 	old := time.Date(2001, 2, 3, 4, 5, 6, 0, time.UTC)
 	must(os.Chtimes(filepath.Join(src, "d"), old, old))
 
-	must(copyTree(src, dst))
+	must(copyTree(src, dst, 0))
 	for _, p := range []string{"d", "d/e", "d/file", "hardlink", "d/e/link", "fifo", "null"} {
 		var a, b syscall.Stat_t
 		must(syscall.Lstat(filepath.Join(src, p), &a))

@@ -31,6 +31,9 @@ type containerSpec struct {
 	Process    processSpec     `json:"process"`
 	StdoutPath string          `json:"stdout_path"`
 	StderrPath string          `json:"stderr_path"`
+	// MaxLogSize caps what each log file and its rotated generation hold
+	// (see cappedLog); 0: the container appends to the files directly.
+	MaxLogSize int64 `json:"max_log_size,omitempty"`
 }
 
 // runningContainer is a container whose init process runs; whoever
@@ -39,13 +42,18 @@ type runningContainer struct {
 	container *libcontainer.Container
 	process   *libcontainer.Process
 	pid       int // of the init, in the launcher's pid namespace
+	logs      *logPipes
 }
 
 // launch creates the container and starts its init process with stdout and
-// stderr appended to the spec's log files. It returns once the init runs
-// the kernel's command (or failed to); on failure nothing of the container
-// is left but the cgroup parents the caller made.
+// stderr appended to the spec's log files (through pipes that this process
+// copies into capped logs when the spec caps them). It returns once the
+// init runs the kernel's command (or failed to); on failure nothing of the
+// container is left but the cgroup parents the caller made.
 func launch(spec *containerSpec) (_ *runningContainer, err error) {
+	if spec.MaxLogSize > 0 {
+		return launchWith(spec, nil)
+	}
 	stdout, err := openLog(spec.StdoutPath)
 	if err != nil {
 		return nil, fmt.Errorf("opening stdout log: %w", err)
@@ -56,7 +64,24 @@ func launch(spec *containerSpec) (_ *runningContainer, err error) {
 		return nil, fmt.Errorf("opening stderr log: %w", err)
 	}
 	defer stderr.Close()
+	return launchWith(spec, []*os.File{stdout, stderr})
+}
 
+// launchWith is launch with stdio the container's stdout and stderr, or
+// nil for capped logs.
+func launchWith(spec *containerSpec, stdio []*os.File) (_ *runningContainer, err error) {
+	var logs *logPipes
+	if stdio == nil {
+		if logs, err = newLogPipes(spec.StdoutPath, spec.StderrPath, spec.MaxLogSize); err != nil {
+			return nil, err
+		}
+		defer func() {
+			if err != nil {
+				logs.drain(0)
+			}
+		}()
+		stdio = []*os.File{logs.stdoutW, logs.stderrW}
+	}
 	c, err := libcontainer.Create(spec.Root, spec.ID, spec.Config)
 	if errors.Is(err, libcontainer.ErrExist) {
 		return nil, fmt.Errorf("%w: container state %s is left from an earlier container: destroy that task first",
@@ -66,8 +91,12 @@ func launch(spec *containerSpec) (_ *runningContainer, err error) {
 		return nil, fmt.Errorf("creating container: %w", err)
 	}
 	p := newProcess(&spec.Process, true)
-	p.Stdout, p.Stderr = stdout, stderr
-	if err := c.Run(p); err != nil {
+	p.Stdout, p.Stderr = stdio[0], stdio[1]
+	err = c.Run(p)
+	if logs != nil {
+		logs.started()
+	}
+	if err != nil {
 		_ = c.Destroy()
 		return nil, fmt.Errorf("starting container: %w", err)
 	}
@@ -79,7 +108,7 @@ func launch(spec *containerSpec) (_ *runningContainer, err error) {
 		return nil, fmt.Errorf("starting container: %w", err)
 	}
 	waitExec(pid, execTimeout)
-	return &runningContainer{container: c, process: p, pid: pid}, nil
+	return &runningContainer{container: c, process: p, pid: pid, logs: logs}, nil
 }
 
 // execTimeout bounds how long launch waits for the init to execute the
@@ -109,9 +138,14 @@ func waitExec(pid int, timeout time.Duration) {
 	}
 }
 
-// wait reaps the container's init and returns how it ended.
+// wait reaps the container's init and returns how it ended, once its
+// output is in the logs.
 func (r *runningContainer) wait() *drivers.ExitResult {
-	return exitResultOf(r.process.Wait())
+	res := exitResultOf(r.process.Wait())
+	if r.logs != nil {
+		r.logs.drain(logDrainTimeout)
+	}
+	return res
 }
 
 // newProcess returns the libcontainer process for ps, without stdio.

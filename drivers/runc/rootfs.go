@@ -57,7 +57,20 @@ type rootfsState struct {
 	RootFS string `json:"rootfs"`
 	// Overlay says that RootFS is an overlay the driver mounted.
 	Overlay bool `json:"overlay"`
+	// Upper is the overlay's upper dir or the copy: where the kernel's
+	// writes land, its scratch space.
+	Upper string `json:"upper,omitempty"`
+	// IDs is the kernel's user namespace id range, whose root owns the
+	// rootfs; nil without a user namespace.
+	IDs *idRange `json:"ids,omitempty"`
+	// Mount is the rootfs's mount point outside Dir (below
+	// usernsRootBase) for a kernel with a user namespace; empty else.
+	Mount string `json:"mount,omitempty"`
 }
+
+// usernsRootBase is where the roots of kernels with user namespaces are
+// mounted: a path that their unprivileged roots can traverse.
+const usernsRootBase = "/run/corral/rootfs"
 
 // imageDir checks that the task's RootFS is a directory and returns its
 // absolute path with symlinks resolved.
@@ -83,8 +96,10 @@ func imageDir(cfg *drivers.TaskConfig) (string, error) {
 func overlaySafe(p string) bool { return !strings.ContainsAny(p, ",:\\=\n") }
 
 // prepareRootFS creates dir and, in it, a writable root over image: an
-// overlay or a copy as mode says.
-func prepareRootFS(dir, image string, mode RootFSMode, log *slog.Logger) (_ *rootfsState, err error) {
+// overlay or a copy as mode says. With ids, the root's files are owned by
+// ids' host ids (image uid n shows as HostID+n): the overlay's lower layer
+// is an idmapped bind mount of image, and a copy is chowned.
+func prepareRootFS(dir, image string, mode RootFSMode, ids *idRange, log *slog.Logger) (_ *rootfsState, err error) {
 	if err := os.MkdirAll(dir, 0o711); err != nil {
 		return nil, fmt.Errorf("creating the task's container dir: %w", err)
 	}
@@ -92,7 +107,7 @@ func prepareRootFS(dir, image string, mode RootFSMode, log *slog.Logger) (_ *roo
 	if dir, err = filepath.EvalSymlinks(dir); err != nil {
 		return nil, err
 	}
-	st := &rootfsState{Dir: dir, RootFS: filepath.Join(dir, "rootfs")}
+	st := &rootfsState{Dir: dir, RootFS: filepath.Join(dir, "rootfs"), IDs: ids}
 	if err := os.Mkdir(st.RootFS, 0o755); err != nil {
 		// Left by an earlier container of this task, maybe still in use
 		// by it: never clean that up here.
@@ -103,32 +118,71 @@ func prepareRootFS(dir, image string, mode RootFSMode, log *slog.Logger) (_ *roo
 			_ = st.release()
 		}
 	}()
+	// A kernel with a user namespace must reach its root as its own
+	// (unprivileged) root: the root is mounted at a path every user can
+	// traverse, as the task dir's parents need not be.
+	target := st.RootFS
+	if ids != nil {
+		if err := os.MkdirAll(usernsRootBase, 0o711); err != nil {
+			return nil, fmt.Errorf("creating %s: %w", usernsRootBase, err)
+		}
+		// corral's dirs in /run: traversable by all, listable by root.
+		for _, d := range []string{filepath.Dir(usernsRootBase), usernsRootBase} {
+			if fi, err := os.Stat(d); err == nil && fi.Mode().Perm()&0o011 != 0o011 {
+				_ = os.Chmod(d, fi.Mode().Perm()|0o011)
+			}
+		}
+		if target, err = os.MkdirTemp(usernsRootBase, filepath.Base(filepath.Dir(dir))+"-"); err != nil {
+			return nil, fmt.Errorf("creating the kernel's rootfs mount point: %w", err)
+		}
+		st.Mount = target
+	}
 	if mode != RootFSCopy {
-		err := mountOverlay(image, dir, st.RootFS)
+		err := mountOverlay(image, dir, target, ids)
 		if err == nil {
-			st.Overlay = true
+			st.Overlay, st.Upper, st.RootFS = true, filepath.Join(dir, "upper"), target
 			return st, nil
 		}
 		if mode == RootFSOverlay {
 			return nil, err
 		}
 		log.Warn("overlayfs unavailable: copying the image for this kernel instead", "error", err)
-		_ = os.RemoveAll(filepath.Join(dir, "upper"))
-		_ = os.RemoveAll(filepath.Join(dir, "work"))
+		if err := unmountBelow(filepath.Join(dir, "lower")); err != nil {
+			return nil, err
+		}
+		for _, d := range []string{"upper", "work", "lower"} {
+			_ = os.RemoveAll(filepath.Join(dir, d))
+		}
 	}
 	start := time.Now()
-	if err := copyTree(image, st.RootFS); err != nil {
+	st.Upper = st.RootFS
+	var shift uint32
+	if ids != nil {
+		shift = ids.HostID
+	}
+	if err := copyTree(image, st.RootFS, shift); err != nil {
 		return nil, fmt.Errorf("copying the image into the task dir: %w", err)
 	}
 	log.Debug("image copied", "took", time.Since(start))
+	if target != st.RootFS {
+		if err := unix.Mount(st.RootFS, target, "", unix.MS_BIND, ""); err != nil {
+			return nil, fmt.Errorf("binding the kernel's rootfs to %s: %w", target, err)
+		}
+		st.RootFS = target
+	}
 	return st, nil
 }
 
 // mountOverlay mounts an overlay at target with image as the lower dir and
-// upper and work dirs created in dir.
-func mountOverlay(image, dir, target string) error {
+// upper and work dirs created in dir. With ids the lower dir is an
+// idmapped bind mount of image at dir/lower.
+func mountOverlay(image, dir, target string, ids *idRange) error {
 	upper, work := filepath.Join(dir, "upper"), filepath.Join(dir, "work")
-	for _, p := range []string{image, upper, work} {
+	lower := image
+	if ids != nil {
+		lower = filepath.Join(dir, "lower")
+	}
+	for _, p := range []string{lower, upper, work} {
 		if !overlaySafe(p) {
 			return fmt.Errorf("path %q has characters overlayfs options cannot hold", p)
 		}
@@ -138,17 +192,47 @@ func mountOverlay(image, dir, target string) error {
 			return fmt.Errorf("creating overlay dir: %w", err)
 		}
 	}
-	// The upper dir's root takes the image root's owner and mode, as the
-	// merged root shows the upper's.
+	if ids != nil {
+		if err := os.Mkdir(lower, 0o755); err != nil {
+			return fmt.Errorf("creating overlay dir: %w", err)
+		}
+		if err := idmapMount(image, lower, ids); err != nil {
+			return err
+		}
+	}
+	// The upper dir's root takes the image root's owner (shifted into the
+	// kernel's ids) and mode, as the merged root shows the upper's.
 	if fi, err := os.Stat(image); err == nil {
 		if s, ok := fi.Sys().(*unix.Stat_t); ok {
-			_ = os.Chown(upper, int(s.Uid), int(s.Gid))
+			_ = os.Chown(upper, shiftID(s.Uid, ids), shiftID(s.Gid, ids))
 		}
 		_ = os.Chmod(upper, fi.Mode().Perm())
 	}
-	opts := "lowerdir=" + image + ",upperdir=" + upper + ",workdir=" + work
+	opts := "lowerdir=" + lower + ",upperdir=" + upper + ",workdir=" + work
 	if err := unix.Mount("overlay", target, "overlay", 0, opts); err != nil {
 		return fmt.Errorf("mounting overlay at %s: %w", target, err)
+	}
+	return nil
+}
+
+// shiftID returns id as the host sees it once shifted into ids.
+func shiftID(id uint32, ids *idRange) int {
+	if ids == nil {
+		return int(id)
+	}
+	return int(ids.HostID + id)
+}
+
+// unmountBelow unmounts whatever is mounted at or below dir, deepest first.
+func unmountBelow(dir string) error {
+	mounts, err := mountinfo.GetMounts(mountinfo.PrefixFilter(dir))
+	if err != nil {
+		return fmt.Errorf("reading mounts: %w", err)
+	}
+	for i := len(mounts) - 1; i >= 0; i-- {
+		if err := unmount(mounts[i].Mountpoint); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -160,15 +244,16 @@ func (r *rootfsState) release() error {
 	if r == nil || r.Dir == "" {
 		return nil
 	}
-	mounts, err := mountinfo.GetMounts(mountinfo.PrefixFilter(r.Dir))
-	if err != nil {
-		return fmt.Errorf("reading mounts: %w", err)
-	}
-	// Deepest first.
-	for i := len(mounts) - 1; i >= 0; i-- {
-		if err := unmount(mounts[i].Mountpoint); err != nil {
+	if r.Mount != "" && strings.HasPrefix(r.Mount, usernsRootBase+"/") {
+		if err := unmountBelow(r.Mount); err != nil {
 			return err
 		}
+		if err := os.Remove(r.Mount); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("removing %s: %w", r.Mount, err)
+		}
+	}
+	if err := unmountBelow(r.Dir); err != nil {
+		return err
 	}
 	if err := os.RemoveAll(r.Dir); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("removing %s: %w", r.Dir, err)
@@ -200,8 +285,9 @@ func unmount(target string) error {
 
 // writeEtcFiles writes the container's /etc/hosts, /etc/hostname and
 // /etc/resolv.conf into dir/etc; extra adds hostname to IP entries (the
-// other kernels of a cluster session), in name order.
-func writeEtcFiles(dir, hostname string, extra map[string]string) (etcMounts, error) {
+// other kernels of a cluster session), in name order. With ids the files
+// belong to the kernel's root.
+func writeEtcFiles(dir, hostname string, extra map[string]string, ids *idRange) (etcMounts, error) {
 	etc := filepath.Join(dir, "etc")
 	m := etcMounts{
 		Hosts:      filepath.Join(etc, "hosts"),
@@ -222,6 +308,11 @@ func writeEtcFiles(dir, hostname string, extra map[string]string) (etcMounts, er
 	for path, content := range map[string]string{m.Hosts: hosts, m.Hostname: hostname + "\n", m.ResolvConf: resolvConf("/etc/resolv.conf")} {
 		if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
 			return m, err
+		}
+		if ids != nil {
+			if err := os.Chown(path, int(ids.HostID), int(ids.HostID)); err != nil {
+				return m, err
+			}
 		}
 	}
 	return m, nil
@@ -251,7 +342,8 @@ func resolvConf(hostFile string) string {
 
 // copyTree copies the tree at src into the existing directory dst as cp -a
 // does: modes, owners, times, symlinks, hard links, device nodes and fifos.
-func copyTree(src, dst string) error {
+// Owners are shifted by shift (a user namespace's host base, 0 for none).
+func copyTree(src, dst string, shift uint32) error {
 	type inode struct{ dev, ino uint64 }
 	links := map[inode]string{}
 	var dirs []string // to set times on after their content is in place
@@ -303,7 +395,7 @@ func copyTree(src, dst string) error {
 		default: // sockets are not worth copying
 			return nil
 		}
-		return copyMeta(target, &st)
+		return copyMeta(target, &st, shift)
 	})
 	if err != nil {
 		return err
@@ -343,8 +435,8 @@ func copyFile(src, dst string) error {
 
 // copyMeta gives target the owner, mode and times of st (owner first: a
 // chown clears setuid bits).
-func copyMeta(target string, st *unix.Stat_t) error {
-	if err := unix.Lchown(target, int(st.Uid), int(st.Gid)); err != nil {
+func copyMeta(target string, st *unix.Stat_t, shift uint32) error {
+	if err := unix.Lchown(target, int(st.Uid+shift), int(st.Gid+shift)); err != nil {
 		return &fs.PathError{Op: "lchown", Path: target, Err: err}
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFLNK {

@@ -42,6 +42,9 @@ type driverState struct {
 	ShimDir       string `json:"shim_dir,omitempty"`
 	ShimPid       int    `json:"shim_pid,omitempty"`
 	ShimStartTime uint64 `json:"shim_start_time,omitempty"`
+	// DiskLimit is how many bytes the kernel may write into its scratch
+	// space before the driver stops it; 0: no limit.
+	DiskLimit int64 `json:"disk_limit,omitempty"`
 }
 
 // kind is what the shared task code knows of this driver.
@@ -63,11 +66,17 @@ type task struct {
 	// emulated is the signal that Stop delivered as SIGKILL because the
 	// init, as its pid namespace's init, would not have received it.
 	emulated atomic.Int32
+	// diskExceeded is the disk limit that the task went past, 0 if none.
+	diskExceeded atomic.Int64
 }
 
-// Amend reports the signal that Stop's SIGKILL stood in for, and an OOM
-// kill.
+// Amend reports the signal that Stop's SIGKILL stood in for, an OOM kill,
+// and a kill for going past the disk limit (as an error wrapping
+// ErrDiskLimit).
 func (t *task) Amend(res *drivers.ExitResult) {
+	if limit := t.diskLimitExceeded(); limit > 0 && res.Err == nil {
+		res.Err = &diskLimitError{limit: limit}
+	}
 	if res.Signal == int(unix.SIGKILL) {
 		if sig := t.emulatedSignal(); sig != 0 {
 			// Stop's SIGKILL stood in for sig, which the init did
