@@ -5,6 +5,7 @@ import (
 	"crypto/ecdsa"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -170,7 +171,11 @@ func (a *Agent) enroll(ctx context.Context, dir, caHash, secret string) error {
 		if c := status.Code(err); c == codes.PermissionDenied || c == codes.InvalidArgument || c == codes.FailedPrecondition || strings.Contains(err.Error(), "join token") {
 			return fmt.Errorf("agent: server %s refused the join: %s", addr, status.Convert(err).Message())
 		}
-		a.logger.Warn("joining with the token failed, retrying", "server", addr, "error", err, "retry_in", delay)
+		lvl := slog.LevelDebug // a server that starts too elects itself first
+		if i >= 10 {
+			lvl = slog.LevelWarn
+		}
+		a.logger.Log(ctx, lvl, "joining with the token failed, retrying", "server", addr, "error", err, "retry_in", delay)
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("agent: no server at %s answered the join: %w", strings.Join(addrs, ", "), err)

@@ -180,8 +180,13 @@ func (s *Server) recordSecrets() {
 		}
 		return
 	}
-	if _, _, err := s.apply(structs.ClusterSecretsRequestType, &structs.ClusterSecretsRequest{Secrets: s.auto.secrets, Time: time.Now().UTC()}); err != nil {
+	resp, _, err := s.apply(structs.ClusterSecretsRequestType, &structs.ClusterSecretsRequest{Secrets: s.auto.secrets, Time: time.Now().UTC()})
+	if err != nil {
 		s.logger.Error("recording the cluster secrets in raft failed", "error", err)
+		return
+	}
+	if set, _ := resp.(bool); set && s.cfg.OnJoinToken != nil {
+		s.cfg.OnJoinToken(s.JoinToken())
 	}
 }
 

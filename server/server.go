@@ -60,6 +60,9 @@ type Config struct {
 	// OnBootstrapToken receives the admin token created on the first start
 	// of a cluster (default: printed as an export line on stdout).
 	OnBootstrapToken func(token string)
+	// OnJoinToken receives the join token of agents when automatic TLS
+	// creates it, on the first start of a cluster.
+	OnJoinToken func(token string)
 	// FastGossip shortens gossip timers (failure detection under a second); for tests and dev.
 	FastGossip bool
 	// GossipKey, when set, encrypts gossip (see gossip.Encrypt).

@@ -14,8 +14,6 @@ import (
 	"syscall"
 	"time"
 
-	"google.golang.org/grpc"
-
 	"github.com/corral-dev/corral/agent"
 	execdriver "github.com/corral-dev/corral/drivers/exec"
 	"github.com/corral-dev/corral/drivers/runc"
@@ -60,6 +58,8 @@ type daemonFlags struct {
 	agentLostAfter, heartbeatTTL                              time.Duration
 	httpTLS                                                   bool
 	fastGossip                                                bool
+	insecure                                                  bool
+	enrollAddr                                                string
 	gcRetention                                               time.Duration
 	sec                                                       securityFlags
 }
@@ -106,7 +106,13 @@ func parseDaemonFlags(role string, args []string) (*daemonFlags, error) {
 		if role == "server" {
 			fs.BoolVar(&f.httpTLS, "tls-http", false, "serve the HTTP API over TLS with the -tls-cert (clients: -ca-cert or CORRAL_CACERT)")
 		}
-		fs.StringVar(&f.sec.joinToken, "join-token", "", "secret agents must present to register (env CORRAL_JOIN_TOKEN); servers and agents give the same")
+		if role == "agent" {
+			fs.StringVar(&f.sec.joinToken, "join-token", "", "the cluster's join token from 'corral system join-token' (env CORRAL_JOIN_TOKEN): gets this agent its certificate and the gossip key; with -tls-*: the secret the servers were given")
+			fs.StringVar(&f.enrollAddr, "server", "", "RPC address of a server to join with -join-token (default: each -join host at port 8641)")
+		} else {
+			fs.StringVar(&f.sec.joinToken, "join-token", "", "with -tls-* or -bootstrap-expect > 1: a secret agents must present to register (env CORRAL_JOIN_TOKEN); a single server without them creates its own (corral system join-token)")
+			fs.BoolVar(&f.insecure, "insecure", false, "no automatic TLS: RPC in plaintext and gossip unencrypted unless -tls-*/-encrypt are given (a single server secures itself by default)")
+		}
 	}
 	if role != "server" {
 		fs.StringVar(&f.group, "resource-group", structs.DefaultResourceGroup, "resource group of this agent")
@@ -134,6 +140,14 @@ func parseDaemonFlags(role string, args []string) (*daemonFlags, error) {
 	}
 	f.sec.encrypt = envOr(f.sec.encrypt, "CORRAL_GOSSIP_KEY")
 	f.sec.joinToken = envOr(f.sec.joinToken, "CORRAL_JOIN_TOKEN")
+	if role == "server" && f.sec.joinToken != "" && f.sec.tlsCA == "" && f.bootstrapExpect <= 1 && !f.insecure {
+		return nil, errors.New("-join-token on a single server without -tls-*: the server creates its own join token (it prints it on first start; 'corral system join-token' prints it again)")
+	}
+	if role == "agent" && f.sec.tlsCA == "" && f.sec.joinToken != "" {
+		if _, _, err := agent.ParseJoinToken(f.sec.joinToken); err != nil {
+			return nil, fmt.Errorf("-join-token: %w", err)
+		}
+	}
 	if err := f.sec.check(); err != nil {
 		return nil, err
 	}
@@ -229,17 +243,19 @@ func runDaemon(role string, args []string) int {
 
 	var srv *server.Server
 	var agt *agent.Agent
-	var shared *grpc.Server
-	if role == "dev" {
-		shared = grpc.NewServer(rpc.ServerOptions()...)
-	}
 	if role != "agent" {
 		srv, err = server.New(server.Config{
 			NodeName: nodeName(f.name, "-server"), DataDir: dataSubdir(role, f.dataDir, "server"),
 			HTTPAddr: f.httpAddr, RPCAddr: f.rpcAddr, SerfAddr: f.serfAddr, Join: f.join,
-			BootstrapExpect: f.bootstrapExpect, GRPC: shared, Logger: logger, LogOutput: libLog,
+			BootstrapExpect: f.bootstrapExpect, Logger: logger, LogOutput: libLog,
 			FastGossip: f.fastGossip, GossipKey: gossipKey, Security: security, HTTPTLS: f.httpTLS,
 			AgentLostAfter: f.agentLostAfter, HeartbeatTTL: f.heartbeatTTL, OnBootstrapToken: func(token string) { announceToken(role, token, logger) },
+			OnJoinToken: func(token string) {
+				if role == "server" {
+					fmt.Printf("Agents join this cluster with (shown again by 'corral system join-token'):\n  corral agent -join %s -join-token %s\n", f.serfAddr, token)
+				}
+			},
+			Insecure:          f.insecure,
 			GCRetention:       f.gcRetention,
 			AllowedRegistries: f.allowedRegistries, AllowLoopbackRegistries: role == "dev",
 		})
@@ -247,6 +263,11 @@ func runDaemon(role string, args []string) int {
 			fmt.Fprintf(os.Stderr, "Error: %v\n", err)
 			return 1
 		}
+		go func() {
+			if err := srv.Serve(); err != nil {
+				logger.Error("gRPC server stopped", "error", err)
+			}
+		}()
 	}
 	var killPlugins func()
 	if role != "server" {
@@ -266,15 +287,22 @@ func runDaemon(role string, args []string) int {
 			RPCAddr: f.rpcAddr, SerfAddr: f.serfAddr, Join: f.join, Drivers: drvs,
 			Capacity: capacity, Logger: logger, LogOutput: libLog, FastGossip: f.fastGossip,
 			InsecureRegistries: f.insecureRegistries, GossipKey: gossipKey, Security: security,
+			EnrollAddr:        f.enrollAddr,
 			GCRetention:       f.gcRetention,
 			AllowedRegistries: f.allowedRegistries, AllowLoopbackRegistries: role == "dev",
 		}
 		cfg.MaxImageSize = f.maxImageBytes
+		if role == "agent" && security.TLS == nil && security.JoinToken != "" {
+			// Not a secret of one's own PKI: the cluster's join token.
+			cfg.JoinToken, cfg.Security = security.JoinToken, nil
+		}
 		if role == "dev" {
-			cfg.RPCAddr = srv.RPCAddr()
+			// The embedded agent joins its own server like any other: it
+			// gets its certificate for the join token over loopback.
+			cfg.RPCAddr = "127.0.0.1:0"
 			cfg.SerfAddr = f.agentSerfAddr
 			cfg.Join = []string{srv.SerfAddr()}
-			cfg.GRPC = shared
+			cfg.JoinToken, cfg.EnrollAddr = srv.JoinToken(), srv.RPCAddr()
 		}
 		agt, err = agent.New(cfg)
 		if err != nil {
@@ -290,14 +318,6 @@ func runDaemon(role string, args []string) int {
 	}
 	if srv != nil && agt != nil {
 		srv.SetLocalAgent(agt.ID())
-	}
-	if srv != nil {
-		// Serve only now: an in-process agent registers its service first.
-		go func() {
-			if err := srv.Serve(); err != nil {
-				logger.Error("gRPC server stopped", "error", err)
-			}
-		}()
 	}
 	switch role {
 	case "dev":

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"fmt"
+	"strings"
 	"time"
 )
 
@@ -67,6 +69,26 @@ func (c *cli) nodeLeave(ctx context.Context, args []string) error {
 		return printJSON(c.stdout, a)
 	}
 	return renderAgent(c.stdout, a, time.Now())
+}
+
+// nodeRevoke revokes the certificates the cluster CA issued to a node.
+func (c *cli) nodeRevoke(ctx context.Context, args []string) error {
+	f := c.newFlags("node revoke", "NODE [flags]", "Revoke every certificate the cluster CA issued to a node (agent name, ID or ID\n"+
+		"prefix): the servers refuse its connections and calls at once and end its kernel\n"+
+		"stream. To let the node back, remove its data dir's tls/ and join it again.", true)
+	node, client, err := f.refClient(args, "agent name, ID or ID prefix")
+	if err != nil {
+		return err
+	}
+	res, err := client.RevokeNode(ctx, node)
+	if err != nil {
+		return err
+	}
+	if f.json {
+		return printJSON(c.stdout, res)
+	}
+	fmt.Fprintf(c.stdout, "Revoked %d certificate(s) of node %s: %s\n", len(res.Serials), res.Node, strings.Join(res.Serials, ", "))
+	return nil
 }
 
 func (c *cli) setDrain(ctx context.Context, f *flagSet, args []string, drain bool, force *bool) error {
