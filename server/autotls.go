@@ -329,6 +329,7 @@ const gossipWait = 5 * time.Second
 func (s *Server) checkGossip(ctx context.Context, a *structs.Agent) error {
 	ctx, cancel := context.WithTimeout(ctx, gossipWait)
 	defer cancel()
+	joined := false
 	for {
 		for _, m := range s.serf.Members() {
 			if m.Tags[gossip.TagRole] != "agent" || m.Tags[gossip.TagID] != a.ID || m.Status != serf.StatusAlive {
@@ -341,6 +342,13 @@ func (s *Server) checkGossip(ctx context.Context, a *structs.Agent) error {
 				return status.Errorf(codes.PermissionDenied, "agent %s registers capacity %s but gossips %s: the two must match", a.ID, a.Capacity.String(), g.String())
 			}
 			return nil
+		}
+		if !joined && a.SerfAddr != "" {
+			// A server that restarted has not met the agent again yet:
+			// gossip with it at the address it gives (only a member
+			// that holds the gossip key answers).
+			joined = true
+			go func() { _, _ = s.serf.Join([]string{a.SerfAddr}, true) }()
 		}
 		select {
 		case <-ctx.Done():

@@ -463,8 +463,13 @@ func (c *Config) ServerConfig(accept ...Role) *tls.Config {
 		ClientAuth:     auth,
 		ClientCAs:      c.pool,
 		VerifyConnection: func(cs tls.ConnectionState) error {
-			if len(cs.PeerCertificates) == 0 && c.OptionalClientCert {
-				return nil
+			if c.OptionalClientCert {
+				// The services check each call, revocation included, and
+				// say why they refuse one.
+				if len(cs.PeerCertificates) == 0 {
+					return nil
+				}
+				return checkPeerRole(cs, "client", accept)
 			}
 			return c.checkPeer(cs, "client", accept)
 		},
