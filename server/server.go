@@ -240,7 +240,7 @@ func New(cfg Config) (*Server, error) {
 		cfg = s.cfg
 		s.agents = newAgentConns(cfg.Security.DialOptions(tlsutil.RoleAgent))
 	} else if cfg.Security == nil || cfg.Security.TLS == nil {
-		s.logger.Warn("RPC (gRPC and raft) is not encrypted: automatic TLS covers new single-server clusters; several servers, -insecure and clusters created before it need their own PKI (-tls-ca, -tls-cert, -tls-key): see README 'A secured cluster'")
+		s.logger.Warn("RPC (gRPC and raft) is not encrypted: automatic TLS covers new single-server clusters; several servers, -insecure and clusters created before it need their own PKI (-tls-ca, -tls-cert, -tls-key): see README 'A secured cluster with your own PKI'")
 	}
 
 	ln, err := net.Listen("tcp", cfg.RPCAddr)
