@@ -51,6 +51,9 @@ func TestAutoTLSJoin(t *testing.T) {
 	a := startAgent(t, adir, srv.SerfAddr(), nil)
 	c := &cluster{srv: srv, agent: a, client: client(t, srv, dir)}
 	c.waitAgentAlive(t, a.ID())
+	if got, err := c.client.JoinToken(context.Background()); err != nil || got != tok {
+		t.Fatalf("GET /v1/system/join-token: %q %v", got, err)
+	}
 	for _, f := range []string{"ca.pem", "agent.pem", "agent-key.pem", "gossip.key"} {
 		st, err := os.Stat(filepath.Join(adir, "tls", f))
 		if err != nil || st.Mode().Perm() != 0o600 {
