@@ -49,6 +49,10 @@ func (s *versionedServer) SignAgent(context.Context, *rpc.SignAgentRequest) (*rp
 	return nil, errors.New("not in this test")
 }
 
+func (s *versionedServer) JoinServer(context.Context, *rpc.JoinServerRequest) (*rpc.JoinServerResponse, error) {
+	return nil, errors.New("not in this test")
+}
+
 func serveDouble(t *testing.T, version int) (*versionedServer, string) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")

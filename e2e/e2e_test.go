@@ -181,7 +181,8 @@ var joinTokens sync.Map
 // joinTokenIn finds the join token in a server's output.
 func joinTokenIn(out string) (string, bool) {
 	for _, line := range strings.Split(out, "\n") {
-		if _, tok, ok := strings.Cut(line, "-join-token "); ok {
+		if _, tok, ok := strings.Cut(line, "corral agent -join "); ok && strings.Contains(tok, "-join-token ") {
+			_, tok, _ = strings.Cut(tok, "-join-token ")
 			return strings.TrimSpace(tok), true
 		}
 	}

@@ -1,6 +1,10 @@
 package rpc
 
-import "context"
+import (
+	"context"
+
+	"github.com/corral-dev/corral/structs"
+)
 
 // SignAgentRequest asks a server to sign a certificate for an agent. A
 // new agent authenticates with the join secret (over TLS that pins the
@@ -31,4 +35,28 @@ const SignAgentMethod = "/" + serverServiceName + "/SignAgent"
 func (c *ServerClient) SignAgent(ctx context.Context, req *SignAgentRequest) (*SignAgentResponse, error) {
 	out := new(SignAgentResponse)
 	return out, c.cc.Invoke(ctx, SignAgentMethod, req, out, CallOptions()...)
+}
+
+// JoinServerRequest asks a server of a cluster with automatic TLS for the
+// cluster's secrets, for a new server of the same cluster: it
+// authenticates with the server join secret, over TLS pinned to the CA.
+type JoinServerRequest struct {
+	Name   string `json:"name"`
+	Secret string `json:"secret"`
+}
+
+// JoinServerResponse holds the cluster's secrets (the new server signs
+// its own certificate with the CA key).
+type JoinServerResponse struct {
+	Secrets *structs.ClusterSecrets `json:"secrets"`
+}
+
+// JoinServerMethod is the full name of JoinServer, which a client without
+// a certificate may call too.
+const JoinServerMethod = "/" + serverServiceName + "/JoinServer"
+
+// JoinServer asks for the cluster's secrets.
+func (c *ServerClient) JoinServer(ctx context.Context, req *JoinServerRequest) (*JoinServerResponse, error) {
+	out := new(JoinServerResponse)
+	return out, c.cc.Invoke(ctx, JoinServerMethod, req, out, CallOptions()...)
 }

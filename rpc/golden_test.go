@@ -25,7 +25,7 @@ var messages = []any{
 	&ImageInfo{}, &ImageListRequest{}, &ImageListResponse{}, &ImagePullRequest{}, &ImagePullResponse{},
 	&StatsRequest{}, &KernelStats{}, &StatsResponse{},
 	&ReadIndexRequest{}, &ReadIndexResponse{},
-	&SignAgentRequest{}, &SignAgentResponse{},
+	&SignAgentRequest{}, &SignAgentResponse{}, &JoinServerRequest{}, &JoinServerResponse{},
 }
 
 func typeName(v any) string { return reflect.TypeOf(v).Elem().Name() }

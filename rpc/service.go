@@ -32,6 +32,9 @@ type ServerService interface {
 	// SignAgent signs an agent certificate for a join secret or for the
 	// agent's current certificate (renewal).
 	SignAgent(ctx context.Context, req *SignAgentRequest) (*SignAgentResponse, error)
+	// JoinServer hands the cluster's secrets to a new server that knows
+	// the server join secret.
+	JoinServer(ctx context.Context, req *JoinServerRequest) (*JoinServerResponse, error)
 }
 
 // WatchStream is the server side of WatchKernels.
@@ -101,6 +104,9 @@ var serverDesc = grpc.ServiceDesc{
 		unary(func(srv any, ctx context.Context, req *SignAgentRequest) (*SignAgentResponse, error) {
 			return srv.(ServerService).SignAgent(ctx, req)
 		}, serverServiceName, "SignAgent"),
+		unary(func(srv any, ctx context.Context, req *JoinServerRequest) (*JoinServerResponse, error) {
+			return srv.(ServerService).JoinServer(ctx, req)
+		}, serverServiceName, "JoinServer"),
 	},
 	Streams: []grpc.StreamDesc{{
 		StreamName:    "WatchKernels",

@@ -18,7 +18,9 @@ import (
 	"time"
 
 	"github.com/hashicorp/serf/serf"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 
 	"github.com/corral-dev/corral/gossip"
@@ -55,10 +57,11 @@ type autoTLS struct {
 	conf    *tlsutil.Config
 }
 
-// wantsAutoTLS says whether this server secures itself: a single server
-// that was given no PKI, token or -insecure.
+// wantsAutoTLS says whether this server secures itself: one that was
+// given no PKI of its own, no plaintext join secret and no -insecure, and
+// whose data dir does not hold a cluster created without automatic TLS.
 func (c *Config) wantsAutoTLS() bool {
-	if c.Insecure || c.BootstrapExpect > 1 || legacyPlaintext(c.DataDir) {
+	if c.Insecure || legacyPlaintext(c.DataDir) {
 		return false
 	}
 	return c.Security == nil || (c.Security.TLS == nil && c.Security.JoinToken == "")
@@ -88,6 +91,17 @@ func (s *Server) setupAutoTLS() error {
 		if err := json.Unmarshal(b, &sec); err != nil {
 			return fmt.Errorf("server: %s: %w", secFile, err)
 		}
+	case errors.Is(err, os.ErrNotExist) && s.cfg.ServerJoinToken != "":
+		got, err := s.joinServers()
+		if err != nil {
+			return err
+		}
+		sec = *got
+		b, _ := json.Marshal(&sec)
+		if err := writeFile0600(secFile, b); err != nil {
+			return err
+		}
+		s.logger.Info("joined the cluster: got its CA, join secrets and gossip key", "dir", dir)
 	case errors.Is(err, os.ErrNotExist):
 		fresh, err := newClusterSecrets(s.cfg.GossipKey)
 		if err != nil {
@@ -98,7 +112,12 @@ func (s *Server) setupAutoTLS() error {
 		if err := writeFile0600(secFile, b); err != nil {
 			return err
 		}
-		s.logger.Info("created the cluster CA, join secret and gossip key", "dir", dir)
+		s.logger.Info("created the cluster CA, join secrets and gossip key", "dir", dir)
+		defer func() {
+			if s.auto != nil && s.cfg.BootstrapExpect > 1 && s.cfg.OnServerJoinToken != nil {
+				s.cfg.OnServerJoinToken(s.ServerJoinToken())
+			}
+		}()
 	default:
 		return fmt.Errorf("server: %w", err)
 	}
@@ -140,8 +159,11 @@ func newClusterSecrets(gossipKey []byte) (*structs.ClusterSecrets, error) {
 	if err != nil {
 		return nil, err
 	}
-	secret := make([]byte, 16)
+	secret, serverSecret := make([]byte, 16), make([]byte, 16)
 	if _, err := rand.Read(secret); err != nil {
+		return nil, err
+	}
+	if _, err := rand.Read(serverSecret); err != nil {
 		return nil, err
 	}
 	gk, err := gossip.GenerateKey()
@@ -152,7 +174,7 @@ func newClusterSecrets(gossipKey []byte) (*structs.ClusterSecrets, error) {
 		gk = base64.StdEncoding.EncodeToString(gossipKey)
 	}
 	return &structs.ClusterSecrets{CACert: string(caPEM), CAKey: string(caKeyPEM), JoinSecret: hex.EncodeToString(secret),
-		GossipKey: gk, Created: time.Now().UTC()}, nil
+		ServerSecret: hex.EncodeToString(serverSecret), GossipKey: gk, Created: time.Now().UTC()}, nil
 }
 
 func writeFile0600(path string, b []byte) error {
@@ -197,6 +219,95 @@ func (s *Server) JoinToken() string {
 		return ""
 	}
 	return tlsutil.Hash(s.auto.ca.Cert) + ":" + s.auto.secrets.JoinSecret
+}
+
+// ServerJoinToken is the token other servers of the cluster join with,
+// "<ca-sha256-hex>:<server secret>", or "" without automatic TLS.
+func (s *Server) ServerJoinToken() string {
+	if s.auto == nil || s.auto.secrets.ServerSecret == "" {
+		return ""
+	}
+	return tlsutil.Hash(s.auto.ca.Cert) + ":" + s.auto.secrets.ServerSecret
+}
+
+// joinServers fetches the cluster's secrets for ServerJoinToken from a
+// server of the cluster, retrying while none answers (servers of a new
+// cluster start together).
+func (s *Server) joinServers() (*structs.ClusterSecrets, error) {
+	hash, secret, ok := strings.Cut(strings.TrimSpace(s.cfg.ServerJoinToken), ":")
+	if !ok || len(hash) != 64 || secret == "" {
+		return nil, errors.New("server: the join token is not of the form <ca-sha256-hex>:<secret> (the first server prints the servers' token on its first start)")
+	}
+	var addrs []string
+	if s.cfg.EnrollAddr != "" {
+		addrs = []string{s.cfg.EnrollAddr}
+	}
+	for _, j := range s.cfg.Join {
+		if host, _, err := net.SplitHostPort(j); err == nil && s.cfg.EnrollAddr == "" {
+			addrs = append(addrs, net.JoinHostPort(host, "8641"))
+		}
+	}
+	if len(addrs) == 0 {
+		return nil, errors.New("server: -join-token needs -join (a server of the cluster) to fetch the cluster's secrets from")
+	}
+	ctx, cancel := context.WithTimeout(s.ctx, 2*time.Minute)
+	defer cancel()
+	delay := 100 * time.Millisecond
+	for i := 0; ; i++ {
+		addr := addrs[i%len(addrs)]
+		sec, err := s.joinServerOnce(ctx, addr, strings.ToLower(hash), secret)
+		if err == nil {
+			return sec, nil
+		}
+		if c := status.Code(err); c == codes.PermissionDenied || c == codes.FailedPrecondition || strings.Contains(err.Error(), "join token") {
+			return nil, fmt.Errorf("server: %s refused to let this server join: %s", addr, status.Convert(err).Message())
+		}
+		s.logger.Debug("joining the cluster's servers failed, retrying", "server", addr, "error", err, "retry_in", delay)
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("server: no server at %s answered the join: %w", strings.Join(addrs, ", "), err)
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, 2*time.Second)
+	}
+}
+
+func (s *Server) joinServerOnce(ctx context.Context, addr, hash, secret string) (*structs.ClusterSecrets, error) {
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(tlsutil.PinnedConfig(hash))))
+	if err != nil {
+		return nil, err
+	}
+	defer cc.Close()
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	resp, err := rpc.NewServerClient(cc).JoinServer(cctx, &rpc.JoinServerRequest{Name: s.cfg.NodeName, Secret: secret})
+	if err != nil {
+		return nil, err
+	}
+	if resp.Secrets == nil {
+		return nil, errors.New("the server sent no secrets")
+	}
+	ca, err := tlsutil.ParseCert([]byte(resp.Secrets.CACert))
+	if err != nil || tlsutil.Hash(ca) != hash {
+		return nil, errors.New("the server sent a CA that does not match the join token")
+	}
+	return resp.Secrets, nil
+}
+
+// JoinServer hands the cluster's secrets to a new server that holds the
+// server join secret (it needs no raft: every server has them locally).
+func (e *agentEndpoint) JoinServer(ctx context.Context, req *rpc.JoinServerRequest) (*rpc.JoinServerResponse, error) {
+	s := e.srv
+	if s.auto == nil || s.auto.secrets.ServerSecret == "" {
+		return nil, status.Error(codes.FailedPrecondition, "this cluster does not use automatic TLS: give the new server the cluster's -tls-* files")
+	}
+	if subtle.ConstantTimeCompare([]byte(req.Secret), []byte(s.auto.secrets.ServerSecret)) != 1 {
+		s.logger.Warn("a server was refused: wrong server join secret", "name", req.Name)
+		return nil, status.Error(codes.PermissionDenied, "wrong server join token: give the token the first server printed for servers (not the agents' token)")
+	}
+	s.logger.Info("a server joined the cluster: handed it the cluster's secrets", "name", req.Name)
+	sec := *s.auto.secrets
+	return &rpc.JoinServerResponse{Secrets: &sec}, nil
 }
 
 // AutoTLS reports whether the server secures itself with the cluster CA.
@@ -282,18 +393,6 @@ func (e *agentEndpoint) SignAgent(ctx context.Context, req *rpc.SignAgentRequest
 			return nil, grpcError(err)
 		}
 		return cl.SignAgent(ctx, req)
-	}
-	if peer == nil {
-		// A new certificate for a known agent ID only under its name.
-		certs, err := s.state.Snapshot().IssuedCerts(req.AgentID)
-		if err != nil {
-			return nil, grpcError(err)
-		}
-		for _, c := range certs {
-			if c.AgentID == req.AgentID && c.Node != req.Name && !c.Revoked && time.Now().Before(c.NotAfter) {
-				return nil, status.Errorf(codes.PermissionDenied, "agent %s already holds a certificate for node %q: it cannot be %q (revoke it first: corral node revoke %s)", req.AgentID, c.Node, req.Name, c.Node)
-			}
-		}
 	}
 	pub, err := tlsutil.ParseCSR(req.CSR)
 	if err != nil {

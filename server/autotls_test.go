@@ -358,3 +358,41 @@ func TestJoinRoundTrip(t *testing.T) {
 	}
 	t.Logf("join with a token (key, CSR, pinned TLS, sign, raft record): %s per agent over %d joins", time.Since(start)/n, n)
 }
+
+// TestAutoTLSQuorum: the first server of three creates the cluster's
+// secrets, the others join with the servers' token (raft and gossip then
+// run over mutual TLS and encrypted); an agent joins a follower with the
+// agents' token; the agents' token does not let a server in.
+func TestAutoTLSQuorum(t *testing.T) {
+	srvs, _ := startQuorum(t, 3)
+	for _, s := range srvs {
+		if !s.AutoTLS() || s.JoinToken() != srvs[0].JoinToken() || s.ServerJoinToken() != srvs[0].ServerJoinToken() {
+			t.Fatalf("server %s: auto %v, token %q", s.ID(), s.AutoTLS(), s.JoinToken())
+		}
+	}
+	if srvs[0].JoinToken() == srvs[0].ServerJoinToken() {
+		t.Fatal("agents and servers share a token")
+	}
+	follower := srvs[1]
+	if follower.IsLeader() {
+		follower = srvs[2]
+	}
+	a := startAgent(t, t.TempDir(), follower.SerfAddr(), nil)
+	t.Cleanup(a.Shutdown)
+	deadline := time.Now().Add(15 * time.Second)
+	for time.Now().Before(deadline) {
+		if ag, err := follower.State().Snapshot().Agent(nil, a.ID()); err == nil && ag.Status == structs.AgentAlive {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if ag, err := follower.State().Snapshot().Agent(nil, a.ID()); err != nil || ag.Status != structs.AgentAlive {
+		t.Fatalf("agent through a follower: %+v %v", ag, err)
+	}
+	_, err := server.New(server.Config{NodeName: "intruder", DataDir: t.TempDir(), HTTPAddr: "127.0.0.1:0", RPCAddr: "127.0.0.1:0",
+		SerfAddr: "127.0.0.1:0", BootstrapExpect: 3, Join: []string{srvs[0].SerfAddr()}, Logger: testLogger(t), LogOutput: io.Discard,
+		ServerJoinToken: srvs[0].JoinToken(), EnrollAddr: srvs[0].RPCAddr()})
+	if err == nil || !strings.Contains(err.Error(), "wrong server join token") {
+		t.Fatalf("a server with the agents' token: %v", err)
+	}
+}

@@ -63,6 +63,17 @@ type Config struct {
 	// OnJoinToken receives the join token of agents when automatic TLS
 	// creates it, on the first start of a cluster.
 	OnJoinToken func(token string)
+	// OnServerJoinToken receives, on the first start of the first server
+	// of a cluster of several (BootstrapExpect > 1), the token the other
+	// servers join with.
+	OnServerJoinToken func(token string)
+	// ServerJoinToken makes a new server join the cluster of another
+	// server with automatic TLS: it fetches the cluster's secrets from
+	// EnrollAddr (default: each Join host at port 8641).
+	ServerJoinToken string
+	// EnrollAddr is the RPC address of a server to join with
+	// ServerJoinToken.
+	EnrollAddr string
 	// FastGossip shortens gossip timers (failure detection under a second); for tests and dev.
 	FastGossip bool
 	// GossipKey, when set, encrypts gossip (see gossip.Encrypt).

@@ -3,15 +3,19 @@ package structs
 import "time"
 
 // ClusterSecrets are what a cluster's servers share to secure it: the
-// cluster CA (certificate and key, PEM), the join secret agents present
-// to get a certificate, and the gossip encryption key. They live in raft
+// cluster CA (certificate and key, PEM), the join secrets of agents and
+// of servers, and the gossip encryption key. They live in raft
 // and its snapshots: whoever reads a server's data dir holds the cluster.
 type ClusterSecrets struct {
-	CACert     string    `json:"ca_cert"`
-	CAKey      string    `json:"ca_key"`
-	JoinSecret string    `json:"join_secret"`
-	GossipKey  string    `json:"gossip_key"`
-	Created    time.Time `json:"created"`
+	CACert     string `json:"ca_cert"`
+	CAKey      string `json:"ca_key"`
+	JoinSecret string `json:"join_secret"`
+	// ServerSecret lets another server join and get all of these: it is
+	// a different secret from the agents' so that an agent's token does
+	// not hand out the CA key.
+	ServerSecret string    `json:"server_secret,omitempty"`
+	GossipKey    string    `json:"gossip_key"`
+	Created      time.Time `json:"created"`
 }
 
 // IssuedCert is a node certificate signed by the cluster CA.

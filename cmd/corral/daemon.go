@@ -110,7 +110,8 @@ func parseDaemonFlags(role string, args []string) (*daemonFlags, error) {
 			fs.StringVar(&f.sec.joinToken, "join-token", "", "the cluster's join token from 'corral system join-token' (env CORRAL_JOIN_TOKEN): gets this agent its certificate and the gossip key; with -tls-*: the secret the servers were given")
 			fs.StringVar(&f.enrollAddr, "server", "", "RPC address of a server to join with -join-token (default: each -join host at port 8641)")
 		} else {
-			fs.StringVar(&f.sec.joinToken, "join-token", "", "with -tls-* or -bootstrap-expect > 1: a secret agents must present to register (env CORRAL_JOIN_TOKEN); a single server without them creates its own (corral system join-token)")
+			fs.StringVar(&f.sec.joinToken, "join-token", "", "servers 2, 3… of a cluster: the servers' token the first server printed (it fetches the cluster CA and keys); with -tls-*: a secret agents must present to register (env CORRAL_JOIN_TOKEN)")
+			fs.StringVar(&f.enrollAddr, "server", "", "with -join-token: RPC address of a server to join (default: each -join host at port 8641)")
 			fs.BoolVar(&f.insecure, "insecure", false, "no automatic TLS: RPC in plaintext and gossip unencrypted unless -tls-*/-encrypt are given (a single server secures itself by default)")
 		}
 	}
@@ -140,8 +141,16 @@ func parseDaemonFlags(role string, args []string) (*daemonFlags, error) {
 	}
 	f.sec.encrypt = envOr(f.sec.encrypt, "CORRAL_GOSSIP_KEY")
 	f.sec.joinToken = envOr(f.sec.joinToken, "CORRAL_JOIN_TOKEN")
-	if role == "server" && f.sec.joinToken != "" && f.sec.tlsCA == "" && f.bootstrapExpect <= 1 && !f.insecure {
-		return nil, errors.New("-join-token on a single server without -tls-*: the server creates its own join token (it prints it on first start; 'corral system join-token' prints it again)")
+	if role == "server" && f.sec.joinToken != "" && f.sec.tlsCA == "" && !f.insecure {
+		if f.bootstrapExpect <= 1 {
+			return nil, errors.New("-join-token on a single server without -tls-*: the server creates its own join token (it prints it on first start; 'corral system join-token' prints it again)")
+		}
+		if _, _, err := agent.ParseJoinToken(f.sec.joinToken); err != nil {
+			return nil, fmt.Errorf("-join-token: %w", err)
+		}
+		if len(f.join) == 0 && f.enrollAddr == "" {
+			return nil, errors.New("-join-token needs -join: the gossip address of a server of the cluster")
+		}
 	}
 	if role == "agent" && f.sec.tlsCA == "" && f.sec.joinToken != "" {
 		if _, _, err := agent.ParseJoinToken(f.sec.joinToken); err != nil {
@@ -238,6 +247,12 @@ func runDaemon(role string, args []string) int {
 		fmt.Fprintf(os.Stderr, "Error: %v\n", err)
 		return 2
 	}
+	serverJoin := ""
+	if role == "server" && security.TLS == nil && security.JoinToken != "" && !f.insecure {
+		// Not a secret of one's own PKI: the servers' token of a cluster
+		// with automatic TLS.
+		serverJoin, security.JoinToken = security.JoinToken, ""
+	}
 	// Raft, serf and memberlist log through here: warnings and errors only.
 	libLog := &levelFilter{w: os.Stderr}
 
@@ -255,7 +270,10 @@ func runDaemon(role string, args []string) int {
 					fmt.Printf("Agents join this cluster with (shown again by 'corral system join-token'):\n  corral agent -join %s -join-token %s\n", f.serfAddr, token)
 				}
 			},
-			Insecure:          f.insecure,
+			OnServerJoinToken: func(token string) {
+				fmt.Printf("The other servers join this cluster with (keep it secret; it hands out the cluster CA):\n  corral server -bootstrap-expect %d -join %s -join-token %s\n", f.bootstrapExpect, f.serfAddr, token)
+			},
+			Insecure: f.insecure, EnrollAddr: f.enrollAddr, ServerJoinToken: serverJoin,
 			GCRetention:       f.gcRetention,
 			AllowedRegistries: f.allowedRegistries, AllowLoopbackRegistries: role == "dev",
 		})

@@ -117,8 +117,14 @@ func TestAutoTLSFlags(t *testing.T) {
 	if _, err := parseDaemonFlags("server", []string{"-join-token", "secret"}); err == nil || !strings.Contains(err.Error(), "creates its own join token") {
 		t.Fatalf("-join-token on a single server: %v", err)
 	}
-	if _, err := parseDaemonFlags("server", []string{"-join-token", "secret", "-bootstrap-expect", "3"}); err != nil {
-		t.Fatalf("-join-token with several servers: %v", err)
+	if _, err := parseDaemonFlags("server", []string{"-join-token", "secret", "-bootstrap-expect", "3", "-join", "127.0.0.1:1"}); err == nil || !strings.Contains(err.Error(), "<ca-sha256-hex>:<secret>") {
+		t.Fatalf("a plain secret as a server's join token: %v", err)
+	}
+	if _, err := parseDaemonFlags("server", []string{"-join-token", strings.Repeat("ab", 32) + ":s", "-bootstrap-expect", "3", "-join", "127.0.0.1:1"}); err != nil {
+		t.Fatalf("the servers' token: %v", err)
+	}
+	if _, err := parseDaemonFlags("server", []string{"-join-token", "secret", "-bootstrap-expect", "3", "-insecure"}); err != nil {
+		t.Fatalf("a plaintext cluster's secret: %v", err)
 	}
 	if _, err := parseDaemonFlags("agent", []string{"-join", "127.0.0.1:1", "-join-token", "tok"}); err == nil || !strings.Contains(err.Error(), "<ca-sha256-hex>:<secret>") {
 		t.Fatalf("a malformed join token: %v", err)
