@@ -95,7 +95,7 @@ func (a *Agent) setupAutoTLS(ctx context.Context) error {
 	switch {
 	case err == nil:
 		leaf := conf.Leaf()
-		ca, _ := tlsutil.ParseCert(mustRead(filepath.Join(dir, caFile)))
+		ca, _ := tlsutil.ParseCert(readOrNil(filepath.Join(dir, caFile)))
 		if caHash != "" && ca != nil && tlsutil.Hash(ca) != caHash {
 			return fmt.Errorf("agent: %s holds the certificate of another cluster (CA sha256 %.12s…) than the -join-token's (%.12s…): use another -data-dir, or remove %s to join this one", dir, tlsutil.Hash(ca), caHash, dir)
 		}
@@ -124,7 +124,8 @@ func (a *Agent) setupAutoTLS(ctx context.Context) error {
 	return nil
 }
 
-func mustRead(p string) []byte {
+// readOrNil reads a file, nil when it cannot.
+func readOrNil(p string) []byte {
 	b, _ := os.ReadFile(p)
 	return b
 }
@@ -139,7 +140,7 @@ func (a *Agent) loadTLS(dir string) (*tlsutil.Config, []byte, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	key, err := gossip.ParseKey(string(mustRead(filepath.Join(dir, gossipKeyFile))))
+	key, err := gossip.ParseKey(string(readOrNil(filepath.Join(dir, gossipKeyFile))))
 	if err != nil {
 		return nil, nil, err
 	}
