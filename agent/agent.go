@@ -80,6 +80,13 @@ type Config struct {
 	// Security is the agent's certificate (its own gRPC port then accepts
 	// only servers) and the join token it presents to servers.
 	Security *rpc.Security
+	// JoinToken, "<ca-sha256-hex>:<secret>" (corral system join-token),
+	// gets the agent a certificate and the gossip key from a server of a
+	// cluster with automatic TLS (autotls.go); they are kept in DataDir.
+	JoinToken string
+	// EnrollAddr is the RPC address of a server to join with JoinToken
+	// (default: each Join host at port DefaultServerRPCPort).
+	EnrollAddr string
 	// GCRetention is how long an ended kernel's directory and logs stay
 	// after a server acknowledged its end (0: DefaultGCRetention).
 	GCRetention time.Duration
@@ -109,6 +116,9 @@ type Agent struct {
 	healthGen int
 	// lastPrune is when old kernel start records were last pruned.
 	lastPrune time.Time
+
+	// autoTLS is the certificate from the cluster CA, nil without one.
+	autoTLS *tlsutil.Config
 
 	reporter *reporter
 	overlays *overlays
@@ -223,6 +233,10 @@ func New(cfg Config) (*Agent, error) {
 		a.capacity[k] = v
 	}
 
+	if err := a.setupAutoTLS(ctx); err != nil {
+		return nil, err
+	}
+	cfg = a.cfg
 	a.grpc = cfg.GRPC
 	if a.grpc == nil {
 		a.ln, err = net.Listen("tcp", cfg.RPCAddr)
@@ -241,6 +255,10 @@ func New(cfg Config) (*Agent, error) {
 	a.recoverKernels()
 	if err := a.setupSerf(); err != nil {
 		return nil, err
+	}
+	if a.autoTLS != nil {
+		a.wg.Add(1)
+		go func() { defer a.wg.Done(); a.renewLoop() }()
 	}
 	a.wg.Add(3)
 	go func() { defer a.wg.Done(); a.runGC() }()

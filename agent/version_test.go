@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -42,6 +43,14 @@ func (s *versionedServer) UpdateKernels(context.Context, *structs.KernelUpdateRe
 
 func (s *versionedServer) ReadIndex(context.Context, *rpc.ReadIndexRequest) (*rpc.ReadIndexResponse, error) {
 	return &rpc.ReadIndexResponse{}, nil
+}
+
+func (s *versionedServer) SignAgent(context.Context, *rpc.SignAgentRequest) (*rpc.SignAgentResponse, error) {
+	return nil, errors.New("not in this test")
+}
+
+func (s *versionedServer) JoinServer(context.Context, *rpc.JoinServerRequest) (*rpc.JoinServerResponse, error) {
+	return nil, errors.New("not in this test")
 }
 
 func serveDouble(t *testing.T, version int) (*versionedServer, string) {

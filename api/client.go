@@ -497,3 +497,27 @@ func (c *Client) DrainAgent(ctx context.Context, id string, drain, force bool) (
 	_, err := c.do(ctx, http.MethodPost, path, nil, body, &out, c.timeout)
 	return &out, err
 }
+
+// JoinToken returns the token agents join the cluster with (admins;
+// clusters with automatic TLS only).
+func (c *Client) JoinToken(ctx context.Context) (string, error) {
+	var out struct {
+		JoinToken string `json:"join_token"`
+	}
+	_, err := c.do(ctx, http.MethodGet, "/v1/system/join-token", nil, nil, &out, c.timeout)
+	return out.JoinToken, err
+}
+
+// RevokeNodeResponse lists the certificate serials a revocation cut off.
+type RevokeNodeResponse struct {
+	Node    string   `json:"node"`
+	Serials []string `json:"serials"`
+}
+
+// RevokeNode revokes every certificate the cluster CA issued to a node
+// (name or agent ID): the servers refuse it from then on (admins).
+func (c *Client) RevokeNode(ctx context.Context, node string) (*RevokeNodeResponse, error) {
+	var out RevokeNodeResponse
+	_, err := c.do(ctx, http.MethodPost, "/v1/nodes/"+url.PathEscape(node)+"/revoke", nil, nil, &out, c.timeout)
+	return &out, err
+}

@@ -147,7 +147,7 @@ func testAgentRestart(t *testing.T, sig string, away time.Duration) {
 	startServerProc(t, t.TempDir(), ports, allow...)
 	agentDir := t.TempDir()
 	reapKernels(t, agentDir)
-	agentArgs := append([]string{"agent", "-data-dir", agentDir, "-rpc", freePort(t), "-serf", freePort(t), "-join", ports.serf, "-fast-gossip"}, allow...)
+	agentArgs := append(append([]string{"agent", "-data-dir", agentDir, "-rpc", freePort(t), "-serf", freePort(t), "-fast-gossip"}, agentJoin(t, ports)...), allow...)
 	agent := start(t, "agent", agentArgs...)
 	agentAlive(t, addr)
 	if runc {

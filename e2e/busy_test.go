@@ -27,7 +27,7 @@ func TestBusyNodeLosesNothing(t *testing.T) {
 	srv := startServerProc(t, t.TempDir(), ports, "-agent-lost-after", "2s")
 	agentDir := t.TempDir()
 	reapKernels(t, agentDir)
-	agent := start(t, "agent", "agent", "-data-dir", agentDir, "-rpc", freePort(t), "-serf", freePort(t), "-join", ports.serf, "-fast-gossip")
+	agent := start(t, "agent", append([]string{"agent", "-data-dir", agentDir, "-rpc", freePort(t), "-serf", freePort(t), "-fast-gossip"}, agentJoin(t, ports)...)...)
 	agentAlive(t, addr)
 	tok, _ := apiTokens.Load(addr)
 	c, err := api.NewClient(addr)

@@ -174,14 +174,45 @@ type serverPorts struct{ http, rpc, serf string }
 // start printed.
 var apiTokens sync.Map
 
+// joinTokens maps a server's gossip address to the join token its first
+// start printed.
+var joinTokens sync.Map
+
+// joinTokenIn finds the join token in a server's output.
+func joinTokenIn(out string) (string, bool) {
+	for _, line := range strings.Split(out, "\n") {
+		if _, tok, ok := strings.Cut(line, "corral agent -join "); ok && strings.Contains(tok, "-join-token ") {
+			_, tok, _ = strings.Cut(tok, "-join-token ")
+			return strings.TrimSpace(tok), true
+		}
+	}
+	return "", false
+}
+
+// agentJoin are the flags of an agent that joins the server on ports
+// with its join token.
+func agentJoin(t *testing.T, ports serverPorts) []string {
+	t.Helper()
+	tok, ok := joinTokens.Load(ports.serf)
+	if !ok {
+		t.Fatalf("no join token of the server on %s", ports.serf)
+	}
+	return []string{"-join", ports.serf, "-join-token", tok.(string), "-server", ports.rpc}
+}
+
 func startServerProc(t *testing.T, dir string, ports serverPorts, extra ...string) *proc {
 	p := start(t, "server", append([]string{"server", "-data-dir", dir, "-http", ports.http, "-rpc", ports.rpc, "-serf", ports.serf, "-fast-gossip"}, extra...)...)
 	addr := "http://" + ports.http
 	if _, ok := apiTokens.Load(addr); !ok {
-		eventually(t, 20*time.Second, "server prints the admin token", func() error {
+		eventually(t, 20*time.Second, "server prints the admin and join tokens", func() error {
+			jt, ok := joinTokenIn(p.output())
+			if !ok {
+				return fmt.Errorf("no join token line yet")
+			}
 			for _, line := range strings.Split(p.output(), "\n") {
 				if tok, ok := strings.CutPrefix(line, "export CORRAL_TOKEN="); ok {
 					apiTokens.Store(addr, strings.TrimSpace(tok))
+					joinTokens.Store(ports.serf, jt)
 					return nil
 				}
 			}
@@ -222,7 +253,7 @@ func TestTourAndServerKill9(t *testing.T) {
 	srv := startServerProc(t, serverDir, ports)
 	agentDir := t.TempDir()
 	reapKernels(t, agentDir)
-	start(t, "agent", "agent", "-data-dir", agentDir, "-rpc", freePort(t), "-serf", freePort(t), "-join", ports.serf, "-fast-gossip")
+	start(t, "agent", append([]string{"agent", "-data-dir", agentDir, "-rpc", freePort(t), "-serf", freePort(t), "-fast-gossip"}, agentJoin(t, ports)...)...)
 	eventually(t, 20*time.Second, "agent is ALIVE", func() error {
 		r := cli(t, addr, "node", "list", "-json")
 		var agents []*structs.Agent

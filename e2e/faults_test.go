@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -69,9 +68,10 @@ type fltCluster struct {
 	token   string
 	// gossipFlag is -fast-gossip=true or =false for every daemon.
 	gossipFlag string
-	// The cluster runs secured, as production would: gossip encryption,
-	// mutual TLS and a join token, all made with the corral CLI.
-	pki, gossipKey, joinToken string
+	// The cluster secures itself, as production would by default: the
+	// first server creates the cluster CA, join secrets and gossip key;
+	// the other servers join with serverToken, agents with agentToken.
+	serverToken, agentToken string
 
 	mu    sync.Mutex
 	marks int
@@ -103,13 +103,24 @@ func newFltClusterGossip(t *testing.T, agents, fast bool) *fltCluster {
 	}
 	b := testbed.New(t, n)
 	fc := &fltCluster{t: t, bed: b, gossipFlag: fmt.Sprintf("-fast-gossip=%v", fast)}
-	fc.makeSecrets()
 	for i := range 3 {
 		h := b.Hosts[i]
 		fc.servers = append(fc.servers, &fltNode{idx: i, name: fmt.Sprintf("server%d", i+1), host: h,
 			dir: filepath.Join(b.Dir(), fmt.Sprintf("server%d", i+1)), hc: h.HTTPClient()})
 	}
-	for i := range 3 {
+	fc.startServer(0, false)
+	eventually(t, 30*time.Second, "the first server prints the servers' join token", func() error {
+		for _, line := range strings.Split(fc.servers[0].p.output(), "\n") {
+			if _, tok, ok := strings.Cut(line, "corral server -bootstrap-expect 3 "); ok {
+				if _, tok, ok = strings.Cut(tok, "-join-token "); ok {
+					fc.serverToken = strings.TrimSpace(tok)
+					return nil
+				}
+			}
+		}
+		return errors.New("no servers' token line yet")
+	})
+	for i := 1; i < 3; i++ {
 		fc.startServer(i, false)
 	}
 	eventually(t, 30*time.Second, "a server prints the admin token", func() error {
@@ -122,6 +133,15 @@ func newFltClusterGossip(t *testing.T, agents, fast bool) *fltCluster {
 			}
 		}
 		return errors.New("no token line yet")
+	})
+	eventually(t, 30*time.Second, "the leader prints the agents' join token", func() error {
+		for _, s := range fc.servers {
+			if tok, ok := joinTokenIn(s.p.output()); ok {
+				fc.agentToken = tok
+				return nil
+			}
+		}
+		return errors.New("no agents' token line yet")
 	})
 	for _, s := range fc.servers {
 		c, err := api.NewClient("http://" + net.JoinHostPort(s.ip(), fltHTTPPort))
@@ -157,14 +177,17 @@ func (fc *fltCluster) startServer(i int, restart bool) {
 	fc.t.Helper()
 	s := fc.servers[i]
 	args := []string{"server", "-name", s.name, "-data-dir", s.dir, "-bootstrap-expect", "3", fc.gossipFlag,
-		"-encrypt", fc.gossipKey, "-join-token", fc.joinToken, "-tls-ca", filepath.Join(fc.pki, "corral-ca.pem"),
-		"-tls-cert", filepath.Join(fc.pki, fmt.Sprintf("corral-server-%d.pem", i)), "-tls-key", filepath.Join(fc.pki, fmt.Sprintf("corral-server-%d-key.pem", i)),
 		"-http", net.JoinHostPort(s.ip(), fltHTTPPort), "-rpc", net.JoinHostPort(s.ip(), fltServerRPCPort),
 		"-serf", net.JoinHostPort(s.ip(), fltServerSerf), "-agent-lost-after", fltLostAfter.String()}
 	for j, o := range fc.servers {
 		if (restart && j != i) || (!restart && i > 0 && j == 0) {
 			args = append(args, "-join", net.JoinHostPort(o.ip(), fltServerSerf))
 		}
+	}
+	if i > 0 && !restart {
+		// A new server joins the first one's cluster with its token (a
+		// restarted one has the cluster's secrets in its data dir).
+		args = append(args, "-join-token", fc.serverToken)
 	}
 	pname := s.name
 	if restart {
@@ -179,9 +202,7 @@ func (fc *fltCluster) startAgent(i int) {
 	fc.t.Helper()
 	a := fc.agents[i]
 	args := []string{"agent", "-name", a.name, "-data-dir", a.dir, "-cpu", "2", "-mem", "1G", fc.gossipFlag,
-		"-encrypt", fc.gossipKey, "-join-token", fc.joinToken, "-tls-ca", filepath.Join(fc.pki, "corral-ca.pem"),
-		"-tls-cert", filepath.Join(fc.pki, fmt.Sprintf("corral-agent-%d.pem", i)), "-tls-key", filepath.Join(fc.pki, fmt.Sprintf("corral-agent-%d-key.pem", i)),
-		"-rpc", net.JoinHostPort(a.ip(), fltAgentRPCPort), "-serf", net.JoinHostPort(a.ip(), fltAgentSerf)}
+		"-join-token", fc.agentToken, "-rpc", net.JoinHostPort(a.ip(), fltAgentRPCPort), "-serf", net.JoinHostPort(a.ip(), fltAgentSerf)}
 	for _, s := range fc.servers {
 		args = append(args, "-join", net.JoinHostPort(s.ip(), fltServerSerf))
 	}
@@ -190,32 +211,6 @@ func (fc *fltCluster) startAgent(i int) {
 		pname += "-restarted"
 	}
 	a.p = ovStart(fc.t, a.host, pname, args...)
-}
-
-// makeSecrets creates the gossip key, the CA and a certificate per server
-// and agent with the corral CLI, and a join token.
-func (fc *fltCluster) makeSecrets() {
-	fc.t.Helper()
-	fc.pki = filepath.Join(fc.bed.Dir(), "pki")
-	if err := os.MkdirAll(fc.pki, 0o700); err != nil {
-		fc.t.Fatal(err)
-	}
-	cli := func(args ...string) string {
-		out, err := exec.Command(corralBin, args...).CombinedOutput()
-		if err != nil {
-			fc.t.Fatalf("corral %s: %v\n%s", strings.Join(args, " "), err, out)
-		}
-		return strings.TrimSpace(string(out))
-	}
-	fc.gossipKey = cli("keygen")
-	cli("tls", "ca", "create", "-dir", fc.pki)
-	ca := []string{"-dir", fc.pki, "-ca", filepath.Join(fc.pki, "corral-ca.pem"), "-ca-key", filepath.Join(fc.pki, "corral-ca-key.pem")}
-	for i := range 3 {
-		cli(append([]string{"tls", "cert", "create", "-server"}, ca...)...)
-		// Agent certificates are bound to the agents' names.
-		cli(append([]string{"tls", "cert", "create", "-agent", "-node", fmt.Sprintf("agent%d", i+1)}, ca...)...)
-	}
-	fc.joinToken = fmt.Sprintf("fault-bed-%d", time.Now().UnixNano())
 }
 
 type fltLeader struct {

@@ -114,15 +114,18 @@ func newOvCluster(t *testing.T) *ovCluster {
 	srv := ovStart(t, oc.server, "server", "server", "-name", "server1", "-data-dir", filepath.Join(b.Dir(), "server"),
 		"-http", net.JoinHostPort(sip, ovHTTPPort), "-rpc", net.JoinHostPort(sip, ovServerRPCPort),
 		"-serf", net.JoinHostPort(sip, ovServerSerf), "-fast-gossip", "-allow-registry", regHost)
-	var tok string
+	var tok, joinTok string
 	eventually(t, 20*time.Second, "server prints the admin token", func() error {
 		for _, line := range strings.Split(srv.output(), "\n") {
 			if v, ok := strings.CutPrefix(line, "export CORRAL_TOKEN="); ok {
 				tok = strings.TrimSpace(v)
-				return nil
 			}
 		}
-		return errors.New("no token line yet")
+		if jt, ok := joinTokenIn(srv.output()); ok && tok != "" {
+			joinTok = jt
+			return nil
+		}
+		return errors.New("no token lines yet")
 	})
 	c, err := api.NewClient("http://" + net.JoinHostPort(sip, ovHTTPPort))
 	if err != nil {
@@ -142,7 +145,7 @@ func newOvCluster(t *testing.T) *ovCluster {
 		ovStart(t, h, fmt.Sprintf("agent%d", i+1), "agent", "-name", fmt.Sprintf("agent%d", i+1), "-data-dir", dir,
 			"-join", net.JoinHostPort(sip, ovServerSerf), "-rpc", net.JoinHostPort(ip, ovAgentRPCPort),
 			"-serf", net.JoinHostPort(ip, ovAgentSerf), "-cpu", "2", "-mem", "1G",
-			"-insecure-registry", regHost, "-allow-registry", regHost, "-fast-gossip")
+			"-insecure-registry", regHost, "-allow-registry", regHost, "-fast-gossip", "-join-token", joinTok)
 	}
 	eventually(t, 30*time.Second, "3 agents ALIVE with runc", func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

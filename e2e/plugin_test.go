@@ -86,8 +86,8 @@ func TestPluginKill9(t *testing.T) {
 	startServerProc(t, t.TempDir(), ports)
 	agentDir := t.TempDir()
 	reapKernels(t, agentDir)
-	agentArgs := []string{"agent", "-data-dir", agentDir, "-rpc", freePort(t), "-serf", freePort(t), "-join", ports.serf,
-		"-fast-gossip", "-plugin-dir", pluginDir}
+	agentArgs := append([]string{"agent", "-data-dir", agentDir, "-rpc", freePort(t), "-serf", freePort(t),
+		"-fast-gossip", "-plugin-dir", pluginDir}, agentJoin(t, ports)...)
 	agent := start(t, "agent", agentArgs...)
 	agentAlive(t, addr)
 	eventually(t, 30*time.Second, "the agent advertises the example driver", func() error {

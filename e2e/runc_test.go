@@ -111,8 +111,8 @@ func TestRuncSessionsFromARegistry(t *testing.T) {
 	startServerProc(t, t.TempDir(), ports, "-allow-registry", regHost)
 	agentDir := t.TempDir()
 	reapKernels(t, agentDir)
-	start(t, "agent", "agent", "-data-dir", agentDir, "-rpc", freePort(t), "-serf", freePort(t), "-join", ports.serf, "-fast-gossip",
-		"-allow-registry", regHost)
+	start(t, "agent", append([]string{"agent", "-data-dir", agentDir, "-rpc", freePort(t), "-serf", freePort(t), "-fast-gossip",
+		"-allow-registry", regHost}, agentJoin(t, ports)...)...)
 	agentAlive(t, addr)
 	agentRunsRunc(t, addr)
 

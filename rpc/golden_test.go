@@ -25,6 +25,7 @@ var messages = []any{
 	&ImageInfo{}, &ImageListRequest{}, &ImageListResponse{}, &ImagePullRequest{}, &ImagePullResponse{},
 	&StatsRequest{}, &KernelStats{}, &StatsResponse{},
 	&ReadIndexRequest{}, &ReadIndexResponse{},
+	&SignAgentRequest{}, &SignAgentResponse{}, &JoinServerRequest{}, &JoinServerResponse{},
 }
 
 func typeName(v any) string { return reflect.TypeOf(v).Elem().Name() }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/subtle"
 	"crypto/tls"
+	"crypto/x509"
 	"strings"
 
 	"google.golang.org/grpc"
@@ -37,12 +38,13 @@ type Security struct {
 func (s *Security) Enabled() bool { return s != nil && (s.TLS != nil || s.JoinToken != "") }
 
 // ServerTLS is the listener side of mutual TLS accepting peers of the given
-// roles, nil without TLS (for connections that are not gRPC: raft).
+// roles, nil without TLS (for connections that are not gRPC: raft). It
+// always requires a client certificate.
 func (s *Security) ServerTLS(accept ...tlsutil.Role) *tls.Config {
 	if s == nil || s.TLS == nil {
 		return nil
 	}
-	return s.TLS.ServerConfig(accept...)
+	return s.TLS.StrictServerConfig(accept...)
 }
 
 // ClientTLS is the dialer side of mutual TLS towards a node of role peer,
@@ -74,8 +76,20 @@ func (s *Security) ServerOptions(accept ...tlsutil.Role) []grpc.ServerOption {
 	if s == nil {
 		return opts
 	}
-	if conf := s.ServerTLS(accept...); conf != nil {
-		opts = append(opts, grpc.Creds(credentials.NewTLS(conf)))
+	if s.TLS != nil {
+		opts = append(opts, grpc.Creds(credentials.NewTLS(s.TLS.ServerConfig(accept...))),
+			grpc.ChainUnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+				if err := s.checkPeer(ctx, info.FullMethod); err != nil {
+					return nil, err
+				}
+				return h(ctx, req)
+			}),
+			grpc.ChainStreamInterceptor(func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+				if err := s.checkPeer(ss.Context(), info.FullMethod); err != nil {
+					return err
+				}
+				return h(srv, ss)
+			}))
 	}
 	if s.JoinToken != "" {
 		opts = append(opts,
@@ -93,6 +107,60 @@ func (s *Security) ServerOptions(accept ...tlsutil.Role) []grpc.ServerOption {
 			}))
 	}
 	return opts
+}
+
+// checkPeer is the per-call half of mutual TLS: every call but SignAgent
+// needs a verified client certificate (a listener with
+// tlsutil.Config.OptionalClientCert lets clients without one through the
+// handshake, for SignAgent only); the Agent service takes servers only,
+// the Server service agents and servers; a certificate revoked since the
+// handshake is refused at its next call.
+func (s *Security) checkPeer(ctx context.Context, method string) error {
+	cert := PeerCert(ctx)
+	if cert == nil {
+		if method == SignAgentMethod || method == JoinServerMethod {
+			return nil
+		}
+		return status.Error(codes.Unauthenticated, "no client certificate: this port accepts only corral nodes with a certificate of the cluster CA (agents get one with -join-token)")
+	}
+	role, _ := tlsutil.RoleOf(cert)
+	switch {
+	case strings.HasPrefix(method, "/"+agentServiceName+"/") && role != tlsutil.RoleServer:
+		return status.Errorf(codes.PermissionDenied, "the agent service takes calls from servers only, not from a %s certificate", role)
+	case strings.HasPrefix(method, "/"+serverServiceName+"/") && role != tlsutil.RoleServer && role != tlsutil.RoleAgent:
+		return status.Error(codes.PermissionDenied, "the server service takes calls from agents and servers only")
+	}
+	if s.TLS.Revoked != nil && s.TLS.Revoked(cert) {
+		return status.Errorf(codes.PermissionDenied, "certificate %s has been revoked (corral node revoke): this node is cut off from the cluster", cert.SerialNumber.Text(16))
+	}
+	return nil
+}
+
+// PeerCert is the verified client certificate of a call over TLS, nil
+// without one.
+func PeerCert(ctx context.Context) *x509.Certificate {
+	p, found := peer.FromContext(ctx)
+	if !found {
+		return nil
+	}
+	info, isTLS := p.AuthInfo.(credentials.TLSInfo)
+	if !isTLS || len(info.State.VerifiedChains) == 0 || len(info.State.PeerCertificates) == 0 {
+		return nil
+	}
+	return info.State.PeerCertificates[0]
+}
+
+// PeerAgentID is the agent ID a caller's certificate is bound to ("" for
+// certificates without one: servers, role-only or node-only agents).
+func PeerAgentID(ctx context.Context) string {
+	cert := PeerCert(ctx)
+	if cert == nil {
+		return ""
+	}
+	if role, _ := tlsutil.RoleOf(cert); role != tlsutil.RoleAgent {
+		return ""
+	}
+	return tlsutil.IDOf(cert)
 }
 
 // checkToken guards the Server service: only callers with the join token

@@ -29,6 +29,12 @@ type ServerService interface {
 	// ReadIndex, on the leader, confirms leadership and returns the index
 	// a follower must apply before serving agents (other servers call it).
 	ReadIndex(ctx context.Context, req *ReadIndexRequest) (*ReadIndexResponse, error)
+	// SignAgent signs an agent certificate for a join secret or for the
+	// agent's current certificate (renewal).
+	SignAgent(ctx context.Context, req *SignAgentRequest) (*SignAgentResponse, error)
+	// JoinServer hands the cluster's secrets to a new server that knows
+	// the server join secret.
+	JoinServer(ctx context.Context, req *JoinServerRequest) (*JoinServerResponse, error)
 }
 
 // WatchStream is the server side of WatchKernels.
@@ -95,6 +101,12 @@ var serverDesc = grpc.ServiceDesc{
 		unary(func(srv any, ctx context.Context, req *ReadIndexRequest) (*ReadIndexResponse, error) {
 			return srv.(ServerService).ReadIndex(ctx, req)
 		}, serverServiceName, "ReadIndex"),
+		unary(func(srv any, ctx context.Context, req *SignAgentRequest) (*SignAgentResponse, error) {
+			return srv.(ServerService).SignAgent(ctx, req)
+		}, serverServiceName, "SignAgent"),
+		unary(func(srv any, ctx context.Context, req *JoinServerRequest) (*JoinServerResponse, error) {
+			return srv.(ServerService).JoinServer(ctx, req)
+		}, serverServiceName, "JoinServer"),
 	},
 	Streams: []grpc.StreamDesc{{
 		StreamName:    "WatchKernels",

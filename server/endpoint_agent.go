@@ -49,6 +49,12 @@ func (e *agentEndpoint) Register(ctx context.Context, req *rpc.RegisterRequest) 
 	if err := e.checkIdentity(ctx, req.Agent.ID, req.Agent.Name, false); err != nil {
 		return nil, err
 	}
+	if rpc.PeerAgentID(ctx) != "" {
+		if err := e.srv.checkGossip(ctx, req.Agent); err != nil {
+			e.srv.logger.Warn("agent registration refused", "agent_id", req.Agent.ID, "name", req.Agent.Name, "error", err)
+			return nil, err
+		}
+	}
 	if !e.srv.IsLeader() {
 		cl, err := e.srv.leaderClient()
 		if err != nil {
@@ -132,12 +138,23 @@ func (e *agentEndpoint) WatchKernels(req *rpc.WatchRequest, stream rpc.WatchStre
 	if err := e.checkIdentity(ctx, req.AgentID, "", true); err != nil {
 		return err
 	}
+	// A revoked certificate ends the stream at once.
+	serial := ""
+	if cert := rpc.PeerCert(ctx); cert != nil {
+		serial = cert.SerialNumber.Text(16)
+	}
 	sent := map[string]uint64{}
 	full := true
 	for {
 		abandon := e.srv.state.AbandonCh()
 		ws := memdb.NewWatchSet()
 		snap := e.srv.state.Snapshot()
+		if serial != "" {
+			if c, err := snap.IssuedCert(ws, serial); err == nil && c != nil && c.Revoked {
+				e.srv.logger.Warn("ending the kernel stream of a revoked agent", "agent_id", req.AgentID, "serial", serial)
+				return status.Errorf(codes.PermissionDenied, "certificate %s has been revoked (corral node revoke): this node is cut off from the cluster", serial)
+			}
+		}
 		ks, err := snap.KernelsByAgent(ws, req.AgentID)
 		if err != nil {
 			return grpcError(err)
@@ -230,6 +247,10 @@ func (c *agentConns) closeAll() {
 // certificates, server certificates (a follower forwarding what it
 // checked) and plaintext clusters pass.
 func (e *agentEndpoint) checkIdentity(ctx context.Context, agentID, name string, must bool) error {
+	// A certificate of the cluster CA names the agent's ID too.
+	if id := rpc.PeerAgentID(ctx); id != "" && id != agentID {
+		return status.Errorf(codes.PermissionDenied, "this agent's certificate is for agent ID %s; it cannot act as agent %s", id, agentID)
+	}
 	node, ok := rpc.PeerAgent(ctx)
 	if !ok || node == "" {
 		return nil

@@ -118,6 +118,28 @@ func (f *fsm) Apply(l *raft.Log) any {
 			return err
 		}
 		return res
+	case structs.ClusterSecretsRequestType:
+		var req structs.ClusterSecretsRequest
+		if err := json.Unmarshal(body, &req); err != nil {
+			return err
+		}
+		set, err := f.state.SetClusterSecrets(l.Index, &req)
+		if err != nil {
+			return err
+		}
+		return set
+	case structs.CertIssueRequestType:
+		var req structs.CertIssueRequest
+		if err := json.Unmarshal(body, &req); err != nil {
+			return err
+		}
+		return f.state.IssueCert(l.Index, &req)
+	case structs.CertRevokeRequestType:
+		var req structs.CertRevokeRequest
+		if err := json.Unmarshal(body, &req); err != nil {
+			return err
+		}
+		return f.state.RevokeCerts(l.Index, &req)
 	}
 	// An unknown type means a newer server wrote the log.
 	return f.unknownEntry(t, ignorable, l.Index)

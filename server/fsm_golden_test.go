@@ -35,6 +35,9 @@ var entries = []struct {
 	{structs.AgentDrainRequestType, &structs.AgentDrainRequest{}},
 	{structs.KernelsLostRequestType, &structs.KernelsLostRequest{}},
 	{structs.SessionsGCRequestType, &structs.SessionsGCRequest{}},
+	{structs.ClusterSecretsRequestType, &structs.ClusterSecretsRequest{}},
+	{structs.CertIssueRequestType, &structs.CertIssueRequest{}},
+	{structs.CertRevokeRequestType, &structs.CertRevokeRequest{}},
 }
 
 func entryFixture(typ structs.MessageType, req any) string {

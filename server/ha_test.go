@@ -38,6 +38,10 @@ func startQuorumCfg(t *testing.T, n int, mod func(*server.Config)) ([]*server.Se
 			NodeName:         fmt.Sprintf("server%d", i), DataDir: t.TempDir(), HTTPAddr: "127.0.0.1:0", RPCAddr: "127.0.0.1:0",
 			SerfAddr: "127.0.0.1:0", Join: join, BootstrapExpect: n, Logger: testLogger(t), LogOutput: io.Discard, FastGossip: true,
 		}
+		if i > 0 && srvs[0].AutoTLS() {
+			// The others join the first one's cluster with its token.
+			cfg.ServerJoinToken, cfg.EnrollAddr = srvs[0].ServerJoinToken(), srvs[0].RPCAddr()
+		}
 		if mod != nil {
 			mod(&cfg)
 		}
@@ -46,6 +50,8 @@ func startQuorumCfg(t *testing.T, n int, mod func(*server.Config)) ([]*server.Se
 			t.Fatal(err)
 		}
 		go func() { _ = srv.Serve() }()
+		servers.Store(srv.SerfAddr(), srv)
+		t.Cleanup(func() { servers.Delete(srv.SerfAddr()) })
 		srvs[i] = srv
 		t.Cleanup(srv.Shutdown)
 	}

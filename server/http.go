@@ -61,6 +61,8 @@ func (s *Server) setupHTTP() error {
 	mux.HandleFunc("POST /v1/images/pull", s.wrap(s.pullImage))
 	mux.HandleFunc("POST /v1/system/gc", s.wrap(s.systemGC))
 	mux.HandleFunc("GET /v1/system/stats", s.wrap(s.systemStats))
+	mux.HandleFunc("GET /v1/system/join-token", s.wrap(s.joinTokenHTTP))
+	mux.HandleFunc("POST /v1/nodes/{node}/revoke", s.wrap(s.revokeNodeHTTP))
 	s.registerAdmin(mux)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path))

@@ -39,6 +39,8 @@ func TestRestartedFollowerCatchesUpBeforeWatch(t *testing.T) {
 	cfgs := map[string]server.Config{}
 	srvs, token := startQuorumCfg(t, 3, func(c *server.Config) {
 		c.RPCAddr, c.SerfAddr = freeAddr(t), freeAddr(t)
+		// The test watches as a plaintext client.
+		c.Insecure = true
 		mu.Lock()
 		cfgs[c.NodeName] = *c
 		mu.Unlock()

@@ -8,10 +8,10 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/corral-dev/corral/api"
 	"github.com/corral-dev/corral/rpc"
+	"github.com/corral-dev/corral/rpc/tlsutil"
 	"github.com/corral-dev/corral/structs"
 )
 
@@ -290,7 +290,7 @@ func TestDrainAndEligible(t *testing.T) {
 	}
 	// The agent registers again (a reconnect sends its inventory, where
 	// Drain is false): the operator's drain stays.
-	cc, err := grpc.NewClient(c.srv.RPCAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	cc, err := grpc.NewClient(c.srv.RPCAddr(), c.agent.Security().DialOptions(tlsutil.RoleServer)...)
 	if err != nil {
 		t.Fatal(err)
 	}

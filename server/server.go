@@ -60,6 +60,20 @@ type Config struct {
 	// OnBootstrapToken receives the admin token created on the first start
 	// of a cluster (default: printed as an export line on stdout).
 	OnBootstrapToken func(token string)
+	// OnJoinToken receives the join token of agents when automatic TLS
+	// creates it, on the first start of a cluster.
+	OnJoinToken func(token string)
+	// OnServerJoinToken receives, on the first start of the first server
+	// of a cluster of several (BootstrapExpect > 1), the token the other
+	// servers join with.
+	OnServerJoinToken func(token string)
+	// ServerJoinToken makes a new server join the cluster of another
+	// server with automatic TLS: it fetches the cluster's secrets from
+	// EnrollAddr (default: each Join host at port 8641).
+	ServerJoinToken string
+	// EnrollAddr is the RPC address of a server to join with
+	// ServerJoinToken.
+	EnrollAddr string
 	// FastGossip shortens gossip timers (failure detection under a second); for tests and dev.
 	FastGossip bool
 	// GossipKey, when set, encrypts gossip (see gossip.Encrypt).
@@ -84,6 +98,13 @@ type Config struct {
 	// the state before the leader collects them (0: DefaultGCRetention;
 	// negative: never).
 	GCRetention time.Duration
+	// Insecure turns automatic TLS off: a single server without -tls-*
+	// then serves RPC in plaintext and gossips unencrypted, as a
+	// multi-server cluster without -tls-* does (tests, debugging).
+	Insecure bool
+	// AgentCertValidity is how long agent certificates signed by the
+	// cluster CA are valid (default DefaultAgentCertValidity).
+	AgentCertValidity time.Duration
 	// AllowLoopbackRegistries lets sessions of groups without an
 	// allow-list pull from registries on loopback addresses (corral dev,
 	// tests); by default only registries at public addresses are allowed.
@@ -191,6 +212,9 @@ type Server struct {
 	heartbeats *heartbeats
 	// localAgent is the ID of the agent embedded in this process, if any.
 	localAgent atomic.Value
+	// auto is the automatic TLS state (autotls.go), nil with one's own
+	// PKI or none.
+	auto *autoTLS
 }
 
 // New starts a server: raft (bootstrapping a single voter on first start),
@@ -220,6 +244,15 @@ func New(cfg Config) (*Server, error) {
 			s.Shutdown()
 		}
 	}()
+	if cfg.wantsAutoTLS() {
+		if err := s.setupAutoTLS(); err != nil {
+			return nil, err
+		}
+		cfg = s.cfg
+		s.agents = newAgentConns(cfg.Security.DialOptions(tlsutil.RoleAgent))
+	} else if cfg.Security == nil || cfg.Security.TLS == nil {
+		s.logger.Warn("RPC (gRPC and raft) is not encrypted: automatic TLS covers new single-server clusters; several servers, -insecure and clusters created before it need their own PKI (-tls-ca, -tls-cert, -tls-key): see README 'A secured cluster with your own PKI'")
+	}
 
 	ln, err := net.Listen("tcp", cfg.RPCAddr)
 	if err != nil {
@@ -548,6 +581,7 @@ func (s *Server) leaderLoop(ctx context.Context) {
 		return
 	}
 	s.logger.Info("acquired leadership")
+	s.recordSecrets()
 	s.bootstrapAdmin()
 	s.reconcileMembers()
 	var wg sync.WaitGroup

@@ -70,6 +70,8 @@ func startServerCfg(t *testing.T, dir string, mod func(*server.Config)) *server.
 		t.Fatal(err)
 	}
 	go func() { _ = srv.Serve() }()
+	servers.Store(srv.SerfAddr(), srv)
+	t.Cleanup(func() { servers.Delete(srv.SerfAddr()) })
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := srv.WaitForLeader(ctx); err != nil {
@@ -106,6 +108,10 @@ func startAgentWith(t *testing.T, dir, join string, d drivers.Driver) *agent.Age
 	return startAgentCfg(t, dir, join, nil, d)
 }
 
+// servers maps the gossip address of each test server to it, so that an
+// agent joining it gets its join token (automatic TLS).
+var servers sync.Map
+
 // agentSeq gives every test agent its own gossip node name.
 var agentSeq atomic.Int64
 
@@ -115,6 +121,10 @@ func startAgentCfg(t *testing.T, dir, join string, capacity structs.Slots, d dri
 		Name: fmt.Sprintf("test-agent-%d", agentSeq.Add(1)), DataDir: dir, RPCAddr: "127.0.0.1:0", SerfAddr: "127.0.0.1:0", Join: []string{join},
 		Drivers: []drivers.Driver{d}, Capacity: capacity,
 		Logger: testLogger(t), LogOutput: io.Discard, FastGossip: true, AllowLoopbackRegistries: true,
+	}
+	if v, ok := servers.Load(join); ok && v.(*server.Server).AutoTLS() {
+		srv := v.(*server.Server)
+		cfg.JoinToken, cfg.EnrollAddr = srv.JoinToken(), srv.RPCAddr()
 	}
 	for _, mod := range mods {
 		mod(&cfg)

@@ -16,6 +16,7 @@ import (
 
 	"github.com/corral-dev/corral/api"
 	"github.com/corral-dev/corral/rpc"
+	"github.com/corral-dev/corral/server"
 	"github.com/corral-dev/corral/structs"
 )
 
@@ -144,7 +145,9 @@ func (a *oldAgent) update(kernelID string, st structs.KernelStatus, exit *int) {
 // message that says which side to upgrade.
 func TestMixedVersionAgent(t *testing.T) {
 	dir := t.TempDir()
-	srv := startServer(t, dir)
+	// Agents of protocol 1 predate automatic TLS: their cluster runs
+	// without it (an existing cluster keeps running so when upgraded).
+	srv := startServerCfg(t, dir, func(c *server.Config) { c.Insecure = true })
 	t.Cleanup(srv.Shutdown)
 	c := &cluster{srv: srv, client: client(t, srv, dir)}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

@@ -17,6 +17,9 @@ const (
 	AgentDrainRequestType
 	KernelsLostRequestType
 	SessionsGCRequestType
+	ClusterSecretsRequestType
+	CertIssueRequestType
+	CertRevokeRequestType
 )
 
 // KernelsLostRequest gives up the kernels of the listed sessions on a
@@ -140,4 +143,27 @@ type SessionDestroyRequest struct {
 	SessionID string    `json:"session_id"`
 	Reason    string    `json:"reason"`
 	Time      time.Time `json:"time"`
+}
+
+// ClusterSecretsRequest records the cluster's CA, join secret and gossip
+// key, created by the first leader of a new cluster. The first one
+// applied wins: a later one with other secrets changes nothing.
+type ClusterSecretsRequest struct {
+	Secrets *ClusterSecrets `json:"secrets"`
+	Time    time.Time       `json:"time"`
+}
+
+// CertIssueRequest records a node certificate the cluster CA signed, so
+// that it can be revoked by node name.
+type CertIssueRequest struct {
+	Cert *IssuedCert `json:"cert"`
+	Time time.Time   `json:"time"`
+}
+
+// CertRevokeRequest revokes certificates by serial: every server then
+// refuses them in handshakes and calls.
+type CertRevokeRequest struct {
+	Serials []string  `json:"serials"`
+	Reason  string    `json:"reason,omitempty"`
+	Time    time.Time `json:"time"`
 }

@@ -14,8 +14,6 @@ import (
 	"syscall"
 	"time"
 
-	"google.golang.org/grpc"
-
 	"github.com/corral-dev/corral/agent"
 	execdriver "github.com/corral-dev/corral/drivers/exec"
 	"github.com/corral-dev/corral/drivers/runc"
@@ -62,6 +60,8 @@ type daemonFlags struct {
 	agentLostAfter, heartbeatTTL                              time.Duration
 	httpTLS                                                   bool
 	fastGossip                                                bool
+	insecure                                                  bool
+	enrollAddr                                                string
 	gcRetention                                               time.Duration
 	sec                                                       securityFlags
 	runc                                                      runcFlags
@@ -136,7 +136,14 @@ func parseDaemonFlags(role string, args []string) (*daemonFlags, error) {
 		if role == "server" {
 			fs.BoolVar(&f.httpTLS, "tls-http", false, "serve the HTTP API over TLS with the -tls-cert (clients: -ca-cert or CORRAL_CACERT)")
 		}
-		fs.StringVar(&f.sec.joinToken, "join-token", "", "secret agents must present to register (env CORRAL_JOIN_TOKEN); servers and agents give the same")
+		if role == "agent" {
+			fs.StringVar(&f.sec.joinToken, "join-token", "", "the cluster's join token from 'corral system join-token' (env CORRAL_JOIN_TOKEN): gets this agent its certificate and the gossip key; with -tls-*: the secret the servers were given")
+			fs.StringVar(&f.enrollAddr, "server", "", "RPC address of a server to join with -join-token (default: each -join host at port 8641)")
+		} else {
+			fs.StringVar(&f.sec.joinToken, "join-token", "", "servers 2, 3… of a cluster: the servers' token the first server printed (it fetches the cluster CA and keys); with -tls-*: a secret agents must present to register (env CORRAL_JOIN_TOKEN)")
+			fs.StringVar(&f.enrollAddr, "server", "", "with -join-token: RPC address of a server to join (default: each -join host at port 8641)")
+			fs.BoolVar(&f.insecure, "insecure", false, "no automatic TLS: RPC in plaintext and gossip unencrypted unless -tls-*/-encrypt are given (a single server secures itself by default)")
+		}
 	}
 	if role != "server" {
 		fs.StringVar(&f.group, "resource-group", structs.DefaultResourceGroup, "resource group of this agent")
@@ -170,6 +177,22 @@ func parseDaemonFlags(role string, args []string) (*daemonFlags, error) {
 	}
 	f.sec.encrypt = envOr(f.sec.encrypt, "CORRAL_GOSSIP_KEY")
 	f.sec.joinToken = envOr(f.sec.joinToken, "CORRAL_JOIN_TOKEN")
+	if role == "server" && f.sec.joinToken != "" && f.sec.tlsCA == "" && !f.insecure {
+		if f.bootstrapExpect <= 1 {
+			return nil, errors.New("-join-token on a single server without -tls-*: the server creates its own join token (it prints it on first start; 'corral system join-token' prints it again)")
+		}
+		if _, _, err := agent.ParseJoinToken(f.sec.joinToken); err != nil {
+			return nil, fmt.Errorf("-join-token: %w", err)
+		}
+		if len(f.join) == 0 && f.enrollAddr == "" {
+			return nil, errors.New("-join-token needs -join: the gossip address of a server of the cluster")
+		}
+	}
+	if role == "agent" && f.sec.tlsCA == "" && f.sec.joinToken != "" {
+		if _, _, err := agent.ParseJoinToken(f.sec.joinToken); err != nil {
+			return nil, fmt.Errorf("-join-token: %w", err)
+		}
+	}
 	if err := f.sec.check(); err != nil {
 		return nil, err
 	}
@@ -290,22 +313,33 @@ func runDaemon(role string, args []string) int {
 		fmt.Fprintf(os.Stderr, "Error: %v\n", err)
 		return 2
 	}
+	serverJoin := ""
+	if role == "server" && security.TLS == nil && security.JoinToken != "" && !f.insecure {
+		// Not a secret of one's own PKI: the servers' token of a cluster
+		// with automatic TLS.
+		serverJoin, security.JoinToken = security.JoinToken, ""
+	}
 	// Raft, serf and memberlist log through here: warnings and errors only.
 	libLog := &levelFilter{w: os.Stderr}
 
 	var srv *server.Server
 	var agt *agent.Agent
-	var shared *grpc.Server
-	if role == "dev" {
-		shared = grpc.NewServer(rpc.ServerOptions()...)
-	}
 	if role != "agent" {
 		srv, err = server.New(server.Config{
 			NodeName: nodeName(f.name, "-server"), DataDir: dataSubdir(role, f.dataDir, "server"),
 			HTTPAddr: f.httpAddr, RPCAddr: f.rpcAddr, SerfAddr: f.serfAddr, Join: f.join,
-			BootstrapExpect: f.bootstrapExpect, GRPC: shared, Logger: logger, LogOutput: libLog,
+			BootstrapExpect: f.bootstrapExpect, Logger: logger, LogOutput: libLog,
 			FastGossip: f.fastGossip, GossipKey: gossipKey, Security: security, HTTPTLS: f.httpTLS,
 			AgentLostAfter: f.agentLostAfter, HeartbeatTTL: f.heartbeatTTL, OnBootstrapToken: func(token string) { announceToken(role, token, logger) },
+			OnJoinToken: func(token string) {
+				if role == "server" {
+					fmt.Printf("Agents join this cluster with (shown again by 'corral system join-token'):\n  corral agent -join %s -join-token %s\n", f.serfAddr, token)
+				}
+			},
+			OnServerJoinToken: func(token string) {
+				fmt.Printf("The other servers join this cluster with (keep it secret; it hands out the cluster CA):\n  corral server -bootstrap-expect %d -join %s -join-token %s\n", f.bootstrapExpect, f.serfAddr, token)
+			},
+			Insecure: f.insecure, EnrollAddr: f.enrollAddr, ServerJoinToken: serverJoin,
 			GCRetention:       f.gcRetention,
 			AllowedRegistries: f.allowedRegistries, AllowLoopbackRegistries: role == "dev",
 		})
@@ -313,6 +347,11 @@ func runDaemon(role string, args []string) int {
 			fmt.Fprintf(os.Stderr, "Error: %v\n", err)
 			return 1
 		}
+		go func() {
+			if err := srv.Serve(); err != nil {
+				logger.Error("gRPC server stopped", "error", err)
+			}
+		}()
 	}
 	var killPlugins func()
 	if role != "server" {
@@ -332,15 +371,22 @@ func runDaemon(role string, args []string) int {
 			RPCAddr: f.rpcAddr, SerfAddr: f.serfAddr, Join: f.join, Drivers: drvs,
 			Capacity: capacity, Logger: logger, LogOutput: libLog, FastGossip: f.fastGossip,
 			InsecureRegistries: f.insecureRegistries, GossipKey: gossipKey, Security: security,
+			EnrollAddr:        f.enrollAddr,
 			GCRetention:       f.gcRetention,
 			AllowedRegistries: f.allowedRegistries, AllowLoopbackRegistries: role == "dev",
 		}
 		cfg.MaxImageSize = f.maxImageBytes
+		if role == "agent" && security.TLS == nil && security.JoinToken != "" {
+			// Not a secret of one's own PKI: the cluster's join token.
+			cfg.JoinToken, cfg.Security = security.JoinToken, nil
+		}
 		if role == "dev" {
-			cfg.RPCAddr = srv.RPCAddr()
+			// The embedded agent joins its own server like any other: it
+			// gets its certificate for the join token over loopback.
+			cfg.RPCAddr = "127.0.0.1:0"
 			cfg.SerfAddr = f.agentSerfAddr
 			cfg.Join = []string{srv.SerfAddr()}
-			cfg.GRPC = shared
+			cfg.JoinToken, cfg.EnrollAddr = srv.JoinToken(), srv.RPCAddr()
 		}
 		agt, err = agent.New(cfg)
 		if err != nil {
@@ -356,14 +402,6 @@ func runDaemon(role string, args []string) int {
 	}
 	if srv != nil && agt != nil {
 		srv.SetLocalAgent(agt.ID())
-	}
-	if srv != nil {
-		// Serve only now: an in-process agent registers its service first.
-		go func() {
-			if err := srv.Serve(); err != nil {
-				logger.Error("gRPC server stopped", "error", err)
-			}
-		}()
 	}
 	switch role {
 	case "dev":

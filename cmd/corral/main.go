@@ -75,6 +75,7 @@ var nodeCommands = []command{
 	{"status", "ID [flags]", "show one agent and each of its resource slots", (*cli).nodeStatus},
 	{"drain", "ID [-force] [flags]", "stop new placements on an agent (-force also terminates its kernels)", (*cli).nodeDrain},
 	{"eligible", "ID [flags]", "let an agent take new placements again", (*cli).nodeEligible},
+	{"revoke", "NODE [flags]", "revoke a node's certificates: the servers cut it off at once (admin)", (*cli).nodeRevoke},
 	{"leave", "ID [flags]", "give a node up now: its kernels end, batch sessions with retries re-queue (stop the agent after)", (*cli).nodeLeave},
 }
 

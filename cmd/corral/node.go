@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"fmt"
+	"strings"
 	"time"
 
 	"github.com/corral-dev/corral/api"
@@ -52,6 +54,26 @@ func (c *cli) nodeLeave(ctx context.Context, args []string) error {
 		"with retries are re-queued. Stopping an agent (SIGTERM) never does this: its kernels\n"+
 		"keep running and the next start reattaches them. Stop the agent after leaving.", true)
 	return c.agentCommand(ctx, f, args, (*api.Client).LeaveAgent)
+}
+
+// nodeRevoke revokes the certificates the cluster CA issued to a node.
+func (c *cli) nodeRevoke(ctx context.Context, args []string) error {
+	f := c.newFlags("node revoke", "NODE [flags]", "Revoke every certificate the cluster CA issued to a node (agent name, ID or ID\n"+
+		"prefix): the servers refuse its connections and calls at once and end its kernel\n"+
+		"stream. To let the node back, remove its data dir's tls/ and join it again.", true)
+	node, client, err := f.refClient(args, "agent name, ID or ID prefix")
+	if err != nil {
+		return err
+	}
+	res, err := client.RevokeNode(ctx, node)
+	if err != nil {
+		return err
+	}
+	if f.json {
+		return printJSON(c.stdout, res)
+	}
+	fmt.Fprintf(c.stdout, "Revoked %d certificate(s) of node %s: %s\n", len(res.Serials), res.Node, strings.Join(res.Serials, ", "))
+	return nil
 }
 
 // agentCommand runs a command on one agent named by ID, prefix or name

@@ -109,3 +109,28 @@ func TestDaemonSecurityFlags(t *testing.T) {
 		t.Fatalf("agent security: %+v %v", sec, err)
 	}
 }
+
+// TestAutoTLSFlags: a single server makes its own join token; an agent's
+// token without -tls-* must be a cluster join token.
+func TestAutoTLSFlags(t *testing.T) {
+	t.Setenv("CORRAL_JOIN_TOKEN", "")
+	if _, err := parseDaemonFlags("server", []string{"-join-token", "secret"}); err == nil || !strings.Contains(err.Error(), "creates its own join token") {
+		t.Fatalf("-join-token on a single server: %v", err)
+	}
+	if _, err := parseDaemonFlags("server", []string{"-join-token", "secret", "-bootstrap-expect", "3", "-join", "127.0.0.1:1"}); err == nil || !strings.Contains(err.Error(), "<ca-sha256-hex>:<secret>") {
+		t.Fatalf("a plain secret as a server's join token: %v", err)
+	}
+	if _, err := parseDaemonFlags("server", []string{"-join-token", strings.Repeat("ab", 32) + ":s", "-bootstrap-expect", "3", "-join", "127.0.0.1:1"}); err != nil {
+		t.Fatalf("the servers' token: %v", err)
+	}
+	if _, err := parseDaemonFlags("server", []string{"-join-token", "secret", "-bootstrap-expect", "3", "-insecure"}); err != nil {
+		t.Fatalf("a plaintext cluster's secret: %v", err)
+	}
+	if _, err := parseDaemonFlags("agent", []string{"-join", "127.0.0.1:1", "-join-token", "tok"}); err == nil || !strings.Contains(err.Error(), "<ca-sha256-hex>:<secret>") {
+		t.Fatalf("a malformed join token: %v", err)
+	}
+	f, err := parseDaemonFlags("agent", []string{"-join", "127.0.0.1:1", "-join-token", strings.Repeat("ab", 32) + ":s3cret", "-server", "10.0.0.1:8641"})
+	if err != nil || f.enrollAddr != "10.0.0.1:8641" {
+		t.Fatalf("agent with a join token: %+v %v", f, err)
+	}
+}

@@ -9,6 +9,32 @@ import (
 
 var systemCommands = []command{
 	{"gc", "[-older-than DURATION] [flags]", "delete ended sessions and their kernels now (admin)", (*cli).systemGC},
+	{"join-token", "[flags]", "print the token agents join with: corral agent -join-token TOKEN (admin)", (*cli).systemJoinToken},
+}
+
+// systemJoinToken prints the cluster's join token.
+func (c *cli) systemJoinToken(ctx context.Context, args []string) error {
+	f := c.newFlags("system join-token", "[flags]",
+		"Print the token agents join the cluster with, <ca-sha256>:<secret>:\n"+
+			"  corral agent -join SERVER:8642 -join-token TOKEN\n"+
+			"It pins the cluster CA by its hash and holds the secret that gets an agent its\n"+
+			"certificate: keep it as safe as an admin key. Needs an admin key.", true)
+	if err := f.parseNone(args); err != nil {
+		return err
+	}
+	client, err := f.client()
+	if err != nil {
+		return err
+	}
+	tok, err := client.JoinToken(ctx)
+	if err != nil {
+		return err
+	}
+	if f.json {
+		return printJSON(c.stdout, map[string]string{"join_token": tok})
+	}
+	fmt.Fprintln(c.stdout, tok)
+	return nil
 }
 
 // systemGC forces a garbage collection of ended sessions.

@@ -22,6 +22,10 @@ type Dump struct {
 	Networks []*structs.Network        `json:"networks,omitempty"`
 	// Idempotency holds the idempotency keys of creates (idempotency.go).
 	Idempotency []*IdempotencyEntry `json:"idempotency,omitempty"`
+	// Secrets are the cluster CA, join secret and gossip key; Certs the
+	// node certificates the CA signed and their revocation (cluster.go).
+	Secrets *structs.ClusterSecrets `json:"secrets,omitempty"`
+	Certs   []*structs.IssuedCert   `json:"certs,omitempty"`
 }
 
 // Dump copies everything out of the snapshot.
@@ -40,7 +44,7 @@ func (sn *Snapshot) Dump() (*Dump, error) {
 	if d.Agents, err = sn.Agents(nil); err != nil {
 		return nil, err
 	}
-	for _, t := range []string{tableUsers, tableKeys, tablePolicies, tableGroups, tableUsage, tableNetworks, networkCursor, tableIdempotency} {
+	for _, t := range []string{tableUsers, tableKeys, tablePolicies, tableGroups, tableUsage, tableNetworks, networkCursor, tableIdempotency, tableSecrets, tableCerts} {
 		d.Index[t] = sn.Index(t)
 	}
 	if d.Networks, err = sn.Networks(); err != nil {
@@ -62,6 +66,12 @@ func (sn *Snapshot) Dump() (*Dump, error) {
 		return nil, err
 	}
 	if d.Idempotency, err = sn.IdempotencyEntries(); err != nil {
+		return nil, err
+	}
+	if d.Secrets, err = sn.ClusterSecrets(); err != nil {
+		return nil, err
+	}
+	if d.Certs, err = sn.IssuedCerts(""); err != nil {
 		return nil, err
 	}
 	return d, nil
@@ -97,12 +107,17 @@ func (s *StateStore) Restore(d *Dump) error {
 	}{
 		{tableUsers, anySlice(d.Users)}, {tableKeys, anySlice(d.Keys)}, {tablePolicies, anySlice(d.Policies)},
 		{tableGroups, anySlice(d.Groups)}, {tableUsage, anySlice(d.Usage)}, {tableNetworks, anySlice(d.Networks)},
-		{tableIdempotency, anySlice(d.Idempotency)},
+		{tableIdempotency, anySlice(d.Idempotency)}, {tableCerts, anySlice(d.Certs)},
 	} {
 		for _, o := range set.objs {
 			if err := txn.Insert(set.table, o); err != nil {
 				return fmt.Errorf("restore %s: %w", set.table, err)
 			}
+		}
+	}
+	if d.Secrets != nil {
+		if err := txn.Insert(tableSecrets, &secretsRow{ID: secretsID, Secrets: d.Secrets}); err != nil {
+			return fmt.Errorf("restore secrets: %w", err)
 		}
 	}
 	for k, v := range d.Index {

@@ -105,7 +105,7 @@ func usageKey(u *structs.KeyUsage) string   { return u.AccessKey }
 func indexEntryKey(e *indexEntry) string    { return e.Key }
 
 func schema() *memdb.DBSchema {
-	return &memdb.DBSchema{Tables: map[string]*memdb.TableSchema{
+	sc := &memdb.DBSchema{Tables: map[string]*memdb.TableSchema{
 		tableSessions: {
 			Name: tableSessions,
 			Indexes: map[string]*memdb.IndexSchema{
@@ -148,6 +148,10 @@ func schema() *memdb.DBSchema {
 			},
 		},
 	}}
+	for name, t := range clusterTables() {
+		sc.Tables[name] = t
+	}
+	return sc
 }
 
 // simpleTable is a table with one unique string key.
