@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/corral-dev/corral/drivers/exec/cgroup"
+	"github.com/corral-dev/corral/drivers/exec/taskrun"
 	"github.com/corral-dev/corral/plugins/drivers"
 	"github.com/corral-dev/corral/plugins/drivers/testutils"
 	"github.com/corral-dev/corral/structs"
@@ -610,7 +611,7 @@ func TestStartCmdCgroupV2(t *testing.T) {
 
 	cmd := osexec.Command("/bin/sleep", "1000")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := startCmd(context.Background(), cmd, g); err != nil {
+	if err := taskrun.StartCmd(context.Background(), cmd, g); err != nil {
 		t.Fatalf("startCmd: %v", err)
 	}
 	done := make(chan struct{})
@@ -646,7 +647,7 @@ func TestJoinFailure(t *testing.T) {
 	cmd := osexec.Command("/bin/sleep", "1000")
 	cmd.Stderr = errLog
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	err = startCmd(context.Background(), cmd, g)
+	err = taskrun.StartCmd(context.Background(), cmd, g)
 	if err == nil {
 		t.Fatal("startCmd succeeded without its cgroup")
 	}
