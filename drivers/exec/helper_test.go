@@ -11,16 +11,23 @@ import (
 	"github.com/corral-dev/corral/plugins/drivers/testutils"
 )
 
-// useShimHelper builds cmd/corral-shim into a temporary directory and makes
-// the exec and host drivers' shims run from it until tb ends; it returns
-// the helper's path.
-func useShimHelper(tb testing.TB) string {
+// buildShimHelper builds cmd/corral-shim into a temporary directory and
+// returns its path.
+func buildShimHelper(tb testing.TB) string {
 	tb.Helper()
 	path := filepath.Join(tb.TempDir(), "corral-shim")
 	build := osexec.Command("go", "build", "-o", path, "../../cmd/corral-shim")
 	if out, err := build.CombinedOutput(); err != nil {
 		tb.Fatalf("building corral-shim: %v\n%s", err, out)
 	}
+	return path
+}
+
+// useShimHelper builds cmd/corral-shim and makes the exec and host
+// drivers' shims run from it until tb ends; it returns the helper's path.
+func useShimHelper(tb testing.TB) string {
+	tb.Helper()
+	path := buildShimHelper(tb)
 	shim.UseHelper(path, taskrun.Kind)
 	tb.Cleanup(func() { shim.UseHelper("", taskrun.Kind) })
 	return path
