@@ -10,7 +10,7 @@
 // an unprivileged user (DefaultUser unless WithUser or a UserMapper says
 // otherwise) in its own pid, mount and IPC namespaces, with a private
 // /tmp, /var/tmp and /dev/shm, a /proc of its own, and the agent's files
-// out of sight (see nsinit.go). Kernels share the host's network. The host
+// out of sight (package taskrun). Kernels share the host's network. The host
 // driver (NewHost) is the same driver without that isolation, for admins:
 // kernels run as root in the host's namespaces.
 package exec
@@ -269,7 +269,7 @@ func (d *Driver) limits(cfg *drivers.TaskConfig, log *slog.Logger) cgroup.Limits
 // its own process group and cgroups, in cfg.WorkDir (created if missing),
 // with stdout and stderr appended to cfg.StdoutPath and cfg.StderrPath.
 // The process is a child of the task's shim, which keeps its files in
-// cfg.TaskDir/shim; the exec driver puts the task's init (see nsinit.go)
+// cfg.TaskDir/shim; the exec driver puts the task's init (package taskrun)
 // between them. Start returns once the process runs inside its cgroups.
 func (d *Driver) Start(ctx context.Context, cfg *drivers.TaskConfig) (_ *drivers.TaskHandle, err error) {
 	if err := validateConfig(cfg); err != nil {

@@ -612,7 +612,7 @@ func TestStartCmdCgroupV2(t *testing.T) {
 	cmd := osexec.Command("/bin/sleep", "1000")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := taskrun.StartCmd(context.Background(), cmd, g); err != nil {
-		t.Fatalf("startCmd: %v", err)
+		t.Fatalf("StartCmd: %v", err)
 	}
 	done := make(chan struct{})
 	go func() { _ = cmd.Wait(); close(done) }()
@@ -649,7 +649,7 @@ func TestJoinFailure(t *testing.T) {
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	err = taskrun.StartCmd(context.Background(), cmd, g)
 	if err == nil {
-		t.Fatal("startCmd succeeded without its cgroup")
+		t.Fatal("StartCmd succeeded without its cgroup")
 	}
 	if cmd.ProcessState == nil {
 		t.Error("the failed wrapper was not reaped")

@@ -375,7 +375,7 @@ func TestIsolatedCgroupV2(t *testing.T) {
 	var initPid int
 	st, err := taskrun.Run(context.Background(), raw, func(pid int) error { initPid = pid; return nil })
 	if err != nil || st.ExitCode != 0 || initPid == 0 {
-		t.Fatalf("runTask = %+v, %v (init %d); stderr %q", st, err, initPid, testutils.ReadLog(t, cfg.StderrPath))
+		t.Fatalf("taskrun.Run = %+v, %v (init %d); stderr %q", st, err, initPid, testutils.ReadLog(t, cfg.StderrPath))
 	}
 	rel := strings.TrimPrefix(dir, mount.Point)
 	if out := testutils.ReadLog(t, cfg.StdoutPath); !strings.Contains(out, "0::"+rel+"\n") {
