@@ -21,9 +21,12 @@ all: build
 
 build: bin/corral plugins
 
+# bin/corral-shim runs the exec kernels' shims for bin/corral, which uses it
+# only when both have the same version.
 bin/corral: $(GOFILES) go.mod go.sum | deps
 	@mkdir -p bin
 	$(GO) build -tags "$(TAGS)" -ldflags "$(LDFLAGS)" -o bin/corral ./cmd/corral
+	$(GO) build -ldflags "$(LDFLAGS)" -o bin/corral-shim ./cmd/corral-shim
 
 # deps installs the Debian packages the tests and drivers use, when missing.
 deps:

@@ -30,12 +30,15 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	corralBin = filepath.Join(dir, "corral")
-	build := exec.Command("go", "build", "-o", corralBin, "./cmd/corral")
-	build.Dir = ".."
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "building corral:", err)
-		os.Exit(1)
+	// corral-shim next to corral: the exec kernels' shims run from it.
+	for _, b := range []struct{ out, pkg string }{{corralBin, "./cmd/corral"}, {filepath.Join(dir, "corral-shim"), "./cmd/corral-shim"}} {
+		build := exec.Command("go", "build", "-o", b.out, b.pkg)
+		build.Dir = ".."
+		build.Stdout, build.Stderr = os.Stderr, os.Stderr
+		if err := build.Run(); err != nil {
+			fmt.Fprintf(os.Stderr, "building %s: %v\n", b.pkg, err)
+			os.Exit(1)
+		}
 	}
 	code := m.Run()
 	os.RemoveAll(dir)

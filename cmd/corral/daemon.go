@@ -355,6 +355,7 @@ func runDaemon(role string, args []string) int {
 	}
 	var killPlugins func()
 	if role != "server" {
+		useShimHelper(logger)
 		drvs := builtinDrivers(logger, f, f.dataDir, dataSubdir(role, f.dataDir, "agent"), f.runc.options()...)
 		if f.pluginDir != "" {
 			var plugins []drivers.Driver

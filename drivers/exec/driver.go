@@ -10,7 +10,7 @@
 // an unprivileged user (DefaultUser unless WithUser or a UserMapper says
 // otherwise) in its own pid, mount and IPC namespaces, with a private
 // /tmp, /var/tmp and /dev/shm, a /proc of its own, and the agent's files
-// out of sight (see nsinit.go). Kernels share the host's network. The host
+// out of sight (package taskrun). Kernels share the host's network. The host
 // driver (NewHost) is the same driver without that isolation, for admins:
 // kernels run as root in the host's namespaces.
 package exec
@@ -36,14 +36,15 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/corral-dev/corral/drivers/exec/cgroup"
+	"github.com/corral-dev/corral/drivers/exec/taskrun"
 	"github.com/corral-dev/corral/drivers/internal/lifecycle"
 	"github.com/corral-dev/corral/drivers/shim"
 	"github.com/corral-dev/corral/plugins/drivers"
 	"github.com/corral-dev/corral/structs"
 )
 
-// driverName is the name sessions use to pick this driver, and the kind of
-// its shims (in both modes).
+// driverName is the name sessions use to pick this driver; its shims (and
+// the host driver's) are of kind taskrun.Kind.
 const driverName = "exec"
 
 // CgroupParent is the cgroup below which the driver creates one cgroup per
@@ -268,7 +269,7 @@ func (d *Driver) limits(cfg *drivers.TaskConfig, log *slog.Logger) cgroup.Limits
 // its own process group and cgroups, in cfg.WorkDir (created if missing),
 // with stdout and stderr appended to cfg.StdoutPath and cfg.StderrPath.
 // The process is a child of the task's shim, which keeps its files in
-// cfg.TaskDir/shim; the exec driver puts the task's init (see nsinit.go)
+// cfg.TaskDir/shim; the exec driver puts the task's init (package taskrun)
 // between them. Start returns once the process runs inside its cgroups.
 func (d *Driver) Start(ctx context.Context, cfg *drivers.TaskConfig) (_ *drivers.TaskHandle, err error) {
 	if err := validateConfig(cfg); err != nil {
@@ -355,7 +356,7 @@ func (d *Driver) Start(ctx context.Context, cfg *drivers.TaskConfig) (_ *drivers
 		d.limits(cfg, log)
 	}
 
-	rc := &runConfig{
+	rc := &taskrun.Config{
 		Path: path, Args: cfg.Command, Dir: cfg.WorkDir, Env: envList(env),
 		StdoutPath: cfg.StdoutPath, StderrPath: cfg.StderrPath, Cgroup: group, Isolation: iso,
 	}
@@ -363,7 +364,7 @@ func (d *Driver) Start(ctx context.Context, cfg *drivers.TaskConfig) (_ *drivers
 		rc.Credential = cred
 	}
 	shimDir := filepath.Join(cfg.TaskDir, shimSubdir)
-	sh, err := shim.Launch(ctx, driverName, shimDir, rc)
+	sh, err := shim.Launch(ctx, taskrun.Kind, shimDir, rc)
 	if err != nil {
 		return nil, fmt.Errorf("starting task %s: %w", cfg.ID, err)
 	}
@@ -538,11 +539,11 @@ func (d *Driver) Exec(ctx context.Context, taskID string, opts *drivers.ExecOpti
 		pgid = 0
 	}
 	cmd := newCmd(pgid)
-	err = startCmd(ctx, cmd, t.group)
+	err = taskrun.StartCmd(ctx, cmd, t.group)
 	if pgid != 0 && (errors.Is(err, syscall.EPERM) || errors.Is(err, syscall.ESRCH)) {
 		pgid = 0
 		cmd = newCmd(0)
-		err = startCmd(ctx, cmd, t.group)
+		err = taskrun.StartCmd(ctx, cmd, t.group)
 	}
 	if stdinW != nil {
 		stdin.Close() // the child has its copy
@@ -587,8 +588,8 @@ func (d *Driver) execIsolated(ctx context.Context, t *task, env map[string]strin
 	if stdinW != nil {
 		defer stdinW.Close()
 	}
-	icfg := &initConfig{Mode: modeExec, Args: slices.Clone(opts.Command), Dir: t.Config.WorkDir, Env: envList(env), Isolation: as}
-	cmd, cfgW, statusR, closeChild, err := initCmd(ctx, icfg)
+	icfg := &taskrun.InitConfig{Mode: taskrun.ModeExec, Args: slices.Clone(opts.Command), Dir: t.Config.WorkDir, Env: envList(env), Isolation: as}
+	cmd, cfgW, statusR, closeChild, err := taskrun.InitCmd(ctx, icfg)
 	if err != nil {
 		return -1, fmt.Errorf("exec in task %s: %w", taskID, err)
 	}
@@ -600,7 +601,7 @@ func (d *Driver) execIsolated(ctx context.Context, t *task, env map[string]strin
 	cmd.WaitDelay = execWaitDelay
 	// Its own process group: the task's lives in its shim's session.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	procs, release, err := cgroupFD(cmd, t.group)
+	procs, release, err := taskrun.CgroupFD(cmd, t.group)
 	if err != nil {
 		closeChild()
 		cfgW.Close()
@@ -637,12 +638,12 @@ func (d *Driver) execIsolated(ctx context.Context, t *task, env map[string]strin
 		return -1, fmt.Errorf("exec in task %s: %w", taskID, err)
 	}
 	defer t.addExec(cmd.Process.Pid)()
-	if err := sendConfig(cfgW, icfg); err != nil {
+	if err := taskrun.SendConfig(cfgW, icfg); err != nil {
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
 		return -1, fmt.Errorf("exec in task %s: %w", taskID, err)
 	}
-	if err := readStatus(ctx, statusR, bufio.NewReader(statusR), true); err != nil {
+	if err := taskrun.ReadStatus(ctx, statusR, bufio.NewReader(statusR), true); err != nil {
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
 		return -1, fmt.Errorf("exec in task %s: %w", taskID, err)

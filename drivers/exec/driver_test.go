@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/corral-dev/corral/drivers/exec/cgroup"
+	"github.com/corral-dev/corral/drivers/exec/taskrun"
 	"github.com/corral-dev/corral/plugins/drivers"
 	"github.com/corral-dev/corral/plugins/drivers/testutils"
 	"github.com/corral-dev/corral/structs"
@@ -610,8 +611,8 @@ func TestStartCmdCgroupV2(t *testing.T) {
 
 	cmd := osexec.Command("/bin/sleep", "1000")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := startCmd(context.Background(), cmd, g); err != nil {
-		t.Fatalf("startCmd: %v", err)
+	if err := taskrun.StartCmd(context.Background(), cmd, g); err != nil {
+		t.Fatalf("StartCmd: %v", err)
 	}
 	done := make(chan struct{})
 	go func() { _ = cmd.Wait(); close(done) }()
@@ -646,9 +647,9 @@ func TestJoinFailure(t *testing.T) {
 	cmd := osexec.Command("/bin/sleep", "1000")
 	cmd.Stderr = errLog
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	err = startCmd(context.Background(), cmd, g)
+	err = taskrun.StartCmd(context.Background(), cmd, g)
 	if err == nil {
-		t.Fatal("startCmd succeeded without its cgroup")
+		t.Fatal("StartCmd succeeded without its cgroup")
 	}
 	if cmd.ProcessState == nil {
 		t.Error("the failed wrapper was not reaped")

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/corral-dev/corral/drivers/exec/cgroup"
+	"github.com/corral-dev/corral/drivers/exec/taskrun"
 	"github.com/corral-dev/corral/plugins/drivers"
 	"github.com/corral-dev/corral/plugins/drivers/testutils"
 	"github.com/corral-dev/corral/structs"
@@ -363,7 +364,7 @@ func TestIsolatedCgroupV2(t *testing.T) {
 	if err := os.MkdirAll(cfg.WorkDir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	raw, err := json.Marshal(&runConfig{
+	raw, err := json.Marshal(&taskrun.Config{
 		Path: "/bin/cat", Args: cfg.Command, Dir: cfg.WorkDir, Env: []string{"PATH=" + basePath},
 		StdoutPath: cfg.StdoutPath, StderrPath: cfg.StderrPath, Cgroup: g,
 		Isolation: &Isolation{Uid: 65534, Gid: 65534},
@@ -372,9 +373,9 @@ func TestIsolatedCgroupV2(t *testing.T) {
 		t.Fatal(err)
 	}
 	var initPid int
-	st, err := runTask(context.Background(), raw, func(pid int) error { initPid = pid; return nil })
+	st, err := taskrun.Run(context.Background(), raw, func(pid int) error { initPid = pid; return nil })
 	if err != nil || st.ExitCode != 0 || initPid == 0 {
-		t.Fatalf("runTask = %+v, %v (init %d); stderr %q", st, err, initPid, testutils.ReadLog(t, cfg.StderrPath))
+		t.Fatalf("taskrun.Run = %+v, %v (init %d); stderr %q", st, err, initPid, testutils.ReadLog(t, cfg.StderrPath))
 	}
 	rel := strings.TrimPrefix(dir, mount.Point)
 	if out := testutils.ReadLog(t, cfg.StdoutPath); !strings.Contains(out, "0::"+rel+"\n") {

@@ -4,11 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	osexec "os/exec"
 	"sync"
 	"syscall"
 
 	"github.com/corral-dev/corral/drivers/exec/cgroup"
+	"github.com/corral-dev/corral/drivers/exec/taskrun"
 	"github.com/corral-dev/corral/drivers/internal/lifecycle"
 	"github.com/corral-dev/corral/drivers/shim"
 	"github.com/corral-dev/corral/plugins/drivers"
@@ -92,19 +92,8 @@ func (t *task) Amend(res *drivers.ExitResult) {
 // exitResultOf turns a reaped process state into an ExitResult; a process
 // killed by signal N reports exit code 128+N like a shell.
 func exitResultOf(ps *os.ProcessState, err error) *drivers.ExitResult {
-	if ps == nil {
-		return &drivers.ExitResult{ExitCode: -1, Err: fmt.Errorf("waiting for task: %w", err)}
-	}
-	res := &drivers.ExitResult{ExitCode: ps.ExitCode()}
-	if ws, ok := ps.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-		res.Signal = int(ws.Signal())
-		res.ExitCode = 128 + res.Signal
-	}
-	var ee *osexec.ExitError
-	if err != nil && !errors.As(err, &ee) && !errors.Is(err, osexec.ErrWaitDelay) {
-		res.Err = err
-	}
-	return res
+	r := taskrun.ResultOf(ps, err)
+	return &drivers.ExitResult{ExitCode: r.ExitCode, Signal: r.Signal, Err: r.Err}
 }
 
 // Signal sends sig to the task's process group and to those of its

@@ -13,6 +13,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -164,9 +165,40 @@ func supervise(ctx context.Context, dir string, inProcess bool, report func(repl
 	return nil
 }
 
-// launchProcess starts the shim process for the config in dir and waits
-// for its report.
-func launchProcess(ctx context.Context, dir string) (*Handle, error) {
+var (
+	helpersMu sync.RWMutex
+	helpers   = map[string]string{}
+)
+
+// UseHelper makes Launch start the shims of the given kinds from the
+// binary at path, a small program that calls MaybeRun and registers the
+// same runners (such as corral-shim), instead of re-executing the current
+// binary, whose start-up may cost much more. An empty path goes back to
+// re-executing the current binary for those kinds. The helper must come
+// from the same build as the caller: the config it reads is the caller's.
+func UseHelper(path string, kinds ...string) {
+	helpersMu.Lock()
+	defer helpersMu.Unlock()
+	for _, k := range kinds {
+		if path == "" {
+			delete(helpers, k)
+		} else {
+			helpers[k] = path
+		}
+	}
+}
+
+// Helper returns the binary that runs the shims of kind (see UseHelper),
+// or "" when they re-execute the current binary.
+func Helper(kind string) string {
+	helpersMu.RLock()
+	defer helpersMu.RUnlock()
+	return helpers[kind]
+}
+
+// launchProcess starts the shim process of kind for the config in dir and
+// waits for its report.
+func launchProcess(ctx context.Context, kind, dir string) (*Handle, error) {
 	logPath := filepath.Join(dir, logFile)
 	logf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
@@ -184,13 +216,15 @@ func launchProcess(ctx context.Context, dir string) (*Handle, error) {
 		return nil, err
 	}
 	defer ackW.Close()
-	exe, err := os.Executable()
-	if err != nil {
+	// /proc/self/exe still works when the binary was replaced on disk.
+	path, exe := "/proc/self/exe", Helper(kind)
+	if exe != "" {
+		path = exe
+	} else if exe, err = os.Executable(); err != nil {
 		exe = os.Args[0]
 	}
 	cmd := &exec.Cmd{
-		// /proc/self/exe still works when the binary was replaced on disk.
-		Path:        "/proc/self/exe",
+		Path:        path,
 		Args:        []string{exe, Arg, dir},
 		Dir:         "/",
 		Stdout:      logf,

@@ -1,8 +1,9 @@
 // Package shim runs a task's workload under a small supervisor process, a
-// re-exec of the current binary, so that the workload outlives the agent
-// that started it and its exit status is still collected: the shim is the
-// workload's parent, waits for it and records how it ended in a file that a
-// restarted agent reads (as containerd-shim and Nomad's executor do).
+// re-exec of the current binary or of a helper binary (UseHelper), so that
+// the workload outlives the agent that started it and its exit status is
+// still collected: the shim is the workload's parent, waits for it and
+// records how it ended in a file that a restarted agent reads (as
+// containerd-shim and Nomad's executor do).
 //
 // A binary that starts tasks calls MaybeRun first thing in main (test
 // binaries in TestMain); drivers Register a Runner for their kind of
@@ -169,7 +170,7 @@ func Launch(ctx context.Context, kind, dir string, config any) (_ *Handle, err e
 	if !Available() {
 		return launchInProcess(ctx, dir)
 	}
-	return launchProcess(ctx, dir)
+	return launchProcess(ctx, kind, dir)
 }
 
 // Reattach returns a handle on the shim that supervises (or supervised) the

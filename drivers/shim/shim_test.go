@@ -266,3 +266,15 @@ func TestInProcess(t *testing.T) {
 		t.Errorf("in-process start failure: err = %v", err)
 	}
 }
+
+func TestUseHelper(t *testing.T) {
+	t.Cleanup(func() { UseHelper("", "a", "b") })
+	UseHelper("/x/helper", "a", "b")
+	if Helper("a") != "/x/helper" || Helper("b") != "/x/helper" || Helper("c") != "" {
+		t.Fatalf("helpers a, b, c = %q, %q, %q; want /x/helper for a and b only", Helper("a"), Helper("b"), Helper("c"))
+	}
+	UseHelper("", "a")
+	if Helper("a") != "" || Helper("b") != "/x/helper" {
+		t.Fatalf("after UseHelper(\"\", a): a, b = %q, %q", Helper("a"), Helper("b"))
+	}
+}
