@@ -121,7 +121,7 @@ func loadOne(t *testing.T, dir string) drivers.Driver {
 // driver as a real plugin process, loaded from a plugin dir.
 func TestConformanceExternal(t *testing.T) {
 	dir := pluginDir(t, "corral-driver-example")
-	testutils.RunConformance(t, func(t *testing.T) drivers.Driver { return loadOne(t, dir) })
+	testutils.RunConformance(t, func(t *testing.T) drivers.Driver { return loadOne(t, dir) }, testutils.WithHostPids(testutils.HostPidsByCgroup))
 }
 
 func TestLoadExample(t *testing.T) {
