@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"runtime"
+	"runtime/debug"
 	"strconv"
 	"strings"
 
@@ -31,7 +32,9 @@ func (s *Server) systemStats(w http.ResponseWriter, r *http.Request) (any, error
 	}
 	out := &api.SystemStats{SnapshotBytes: cw.n}
 	out.Sessions, out.Kernels = len(d.Sessions), len(d.Kernels)
-	runtime.GC()
+	// A full GC that also returns freed memory to the OS: RSS then shows
+	// what the server holds, not what the runtime has yet to give back.
+	debug.FreeOSMemory()
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	out.HeapBytes = ms.HeapInuse
