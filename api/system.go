@@ -45,9 +45,12 @@ type SystemStats struct {
 	Kernels  int `json:"kernels"`
 	// SnapshotBytes is the size of the state as a raft snapshot stores it.
 	SnapshotBytes int64 `json:"snapshot_bytes"`
-	// HeapBytes is the Go heap in use; RSSBytes the process's resident set.
-	HeapBytes uint64 `json:"heap_bytes"`
-	RSSBytes  uint64 `json:"rss_bytes"`
+	// HeapBytes is the Go heap in use; RSSBytes the process's resident
+	// set, AnonRSSBytes its anonymous part (without the binary's pages and
+	// the memory-mapped raft log and stores, which the kernel may reclaim).
+	HeapBytes    uint64 `json:"heap_bytes"`
+	RSSBytes     uint64 `json:"rss_bytes"`
+	AnonRSSBytes uint64 `json:"anon_rss_bytes"`
 }
 
 // SystemStats measures the answering server (admin key).

@@ -38,7 +38,7 @@ func (s *Server) systemStats(w http.ResponseWriter, r *http.Request) (any, error
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	out.HeapBytes = ms.HeapInuse
-	out.RSSBytes = rss()
+	out.RSSBytes, out.AnonRSSBytes = procStatus("VmRSS:"), procStatus("RssAnon:")
 	return out, nil
 }
 
@@ -48,8 +48,9 @@ func (c *countWriter) Write(p []byte) (int, error) { c.n += int64(len(p)); retur
 
 var _ io.Writer = (*countWriter)(nil)
 
-// rss reads this process's resident set size (0 where /proc is absent).
-func rss() uint64 {
+// procStatus reads a size line ("VmRSS:", "RssAnon:") of this process's
+// /proc status in bytes (0 where /proc is absent).
+func procStatus(field string) uint64 {
 	f, err := os.Open("/proc/self/status")
 	if err != nil {
 		return 0
@@ -57,7 +58,7 @@ func rss() uint64 {
 	defer f.Close()
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
+		if v, ok := strings.CutPrefix(sc.Text(), field); ok {
 			kb, _ := strconv.ParseUint(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
 			return kb << 10
 		}

@@ -107,9 +107,10 @@ func (c *cli) bench(ctx context.Context, args []string) error {
 			if first == nil {
 				first = st
 			}
-			fmt.Fprintf(c.stdout, "  after GC: %d sessions, %d kernels in the state; snapshot %s (%.2fx wave 1), heap %s, RSS %s (%.2fx wave 1)\n",
+			mib := func(b uint64) string { return structs.FormatBytes(structs.Whole(int64(b))) }
+			fmt.Fprintf(c.stdout, "  after GC: %d sessions, %d kernels in the state; snapshot %s (%.2fx wave 1), heap %s, RSS %s (%.2fx), anonymous RSS %s (%.2fx wave 1)\n",
 				st.Sessions, st.Kernels, structs.FormatBytes(structs.Whole(st.SnapshotBytes)), ratio(st.SnapshotBytes, first.SnapshotBytes),
-				structs.FormatBytes(structs.Whole(int64(st.HeapBytes))), structs.FormatBytes(structs.Whole(int64(st.RSSBytes))), ratio(int64(st.RSSBytes), int64(first.RSSBytes)))
+				mib(st.HeapBytes), mib(st.RSSBytes), ratio(int64(st.RSSBytes), int64(first.RSSBytes)), mib(st.AnonRSSBytes), ratio(int64(st.AnonRSSBytes), int64(first.AnonRSSBytes)))
 		}
 	}
 	if *cliProcs > 0 && *n > 0 {
