@@ -77,9 +77,15 @@ func (r *kernelRunner) taskConfig() *drivers.TaskConfig {
 	if workdir == "" {
 		workdir = filepath.Join(dir, "work")
 	}
+	// The driver sees the per-kernel limits (pids, disk) among the
+	// resources, where it looks for them.
+	res := k.Resources.Copy()
+	for name, q := range k.Limits {
+		res[name] = q
+	}
 	return &drivers.TaskConfig{
 		ID: k.ID, SessionID: k.SessionID, Hostname: k.Hostname, Image: k.Image,
-		Command: k.Command, Env: env, WorkDir: workdir, TaskDir: dir, Resources: k.Resources.Copy(),
+		Command: k.Command, Env: env, WorkDir: workdir, TaskDir: dir, Resources: res,
 		StdoutPath: filepath.Join(dir, "stdout.log"), StderrPath: filepath.Join(dir, "stderr.log"),
 	}
 }

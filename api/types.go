@@ -174,6 +174,9 @@ type PolicyRequest struct {
 	// Drivers lists the drivers the keys under the policy may use (empty:
 	// every driver but the admin-only "host").
 	Drivers []string `json:"drivers,omitempty"`
+	// PidsPerKernel caps each kernel's pids limit and is the limit of the
+	// kernels that ask for none (0: the agents' default, 4096).
+	PidsPerKernel int64 `json:"pids_per_kernel,omitempty"`
 }
 
 // ApplyPolicyRequest is the body of POST /v1/keys/{key}/policy.

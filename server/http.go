@@ -190,6 +190,33 @@ var slotBounds = map[string]struct{ min, max structs.Quantity }{
 	structs.SlotCUDADevice: {min: structs.Whole(1), max: structs.Whole(64)},
 }
 
+// limitBounds are the per-kernel limits a request may carry among its
+// resources: the drivers enforce them, the scheduler does not count them.
+var limitBounds = map[string]struct{ min, max structs.Quantity }{
+	structs.LimitPids: {min: structs.Whole(16), max: structs.Whole(1 << 22)},
+	structs.LimitDisk: {min: structs.Whole(1 << 20), max: structs.Whole(64 << 40)},
+}
+
+// takeLimits returns the per-kernel limits among res, checked.
+func takeLimits(res structs.Slots, prefix string) (structs.Slots, error) {
+	out := structs.Slots{}
+	for name, q := range res {
+		b, ok := limitBounds[name]
+		if !ok {
+			continue
+		}
+		if q < b.min || q > b.max {
+			lo, hi := b.min.String(), b.max.String()
+			if name == structs.LimitDisk {
+				lo, hi = structs.FormatBytes(b.min), structs.FormatBytes(b.max)
+			}
+			return nil, badRequest("%slimit %s=%s is out of range [%s, %s]", prefix, name, q, lo, hi)
+		}
+		out[name] = q
+	}
+	return out, nil
+}
+
 // builtinDrivers are the drivers every agent has.
 var builtinDrivers = []string{"exec"}
 
@@ -233,6 +260,20 @@ func (s *Server) admit(ctx context.Context, snap *state.Snapshot, sess *structs.
 	}
 	if pol == nil {
 		return nil
+	}
+	if pol.PidsPerKernel > 0 {
+		for _, k := range kernels {
+			want := k.Limits[structs.LimitPids]
+			if want > structs.Whole(pol.PidsPerKernel) {
+				return &httpError{code: http.StatusForbidden, msg: fmt.Sprintf("kernel %s asks for a pids limit of %s; policy %s allows %d per kernel", k.Hostname, want, pol.Name, pol.PidsPerKernel)}
+			}
+			if want == 0 {
+				if k.Limits == nil {
+					k.Limits = structs.Slots{}
+				}
+				k.Limits[structs.LimitPids] = structs.Whole(pol.PidsPerKernel)
+			}
+		}
 	}
 	if pol.MaxKernelsPerSession > 0 && len(kernels) > pol.MaxKernelsPerSession {
 		return badRequest("session has %d kernels; policy %s allows %d per session", len(kernels), pol.Name, pol.MaxKernelsPerSession)
@@ -308,10 +349,17 @@ func (s *Server) validateCreate(req *api.CreateSessionRequest, snap *state.Snaps
 		return nil, nil, badRequest("invalid resource group name %q", group)
 	}
 	res := s.cfg.DefaultResources.Copy()
+	limits, err := takeLimits(req.Resources, "")
+	if err != nil {
+		return nil, nil, err
+	}
 	for name, q := range req.Resources {
+		if _, isLimit := limitBounds[name]; isLimit {
+			continue
+		}
 		b, ok := slotBounds[name]
 		if !ok {
-			return nil, nil, badRequest("unknown resource slot %q: known slots are cpu, mem, cuda.device", name)
+			return nil, nil, badRequest("unknown resource slot %q: known slots are cpu, mem, cuda.device and the per-kernel limits pids, disk", name)
 		}
 		if q <= 0 {
 			return nil, nil, badRequest("resource %s must be positive, got %s", name, q)
@@ -366,6 +414,11 @@ func (s *Server) validateCreate(req *api.CreateSessionRequest, snap *state.Snaps
 		sess.StartsAt = time.Time{}
 	}
 	kernels := clusterKernels(sess, req, res, now)
+	if len(limits) > 0 {
+		for _, k := range kernels {
+			k.Limits = limits.Copy()
+		}
+	}
 	if err := s.applyRoles(req, kernels, drivers); err != nil {
 		return nil, nil, err
 	}
@@ -399,10 +452,17 @@ func (s *Server) applyRoles(req *api.CreateSessionRequest, kernels []*structs.Ke
 				return badRequest("role %s: %v", rs.Role, err)
 			}
 		}
+		roleLimits, err := takeLimits(rs.Resources, "role "+rs.Role+": ")
+		if err != nil {
+			return err
+		}
 		for name, q := range rs.Resources {
+			if _, isLimit := limitBounds[name]; isLimit {
+				continue
+			}
 			b, ok := slotBounds[name]
 			if !ok {
-				return badRequest("role %s: unknown resource slot %q: known slots are cpu, mem, cuda.device", rs.Role, name)
+				return badRequest("role %s: unknown resource slot %q: known slots are cpu, mem, cuda.device and the per-kernel limits pids, disk", rs.Role, name)
 			}
 			if q <= 0 || q < b.min || q > b.max {
 				return badRequest("role %s: resource %s=%s is out of range", rs.Role, name, q)
@@ -420,7 +480,16 @@ func (s *Server) applyRoles(req *api.CreateSessionRequest, kernels []*structs.Ke
 				k.Command = append([]string(nil), rs.Command...)
 			}
 			for name, q := range rs.Resources {
+				if _, isLimit := limitBounds[name]; isLimit {
+					continue
+				}
 				k.Resources[name] = q
+			}
+			for name, q := range roleLimits {
+				if k.Limits == nil {
+					k.Limits = structs.Slots{}
+				}
+				k.Limits[name] = q
 			}
 			if k.Driver == "exec" && k.Image != "" {
 				return badRequest("role %s: driver exec takes no image", rs.Role)

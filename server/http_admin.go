@@ -242,9 +242,12 @@ func (s *Server) createPolicy(w http.ResponseWriter, r *http.Request) (any, erro
 			return nil, badRequest("invalid driver name %q in drivers", d)
 		}
 	}
+	if req.PidsPerKernel < 0 || (req.PidsPerKernel > 0 && req.PidsPerKernel < 16) {
+		return nil, badRequest("pids_per_kernel %d: want 0 (the agents' default) or at least 16", req.PidsPerKernel)
+	}
 	p := &structs.ResourcePolicy{Name: req.Name, MaxConcurrentSessions: req.MaxConcurrentSessions, MaxPendingSessions: req.MaxPendingSessions,
 		TotalResourceSlots: req.TotalResourceSlots, MaxKernelsPerSession: req.MaxKernelsPerSession, MaxSessionLifetime: life, IdleTimeout: idle,
-		Drivers: req.Drivers}
+		Drivers: req.Drivers, PidsPerKernel: req.PidsPerKernel}
 	if err := s.applyConfig(&structs.ConfigUpsertRequest{Policies: []*structs.ResourcePolicy{p}}); err != nil {
 		return nil, err
 	}

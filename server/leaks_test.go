@@ -155,3 +155,52 @@ func TestPolicyDrivers(t *testing.T) {
 		t.Fatalf("host driver for an admin: %v", err)
 	}
 }
+
+// TestKernelLimits: pids and disk are per-kernel limits, not slots: they
+// do not need agent capacity, reach the driver (an exec kernel reads its
+// own pids.max), are bounded, and a policy caps pids per kernel and sets
+// it for kernels that ask for none.
+func TestKernelLimits(t *testing.T) {
+	c := startCluster(t, structs.Slots{structs.SlotCPU: structs.Whole(2)})
+	ctx := context.Background()
+	readPidsMax := []string{"sh", "-c", `p=$(grep -E '^[0-9]+:pids:' /proc/self/cgroup | cut -d: -f3); cat /sys/fs/cgroup/pids$p/pids.max`}
+	d := create(t, c, &api.CreateSessionRequest{Command: readPidsMax,
+		Resources: structs.Slots{structs.LimitPids: structs.Whole(64), structs.LimitDisk: structs.Whole(1 << 30)}})
+	k := d.Kernels[0]
+	if k.Limits[structs.LimitPids] != structs.Whole(64) || k.Limits[structs.LimitDisk] != structs.Whole(1<<30) || k.Resources[structs.LimitPids] != 0 {
+		t.Fatalf("kernel limits %v, resources %v", k.Limits, k.Resources)
+	}
+	d = c.waitFor(t, d.Session.ID, terminal)
+	if d.Session.Result != structs.ResultSuccess {
+		t.Fatalf("session with limits: %s/%s %q", d.Session.Status, d.Session.Result, d.Session.StatusInfo)
+	}
+	if logs, err := c.client.SessionLogs(ctx, d.Session.ID, "main1"); err != nil {
+		t.Fatal(err)
+	} else if out := strings.TrimSpace(string(logs.StdoutData())); out != "64" {
+		t.Skipf("no pids cgroup controller visible to the kernel here (pids.max read %q, stderr %q)", out, logs.StderrData())
+	}
+	if _, err := c.client.CreateSession(ctx, &api.CreateSessionRequest{Command: []string{"true"}, Resources: structs.Slots{structs.LimitPids: structs.Whole(8)}}); apiStatus(err) != http.StatusBadRequest ||
+		!strings.Contains(err.Error(), "limit pids=8 is out of range") {
+		t.Fatalf("pids=8: %v", err)
+	}
+	if _, err := c.client.CreatePolicy(ctx, &api.PolicyRequest{Name: "few", PidsPerKernel: 128}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.client.CreateUser(ctx, &api.CreateUserRequest{Name: "erin"}); err != nil {
+		t.Fatal(err)
+	}
+	key, err := c.client.CreateKey(ctx, &api.CreateKeyRequest{User: "erin", Policy: "few"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	erin, _ := api.NewClient(c.addr)
+	erin.SetToken(key.Token)
+	if _, err := erin.CreateSession(ctx, &api.CreateSessionRequest{Command: []string{"true"}, Resources: structs.Slots{structs.LimitPids: structs.Whole(256)}}); apiStatus(err) != http.StatusForbidden ||
+		!strings.Contains(err.Error(), "policy few allows 128 per kernel") {
+		t.Fatalf("pids over the policy: %v", err)
+	}
+	d, err = erin.CreateSession(ctx, &api.CreateSessionRequest{Command: readPidsMax})
+	if err != nil || d.Kernels[0].Limits[structs.LimitPids] != structs.Whole(128) {
+		t.Fatalf("policy default pids: %+v %v", d, err)
+	}
+}

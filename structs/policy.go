@@ -63,6 +63,9 @@ type ResourcePolicy struct {
 	// Drivers lists the drivers the key's sessions may use (empty: every
 	// driver but the admin-only ones).
 	Drivers []string `json:"drivers,omitempty"`
+	// PidsPerKernel caps the pids limit of each kernel (LimitPids) and is
+	// the limit of the kernels that ask for none (0: the agent's default).
+	PidsPerKernel int64 `json:"pids_per_kernel,omitempty"`
 }
 
 // AdminOnlyDrivers run kernels with host privileges (as root in the

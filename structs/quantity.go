@@ -108,6 +108,13 @@ const (
 	SlotCUDADevice = "cuda.device" // whole GPUs
 )
 
+// Per-kernel limits: enforced by the drivers on each kernel, never
+// counted against an agent's capacity by the scheduler (see Kernel.Limits).
+const (
+	LimitPids = "pids" // processes and threads of the kernel
+	LimitDisk = "disk" // bytes the kernel may write to its scratch space
+)
+
 // Slots maps a slot name to a quantity: the generic resource vector used for
 // capacity, occupancy, requests and limits.
 type Slots map[string]Quantity

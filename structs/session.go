@@ -105,7 +105,10 @@ type Kernel struct {
 	Env       map[string]string `json:"env,omitempty"`
 	WorkDir   string            `json:"workdir,omitempty"`
 	Resources Slots             `json:"resources"`
-	AgentID   string            `json:"agent_id,omitempty"`
+	// Limits are per-kernel caps the driver enforces (LimitPids,
+	// LimitDisk) and the scheduler does not count.
+	Limits  Slots  `json:"limits,omitempty"`
+	AgentID string `json:"agent_id,omitempty"`
 	// Network wires the kernel into its session's overlay (cluster
 	// sessions); set when the kernel is placed.
 	Network     *KernelNetwork `json:"network,omitempty"`
@@ -135,6 +138,9 @@ func (k *Kernel) Copy() *Kernel {
 		}
 	}
 	c.Resources = k.Resources.Copy()
+	if k.Limits != nil {
+		c.Limits = k.Limits.Copy()
+	}
 	c.Network = k.Network.Copy()
 	c.History = append([]StatusChange(nil), k.History...)
 	if k.ExitCode != nil {

@@ -170,6 +170,7 @@ func (c *cli) policyCreate(ctx context.Context, args []string) error {
 	cpu := f.String("cpu", "", "total cpu cores of all the key's sessions")
 	mem := f.String("mem", "", "total memory of all the key's sessions, e.g. 64G")
 	gpu := f.String("gpu", "", "total GPUs (cuda.device) of all the key's sessions")
+	f.Int64Var(&req.PidsPerKernel, "pids", 0, "most processes and threads per kernel; also the limit of kernels that ask for none (0: the agents' default)")
 	drivers := &csvFlag{}
 	f.Var(drivers, "drivers", "drivers the key's sessions may use, comma-separated, e.g. runc,exec (default: all but the admin-only host)")
 	name, err := f.parseRef(args, "policy name")

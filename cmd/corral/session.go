@@ -38,6 +38,8 @@ func (c *cli) parseCreate(args []string) (*createCmd, error) {
 	f.StringVar(&r.Image, "image", "", "image reference, for drivers that run images")
 	cpu := f.String("cpu", "", "CPU cores per kernel, fractions allowed, e.g. 0.5 (the server's default when unset)")
 	mem := f.String("mem", "", "memory per kernel, e.g. 256M or 2G (the server's default when unset)")
+	pids := f.Int("pids", 0, "most processes and threads per kernel (0: the policy's or the agent's default, 4096)")
+	disk := f.String("disk", "", "most bytes a container kernel may write to its scratch space, e.g. 20G (0/unset: the agent's -runc-disk-limit)")
 	f.StringVar(&r.ResourceGroup, "group", "", "resource group to run in (the server's default: default)")
 	f.IntVar(&r.Priority, "priority", 0, "scheduling priority within the group: higher goes first")
 	startsAt := f.String("starts-at", "", "batch reservation: start no earlier than this RFC 3339 time or duration from now (e.g. 10m)")
@@ -86,8 +88,21 @@ func (c *cli) parseCreate(args []string) (*createCmd, error) {
 	if len(env) > 0 {
 		r.Env = env
 	}
-	if *cpu != "" || *mem != "" {
+	if *cpu != "" || *mem != "" || *pids != 0 || *disk != "" {
 		r.Resources = structs.Slots{}
+	}
+	if *pids < 0 {
+		return nil, f.usageErr("invalid -pids %d: want a positive number of processes", *pids)
+	}
+	if *pids > 0 {
+		r.Resources[structs.LimitPids] = structs.Whole(int64(*pids))
+	}
+	if *disk != "" {
+		q, err := structs.ParseBytes(*disk)
+		if err != nil || q <= 0 {
+			return nil, f.usageErr("invalid -disk %q: want a size such as 20G", *disk)
+		}
+		r.Resources[structs.LimitDisk] = q
 	}
 	if *cpu != "" {
 		q, err := structs.ParseQuantity(*cpu)
