@@ -58,38 +58,10 @@ func hostPids(t testing.TB, d drivers.Driver, taskID string, pids []int) []int {
 	if err != nil {
 		t.Fatal(err)
 	}
-	byNS := map[int]int{}
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		hp, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		if l, err := os.Readlink("/proc/" + e.Name() + "/ns/pid"); err != nil || l != ns {
-			continue
-		}
-		b, err := os.ReadFile("/proc/" + e.Name() + "/status")
-		if err != nil {
-			continue
-		}
-		for line := range strings.Lines(string(b)) {
-			if rest, ok := strings.CutPrefix(line, "NSpid:"); ok {
-				f := strings.Fields(rest)
-				if n, err := strconv.Atoi(f[len(f)-1]); err == nil && len(f) > 1 {
-					byNS[n] = hp
-				}
-			}
-		}
-	}
-	out := make([]int, len(pids))
-	for i, p := range pids {
-		hp, ok := byNS[p]
-		if !ok {
-			t.Fatalf("task %s: no process with pid %d in its namespace (have %v)", taskID, p, byNS)
-		}
-		out[i] = hp
-	}
-	return out
+	return testutils.HostPids(t, taskID, pids, func(procDir string) bool {
+		l, err := os.Readlink(procDir + "/ns/pid")
+		return err == nil && l == ns
+	})
 }
 
 func TestCapabilitiesAndFingerprint(t *testing.T) {

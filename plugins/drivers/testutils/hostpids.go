@@ -15,15 +15,21 @@ import (
 // in pid namespaces of their own (exec, also behind a plugin).
 func HostPidsByCgroup(t testing.TB, _ drivers.Driver, taskID string, pids []int) []int {
 	t.Helper()
+	return HostPids(t, taskID, pids, func(procDir string) bool {
+		cg, err := os.ReadFile(procDir + "/cgroup")
+		return err == nil && strings.Contains(string(cg), "/"+taskID+"\n")
+	})
+}
+
+// HostPids turns pids of a task's pid namespace into the host's, among
+// the processes whose /proc directory mine accepts.
+func HostPids(t testing.TB, taskID string, pids []int, mine func(procDir string) bool) []int {
+	t.Helper()
 	byNS := map[int]int{}
 	entries, _ := os.ReadDir("/proc")
 	for _, e := range entries {
 		hp, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		cg, err := os.ReadFile("/proc/" + e.Name() + "/cgroup")
-		if err != nil || !strings.Contains(string(cg), "/"+taskID+"\n") {
+		if err != nil || !mine("/proc/"+e.Name()) {
 			continue
 		}
 		st, err := os.ReadFile("/proc/" + e.Name() + "/status")
@@ -44,7 +50,7 @@ func HostPidsByCgroup(t testing.TB, _ drivers.Driver, taskID string, pids []int)
 	for i, p := range pids {
 		hp, ok := byNS[p]
 		if !ok {
-			t.Fatalf("task %s: no process with pid %d in its cgroups (have %v)", taskID, p, byNS)
+			t.Fatalf("task %s: no process with pid %d among its processes (have %v)", taskID, p, byNS)
 		}
 		out[i] = hp
 	}
