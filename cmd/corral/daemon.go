@@ -156,7 +156,7 @@ func parseDaemonFlags(role string, args []string) (*daemonFlags, error) {
 		fs.BoolVar(&f.enableHostDriver, "enable-host-driver", false, "offer the host driver: kernels run as root in the host's namespaces (for admins only)")
 		fs.BoolVar(&f.runc.seccomp, "runc-seccomp", true, "give runc kernels the container runtimes' default seccomp profile (false: an operator's escape hatch)")
 		fs.Var(&f.runc.userns, "userns", "run runc kernels in user namespaces, their root an unprivileged host uid: auto (where the kernel supports it), true or false")
-		fs.StringVar(&f.runc.maxLogSize, "max-log-size", "100M", "most bytes of each runc kernel's stdout and stderr kept on disk (the log and its rotated .1 together; 0: no cap)")
+		fs.StringVar(&f.runc.maxLogSize, "max-log-size", "100M", "most bytes of each kernel's stdout and stderr kept on disk (exec, host and runc drivers; the log and its rotated .1 together; 0: no cap)")
 		fs.StringVar(&f.runc.diskLimit, "runc-disk-limit", "10G", "most bytes a runc kernel without a disk slot may write into its scratch space before it is stopped (0: no limit)")
 	}
 	allowHelp := "registry host[:port] or *.domain that images may be pulled from although it is not at a public address (repeatable)"
@@ -278,12 +278,12 @@ func builtinDrivers(logger *slog.Logger, f *daemonFlags, dataDir, agentDataDir s
 		user = execdriver.DefaultUser
 	}
 	drvs := []drivers.Driver{
-		execdriver.New(logger, execdriver.WithUser(user), execdriver.WithHiddenPaths(dataDir, abs)),
+		execdriver.New(logger, execdriver.WithUser(user), execdriver.WithHiddenPaths(dataDir, abs), execdriver.WithMaxLogSize(f.runc.maxLogBytes)),
 		runc.New(logger, append([]runc.Option{runc.WithStateDir(filepath.Join(abs, "runc"))}, runcOpts...)...),
 	}
 	if f.enableHostDriver {
 		logger.Warn("the host driver is enabled: its kernels run as root in the host's namespaces")
-		drvs = append(drvs, execdriver.NewHost(logger))
+		drvs = append(drvs, execdriver.NewHost(logger, execdriver.WithMaxLogSize(f.runc.maxLogBytes)))
 	}
 	return drvs
 }

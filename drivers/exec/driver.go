@@ -38,6 +38,7 @@ import (
 	"github.com/corral-dev/corral/drivers/exec/cgroup"
 	"github.com/corral-dev/corral/drivers/exec/taskrun"
 	"github.com/corral-dev/corral/drivers/internal/lifecycle"
+	"github.com/corral-dev/corral/drivers/internal/logcap"
 	"github.com/corral-dev/corral/drivers/shim"
 	"github.com/corral-dev/corral/plugins/drivers"
 	"github.com/corral-dev/corral/structs"
@@ -89,11 +90,12 @@ type Driver struct {
 	kind *lifecycle.Kind
 	// isolated is false in host mode: tasks run as root (or cfg.User) in
 	// the host's namespaces.
-	isolated  bool
-	user      string     // isolated mode: the default user of tasks
-	mapUser   UserMapper // isolated mode: picks a task's user; may be nil
-	pidsLimit int64      // pids limit of tasks whose resources name none
-	hidden    []string   // isolated mode: host directories tasks must not see
+	isolated   bool
+	user       string     // isolated mode: the default user of tasks
+	mapUser    UserMapper // isolated mode: picks a task's user; may be nil
+	pidsLimit  int64      // pids limit of tasks whose resources name none
+	maxLogSize int64      // cap of each output log (WithMaxLogSize)
+	hidden     []string   // isolated mode: host directories tasks must not see
 
 	tasks lifecycle.Tasks[*task]
 }
@@ -122,7 +124,7 @@ func newDriver(logger *slog.Logger, k *lifecycle.Kind, isolated bool, opts []Opt
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	d := &Driver{logger: logger.With("driver", k.Name), kind: k, isolated: isolated, user: DefaultUser, pidsLimit: DefaultPidsLimit}
+	d := &Driver{logger: logger.With("driver", k.Name), kind: k, isolated: isolated, user: DefaultUser, pidsLimit: DefaultPidsLimit, maxLogSize: logcap.DefaultMaxLogSize}
 	for _, o := range opts {
 		o(d)
 	}
@@ -359,6 +361,7 @@ func (d *Driver) Start(ctx context.Context, cfg *drivers.TaskConfig) (_ *drivers
 	rc := &taskrun.Config{
 		Path: path, Args: cfg.Command, Dir: cfg.WorkDir, Env: envList(env),
 		StdoutPath: cfg.StdoutPath, StderrPath: cfg.StderrPath, Cgroup: group, Isolation: iso,
+		MaxLogSize: d.maxLogSize,
 	}
 	if iso == nil {
 		rc.Credential = cred

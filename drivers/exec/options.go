@@ -52,6 +52,15 @@ func WithPidsLimit(n int64) Option {
 	return func(d *Driver) { d.pidsLimit = n }
 }
 
+// WithMaxLogSize caps each of a kernel's output logs at n bytes on disk,
+// the log and its rotated generation (.1) together (see logcap.Log); the
+// task's shim copies the output into the logs, so the cap holds across
+// agent restarts. 0 or less: no cap, the kernel appends to the files
+// directly. The default is logcap.DefaultMaxLogSize.
+func WithMaxLogSize(n int64) Option {
+	return func(d *Driver) { d.maxLogSize = max(n, 0) }
+}
+
 // WithHiddenPaths names host directories (the agent's and the server's
 // data dirs) that kernels must not see: each is covered, in the kernel's
 // mount namespace, by an empty tmpfs that the kernel can pass (on the way

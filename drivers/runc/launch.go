@@ -15,6 +15,7 @@ import (
 	"github.com/opencontainers/runc/libcontainer"
 	"github.com/opencontainers/runc/libcontainer/configs"
 
+	"github.com/corral-dev/corral/drivers/internal/logcap"
 	"github.com/corral-dev/corral/plugins/drivers"
 )
 
@@ -32,7 +33,7 @@ type containerSpec struct {
 	StdoutPath string          `json:"stdout_path"`
 	StderrPath string          `json:"stderr_path"`
 	// MaxLogSize caps what each log file and its rotated generation hold
-	// (see cappedLog); 0: the container appends to the files directly.
+	// (see logcap.Log); 0: the container appends to the files directly.
 	MaxLogSize int64 `json:"max_log_size,omitempty"`
 }
 
@@ -42,7 +43,7 @@ type runningContainer struct {
 	container *libcontainer.Container
 	process   *libcontainer.Process
 	pid       int // of the init, in the launcher's pid namespace
-	logs      *logPipes
+	logs      *logcap.Pipes
 }
 
 // launch creates the container and starts its init process with stdout and
@@ -70,17 +71,17 @@ func launch(spec *containerSpec) (_ *runningContainer, err error) {
 // launchWith is launch with stdio the container's stdout and stderr, or
 // nil for capped logs.
 func launchWith(spec *containerSpec, stdio []*os.File) (_ *runningContainer, err error) {
-	var logs *logPipes
+	var logs *logcap.Pipes
 	if stdio == nil {
-		if logs, err = newLogPipes(spec.StdoutPath, spec.StderrPath, spec.MaxLogSize); err != nil {
+		if logs, err = logcap.NewPipes(spec.StdoutPath, spec.StderrPath, spec.MaxLogSize); err != nil {
 			return nil, err
 		}
 		defer func() {
 			if err != nil {
-				logs.drain(0)
+				logs.Drain(0)
 			}
 		}()
-		stdio = []*os.File{logs.stdoutW, logs.stderrW}
+		stdio = []*os.File{logs.Stdout, logs.Stderr}
 	}
 	c, err := libcontainer.Create(spec.Root, spec.ID, spec.Config)
 	if errors.Is(err, libcontainer.ErrExist) {
@@ -94,7 +95,7 @@ func launchWith(spec *containerSpec, stdio []*os.File) (_ *runningContainer, err
 	p.Stdout, p.Stderr = stdio[0], stdio[1]
 	err = c.Run(p)
 	if logs != nil {
-		logs.started()
+		logs.Started()
 	}
 	if err != nil {
 		_ = c.Destroy()
@@ -143,7 +144,7 @@ func waitExec(pid int, timeout time.Duration) {
 func (r *runningContainer) wait() *drivers.ExitResult {
 	res := exitResultOf(r.process.Wait())
 	if r.logs != nil {
-		r.logs.drain(logDrainTimeout)
+		r.logs.Drain(logDrainTimeout)
 	}
 	return res
 }

@@ -328,25 +328,6 @@ func TestLogCapped(t *testing.T) {
 	}
 }
 
-func TestCappedLogRotates(t *testing.T) {
-	p := filepath.Join(t.TempDir(), "out.log")
-	l, err := openCappedLog(p, 20)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, s := range []string{"0123456789", "abcdefghij", "ABCDEFGHIJ", "xy"} {
-		if _, err := l.Write([]byte(s)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	l.Close()
-	for f, want := range map[string]string{p: "xy", p + ".1": "ABCDEFGHIJ"} {
-		if b, _ := os.ReadFile(f); string(b) != want {
-			t.Errorf("%s = %q, want %q", filepath.Base(f), b, want)
-		}
-	}
-}
-
 // TestConfinementSurvivesRecover checks that an agent that recovers a
 // kernel keeps its user namespace id range reserved and its disk limit
 // watched.

@@ -3,7 +3,7 @@
 // (Run), which starts the task's command, and the init of an isolated task
 // (see init.go), which sets the task's namespaces up and becomes the
 // command's parent. It imports only the standard library, x/sys/unix,
-// package shim and package cgroup, so that the small corral-shim binary
+// package shim, package cgroup and package logcap, so that the small corral-shim binary
 // can run shims and inits without the agent's start-up cost.
 package taskrun
 
@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/corral-dev/corral/drivers/exec/cgroup"
+	"github.com/corral-dev/corral/drivers/internal/logcap"
 	"github.com/corral-dev/corral/drivers/shim"
 )
 
@@ -57,6 +58,11 @@ type Config struct {
 	// Isolation, when set, runs the command under an init in namespaces
 	// of its own, as Isolation's user (Credential is then unset).
 	Isolation *Isolation `json:"isolation,omitempty"`
+	// MaxLogSize, when > 0, caps what each log file and its rotated
+	// generation (.1) hold: the command writes into pipes that the shim
+	// copies into capped logs (see logcap). 0: the command appends to the
+	// files directly.
+	MaxLogSize int64 `json:"max_log_size,omitempty"`
 }
 
 func init() { shim.Register(Kind, Run) }
@@ -69,18 +75,40 @@ func Run(ctx context.Context, raw json.RawMessage, started func(pid int) error) 
 	if err := json.Unmarshal(raw, &rc); err != nil {
 		return shim.ExitStatus{}, fmt.Errorf("reading exec task config: %w", err)
 	}
-	stdout, err := OpenLog(rc.StdoutPath)
-	if err != nil {
-		return shim.ExitStatus{}, fmt.Errorf("opening stdout log: %w", err)
+	var logs *logcap.Pipes
+	var stdout, stderr *os.File
+	if rc.MaxLogSize > 0 {
+		var err error
+		if logs, err = logcap.NewPipes(rc.StdoutPath, rc.StderrPath, rc.MaxLogSize); err != nil {
+			return shim.ExitStatus{}, err
+		}
+		stdout, stderr = logs.Stdout, logs.Stderr
+	} else {
+		var err error
+		if stdout, err = OpenLog(rc.StdoutPath); err != nil {
+			return shim.ExitStatus{}, fmt.Errorf("opening stdout log: %w", err)
+		}
+		defer stdout.Close()
+		if stderr, err = OpenLog(rc.StderrPath); err != nil {
+			return shim.ExitStatus{}, fmt.Errorf("opening stderr log: %w", err)
+		}
+		defer stderr.Close()
 	}
-	defer stdout.Close()
-	stderr, err := OpenLog(rc.StderrPath)
-	if err != nil {
-		return shim.ExitStatus{}, fmt.Errorf("opening stderr log: %w", err)
+	// The shim closes its copies of the pipes' write ends once the command
+	// (or its init) holds its own, so that the copies see EOF when the
+	// task's last writer is gone; drained is called before the exit
+	// status is returned, so that the task's last output is in the logs.
+	startedLogs, drained := func() {}, func(time.Duration) {}
+	if logs != nil {
+		startedLogs, drained = logs.Started, logs.Drain
 	}
-	defer stderr.Close()
+	// Any return path drains (at once when the command never ran).
+	drainTimeout := time.Duration(0)
+	defer func() { drained(drainTimeout) }()
 	if rc.Isolation != nil {
-		return runIsolated(ctx, &rc, stdout, stderr, started)
+		st, err := runIsolated(ctx, &rc, stdout, stderr, startedLogs, started)
+		drainTimeout = logcap.DrainTimeout
+		return st, err
 	}
 	cmd := &osexec.Cmd{
 		Path:        rc.Path,
@@ -91,15 +119,20 @@ func Run(ctx context.Context, raw json.RawMessage, started func(pid int) error) 
 		Stderr:      stderr,
 		SysProcAttr: &syscall.SysProcAttr{Setpgid: true, Credential: rc.Credential},
 	}
-	if err := StartCmd(ctx, cmd, rc.Cgroup); err != nil {
+	err := StartCmd(ctx, cmd, rc.Cgroup)
+	startedLogs()
+	if err != nil {
 		return shim.ExitStatus{}, err
 	}
+	drainTimeout = logcap.DrainTimeout
 	if err := started(cmd.Process.Pid); err != nil {
 		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 		_ = cmd.Wait()
 		return shim.ExitStatus{}, err
 	}
 	err = cmd.Wait()
+	drained(logcap.DrainTimeout)
+	drained = func(time.Duration) {}
 	res := ResultOf(cmd.ProcessState, err)
 	st := shim.ExitStatus{ExitCode: res.ExitCode, Signal: res.Signal, ExitedAt: time.Now()}
 	st.OOMKilled = rc.Cgroup != nil && rc.Cgroup.OOMKilled()
@@ -110,7 +143,8 @@ func Run(ctx context.Context, raw json.RawMessage, started func(pid int) error) 
 // (and inside the task's cgroups), waits until it started the command and
 // then until the command ended, and returns how it ended as the init
 // reported it (or how the init ended, if it was killed).
-func runIsolated(ctx context.Context, rc *Config, stdout, stderr *os.File, started func(pid int) error) (shim.ExitStatus, error) {
+// startedLogs runs once the init was started (or failed to be).
+func runIsolated(ctx context.Context, rc *Config, stdout, stderr *os.File, startedLogs func(), started func(pid int) error) (shim.ExitStatus, error) {
 	icfg := &InitConfig{Mode: ModeInit, Path: rc.Path, Args: rc.Args, Dir: rc.Dir, Env: rc.Env, Isolation: rc.Isolation}
 	cmd, cfgW, statusR, closeChild, err := InitCmd(context.Background(), icfg)
 	if err != nil {
@@ -129,6 +163,7 @@ func runIsolated(ctx context.Context, rc *Config, stdout, stderr *os.File, start
 	err = cmd.Start()
 	release()
 	closeChild()
+	startedLogs()
 	if err != nil {
 		cfgW.Close()
 		return shim.ExitStatus{}, fmt.Errorf("starting the task's init in new namespaces: %w", err)
