@@ -102,9 +102,10 @@ func Run(ctx context.Context, raw json.RawMessage, started func(pid int) error) 
 	if logs != nil {
 		startedLogs, drained = logs.Started, logs.Drain
 	}
-	// Any return path drains (at once when the command never ran).
+	// Any return path drains (at once when the command never ran); the
+	// shim's write ends are closed by then, whichever path returned.
 	drainTimeout := time.Duration(0)
-	defer func() { drained(drainTimeout) }()
+	defer func() { startedLogs(); drained(drainTimeout) }()
 	if rc.Isolation != nil {
 		st, err := runIsolated(ctx, &rc, stdout, stderr, startedLogs, started)
 		drainTimeout = logcap.DrainTimeout
