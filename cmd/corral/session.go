@@ -411,6 +411,7 @@ func (c *cli) sessionExec(ctx context.Context, args []string) error {
 	f := c.newFlags("session exec", "REF [flags] -- CMD [ARGS...]",
 		"Run CMD in a running kernel of a session, stream its output and exit with its exit code.", false)
 	kernel := f.String("kernel", "main1", "kernel hostname or ID")
+	startWait := f.Duration("wait-start", time.Minute, "how long to wait for a session that is still starting (0: not at all)")
 	env := envFlag{}
 	f.Var(env, "env", "environment variable `KEY=VALUE` for the command (repeatable)")
 	pos, command, err := f.parse(args, 1)
@@ -427,6 +428,25 @@ func (c *cli) sessionExec(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	if *startWait > 0 {
+		// A session created a moment ago may still be starting: wait for
+		// it to run (or end) rather than fail.
+		d, err := client.GetSession(ctx, pos[0])
+		if err != nil {
+			return err
+		}
+		if starting(d.Session.Status) {
+			wctx, cancel := context.WithTimeout(ctx, *startWait)
+			_, err = followSession(wctx, client, d, func(s *structs.Session) bool { return !starting(s.Status) }, nil)
+			cancel()
+			if err != nil && wctx.Err() != nil && ctx.Err() == nil {
+				return fmt.Errorf("session %s is still starting after -wait-start %s", pos[0], *startWait)
+			}
+			if err != nil {
+				return err
+			}
+		}
+	}
 	req := &api.ExecRequest{Kernel: *kernel, Command: command}
 	if len(env) > 0 {
 		req.Env = env
@@ -442,6 +462,16 @@ func (c *cli) sessionExec(ctx context.Context, args []string) error {
 		return exitCode(code)
 	}
 	return nil
+}
+
+// starting reports whether a session with status st is on its way to
+// running.
+func starting(st structs.SessionStatus) bool {
+	switch st {
+	case structs.SessionPending, structs.SessionScheduled, structs.SessionPreparing, structs.SessionPulling:
+		return true
+	}
+	return false
 }
 
 func (c *cli) sessionDestroy(ctx context.Context, args []string) error {

@@ -159,6 +159,18 @@ func TestSessionExecAndDestroy(t *testing.T) {
 	if r.stderr != "Error: kernel main1 is TERMINATING: exec needs a RUNNING kernel\n" {
 		t.Fatalf("exec after destroy: %q", r.stderr)
 	}
+	// Right after a create without -wait the session is still starting:
+	// exec waits for it to run instead of failing.
+	mustRun(t, f.url, 0, "session", "create", "-type", "interactive", "-name", "nb2", "--", "sleep", "infinity")
+	r = mustRun(t, f.url, 4, "session", "exec", "nb2", "--", "sh", "-c", "echo from inside; exit 4")
+	if r.stdout != "from inside\n" {
+		t.Fatalf("exec into a starting session: %+v", r)
+	}
+	mustRun(t, f.url, 0, "session", "create", "-type", "interactive", "-name", "nb3", "--", "sleep", "infinity")
+	r = mustRun(t, f.url, 1, "session", "exec", "nb3", "-wait-start", "0", "--", "true")
+	if !strings.Contains(r.stderr, "exec needs a RUNNING kernel") {
+		t.Fatalf("exec without waiting: %q", r.stderr)
+	}
 }
 
 func TestNodeCommands(t *testing.T) {
