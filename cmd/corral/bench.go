@@ -30,6 +30,7 @@ func (c *cli) bench(ctx context.Context, args []string) error {
 	conc := f.Int("concurrency", 32, "concurrent submitters (and followers) of the throughput run")
 	cpu := f.String("cpu", "0.05", "CPU cores per session")
 	mem := f.String("mem", "16M", "memory per session")
+	driver := f.String("driver", "", "driver of the sessions' kernels (the server's default when empty)")
 	pid := f.Int("pid", 0, "PID of the corral server process, to report its resident memory")
 	cliProcs := f.Int("cli", 0, "also submit the -n sessions through this many parallel `corral session create -wait`\n"+
 		"processes (the CLI's own path: process start, create, follow) and report that rate")
@@ -62,7 +63,7 @@ func (c *cli) bench(ctx context.Context, args []string) error {
 
 	res := structs.Slots{structs.SlotCPU: cpuQ, structs.SlotMem: memQ}
 	newReq := func() *api.CreateSessionRequest {
-		return &api.CreateSessionRequest{Type: structs.SessionTypeBatch, Command: []string{"true"}, Resources: res.Copy()}
+		return &api.CreateSessionRequest{Type: structs.SessionTypeBatch, Driver: *driver, Command: []string{"true"}, Resources: res.Copy()}
 	}
 	agents, err := client.ListAgents(ctx)
 	if err != nil {
