@@ -328,6 +328,12 @@ func TestBadInput(t *testing.T) {
 		{"bad status filter", "GET", "/v1/sessions?status=SLEEPY", ``, 400, "unknown session status"},
 		{"unknown agent", "GET", "/v1/agents/nope", ``, 404, "no agent"},
 		{"bad index", "GET", "/v1/sessions/x?index=abc", ``, 400, "invalid index"},
+		{"bad lost_after", "POST", "/v1/sessions", `{"command": ["true"], "lost_after": "soon"}`, 400, "lost_after \"soon\""},
+		{"negative lost_after", "POST", "/v1/sessions", `{"command": ["true"], "lost_after": "-1s"}`, 400, "positive Go duration"},
+		{"tiny pids limit", "POST", "/v1/sessions", `{"command": ["true"], "resources": {"pids": 2}}`, 400, "limit pids=2 is out of range"},
+		{"id-like name", "POST", "/v1/sessions", `{"command": ["true"], "name": "dead-beef"}`, 400, "reads as a session ID prefix"},
+		{"leave unknown agent", "POST", "/v1/agents/nope/leave", ``, 404, "no agent"},
+		{"bad policy pids", "POST", "/v1/policies", `{"name": "p", "pids_per_kernel": 3}`, 400, "pids_per_kernel 3"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			req, _ := http.NewRequest(tc.method, c.addr+tc.path, strings.NewReader(tc.body))

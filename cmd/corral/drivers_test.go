@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 // driverNames returns the names of the built-in drivers an agent started
@@ -40,5 +41,18 @@ func TestExecUserFlag(t *testing.T) {
 	}
 	if _, err := parseDaemonFlags("dev", []string{"-exec-user", "daemon"}); err != nil {
 		t.Errorf("-exec-user daemon: %v", err)
+	}
+}
+
+// TestLivenessFlags: negative grace periods are usage errors that name the flag.
+func TestLivenessFlags(t *testing.T) {
+	for _, args := range [][]string{{"-agent-lost-after", "-1s"}, {"-heartbeat-ttl", "-5s"}} {
+		if _, err := parseDaemonFlags("server", args); err == nil || !strings.Contains(err.Error(), "-agent-lost-after and -heartbeat-ttl must not be negative") {
+			t.Errorf("server %v: %v", args, err)
+		}
+	}
+	f, err := parseDaemonFlags("server", []string{"-agent-lost-after", "90s"})
+	if err != nil || f.agentLostAfter != 90*time.Second {
+		t.Fatalf("-agent-lost-after 90s: %+v %v", f, err)
 	}
 }
