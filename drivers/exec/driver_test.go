@@ -554,24 +554,7 @@ func TestStartCmdCgroupV2(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root")
 	}
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		t.Fatal(err)
-	}
-	mounts, err := cgroup.ParseMountinfo(f)
-	f.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var mount *cgroup.Mount
-	for i := range mounts {
-		if mounts[i].V2 {
-			mount = &mounts[i]
-		}
-	}
-	if mount == nil {
-		t.Skip("no cgroup2 mount")
-	}
+	mount := cgroup2Mount(t)
 	id := testutils.TaskID(t)
 	dir := filepath.Join(mount.Point, CgroupParent+"-test", id)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -629,4 +612,25 @@ func TestJoinFailure(t *testing.T) {
 	if b, _ := os.ReadFile(errLog.Name()); !strings.Contains(string(b), "missing") {
 		t.Errorf("stderr %q does not say why", b)
 	}
+}
+
+// cgroup2Mount is this host's cgroup2 mount; the test is skipped without one.
+func cgroup2Mount(t *testing.T) *cgroup.Mount {
+	t.Helper()
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mounts, err := cgroup.ParseMountinfo(f)
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range mounts {
+		if mounts[i].V2 {
+			return &mounts[i]
+		}
+	}
+	t.Skip("no cgroup2 mount")
+	return nil
 }

@@ -335,24 +335,7 @@ func TestRecoverTaskOfOldAgent(t *testing.T) {
 // flags), on whatever cgroup2 mount this host has.
 func TestIsolatedCgroupV2(t *testing.T) {
 	requireRoot(t)
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		t.Fatal(err)
-	}
-	mounts, err := cgroup.ParseMountinfo(f)
-	f.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var mount *cgroup.Mount
-	for i := range mounts {
-		if mounts[i].V2 {
-			mount = &mounts[i]
-		}
-	}
-	if mount == nil {
-		t.Skip("no cgroup2 mount")
-	}
+	mount := cgroup2Mount(t)
 	cfg := testutils.TaskConfig(t, "cat", "/proc/self/cgroup")
 	dir := filepath.Join(mount.Point, CgroupParent+"-test", cfg.ID)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
