@@ -232,11 +232,7 @@ func (a *Agent) storeTLS(dir string, resp *rpc.SignAgentResponse, key *ecdsa.Pri
 		return err
 	}
 	for name, b := range map[string][]byte{caFile: resp.CACert, keyFile: keyPEM, certFile: resp.Cert, gossipKeyFile: []byte(resp.GossipKey + "\n")} {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p+".tmp", b, 0o600); err != nil {
-			return err
-		}
-		if err := os.Rename(p+".tmp", p); err != nil {
+		if err := tlsutil.WriteSecretFile(filepath.Join(dir, name), b); err != nil {
 			return err
 		}
 	}

@@ -98,7 +98,7 @@ func (s *Server) setupAutoTLS() error {
 		}
 		sec = *got
 		b, _ := json.Marshal(&sec)
-		if err := writeFile0600(secFile, b); err != nil {
+		if err := tlsutil.WriteSecretFile(secFile, b); err != nil {
 			return err
 		}
 		s.logger.Info("joined the cluster: got its CA, join secrets and gossip key", "dir", dir)
@@ -109,7 +109,7 @@ func (s *Server) setupAutoTLS() error {
 		}
 		sec = *fresh
 		b, _ := json.Marshal(&sec)
-		if err := writeFile0600(secFile, b); err != nil {
+		if err := tlsutil.WriteSecretFile(secFile, b); err != nil {
 			return err
 		}
 		s.logger.Info("created the cluster CA, join secrets and gossip key", "dir", dir)
@@ -175,14 +175,6 @@ func newClusterSecrets(gossipKey []byte) (*structs.ClusterSecrets, error) {
 	}
 	return &structs.ClusterSecrets{CACert: string(caPEM), CAKey: string(caKeyPEM), JoinSecret: hex.EncodeToString(secret),
 		ServerSecret: hex.EncodeToString(serverSecret), GossipKey: gk, Created: time.Now().UTC()}, nil
-}
-
-func writeFile0600(path string, b []byte) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
 }
 
 // recordSecrets, on a new leader, writes the cluster secrets into raft

@@ -660,3 +660,14 @@ func parseKey(b []byte) (*ecdsa.PrivateKey, error) {
 		}
 	}
 }
+
+// WriteSecretFile replaces path with b, readable by the owner only, through
+// a temporary file and a rename: a node's keys, certificates and cluster
+// secrets are never seen half written.
+func WriteSecretFile(path string, b []byte) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
