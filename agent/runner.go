@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -132,9 +133,13 @@ func (r *kernelRunner) run(ctx context.Context) {
 	case res == nil:
 		info = "killed: " + r.stopReason
 	case res.Err != nil:
-		// The driver lost the task (its exit status, or the task itself
-		// after a plugin relaunch): an error, unless we were stopping it.
+		// The driver stopped the task for a reason of its own (a limit),
+		// or lost it (its exit status, or the task itself after a plugin
+		// relaunch): an error, unless we were stopping it.
 		info = "exit status unknown: " + res.Err.Error()
+		if errors.Is(res.Err, drivers.ErrStoppedByDriver) {
+			info = res.Err.Error()
+		}
 		if !stopped {
 			status = structs.KernelError
 		}

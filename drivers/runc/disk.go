@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/corral-dev/corral/plugins/drivers"
 )
 
 // DefaultDiskLimit is how many bytes a kernel may write into its scratch
@@ -41,8 +43,11 @@ func (e *diskLimitError) Error() string {
 		formatBytes(e.limit))
 }
 
-// Is makes errors.Is(err, ErrDiskLimit) hold.
-func (e *diskLimitError) Is(target error) bool { return target == ErrDiskLimit }
+// Is makes errors.Is(err, ErrDiskLimit) and errors.Is(err,
+// drivers.ErrStoppedByDriver) hold.
+func (e *diskLimitError) Is(target error) bool {
+	return target == ErrDiskLimit || target == drivers.ErrStoppedByDriver
+}
 
 // formatBytes writes n in the largest binary unit that divides it, or in
 // GiB/MiB with one decimal.

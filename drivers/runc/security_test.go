@@ -287,8 +287,8 @@ func TestDiskLimitStopsKernel(t *testing.T) {
 	cfg.Resources = structs.Slots{SlotDisk: structs.Whole(8 << 20)}
 	testutils.StartTask(t, d, cfg)
 	res := testutils.WaitResult(t, d, cfg.ID, testTimeout)
-	if !errors.Is(res.Err, ErrDiskLimit) {
-		t.Fatalf("result = %+v, want an error wrapping ErrDiskLimit", res)
+	if !errors.Is(res.Err, ErrDiskLimit) || !errors.Is(res.Err, drivers.ErrStoppedByDriver) {
+		t.Fatalf("result = %+v, want an error wrapping ErrDiskLimit and drivers.ErrStoppedByDriver", res)
 	}
 	if want := "kernel wrote more than 8 MiB to its scratch space (disk slot)"; !strings.Contains(res.Err.Error(), want) {
 		t.Errorf("reason = %q, want it to say %q", res.Err, want)

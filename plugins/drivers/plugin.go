@@ -43,6 +43,11 @@ var ErrIncompatiblePlugin = errors.New("incompatible plugin")
 // process has exited or can no longer be reached.
 var ErrPluginExited = errors.New("driver plugin exited")
 
+// ErrStoppedByDriver is wrapped by the ExitResult.Err of a task that the
+// driver itself stopped for a reason of its own (a limit it enforces): the
+// error says why, and the exit status is not what matters.
+var ErrStoppedByDriver = errors.New("stopped by the driver")
+
 // PluginInfo identifies a plugin and the versions it was built with.
 type PluginInfo struct {
 	// Type is the plugin type, PluginTypeDriver for drivers.
