@@ -48,6 +48,13 @@ type Agent struct {
 	// Occupied is the sum of the resources of the kernels placed on this
 	// agent that have not ended; it changes in the same apply as they do.
 	Occupied Slots `json:"occupied"`
+	// GPUs is the agent's NVML fingerprint (nil: no NVIDIA driver). Its
+	// healthy devices are part of Capacity (GPUInventory.Slots).
+	GPUs *GPUInventory `json:"gpus,omitempty"`
+	// GPUHolders maps each GPU or MIG instance UUID held by a kernel that
+	// has not ended to that kernel's ID; it changes in the same apply as
+	// Occupied, so two kernels never get one device.
+	GPUHolders map[string]string `json:"gpu_holders,omitempty"`
 	// DisconnectedAt is when the agent became DISCONNECTED (kept when it
 	// then became LOST; zero once ALIVE): its grace period counts from
 	// there, on any leader.
@@ -66,6 +73,8 @@ func (a *Agent) Copy() *Agent {
 	c.UnhealthyDrivers = maps.Clone(a.UnhealthyDrivers)
 	c.Capacity = a.Capacity.Copy()
 	c.Occupied = a.Occupied.Copy()
+	c.GPUs = a.GPUs.Copy()
+	c.GPUHolders = maps.Clone(a.GPUHolders)
 	return &c
 }
 

@@ -107,8 +107,14 @@ type Kernel struct {
 	Resources Slots             `json:"resources"`
 	// Limits are per-kernel caps the driver enforces (LimitPids,
 	// LimitDisk) and the scheduler does not count.
-	Limits  Slots  `json:"limits,omitempty"`
-	AgentID string `json:"agent_id,omitempty"`
+	Limits Slots `json:"limits,omitempty"`
+	// GPUConstraint narrows which devices its GPU slots may be (model,
+	// memory); nil: any.
+	GPUConstraint *GPUConstraint `json:"gpu_constraint,omitempty"`
+	AgentID       string         `json:"agent_id,omitempty"`
+	// GPUs are the UUIDs of the GPUs or MIG instances the kernel holds,
+	// chosen in the apply that placed it (server/scheduler devices.go).
+	GPUs []string `json:"gpus,omitempty"`
 	// Network wires the kernel into its session's overlay (cluster
 	// sessions); set when the kernel is placed.
 	Network     *KernelNetwork `json:"network,omitempty"`
@@ -142,6 +148,8 @@ func (k *Kernel) Copy() *Kernel {
 		c.Limits = k.Limits.Copy()
 	}
 	c.Network = k.Network.Copy()
+	c.GPUConstraint = k.GPUConstraint.Copy()
+	c.GPUs = append([]string(nil), k.GPUs...)
 	c.History = append([]StatusChange(nil), k.History...)
 	if k.ExitCode != nil {
 		v := *k.ExitCode

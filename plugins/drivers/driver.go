@@ -122,6 +122,11 @@ type TaskConfig struct {
 	// Hosts are extra /etc/hosts entries (hostname to IP) for container
 	// drivers: the other kernels of a cluster session.
 	Hosts map[string]string `json:"hosts,omitempty"`
+	// Devices are the kernel's devices (its GPUs): nodes to create and
+	// allow, nodes to deny, mounts and environment. A driver applies all
+	// of it or fails the start; a kernel never sees a device it was not
+	// given.
+	Devices *structs.DeviceReservation `json:"devices,omitempty"`
 }
 
 // ImageConfig is the run configuration of an OCI image.
