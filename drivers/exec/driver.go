@@ -333,8 +333,9 @@ func (d *Driver) Start(ctx context.Context, cfg *drivers.TaskConfig) (_ *drivers
 	}
 
 	var group *cgroup.Group
+	lim := d.limits(cfg, log)
 	if d.cgroups != nil {
-		group, err = d.cgroups.Create(cfg.ID, d.limits(cfg, log))
+		group, err = d.cgroups.Create(cfg.ID, lim)
 		if err != nil {
 			return nil, fmt.Errorf("creating cgroups for task %s: %w", cfg.ID, err)
 		}
@@ -354,8 +355,6 @@ func (d *Driver) Start(ctx context.Context, cfg *drivers.TaskConfig) (_ *drivers
 				}
 			}
 		}
-	} else {
-		d.limits(cfg, log)
 	}
 
 	rc := &taskrun.Config{
@@ -378,6 +377,13 @@ func (d *Driver) Start(ctx context.Context, cfg *drivers.TaskConfig) (_ *drivers
 	}
 	t.Task = lifecycle.New(d.kind, t, cfg, st.StartedAt, log.With("pid", st.Pid))
 	go t.WaitShim(sh)
+	// The CPU quota comes once the init started (cgroup.Manager.Create).
+	if group != nil && lim.CPU > 0 {
+		if err = group.LimitCPU(lim.CPU); err != nil {
+			t.Kill()
+			return nil, fmt.Errorf("limiting the CPU of task %s: %w", cfg.ID, err)
+		}
+	}
 	h, err := t.Handle(t.state())
 	if err != nil {
 		t.Kill()

@@ -118,6 +118,13 @@ func TestV1Limits(t *testing.T) {
 			if got := read(t, filepath.Join(g.Dirs[CPU], "cpu.cfs_period_us")); got != "100000" {
 				t.Errorf("period = %s", got)
 			}
+			// No quota until the task's init started (LimitCPU).
+			if got := read(t, filepath.Join(g.Dirs[CPU], "cpu.cfs_quota_us")); got != "-1" {
+				t.Errorf("quota at creation = %s, want -1", got)
+			}
+			if err := g.LimitCPU(tc.limits.CPU); err != nil {
+				t.Fatal(err)
+			}
 			if got := read(t, filepath.Join(g.Dirs[CPU], "cpu.cfs_quota_us")); got != tc.wantQuota {
 				t.Errorf("quota = %s, want %s", got, tc.wantQuota)
 			}
@@ -190,6 +197,12 @@ func TestV2(t *testing.T) {
 	}
 	if got := read(t, filepath.Join(g.UnifiedDir(), "pids.max")); got != "64" {
 		t.Errorf("pids.max = %q", got)
+	}
+	if b, err := os.ReadFile(filepath.Join(g.UnifiedDir(), "cpu.max")); err == nil && strings.TrimSpace(string(b)) != "max 100000" {
+		t.Errorf("cpu.max at creation = %q, want no quota until the init started", b)
+	}
+	if err := g.LimitCPU(0.5); err != nil {
+		t.Fatal(err)
 	}
 	if got := read(t, filepath.Join(g.UnifiedDir(), "cpu.max")); got != "50000 100000" {
 		t.Errorf("cpu.max = %q", got)
