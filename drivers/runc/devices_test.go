@@ -71,7 +71,7 @@ func checkDeviceRules(t *testing.T, d *Driver, id string, a, b structs.DeviceNod
 
 func TestDevices(t *testing.T) {
 	image := testImage(t)
-	nodes := drivertest.FakeDeviceNodes(t, 2)
+	nodes := drivertest.FakeDeviceNodes(t, "", 2)
 	a, b := nodes[0], nodes[1]
 	libDir, err := os.MkdirTemp("", "corral-fakelib-")
 	if err != nil {

@@ -16,17 +16,18 @@ import (
 
 // FakeDeviceNodes makes n character device nodes (rw for all, minors
 // 0..n-1) of a major number that no driver of this machine registered, in
-// a fresh directory every user may pass (not below the 0700 t.TempDir),
-// removed after the test. Opening such a node fails with ENXIO where the
+// a fresh directory below parent ("": the system's temporary directory)
+// that every user may pass (not below the 0700 t.TempDir), removed after
+// the test. Opening such a node fails with ENXIO where the
 // device cgroup allows it and with EPERM where it denies it, which tells
 // the cgroup's decision apart. It needs root.
-func FakeDeviceNodes(t testing.TB, n int) []structs.DeviceNode {
+func FakeDeviceNodes(t testing.TB, parent string, n int) []structs.DeviceNode {
 	t.Helper()
 	major, err := unusedCharMajor()
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir, err := os.MkdirTemp("", "corral-fakedev-")
+	dir, err := os.MkdirTemp(parent, "corral-fakedev-")
 	if err != nil {
 		t.Fatal(err)
 	}
