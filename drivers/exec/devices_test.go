@@ -44,6 +44,9 @@ func TestDevicesDenied(t *testing.T) {
 	if d.cgroups == nil || !d.cgroups.CanDenyDevices() {
 		t.Skip("no device cgroup on this host")
 	}
+	if fp, err := d.Fingerprint(t.Context()); err != nil || fp.Attributes["driver.exec.device_cgroup"] != "true" {
+		t.Errorf("Fingerprint = %+v, %v; want driver.exec.device_cgroup true", fp, err)
+	}
 	a, b, r := fakeGPUs(t)
 	cfg := testutils.TaskConfig(t, "/bin/sh", "-c", devicesProbe+"; echo ready; exec sleep 1000", "probe", a.Path, b.Path)
 	cfg.Env = map[string]string{"NVIDIA_VISIBLE_DEVICES": "all"}

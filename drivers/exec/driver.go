@@ -187,6 +187,11 @@ func (d *Driver) Fingerprint(ctx context.Context) (*drivers.Fingerprint, error) 
 		attrs["driver.exec.shim"] = "in-process"
 		desc += " without shims (they die with the agent)"
 	}
+	// Whether kernels can be denied the node's other GPUs (Devices.Deny).
+	attrs["driver.exec.device_cgroup"] = "false"
+	if d.isolated && d.cgroups != nil && d.cgroups.CanDenyDevices() {
+		attrs["driver.exec.device_cgroup"] = "true"
+	}
 	if d.cgroups != nil {
 		attrs["driver.exec.cgroup_version"] = d.cgroups.Version().String()
 		desc += ", limited by cgroup " + d.cgroups.Version().String()

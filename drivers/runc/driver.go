@@ -355,6 +355,9 @@ func (d *Driver) Start(ctx context.Context, cfg *drivers.TaskConfig) (_ *drivers
 	if err != nil {
 		return nil, err
 	}
+	if err := checkDevices(cfg.Devices); err != nil {
+		return nil, fmt.Errorf("task %s: %w", cfg.ID, err)
+	}
 
 	if err := d.tasks.Reserve(cfg.ID); err != nil {
 		return nil, err
@@ -396,9 +399,6 @@ func (d *Driver) Start(ctx context.Context, cfg *drivers.TaskConfig) (_ *drivers
 			}
 		}
 	}()
-	if err := checkDevices(cfg.Devices); err != nil {
-		return nil, fmt.Errorf("task %s: %w", cfg.ID, err)
-	}
 	proc, err := d.processFor(cfg, rfs.RootFS)
 	if err != nil {
 		return nil, fmt.Errorf("task %s: %w", cfg.ID, err)
