@@ -55,6 +55,13 @@ func (d *driver) Fingerprint(ctx context.Context) (*drivers.Fingerprint, error) 
 }
 
 // Start starts the task with the exec driver and labels its handle.
+//
+// cfg.Devices (a kernel's GPUs) must be applied all or nothing: a driver
+// that cannot apply every part of it fails the start. The exec driver
+// adds its Env to the kernel's environment and denies its Deny nodes in
+// the kernel's device cgroup; its Nodes and Mounts are host paths, which
+// native processes see as they are. A plugin that wraps nothing checks it
+// with drivers.ValidateDevices first (see docs/plugins.md).
 func (d *driver) Start(ctx context.Context, cfg *drivers.TaskConfig) (*drivers.TaskHandle, error) {
 	h, err := d.Driver.Start(ctx, cfg)
 	if err != nil {

@@ -187,6 +187,11 @@ func (d *Driver) Fingerprint(ctx context.Context) (*drivers.Fingerprint, error) 
 		attrs["driver.exec.shim"] = "in-process"
 		desc += " without shims (they die with the agent)"
 	}
+	// Whether kernels can be denied the node's other GPUs (Devices.Deny).
+	attrs["driver.exec.device_cgroup"] = "false"
+	if d.isolated && d.cgroups != nil && d.cgroups.CanDenyDevices() {
+		attrs["driver.exec.device_cgroup"] = "true"
+	}
 	if d.cgroups != nil {
 		attrs["driver.exec.cgroup_version"] = d.cgroups.Version().String()
 		desc += ", limited by cgroup " + d.cgroups.Version().String()
@@ -223,6 +228,9 @@ func validateConfig(cfg *drivers.TaskConfig) error {
 	case cfg.TaskDir == "" || !filepath.IsAbs(cfg.TaskDir):
 		return fmt.Errorf("%w: task %s needs an absolute task directory for its shim, got %q", drivers.ErrInvalidConfig, cfg.ID, cfg.TaskDir)
 	}
+	if err := drivers.ValidateDevices(cfg.Devices); err != nil {
+		return fmt.Errorf("task %s: %w", cfg.ID, err)
+	}
 	return nil
 }
 
@@ -231,6 +239,7 @@ func cloneConfig(cfg *drivers.TaskConfig) *drivers.TaskConfig {
 	c.Command = slices.Clone(cfg.Command)
 	c.Env = maps.Clone(cfg.Env)
 	c.Resources = cfg.Resources.Copy()
+	c.Devices = cfg.Devices.Copy()
 	return &c
 }
 
@@ -245,6 +254,11 @@ func (d *Driver) limits(cfg *drivers.TaskConfig, log *slog.Logger) cgroup.Limits
 	}
 	if l.Pids <= 0 {
 		l.Pids = max(d.pidsLimit, 0)
+	}
+	if d.isolated && cfg.Devices != nil {
+		// Kernels share the host's /dev: the other devices are denied in
+		// the task's device cgroup (Start fails where there is none).
+		l.DenyDevices = cfg.Devices.Deny
 	}
 	if d.cgroups == nil {
 		if l.CPU > 0 || l.MemoryBytes > 0 || l.Pids > 0 {
@@ -273,6 +287,13 @@ func (d *Driver) limits(cfg *drivers.TaskConfig, log *slog.Logger) cgroup.Limits
 // The process is a child of the task's shim, which keeps its files in
 // cfg.TaskDir/shim; the exec driver puts the task's init (package taskrun)
 // between them. Start returns once the process runs inside its cgroups.
+//
+// Of cfg.Devices the kernel gets the environment (over cfg.Env) and, from
+// the exec driver, a device cgroup that denies the Deny nodes (v1: the
+// devices controller; v2: an eBPF device program); the start fails where
+// no device cgroup can be had. The nodes and mounts are the host's, which
+// kernels already see. The host driver applies the environment only: it
+// does not confine devices.
 func (d *Driver) Start(ctx context.Context, cfg *drivers.TaskConfig) (_ *drivers.TaskHandle, err error) {
 	if err := validateConfig(cfg); err != nil {
 		return nil, err
@@ -332,6 +353,14 @@ func (d *Driver) Start(ctx context.Context, cfg *drivers.TaskConfig) (_ *drivers
 		return nil, fmt.Errorf("%w: task %s: %v", drivers.ErrInvalidConfig, cfg.ID, err)
 	}
 
+	if d.isolated && cfg.Devices != nil && len(cfg.Devices.Deny) > 0 && (d.cgroups == nil || !d.cgroups.CanDenyDevices()) {
+		why := d.noLimits
+		if d.cgroups != nil {
+			why = "no cgroup v1 devices controller and no cgroup v2"
+		}
+		return nil, fmt.Errorf("task %s must be denied devices %s, but this node has no device cgroup (%s): %w",
+			cfg.ID, denyPaths(cfg.Devices.Deny), why, cgroup.ErrDevicesUnavailable)
+	}
 	var group *cgroup.Group
 	lim := d.limits(cfg, log)
 	if d.cgroups != nil {
@@ -393,6 +422,15 @@ func (d *Driver) Start(ctx context.Context, cfg *drivers.TaskConfig) (_ *drivers
 	t.Logger.Info("task started", "command", cfg.Command, "cgroups", group != nil, "shim_pid", st.ShimPid,
 		"isolated", iso != nil, "uid", credUID(cred))
 	return h, nil
+}
+
+// denyPaths lists the paths of nodes, for errors.
+func denyPaths(nodes []structs.DeviceNode) string {
+	paths := make([]string, len(nodes))
+	for i, n := range nodes {
+		paths[i] = n.Path
+	}
+	return strings.Join(paths, ", ")
 }
 
 // within reports whether path is below dir (not dir itself, which holds

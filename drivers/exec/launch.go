@@ -19,11 +19,15 @@ import (
 // basePath is the PATH of every task that does not set its own.
 const basePath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-// taskEnv returns the base environment of a task: PATH, HOME=WorkDir and
-// the task's own variables, which win.
+// taskEnv returns the base environment of a task: PATH, HOME=WorkDir,
+// the task's own variables, which win over those, and its devices'
+// (NVIDIA_VISIBLE_DEVICES...), which win over all.
 func taskEnv(cfg *drivers.TaskConfig) map[string]string {
 	env := map[string]string{"PATH": basePath, "HOME": cfg.WorkDir}
 	maps.Copy(env, cfg.Env)
+	if cfg.Devices != nil {
+		maps.Copy(env, cfg.Devices.Env)
+	}
 	return env
 }
 

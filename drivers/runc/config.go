@@ -141,7 +141,8 @@ func envValue(env []string, key string) (string, bool) {
 }
 
 // processEnv is the environment of a kernel: the image's, plus PATH, HOME
-// and HOSTNAME where the image sets none, plus the task's, which wins.
+// and HOSTNAME where the image sets none, plus the task's, which wins over
+// those, plus its devices' (NVIDIA_VISIBLE_DEVICES...), which win over all.
 func processEnv(cfg *drivers.TaskConfig, u *execUser) []string {
 	var image []string
 	if cfg.ImageConfig != nil {
@@ -157,7 +158,11 @@ func processEnv(cfg *drivers.TaskConfig, u *execUser) []string {
 	if _, ok := envValue(image, "HOSTNAME"); !ok && cfg.Hostname != "" {
 		defaults["HOSTNAME"] = cfg.Hostname
 	}
-	return envList(image, defaults, cfg.Env)
+	var devEnv map[string]string
+	if cfg.Devices != nil {
+		devEnv = cfg.Devices.Env
+	}
+	return envList(image, defaults, cfg.Env, devEnv)
 }
 
 // etcMounts are the files the driver writes for a container and binds over
@@ -220,6 +225,7 @@ func (d *Driver) containerConfig(cfg *drivers.TaskConfig, rootfs string, etc etc
 			}
 		}
 	}
+	addDevices(spec, cfg.Devices)
 	if ids != nil {
 		spec.Linux.Namespaces = append(spec.Linux.Namespaces, specs.LinuxNamespace{Type: specs.UserNamespace})
 		spec.Linux.UIDMappings = []specs.LinuxIDMapping{{ContainerID: 0, HostID: ids.HostID, Size: ids.Size}}

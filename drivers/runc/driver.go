@@ -287,6 +287,9 @@ func validateConfig(cfg *drivers.TaskConfig) error {
 	case cfg.NetNSPath != "" && !filepath.IsAbs(cfg.NetNSPath):
 		return fmt.Errorf("%w: task %s: network namespace path %q must be absolute", drivers.ErrInvalidConfig, cfg.ID, cfg.NetNSPath)
 	}
+	if err := drivers.ValidateDevices(cfg.Devices); err != nil {
+		return fmt.Errorf("task %s: %w", cfg.ID, err)
+	}
 	return nil
 }
 
@@ -295,6 +298,7 @@ func cloneConfig(cfg *drivers.TaskConfig) *drivers.TaskConfig {
 	c.Command = slices.Clone(cfg.Command)
 	c.Env = maps.Clone(cfg.Env)
 	c.Resources = cfg.Resources.Copy()
+	c.Devices = cfg.Devices.Copy()
 	if cfg.ImageConfig != nil {
 		ic := *cfg.ImageConfig
 		ic.Entrypoint, ic.Cmd, ic.Env = slices.Clone(ic.Entrypoint), slices.Clone(ic.Cmd), slices.Clone(ic.Env)
@@ -327,7 +331,14 @@ func (d *Driver) containerDir(cfg *drivers.TaskConfig) string {
 //   - a network namespace of its own with loopback, or cfg.NetNSPath;
 //   - cgroups /<parent>/runc-<ID> with the cpu and mem slots and the pids
 //     limit;
-//   - stdout and stderr appended to cfg.StdoutPath and cfg.StderrPath.
+//   - stdout and stderr appended to cfg.StdoutPath and cfg.StderrPath;
+//   - devices (cfg.Devices): each node at its path (created in the
+//     container's /dev or root, bound from the host's node in a user
+//     namespace) and allowed in the device cgroup, which denies every
+//     other device but runc's defaults (null, zero, tty...); the mounts
+//     bound read-only from the host (whatever their ReadOnly says); the
+//     environment added over cfg.Env. A reservation that cannot be applied
+//     fails the start.
 //
 // The command runs as the pid namespace's init (pid 1), a child of the
 // task's shim, which keeps its files in the container's dir (shim/).
@@ -343,6 +354,9 @@ func (d *Driver) Start(ctx context.Context, cfg *drivers.TaskConfig) (_ *drivers
 	image, err := imageDir(cfg)
 	if err != nil {
 		return nil, err
+	}
+	if err := checkDevices(cfg.Devices); err != nil {
+		return nil, fmt.Errorf("task %s: %w", cfg.ID, err)
 	}
 
 	if err := d.tasks.Reserve(cfg.ID); err != nil {

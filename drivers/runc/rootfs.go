@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/moby/sys/mountinfo"
@@ -203,7 +204,7 @@ func mountOverlay(image, dir, target string, ids *idRange) error {
 	// The upper dir's root takes the image root's owner (shifted into the
 	// kernel's ids) and mode, as the merged root shows the upper's.
 	if fi, err := os.Stat(image); err == nil {
-		if s, ok := fi.Sys().(*unix.Stat_t); ok {
+		if s, ok := fi.Sys().(*syscall.Stat_t); ok { // os.Stat gives syscall's, not unix's
 			_ = os.Chown(upper, shiftID(s.Uid, ids), shiftID(s.Gid, ids))
 		}
 		_ = os.Chmod(upper, fi.Mode().Perm())

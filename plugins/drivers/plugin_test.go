@@ -9,6 +9,7 @@ import (
 	"github.com/corral-dev/corral/drivers/exec"
 	"github.com/corral-dev/corral/plugins/drivers"
 	"github.com/corral-dev/corral/plugins/drivers/testutils"
+	"github.com/corral-dev/corral/structs"
 )
 
 // TestConformanceInMemory runs the conformance suite against the exec
@@ -32,12 +33,15 @@ func TestLaunchPlugin(t *testing.T) {
 	if d.Name() != "example" {
 		t.Fatalf("Name = %q, want example", d.Name())
 	}
-	cfg := testutils.TaskConfig(t, "/bin/sh", "-c", "echo hi")
+	// The kernel's devices cross the protocol: the example applies their
+	// environment.
+	cfg := testutils.TaskConfig(t, "/bin/sh", "-c", `echo hi "$NVIDIA_VISIBLE_DEVICES"`)
+	cfg.Devices = &structs.DeviceReservation{IDs: []string{"GPU-x"}, Env: map[string]string{"NVIDIA_VISIBLE_DEVICES": "GPU-x"}}
 	testutils.StartTask(t, d, cfg)
 	if res := testutils.WaitResult(t, d, cfg.ID, 10*time.Second); !res.Successful() {
 		t.Fatalf("result = %+v", res)
 	}
-	if got := testutils.ReadLog(t, cfg.StdoutPath); got != "hi\n" {
-		t.Errorf("stdout = %q", got)
+	if got := testutils.ReadLog(t, cfg.StdoutPath); got != "hi GPU-x\n" {
+		t.Errorf("stdout = %q, want %q", got, "hi GPU-x\n")
 	}
 }

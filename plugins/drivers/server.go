@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"maps"
+	"slices"
 	"sync"
 	"time"
 
@@ -247,7 +248,51 @@ func taskConfigToProto(c *TaskConfig) *proto.TaskConfig {
 		Command: c.Command, Env: c.Env, WorkDir: c.WorkDir, TaskDir: c.TaskDir,
 		Resources: res, StdoutPath: c.StdoutPath, StderrPath: c.StderrPath, User: c.User,
 		Rootfs: c.RootFS, ImageConfig: imageConfigToProto(c.ImageConfig), NetnsPath: c.NetNSPath, Hosts: c.Hosts,
+		Devices: devicesToProto(c.Devices),
 	}
+}
+
+func devicesToProto(r *structs.DeviceReservation) *proto.DeviceReservation {
+	if r == nil {
+		return nil
+	}
+	p := &proto.DeviceReservation{Ids: r.IDs, Nodes: deviceNodesToProto(r.Nodes), Deny: deviceNodesToProto(r.Deny), Env: r.Env}
+	for _, m := range r.Mounts {
+		p.Mounts = append(p.Mounts, &proto.DeviceMount{HostPath: m.HostPath, Path: m.Path, ReadOnly: m.ReadOnly})
+	}
+	return p
+}
+
+func deviceNodesToProto(nodes []structs.DeviceNode) []*proto.DeviceNode {
+	var out []*proto.DeviceNode
+	for _, n := range nodes {
+		out = append(out, &proto.DeviceNode{Path: n.Path, Type: n.Type, Major: n.Major, Minor: n.Minor, Perms: n.Perms})
+	}
+	return out
+}
+
+func devicesFromProto(p *proto.DeviceReservation) *structs.DeviceReservation {
+	if p == nil {
+		return nil
+	}
+	r := &structs.DeviceReservation{
+		IDs: slices.Clone(p.GetIds()), Nodes: deviceNodesFromProto(p.GetNodes()), Deny: deviceNodesFromProto(p.GetDeny()),
+	}
+	for _, m := range p.GetMounts() {
+		r.Mounts = append(r.Mounts, structs.DeviceMount{HostPath: m.GetHostPath(), Path: m.GetPath(), ReadOnly: m.GetReadOnly()})
+	}
+	if len(p.GetEnv()) > 0 {
+		r.Env = maps.Clone(p.GetEnv())
+	}
+	return r
+}
+
+func deviceNodesFromProto(nodes []*proto.DeviceNode) []structs.DeviceNode {
+	var out []structs.DeviceNode
+	for _, n := range nodes {
+		out = append(out, structs.DeviceNode{Path: n.GetPath(), Type: n.GetType(), Major: n.GetMajor(), Minor: n.GetMinor(), Perms: n.GetPerms()})
+	}
+	return out
 }
 
 func imageConfigToProto(c *ImageConfig) *proto.ImageConfig {
@@ -284,6 +329,7 @@ func taskConfigFromProto(c *proto.TaskConfig) *TaskConfig {
 		Command: c.GetCommand(), Env: env, WorkDir: c.GetWorkDir(), TaskDir: c.GetTaskDir(),
 		Resources: res, StdoutPath: c.GetStdoutPath(), StderrPath: c.GetStderrPath(), User: c.GetUser(),
 		RootFS: c.GetRootfs(), ImageConfig: imageConfigFromProto(c.GetImageConfig()), NetNSPath: c.GetNetnsPath(), Hosts: c.GetHosts(),
+		Devices: devicesFromProto(c.GetDevices()),
 	}
 }
 

@@ -16,6 +16,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/corral-dev/corral/structs"
 )
 
 // ErrUnavailable means this host offers no cgroup controller the driver can
@@ -56,6 +58,7 @@ const (
 	CPUAcct = "cpuacct"
 	Memory  = "memory"
 	Pids    = "pids"
+	Devices = "devices"
 	Unified = "unified" // the key of the single v2 directory in Group.Dirs
 )
 
@@ -68,6 +71,11 @@ type Limits struct {
 	// Pids is the most processes (and threads) the task may have at once,
 	// which stops fork bombs.
 	Pids int64
+	// DenyDevices are device nodes the task must not open, read, write or
+	// mknod: its device cgroup (v1: the devices controller; v2: an eBPF
+	// device program) denies them and allows every other device. Create
+	// fails when the node offers no device cgroup (see CanDenyDevices).
+	DenyDevices []structs.DeviceNode
 }
 
 // Manager creates per-task cgroups below one parent cgroup (e.g. "corral")
@@ -79,6 +87,9 @@ type Manager struct {
 	limitCPU    bool
 	limitMemory bool
 	limitPids   bool
+	// devicesParent is the parent directory in the v1 devices hierarchy,
+	// "" when that controller is not mounted.
+	devicesParent string
 }
 
 // Detect reads /proc/self/mountinfo and prepares a Manager that creates task
@@ -127,6 +138,15 @@ func NewManager(mounts []Mount, parent string) (*Manager, error) {
 		m.limitCPU = m.parents[CPU] != ""
 		m.limitMemory = m.parents[Memory] != ""
 		m.limitPids = m.parents[Pids] != ""
+		for _, mt := range mounts {
+			if !mt.V2 && slices.Contains(mt.Controllers, Devices) {
+				m.devicesParent = filepath.Join(mt.Point, parent)
+				if err := os.MkdirAll(m.devicesParent, 0o755); err != nil {
+					return nil, fmt.Errorf("%w: creating devices cgroup: %v", ErrUnavailable, err)
+				}
+				break
+			}
+		}
 		return m, nil
 	}
 	return newV2(mounts, parent)
@@ -215,9 +235,18 @@ func (m *Manager) Create(id string, l Limits) (*Group, error) {
 	if err := validName(id); err != nil {
 		return nil, err
 	}
+	if len(l.DenyDevices) > 0 && !m.CanDenyDevices() {
+		return nil, fmt.Errorf("%w: this node has no device cgroup (cgroup v1 devices controller or cgroup v2) to deny %s with",
+			ErrDevicesUnavailable, l.DenyDevices[0].Path)
+	}
 	g := &Group{Version: m.version, Dirs: map[string]string{}}
 	for ctrl, parent := range m.parents {
 		g.Dirs[ctrl] = filepath.Join(parent, id)
+	}
+	if len(l.DenyDevices) > 0 && m.version == V1 {
+		// The task gets a devices cgroup of its own only when it must be
+		// denied devices: the parent's, the host's, allows them all.
+		g.Dirs[Devices] = filepath.Join(m.devicesParent, id)
 	}
 	for _, dir := range g.dirs() {
 		if err := os.Mkdir(dir, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
@@ -227,6 +256,10 @@ func (m *Manager) Create(id string, l Limits) (*Group, error) {
 	}
 	l.CPU = 0
 	if err := g.apply(l); err != nil {
+		_ = g.remove(context.Background())
+		return nil, err
+	}
+	if err := g.denyDevices(l.DenyDevices); err != nil {
 		_ = g.remove(context.Background())
 		return nil, err
 	}
@@ -270,8 +303,9 @@ func cpuQuota(cpu float64) (quota, period string) {
 // that the driver can persist it and find the cgroups again after a restart.
 type Group struct {
 	Version Version `json:"version"`
-	// Dirs maps a controller (v1: "cpu", "memory", "cpuacct", "pids") or "unified"
-	// (v2) to the task's cgroup directory.
+	// Dirs maps a controller (v1: "cpu", "memory", "cpuacct", "pids" and,
+	// for a task denied devices, "devices") or "unified" (v2) to the task's
+	// cgroup directory.
 	Dirs map[string]string `json:"dirs"`
 }
 

@@ -359,7 +359,9 @@ type TaskConfig struct {
 	NetnsPath   string           `protobuf:"bytes,15,opt,name=netns_path,json=netnsPath,proto3" json:"netns_path,omitempty"`
 	// Extra /etc/hosts entries: hostname -> IP (the other kernels of a
 	// cluster session).
-	Hosts         map[string]string `protobuf:"bytes,16,rep,name=hosts,proto3" json:"hosts,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Hosts map[string]string `protobuf:"bytes,16,rep,name=hosts,proto3" json:"hosts,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// The kernel's devices (its GPUs); unset stands for nil (no devices).
+	Devices       *DeviceReservation `protobuf:"bytes,17,opt,name=devices,proto3" json:"devices,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -506,6 +508,238 @@ func (x *TaskConfig) GetHosts() map[string]string {
 	return nil
 }
 
+func (x *TaskConfig) GetDevices() *DeviceReservation {
+	if x != nil {
+		return x.Devices
+	}
+	return nil
+}
+
+// DeviceReservation is structs.DeviceReservation: what a driver must do
+// for a kernel's devices. A driver that cannot apply all of it must fail
+// the start.
+type DeviceReservation struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Device UUIDs, for drivers that pass devices through by ID (VFIO).
+	Ids []string `protobuf:"bytes,1,rep,name=ids,proto3" json:"ids,omitempty"`
+	// Nodes the kernel gets and may open.
+	Nodes []*DeviceNode `protobuf:"bytes,2,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	// Nodes of the host's other devices, which a driver that shares the
+	// host's /dev must deny.
+	Deny []*DeviceNode `protobuf:"bytes,3,rep,name=deny,proto3" json:"deny,omitempty"`
+	// Host files (driver libraries, binaries) mounted into container kernels.
+	Mounts []*DeviceMount `protobuf:"bytes,4,rep,name=mounts,proto3" json:"mounts,omitempty"`
+	// Added to the kernel's environment.
+	Env           map[string]string `protobuf:"bytes,5,rep,name=env,proto3" json:"env,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeviceReservation) Reset() {
+	*x = DeviceReservation{}
+	mi := &file_driver_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeviceReservation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeviceReservation) ProtoMessage() {}
+
+func (x *DeviceReservation) ProtoReflect() protoreflect.Message {
+	mi := &file_driver_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeviceReservation.ProtoReflect.Descriptor instead.
+func (*DeviceReservation) Descriptor() ([]byte, []int) {
+	return file_driver_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *DeviceReservation) GetIds() []string {
+	if x != nil {
+		return x.Ids
+	}
+	return nil
+}
+
+func (x *DeviceReservation) GetNodes() []*DeviceNode {
+	if x != nil {
+		return x.Nodes
+	}
+	return nil
+}
+
+func (x *DeviceReservation) GetDeny() []*DeviceNode {
+	if x != nil {
+		return x.Deny
+	}
+	return nil
+}
+
+func (x *DeviceReservation) GetMounts() []*DeviceMount {
+	if x != nil {
+		return x.Mounts
+	}
+	return nil
+}
+
+func (x *DeviceReservation) GetEnv() map[string]string {
+	if x != nil {
+		return x.Env
+	}
+	return nil
+}
+
+// DeviceNode is structs.DeviceNode: a character or block device node.
+type DeviceNode struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Path  string                 `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	// "c" or "b".
+	Type  string `protobuf:"bytes,2,opt,name=type,proto3" json:"type,omitempty"`
+	Major int64  `protobuf:"varint,3,opt,name=major,proto3" json:"major,omitempty"`
+	Minor int64  `protobuf:"varint,4,opt,name=minor,proto3" json:"minor,omitempty"`
+	// cgroup access rights, e.g. "rwm".
+	Perms         string `protobuf:"bytes,5,opt,name=perms,proto3" json:"perms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeviceNode) Reset() {
+	*x = DeviceNode{}
+	mi := &file_driver_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeviceNode) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeviceNode) ProtoMessage() {}
+
+func (x *DeviceNode) ProtoReflect() protoreflect.Message {
+	mi := &file_driver_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeviceNode.ProtoReflect.Descriptor instead.
+func (*DeviceNode) Descriptor() ([]byte, []int) {
+	return file_driver_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *DeviceNode) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *DeviceNode) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+func (x *DeviceNode) GetMajor() int64 {
+	if x != nil {
+		return x.Major
+	}
+	return 0
+}
+
+func (x *DeviceNode) GetMinor() int64 {
+	if x != nil {
+		return x.Minor
+	}
+	return 0
+}
+
+func (x *DeviceNode) GetPerms() string {
+	if x != nil {
+		return x.Perms
+	}
+	return ""
+}
+
+// DeviceMount is structs.DeviceMount: a bind mount of a host path.
+type DeviceMount struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	HostPath      string                 `protobuf:"bytes,1,opt,name=host_path,json=hostPath,proto3" json:"host_path,omitempty"`
+	Path          string                 `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
+	ReadOnly      bool                   `protobuf:"varint,3,opt,name=read_only,json=readOnly,proto3" json:"read_only,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeviceMount) Reset() {
+	*x = DeviceMount{}
+	mi := &file_driver_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeviceMount) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeviceMount) ProtoMessage() {}
+
+func (x *DeviceMount) ProtoReflect() protoreflect.Message {
+	mi := &file_driver_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeviceMount.ProtoReflect.Descriptor instead.
+func (*DeviceMount) Descriptor() ([]byte, []int) {
+	return file_driver_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *DeviceMount) GetHostPath() string {
+	if x != nil {
+		return x.HostPath
+	}
+	return ""
+}
+
+func (x *DeviceMount) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *DeviceMount) GetReadOnly() bool {
+	if x != nil {
+		return x.ReadOnly
+	}
+	return false
+}
+
 type ImageConfig struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Entrypoint    []string               `protobuf:"bytes,1,rep,name=entrypoint,proto3" json:"entrypoint,omitempty"`
@@ -519,7 +753,7 @@ type ImageConfig struct {
 
 func (x *ImageConfig) Reset() {
 	*x = ImageConfig{}
-	mi := &file_driver_proto_msgTypes[7]
+	mi := &file_driver_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -531,7 +765,7 @@ func (x *ImageConfig) String() string {
 func (*ImageConfig) ProtoMessage() {}
 
 func (x *ImageConfig) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[7]
+	mi := &file_driver_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -544,7 +778,7 @@ func (x *ImageConfig) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImageConfig.ProtoReflect.Descriptor instead.
 func (*ImageConfig) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{7}
+	return file_driver_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ImageConfig) GetEntrypoint() []string {
@@ -596,7 +830,7 @@ type TaskHandle struct {
 
 func (x *TaskHandle) Reset() {
 	*x = TaskHandle{}
-	mi := &file_driver_proto_msgTypes[8]
+	mi := &file_driver_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -608,7 +842,7 @@ func (x *TaskHandle) String() string {
 func (*TaskHandle) ProtoMessage() {}
 
 func (x *TaskHandle) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[8]
+	mi := &file_driver_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -621,7 +855,7 @@ func (x *TaskHandle) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskHandle.ProtoReflect.Descriptor instead.
 func (*TaskHandle) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{8}
+	return file_driver_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *TaskHandle) GetVersion() int64 {
@@ -679,7 +913,7 @@ type ExitResult struct {
 
 func (x *ExitResult) Reset() {
 	*x = ExitResult{}
-	mi := &file_driver_proto_msgTypes[9]
+	mi := &file_driver_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -691,7 +925,7 @@ func (x *ExitResult) String() string {
 func (*ExitResult) ProtoMessage() {}
 
 func (x *ExitResult) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[9]
+	mi := &file_driver_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -704,7 +938,7 @@ func (x *ExitResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExitResult.ProtoReflect.Descriptor instead.
 func (*ExitResult) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{9}
+	return file_driver_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ExitResult) GetExitCode() int64 {
@@ -748,7 +982,7 @@ type TaskStatus struct {
 
 func (x *TaskStatus) Reset() {
 	*x = TaskStatus{}
-	mi := &file_driver_proto_msgTypes[10]
+	mi := &file_driver_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -760,7 +994,7 @@ func (x *TaskStatus) String() string {
 func (*TaskStatus) ProtoMessage() {}
 
 func (x *TaskStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[10]
+	mi := &file_driver_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -773,7 +1007,7 @@ func (x *TaskStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskStatus.ProtoReflect.Descriptor instead.
 func (*TaskStatus) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{10}
+	return file_driver_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *TaskStatus) GetId() string {
@@ -823,7 +1057,7 @@ type TaskStats struct {
 
 func (x *TaskStats) Reset() {
 	*x = TaskStats{}
-	mi := &file_driver_proto_msgTypes[11]
+	mi := &file_driver_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -835,7 +1069,7 @@ func (x *TaskStats) String() string {
 func (*TaskStats) ProtoMessage() {}
 
 func (x *TaskStats) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[11]
+	mi := &file_driver_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -848,7 +1082,7 @@ func (x *TaskStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskStats.ProtoReflect.Descriptor instead.
 func (*TaskStats) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{11}
+	return file_driver_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *TaskStats) GetTime() *timestamppb.Timestamp {
@@ -889,7 +1123,7 @@ type StartRequest struct {
 
 func (x *StartRequest) Reset() {
 	*x = StartRequest{}
-	mi := &file_driver_proto_msgTypes[12]
+	mi := &file_driver_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -901,7 +1135,7 @@ func (x *StartRequest) String() string {
 func (*StartRequest) ProtoMessage() {}
 
 func (x *StartRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[12]
+	mi := &file_driver_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -914,7 +1148,7 @@ func (x *StartRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartRequest.ProtoReflect.Descriptor instead.
 func (*StartRequest) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{12}
+	return file_driver_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *StartRequest) GetConfig() *TaskConfig {
@@ -933,7 +1167,7 @@ type StartResponse struct {
 
 func (x *StartResponse) Reset() {
 	*x = StartResponse{}
-	mi := &file_driver_proto_msgTypes[13]
+	mi := &file_driver_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -945,7 +1179,7 @@ func (x *StartResponse) String() string {
 func (*StartResponse) ProtoMessage() {}
 
 func (x *StartResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[13]
+	mi := &file_driver_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -958,7 +1192,7 @@ func (x *StartResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartResponse.ProtoReflect.Descriptor instead.
 func (*StartResponse) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{13}
+	return file_driver_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *StartResponse) GetHandle() *TaskHandle {
@@ -977,7 +1211,7 @@ type WaitRequest struct {
 
 func (x *WaitRequest) Reset() {
 	*x = WaitRequest{}
-	mi := &file_driver_proto_msgTypes[14]
+	mi := &file_driver_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -989,7 +1223,7 @@ func (x *WaitRequest) String() string {
 func (*WaitRequest) ProtoMessage() {}
 
 func (x *WaitRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[14]
+	mi := &file_driver_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1002,7 +1236,7 @@ func (x *WaitRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitRequest.ProtoReflect.Descriptor instead.
 func (*WaitRequest) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{14}
+	return file_driver_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *WaitRequest) GetTaskId() string {
@@ -1023,7 +1257,7 @@ type WaitResponse struct {
 
 func (x *WaitResponse) Reset() {
 	*x = WaitResponse{}
-	mi := &file_driver_proto_msgTypes[15]
+	mi := &file_driver_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1035,7 +1269,7 @@ func (x *WaitResponse) String() string {
 func (*WaitResponse) ProtoMessage() {}
 
 func (x *WaitResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[15]
+	mi := &file_driver_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1048,7 +1282,7 @@ func (x *WaitResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitResponse.ProtoReflect.Descriptor instead.
 func (*WaitResponse) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{15}
+	return file_driver_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *WaitResponse) GetResult() *ExitResult {
@@ -1069,7 +1303,7 @@ type StopRequest struct {
 
 func (x *StopRequest) Reset() {
 	*x = StopRequest{}
-	mi := &file_driver_proto_msgTypes[16]
+	mi := &file_driver_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1081,7 +1315,7 @@ func (x *StopRequest) String() string {
 func (*StopRequest) ProtoMessage() {}
 
 func (x *StopRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[16]
+	mi := &file_driver_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1094,7 +1328,7 @@ func (x *StopRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopRequest.ProtoReflect.Descriptor instead.
 func (*StopRequest) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{16}
+	return file_driver_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *StopRequest) GetTaskId() string {
@@ -1126,7 +1360,7 @@ type StopResponse struct {
 
 func (x *StopResponse) Reset() {
 	*x = StopResponse{}
-	mi := &file_driver_proto_msgTypes[17]
+	mi := &file_driver_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1138,7 +1372,7 @@ func (x *StopResponse) String() string {
 func (*StopResponse) ProtoMessage() {}
 
 func (x *StopResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[17]
+	mi := &file_driver_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1151,7 +1385,7 @@ func (x *StopResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopResponse.ProtoReflect.Descriptor instead.
 func (*StopResponse) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{17}
+	return file_driver_proto_rawDescGZIP(), []int{20}
 }
 
 type DestroyRequest struct {
@@ -1164,7 +1398,7 @@ type DestroyRequest struct {
 
 func (x *DestroyRequest) Reset() {
 	*x = DestroyRequest{}
-	mi := &file_driver_proto_msgTypes[18]
+	mi := &file_driver_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1176,7 +1410,7 @@ func (x *DestroyRequest) String() string {
 func (*DestroyRequest) ProtoMessage() {}
 
 func (x *DestroyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[18]
+	mi := &file_driver_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1189,7 +1423,7 @@ func (x *DestroyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DestroyRequest.ProtoReflect.Descriptor instead.
 func (*DestroyRequest) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{18}
+	return file_driver_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *DestroyRequest) GetTaskId() string {
@@ -1214,7 +1448,7 @@ type DestroyResponse struct {
 
 func (x *DestroyResponse) Reset() {
 	*x = DestroyResponse{}
-	mi := &file_driver_proto_msgTypes[19]
+	mi := &file_driver_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1226,7 +1460,7 @@ func (x *DestroyResponse) String() string {
 func (*DestroyResponse) ProtoMessage() {}
 
 func (x *DestroyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[19]
+	mi := &file_driver_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1239,7 +1473,7 @@ func (x *DestroyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DestroyResponse.ProtoReflect.Descriptor instead.
 func (*DestroyResponse) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{19}
+	return file_driver_proto_rawDescGZIP(), []int{22}
 }
 
 type InspectRequest struct {
@@ -1251,7 +1485,7 @@ type InspectRequest struct {
 
 func (x *InspectRequest) Reset() {
 	*x = InspectRequest{}
-	mi := &file_driver_proto_msgTypes[20]
+	mi := &file_driver_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1263,7 +1497,7 @@ func (x *InspectRequest) String() string {
 func (*InspectRequest) ProtoMessage() {}
 
 func (x *InspectRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[20]
+	mi := &file_driver_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1276,7 +1510,7 @@ func (x *InspectRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InspectRequest.ProtoReflect.Descriptor instead.
 func (*InspectRequest) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{20}
+	return file_driver_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *InspectRequest) GetTaskId() string {
@@ -1295,7 +1529,7 @@ type InspectResponse struct {
 
 func (x *InspectResponse) Reset() {
 	*x = InspectResponse{}
-	mi := &file_driver_proto_msgTypes[21]
+	mi := &file_driver_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1307,7 +1541,7 @@ func (x *InspectResponse) String() string {
 func (*InspectResponse) ProtoMessage() {}
 
 func (x *InspectResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[21]
+	mi := &file_driver_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1320,7 +1554,7 @@ func (x *InspectResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InspectResponse.ProtoReflect.Descriptor instead.
 func (*InspectResponse) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{21}
+	return file_driver_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *InspectResponse) GetStatus() *TaskStatus {
@@ -1339,7 +1573,7 @@ type StatsRequest struct {
 
 func (x *StatsRequest) Reset() {
 	*x = StatsRequest{}
-	mi := &file_driver_proto_msgTypes[22]
+	mi := &file_driver_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1351,7 +1585,7 @@ func (x *StatsRequest) String() string {
 func (*StatsRequest) ProtoMessage() {}
 
 func (x *StatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[22]
+	mi := &file_driver_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1364,7 +1598,7 @@ func (x *StatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsRequest.ProtoReflect.Descriptor instead.
 func (*StatsRequest) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{22}
+	return file_driver_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *StatsRequest) GetTaskId() string {
@@ -1383,7 +1617,7 @@ type StatsResponse struct {
 
 func (x *StatsResponse) Reset() {
 	*x = StatsResponse{}
-	mi := &file_driver_proto_msgTypes[23]
+	mi := &file_driver_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1395,7 +1629,7 @@ func (x *StatsResponse) String() string {
 func (*StatsResponse) ProtoMessage() {}
 
 func (x *StatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[23]
+	mi := &file_driver_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1408,7 +1642,7 @@ func (x *StatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsResponse.ProtoReflect.Descriptor instead.
 func (*StatsResponse) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{23}
+	return file_driver_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *StatsResponse) GetStats() *TaskStats {
@@ -1433,7 +1667,7 @@ type ExecStart struct {
 
 func (x *ExecStart) Reset() {
 	*x = ExecStart{}
-	mi := &file_driver_proto_msgTypes[24]
+	mi := &file_driver_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1445,7 +1679,7 @@ func (x *ExecStart) String() string {
 func (*ExecStart) ProtoMessage() {}
 
 func (x *ExecStart) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[24]
+	mi := &file_driver_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1458,7 +1692,7 @@ func (x *ExecStart) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecStart.ProtoReflect.Descriptor instead.
 func (*ExecStart) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{24}
+	return file_driver_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ExecStart) GetTaskId() string {
@@ -1517,7 +1751,7 @@ type ExecRequest struct {
 
 func (x *ExecRequest) Reset() {
 	*x = ExecRequest{}
-	mi := &file_driver_proto_msgTypes[25]
+	mi := &file_driver_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1529,7 +1763,7 @@ func (x *ExecRequest) String() string {
 func (*ExecRequest) ProtoMessage() {}
 
 func (x *ExecRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[25]
+	mi := &file_driver_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1542,7 +1776,7 @@ func (x *ExecRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecRequest.ProtoReflect.Descriptor instead.
 func (*ExecRequest) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{25}
+	return file_driver_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ExecRequest) GetMsg() isExecRequest_Msg {
@@ -1612,7 +1846,7 @@ type ExecExit struct {
 
 func (x *ExecExit) Reset() {
 	*x = ExecExit{}
-	mi := &file_driver_proto_msgTypes[26]
+	mi := &file_driver_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1624,7 +1858,7 @@ func (x *ExecExit) String() string {
 func (*ExecExit) ProtoMessage() {}
 
 func (x *ExecExit) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[26]
+	mi := &file_driver_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1637,7 +1871,7 @@ func (x *ExecExit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecExit.ProtoReflect.Descriptor instead.
 func (*ExecExit) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{26}
+	return file_driver_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ExecExit) GetExitCode() int64 {
@@ -1661,7 +1895,7 @@ type ExecResponse struct {
 
 func (x *ExecResponse) Reset() {
 	*x = ExecResponse{}
-	mi := &file_driver_proto_msgTypes[27]
+	mi := &file_driver_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1673,7 +1907,7 @@ func (x *ExecResponse) String() string {
 func (*ExecResponse) ProtoMessage() {}
 
 func (x *ExecResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[27]
+	mi := &file_driver_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1686,7 +1920,7 @@ func (x *ExecResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecResponse.ProtoReflect.Descriptor instead.
 func (*ExecResponse) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{27}
+	return file_driver_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ExecResponse) GetMsg() isExecResponse_Msg {
@@ -1755,7 +1989,7 @@ type RecoverRequest struct {
 
 func (x *RecoverRequest) Reset() {
 	*x = RecoverRequest{}
-	mi := &file_driver_proto_msgTypes[28]
+	mi := &file_driver_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1767,7 +2001,7 @@ func (x *RecoverRequest) String() string {
 func (*RecoverRequest) ProtoMessage() {}
 
 func (x *RecoverRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[28]
+	mi := &file_driver_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1780,7 +2014,7 @@ func (x *RecoverRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecoverRequest.ProtoReflect.Descriptor instead.
 func (*RecoverRequest) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{28}
+	return file_driver_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *RecoverRequest) GetHandle() *TaskHandle {
@@ -1798,7 +2032,7 @@ type RecoverResponse struct {
 
 func (x *RecoverResponse) Reset() {
 	*x = RecoverResponse{}
-	mi := &file_driver_proto_msgTypes[29]
+	mi := &file_driver_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1810,7 +2044,7 @@ func (x *RecoverResponse) String() string {
 func (*RecoverResponse) ProtoMessage() {}
 
 func (x *RecoverResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[29]
+	mi := &file_driver_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1823,7 +2057,7 @@ func (x *RecoverResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecoverResponse.ProtoReflect.Descriptor instead.
 func (*RecoverResponse) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{29}
+	return file_driver_proto_rawDescGZIP(), []int{32}
 }
 
 var File_driver_proto protoreflect.FileDescriptor
@@ -1853,7 +2087,7 @@ const file_driver_proto_rawDesc = "" +
 	"\x04exec\x18\x01 \x01(\bR\x04exec\x12'\n" +
 	"\x0fresource_limits\x18\x02 \x01(\bR\x0eresourceLimits\x12\x18\n" +
 	"\arecover\x18\x03 \x01(\bR\arecover\x12'\n" +
-	"\x0fhost_networking\x18\x04 \x01(\bR\x0ehostNetworking\"\x83\x06\n" +
+	"\x0fhost_networking\x18\x04 \x01(\bR\x0ehostNetworking\"\xc3\x06\n" +
 	"\n" +
 	"TaskConfig\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1d\n" +
@@ -1876,7 +2110,8 @@ const file_driver_proto_rawDesc = "" +
 	"\fimage_config\x18\x0e \x01(\v2\x1e.corral.drivers.v1.ImageConfigR\vimageConfig\x12\x1d\n" +
 	"\n" +
 	"netns_path\x18\x0f \x01(\tR\tnetnsPath\x12>\n" +
-	"\x05hosts\x18\x10 \x03(\v2(.corral.drivers.v1.TaskConfig.HostsEntryR\x05hosts\x1a6\n" +
+	"\x05hosts\x18\x10 \x03(\v2(.corral.drivers.v1.TaskConfig.HostsEntryR\x05hosts\x12>\n" +
+	"\adevices\x18\x11 \x01(\v2$.corral.drivers.v1.DeviceReservationR\adevices\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a<\n" +
@@ -1886,7 +2121,27 @@ const file_driver_proto_rawDesc = "" +
 	"\n" +
 	"HostsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x86\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xbe\x02\n" +
+	"\x11DeviceReservation\x12\x10\n" +
+	"\x03ids\x18\x01 \x03(\tR\x03ids\x123\n" +
+	"\x05nodes\x18\x02 \x03(\v2\x1d.corral.drivers.v1.DeviceNodeR\x05nodes\x121\n" +
+	"\x04deny\x18\x03 \x03(\v2\x1d.corral.drivers.v1.DeviceNodeR\x04deny\x126\n" +
+	"\x06mounts\x18\x04 \x03(\v2\x1e.corral.drivers.v1.DeviceMountR\x06mounts\x12?\n" +
+	"\x03env\x18\x05 \x03(\v2-.corral.drivers.v1.DeviceReservation.EnvEntryR\x03env\x1a6\n" +
+	"\bEnvEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"v\n" +
+	"\n" +
+	"DeviceNode\x12\x12\n" +
+	"\x04path\x18\x01 \x01(\tR\x04path\x12\x12\n" +
+	"\x04type\x18\x02 \x01(\tR\x04type\x12\x14\n" +
+	"\x05major\x18\x03 \x01(\x03R\x05major\x12\x14\n" +
+	"\x05minor\x18\x04 \x01(\x03R\x05minor\x12\x14\n" +
+	"\x05perms\x18\x05 \x01(\tR\x05perms\"[\n" +
+	"\vDeviceMount\x12\x1b\n" +
+	"\thost_path\x18\x01 \x01(\tR\bhostPath\x12\x12\n" +
+	"\x04path\x18\x02 \x01(\tR\x04path\x12\x1b\n" +
+	"\tread_only\x18\x03 \x01(\bR\breadOnly\"\x86\x01\n" +
 	"\vImageConfig\x12\x1e\n" +
 	"\n" +
 	"entrypoint\x18\x01 \x03(\tR\n" +
@@ -2003,7 +2258,7 @@ func file_driver_proto_rawDescGZIP() []byte {
 	return file_driver_proto_rawDescData
 }
 
-var file_driver_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
+var file_driver_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
 var file_driver_proto_goTypes = []any{
 	(*PluginInfoRequest)(nil),     // 0: corral.drivers.v1.PluginInfoRequest
 	(*PluginInfoResponse)(nil),    // 1: corral.drivers.v1.PluginInfoResponse
@@ -2012,86 +2267,95 @@ var file_driver_proto_goTypes = []any{
 	(*CapabilitiesRequest)(nil),   // 4: corral.drivers.v1.CapabilitiesRequest
 	(*CapabilitiesResponse)(nil),  // 5: corral.drivers.v1.CapabilitiesResponse
 	(*TaskConfig)(nil),            // 6: corral.drivers.v1.TaskConfig
-	(*ImageConfig)(nil),           // 7: corral.drivers.v1.ImageConfig
-	(*TaskHandle)(nil),            // 8: corral.drivers.v1.TaskHandle
-	(*ExitResult)(nil),            // 9: corral.drivers.v1.ExitResult
-	(*TaskStatus)(nil),            // 10: corral.drivers.v1.TaskStatus
-	(*TaskStats)(nil),             // 11: corral.drivers.v1.TaskStats
-	(*StartRequest)(nil),          // 12: corral.drivers.v1.StartRequest
-	(*StartResponse)(nil),         // 13: corral.drivers.v1.StartResponse
-	(*WaitRequest)(nil),           // 14: corral.drivers.v1.WaitRequest
-	(*WaitResponse)(nil),          // 15: corral.drivers.v1.WaitResponse
-	(*StopRequest)(nil),           // 16: corral.drivers.v1.StopRequest
-	(*StopResponse)(nil),          // 17: corral.drivers.v1.StopResponse
-	(*DestroyRequest)(nil),        // 18: corral.drivers.v1.DestroyRequest
-	(*DestroyResponse)(nil),       // 19: corral.drivers.v1.DestroyResponse
-	(*InspectRequest)(nil),        // 20: corral.drivers.v1.InspectRequest
-	(*InspectResponse)(nil),       // 21: corral.drivers.v1.InspectResponse
-	(*StatsRequest)(nil),          // 22: corral.drivers.v1.StatsRequest
-	(*StatsResponse)(nil),         // 23: corral.drivers.v1.StatsResponse
-	(*ExecStart)(nil),             // 24: corral.drivers.v1.ExecStart
-	(*ExecRequest)(nil),           // 25: corral.drivers.v1.ExecRequest
-	(*ExecExit)(nil),              // 26: corral.drivers.v1.ExecExit
-	(*ExecResponse)(nil),          // 27: corral.drivers.v1.ExecResponse
-	(*RecoverRequest)(nil),        // 28: corral.drivers.v1.RecoverRequest
-	(*RecoverResponse)(nil),       // 29: corral.drivers.v1.RecoverResponse
-	nil,                           // 30: corral.drivers.v1.FingerprintResponse.AttributesEntry
-	nil,                           // 31: corral.drivers.v1.TaskConfig.EnvEntry
-	nil,                           // 32: corral.drivers.v1.TaskConfig.ResourcesEntry
-	nil,                           // 33: corral.drivers.v1.TaskConfig.HostsEntry
-	nil,                           // 34: corral.drivers.v1.ExecStart.EnvEntry
-	(*timestamppb.Timestamp)(nil), // 35: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 36: google.protobuf.Duration
+	(*DeviceReservation)(nil),     // 7: corral.drivers.v1.DeviceReservation
+	(*DeviceNode)(nil),            // 8: corral.drivers.v1.DeviceNode
+	(*DeviceMount)(nil),           // 9: corral.drivers.v1.DeviceMount
+	(*ImageConfig)(nil),           // 10: corral.drivers.v1.ImageConfig
+	(*TaskHandle)(nil),            // 11: corral.drivers.v1.TaskHandle
+	(*ExitResult)(nil),            // 12: corral.drivers.v1.ExitResult
+	(*TaskStatus)(nil),            // 13: corral.drivers.v1.TaskStatus
+	(*TaskStats)(nil),             // 14: corral.drivers.v1.TaskStats
+	(*StartRequest)(nil),          // 15: corral.drivers.v1.StartRequest
+	(*StartResponse)(nil),         // 16: corral.drivers.v1.StartResponse
+	(*WaitRequest)(nil),           // 17: corral.drivers.v1.WaitRequest
+	(*WaitResponse)(nil),          // 18: corral.drivers.v1.WaitResponse
+	(*StopRequest)(nil),           // 19: corral.drivers.v1.StopRequest
+	(*StopResponse)(nil),          // 20: corral.drivers.v1.StopResponse
+	(*DestroyRequest)(nil),        // 21: corral.drivers.v1.DestroyRequest
+	(*DestroyResponse)(nil),       // 22: corral.drivers.v1.DestroyResponse
+	(*InspectRequest)(nil),        // 23: corral.drivers.v1.InspectRequest
+	(*InspectResponse)(nil),       // 24: corral.drivers.v1.InspectResponse
+	(*StatsRequest)(nil),          // 25: corral.drivers.v1.StatsRequest
+	(*StatsResponse)(nil),         // 26: corral.drivers.v1.StatsResponse
+	(*ExecStart)(nil),             // 27: corral.drivers.v1.ExecStart
+	(*ExecRequest)(nil),           // 28: corral.drivers.v1.ExecRequest
+	(*ExecExit)(nil),              // 29: corral.drivers.v1.ExecExit
+	(*ExecResponse)(nil),          // 30: corral.drivers.v1.ExecResponse
+	(*RecoverRequest)(nil),        // 31: corral.drivers.v1.RecoverRequest
+	(*RecoverResponse)(nil),       // 32: corral.drivers.v1.RecoverResponse
+	nil,                           // 33: corral.drivers.v1.FingerprintResponse.AttributesEntry
+	nil,                           // 34: corral.drivers.v1.TaskConfig.EnvEntry
+	nil,                           // 35: corral.drivers.v1.TaskConfig.ResourcesEntry
+	nil,                           // 36: corral.drivers.v1.TaskConfig.HostsEntry
+	nil,                           // 37: corral.drivers.v1.DeviceReservation.EnvEntry
+	nil,                           // 38: corral.drivers.v1.ExecStart.EnvEntry
+	(*timestamppb.Timestamp)(nil), // 39: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 40: google.protobuf.Duration
 }
 var file_driver_proto_depIdxs = []int32{
-	30, // 0: corral.drivers.v1.FingerprintResponse.attributes:type_name -> corral.drivers.v1.FingerprintResponse.AttributesEntry
-	31, // 1: corral.drivers.v1.TaskConfig.env:type_name -> corral.drivers.v1.TaskConfig.EnvEntry
-	32, // 2: corral.drivers.v1.TaskConfig.resources:type_name -> corral.drivers.v1.TaskConfig.ResourcesEntry
-	7,  // 3: corral.drivers.v1.TaskConfig.image_config:type_name -> corral.drivers.v1.ImageConfig
-	33, // 4: corral.drivers.v1.TaskConfig.hosts:type_name -> corral.drivers.v1.TaskConfig.HostsEntry
-	6,  // 5: corral.drivers.v1.TaskHandle.config:type_name -> corral.drivers.v1.TaskConfig
-	35, // 6: corral.drivers.v1.TaskHandle.started_at:type_name -> google.protobuf.Timestamp
-	35, // 7: corral.drivers.v1.TaskStatus.started_at:type_name -> google.protobuf.Timestamp
-	35, // 8: corral.drivers.v1.TaskStatus.completed_at:type_name -> google.protobuf.Timestamp
-	9,  // 9: corral.drivers.v1.TaskStatus.exit_result:type_name -> corral.drivers.v1.ExitResult
-	35, // 10: corral.drivers.v1.TaskStats.time:type_name -> google.protobuf.Timestamp
-	6,  // 11: corral.drivers.v1.StartRequest.config:type_name -> corral.drivers.v1.TaskConfig
-	8,  // 12: corral.drivers.v1.StartResponse.handle:type_name -> corral.drivers.v1.TaskHandle
-	9,  // 13: corral.drivers.v1.WaitResponse.result:type_name -> corral.drivers.v1.ExitResult
-	36, // 14: corral.drivers.v1.StopRequest.timeout:type_name -> google.protobuf.Duration
-	10, // 15: corral.drivers.v1.InspectResponse.status:type_name -> corral.drivers.v1.TaskStatus
-	11, // 16: corral.drivers.v1.StatsResponse.stats:type_name -> corral.drivers.v1.TaskStats
-	34, // 17: corral.drivers.v1.ExecStart.env:type_name -> corral.drivers.v1.ExecStart.EnvEntry
-	24, // 18: corral.drivers.v1.ExecRequest.start:type_name -> corral.drivers.v1.ExecStart
-	26, // 19: corral.drivers.v1.ExecResponse.exit:type_name -> corral.drivers.v1.ExecExit
-	8,  // 20: corral.drivers.v1.RecoverRequest.handle:type_name -> corral.drivers.v1.TaskHandle
-	0,  // 21: corral.drivers.v1.Driver.PluginInfo:input_type -> corral.drivers.v1.PluginInfoRequest
-	2,  // 22: corral.drivers.v1.Driver.Fingerprint:input_type -> corral.drivers.v1.FingerprintRequest
-	4,  // 23: corral.drivers.v1.Driver.Capabilities:input_type -> corral.drivers.v1.CapabilitiesRequest
-	12, // 24: corral.drivers.v1.Driver.Start:input_type -> corral.drivers.v1.StartRequest
-	14, // 25: corral.drivers.v1.Driver.Wait:input_type -> corral.drivers.v1.WaitRequest
-	16, // 26: corral.drivers.v1.Driver.Stop:input_type -> corral.drivers.v1.StopRequest
-	18, // 27: corral.drivers.v1.Driver.Destroy:input_type -> corral.drivers.v1.DestroyRequest
-	20, // 28: corral.drivers.v1.Driver.Inspect:input_type -> corral.drivers.v1.InspectRequest
-	22, // 29: corral.drivers.v1.Driver.Stats:input_type -> corral.drivers.v1.StatsRequest
-	25, // 30: corral.drivers.v1.Driver.Exec:input_type -> corral.drivers.v1.ExecRequest
-	28, // 31: corral.drivers.v1.Driver.Recover:input_type -> corral.drivers.v1.RecoverRequest
-	1,  // 32: corral.drivers.v1.Driver.PluginInfo:output_type -> corral.drivers.v1.PluginInfoResponse
-	3,  // 33: corral.drivers.v1.Driver.Fingerprint:output_type -> corral.drivers.v1.FingerprintResponse
-	5,  // 34: corral.drivers.v1.Driver.Capabilities:output_type -> corral.drivers.v1.CapabilitiesResponse
-	13, // 35: corral.drivers.v1.Driver.Start:output_type -> corral.drivers.v1.StartResponse
-	15, // 36: corral.drivers.v1.Driver.Wait:output_type -> corral.drivers.v1.WaitResponse
-	17, // 37: corral.drivers.v1.Driver.Stop:output_type -> corral.drivers.v1.StopResponse
-	19, // 38: corral.drivers.v1.Driver.Destroy:output_type -> corral.drivers.v1.DestroyResponse
-	21, // 39: corral.drivers.v1.Driver.Inspect:output_type -> corral.drivers.v1.InspectResponse
-	23, // 40: corral.drivers.v1.Driver.Stats:output_type -> corral.drivers.v1.StatsResponse
-	27, // 41: corral.drivers.v1.Driver.Exec:output_type -> corral.drivers.v1.ExecResponse
-	29, // 42: corral.drivers.v1.Driver.Recover:output_type -> corral.drivers.v1.RecoverResponse
-	32, // [32:43] is the sub-list for method output_type
-	21, // [21:32] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	33, // 0: corral.drivers.v1.FingerprintResponse.attributes:type_name -> corral.drivers.v1.FingerprintResponse.AttributesEntry
+	34, // 1: corral.drivers.v1.TaskConfig.env:type_name -> corral.drivers.v1.TaskConfig.EnvEntry
+	35, // 2: corral.drivers.v1.TaskConfig.resources:type_name -> corral.drivers.v1.TaskConfig.ResourcesEntry
+	10, // 3: corral.drivers.v1.TaskConfig.image_config:type_name -> corral.drivers.v1.ImageConfig
+	36, // 4: corral.drivers.v1.TaskConfig.hosts:type_name -> corral.drivers.v1.TaskConfig.HostsEntry
+	7,  // 5: corral.drivers.v1.TaskConfig.devices:type_name -> corral.drivers.v1.DeviceReservation
+	8,  // 6: corral.drivers.v1.DeviceReservation.nodes:type_name -> corral.drivers.v1.DeviceNode
+	8,  // 7: corral.drivers.v1.DeviceReservation.deny:type_name -> corral.drivers.v1.DeviceNode
+	9,  // 8: corral.drivers.v1.DeviceReservation.mounts:type_name -> corral.drivers.v1.DeviceMount
+	37, // 9: corral.drivers.v1.DeviceReservation.env:type_name -> corral.drivers.v1.DeviceReservation.EnvEntry
+	6,  // 10: corral.drivers.v1.TaskHandle.config:type_name -> corral.drivers.v1.TaskConfig
+	39, // 11: corral.drivers.v1.TaskHandle.started_at:type_name -> google.protobuf.Timestamp
+	39, // 12: corral.drivers.v1.TaskStatus.started_at:type_name -> google.protobuf.Timestamp
+	39, // 13: corral.drivers.v1.TaskStatus.completed_at:type_name -> google.protobuf.Timestamp
+	12, // 14: corral.drivers.v1.TaskStatus.exit_result:type_name -> corral.drivers.v1.ExitResult
+	39, // 15: corral.drivers.v1.TaskStats.time:type_name -> google.protobuf.Timestamp
+	6,  // 16: corral.drivers.v1.StartRequest.config:type_name -> corral.drivers.v1.TaskConfig
+	11, // 17: corral.drivers.v1.StartResponse.handle:type_name -> corral.drivers.v1.TaskHandle
+	12, // 18: corral.drivers.v1.WaitResponse.result:type_name -> corral.drivers.v1.ExitResult
+	40, // 19: corral.drivers.v1.StopRequest.timeout:type_name -> google.protobuf.Duration
+	13, // 20: corral.drivers.v1.InspectResponse.status:type_name -> corral.drivers.v1.TaskStatus
+	14, // 21: corral.drivers.v1.StatsResponse.stats:type_name -> corral.drivers.v1.TaskStats
+	38, // 22: corral.drivers.v1.ExecStart.env:type_name -> corral.drivers.v1.ExecStart.EnvEntry
+	27, // 23: corral.drivers.v1.ExecRequest.start:type_name -> corral.drivers.v1.ExecStart
+	29, // 24: corral.drivers.v1.ExecResponse.exit:type_name -> corral.drivers.v1.ExecExit
+	11, // 25: corral.drivers.v1.RecoverRequest.handle:type_name -> corral.drivers.v1.TaskHandle
+	0,  // 26: corral.drivers.v1.Driver.PluginInfo:input_type -> corral.drivers.v1.PluginInfoRequest
+	2,  // 27: corral.drivers.v1.Driver.Fingerprint:input_type -> corral.drivers.v1.FingerprintRequest
+	4,  // 28: corral.drivers.v1.Driver.Capabilities:input_type -> corral.drivers.v1.CapabilitiesRequest
+	15, // 29: corral.drivers.v1.Driver.Start:input_type -> corral.drivers.v1.StartRequest
+	17, // 30: corral.drivers.v1.Driver.Wait:input_type -> corral.drivers.v1.WaitRequest
+	19, // 31: corral.drivers.v1.Driver.Stop:input_type -> corral.drivers.v1.StopRequest
+	21, // 32: corral.drivers.v1.Driver.Destroy:input_type -> corral.drivers.v1.DestroyRequest
+	23, // 33: corral.drivers.v1.Driver.Inspect:input_type -> corral.drivers.v1.InspectRequest
+	25, // 34: corral.drivers.v1.Driver.Stats:input_type -> corral.drivers.v1.StatsRequest
+	28, // 35: corral.drivers.v1.Driver.Exec:input_type -> corral.drivers.v1.ExecRequest
+	31, // 36: corral.drivers.v1.Driver.Recover:input_type -> corral.drivers.v1.RecoverRequest
+	1,  // 37: corral.drivers.v1.Driver.PluginInfo:output_type -> corral.drivers.v1.PluginInfoResponse
+	3,  // 38: corral.drivers.v1.Driver.Fingerprint:output_type -> corral.drivers.v1.FingerprintResponse
+	5,  // 39: corral.drivers.v1.Driver.Capabilities:output_type -> corral.drivers.v1.CapabilitiesResponse
+	16, // 40: corral.drivers.v1.Driver.Start:output_type -> corral.drivers.v1.StartResponse
+	18, // 41: corral.drivers.v1.Driver.Wait:output_type -> corral.drivers.v1.WaitResponse
+	20, // 42: corral.drivers.v1.Driver.Stop:output_type -> corral.drivers.v1.StopResponse
+	22, // 43: corral.drivers.v1.Driver.Destroy:output_type -> corral.drivers.v1.DestroyResponse
+	24, // 44: corral.drivers.v1.Driver.Inspect:output_type -> corral.drivers.v1.InspectResponse
+	26, // 45: corral.drivers.v1.Driver.Stats:output_type -> corral.drivers.v1.StatsResponse
+	30, // 46: corral.drivers.v1.Driver.Exec:output_type -> corral.drivers.v1.ExecResponse
+	32, // 47: corral.drivers.v1.Driver.Recover:output_type -> corral.drivers.v1.RecoverResponse
+	37, // [37:48] is the sub-list for method output_type
+	26, // [26:37] is the sub-list for method input_type
+	26, // [26:26] is the sub-list for extension type_name
+	26, // [26:26] is the sub-list for extension extendee
+	0,  // [0:26] is the sub-list for field type_name
 }
 
 func init() { file_driver_proto_init() }
@@ -2099,12 +2363,12 @@ func file_driver_proto_init() {
 	if File_driver_proto != nil {
 		return
 	}
-	file_driver_proto_msgTypes[25].OneofWrappers = []any{
+	file_driver_proto_msgTypes[28].OneofWrappers = []any{
 		(*ExecRequest_Start)(nil),
 		(*ExecRequest_Stdin)(nil),
 		(*ExecRequest_StdinClose)(nil),
 	}
-	file_driver_proto_msgTypes[27].OneofWrappers = []any{
+	file_driver_proto_msgTypes[30].OneofWrappers = []any{
 		(*ExecResponse_Stdout)(nil),
 		(*ExecResponse_Stderr)(nil),
 		(*ExecResponse_Exit)(nil),
@@ -2115,7 +2379,7 @@ func file_driver_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_driver_proto_rawDesc), len(file_driver_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   35,
+			NumMessages:   39,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
