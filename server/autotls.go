@@ -71,9 +71,8 @@ func (c *Config) wantsAutoTLS() bool {
 // created without automatic TLS (before it existed, or with -insecure):
 // it keeps running so, since its agents have no token.
 func legacyPlaintext(dataDir string) bool {
-	_, raftErr := os.Stat(filepath.Join(dataDir, "raft", "raft.db"))
 	_, tlsErr := os.Stat(filepath.Join(dataDir, tlsDir, "secrets.json"))
-	return raftErr == nil && errors.Is(tlsErr, os.ErrNotExist)
+	return hasRaftState(filepath.Join(dataDir, "raft")) && errors.Is(tlsErr, os.ErrNotExist)
 }
 
 // setupAutoTLS loads or creates the cluster secrets and this server's

@@ -21,13 +21,13 @@ import (
 	"github.com/google/uuid"
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
-	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 	"github.com/hashicorp/serf/serf"
 	"google.golang.org/grpc"
 
 	"github.com/corral-dev/corral/images"
 	"github.com/corral-dev/corral/rpc"
 	"github.com/corral-dev/corral/rpc/tlsutil"
+	"github.com/corral-dev/corral/server/raftlog"
 	"github.com/corral-dev/corral/server/state"
 	"github.com/corral-dev/corral/structs"
 )
@@ -176,7 +176,7 @@ type Server struct {
 	// snapshot does not already hold.
 	replayTarget uint64
 	trans        *raft.NetworkTransport
-	logs         *raftboltdb.BoltStore
+	logs         *raftlog.Store
 
 	serf   *serf.Serf
 	events chan serf.Event
@@ -452,7 +452,7 @@ func (s *Server) setupRaft() error {
 		conf.ElectionTimeout = 200 * time.Millisecond
 		conf.LeaderLeaseTimeout = 100 * time.Millisecond
 	}
-	logs, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(dir, "raft.db")})
+	logs, stable, err := openRaftStores(dir, s.logger.Info)
 	if err != nil {
 		return fmt.Errorf("raft log store: %w", err)
 	}
@@ -468,13 +468,13 @@ func (s *Server) setupRaft() error {
 	s.trans = raft.NewNetworkTransportWithLogger(&raftLayer{chanListener: s.mux.raft, advertise: adv, tls: s.cfg.Security.ClientTLS(tlsutil.RoleServer)}, 3, 10*time.Second, hl)
 	f := &fsm{state: s.state, logger: s.logger}
 	s.fsm = f
-	has, err := raft.HasExistingState(logs, logs, snaps)
+	has, err := raft.HasExistingState(logs, stable, snaps)
 	if err != nil {
 		return err
 	}
 	if !has && s.cfg.BootstrapExpect == 1 {
 		boot := raft.Configuration{Servers: []raft.Server{{ID: conf.LocalID, Address: s.trans.LocalAddr()}}}
-		if err := raft.BootstrapCluster(conf, logs, logs, snaps, s.trans, boot); err != nil {
+		if err := raft.BootstrapCluster(conf, logs, stable, snaps, s.trans, boot); err != nil {
 			return fmt.Errorf("raft bootstrap: %w", err)
 		}
 		s.logger.Info("bootstrapped a new cluster", "voters", 1)
@@ -487,7 +487,13 @@ func (s *Server) setupRaft() error {
 	if metas, err := snaps.List(); err == nil && len(metas) > 0 && metas[0].Index >= s.replayTarget {
 		s.replayTarget = 0 // the snapshot raft restores at start already holds it
 	}
-	r, err := raft.NewRaft(conf, f, logs, logs, snaps, s.trans)
+	// Recent entries are read from memory (the FSM applies them, followers
+	// are sent them); older ones from the segments.
+	cached, err := raft.NewLogCache(512, logs)
+	if err != nil {
+		return err
+	}
+	r, err := raft.NewRaft(conf, f, cached, stable, snaps, s.trans)
 	if err != nil {
 		return fmt.Errorf("raft: %w", err)
 	}
