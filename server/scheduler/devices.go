@@ -195,31 +195,34 @@ func DeviceFit(a *structs.Agent, res structs.Slots, c *structs.GPUConstraint, ta
 	if err != nil {
 		return err.Error()
 	}
-	return demandFit(a, d, c, taken)
+	reason, _ := demandFit(a, d, c, taken)
+	return reason
 }
 
-func demandFit(a *structs.Agent, d GPUDemand, c *structs.GPUConstraint, taken map[string]bool) string {
+// demandFit is DeviceFit for a parsed demand; when it does not fit, matched
+// is how many free devices matched the part of it that failed.
+func demandFit(a *structs.Agent, d GPUDemand, c *structs.GPUConstraint, taken map[string]bool) (reason string, matched int) {
 	if d.Empty() {
-		return ""
+		return "", 0
 	}
 	inv := a.GPUs
 	if inv == nil {
 		if c.Empty() {
-			return ""
+			return "", 0
 		}
-		return fmt.Sprintf("%s: agent %s reports no GPU inventory", d.needs(c), a.ID)
+		return fmt.Sprintf("%s: agent %s reports no GPU inventory", d.needs(c), a.ID), 0
 	}
 	if d.Whole > 0 {
 		if n := len(wholeCandidates(inv, a.GPUHolders, taken, c)); n < d.Whole {
-			return fmt.Sprintf("needs %s%s: %d free match on agent %s", plural(d.Whole, "GPU"), constraintText(c), n, a.ID)
+			return fmt.Sprintf("needs %s%s: %d free match on agent %s", plural(d.Whole, "GPU"), constraintText(c), n, a.ID), n
 		}
 	}
 	for _, m := range d.MIG {
 		if n := len(migCandidates(inv, a.GPUHolders, taken, m.Profile, c)); n < m.N {
-			return fmt.Sprintf("needs %s %s%s: %d free match on agent %s", plural(m.N, "MIG instance"), m.Profile, constraintText(c), n, a.ID)
+			return fmt.Sprintf("needs %s %s%s: %d free match on agent %s", plural(m.N, "MIG instance"), m.Profile, constraintText(c), n, a.ID), n
 		}
 	}
-	return ""
+	return "", 0
 }
 
 // needs words a whole demand: "needs 2 GPUs and 1 MIG instance 1g.10gb
@@ -274,7 +277,12 @@ func ChooseDevices(a *structs.Agent, res structs.Slots, c *structs.GPUConstraint
 	if err != nil {
 		return nil, 0, err
 	}
-	if reason := demandFit(a, d, c, taken); reason != "" {
+	return chooseDemand(a, d, c, taken)
+}
+
+// chooseDemand is ChooseDevices for a parsed demand.
+func chooseDemand(a *structs.Agent, d GPUDemand, c *structs.GPUConstraint, taken map[string]bool) (uuids []string, mem structs.Quantity, err error) {
+	if reason, _ := demandFit(a, d, c, taken); reason != "" {
 		return nil, 0, errors.New(reason)
 	}
 	if d.Empty() || a.GPUs == nil {
@@ -462,4 +470,90 @@ func binomial(n, k int) int {
 		r = int(lo) / i
 	}
 	return r
+}
+
+// deviceMiss is the agent whose devices came closest to what a pick
+// needed: the most free matching devices of the part that failed (the
+// first such agent in the selector's order).
+type deviceMiss struct {
+	reason  string
+	matched int
+}
+
+// deviceAccept returns the test that an agent with room for the slots of
+// kernels (their demands ds, one per kernel) also has their devices,
+// disjoint, counting those the pass already chose there (v.taken). It
+// notes the closest miss in p.devMiss.
+func (p *pass) deviceAccept(kernels []*structs.Kernel, ds []GPUDemand) accept {
+	return func(v *agentView) bool {
+		_, reason, matched := v.chooseGPUs(kernels, ds)
+		if reason == "" {
+			return true
+		}
+		if p.devMiss.reason == "" || matched > p.devMiss.matched {
+			p.devMiss = deviceMiss{reason: reason, matched: matched}
+		}
+		return false
+	}
+}
+
+// deviceReason says why no agent with room for d's slots had its devices.
+func (p *pass) deviceReason(g *groupView, d demand) string {
+	return fmt.Sprintf("no agent in resource group %q has the GPU devices for %s: %s", g.name, d.what(), p.devMiss.reason)
+}
+
+// chooseGPUs chooses, one kernel after the other, the devices of kernels
+// (demands ds, one per kernel) on v besides v.taken, disjoint. It returns
+// them all, or why they do not fit and how many devices the failing
+// kernel matched.
+func (v *agentView) chooseGPUs(kernels []*structs.Kernel, ds []GPUDemand) (chosen []string, reason string, matched int) {
+	taken := v.taken
+	var local map[string]bool // v.taken plus what earlier kernels chose
+	for i, k := range kernels {
+		if ds[i].Empty() {
+			continue
+		}
+		uuids, _, err := chooseDemand(v.agent, ds[i], k.GPUConstraint, taken)
+		if err != nil {
+			_, matched = demandFit(v.agent, ds[i], k.GPUConstraint, taken)
+			if len(kernels) > 1 {
+				return nil, fmt.Sprintf("kernel %s %s", kernelName(k), err), matched
+			}
+			return nil, err.Error(), matched
+		}
+		chosen = append(chosen, uuids...)
+		if len(uuids) > 0 && i < len(kernels)-1 {
+			if local == nil {
+				local = make(map[string]bool, len(v.taken)+len(uuids))
+				for u := range v.taken {
+					local[u] = true
+				}
+			}
+			for _, u := range uuids {
+				local[u] = true
+			}
+			taken = local
+		}
+	}
+	return chosen, "", 0
+}
+
+// takeGPUs chooses the devices of kernels on v (which accepted them) and
+// holds them in v.taken for the rest of the pass.
+func (v *agentView) takeGPUs(kernels []*structs.Kernel, ds []GPUDemand) []string {
+	chosen, _, _ := v.chooseGPUs(kernels, ds)
+	if len(chosen) > 0 && v.taken == nil {
+		v.taken = map[string]bool{}
+	}
+	for _, u := range chosen {
+		v.taken[u] = true
+	}
+	return chosen
+}
+
+// untakeGPUs gives back devices takeGPUs held.
+func (v *agentView) untakeGPUs(uuids []string) {
+	for _, u := range uuids {
+		delete(v.taken, u)
+	}
 }

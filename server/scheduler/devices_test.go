@@ -312,3 +312,135 @@ func BenchmarkChooseDevices(b *testing.B) {
 		})
 	}
 }
+
+func gpuKernel(host string, n int, c *structs.GPUConstraint) *structs.Kernel {
+	k := kernel(host, structs.Slots{structs.SlotCPU: structs.Whole(1), structs.SlotCUDADevice: structs.Whole(int64(n))})
+	k.GPUConstraint = c
+	return k
+}
+
+// mixedInventory is GPUs 0-1 H100 80GB and 2-3 A100 40GB.
+func mixedInventory() *structs.GPUInventory {
+	inv := islandsInventory(4, 2, "NVIDIA H100 80GB HBM3", 80)
+	for _, d := range inv.Devices[2:] {
+		d.Name, d.MemoryBytes = "NVIDIA A100-SXM4-40GB", 40*gibBytes
+	}
+	return inv
+}
+
+func TestScheduleGPUConstraints(t *testing.T) {
+	a100 := islandsInventory(8, 4, "NVIDIA A100-SXM4-40GB", 40)
+	h100 := islandsInventory(8, 4, "NVIDIA H100 80GB HBM3", 80)
+	cases := []struct {
+		name     string
+		agents   []*structs.Agent
+		pending  []*PendingSession
+		placed   map[string]string
+		unplaced map[string]string
+	}{
+		{
+			// a1 sorts first and has as much room: only the model sends
+			// the kernel to a2.
+			name:    "model picks the agent",
+			agents:  []*structs.Agent{gpuAgent("a1", a100), gpuAgent("a2", h100)},
+			pending: []*PendingSession{session("s1", 1, "", gpuKernel("main1", 4, &structs.GPUConstraint{Model: "H100*|H200*"}))},
+			placed:  map[string]string{"s1": "main1@a2"},
+		},
+		{
+			name:    "memory picks the agent",
+			agents:  []*structs.Agent{gpuAgent("a1", a100), gpuAgent("a2", h100)},
+			pending: []*PendingSession{session("s1", 1, "", gpuKernel("main1", 1, &structs.GPUConstraint{MinMemory: structs.Whole(64 * gibBytes)}))},
+			placed:  map[string]string{"s1": "main1@a2"},
+		},
+		{
+			name:    "no agent has the model",
+			agents:  []*structs.Agent{gpuAgent("a1", a100), gpuAgent("a2", a100)},
+			pending: []*PendingSession{session("s1", 1, "", gpuKernel("main1", 4, &structs.GPUConstraint{Model: "H100*"}))},
+			unplaced: map[string]string{"s1": `no agent in resource group "default" has the GPU devices for kernel main1: ` +
+				`needs 4 GPUs (model "H100*"): 0 free match on agent a1`},
+		},
+		{
+			// The reason names the agent that came closest.
+			name:    "closest agent named",
+			agents:  []*structs.Agent{gpuAgent("a1", mixedInventory()), gpuAgent("a2", islandsInventory(4, 2, "NVIDIA A100", 40))},
+			pending: []*PendingSession{session("s1", 1, "", gpuKernel("main1", 3, &structs.GPUConstraint{Model: "H100*"}))},
+			unplaced: map[string]string{"s1": `no agent in resource group "default" has the GPU devices for kernel main1: ` +
+				`needs 3 GPUs (model "H100*"): 2 free match on agent a1`},
+		},
+		{
+			// s1 takes the two H100s (lowest indices) in the pass: s2,
+			// behind it, finds two free slots but no free H100.
+			name:    "devices taken earlier in the pass",
+			agents:  []*structs.Agent{gpuAgent("a1", mixedInventory())},
+			pending: []*PendingSession{session("s1", 1, "", gpuKernel("main1", 2, nil)), session("s2", 2, "", gpuKernel("main1", 2, &structs.GPUConstraint{Model: "H100*"}))},
+			placed:  map[string]string{"s1": "main1@a1"},
+			unplaced: map[string]string{"s2": `no agent in resource group "default" has the GPU devices for kernel main1: ` +
+				`needs 2 GPUs (model "H100*"): 0 free match on agent a1`},
+		},
+		{
+			name:    "held devices count",
+			agents:  []*structs.Agent{gpuAgent("a1", mixedInventory(), 0), gpuAgent("a2", a100)},
+			pending: []*PendingSession{session("s1", 1, "", gpuKernel("main1", 1, &structs.GPUConstraint{Model: "H100*"}))},
+			placed:  map[string]string{"s1": "main1@a1"},
+		},
+		{
+			// Two kernels of one single-node session need 2 H100s each:
+			// disjoint, they need 4, and a1 has 2.
+			name:   "single-node session's kernels fit together",
+			agents: []*structs.Agent{gpuAgent("a1", mixedInventory()), gpuAgent("a2", h100)},
+			pending: []*PendingSession{session("s1", 1, "", gpuKernel("main1", 2, &structs.GPUConstraint{Model: "H100*"}),
+				gpuKernel("sub1", 2, &structs.GPUConstraint{Model: "H100*"}))},
+			placed: map[string]string{"s1": "main1@a2 sub1@a2"},
+		},
+		{
+			name:   "single-node session's kernels do not fit together",
+			agents: []*structs.Agent{gpuAgent("a1", mixedInventory())},
+			pending: []*PendingSession{session("s1", 1, "", gpuKernel("main1", 2, &structs.GPUConstraint{Model: "H100*"}),
+				gpuKernel("sub1", 2, &structs.GPUConstraint{Model: "H100*"}))},
+			unplaced: map[string]string{"s1": `no agent in resource group "default" has the GPU devices for all 2 kernels of the single-node session together: ` +
+				`kernel sub1 needs 2 GPUs (model "H100*"): 0 free match on agent a1`},
+		},
+		{
+			// Multi-node: main1 takes a1's H100s, sub1 goes to a2.
+			name:   "multi-node kernels spread by device",
+			agents: []*structs.Agent{gpuAgent("a1", mixedInventory()), gpuAgent("a2", mixedInventory())},
+			pending: []*PendingSession{multiNode(session("s1", 1, "", gpuKernel("main1", 2, &structs.GPUConstraint{Model: "H100*"}),
+				gpuKernel("sub1", 2, &structs.GPUConstraint{Model: "H100*"})))},
+			placed: map[string]string{"s1": "main1@a1 sub1@a2"},
+		},
+		{
+			name:   "MIG slices",
+			agents: []*structs.Agent{gpuAgent("a1", migInventory())},
+			pending: []*PendingSession{
+				session("s1", 1, "", kernel("main1", structs.Slots{"cuda.mig-1g.10gb": structs.Whole(4)})),
+				session("s2", 2, "", kernel("main1", structs.Slots{"cuda.mig-1g.10gb": structs.Whole(3)})),
+			},
+			placed: map[string]string{"s1": "main1@a1", "s2": "main1@a1"},
+		},
+		{
+			name:     "fractional GPU refused",
+			agents:   []*structs.Agent{gpuAgent("a1", h100)},
+			pending:  []*PendingSession{session("s1", 1, "", kernel("main1", structs.Slots{structs.SlotCUDADevice: 1500}))},
+			unplaced: map[string]string{"s1": "kernel main1: device slots count whole devices: cuda.device=1.5 is not a whole number of zero or more"},
+		},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			for _, sel := range []AgentSelector{nil, MostFreeCPU} {
+				res := PlanWith(&Input{Pending: c.pending, Agents: c.agents}, Options{AgentSelector: sel})
+				got := placedMap(res.Plan)
+				if c.placed == nil {
+					c.placed = map[string]string{}
+				}
+				if fmt.Sprint(got) != fmt.Sprint(c.placed) {
+					t.Fatalf("selector %v: placed %v, want %v (unplaced %v)", sel != nil, got, c.placed, res.Plan.Unplaced)
+				}
+				for id, want := range c.unplaced {
+					if res.Plan.Unplaced[id] != want {
+						t.Fatalf("selector %v: %s: reason\n %q\nwant\n %q", sel != nil, id, res.Plan.Unplaced[id], want)
+					}
+				}
+			}
+		})
+	}
+}
