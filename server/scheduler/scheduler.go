@@ -183,9 +183,9 @@ type item struct {
 	reqs    []request         // per kernel
 	// gpu holds each kernel's device demand (devices.go); nil when no
 	// kernel of the session asks for a GPU device.
-	gpu []GPUDemand
-	req     structs.Slots     // sum of the kernels' positive requests
-	invalid string            // why the session cannot be tried at all
+	gpu     []GPUDemand
+	req     structs.Slots // sum of the kernels' positive requests
+	invalid string        // why the session cannot be tried at all
 	// together is set for a single-node session of several kernels, which
 	// goes whole on one agent: one with every driver of drivers (their
 	// driverKey) and room for sum, which is req as a request.
