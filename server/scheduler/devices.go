@@ -44,6 +44,16 @@ var ErrNotWhole = errors.New("device slots count whole devices")
 // cuda.mig-<profile> must be whole numbers of zero or more.
 func DemandOf(res structs.Slots) (GPUDemand, error) {
 	var d GPUDemand
+	has := false
+	for name := range res {
+		if name == structs.SlotCUDADevice || strings.HasPrefix(name, structs.SlotMIGPrefix) {
+			has = true
+			break
+		}
+	}
+	if !has {
+		return d, nil // the common case, without sorting names
+	}
 	for _, name := range res.Names() {
 		q := res[name]
 		_, mig := structs.IsMIGSlot(name)
