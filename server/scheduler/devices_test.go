@@ -444,3 +444,27 @@ func TestScheduleGPUConstraints(t *testing.T) {
 		})
 	}
 }
+
+// Policies and resource groups limit cuda.device like any slot, on GPU
+// agents too.
+func TestGPULimits(t *testing.T) {
+	a := gpuAgent("a1", islandsInventory(8, 4, "NVIDIA H100", 80))
+	s1 := session("s1", 1, "", gpuKernel("main1", 2, nil))
+	s2 := session("s2", 2, "", gpuKernel("main1", 1, nil))
+	s1.Session.AccessKey, s2.Session.AccessKey = "ak", "ak"
+	in := &Input{Pending: []*PendingSession{s1, s2}, Agents: []*structs.Agent{a},
+		Policies: map[string]*structs.ResourcePolicy{"ak": {Name: "gpu2", TotalResourceSlots: structs.Slots{structs.SlotCUDADevice: structs.Whole(2)}}}}
+	res := Plan(in)
+	if got := placedMap(res.Plan); fmt.Sprint(got) != "map[s1:main1@a1]" {
+		t.Fatalf("placed %v", got)
+	}
+	if r := res.Plan.Unplaced["s2"]; !strings.HasPrefix(r, "total_resource_slots: access key ak would hold more cuda.device than policy gpu2 allows (holds cuda.device=2, the session needs cuda.device=1, limit cuda.device=2") {
+		t.Fatalf("s2: %q", r)
+	}
+	in.Policies = nil
+	in.Groups = map[string]*structs.ResourceGroup{"default": {Name: "default", TotalResourceSlots: structs.Slots{structs.SlotCUDADevice: structs.Whole(2)}}}
+	res = Plan(in)
+	if r := res.Plan.Unplaced["s2"]; !strings.Contains(r, `total_resource_slots of resource group "default": the group would hold more cuda.device`) {
+		t.Fatalf("s2: %q", r)
+	}
+}
