@@ -390,7 +390,7 @@ func bestGPUSet(cands []*structs.GPU, n int) []*structs.GPU {
 	score := func(set []int) setScore {
 		s := setScore{sameNUMA: true}
 		for x, i := range set {
-			if numa[i] != numa[set[0]] || numa[i] < 0 {
+			if x > 0 && (numa[i] != numa[set[0]] || numa[i] < 0) {
 				s.sameNUMA = false
 			}
 			for _, j := range set[x+1:] {
@@ -403,29 +403,43 @@ func bestGPUSet(cands []*structs.GPU, n int) []*structs.GPU {
 	var best []int
 	var bestScore setScore
 	if binomial(m, n) <= maxExhaustive {
-		// Every n-subset in lexicographic order of indices: a later set
-		// replaces the best only when strictly better.
-		set := make([]int, n)
-		for i := range set {
-			set[i] = i
+		// Every n-subset in lexicographic order of indices, scored as it
+		// grows; a later set replaces the best only when strictly better.
+		// A branch that cannot reach the best set's NVLinks even if every
+		// pair it adds had the most NVLinks of any pair is cut.
+		maxNV := 0
+		for _, x := range nv {
+			maxNV = max(maxNV, x)
 		}
-		for {
-			if s := score(set); best == nil || s.better(bestScore) {
-				best, bestScore = slices.Clone(set), s
+		set := make([]int, 0, n)
+		var grow func(start, nvSum, lvMax int, same bool)
+		grow = func(start, nvSum, lvMax int, same bool) {
+			k := len(set)
+			if k == n {
+				if s := (setScore{nvSum, lvMax, same}); best == nil || s.better(bestScore) {
+					best, bestScore = slices.Clone(set), s
+				}
+				return
 			}
-			// Next combination.
-			i := n - 1
-			for i >= 0 && set[i] == m-n+i {
-				i--
+			left := n - k
+			if best != nil && nvSum+maxNV*(left*k+left*(left-1)/2) < bestScore.nvlinks {
+				return
 			}
-			if i < 0 {
-				break
-			}
-			set[i]++
-			for j := i + 1; j < n; j++ {
-				set[j] = set[j-1] + 1
+			for c := start; c <= m-left; c++ {
+				addNV, addLv := 0, lvMax
+				for _, i := range set {
+					addNV += nv[i*m+c]
+					addLv = max(addLv, lv[i*m+c])
+				}
+				// One device is on one NUMA node; several are when all
+				// are on the same known node.
+				s := same && (k == 0 || (numa[c] >= 0 && numa[c] == numa[set[0]]))
+				set = append(set, c)
+				grow(c+1, nvSum+addNV, addLv, s)
+				set = set[:k]
 			}
 		}
+		grow(0, 0, 0, true)
 	} else {
 		// Greedy from each seed: add the candidate that adds the most
 		// NVLinks to the set, then the best worst level, then the lowest
@@ -496,7 +510,7 @@ type deviceMiss struct {
 // notes the closest miss in p.devMiss.
 func (p *pass) deviceAccept(kernels []*structs.Kernel, ds []GPUDemand) accept {
 	return func(v *agentView) bool {
-		_, reason, matched := v.chooseGPUs(kernels, ds)
+		_, reason, matched := v.chooseGPUs(kernels, ds, false)
 		if reason == "" {
 			return true
 		}
@@ -515,13 +529,21 @@ func (p *pass) deviceReason(g *groupView, d demand) string {
 // chooseGPUs chooses, one kernel after the other, the devices of kernels
 // (demands ds, one per kernel) on v besides v.taken, disjoint. It returns
 // them all, or why they do not fit and how many devices the failing
-// kernel matched.
-func (v *agentView) chooseGPUs(kernels []*structs.Kernel, ds []GPUDemand) (chosen []string, reason string, matched int) {
+// kernel matched. Unless all is set, the last kernel's devices are only
+// counted, not chosen (nothing comes after it that they could take from):
+// enough to tell whether the kernels fit.
+func (v *agentView) chooseGPUs(kernels []*structs.Kernel, ds []GPUDemand, all bool) (chosen []string, reason string, matched int) {
 	taken := v.taken
 	var local map[string]bool // v.taken plus what earlier kernels chose
 	for i, k := range kernels {
 		if ds[i].Empty() {
 			continue
+		}
+		if !all && i == len(kernels)-1 {
+			if reason, matched = demandFit(v.agent, ds[i], k.GPUConstraint, taken); reason != "" && len(kernels) > 1 {
+				reason = fmt.Sprintf("kernel %s %s", kernelName(k), reason)
+			}
+			return chosen, reason, matched
 		}
 		uuids, _, err := chooseDemand(v.agent, ds[i], k.GPUConstraint, taken)
 		if err != nil {
@@ -551,7 +573,7 @@ func (v *agentView) chooseGPUs(kernels []*structs.Kernel, ds []GPUDemand) (chose
 // takeGPUs chooses the devices of kernels on v (which accepted them) and
 // holds them in v.taken for the rest of the pass.
 func (v *agentView) takeGPUs(kernels []*structs.Kernel, ds []GPUDemand) []string {
-	chosen, _, _ := v.chooseGPUs(kernels, ds)
+	chosen, _, _ := v.chooseGPUs(kernels, ds, true)
 	if len(chosen) > 0 && v.taken == nil {
 		v.taken = map[string]bool{}
 	}

@@ -2,6 +2,7 @@ package scheduler
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"slices"
 	"strings"
 	"testing"
@@ -302,7 +303,7 @@ func TestChooseDevicesGreedy(t *testing.T) {
 
 func BenchmarkChooseDevices(b *testing.B) {
 	for _, c := range []struct{ gpus, island, n int }{{8, 4, 4}, {16, 8, 8}, {16, 4, 8}, {16, 8, 4}, {32, 8, 8}} {
-		b.Run(fmt.Sprintf("%dgpus-%d", c.gpus, c.n), func(b *testing.B) {
+		b.Run(fmt.Sprintf("%dgpus-islands%d-choose%d", c.gpus, c.island, c.n), func(b *testing.B) {
 			a := gpuAgent("a1", islandsInventory(c.gpus, c.island, "NVIDIA H100", 80))
 			for b.Loop() {
 				if _, _, err := ChooseDevices(a, gpus(c.n), nil, nil); err != nil {
@@ -466,5 +467,65 @@ func TestGPULimits(t *testing.T) {
 	res = Plan(in)
 	if r := res.Plan.Unplaced["s2"]; !strings.Contains(r, `total_resource_slots of resource group "default": the group would hold more cuda.device`) {
 		t.Fatalf("s2: %q", r)
+	}
+}
+
+// bestGPUSet agrees with a brute force over every subset on random
+// topologies: the most NVLinks, then the best worst level, then one NUMA
+// node, then the lowest indices.
+func TestBestGPUSetMatchesBruteForce(t *testing.T) {
+	levels := []string{structs.GPULinkInternal, structs.GPULinkSingle, structs.GPULinkMultiple, structs.GPULinkHostBridge, structs.GPULinkNode, structs.GPULinkSystem, ""}
+	r := rand.New(rand.NewPCG(1, 2))
+	for round := 0; round < 300; round++ {
+		m := 2 + r.IntN(9)
+		n := 1 + r.IntN(m)
+		var cands []*structs.GPU
+		for i := 0; i < m; i++ {
+			cands = append(cands, &structs.GPU{Index: i, UUID: fmt.Sprint("G", i), NUMANode: r.IntN(3) - 1, Links: map[string]structs.GPULink{}})
+		}
+		for i := 0; i < m; i++ {
+			for j := i + 1; j < m; j++ {
+				l := structs.GPULink{NVLinks: []int{0, 0, 2, 4}[r.IntN(4)], Level: levels[r.IntN(len(levels))]}
+				cands[i].Links[cands[j].UUID] = l // one side only: link() looks both ways
+			}
+		}
+		var want []int
+		var wantScore setScore
+		for mask := 0; mask < 1<<m; mask++ {
+			var set []int
+			for i := 0; i < m; i++ {
+				if mask&(1<<i) != 0 {
+					set = append(set, i)
+				}
+			}
+			if len(set) != n {
+				continue
+			}
+			sc := setScore{sameNUMA: true}
+			for x, i := range set {
+				if x > 0 && (cands[i].NUMANode < 0 || cands[i].NUMANode != cands[set[0]].NUMANode) {
+					sc.sameNUMA = false
+				}
+				for _, j := range set[x+1:] {
+					l := link(cands[i], cands[j])
+					sc.nvlinks += l.NVLinks
+					lv, ok := linkLevels[l.Level]
+					if !ok {
+						lv = unknownLevel
+					}
+					sc.level = max(sc.level, lv)
+				}
+			}
+			if want == nil || sc.better(wantScore) || (!wantScore.better(sc) && slices.Compare(set, want) < 0) {
+				want, wantScore = set, sc
+			}
+		}
+		var got []int
+		for _, g := range bestGPUSet(cands, n) {
+			got = append(got, g.Index)
+		}
+		if !slices.Equal(got, want) {
+			t.Fatalf("round %d (%d of %d): got %v, want %v (%+v)", round, n, m, got, want, wantScore)
+		}
 	}
 }

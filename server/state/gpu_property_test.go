@@ -198,6 +198,18 @@ func runGPUHolders(t *testing.T, seed uint64) {
 			}
 			res := scheduler.Plan(in)
 			res.Plan.Attempts, res.Plan.Cancel = res.Attempts, res.Cancel
+			if len(stale) == 0 && r.IntN(2) == 0 {
+				// A fresh plan: the FSM chooses the devices the pass
+				// counted on, so it rejects none of it.
+				apply("fresh plan", func(i uint64) error {
+					pr, err := s.ApplyPlan(i, &structs.PlanApplyRequest{Plan: res.Plan, Time: t0})
+					if err == nil && len(pr.Rejected) > 0 {
+						return fmt.Errorf("fresh plan rejected: %v", pr.Rejected)
+					}
+					return err
+				})
+				continue
+			}
 			stale = append(stale, res.Plan)
 			for len(stale) > 0 && (r.IntN(3) > 0 || len(stale) > 3) {
 				p := stale[0]
