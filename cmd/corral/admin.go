@@ -212,9 +212,9 @@ func parseSlotFlags(f *flagSet, cpu, mem, gpu string) (structs.Slots, error) {
 		out[structs.SlotMem] = q
 	}
 	if gpu != "" {
-		q, err := structs.ParseQuantity(gpu)
+		q, err := parseDevices(gpu)
 		if err != nil || q <= 0 {
-			return nil, f.usageErr("invalid -gpu %q: want a positive number", gpu)
+			return nil, f.usageErr("invalid -gpu %q: want a positive whole number of GPUs", gpu)
 		}
 		out[structs.SlotCUDADevice] = q
 	}
@@ -257,6 +257,7 @@ func groupFlags(f *flagSet) (*structs.ResourceGroup, *csvFlag) {
 	g := &structs.ResourceGroup{}
 	f.Var(slotLimitFlag{&g.TotalResourceSlots, structs.SlotCPU, false}, "total-cpu", "cap on the CPU cores all sessions of the group hold at once")
 	f.Var(slotLimitFlag{&g.TotalResourceSlots, structs.SlotMem, true}, "total-mem", "cap on the memory all sessions of the group hold at once, e.g. 64G")
+	f.Var(slotLimitFlag{&g.TotalResourceSlots, structs.SlotCUDADevice, false}, "total-gpu", "cap on the whole GPUs (cuda.device) all sessions of the group hold at once")
 	f.StringVar(&g.SessionSelector, "session-selector", "", "fifo, lifo or drf (default fifo)")
 	f.IntVar(&g.NumRetriesToSkip, "num-retries-to-skip", 0, "fifo: failed passes after which a head-of-line session stops blocking")
 	f.StringVar(&g.AgentSelector, "agent-selector", "", "concentrated, dispersed or roundrobin (default dispersed)")
@@ -318,7 +319,7 @@ func (c *cli) groupSave(ctx context.Context, args []string, update bool) error {
 			if !set["allow-registry"] {
 				g.AllowedRegistries = cur.AllowedRegistries
 			}
-			for flagName, slot := range map[string]string{"total-cpu": structs.SlotCPU, "total-mem": structs.SlotMem} {
+			for flagName, slot := range map[string]string{"total-cpu": structs.SlotCPU, "total-mem": structs.SlotMem, "total-gpu": structs.SlotCUDADevice} {
 				if !set[flagName] {
 					if q, ok := cur.TotalResourceSlots[slot]; ok {
 						if g.TotalResourceSlots == nil {
@@ -400,6 +401,9 @@ func (f slotLimitFlag) Set(v string) error {
 	q, err := parse(v)
 	if err != nil || q < 0 {
 		return fmt.Errorf("invalid %s limit %q", f.slot, v)
+	}
+	if f.slot == structs.SlotCUDADevice && q%structs.QuantityScale != 0 {
+		return fmt.Errorf("invalid %s limit %q: want a whole number of GPUs", f.slot, v)
 	}
 	if *f.slots == nil {
 		*f.slots = structs.Slots{}

@@ -92,3 +92,27 @@ func TestParseCreateGPUErrors(t *testing.T) {
 		}
 	}
 }
+
+func TestGPULimitFlags(t *testing.T) {
+	c := &cli{getenv: func(string) string { return "" }}
+	f := c.newFlags("group create", "", "", false)
+	g, _ := groupFlags(f)
+	if err := f.Parse([]string{"-total-gpu", "4", "-total-cpu", "64"}); err != nil {
+		t.Fatal(err)
+	}
+	if g.TotalResourceSlots[structs.SlotCUDADevice] != structs.Whole(4) || g.TotalResourceSlots[structs.SlotCPU] != structs.Whole(64) {
+		t.Fatalf("group limits %v", g.TotalResourceSlots)
+	}
+	f = c.newFlags("group create", "", "", false)
+	groupFlags(f)
+	f.SetOutput(new(strings.Builder))
+	if err := f.Parse([]string{"-total-gpu", "1.5"}); err == nil || !strings.Contains(err.Error(), "whole number of GPUs") {
+		t.Fatalf("fractional group GPU limit: %v", err)
+	}
+	if _, err := parseSlotFlags(f, "", "", "1.5"); err == nil || !strings.Contains(err.Error(), "whole number of GPUs") {
+		t.Fatalf("fractional policy GPU limit: %v", err)
+	}
+	if s, err := parseSlotFlags(f, "", "", "2"); err != nil || s[structs.SlotCUDADevice] != structs.Whole(2) {
+		t.Fatalf("policy GPU limit: %v %v", s, err)
+	}
+}
