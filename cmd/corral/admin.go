@@ -132,7 +132,7 @@ func (c *cli) keyStatus(ctx context.Context, args []string) error {
 	fmt.Fprintf(tw, "Access key:\t%s\nUser:\t%s\nAdmin:\t%v\nRevoked:\t%v\n", st.Key.AccessKey, st.Key.User, st.Key.Admin, st.Key.Revoked)
 	if p := st.Policy; p != nil {
 		fmt.Fprintf(tw, "Policy:\t%s (concurrent %s, pending %s, slots %s, kernels/session %s, lifetime %s, idle %s)\n", p.Name,
-			limit(p.MaxConcurrentSessions), limit(p.MaxPendingSessions), dash(p.TotalResourceSlots.String()), limit(p.MaxKernelsPerSession),
+			limit(p.MaxConcurrentSessions), limit(p.MaxPendingSessions), dash(slotsString(p.TotalResourceSlots)), limit(p.MaxKernelsPerSession),
 			durLimit(p.MaxSessionLifetime), durLimit(p.IdleTimeout))
 	} else {
 		fmt.Fprintf(tw, "Policy:\t- (unlimited)\n")
@@ -141,7 +141,7 @@ func (c *cli) keyStatus(ctx context.Context, args []string) error {
 	for id := range st.Usage.Sessions {
 		ids = append(ids, shortID(id))
 	}
-	fmt.Fprintf(tw, "Concurrency set:\t%d [%s]\nOccupied:\t%s\n", len(ids), strings.Join(ids, " "), dash(st.Usage.Occupied.String()))
+	fmt.Fprintf(tw, "Concurrency set:\t%d [%s]\nOccupied:\t%s\n", len(ids), strings.Join(ids, " "), dash(slotsString(st.Usage.Occupied)))
 	return tw.Flush()
 }
 
@@ -249,7 +249,7 @@ func (c *cli) policyList(ctx context.Context, args []string) error {
 	return listCommand(c, ctx, args, "policy list", "List resource policies.", (*api.Client).ListPolicies,
 		"NAME\tCONCURRENT\tPENDING\tSLOTS\tKERNELS\tLIFETIME\tIDLE", func(p *structs.ResourcePolicy) string {
 			return fmt.Sprintf("%s\t%s\t%s\t%s\t%s\t%s\t%s", p.Name, limit(p.MaxConcurrentSessions), limit(p.MaxPendingSessions),
-				dash(p.TotalResourceSlots.String()), limit(p.MaxKernelsPerSession), durLimit(p.MaxSessionLifetime), durLimit(p.IdleTimeout))
+				dash(slotsString(p.TotalResourceSlots)), limit(p.MaxKernelsPerSession), durLimit(p.MaxSessionLifetime), durLimit(p.IdleTimeout))
 		})
 }
 
@@ -349,7 +349,7 @@ func (c *cli) groupList(ctx context.Context, args []string) error {
 				registries = "public"
 			}
 			return fmt.Sprintf("%s\t%s\t%d\t%s\t%s\t%s\t%s", g.Name, g.SessionSelector, g.NumRetriesToSkip, g.AgentSelector,
-				dash(strings.Join(g.ResourcePriority, ",")), dash(g.TotalResourceSlots.String()), registries)
+				dash(strings.Join(g.ResourcePriority, ",")), dash(slotsString(g.TotalResourceSlots)), registries)
 		})
 }
 
