@@ -105,3 +105,30 @@ func squeeze(s string) string {
 	}
 	return strings.Join(lines, "\n")
 }
+
+// TestNodeStatusNamesGPUHolders: node status names the session and
+// kernel holding each device, found through the API.
+func TestNodeStatusNamesGPUHolders(t *testing.T) {
+	f := newFakeCorral(t)
+	mustRun(t, f.url, 0, "session", "create", "-type", "interactive", "-name", "train", "-gpu", "1", "--", "sleep", "1d")
+	f.mu.Lock()
+	a := gpuTestAgent(time.Now())
+	a.ID, a.Name = f.agent.ID, f.agent.Name
+	a.GPUHolders = map[string]string{"GPU-aaaa": "k0000001-aaaa", "MIG-2222": "gone-kernel-id"}
+	f.agent = a
+	f.mu.Unlock()
+	r := mustRun(t, f.url, 0, "node", "status", "node-1")
+	out := squeeze(r.stdout)
+	for _, want := range []string{"0 GPU-aaaa NVIDIA H100 80GB HBM3 80GiB healthy 97% 30GiB train (00000001) main1", "kernel gone-ker"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("node status lacks %q:\n%s", want, r.stdout)
+		}
+	}
+	r = mustRun(t, f.url, 0, "node", "list")
+	if rows := fields(r.stdout); len(rows) != 2 || rows[1][7] != "1/1" || rows[1][8] != "1g.10gb:1/2" {
+		t.Errorf("node list:\n%s", r.stdout)
+	}
+	if got := f.creates[0].Resources[structs.SlotCUDADevice]; got != structs.Whole(1) {
+		t.Errorf("create sent cuda.device=%v", got)
+	}
+}
