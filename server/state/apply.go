@@ -350,10 +350,10 @@ func (w *writer) placeSession(sn *Snapshot, sp structs.SessionPlacement, now tim
 	}
 	targets := make([]*target, len(sp.Placements))
 	placed := make([]*structs.Kernel, len(sp.Placements))
-	// The devices chosen for each placement, and the memory of its whole
-	// GPUs (what the kernel occupies of cuda.mem).
+	// The devices chosen for each placement, and what its kernel occupies:
+	// its request plus the memory of its whole GPUs as cuda.mem.
 	gpus := make([][]string, len(sp.Placements))
-	gpuMem := make([]structs.Quantity, len(sp.Placements))
+	holds := make([]structs.Slots, len(sp.Placements))
 	for i, p := range sp.Placements {
 		k := kernelByID(kernels, p.KernelID)
 		if k == nil {
@@ -397,7 +397,15 @@ func (w *writer) placeSession(sn *Snapshot, sp structs.SessionPlacement, now tim
 		if err != nil {
 			return fmt.Errorf("kernel %s on agent %s: %v", k.Hostname, t.a.ID, err)
 		}
-		gpus[i], gpuMem[i] = uuids, mem
+		gpus[i], holds[i] = uuids, k.Resources
+		if _, stale := k.Resources[structs.SlotCUDAMem]; mem > 0 || stale {
+			// cuda.mem is never asked for: it is what the devices have.
+			holds[i] = k.Resources.Copy()
+			delete(holds[i], structs.SlotCUDAMem)
+			if mem > 0 {
+				holds[i][structs.SlotCUDAMem] = mem
+			}
+		}
 		if len(uuids) > 0 && t.taken == nil {
 			t.taken = map[string]bool{}
 		}
@@ -407,10 +415,7 @@ func (w *writer) placeSession(sn *Snapshot, sp structs.SessionPlacement, now tim
 		if t.add == nil {
 			t.add = structs.Slots{}
 		}
-		addSlots(t.add, k.Resources)
-		if mem > 0 {
-			t.add[structs.SlotCUDAMem] += mem
-		}
+		addSlots(t.add, holds[i])
 	}
 	for _, t := range targets {
 		if t.add == nil {
@@ -455,13 +460,8 @@ func (w *writer) placeSession(sn *Snapshot, sp structs.SessionPlacement, now tim
 	}
 	for i, p := range sp.Placements {
 		k := editKernel(placed[i])
-		if len(gpus[i]) > 0 {
-			k.GPUs = gpus[i]
-			if gpuMem[i] > 0 {
-				k.Resources = k.Resources.Copy()
-				k.Resources[structs.SlotCUDAMem] = gpuMem[i]
-			}
-		}
+		k.GPUs = gpus[i]
+		k.Resources = holds[i]
 		if err := w.occupy(sess.AccessKey, sess.ID, k.Resources); err != nil {
 			return err
 		}

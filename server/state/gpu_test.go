@@ -226,3 +226,25 @@ func TestUpsertAgentKeepsHolders(t *testing.T) {
 		t.Fatalf("new agent holders %v", got.GPUHolders)
 	}
 }
+
+// A kernel that carries a cuda.mem of its own (from an older server, or
+// written by hand) occupies what its devices have, never both.
+func TestPlaceReplacesStaleCUDAMem(t *testing.T) {
+	f := newFixture(t)
+	f.gpuAgent("a1", gpuNode())
+	res := gpuSlots(1)
+	res[structs.SlotCUDAMem] = structs.Whole(1 << 30)
+	f.session("s1", structs.SessionTypeBatch, res)
+	if r := f.place("s1", "a1"); len(r.Applied) != 1 {
+		t.Fatalf("%+v", r)
+	}
+	k := f.kernelNow("s1-k")
+	a := f.agentNow("a1")
+	if k.Resources[structs.SlotCUDAMem] != structs.Whole(80<<30) || a.Occupied[structs.SlotCUDAMem] != structs.Whole(80<<30) {
+		t.Fatalf("kernel %v, agent %v", k.Resources, a.Occupied)
+	}
+	f.update("a1", "s1-k", structs.KernelTerminated, nil)
+	if a := f.agentNow("a1"); len(a.Occupied) != 0 || len(a.GPUHolders) != 0 {
+		t.Fatalf("after end: %v %v", a.Occupied, a.GPUHolders)
+	}
+}
