@@ -109,3 +109,33 @@ func TestGPURequestCopiedToKernels(t *testing.T) {
 		t.Fatalf("%s %q, want PENDING with %q", one.Session.Status, one.Session.StatusInfo, want)
 	}
 }
+
+// Policies and groups may limit cuda.device and MIG slots, never cuda.mem.
+func TestGPUSlotLimits(t *testing.T) {
+	c := startCluster(t, nil)
+	for _, tc := range []struct {
+		name, path, body string
+		code             int
+		want             string
+	}{
+		{"policy gpu", "/v1/policies", `{"name": "g", "total_resource_slots": {"cuda.device": 2, "cuda.mig-1g.10gb": 3}}`, 200, ""},
+		{"policy cuda.mem", "/v1/policies", `{"name": "m", "total_resource_slots": {"cuda.mem": 5}}`, 400, "cuda.mem cannot be limited"},
+		{"policy unknown", "/v1/policies", `{"name": "u", "total_resource_slots": {"tpu": 5}}`, 400, "known slots are cpu, mem, cuda.device, cuda.mig-<profile>"},
+		{"group gpu", "/v1/groups", `{"name": "gpus", "total_resource_slots": {"cuda.device": 8}}`, 200, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			req, _ := http.NewRequest("POST", c.addr+tc.path, strings.NewReader(tc.body))
+			req.Header.Set("Authorization", "Bearer "+c.token)
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			var e api.ErrorResponse
+			_ = json.NewDecoder(resp.Body).Decode(&e)
+			if resp.StatusCode/100 != tc.code/100 || !strings.Contains(e.Error, tc.want) {
+				t.Fatalf("got %d %q, want %d containing %q", resp.StatusCode, e.Error, tc.code, tc.want)
+			}
+		})
+	}
+}
