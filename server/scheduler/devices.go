@@ -148,7 +148,8 @@ func free(holders map[string]string, taken map[string]bool, uuid string) bool {
 func wholeCandidates(inv *structs.GPUInventory, holders map[string]string, taken map[string]bool, c *structs.GPUConstraint) []*structs.GPU {
 	var out []*structs.GPU
 	for _, g := range inv.Devices {
-		if g.Unhealthy == "" && !g.MIGMode && free(holders, taken, g.UUID) && matchGPU(c, g) {
+		if g.Unhealthy == "" && !g.MIGMode && g.UUID != "" && free(holders, taken, g.UUID) && matchGPU(c, g) &&
+			!slices.ContainsFunc(out, func(o *structs.GPU) bool { return o.UUID == g.UUID }) {
 			out = append(out, g)
 		}
 	}
@@ -170,7 +171,8 @@ func migCandidates(inv *structs.GPUInventory, holders map[string]string, taken m
 			continue
 		}
 		for _, m := range g.MIG {
-			if m.Profile == profile && m.Unhealthy == "" && free(holders, taken, m.UUID) && matchMIG(c, g, m) {
+			if m.Profile == profile && m.Unhealthy == "" && m.UUID != "" && free(holders, taken, m.UUID) && matchMIG(c, g, m) &&
+				!slices.ContainsFunc(cs, func(o cand) bool { return o.m.UUID == m.UUID }) {
 				cs = append(cs, cand{g, m})
 			}
 		}

@@ -529,3 +529,22 @@ func TestBestGPUSetMatchesBruteForce(t *testing.T) {
 		}
 	}
 }
+
+// A device reported twice, or without a UUID, is never handed out twice
+// or at all.
+func TestChooseDevicesOddInventory(t *testing.T) {
+	inv := islandsInventory(4, 4, "NVIDIA H100", 80)
+	dup := *inv.Devices[1]
+	dup.Index = 9
+	noID := *inv.Devices[2]
+	noID.UUID, noID.Index = "", 10
+	inv.Devices = append(inv.Devices, &dup, &noID)
+	a := gpuAgent("a1", inv)
+	if r := DeviceFit(a, gpus(5), nil, nil); r != "needs 5 GPUs: 4 free match on agent a1" {
+		t.Fatalf("reason %q", r)
+	}
+	got, _, err := ChooseDevices(a, gpus(4), nil, nil)
+	if err != nil || !slices.Equal(got, uuids(0, 1, 2, 3)) {
+		t.Fatalf("got %v, %v", got, err)
+	}
+}
