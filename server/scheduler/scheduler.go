@@ -13,6 +13,14 @@
 // default cluster mode) goes whole on one agent, chosen as if it were one
 // kernel asking for the sum of its kernels' requests; a multi-node one may
 // spread its kernels over agents, each on the agent the selector prefers.
+//
+// A kernel asking for GPU devices (cuda.device, cuda.mig-<profile>) fits an
+// agent only when the agent's free devices (devices.go: healthy, held by no
+// kernel nor taken earlier in the pass, matching the kernel's
+// GPUConstraint) are enough, besides its counted slots; the kernels of a
+// single-node session must find disjoint devices on their agent. The FSM
+// chooses the concrete devices with ChooseDevices in the apply that places
+// the kernel.
 package scheduler
 
 import (
