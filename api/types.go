@@ -60,6 +60,11 @@ type CreateSessionRequest struct {
 	// ClusterMode is single-node (default: all kernels on one agent) or
 	// multi-node (kernels spread over agents).
 	ClusterMode string `json:"cluster_mode,omitempty"`
+	// GPUConstraint narrows which devices the kernels' GPU slots
+	// (cuda.device, cuda.mig-<profile>) may be: a model glob such as
+	// "H100*|H200*" and the least memory of each device. It needs a GPU
+	// slot among the resources.
+	GPUConstraint *structs.GPUConstraint `json:"gpu_constraint,omitempty"`
 }
 
 // SessionDetail is a session with its kernels: the answer of create, get and destroy.
@@ -222,4 +227,6 @@ type RoleSpec struct {
 	Driver    string        `json:"driver,omitempty"`
 	Command   []string      `json:"command,omitempty"`
 	Resources structs.Slots `json:"resources,omitempty"`
+	// GPUConstraint replaces the session's for the role's kernels.
+	GPUConstraint *structs.GPUConstraint `json:"gpu_constraint,omitempty"`
 }

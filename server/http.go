@@ -190,6 +190,82 @@ var slotBounds = map[string]struct{ min, max structs.Quantity }{
 	structs.SlotCUDADevice: {min: structs.Whole(1), max: structs.Whole(64)},
 }
 
+// maxMIGInstances bounds one kernel's request of a MIG profile (7 per
+// GPU, 8 GPUs a node, with room).
+const maxMIGInstances = 64
+
+// migProfileRe is what a MIG profile looks like: 1g.10gb, 1g.18gb+me,
+// 1c.2g.20gb...
+var migProfileRe = regexp.MustCompile(`^[0-9A-Za-z][0-9A-Za-z.+_-]{0,31}$`)
+
+// knownSlots names the slots a request may ask for, for error messages.
+const knownSlots = "cpu, mem, cuda.device, cuda.mig-<profile> and the per-kernel limits pids, disk"
+
+// checkSlot validates one slot of a kernel's request (prefix starts the
+// error, e.g. "role sub: "): a known slot within its bounds; device slots
+// whole numbers. It reports whether the slot is kept (device slots of 0
+// ask for nothing).
+func checkSlot(prefix, name string, q structs.Quantity) (bool, error) {
+	if name == structs.SlotCUDAMem {
+		return false, badRequest("%scuda.mem is counted from the GPUs a kernel gets: ask for -gpu N and -gpu-mem SIZE "+
+			"(resources cuda.device and gpu_constraint.min_memory)", prefix)
+	}
+	profile, mig := structs.IsMIGSlot(name)
+	if name == structs.SlotCUDADevice || mig {
+		if mig && !migProfileRe.MatchString(profile) {
+			return false, badRequest("%sinvalid MIG slot %q: want cuda.mig-<profile>, e.g. cuda.mig-1g.10gb", prefix, name)
+		}
+		if q < 0 || q%structs.QuantityScale != 0 {
+			return false, badRequest("%sresource %s=%s must be a whole number of devices, zero or more", prefix, name, q)
+		}
+		if q > structs.Whole(maxMIGInstances) {
+			return false, badRequest("%sresource %s=%s is out of range [0, %d]", prefix, name, q, maxMIGInstances)
+		}
+		return q > 0, nil
+	}
+	b, ok := slotBounds[name]
+	if !ok {
+		return false, badRequest("%sunknown resource slot %q: known slots are %s", prefix, name, knownSlots)
+	}
+	if q <= 0 {
+		return false, badRequest("%sresource %s must be positive, got %s", prefix, name, q)
+	}
+	if q < b.min || q > b.max {
+		lo, hi := b.min.String(), b.max.String()
+		if name == structs.SlotMem {
+			lo, hi = structs.FormatBytes(b.min), structs.FormatBytes(b.max)
+		}
+		return false, badRequest("%sresource %s=%s is out of range [%s, %s]", prefix, name, q, lo, hi)
+	}
+	return true, nil
+}
+
+// checkGPUConstraint validates a GPU constraint (nil: none).
+func checkGPUConstraint(prefix string, c *structs.GPUConstraint) error {
+	if c == nil {
+		return nil
+	}
+	if c.MinMemory < 0 {
+		return badRequest("%sgpu_constraint.min_memory must be zero or more, got %s", prefix, c.MinMemory)
+	}
+	if c.Model != "" {
+		if err := scheduler.ValidateGPUModel(c.Model); err != nil {
+			return badRequest("%sgpu_constraint: %v", prefix, err)
+		}
+	}
+	return nil
+}
+
+// hasGPUSlot reports whether a request asks for some GPU device.
+func hasGPUSlot(res structs.Slots) bool {
+	for name, q := range res {
+		if _, mig := structs.IsMIGSlot(name); (mig || name == structs.SlotCUDADevice) && q > 0 {
+			return true
+		}
+	}
+	return false
+}
+
 // limitBounds are the per-kernel limits a request may carry among its
 // resources: the drivers enforce them, the scheduler does not count them.
 var limitBounds = map[string]struct{ min, max structs.Quantity }{
@@ -353,25 +429,23 @@ func (s *Server) validateCreate(req *api.CreateSessionRequest, snap *state.Snaps
 	if err != nil {
 		return nil, nil, err
 	}
-	for name, q := range req.Resources {
+	for _, name := range req.Resources.Names() {
+		q := req.Resources[name]
 		if _, isLimit := limitBounds[name]; isLimit {
 			continue
 		}
-		b, ok := slotBounds[name]
-		if !ok {
-			return nil, nil, badRequest("unknown resource slot %q: known slots are cpu, mem, cuda.device and the per-kernel limits pids, disk", name)
+		keep, err := checkSlot("", name, q)
+		if err != nil {
+			return nil, nil, err
 		}
-		if q <= 0 {
-			return nil, nil, badRequest("resource %s must be positive, got %s", name, q)
+		if keep {
+			res[name] = q
+		} else {
+			delete(res, name)
 		}
-		if q < b.min || q > b.max {
-			lo, hi := b.min.String(), b.max.String()
-			if name == structs.SlotMem {
-				lo, hi = structs.FormatBytes(b.min), structs.FormatBytes(b.max)
-			}
-			return nil, nil, badRequest("resource %s=%s is out of range [%s, %s]", name, q, lo, hi)
-		}
-		res[name] = q
+	}
+	if err := checkGPUConstraint("", req.GPUConstraint); err != nil {
+		return nil, nil, err
 	}
 	if req.Priority < -1000 || req.Priority > 1000 {
 		return nil, nil, badRequest("priority %d is out of range [-1000, 1000]", req.Priority)
@@ -414,13 +488,24 @@ func (s *Server) validateCreate(req *api.CreateSessionRequest, snap *state.Snaps
 		sess.StartsAt = time.Time{}
 	}
 	kernels := clusterKernels(sess, req, res, now)
-	if len(limits) > 0 {
-		for _, k := range kernels {
+	for _, k := range kernels {
+		if len(limits) > 0 {
 			k.Limits = limits.Copy()
+		}
+		if !req.GPUConstraint.Empty() {
+			k.GPUConstraint = req.GPUConstraint.Copy()
 		}
 	}
 	if err := s.applyRoles(req, kernels, drivers); err != nil {
 		return nil, nil, err
+	}
+	// A constraint narrows GPU slots: without one it would constrain
+	// nothing, which is surely a mistake.
+	for _, k := range kernels {
+		if !k.GPUConstraint.Empty() && !hasGPUSlot(k.Resources) {
+			return nil, nil, badRequest("kernel %s: a GPU model or memory constraint needs GPUs: ask for -gpu N (resources cuda.device) "+
+				"or a MIG slot (-slot cuda.mig-<profile>=N)", k.Hostname)
+		}
 	}
 	return sess, kernels, nil
 }
@@ -456,17 +541,16 @@ func (s *Server) applyRoles(req *api.CreateSessionRequest, kernels []*structs.Ke
 		if err != nil {
 			return err
 		}
-		for name, q := range rs.Resources {
+		for _, name := range rs.Resources.Names() {
 			if _, isLimit := limitBounds[name]; isLimit {
 				continue
 			}
-			b, ok := slotBounds[name]
-			if !ok {
-				return badRequest("role %s: unknown resource slot %q: known slots are cpu, mem, cuda.device and the per-kernel limits pids, disk", rs.Role, name)
+			if _, err := checkSlot("role "+rs.Role+": ", name, rs.Resources[name]); err != nil {
+				return err
 			}
-			if q <= 0 || q < b.min || q > b.max {
-				return badRequest("role %s: resource %s=%s is out of range", rs.Role, name, q)
-			}
+		}
+		if err := checkGPUConstraint("role "+rs.Role+": ", rs.GPUConstraint); err != nil {
+			return err
 		}
 		for _, k := range kernels {
 			if k.Role != rs.Role {
@@ -483,7 +567,17 @@ func (s *Server) applyRoles(req *api.CreateSessionRequest, kernels []*structs.Ke
 				if _, isLimit := limitBounds[name]; isLimit {
 					continue
 				}
+				if q == 0 {
+					delete(k.Resources, name) // a device slot of 0: none
+					continue
+				}
 				k.Resources[name] = q
+			}
+			if rs.GPUConstraint != nil {
+				k.GPUConstraint = nil
+				if !rs.GPUConstraint.Empty() {
+					k.GPUConstraint = rs.GPUConstraint.Copy()
+				}
 			}
 			for name, q := range roleLimits {
 				if k.Limits == nil {

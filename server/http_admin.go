@@ -319,8 +319,12 @@ func (s *Server) listGroups(w http.ResponseWriter, r *http.Request) (any, error)
 // positive) or a group (zero allowed: nothing of that slot).
 func checkSlotLimits(slots structs.Slots, zeroOK bool) error {
 	for name, q := range slots {
-		if _, ok := slotBounds[name]; !ok {
-			return badRequest("total_resource_slots: unknown resource slot %q: known slots are cpu, mem, cuda.device", name)
+		if name == structs.SlotCUDAMem {
+			return badRequest("total_resource_slots: cuda.mem cannot be limited: it is counted from the GPUs kernels get; limit cuda.device instead")
+		}
+		_, mig := structs.IsMIGSlot(name)
+		if _, ok := slotBounds[name]; !ok && !mig {
+			return badRequest("total_resource_slots: unknown resource slot %q: known slots are cpu, mem, cuda.device, cuda.mig-<profile>", name)
 		}
 		if q < 0 || (q == 0 && !zeroOK) {
 			want := "positive"

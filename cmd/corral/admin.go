@@ -132,7 +132,7 @@ func (c *cli) keyStatus(ctx context.Context, args []string) error {
 	fmt.Fprintf(tw, "Access key:\t%s\nUser:\t%s\nAdmin:\t%v\nRevoked:\t%v\n", st.Key.AccessKey, st.Key.User, st.Key.Admin, st.Key.Revoked)
 	if p := st.Policy; p != nil {
 		fmt.Fprintf(tw, "Policy:\t%s (concurrent %s, pending %s, slots %s, kernels/session %s, lifetime %s, idle %s)\n", p.Name,
-			limit(p.MaxConcurrentSessions), limit(p.MaxPendingSessions), dash(p.TotalResourceSlots.String()), limit(p.MaxKernelsPerSession),
+			limit(p.MaxConcurrentSessions), limit(p.MaxPendingSessions), dash(slotsString(p.TotalResourceSlots)), limit(p.MaxKernelsPerSession),
 			durLimit(p.MaxSessionLifetime), durLimit(p.IdleTimeout))
 	} else {
 		fmt.Fprintf(tw, "Policy:\t- (unlimited)\n")
@@ -141,7 +141,7 @@ func (c *cli) keyStatus(ctx context.Context, args []string) error {
 	for id := range st.Usage.Sessions {
 		ids = append(ids, shortID(id))
 	}
-	fmt.Fprintf(tw, "Concurrency set:\t%d [%s]\nOccupied:\t%s\n", len(ids), strings.Join(ids, " "), dash(st.Usage.Occupied.String()))
+	fmt.Fprintf(tw, "Concurrency set:\t%d [%s]\nOccupied:\t%s\n", len(ids), strings.Join(ids, " "), dash(slotsString(st.Usage.Occupied)))
 	return tw.Flush()
 }
 
@@ -212,9 +212,9 @@ func parseSlotFlags(f *flagSet, cpu, mem, gpu string) (structs.Slots, error) {
 		out[structs.SlotMem] = q
 	}
 	if gpu != "" {
-		q, err := structs.ParseQuantity(gpu)
+		q, err := parseDevices(gpu)
 		if err != nil || q <= 0 {
-			return nil, f.usageErr("invalid -gpu %q: want a positive number", gpu)
+			return nil, f.usageErr("invalid -gpu %q: want a positive whole number of GPUs", gpu)
 		}
 		out[structs.SlotCUDADevice] = q
 	}
@@ -249,7 +249,7 @@ func (c *cli) policyList(ctx context.Context, args []string) error {
 	return listCommand(c, ctx, args, "policy list", "List resource policies.", (*api.Client).ListPolicies,
 		"NAME\tCONCURRENT\tPENDING\tSLOTS\tKERNELS\tLIFETIME\tIDLE", func(p *structs.ResourcePolicy) string {
 			return fmt.Sprintf("%s\t%s\t%s\t%s\t%s\t%s\t%s", p.Name, limit(p.MaxConcurrentSessions), limit(p.MaxPendingSessions),
-				dash(p.TotalResourceSlots.String()), limit(p.MaxKernelsPerSession), durLimit(p.MaxSessionLifetime), durLimit(p.IdleTimeout))
+				dash(slotsString(p.TotalResourceSlots)), limit(p.MaxKernelsPerSession), durLimit(p.MaxSessionLifetime), durLimit(p.IdleTimeout))
 		})
 }
 
@@ -257,6 +257,7 @@ func groupFlags(f *flagSet) (*structs.ResourceGroup, *csvFlag) {
 	g := &structs.ResourceGroup{}
 	f.Var(slotLimitFlag{&g.TotalResourceSlots, structs.SlotCPU, false}, "total-cpu", "cap on the CPU cores all sessions of the group hold at once")
 	f.Var(slotLimitFlag{&g.TotalResourceSlots, structs.SlotMem, true}, "total-mem", "cap on the memory all sessions of the group hold at once, e.g. 64G")
+	f.Var(slotLimitFlag{&g.TotalResourceSlots, structs.SlotCUDADevice, false}, "total-gpu", "cap on the whole GPUs (cuda.device) all sessions of the group hold at once")
 	f.StringVar(&g.SessionSelector, "session-selector", "", "fifo, lifo or drf (default fifo)")
 	f.IntVar(&g.NumRetriesToSkip, "num-retries-to-skip", 0, "fifo: failed passes after which a head-of-line session stops blocking")
 	f.StringVar(&g.AgentSelector, "agent-selector", "", "concentrated, dispersed or roundrobin (default dispersed)")
@@ -318,7 +319,7 @@ func (c *cli) groupSave(ctx context.Context, args []string, update bool) error {
 			if !set["allow-registry"] {
 				g.AllowedRegistries = cur.AllowedRegistries
 			}
-			for flagName, slot := range map[string]string{"total-cpu": structs.SlotCPU, "total-mem": structs.SlotMem} {
+			for flagName, slot := range map[string]string{"total-cpu": structs.SlotCPU, "total-mem": structs.SlotMem, "total-gpu": structs.SlotCUDADevice} {
 				if !set[flagName] {
 					if q, ok := cur.TotalResourceSlots[slot]; ok {
 						if g.TotalResourceSlots == nil {
@@ -348,7 +349,7 @@ func (c *cli) groupList(ctx context.Context, args []string) error {
 				registries = "public"
 			}
 			return fmt.Sprintf("%s\t%s\t%d\t%s\t%s\t%s\t%s", g.Name, g.SessionSelector, g.NumRetriesToSkip, g.AgentSelector,
-				dash(strings.Join(g.ResourcePriority, ",")), dash(g.TotalResourceSlots.String()), registries)
+				dash(strings.Join(g.ResourcePriority, ",")), dash(slotsString(g.TotalResourceSlots)), registries)
 		})
 }
 
@@ -400,6 +401,9 @@ func (f slotLimitFlag) Set(v string) error {
 	q, err := parse(v)
 	if err != nil || q < 0 {
 		return fmt.Errorf("invalid %s limit %q", f.slot, v)
+	}
+	if f.slot == structs.SlotCUDADevice && q%structs.QuantityScale != 0 {
+		return fmt.Errorf("invalid %s limit %q: want a whole number of GPUs", f.slot, v)
 	}
 	if *f.slots == nil {
 		*f.slots = structs.Slots{}

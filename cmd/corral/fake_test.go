@@ -128,7 +128,7 @@ func (f *fakeCorral) create(w http.ResponseWriter, r *http.Request) {
 		ID: id, Name: req.Name, Type: req.Type, ResourceGroup: "default", Status: structs.SessionPending,
 		StatusInfo: "waiting to be scheduled", Result: structs.ResultUndefined, CreatedAt: now,
 		History:     []structs.StatusChange{{Status: "PENDING", Info: "waiting to be scheduled", Time: now}},
-		CreateIndex: f.index, ModifyIndex: f.index,
+		CreateIndex: f.index, ModifyIndex: f.index, KernelIDs: []string{fmt.Sprintf("k%07d-aaaa", n)},
 	}
 	k := &structs.Kernel{
 		ID: fmt.Sprintf("k%07d-aaaa", n), SessionID: id, Role: "main", Idx: 1, Hostname: "main1", Driver: "exec",

@@ -125,9 +125,12 @@ func renderSessionDetail(w io.Writer, d *api.SessionDetail, agents map[string]*s
 		if k.ExitCode != nil {
 			exit = fmt.Sprint(*k.ExitCode)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", k.Hostname, shortID(k.ID), dash(agent), st, exit, dash(k.Resources.String()))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", k.Hostname, shortID(k.ID), dash(agent), st, exit, dash(slotsString(k.Resources)))
 	}
 	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if err := renderKernelGPUs(w, d.Kernels); err != nil {
 		return err
 	}
 
@@ -142,6 +145,46 @@ func renderSessionDetail(w io.Writer, d *api.SessionDetail, agents map[string]*s
 		}
 	}
 	return nil
+}
+
+// slotsString formats slots as Slots.String does, with cuda.mem as bytes
+// too: "cpu=1 cuda.device=2 cuda.mem=160GiB mem=1GiB".
+func slotsString(s structs.Slots) string {
+	parts := make([]string, 0, len(s))
+	for _, k := range s.Names() {
+		if k == structs.SlotMem || k == structs.SlotCUDAMem {
+			parts = append(parts, k+"="+structs.FormatBytes(s[k]))
+			continue
+		}
+		parts = append(parts, k+"="+s[k].String())
+	}
+	return strings.Join(parts, " ")
+}
+
+// renderKernelGPUs writes, when a kernel holds devices or has a GPU
+// constraint, each kernel's devices (UUIDs) and constraint.
+func renderKernelGPUs(w io.Writer, kernels []*structs.Kernel) error {
+	show := false
+	for _, k := range kernels {
+		show = show || len(k.GPUs) > 0 || !k.GPUConstraint.Empty()
+	}
+	if !show {
+		return nil
+	}
+	fmt.Fprintln(w, "\nGPUs")
+	tw := newTable(w)
+	fmt.Fprintln(tw, "HOSTNAME\tCONSTRAINT\tDEVICES")
+	for _, k := range kernels {
+		var c []string
+		if k.GPUConstraint != nil && k.GPUConstraint.Model != "" {
+			c = append(c, "model "+k.GPUConstraint.Model)
+		}
+		if k.GPUConstraint != nil && k.GPUConstraint.MinMemory > 0 {
+			c = append(c, ">= "+structs.FormatBytes(k.GPUConstraint.MinMemory))
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", k.Hostname, dash(strings.Join(c, ", ")), dash(strings.Join(k.GPUs, ", ")))
+	}
+	return tw.Flush()
 }
 
 // renderHistory writes a status history with each change's time, its
@@ -175,7 +218,7 @@ func formatDuration(d time.Duration) string {
 // usedTotal formats one slot of an agent as used/total.
 func usedTotal(a *structs.Agent, slot string) string {
 	used, total := a.Occupied[slot], a.Capacity[slot]
-	if slot == structs.SlotMem {
+	if slot == structs.SlotMem || slot == structs.SlotCUDAMem {
 		return structs.FormatBytes(used) + "/" + structs.FormatBytes(total)
 	}
 	return used.String() + "/" + total.String()
@@ -194,16 +237,38 @@ func driverList(a *structs.Agent, sep string) string {
 // renderAgents writes the table of `node list`.
 func renderAgents(w io.Writer, agents []*structs.Agent, now time.Time) error {
 	tw := newTable(w)
-	fmt.Fprintln(tw, "ID\tNAME\tSTATUS\tGROUP\tDRIVERS\tCPU\tMEM\tAGE")
+	fmt.Fprintln(tw, "ID\tNAME\tSTATUS\tGROUP\tDRIVERS\tCPU\tMEM\tGPUS\tAGE")
 	for _, a := range agents {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", shortID(a.ID), dash(a.Name), a.Status, dash(a.ResourceGroup),
-			dash(driverList(a, ",")), usedTotal(a, structs.SlotCPU), usedTotal(a, structs.SlotMem), since(a.RegisteredAt, now))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", shortID(a.ID), dash(a.Name), a.Status, dash(a.ResourceGroup),
+			dash(driverList(a, ",")), usedTotal(a, structs.SlotCPU), usedTotal(a, structs.SlotMem), gpuUsage(a), since(a.RegisteredAt, now))
 	}
 	return tw.Flush()
 }
 
+// gpuUsage writes an agent's GPU slots compactly for `node list`: whole
+// GPUs used/total, then each MIG profile's, e.g. "2/7 1g.10gb:1/7"; "-"
+// when it has none.
+func gpuUsage(a *structs.Agent) string {
+	var parts []string
+	if a.Capacity[structs.SlotCUDADevice] > 0 || a.Occupied[structs.SlotCUDADevice] > 0 {
+		parts = append(parts, usedTotal(a, structs.SlotCUDADevice))
+	}
+	for _, name := range a.Capacity.Add(a.Occupied).Names() {
+		if profile, ok := structs.IsMIGSlot(name); ok {
+			parts = append(parts, profile+":"+usedTotal(a, name))
+		}
+	}
+	return dash(strings.Join(parts, " "))
+}
+
 // renderAgent writes `node status`: the agent and every resource slot it has.
 func renderAgent(w io.Writer, a *structs.Agent, now time.Time) error {
+	return renderAgentWith(w, a, now, nil)
+}
+
+// renderAgentWith is renderAgent with heldBy naming the kernel that holds
+// a device (by kernel ID; nil, or "" from it: the kernel's short ID).
+func renderAgentWith(w io.Writer, a *structs.Agent, now time.Time, heldBy func(kernelID string) string) error {
 	tw := newTable(w)
 	field := func(k, v string) { fmt.Fprintf(tw, "%s:\t%s\n", k, v) }
 	field("ID", a.ID)
@@ -233,12 +298,80 @@ func renderAgent(w io.Writer, a *structs.Agent, now time.Time) error {
 	free := a.Free()
 	for _, name := range a.Capacity.Add(a.Occupied).Names() {
 		f := func(q structs.Quantity) string {
-			if name == structs.SlotMem {
+			if name == structs.SlotMem || name == structs.SlotCUDAMem {
 				return structs.FormatBytes(q)
 			}
 			return q.String()
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", name, f(a.Occupied[name]), f(a.Capacity[name]), f(free[name]))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	return renderGPUs(w, a, heldBy)
+}
+
+// renderGPUs writes the agent's devices for `node status`: every GPU with
+// its health, utilisation and the kernel holding it, and its MIG instances
+// under it.
+func renderGPUs(w io.Writer, a *structs.Agent, heldBy func(kernelID string) string) error {
+	inv := a.GPUs
+	if inv == nil {
+		return nil
+	}
+	var versions []string
+	for _, v := range []struct{ k, v string }{{"driver", inv.DriverVersion}, {"CUDA", inv.CUDAVersion}, {"NVML", inv.NVMLVersion}} {
+		if v.v != "" {
+			versions = append(versions, v.k+" "+v.v)
+		}
+	}
+	head := "\nGPUs"
+	if len(versions) > 0 {
+		head += " (" + strings.Join(versions, ", ") + ")"
+	}
+	fmt.Fprintln(w, head)
+	if len(inv.Devices) == 0 {
+		fmt.Fprintln(w, "none")
+		return nil
+	}
+	holder := func(uuid string) string {
+		id := a.GPUHolders[uuid]
+		if id == "" {
+			return "-"
+		}
+		if heldBy != nil {
+			if s := heldBy(id); s != "" {
+				return s
+			}
+		}
+		return "kernel " + shortID(id)
+	}
+	health := func(why string) string {
+		if why == "" {
+			return "healthy"
+		}
+		return "unhealthy: " + oneLine(why)
+	}
+	tw := newTable(w)
+	fmt.Fprintln(tw, "IDX\tUUID\tMODEL\tMEMORY\tHEALTH\tUTIL\tMEM USED\tHELD BY")
+	devices := slices.Clone(inv.Devices)
+	slices.SortStableFunc(devices, func(x, y *structs.GPU) int { return x.Index - y.Index })
+	for _, d := range devices {
+		util, used := fmt.Sprintf("%d%%", d.UtilPercent), structs.FormatBytes(structs.Whole(d.MemoryUsedBytes))
+		held := holder(d.UUID)
+		if d.MIGMode {
+			held = fmt.Sprintf("MIG mode (%d instances)", len(d.MIG))
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.Index, d.UUID, dash(d.Name), structs.FormatBytes(structs.Whole(d.MemoryBytes)),
+			health(d.Unhealthy), util, used, held)
+		for _, m := range d.MIG {
+			why := m.Unhealthy
+			if why == "" && d.Unhealthy != "" {
+				why = "its GPU is unhealthy"
+			}
+			fmt.Fprintf(tw, "  %d/%d\t%s\t%s\t%s\t%s\t-\t-\t%s\n", m.GIID, m.CIID, m.UUID, "MIG "+m.Profile,
+				structs.FormatBytes(structs.Whole(m.MemoryBytes)), health(why), holder(m.UUID))
+		}
 	}
 	return tw.Flush()
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -11,7 +12,7 @@ import (
 )
 
 func (c *cli) nodeList(ctx context.Context, args []string) error {
-	f := c.newFlags("node list", "[flags]", "List the agents the servers know, with used/total CPU and memory.", true)
+	f := c.newFlags("node list", "[flags]", "List the agents the servers know, with used/total CPU, memory and GPUs (whole GPUs, then each MIG profile).", true)
 	if err := f.parseNone(args); err != nil {
 		return err
 	}
@@ -30,8 +31,57 @@ func (c *cli) nodeList(ctx context.Context, args []string) error {
 }
 
 func (c *cli) nodeStatus(ctx context.Context, args []string) error {
-	f := c.newFlags("node status", "ID [flags]", "Show one agent (by ID, unique ID prefix or name) and each of its resource slots.", true)
-	return c.agentCommand(ctx, f, args, (*api.Client).GetAgent)
+	f := c.newFlags("node status", "ID [flags]", "Show one agent (by ID, unique ID prefix or name), each of its resource slots and\n"+
+		"each of its GPUs: health, utilisation and the kernel holding it.", true)
+	id, client, err := f.refClient(args, "agent ID, ID prefix or name")
+	if err != nil {
+		return err
+	}
+	a, err := client.GetAgent(ctx, id)
+	if err != nil {
+		return err
+	}
+	if f.json {
+		return printJSON(c.stdout, a)
+	}
+	return renderAgentWith(c.stdout, a, time.Now(), gpuHolderNames(ctx, client, a))
+}
+
+// gpuHolderNames finds, for the kernels holding the agent's devices, their
+// session (name and short ID) and hostname, e.g. "train (1a2b3c4d) main1".
+// It is best effort: a kernel it cannot find is shown by its ID.
+func gpuHolderNames(ctx context.Context, client *api.Client, a *structs.Agent) func(string) string {
+	if len(a.GPUHolders) == 0 {
+		return nil
+	}
+	want := map[string]bool{}
+	for _, k := range a.GPUHolders {
+		want[k] = true
+	}
+	sessions, err := client.ListSessions(ctx, "")
+	if err != nil {
+		return nil
+	}
+	names := map[string]string{}
+	for _, s := range sessions {
+		if s.Status.Terminal() || !slices.ContainsFunc(s.KernelIDs, func(id string) bool { return want[id] }) {
+			continue
+		}
+		d, err := client.GetSession(ctx, s.ID)
+		if err != nil {
+			continue
+		}
+		for _, k := range d.Kernels {
+			if want[k.ID] {
+				name := shortID(s.ID)
+				if s.Name != "" {
+					name = s.Name + " (" + name + ")"
+				}
+				names[k.ID] = name + " " + k.Hostname
+			}
+		}
+	}
+	return func(id string) string { return names[id] }
 }
 
 func (c *cli) nodeDrain(ctx context.Context, args []string) error {

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/corral-dev/corral/api"
+	"github.com/corral-dev/corral/server/scheduler"
 	"github.com/corral-dev/corral/structs"
 )
 
@@ -47,7 +48,13 @@ func (c *cli) parseCreate(args []string) (*createCmd, error) {
 	f.Var(deps, "depends-on", "sessions (comma-separated IDs or names) that must end with SUCCESS first")
 	env := envFlag{}
 	f.Var(env, "env", "environment variable `KEY=VALUE` of the kernel (repeatable)")
-	f.Var(roleFlag{&r.Roles}, "role", "per-role `ROLE:key=value,...` override (image, driver, cpu, mem), e.g. sub:image=IMG2,cpu=2,mem=1G (repeatable)")
+	gpu := f.String("gpu", "", "whole GPUs per kernel (alias of -slot cuda.device=N)")
+	slotArgs := slotFlag{}
+	f.Var(slotArgs, "slot", "resource slot `NAME=QTY` per kernel, any slot, e.g. cuda.device=2 or cuda.mig-1g.10gb=1 (repeatable)")
+	gpuModel := f.String("gpu-model", "", "GPU model glob the kernels' GPUs must match, alternatives split by '|', e.g. 'H100*|H200*' (\"NVIDIA \" optional, case ignored)")
+	gpuMem := f.String("gpu-mem", "", "least memory of each of the kernels' GPUs (or MIG instances), e.g. 40G")
+	f.Var(roleFlag{&r.Roles}, "role", "per-role `ROLE:key=value,...` override (keys image, driver, cpu, mem, gpu, gpu-model, gpu-mem, slot.NAME), "+
+		"e.g. sub:image=IMG2,cpu=2,mem=1G,gpu=1,gpu-model=A100*,slot.cuda.mig-1g.10gb=1 (repeatable)")
 	f.IntVar(&r.MaxRetries, "max-retries", 0, "batch: re-queue the session up to N times when an agent running it is lost")
 	f.StringVar(&r.LostAfter, "lost-after", "", "give the kernels up (ERROR, or re-queue with -max-retries) once their agent is DISCONNECTED this long, sooner than the cluster's -agent-lost-after (e.g. 30s)")
 	f.IntVar(&r.ClusterSize, "cluster-size", 0, "number of kernels: main1 plus sub1..subN-1, placed together or not at all (0: one)")
@@ -88,9 +95,31 @@ func (c *cli) parseCreate(args []string) (*createCmd, error) {
 	if len(env) > 0 {
 		r.Env = env
 	}
-	if *cpu != "" || *mem != "" || *pids != 0 || *disk != "" {
+	if *cpu != "" || *mem != "" || *pids != 0 || *disk != "" || *gpu != "" || len(slotArgs) > 0 {
 		r.Resources = structs.Slots{}
 	}
+	for name, q := range slotArgs {
+		r.Resources[name] = q
+	}
+	for _, dup := range []struct{ flag, slot, val string }{
+		{"-cpu", structs.SlotCPU, *cpu}, {"-mem", structs.SlotMem, *mem}, {"-gpu", structs.SlotCUDADevice, *gpu},
+	} {
+		if _, ok := slotArgs[dup.slot]; ok && dup.val != "" {
+			return nil, f.usageErr("both %s and -slot %s given: give one", dup.flag, dup.slot)
+		}
+	}
+	if *gpu != "" {
+		q, err := parseDevices(*gpu)
+		if err != nil {
+			return nil, f.usageErr("invalid -gpu %q: %v", *gpu, err)
+		}
+		r.Resources[structs.SlotCUDADevice] = q
+	}
+	gc, err := parseGPUConstraint(*gpuModel, *gpuMem)
+	if err != nil {
+		return nil, f.usageErr("%v", err)
+	}
+	r.GPUConstraint = gc
 	if *pids < 0 {
 		return nil, f.usageErr("invalid -pids %d: want a positive number of processes", *pids)
 	}
@@ -488,7 +517,85 @@ func (c *cli) sessionDestroy(ctx context.Context, args []string) error {
 	return nil
 }
 
-// roleFlag parses -role ROLE:key=value,... (keys: image, driver, cpu, mem).
+// parseDevices parses a number of whole devices (zero or more).
+func parseDevices(v string) (structs.Quantity, error) {
+	q, err := structs.ParseQuantity(v)
+	if err != nil || q < 0 || q%structs.QuantityScale != 0 {
+		return 0, errors.New("want a whole number of devices, e.g. 1 or 4")
+	}
+	return q, nil
+}
+
+// parseSlot parses the quantity of -slot NAME=QTY: sizes for mem and
+// disk (e.g. 2G), whole numbers for device slots, else a decimal.
+func parseSlot(name, val string) (structs.Quantity, error) {
+	switch {
+	case name == structs.SlotMem || name == structs.LimitDisk:
+		q, err := structs.ParseBytes(val)
+		if err != nil || q <= 0 {
+			return 0, fmt.Errorf("invalid %s %q: want a size such as 256M or 2G", name, val)
+		}
+		return q, nil
+	case name == structs.SlotCUDADevice || strings.HasPrefix(name, structs.SlotMIGPrefix):
+		q, err := parseDevices(val)
+		if err != nil {
+			return 0, fmt.Errorf("invalid %s %q: %v", name, val, err)
+		}
+		return q, nil
+	}
+	q, err := structs.ParseQuantity(val)
+	if err != nil {
+		return 0, fmt.Errorf("invalid %s %q: want a number", name, val)
+	}
+	return q, nil
+}
+
+// parseGPUConstraint builds the constraint of -gpu-model and -gpu-mem (nil
+// when both are empty).
+func parseGPUConstraint(model, mem string) (*structs.GPUConstraint, error) {
+	if model == "" && mem == "" {
+		return nil, nil
+	}
+	c := &structs.GPUConstraint{Model: model}
+	if model != "" {
+		if err := scheduler.ValidateGPUModel(model); err != nil {
+			return nil, fmt.Errorf("invalid -gpu-model: %v", err)
+		}
+	}
+	if mem != "" {
+		q, err := structs.ParseBytes(mem)
+		if err != nil || q <= 0 {
+			return nil, fmt.Errorf("invalid -gpu-mem %q: want a size such as 40G", mem)
+		}
+		c.MinMemory = q
+	}
+	return c, nil
+}
+
+// slotFlag collects -slot NAME=QTY.
+type slotFlag structs.Slots
+
+func (f slotFlag) String() string { return structs.Slots(f).String() }
+
+func (f slotFlag) Set(v string) error {
+	name, val, ok := strings.Cut(v, "=")
+	name = strings.TrimSpace(name)
+	if !ok || name == "" || val == "" {
+		return errors.New("want NAME=QTY, e.g. cuda.device=2 or cuda.mig-1g.10gb=1")
+	}
+	if _, dup := f[name]; dup {
+		return fmt.Errorf("slot %s given twice", name)
+	}
+	q, err := parseSlot(name, strings.TrimSpace(val))
+	if err != nil {
+		return err
+	}
+	f[name] = q
+	return nil
+}
+
+// roleFlag parses -role ROLE:key=value,... (keys: image, driver, cpu, mem,
+// gpu, gpu-model, gpu-mem, slot.NAME).
 type roleFlag struct{ specs *[]api.RoleSpec }
 
 func (f roleFlag) String() string {
@@ -511,7 +618,58 @@ func (f roleFlag) Set(v string) error {
 	for _, kv := range strings.Split(rest, ",") {
 		k, val, ok := strings.Cut(strings.TrimSpace(kv), "=")
 		if !ok || val == "" {
-			return fmt.Errorf("%q: want key=value (image, driver, cpu, mem)", kv)
+			return fmt.Errorf("%q: want key=value (image, driver, cpu, mem, gpu, gpu-model, gpu-mem, slot.NAME)", kv)
+		}
+		setSlot := func(name string, q structs.Quantity) error {
+			if spec.Resources == nil {
+				spec.Resources = structs.Slots{}
+			}
+			if _, dup := spec.Resources[name]; dup {
+				return fmt.Errorf("slot %s given twice for role %s", name, role)
+			}
+			spec.Resources[name] = q
+			return nil
+		}
+		switch k {
+		case "gpu":
+			q, err := parseDevices(val)
+			if err != nil {
+				return fmt.Errorf("invalid gpu %q: %v", val, err)
+			}
+			if err := setSlot(structs.SlotCUDADevice, q); err != nil {
+				return err
+			}
+			continue
+		case "gpu-model", "gpu-mem":
+			if spec.GPUConstraint == nil {
+				spec.GPUConstraint = &structs.GPUConstraint{}
+			}
+			model, mem := "", ""
+			if k == "gpu-model" {
+				model = val
+			} else {
+				mem = val
+			}
+			c, err := parseGPUConstraint(model, mem)
+			if err != nil {
+				return errors.New(strings.Replace(err.Error(), "-gpu-", "gpu-", 1))
+			}
+			if model != "" {
+				spec.GPUConstraint.Model = c.Model
+			} else {
+				spec.GPUConstraint.MinMemory = c.MinMemory
+			}
+			continue
+		}
+		if name, ok := strings.CutPrefix(k, "slot."); ok {
+			q, err := parseSlot(name, val)
+			if err != nil {
+				return err
+			}
+			if err := setSlot(name, q); err != nil {
+				return err
+			}
+			continue
 		}
 		switch k {
 		case "image":
@@ -536,7 +694,7 @@ func (f roleFlag) Set(v string) error {
 			}
 			spec.Resources[k] = q
 		default:
-			return fmt.Errorf("unknown key %q: want image, driver, cpu or mem", k)
+			return fmt.Errorf("unknown key %q: want image, driver, cpu, mem, gpu, gpu-model, gpu-mem or slot.NAME", k)
 		}
 	}
 	*f.specs = append(*f.specs, spec)

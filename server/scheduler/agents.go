@@ -126,6 +126,10 @@ type agentView struct {
 	// members are the indices that hold this agent, told when its free
 	// amounts change.
 	members []membership
+	// taken holds the GPU devices (UUIDs) the pass chose on this agent
+	// for the kernels it placed so far; the agent's GPUHolders hold
+	// those of the kernels placed before the pass.
+	taken map[string]bool
 }
 
 type membership struct {

@@ -117,7 +117,7 @@ func kernelName(k *structs.Kernel) string {
 
 // slotString formats one slot as "cpu=4" or "mem=8GiB".
 func slotString(name string, q structs.Quantity) string {
-	if name == structs.SlotMem {
+	if name == structs.SlotMem || name == structs.SlotCUDAMem {
 		return name + "=" + structs.FormatBytes(q)
 	}
 	return name + "=" + q.String()

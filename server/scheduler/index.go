@@ -305,11 +305,19 @@ func (t *agentIndex) mayFitAny(r request) bool {
 	return false
 }
 
+// accept, when not nil, is a further test an agent with room for a request
+// must pass (the kernel's GPU devices, devices.go); it must be pure during
+// one question.
+type accept func(v *agentView) bool
+
 // first returns the first agent in the index's order with room for r, or nil.
-func (t *agentIndex) first(r request) *agentView {
+func (t *agentIndex) first(r request) *agentView { return t.firstWith(r, nil) }
+
+// firstWith is first among the agents that ok accepts (nil: all).
+func (t *agentIndex) firstWith(r request, ok accept) *agentView {
 	t.sync()
 	if t.order == orderByID {
-		if n := t.firstIn(t.roots[0], r); n != none {
+		if n := t.firstIn(t.roots[0], r, ok); n != none {
 			return t.nodes[n].v
 		}
 		return nil
@@ -323,7 +331,7 @@ func (t *agentIndex) first(r request) *agentView {
 		if best != none && u > bestU {
 			continue
 		}
-		n := t.firstIn(t.roots[c], r)
+		n := t.firstIn(t.roots[c], r, ok)
 		if n != none && (best == none || u < bestU || t.less(n, best)) {
 			best, bestU = n, u
 		}
@@ -334,16 +342,16 @@ func (t *agentIndex) first(r request) *agentView {
 	return t.nodes[best].v
 }
 
-func (t *agentIndex) firstIn(n int32, r request) int32 {
+func (t *agentIndex) firstIn(n int32, r request, ok accept) int32 {
 	for n != none {
 		if !t.mayFit(n, r) {
 			return none
 		}
 		nd := &t.nodes[n]
-		if found := t.firstIn(nd.left, r); found != none {
+		if found := t.firstIn(nd.left, r, ok); found != none {
 			return found
 		}
-		if t.fits(n, r) {
+		if t.fits(n, r) && (ok == nil || ok(nd.v)) {
 			return n
 		}
 		n = nd.right
@@ -352,16 +360,17 @@ func (t *agentIndex) firstIn(n int32, r request) int32 {
 }
 
 // firstAfter returns the first agent with room for r whose ID sorts after
-// id, or nil; the index must be ordered by agent ID (round robin).
-func (t *agentIndex) firstAfter(id string, r request) *agentView {
+// id, and that ok accepts (nil: all), or nil; the index must be ordered by
+// agent ID (round robin).
+func (t *agentIndex) firstAfter(id string, r request, ok accept) *agentView {
 	t.sync()
-	if n := t.firstAfterIn(t.roots[0], id, r); n != none {
+	if n := t.firstAfterIn(t.roots[0], id, r, ok); n != none {
 		return t.nodes[n].v
 	}
 	return nil
 }
 
-func (t *agentIndex) firstAfterIn(n int32, id string, r request) int32 {
+func (t *agentIndex) firstAfterIn(n int32, id string, r request, ok accept) int32 {
 	for n != none {
 		if !t.mayFit(n, r) {
 			return none
@@ -371,14 +380,14 @@ func (t *agentIndex) firstAfterIn(n int32, id string, r request) int32 {
 			n = nd.right
 			continue
 		}
-		if found := t.firstAfterIn(nd.left, id, r); found != none {
+		if found := t.firstAfterIn(nd.left, id, r, ok); found != none {
 			return found
 		}
-		if t.fits(n, r) {
+		if t.fits(n, r) && (ok == nil || ok(nd.v)) {
 			return n
 		}
 		// Everything to the right sorts after id.
-		return t.firstIn(nd.right, r)
+		return t.firstIn(nd.right, r, ok)
 	}
 	return none
 }

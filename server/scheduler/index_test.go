@@ -100,7 +100,7 @@ func TestAgentIndexMatchesBruteForce(t *testing.T) {
 				want := bruteFirst(g.agents, o, prio, cursor, req)
 				var got *agentView
 				if o == orderByID {
-					if got = idx[oi].firstAfter(cursor, req); got == nil {
+					if got = idx[oi].firstAfter(cursor, req, nil); got == nil {
 						got = idx[oi].first(req)
 					}
 				} else {

@@ -13,6 +13,14 @@
 // default cluster mode) goes whole on one agent, chosen as if it were one
 // kernel asking for the sum of its kernels' requests; a multi-node one may
 // spread its kernels over agents, each on the agent the selector prefers.
+//
+// A kernel asking for GPU devices (cuda.device, cuda.mig-<profile>) fits an
+// agent only when the agent's free devices (devices.go: healthy, held by no
+// kernel nor taken earlier in the pass, matching the kernel's
+// GPUConstraint) are enough, besides its counted slots; the kernels of a
+// single-node session must find disjoint devices on their agent. The FSM
+// chooses the concrete devices with ChooseDevices in the apply that places
+// the kernel.
 package scheduler
 
 import (
@@ -181,8 +189,11 @@ type item struct {
 	grank   int               // rank of group among the pass's groups, by name
 	kernels []*structs.Kernel // non-nil, in role and index order
 	reqs    []request         // per kernel
-	req     structs.Slots     // sum of the kernels' positive requests
-	invalid string            // why the session cannot be tried at all
+	// gpu holds each kernel's device demand (devices.go); nil when no
+	// kernel of the session asks for a GPU device.
+	gpu     []GPUDemand
+	req     structs.Slots // sum of the kernels' positive requests
+	invalid string        // why the session cannot be tried at all
 	// together is set for a single-node session of several kernels, which
 	// goes whole on one agent: one with every driver of drivers (their
 	// driverKey) and room for sum, which is req as a request.
@@ -216,12 +227,17 @@ type pass struct {
 	check  SessionCheck
 	cands  []Candidate // reused between kernels
 	done   []placed    // reused between sessions
+	// devMiss is the best device shortage the current pick met.
+	devMiss deviceMiss
 }
 
 type placed struct {
 	k *structs.Kernel
 	v *agentView
 	r request
+	// gpus are the devices the pass chose for the kernel on v (held in
+	// v.taken until the pass ends or gives them back).
+	gpus []string
 }
 
 func newPass(in *Input, opt Options, res *Result) *pass {
@@ -286,6 +302,16 @@ func prepare(pending []*PendingSession, names map[string]bool) (items []*item, b
 		for _, k := range it.kernels {
 			if it.invalid == "" && k.Status != structs.KernelPending {
 				it.invalid = fmt.Sprintf("kernel %s is %s, not %s", kernelName(k), k.Status, structs.KernelPending)
+			}
+			if d, err := DemandOf(k.Resources); err != nil {
+				if it.invalid == "" {
+					it.invalid = fmt.Sprintf("kernel %s: %v", kernelName(k), err)
+				}
+			} else if !d.Empty() {
+				if it.gpu == nil {
+					it.gpu = make([]GPUDemand, len(it.kernels))
+				}
+				it.gpu[slices.Index(it.kernels, k)] = d
 			}
 			for name, q := range k.Resources {
 				names[name] = true
@@ -534,6 +560,7 @@ func (p *pass) place(g *groupView, it *item) (structs.SessionPlacement, string) 
 	rollback := func() {
 		for _, d := range done {
 			d.v.take(d.r, -1)
+			d.v.untakeGPUs(d.gpus)
 		}
 		g.cursor, g.moved = cursor, moved
 	}
@@ -547,7 +574,11 @@ func (p *pass) place(g *groupView, it *item) (structs.SessionPlacement, string) 
 			return sp, noDriverReason(g, k)
 		}
 		r := it.reqs[j]
-		v, reason, short := p.pick(g, demand{k: k, drivers: k.Driver, key: k.Driver, n: 1}, r, withDriver, len(done) == 0)
+		d := demand{k: k, drivers: k.Driver, key: k.Driver, n: 1}
+		if it.gpu != nil && !it.gpu[j].Empty() {
+			d.accept = p.deviceAccept(it.kernels[j:j+1], it.gpu[j:j+1])
+		}
+		v, reason, short := p.pick(g, d, r, withDriver, len(done) == 0)
 		if v == nil {
 			rollback()
 			if short && len(done) > 0 && p.anyFits(g, k.Driver, r, withDriver) {
@@ -561,7 +592,11 @@ func (p *pass) place(g *groupView, it *item) (structs.SessionPlacement, string) 
 		if g.cfg.agentSelector == structs.AgentSelectorRoundRobin && p.opt.AgentSelector == nil {
 			g.cursor, g.moved = v.agent.ID, true
 		}
-		done = append(done, placed{k: k, v: v, r: r})
+		var gpus []string
+		if d.accept != nil {
+			gpus = v.takeGPUs(it.kernels[j:j+1], it.gpu[j:j+1])
+		}
+		done = append(done, placed{k: k, v: v, r: r, gpus: gpus})
 	}
 	sp.Placements = make([]structs.Placement, len(done))
 	for i, d := range done {
@@ -592,11 +627,17 @@ func (p *pass) placeTogether(g *groupView, it *item) (structs.SessionPlacement, 
 		k.Resources = it.req.Copy()
 		d.k = &k
 	}
+	if it.gpu != nil {
+		d.accept = p.deviceAccept(it.kernels, it.gpu)
+	}
 	v, reason, _ := p.pick(g, d, it.sum, set.agents, true)
 	if v == nil {
 		return sp, reason
 	}
 	v.take(it.sum, 1)
+	if it.gpu != nil {
+		v.takeGPUs(it.kernels, it.gpu)
+	}
 	if g.cfg.agentSelector == structs.AgentSelectorRoundRobin && p.opt.AgentSelector == nil {
 		g.cursor, g.moved = v.agent.ID, true
 	}
@@ -644,6 +685,9 @@ type demand struct {
 	drivers, key string
 	// n is how many kernels go together: 1 for a kernel alone.
 	n int
+	// accept, when set, is the test of the kernels' GPU devices that an
+	// agent with room for their slots must pass too.
+	accept accept
 }
 
 // what names the demand in reasons: "kernel main1", or "all 3 kernels of
@@ -662,12 +706,20 @@ func (d demand) what() string {
 func (p *pass) pick(g *groupView, d demand, r request, withDriver []*agentView, clean bool) (v *agentView, reason string, short bool) {
 	if sel := p.opt.AgentSelector; sel != nil {
 		p.cands = p.cands[:0]
+		p.devMiss = deviceMiss{}
+		slotsFit := false
 		for _, v := range withDriver {
 			if v.fits(r) {
-				p.cands = append(p.cands, Candidate{Agent: v.agent, view: v})
+				slotsFit = true
+				if d.accept == nil || d.accept(v) {
+					p.cands = append(p.cands, Candidate{Agent: v.agent, view: v})
+				}
 			}
 		}
 		if len(p.cands) == 0 {
+			if slotsFit {
+				return nil, p.deviceReason(g, d), true
+			}
 			return nil, g.shortReason(withDriver, d, r, scanBest(withDriver)), true
 		}
 		i := sel(d.k, p.cands)
@@ -679,14 +731,21 @@ func (p *pass) pick(g *groupView, d demand, r request, withDriver []*agentView, 
 	}
 	idx := g.index(d.key)
 	if !g.knownToFail(d.key, r) {
+		p.devMiss = deviceMiss{}
 		if g.cfg.agentSelector == structs.AgentSelectorRoundRobin {
-			v = idx.firstAfter(g.cursor, r)
+			v = idx.firstAfter(g.cursor, r, d.accept)
 		}
 		if v == nil {
-			v = idx.first(r)
+			v = idx.firstWith(r, d.accept)
 		}
 		if v != nil {
 			return v, "", false
+		}
+		if p.devMiss.reason != "" {
+			// Some agents had room for the slots but not the devices: a
+			// request that covers this one may still find devices
+			// elsewhere, so the failure is not remembered.
+			return nil, p.deviceReason(g, d), true
 		}
 		if clean {
 			g.rememberFailed(d.key, r)

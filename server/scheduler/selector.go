@@ -31,8 +31,9 @@ import "github.com/corral-dev/corral/structs"
 
 // Candidate is an agent that can take the kernel being placed: ALIVE, in the
 // session's resource group, with the kernel's driver and room for all of its
-// slots in this pass (for a single-node session: with every driver of its
-// kernels and room for their sum).
+// slots in this pass, and the GPU devices it asks for (for a single-node
+// session: with every driver of its kernels, room for their sum and
+// disjoint devices for each).
 type Candidate struct {
 	// Agent is the agent as the snapshot holds it; never modify it.
 	Agent *structs.Agent

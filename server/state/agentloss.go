@@ -124,6 +124,9 @@ func (w *writer) requeue(sn *Snapshot, sess *structs.Session, kernels []*structs
 		}
 		nk.ID = retryKernelID(cur.ID, retry)
 		nk.AgentID, nk.Network, nk.ExitCode = "", nil, nil
+		// Its devices are chosen anew where it is placed next.
+		nk.GPUs = nil
+		delete(nk.Resources, structs.SlotCUDAMem)
 		nk.Status, nk.StatusInfo = structs.KernelPending, info
 		nk.History = []structs.StatusChange{{Status: string(structs.KernelPending), Info: info, Time: now}}
 		if nk.Env != nil && nk.Env["CORRAL_KERNEL_ID"] != "" {

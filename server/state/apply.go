@@ -3,6 +3,7 @@ package state
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -156,10 +157,12 @@ func (w *writer) ownAgentOf(cur *structs.Agent) (*structs.Agent, error) {
 	if a, ok := w.agents[cur.ID]; ok {
 		return a, nil
 	}
-	// Only the occupancy is the copy's own: the driver list and capacity
-	// are shared with the stored version, which nothing changes in place.
+	// Only the occupancy and the GPU holders are the copy's own: the
+	// driver list, capacity and GPU inventory are shared with the stored
+	// version, which nothing changes in place.
 	a := *cur
 	a.Occupied = cur.Occupied.Copy()
+	a.GPUHolders = maps.Clone(cur.GPUHolders)
 	if err := w.putAgent(&a); err != nil {
 		return nil, err
 	}
@@ -216,6 +219,7 @@ func (s *StateStore) EnqueueSession(index uint64, req *structs.SessionEnqueueReq
 		kc.CreateIndex = index
 		kc.Status = structs.KernelPending
 		kc.AgentID = ""
+		kc.GPUs = nil // chosen when placed, never by the request
 		kc.History = []structs.StatusChange{{Status: string(structs.KernelPending), Info: "enqueued", Time: req.Time}}
 		sess.KernelIDs = append(sess.KernelIDs, kc.ID)
 		if err := w.putKernel(kc); err != nil {
@@ -340,9 +344,16 @@ func (w *writer) placeSession(sn *Snapshot, sp structs.SessionPlacement, now tim
 	type target struct {
 		a   *structs.Agent
 		add structs.Slots
+		// taken holds the devices chosen for the kernels of this plan
+		// placed on the agent so far: the next kernel gets others.
+		taken map[string]bool
 	}
 	targets := make([]*target, len(sp.Placements))
 	placed := make([]*structs.Kernel, len(sp.Placements))
+	// The devices chosen for each placement, and what its kernel occupies:
+	// its request plus the memory of its whole GPUs as cuda.mem.
+	gpus := make([][]string, len(sp.Placements))
+	holds := make([]structs.Slots, len(sp.Placements))
 	for i, p := range sp.Placements {
 		k := kernelByID(kernels, p.KernelID)
 		if k == nil {
@@ -379,10 +390,32 @@ func (w *writer) placeSession(sn *Snapshot, sp structs.SessionPlacement, now tim
 		if err := scheduler.CheckPlacementInGroup(t.a, sess.ResourceGroup, occupied, k); err != nil {
 			return err
 		}
+		// The kernel's devices, against the agent's latest holders and
+		// those chosen for the plan's earlier kernels there: two kernels
+		// never get one device.
+		uuids, mem, err := scheduler.ChooseDevices(t.a, k.Resources, k.GPUConstraint, t.taken)
+		if err != nil {
+			return fmt.Errorf("kernel %s on agent %s: %v", k.Hostname, t.a.ID, err)
+		}
+		gpus[i], holds[i] = uuids, k.Resources
+		if _, stale := k.Resources[structs.SlotCUDAMem]; mem > 0 || stale {
+			// cuda.mem is never asked for: it is what the devices have.
+			holds[i] = k.Resources.Copy()
+			delete(holds[i], structs.SlotCUDAMem)
+			if mem > 0 {
+				holds[i][structs.SlotCUDAMem] = mem
+			}
+		}
+		if len(uuids) > 0 && t.taken == nil {
+			t.taken = map[string]bool{}
+		}
+		for _, u := range uuids {
+			t.taken[u] = true
+		}
 		if t.add == nil {
 			t.add = structs.Slots{}
 		}
-		addSlots(t.add, k.Resources)
+		addSlots(t.add, holds[i])
 	}
 	for _, t := range targets {
 		if t.add == nil {
@@ -395,6 +428,18 @@ func (w *writer) placeSession(sn *Snapshot, sp structs.SessionPlacement, now tim
 		a.Occupied = addSlots(a.Occupied, t.add)
 		a.UpdatedAt = now
 		t.a, t.add = a, nil
+	}
+	for i, p := range sp.Placements {
+		if len(gpus[i]) == 0 {
+			continue
+		}
+		a := targets[i].a // this transaction's copy
+		if a.GPUHolders == nil {
+			a.GPUHolders = map[string]string{}
+		}
+		for _, u := range gpus[i] {
+			a.GPUHolders[u] = p.KernelID
+		}
 	}
 	c := editSession(sess)
 	// A session of several kernels gets its overlay in the same apply.
@@ -415,6 +460,8 @@ func (w *writer) placeSession(sn *Snapshot, sp structs.SessionPlacement, now tim
 	}
 	for i, p := range sp.Placements {
 		k := editKernel(placed[i])
+		k.GPUs = gpus[i]
+		k.Resources = holds[i]
 		if err := w.occupy(sess.AccessKey, sess.ID, k.Resources); err != nil {
 			return err
 		}
@@ -676,6 +723,12 @@ func (w *writer) releaseIfEnded(before, after *structs.Kernel, now time.Time) er
 	}
 	a.Occupied = occ
 	a.UpdatedAt = now
+	// Its devices are free again (a.GPUHolders is this transaction's copy).
+	for _, u := range before.GPUs {
+		if a.GPUHolders[u] == before.ID {
+			delete(a.GPUHolders, u)
+		}
+	}
 	if sess, err := w.snap().Session(nil, before.SessionID); err == nil {
 		if err := w.release(sess.AccessKey, sess.ID, before.Resources, false); err != nil {
 			return err
@@ -696,8 +749,12 @@ func (s *StateStore) UpsertAgent(index uint64, req *structs.AgentUpsertRequest) 
 	if a.ResourceGroup == "" {
 		a.ResourceGroup = structs.DefaultResourceGroup
 	}
+	// Which kernel holds which device is the store's own, as the
+	// occupancy: never taken from the agent.
+	a.GPUHolders = nil
 	if cur, err := w.snap().Agent(nil, a.ID); err == nil {
 		a.Occupied = cur.Occupied.Copy()
+		a.GPUHolders = maps.Clone(cur.GPUHolders)
 		a.CreateIndex = cur.CreateIndex
 		a.RegisteredAt = cur.RegisteredAt
 		// Draining is the operator's, not the agent's: a re-registration
@@ -716,6 +773,10 @@ func (s *StateStore) UpsertAgent(index uint64, req *structs.AgentUpsertRequest) 
 		}
 		if len(a.Capacity) == 0 {
 			a.Capacity = cur.Capacity.Copy()
+			// Nor its GPU inventory, which its capacity counts.
+			if a.GPUs == nil {
+				a.GPUs = cur.GPUs.Copy()
+			}
 		}
 		if a.Status == "" {
 			a.Status = cur.Status
