@@ -10,6 +10,9 @@ LDFLAGS := -X main.version=$(VERSION)
 # make test passes it through GOFLAGS, so that the binaries the e2e tests
 # build get it too.
 TAGS    ?= seccomp
+# go-nvml's header marks many NVML calls deprecated: hundreds of warnings
+# from cgo otherwise.
+export CGO_CFLAGS ?= -O2 -g -Wno-deprecated-declarations
 GOFILES := $(shell find . -name '*.go' -not -path './.git/*')
 
 .PHONY: all build run test deps lint bench clean

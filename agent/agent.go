@@ -24,6 +24,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/corral-dev/corral/gossip"
+	"github.com/corral-dev/corral/gpu"
 	"github.com/corral-dev/corral/images"
 	"github.com/corral-dev/corral/plugins/drivers"
 	"github.com/corral-dev/corral/rpc"
@@ -87,6 +88,12 @@ type Config struct {
 	// EnrollAddr is the RPC address of a server to join with JoinToken
 	// (default: each Join host at port DefaultServerRPCPort).
 	EnrollAddr string
+	// NVMLLib is the NVML library to load (-nvml-lib; default
+	// libnvidia-ml.so.1 through the loader). NoGPUs skips NVML.
+	NVMLLib string
+	NoGPUs  bool
+	// DevRoot is where the host's device nodes are (default /dev; tests).
+	DevRoot string
 	// GCRetention is how long an ended kernel's directory and logs stay
 	// after a server acknowledged its end (0: DefaultGCRetention).
 	GCRetention time.Duration
@@ -100,8 +107,12 @@ type Agent struct {
 	drivers map[string]drivers.Driver
 
 	capacity structs.Slots
-	serf     *serf.Serf
-	events   chan serf.Event
+	// nvml, gpuInv (under mu) and driverFiles: the node's GPUs (gpus.go).
+	nvml        *gpu.NVML
+	gpuInv      *structs.GPUInventory
+	driverFiles []structs.DeviceMount
+	serf        *serf.Serf
+	events      chan serf.Event
 
 	grpc    *grpc.Server
 	ownGRPC bool
@@ -232,6 +243,7 @@ func New(cfg Config) (*Agent, error) {
 	for k, v := range cfg.Capacity {
 		a.capacity[k] = v
 	}
+	a.setupGPUs()
 
 	if err := a.setupAutoTLS(ctx); err != nil {
 		return nil, err
@@ -264,6 +276,10 @@ func New(cfg Config) (*Agent, error) {
 	go func() { defer a.wg.Done(); a.runGC() }()
 	go func() { defer a.wg.Done(); a.connectLoop() }()
 	go func() { defer a.wg.Done(); a.reporter.run(a.ctx) }()
+	if a.nvml != nil {
+		a.wg.Add(1)
+		go func() { defer a.wg.Done(); a.watchGPUs() }()
+	}
 	for _, d := range a.drivers {
 		if w, ok := d.(drivers.HealthWatcher); ok {
 			a.wg.Add(1)
@@ -271,7 +287,7 @@ func New(cfg Config) (*Agent, error) {
 		}
 	}
 	ok = true
-	a.logger.Info("agent started", "name", cfg.Name, "capacity", a.capacity.String(), "drivers", a.driverNames(), "rpc", a.cfg.RPCAddr, "gossip", a.SerfAddr())
+	a.logger.Info("agent started", "name", cfg.Name, "capacity", a.slots().String(), "drivers", a.driverNames(), "rpc", a.cfg.RPCAddr, "gossip", a.SerfAddr())
 	return a, nil
 }
 
@@ -360,7 +376,7 @@ func (a *Agent) inventory() *structs.Agent {
 	return &structs.Agent{
 		ID: a.id, Name: a.cfg.Name, ResourceGroup: a.cfg.ResourceGroup, RPCAddr: a.cfg.RPCAddr,
 		SerfAddr: a.SerfAddr(), Drivers: a.driverNames(), UnhealthyDrivers: unhealthy,
-		Capacity: a.capacity.Copy(), Version: Version,
+		Capacity: a.slots(), GPUs: a.gpus(), Version: Version,
 	}
 }
 
@@ -368,7 +384,7 @@ func (a *Agent) inventory() *structs.Agent {
 func (a *Agent) tags() map[string]string {
 	return map[string]string{
 		gossip.TagRole: "agent", gossip.TagID: a.id, gossip.TagRPC: a.cfg.RPCAddr,
-		gossip.TagGroup: a.cfg.ResourceGroup, gossip.TagSlots: gossip.FormatSlots(a.capacity),
+		gossip.TagGroup: a.cfg.ResourceGroup, gossip.TagSlots: gossip.FormatSlots(a.slots()),
 		gossip.TagDrivers: strings.Join(a.driverNames(), ","), gossip.TagVersion: Version,
 	}
 }

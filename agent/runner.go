@@ -166,6 +166,12 @@ func (r *kernelRunner) run(ctx context.Context) {
 func (r *kernelRunner) start(ctx context.Context, log *slog.Logger, cfg *drivers.TaskConfig) bool {
 	rep := r.a.reporter
 	rep.report(r.id, structs.KernelPreparing, "preparing kernel directory on agent "+r.a.cfg.Name, nil)
+	devices, err := r.a.deviceReservation(r.kernel)
+	if err != nil {
+		r.fail(structs.KernelError, "GPUs: "+err.Error())
+		return false
+	}
+	cfg.Devices = devices
 	if err := os.MkdirAll(cfg.WorkDir, 0o755); err != nil {
 		r.fail(structs.KernelError, "preparing kernel directory: "+err.Error())
 		return false

@@ -136,6 +136,9 @@ func (s *agentService) Stats(ctx context.Context, req *rpc.StatsRequest) (*rpc.S
 			continue
 		}
 		ks.Time, ks.CPUUsageNanos, ks.MemoryRSSBytes, ks.Pids = st.Time, st.CPUUsageNanos, st.MemoryRSSBytes, st.Pids
+		if len(r.kernel.GPUs) > 0 {
+			ks.GPUUtilPercent, ks.GPUMemoryUsedBytes, ks.GPUs = s.a.kernelGPUStats(r.kernel)
+		}
 	}
 	return out, nil
 }

@@ -211,7 +211,12 @@ type KernelStats struct {
 	CPUUsageNanos  uint64    `json:"cpu_usage_nanos"`
 	MemoryRSSBytes uint64    `json:"memory_rss_bytes"`
 	Pids           uint64    `json:"pids"`
-	Error          string    `json:"error,omitempty"`
+	// GPUs, GPUUtilPercent and GPUMemoryUsedBytes: the kernel's devices,
+	// their mean utilisation and memory in use (absent without GPUs).
+	GPUs               int    `json:"gpus,omitempty"`
+	GPUUtilPercent     int    `json:"gpu_util_percent,omitempty"`
+	GPUMemoryUsedBytes uint64 `json:"gpu_memory_used_bytes,omitempty"`
+	Error              string `json:"error,omitempty"`
 }
 
 // DrainRequest is the body of POST /v1/agents/{id}/drain.

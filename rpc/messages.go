@@ -113,7 +113,13 @@ type KernelStats struct {
 	CPUUsageNanos  uint64    `json:"cpu_usage_nanos"`
 	MemoryRSSBytes uint64    `json:"memory_rss_bytes"`
 	Pids           uint64    `json:"pids"`
-	Error          string    `json:"error,omitempty"`
+	// GPUs is how many devices the kernel holds; GPUUtilPercent the mean
+	// utilisation of its whole GPUs, GPUMemoryUsedBytes the memory in use
+	// on them (a kernel's devices are its own).
+	GPUs               int    `json:"gpus,omitempty"`
+	GPUUtilPercent     int    `json:"gpu_util_percent,omitempty"`
+	GPUMemoryUsedBytes uint64 `json:"gpu_memory_used_bytes,omitempty"`
+	Error              string `json:"error,omitempty"`
 }
 
 // StatsResponse holds one sample per requested kernel.

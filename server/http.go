@@ -1114,6 +1114,7 @@ func (s *Server) sessionStats(w http.ResponseWriter, r *http.Request) (any, erro
 		if len(resp.Kernels) == 1 {
 			st := resp.Kernels[0]
 			ks.Time, ks.CPUUsageNanos, ks.MemoryRSSBytes, ks.Pids, ks.Error = st.Time, st.CPUUsageNanos, st.MemoryRSSBytes, st.Pids, st.Error
+			ks.GPUs, ks.GPUUtilPercent, ks.GPUMemoryUsedBytes = st.GPUs, st.GPUUtilPercent, st.GPUMemoryUsedBytes
 		}
 	}
 	return out, nil

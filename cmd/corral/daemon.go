@@ -51,6 +51,8 @@ type daemonFlags struct {
 	group, cpu, mem, logLevel, pluginDir                      string
 	execUser                                                  string
 	enableHostDriver                                          bool
+	nvmlLib                                                   string
+	noGPUs                                                    bool
 	join                                                      listFlag
 	insecureRegistries                                        listFlag
 	allowedRegistries                                         listFlag
@@ -154,6 +156,8 @@ func parseDaemonFlags(role string, args []string) (*daemonFlags, error) {
 		fs.StringVar(&f.maxImageSize, "max-image-size", "50G", "largest unpacked image (its files in all); a pull beyond it fails")
 		fs.StringVar(&f.execUser, "exec-user", execdriver.DefaultUser, "unprivileged user (name or uid, never root) that exec kernels run as, in namespaces of their own")
 		fs.BoolVar(&f.enableHostDriver, "enable-host-driver", false, "offer the host driver: kernels run as root in the host's namespaces (for admins only)")
+		fs.StringVar(&f.nvmlLib, "nvml-lib", "", "NVIDIA NVML library to fingerprint GPUs with (default libnvidia-ml.so.1 through the loader)")
+		fs.BoolVar(&f.noGPUs, "no-gpus", false, "do not look for GPUs (offer none, even with an NVIDIA driver)")
 		fs.BoolVar(&f.runc.seccomp, "runc-seccomp", true, "give runc kernels the container runtimes' default seccomp profile (false: an operator's escape hatch)")
 		fs.Var(&f.runc.userns, "userns", "run runc kernels in user namespaces, their root an unprivileged host uid: auto (where the kernel supports it), true or false")
 		fs.StringVar(&f.runc.maxLogSize, "max-log-size", "100M", "most bytes of each kernel's stdout and stderr kept on disk (exec, host and runc drivers; the log and its rotated .1 together; 0: no cap)")
@@ -377,6 +381,7 @@ func runDaemon(role string, args []string) int {
 			AllowedRegistries: f.allowedRegistries, AllowLoopbackRegistries: role == "dev",
 		}
 		cfg.MaxImageSize = f.maxImageBytes
+		cfg.NVMLLib, cfg.NoGPUs = f.nvmlLib, f.noGPUs
 		if role == "agent" && security.TLS == nil && security.JoinToken != "" {
 			// Not a secret of one's own PKI: the cluster's join token.
 			cfg.JoinToken, cfg.Security = security.JoinToken, nil

@@ -406,14 +406,19 @@ func (c *cli) sessionStatus(ctx context.Context, args []string) error {
 func renderStats(w io.Writer, stats []*api.KernelStats) error {
 	fmt.Fprintln(w, "\nKernel usage")
 	tw := newTable(w)
-	fmt.Fprintln(tw, "HOSTNAME\tCPU TIME\tMEMORY\tPIDS\tNOTE")
+	fmt.Fprintln(tw, "HOSTNAME\tCPU TIME\tMEMORY\tPIDS\tGPU UTIL\tGPU MEMORY\tNOTE")
 	for _, st := range stats {
 		if st.Error != "" {
-			fmt.Fprintf(tw, "%s\t-\t-\t-\t%s\n", st.Hostname, st.Error)
+			fmt.Fprintf(tw, "%s\t-\t-\t-\t-\t-\t%s\n", st.Hostname, st.Error)
 			continue
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t-\n", st.Hostname, time.Duration(st.CPUUsageNanos).Round(time.Millisecond),
-			structs.FormatBytes(structs.Whole(int64(st.MemoryRSSBytes))), st.Pids)
+		gpuUtil, gpuMem := "-", "-"
+		if st.GPUs > 0 {
+			gpuUtil = fmt.Sprintf("%d%% of %d", st.GPUUtilPercent, st.GPUs)
+			gpuMem = structs.FormatBytes(structs.Whole(int64(st.GPUMemoryUsedBytes)))
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t-\n", st.Hostname, time.Duration(st.CPUUsageNanos).Round(time.Millisecond),
+			structs.FormatBytes(structs.Whole(int64(st.MemoryRSSBytes))), st.Pids, gpuUtil, gpuMem)
 	}
 	return tw.Flush()
 }
