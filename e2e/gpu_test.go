@@ -131,9 +131,9 @@ func TestGPUs(t *testing.T) {
 		got[s] = kernelGPUs(t, addr, s)
 	}
 	want := map[string][]string{
-		"g4": {uuid(0), uuid(1), uuid(2), uuid(3)}, // one whole island
-		"g2": {uuid(4), uuid(5)},                   // an NVLinked pair of the other
-		"g1": {uuid(6)},
+		"g4":  {uuid(0), uuid(1), uuid(2), uuid(3)}, // one whole island
+		"g2":  {uuid(4), uuid(5)},                   // an NVLinked pair of the other
+		"g1":  {uuid(6)},
 		"mig": {m.GPUs[7].MIG[0].UUID, m.GPUs[7].MIG[1].UUID},
 	}
 	for s, w := range want {
