@@ -71,6 +71,11 @@ type CreateSessionRequest struct {
 type SessionDetail struct {
 	Session *structs.Session  `json:"session"`
 	Kernels []*structs.Kernel `json:"kernels"`
+	// Unknown maps the ID of each kernel whose agent is DISCONNECTED to
+	// why its status is unknown: the kernel may be running or not, and
+	// nobody can tell until the agent is back or LOST. Its status field
+	// keeps the last one the agent reported.
+	Unknown map[string]string `json:"unknown_kernels,omitempty"`
 }
 
 // LogsResponse is the answer of GET /v1/sessions/{id}/logs.

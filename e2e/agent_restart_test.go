@@ -233,8 +233,12 @@ func testAgentRestart(t *testing.T, sig string, away time.Duration) {
 		}
 		t.Logf("agent away %v: %s (%s)", time.Since(stoppedAt).Round(time.Second), a.Status, a.StatusInfo)
 		for ref := range kernels {
-			if d, err := sessionDetail(t, addr, ref); err != nil || d.Session.Status != structs.SessionRunning {
+			d, err := sessionDetail(t, addr, ref)
+			if err != nil || d.Session.Status != structs.SessionRunning {
 				t.Fatalf("%s while its agent is away: %+v %v", ref, d.Session, err)
+			}
+			if why := d.Unknown[kernels[ref]]; !strings.HasPrefix(why, "UNKNOWN: agent ") {
+				t.Errorf("%s while its agent is away: unknown_kernels = %v, want its kernel UNKNOWN", ref, d.Unknown)
 			}
 		}
 	}

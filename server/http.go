@@ -725,7 +725,23 @@ func (s *Server) sessionDetail(ctx context.Context, ws memdb.WatchSet, snap *sta
 	if w != nil {
 		w.Header().Set(api.IndexHeader, strconv.FormatUint(sess.ModifyIndex, 10))
 	}
-	return &api.SessionDetail{Session: sess, Kernels: ks}, nil
+	d := &api.SessionDetail{Session: sess, Kernels: ks}
+	now := time.Now()
+	for _, k := range ks {
+		if !k.HoldsSlots() {
+			continue
+		}
+		a, err := snap.Agent(ws, k.AgentID)
+		if err != nil || a.Status != structs.AgentDisconnected {
+			continue
+		}
+		if d.Unknown == nil {
+			d.Unknown = map[string]string{}
+		}
+		d.Unknown[k.ID] = fmt.Sprintf("UNKNOWN: agent %s disconnected %s ago; last reported %s",
+			a.Name, now.Sub(a.DisconnectedAt).Round(time.Second), k.Status)
+	}
+	return d, nil
 }
 
 // blockingParams reads ?index=N&wait=D of a blocking query.

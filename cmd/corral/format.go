@@ -121,6 +121,9 @@ func renderSessionDetail(w io.Writer, d *api.SessionDetail, agents map[string]*s
 				st = fmt.Sprintf("UNKNOWN (agent disconnected %s; last %s)", since(a.DisconnectedAt, now), k.Status)
 			}
 		}
+		if why := d.Unknown[k.ID]; why != "" && !strings.HasPrefix(st, "UNKNOWN") {
+			st = why // the server's word when the agent list is not at hand
+		}
 		exit := "-"
 		if k.ExitCode != nil {
 			exit = fmt.Sprint(*k.ExitCode)
