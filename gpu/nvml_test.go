@@ -323,3 +323,27 @@ containerEdits:
 		t.Fatalf("fallback: %s, %v", src, err)
 	}
 }
+
+// TestMachineFromJSON: a machine described in JSON (the 8-GPU test node)
+// reads as the one built in Go, and unknown fields are refused.
+func TestMachineFromJSON(t *testing.T) {
+	m, err := fakenvml.LoadMachine(filepath.Join("fakenvml", "testdata", "8xh100-mig.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := openMachine(t, m)
+	inv, err := n.Inventory()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(inv.Devices) != 8 || len(inv.Devices[7].MIG) != 7 || inv.Devices[0].Links[inv.Devices[1].UUID].NVLinks != 2 {
+		t.Fatalf("inventory from JSON: %d devices, %+v", len(inv.Devices), inv.Devices[0].Links)
+	}
+	bad := filepath.Join(t.TempDir(), "bad.json")
+	if err := os.WriteFile(bad, []byte(`{"GPUs": [{"Serial": "x"}]}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fakenvml.LoadMachine(bad); err == nil {
+		t.Fatal("an unknown field was accepted")
+	}
+}

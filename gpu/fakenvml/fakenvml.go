@@ -2,11 +2,14 @@
 // that emulates a machine of NVIDIA GPUs, so that corral's real NVML path
 // (github.com/NVIDIA/go-nvml) runs on a host without one. The library
 // reads the machine from the file named by $FAKE_NVML_CONFIG (Machine.Write
-// makes one); without it, nvmlInit fails as on a node without a driver.
+// makes one, from a Machine built in Go or read from JSON by LoadMachine);
+// without it, nvmlInit fails as on a node without a driver.
 package fakenvml
 
 import (
+	"bytes"
 	_ "embed"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -45,10 +48,32 @@ type Machine struct {
 	NVML   string // e.g. "12.550.54.15"
 	CUDA   int    // e.g. 12040 for 12.4
 	GPUs   []GPU
-	// Topology gives the common PCIe ancestor level (NVML's values: 0
-	// internal, 10 single switch, 20 multiple, 30 host bridge, 40 NUMA
-	// node, 50 system) of pairs of GPU indices; unlisted pairs are 50.
-	Topology map[[2]int]int
+	// Topology gives the common PCIe ancestor level of pairs of GPU
+	// indices; unlisted pairs are 50 (system).
+	Topology []Topo `json:"topology,omitempty"`
+}
+
+// Topo is the common PCIe ancestor of GPUs A and B, in NVML's values: 0
+// internal, 10 single switch, 20 multiple, 30 host bridge, 40 NUMA node,
+// 50 system.
+type Topo struct {
+	A, B, Level int
+}
+
+// LoadMachine reads a machine from a JSON file (a Machine, as in
+// testdata/8xh100-mig.json).
+func LoadMachine(path string) (*Machine, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	m := &Machine{}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(m); err != nil {
+		return nil, fmt.Errorf("fake NVML machine %s: %w", path, err)
+	}
+	return m, nil
 }
 
 // GPU is one emulated device.
@@ -132,8 +157,8 @@ func (m *Machine) Write(path string) error {
 			fmt.Fprintf(&b, "proc %d %d %d %d\n", i, p.Pid, p.Memory, p.SMPercent)
 		}
 	}
-	for pair, level := range m.Topology {
-		fmt.Fprintf(&b, "topo %d %d %d\n", pair[0], pair[1], level)
+	for _, t := range m.Topology {
+		fmt.Fprintf(&b, "topo %d %d %d\n", t.A, t.B, t.Level)
 	}
 	return os.WriteFile(path, []byte(b.String()), 0o644)
 }
@@ -147,7 +172,7 @@ const GiB = 1 << 30
 // switch, pairs across islands meet at the system level). With mig, GPU 7
 // is in MIG mode with 7 instances of 1g.10gb.
 func EightH100(mig bool) *Machine {
-	m := &Machine{Driver: "550.54.15", NVML: "12.550.54.15", CUDA: 12040, Topology: map[[2]int]int{}}
+	m := &Machine{Driver: "550.54.15", NVML: "12.550.54.15", CUDA: 12040}
 	for i := 0; i < 8; i++ {
 		g := GPU{
 			Minor: i, UUID: fmt.Sprintf("GPU-fa4e0000-0000-4000-8000-00000000000%d", i),
@@ -158,7 +183,7 @@ func EightH100(mig bool) *Machine {
 		for j := island; j < island+4; j++ {
 			if j != i {
 				g.NVLinks = append(g.NVLinks, j, j)
-				m.Topology[[2]int{i, j}] = 10
+				m.Topology = append(m.Topology, Topo{A: i, B: j, Level: 10})
 			}
 		}
 		m.GPUs = append(m.GPUs, g)
