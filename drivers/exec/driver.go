@@ -36,6 +36,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/corral-dev/corral/drivers/exec/cgroup"
+	// Denies devices on cgroup v2 with an eBPF device program.
+	_ "github.com/corral-dev/corral/drivers/exec/cgroup/ebpfdev"
 	"github.com/corral-dev/corral/drivers/exec/taskrun"
 	"github.com/corral-dev/corral/drivers/internal/lifecycle"
 	"github.com/corral-dev/corral/drivers/internal/logcap"
@@ -258,7 +260,7 @@ func (d *Driver) limits(cfg *drivers.TaskConfig, log *slog.Logger) cgroup.Limits
 	if d.isolated && cfg.Devices != nil {
 		// Kernels share the host's /dev: the other devices are denied in
 		// the task's device cgroup (Start fails where there is none).
-		l.DenyDevices = cfg.Devices.Deny
+		l.DenyDevices = cgroupDevices(cfg.Devices.Deny)
 	}
 	if d.cgroups == nil {
 		if l.CPU > 0 || l.MemoryBytes > 0 || l.Pids > 0 {
@@ -422,6 +424,15 @@ func (d *Driver) Start(ctx context.Context, cfg *drivers.TaskConfig) (_ *drivers
 	t.Logger.Info("task started", "command", cfg.Command, "cgroups", group != nil, "shim_pid", st.ShimPid,
 		"isolated", iso != nil, "uid", credUID(cred))
 	return h, nil
+}
+
+// cgroupDevices converts device nodes to the cgroup package's own type.
+func cgroupDevices(nodes []structs.DeviceNode) []cgroup.Device {
+	out := make([]cgroup.Device, len(nodes))
+	for i, n := range nodes {
+		out[i] = cgroup.Device{Path: n.Path, Type: n.Type, Major: n.Major, Minor: n.Minor}
+	}
+	return out
 }
 
 // denyPaths lists the paths of nodes, for errors.

@@ -16,8 +16,6 @@ import (
 	"strings"
 	"syscall"
 	"time"
-
-	"github.com/corral-dev/corral/structs"
 )
 
 // ErrUnavailable means this host offers no cgroup controller the driver can
@@ -75,7 +73,7 @@ type Limits struct {
 	// mknod: its device cgroup (v1: the devices controller; v2: an eBPF
 	// device program) denies them and allows every other device. Create
 	// fails when the node offers no device cgroup (see CanDenyDevices).
-	DenyDevices []structs.DeviceNode
+	DenyDevices []Device
 }
 
 // Manager creates per-task cgroups below one parent cgroup (e.g. "corral")
