@@ -65,6 +65,27 @@ type CreateSessionRequest struct {
 	// "H100*|H200*" and the least memory of each device. It needs a GPU
 	// slot among the resources.
 	GPUConstraint *structs.GPUConstraint `json:"gpu_constraint,omitempty"`
+	// RunOn is "main" (the default for batch cluster sessions: main1 runs
+	// the command, the subs serve ssh and exec) or "all" (every kernel
+	// runs it; the default for the other types).
+	RunOn string `json:"run_on,omitempty"`
+	// FailOn is "any" (the default for batch: the first kernel to fail
+	// fails the session and stops the others) or "main".
+	FailOn string `json:"fail_on,omitempty"`
+	// StartOrder is "barrier" (the default for cluster sessions: no
+	// command starts before every kernel is ready) or "unordered".
+	StartOrder string `json:"start_order,omitempty"`
+	// Shm is the size of /dev/shm ("8G").
+	Shm string `json:"shm,omitempty"`
+	// Ulimits are "name=soft[:hard]" limits, values a number or
+	// "unlimited" (e.g. "memlock=unlimited", "nofile=65536").
+	Ulimits []string `json:"ulimits,omitempty"`
+	// CapAdd are capabilities added to the kernel's default set.
+	CapAdd []string `json:"cap_add,omitempty"`
+	// Network is "" (overlay/namespace) or "host".
+	Network string `json:"network,omitempty"`
+	// InfiniBand passes the agent's /dev/infiniband devices in.
+	InfiniBand bool `json:"infiniband,omitempty"`
 }
 
 // SessionDetail is a session with its kernels: the answer of create, get and destroy.

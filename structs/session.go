@@ -57,6 +57,12 @@ type Session struct {
 	ClusterMode string `json:"cluster_mode,omitempty"`
 	// ClusterSize is the number of kernels (main1 plus the sub kernels).
 	ClusterSize int `json:"cluster_size,omitempty"`
+	// RunOn, FailOn and StartOrder say how a cluster session's kernels
+	// run their commands (RunOnMain/RunOnAll, FailOnAny/FailOnMain,
+	// StartBarrier/StartUnordered); empty for a single kernel.
+	RunOn      string `json:"run_on,omitempty"`
+	FailOn     string `json:"fail_on,omitempty"`
+	StartOrder string `json:"start_order,omitempty"`
 	// MaxRetries is how many times a batch session is re-queued when an
 	// agent running its kernels is lost; Retries counts those so far.
 	MaxRetries int `json:"max_retries,omitempty"`
@@ -117,7 +123,16 @@ type Kernel struct {
 	GPUs []string `json:"gpus,omitempty"`
 	// Network wires the kernel into its session's overlay (cluster
 	// sessions); set when the kernel is placed.
-	Network     *KernelNetwork `json:"network,omitempty"`
+	Network *KernelNetwork `json:"network,omitempty"`
+	// Launch is the kernel's part in its cluster session's job (ranks,
+	// peers, ssh), set when the session is placed; nil for a single kernel.
+	Launch *ClusterLaunch `json:"launch,omitempty"`
+	// Options are runtime settings beyond the slots (shm, ulimits, caps,
+	// host network).
+	Options *KernelOptions `json:"options,omitempty"`
+	// Cpuset is the cores the agent pinned the kernel to ("2-3"), as it
+	// reported them; empty for a kernel in the shared pool.
+	Cpuset      string         `json:"cpuset,omitempty"`
 	Status      KernelStatus   `json:"status"`
 	StatusInfo  string         `json:"status_info,omitempty"`
 	ExitCode    *int           `json:"exit_code,omitempty"`
@@ -148,6 +163,8 @@ func (k *Kernel) Copy() *Kernel {
 		c.Limits = k.Limits.Copy()
 	}
 	c.Network = k.Network.Copy()
+	c.Launch = k.Launch.Copy()
+	c.Options = k.Options.Copy()
 	c.GPUConstraint = k.GPUConstraint.Copy()
 	c.GPUs = append([]string(nil), k.GPUs...)
 	c.History = append([]StatusChange(nil), k.History...)

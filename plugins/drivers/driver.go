@@ -127,6 +127,26 @@ type TaskConfig struct {
 	// of it or fails the start; a kernel never sees a device it was not
 	// given.
 	Devices *structs.DeviceReservation `json:"devices,omitempty"`
+	// Mounts are host files or directories bound into a container kernel
+	// (e.g. /etc/corral with a cluster kernel's hostfile and ssh keys, and
+	// corral's kernel helper). A driver without a filesystem of its own
+	// (exec) sees the same paths on the host.
+	Mounts []Mount `json:"mounts,omitempty"`
+	// Cpuset pins the kernel to these CPUs ("0-1,4"), CpusetMems to these
+	// NUMA nodes; empty: the agent's shared pool, no pinning.
+	Cpuset     string `json:"cpuset,omitempty"`
+	CpusetMems string `json:"cpuset_mems,omitempty"`
+	// Options are the kernel's runtime settings beyond its slots: /dev/shm
+	// size, ulimits, added capabilities, host networking. A driver that
+	// cannot apply one fails the start with a clear error.
+	Options *structs.KernelOptions `json:"options,omitempty"`
+}
+
+// Mount is a bind mount into a container kernel.
+type Mount struct {
+	Source      string `json:"source"`
+	Destination string `json:"destination"`
+	ReadOnly    bool   `json:"read_only,omitempty"`
 }
 
 // ImageConfig is the run configuration of an OCI image.

@@ -248,7 +248,8 @@ func taskConfigToProto(c *TaskConfig) *proto.TaskConfig {
 		Command: c.Command, Env: c.Env, WorkDir: c.WorkDir, TaskDir: c.TaskDir,
 		Resources: res, StdoutPath: c.StdoutPath, StderrPath: c.StderrPath, User: c.User,
 		Rootfs: c.RootFS, ImageConfig: imageConfigToProto(c.ImageConfig), NetnsPath: c.NetNSPath, Hosts: c.Hosts,
-		Devices: devicesToProto(c.Devices),
+		Devices: devicesToProto(c.Devices), Mounts: mountsToProto(c.Mounts), Cpuset: c.Cpuset, CpusetMems: c.CpusetMems,
+		Options: optionsToProto(c.Options),
 	}
 }
 
@@ -329,7 +330,8 @@ func taskConfigFromProto(c *proto.TaskConfig) *TaskConfig {
 		Command: c.GetCommand(), Env: env, WorkDir: c.GetWorkDir(), TaskDir: c.GetTaskDir(),
 		Resources: res, StdoutPath: c.GetStdoutPath(), StderrPath: c.GetStderrPath(), User: c.GetUser(),
 		RootFS: c.GetRootfs(), ImageConfig: imageConfigFromProto(c.GetImageConfig()), NetNSPath: c.GetNetnsPath(), Hosts: c.GetHosts(),
-		Devices: devicesFromProto(c.GetDevices()),
+		Devices: devicesFromProto(c.GetDevices()), Mounts: mountsFromProto(c.GetMounts()), Cpuset: c.GetCpuset(),
+		CpusetMems: c.GetCpusetMems(), Options: optionsFromProto(c.GetOptions()),
 	}
 }
 
@@ -411,4 +413,42 @@ func taskStatsFromProto(s *proto.TaskStats) *TaskStats {
 	return &TaskStats{
 		Time: timeFromProto(s.GetTime()), CPUUsageNanos: s.GetCpuUsageNanos(), MemoryRSSBytes: s.GetMemoryRssBytes(), Pids: s.GetPids(),
 	}
+}
+
+func mountsToProto(ms []Mount) []*proto.Mount {
+	var out []*proto.Mount
+	for _, m := range ms {
+		out = append(out, &proto.Mount{Source: m.Source, Destination: m.Destination, ReadOnly: m.ReadOnly})
+	}
+	return out
+}
+
+func mountsFromProto(ms []*proto.Mount) []Mount {
+	var out []Mount
+	for _, m := range ms {
+		out = append(out, Mount{Source: m.GetSource(), Destination: m.GetDestination(), ReadOnly: m.GetReadOnly()})
+	}
+	return out
+}
+
+func optionsToProto(o *structs.KernelOptions) *proto.KernelOptions {
+	if o == nil {
+		return nil
+	}
+	p := &proto.KernelOptions{ShmBytes: o.ShmBytes, CapAdd: o.CapAdd, Network: o.Network, Infiniband: o.InfiniBand}
+	for _, u := range o.Ulimits {
+		p.Ulimits = append(p.Ulimits, &proto.Ulimit{Name: u.Name, Soft: u.Soft, Hard: u.Hard})
+	}
+	return p
+}
+
+func optionsFromProto(p *proto.KernelOptions) *structs.KernelOptions {
+	if p == nil {
+		return nil
+	}
+	o := &structs.KernelOptions{ShmBytes: p.GetShmBytes(), CapAdd: p.GetCapAdd(), Network: p.GetNetwork(), InfiniBand: p.GetInfiniband()}
+	for _, u := range p.GetUlimits() {
+		o.Ulimits = append(o.Ulimits, structs.Ulimit{Name: u.GetName(), Soft: u.GetSoft(), Hard: u.GetHard()})
+	}
+	return o
 }

@@ -361,7 +361,12 @@ type TaskConfig struct {
 	// cluster session).
 	Hosts map[string]string `protobuf:"bytes,16,rep,name=hosts,proto3" json:"hosts,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// The kernel's devices (its GPUs); unset stands for nil (no devices).
-	Devices       *DeviceReservation `protobuf:"bytes,17,opt,name=devices,proto3" json:"devices,omitempty"`
+	Devices    *DeviceReservation `protobuf:"bytes,17,opt,name=devices,proto3" json:"devices,omitempty"`
+	Mounts     []*Mount           `protobuf:"bytes,18,rep,name=mounts,proto3" json:"mounts,omitempty"`
+	Cpuset     string             `protobuf:"bytes,19,opt,name=cpuset,proto3" json:"cpuset,omitempty"`
+	CpusetMems string             `protobuf:"bytes,20,opt,name=cpuset_mems,json=cpusetMems,proto3" json:"cpuset_mems,omitempty"`
+	// The kernel's runtime options (structs.KernelOptions); unset: none.
+	Options       *KernelOptions `protobuf:"bytes,21,opt,name=options,proto3" json:"options,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -515,6 +520,231 @@ func (x *TaskConfig) GetDevices() *DeviceReservation {
 	return nil
 }
 
+func (x *TaskConfig) GetMounts() []*Mount {
+	if x != nil {
+		return x.Mounts
+	}
+	return nil
+}
+
+func (x *TaskConfig) GetCpuset() string {
+	if x != nil {
+		return x.Cpuset
+	}
+	return ""
+}
+
+func (x *TaskConfig) GetCpusetMems() string {
+	if x != nil {
+		return x.CpusetMems
+	}
+	return ""
+}
+
+func (x *TaskConfig) GetOptions() *KernelOptions {
+	if x != nil {
+		return x.Options
+	}
+	return nil
+}
+
+type Mount struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Source        string                 `protobuf:"bytes,1,opt,name=source,proto3" json:"source,omitempty"`
+	Destination   string                 `protobuf:"bytes,2,opt,name=destination,proto3" json:"destination,omitempty"`
+	ReadOnly      bool                   `protobuf:"varint,3,opt,name=read_only,json=readOnly,proto3" json:"read_only,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Mount) Reset() {
+	*x = Mount{}
+	mi := &file_driver_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Mount) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Mount) ProtoMessage() {}
+
+func (x *Mount) ProtoReflect() protoreflect.Message {
+	mi := &file_driver_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Mount.ProtoReflect.Descriptor instead.
+func (*Mount) Descriptor() ([]byte, []int) {
+	return file_driver_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *Mount) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+func (x *Mount) GetDestination() string {
+	if x != nil {
+		return x.Destination
+	}
+	return ""
+}
+
+func (x *Mount) GetReadOnly() bool {
+	if x != nil {
+		return x.ReadOnly
+	}
+	return false
+}
+
+// KernelOptions is structs.KernelOptions.
+type KernelOptions struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ShmBytes      int64                  `protobuf:"varint,1,opt,name=shm_bytes,json=shmBytes,proto3" json:"shm_bytes,omitempty"`
+	Ulimits       []*Ulimit              `protobuf:"bytes,2,rep,name=ulimits,proto3" json:"ulimits,omitempty"`
+	CapAdd        []string               `protobuf:"bytes,3,rep,name=cap_add,json=capAdd,proto3" json:"cap_add,omitempty"`
+	Network       string                 `protobuf:"bytes,4,opt,name=network,proto3" json:"network,omitempty"`
+	Infiniband    bool                   `protobuf:"varint,5,opt,name=infiniband,proto3" json:"infiniband,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *KernelOptions) Reset() {
+	*x = KernelOptions{}
+	mi := &file_driver_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KernelOptions) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KernelOptions) ProtoMessage() {}
+
+func (x *KernelOptions) ProtoReflect() protoreflect.Message {
+	mi := &file_driver_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KernelOptions.ProtoReflect.Descriptor instead.
+func (*KernelOptions) Descriptor() ([]byte, []int) {
+	return file_driver_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *KernelOptions) GetShmBytes() int64 {
+	if x != nil {
+		return x.ShmBytes
+	}
+	return 0
+}
+
+func (x *KernelOptions) GetUlimits() []*Ulimit {
+	if x != nil {
+		return x.Ulimits
+	}
+	return nil
+}
+
+func (x *KernelOptions) GetCapAdd() []string {
+	if x != nil {
+		return x.CapAdd
+	}
+	return nil
+}
+
+func (x *KernelOptions) GetNetwork() string {
+	if x != nil {
+		return x.Network
+	}
+	return ""
+}
+
+func (x *KernelOptions) GetInfiniband() bool {
+	if x != nil {
+		return x.Infiniband
+	}
+	return false
+}
+
+type Ulimit struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Soft          int64                  `protobuf:"varint,2,opt,name=soft,proto3" json:"soft,omitempty"`
+	Hard          int64                  `protobuf:"varint,3,opt,name=hard,proto3" json:"hard,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Ulimit) Reset() {
+	*x = Ulimit{}
+	mi := &file_driver_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Ulimit) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Ulimit) ProtoMessage() {}
+
+func (x *Ulimit) ProtoReflect() protoreflect.Message {
+	mi := &file_driver_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Ulimit.ProtoReflect.Descriptor instead.
+func (*Ulimit) Descriptor() ([]byte, []int) {
+	return file_driver_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *Ulimit) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Ulimit) GetSoft() int64 {
+	if x != nil {
+		return x.Soft
+	}
+	return 0
+}
+
+func (x *Ulimit) GetHard() int64 {
+	if x != nil {
+		return x.Hard
+	}
+	return 0
+}
+
 // DeviceReservation is structs.DeviceReservation: what a driver must do
 // for a kernel's devices. A driver that cannot apply all of it must fail
 // the start.
@@ -537,7 +767,7 @@ type DeviceReservation struct {
 
 func (x *DeviceReservation) Reset() {
 	*x = DeviceReservation{}
-	mi := &file_driver_proto_msgTypes[7]
+	mi := &file_driver_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -549,7 +779,7 @@ func (x *DeviceReservation) String() string {
 func (*DeviceReservation) ProtoMessage() {}
 
 func (x *DeviceReservation) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[7]
+	mi := &file_driver_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -562,7 +792,7 @@ func (x *DeviceReservation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeviceReservation.ProtoReflect.Descriptor instead.
 func (*DeviceReservation) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{7}
+	return file_driver_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *DeviceReservation) GetIds() []string {
@@ -616,7 +846,7 @@ type DeviceNode struct {
 
 func (x *DeviceNode) Reset() {
 	*x = DeviceNode{}
-	mi := &file_driver_proto_msgTypes[8]
+	mi := &file_driver_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -628,7 +858,7 @@ func (x *DeviceNode) String() string {
 func (*DeviceNode) ProtoMessage() {}
 
 func (x *DeviceNode) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[8]
+	mi := &file_driver_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -641,7 +871,7 @@ func (x *DeviceNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeviceNode.ProtoReflect.Descriptor instead.
 func (*DeviceNode) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{8}
+	return file_driver_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *DeviceNode) GetPath() string {
@@ -691,7 +921,7 @@ type DeviceMount struct {
 
 func (x *DeviceMount) Reset() {
 	*x = DeviceMount{}
-	mi := &file_driver_proto_msgTypes[9]
+	mi := &file_driver_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -703,7 +933,7 @@ func (x *DeviceMount) String() string {
 func (*DeviceMount) ProtoMessage() {}
 
 func (x *DeviceMount) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[9]
+	mi := &file_driver_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -716,7 +946,7 @@ func (x *DeviceMount) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeviceMount.ProtoReflect.Descriptor instead.
 func (*DeviceMount) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{9}
+	return file_driver_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *DeviceMount) GetHostPath() string {
@@ -753,7 +983,7 @@ type ImageConfig struct {
 
 func (x *ImageConfig) Reset() {
 	*x = ImageConfig{}
-	mi := &file_driver_proto_msgTypes[10]
+	mi := &file_driver_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -765,7 +995,7 @@ func (x *ImageConfig) String() string {
 func (*ImageConfig) ProtoMessage() {}
 
 func (x *ImageConfig) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[10]
+	mi := &file_driver_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -778,7 +1008,7 @@ func (x *ImageConfig) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImageConfig.ProtoReflect.Descriptor instead.
 func (*ImageConfig) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{10}
+	return file_driver_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ImageConfig) GetEntrypoint() []string {
@@ -830,7 +1060,7 @@ type TaskHandle struct {
 
 func (x *TaskHandle) Reset() {
 	*x = TaskHandle{}
-	mi := &file_driver_proto_msgTypes[11]
+	mi := &file_driver_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -842,7 +1072,7 @@ func (x *TaskHandle) String() string {
 func (*TaskHandle) ProtoMessage() {}
 
 func (x *TaskHandle) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[11]
+	mi := &file_driver_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -855,7 +1085,7 @@ func (x *TaskHandle) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskHandle.ProtoReflect.Descriptor instead.
 func (*TaskHandle) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{11}
+	return file_driver_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *TaskHandle) GetVersion() int64 {
@@ -913,7 +1143,7 @@ type ExitResult struct {
 
 func (x *ExitResult) Reset() {
 	*x = ExitResult{}
-	mi := &file_driver_proto_msgTypes[12]
+	mi := &file_driver_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -925,7 +1155,7 @@ func (x *ExitResult) String() string {
 func (*ExitResult) ProtoMessage() {}
 
 func (x *ExitResult) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[12]
+	mi := &file_driver_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -938,7 +1168,7 @@ func (x *ExitResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExitResult.ProtoReflect.Descriptor instead.
 func (*ExitResult) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{12}
+	return file_driver_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ExitResult) GetExitCode() int64 {
@@ -982,7 +1212,7 @@ type TaskStatus struct {
 
 func (x *TaskStatus) Reset() {
 	*x = TaskStatus{}
-	mi := &file_driver_proto_msgTypes[13]
+	mi := &file_driver_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -994,7 +1224,7 @@ func (x *TaskStatus) String() string {
 func (*TaskStatus) ProtoMessage() {}
 
 func (x *TaskStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[13]
+	mi := &file_driver_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1007,7 +1237,7 @@ func (x *TaskStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskStatus.ProtoReflect.Descriptor instead.
 func (*TaskStatus) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{13}
+	return file_driver_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *TaskStatus) GetId() string {
@@ -1057,7 +1287,7 @@ type TaskStats struct {
 
 func (x *TaskStats) Reset() {
 	*x = TaskStats{}
-	mi := &file_driver_proto_msgTypes[14]
+	mi := &file_driver_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1069,7 +1299,7 @@ func (x *TaskStats) String() string {
 func (*TaskStats) ProtoMessage() {}
 
 func (x *TaskStats) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[14]
+	mi := &file_driver_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1082,7 +1312,7 @@ func (x *TaskStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskStats.ProtoReflect.Descriptor instead.
 func (*TaskStats) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{14}
+	return file_driver_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *TaskStats) GetTime() *timestamppb.Timestamp {
@@ -1123,7 +1353,7 @@ type StartRequest struct {
 
 func (x *StartRequest) Reset() {
 	*x = StartRequest{}
-	mi := &file_driver_proto_msgTypes[15]
+	mi := &file_driver_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1135,7 +1365,7 @@ func (x *StartRequest) String() string {
 func (*StartRequest) ProtoMessage() {}
 
 func (x *StartRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[15]
+	mi := &file_driver_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1148,7 +1378,7 @@ func (x *StartRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartRequest.ProtoReflect.Descriptor instead.
 func (*StartRequest) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{15}
+	return file_driver_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *StartRequest) GetConfig() *TaskConfig {
@@ -1167,7 +1397,7 @@ type StartResponse struct {
 
 func (x *StartResponse) Reset() {
 	*x = StartResponse{}
-	mi := &file_driver_proto_msgTypes[16]
+	mi := &file_driver_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1179,7 +1409,7 @@ func (x *StartResponse) String() string {
 func (*StartResponse) ProtoMessage() {}
 
 func (x *StartResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[16]
+	mi := &file_driver_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1192,7 +1422,7 @@ func (x *StartResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartResponse.ProtoReflect.Descriptor instead.
 func (*StartResponse) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{16}
+	return file_driver_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *StartResponse) GetHandle() *TaskHandle {
@@ -1211,7 +1441,7 @@ type WaitRequest struct {
 
 func (x *WaitRequest) Reset() {
 	*x = WaitRequest{}
-	mi := &file_driver_proto_msgTypes[17]
+	mi := &file_driver_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1223,7 +1453,7 @@ func (x *WaitRequest) String() string {
 func (*WaitRequest) ProtoMessage() {}
 
 func (x *WaitRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[17]
+	mi := &file_driver_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1236,7 +1466,7 @@ func (x *WaitRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitRequest.ProtoReflect.Descriptor instead.
 func (*WaitRequest) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{17}
+	return file_driver_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *WaitRequest) GetTaskId() string {
@@ -1257,7 +1487,7 @@ type WaitResponse struct {
 
 func (x *WaitResponse) Reset() {
 	*x = WaitResponse{}
-	mi := &file_driver_proto_msgTypes[18]
+	mi := &file_driver_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1269,7 +1499,7 @@ func (x *WaitResponse) String() string {
 func (*WaitResponse) ProtoMessage() {}
 
 func (x *WaitResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[18]
+	mi := &file_driver_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1282,7 +1512,7 @@ func (x *WaitResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitResponse.ProtoReflect.Descriptor instead.
 func (*WaitResponse) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{18}
+	return file_driver_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *WaitResponse) GetResult() *ExitResult {
@@ -1303,7 +1533,7 @@ type StopRequest struct {
 
 func (x *StopRequest) Reset() {
 	*x = StopRequest{}
-	mi := &file_driver_proto_msgTypes[19]
+	mi := &file_driver_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1315,7 +1545,7 @@ func (x *StopRequest) String() string {
 func (*StopRequest) ProtoMessage() {}
 
 func (x *StopRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[19]
+	mi := &file_driver_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1328,7 +1558,7 @@ func (x *StopRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopRequest.ProtoReflect.Descriptor instead.
 func (*StopRequest) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{19}
+	return file_driver_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *StopRequest) GetTaskId() string {
@@ -1360,7 +1590,7 @@ type StopResponse struct {
 
 func (x *StopResponse) Reset() {
 	*x = StopResponse{}
-	mi := &file_driver_proto_msgTypes[20]
+	mi := &file_driver_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1372,7 +1602,7 @@ func (x *StopResponse) String() string {
 func (*StopResponse) ProtoMessage() {}
 
 func (x *StopResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[20]
+	mi := &file_driver_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1385,7 +1615,7 @@ func (x *StopResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopResponse.ProtoReflect.Descriptor instead.
 func (*StopResponse) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{20}
+	return file_driver_proto_rawDescGZIP(), []int{23}
 }
 
 type DestroyRequest struct {
@@ -1398,7 +1628,7 @@ type DestroyRequest struct {
 
 func (x *DestroyRequest) Reset() {
 	*x = DestroyRequest{}
-	mi := &file_driver_proto_msgTypes[21]
+	mi := &file_driver_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1410,7 +1640,7 @@ func (x *DestroyRequest) String() string {
 func (*DestroyRequest) ProtoMessage() {}
 
 func (x *DestroyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[21]
+	mi := &file_driver_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1423,7 +1653,7 @@ func (x *DestroyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DestroyRequest.ProtoReflect.Descriptor instead.
 func (*DestroyRequest) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{21}
+	return file_driver_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *DestroyRequest) GetTaskId() string {
@@ -1448,7 +1678,7 @@ type DestroyResponse struct {
 
 func (x *DestroyResponse) Reset() {
 	*x = DestroyResponse{}
-	mi := &file_driver_proto_msgTypes[22]
+	mi := &file_driver_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1460,7 +1690,7 @@ func (x *DestroyResponse) String() string {
 func (*DestroyResponse) ProtoMessage() {}
 
 func (x *DestroyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[22]
+	mi := &file_driver_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1473,7 +1703,7 @@ func (x *DestroyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DestroyResponse.ProtoReflect.Descriptor instead.
 func (*DestroyResponse) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{22}
+	return file_driver_proto_rawDescGZIP(), []int{25}
 }
 
 type InspectRequest struct {
@@ -1485,7 +1715,7 @@ type InspectRequest struct {
 
 func (x *InspectRequest) Reset() {
 	*x = InspectRequest{}
-	mi := &file_driver_proto_msgTypes[23]
+	mi := &file_driver_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1497,7 +1727,7 @@ func (x *InspectRequest) String() string {
 func (*InspectRequest) ProtoMessage() {}
 
 func (x *InspectRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[23]
+	mi := &file_driver_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1510,7 +1740,7 @@ func (x *InspectRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InspectRequest.ProtoReflect.Descriptor instead.
 func (*InspectRequest) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{23}
+	return file_driver_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *InspectRequest) GetTaskId() string {
@@ -1529,7 +1759,7 @@ type InspectResponse struct {
 
 func (x *InspectResponse) Reset() {
 	*x = InspectResponse{}
-	mi := &file_driver_proto_msgTypes[24]
+	mi := &file_driver_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1541,7 +1771,7 @@ func (x *InspectResponse) String() string {
 func (*InspectResponse) ProtoMessage() {}
 
 func (x *InspectResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[24]
+	mi := &file_driver_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1554,7 +1784,7 @@ func (x *InspectResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InspectResponse.ProtoReflect.Descriptor instead.
 func (*InspectResponse) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{24}
+	return file_driver_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *InspectResponse) GetStatus() *TaskStatus {
@@ -1573,7 +1803,7 @@ type StatsRequest struct {
 
 func (x *StatsRequest) Reset() {
 	*x = StatsRequest{}
-	mi := &file_driver_proto_msgTypes[25]
+	mi := &file_driver_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1585,7 +1815,7 @@ func (x *StatsRequest) String() string {
 func (*StatsRequest) ProtoMessage() {}
 
 func (x *StatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[25]
+	mi := &file_driver_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1598,7 +1828,7 @@ func (x *StatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsRequest.ProtoReflect.Descriptor instead.
 func (*StatsRequest) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{25}
+	return file_driver_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *StatsRequest) GetTaskId() string {
@@ -1617,7 +1847,7 @@ type StatsResponse struct {
 
 func (x *StatsResponse) Reset() {
 	*x = StatsResponse{}
-	mi := &file_driver_proto_msgTypes[26]
+	mi := &file_driver_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1629,7 +1859,7 @@ func (x *StatsResponse) String() string {
 func (*StatsResponse) ProtoMessage() {}
 
 func (x *StatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[26]
+	mi := &file_driver_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1642,7 +1872,7 @@ func (x *StatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsResponse.ProtoReflect.Descriptor instead.
 func (*StatsResponse) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{26}
+	return file_driver_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *StatsResponse) GetStats() *TaskStats {
@@ -1667,7 +1897,7 @@ type ExecStart struct {
 
 func (x *ExecStart) Reset() {
 	*x = ExecStart{}
-	mi := &file_driver_proto_msgTypes[27]
+	mi := &file_driver_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1679,7 +1909,7 @@ func (x *ExecStart) String() string {
 func (*ExecStart) ProtoMessage() {}
 
 func (x *ExecStart) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[27]
+	mi := &file_driver_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1692,7 +1922,7 @@ func (x *ExecStart) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecStart.ProtoReflect.Descriptor instead.
 func (*ExecStart) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{27}
+	return file_driver_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ExecStart) GetTaskId() string {
@@ -1751,7 +1981,7 @@ type ExecRequest struct {
 
 func (x *ExecRequest) Reset() {
 	*x = ExecRequest{}
-	mi := &file_driver_proto_msgTypes[28]
+	mi := &file_driver_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1763,7 +1993,7 @@ func (x *ExecRequest) String() string {
 func (*ExecRequest) ProtoMessage() {}
 
 func (x *ExecRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[28]
+	mi := &file_driver_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1776,7 +2006,7 @@ func (x *ExecRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecRequest.ProtoReflect.Descriptor instead.
 func (*ExecRequest) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{28}
+	return file_driver_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ExecRequest) GetMsg() isExecRequest_Msg {
@@ -1846,7 +2076,7 @@ type ExecExit struct {
 
 func (x *ExecExit) Reset() {
 	*x = ExecExit{}
-	mi := &file_driver_proto_msgTypes[29]
+	mi := &file_driver_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1858,7 +2088,7 @@ func (x *ExecExit) String() string {
 func (*ExecExit) ProtoMessage() {}
 
 func (x *ExecExit) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[29]
+	mi := &file_driver_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1871,7 +2101,7 @@ func (x *ExecExit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecExit.ProtoReflect.Descriptor instead.
 func (*ExecExit) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{29}
+	return file_driver_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ExecExit) GetExitCode() int64 {
@@ -1895,7 +2125,7 @@ type ExecResponse struct {
 
 func (x *ExecResponse) Reset() {
 	*x = ExecResponse{}
-	mi := &file_driver_proto_msgTypes[30]
+	mi := &file_driver_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1907,7 +2137,7 @@ func (x *ExecResponse) String() string {
 func (*ExecResponse) ProtoMessage() {}
 
 func (x *ExecResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[30]
+	mi := &file_driver_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1920,7 +2150,7 @@ func (x *ExecResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecResponse.ProtoReflect.Descriptor instead.
 func (*ExecResponse) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{30}
+	return file_driver_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ExecResponse) GetMsg() isExecResponse_Msg {
@@ -1989,7 +2219,7 @@ type RecoverRequest struct {
 
 func (x *RecoverRequest) Reset() {
 	*x = RecoverRequest{}
-	mi := &file_driver_proto_msgTypes[31]
+	mi := &file_driver_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2001,7 +2231,7 @@ func (x *RecoverRequest) String() string {
 func (*RecoverRequest) ProtoMessage() {}
 
 func (x *RecoverRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[31]
+	mi := &file_driver_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2014,7 +2244,7 @@ func (x *RecoverRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecoverRequest.ProtoReflect.Descriptor instead.
 func (*RecoverRequest) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{31}
+	return file_driver_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *RecoverRequest) GetHandle() *TaskHandle {
@@ -2032,7 +2262,7 @@ type RecoverResponse struct {
 
 func (x *RecoverResponse) Reset() {
 	*x = RecoverResponse{}
-	mi := &file_driver_proto_msgTypes[32]
+	mi := &file_driver_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2044,7 +2274,7 @@ func (x *RecoverResponse) String() string {
 func (*RecoverResponse) ProtoMessage() {}
 
 func (x *RecoverResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[32]
+	mi := &file_driver_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2057,7 +2287,7 @@ func (x *RecoverResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecoverResponse.ProtoReflect.Descriptor instead.
 func (*RecoverResponse) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{32}
+	return file_driver_proto_rawDescGZIP(), []int{35}
 }
 
 var File_driver_proto protoreflect.FileDescriptor
@@ -2087,7 +2317,7 @@ const file_driver_proto_rawDesc = "" +
 	"\x04exec\x18\x01 \x01(\bR\x04exec\x12'\n" +
 	"\x0fresource_limits\x18\x02 \x01(\bR\x0eresourceLimits\x12\x18\n" +
 	"\arecover\x18\x03 \x01(\bR\arecover\x12'\n" +
-	"\x0fhost_networking\x18\x04 \x01(\bR\x0ehostNetworking\"\xc3\x06\n" +
+	"\x0fhost_networking\x18\x04 \x01(\bR\x0ehostNetworking\"\xea\a\n" +
 	"\n" +
 	"TaskConfig\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1d\n" +
@@ -2111,7 +2341,12 @@ const file_driver_proto_rawDesc = "" +
 	"\n" +
 	"netns_path\x18\x0f \x01(\tR\tnetnsPath\x12>\n" +
 	"\x05hosts\x18\x10 \x03(\v2(.corral.drivers.v1.TaskConfig.HostsEntryR\x05hosts\x12>\n" +
-	"\adevices\x18\x11 \x01(\v2$.corral.drivers.v1.DeviceReservationR\adevices\x1a6\n" +
+	"\adevices\x18\x11 \x01(\v2$.corral.drivers.v1.DeviceReservationR\adevices\x120\n" +
+	"\x06mounts\x18\x12 \x03(\v2\x18.corral.drivers.v1.MountR\x06mounts\x12\x16\n" +
+	"\x06cpuset\x18\x13 \x01(\tR\x06cpuset\x12\x1f\n" +
+	"\vcpuset_mems\x18\x14 \x01(\tR\n" +
+	"cpusetMems\x12:\n" +
+	"\aoptions\x18\x15 \x01(\v2 .corral.drivers.v1.KernelOptionsR\aoptions\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a<\n" +
@@ -2121,7 +2356,23 @@ const file_driver_proto_rawDesc = "" +
 	"\n" +
 	"HostsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xbe\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"^\n" +
+	"\x05Mount\x12\x16\n" +
+	"\x06source\x18\x01 \x01(\tR\x06source\x12 \n" +
+	"\vdestination\x18\x02 \x01(\tR\vdestination\x12\x1b\n" +
+	"\tread_only\x18\x03 \x01(\bR\breadOnly\"\xb4\x01\n" +
+	"\rKernelOptions\x12\x1b\n" +
+	"\tshm_bytes\x18\x01 \x01(\x03R\bshmBytes\x123\n" +
+	"\aulimits\x18\x02 \x03(\v2\x19.corral.drivers.v1.UlimitR\aulimits\x12\x17\n" +
+	"\acap_add\x18\x03 \x03(\tR\x06capAdd\x12\x18\n" +
+	"\anetwork\x18\x04 \x01(\tR\anetwork\x12\x1e\n" +
+	"\n" +
+	"infiniband\x18\x05 \x01(\bR\n" +
+	"infiniband\"D\n" +
+	"\x06Ulimit\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04soft\x18\x02 \x01(\x03R\x04soft\x12\x12\n" +
+	"\x04hard\x18\x03 \x01(\x03R\x04hard\"\xbe\x02\n" +
 	"\x11DeviceReservation\x12\x10\n" +
 	"\x03ids\x18\x01 \x03(\tR\x03ids\x123\n" +
 	"\x05nodes\x18\x02 \x03(\v2\x1d.corral.drivers.v1.DeviceNodeR\x05nodes\x121\n" +
@@ -2258,7 +2509,7 @@ func file_driver_proto_rawDescGZIP() []byte {
 	return file_driver_proto_rawDescData
 }
 
-var file_driver_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
+var file_driver_proto_msgTypes = make([]protoimpl.MessageInfo, 42)
 var file_driver_proto_goTypes = []any{
 	(*PluginInfoRequest)(nil),     // 0: corral.drivers.v1.PluginInfoRequest
 	(*PluginInfoResponse)(nil),    // 1: corral.drivers.v1.PluginInfoResponse
@@ -2267,95 +2518,101 @@ var file_driver_proto_goTypes = []any{
 	(*CapabilitiesRequest)(nil),   // 4: corral.drivers.v1.CapabilitiesRequest
 	(*CapabilitiesResponse)(nil),  // 5: corral.drivers.v1.CapabilitiesResponse
 	(*TaskConfig)(nil),            // 6: corral.drivers.v1.TaskConfig
-	(*DeviceReservation)(nil),     // 7: corral.drivers.v1.DeviceReservation
-	(*DeviceNode)(nil),            // 8: corral.drivers.v1.DeviceNode
-	(*DeviceMount)(nil),           // 9: corral.drivers.v1.DeviceMount
-	(*ImageConfig)(nil),           // 10: corral.drivers.v1.ImageConfig
-	(*TaskHandle)(nil),            // 11: corral.drivers.v1.TaskHandle
-	(*ExitResult)(nil),            // 12: corral.drivers.v1.ExitResult
-	(*TaskStatus)(nil),            // 13: corral.drivers.v1.TaskStatus
-	(*TaskStats)(nil),             // 14: corral.drivers.v1.TaskStats
-	(*StartRequest)(nil),          // 15: corral.drivers.v1.StartRequest
-	(*StartResponse)(nil),         // 16: corral.drivers.v1.StartResponse
-	(*WaitRequest)(nil),           // 17: corral.drivers.v1.WaitRequest
-	(*WaitResponse)(nil),          // 18: corral.drivers.v1.WaitResponse
-	(*StopRequest)(nil),           // 19: corral.drivers.v1.StopRequest
-	(*StopResponse)(nil),          // 20: corral.drivers.v1.StopResponse
-	(*DestroyRequest)(nil),        // 21: corral.drivers.v1.DestroyRequest
-	(*DestroyResponse)(nil),       // 22: corral.drivers.v1.DestroyResponse
-	(*InspectRequest)(nil),        // 23: corral.drivers.v1.InspectRequest
-	(*InspectResponse)(nil),       // 24: corral.drivers.v1.InspectResponse
-	(*StatsRequest)(nil),          // 25: corral.drivers.v1.StatsRequest
-	(*StatsResponse)(nil),         // 26: corral.drivers.v1.StatsResponse
-	(*ExecStart)(nil),             // 27: corral.drivers.v1.ExecStart
-	(*ExecRequest)(nil),           // 28: corral.drivers.v1.ExecRequest
-	(*ExecExit)(nil),              // 29: corral.drivers.v1.ExecExit
-	(*ExecResponse)(nil),          // 30: corral.drivers.v1.ExecResponse
-	(*RecoverRequest)(nil),        // 31: corral.drivers.v1.RecoverRequest
-	(*RecoverResponse)(nil),       // 32: corral.drivers.v1.RecoverResponse
-	nil,                           // 33: corral.drivers.v1.FingerprintResponse.AttributesEntry
-	nil,                           // 34: corral.drivers.v1.TaskConfig.EnvEntry
-	nil,                           // 35: corral.drivers.v1.TaskConfig.ResourcesEntry
-	nil,                           // 36: corral.drivers.v1.TaskConfig.HostsEntry
-	nil,                           // 37: corral.drivers.v1.DeviceReservation.EnvEntry
-	nil,                           // 38: corral.drivers.v1.ExecStart.EnvEntry
-	(*timestamppb.Timestamp)(nil), // 39: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 40: google.protobuf.Duration
+	(*Mount)(nil),                 // 7: corral.drivers.v1.Mount
+	(*KernelOptions)(nil),         // 8: corral.drivers.v1.KernelOptions
+	(*Ulimit)(nil),                // 9: corral.drivers.v1.Ulimit
+	(*DeviceReservation)(nil),     // 10: corral.drivers.v1.DeviceReservation
+	(*DeviceNode)(nil),            // 11: corral.drivers.v1.DeviceNode
+	(*DeviceMount)(nil),           // 12: corral.drivers.v1.DeviceMount
+	(*ImageConfig)(nil),           // 13: corral.drivers.v1.ImageConfig
+	(*TaskHandle)(nil),            // 14: corral.drivers.v1.TaskHandle
+	(*ExitResult)(nil),            // 15: corral.drivers.v1.ExitResult
+	(*TaskStatus)(nil),            // 16: corral.drivers.v1.TaskStatus
+	(*TaskStats)(nil),             // 17: corral.drivers.v1.TaskStats
+	(*StartRequest)(nil),          // 18: corral.drivers.v1.StartRequest
+	(*StartResponse)(nil),         // 19: corral.drivers.v1.StartResponse
+	(*WaitRequest)(nil),           // 20: corral.drivers.v1.WaitRequest
+	(*WaitResponse)(nil),          // 21: corral.drivers.v1.WaitResponse
+	(*StopRequest)(nil),           // 22: corral.drivers.v1.StopRequest
+	(*StopResponse)(nil),          // 23: corral.drivers.v1.StopResponse
+	(*DestroyRequest)(nil),        // 24: corral.drivers.v1.DestroyRequest
+	(*DestroyResponse)(nil),       // 25: corral.drivers.v1.DestroyResponse
+	(*InspectRequest)(nil),        // 26: corral.drivers.v1.InspectRequest
+	(*InspectResponse)(nil),       // 27: corral.drivers.v1.InspectResponse
+	(*StatsRequest)(nil),          // 28: corral.drivers.v1.StatsRequest
+	(*StatsResponse)(nil),         // 29: corral.drivers.v1.StatsResponse
+	(*ExecStart)(nil),             // 30: corral.drivers.v1.ExecStart
+	(*ExecRequest)(nil),           // 31: corral.drivers.v1.ExecRequest
+	(*ExecExit)(nil),              // 32: corral.drivers.v1.ExecExit
+	(*ExecResponse)(nil),          // 33: corral.drivers.v1.ExecResponse
+	(*RecoverRequest)(nil),        // 34: corral.drivers.v1.RecoverRequest
+	(*RecoverResponse)(nil),       // 35: corral.drivers.v1.RecoverResponse
+	nil,                           // 36: corral.drivers.v1.FingerprintResponse.AttributesEntry
+	nil,                           // 37: corral.drivers.v1.TaskConfig.EnvEntry
+	nil,                           // 38: corral.drivers.v1.TaskConfig.ResourcesEntry
+	nil,                           // 39: corral.drivers.v1.TaskConfig.HostsEntry
+	nil,                           // 40: corral.drivers.v1.DeviceReservation.EnvEntry
+	nil,                           // 41: corral.drivers.v1.ExecStart.EnvEntry
+	(*timestamppb.Timestamp)(nil), // 42: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 43: google.protobuf.Duration
 }
 var file_driver_proto_depIdxs = []int32{
-	33, // 0: corral.drivers.v1.FingerprintResponse.attributes:type_name -> corral.drivers.v1.FingerprintResponse.AttributesEntry
-	34, // 1: corral.drivers.v1.TaskConfig.env:type_name -> corral.drivers.v1.TaskConfig.EnvEntry
-	35, // 2: corral.drivers.v1.TaskConfig.resources:type_name -> corral.drivers.v1.TaskConfig.ResourcesEntry
-	10, // 3: corral.drivers.v1.TaskConfig.image_config:type_name -> corral.drivers.v1.ImageConfig
-	36, // 4: corral.drivers.v1.TaskConfig.hosts:type_name -> corral.drivers.v1.TaskConfig.HostsEntry
-	7,  // 5: corral.drivers.v1.TaskConfig.devices:type_name -> corral.drivers.v1.DeviceReservation
-	8,  // 6: corral.drivers.v1.DeviceReservation.nodes:type_name -> corral.drivers.v1.DeviceNode
-	8,  // 7: corral.drivers.v1.DeviceReservation.deny:type_name -> corral.drivers.v1.DeviceNode
-	9,  // 8: corral.drivers.v1.DeviceReservation.mounts:type_name -> corral.drivers.v1.DeviceMount
-	37, // 9: corral.drivers.v1.DeviceReservation.env:type_name -> corral.drivers.v1.DeviceReservation.EnvEntry
-	6,  // 10: corral.drivers.v1.TaskHandle.config:type_name -> corral.drivers.v1.TaskConfig
-	39, // 11: corral.drivers.v1.TaskHandle.started_at:type_name -> google.protobuf.Timestamp
-	39, // 12: corral.drivers.v1.TaskStatus.started_at:type_name -> google.protobuf.Timestamp
-	39, // 13: corral.drivers.v1.TaskStatus.completed_at:type_name -> google.protobuf.Timestamp
-	12, // 14: corral.drivers.v1.TaskStatus.exit_result:type_name -> corral.drivers.v1.ExitResult
-	39, // 15: corral.drivers.v1.TaskStats.time:type_name -> google.protobuf.Timestamp
-	6,  // 16: corral.drivers.v1.StartRequest.config:type_name -> corral.drivers.v1.TaskConfig
-	11, // 17: corral.drivers.v1.StartResponse.handle:type_name -> corral.drivers.v1.TaskHandle
-	12, // 18: corral.drivers.v1.WaitResponse.result:type_name -> corral.drivers.v1.ExitResult
-	40, // 19: corral.drivers.v1.StopRequest.timeout:type_name -> google.protobuf.Duration
-	13, // 20: corral.drivers.v1.InspectResponse.status:type_name -> corral.drivers.v1.TaskStatus
-	14, // 21: corral.drivers.v1.StatsResponse.stats:type_name -> corral.drivers.v1.TaskStats
-	38, // 22: corral.drivers.v1.ExecStart.env:type_name -> corral.drivers.v1.ExecStart.EnvEntry
-	27, // 23: corral.drivers.v1.ExecRequest.start:type_name -> corral.drivers.v1.ExecStart
-	29, // 24: corral.drivers.v1.ExecResponse.exit:type_name -> corral.drivers.v1.ExecExit
-	11, // 25: corral.drivers.v1.RecoverRequest.handle:type_name -> corral.drivers.v1.TaskHandle
-	0,  // 26: corral.drivers.v1.Driver.PluginInfo:input_type -> corral.drivers.v1.PluginInfoRequest
-	2,  // 27: corral.drivers.v1.Driver.Fingerprint:input_type -> corral.drivers.v1.FingerprintRequest
-	4,  // 28: corral.drivers.v1.Driver.Capabilities:input_type -> corral.drivers.v1.CapabilitiesRequest
-	15, // 29: corral.drivers.v1.Driver.Start:input_type -> corral.drivers.v1.StartRequest
-	17, // 30: corral.drivers.v1.Driver.Wait:input_type -> corral.drivers.v1.WaitRequest
-	19, // 31: corral.drivers.v1.Driver.Stop:input_type -> corral.drivers.v1.StopRequest
-	21, // 32: corral.drivers.v1.Driver.Destroy:input_type -> corral.drivers.v1.DestroyRequest
-	23, // 33: corral.drivers.v1.Driver.Inspect:input_type -> corral.drivers.v1.InspectRequest
-	25, // 34: corral.drivers.v1.Driver.Stats:input_type -> corral.drivers.v1.StatsRequest
-	28, // 35: corral.drivers.v1.Driver.Exec:input_type -> corral.drivers.v1.ExecRequest
-	31, // 36: corral.drivers.v1.Driver.Recover:input_type -> corral.drivers.v1.RecoverRequest
-	1,  // 37: corral.drivers.v1.Driver.PluginInfo:output_type -> corral.drivers.v1.PluginInfoResponse
-	3,  // 38: corral.drivers.v1.Driver.Fingerprint:output_type -> corral.drivers.v1.FingerprintResponse
-	5,  // 39: corral.drivers.v1.Driver.Capabilities:output_type -> corral.drivers.v1.CapabilitiesResponse
-	16, // 40: corral.drivers.v1.Driver.Start:output_type -> corral.drivers.v1.StartResponse
-	18, // 41: corral.drivers.v1.Driver.Wait:output_type -> corral.drivers.v1.WaitResponse
-	20, // 42: corral.drivers.v1.Driver.Stop:output_type -> corral.drivers.v1.StopResponse
-	22, // 43: corral.drivers.v1.Driver.Destroy:output_type -> corral.drivers.v1.DestroyResponse
-	24, // 44: corral.drivers.v1.Driver.Inspect:output_type -> corral.drivers.v1.InspectResponse
-	26, // 45: corral.drivers.v1.Driver.Stats:output_type -> corral.drivers.v1.StatsResponse
-	30, // 46: corral.drivers.v1.Driver.Exec:output_type -> corral.drivers.v1.ExecResponse
-	32, // 47: corral.drivers.v1.Driver.Recover:output_type -> corral.drivers.v1.RecoverResponse
-	37, // [37:48] is the sub-list for method output_type
-	26, // [26:37] is the sub-list for method input_type
-	26, // [26:26] is the sub-list for extension type_name
-	26, // [26:26] is the sub-list for extension extendee
-	0,  // [0:26] is the sub-list for field type_name
+	36, // 0: corral.drivers.v1.FingerprintResponse.attributes:type_name -> corral.drivers.v1.FingerprintResponse.AttributesEntry
+	37, // 1: corral.drivers.v1.TaskConfig.env:type_name -> corral.drivers.v1.TaskConfig.EnvEntry
+	38, // 2: corral.drivers.v1.TaskConfig.resources:type_name -> corral.drivers.v1.TaskConfig.ResourcesEntry
+	13, // 3: corral.drivers.v1.TaskConfig.image_config:type_name -> corral.drivers.v1.ImageConfig
+	39, // 4: corral.drivers.v1.TaskConfig.hosts:type_name -> corral.drivers.v1.TaskConfig.HostsEntry
+	10, // 5: corral.drivers.v1.TaskConfig.devices:type_name -> corral.drivers.v1.DeviceReservation
+	7,  // 6: corral.drivers.v1.TaskConfig.mounts:type_name -> corral.drivers.v1.Mount
+	8,  // 7: corral.drivers.v1.TaskConfig.options:type_name -> corral.drivers.v1.KernelOptions
+	9,  // 8: corral.drivers.v1.KernelOptions.ulimits:type_name -> corral.drivers.v1.Ulimit
+	11, // 9: corral.drivers.v1.DeviceReservation.nodes:type_name -> corral.drivers.v1.DeviceNode
+	11, // 10: corral.drivers.v1.DeviceReservation.deny:type_name -> corral.drivers.v1.DeviceNode
+	12, // 11: corral.drivers.v1.DeviceReservation.mounts:type_name -> corral.drivers.v1.DeviceMount
+	40, // 12: corral.drivers.v1.DeviceReservation.env:type_name -> corral.drivers.v1.DeviceReservation.EnvEntry
+	6,  // 13: corral.drivers.v1.TaskHandle.config:type_name -> corral.drivers.v1.TaskConfig
+	42, // 14: corral.drivers.v1.TaskHandle.started_at:type_name -> google.protobuf.Timestamp
+	42, // 15: corral.drivers.v1.TaskStatus.started_at:type_name -> google.protobuf.Timestamp
+	42, // 16: corral.drivers.v1.TaskStatus.completed_at:type_name -> google.protobuf.Timestamp
+	15, // 17: corral.drivers.v1.TaskStatus.exit_result:type_name -> corral.drivers.v1.ExitResult
+	42, // 18: corral.drivers.v1.TaskStats.time:type_name -> google.protobuf.Timestamp
+	6,  // 19: corral.drivers.v1.StartRequest.config:type_name -> corral.drivers.v1.TaskConfig
+	14, // 20: corral.drivers.v1.StartResponse.handle:type_name -> corral.drivers.v1.TaskHandle
+	15, // 21: corral.drivers.v1.WaitResponse.result:type_name -> corral.drivers.v1.ExitResult
+	43, // 22: corral.drivers.v1.StopRequest.timeout:type_name -> google.protobuf.Duration
+	16, // 23: corral.drivers.v1.InspectResponse.status:type_name -> corral.drivers.v1.TaskStatus
+	17, // 24: corral.drivers.v1.StatsResponse.stats:type_name -> corral.drivers.v1.TaskStats
+	41, // 25: corral.drivers.v1.ExecStart.env:type_name -> corral.drivers.v1.ExecStart.EnvEntry
+	30, // 26: corral.drivers.v1.ExecRequest.start:type_name -> corral.drivers.v1.ExecStart
+	32, // 27: corral.drivers.v1.ExecResponse.exit:type_name -> corral.drivers.v1.ExecExit
+	14, // 28: corral.drivers.v1.RecoverRequest.handle:type_name -> corral.drivers.v1.TaskHandle
+	0,  // 29: corral.drivers.v1.Driver.PluginInfo:input_type -> corral.drivers.v1.PluginInfoRequest
+	2,  // 30: corral.drivers.v1.Driver.Fingerprint:input_type -> corral.drivers.v1.FingerprintRequest
+	4,  // 31: corral.drivers.v1.Driver.Capabilities:input_type -> corral.drivers.v1.CapabilitiesRequest
+	18, // 32: corral.drivers.v1.Driver.Start:input_type -> corral.drivers.v1.StartRequest
+	20, // 33: corral.drivers.v1.Driver.Wait:input_type -> corral.drivers.v1.WaitRequest
+	22, // 34: corral.drivers.v1.Driver.Stop:input_type -> corral.drivers.v1.StopRequest
+	24, // 35: corral.drivers.v1.Driver.Destroy:input_type -> corral.drivers.v1.DestroyRequest
+	26, // 36: corral.drivers.v1.Driver.Inspect:input_type -> corral.drivers.v1.InspectRequest
+	28, // 37: corral.drivers.v1.Driver.Stats:input_type -> corral.drivers.v1.StatsRequest
+	31, // 38: corral.drivers.v1.Driver.Exec:input_type -> corral.drivers.v1.ExecRequest
+	34, // 39: corral.drivers.v1.Driver.Recover:input_type -> corral.drivers.v1.RecoverRequest
+	1,  // 40: corral.drivers.v1.Driver.PluginInfo:output_type -> corral.drivers.v1.PluginInfoResponse
+	3,  // 41: corral.drivers.v1.Driver.Fingerprint:output_type -> corral.drivers.v1.FingerprintResponse
+	5,  // 42: corral.drivers.v1.Driver.Capabilities:output_type -> corral.drivers.v1.CapabilitiesResponse
+	19, // 43: corral.drivers.v1.Driver.Start:output_type -> corral.drivers.v1.StartResponse
+	21, // 44: corral.drivers.v1.Driver.Wait:output_type -> corral.drivers.v1.WaitResponse
+	23, // 45: corral.drivers.v1.Driver.Stop:output_type -> corral.drivers.v1.StopResponse
+	25, // 46: corral.drivers.v1.Driver.Destroy:output_type -> corral.drivers.v1.DestroyResponse
+	27, // 47: corral.drivers.v1.Driver.Inspect:output_type -> corral.drivers.v1.InspectResponse
+	29, // 48: corral.drivers.v1.Driver.Stats:output_type -> corral.drivers.v1.StatsResponse
+	33, // 49: corral.drivers.v1.Driver.Exec:output_type -> corral.drivers.v1.ExecResponse
+	35, // 50: corral.drivers.v1.Driver.Recover:output_type -> corral.drivers.v1.RecoverResponse
+	40, // [40:51] is the sub-list for method output_type
+	29, // [29:40] is the sub-list for method input_type
+	29, // [29:29] is the sub-list for extension type_name
+	29, // [29:29] is the sub-list for extension extendee
+	0,  // [0:29] is the sub-list for field type_name
 }
 
 func init() { file_driver_proto_init() }
@@ -2363,12 +2620,12 @@ func file_driver_proto_init() {
 	if File_driver_proto != nil {
 		return
 	}
-	file_driver_proto_msgTypes[28].OneofWrappers = []any{
+	file_driver_proto_msgTypes[31].OneofWrappers = []any{
 		(*ExecRequest_Start)(nil),
 		(*ExecRequest_Stdin)(nil),
 		(*ExecRequest_StdinClose)(nil),
 	}
-	file_driver_proto_msgTypes[30].OneofWrappers = []any{
+	file_driver_proto_msgTypes[33].OneofWrappers = []any{
 		(*ExecResponse_Stdout)(nil),
 		(*ExecResponse_Stderr)(nil),
 		(*ExecResponse_Exit)(nil),
@@ -2379,7 +2636,7 @@ func file_driver_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_driver_proto_rawDesc), len(file_driver_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   39,
+			NumMessages:   42,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
