@@ -116,6 +116,9 @@ type KernelUpdate struct {
 	Info     string       `json:"info,omitempty"`
 	ExitCode *int         `json:"exit_code,omitempty"`
 	Time     time.Time    `json:"time"`
+	// Cpuset is the CPUs the agent pinned the kernel to, sent with its
+	// RUNNING update ("" for the shared pool).
+	Cpuset string `json:"cpuset,omitempty"`
 }
 
 // KernelUpdateRequest is a batch of kernel status changes from one agent.
