@@ -143,6 +143,9 @@ func runMain(args []string, serveOnly bool) int {
 
 	cmd := exec.Command(cmdArgs[0], cmdArgs[1:]...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	// The command dies with corral-kernel, even when a SIGKILL ends it
+	// outside a pid namespace of its own.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	wait, err := reaper.Start(cmd)
 	if err != nil {
 		logf("corral-kernel run: %v", err)
