@@ -101,9 +101,14 @@ func runMain(args []string, serveOnly bool) int {
 		logf("corral-kernel %s: %v", name, err)
 		return 125
 	}
+	authorized, err := l.AuthorizedKeys()
+	if err != nil {
+		logf("corral-kernel %s: %v", name, err)
+		return 125
+	}
 	reaper := kernelssh.NewReaper()
 	dir, _ := os.Getwd()
-	srv := &kernelssh.Server{Signer: signer, Env: os.Environ(), Dir: dir, Start: reaper.Start, Logf: logf}
+	srv := &kernelssh.Server{Signer: signer, Authorized: authorized, Env: os.Environ(), Dir: dir, Start: reaper.Start, Logf: logf}
 	ln, err := net.Listen("tcp", l.ListenAddress())
 	if err != nil {
 		logf("corral-kernel %s: ssh server: %v", name, err)

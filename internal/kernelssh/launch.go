@@ -11,6 +11,7 @@
 package kernelssh
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -51,6 +52,9 @@ type Launch struct {
 	// KeyFile is the session's private key (OpenSSH format); it is both
 	// the only key that may log in and every server's host key.
 	KeyFile string `json:"key_file"`
+	// AuthorizedKeysFile lists further public keys that may log in
+	// (authorized_keys format); the session key always may.
+	AuthorizedKeysFile string `json:"authorized_keys_file,omitempty"`
 
 	// dir is the launch file's directory (relative paths).
 	dir string
@@ -95,6 +99,27 @@ func (l *Launch) Path(p string) string {
 // Signer loads the session's key.
 func (l *Launch) Signer() (ssh.Signer, error) {
 	return LoadSigner(l.Path(l.KeyFile))
+}
+
+// AuthorizedKeys loads the launch's authorized_keys, none without one.
+func (l *Launch) AuthorizedKeys() ([]ssh.PublicKey, error) {
+	if l.AuthorizedKeysFile == "" {
+		return nil, nil
+	}
+	b, err := os.ReadFile(l.Path(l.AuthorizedKeysFile))
+	if err != nil {
+		return nil, fmt.Errorf("authorized keys: %w", err)
+	}
+	var keys []ssh.PublicKey
+	for len(bytes.TrimSpace(b)) > 0 {
+		k, _, _, rest, err := ssh.ParseAuthorizedKey(b)
+		if err != nil {
+			return nil, fmt.Errorf("authorized keys %s: %w", l.Path(l.AuthorizedKeysFile), err)
+		}
+		keys = append(keys, k)
+		b = rest
+	}
+	return keys, nil
 }
 
 // LoadSigner reads a private key file (OpenSSH or PEM format).
