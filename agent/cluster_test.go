@@ -5,7 +5,9 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/pem"
+	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -14,6 +16,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	execdriver "github.com/corral-dev/corral/drivers/exec"
 	"github.com/corral-dev/corral/internal/kernelssh"
 	"github.com/corral-dev/corral/plugins/drivers"
 	"github.com/corral-dev/corral/structs"
@@ -264,5 +267,63 @@ func TestAgentStartsClusterKernel(t *testing.T) {
 	}
 	if u := lastStatus(a.deliverAll(), "k2"); u == nil || u.Status != structs.KernelError || !strings.Contains(u.Info, "corral-kernel") {
 		t.Errorf("last update %+v, want ERROR naming corral-kernel", u)
+	}
+}
+
+// TestClusterKernelsOverSSH runs two host-networked cluster kernels
+// through the agent and the host driver, as real processes running the
+// built corral-kernel: main1 passes the barrier once sub1 serves, then
+// runs a command on sub1 through $OMPI_MCA_plm_rsh_agent with the options
+// Open MPI passes; sub1 (serve) ends 0 when stopped.
+func TestClusterKernelsOverSSH(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("the host driver runs kernels as root")
+	}
+	helper := filepath.Join(t.TempDir(), "corral-kernel")
+	build := exec.Command("go", "build", "-o", helper, "../cmd/corral-kernel")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("building corral-kernel: %v\n%s", err, out)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.2:0")
+	if err != nil {
+		t.Skipf("no 127.0.0.2: %v", err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	priv, _ := sessionKey(t)
+	d := execdriver.NewHost(nil)
+	a := testAgent(t, t.TempDir(), d)
+	a.cfg.KernelHelper = helper
+	defer a.stopForTest()
+	peers := []structs.ClusterPeer{{Hostname: "main1", Addr: "127.0.0.1", Rank: 0, Slots: 1}, {Hostname: "sub1", Addr: "127.0.0.2", Rank: 1, Slots: 1}}
+	launch := func(rank int, serve bool) *structs.ClusterLaunch {
+		return &structs.ClusterLaunch{NodeRank: rank, NumNodes: 2, MasterAddr: "127.0.0.1", MasterPort: 1, SSHPort: port, Peers: peers,
+			Barrier: true, Serve: serve, SSHPrivateKey: priv, HostNetwork: true}
+	}
+	main := &structs.Kernel{ID: "kmain", SessionID: "s1", Driver: d.Name(), Hostname: "main1", Role: "main", Idx: 1, Status: structs.KernelScheduled,
+		Command: []string{"/bin/sh", "-c", `"$OMPI_MCA_plm_rsh_agent" -x -o StrictHostKeyChecking=no sub1 echo remote rank '$CORRAL_NODE_RANK'; exit 3`},
+		Launch:  launch(0, false)}
+	sub := &structs.Kernel{ID: "ksub", SessionID: "s1", Driver: d.Name(), Hostname: "sub1", Role: "sub", Idx: 1, Status: structs.KernelScheduled,
+		Command: []string{"/bin/false"}, Launch: launch(1, true)}
+	// main1 first: it must wait at the barrier for sub1.
+	rm := newKernelRunner(a, main, d)
+	go rm.run(a.ctx)
+	rs := newKernelRunner(a, sub, d)
+	go rs.run(a.ctx)
+	<-rm.done
+	rs.requestStop("main1 ended")
+	<-rs.done
+	ups := a.deliverAll()
+	if u := lastStatus(ups, "kmain"); u == nil || u.ExitCode == nil || *u.ExitCode != 3 {
+		t.Errorf("main1's last update %+v, want exit code 3", u)
+	}
+	if u := lastStatus(ups, "ksub"); u == nil || u.ExitCode == nil || *u.ExitCode != 0 {
+		t.Errorf("sub1's last update %+v, want exit code 0 (serve stopped)", u)
+	}
+	out, _ := os.ReadFile(filepath.Join(a.kernelDir("kmain"), "stdout.log"))
+	if string(out) != "remote rank 1\n" {
+		errOut, _ := os.ReadFile(filepath.Join(a.kernelDir("kmain"), "stderr.log"))
+		t.Errorf("main1's stdout %q, want \"remote rank 1\\n\" (stderr %q)", out, errOut)
 	}
 }
