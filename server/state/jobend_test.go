@@ -1,0 +1,308 @@
+package state
+
+import (
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/corral-dev/corral/structs"
+)
+
+// clusterFixture is a fixture with agents a1 and a2 (underlay 10.9.0.11
+// and .12, exec and runc) for cluster sessions.
+func clusterFixture(t *testing.T) *fixture {
+	t.Helper()
+	f := newFixture(t)
+	for _, id := range []string{"a1", "a2"} {
+		a := &structs.Agent{ID: id, Name: id, Status: structs.AgentAlive, Drivers: []string{"exec", "runc"}, Capacity: slots(16, 16384),
+			SerfAddr: map[string]string{"a1": "10.9.0.11:8643", "a2": "10.9.0.12:8643"}[id]}
+		if err := f.s.UpsertAgent(f.next(), &structs.AgentUpsertRequest{Agent: a, Time: t0}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return f
+}
+
+// cluster enqueues a multi-node session id of n kernels (id-main1,
+// id-sub1...) with sess's job settings and places main1 on a1, the subs
+// on a2. edit, when set, changes each kernel before the enqueue.
+func (f *fixture) cluster(id string, typ structs.SessionType, n int, runOn, failOn string, edit func(k *structs.Kernel)) {
+	f.t.Helper()
+	sess := &structs.Session{ID: id, Type: typ, ResourceGroup: structs.DefaultResourceGroup, ClusterMode: structs.ClusterModeMultiNode, ClusterSize: n,
+		RunOn: runOn, FailOn: failOn, StartOrder: structs.StartBarrier}
+	var ks []*structs.Kernel
+	var pl []structs.Placement
+	for i := range n {
+		role, idx, host, agent := "main", 1, "main1", "a1"
+		if i > 0 {
+			role, idx, host, agent = "sub", i, "sub"+string(rune('0'+i)), "a2"
+		}
+		k := &structs.Kernel{ID: id + "-" + host, SessionID: id, Role: role, Idx: idx, Hostname: host, Driver: "runc", Image: "busybox",
+			Command: []string{"true"}, Resources: slots(1, 64),
+			Launch: &structs.ClusterLaunch{SSHPrivateKey: "PRIVATE " + id, AuthorizedKeys: []string{"ssh-ed25519 AAAA " + id}}}
+		if edit != nil {
+			edit(k)
+		}
+		ks = append(ks, k)
+		pl = append(pl, structs.Placement{KernelID: k.ID, AgentID: agent})
+	}
+	if err := f.s.EnqueueSession(f.next(), &structs.SessionEnqueueRequest{Session: sess, Kernels: ks, Time: t0}); err != nil {
+		f.t.Fatal(err)
+	}
+	plan := &structs.Plan{Placements: []structs.SessionPlacement{{SessionID: id, Placements: pl}}}
+	res, err := f.s.ApplyPlan(f.next(), &structs.PlanApplyRequest{Plan: plan, Time: t0})
+	if err != nil || len(res.Applied) != 1 {
+		f.t.Fatalf("place %s: %+v %v", id, res, err)
+	}
+}
+
+func (f *fixture) kernel(id string) *structs.Kernel {
+	f.t.Helper()
+	k, err := f.s.Snapshot().Kernel(id)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return k
+}
+
+// info sends one update with a status line, as agents do.
+func (f *fixture) info(agentID, kernelID string, st structs.KernelStatus, info string, code *int) {
+	f.t.Helper()
+	_, err := f.s.UpdateKernels(f.next(), &structs.KernelUpdateRequest{AgentID: agentID, Updates: []*structs.KernelUpdate{{KernelID: kernelID, Status: st, Info: info, ExitCode: code, Time: t0}}})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+}
+
+func (f *fixture) run(id string, hosts ...string) {
+	f.t.Helper()
+	for _, h := range hosts {
+		agent := "a2"
+		if h == "main1" {
+			agent = "a1"
+		}
+		f.info(agent, id+"-"+h, structs.KernelRunning, "running", nil)
+	}
+}
+
+func TestClusterLaunchOverlay(t *testing.T) {
+	f := clusterFixture(t)
+	f.cluster("c1", structs.SessionTypeBatch, 3, structs.RunOnMain, structs.FailOnAny, func(k *structs.Kernel) {
+		if k.Hostname == "sub2" {
+			k.Resources = slots(3, 64)
+			k.Resources[structs.SlotCPU] = structs.Whole(3) + 500 // 3.5 cores: 3 slots
+		}
+	})
+	peers := []structs.ClusterPeer{
+		{Hostname: "main1", Addr: "10.224.0.2", Rank: 0, Slots: 1},
+		{Hostname: "sub1", Addr: "10.224.0.3", Rank: 1, Slots: 1},
+		{Hostname: "sub2", Addr: "10.224.0.4", Rank: 2, Slots: 3},
+	}
+	for rank, h := range []string{"main1", "sub1", "sub2"} {
+		k := f.kernel("c1-" + h)
+		want := &structs.ClusterLaunch{NodeRank: rank, NumNodes: 3, MasterAddr: "10.224.0.2", MasterPort: OverlayMasterPort, SSHPort: OverlaySSHPort,
+			Peers: peers, Barrier: true, Serve: h != "main1", SSHPrivateKey: "PRIVATE c1", AuthorizedKeys: []string{"ssh-ed25519 AAAA c1"}}
+		if !reflect.DeepEqual(k.Launch, want) {
+			t.Errorf("%s's launch\n%+v, want\n%+v", h, k.Launch, want)
+		}
+		if k.Network.Hosts["sub2"] != "10.224.0.4" {
+			t.Errorf("%s's hosts %v", h, k.Network.Hosts)
+		}
+	}
+}
+
+// TestClusterLaunchHostNetwork: exec kernels and runc kernels with
+// network host reach each other at their agents' underlay addresses, on
+// ports of their session's own: two live sessions never share them.
+func TestClusterLaunchHostNetwork(t *testing.T) {
+	f := clusterFixture(t)
+	f.cluster("h1", structs.SessionTypeBatch, 2, structs.RunOnAll, structs.FailOnAny, func(k *structs.Kernel) {
+		k.Driver, k.Image = "exec", ""
+	})
+	f.cluster("h2", structs.SessionTypeBatch, 2, structs.RunOnAll, structs.FailOnAny, func(k *structs.Kernel) {
+		k.Options = &structs.KernelOptions{Network: structs.NetworkHost}
+	})
+	ports := map[int]string{}
+	for _, id := range []string{"h1", "h2"} {
+		nw := f.sess(id).Network
+		if nw == nil {
+			t.Fatalf("%s has no pool slot", id)
+		}
+		for _, h := range []string{"main1", "sub1"} {
+			l := f.kernel(id + "-" + h).Launch
+			if l == nil || !l.HostNetwork || l.MasterAddr != "10.9.0.11" || l.Serve {
+				t.Fatalf("%s/%s launch %+v", id, h, l)
+			}
+			if l.SSHPort != HostSSHPortBase+nw.Slot || l.MasterPort != HostMasterPortBase+nw.Slot {
+				t.Fatalf("%s/%s ports %d/%d for slot %d", id, h, l.SSHPort, l.MasterPort, nw.Slot)
+			}
+			if want := []structs.ClusterPeer{{"main1", "10.9.0.11", 0, 1}, {"sub1", "10.9.0.12", 1, 1}}; !reflect.DeepEqual(l.Peers, want) {
+				t.Fatalf("%s/%s peers %+v", id, h, l.Peers)
+			}
+			if hosts := f.kernel(id + "-" + h).Network.Hosts; hosts["sub1"] != "10.9.0.12" {
+				t.Fatalf("%s/%s hosts %v", id, h, hosts)
+			}
+		}
+		l := f.kernel(id + "-main1").Launch
+		for _, p := range []int{l.SSHPort, l.MasterPort} {
+			if other, dup := ports[p]; dup {
+				t.Fatalf("port %d used by %s and %s", p, other, id)
+			}
+			ports[p] = id
+		}
+	}
+}
+
+// TestFailOnAnySubExit: a sub kernel that exits 3 on its own fails a batch
+// session, stops the others and is named; the stopped kernels' reports
+// never replace that.
+func TestFailOnAnySubExit(t *testing.T) {
+	f := clusterFixture(t)
+	f.cluster("c1", structs.SessionTypeBatch, 3, structs.RunOnMain, structs.FailOnAny, nil)
+	f.run("c1", "main1", "sub1", "sub2")
+	f.info("a2", "c1-sub2", structs.KernelTerminated, "exited with code 3", intp(3))
+	s := f.sess("c1")
+	if s.Result != structs.ResultFailure || s.Status != structs.SessionTerminating || s.StatusInfo != "sub2 exited with code 3" {
+		t.Fatalf("after sub2 exited 3: %s/%s %q", s.Status, s.Result, s.StatusInfo)
+	}
+	for _, h := range []string{"main1", "sub1"} {
+		if k := f.kernel("c1-" + h); k.Status != structs.KernelTerminating {
+			t.Fatalf("%s is %s, want TERMINATING", h, k.Status)
+		}
+	}
+	f.info("a1", "c1-main1", structs.KernelTerminated, "stopped: sub2 exited with code 3: exited with code 0", intp(0))
+	f.info("a2", "c1-sub1", structs.KernelTerminated, "stopped: sub2 exited with code 3: killed by signal 15", intp(-1))
+	s = f.sess("c1")
+	if s.Status != structs.SessionTerminated || s.Result != structs.ResultFailure || s.StatusInfo != "sub2 exited with code 3" {
+		t.Fatalf("at the end: %s/%s %q", s.Status, s.Result, s.StatusInfo)
+	}
+}
+
+// TestMainExitWhileSubsPull: main1 exits 3 while the subs still pull their
+// images; the status line keeps main1's own exit.
+func TestMainExitWhileSubsPull(t *testing.T) {
+	for _, failOn := range []string{structs.FailOnAny, structs.FailOnMain} {
+		t.Run(failOn, func(t *testing.T) {
+			f := clusterFixture(t)
+			f.cluster("c1", structs.SessionTypeBatch, 3, structs.RunOnMain, failOn, nil)
+			f.info("a1", "c1-main1", structs.KernelRunning, "running", nil)
+			f.info("a2", "c1-sub1", structs.KernelPulling, "pulling busybox", nil)
+			f.info("a2", "c1-sub2", structs.KernelPulling, "pulling busybox", nil)
+			f.info("a1", "c1-main1", structs.KernelTerminated, "exited with code 3", intp(3))
+			if k := f.kernel("c1-sub1"); k.Status != structs.KernelTerminating {
+				t.Fatalf("sub1 %s after main1 ended", k.Status)
+			}
+			f.info("a2", "c1-sub1", structs.KernelTerminated, "stopped: main1 exited with code 3 (before it started)", nil)
+			f.info("a2", "c1-sub2", structs.KernelTerminated, "exited with code 0", intp(0))
+			s := f.sess("c1")
+			if s.Status != structs.SessionTerminated || s.Result != structs.ResultFailure || s.StatusInfo != "main1 exited with code 3" {
+				t.Fatalf("%s/%s %q, want TERMINATED/FAILURE \"main1 exited with code 3\"", s.Status, s.Result, s.StatusInfo)
+			}
+		})
+	}
+}
+
+// TestMainSuccessEndsSession: main1 exiting 0 stops the serving subs, which
+// are no failures; the status line is main1's.
+func TestMainSuccessEndsSession(t *testing.T) {
+	f := clusterFixture(t)
+	f.cluster("c1", structs.SessionTypeBatch, 2, structs.RunOnMain, structs.FailOnAny, nil)
+	f.run("c1", "main1", "sub1")
+	f.info("a1", "c1-main1", structs.KernelTerminated, "exited with code 0", intp(0))
+	f.info("a2", "c1-sub1", structs.KernelTerminated, "stopped: main1 ended: exited with code 0: killed by signal 15", intp(-1))
+	s := f.sess("c1")
+	if s.Status != structs.SessionTerminated || s.Result != structs.ResultSuccess || s.StatusInfo != "main1 ended: exited with code 0" {
+		t.Fatalf("%s/%s %q", s.Status, s.Result, s.StatusInfo)
+	}
+}
+
+// TestFailOnMainSubExit: under fail_on main a sub's exit 3 leaves the
+// session running; main1's exit 0 then makes it SUCCESS.
+func TestFailOnMainSubExit(t *testing.T) {
+	f := clusterFixture(t)
+	f.cluster("c1", structs.SessionTypeBatch, 3, structs.RunOnAll, structs.FailOnMain, nil)
+	f.run("c1", "main1", "sub1", "sub2")
+	f.info("a2", "c1-sub2", structs.KernelTerminated, "exited with code 3", intp(3))
+	f.info("a2", "c1-sub1", structs.KernelError, "exit status unknown: lost", nil)
+	s := f.sess("c1")
+	if s.Status != structs.SessionRunning || s.Result != structs.ResultUndefined {
+		t.Fatalf("after subs ended: %s/%s %q", s.Status, s.Result, s.StatusInfo)
+	}
+	if k := f.kernel("c1-main1"); k.Status != structs.KernelRunning {
+		t.Fatalf("main1 %s", k.Status)
+	}
+	f.info("a1", "c1-main1", structs.KernelTerminated, "exited with code 0", intp(0))
+	if s := f.sess("c1"); s.Status != structs.SessionTerminated || s.Result != structs.ResultSuccess || s.StatusInfo != "main1 ended: exited with code 0" {
+		t.Fatalf("at the end: %s/%s %q", s.Status, s.Result, s.StatusInfo)
+	}
+}
+
+// TestStartFailureFailsCluster: a kernel that fails to start fails any
+// cluster session, whatever fail_on, naming the kernel.
+func TestStartFailureFailsCluster(t *testing.T) {
+	for _, tc := range []struct {
+		typ    structs.SessionType
+		failOn string
+	}{{structs.SessionTypeBatch, structs.FailOnMain}, {structs.SessionTypeInteractive, structs.FailOnMain}, {structs.SessionTypeBatch, structs.FailOnAny}} {
+		t.Run(string(tc.typ)+"/"+tc.failOn, func(t *testing.T) {
+			f := clusterFixture(t)
+			f.cluster("c1", tc.typ, 3, structs.RunOnAll, tc.failOn, nil)
+			f.run("c1", "main1", "sub2")
+			f.info("a2", "c1-sub1", structs.KernelPulling, "pulling", nil)
+			f.info("a2", "c1-sub1", structs.KernelError, "pull busybox: manifest unknown", nil)
+			s := f.sess("c1")
+			if !strings.HasPrefix(s.StatusInfo, "sub1 failed to start: pull busybox") {
+				t.Fatalf("status line %q", s.StatusInfo)
+			}
+			if tc.typ == structs.SessionTypeBatch && s.Result != structs.ResultFailure {
+				t.Fatalf("result %s", s.Result)
+			}
+			for _, h := range []string{"main1", "sub2"} {
+				if k := f.kernel("c1-" + h); k.Status != structs.KernelTerminating {
+					t.Fatalf("%s is %s, want TERMINATING", h, k.Status)
+				}
+			}
+			f.info("a1", "c1-main1", structs.KernelTerminated, "stopped", intp(0))
+			f.info("a2", "c1-sub2", structs.KernelTerminated, "stopped", intp(0))
+			if s := f.sess("c1"); !s.Status.Terminal() || !strings.HasPrefix(s.StatusInfo, "sub1 failed to start") {
+				t.Fatalf("at the end: %s %q", s.Status, s.StatusInfo)
+			}
+		})
+	}
+}
+
+// TestDestroyedClusterKeepsReason: a destroyed cluster session's status
+// line is the destroy's reason, not the last kernel's report.
+func TestDestroyedClusterKeepsReason(t *testing.T) {
+	f := clusterFixture(t)
+	f.cluster("c1", structs.SessionTypeBatch, 2, structs.RunOnMain, structs.FailOnAny, nil)
+	f.run("c1", "main1", "sub1")
+	if err := f.s.DestroySession(f.next(), &structs.SessionDestroyRequest{SessionID: "c1", Reason: "destroyed by user", Time: t0}); err != nil {
+		t.Fatal(err)
+	}
+	f.info("a1", "c1-main1", structs.KernelTerminated, "destroyed by user: killed by signal 15", intp(-1))
+	f.info("a2", "c1-sub1", structs.KernelTerminated, "destroyed by user: killed by signal 15", intp(-1))
+	if s := f.sess("c1"); s.Status != structs.SessionTerminated || s.StatusInfo != "destroyed by user" {
+		t.Fatalf("%s %q", s.Status, s.StatusInfo)
+	}
+}
+
+// TestKernelCpuset: the agent's cpuset report is kept on the kernel.
+func TestKernelCpuset(t *testing.T) {
+	f := clusterFixture(t)
+	f.cluster("c1", structs.SessionTypeBatch, 2, structs.RunOnMain, structs.FailOnAny, nil)
+	_, err := f.s.UpdateKernels(f.next(), &structs.KernelUpdateRequest{AgentID: "a2", Updates: []*structs.KernelUpdate{{KernelID: "c1-sub1", Status: structs.KernelRunning, Cpuset: "2-3", Time: t0}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k := f.kernel("c1-sub1"); k.Cpuset != "2-3" {
+		t.Fatalf("cpuset %q", k.Cpuset)
+	}
+	_, err = f.s.UpdateKernels(f.next(), &structs.KernelUpdateRequest{AgentID: "a2", Updates: []*structs.KernelUpdate{{KernelID: "c1-sub1", Status: structs.KernelRunning, Cpuset: "4-5", Time: t0}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k := f.kernel("c1-sub1"); k.Cpuset != "4-5" {
+		t.Fatalf("cpuset %q after a second report", k.Cpuset)
+	}
+}
