@@ -125,7 +125,6 @@ func checkOptionsPolicy(key *structs.AccessKey, pol *structs.ResourcePolicy, k *
 		return &httpError{code: http.StatusForbidden, msg: fmt.Sprintf("kernel %s: ", k.Hostname) + fmt.Sprintf(format, args...)}
 	}
 	mem := int64(k.Resources[structs.SlotMem] / structs.QuantityScale)
-	memText := structs.FormatBytes(structs.Whole(mem))
 	if o.ShmBytes > 0 {
 		limit, what := p.MaxShmBytes, ""
 		if limit == 0 {
@@ -144,10 +143,10 @@ func checkOptionsPolicy(key *structs.AccessKey, pol *structs.ResourcePolicy, k *
 		}
 		limit, what := p.MaxMemlockBytes, ""
 		if limit == 0 {
-			limit, what = mem, " (the kernel's mem, "+memText+")"
+			limit, what = mem, " (the kernel's mem)"
 		}
 		if u.Soft == -1 || u.Hard == -1 || u.Hard > limit {
-			return forbid("ulimit %s is above policy %s's memlock limit of %d bytes%s; an admin may raise max_memlock (-1: unlimited)", structs.FormatUlimit(u), name, limit, what)
+			return forbid("ulimit %s is above policy %s's memlock limit of %s%s; an admin may raise the policy's max_memlock (or make it unlimited)", structs.FormatUlimit(u), name, structs.FormatBytes(structs.Whole(limit)), what)
 		}
 	}
 	for _, c := range o.CapAdd {
