@@ -136,7 +136,7 @@ func TestClusterLaunchHostNetwork(t *testing.T) {
 			if l.SSHPort != HostSSHPortBase+nw.Slot || l.MasterPort != HostMasterPortBase+nw.Slot {
 				t.Fatalf("%s/%s ports %d/%d for slot %d", id, h, l.SSHPort, l.MasterPort, nw.Slot)
 			}
-			if want := []structs.ClusterPeer{{"main1", "10.9.0.11", 0, 1}, {"sub1", "10.9.0.12", 1, 1}}; !reflect.DeepEqual(l.Peers, want) {
+			if want := []structs.ClusterPeer{{Hostname: "main1", Addr: "10.9.0.11", Rank: 0, Slots: 1}, {Hostname: "sub1", Addr: "10.9.0.12", Rank: 1, Slots: 1}}; !reflect.DeepEqual(l.Peers, want) {
 				t.Fatalf("%s/%s peers %+v", id, h, l.Peers)
 			}
 			if hosts := f.kernel(id + "-" + h).Network.Hosts; hosts["sub1"] != "10.9.0.12" {
