@@ -457,7 +457,7 @@ func (w *writer) placeSession(sn *Snapshot, sp structs.SessionPlacement, now tim
 		if nets, err = kernelNetworks(nw, kernels, agentOf); err != nil {
 			return err
 		}
-		if launches, err = clusterLaunches(sess, nw, kernels, nets, agentOf); err != nil {
+		if launches, err = clusterLaunches(sess, nw, kernels, nets, agentOf, w.snap().hostSSHPorts); err != nil {
 			return err
 		}
 		c.Network = nw

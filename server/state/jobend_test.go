@@ -28,14 +28,25 @@ func clusterFixture(t *testing.T) *fixture {
 // on a2. edit, when set, changes each kernel before the enqueue.
 func (f *fixture) cluster(id string, typ structs.SessionType, n int, runOn, failOn string, edit func(k *structs.Kernel)) {
 	f.t.Helper()
+	f.clusterOn(id, typ, n, runOn, failOn, edit, func(i int) string {
+		if i == 0 {
+			return "a1"
+		}
+		return "a2"
+	})
+}
+
+// clusterOn is cluster with kernel i placed on agentFor(i).
+func (f *fixture) clusterOn(id string, typ structs.SessionType, n int, runOn, failOn string, edit func(k *structs.Kernel), agentFor func(i int) string) {
+	f.t.Helper()
 	sess := &structs.Session{ID: id, Type: typ, ResourceGroup: structs.DefaultResourceGroup, ClusterMode: structs.ClusterModeMultiNode, ClusterSize: n,
 		RunOn: runOn, FailOn: failOn, StartOrder: structs.StartBarrier}
 	var ks []*structs.Kernel
 	var pl []structs.Placement
 	for i := range n {
-		role, idx, host, agent := "main", 1, "main1", "a1"
+		role, idx, host, agent := "main", 1, "main1", agentFor(i)
 		if i > 0 {
-			role, idx, host, agent = "sub", i, "sub"+string(rune('0'+i)), "a2"
+			role, idx, host = "sub", i, "sub"+string(rune('0'+i))
 		}
 		k := &structs.Kernel{ID: id + "-" + host, SessionID: id, Role: role, Idx: idx, Hostname: host, Driver: "runc", Image: "busybox",
 			Command: []string{"true"}, Resources: slots(1, 64),
@@ -94,9 +105,9 @@ func TestClusterLaunchOverlay(t *testing.T) {
 		}
 	})
 	peers := []structs.ClusterPeer{
-		{Hostname: "main1", Addr: "10.224.0.2", Rank: 0, Slots: 1},
-		{Hostname: "sub1", Addr: "10.224.0.3", Rank: 1, Slots: 1},
-		{Hostname: "sub2", Addr: "10.224.0.4", Rank: 2, Slots: 3},
+		{Hostname: "main1", Addr: "10.224.0.2", Rank: 0, Slots: 1, SSHPort: OverlaySSHPort},
+		{Hostname: "sub1", Addr: "10.224.0.3", Rank: 1, Slots: 1, SSHPort: OverlaySSHPort},
+		{Hostname: "sub2", Addr: "10.224.0.4", Rank: 2, Slots: 3, SSHPort: OverlaySSHPort},
 	}
 	for rank, h := range []string{"main1", "sub1", "sub2"} {
 		k := f.kernel("c1-" + h)
@@ -113,16 +124,19 @@ func TestClusterLaunchOverlay(t *testing.T) {
 
 // TestClusterLaunchHostNetwork: exec kernels and runc kernels with
 // network host reach each other at their agents' underlay addresses, on
-// ports of their session's own: two live sessions never share them.
+// ports of their own: no two live kernels on one agent share an ssh port
+// (kernels of one session on one agent included), no two live sessions a
+// master port.
 func TestClusterLaunchHostNetwork(t *testing.T) {
 	f := clusterFixture(t)
-	f.cluster("h1", structs.SessionTypeBatch, 2, structs.RunOnAll, structs.FailOnAny, func(k *structs.Kernel) {
-		k.Driver, k.Image = "exec", ""
-	})
+	exec := func(k *structs.Kernel) { k.Driver, k.Image = "exec", "" }
+	f.cluster("h1", structs.SessionTypeBatch, 2, structs.RunOnAll, structs.FailOnAny, exec)
 	f.cluster("h2", structs.SessionTypeBatch, 2, structs.RunOnAll, structs.FailOnAny, func(k *structs.Kernel) {
 		k.Options = &structs.KernelOptions{Network: structs.NetworkHost}
 	})
-	ports := map[int]string{}
+	// A single-node exec session: three kernels, one agent, one address.
+	f.clusterOn("h3", structs.SessionTypeBatch, 3, structs.RunOnAll, structs.FailOnAny, exec, func(int) string { return "a1" })
+
 	for _, id := range []string{"h1", "h2"} {
 		nw := f.sess(id).Network
 		if nw == nil {
@@ -130,26 +144,56 @@ func TestClusterLaunchHostNetwork(t *testing.T) {
 		}
 		for _, h := range []string{"main1", "sub1"} {
 			l := f.kernel(id + "-" + h).Launch
-			if l == nil || !l.HostNetwork || l.MasterAddr != "10.9.0.11" || l.Serve {
+			if l == nil || !l.HostNetwork || l.MasterAddr != "10.9.0.11" || l.Serve || l.MasterPort != HostMasterPortBase+nw.Slot {
 				t.Fatalf("%s/%s launch %+v", id, h, l)
 			}
-			if l.SSHPort != HostSSHPortBase+nw.Slot || l.MasterPort != HostMasterPortBase+nw.Slot {
-				t.Fatalf("%s/%s ports %d/%d for slot %d", id, h, l.SSHPort, l.MasterPort, nw.Slot)
-			}
-			if want := []structs.ClusterPeer{{Hostname: "main1", Addr: "10.9.0.11", Rank: 0, Slots: 1}, {Hostname: "sub1", Addr: "10.9.0.12", Rank: 1, Slots: 1}}; !reflect.DeepEqual(l.Peers, want) {
-				t.Fatalf("%s/%s peers %+v", id, h, l.Peers)
+			// Alone on its agent: the session's preferred port.
+			want := []structs.ClusterPeer{{Hostname: "main1", Addr: "10.9.0.11", Rank: 0, Slots: 1, SSHPort: HostSSHPortBase + nw.Slot},
+				{Hostname: "sub1", Addr: "10.9.0.12", Rank: 1, Slots: 1, SSHPort: HostSSHPortBase + nw.Slot}}
+			if !reflect.DeepEqual(l.Peers, want) || l.SSHPort != HostSSHPortBase+nw.Slot {
+				t.Fatalf("%s/%s ssh port %d, peers %+v", id, h, l.SSHPort, l.Peers)
 			}
 			if hosts := f.kernel(id + "-" + h).Network.Hosts; hosts["sub1"] != "10.9.0.12" {
 				t.Fatalf("%s/%s hosts %v", id, h, hosts)
 			}
 		}
-		l := f.kernel(id + "-main1").Launch
-		for _, p := range []int{l.SSHPort, l.MasterPort} {
-			if other, dup := ports[p]; dup {
-				t.Fatalf("port %d used by %s and %s", p, other, id)
-			}
-			ports[p] = id
+	}
+	h3 := f.kernel("h3-sub2").Launch
+	for i, p := range h3.Peers {
+		if p.Addr != "10.9.0.11" {
+			t.Fatalf("h3 peer %+v", p)
 		}
+		if k := f.kernel("h3-" + p.Hostname); k.Launch.SSHPort != p.SSHPort {
+			t.Fatalf("h3/%s listens on %d, its peers reach it on %d", p.Hostname, k.Launch.SSHPort, p.SSHPort)
+		}
+		for _, q := range h3.Peers[:i] {
+			if q.SSHPort == p.SSHPort {
+				t.Fatalf("h3's %s and %s share ssh port %d on one agent", q.Hostname, p.Hostname, p.SSHPort)
+			}
+		}
+	}
+	// Every live kernel on each agent has its own ssh port; every session
+	// its own master port.
+	masters := map[int]string{}
+	for _, agent := range []string{"a1", "a2"} {
+		ks, err := f.s.Snapshot().KernelsByAgent(nil, agent)
+		if err != nil {
+			t.Fatal(err)
+		}
+		seen := map[int]string{}
+		for _, k := range ks {
+			if other, dup := seen[k.Launch.SSHPort]; dup {
+				t.Fatalf("agent %s: %s and %s share ssh port %d", agent, other, k.ID, k.Launch.SSHPort)
+			}
+			seen[k.Launch.SSHPort] = k.ID
+			if other, dup := masters[k.Launch.MasterPort]; dup && other != k.SessionID {
+				t.Fatalf("sessions %s and %s share master port %d", other, k.SessionID, k.Launch.MasterPort)
+			}
+			masters[k.Launch.MasterPort] = k.SessionID
+		}
+	}
+	if len(masters) != 3 {
+		t.Fatalf("master ports %v, want one per session", masters)
 	}
 }
 
@@ -304,5 +348,52 @@ func TestKernelCpuset(t *testing.T) {
 	}
 	if k := f.kernel("c1-sub1"); k.Cpuset != "4-5" {
 		t.Fatalf("cpuset %q after a second report", k.Cpuset)
+	}
+}
+
+// TestClusterLaunchRecomputedOnRetry: a re-queued session's kernels are
+// launched afresh where they land (peers, master address), keeping the
+// session's keys and dropping the old cpuset.
+func TestClusterLaunchRecomputedOnRetry(t *testing.T) {
+	f := clusterFixture(t)
+	sess := &structs.Session{ID: "r1", Type: structs.SessionTypeBatch, ResourceGroup: structs.DefaultResourceGroup, ClusterMode: structs.ClusterModeMultiNode,
+		ClusterSize: 2, RunOn: structs.RunOnMain, FailOn: structs.FailOnAny, StartOrder: structs.StartBarrier, MaxRetries: 1}
+	var ks []*structs.Kernel
+	for i, h := range []string{"main1", "sub1"} {
+		role := "main"
+		if i > 0 {
+			role = "sub"
+		}
+		ks = append(ks, &structs.Kernel{ID: "r1-" + h, SessionID: "r1", Role: role, Idx: 1, Hostname: h, Driver: "exec", Command: []string{"true"},
+			Resources: slots(1, 64), Launch: &structs.ClusterLaunch{SSHPrivateKey: "PRIVATE r1", AuthorizedKeys: []string{"pub r1"}}})
+	}
+	if err := f.s.EnqueueSession(f.next(), &structs.SessionEnqueueRequest{Session: sess, Kernels: ks, Time: t0}); err != nil {
+		t.Fatal(err)
+	}
+	place := func(main, sub, agent string) {
+		plan := &structs.Plan{Placements: []structs.SessionPlacement{{SessionID: "r1", Placements: []structs.Placement{{KernelID: main, AgentID: agent}, {KernelID: sub, AgentID: agent}}}}}
+		if res, err := f.s.ApplyPlan(f.next(), &structs.PlanApplyRequest{Plan: plan, Time: t0}); err != nil || len(res.Applied) != 1 {
+			t.Fatalf("place: %+v %v", res, err)
+		}
+	}
+	place("r1-main1", "r1-sub1", "a1")
+	_, err := f.s.UpdateKernels(f.next(), &structs.KernelUpdateRequest{AgentID: "a1", Updates: []*structs.KernelUpdate{{KernelID: "r1-sub1", Status: structs.KernelRunning, Cpuset: "3", Time: t0}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Its agent lost: the session goes back to PENDING with new kernels.
+	if err := f.s.SetAgentStatus(f.next(), &structs.AgentStatusRequest{AgentID: "a1", Status: structs.AgentLost, Info: "gone", Time: t0}); err != nil {
+		t.Fatal(err)
+	}
+	if s := f.sess("r1"); s.Status != structs.SessionPending || s.Retries != 1 {
+		t.Fatalf("not re-queued: %s retries %d %q", s.Status, s.Retries, s.StatusInfo)
+	}
+	if k := f.kernel("r1-sub1.r1"); k.Cpuset != "" || k.Launch == nil || k.Launch.SSHPrivateKey != "PRIVATE r1" {
+		t.Fatalf("re-queued sub1: cpuset %q launch %+v", k.Cpuset, k.Launch)
+	}
+	place("r1-main1.r1", "r1-sub1.r1", "a2")
+	l := f.kernel("r1-sub1.r1").Launch
+	if l.SSHPrivateKey != "PRIVATE r1" || l.NodeRank != 1 || len(l.Peers) != 2 || l.MasterAddr != "10.9.0.12" || l.Peers[1].Addr != "10.9.0.12" {
+		t.Fatalf("launch after the retry %+v", l)
 	}
 }

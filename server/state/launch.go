@@ -7,7 +7,8 @@ import (
 	"github.com/corral-dev/corral/structs"
 )
 
-// Ports of a cluster session's job (ClusterLaunch.SSHPort, MasterPort).
+// Ports of a cluster session's job (ClusterLaunch.SSHPort, MasterPort,
+// ClusterPeer.SSHPort).
 //
 // Kernels on the session's overlay have addresses of their own, so every
 // session uses the same ports: ssh on OverlaySSHPort (2222), the
@@ -15,17 +16,23 @@ import (
 //
 // Host-networked kernels (driver exec, which is never wired to the
 // overlay, or options.network "host") share their agent's ports with the
-// other sessions there. Each session gets ports of its own from its
-// overlay pool slot, which every cluster session holds, host-networked or
-// not, from placement until it ends (the pool has 4096 slots):
+// other sessions there:
 //
-//	ssh:    HostSSHPortBase    + slot = 20000-24095
-//	master: HostMasterPortBase + slot = 24576-28671
+//	master: HostMasterPortBase + slot = 24576-28671, where slot is the
+//	        session's overlay pool slot, which every cluster session holds,
+//	        host-networked or not, from placement until it ends (the pool
+//	        has 4096 slots): two live sessions never share it.
+//	ssh:    20000-24575, one port per kernel and agent: HostSSHPortBase +
+//	        slot when free on the kernel's agent, else the next port free
+//	        there (kernels of one session sharing an agent, and so an
+//	        address, each need their own). Chosen in the raft apply from
+//	        the live kernels on the agent, so no two live kernels on one
+//	        agent share one.
 //
-// so two live sessions never share a port. Both ranges are below Linux's
-// default ephemeral port range (32768-60999): an outgoing connection on
-// the node never holds them. Keep them free of other services on agents
-// that run host-networked cluster sessions.
+// Both ranges are below Linux's default ephemeral port range
+// (32768-60999): an outgoing connection on the node never holds them.
+// Keep them free of other services on agents that run host-networked
+// cluster sessions.
 const (
 	OverlaySSHPort     = 2222
 	OverlayMasterPort  = 29500
@@ -72,28 +79,46 @@ func underlayIP(a *structs.Agent) string {
 // is computed here, so that a re-queued session is launched afresh where
 // it lands. It also points each kernel's hosts at its peers' launch
 // addresses (underlay addresses for host-networked kernels).
-func clusterLaunches(sess *structs.Session, nw *structs.Network, kernels []*structs.Kernel, nets map[string]*structs.KernelNetwork, agentOf map[string]*structs.Agent) (map[string]*structs.ClusterLaunch, error) {
+//
+// usedPorts returns the ssh ports that live host-networked kernels hold on
+// an agent; the ports chosen here are added to its answer.
+func clusterLaunches(sess *structs.Session, nw *structs.Network, kernels []*structs.Kernel, nets map[string]*structs.KernelNetwork,
+	agentOf map[string]*structs.Agent, usedPorts func(agentID string) (map[int]bool, error)) (map[string]*structs.ClusterLaunch, error) {
 	anyHost := false
 	for _, k := range kernels {
 		anyHost = anyHost || hostNetworked(k)
 	}
-	sshPort, masterPort := OverlaySSHPort, OverlayMasterPort
+	masterPort := OverlayMasterPort
 	if anyHost {
-		if nw.Slot < 0 || nw.Slot >= HostMasterPortBase-HostSSHPortBase {
-			return nil, fmt.Errorf("overlay slot %d has no host ports (at most %d sessions)", nw.Slot, HostMasterPortBase-HostSSHPortBase)
+		if nw.Slot < 0 || HostMasterPortBase+nw.Slot >= 32768 {
+			return nil, fmt.Errorf("overlay slot %d has no host master port", nw.Slot)
 		}
-		sshPort, masterPort = HostSSHPortBase+nw.Slot, HostMasterPortBase+nw.Slot
+		masterPort = HostMasterPortBase + nw.Slot
 	}
+	used := map[string]map[int]bool{} // agent ID → ssh ports taken
 	peers := make([]structs.ClusterPeer, 0, len(kernels))
 	hosts := map[string]string{}
 	for _, k := range kernels {
-		addr := ""
+		addr, sshPort := "", OverlaySSHPort
 		if hostNetworked(k) {
 			a := agentOf[k.ID]
 			if a == nil {
 				return nil, fmt.Errorf("kernel %s has no agent", k.Hostname)
 			}
 			addr = underlayIP(a)
+			if used[a.ID] == nil {
+				u, err := usedPorts(a.ID)
+				if err != nil {
+					return nil, err
+				}
+				used[a.ID] = u
+			}
+			p, err := freeSSHPort(used[a.ID], nw.Slot)
+			if err != nil {
+				return nil, fmt.Errorf("kernel %s on agent %s: %v", k.Hostname, a.Name, err)
+			}
+			used[a.ID][p] = true
+			sshPort = p
 		} else {
 			n := nets[k.ID]
 			if n == nil {
@@ -105,7 +130,7 @@ func clusterLaunches(sess *structs.Session, nw *structs.Network, kernels []*stru
 			}
 			addr = ip.String()
 		}
-		peers = append(peers, structs.ClusterPeer{Hostname: k.Hostname, Addr: addr, Rank: nodeRank(k), Slots: launchSlots(k)})
+		peers = append(peers, structs.ClusterPeer{Hostname: k.Hostname, Addr: addr, Rank: nodeRank(k), Slots: launchSlots(k), SSHPort: sshPort})
 		hosts[k.Hostname] = addr
 	}
 	// Rank order, main1 first (the kernels come sorted, but the contract
@@ -129,7 +154,12 @@ func clusterLaunches(sess *structs.Session, nw *structs.Network, kernels []*stru
 			l.AuthorizedKeys = append([]string(nil), k.Launch.AuthorizedKeys...)
 		}
 		l.NodeRank, l.NumNodes = nodeRank(k), len(kernels)
-		l.MasterAddr, l.MasterPort, l.SSHPort = masterAddr, masterPort, sshPort
+		l.MasterAddr, l.MasterPort = masterAddr, masterPort
+		for _, p := range peers {
+			if p.Hostname == k.Hostname {
+				l.SSHPort = p.SSHPort
+			}
+		}
 		l.Peers = append([]structs.ClusterPeer(nil), peers...)
 		l.Barrier = sess.StartOrder == structs.StartBarrier
 		l.Serve = sess.RunOn == structs.RunOnMain && !(k.Role == "main" && k.Idx == 1)
@@ -139,6 +169,36 @@ func clusterLaunches(sess *structs.Session, nw *structs.Network, kernels []*stru
 			for h, a := range hosts {
 				n.Hosts[h] = a
 			}
+		}
+	}
+	return out, nil
+}
+
+// freeSSHPort picks a host ssh port not in used: HostSSHPortBase+slot
+// when free, else the next free one in [HostSSHPortBase,
+// HostMasterPortBase), wrapping around.
+func freeSSHPort(used map[int]bool, slot int) (int, error) {
+	n := HostMasterPortBase - HostSSHPortBase
+	for i := range n {
+		p := HostSSHPortBase + (max(slot, 0)+i)%n
+		if !used[p] {
+			return p, nil
+		}
+	}
+	return 0, fmt.Errorf("all %d host ssh ports (%d-%d) are taken on the agent", n, HostSSHPortBase, HostMasterPortBase-1)
+}
+
+// hostSSHPorts returns the ssh ports held on an agent by its live
+// host-networked cluster kernels.
+func (sn *Snapshot) hostSSHPorts(agentID string) (map[int]bool, error) {
+	ks, err := sn.KernelsByAgent(nil, agentID)
+	if err != nil {
+		return nil, err
+	}
+	out := map[int]bool{}
+	for _, k := range ks {
+		if k.HoldsSlots() && k.Launch != nil && k.Launch.HostNetwork {
+			out[k.Launch.SSHPort] = true
 		}
 	}
 	return out, nil
