@@ -134,6 +134,8 @@ type Agent struct {
 	reporter *reporter
 	overlays *overlays
 	store    *localStore
+	// cpusetState holds the kernels' exclusive cores (cpuset.go).
+	cpusetState agentCPUSets
 	images   *images.Store
 
 	ctx      context.Context
