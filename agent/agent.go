@@ -136,7 +136,7 @@ type Agent struct {
 	store    *localStore
 	// cpusetState holds the kernels' exclusive cores (cpuset.go).
 	cpusetState agentCPUSets
-	images   *images.Store
+	images      *images.Store
 
 	ctx      context.Context
 	cancel   context.CancelFunc
