@@ -189,6 +189,15 @@ func (d *Driver) Fingerprint(ctx context.Context) (*drivers.Fingerprint, error) 
 		attrs["driver.exec.shim"] = "in-process"
 		desc += " without shims (they die with the agent)"
 	}
+	// Kernels share the host's /dev: the InfiniBand devices are theirs to
+	// open (their device cgroup denies only other kernels' GPUs).
+	if n := infinibandDevices(); n > 0 {
+		attrs["driver.exec.infiniband"] = fmt.Sprint(n)
+	}
+	attrs["driver.exec.cpuset"] = "affinity"
+	if d.cgroups != nil && d.cgroups.CanPin() {
+		attrs["driver.exec.cpuset"] = "cgroup"
+	}
 	// Whether kernels can be denied the node's other GPUs (Devices.Deny).
 	attrs["driver.exec.device_cgroup"] = "false"
 	if d.isolated && d.cgroups != nil && d.cgroups.CanDenyDevices() {

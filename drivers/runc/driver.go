@@ -267,8 +267,8 @@ func overlayAvailable() bool {
 	return err == nil && strings.Contains(string(b), "\toverlay\n")
 }
 
-// Capabilities reports exec, resource limits and recover; kernels never
-// share the host's network.
+// Capabilities reports exec, resource limits and recover; kernels get a
+// network namespace of their own unless their options ask for the host's.
 func (d *Driver) Capabilities() drivers.Capabilities {
 	return drivers.Capabilities{Exec: true, ResourceLimits: true, Recover: true}
 }

@@ -236,7 +236,7 @@ func makeCpusetDir(root, dir string) error {
 func inheritCpuset(parent, dir string) error {
 	for _, f := range []string{"cpuset.cpus", "cpuset.mems"} {
 		b, err := os.ReadFile(filepath.Join(dir, f))
-		if err != nil {
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return err
 		}
 		if strings.TrimSpace(string(b)) != "" {
