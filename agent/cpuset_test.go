@@ -2,13 +2,17 @@ package agent
 
 import (
 	"errors"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/corral-dev/corral/internal/devnode"
+	"github.com/corral-dev/corral/plugins/drivers"
+	"github.com/corral-dev/corral/structs"
 )
 
 // topo builds a topology of sockets x cores x threads, where thread t of
@@ -216,5 +220,55 @@ func TestInfiniBandNodes(t *testing.T) {
 	want := []string{"/dev/infiniband/issm0", "/dev/infiniband/rdma_cm", "/dev/infiniband/umad0", "/dev/infiniband/uverbs0"}
 	if !slices.Equal(paths, want) {
 		t.Fatalf("nodes %v, want %v", paths, want)
+	}
+}
+
+// TestApplyOptions runs the start hook on this node's real topology: two
+// 1-cpu kernels get different whole cores, reported and in their
+// environment; a fractional kernel shares what is left.
+func TestApplyOptions(t *testing.T) {
+	topo, err := readCPUTopology(sysCPURoot)
+	if err != nil || len(topo.Cores) < 2 {
+		t.Skipf("needs a readable topology of 2 cores or more (%v)", err)
+	}
+	a := &Agent{logger: slog.New(slog.DiscardHandler), kernels: map[string]*kernelRunner{}, cfg: Config{DevRoot: t.TempDir()}}
+	start := func(id string, cpu float64, o *structs.KernelOptions) (*kernelRunner, *drivers.TaskConfig, error) {
+		k := &structs.Kernel{ID: id, Resources: structs.Slots{structs.SlotCPU: structs.Quantity(cpu * structs.QuantityScale)}, Options: o}
+		r := newKernelRunner(a, k, nil)
+		cfg := &drivers.TaskConfig{ID: id, Env: map[string]string{}}
+		return r, cfg, r.applyOptions(a.logger, cfg)
+	}
+	r1, c1, err1 := start("k1", 1, nil)
+	r2, c2, err2 := start("k2", 1, &structs.KernelOptions{ShmBytes: 1 << 30})
+	if err := errors.Join(err1, err2); err != nil {
+		t.Fatal(err)
+	}
+	if c1.Cpuset == "" || c1.Cpuset == c2.Cpuset || r1.kernel.Cpuset != c1.Cpuset || r2.kernel.Cpuset != c2.Cpuset {
+		t.Fatalf("cpusets %q and %q (kernels %q, %q): want two different exclusive sets", c1.Cpuset, c2.Cpuset, r1.kernel.Cpuset, r2.kernel.Cpuset)
+	}
+	if c1.Env["CORRAL_CPUSET"] != c1.Cpuset || c1.CpusetMems == "" {
+		t.Errorf("k1: CORRAL_CPUSET %q mems %q, want %q and its node", c1.Env["CORRAL_CPUSET"], c1.CpusetMems, c1.Cpuset)
+	}
+	if c2.Options == nil || c2.Options.ShmBytes != 1<<30 {
+		t.Errorf("k2's options not passed on: %+v", c2.Options)
+	}
+	want := a.cpusets().shared()
+	r3, c3, err := start("k3", 0.5, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c3.Cpuset != want || r3.kernel.Cpuset != "" {
+		t.Errorf("fractional kernel: cpuset %q (reported %q), want the pool %q, reported empty", c3.Cpuset, r3.kernel.Cpuset, want)
+	}
+	a.releaseCPUs("k1")
+	pool, _ := parseCPUList(a.cpusets().shared())
+	freed, _ := parseCPUList(c1.Cpuset)
+	for _, c := range freed {
+		if !slices.Contains(pool, c) {
+			t.Errorf("after k1 ended the pool %v lacks its CPU %d", pool, c)
+		}
+	}
+	if _, _, err := start("k4", 0.5, &structs.KernelOptions{InfiniBand: true}); err == nil || !strings.Contains(err.Error(), "InfiniBand") {
+		t.Errorf("InfiniBand on an agent without it: err = %v", err)
 	}
 }
