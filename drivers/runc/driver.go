@@ -533,7 +533,7 @@ func (d *Driver) processFor(cfg *drivers.TaskConfig, rootfs string) (*processSpe
 	p := &processSpec{Args: commandLine(cfg), Cwd: workingDir(cfg), User: *u}
 	p.Env = processEnv(cfg, u)
 	path, _ := envValue(p.Env, "PATH")
-	if _, err := lookPathIn(rootfs, p.Args[0], path, p.Cwd); err != nil {
+	if _, err := lookPathIn(rootfs, p.Args[0], path, p.Cwd, cfg.Mounts); err != nil {
 		return nil, err
 	}
 	return p, nil
@@ -705,7 +705,7 @@ func (d *Driver) Exec(ctx context.Context, taskID string, opts *drivers.ExecOpti
 	// The container's root as the host sees it holds whatever the kernel
 	// installed since it started (no volumes are mounted into it yet).
 	path, _ := envValue(ps.Env, "PATH")
-	if _, err := lookPathIn(t.state.RootFS.RootFS, ps.Args[0], path, ps.Cwd); err != nil {
+	if _, err := lookPathIn(t.state.RootFS.RootFS, ps.Args[0], path, ps.Cwd, t.Config.Mounts); err != nil {
 		return -1, fmt.Errorf("exec in task %s: %w", taskID, err)
 	}
 	p := newProcess(&ps, false)

@@ -201,6 +201,16 @@ func TestBindMounts(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(src, "new")); err == nil {
 		t.Error("the kernel wrote into the read-only mount")
 	}
+	// A command that only a mount holds (corral's helper in cluster
+	// kernels) is found there, not refused as missing from the image.
+	if err := os.WriteFile(filepath.Join(src, "hello"), []byte("#!/bin/sh\necho from-the-mount\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cfg = taskConfig(t, "/opt/tools/hello")
+	cfg.Mounts = []drivers.Mount{{Source: src, Destination: "/opt/tools", ReadOnly: true}}
+	if out := runOutput(t, d, cfg); !strings.Contains(out, "from-the-mount") {
+		t.Errorf("a command in a mount: %q", out)
+	}
 	cfg = taskConfig(t, "true")
 	cfg.Mounts = []drivers.Mount{{Source: filepath.Join(src, "missing"), Destination: "/x"}}
 	if _, err := d.Start(context.Background(), cfg); !errors.Is(err, drivers.ErrInvalidConfig) {
