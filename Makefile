@@ -25,11 +25,14 @@ all: build
 build: bin/corral plugins
 
 # bin/corral-shim runs the exec kernels' shims for bin/corral, which uses it
-# only when both have the same version.
+# only when both have the same version. bin/corral-kernel (static: it runs
+# inside any image) is the ssh server, barrier and launcher of cluster
+# kernels; the agent places it into them.
 bin/corral: $(GOFILES) go.mod go.sum | deps
 	@mkdir -p bin
 	$(GO) build -tags "$(TAGS)" -ldflags "$(LDFLAGS)" -o bin/corral ./cmd/corral
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/corral-shim ./cmd/corral-shim
+	CGO_ENABLED=0 $(GO) build -ldflags "$(LDFLAGS) -s -w" -o bin/corral-kernel ./cmd/corral-kernel
 
 # deps installs the Debian packages the tests and drivers use, when missing.
 deps:

@@ -94,6 +94,9 @@ type Config struct {
 	NoGPUs  bool
 	// DevRoot is where the host's device nodes are (default /dev; tests).
 	DevRoot string
+	// KernelHelper is the corral-kernel binary placed into cluster
+	// kernels (default: corral-kernel next to the agent's executable).
+	KernelHelper string
 	// GCRetention is how long an ended kernel's directory and logs stay
 	// after a server acknowledged its end (0: DefaultGCRetention).
 	GCRetention time.Duration

@@ -60,9 +60,9 @@ func (o *overlays) manager() (*netns.Manager, error) {
 
 // wired reports whether a kernel gets an overlay: a kernel of a cluster
 // session run by a driver that isolates networks (exec kernels share the
-// host's network).
+// host's network), unless it asked for its agent's network.
 func wired(k *structs.Kernel, d drivers.Driver) bool {
-	return k.Network != nil && d.Name() != "exec"
+	return k.Network != nil && d.Name() != "exec" && !hostNetworked(k)
 }
 
 // netnsName names a kernel's network namespace.

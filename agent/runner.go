@@ -189,6 +189,11 @@ func (r *kernelRunner) start(ctx context.Context, log *slog.Logger, cfg *drivers
 		return false
 	default:
 	}
+	if err := r.prepareKernel(cfg); err != nil {
+		log.Warn("preparing cluster launch failed", "error", err)
+		r.fail(structs.KernelError, "cluster launch: "+err.Error())
+		return false
+	}
 	if wired(r.kernel, r.driver) {
 		if err := r.a.overlays.setup(r.kernel, cfg); err != nil {
 			log.Warn("overlay setup failed", "error", err)

@@ -255,6 +255,41 @@ func TestGPUs(t *testing.T) {
 		}
 		return nil
 	})
+
+	// Eight whole GPUs: with every session gone, the operator turns MIG off
+	// on GPU 7 and the XID is cleared (the restarted agent re-reads NVML);
+	// one kernel then takes all eight.
+	for _, s := range []string{"g4", "mig", next, "after", "pair"} {
+		mustCLI(t, addr, 0, "session", "destroy", s)
+	}
+	for _, s := range []string{"g4", "mig", next, "after"} {
+		waitStatus(t, addr, s, structs.SessionTerminated)
+	}
+	m = fakenvml.EightH100(false)
+	if err := m.Write(machine); err != nil {
+		t.Fatal(err)
+	}
+	agent.stop(30 * time.Second)
+	start(t, "agent-eight", agentArgs...)
+	agentAlive(t, addr)
+	eventually(t, 20*time.Second, "the agent's 8 whole GPUs, all free", func() error {
+		if out := cli(t, addr, "node", "list").stdout; !strings.Contains(out, " 0/8") {
+			return fmt.Errorf("node list:\n%s", out)
+		}
+		return nil
+	})
+	sleeper("g8", "-gpu", "8")
+	waitStatus(t, addr, "g8", structs.SessionRunning)
+	g := slices.Clone(kernelGPUs(t, addr, "g8"))
+	slices.Sort(g)
+	all := make([]string, 8)
+	for i := range all {
+		all[i] = uuid(i)
+	}
+	slices.Sort(all)
+	if !slices.Equal(g, all) {
+		t.Errorf("an 8-GPU kernel holds %v, want all of %v", g, all)
+	}
 }
 
 // agentName returns the name of the only agent.
