@@ -30,10 +30,15 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	corralBin = filepath.Join(dir, "corral")
-	// corral-shim next to corral: the exec kernels' shims run from it.
-	for _, b := range []struct{ out, pkg string }{{corralBin, "./cmd/corral"}, {filepath.Join(dir, "corral-shim"), "./cmd/corral-shim"}} {
+	// corral-shim next to corral: the exec kernels' shims run from it;
+	// corral-kernel (static) too: agents put it into cluster kernels.
+	for _, b := range []struct{ out, pkg string }{{corralBin, "./cmd/corral"}, {filepath.Join(dir, "corral-shim"), "./cmd/corral-shim"},
+		{filepath.Join(dir, "corral-kernel"), "./cmd/corral-kernel"}} {
 		build := exec.Command("go", "build", "-o", b.out, b.pkg)
 		build.Dir = ".."
+		if strings.HasSuffix(b.out, "corral-kernel") {
+			build.Env = append(os.Environ(), "CGO_ENABLED=0")
+		}
 		build.Stdout, build.Stderr = os.Stderr, os.Stderr
 		if err := build.Run(); err != nil {
 			fmt.Fprintf(os.Stderr, "building %s: %v\n", b.pkg, err)
