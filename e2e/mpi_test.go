@@ -81,6 +81,18 @@ func (mc *mpiCluster) describe(t *testing.T, d *api.SessionDetail) string {
 	return b.String()
 }
 
+// ended waits until the session has ended: TERMINATED with every kernel
+// ended. A session in ERROR or CANCELLED fails the test at once.
+func (mc *mpiCluster) ended(t *testing.T, id string, timeout time.Duration, what string) *api.SessionDetail {
+	t.Helper()
+	return mc.wait(t, id, timeout, what, func(d *api.SessionDetail) error {
+		if d.Session.Status == structs.SessionError || d.Session.Status == structs.SessionCancelled {
+			t.Fatalf("%s: the session ended %s\n%s", what, d.Session.Status, mc.describe(t, d))
+		}
+		return ovTerminated(d)
+	})
+}
+
 // TestMPIJobs runs HPC-style jobs on three agents of the overlay test bed
 // with an image that has no sshd and runs as root (issue 14). The subtests
 // share the bed and the pushed image.
@@ -116,7 +128,7 @@ func testMPIAllreduce(t *testing.T, mc *mpiCluster) {
 		Command:   []string{"mpirun", "-np", "3", "--hostfile", "/etc/corral/hostfile", "./allreduce"},
 		Resources: mpiWholeCPU, ClusterSize: 3, ClusterMode: structs.ClusterModeMultiNode,
 	})
-	dd := mc.wait(t, d.Session.ID, 5*time.Minute, "MPI allreduce session terminated", ovTerminated)
+	dd := mc.ended(t, d.Session.ID, 5*time.Minute, "MPI allreduce session")
 	if dd.Session.Result != structs.ResultSuccess {
 		t.Fatalf("MPI allreduce: want SUCCESS\n%s", mc.describe(t, dd))
 	}
@@ -154,11 +166,11 @@ func testMPIAllreduce(t *testing.T, mc *mpiCluster) {
 func testClusterSubFailure(t *testing.T, mc *mpiCluster) {
 	d := mc.create(t, &api.CreateSessionRequest{
 		Name: "mpi-subfail", Type: structs.SessionTypeBatch, Driver: "runc", Image: mc.mpiRef,
-		Command:   []string{"sleep", "600"},
+		Command: []string{"sleep", "600"}, RunOn: structs.RunOnAll,
 		Roles:     []api.RoleSpec{{Role: "sub", Command: []string{"sh", "-c", "echo sub failing; exit 3"}}},
 		Resources: mpiHalfCPU, ClusterSize: 2, ClusterMode: structs.ClusterModeMultiNode,
 	})
-	dd := mc.wait(t, d.Session.ID, 3*time.Minute, "session with a failing sub terminated", ovTerminated)
+	dd := mc.ended(t, d.Session.ID, 3*time.Minute, "session with a failing sub")
 	if dd.Session.Result != structs.ResultFailure {
 		t.Fatalf("want FAILURE when sub1 exits 3\n%s", mc.describe(t, dd))
 	}
@@ -192,7 +204,7 @@ exec ./netcheck rendezvous`
 		Command: []string{"sh", "-c", script}, RunOn: structs.RunOnAll,
 		Resources: mpiWholeCPU, ClusterSize: 3, ClusterMode: structs.ClusterModeMultiNode,
 	})
-	dd := mc.wait(t, d.Session.ID, 3*time.Minute, "rendezvous session terminated", ovTerminated)
+	dd := mc.ended(t, d.Session.ID, 3*time.Minute, "rendezvous session")
 	if dd.Session.Result != structs.ResultSuccess {
 		t.Fatalf("rendezvous: want SUCCESS\n%s", mc.describe(t, dd))
 	}
@@ -308,7 +320,7 @@ func testCpusetsDistinct(t *testing.T, mc *mpiCluster) {
 	})
 	dd := mc.wait(t, d.Session.ID, 3*time.Minute, "both kernels running with a cpuset", func(d *api.SessionDetail) error {
 		if d.Session.Status.Terminal() {
-			return fmt.Errorf("session ended: %s (%s)", d.Session.Status, d.Session.StatusInfo)
+			t.Fatalf("the session ended: %s\n%s", d.Session.Status, mc.describe(t, d))
 		}
 		for _, k := range d.Kernels {
 			if k.Status != structs.KernelRunning || k.Cpuset == "" {

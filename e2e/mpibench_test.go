@@ -83,7 +83,7 @@ exec ./netcheck pingpong -addr sub1:%s -lat-iters %d -bw-bytes %d -bw-iters %d`,
 			Roles:     []api.RoleSpec{{Role: "sub", Command: []string{"./netcheck", "serve", "-addr", ":" + benchPort}}},
 			Resources: v.slots, ClusterSize: 2, ClusterMode: structs.ClusterModeMultiNode,
 		})
-		dd := mc.wait(t, d.Session.ID, 5*time.Minute, "bench session "+v.name+" terminated", ovTerminated)
+		dd := mc.ended(t, d.Session.ID, 5*time.Minute, "bench session "+v.name)
 		out, _ := mc.logs(t, d.Session.ID, "main1")
 		f := parsePing(out)
 		if dd.Session.Result != structs.ResultSuccess || f.mpiLatUS == 0 || f.tcpLatUS == 0 {
@@ -144,6 +144,9 @@ exec ./netcheck pingpong -addr sub1:%s -lat-iters %d -bw-bytes %d -bw-iters %d`,
 		}
 		d := mc.create(t, req)
 		mc.wait(t, d.Session.ID, 3*time.Minute, "filler "+name+" running", func(d *api.SessionDetail) error {
+			if d.Session.Status.Terminal() {
+				t.Fatalf("filler %s ended\n%s", name, mc.describe(t, d))
+			}
 			if d.Session.Status != structs.SessionRunning {
 				return fmt.Errorf("%s is %s (%s)", name, d.Session.Status, d.Session.StatusInfo)
 			}
