@@ -158,6 +158,7 @@ func testMPIAllreduce(t *testing.T, mc *mpiCluster) {
 			t.Errorf("%s ran the job too (the session's command must run only in main1):\n%s", h, o)
 		}
 	}
+	t.Logf("main1's log:\n%s", tail(out, 10))
 	t.Logf("FIGURE MPI allreduce on 3 agents: create -> SUCCESS in %v", time.Since(began).Round(time.Millisecond))
 }
 
@@ -177,6 +178,7 @@ func testClusterSubFailure(t *testing.T, mc *mpiCluster) {
 	if !regexp.MustCompile(`sub1\b.*\b3\b`).MatchString(dd.Session.StatusInfo) {
 		t.Errorf("status info %q should name sub1 and its exit code 3\n%s", dd.Session.StatusInfo, mc.describe(t, dd))
 	}
+	t.Logf("session %s: %s", dd.Session.Result, dd.Session.StatusInfo)
 	sub1, main1 := ovKernel(t, dd, "sub1"), ovKernel(t, dd, "main1")
 	if sub1.ExitCode == nil || *sub1.ExitCode != 3 {
 		t.Errorf("sub1's exit code %v, want 3", sub1.ExitCode)
@@ -266,6 +268,8 @@ exec ./netcheck rendezvous`
 	}
 	if out, _ := mc.logs(t, d.Session.ID, "main1"); !strings.Contains(out, "rendezvous complete world=3 ranks=[0 1 2]") {
 		t.Errorf("main1 did not hear all 3 ranks:\n%s", out)
+	} else {
+		t.Logf("main1's log:\n%s", out)
 	}
 	raw, _ := json.Marshal(dd)
 	if strings.Contains(string(raw), "PRIVATE KEY") {
@@ -360,6 +364,7 @@ func testCpusetsDistinct(t *testing.T, mc *mpiCluster) {
 			}
 		}
 	}
+	t.Logf("cpusets: main1 %q, sub1 %q on agent %s", m1.Cpuset, s1.Cpuset, m1.AgentID)
 	if _, err := mc.c.DestroySession(context.Background(), d.Session.ID); err != nil {
 		t.Fatalf("destroy: %v", err)
 	}
