@@ -137,7 +137,9 @@ type Agent struct {
 	reporter *reporter
 	overlays *overlays
 	store    *localStore
-	images   *images.Store
+	// cpusetState holds the kernels' exclusive cores (cpuset.go).
+	cpusetState agentCPUSets
+	images      *images.Store
 
 	ctx      context.Context
 	cancel   context.CancelFunc

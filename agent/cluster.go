@@ -219,14 +219,20 @@ func clusterFiles(k *structs.Kernel, etcDir string) (map[string]string, error) {
 	fmt.Fprintf(&sshConfig, "# corral: ssh -F %s HOST reaches the kernels of this session.\n", filepath.Join(etcDir, "ssh_config"))
 	for _, p := range l.Peers {
 		slots := max(p.Slots, 1)
-		launch.Peers = append(launch.Peers, kernelssh.Peer{Hostname: p.Hostname, Addr: p.Addr, Rank: p.Rank, Slots: slots})
+		port := p.SSHPort
+		if port == 0 {
+			port = l.SSHPort
+		}
+		launch.Peers = append(launch.Peers, kernelssh.Peer{Hostname: p.Hostname, Addr: p.Addr, Rank: p.Rank, Slots: slots, SSHPort: p.SSHPort})
 		fmt.Fprintf(&hostfile, "%s slots=%d\n", p.Hostname, slots)
 		fmt.Fprintf(&machinefile, "%s:%d\n", p.Hostname, slots)
-		names := []string{p.Hostname, fmt.Sprintf("[%s]:%d", p.Hostname, l.SSHPort)}
+		names := []string{p.Hostname, fmt.Sprintf("[%s]:%d", p.Hostname, port)}
+		fmt.Fprintf(&sshConfig, "Host %s\n", p.Hostname)
 		if p.Addr != "" {
-			names = append(names, p.Addr, fmt.Sprintf("[%s]:%d", p.Addr, l.SSHPort))
-			fmt.Fprintf(&sshConfig, "Host %s\n    HostName %s\n", p.Hostname, p.Addr)
+			names = append(names, p.Addr, fmt.Sprintf("[%s]:%d", p.Addr, port))
+			fmt.Fprintf(&sshConfig, "    HostName %s\n", p.Addr)
 		}
+		fmt.Fprintf(&sshConfig, "    Port %d\n", port)
 		fmt.Fprintf(&knownHosts, "%s %s\n", strings.Join(names, ","), pub)
 	}
 	fmt.Fprintf(&sshConfig, "Host *\n    Port %d\n    IdentityFile %s\n    IdentitiesOnly yes\n"+

@@ -93,6 +93,7 @@ func (r *kernelRunner) taskConfig() *drivers.TaskConfig {
 
 func (r *kernelRunner) run(ctx context.Context) {
 	defer close(r.done)
+	defer r.a.releaseCPUs(r.id)
 	log := r.a.logger.With("kernel_id", r.id, "session_id", r.kernel.SessionID)
 	cfg := r.taskConfig()
 	if r.handle == nil {
@@ -172,6 +173,10 @@ func (r *kernelRunner) start(ctx context.Context, log *slog.Logger, cfg *drivers
 		return false
 	}
 	cfg.Devices = devices
+	if err := r.applyOptions(log, cfg); err != nil {
+		r.fail(structs.KernelError, err.Error())
+		return false
+	}
 	if err := os.MkdirAll(cfg.WorkDir, 0o755); err != nil {
 		r.fail(structs.KernelError, "preparing kernel directory: "+err.Error())
 		return false
@@ -218,7 +223,9 @@ func (r *kernelRunner) start(ctx context.Context, log *slog.Logger, cfg *drivers
 	if err := r.a.store.put(&kernelRecord{Kernel: r.kernel, Handle: h}); err != nil {
 		log.Error("persisting kernel handle failed: the kernel cannot be recovered after an agent restart", "error", err)
 	}
-	rep.report(r.id, structs.KernelRunning, "started by driver "+r.driver.Name(), nil)
+	running := newUpdate(r.id, structs.KernelRunning, "started by driver "+r.driver.Name(), nil)
+	running.Cpuset = r.kernel.Cpuset
+	rep.reportUpdate(running, nil)
 	return true
 }
 

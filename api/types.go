@@ -208,6 +208,22 @@ type PolicyRequest struct {
 	// PidsPerKernel caps each kernel's pids limit and is the limit of the
 	// kernels that ask for none (0: the agents' default, 4096).
 	PidsPerKernel int64 `json:"pids_per_kernel,omitempty"`
+	// Kernel options the keys may ask for (see structs.ResourcePolicy);
+	// absent: a fresh policy's defaults. MaxShm caps /dev/shm ("8G"; "":
+	// the kernel's mem). MaxMemlock caps the memlock ulimit ("1G",
+	// "unlimited"; "": the kernel's mem).
+	MaxShm     string `json:"max_shm,omitempty"`
+	MaxMemlock string `json:"max_memlock,omitempty"`
+	// AllowedCapabilities may be added to kernels ("IPC_LOCK" or
+	// "CAP_IPC_LOCK"); none by default.
+	AllowedCapabilities []string `json:"allowed_capabilities,omitempty"`
+	// AllowedUlimits are the ulimits the keys may set (default: all but
+	// nice, rtprio and rttime).
+	AllowedUlimits []string `json:"allowed_ulimits,omitempty"`
+	// AllowHostNetwork and AllowInfiniBand permit network "host" and
+	// InfiniBand devices; both denied by default.
+	AllowHostNetwork bool `json:"allow_host_network,omitempty"`
+	AllowInfiniBand  bool `json:"allow_infiniband,omitempty"`
 }
 
 // ApplyPolicyRequest is the body of POST /v1/keys/{key}/policy.

@@ -31,12 +31,12 @@ func TestMain(m *testing.M) {
 	}
 	corralBin = filepath.Join(dir, "corral")
 	// corral-shim next to corral: the exec kernels' shims run from it;
-	// corral-kernel (static) too: agents put it into cluster kernels.
+	// corral-kernel (static) too: cluster kernels get it.
 	for _, b := range []struct{ out, pkg string }{{corralBin, "./cmd/corral"}, {filepath.Join(dir, "corral-shim"), "./cmd/corral-shim"},
 		{filepath.Join(dir, "corral-kernel"), "./cmd/corral-kernel"}} {
 		build := exec.Command("go", "build", "-o", b.out, b.pkg)
 		build.Dir = ".."
-		if strings.HasSuffix(b.out, "corral-kernel") {
+		if strings.HasSuffix(b.pkg, "corral-kernel") {
 			build.Env = append(os.Environ(), "CGO_ENABLED=0")
 		}
 		build.Stdout, build.Stderr = os.Stderr, os.Stderr

@@ -333,6 +333,9 @@ func (s *Server) admit(ctx context.Context, snap *state.Snapshot, sess *structs.
 		if err := structs.DriverAllowed(id.key, pol, k.Driver); err != nil {
 			return &httpError{code: http.StatusForbidden, msg: fmt.Sprintf("access key %s: %v", id.key.AccessKey, err)}
 		}
+		if err := checkOptionsPolicy(id.key, pol, k); err != nil {
+			return err
+		}
 	}
 	if pol == nil {
 		return nil
@@ -477,12 +480,20 @@ func (s *Server) validateCreate(req *api.CreateSessionRequest, snap *state.Snaps
 	if !req.StartsAt.IsZero() && req.Type != structs.SessionTypeBatch {
 		return nil, nil, badRequest("starts_at is for batch sessions (reservations)")
 	}
+	runOn, failOn, startOrder, err := jobSettings(req, max(req.ClusterSize, 1) >= 2)
+	if err != nil {
+		return nil, nil, err
+	}
+	opts, err := kernelOptions(req)
+	if err != nil {
+		return nil, nil, err
+	}
 	sess := &structs.Session{
 		ID: uuid.NewString(), Name: req.Name, Type: req.Type, ResourceGroup: group,
 		Status: structs.SessionPending, Result: structs.ResultUndefined, CreatedAt: now,
 		Priority: req.Priority, StartsAt: req.StartsAt.UTC(),
 		ClusterMode: req.ClusterMode, ClusterSize: max(req.ClusterSize, 1), MaxRetries: req.MaxRetries,
-		LostAfter: lostAfter,
+		LostAfter: lostAfter, RunOn: runOn, FailOn: failOn, StartOrder: startOrder,
 	}
 	if req.StartsAt.IsZero() {
 		sess.StartsAt = time.Time{}
@@ -495,8 +506,12 @@ func (s *Server) validateCreate(req *api.CreateSessionRequest, snap *state.Snaps
 		if !req.GPUConstraint.Empty() {
 			k.GPUConstraint = req.GPUConstraint.Copy()
 		}
+		k.Options = opts.Copy()
 	}
 	if err := s.applyRoles(req, kernels, drivers); err != nil {
+		return nil, nil, err
+	}
+	if err := clusterLaunch(sess, kernels); err != nil {
 		return nil, nil, err
 	}
 	// A constraint narrows GPU slots: without one it would constrain
@@ -626,6 +641,9 @@ func clusterKernels(sess *structs.Session, req *api.CreateSessionRequest, res st
 		k.Env["CORRAL_SESSION_ID"] = sess.ID
 		k.Env["CORRAL_KERNEL_ID"] = k.ID
 		k.Env["CORRAL_CLUSTER_ROLE"] = role
+		// CORRAL_CLUSTER_IDX is the index within the role (main1 and sub1
+		// are both 1); the node's rank in the job (main1 0, subN N) is
+		// CORRAL_NODE_RANK, which the agent sets from the kernel's Launch.
 		k.Env["CORRAL_CLUSTER_IDX"] = strconv.Itoa(idx)
 		k.Env["CORRAL_CLUSTER_HOST"] = hosts[i]
 		k.Env["CORRAL_CLUSTER_HOSTS"] = strings.Join(hosts, ",")
@@ -725,7 +743,9 @@ func (s *Server) sessionDetail(ctx context.Context, ws memdb.WatchSet, snap *sta
 	if w != nil {
 		w.Header().Set(api.IndexHeader, strconv.FormatUint(sess.ModifyIndex, 10))
 	}
-	d := &api.SessionDetail{Session: sess, Kernels: ks}
+	// The session's ssh private key stays between the server and its
+	// agents: the API shows each launch redacted.
+	d := &api.SessionDetail{Session: sess, Kernels: redactKernels(ks)}
 	now := time.Now()
 	for _, k := range ks {
 		if !k.HoldsSlots() {

@@ -3,6 +3,8 @@ package server
 import (
 	"fmt"
 	"net/http"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/corral-dev/corral/api"
@@ -247,7 +249,10 @@ func (s *Server) createPolicy(w http.ResponseWriter, r *http.Request) (any, erro
 	}
 	p := &structs.ResourcePolicy{Name: req.Name, MaxConcurrentSessions: req.MaxConcurrentSessions, MaxPendingSessions: req.MaxPendingSessions,
 		TotalResourceSlots: req.TotalResourceSlots, MaxKernelsPerSession: req.MaxKernelsPerSession, MaxSessionLifetime: life, IdleTimeout: idle,
-		Drivers: req.Drivers, PidsPerKernel: req.PidsPerKernel}
+		Drivers: req.Drivers, PidsPerKernel: req.PidsPerKernel, AllowHostNetwork: req.AllowHostNetwork, AllowInfiniBand: req.AllowInfiniBand}
+	if err := policyOptions(&req, p); err != nil {
+		return nil, err
+	}
 	if err := s.applyConfig(&structs.ConfigUpsertRequest{Policies: []*structs.ResourcePolicy{p}}); err != nil {
 		return nil, err
 	}
@@ -343,4 +348,51 @@ func orEmpty[T any](out []T, err error) ([]T, error) {
 		out = []T{}
 	}
 	return out, err
+}
+
+// policyOptions validates a policy request's caps on kernel options and
+// sets them on p.
+func policyOptions(req *api.PolicyRequest, p *structs.ResourcePolicy) error {
+	size := func(field, v string, unlimitedOK bool) (int64, error) {
+		if v == "" {
+			return 0, nil
+		}
+		if unlimitedOK && (v == "unlimited" || v == "-1") {
+			return -1, nil
+		}
+		q, err := structs.ParseBytes(v)
+		if err != nil || q <= 0 {
+			want := "a positive size such as 8G"
+			if unlimitedOK {
+				want += ` or "unlimited"`
+			}
+			return 0, badRequest("invalid %s %q: want %s (absent: the kernel's mem)", field, v, want)
+		}
+		return int64(q / structs.QuantityScale), nil
+	}
+	var err error
+	if p.MaxShmBytes, err = size("max_shm", req.MaxShm, false); err != nil {
+		return err
+	}
+	if p.MaxMemlockBytes, err = size("max_memlock", req.MaxMemlock, true); err != nil {
+		return err
+	}
+	for _, c := range req.AllowedCapabilities {
+		n, err := structs.NormalizeCapability(c)
+		if err != nil {
+			return badRequest("allowed_capabilities: %v", err)
+		}
+		if !slices.Contains(p.AllowedCapabilities, n) {
+			p.AllowedCapabilities = append(p.AllowedCapabilities, n)
+		}
+	}
+	for _, u := range req.AllowedUlimits {
+		if !slices.Contains(structs.UlimitNames, u) {
+			return badRequest("allowed_ulimits: unknown ulimit %q: known are %s", u, strings.Join(structs.UlimitNames, ", "))
+		}
+		if !slices.Contains(p.AllowedUlimits, u) {
+			p.AllowedUlimits = append(p.AllowedUlimits, u)
+		}
+	}
+	return nil
 }

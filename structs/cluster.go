@@ -55,7 +55,8 @@ type ClusterLaunch struct {
 	// session (launcher rendezvous: MASTER_ADDR/MASTER_PORT).
 	MasterAddr string `json:"master_addr"`
 	MasterPort int    `json:"master_port"`
-	// SSHPort is where every kernel's built-in ssh server listens.
+	// SSHPort is where this kernel's built-in ssh server listens (the
+	// same for every kernel on the overlay; see ClusterPeer.SSHPort).
 	SSHPort int `json:"ssh_port"`
 	// Peers are every kernel of the session, main1 first, in rank order.
 	Peers []ClusterPeer `json:"peers"`
@@ -81,6 +82,11 @@ type ClusterPeer struct {
 	// Slots is the number of ranks a launcher may start on the kernel:
 	// its GPUs, else its whole cores (at least 1).
 	Slots int `json:"slots"`
+	// SSHPort is where the peer's ssh server listens. Peers on the overlay
+	// all use the launch's SSHPort; host-networked kernels of one session
+	// that share an agent (and so an address) each get a port of their
+	// own, and each kernel's ClusterLaunch.SSHPort is its own port.
+	SSHPort int `json:"ssh_port,omitempty"`
 }
 
 // Copy returns a deep copy of l (nil for nil).

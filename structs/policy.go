@@ -66,6 +66,56 @@ type ResourcePolicy struct {
 	// PidsPerKernel caps the pids limit of each kernel (LimitPids) and is
 	// the limit of the kernels that ask for none (0: the agent's default).
 	PidsPerKernel int64 `json:"pids_per_kernel,omitempty"`
+	// Kernel options (KernelOptions) the key's sessions may ask for. The
+	// zero values are the defaults of a fresh policy (and of a key with
+	// no policy): /dev/shm and memlock up to the kernel's own memory, no
+	// extra capabilities, no host network, no InfiniBand, and every
+	// ulimit but DefaultDeniedUlimits.
+	//
+	// MaxShmBytes caps /dev/shm (0: the kernel's mem slot).
+	MaxShmBytes int64 `json:"max_shm_bytes,omitempty"`
+	// MaxMemlockBytes caps the memlock ulimit (0: the kernel's mem slot;
+	// -1: any value, unlimited included).
+	MaxMemlockBytes int64 `json:"max_memlock_bytes,omitempty"`
+	// AllowedCapabilities are the capabilities the key may add
+	// ("CAP_IPC_LOCK"); empty: none.
+	AllowedCapabilities []string `json:"allowed_capabilities,omitempty"`
+	// AllowedUlimits names the ulimits the key may set (empty: every
+	// UlimitNames entry but DefaultDeniedUlimits).
+	AllowedUlimits []string `json:"allowed_ulimits,omitempty"`
+	// AllowHostNetwork lets kernels use their agent's network (Network
+	// "host"); AllowInfiniBand lets them have the agent's InfiniBand
+	// devices.
+	AllowHostNetwork bool `json:"allow_host_network,omitempty"`
+	AllowInfiniBand  bool `json:"allow_infiniband,omitempty"`
+}
+
+// DefaultDeniedUlimits are the ulimits a key may not set unless its policy
+// lists them in AllowedUlimits: scheduling priorities, which let a kernel
+// starve its neighbours on the node.
+var DefaultDeniedUlimits = []string{"nice", "rtprio", "rttime"}
+
+// UlimitAllowed says why pol (nil: none) does not let a key set the ulimit
+// name, or returns nil when it does.
+func UlimitAllowed(pol *ResourcePolicy, name string) error {
+	polName := "(none)"
+	if pol != nil {
+		polName = pol.Name
+	}
+	if pol != nil && len(pol.AllowedUlimits) > 0 {
+		for _, n := range pol.AllowedUlimits {
+			if n == name {
+				return nil
+			}
+		}
+		return fmt.Errorf("ulimit %s is not allowed by policy %s (allowed: %s)", name, polName, strings.Join(pol.AllowedUlimits, ", "))
+	}
+	for _, n := range DefaultDeniedUlimits {
+		if n == name {
+			return fmt.Errorf("ulimit %s is not allowed by policy %s: %s are denied unless the policy's allowed_ulimits lists them", name, polName, strings.Join(DefaultDeniedUlimits, ", "))
+		}
+	}
+	return nil
 }
 
 // AdminOnlyDrivers run kernels with host privileges (as root in the

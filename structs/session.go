@@ -63,6 +63,13 @@ type Session struct {
 	RunOn      string `json:"run_on,omitempty"`
 	FailOn     string `json:"fail_on,omitempty"`
 	StartOrder string `json:"start_order,omitempty"`
+	// EndReason is why a cluster session ends, set once by the event that
+	// decided it: main1's own end ("main1 exited with code 3"), the
+	// kernel whose failure failed the session ("sub2 exited with code
+	// 3", "sub1 failed to start: ..."), or a stop (destroy, lifetime).
+	// While the session terminates and after, it is the session's status
+	// info, whatever the other kernels report as they stop.
+	EndReason string `json:"end_reason,omitempty"`
 	// MaxRetries is how many times a batch session is re-queued when an
 	// agent running its kernels is lost; Retries counts those so far.
 	MaxRetries int `json:"max_retries,omitempty"`

@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -25,6 +26,7 @@ var keyCommands = []command{
 
 var policyCommands = []command{
 	{"create", "NAME [flags]", "create or replace a resource policy", (*cli).policyCreate},
+	{"update", "NAME [flags]", "change some limits of a resource policy, keeping the others", (*cli).policyUpdate},
 	{"apply", "NAME -key KEY", "apply a resource policy to an access key", (*cli).policyApply},
 	{"list", "[flags]", "list resource policies", (*cli).policyList},
 }
@@ -159,39 +161,190 @@ func durLimit(d time.Duration) string {
 	return d.String()
 }
 
-func (c *cli) policyCreate(ctx context.Context, args []string) error {
-	f := c.newFlags("policy create", "NAME [flags]", "Create or replace a resource policy (admin only). Zero means unlimited.", false)
-	req := &api.PolicyRequest{}
+// policyFlags are the flags of `policy create` and `policy update`.
+type policyFlags struct {
+	req             *api.PolicyRequest
+	cpu, mem, gpu   *string
+	drivers         *csvFlag
+	caps, ulimitsOK *csvFlag
+}
+
+func newPolicyFlags(f *flagSet) *policyFlags {
+	p := &policyFlags{req: &api.PolicyRequest{}, drivers: &csvFlag{}, caps: &csvFlag{}, ulimitsOK: &csvFlag{}}
+	req := p.req
 	f.IntVar(&req.MaxConcurrentSessions, "max-concurrent", 0, "max sessions holding resources at once")
 	f.IntVar(&req.MaxPendingSessions, "max-pending", 0, "max sessions waiting in the queue")
 	f.IntVar(&req.MaxKernelsPerSession, "max-kernels", 0, "max kernels per session")
 	f.StringVar(&req.MaxSessionLifetime, "max-lifetime", "", "max session lifetime, e.g. 12h")
 	f.StringVar(&req.IdleTimeout, "idle-timeout", "", "terminate sessions idle this long, e.g. 30m")
-	cpu := f.String("cpu", "", "total cpu cores of all the key's sessions")
-	mem := f.String("mem", "", "total memory of all the key's sessions, e.g. 64G")
-	gpu := f.String("gpu", "", "total GPUs (cuda.device) of all the key's sessions")
+	p.cpu = f.String("cpu", "", "total cpu cores of all the key's sessions")
+	p.mem = f.String("mem", "", "total memory of all the key's sessions, e.g. 64G")
+	p.gpu = f.String("gpu", "", "total GPUs (cuda.device) of all the key's sessions")
 	f.Int64Var(&req.PidsPerKernel, "pids", 0, "most processes and threads per kernel; also the limit of kernels that ask for none (0: the agents' default)")
-	drivers := &csvFlag{}
-	f.Var(drivers, "drivers", "drivers the key's sessions may use, comma-separated, e.g. runc,exec (default: all but the admin-only host)")
+	f.Var(p.drivers, "drivers", "drivers the key's sessions may use, comma-separated, e.g. runc,exec (default: all but the admin-only host)")
+	f.StringVar(&req.MaxShm, "max-shm", "", "largest /dev/shm a kernel may ask for (-shm), e.g. 16G (default: the kernel's mem)")
+	f.StringVar(&req.MaxMemlock, "max-memlock", "", "largest memlock ulimit a kernel may ask for, a size or unlimited (default: the kernel's mem)")
+	f.Var(p.caps, "allow-cap", "capabilities kernels may add (-cap-add), e.g. IPC_LOCK,SYS_PTRACE (repeatable; default: none)")
+	f.Var(p.ulimitsOK, "allow-ulimit", "ulimits kernels may set (-ulimit), e.g. memlock,nofile,rtprio (default: all but nice, rtprio, rttime)")
+	f.BoolVar(&req.AllowHostNetwork, "allow-host-network", false, "kernels may use their agents' network (-network host)")
+	f.BoolVar(&req.AllowInfiniBand, "allow-infiniband", false, "kernels may have the agents' InfiniBand devices (-infiniband)")
+	return p
+}
+
+// finish completes the request from the flags' own parsing.
+func (p *policyFlags) finish(f *flagSet, name string) error {
+	p.req.Name = name
+	slots, err := parseSlotFlags(f, *p.cpu, *p.mem, *p.gpu)
+	if err != nil {
+		return err
+	}
+	p.req.TotalResourceSlots = slots
+	orNil := func(l csvFlag) []string {
+		if len(l) == 0 {
+			return nil
+		}
+		return l
+	}
+	p.req.Drivers = orNil(*p.drivers)
+	p.req.AllowedCapabilities = orNil(*p.caps)
+	p.req.AllowedUlimits = orNil(*p.ulimitsOK)
+	return nil
+}
+
+func (c *cli) policyCreate(ctx context.Context, args []string) error {
+	f := c.newFlags("policy create", "NAME [flags]", "Create or replace a resource policy (admin only). Zero means unlimited; "+
+		"kernel options (shm, memlock, capabilities, ulimits, host network, InfiniBand) not given get a fresh policy's defaults.", false)
+	p := newPolicyFlags(f)
 	name, err := f.parseRef(args, "policy name")
 	if err != nil {
 		return err
 	}
-	req.Name = name
-	slots, err := parseSlotFlags(f, *cpu, *mem, *gpu)
-	if err != nil {
+	if err := p.finish(f, name); err != nil {
 		return err
 	}
-	req.TotalResourceSlots = slots
-	req.Drivers = *drivers
 	client, err := f.client()
 	if err != nil {
 		return err
 	}
-	if _, err := client.CreatePolicy(ctx, req); err != nil {
+	if _, err := client.CreatePolicy(ctx, p.req); err != nil {
 		return err
 	}
 	fmt.Fprintf(c.stdout, "policy %s saved\n", name)
+	return nil
+}
+
+// policyRequestOf is the request that re-creates a policy as it is.
+func policyRequestOf(p *structs.ResourcePolicy) *api.PolicyRequest {
+	r := &api.PolicyRequest{Name: p.Name, MaxConcurrentSessions: p.MaxConcurrentSessions, MaxPendingSessions: p.MaxPendingSessions,
+		TotalResourceSlots: p.TotalResourceSlots.Copy(), MaxKernelsPerSession: p.MaxKernelsPerSession, Drivers: p.Drivers, PidsPerKernel: p.PidsPerKernel,
+		AllowedCapabilities: p.AllowedCapabilities, AllowedUlimits: p.AllowedUlimits, AllowHostNetwork: p.AllowHostNetwork, AllowInfiniBand: p.AllowInfiniBand}
+	if p.MaxSessionLifetime > 0 {
+		r.MaxSessionLifetime = p.MaxSessionLifetime.String()
+	}
+	if p.IdleTimeout > 0 {
+		r.IdleTimeout = p.IdleTimeout.String()
+	}
+	if p.MaxShmBytes > 0 {
+		r.MaxShm = strconv.FormatInt(p.MaxShmBytes, 10)
+	}
+	switch {
+	case p.MaxMemlockBytes < 0:
+		r.MaxMemlock = "unlimited"
+	case p.MaxMemlockBytes > 0:
+		r.MaxMemlock = strconv.FormatInt(p.MaxMemlockBytes, 10)
+	}
+	return r
+}
+
+// mergePolicy applies the flags given on the command line (set) of a
+// `policy update` to the policy's current request.
+func mergePolicy(cur, flags *api.PolicyRequest, set map[string]bool) *api.PolicyRequest {
+	out := *cur
+	if set["max-concurrent"] {
+		out.MaxConcurrentSessions = flags.MaxConcurrentSessions
+	}
+	if set["max-pending"] {
+		out.MaxPendingSessions = flags.MaxPendingSessions
+	}
+	if set["max-kernels"] {
+		out.MaxKernelsPerSession = flags.MaxKernelsPerSession
+	}
+	if set["max-lifetime"] {
+		out.MaxSessionLifetime = flags.MaxSessionLifetime
+	}
+	if set["idle-timeout"] {
+		out.IdleTimeout = flags.IdleTimeout
+	}
+	for flagName, slot := range map[string]string{"cpu": structs.SlotCPU, "mem": structs.SlotMem, "gpu": structs.SlotCUDADevice} {
+		if !set[flagName] {
+			continue
+		}
+		if out.TotalResourceSlots == nil {
+			out.TotalResourceSlots = structs.Slots{}
+		}
+		out.TotalResourceSlots[slot] = flags.TotalResourceSlots[slot]
+	}
+	if set["pids"] {
+		out.PidsPerKernel = flags.PidsPerKernel
+	}
+	if set["drivers"] {
+		out.Drivers = flags.Drivers
+	}
+	if set["max-shm"] {
+		out.MaxShm = flags.MaxShm
+	}
+	if set["max-memlock"] {
+		out.MaxMemlock = flags.MaxMemlock
+	}
+	if set["allow-cap"] {
+		out.AllowedCapabilities = flags.AllowedCapabilities
+	}
+	if set["allow-ulimit"] {
+		out.AllowedUlimits = flags.AllowedUlimits
+	}
+	if set["allow-host-network"] {
+		out.AllowHostNetwork = flags.AllowHostNetwork
+	}
+	if set["allow-infiniband"] {
+		out.AllowInfiniBand = flags.AllowInfiniBand
+	}
+	return &out
+}
+
+func (c *cli) policyUpdate(ctx context.Context, args []string) error {
+	f := c.newFlags("policy update", "NAME [flags]", "Change the given limits of a resource policy, keeping the others (admin only); "+
+		"e.g. -allow-host-network, -allow-cap IPC_LOCK, -max-memlock unlimited. A bool flag is revoked with =false.", false)
+	p := newPolicyFlags(f)
+	name, err := f.parseRef(args, "policy name")
+	if err != nil {
+		return err
+	}
+	if err := p.finish(f, name); err != nil {
+		return err
+	}
+	set := map[string]bool{}
+	f.Visit(func(fl *flag.Flag) { set[fl.Name] = true })
+	client, err := f.client()
+	if err != nil {
+		return err
+	}
+	list, err := client.ListPolicies(ctx)
+	if err != nil {
+		return err
+	}
+	var cur *structs.ResourcePolicy
+	for _, pol := range list {
+		if pol.Name == name {
+			cur = pol
+		}
+	}
+	if cur == nil {
+		return fmt.Errorf("no resource policy %q: create it with 'corral policy create %s'", name, name)
+	}
+	if _, err := client.CreatePolicy(ctx, mergePolicy(policyRequestOf(cur), p.req, set)); err != nil {
+		return err
+	}
+	fmt.Fprintf(c.stdout, "policy %s updated\n", name)
 	return nil
 }
 

@@ -103,13 +103,18 @@ func renderSessionDetail(w io.Writer, d *api.SessionDetail, agents map[string]*s
 	if s.ScheduleAttempts > 0 {
 		field("Schedule attempts", fmt.Sprint(s.ScheduleAttempts))
 	}
+	if s.RunOn != "" || s.FailOn != "" || s.StartOrder != "" {
+		// A cluster session's job: who runs the command, whose failure
+		// ends it, whether the kernels start together.
+		field("Job", fmt.Sprintf("run_on %s, fail_on %s, start_order %s", dash(s.RunOn), dash(s.FailOn), dash(s.StartOrder)))
+	}
 	if err := tw.Flush(); err != nil {
 		return err
 	}
 
 	fmt.Fprintln(w, "\nKernels")
 	tw = newTable(w)
-	fmt.Fprintln(tw, "HOSTNAME\tID\tAGENT\tSTATUS\tEXIT\tRESOURCES")
+	fmt.Fprintln(tw, "HOSTNAME\tID\tAGENT\tSTATUS\tEXIT\tRANK\tCPUSET\tRESOURCES")
 	for _, k := range d.Kernels {
 		agent := shortID(k.AgentID)
 		st := string(k.Status)
@@ -128,7 +133,11 @@ func renderSessionDetail(w io.Writer, d *api.SessionDetail, agents map[string]*s
 		if k.ExitCode != nil {
 			exit = fmt.Sprint(*k.ExitCode)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", k.Hostname, shortID(k.ID), dash(agent), st, exit, dash(slotsString(k.Resources)))
+		rank := "-"
+		if k.Launch != nil {
+			rank = fmt.Sprintf("%d/%d", k.Launch.NodeRank, k.Launch.NumNodes)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", k.Hostname, shortID(k.ID), dash(agent), st, exit, rank, dash(k.Cpuset), dash(slotsString(k.Resources)))
 	}
 	if err := tw.Flush(); err != nil {
 		return err

@@ -117,8 +117,37 @@ func TestRenderSessionDetail(t *testing.T) {
 	out := b.String()
 	for _, want := range []string{
 		"Status info:", "main1 exited with code 3", "Result:", "FAILURE", "Schedule attempts:  2", "(after 1.5s)",
-		"main1     kkkkkkkk  node-7  TERMINATED  3     cpu=4 mem=1GiB",
+		"main1     kkkkkkkk  node-7  TERMINATED  3     -     -       cpu=4 mem=1GiB",
 		"+0s", "no agent has 4 cpu free (2 agents checked)", "+1.5s", "Kernel main1 history", "+1s",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+// TestRenderClusterSessionDetail: a cluster session shows its job settings
+// and each kernel's rank and cpuset.
+func TestRenderClusterSessionDetail(t *testing.T) {
+	now := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	d := &api.SessionDetail{
+		Session: &structs.Session{ID: "22222222-bbbb", Type: "batch", Status: "RUNNING", CreatedAt: now, ClusterSize: 2,
+			RunOn: "main", FailOn: "any", StartOrder: "barrier"},
+		Kernels: []*structs.Kernel{
+			{ID: "k1", Hostname: "main1", Status: "RUNNING", Cpuset: "0-1", Launch: &structs.ClusterLaunch{NodeRank: 0, NumNodes: 2}},
+			{ID: "k2", Hostname: "sub1", Status: "RUNNING", Cpuset: "2-3,6", Launch: &structs.ClusterLaunch{NodeRank: 1, NumNodes: 2}},
+		},
+	}
+	var b bytes.Buffer
+	if err := renderSessionDetail(&b, d, nil, now); err != nil {
+		t.Fatal(err)
+	}
+	out := b.String()
+	for _, want := range []string{
+		"Job:", "run_on main, fail_on any, start_order barrier",
+		"HOSTNAME  ID  AGENT  STATUS   EXIT  RANK  CPUSET  RESOURCES",
+		"main1     k1  -      RUNNING  -     0/2   0-1     -",
+		"sub1      k2  -      RUNNING  -     1/2   2-3,6   -",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("lacks %q:\n%s", want, out)

@@ -81,7 +81,7 @@ func TestParseCreateGPUErrors(t *testing.T) {
 		{[]string{"-role", "sub:gpu=x", "true"}, `invalid gpu "x"`},
 		{[]string{"-role", "sub:gpu-model=[", "true"}, `invalid gpu-model: gpu model "[": bad pattern`},
 		{[]string{"-role", "sub:slot.cuda.device=1,gpu=2", "true"}, "slot cuda.device given twice for role sub"},
-		{[]string{"-role", "sub:tpu=1", "true"}, "want image, driver, cpu, mem, gpu, gpu-model, gpu-mem or slot.NAME"},
+		{[]string{"-role", "sub:tpu=1", "true"}, `unknown key "tpu": keys are image, driver, cpu, mem, gpu, gpu-model, gpu-mem, slot.NAME, pids, disk and command`},
 	} {
 		_, err := c.parseCreate(tc.args)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {

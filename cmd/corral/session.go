@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"time"
 
@@ -53,8 +54,16 @@ func (c *cli) parseCreate(args []string) (*createCmd, error) {
 	f.Var(slotArgs, "slot", "resource slot `NAME=QTY` per kernel, any slot, e.g. cuda.device=2 or cuda.mig-1g.10gb=1 (repeatable)")
 	gpuModel := f.String("gpu-model", "", "GPU model glob the kernels' GPUs must match, alternatives split by '|', e.g. 'H100*|H200*' (\"NVIDIA \" optional, case ignored)")
 	gpuMem := f.String("gpu-mem", "", "least memory of each of the kernels' GPUs (or MIG instances), e.g. 40G")
-	f.Var(roleFlag{&r.Roles}, "role", "per-role `ROLE:key=value,...` override (keys image, driver, cpu, mem, gpu, gpu-model, gpu-mem, slot.NAME), "+
-		"e.g. sub:image=IMG2,cpu=2,mem=1G,gpu=1,gpu-model=A100*,slot.cuda.mig-1g.10gb=1 (repeatable)")
+	f.Var(roleFlag{&r.Roles}, "role", "per-role `ROLE:key=value,...` override, ROLE main or sub; keys "+roleKeys+
+		", e.g. sub:image=IMG2,cpu=2,mem=1G,gpu=1,gpu-model=A100*,slot.cuda.mig-1g.10gb=1 or 'sub:cpu=2,command=sleep 1; echo hi' (repeatable, once per role)")
+	f.StringVar(&r.RunOn, "run-on", "", "cluster sessions: who runs the command: main (main1 only; the subs serve ssh and exec until main1 ends; the default for batch) or all (every kernel; the default for interactive)")
+	f.StringVar(&r.FailOn, "fail-on", "", "batch cluster sessions: any (the first kernel that fails ends the session FAILURE and stops the others; the default) or main (only main1 decides)")
+	f.StringVar(&r.StartOrder, "start", "", "cluster sessions: barrier (no command starts before every kernel is ready; the default) or unordered")
+	f.StringVar(&r.Shm, "shm", "", "size of the kernels' /dev/shm, e.g. 8G (the policy's cap, by default the kernel's -mem)")
+	f.Var(ulimitFlag{&r.Ulimits}, "ulimit", "kernel resource limit `name=soft[:hard]`, values a number or unlimited, e.g. memlock=unlimited,nofile=65536 (repeatable; capped by the key's policy)")
+	f.Var(capFlag{&r.CapAdd}, "cap-add", "capability to add to the kernels, e.g. IPC_LOCK or SYS_PTRACE (repeatable or comma-separated; the key's policy must allow it)")
+	f.StringVar(&r.Network, "network", "", "host: the kernels use their agents' network (fast fabrics; peers are the agents' addresses; the key's policy must allow it)")
+	f.BoolVar(&r.InfiniBand, "infiniband", false, "pass the agents' /dev/infiniband devices into the kernels (the key's policy must allow it)")
 	f.IntVar(&r.MaxRetries, "max-retries", 0, "batch: re-queue the session up to N times when an agent running it is lost")
 	f.StringVar(&r.LostAfter, "lost-after", "", "give the kernels up (ERROR, or re-queue with -max-retries) once their agent is DISCONNECTED this long, sooner than the cluster's -agent-lost-after (e.g. 30s)")
 	f.IntVar(&r.ClusterSize, "cluster-size", 0, "number of kernels: main1 plus sub1..subN-1, placed together or not at all (0: one)")
@@ -86,6 +95,25 @@ func (c *cli) parseCreate(args []string) (*createCmd, error) {
 	case "", structs.ClusterModeSingleNode, structs.ClusterModeMultiNode:
 	default:
 		return nil, f.usageErr("invalid -cluster-mode %q: want single-node or multi-node", r.ClusterMode)
+	}
+	for _, v := range []struct{ flag, val, a, b string }{
+		{"-run-on", r.RunOn, structs.RunOnMain, structs.RunOnAll},
+		{"-fail-on", r.FailOn, structs.FailOnAny, structs.FailOnMain},
+		{"-start", r.StartOrder, structs.StartBarrier, structs.StartUnordered},
+		{"-network", r.Network, structs.NetworkHost, structs.NetworkHost},
+	} {
+		if v.val != "" && v.val != v.a && v.val != v.b {
+			want := v.a + " or " + v.b
+			if v.a == v.b {
+				want = v.a
+			}
+			return nil, f.usageErr("invalid %s %q: want %s", v.flag, v.val, want)
+		}
+	}
+	if r.Shm != "" {
+		if q, err := structs.ParseBytes(r.Shm); err != nil || q <= 0 {
+			return nil, f.usageErr("invalid -shm %q: want a size such as 8G", r.Shm)
+		}
 	}
 	r.Command = command
 	r.Type = structs.SessionType(*typ)
@@ -599,8 +627,13 @@ func (f slotFlag) Set(v string) error {
 	return nil
 }
 
-// roleFlag parses -role ROLE:key=value,... (keys: image, driver, cpu, mem,
-// gpu, gpu-model, gpu-mem, slot.NAME).
+// roleKeys are the keys of -role ROLE:key=value,...: every field of the
+// API's RoleSpec.
+const roleKeys = "image, driver, cpu, mem, gpu, gpu-model, gpu-mem, slot.NAME, pids, disk and command (last: the rest of the value, commas included, run by /bin/sh -c)"
+
+// roleFlag parses -role ROLE:key=value,... into an api.RoleSpec; see
+// roleKeys. command takes the rest of the value, commas included, and
+// runs it through ["/bin/sh", "-c", value]: -role 'sub:cpu=2,command=sleep 1; echo hi'.
 type roleFlag struct{ specs *[]api.RoleSpec }
 
 func (f roleFlag) String() string {
@@ -620,10 +653,29 @@ func (f roleFlag) Set(v string) error {
 		return errors.New("want ROLE:key=value,... with ROLE main or sub, e.g. sub:image=busybox,cpu=2,mem=1G")
 	}
 	spec := api.RoleSpec{Role: role}
+	for _, r := range *f.specs {
+		if r.Role == role {
+			return fmt.Errorf("role %s given twice: give all its keys in one -role %s:key=value,...", role, role)
+		}
+	}
+	// command= takes the rest of the value: a shell command line may hold
+	// commas.
+	if i := strings.Index(rest, "command="); i >= 0 && (i == 0 || rest[i-1] == ',') {
+		cmdline := rest[i+len("command="):]
+		if strings.TrimSpace(cmdline) == "" {
+			return errors.New("command= is empty: give the command line to run, e.g. command=sleep 1; echo hi")
+		}
+		spec.Command = []string{"/bin/sh", "-c", cmdline}
+		rest = strings.TrimSuffix(rest[:i], ",")
+	}
+	if rest == "" && spec.Command != nil {
+		*f.specs = append(*f.specs, spec)
+		return nil
+	}
 	for _, kv := range strings.Split(rest, ",") {
 		k, val, ok := strings.Cut(strings.TrimSpace(kv), "=")
 		if !ok || val == "" {
-			return fmt.Errorf("%q: want key=value (image, driver, cpu, mem, gpu, gpu-model, gpu-mem, slot.NAME)", kv)
+			return fmt.Errorf("%q: want key=value; keys are %s", kv, roleKeys)
 		}
 		setSlot := func(name string, q structs.Quantity) error {
 			if spec.Resources == nil {
@@ -681,27 +733,82 @@ func (f roleFlag) Set(v string) error {
 			spec.Image = val
 		case "driver":
 			spec.Driver = val
-		case "cpu", "mem":
-			if spec.Resources == nil {
-				spec.Resources = structs.Slots{}
-			}
+		case "cpu", "mem", "disk":
 			var q structs.Quantity
 			var err error
+			name := map[string]string{"cpu": structs.SlotCPU, "mem": structs.SlotMem, "disk": structs.LimitDisk}[k]
 			if k == "cpu" {
 				q, err = structs.ParseQuantity(val)
-				k = structs.SlotCPU
 			} else {
 				q, err = structs.ParseBytes(val)
-				k = structs.SlotMem
 			}
 			if err != nil || q <= 0 {
 				return fmt.Errorf("invalid %s %q", k, val)
 			}
-			spec.Resources[k] = q
+			if err := setSlot(name, q); err != nil {
+				return err
+			}
+		case "pids":
+			n, err := strconv.ParseInt(val, 10, 64)
+			if err != nil || n <= 0 {
+				return fmt.Errorf("invalid pids %q: want a positive number of processes", val)
+			}
+			if err := setSlot(structs.LimitPids, structs.Whole(n)); err != nil {
+				return err
+			}
 		default:
-			return fmt.Errorf("unknown key %q: want image, driver, cpu, mem, gpu, gpu-model, gpu-mem or slot.NAME", k)
+			return fmt.Errorf("unknown key %q: keys are %s", k, roleKeys)
 		}
 	}
 	*f.specs = append(*f.specs, spec)
+	return nil
+}
+
+// ulimitFlag collects -ulimit name=soft[:hard] (repeatable, or a comma list).
+type ulimitFlag struct{ list *[]string }
+
+func (f ulimitFlag) String() string {
+	if f.list == nil {
+		return ""
+	}
+	return strings.Join(*f.list, ",")
+}
+
+func (f ulimitFlag) Set(v string) error {
+	for _, p := range strings.Split(v, ",") {
+		if p = strings.TrimSpace(p); p == "" {
+			continue
+		}
+		u, err := structs.ParseUlimit(p)
+		if err != nil {
+			return err
+		}
+		*f.list = append(*f.list, structs.FormatUlimit(u))
+	}
+	return nil
+}
+
+// capFlag collects -cap-add CAP (repeatable, or a comma list), normalised
+// to CAP_X.
+type capFlag struct{ list *[]string }
+
+func (f capFlag) String() string {
+	if f.list == nil {
+		return ""
+	}
+	return strings.Join(*f.list, ",")
+}
+
+func (f capFlag) Set(v string) error {
+	for _, p := range strings.Split(v, ",") {
+		if p = strings.TrimSpace(p); p == "" {
+			continue
+		}
+		c, err := structs.NormalizeCapability(p)
+		if err != nil {
+			return err
+		}
+		*f.list = append(*f.list, c)
+	}
 	return nil
 }

@@ -189,6 +189,15 @@ func (d *Driver) Fingerprint(ctx context.Context) (*drivers.Fingerprint, error) 
 		attrs["driver.exec.shim"] = "in-process"
 		desc += " without shims (they die with the agent)"
 	}
+	// Kernels share the host's /dev: the InfiniBand devices are theirs to
+	// open (their device cgroup denies only other kernels' GPUs).
+	if n := infinibandDevices(); n > 0 {
+		attrs["driver.exec.infiniband"] = fmt.Sprint(n)
+	}
+	attrs["driver.exec.cpuset"] = "affinity"
+	if d.cgroups != nil && d.cgroups.CanPin() {
+		attrs["driver.exec.cpuset"] = "cgroup"
+	}
 	// Whether kernels can be denied the node's other GPUs (Devices.Deny).
 	attrs["driver.exec.device_cgroup"] = "false"
 	if d.isolated && d.cgroups != nil && d.cgroups.CanDenyDevices() {
@@ -242,6 +251,9 @@ func cloneConfig(cfg *drivers.TaskConfig) *drivers.TaskConfig {
 	c.Env = maps.Clone(cfg.Env)
 	c.Resources = cfg.Resources.Copy()
 	c.Devices = cfg.Devices.Copy()
+	c.Options = cfg.Options.Copy()
+	c.Mounts = slices.Clone(cfg.Mounts)
+	c.Hosts = maps.Clone(cfg.Hosts)
 	return &c
 }
 
@@ -261,6 +273,9 @@ func (d *Driver) limits(cfg *drivers.TaskConfig, log *slog.Logger) cgroup.Limits
 		// Kernels share the host's /dev: the other devices are denied in
 		// the task's device cgroup (Start fails where there is none).
 		l.DenyDevices = cgroupDevices(cfg.Devices.Deny)
+	}
+	if d.cgroups != nil && d.cgroups.CanPin() {
+		l.Cpus, l.Mems = cfg.Cpuset, cfg.CpusetMems
 	}
 	if d.cgroups == nil {
 		if l.CPU > 0 || l.MemoryBytes > 0 || l.Pids > 0 {
@@ -365,6 +380,14 @@ func (d *Driver) Start(ctx context.Context, cfg *drivers.TaskConfig) (_ *drivers
 	}
 	var group *cgroup.Group
 	lim := d.limits(cfg, log)
+	extra, err := d.taskLimits(cfg, lim.Cpus != "")
+	if err != nil {
+		return nil, err
+	}
+	binds, err := d.taskBinds(cfg, log)
+	if err != nil {
+		return nil, err
+	}
 	if d.cgroups != nil {
 		group, err = d.cgroups.Create(cfg.ID, lim)
 		if err != nil {
@@ -391,7 +414,7 @@ func (d *Driver) Start(ctx context.Context, cfg *drivers.TaskConfig) (_ *drivers
 	rc := &taskrun.Config{
 		Path: path, Args: cfg.Command, Dir: cfg.WorkDir, Env: envList(env),
 		StdoutPath: cfg.StdoutPath, StderrPath: cfg.StderrPath, Cgroup: group, Isolation: iso,
-		MaxLogSize: d.maxLogSize,
+		MaxLogSize: d.maxLogSize, Limits: extra, Binds: binds,
 	}
 	if iso == nil {
 		rc.Credential = cred
@@ -647,6 +670,12 @@ func (d *Driver) execIsolated(ctx context.Context, t *task, env map[string]strin
 		defer stdinW.Close()
 	}
 	icfg := &taskrun.InitConfig{Mode: taskrun.ModeExec, Args: slices.Clone(opts.Command), Dir: t.Config.WorkDir, Env: envList(env), Isolation: as}
+	// The command gets the task's rlimits and, where no cpuset cgroup
+	// pins the task, its affinity.
+	pinned := t.group != nil && (t.group.Dirs[cgroup.Cpuset] != "" || t.group.Version == cgroup.V2 && d.cgroups != nil && d.cgroups.CanPin())
+	if lim, err := d.taskLimits(t.Config, pinned); err == nil {
+		icfg.Rlimits, icfg.Affinity = lim.Rlimits, lim.Affinity
+	}
 	cmd, cfgW, statusR, closeChild, err := taskrun.InitCmd(ctx, icfg)
 	if err != nil {
 		return -1, fmt.Errorf("exec in task %s: %w", taskID, err)

@@ -187,13 +187,22 @@ func (d *Driver) containerConfig(cfg *drivers.TaskConfig, rootfs string, etc etc
 		caps := slices.Clone(d.capabilities)
 		spec.Process.Capabilities = &specs.LinuxCapabilities{Bounding: caps, Effective: caps, Permitted: caps}
 	}
+	if err := addCapabilities(spec, cfg.Options); err != nil {
+		return nil, nil, err
+	}
+	setShmSize(spec, shmBytes(cfg))
 	for _, m := range [][2]string{{"/etc/hosts", etc.Hosts}, {"/etc/hostname", etc.Hostname}, {"/etc/resolv.conf", etc.ResolvConf}} {
 		spec.Mounts = append(spec.Mounts, specs.Mount{
 			Destination: m[0], Type: "bind", Source: m[1],
 			Options: []string{"rbind", "rprivate", "nosuid", "nodev", "noexec"},
 		})
 	}
-	if cfg.NetNSPath != "" {
+	if hostNetwork(cfg) {
+		// The kernel shares the agent's network namespace.
+		spec.Linux.Namespaces = slices.DeleteFunc(spec.Linux.Namespaces, func(ns specs.LinuxNamespace) bool {
+			return ns.Type == specs.NetworkNamespace
+		})
+	} else if cfg.NetNSPath != "" {
 		for i, ns := range spec.Linux.Namespaces {
 			if ns.Type == specs.NetworkNamespace {
 				spec.Linux.Namespaces[i].Path = cfg.NetNSPath
@@ -211,10 +220,17 @@ func (d *Driver) containerConfig(cfg *drivers.TaskConfig, rootfs string, etc etc
 		period := uint64(cfsPeriod)
 		spec.Linux.Resources.CPU = &specs.LinuxCPU{Quota: &quota, Period: &period}
 	}
+	if cfg.Cpuset != "" || cfg.CpusetMems != "" {
+		if spec.Linux.Resources.CPU == nil {
+			spec.Linux.Resources.CPU = &specs.LinuxCPU{}
+		}
+		spec.Linux.Resources.CPU.Cpus = cfg.Cpuset
+		spec.Linux.Resources.CPU.Mems = cfg.CpusetMems
+	}
 	if mem := int64(cfg.Resources[structs.SlotMem].Float()); mem > 0 {
 		spec.Linux.Resources.Memory = &specs.LinuxMemory{Limit: &mem}
 	}
-	if ids != nil && cfg.NetNSPath != "" {
+	if ids != nil && (cfg.NetNSPath != "" || hostNetwork(cfg)) {
 		// sysfs can be mounted only by the user namespace that owns the
 		// network namespace, and the agent's netns belongs to the host's:
 		// bind the host's /sys read-only instead, as rootless runc does.
@@ -226,6 +242,9 @@ func (d *Driver) containerConfig(cfg *drivers.TaskConfig, rootfs string, etc etc
 		}
 	}
 	addDevices(spec, cfg.Devices)
+	if err := bindMounts(spec, cfg.Mounts); err != nil {
+		return nil, nil, err
+	}
 	if ids != nil {
 		spec.Linux.Namespaces = append(spec.Linux.Namespaces, specs.LinuxNamespace{Type: specs.UserNamespace})
 		spec.Linux.UIDMappings = []specs.LinuxIDMapping{{ContainerID: 0, HostID: ids.HostID, Size: ids.Size}}
@@ -250,5 +269,16 @@ func (d *Driver) containerConfig(cfg *drivers.TaskConfig, rootfs string, etc etc
 			rlimits = append(rlimits, configs.Rlimit{Type: unix.RLIMIT_NOFILE, Hard: rl.Hard, Soft: rl.Soft})
 		}
 	}
+	if rlimits, err = kernelRlimits(rlimits, cfg.Options); err != nil {
+		return nil, nil, err
+	}
 	return lc, rlimits, nil
+}
+
+// shmBytes is the size of the kernel's /dev/shm, 0 for runc's default.
+func shmBytes(cfg *drivers.TaskConfig) int64 {
+	if cfg.Options == nil {
+		return 0
+	}
+	return cfg.Options.ShmBytes
 }

@@ -42,6 +42,7 @@ import (
 	"github.com/corral-dev/corral/drivers/internal/lifecycle"
 	"github.com/corral-dev/corral/drivers/shim"
 	"github.com/corral-dev/corral/plugins/drivers"
+	"github.com/corral-dev/corral/structs"
 )
 
 // driverName is the name sessions use to pick this driver.
@@ -229,6 +230,9 @@ func (d *Driver) Fingerprint(ctx context.Context) (*drivers.Fingerprint, error) 
 		"driver.runc.disk_limit":     fmt.Sprint(d.diskLimit),
 		"driver.runc.max_log_size":   fmt.Sprint(d.maxLogSize),
 	}
+	if n := infinibandDevices(); n > 0 {
+		attrs["driver.runc.infiniband"] = fmt.Sprint(n)
+	}
 	desc := "containers with libcontainer under shims, cgroup " + cgroupVersion()
 	if !shim.Available() {
 		attrs["driver.runc.shim"] = "in-process"
@@ -263,8 +267,8 @@ func overlayAvailable() bool {
 	return err == nil && strings.Contains(string(b), "\toverlay\n")
 }
 
-// Capabilities reports exec, resource limits and recover; kernels never
-// share the host's network.
+// Capabilities reports exec, resource limits and recover; kernels get a
+// network namespace of their own unless their options ask for the host's.
 func (d *Driver) Capabilities() drivers.Capabilities {
 	return drivers.Capabilities{Exec: true, ResourceLimits: true, Recover: true}
 }
@@ -286,6 +290,12 @@ func validateConfig(cfg *drivers.TaskConfig) error {
 		return fmt.Errorf("%w: task %s: task dir %q must be absolute", drivers.ErrInvalidConfig, cfg.ID, cfg.TaskDir)
 	case cfg.NetNSPath != "" && !filepath.IsAbs(cfg.NetNSPath):
 		return fmt.Errorf("%w: task %s: network namespace path %q must be absolute", drivers.ErrInvalidConfig, cfg.ID, cfg.NetNSPath)
+	case hostNetwork(cfg) && cfg.NetNSPath != "":
+		return fmt.Errorf("%w: task %s asks for the host's network and for network namespace %s: give one", drivers.ErrInvalidConfig, cfg.ID, cfg.NetNSPath)
+	case cfg.Options != nil && cfg.Options.Network != structs.NetworkDefault && cfg.Options.Network != structs.NetworkHost:
+		return fmt.Errorf("%w: task %s: unknown network mode %q (want %q or none)", drivers.ErrInvalidConfig, cfg.ID, cfg.Options.Network, structs.NetworkHost)
+	case cfg.Options != nil && cfg.Options.ShmBytes < 0:
+		return fmt.Errorf("%w: task %s: negative /dev/shm size %d", drivers.ErrInvalidConfig, cfg.ID, cfg.Options.ShmBytes)
 	}
 	if err := drivers.ValidateDevices(cfg.Devices); err != nil {
 		return fmt.Errorf("task %s: %w", cfg.ID, err)
@@ -299,6 +309,9 @@ func cloneConfig(cfg *drivers.TaskConfig) *drivers.TaskConfig {
 	c.Env = maps.Clone(cfg.Env)
 	c.Resources = cfg.Resources.Copy()
 	c.Devices = cfg.Devices.Copy()
+	c.Options = cfg.Options.Copy()
+	c.Mounts = slices.Clone(cfg.Mounts)
+	c.Hosts = maps.Clone(cfg.Hosts)
 	if cfg.ImageConfig != nil {
 		ic := *cfg.ImageConfig
 		ic.Entrypoint, ic.Cmd, ic.Env = slices.Clone(ic.Entrypoint), slices.Clone(ic.Cmd), slices.Clone(ic.Env)
@@ -328,7 +341,16 @@ func (d *Driver) containerDir(cfg *drivers.TaskConfig) string {
 //     rootfs's /etc/passwd and /etc/group; root when neither says;
 //   - hostname cfg.Hostname, with /etc/hosts, /etc/hostname and
 //     /etc/resolv.conf bound from the task dir;
-//   - a network namespace of its own with loopback, or cfg.NetNSPath;
+//   - a network namespace of its own with loopback, or cfg.NetNSPath, or
+//     the agent's (Options.Network "host", whose /etc/hosts also names
+//     the host);
+//   - pinned to cfg.Cpuset and cfg.CpusetMems (the cpuset cgroup);
+//   - Options: a /dev/shm of ShmBytes (64 MiB by default), Ulimits as the
+//     processes' rlimits (-1 unlimited), CapAdd added to runc's default
+//     capabilities (bounding, effective, permitted, and inheritable and
+//     ambient for a non-root user);
+//   - cfg.Mounts bound from the host (read-only when asked; the source
+//     must exist, the destination is created in the writable root);
 //   - cgroups /<parent>/runc-<ID> with the cpu and mem slots and the pids
 //     limit;
 //   - stdout and stderr appended to cfg.StdoutPath and cfg.StderrPath;
@@ -403,7 +425,7 @@ func (d *Driver) Start(ctx context.Context, cfg *drivers.TaskConfig) (_ *drivers
 	if err != nil {
 		return nil, fmt.Errorf("task %s: %w", cfg.ID, err)
 	}
-	etc, err := writeEtcFiles(rfs.Dir, cfg.Hostname, cfg.Hosts, ids)
+	etc, err := writeEtcFiles(rfs.Dir, cfg.Hostname, etcHosts(cfg), ids)
 	if err != nil {
 		return nil, fmt.Errorf("task %s: writing /etc files: %w", cfg.ID, err)
 	}
@@ -511,7 +533,7 @@ func (d *Driver) processFor(cfg *drivers.TaskConfig, rootfs string) (*processSpe
 	p := &processSpec{Args: commandLine(cfg), Cwd: workingDir(cfg), User: *u}
 	p.Env = processEnv(cfg, u)
 	path, _ := envValue(p.Env, "PATH")
-	if _, err := lookPathIn(rootfs, p.Args[0], path, p.Cwd); err != nil {
+	if _, err := lookPathIn(rootfs, p.Args[0], path, p.Cwd, cfg.Mounts); err != nil {
 		return nil, err
 	}
 	return p, nil
@@ -683,7 +705,7 @@ func (d *Driver) Exec(ctx context.Context, taskID string, opts *drivers.ExecOpti
 	// The container's root as the host sees it holds whatever the kernel
 	// installed since it started (no volumes are mounted into it yet).
 	path, _ := envValue(ps.Env, "PATH")
-	if _, err := lookPathIn(t.state.RootFS.RootFS, ps.Args[0], path, ps.Cwd); err != nil {
+	if _, err := lookPathIn(t.state.RootFS.RootFS, ps.Args[0], path, ps.Cwd, t.Config.Mounts); err != nil {
 		return -1, fmt.Errorf("exec in task %s: %w", taskID, err)
 	}
 	p := newProcess(&ps, false)

@@ -19,7 +19,7 @@ import (
 var busyboxApplets = []string{
 	"sh", "echo", "sleep", "cat", "hostname", "id", "ls", "true", "false", "env",
 	"printenv", "pwd", "kill", "grep", "tr", "wc", "rm", "touch", "mkdir", "ps", "head", "tail", "stat", "readlink",
-	"unshare", "mount", "dd", "seq",
+	"unshare", "mount", "dd", "seq", "df",
 }
 
 // testCgroupParent keeps this test binary's cgroups apart from everybody

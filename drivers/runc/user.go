@@ -46,8 +46,10 @@ func resolveUser(rootfs, spec string) (*execUser, error) {
 // lookPathIn reports where name (argv[0] of a command) resolves inside
 // rootfs, as the container's exec would: through the directories of
 // pathEnv when name has no slash, else relative to cwd. It returns an
-// ErrInvalidConfig error when name is not an executable file there.
-func lookPathIn(rootfs, name, pathEnv, cwd string) (string, error) {
+// ErrInvalidConfig error when name is not an executable file there. A
+// candidate below one of mounts' destinations is looked for in the
+// mount's source (e.g. corral's helper bound into cluster kernels).
+func lookPathIn(rootfs, name, pathEnv, cwd string, mounts []drivers.Mount) (string, error) {
 	var candidates []string
 	if strings.Contains(name, "/") {
 		if !path.IsAbs(name) {
@@ -67,6 +69,9 @@ func lookPathIn(rootfs, name, pathEnv, cwd string) (string, error) {
 	}
 	for _, c := range candidates {
 		p, err := securejoin.SecureJoin(rootfs, c)
+		if src, ok := mountedAt(mounts, c); ok {
+			p, err = src, nil
+		}
 		if err != nil {
 			continue
 		}
@@ -82,4 +87,20 @@ func lookPathIn(rootfs, name, pathEnv, cwd string) (string, error) {
 		return "", fmt.Errorf("%w: command %q is not an executable file in the image", drivers.ErrInvalidConfig, name)
 	}
 	return "", fmt.Errorf("%w: command %q not found in the image's PATH %q", drivers.ErrInvalidConfig, name, pathEnv)
+}
+
+// mountedAt returns the host path of the container path c when c lies in
+// one of mounts (the deepest destination wins).
+func mountedAt(mounts []drivers.Mount, c string) (string, bool) {
+	best, src := "", ""
+	for _, m := range mounts {
+		d := path.Clean(m.Destination)
+		if c != d && !strings.HasPrefix(c, d+"/") {
+			continue
+		}
+		if len(d) > len(best) {
+			best, src = d, filepath.Join(m.Source, strings.TrimPrefix(c, d))
+		}
+	}
+	return src, best != ""
 }

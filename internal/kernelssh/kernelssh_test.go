@@ -349,3 +349,29 @@ func TestBarrierWaitsForLatePeer(t *testing.T) {
 		t.Errorf("log lines %q: want one waiting line (sub1) and one up line", lines)
 	}
 }
+
+// TestPeerAddrOwnPorts: host-networked kernels of one session on one agent
+// share an address and differ by port; a peer without a port of its own
+// uses the launch's.
+func TestPeerAddrOwnPorts(t *testing.T) {
+	l := &Launch{SSHPort: 20000, Peers: []Peer{
+		{Hostname: "main1", Addr: "192.0.2.1", SSHPort: 20000},
+		{Hostname: "sub1", Addr: "192.0.2.1", SSHPort: 20001},
+		{Hostname: "sub2", Addr: "192.0.2.2"},
+	}}
+	for _, tc := range []struct {
+		host string
+		port int
+		want string
+	}{
+		{"main1", 0, "192.0.2.1:20000"},
+		{"sub1", 0, "192.0.2.1:20001"},
+		{"sub2", 0, "192.0.2.2:20000"},
+		{"sub1", 2222, "192.0.2.1:2222"}, // -p wins
+		{"elsewhere", 0, "elsewhere:20000"},
+	} {
+		if got := l.PeerAddr(tc.host, tc.port); got != tc.want {
+			t.Errorf("PeerAddr(%q, %d) = %q, want %q", tc.host, tc.port, got, tc.want)
+		}
+	}
+}

@@ -66,6 +66,9 @@ type Peer struct {
 	Addr     string `json:"addr"`
 	Rank     int    `json:"rank"`
 	Slots    int    `json:"slots"`
+	// SSHPort is the peer's ssh port when it is not the launch's (host-
+	// networked kernels of one session that share an agent).
+	SSHPort int `json:"ssh_port,omitempty"`
 }
 
 // LoadLaunch reads a launch file.
@@ -137,16 +140,21 @@ func LoadSigner(path string) (ssh.Signer, error) {
 
 // PeerAddr returns the host:port at which host's ssh server listens:
 // host is a peer's hostname or address, else dialled as it is. port 0
-// means the launch's SSH port.
+// means the peer's own SSH port, else the launch's.
 func (l *Launch) PeerAddr(host string, port int) string {
-	if port == 0 {
-		port = l.SSHPort
-	}
 	for _, p := range l.Peers {
-		if p.Hostname == host && p.Addr != "" {
-			host = p.Addr
+		if p.Hostname == host {
+			if port == 0 {
+				port = p.SSHPort
+			}
+			if p.Addr != "" {
+				host = p.Addr
+			}
 			break
 		}
+	}
+	if port == 0 {
+		port = l.SSHPort
 	}
 	return net.JoinHostPort(host, strconv.Itoa(port))
 }

@@ -123,7 +123,7 @@ func (w *writer) requeue(sn *Snapshot, sess *structs.Session, kernels []*structs
 			return false
 		}
 		nk.ID = retryKernelID(cur.ID, retry)
-		nk.AgentID, nk.Network, nk.ExitCode = "", nil, nil
+		nk.AgentID, nk.Network, nk.ExitCode, nk.Cpuset = "", nil, nil, ""
 		// Its devices are chosen anew where it is placed next.
 		nk.GPUs = nil
 		delete(nk.Resources, structs.SlotCUDAMem)
@@ -140,6 +140,7 @@ func (w *writer) requeue(sn *Snapshot, sess *structs.Session, kernels []*structs
 	c := sess.Copy()
 	c.KernelIDs = ids
 	c.Retries++
+	c.EndReason = ""
 	if err := w.freeNetwork(c.Network); err != nil {
 		return false
 	}

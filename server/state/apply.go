@@ -444,6 +444,7 @@ func (w *writer) placeSession(sn *Snapshot, sp structs.SessionPlacement, now tim
 	c := editSession(sess)
 	// A session of several kernels gets its overlay in the same apply.
 	var nets map[string]*structs.KernelNetwork
+	var launches map[string]*structs.ClusterLaunch
 	if len(kernels) > 1 {
 		nw, err := w.allocNetwork(sess.ID)
 		if err != nil {
@@ -454,6 +455,9 @@ func (w *writer) placeSession(sn *Snapshot, sp structs.SessionPlacement, now tim
 			agentOf[p.KernelID] = targets[i].a
 		}
 		if nets, err = kernelNetworks(nw, kernels, agentOf); err != nil {
+			return err
+		}
+		if launches, err = clusterLaunches(sess, nw, kernels, nets, agentOf, w.snap().hostSSHPorts); err != nil {
 			return err
 		}
 		c.Network = nw
@@ -470,6 +474,8 @@ func (w *writer) placeSession(sn *Snapshot, sp structs.SessionPlacement, now tim
 		}
 		k.AgentID = p.AgentID
 		k.Network = nets[k.ID]
+		k.Launch = launches[k.ID]
+		k.Cpuset = ""
 		if err := k.SetStatus(structs.KernelScheduled, "placed on agent "+targets[i].a.Name, now); err != nil {
 			return err
 		}
@@ -571,9 +577,21 @@ func (w *writer) refreshSession(id, info string, now time.Time) error {
 		return err
 	}
 	c := sess.Copy()
+	cluster := len(kernels) > 1
+	if cluster && c.EndReason != "" {
+		// The event that decided the session names it, whatever the
+		// other kernels report as they stop.
+		info = c.EndReason
+	}
 	statuses := make([]structs.KernelStatus, 0, len(kernels))
 	for _, k := range kernels {
-		statuses = append(statuses, k.Status)
+		st := k.Status
+		if cluster && c.FailOn == structs.FailOnMain && !isMain1(k) && st == structs.KernelError && everRan(k) {
+			// Under fail_on main a sub kernel that failed after it ran
+			// decides nothing: the session follows main1.
+			st = structs.KernelTerminated
+		}
+		statuses = append(statuses, st)
 		if k.Role == "main" && k.Idx == 1 && c.Type == structs.SessionTypeBatch &&
 			c.Result == structs.ResultUndefined && k.Status.Terminal() && k.Status != structs.KernelCancelled {
 			if k.Status == structs.KernelTerminated && k.ExitCode != nil && *k.ExitCode == 0 {
@@ -634,6 +652,9 @@ func (w *writer) setSessionInfo(id, info string) error {
 	if err != nil || sess.Status.Terminal() {
 		return err
 	}
+	if sess.EndReason != "" {
+		return nil // ending: the status line names why
+	}
 	c := sess.Copy()
 	c.StatusInfo = info
 	return w.putSession(c)
@@ -647,6 +668,9 @@ func (s *StateStore) UpdateKernels(index uint64, req *structs.KernelUpdateReques
 	defer w.txn.Abort()
 	skipped := map[string]string{}
 	touched := map[string]string{}
+	// ends holds, per session, the kernels that ended on their own in
+	// this batch (not stopped by the server), by kernel ID.
+	ends := map[string]map[string]*kernelEnd{}
 	var last time.Time
 	for _, u := range req.Updates {
 		sn := w.snap()
@@ -663,7 +687,17 @@ func (s *StateStore) UpdateKernels(index uint64, req *structs.KernelUpdateReques
 		if k.Status == u.Status {
 			// Progress within a status (bytes pulled): a new reason, no new
 			// history entry.
+			newCpuset := u.Cpuset != "" && u.Cpuset != k.Cpuset && !k.Status.Terminal()
+			if (u.Info == "" || u.Info == k.StatusInfo || k.Status.Terminal()) && !newCpuset {
+				continue
+			}
+			if newCpuset {
+				k.Cpuset = u.Cpuset
+			}
 			if u.Info == "" || u.Info == k.StatusInfo || k.Status.Terminal() {
+				if err := w.putKernel(k); err != nil {
+					return nil, err
+				}
 				continue
 			}
 			k.StatusInfo = u.Info
@@ -683,6 +717,9 @@ func (s *StateStore) UpdateKernels(index uint64, req *structs.KernelUpdateReques
 			v := *u.ExitCode
 			k.ExitCode = &v
 		}
+		if u.Cpuset != "" {
+			k.Cpuset = u.Cpuset
+		}
 		if err := w.releaseIfEnded(cur, k, u.Time); err != nil {
 			return nil, err
 		}
@@ -694,9 +731,19 @@ func (s *StateStore) UpdateKernels(index uint64, req *structs.KernelUpdateReques
 			info = fmt.Sprintf("kernel %s %s", k.Hostname, k.Status)
 		}
 		touched[k.SessionID] = info
+		if e := ownEnd(cur, k); e != nil {
+			if ends[k.SessionID] == nil {
+				ends[k.SessionID] = map[string]*kernelEnd{}
+			}
+			ends[k.SessionID][k.ID] = e
+		}
 		last = u.Time
 	}
-	for id, info := range touched {
+	for _, id := range sortedKeys(touched) {
+		info := touched[id]
+		if err := w.judgeEnds(id, ends[id], last); err != nil {
+			return nil, err
+		}
 		if err := w.stopAfterMain(id, last); err != nil {
 			return nil, err
 		}
@@ -884,6 +931,13 @@ func (w *writer) endSession(sn *Snapshot, sess *structs.Session, reason string, 
 	if err != nil {
 		return err
 	}
+	if len(kernels) > 1 && sess.EndReason == "" {
+		c := sess.Copy()
+		c.EndReason = reason
+		if err := w.putSession(c); err != nil {
+			return err
+		}
+	}
 	if err := w.stopKernels(sn, kernels, nil, reason, now); err != nil {
 		return err
 	}
@@ -942,11 +996,15 @@ func (w *writer) stopAfterMain(id string, now time.Time) error {
 		return err
 	}
 	for _, k := range kernels {
-		if k.Role == "main" && k.Idx == 1 {
+		if isMain1(k) {
 			if !k.Status.Terminal() {
 				return nil
 			}
-			return w.stopKernels(sn, kernels, k, fmt.Sprintf("main1 ended (%s)", k.Status), now)
+			reason := fmt.Sprintf("main1 ended (%s)", k.Status)
+			if sess.EndReason != "" {
+				reason = "stopped: " + sess.EndReason
+			}
+			return w.stopKernels(sn, kernels, k, reason, now)
 		}
 	}
 	return nil

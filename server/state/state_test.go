@@ -380,7 +380,7 @@ func TestApplyPlanRechecksKeyLimitsCancelsAndCountsAttempts(t *testing.T) {
 func TestClusterNetworkAllocation(t *testing.T) {
 	f := newFixture(t)
 	for _, id := range []string{"a1", "a2"} {
-		a := &structs.Agent{ID: id, Name: id, Status: structs.AgentAlive, Drivers: []string{"exec"}, Capacity: slots(4, 4096), SerfAddr: map[string]string{"a1": "10.9.0.11:8643", "a2": "10.9.0.12:8643"}[id]}
+		a := &structs.Agent{ID: id, Name: id, Status: structs.AgentAlive, Drivers: []string{"exec", "runc"}, Capacity: slots(4, 4096), SerfAddr: map[string]string{"a1": "10.9.0.11:8643", "a2": "10.9.0.12:8643"}[id]}
 		if err := f.s.UpsertAgent(f.next(), &structs.AgentUpsertRequest{Agent: a, Time: t0}); err != nil {
 			t.Fatal(err)
 		}
@@ -393,7 +393,9 @@ func TestClusterNetworkAllocation(t *testing.T) {
 			if i == 0 {
 				role, idx = "main", 1
 			}
-			ks = append(ks, &structs.Kernel{ID: id + "-" + h, SessionID: id, Role: role, Idx: idx, Hostname: h, Driver: "exec", Command: []string{"true"}, Resources: slots(1, 64)})
+			// runc kernels are wired to the overlay (exec ones use their
+			// agents' network: TestClusterLaunch).
+			ks = append(ks, &structs.Kernel{ID: id + "-" + h, SessionID: id, Role: role, Idx: idx, Hostname: h, Driver: "runc", Image: "busybox", Command: []string{"true"}, Resources: slots(1, 64)})
 		}
 		if err := f.s.EnqueueSession(f.next(), &structs.SessionEnqueueRequest{Session: sess, Kernels: ks, Time: t0}); err != nil {
 			t.Fatal(err)

@@ -57,6 +57,7 @@ const (
 	Memory  = "memory"
 	Pids    = "pids"
 	Devices = "devices"
+	Cpuset  = "cpuset"
 	Unified = "unified" // the key of the single v2 directory in Group.Dirs
 )
 
@@ -74,6 +75,10 @@ type Limits struct {
 	// device program) denies them and allows every other device. Create
 	// fails when the node offers no device cgroup (see CanDenyDevices).
 	DenyDevices []Device
+	// Cpus and Mems pin the task to these CPUs and NUMA nodes ("0-1,4"),
+	// through the cpuset controller; empty: not pinned. Create fails when
+	// Cpus is set and the node has no cpuset controller (see CanPin).
+	Cpus, Mems string
 }
 
 // Manager creates per-task cgroups below one parent cgroup (e.g. "corral")
@@ -88,6 +93,11 @@ type Manager struct {
 	// devicesParent is the parent directory in the v1 devices hierarchy,
 	// "" when that controller is not mounted.
 	devicesParent string
+	// cpusetParent is the parent directory in the v1 cpuset hierarchy,
+	// "" when that controller is not mounted; on v2, pinCPUs says whether
+	// the cpuset controller is enabled for the tasks' cgroups.
+	cpusetParent string
+	pinCPUs      bool
 }
 
 // Detect reads /proc/self/mountinfo and prepares a Manager that creates task
@@ -145,6 +155,17 @@ func NewManager(mounts []Mount, parent string) (*Manager, error) {
 				break
 			}
 		}
+		for _, mt := range mounts {
+			if !mt.V2 && slices.Contains(mt.Controllers, Cpuset) {
+				dir := filepath.Join(mt.Point, parent)
+				// A v1 cpuset cgroup takes no task before its cpus and
+				// mems are set: a new parent inherits its own parent's.
+				if err := makeCpusetDir(mt.Point, dir); err == nil {
+					m.cpusetParent, m.pinCPUs = dir, true
+				}
+				break
+			}
+		}
 		return m, nil
 	}
 	return newV2(mounts, parent)
@@ -166,7 +187,7 @@ func newV2(mounts []Mount, parent string) (*Manager, error) {
 	}
 	avail := strings.Fields(string(b))
 	var enable []string
-	for _, c := range []string{CPU, Memory, Pids} {
+	for _, c := range []string{CPU, Memory, Pids, Cpuset} {
 		if slices.Contains(avail, c) {
 			enable = append(enable, c)
 		}
@@ -189,8 +210,51 @@ func newV2(mounts []Mount, parent string) (*Manager, error) {
 		limitCPU:    slices.Contains(enable, CPU),
 		limitMemory: slices.Contains(enable, Memory),
 		limitPids:   slices.Contains(enable, Pids),
+		pinCPUs:     slices.Contains(enable, Cpuset),
 	}, nil
 }
+
+// makeCpusetDir creates the v1 cpuset cgroup dir and the directories
+// between it and the hierarchy's root, each with the cpus and mems of its
+// parent where it has none.
+func makeCpusetDir(root, dir string) error {
+	if dir == root {
+		return nil
+	}
+	parent := filepath.Dir(dir)
+	if err := makeCpusetDir(root, parent); err != nil {
+		return err
+	}
+	if err := os.Mkdir(dir, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
+		return err
+	}
+	return inheritCpuset(parent, dir)
+}
+
+// inheritCpuset copies cpuset.cpus and cpuset.mems from parent into dir
+// where dir's are empty (v1).
+func inheritCpuset(parent, dir string) error {
+	for _, f := range []string{"cpuset.cpus", "cpuset.mems"} {
+		b, err := os.ReadFile(filepath.Join(dir, f))
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		if strings.TrimSpace(string(b)) != "" {
+			continue
+		}
+		v, err := os.ReadFile(filepath.Join(parent, f))
+		if err != nil {
+			return err
+		}
+		if err := write(dir, f, strings.TrimSpace(string(v))); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// CanPin reports whether tasks can be pinned to CPUs by a cpuset cgroup.
+func (m *Manager) CanPin() bool { return m.pinCPUs }
 
 // enableControllers makes ctrls available to the children of the v2 cgroup dir.
 func enableControllers(dir string, ctrls []string) error {
@@ -241,6 +305,12 @@ func (m *Manager) Create(id string, l Limits) (*Group, error) {
 	for ctrl, parent := range m.parents {
 		g.Dirs[ctrl] = filepath.Join(parent, id)
 	}
+	if l.Cpus != "" && !m.pinCPUs {
+		return nil, fmt.Errorf("%w: this node has no cpuset cgroup controller to pin a task to CPUs %s with", ErrUnavailable, l.Cpus)
+	}
+	if l.Cpus != "" && m.version == V1 {
+		g.Dirs[Cpuset] = filepath.Join(m.cpusetParent, id)
+	}
 	if len(l.DenyDevices) > 0 && m.version == V1 {
 		// The task gets a devices cgroup of its own only when it must be
 		// denied devices: the parent's, the host's, allows them all.
@@ -258,6 +328,10 @@ func (m *Manager) Create(id string, l Limits) (*Group, error) {
 		return nil, err
 	}
 	if err := g.denyDevices(l.DenyDevices); err != nil {
+		_ = g.remove(context.Background())
+		return nil, err
+	}
+	if err := g.pin(l.Cpus, l.Mems); err != nil {
 		_ = g.remove(context.Background())
 		return nil, err
 	}
@@ -327,6 +401,34 @@ func (g *Group) ProcsFiles() []string {
 		out = append(out, filepath.Join(d, "cgroup.procs"))
 	}
 	return out
+}
+
+// pin writes the task's cpuset: mems first (a v1 cpuset takes no cpus
+// without them), the parent's mems when none are given.
+func (g *Group) pin(cpus, mems string) error {
+	if cpus == "" {
+		return nil
+	}
+	d := g.Dirs[Cpuset]
+	if g.Version == V2 {
+		d = g.Dirs[Unified]
+	}
+	if d == "" {
+		return nil
+	}
+	if mems == "" && g.Version == V1 {
+		b, err := os.ReadFile(filepath.Join(filepath.Dir(d), "cpuset.mems"))
+		if err != nil {
+			return fmt.Errorf("reading the parent's cpuset.mems: %w", err)
+		}
+		mems = strings.TrimSpace(string(b))
+	}
+	if mems != "" {
+		if err := write(d, "cpuset.mems", mems); err != nil {
+			return err
+		}
+	}
+	return write(d, "cpuset.cpus", cpus)
 }
 
 // UnifiedDir returns the v2 directory of g, or "" on v1.

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -181,11 +182,11 @@ func TestV2(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if m.Version() != V2 || !m.CanLimitCPU() || !m.CanLimitMemory() || !m.CanLimitPids() {
+	if m.Version() != V2 || !m.CanLimitCPU() || !m.CanLimitMemory() || !m.CanLimitPids() || !m.CanPin() {
 		t.Fatalf("manager = %+v", m)
 	}
 	// The fake file keeps only the last write.
-	if got := read(t, filepath.Join(parent, "cgroup.subtree_control")); got != "+pids" {
+	if got := read(t, filepath.Join(parent, "cgroup.subtree_control")); got != "+cpuset" {
 		t.Errorf("parent subtree_control = %q", got)
 	}
 	g, err := m.Create("task1", Limits{CPU: 0.5, MemoryBytes: 1 << 20, Pids: 64})
@@ -335,5 +336,53 @@ func TestV1Pids(t *testing.T) {
 	}
 	if m.CanLimitPids() {
 		t.Error("CanLimitPids = true without a pids hierarchy")
+	}
+}
+
+// TestV1Cpuset checks that a pinned task gets a v1 cpuset cgroup below a
+// parent that inherited the root's cpus and mems, with its mems written
+// before its cpus, and that an unpinned task gets none.
+func TestV1Cpuset(t *testing.T) {
+	mounts := fakeV1(t, CPU, Memory, Cpuset)
+	root := mounts[2].Point
+	for f, v := range map[string]string{"cpuset.cpus": "0-3", "cpuset.mems": "0-1"} {
+		if err := os.WriteFile(filepath.Join(root, f), []byte(v+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m, err := NewManager(mounts, "corral")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !m.CanPin() {
+		t.Fatal("CanPin = false with a cpuset hierarchy")
+	}
+	if got := read(t, filepath.Join(root, "corral", "cpuset.cpus")); got != "0-3" {
+		t.Errorf("parent cpuset.cpus = %q, want the root's 0-3", got)
+	}
+	g, err := m.Create("pinned", Limits{Cpus: "2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(root, "corral", "pinned")
+	if g.Dirs[Cpuset] != dir || !slices.Contains(g.ProcsFiles(), filepath.Join(dir, "cgroup.procs")) {
+		t.Fatalf("group = %+v, want the cpuset dir %s joined", g, dir)
+	}
+	if cpus, mems := read(t, filepath.Join(dir, "cpuset.cpus")), read(t, filepath.Join(dir, "cpuset.mems")); cpus != "2" || mems != "0-1" {
+		t.Errorf("task cpuset = %q mems %q, want 2 and the parent's 0-1", cpus, mems)
+	}
+	g, err = m.Create("free", Limits{CPU: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := g.Dirs[Cpuset]; ok {
+		t.Errorf("an unpinned task got a cpuset cgroup: %+v", g)
+	}
+	noCpuset, err := NewManager(fakeV1(t, CPU, Memory), "corral")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := noCpuset.Create("pinned", Limits{Cpus: "1"}); !errors.Is(err, ErrUnavailable) {
+		t.Errorf("pinning without a cpuset controller: err = %v, want ErrUnavailable", err)
 	}
 }

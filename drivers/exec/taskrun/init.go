@@ -103,6 +103,11 @@ type InitConfig struct {
 	// Procs are cgroup.procs files to join (cgroup v1; on v2 the caller
 	// starts the init inside the cgroup).
 	Procs []string `json:"procs,omitempty"`
+	// Limits are the command's rlimits, affinity and /dev/shm size.
+	Limits
+	// Binds are bound in the task's mount namespace before anything of
+	// the host is hidden (init mode).
+	Binds []Bind `json:"binds,omitempty"`
 }
 
 // initName is the init's process name (ps shows it in the task).
@@ -141,6 +146,11 @@ func initMain() int {
 			return fail(fmt.Errorf("joining cgroup %s: %w", filepath.Dir(f), err))
 		}
 	}
+	// As root, before the command: a limit above the init's own needs
+	// CAP_SYS_RESOURCE, which the command never has.
+	if err := SetRlimits(cfg.Rlimits); err != nil {
+		return fail(err)
+	}
 	switch cfg.Mode {
 	case ModeInit:
 		return runInit(&cfg, status, fail)
@@ -155,7 +165,7 @@ func initMain() int {
 func runInit(cfg *InitConfig, status *os.File, fail func(error) int) int {
 	sigs := make(chan os.Signal, 8)
 	signal.Notify(sigs, forwardedSignals...)
-	if err := setupMounts(cfg.Dir, cfg.Isolation.Hidden); err != nil {
+	if err := setupMounts(cfg); err != nil {
 		return fail(err)
 	}
 	pid, err := startAsUser(cfg)
@@ -203,9 +213,16 @@ func runInit(cfg *InitConfig, status *os.File, fail func(error) int) int {
 // setupMounts makes the calling process's mount namespace the task's:
 // private propagation, private privateDirs, hidden directories,
 // dir reachable at its path and a /proc of the current pid namespace.
-func setupMounts(dir string, hidden []string) error {
+func setupMounts(cfg *InitConfig) error {
+	dir, hidden := cfg.Dir, cfg.Isolation.Hidden
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
 		return fmt.Errorf("making mounts private: %w", err)
+	}
+	// Binds come first: their sources may lie in directories hidden below.
+	for _, b := range cfg.Binds {
+		if err := bindMount(b); err != nil {
+			return err
+		}
 	}
 	wd, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
@@ -220,7 +237,11 @@ func setupMounts(dir string, hidden []string) error {
 		if fi, err := os.Stat(p); err != nil || !fi.IsDir() {
 			continue
 		}
-		if err := unix.Mount("tmpfs", p, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, tmpMountData); err != nil {
+		data := tmpMountData
+		if p == "/dev/shm" && cfg.ShmBytes > 0 {
+			data += ",size=" + strconv.FormatInt(cfg.ShmBytes, 10)
+		}
+		if err := unix.Mount("tmpfs", p, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, data); err != nil {
 			return fmt.Errorf("mounting a private %s: %w", p, err)
 		}
 	}
@@ -257,6 +278,9 @@ func setupMounts(dir string, hidden []string) error {
 func startAsUser(cfg *InitConfig) (int, error) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
+	if err := setAffinity(cfg.Affinity); err != nil {
+		return 0, err
+	}
 	// no_new_privs belongs to the thread and is inherited by its children:
 	// setuid binaries cannot raise the command's privileges.
 	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
@@ -292,6 +316,9 @@ func startAsUser(cfg *InitConfig) (int, error) {
 func execAsUser(cfg *InitConfig) error {
 	runtime.LockOSThread()
 	iso := cfg.Isolation
+	if err := setAffinity(cfg.Affinity); err != nil {
+		return err
+	}
 	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
 		return fmt.Errorf("setting no_new_privs: %w", err)
 	}
@@ -425,4 +452,84 @@ func CgroupFD(cmd *osexec.Cmd, g *cgroup.Group) (procs []string, release func(),
 func within(path, dir string) bool {
 	rel, err := filepath.Rel(dir, path)
 	return err == nil && rel != "." && rel != ".." && !strings.HasPrefix(rel, "../")
+}
+
+// bindMount binds b.Source on b.Destination (read-only when asked),
+// creating a missing destination (a directory, or an empty file for a
+// file) on the host.
+func bindMount(b Bind) error {
+	fi, err := os.Stat(b.Source)
+	if err != nil {
+		return fmt.Errorf("bind mount source: %w", err)
+	}
+	if _, err := os.Stat(b.Destination); errors.Is(err, os.ErrNotExist) {
+		if fi.IsDir() {
+			err = os.MkdirAll(b.Destination, 0o755)
+		} else if err = os.MkdirAll(filepath.Dir(b.Destination), 0o755); err == nil {
+			var f *os.File
+			if f, err = os.OpenFile(b.Destination, os.O_CREATE|os.O_WRONLY, 0o644); err == nil {
+				err = f.Close()
+			}
+		}
+		if err != nil {
+			return fmt.Errorf("creating mount point %s: %w", b.Destination, err)
+		}
+	}
+	if err := unix.Mount(b.Source, b.Destination, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+		return fmt.Errorf("binding %s on %s: %w", b.Source, b.Destination, err)
+	}
+	if b.ReadOnly {
+		flags := uintptr(unix.MS_BIND | unix.MS_REMOUNT | unix.MS_RDONLY | unix.MS_NOSUID | unix.MS_NODEV)
+		if err := unix.Mount("", b.Destination, "", flags, ""); err != nil {
+			return fmt.Errorf("making %s read-only: %w", b.Destination, err)
+		}
+	}
+	return nil
+}
+
+// setAffinity pins the calling thread (and the processes it starts) to
+// cpus; "" leaves it as it is.
+func setAffinity(cpus string) error {
+	if cpus == "" {
+		return nil
+	}
+	var set unix.CPUSet
+	for part := range strings.SplitSeq(cpus, ",") {
+		lo, hi, isRange := strings.Cut(part, "-")
+		a, err := strconv.Atoi(lo)
+		b := a
+		if err == nil && isRange {
+			b, err = strconv.Atoi(hi)
+		}
+		if err != nil || a < 0 || b < a {
+			return fmt.Errorf("bad cpuset %q", cpus)
+		}
+		for c := a; c <= b; c++ {
+			set.Set(c)
+		}
+	}
+	if err := unix.SchedSetaffinity(0, &set); err != nil {
+		return fmt.Errorf("pinning the task to CPUs %s: %w", cpus, err)
+	}
+	return nil
+}
+
+// withAffinity runs fn (which starts a process) on a thread of its own
+// pinned to cpus, which ends with it; "" runs fn as it is.
+func withAffinity(cpus string, fn func() error) error {
+	if cpus == "" {
+		return fn()
+	}
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		// No UnlockOSThread: the thread's affinity is the task's, and the
+		// runtime ends the thread with this goroutine.
+		if err := setAffinity(cpus); err != nil {
+			errc <- err
+			return
+		}
+		errc <- fn()
+	}()
+	return <-errc
 }

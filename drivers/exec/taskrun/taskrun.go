@@ -63,6 +63,52 @@ type Config struct {
 	// copies into capped logs (see logcap). 0: the command appends to the
 	// files directly.
 	MaxLogSize int64 `json:"max_log_size,omitempty"`
+	// Limits are the task's rlimits, its CPU affinity where no cpuset
+	// cgroup pins it, and, for an isolated task, its /dev/shm size and
+	// bind mounts.
+	Limits
+	Binds []Bind `json:"binds,omitempty"`
+}
+
+// Limits are what the task's process gets besides its cgroups.
+type Limits struct {
+	// Rlimits are set (setrlimit) before the command starts.
+	Rlimits []Rlimit `json:"rlimits,omitempty"`
+	// Affinity pins the command to these CPUs ("0-1,4") with
+	// sched_setaffinity, for a node without a cpuset cgroup; the command
+	// cannot widen it without CAP_SYS_NICE.
+	Affinity string `json:"affinity,omitempty"`
+	// ShmBytes sizes an isolated task's private /dev/shm (0: no size
+	// given, the tmpfs default of half the RAM).
+	ShmBytes int64 `json:"shm_bytes,omitempty"`
+}
+
+// Rlimit is one resource limit (setrlimit's resource and values;
+// RLIM_INFINITY for unlimited).
+type Rlimit struct {
+	Resource int    `json:"resource"`
+	Soft     uint64 `json:"soft"`
+	Hard     uint64 `json:"hard"`
+}
+
+// Bind is a bind mount in an isolated task's mount namespace.
+type Bind struct {
+	Source      string `json:"source"`
+	Destination string `json:"destination"`
+	ReadOnly    bool   `json:"read_only,omitempty"`
+}
+
+// SetRlimits sets the calling process's rlimits (they are the process's,
+// not the thread's, and its children inherit them).
+func SetRlimits(rls []Rlimit) error {
+	for _, rl := range rls {
+		// syscall's Setrlimit keeps the runtime's record of RLIMIT_NOFILE
+		// right, which it restores in children otherwise.
+		if err := syscall.Setrlimit(rl.Resource, &syscall.Rlimit{Cur: rl.Soft, Max: rl.Hard}); err != nil {
+			return fmt.Errorf("setting rlimit %d to %d/%d: %w", rl.Resource, rl.Soft, rl.Hard, err)
+		}
+	}
+	return nil
 }
 
 func init() { shim.Register(Kind, Run) }
@@ -107,6 +153,7 @@ func Run(ctx context.Context, raw json.RawMessage, started func(pid int) error) 
 	drainTimeout := time.Duration(0)
 	defer func() { startedLogs(); drained(drainTimeout) }()
 	if rc.Isolation != nil {
+		// The init sets the limits up in the task's namespaces.
 		st, err := runIsolated(ctx, &rc, stdout, stderr, startedLogs, started)
 		drainTimeout = logcap.DrainTimeout
 		return st, err
@@ -120,7 +167,13 @@ func Run(ctx context.Context, raw json.RawMessage, started func(pid int) error) 
 		Stderr:      stderr,
 		SysProcAttr: &syscall.SysProcAttr{Setpgid: true, Credential: rc.Credential},
 	}
-	err := StartCmd(ctx, cmd, rc.Cgroup)
+	// The shim is the task's own process: the command inherits its
+	// rlimits (the driver refuses ulimits when it runs no shims).
+	if err := SetRlimits(rc.Rlimits); err != nil {
+		startedLogs()
+		return shim.ExitStatus{}, err
+	}
+	err := withAffinity(rc.Affinity, func() error { return StartCmd(ctx, cmd, rc.Cgroup) })
 	startedLogs()
 	if err != nil {
 		return shim.ExitStatus{}, err
@@ -146,7 +199,8 @@ func Run(ctx context.Context, raw json.RawMessage, started func(pid int) error) 
 // reported it (or how the init ended, if it was killed).
 // startedLogs runs once the init was started (or failed to be).
 func runIsolated(ctx context.Context, rc *Config, stdout, stderr *os.File, startedLogs func(), started func(pid int) error) (shim.ExitStatus, error) {
-	icfg := &InitConfig{Mode: ModeInit, Path: rc.Path, Args: rc.Args, Dir: rc.Dir, Env: rc.Env, Isolation: rc.Isolation}
+	icfg := &InitConfig{Mode: ModeInit, Path: rc.Path, Args: rc.Args, Dir: rc.Dir, Env: rc.Env, Isolation: rc.Isolation,
+		Limits: rc.Limits, Binds: rc.Binds}
 	cmd, cfgW, statusR, closeChild, err := InitCmd(context.Background(), icfg)
 	if err != nil {
 		return shim.ExitStatus{}, err
