@@ -112,6 +112,7 @@ func TestMPIJobs(t *testing.T) {
 	mc := newMPICluster(t)
 	t.Run("MPIAllreduce", func(t *testing.T) { testMPIAllreduce(t, mc) })
 	t.Run("ClusterSubFailure", func(t *testing.T) { testClusterSubFailure(t, mc) })
+	t.Run("RoleCommandDefaultRunOn", func(t *testing.T) { testRoleCommandDefaultRunOn(t, mc) })
 	t.Run("LauncherVars", func(t *testing.T) { testLauncherVars(t, mc) })
 	t.Run("CpusetsDistinct", func(t *testing.T) { testCpusetsDistinct(t, mc) })
 }
@@ -189,6 +190,35 @@ func testClusterSubFailure(t *testing.T, mc *mpiCluster) {
 	}
 	if main1.ExitCode != nil && *main1.ExitCode == 0 {
 		t.Errorf("main1 exited 0; it should have been stopped while sleeping")
+	}
+}
+
+// testRoleCommandDefaultRunOn: a role's own command runs even under the
+// batch default run_on main (issue 14: "-role sub:command='...' gives a
+// role its own command"; the README's example relies on it): sub1's exit 3
+// fails the session. Needs the server to run a role's command in its
+// kernels instead of only serving.
+func testRoleCommandDefaultRunOn(t *testing.T, mc *mpiCluster) {
+	d := mc.create(t, &api.CreateSessionRequest{
+		Name: "mpi-rolecmd", Type: structs.SessionTypeBatch, Driver: "runc", Image: mc.mpiRef,
+		Command:   []string{"sleep", "600"},
+		Roles:     []api.RoleSpec{{Role: "sub", Command: []string{"sh", "-c", "echo sub failing; exit 3"}}},
+		Resources: mpiHalfCPU, ClusterSize: 2, ClusterMode: structs.ClusterModeMultiNode,
+	})
+	dd := mc.wait(t, d.Session.ID, 2*time.Minute, "sub1's own command ran and failed the session (run_on default)", func(d *api.SessionDetail) error {
+		if d.Session.Status.Terminal() {
+			return nil
+		}
+		if k := ovKernel(t, d, "sub1"); k.Status == structs.KernelRunning {
+			if out, _ := mc.logs(t, d.Session.ID, "sub1"); !strings.Contains(out, "sub failing") {
+				return fmt.Errorf("sub1 is RUNNING but has not run its role's command (launch serve=%v)", k.Launch != nil && k.Launch.Serve)
+			}
+		}
+		return fmt.Errorf("session is %s (%s)", d.Session.Status, d.Session.StatusInfo)
+	})
+	dd = mc.ended(t, dd.Session.ID, time.Minute, "session with a failing sub (run_on default)")
+	if dd.Session.Result != structs.ResultFailure || !regexp.MustCompile(`sub1\b.*\b3\b`).MatchString(dd.Session.StatusInfo) {
+		t.Fatalf("want FAILURE naming sub1 and code 3\n%s", mc.describe(t, dd))
 	}
 }
 
