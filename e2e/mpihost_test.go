@@ -73,12 +73,17 @@ func newMPIHostRig(t *testing.T, hosts []*testbed.Host) *mpiHostRig {
 		}
 		_ = os.Chmod(p, 0o666)
 	}
-	for _, m := range []struct{ dst, fstype string }{{"proc", "proc"}, {"dev/shm", "tmpfs"}} {
+	// A sysfs of its own (read-only) lets Open MPI's hwloc see the cores
+	// and bind within the affinity the baseline's processes are given.
+	for _, m := range []struct {
+		dst, fstype string
+		flags       uintptr
+	}{{"proc", "proc", 0}, {"dev/shm", "tmpfs", 0}, {"sys", "sysfs", syscall.MS_RDONLY}} {
 		p := filepath.Join(dir, m.dst)
 		if err := os.MkdirAll(p, 0o755); err != nil {
 			t.Fatal(err)
 		}
-		if err := syscall.Mount(m.fstype, p, m.fstype, 0, ""); err != nil {
+		if err := syscall.Mount(m.fstype, p, m.fstype, m.flags, ""); err != nil {
 			t.Fatalf("mounting %s on %s: %v", m.fstype, p, err)
 		}
 		mounts = append(mounts, p)
