@@ -122,7 +122,10 @@ func (r *mpiHostRig) pingpong(t *testing.T, from, to *testbed.Host, cpus map[str
 	}
 	pin := ""
 	if c := cpus[from.IP.String()]; c != "" {
-		pin = "taskset -c " + c
+		// Open MPI binds the remote rank by mpirun's own topology (cores
+		// it may use: the pinned one), which a plain process's affinity
+		// does not stop as a kernel's cpuset does: keep the pinning.
+		pin = "env OMPI_MCA_hwloc_base_binding_policy=none taskset -c " + c
 	}
 	script := fmt.Sprintf(`echo %s >/proc/sys/kernel/hostname; cd /opt/mpi && exec %s mpirun -np 2 --host %s,%s --mca plm_rsh_agent /opt/mpi/nsrsh ./pingpong %s`,
 		from.Name, pin, from.IP, to.IP, strings.Join(args, " "))
