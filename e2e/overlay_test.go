@@ -524,7 +524,7 @@ func TestOverlayMultiNodeSessions(t *testing.T) {
 	a := oc.create(t, &api.CreateSessionRequest{
 		Name: "ov-a", Type: structs.SessionTypeBatch, Driver: "runc", Image: oc.image,
 		Command: []string{"sh", "-c", ovScriptA}, Resources: big,
-		ClusterSize: 3, ClusterMode: structs.ClusterModeMultiNode,
+		ClusterSize: 3, ClusterMode: structs.ClusterModeMultiNode, RunOn: structs.RunOnAll,
 	})
 	ad := oc.wait(t, a.Session.ID, 60*time.Second, "session A terminated", ovTerminated)
 	logsA, err := oc.c.SessionLogs(context.Background(), a.Session.ID, "main1")
@@ -585,7 +585,7 @@ func TestOverlayMultiNodeSessions(t *testing.T) {
 	dd := oc.create(t, &api.CreateSessionRequest{
 		Name: "ov-d", Type: structs.SessionTypeBatch, Driver: "runc", Image: oc.image,
 		Command: []string{"sh", "-c", ovScriptA}, Resources: small,
-		ClusterSize: 4, ClusterMode: structs.ClusterModeMultiNode,
+		ClusterSize: 4, ClusterMode: structs.ClusterModeMultiNode, RunOn: structs.RunOnAll,
 	})
 	ddd := oc.wait(t, dd.Session.ID, 60*time.Second, "session D terminated", ovTerminated)
 	logsD, err := oc.c.SessionLogs(context.Background(), dd.Session.ID, "main1")

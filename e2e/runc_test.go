@@ -144,7 +144,7 @@ func TestRuncSessionsFromARegistry(t *testing.T) {
 
 	// A single-node cluster session on a loopback agent: its kernels share a
 	// bridge (the VXLAN has no peers) and reach each other by hostname.
-	r = mustCLI(t, addr, 0, "session", "create", "-driver", "runc", "-image", ref, "-cluster-size", "2", "-wait", "--", "sh", "-c",
+	r = mustCLI(t, addr, 0, "session", "create", "-driver", "runc", "-image", ref, "-cluster-size", "2", "-run-on", "all", "-wait", "--", "sh", "-c",
 		`if [ "$CORRAL_CLUSTER_ROLE" = sub ]; then exec nc -ll -p 7000 -e /bin/cat; fi
 		for i in $(seq 50); do r=$(echo ping | nc -w 1 sub1 7000) && [ "$r" = ping ] && echo "echo from sub1: $r" && exit 0; sleep 0.1; done; exit 1`)
 	if !strings.Contains(r.stdout, "echo from sub1: ping") {

@@ -67,6 +67,16 @@ func TestClusterSessionAPI(t *testing.T) {
 	if s := inter.Session; s.RunOn != "all" || s.FailOn != "main" || s.StartOrder != "unordered" {
 		t.Fatalf("interactive job settings %q/%q/%q, want all/main/unordered", s.RunOn, s.FailOn, s.StartOrder)
 	}
+	// A role with a command of its own runs it under run_on main too; the
+	// other subs only serve.
+	roled := create(t, c, &api.CreateSessionRequest{Type: "batch", Command: []string{"sleep", "30"}, ClusterSize: 3, Resources: small,
+		Roles: []api.RoleSpec{{Role: "sub", Command: []string{"sh", "-c", "exit 0"}}}})
+	defer c.client.DestroySession(ctx, roled.Session.ID)
+	for _, k := range roled.Kernels {
+		if k.Launch == nil || k.Launch.Serve {
+			t.Fatalf("%s of a session whose sub role has a command: launch %+v, want it to run the command", k.Hostname, k.Launch)
+		}
+	}
 	single := create(t, c, &api.CreateSessionRequest{Type: "batch", Command: []string{"true"}, Resources: small})
 	if s := single.Session; s.RunOn != "" || single.Kernels[0].Launch != nil || single.Kernels[0].Options != nil {
 		t.Fatalf("single kernel: %q %+v %+v", s.RunOn, single.Kernels[0].Launch, single.Kernels[0].Options)

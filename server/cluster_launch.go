@@ -190,7 +190,9 @@ func sessionKeys(sessionID string) (private string, authorized string, err error
 // job that is known at create time: the session's keys, its rank, and
 // whether it waits at the barrier or only serves. The raft apply that
 // places the session fills in the peers, addresses and ports.
-func clusterLaunch(sess *structs.Session, kernels []*structs.Kernel) error {
+// A kernel serves (runs no command) under run_on main unless it is main1
+// or its role was given a command of its own.
+func clusterLaunch(sess *structs.Session, kernels []*structs.Kernel, ownCommand map[string]bool) error {
 	if len(kernels) < 2 {
 		return nil
 	}
@@ -206,11 +208,23 @@ func clusterLaunch(sess *structs.Session, kernels []*structs.Kernel) error {
 		k.Launch = &structs.ClusterLaunch{
 			NodeRank: rank, NumNodes: len(kernels),
 			Barrier:       sess.StartOrder == structs.StartBarrier,
-			Serve:         sess.RunOn == structs.RunOnMain && !(k.Role == "main" && k.Idx == 1),
+			Serve:         sess.RunOn == structs.RunOnMain && !(k.Role == "main" && k.Idx == 1) && !ownCommand[k.Role],
 			SSHPrivateKey: priv, AuthorizedKeys: []string{auth},
 		}
 	}
 	return nil
+}
+
+// rolesWithCommand names the roles that the request gives a command of
+// their own.
+func rolesWithCommand(req *api.CreateSessionRequest) map[string]bool {
+	m := map[string]bool{}
+	for _, rs := range req.Roles {
+		if len(rs.Command) > 0 {
+			m[rs.Role] = true
+		}
+	}
+	return m
 }
 
 // redactKernels returns the kernels as the API shows them: their launch

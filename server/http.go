@@ -511,7 +511,7 @@ func (s *Server) validateCreate(req *api.CreateSessionRequest, snap *state.Snaps
 	if err := s.applyRoles(req, kernels, drivers); err != nil {
 		return nil, nil, err
 	}
-	if err := clusterLaunch(sess, kernels); err != nil {
+	if err := clusterLaunch(sess, kernels, rolesWithCommand(req)); err != nil {
 		return nil, nil, err
 	}
 	// A constraint narrows GPU slots: without one it would constrain

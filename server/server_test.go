@@ -121,6 +121,7 @@ func startAgentCfg(t *testing.T, dir, join string, capacity structs.Slots, d dri
 		Name: fmt.Sprintf("test-agent-%d", agentSeq.Add(1)), DataDir: dir, RPCAddr: "127.0.0.1:0", SerfAddr: "127.0.0.1:0", Join: []string{join},
 		Drivers: []drivers.Driver{d}, Capacity: capacity,
 		Logger: testLogger(t), LogOutput: io.Discard, FastGossip: true, AllowLoopbackRegistries: true,
+		KernelHelper: kernelHelper,
 	}
 	if v, ok := servers.Load(join); ok && v.(*server.Server).AutoTLS() {
 		srv := v.(*server.Server)

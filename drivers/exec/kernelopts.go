@@ -7,12 +7,10 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/corral-dev/corral/drivers/exec/taskrun"
+	"github.com/corral-dev/corral/drivers/internal/rlimit"
 	"github.com/corral-dev/corral/drivers/shim"
 	"github.com/corral-dev/corral/plugins/drivers"
 	"github.com/corral-dev/corral/structs"
@@ -37,24 +35,6 @@ import (
 //     generated /etc/hosts of the host's entries plus cfg.Hosts, and
 //     cfg.Mounts); the host driver has no mount namespace and skips them
 //     with a warning.
-
-// rlimitResources maps the ulimit names of structs.UlimitNames to
-// setrlimit's resources.
-var rlimitResources = map[string]int{
-	"core": unix.RLIMIT_CORE, "cpu": unix.RLIMIT_CPU, "data": unix.RLIMIT_DATA, "fsize": unix.RLIMIT_FSIZE,
-	"locks": unix.RLIMIT_LOCKS, "memlock": unix.RLIMIT_MEMLOCK, "msgqueue": unix.RLIMIT_MSGQUEUE,
-	"nice": unix.RLIMIT_NICE, "nofile": unix.RLIMIT_NOFILE, "nproc": unix.RLIMIT_NPROC, "rss": unix.RLIMIT_RSS,
-	"rtprio": unix.RLIMIT_RTPRIO, "rttime": unix.RLIMIT_RTTIME, "sigpending": unix.RLIMIT_SIGPENDING,
-	"stack": unix.RLIMIT_STACK,
-}
-
-// rlimitValue is a ulimit value as setrlimit takes it (-1: unlimited).
-func rlimitValue(v int64) uint64 {
-	if v < 0 {
-		return unix.RLIM_INFINITY
-	}
-	return uint64(v)
-}
 
 // taskLimits turns the task's options and cpuset into what its init (or
 // shim) applies; pinned says whether its cgroups pin it to its cpuset.
@@ -87,48 +67,13 @@ func (d *Driver) taskLimits(cfg *drivers.TaskConfig, pinned bool) (taskrun.Limit
 	}
 	l.ShmBytes = o.ShmBytes
 	for _, u := range o.Ulimits {
-		if err := structs.ValidUlimit(u); err != nil {
-			return l, fmt.Errorf("%w: task %s: %v", drivers.ErrInvalidConfig, cfg.ID, err)
-		}
-		res := rlimitResources[u.Name]
-		rl := taskrun.Rlimit{Resource: res, Soft: rlimitValue(u.Soft), Hard: rlimitValue(u.Hard)}
-		if err := canRaise(u.Name, res, rl.Hard); err != nil {
+		r, err := rlimit.Resolve(u)
+		if err != nil {
 			return l, fmt.Errorf("task %s: %w", cfg.ID, err)
 		}
-		l.Rlimits = append(l.Rlimits, rl)
+		l.Rlimits = append(l.Rlimits, taskrun.Rlimit{Resource: r.Resource, Soft: r.Soft, Hard: r.Hard})
 	}
 	return l, nil
-}
-
-// canRaise checks that this process may give a task a hard limit of hard
-// for resource res: a limit above its own needs CAP_SYS_RESOURCE.
-func canRaise(name string, res int, hard uint64) error {
-	var cur unix.Rlimit
-	if err := unix.Getrlimit(res, &cur); err != nil || hard <= cur.Max || hasCapability(unix.CAP_SYS_RESOURCE) {
-		return nil
-	}
-	limit := "unlimited"
-	if hard != unix.RLIM_INFINITY {
-		limit = strconv.FormatUint(hard, 10)
-	}
-	return fmt.Errorf("%w: ulimit %s: a hard limit of %s is above the agent's own (%d) and the agent lacks CAP_SYS_RESOURCE to raise it: "+
-		"ask for at most %d, or run the agent with a higher limit or that capability", drivers.ErrInvalidConfig, name, limit, cur.Max, cur.Max)
-}
-
-// hasCapability reports whether capability c is in this process's
-// effective set.
-func hasCapability(c int) bool {
-	b, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		return false
-	}
-	for line := range strings.Lines(string(b)) {
-		if v, ok := strings.CutPrefix(line, "CapEff:"); ok {
-			mask, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
-			return err == nil && mask&(1<<uint(c)) != 0
-		}
-	}
-	return false
 }
 
 // hostsFileName is the generated /etc/hosts in the task's directory.

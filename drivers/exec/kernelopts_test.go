@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/corral-dev/corral/drivers/exec/cgroup"
+	"github.com/corral-dev/corral/drivers/internal/rlimit"
 	"github.com/corral-dev/corral/plugins/drivers"
 	"github.com/corral-dev/corral/plugins/drivers/testutils"
 	"github.com/corral-dev/corral/structs"
@@ -65,7 +66,7 @@ func TestUlimitsExec(t *testing.T) {
 	requireRoot(t)
 	memlock := structs.Ulimit{Name: "memlock", Soft: -1, Hard: -1}
 	wantMemlock := "unlimited"
-	if !hasCapability(unix.CAP_SYS_RESOURCE) {
+	if !rlimit.HasCapability(unix.CAP_SYS_RESOURCE) {
 		// Without CAP_SYS_RESOURCE no limit may go above the agent's own.
 		var cur unix.Rlimit
 		if err := unix.Getrlimit(unix.RLIMIT_MEMLOCK, &cur); err != nil {
@@ -90,7 +91,7 @@ func TestUlimitsExec(t *testing.T) {
 			}
 		})
 	}
-	if !hasCapability(unix.CAP_SYS_RESOURCE) {
+	if !rlimit.HasCapability(unix.CAP_SYS_RESOURCE) {
 		cfg := testutils.TaskConfig(t, "true")
 		cfg.Options = &structs.KernelOptions{Ulimits: []structs.Ulimit{{Name: "memlock", Soft: -1, Hard: -1}}}
 		_, err := newTestDriver(t).Start(context.Background(), cfg)

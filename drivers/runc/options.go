@@ -13,29 +13,11 @@ import (
 	"github.com/moby/sys/capability"
 	"github.com/opencontainers/runc/libcontainer/configs"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
-	"golang.org/x/sys/unix"
 
+	"github.com/corral-dev/corral/drivers/internal/rlimit"
 	"github.com/corral-dev/corral/plugins/drivers"
 	"github.com/corral-dev/corral/structs"
 )
-
-// rlimitResources maps the ulimit names of structs.UlimitNames to
-// setrlimit's resources.
-var rlimitResources = map[string]int{
-	"core": unix.RLIMIT_CORE, "cpu": unix.RLIMIT_CPU, "data": unix.RLIMIT_DATA, "fsize": unix.RLIMIT_FSIZE,
-	"locks": unix.RLIMIT_LOCKS, "memlock": unix.RLIMIT_MEMLOCK, "msgqueue": unix.RLIMIT_MSGQUEUE,
-	"nice": unix.RLIMIT_NICE, "nofile": unix.RLIMIT_NOFILE, "nproc": unix.RLIMIT_NPROC, "rss": unix.RLIMIT_RSS,
-	"rtprio": unix.RLIMIT_RTPRIO, "rttime": unix.RLIMIT_RTTIME, "sigpending": unix.RLIMIT_SIGPENDING,
-	"stack": unix.RLIMIT_STACK,
-}
-
-// rlimitValue is a ulimit value as setrlimit takes it (-1: unlimited).
-func rlimitValue(v int64) uint64 {
-	if v < 0 {
-		return unix.RLIM_INFINITY
-	}
-	return uint64(v)
-}
 
 // kernelRlimits returns the kernel's process rlimits: base (the driver's
 // defaults), each replaced or joined by the kernel's ulimits.
@@ -45,18 +27,12 @@ func kernelRlimits(base []configs.Rlimit, o *structs.KernelOptions) ([]configs.R
 		return out, nil
 	}
 	for _, u := range o.Ulimits {
-		if err := structs.ValidUlimit(u); err != nil {
-			return nil, fmt.Errorf("%w: %v", drivers.ErrInvalidConfig, err)
-		}
-		res, ok := rlimitResources[u.Name]
-		if !ok {
-			return nil, fmt.Errorf("%w: ulimit %q is not supported by the runc driver", drivers.ErrInvalidConfig, u.Name)
-		}
-		rl := configs.Rlimit{Type: res, Soft: rlimitValue(u.Soft), Hard: rlimitValue(u.Hard)}
-		if err := canRaise(u.Name, res, rl.Hard); err != nil {
+		r, err := rlimit.Resolve(u)
+		if err != nil {
 			return nil, err
 		}
-		if i := slices.IndexFunc(out, func(r configs.Rlimit) bool { return r.Type == res }); i >= 0 {
+		rl := configs.Rlimit{Type: r.Resource, Soft: r.Soft, Hard: r.Hard}
+		if i := slices.IndexFunc(out, func(r configs.Rlimit) bool { return r.Type == rl.Type }); i >= 0 {
 			out[i] = rl
 		} else {
 			out = append(out, rl)
@@ -186,35 +162,4 @@ func etcHosts(cfg *drivers.TaskConfig) map[string]string {
 		hosts[name] = "127.0.1.1"
 	}
 	return hosts
-}
-
-// canRaise checks that this process may give a kernel a hard limit of
-// hard for resource res: a limit above its own needs CAP_SYS_RESOURCE.
-func canRaise(name string, res int, hard uint64) error {
-	var cur unix.Rlimit
-	if err := unix.Getrlimit(res, &cur); err != nil || hard <= cur.Max || hasCapability(unix.CAP_SYS_RESOURCE) {
-		return nil
-	}
-	limit := "unlimited"
-	if hard != unix.RLIM_INFINITY {
-		limit = strconv.FormatUint(hard, 10)
-	}
-	return fmt.Errorf("%w: ulimit %s: a hard limit of %s is above the agent's own (%d) and the agent lacks CAP_SYS_RESOURCE to raise it: "+
-		"ask for at most %d, or run the agent with a higher limit or that capability", drivers.ErrInvalidConfig, name, limit, cur.Max, cur.Max)
-}
-
-// hasCapability reports whether capability c is in this process's
-// effective set.
-func hasCapability(c int) bool {
-	b, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		return false
-	}
-	for line := range strings.Lines(string(b)) {
-		if v, ok := strings.CutPrefix(line, "CapEff:"); ok {
-			mask, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
-			return err == nil && mask&(1<<uint(c)) != 0
-		}
-	}
-	return false
 }

@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/corral-dev/corral/drivers/internal/rlimit"
 	"github.com/corral-dev/corral/plugins/drivers"
 	"github.com/corral-dev/corral/structs"
 )
@@ -61,7 +62,7 @@ func TestUlimits(t *testing.T) {
 	cfg := taskConfig(t, "/bin/sh", "-c", `ulimit -l; ulimit -n; ulimit -Hn`)
 	memlock := structs.Ulimit{Name: "memlock", Soft: -1, Hard: -1}
 	wantMemlock := "unlimited"
-	if !hasCapability(unix.CAP_SYS_RESOURCE) {
+	if !rlimit.HasCapability(unix.CAP_SYS_RESOURCE) {
 		// Without CAP_SYS_RESOURCE no limit may go above the agent's own.
 		var cur unix.Rlimit
 		if err := unix.Getrlimit(unix.RLIMIT_MEMLOCK, &cur); err != nil {

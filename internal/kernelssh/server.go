@@ -174,17 +174,24 @@ func (s *Server) handleConn(c net.Conn) {
 
 // session is one session channel's state.
 type session struct {
-	s    *Server
-	ch   ssh.Channel
-	env  []string
+	s   *Server
+	ch  ssh.Channel
+	env []string
+	// replied is closed once the exec/shell request has been answered:
+	// a command that ends at once must not close the channel before the
+	// client has its reply (it would read EOF instead of the exit status).
+	replied chan struct{}
+
 	mu   sync.Mutex
 	pgid int  // the running command's process group, 0 before it starts
 	done bool // the command ended
 }
 
 func (s *Server) handleSession(ch ssh.Channel, reqs <-chan *ssh.Request) {
-	ss := &session{s: s, ch: ch}
+	ss := &session{s: s, ch: ch, replied: make(chan struct{})}
 	started := false
+	var replied sync.Once
+	defer replied.Do(func() { close(ss.replied) })
 	for req := range reqs {
 		ok := false
 		switch req.Type {
@@ -225,6 +232,9 @@ func (s *Server) handleSession(ch ssh.Channel, reqs <-chan *ssh.Request) {
 		}
 		if req.WantReply {
 			_ = req.Reply(ok, nil)
+		}
+		if started {
+			replied.Do(func() { close(ss.replied) })
 		}
 		if !ok && (req.Type == "exec" || req.Type == "shell") && !started {
 			_, _ = ch.SendRequest("exit-status", false, ssh.Marshal(struct{ Status uint32 }{127}))
@@ -330,6 +340,7 @@ func (ss *session) start(command string) error {
 		delete(s.groups, pid)
 		s.mu.Unlock()
 		copies.Wait()
+		<-ss.replied
 		if ws.Signaled() {
 			name := signalName(ws.Signal())
 			_, _ = ss.ch.SendRequest("exit-signal", false, ssh.Marshal(struct {

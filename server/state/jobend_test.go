@@ -50,7 +50,8 @@ func (f *fixture) clusterOn(id string, typ structs.SessionType, n int, runOn, fa
 		}
 		k := &structs.Kernel{ID: id + "-" + host, SessionID: id, Role: role, Idx: idx, Hostname: host, Driver: "runc", Image: "busybox",
 			Command: []string{"true"}, Resources: slots(1, 64),
-			Launch: &structs.ClusterLaunch{SSHPrivateKey: "PRIVATE " + id, AuthorizedKeys: []string{"ssh-ed25519 AAAA " + id}}}
+			Launch: &structs.ClusterLaunch{SSHPrivateKey: "PRIVATE " + id, AuthorizedKeys: []string{"ssh-ed25519 AAAA " + id},
+				Serve: runOn == structs.RunOnMain && i > 0}} // as the HTTP create decides
 		if edit != nil {
 			edit(k)
 		}

@@ -162,7 +162,12 @@ func clusterLaunches(sess *structs.Session, nw *structs.Network, kernels []*stru
 		}
 		l.Peers = append([]structs.ClusterPeer(nil), peers...)
 		l.Barrier = sess.StartOrder == structs.StartBarrier
+		// Whether the kernel only serves was decided at create (a role
+		// with a command of its own runs it under run_on main too).
 		l.Serve = sess.RunOn == structs.RunOnMain && !(k.Role == "main" && k.Idx == 1)
+		if k.Launch != nil {
+			l.Serve = k.Launch.Serve
+		}
 		l.HostNetwork = hostNetworked(k)
 		out[k.ID] = l
 		if n := nets[k.ID]; n != nil {

@@ -105,8 +105,8 @@ type InitConfig struct {
 	Procs []string `json:"procs,omitempty"`
 	// Limits are the command's rlimits, affinity and /dev/shm size.
 	Limits
-	// Binds are bound in the task's mount namespace before anything of
-	// the host is hidden (init mode).
+	// Binds are bound in the task's mount namespace after the host's
+	// directories are hidden, from sources opened before (init mode).
 	Binds []Bind `json:"binds,omitempty"`
 }
 
@@ -218,12 +218,25 @@ func setupMounts(cfg *InitConfig) error {
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
 		return fmt.Errorf("making mounts private: %w", err)
 	}
-	// Binds come first: their sources may lie in directories hidden below.
-	for _, b := range cfg.Binds {
-		if err := bindMount(b); err != nil {
-			return err
+	// Binds' sources are opened first (they may lie in directories hidden
+	// below) and bound last (their destinations may lie in the private or
+	// hidden directories, e.g. a cluster kernel's helper in the data dir).
+	srcs := make([]int, len(cfg.Binds))
+	for i, b := range cfg.Binds {
+		fd, err := unix.Open(b.Source, unix.O_PATH|unix.O_CLOEXEC, 0)
+		if err != nil {
+			for _, f := range srcs[:i] {
+				unix.Close(f)
+			}
+			return fmt.Errorf("bind mount source %s: %w", b.Source, err)
 		}
+		srcs[i] = fd
 	}
+	defer func() {
+		for _, f := range srcs {
+			unix.Close(f)
+		}
+	}()
 	wd, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return fmt.Errorf("opening working directory: %w", err)
@@ -264,6 +277,11 @@ func setupMounts(cfg *InitConfig) error {
 		}
 		if err := unix.Mount("/proc/self/fd/"+strconv.Itoa(wd), dir, "", unix.MS_BIND, ""); err != nil {
 			return fmt.Errorf("mounting the working directory: %w", err)
+		}
+	}
+	for i, b := range cfg.Binds {
+		if err := bindMount(b, "/proc/self/fd/"+strconv.Itoa(srcs[i])); err != nil {
+			return err
 		}
 	}
 	if err := unix.Mount("proc", "/proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
@@ -454,11 +472,11 @@ func within(path, dir string) bool {
 	return err == nil && rel != "." && rel != ".." && !strings.HasPrefix(rel, "../")
 }
 
-// bindMount binds b.Source on b.Destination (read-only when asked),
-// creating a missing destination (a directory, or an empty file for a
-// file) on the host.
-func bindMount(b Bind) error {
-	fi, err := os.Stat(b.Source)
+// bindMount binds b.Source, opened as src (an O_PATH descriptor's
+// /proc/self/fd path), on b.Destination (read-only when asked), creating a
+// missing destination (a directory, or an empty file for a file).
+func bindMount(b Bind, src string) error {
+	fi, err := os.Stat(src)
 	if err != nil {
 		return fmt.Errorf("bind mount source: %w", err)
 	}
@@ -475,7 +493,7 @@ func bindMount(b Bind) error {
 			return fmt.Errorf("creating mount point %s: %w", b.Destination, err)
 		}
 	}
-	if err := unix.Mount(b.Source, b.Destination, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+	if err := unix.Mount(src, b.Destination, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
 		return fmt.Errorf("binding %s on %s: %w", b.Source, b.Destination, err)
 	}
 	if b.ReadOnly {
