@@ -149,7 +149,13 @@ func TestLifetimeAndIdleTimeout(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for id, want := range map[string]string{a.Session.ID: "max session lifetime", b.Session.ID: "idle for more than"} {
+	// A system session (corral's own services) idles out like an
+	// interactive one.
+	sys, err := idle.CreateSession(ctx, &api.CreateSessionRequest{Type: "system", Command: []string{"sleep", "infinity"}, Resources: small})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for id, want := range map[string]string{a.Session.ID: "max session lifetime", b.Session.ID: "idle for more than", sys.Session.ID: "idle for more than"} {
 		d := c.waitFor(t, id, terminal)
 		if d.Session.Status != structs.SessionTerminated || !strings.Contains(d.Session.StatusInfo, want) {
 			t.Fatalf("session %s: %s %q, want reason with %q", id, d.Session.Status, d.Session.StatusInfo, want)

@@ -368,11 +368,11 @@ func (s *Server) validateCreate(req *api.CreateSessionRequest, snap *state.Snaps
 		req.Type = structs.SessionTypeBatch
 	}
 	switch req.Type {
-	case structs.SessionTypeBatch, structs.SessionTypeInteractive:
-	case structs.SessionTypeInference, structs.SessionTypeSystem:
-		return nil, nil, badRequest("session type %q is not supported yet: use batch or interactive", req.Type)
+	case structs.SessionTypeBatch, structs.SessionTypeInteractive, structs.SessionTypeSystem:
+	case structs.SessionTypeInference:
+		return nil, nil, badRequest("session type %q is not supported yet: inference replicas will be made by endpoints; use batch, interactive or system", req.Type)
 	default:
-		return nil, nil, badRequest("unknown session type %q: use batch or interactive", req.Type)
+		return nil, nil, badRequest("unknown session type %q: use batch, interactive or system", req.Type)
 	}
 	if req.Driver == "" {
 		req.Driver = "exec"

@@ -80,7 +80,7 @@ func (s *Server) enforceLimits(ctx context.Context) {
 			reason := ""
 			if pol.MaxSessionLifetime > 0 && now.Sub(sess.CreatedAt) > pol.MaxSessionLifetime {
 				reason = fmt.Sprintf("terminated: exceeded the max session lifetime %s of policy %s", pol.MaxSessionLifetime, pol.Name)
-			} else if pol.IdleTimeout > 0 && sess.Type == structs.SessionTypeInteractive && sess.Status == structs.SessionRunning {
+			} else if pol.IdleTimeout > 0 && sess.Type.LongRunning() && sess.Status == structs.SessionRunning {
 				since := runningSince(sess)
 				if a := s.activity.get(sess.ID); a.After(since) {
 					since = a

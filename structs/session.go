@@ -17,6 +17,13 @@ const (
 )
 
 // Valid reports whether t is a known session type.
+// LongRunning reports whether sessions of type t run until they are
+// destroyed, go idle or reach their lifetime (interactive and system
+// sessions) rather than ending with their command.
+func (t SessionType) LongRunning() bool {
+	return t == SessionTypeInteractive || t == SessionTypeSystem
+}
+
 func (t SessionType) Valid() bool {
 	switch t {
 	case SessionTypeBatch, SessionTypeInteractive, SessionTypeInference, SessionTypeSystem:

@@ -24,7 +24,7 @@ func TestUsageErrorsExit2WithOneLine(t *testing.T) {
 		{[]string{"session", "create", "-type", "batch", "--"}, "missing the command to run"},
 		{[]string{"session", "create", "-bogus", "--", "true"}, "flag provided but not defined: -bogus (see 'corral session create -h')"},
 		{[]string{"session", "create", "-name"}, "flag needs an argument: -name"},
-		{[]string{"session", "create", "-type", "party", "--", "true"}, `invalid -type "party": want batch or interactive`},
+		{[]string{"session", "create", "-type", "party", "--", "true"}, `invalid -type "party": want batch, interactive or system`},
 		{[]string{"session", "create", "-cpu", "lots", "--", "true"}, `invalid -cpu "lots"`},
 		{[]string{"session", "create", "-cpu", "0", "--", "true"}, `invalid -cpu "0"`},
 		{[]string{"session", "create", "-mem", "-5M", "--", "true"}, `invalid -mem "-5M"`},

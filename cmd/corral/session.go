@@ -35,7 +35,7 @@ func (c *cli) parseCreate(args []string) (*createCmd, error) {
 	cmd := &createCmd{flags: f}
 	r := &cmd.req
 	f.StringVar(&r.Name, "name", "", "session name: a reference to it wherever an ID is taken")
-	typ := f.String("type", string(structs.SessionTypeBatch), "session type: batch (ends with its command) or interactive")
+	typ := f.String("type", string(structs.SessionTypeBatch), "session type: batch (ends with its command, SUCCESS or FAILURE), interactive (runs until destroyed or idle) or system (like interactive, for corral's own services such as file transfer)")
 	f.StringVar(&r.Driver, "driver", "", "kernel driver (the server's default: exec)")
 	f.StringVar(&r.Image, "image", "", "image reference, for drivers that run images")
 	cpu := f.String("cpu", "", "CPU cores per kernel, fractions allowed, e.g. 0.5 (the server's default when unset)")
@@ -117,8 +117,8 @@ func (c *cli) parseCreate(args []string) (*createCmd, error) {
 	}
 	r.Command = command
 	r.Type = structs.SessionType(*typ)
-	if r.Type != structs.SessionTypeBatch && r.Type != structs.SessionTypeInteractive {
-		return nil, f.usageErr("invalid -type %q: want batch or interactive", *typ)
+	if r.Type != structs.SessionTypeBatch && r.Type != structs.SessionTypeInteractive && r.Type != structs.SessionTypeSystem {
+		return nil, f.usageErr("invalid -type %q: want batch, interactive or system", *typ)
 	}
 	if len(env) > 0 {
 		r.Env = env

@@ -631,7 +631,7 @@ func (w *writer) refreshSession(id, info string, now time.Time) error {
 // sub kernel gone: main1 still RUNNING, the session RUNNING (or already
 // degraded), and a sub kernel ended.
 func degraded(sess *structs.Session, kernels []*structs.Kernel) bool {
-	if sess.Type != structs.SessionTypeInteractive || len(kernels) < 2 ||
+	if !sess.Type.LongRunning() || len(kernels) < 2 ||
 		(sess.Status != structs.SessionRunning && sess.Status != structs.SessionRunningDegraded) {
 		return false
 	}
