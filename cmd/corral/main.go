@@ -103,13 +103,15 @@ Daemons:
 		fmt.Fprintln(w)
 	}
 	fmt.Fprintf(w, `Other:
+  queue               list pending sessions in the order the scheduler takes them, with why they wait
   keygen              print a new gossip encryption key for -encrypt
   bench               measure throughput and latency of a running corral
   version             print the version
   help                print this help
 
 A session REF is its ID, a unique ID prefix or its name. Client commands
-talk to the HTTP API at -address (default $CORRAL_ADDR, else %s).
+talk to the HTTP API at -address (default $CORRAL_ADDR, else %s)
+with -token (default $CORRAL_TOKEN, else ~/.corral/token).
 Run 'corral <command> [subcommand] -h' for the flags of a command.
 `, api.DefaultAddress)
 }
@@ -253,29 +255,44 @@ type flagSet struct {
 	summary  string
 	address  string
 	caCert   string
+	token    string
 	json     bool
 }
 
 // newFlags starts the flags of a client command: -address, and -json for
 // read commands when withJSON is set.
 func (c *cli) newFlags(cmd, synopsis, summary string, withJSON bool) *flagSet {
-	f := &flagSet{FlagSet: flag.NewFlagSet(cmd, flag.ContinueOnError), c: c, cmd: "corral " + cmd, synopsis: synopsis, summary: summary}
-	f.SetOutput(io.Discard)
+	f := c.newLocalFlags(cmd, synopsis, summary)
 	addr := c.getenv("CORRAL_ADDR")
 	if addr == "" {
 		addr = api.DefaultAddress
 	}
 	f.StringVar(&f.address, "address", addr, "address of corral's HTTP API (env CORRAL_ADDR)")
 	f.StringVar(&f.caCert, "ca-cert", c.getenv("CORRAL_CACERT"), "CA certificate to verify an https API address with (env CORRAL_CACERT)")
+	f.StringVar(&f.token, "token", "", "API token (default $CORRAL_TOKEN, else ~/.corral/token)")
 	if withJSON {
 		f.BoolVar(&f.json, "json", false, "print the API's JSON instead of a table")
 	}
 	return f
 }
 
+// newLocalFlags starts the flags of a command that does not talk to the
+// API (keygen, tls): no -address, -ca-cert or -token.
+func (c *cli) newLocalFlags(cmd, synopsis, summary string) *flagSet {
+	f := &flagSet{FlagSet: flag.NewFlagSet(cmd, flag.ContinueOnError), c: c, cmd: "corral " + cmd, synopsis: synopsis, summary: summary}
+	f.SetOutput(io.Discard)
+	return f
+}
+
 func (f *flagSet) printUsage() {
 	w := f.c.stdout
-	fmt.Fprintf(w, "Usage: %s %s\n\n%s\n\nFlags:\n", f.cmd, f.synopsis, f.summary)
+	fmt.Fprintf(w, "Usage: %s %s\n\n%s\n", f.cmd, f.synopsis, f.summary)
+	n := 0
+	f.VisitAll(func(*flag.Flag) { n++ })
+	if n == 0 {
+		return
+	}
+	fmt.Fprintf(w, "\nFlags:\n")
 	f.SetOutput(w)
 	f.PrintDefaults()
 	f.SetOutput(io.Discard)
@@ -360,7 +377,11 @@ func (f *flagSet) client() (*api.Client, error) {
 		}
 		c.SetTLS(&tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12})
 	}
-	c.SetToken(f.c.token())
+	tok := strings.TrimSpace(f.token)
+	if tok == "" {
+		tok = f.c.token()
+	}
+	c.SetToken(tok)
 	return c, nil
 }
 

@@ -15,7 +15,7 @@ import (
 
 // keygen prints a new gossip encryption key for -encrypt.
 func (c *cli) keygen(_ context.Context, args []string) error {
-	f := c.newFlags("keygen", "", "Print a new random 32-byte gossip encryption key (base64) for 'corral server|agent -encrypt'.", false)
+	f := c.newLocalFlags("keygen", "", "Print a new random 32-byte gossip encryption key (base64) for 'corral server|agent -encrypt'.")
 	if err := f.parseNone(args); err != nil {
 		return err
 	}
@@ -33,7 +33,7 @@ var tlsCommands = []command{
 }
 
 func (c *cli) tlsCA(_ context.Context, args []string) error {
-	f := c.newFlags("tls ca create", "[flags]", "Create the cluster's certificate authority in -dir: "+tlsutil.CAFile+" (give it to every node) and "+tlsutil.CAKeyFile+" (keep it safe; only 'tls cert create' needs it).", false)
+	f := c.newLocalFlags("tls ca create", "[flags]", "Create the cluster's certificate authority in -dir: "+tlsutil.CAFile+" (give it to every node) and "+tlsutil.CAKeyFile+" (keep it safe; only 'tls cert create' needs it).")
 	dir := f.String("dir", ".", "directory to write the files to")
 	days := f.Int("days", int(tlsutil.DefaultCAValidity/(24*time.Hour)), "validity in days")
 	if err := f.parseCreate(args, "corral tls ca create", days); err != nil {
@@ -52,7 +52,7 @@ func (c *cli) tlsCA(_ context.Context, args []string) error {
 }
 
 func (c *cli) tlsCert(_ context.Context, args []string) error {
-	f := c.newFlags("tls cert create", "-server|-agent [flags]", "Issue a node certificate signed by the CA. Files go to -dir as corral-ROLE-N.pem and corral-ROLE-N-key.pem, N the first free number.", false)
+	f := c.newLocalFlags("tls cert create", "-server|-agent [flags]", "Issue a node certificate signed by the CA. Files go to -dir as corral-ROLE-N.pem and corral-ROLE-N-key.pem, N the first free number.")
 	isServer := f.Bool("server", false, "a server certificate")
 	isAgent := f.Bool("agent", false, "an agent certificate")
 	dir := f.String("dir", ".", "directory to write the files to")
