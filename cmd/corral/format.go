@@ -251,7 +251,11 @@ func renderAgents(w io.Writer, agents []*structs.Agent, now time.Time) error {
 	tw := newTable(w)
 	fmt.Fprintln(tw, "ID\tNAME\tSTATUS\tGROUP\tDRIVERS\tCPU\tMEM\tGPUS\tAGE")
 	for _, a := range agents {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", shortID(a.ID), dash(a.Name), a.Status, dash(a.ResourceGroup),
+		st := string(a.Status)
+		if a.Drain {
+			st += ",drained"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", shortID(a.ID), dash(a.Name), st, dash(a.ResourceGroup),
 			dash(driverList(a, ",")), usedTotal(a, structs.SlotCPU), usedTotal(a, structs.SlotMem), gpuUsage(a), since(a.RegisteredAt, now))
 	}
 	return tw.Flush()

@@ -204,3 +204,15 @@ func TestRenderAgentsUnhealthyDriver(t *testing.T) {
 		}
 	}
 }
+
+func TestRenderAgentsDrained(t *testing.T) {
+	now := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	a := &structs.Agent{ID: "44444444-dddd", Name: "n2", Status: structs.AgentAlive, Drain: true, Drivers: []string{"exec"}, RegisteredAt: now}
+	var b bytes.Buffer
+	if err := renderAgents(&b, []*structs.Agent{a}, now); err != nil {
+		t.Fatal(err)
+	}
+	if got := fields(b.String()); len(got) != 2 || got[1][2] != "ALIVE,drained" {
+		t.Errorf("node list of a drained agent:\n%s", b.String())
+	}
+}
