@@ -634,3 +634,10 @@ func cgroup2Mount(t *testing.T) *cgroup.Mount {
 	t.Skip("no cgroup2 mount")
 	return nil
 }
+
+func TestExecTTY(t *testing.T) {
+	d := newTestDriver(t)
+	cfg := testutils.TaskConfig(t, "sleep", "1000")
+	testutils.StartTask(t, d, cfg)
+	testutils.RunExecTTY(t, d, cfg.ID)
+}
