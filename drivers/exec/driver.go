@@ -39,9 +39,9 @@ import (
 	// Denies devices on cgroup v2 with an eBPF device program.
 	_ "github.com/corral-dev/corral/drivers/exec/cgroup/ebpfdev"
 	"github.com/corral-dev/corral/drivers/exec/taskrun"
-	"github.com/corral-dev/corral/drivers/internal/ptyio"
 	"github.com/corral-dev/corral/drivers/internal/lifecycle"
 	"github.com/corral-dev/corral/drivers/internal/logcap"
+	"github.com/corral-dev/corral/drivers/internal/ptyio"
 	"github.com/corral-dev/corral/drivers/shim"
 	"github.com/corral-dev/corral/plugins/drivers"
 	"github.com/corral-dev/corral/structs"
