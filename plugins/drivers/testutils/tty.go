@@ -72,7 +72,7 @@ func (e *ttyExec) wait(t *testing.T) int {
 // input) and stdin streamed over pipes without one.
 func RunExecTTY(t *testing.T, d drivers.Driver, taskID string) {
 	t.Run("tty name", func(t *testing.T) {
-		e := startExec(t, d, taskID, &drivers.ExecOptions{Command: []string{"tty"}, TTY: true})
+		e := startExec(t, d, taskID, &drivers.ExecOptions{Command: []string{"/bin/sh", "-c", "tty"}, TTY: true})
 		if code := e.wait(t); code != 0 {
 			t.Fatalf("tty exited %d: %q", code, e.out.String())
 		}
