@@ -46,18 +46,42 @@ type UpdateKernelsResponse struct {
 }
 
 // ExecRequest runs a command inside a kernel on the agent.
+// It is the first message of the Exec stream; when Stdin or TTY is set,
+// ExecInput messages follow it (agents of protocol 2 and older ignore them
+// and run the command without stdin or terminal).
 type ExecRequest struct {
 	KernelID string            `json:"kernel_id"`
 	Command  []string          `json:"command"`
 	Env      map[string]string `json:"env,omitempty"`
+	// Stdin says that the command's stdin follows as ExecInput messages;
+	// without it the command reads end of file.
+	Stdin bool `json:"stdin,omitempty"`
+	// TTY runs the command on a new pseudo-terminal of Rows x Cols (0:
+	// the default); its output comes as "stdout" frames.
+	TTY  bool   `json:"tty,omitempty"`
+	Rows uint16 `json:"rows,omitempty"`
+	Cols uint16 `json:"cols,omitempty"`
+}
+
+// ExecInput is what the caller sends after ExecRequest: a chunk of stdin,
+// the end of stdin, or a new terminal size.
+type ExecInput struct {
+	Data    []byte `json:"data,omitempty"`
+	CloseIn bool   `json:"close_stdin,omitempty"`
+	Rows    uint16 `json:"rows,omitempty"`
+	Cols    uint16 `json:"cols,omitempty"`
 }
 
 // ExecFrame is one chunk of an exec's output, or its end.
 type ExecFrame struct {
-	Stream   string `json:"stream,omitempty"`
-	Data     []byte `json:"data,omitempty"`
-	ExitCode *int   `json:"exit_code,omitempty"`
-	Error    string `json:"error,omitempty"`
+	// Interactive is set on the first frame of an exec whose request had
+	// Stdin or TTY: the agent reads the ExecInput messages (agents of
+	// protocol 2 and older never set it).
+	Interactive bool   `json:"interactive,omitempty"`
+	Stream      string `json:"stream,omitempty"`
+	Data        []byte `json:"data,omitempty"`
+	ExitCode    *int   `json:"exit_code,omitempty"`
+	Error       string `json:"error,omitempty"`
 }
 
 // LogsRequest asks for a kernel's logs; MaxBytes bounds each stream (the tail is kept).
