@@ -69,4 +69,3 @@ func (c *cli) execInteractive(ctx context.Context, client *api.Client, ref strin
 	}
 	return client.ExecInteractive(ctx, ref, req, streams)
 }
-
