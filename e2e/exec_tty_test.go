@@ -1,0 +1,177 @@
+package e2e
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/creack/pty"
+)
+
+// ttyWait bounds each wait for output in TestExecTTY; it only keeps a
+// broken exec from hanging the test.
+const ttyWait = 60 * time.Second
+
+// ptyCLI is the corral CLI running on a pseudo-terminal, as a user at a
+// terminal runs it.
+type ptyCLI struct {
+	cmd  *exec.Cmd
+	ptmx *os.File
+	mu   sync.Mutex
+	out  strings.Builder
+	done chan struct{}
+	code int
+}
+
+func startPtyCLI(t *testing.T, addr string, rows, cols uint16, args ...string) *ptyCLI {
+	t.Helper()
+	cmd := exec.Command(corralBin, args...)
+	tok, _ := apiTokens.Load(addr)
+	tokStr, _ := tok.(string)
+	cmd.Env = append(os.Environ(), "CORRAL_ADDR="+addr, "CORRAL_TOKEN="+tokStr, "HOME="+t.TempDir())
+	ptmx, err := pty.StartWithSize(cmd, &pty.Winsize{Rows: rows, Cols: cols})
+	if err != nil {
+		t.Fatalf("starting corral on a terminal: %v", err)
+	}
+	p := &ptyCLI{cmd: cmd, ptmx: ptmx, done: make(chan struct{})}
+	read := make(chan struct{})
+	go func() {
+		defer close(read)
+		buf := make([]byte, 4096)
+		for {
+			n, err := ptmx.Read(buf)
+			p.mu.Lock()
+			p.out.Write(buf[:n])
+			p.mu.Unlock()
+			if err != nil {
+				return
+			}
+		}
+	}()
+	go func() {
+		defer close(p.done)
+		err := cmd.Wait()
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			p.code = ee.ExitCode()
+		} else if err != nil {
+			p.code = -1
+		}
+		// The output the CLI wrote before it ended is in the terminal.
+		select {
+		case <-read:
+		case <-time.After(time.Second):
+		}
+	}()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-p.done
+		ptmx.Close()
+	})
+	return p
+}
+
+func (p *ptyCLI) output() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.out.String()
+}
+
+func (p *ptyCLI) waitOutput(t *testing.T, substr string) {
+	t.Helper()
+	eventually(t, ttyWait, fmt.Sprintf("the terminal shows %q", substr), func() error {
+		if !strings.Contains(p.output(), substr) {
+			return fmt.Errorf("output so far %q", p.output())
+		}
+		return nil
+	})
+}
+
+func (p *ptyCLI) write(t *testing.T, s string) {
+	t.Helper()
+	if _, err := p.ptmx.Write([]byte(s)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (p *ptyCLI) wait(t *testing.T) int {
+	t.Helper()
+	select {
+	case <-p.done:
+	case <-time.After(ttyWait):
+		t.Fatalf("corral did not end; terminal so far %q", p.output())
+	}
+	return p.code
+}
+
+// TestExecTTY drives `corral session exec -i -t` through a real
+// pseudo-terminal, as a user would: the remote terminal's name and size,
+// a resize of the local terminal, ^C typed at it, the echo of typed
+// input and the exit code; -i without -t streams stdin over pipes; any
+// kernel of a cluster session.
+func TestExecTTY(t *testing.T) {
+	ports := serverPorts{http: freePort(t), rpc: freePort(t), serf: freePort(t)}
+	addr := "http://" + ports.http
+	startServerProc(t, t.TempDir(), ports)
+	agentDir := t.TempDir()
+	reapKernels(t, agentDir)
+	start(t, "agent", append([]string{"agent", "-data-dir", agentDir, "-rpc", freePort(t), "-serf", freePort(t), "-fast-gossip"}, agentJoin(t, ports)...)...)
+	mustCLI(t, addr, 0, "session", "create", "-type", "interactive", "-name", "nb", "-cluster-size", "2", "-cpu", "1", "-mem", "256M", "-wait", "--", "sleep", "infinity")
+
+	t.Run("pipes", func(t *testing.T) {
+		cmd := exec.Command(corralBin, "session", "exec", "-i", "nb", "--", "sh", "-c", "read x; echo got:$x")
+		tok, _ := apiTokens.Load(addr)
+		cmd.Env = append(os.Environ(), "CORRAL_ADDR="+addr, "CORRAL_TOKEN="+tok.(string), "HOME="+t.TempDir())
+		cmd.Stdin = strings.NewReader("hello\n")
+		out, err := cmd.CombinedOutput()
+		if err != nil || string(out) != "got:hello\n" {
+			t.Fatalf("echo hello | corral session exec -i: %v, %q; want got:hello", err, out)
+		}
+	})
+	t.Run("resize", func(t *testing.T) {
+		p := startPtyCLI(t, addr, 30, 100, "session", "exec", "-i", "-t", "nb", "--",
+			"sh", "-c", `trap 'stty size; exit 7' WINCH; tty; stty size; echo ready; while :; do sleep 0.05; done`)
+		p.waitOutput(t, "ready")
+		if err := pty.Setsize(p.ptmx, &pty.Winsize{Rows: 41, Cols: 132}); err != nil {
+			t.Fatal(err)
+		}
+		if code := p.wait(t); code != 7 {
+			t.Fatalf("exit %d, want 7 (terminal %q)", code, p.output())
+		}
+		lines := strings.Split(p.output(), "\r\n")
+		if len(lines) < 4 || !strings.HasPrefix(lines[0], "/dev/pts/") || lines[1] != "30 100" || lines[2] != "ready" || lines[3] != "41 132" {
+			t.Fatalf("terminal %q; want the tty's name, 30 100, ready, 41 132", p.output())
+		}
+	})
+	t.Run("ctrl-c", func(t *testing.T) {
+		p := startPtyCLI(t, addr, 24, 80, "session", "exec", "-i", "-t", "nb", "--", "sh", "-c", "echo ready; exec sleep 100")
+		p.waitOutput(t, "ready")
+		p.write(t, "\x03")
+		if code := p.wait(t); code != 130 {
+			t.Fatalf("^C: exit %d, want 130 (terminal %q)", code, p.output())
+		}
+	})
+	t.Run("shell on sub1", func(t *testing.T) {
+		p := startPtyCLI(t, addr, 24, 80, "session", "exec", "-i", "-t", "-kernel", "sub1", "nb", "--", "sh")
+		p.write(t, "echo on-$CORRAL_CLUSTER_HOST-$((6*7))\r")
+		p.waitOutput(t, "on-sub1-42\r\n")
+		if !strings.Contains(p.output(), "echo on-$CORRAL_CLUSTER_HOST-$((6*7))\r\n") {
+			t.Errorf("no echo of the typed line: %q", p.output())
+		}
+		p.write(t, "exit 3\r")
+		if code := p.wait(t); code != 3 {
+			t.Fatalf("exit %d, want 3 (terminal %q)", code, p.output())
+		}
+	})
+	t.Run("-t needs a terminal", func(t *testing.T) {
+		r := mustCLI(t, addr, 1, "session", "exec", "-i", "-t", "nb", "--", "true")
+		if !strings.Contains(r.stderr, "-t needs a terminal") {
+			t.Errorf("stderr %q", r.stderr)
+		}
+	})
+}
