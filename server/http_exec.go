@@ -17,6 +17,9 @@ import (
 	"github.com/corral-dev/corral/structs"
 )
 
+// execActivityEvery is how often an open exec marks its session active.
+const execActivityEvery = 10 * time.Second
+
 // execWSReadLimit bounds one message a client sends on the exec WebSocket.
 const execWSReadLimit = 1 << 20
 
@@ -79,8 +82,21 @@ func (s *Server) execSessionWS(w http.ResponseWriter, r *http.Request) {
 		fail(err)
 		return
 	}
+	// An open exec is activity for the idle timeout, input or not.
 	s.activity.touch(d.Session.ID, time.Now().UTC())
 	defer func() { s.activity.touch(d.Session.ID, time.Now().UTC()) }()
+	go func() {
+		tick := time.NewTicker(execActivityEvery)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case now := <-tick.C:
+				s.activity.touch(d.Session.ID, now.UTC())
+			}
+		}
+	}()
 	if k.Status != structs.KernelRunning {
 		fail(&httpError{code: http.StatusConflict, msg: fmt.Sprintf("kernel %s of session %s is %s: exec needs a RUNNING kernel", k.Hostname, d.Session.ID, k.Status)})
 		return
