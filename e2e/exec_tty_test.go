@@ -122,9 +122,35 @@ func TestExecTTY(t *testing.T) {
 	reapKernels(t, agentDir)
 	start(t, "agent", append([]string{"agent", "-data-dir", agentDir, "-rpc", freePort(t), "-serf", freePort(t), "-fast-gossip"}, agentJoin(t, ports)...)...)
 	mustCLI(t, addr, 0, "session", "create", "-type", "interactive", "-name", "nb", "-cluster-size", "2", "-cpu", "1", "-mem", "256M", "-wait", "--", "sleep", "infinity")
+	checkCLIExecTTY(t, addr, "nb")
+}
 
+// TestExecTTYRunc is TestExecTTY with container kernels.
+func TestExecTTYRunc(t *testing.T) {
+	if why := runcUnavailable(); why != "" {
+		t.Skip(why)
+	}
+	ref := startRegistry(t, busyboxImage(t), "corral/busybox:1")
+	ports := serverPorts{http: freePort(t), rpc: freePort(t), serf: freePort(t)}
+	addr := "http://" + ports.http
+	regHost := strings.SplitN(ref, "/", 2)[0]
+	startServerProc(t, t.TempDir(), ports, "-allow-registry", regHost)
+	agentDir := t.TempDir()
+	reapKernels(t, agentDir)
+	start(t, "agent", append([]string{"agent", "-data-dir", agentDir, "-rpc", freePort(t), "-serf", freePort(t), "-fast-gossip",
+		"-allow-registry", regHost}, agentJoin(t, ports)...)...)
+	agentAlive(t, addr)
+	agentRunsRunc(t, addr)
+	mustCLI(t, addr, 0, "session", "create", "-driver", "runc", "-image", ref, "-type", "interactive", "-name", "box", "-cluster-size", "2",
+		"-cpu", "0.5", "-mem", "64M", "-wait", "--", "sleep", "1000")
+	checkCLIExecTTY(t, addr, "box")
+}
+
+// checkCLIExecTTY runs the CLI checks of interactive exec against session
+// ref, a cluster session of two kernels.
+func checkCLIExecTTY(t *testing.T, addr, ref string) {
 	t.Run("pipes", func(t *testing.T) {
-		cmd := exec.Command(corralBin, "session", "exec", "-i", "nb", "--", "sh", "-c", "read x; echo got:$x")
+		cmd := exec.Command(corralBin, "session", "exec", "-i", ref, "--", "sh", "-c", "read x; echo got:$x")
 		tok, _ := apiTokens.Load(addr)
 		cmd.Env = append(os.Environ(), "CORRAL_ADDR="+addr, "CORRAL_TOKEN="+tok.(string), "HOME="+t.TempDir())
 		cmd.Stdin = strings.NewReader("hello\n")
@@ -134,7 +160,7 @@ func TestExecTTY(t *testing.T) {
 		}
 	})
 	t.Run("resize", func(t *testing.T) {
-		p := startPtyCLI(t, addr, 30, 100, "session", "exec", "-i", "-t", "nb", "--",
+		p := startPtyCLI(t, addr, 30, 100, "session", "exec", "-i", "-t", ref, "--",
 			"sh", "-c", `trap 'stty size; exit 7' WINCH; tty; stty size; echo ready; while :; do sleep 0.05; done`)
 		p.waitOutput(t, "ready")
 		if err := pty.Setsize(p.ptmx, &pty.Winsize{Rows: 41, Cols: 132}); err != nil {
@@ -149,7 +175,7 @@ func TestExecTTY(t *testing.T) {
 		}
 	})
 	t.Run("ctrl-c", func(t *testing.T) {
-		p := startPtyCLI(t, addr, 24, 80, "session", "exec", "-i", "-t", "nb", "--", "sh", "-c", "echo ready; exec sleep 100")
+		p := startPtyCLI(t, addr, 24, 80, "session", "exec", "-i", "-t", ref, "--", "sh", "-c", "echo ready; exec sleep 100")
 		p.waitOutput(t, "ready")
 		p.write(t, "\x03")
 		if code := p.wait(t); code != 130 {
@@ -157,7 +183,7 @@ func TestExecTTY(t *testing.T) {
 		}
 	})
 	t.Run("shell on sub1", func(t *testing.T) {
-		p := startPtyCLI(t, addr, 24, 80, "session", "exec", "-i", "-t", "-kernel", "sub1", "nb", "--", "sh")
+		p := startPtyCLI(t, addr, 24, 80, "session", "exec", "-i", "-t", "-kernel", "sub1", ref, "--", "sh")
 		p.write(t, "echo on-$CORRAL_CLUSTER_HOST-$((6*7))\r")
 		p.waitOutput(t, "on-sub1-42\r\n")
 		if !strings.Contains(p.output(), "echo on-$CORRAL_CLUSTER_HOST-$((6*7))\r\n") {
@@ -169,7 +195,7 @@ func TestExecTTY(t *testing.T) {
 		}
 	})
 	t.Run("-t needs a terminal", func(t *testing.T) {
-		r := mustCLI(t, addr, 1, "session", "exec", "-i", "-t", "nb", "--", "true")
+		r := mustCLI(t, addr, 1, "session", "exec", "-i", "-t", ref, "--", "true")
 		if !strings.Contains(r.stderr, "-t needs a terminal") {
 			t.Errorf("stderr %q", r.stderr)
 		}
