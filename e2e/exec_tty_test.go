@@ -7,10 +7,12 @@ import (
 	"os/exec"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/creack/pty"
+	"golang.org/x/sys/unix"
 )
 
 // ttyWait bounds each wait for output in TestExecTTY; it only keeps a
@@ -22,6 +24,7 @@ const ttyWait = 60 * time.Second
 type ptyCLI struct {
 	cmd  *exec.Cmd
 	ptmx *os.File
+	tty  *os.File
 	mu   sync.Mutex
 	out  strings.Builder
 	done chan struct{}
@@ -34,14 +37,22 @@ func startPtyCLI(t *testing.T, addr string, rows, cols uint16, args ...string) *
 	tok, _ := apiTokens.Load(addr)
 	tokStr, _ := tok.(string)
 	cmd.Env = append(os.Environ(), "CORRAL_ADDR="+addr, "CORRAL_TOKEN="+tokStr, "HOME="+t.TempDir())
-	ptmx, err := pty.StartWithSize(cmd, &pty.Winsize{Rows: rows, Cols: cols})
+	ptmx, tty, err := pty.Open()
 	if err != nil {
+		t.Skipf("no pseudo-terminals here: %v", err)
+	}
+	if err := pty.Setsize(ptmx, &pty.Winsize{Rows: rows, Cols: cols}); err != nil {
+		t.Fatal(err)
+	}
+	// The CLI leads a new session on the terminal, as a login shell's
+	// child would; the test keeps the slave open to look at its modes.
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = tty, tty, tty
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
+	if err := cmd.Start(); err != nil {
 		t.Fatalf("starting corral on a terminal: %v", err)
 	}
-	p := &ptyCLI{cmd: cmd, ptmx: ptmx, done: make(chan struct{})}
-	read := make(chan struct{})
+	p := &ptyCLI{cmd: cmd, ptmx: ptmx, tty: tty, done: make(chan struct{})}
 	go func() {
-		defer close(read)
 		buf := make([]byte, 4096)
 		for {
 			n, err := ptmx.Read(buf)
@@ -62,16 +73,12 @@ func startPtyCLI(t *testing.T, addr string, rows, cols uint16, args ...string) *
 		} else if err != nil {
 			p.code = -1
 		}
-		// The output the CLI wrote before it ended is in the terminal.
-		select {
-		case <-read:
-		case <-time.After(time.Second):
-		}
 	}()
 	t.Cleanup(func() {
 		_ = cmd.Process.Kill()
 		<-p.done
 		ptmx.Close()
+		tty.Close()
 	})
 	return p
 }
@@ -107,6 +114,18 @@ func (p *ptyCLI) wait(t *testing.T) int {
 		t.Fatalf("corral did not end; terminal so far %q", p.output())
 	}
 	return p.code
+}
+
+// restored checks that the CLI left the terminal in its cooked modes.
+func (p *ptyCLI) restored(t *testing.T) {
+	t.Helper()
+	tio, err := unix.IoctlGetTermios(int(p.tty.Fd()), unix.TCGETS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tio.Lflag&(unix.ECHO|unix.ICANON|unix.ISIG) != unix.ECHO|unix.ICANON|unix.ISIG {
+		t.Errorf("corral left the terminal in raw mode (lflag %#x)", tio.Lflag)
+	}
 }
 
 // TestExecTTY drives `corral session exec -i -t` through a real
@@ -169,6 +188,8 @@ func checkCLIExecTTY(t *testing.T, addr, ref string) {
 		if code := p.wait(t); code != 7 {
 			t.Fatalf("exit %d, want 7 (terminal %q)", code, p.output())
 		}
+		p.restored(t)
+		p.waitOutput(t, "41 132\r\n")
 		lines := strings.Split(p.output(), "\r\n")
 		if len(lines) < 4 || !strings.HasPrefix(lines[0], "/dev/pts/") || lines[1] != "30 100" || lines[2] != "ready" || lines[3] != "41 132" {
 			t.Fatalf("terminal %q; want the tty's name, 30 100, ready, 41 132", p.output())
@@ -181,6 +202,7 @@ func checkCLIExecTTY(t *testing.T, addr, ref string) {
 		if code := p.wait(t); code != 130 {
 			t.Fatalf("^C: exit %d, want 130 (terminal %q)", code, p.output())
 		}
+		p.restored(t)
 	})
 	t.Run("shell on sub1", func(t *testing.T) {
 		p := startPtyCLI(t, addr, 24, 80, "session", "exec", "-i", "-t", "-kernel", "sub1", ref, "--", "sh")
@@ -193,6 +215,7 @@ func checkCLIExecTTY(t *testing.T, addr, ref string) {
 		if code := p.wait(t); code != 3 {
 			t.Fatalf("exit %d, want 3 (terminal %q)", code, p.output())
 		}
+		p.restored(t)
 	})
 	t.Run("-t needs a terminal", func(t *testing.T) {
 		r := mustCLI(t, addr, 1, "session", "exec", "-i", "-t", ref, "--", "true")

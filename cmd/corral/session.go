@@ -478,9 +478,14 @@ func (c *cli) sessionExec(ctx context.Context, args []string) error {
 	f.Var(env, "env", "environment variable `KEY=VALUE` for the command (repeatable)")
 	interactive := f.Bool("i", false, "stream this command's stdin to CMD")
 	tty := f.Bool("t", false, "run CMD on a pseudo-terminal, with this terminal in raw mode and its size followed (needs a terminal; with -i, keys such as ^C go to CMD)")
+	it := f.Bool("it", false, "-i and -t")
+	ti := f.Bool("ti", false, "-i and -t")
 	pos, command, err := f.parse(args, 1)
 	if err != nil {
 		return err
+	}
+	if *it || *ti {
+		*interactive, *tty = true, true
 	}
 	if len(pos) == 0 || pos[0] == "" {
 		return f.usageErr("missing session ID, ID prefix or name")
