@@ -30,6 +30,7 @@ const execWait = 60 * time.Second
 type wsExec struct {
 	in     *io.PipeWriter
 	out    *testutils.SafeBuffer
+	errOut *testutils.SafeBuffer
 	resize chan api.TermSize
 	done   chan struct{}
 	code   int
@@ -39,7 +40,7 @@ type wsExec struct {
 func startWSExec(t *testing.T, c *api.Client, ref string, req *api.ExecRequest) *wsExec {
 	t.Helper()
 	pr, pw := io.Pipe()
-	e := &wsExec{in: pw, out: &testutils.SafeBuffer{}, resize: make(chan api.TermSize, 1), done: make(chan struct{})}
+	e := &wsExec{in: pw, out: &testutils.SafeBuffer{}, errOut: &testutils.SafeBuffer{}, resize: make(chan api.TermSize, 1), done: make(chan struct{})}
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(func() {
 		cancel()
@@ -48,7 +49,7 @@ func startWSExec(t *testing.T, c *api.Client, ref string, req *api.ExecRequest) 
 	})
 	go func() {
 		defer close(e.done)
-		e.code, e.err = c.ExecInteractive(ctx, ref, req, api.ExecStreams{Stdin: pr, Stdout: e.out, Stderr: e.out, Resize: e.resize})
+		e.code, e.err = c.ExecInteractive(ctx, ref, req, api.ExecStreams{Stdin: pr, Stdout: e.out, Stderr: e.errOut, Resize: e.resize})
 	}()
 	return e
 }
@@ -83,8 +84,8 @@ func checkInteractiveExec(t *testing.T, c *api.Client, ref string) {
 			t.Fatal(err)
 		}
 		e.in.Close()
-		if code := e.wait(t); code != 5 || e.out.String() != "got:hello\nerr\n" {
-			t.Fatalf("exit %d, output %q; want 5 and got:hello, err", code, e.out.String())
+		if code := e.wait(t); code != 5 || e.out.String() != "got:hello\n" || e.errOut.String() != "err\n" {
+			t.Fatalf("exit %d, stdout %q, stderr %q; want 5, got:hello and err", code, e.out.String(), e.errOut.String())
 		}
 	})
 	t.Run("tty resize", func(t *testing.T) {

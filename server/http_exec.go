@@ -20,6 +20,10 @@ import (
 // execActivityEvery is how often an open exec marks its session active.
 const execActivityEvery = 10 * time.Second
 
+// execRequestWait is how long the exec WebSocket waits for the request
+// after the upgrade.
+const execRequestWait = 30 * time.Second
+
 // execWSReadLimit bounds one message a client sends on the exec WebSocket.
 const execWSReadLimit = 1 << 20
 
@@ -53,8 +57,11 @@ func (s *Server) execSessionWS(w http.ResponseWriter, r *http.Request) {
 		_ = writeExecFrame(ctx, c, &api.ExecFrame{Error: msg})
 		_ = c.Close(websocket.StatusCode(4000+code), truncateReason(msg))
 	}
-	typ, data, err := c.Read(ctx)
+	rctx, rcancel := context.WithTimeout(ctx, execRequestWait)
+	typ, data, err := c.Read(rctx)
+	rcancel()
 	if err != nil {
+		fail(badRequest("no exec request within %s of the upgrade", execRequestWait))
 		return
 	}
 	var req api.ExecRequest
