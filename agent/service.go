@@ -56,10 +56,6 @@ func (s *agentService) Exec(req *rpc.ExecRequest, stream rpc.ExecStream) error {
 		Stderr: &frameWriter{mu: &mu, stream: stream, name: "stderr"},
 	}
 	if req.Stdin || req.TTY {
-		// Tells the caller that this agent reads its input.
-		if err := stream.Send(&rpc.ExecFrame{Interactive: true}); err != nil {
-			return err
-		}
 		var resize chan drivers.TermSize
 		if req.TTY {
 			resize = make(chan drivers.TermSize, 16)

@@ -46,9 +46,8 @@ type UpdateKernelsResponse struct {
 }
 
 // ExecRequest runs a command inside a kernel on the agent.
-// It is the first message of the Exec stream; when Stdin or TTY is set,
-// ExecInput messages follow it (agents of protocol 2 and older ignore them
-// and run the command without stdin or terminal).
+// It is the first message of the Exec and ExecInteractive streams; on
+// ExecInteractive, ExecInput messages follow it (Exec has no input).
 type ExecRequest struct {
 	KernelID string            `json:"kernel_id"`
 	Command  []string          `json:"command"`
@@ -74,14 +73,10 @@ type ExecInput struct {
 
 // ExecFrame is one chunk of an exec's output, or its end.
 type ExecFrame struct {
-	// Interactive is set on the first frame of an exec whose request had
-	// Stdin or TTY: the agent reads the ExecInput messages (agents of
-	// protocol 2 and older never set it).
-	Interactive bool   `json:"interactive,omitempty"`
-	Stream      string `json:"stream,omitempty"`
-	Data        []byte `json:"data,omitempty"`
-	ExitCode    *int   `json:"exit_code,omitempty"`
-	Error       string `json:"error,omitempty"`
+	Stream   string `json:"stream,omitempty"`
+	Data     []byte `json:"data,omitempty"`
+	ExitCode *int   `json:"exit_code,omitempty"`
+	Error    string `json:"error,omitempty"`
 }
 
 // LogsRequest asks for a kernel's logs; MaxBytes bounds each stream (the tail is kept).

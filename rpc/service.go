@@ -2,6 +2,7 @@ package rpc
 
 import (
 	"context"
+	"io"
 
 	"google.golang.org/grpc"
 
@@ -60,11 +61,17 @@ type ExecStream interface {
 	Context() context.Context
 }
 
-type execServerStream struct{ grpc.ServerStream }
+type execServerStream struct {
+	grpc.ServerStream
+	noInput bool // Exec, whose caller sends the request only
+}
 
 func (s execServerStream) Send(m *ExecFrame) error { return s.ServerStream.SendMsg(m) }
 
 func (s execServerStream) Recv() (*ExecInput, error) {
+	if s.noInput {
+		return nil, io.EOF
+	}
 	m := new(ExecInput)
 	if err := s.ServerStream.RecvMsg(m); err != nil {
 		return nil, err
@@ -155,13 +162,27 @@ var agentDesc = grpc.ServiceDesc{
 	Streams: []grpc.StreamDesc{{
 		StreamName:    "Exec",
 		ServerStreams: true,
+		Handler: func(srv any, stream grpc.ServerStream) error {
+			req := new(ExecRequest)
+			if err := stream.RecvMsg(req); err != nil {
+				return err
+			}
+			// The request is all the caller sends here: no input.
+			req.Stdin = false
+			return srv.(AgentService).Exec(req, execServerStream{ServerStream: stream, noInput: true})
+		},
+	}, {
+		// ExecInteractive is Exec with ExecInput messages after the
+		// request; agents before it answer Unimplemented.
+		StreamName:    "ExecInteractive",
+		ServerStreams: true,
 		ClientStreams: true,
 		Handler: func(srv any, stream grpc.ServerStream) error {
 			req := new(ExecRequest)
 			if err := stream.RecvMsg(req); err != nil {
 				return err
 			}
-			return srv.(AgentService).Exec(req, execServerStream{stream})
+			return srv.(AgentService).Exec(req, execServerStream{ServerStream: stream})
 		},
 	}},
 }
@@ -233,9 +254,10 @@ func (c *AgentClient) Exec(ctx context.Context, req *ExecRequest) (*RecvStream[E
 
 // ExecInteractive runs a command in a kernel with stdin or a terminal
 // (req.Stdin, req.TTY): the caller sends ExecInput messages with Send,
-// one at a time, and reads the output with Recv.
+// one at a time, and reads the output with Recv. An agent from before
+// interactive exec fails the first Recv with codes.Unimplemented.
 func (c *AgentClient) ExecInteractive(ctx context.Context, req *ExecRequest) (*ExecClientStream, error) {
-	cs, err := c.cc.NewStream(ctx, &agentDesc.Streams[0], "/"+agentServiceName+"/Exec", CallOptions()...)
+	cs, err := c.cc.NewStream(ctx, &agentDesc.Streams[1], "/"+agentServiceName+"/ExecInteractive", CallOptions()...)
 	if err != nil {
 		return nil, err
 	}

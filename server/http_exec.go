@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/corral-dev/corral/api"
@@ -121,21 +122,15 @@ func (s *Server) execSessionWS(w http.ResponseWriter, r *http.Request) {
 		fail(&httpError{code: http.StatusBadGateway, msg: "exec: " + status.Convert(err).Message()})
 		return
 	}
+	go s.execInput(ctx, cancel, c, stream)
 	frame, err := stream.Recv()
+	if status.Code(err) == codes.Unimplemented {
+		fail(&httpError{code: http.StatusNotImplemented, msg: fmt.Sprintf("the agent of kernel %s is too old for exec over a WebSocket: upgrade it, or use POST /v1/sessions/{id}/exec", k.Hostname)})
+		return
+	}
 	if err != nil {
 		fail(&httpError{code: http.StatusBadGateway, msg: "exec: " + status.Convert(err).Message()})
 		return
-	}
-	if req.Stdin || req.TTY {
-		if !frame.Interactive {
-			fail(&httpError{code: http.StatusNotImplemented, msg: fmt.Sprintf("the agent of kernel %s is too old for exec with stdin or a terminal: upgrade it", k.Hostname)})
-			return
-		}
-		go s.execInput(ctx, cancel, c, stream)
-		if frame, err = stream.Recv(); err != nil {
-			fail(&httpError{code: http.StatusBadGateway, msg: "exec stream from agent broke: " + status.Convert(err).Message()})
-			return
-		}
 	}
 	for {
 		if len(frame.Data) > 0 {
