@@ -641,3 +641,12 @@ func TestExecTTY(t *testing.T) {
 	testutils.StartTask(t, d, cfg)
 	testutils.RunExecTTY(t, d, cfg.ID)
 }
+
+// TestHostExecTTY is TestExecTTY for the host driver, whose tasks run in
+// the host's namespaces without the exec init.
+func TestHostExecTTY(t *testing.T) {
+	d := NewHost(slogWarn())
+	cfg := testutils.TaskConfig(t, "sleep", "1000")
+	testutils.StartTask(t, d, cfg)
+	testutils.RunExecTTY(t, d, cfg.ID)
+}
