@@ -1,12 +1,15 @@
 package server_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"io"
 	"net/http"
+	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -204,3 +207,51 @@ func TestExecWebSocketThroughTLSFollower(t *testing.T) {
 	}
 	checkInteractiveExec(t, hc, "nb")
 }
+
+// TestExecTTYEchoFigures measures one keystroke's round trip through an
+// interactive exec (API client, server, agent, the remote terminal's
+// echo and back) and logs p50/p99; it asserts nothing about time. Run
+// with CORRAL_FIGURES=1.
+func TestExecTTYEchoFigures(t *testing.T) {
+	if os.Getenv("CORRAL_FIGURES") == "" {
+		t.Skip("figures only: set CORRAL_FIGURES=1")
+	}
+	c := startCluster(t, nil)
+	create(t, c, &api.CreateSessionRequest{Name: "nb", Type: "interactive", Command: []string{"sleep", "infinity"}, Resources: small})
+	c.waitFor(t, "nb", func(d *api.SessionDetail) bool { return d.Session.Status == structs.SessionRunning || terminal(d) })
+	echoed := make(chan struct{}, 1)
+	out := writerFunc(func(p []byte) (int, error) {
+		if bytes.Contains(p, []byte("x")) {
+			echoed <- struct{}{}
+		}
+		return len(p), nil
+	})
+	pr, pw := io.Pipe()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		// stty -echo: only cat's own output comes back, once per byte.
+		_, _ = c.client.ExecInteractive(ctx, "nb", &api.ExecRequest{Command: []string{"sh", "-c", "stty raw -echo; exec cat"}, Stdin: true, TTY: true}, api.ExecStreams{Stdin: pr, Stdout: out})
+	}()
+	var rtts []time.Duration
+	for i := range 520 {
+		start := time.Now()
+		if _, err := pw.Write([]byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		<-echoed
+		if i >= 20 { // the first ones wait for stty
+			rtts = append(rtts, time.Since(start))
+		}
+	}
+	cancel()
+	pw.Close()
+	<-done
+	slices.Sort(rtts)
+	t.Logf("keystroke round trip over %d keys: p50 %v, p99 %v, max %v", len(rtts), rtts[len(rtts)/2], rtts[len(rtts)*99/100], rtts[len(rtts)-1])
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
