@@ -50,11 +50,28 @@ func (s *agentService) Exec(req *rpc.ExecRequest, stream rpc.ExecStream) error {
 		return status.Errorf(codes.NotFound, "kernel %s is not running on agent %s", req.KernelID, s.a.cfg.Name)
 	}
 	var mu sync.Mutex
-	code, err := r.driver.Exec(stream.Context(), req.KernelID, &drivers.ExecOptions{
+	opts := &drivers.ExecOptions{
 		Command: req.Command, Env: req.Env,
 		Stdout: &frameWriter{mu: &mu, stream: stream, name: "stdout"},
 		Stderr: &frameWriter{mu: &mu, stream: stream, name: "stderr"},
-	})
+	}
+	if req.Stdin || req.TTY {
+		var resize chan drivers.TermSize
+		if req.TTY {
+			resize = make(chan drivers.TermSize, 16)
+			opts.TTY, opts.Size, opts.Resize = true, drivers.TermSize{Rows: req.Rows, Cols: req.Cols}, resize
+		}
+		var pw *io.PipeWriter
+		if req.Stdin {
+			var pr *io.PipeReader
+			pr, pw = io.Pipe()
+			// Unblocks the driver's stdin copier once the command is done.
+			defer pr.CloseWithError(errExecDone)
+			opts.Stdin = pr
+		}
+		go readExecInput(stream, pw, resize)
+	}
+	code, err := r.driver.Exec(stream.Context(), req.KernelID, opts)
 	mu.Lock()
 	defer mu.Unlock()
 	if err != nil {
@@ -64,6 +81,47 @@ func (s *agentService) Exec(req *rpc.ExecRequest, stream rpc.ExecStream) error {
 		return stream.Send(&rpc.ExecFrame{Error: err.Error()})
 	}
 	return stream.Send(&rpc.ExecFrame{ExitCode: &code})
+}
+
+// errExecDone is what a driver still reading an exec's stdin gets once the
+// exec has returned.
+var errExecDone = errors.New("exec finished")
+
+// readExecInput feeds the caller's ExecInput messages to the command: data
+// to stdin (pw, nil without stdin), sizes to resize (nil without a
+// terminal), until the caller ends its input or the stream ends.
+func readExecInput(stream rpc.ExecStream, pw *io.PipeWriter, resize chan<- drivers.TermSize) {
+	closeIn := func(err error) {
+		if pw != nil {
+			pw.CloseWithError(err)
+			pw = nil
+		}
+	}
+	for {
+		in, err := stream.Recv()
+		if err != nil {
+			if err == io.EOF {
+				err = nil
+			}
+			closeIn(err)
+			return
+		}
+		if len(in.Data) > 0 && pw != nil {
+			// An error: the command no longer reads; sizes may still come.
+			if _, err := pw.Write(in.Data); err != nil {
+				pw = nil
+			}
+		}
+		if in.CloseIn {
+			closeIn(nil)
+		}
+		if in.Rows != 0 && in.Cols != 0 && resize != nil {
+			select {
+			case resize <- drivers.TermSize{Rows: in.Rows, Cols: in.Cols}:
+			default: // the driver is behind; a later size follows
+			}
+		}
+	}
 }
 
 // Logs returns the tail of a kernel's stdout and stderr.

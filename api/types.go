@@ -136,7 +136,29 @@ type ExecRequest struct {
 	Kernel  string            `json:"kernel,omitempty"`
 	Command []string          `json:"command"`
 	Env     map[string]string `json:"env,omitempty"`
+	// Stdin streams the caller's input to the command; TTY runs it on a
+	// pseudo-terminal of Rows x Cols (0: the default). Both only over the
+	// WebSocket of GET /v1/sessions/{id}/exec/ws (docs/api-exec.md).
+	Stdin bool   `json:"stdin,omitempty"`
+	TTY   bool   `json:"tty,omitempty"`
+	Rows  uint16 `json:"rows,omitempty"`
+	Cols  uint16 `json:"cols,omitempty"`
 }
+
+// ExecControl is a text message a client sends on the exec WebSocket
+// after its ExecRequest: a new terminal size, or the end of its input.
+type ExecControl struct {
+	Rows       uint16 `json:"rows,omitempty"`
+	Cols       uint16 `json:"cols,omitempty"`
+	CloseStdin bool   `json:"close_stdin,omitempty"`
+}
+
+// Stream bytes that start each binary message of the exec WebSocket.
+const (
+	ExecStdin  byte = 0 // client to server: input
+	ExecStdout byte = 1 // server to client: output (all of it on a terminal)
+	ExecStderr byte = 2 // server to client: error output
+)
 
 // ExecFrame is one line of the newline-delimited JSON stream that
 // POST /v1/sessions/{id}/exec answers with: output chunks, then one frame

@@ -21,7 +21,7 @@ import (
 var messages = []any{
 	&RegisterRequest{}, &RegisterResponse{}, &WatchRequest{}, &WatchResponse{},
 	&structs.KernelUpdateRequest{}, &UpdateKernelsResponse{},
-	&ExecRequest{}, &ExecFrame{}, &LogsRequest{}, &LogsResponse{},
+	&ExecRequest{}, &ExecInput{}, &ExecFrame{}, &LogsRequest{}, &LogsResponse{},
 	&ImageInfo{}, &ImageListRequest{}, &ImageListResponse{}, &ImagePullRequest{}, &ImagePullResponse{},
 	&StatsRequest{}, &KernelStats{}, &StatsResponse{},
 	&ReadIndexRequest{}, &ReadIndexResponse{},

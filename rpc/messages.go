@@ -46,10 +46,29 @@ type UpdateKernelsResponse struct {
 }
 
 // ExecRequest runs a command inside a kernel on the agent.
+// It is the first message of the Exec and ExecInteractive streams; on
+// ExecInteractive, ExecInput messages follow it (Exec has no input).
 type ExecRequest struct {
 	KernelID string            `json:"kernel_id"`
 	Command  []string          `json:"command"`
 	Env      map[string]string `json:"env,omitempty"`
+	// Stdin says that the command's stdin follows as ExecInput messages;
+	// without it the command reads end of file.
+	Stdin bool `json:"stdin,omitempty"`
+	// TTY runs the command on a new pseudo-terminal of Rows x Cols (0:
+	// the default); its output comes as "stdout" frames.
+	TTY  bool   `json:"tty,omitempty"`
+	Rows uint16 `json:"rows,omitempty"`
+	Cols uint16 `json:"cols,omitempty"`
+}
+
+// ExecInput is what the caller sends after ExecRequest: a chunk of stdin,
+// the end of stdin, or a new terminal size.
+type ExecInput struct {
+	Data    []byte `json:"data,omitempty"`
+	CloseIn bool   `json:"close_stdin,omitempty"`
+	Rows    uint16 `json:"rows,omitempty"`
+	Cols    uint16 `json:"cols,omitempty"`
 }
 
 // ExecFrame is one chunk of an exec's output, or its end.

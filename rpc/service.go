@@ -2,6 +2,7 @@ package rpc
 
 import (
 	"context"
+	"io"
 
 	"google.golang.org/grpc"
 
@@ -55,7 +56,27 @@ type AgentService interface {
 // ExecStream is the agent side of Exec.
 type ExecStream interface {
 	Send(*ExecFrame) error
+	// Recv returns the next ExecInput the caller sent, or io.EOF.
+	Recv() (*ExecInput, error)
 	Context() context.Context
+}
+
+type execServerStream struct {
+	grpc.ServerStream
+	noInput bool // Exec, whose caller sends the request only
+}
+
+func (s execServerStream) Send(m *ExecFrame) error { return s.ServerStream.SendMsg(m) }
+
+func (s execServerStream) Recv() (*ExecInput, error) {
+	if s.noInput {
+		return nil, io.EOF
+	}
+	m := new(ExecInput)
+	if err := s.ServerStream.RecvMsg(m); err != nil {
+		return nil, err
+	}
+	return m, nil
 }
 
 type sendStream[T any] struct{ grpc.ServerStream }
@@ -146,7 +167,22 @@ var agentDesc = grpc.ServiceDesc{
 			if err := stream.RecvMsg(req); err != nil {
 				return err
 			}
-			return srv.(AgentService).Exec(req, sendStream[ExecFrame]{stream})
+			// The request is all the caller sends here: no input.
+			req.Stdin = false
+			return srv.(AgentService).Exec(req, execServerStream{ServerStream: stream, noInput: true})
+		},
+	}, {
+		// ExecInteractive is Exec with ExecInput messages after the
+		// request; agents before it answer Unimplemented.
+		StreamName:    "ExecInteractive",
+		ServerStreams: true,
+		ClientStreams: true,
+		Handler: func(srv any, stream grpc.ServerStream) error {
+			req := new(ExecRequest)
+			if err := stream.RecvMsg(req); err != nil {
+				return err
+			}
+			return srv.(AgentService).Exec(req, execServerStream{ServerStream: stream})
 		},
 	}},
 }
@@ -210,10 +246,37 @@ func (c *AgentClient) Stats(ctx context.Context, req *StatsRequest) (*StatsRespo
 	return out, c.cc.Invoke(ctx, "/"+agentServiceName+"/Stats", req, out, CallOptions()...)
 }
 
-// Exec runs a command in a kernel and streams its output.
+// Exec runs a command in a kernel and streams its output; the command
+// gets no stdin.
 func (c *AgentClient) Exec(ctx context.Context, req *ExecRequest) (*RecvStream[ExecFrame], error) {
 	return openStream[ExecFrame](ctx, c.cc, &agentDesc.Streams[0], "/"+agentServiceName+"/Exec", req)
 }
+
+// ExecInteractive runs a command in a kernel with stdin or a terminal
+// (req.Stdin, req.TTY): the caller sends ExecInput messages with Send,
+// one at a time, and reads the output with Recv. An agent from before
+// interactive exec fails the first Recv with codes.Unimplemented.
+func (c *AgentClient) ExecInteractive(ctx context.Context, req *ExecRequest) (*ExecClientStream, error) {
+	cs, err := c.cc.NewStream(ctx, &agentDesc.Streams[1], "/"+agentServiceName+"/ExecInteractive", CallOptions()...)
+	if err != nil {
+		return nil, err
+	}
+	if err := cs.SendMsg(req); err != nil {
+		return nil, err
+	}
+	return &ExecClientStream{RecvStream: RecvStream[ExecFrame]{cs: cs}}, nil
+}
+
+// ExecClientStream is the caller's side of an interactive Exec.
+type ExecClientStream struct {
+	RecvStream[ExecFrame]
+}
+
+// Send sends one ExecInput; it must not be called concurrently.
+func (s *ExecClientStream) Send(m *ExecInput) error { return s.cs.SendMsg(m) }
+
+// CloseSend ends the input; the output still comes.
+func (s *ExecClientStream) CloseSend() error { return s.cs.CloseSend() }
 
 // RecvStream is the receiving side of a server-streaming call.
 type RecvStream[T any] struct{ cs grpc.ClientStream }

@@ -49,6 +49,7 @@ func (s *Server) setupHTTP() error {
 	mux.HandleFunc("DELETE /v1/sessions/{ref}", s.wrap(s.destroySession))
 	mux.HandleFunc("GET /v1/sessions/{ref}/logs", s.wrap(s.sessionLogs))
 	mux.HandleFunc("POST /v1/sessions/{ref}/exec", s.execSession)
+	mux.HandleFunc("GET /v1/sessions/{ref}/exec/ws", s.execSessionWS)
 	mux.HandleFunc("GET /v1/sessions/{ref}/stats", s.wrap(s.sessionStats))
 	mux.HandleFunc("GET /v1/agents", s.wrap(s.listAgents))
 	mux.HandleFunc("GET /v1/agents/{id}", s.wrap(s.getAgent))
@@ -898,6 +899,10 @@ func (s *Server) execSession(w http.ResponseWriter, r *http.Request) {
 	}
 	if len(req.Command) == 0 || strings.TrimSpace(req.Command[0]) == "" {
 		fail(badRequest("command is empty: give the program to run"))
+		return
+	}
+	if req.Stdin || req.TTY {
+		fail(badRequest("stdin and tty need the WebSocket of GET /v1/sessions/{id}/exec/ws (docs/api-exec.md)"))
 		return
 	}
 	d, err := s.sessionDetail(r.Context(), nil, s.state.Snapshot(), r.PathValue("ref"), nil)

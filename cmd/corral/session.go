@@ -476,9 +476,16 @@ func (c *cli) sessionExec(ctx context.Context, args []string) error {
 	startWait := f.Duration("wait-start", time.Minute, "how long to wait for a session that is still starting (0: not at all)")
 	env := envFlag{}
 	f.Var(env, "env", "environment variable `KEY=VALUE` for the command (repeatable)")
+	interactive := f.Bool("i", false, "stream this command's stdin to CMD")
+	tty := f.Bool("t", false, "run CMD on a pseudo-terminal, with this terminal in raw mode and its size followed (needs a terminal; with -i, keys such as ^C go to CMD)")
+	it := f.Bool("it", false, "-i and -t")
+	ti := f.Bool("ti", false, "-i and -t")
 	pos, command, err := f.parse(args, 1)
 	if err != nil {
 		return err
+	}
+	if *it || *ti {
+		*interactive, *tty = true, true
 	}
 	if len(pos) == 0 || pos[0] == "" {
 		return f.usageErr("missing session ID, ID prefix or name")
@@ -513,7 +520,12 @@ func (c *cli) sessionExec(ctx context.Context, args []string) error {
 	if len(env) > 0 {
 		req.Env = env
 	}
-	code, err := client.Exec(ctx, pos[0], req, c.stdout, c.stderr)
+	var code int
+	if *interactive || *tty {
+		code, err = c.execInteractive(ctx, client, pos[0], req, *interactive, *tty)
+	} else {
+		code, err = client.Exec(ctx, pos[0], req, c.stdout, c.stderr)
+	}
 	if err != nil {
 		return err
 	}

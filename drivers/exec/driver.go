@@ -41,6 +41,7 @@ import (
 	"github.com/corral-dev/corral/drivers/exec/taskrun"
 	"github.com/corral-dev/corral/drivers/internal/lifecycle"
 	"github.com/corral-dev/corral/drivers/internal/logcap"
+	"github.com/corral-dev/corral/drivers/internal/ptyio"
 	"github.com/corral-dev/corral/drivers/shim"
 	"github.com/corral-dev/corral/plugins/drivers"
 	"github.com/corral-dev/corral/structs"
@@ -592,6 +593,15 @@ func (d *Driver) Exec(ctx context.Context, taskID string, opts *drivers.ExecOpti
 	// os/exec waits for its stdin copier, which cannot be interrupted while
 	// it blocks reading opts.Stdin; copy through our own pipe instead so
 	// that Exec returns when the command exits.
+	if opts.TTY {
+		return d.execTTY(ctx, t, opts, func() *osexec.Cmd {
+			cmd := osexec.CommandContext(ctx, path)
+			cmd.Args = slices.Clone(opts.Command)
+			cmd.Dir, cmd.Env = t.Config.WorkDir, envList(env)
+			cmd.SysProcAttr = &syscall.SysProcAttr{Credential: t.cred}
+			return cmd
+		}, func(cmd *osexec.Cmd) error { return taskrun.StartCmd(ctx, cmd, t.group) })
+	}
 	stdin, stdinW, err := execStdin(opts.Stdin)
 	if err != nil {
 		return -1, fmt.Errorf("exec in task %s: %w", taskID, err)
@@ -662,10 +672,27 @@ func (d *Driver) execIsolated(ctx context.Context, t *task, env map[string]strin
 	if as == nil {
 		as, enter = t.execAs, false
 	}
-	stdin, stdinW, err := execStdin(opts.Stdin)
-	if err != nil {
+	var stdin, stdinW, ttyMaster *os.File
+	var err error
+	if opts.TTY {
+		// The terminal's slave is the command's stdin, stdout and stderr;
+		// the exec init starts as the leader of a new session with it as
+		// its controlling terminal, and becomes the command.
+		if ttyMaster, stdin, err = ptyio.Open(opts.Size.Rows, opts.Size.Cols); err != nil {
+			return -1, fmt.Errorf("exec in task %s: allocating a terminal: %w", taskID, err)
+		}
+		defer stdin.Close()
+	} else if stdin, stdinW, err = execStdin(opts.Stdin); err != nil {
 		return -1, fmt.Errorf("exec in task %s: %w", taskID, err)
 	}
+	var term *ptyio.Terminal
+	defer func() {
+		if term != nil {
+			term.Close(execWaitDelay)
+		} else if ttyMaster != nil {
+			ttyMaster.Close()
+		}
+	}()
 	if stdinW != nil {
 		defer stdinW.Close()
 	}
@@ -688,6 +715,10 @@ func (d *Driver) execIsolated(ctx context.Context, t *task, env map[string]strin
 	cmd.WaitDelay = execWaitDelay
 	// Its own process group: the task's lives in its shim's session.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if opts.TTY {
+		cmd.Stdout, cmd.Stderr = stdin, stdin
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
+	}
 	procs, release, err := taskrun.CgroupFD(cmd, t.group)
 	if err != nil {
 		closeChild()
@@ -713,7 +744,7 @@ func (d *Driver) execIsolated(ctx context.Context, t *task, env map[string]strin
 	}
 	release()
 	closeChild()
-	if stdinW != nil {
+	if stdinW != nil || ttyMaster != nil {
 		stdin.Close() // the child has its copy
 	}
 	if err == nil && notFound != nil {
@@ -741,7 +772,43 @@ func (d *Driver) execIsolated(ctx context.Context, t *task, env map[string]strin
 			stdinW.Close()
 		}()
 	}
-	t.Logger.Debug("exec started", "command", opts.Command, "exec_pid", cmd.Process.Pid)
+	if ttyMaster != nil {
+		term = ptyio.Serve(ttyMaster, opts.Stdin, opts.Stdout, opts.Resize)
+	}
+	t.Logger.Debug("exec started", "command", opts.Command, "exec_pid", cmd.Process.Pid, "tty", opts.TTY)
+	err = cmd.Wait()
+	res := exitResultOf(cmd.ProcessState, err)
+	if err := ctx.Err(); err != nil {
+		return res.ExitCode, fmt.Errorf("exec in task %s: %w", taskID, err)
+	}
+	return res.ExitCode, res.Err
+}
+
+// execTTY is Exec of a host task on a new terminal: newCmd makes the
+// command, start starts it.
+func (d *Driver) execTTY(ctx context.Context, t *task, opts *drivers.ExecOptions, newCmd func() *osexec.Cmd, start func(*osexec.Cmd) error) (int, error) {
+	taskID := t.Config.ID
+	master, slave, err := ptyio.Open(opts.Size.Rows, opts.Size.Cols)
+	if err != nil {
+		return -1, fmt.Errorf("exec in task %s: allocating a terminal: %w", taskID, err)
+	}
+	cmd := newCmd()
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = slave, slave, slave
+	cmd.WaitDelay = execWaitDelay
+	// A new session with the terminal as its controlling terminal: the
+	// terminal's ^C reaches the command. Its session is its process
+	// group, which the task tracks while it runs.
+	cmd.SysProcAttr.Setsid, cmd.SysProcAttr.Setctty, cmd.SysProcAttr.Ctty = true, true, 0
+	err = start(cmd)
+	slave.Close() // the child has its copy
+	if err != nil {
+		master.Close()
+		return -1, fmt.Errorf("exec in task %s: %w", taskID, err)
+	}
+	term := ptyio.Serve(master, opts.Stdin, opts.Stdout, opts.Resize)
+	defer term.Close(execWaitDelay)
+	defer t.addExec(cmd.Process.Pid)()
+	t.Logger.Debug("exec started", "command", opts.Command, "exec_pid", cmd.Process.Pid, "tty", true)
 	err = cmd.Wait()
 	res := exitResultOf(cmd.ProcessState, err)
 	if err := ctx.Err(); err != nil {

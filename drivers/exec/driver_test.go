@@ -634,3 +634,19 @@ func cgroup2Mount(t *testing.T) *cgroup.Mount {
 	t.Skip("no cgroup2 mount")
 	return nil
 }
+
+func TestExecTTY(t *testing.T) {
+	d := newTestDriver(t)
+	cfg := testutils.TaskConfig(t, "sleep", "1000")
+	testutils.StartTask(t, d, cfg)
+	testutils.RunExecTTY(t, d, cfg.ID)
+}
+
+// TestHostExecTTY is TestExecTTY for the host driver, whose tasks run in
+// the host's namespaces without the exec init.
+func TestHostExecTTY(t *testing.T) {
+	d := NewHost(slogWarn())
+	cfg := testutils.TaskConfig(t, "sleep", "1000")
+	testutils.StartTask(t, d, cfg)
+	testutils.RunExecTTY(t, d, cfg.ID)
+}

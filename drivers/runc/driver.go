@@ -40,6 +40,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/corral-dev/corral/drivers/internal/lifecycle"
+	"github.com/corral-dev/corral/drivers/internal/ptyio"
 	"github.com/corral-dev/corral/drivers/shim"
 	"github.com/corral-dev/corral/plugins/drivers"
 	"github.com/corral-dev/corral/structs"
@@ -709,8 +710,19 @@ func (d *Driver) Exec(ctx context.Context, taskID string, opts *drivers.ExecOpti
 		return -1, fmt.Errorf("exec in task %s: %w", taskID, err)
 	}
 	p := newProcess(&ps, false)
-	stdio, err := newExecIO(opts)
-	if err != nil {
+	var stdio *execIO
+	var console *consoleSocket
+	if opts.TTY {
+		// libcontainer's init allocates the terminal in the container's
+		// devpts, makes it the controlling terminal of the process (a new
+		// session) and its stdio, and sends us the master.
+		if console, err = newConsoleSocket(); err != nil {
+			return -1, fmt.Errorf("exec in task %s: %w", taskID, err)
+		}
+		defer console.close()
+		p.ConsoleSocket, p.ConsoleHeight, p.ConsoleWidth = console.child, opts.Size.Rows, opts.Size.Cols
+		stdio = &execIO{}
+	} else if stdio, err = newExecIO(opts); err != nil {
 		return -1, fmt.Errorf("exec in task %s: %w", taskID, err)
 	}
 	defer stdio.close()
@@ -722,6 +734,16 @@ func (d *Driver) Exec(ctx context.Context, taskID string, opts *drivers.ExecOpti
 		return -1, fmt.Errorf("exec in task %s: %w", taskID, err)
 	}
 	stdio.started()
+	if console != nil {
+		master, err := console.receive()
+		if err != nil {
+			_ = p.Signal(unix.SIGKILL)
+			_, _ = p.Wait()
+			return -1, fmt.Errorf("exec in task %s: receiving its terminal: %w", taskID, err)
+		}
+		term := ptyio.Serve(master, opts.Stdin, opts.Stdout, opts.Resize)
+		defer term.Close(execWaitDelay)
+	}
 	pid, _ := p.Pid()
 	t.Logger.Debug("exec started", "command", opts.Command, "exec_pid", pid)
 	waited := make(chan *drivers.ExitResult, 1)

@@ -788,3 +788,11 @@ func TestLeftoverRootFSIsKept(t *testing.T) {
 		t.Errorf("Start removed an earlier container's rootfs: %v", err)
 	}
 }
+
+func TestExecTTY(t *testing.T) {
+	d := newTestDriver(t)
+	cfg := taskConfig(t, "sleep", "1000")
+	cfg.User = "alice"
+	testutils.StartTask(t, d, cfg)
+	testutils.RunExecTTY(t, d, cfg.ID)
+}

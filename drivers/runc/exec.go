@@ -1,10 +1,14 @@
 package runc
 
 import (
+	"errors"
+	"fmt"
 	"io"
 	"os"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/opencontainers/runc/libcontainer"
 
@@ -132,4 +136,55 @@ func (e *execIO) close() {
 			_ = e.stdinW.Close()
 		}
 	})
+}
+
+// consoleSocket is the socket pair over which libcontainer's init sends
+// the master of the terminal it allocated for a process.
+type consoleSocket struct {
+	parent, child *os.File
+}
+
+func newConsoleSocket() (*consoleSocket, error) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("console socket: %w", err)
+	}
+	return &consoleSocket{parent: os.NewFile(uintptr(fds[0]), "console-parent"), child: os.NewFile(uintptr(fds[1]), "console-child")}, nil
+}
+
+// receive closes the child's end here (the process has its copy) and
+// reads the terminal's master; it fails when the process's init ended
+// without sending one.
+func (c *consoleSocket) receive() (*os.File, error) {
+	_ = c.child.Close()
+	buf := make([]byte, 4096)
+	oob := make([]byte, unix.CmsgSpace(4))
+	n, oobn, _, _, err := unix.Recvmsg(int(c.parent.Fd()), buf, oob, 0)
+	if err != nil {
+		return nil, err
+	}
+	msgs, err := unix.ParseSocketControlMessage(oob[:oobn])
+	if err != nil {
+		return nil, err
+	}
+	if len(msgs) != 1 {
+		return nil, errors.New("the container's init sent no terminal")
+	}
+	fds, err := unix.ParseUnixRights(&msgs[0])
+	if err != nil {
+		return nil, err
+	}
+	if len(fds) != 1 {
+		for _, fd := range fds {
+			_ = unix.Close(fd)
+		}
+		return nil, fmt.Errorf("the container's init sent %d descriptors for its terminal, want 1", len(fds))
+	}
+	unix.CloseOnExec(fds[0])
+	return os.NewFile(uintptr(fds[0]), string(buf[:n])), nil
+}
+
+func (c *consoleSocket) close() {
+	_ = c.parent.Close()
+	_ = c.child.Close()
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc"
@@ -239,14 +240,24 @@ func (c *Client) Exec(ctx context.Context, taskID string, opts *ExecOptions) (in
 	start := &proto.ExecStart{
 		TaskId: taskID, Command: opts.Command, Env: opts.Env,
 		Stdin: opts.Stdin != nil, Stdout: opts.Stdout != nil, Stderr: opts.Stderr != nil,
+		Tty: opts.TTY, Rows: uint32(opts.Size.Rows), Cols: uint32(opts.Size.Cols),
+	}
+	resize := opts.Resize
+	if !opts.TTY {
+		resize = nil
 	}
 	// A failed Send is followed by a failed Recv, which has the reason.
 	if err := stream.Send(&proto.ExecRequest{Msg: &proto.ExecRequest_Start{Start: start}}); err == nil {
+		send := &execSender{stream: stream, open: 1}
 		if opts.Stdin != nil {
-			go sendStdin(stream, opts.Stdin)
-		} else {
-			_ = stream.CloseSend()
+			send.open++
+			go send.stdin(opts.Stdin)
 		}
+		if resize != nil {
+			send.open++
+			go send.resizes(sctx, resize)
+		}
+		send.done()
 	}
 	var writeErr error
 	write := func(w io.Writer, p []byte) {
@@ -274,23 +285,70 @@ func (c *Client) Exec(ctx context.Context, taskID string, opts *ExecOptions) (in
 	}
 }
 
-// sendStdin copies r to the exec stream in chunks and then closes the
-// command's stdin; it stops early when the stream ends.
-func sendStdin(stream proto.Driver_ExecClient, r io.Reader) {
+// execSender sends an exec's stdin and resizes on its stream, one message
+// at a time, and closes the sending side once both ended.
+type execSender struct {
+	stream proto.Driver_ExecClient
+	mu     sync.Mutex
+	open   int // senders still running, plus one for Exec itself
+	failed bool
+}
+
+func (s *execSender) send(msg *proto.ExecRequest) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.failed {
+		return false
+	}
+	if s.stream.Send(msg) != nil {
+		s.failed = true
+	}
+	return !s.failed
+}
+
+// done ends one sender; the last one closes the sending side.
+func (s *execSender) done() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.open--; s.open == 0 && !s.failed {
+		_ = s.stream.CloseSend()
+	}
+}
+
+// stdin copies r to the stream in chunks and then closes the command's
+// stdin; it stops early when the stream ends.
+func (s *execSender) stdin(r io.Reader) {
+	defer s.done()
 	buf := make([]byte, execChunkSize)
 	for {
 		n, err := r.Read(buf)
 		if n > 0 {
 			chunk := append([]byte(nil), buf[:n]...)
-			if stream.Send(&proto.ExecRequest{Msg: &proto.ExecRequest_Stdin{Stdin: chunk}}) != nil {
+			if !s.send(&proto.ExecRequest{Msg: &proto.ExecRequest_Stdin{Stdin: chunk}}) {
 				return
 			}
 		}
 		if err != nil {
-			if stream.Send(&proto.ExecRequest{Msg: &proto.ExecRequest_StdinClose{StdinClose: true}}) == nil {
-				_ = stream.CloseSend()
-			}
+			s.send(&proto.ExecRequest{Msg: &proto.ExecRequest_StdinClose{StdinClose: true}})
 			return
+		}
+	}
+}
+
+// resizes sends the terminal sizes ch delivers until it closes or ctx ends.
+func (s *execSender) resizes(ctx context.Context, ch <-chan TermSize) {
+	defer s.done()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case sz, ok := <-ch:
+			if !ok {
+				return
+			}
+			if !s.send(&proto.ExecRequest{Msg: &proto.ExecRequest_Resize{Resize: &proto.TermSize{Rows: uint32(sz.Rows), Cols: uint32(sz.Cols)}}}) {
+				return
+			}
 		}
 	}
 }

@@ -218,6 +218,23 @@ type ExecOptions struct {
 	Stdin   io.Reader
 	Stdout  io.Writer
 	Stderr  io.Writer
+	// TTY runs the command on a new pseudo-terminal, as the leader of a
+	// new session with the terminal as its controlling terminal: its
+	// stdin, stdout and stderr are the terminal, whose output goes to
+	// Stdout (Stderr gets nothing) and whose input comes from Stdin.
+	TTY bool
+	// Size is the terminal's size at start; zero rows or columns leave
+	// the kernel's default. Only with TTY.
+	Size TermSize
+	// Resize delivers new terminal sizes while the command runs; nil when
+	// the size never changes. Only with TTY.
+	Resize <-chan TermSize
+}
+
+// TermSize is a terminal's size in characters.
+type TermSize struct {
+	Rows uint16 `json:"rows"`
+	Cols uint16 `json:"cols"`
 }
 
 // ExecNotSupported can be embedded by drivers that cannot exec.

@@ -45,3 +45,16 @@ func TestLaunchPlugin(t *testing.T) {
 		t.Errorf("stdout = %q, want %q", got, "hi GPU-x\n")
 	}
 }
+
+// TestExecTTYInMemory runs interactive exec (terminal, resize, ^C, stdin)
+// against the exec driver through the plugin protocol.
+func TestExecTTYInMemory(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("the exec driver isolates kernels, which needs root")
+	}
+	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	d := testutils.InMemoryPlugin(t, exec.New(logger))
+	cfg := testutils.TaskConfig(t, "sleep", "1000")
+	testutils.StartTask(t, d, cfg)
+	testutils.RunExecTTY(t, d, cfg.ID)
+}

@@ -140,26 +140,52 @@ func (s *server) Exec(stream proto.Driver_ExecServer) error {
 	if start.GetStderr() {
 		opts.Stderr = out.writer(true)
 	}
+	var resize chan TermSize
+	if start.GetTty() {
+		opts.TTY = true
+		opts.Size = TermSize{Rows: uint16(start.GetRows()), Cols: uint16(start.GetCols())}
+		resize = make(chan TermSize, 16)
+		opts.Resize = resize
+	}
+	var pw *io.PipeWriter
 	if start.GetStdin() {
-		pr, pw := io.Pipe()
+		var pr *io.PipeReader
+		pr, pw = io.Pipe()
 		// Unblocks the driver's stdin copier once the command is done.
 		defer pr.CloseWithError(errExecDone)
 		opts.Stdin = pr
+	}
+	if pw != nil || resize != nil {
 		go func() {
 			for {
 				msg, err := stream.Recv()
 				if err != nil {
-					pw.CloseWithError(err)
+					if pw != nil {
+						pw.CloseWithError(err)
+					}
 					return
 				}
 				switch m := msg.GetMsg().(type) {
 				case *proto.ExecRequest_Stdin:
-					if _, err := pw.Write(m.Stdin); err != nil {
-						return // the command no longer reads
+					if pw != nil {
+						// An error: the command no longer reads; resizes
+						// may still come.
+						_, _ = pw.Write(m.Stdin)
 					}
 				case *proto.ExecRequest_StdinClose:
-					pw.Close()
-					return
+					if pw != nil {
+						pw.Close()
+					}
+					if resize == nil {
+						return
+					}
+				case *proto.ExecRequest_Resize:
+					if resize != nil {
+						select {
+						case resize <- TermSize{Rows: uint16(m.Resize.GetRows()), Cols: uint16(m.Resize.GetCols())}:
+						default: // the driver is behind; a later size follows
+						}
+					}
 				}
 			}
 		}()

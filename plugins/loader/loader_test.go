@@ -393,3 +393,12 @@ func ppid(pid int) int {
 	n, _ := strconv.Atoi(f[1])
 	return n
 }
+
+// TestExecTTYExternal runs interactive exec (terminal, resize, ^C, stdin)
+// against the example driver as a real plugin process.
+func TestExecTTYExternal(t *testing.T) {
+	d := loadOne(t, pluginDir(t, "corral-driver-example"))
+	cfg := testutils.TaskConfig(t, "sleep", "1000")
+	testutils.StartTask(t, d, cfg)
+	testutils.RunExecTTY(t, d, cfg.ID)
+}

@@ -1888,9 +1888,14 @@ type ExecStart struct {
 	Command []string               `protobuf:"bytes,2,rep,name=command,proto3" json:"command,omitempty"`
 	Env     map[string]string      `protobuf:"bytes,3,rep,name=env,proto3" json:"env,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// stdin, stdout and stderr say which streams the caller attached.
-	Stdin         bool `protobuf:"varint,4,opt,name=stdin,proto3" json:"stdin,omitempty"`
-	Stdout        bool `protobuf:"varint,5,opt,name=stdout,proto3" json:"stdout,omitempty"`
-	Stderr        bool `protobuf:"varint,6,opt,name=stderr,proto3" json:"stderr,omitempty"`
+	Stdin  bool `protobuf:"varint,4,opt,name=stdin,proto3" json:"stdin,omitempty"`
+	Stdout bool `protobuf:"varint,5,opt,name=stdout,proto3" json:"stdout,omitempty"`
+	Stderr bool `protobuf:"varint,6,opt,name=stderr,proto3" json:"stderr,omitempty"`
+	// tty runs the command on a new pseudo-terminal (its output comes as
+	// stdout); rows and cols are its size at start (0: the default).
+	Tty           bool   `protobuf:"varint,7,opt,name=tty,proto3" json:"tty,omitempty"`
+	Rows          uint32 `protobuf:"varint,8,opt,name=rows,proto3" json:"rows,omitempty"`
+	Cols          uint32 `protobuf:"varint,9,opt,name=cols,proto3" json:"cols,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1967,6 +1972,80 @@ func (x *ExecStart) GetStderr() bool {
 	return false
 }
 
+func (x *ExecStart) GetTty() bool {
+	if x != nil {
+		return x.Tty
+	}
+	return false
+}
+
+func (x *ExecStart) GetRows() uint32 {
+	if x != nil {
+		return x.Rows
+	}
+	return 0
+}
+
+func (x *ExecStart) GetCols() uint32 {
+	if x != nil {
+		return x.Cols
+	}
+	return 0
+}
+
+// TermSize is a terminal's new size.
+type TermSize struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Rows          uint32                 `protobuf:"varint,1,opt,name=rows,proto3" json:"rows,omitempty"`
+	Cols          uint32                 `protobuf:"varint,2,opt,name=cols,proto3" json:"cols,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TermSize) Reset() {
+	*x = TermSize{}
+	mi := &file_driver_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TermSize) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TermSize) ProtoMessage() {}
+
+func (x *TermSize) ProtoReflect() protoreflect.Message {
+	mi := &file_driver_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TermSize.ProtoReflect.Descriptor instead.
+func (*TermSize) Descriptor() ([]byte, []int) {
+	return file_driver_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *TermSize) GetRows() uint32 {
+	if x != nil {
+		return x.Rows
+	}
+	return 0
+}
+
+func (x *TermSize) GetCols() uint32 {
+	if x != nil {
+		return x.Cols
+	}
+	return 0
+}
+
 type ExecRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Types that are valid to be assigned to Msg:
@@ -1974,6 +2053,7 @@ type ExecRequest struct {
 	//	*ExecRequest_Start
 	//	*ExecRequest_Stdin
 	//	*ExecRequest_StdinClose
+	//	*ExecRequest_Resize
 	Msg           isExecRequest_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1981,7 +2061,7 @@ type ExecRequest struct {
 
 func (x *ExecRequest) Reset() {
 	*x = ExecRequest{}
-	mi := &file_driver_proto_msgTypes[31]
+	mi := &file_driver_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1993,7 +2073,7 @@ func (x *ExecRequest) String() string {
 func (*ExecRequest) ProtoMessage() {}
 
 func (x *ExecRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[31]
+	mi := &file_driver_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2006,7 +2086,7 @@ func (x *ExecRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecRequest.ProtoReflect.Descriptor instead.
 func (*ExecRequest) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{31}
+	return file_driver_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ExecRequest) GetMsg() isExecRequest_Msg {
@@ -2043,6 +2123,15 @@ func (x *ExecRequest) GetStdinClose() bool {
 	return false
 }
 
+func (x *ExecRequest) GetResize() *TermSize {
+	if x != nil {
+		if x, ok := x.Msg.(*ExecRequest_Resize); ok {
+			return x.Resize
+		}
+	}
+	return nil
+}
+
 type isExecRequest_Msg interface {
 	isExecRequest_Msg()
 }
@@ -2061,11 +2150,18 @@ type ExecRequest_StdinClose struct {
 	StdinClose bool `protobuf:"varint,3,opt,name=stdin_close,json=stdinClose,proto3,oneof"`
 }
 
+type ExecRequest_Resize struct {
+	// resize changes the size of the command's terminal (with tty).
+	Resize *TermSize `protobuf:"bytes,4,opt,name=resize,proto3,oneof"`
+}
+
 func (*ExecRequest_Start) isExecRequest_Msg() {}
 
 func (*ExecRequest_Stdin) isExecRequest_Msg() {}
 
 func (*ExecRequest_StdinClose) isExecRequest_Msg() {}
+
+func (*ExecRequest_Resize) isExecRequest_Msg() {}
 
 type ExecExit struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -2076,7 +2172,7 @@ type ExecExit struct {
 
 func (x *ExecExit) Reset() {
 	*x = ExecExit{}
-	mi := &file_driver_proto_msgTypes[32]
+	mi := &file_driver_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2088,7 +2184,7 @@ func (x *ExecExit) String() string {
 func (*ExecExit) ProtoMessage() {}
 
 func (x *ExecExit) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[32]
+	mi := &file_driver_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2101,7 +2197,7 @@ func (x *ExecExit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecExit.ProtoReflect.Descriptor instead.
 func (*ExecExit) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{32}
+	return file_driver_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ExecExit) GetExitCode() int64 {
@@ -2125,7 +2221,7 @@ type ExecResponse struct {
 
 func (x *ExecResponse) Reset() {
 	*x = ExecResponse{}
-	mi := &file_driver_proto_msgTypes[33]
+	mi := &file_driver_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2137,7 +2233,7 @@ func (x *ExecResponse) String() string {
 func (*ExecResponse) ProtoMessage() {}
 
 func (x *ExecResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[33]
+	mi := &file_driver_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2150,7 +2246,7 @@ func (x *ExecResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecResponse.ProtoReflect.Descriptor instead.
 func (*ExecResponse) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{33}
+	return file_driver_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ExecResponse) GetMsg() isExecResponse_Msg {
@@ -2219,7 +2315,7 @@ type RecoverRequest struct {
 
 func (x *RecoverRequest) Reset() {
 	*x = RecoverRequest{}
-	mi := &file_driver_proto_msgTypes[34]
+	mi := &file_driver_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2231,7 +2327,7 @@ func (x *RecoverRequest) String() string {
 func (*RecoverRequest) ProtoMessage() {}
 
 func (x *RecoverRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[34]
+	mi := &file_driver_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2244,7 +2340,7 @@ func (x *RecoverRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecoverRequest.ProtoReflect.Descriptor instead.
 func (*RecoverRequest) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{34}
+	return file_driver_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *RecoverRequest) GetHandle() *TaskHandle {
@@ -2262,7 +2358,7 @@ type RecoverResponse struct {
 
 func (x *RecoverResponse) Reset() {
 	*x = RecoverResponse{}
-	mi := &file_driver_proto_msgTypes[35]
+	mi := &file_driver_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2274,7 +2370,7 @@ func (x *RecoverResponse) String() string {
 func (*RecoverResponse) ProtoMessage() {}
 
 func (x *RecoverResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[35]
+	mi := &file_driver_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2287,7 +2383,7 @@ func (x *RecoverResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecoverResponse.ProtoReflect.Descriptor instead.
 func (*RecoverResponse) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{35}
+	return file_driver_proto_rawDescGZIP(), []int{36}
 }
 
 var File_driver_proto protoreflect.FileDescriptor
@@ -2456,22 +2552,29 @@ const file_driver_proto_rawDesc = "" +
 	"\fStatsRequest\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\"C\n" +
 	"\rStatsResponse\x122\n" +
-	"\x05stats\x18\x01 \x01(\v2\x1c.corral.drivers.v1.TaskStatsR\x05stats\"\xf5\x01\n" +
+	"\x05stats\x18\x01 \x01(\v2\x1c.corral.drivers.v1.TaskStatsR\x05stats\"\xaf\x02\n" +
 	"\tExecStart\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x18\n" +
 	"\acommand\x18\x02 \x03(\tR\acommand\x127\n" +
 	"\x03env\x18\x03 \x03(\v2%.corral.drivers.v1.ExecStart.EnvEntryR\x03env\x12\x14\n" +
 	"\x05stdin\x18\x04 \x01(\bR\x05stdin\x12\x16\n" +
 	"\x06stdout\x18\x05 \x01(\bR\x06stdout\x12\x16\n" +
-	"\x06stderr\x18\x06 \x01(\bR\x06stderr\x1a6\n" +
+	"\x06stderr\x18\x06 \x01(\bR\x06stderr\x12\x10\n" +
+	"\x03tty\x18\a \x01(\bR\x03tty\x12\x12\n" +
+	"\x04rows\x18\b \x01(\rR\x04rows\x12\x12\n" +
+	"\x04cols\x18\t \x01(\rR\x04cols\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x85\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"2\n" +
+	"\bTermSize\x12\x12\n" +
+	"\x04rows\x18\x01 \x01(\rR\x04rows\x12\x12\n" +
+	"\x04cols\x18\x02 \x01(\rR\x04cols\"\xbc\x01\n" +
 	"\vExecRequest\x124\n" +
 	"\x05start\x18\x01 \x01(\v2\x1c.corral.drivers.v1.ExecStartH\x00R\x05start\x12\x16\n" +
 	"\x05stdin\x18\x02 \x01(\fH\x00R\x05stdin\x12!\n" +
 	"\vstdin_close\x18\x03 \x01(\bH\x00R\n" +
-	"stdinCloseB\x05\n" +
+	"stdinClose\x125\n" +
+	"\x06resize\x18\x04 \x01(\v2\x1b.corral.drivers.v1.TermSizeH\x00R\x06resizeB\x05\n" +
 	"\x03msg\"'\n" +
 	"\bExecExit\x12\x1b\n" +
 	"\texit_code\x18\x01 \x01(\x03R\bexitCode\"|\n" +
@@ -2509,7 +2612,7 @@ func file_driver_proto_rawDescGZIP() []byte {
 	return file_driver_proto_rawDescData
 }
 
-var file_driver_proto_msgTypes = make([]protoimpl.MessageInfo, 42)
+var file_driver_proto_msgTypes = make([]protoimpl.MessageInfo, 43)
 var file_driver_proto_goTypes = []any{
 	(*PluginInfoRequest)(nil),     // 0: corral.drivers.v1.PluginInfoRequest
 	(*PluginInfoResponse)(nil),    // 1: corral.drivers.v1.PluginInfoResponse
@@ -2542,26 +2645,27 @@ var file_driver_proto_goTypes = []any{
 	(*StatsRequest)(nil),          // 28: corral.drivers.v1.StatsRequest
 	(*StatsResponse)(nil),         // 29: corral.drivers.v1.StatsResponse
 	(*ExecStart)(nil),             // 30: corral.drivers.v1.ExecStart
-	(*ExecRequest)(nil),           // 31: corral.drivers.v1.ExecRequest
-	(*ExecExit)(nil),              // 32: corral.drivers.v1.ExecExit
-	(*ExecResponse)(nil),          // 33: corral.drivers.v1.ExecResponse
-	(*RecoverRequest)(nil),        // 34: corral.drivers.v1.RecoverRequest
-	(*RecoverResponse)(nil),       // 35: corral.drivers.v1.RecoverResponse
-	nil,                           // 36: corral.drivers.v1.FingerprintResponse.AttributesEntry
-	nil,                           // 37: corral.drivers.v1.TaskConfig.EnvEntry
-	nil,                           // 38: corral.drivers.v1.TaskConfig.ResourcesEntry
-	nil,                           // 39: corral.drivers.v1.TaskConfig.HostsEntry
-	nil,                           // 40: corral.drivers.v1.DeviceReservation.EnvEntry
-	nil,                           // 41: corral.drivers.v1.ExecStart.EnvEntry
-	(*timestamppb.Timestamp)(nil), // 42: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 43: google.protobuf.Duration
+	(*TermSize)(nil),              // 31: corral.drivers.v1.TermSize
+	(*ExecRequest)(nil),           // 32: corral.drivers.v1.ExecRequest
+	(*ExecExit)(nil),              // 33: corral.drivers.v1.ExecExit
+	(*ExecResponse)(nil),          // 34: corral.drivers.v1.ExecResponse
+	(*RecoverRequest)(nil),        // 35: corral.drivers.v1.RecoverRequest
+	(*RecoverResponse)(nil),       // 36: corral.drivers.v1.RecoverResponse
+	nil,                           // 37: corral.drivers.v1.FingerprintResponse.AttributesEntry
+	nil,                           // 38: corral.drivers.v1.TaskConfig.EnvEntry
+	nil,                           // 39: corral.drivers.v1.TaskConfig.ResourcesEntry
+	nil,                           // 40: corral.drivers.v1.TaskConfig.HostsEntry
+	nil,                           // 41: corral.drivers.v1.DeviceReservation.EnvEntry
+	nil,                           // 42: corral.drivers.v1.ExecStart.EnvEntry
+	(*timestamppb.Timestamp)(nil), // 43: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 44: google.protobuf.Duration
 }
 var file_driver_proto_depIdxs = []int32{
-	36, // 0: corral.drivers.v1.FingerprintResponse.attributes:type_name -> corral.drivers.v1.FingerprintResponse.AttributesEntry
-	37, // 1: corral.drivers.v1.TaskConfig.env:type_name -> corral.drivers.v1.TaskConfig.EnvEntry
-	38, // 2: corral.drivers.v1.TaskConfig.resources:type_name -> corral.drivers.v1.TaskConfig.ResourcesEntry
+	37, // 0: corral.drivers.v1.FingerprintResponse.attributes:type_name -> corral.drivers.v1.FingerprintResponse.AttributesEntry
+	38, // 1: corral.drivers.v1.TaskConfig.env:type_name -> corral.drivers.v1.TaskConfig.EnvEntry
+	39, // 2: corral.drivers.v1.TaskConfig.resources:type_name -> corral.drivers.v1.TaskConfig.ResourcesEntry
 	13, // 3: corral.drivers.v1.TaskConfig.image_config:type_name -> corral.drivers.v1.ImageConfig
-	39, // 4: corral.drivers.v1.TaskConfig.hosts:type_name -> corral.drivers.v1.TaskConfig.HostsEntry
+	40, // 4: corral.drivers.v1.TaskConfig.hosts:type_name -> corral.drivers.v1.TaskConfig.HostsEntry
 	10, // 5: corral.drivers.v1.TaskConfig.devices:type_name -> corral.drivers.v1.DeviceReservation
 	7,  // 6: corral.drivers.v1.TaskConfig.mounts:type_name -> corral.drivers.v1.Mount
 	8,  // 7: corral.drivers.v1.TaskConfig.options:type_name -> corral.drivers.v1.KernelOptions
@@ -2569,50 +2673,51 @@ var file_driver_proto_depIdxs = []int32{
 	11, // 9: corral.drivers.v1.DeviceReservation.nodes:type_name -> corral.drivers.v1.DeviceNode
 	11, // 10: corral.drivers.v1.DeviceReservation.deny:type_name -> corral.drivers.v1.DeviceNode
 	12, // 11: corral.drivers.v1.DeviceReservation.mounts:type_name -> corral.drivers.v1.DeviceMount
-	40, // 12: corral.drivers.v1.DeviceReservation.env:type_name -> corral.drivers.v1.DeviceReservation.EnvEntry
+	41, // 12: corral.drivers.v1.DeviceReservation.env:type_name -> corral.drivers.v1.DeviceReservation.EnvEntry
 	6,  // 13: corral.drivers.v1.TaskHandle.config:type_name -> corral.drivers.v1.TaskConfig
-	42, // 14: corral.drivers.v1.TaskHandle.started_at:type_name -> google.protobuf.Timestamp
-	42, // 15: corral.drivers.v1.TaskStatus.started_at:type_name -> google.protobuf.Timestamp
-	42, // 16: corral.drivers.v1.TaskStatus.completed_at:type_name -> google.protobuf.Timestamp
+	43, // 14: corral.drivers.v1.TaskHandle.started_at:type_name -> google.protobuf.Timestamp
+	43, // 15: corral.drivers.v1.TaskStatus.started_at:type_name -> google.protobuf.Timestamp
+	43, // 16: corral.drivers.v1.TaskStatus.completed_at:type_name -> google.protobuf.Timestamp
 	15, // 17: corral.drivers.v1.TaskStatus.exit_result:type_name -> corral.drivers.v1.ExitResult
-	42, // 18: corral.drivers.v1.TaskStats.time:type_name -> google.protobuf.Timestamp
+	43, // 18: corral.drivers.v1.TaskStats.time:type_name -> google.protobuf.Timestamp
 	6,  // 19: corral.drivers.v1.StartRequest.config:type_name -> corral.drivers.v1.TaskConfig
 	14, // 20: corral.drivers.v1.StartResponse.handle:type_name -> corral.drivers.v1.TaskHandle
 	15, // 21: corral.drivers.v1.WaitResponse.result:type_name -> corral.drivers.v1.ExitResult
-	43, // 22: corral.drivers.v1.StopRequest.timeout:type_name -> google.protobuf.Duration
+	44, // 22: corral.drivers.v1.StopRequest.timeout:type_name -> google.protobuf.Duration
 	16, // 23: corral.drivers.v1.InspectResponse.status:type_name -> corral.drivers.v1.TaskStatus
 	17, // 24: corral.drivers.v1.StatsResponse.stats:type_name -> corral.drivers.v1.TaskStats
-	41, // 25: corral.drivers.v1.ExecStart.env:type_name -> corral.drivers.v1.ExecStart.EnvEntry
+	42, // 25: corral.drivers.v1.ExecStart.env:type_name -> corral.drivers.v1.ExecStart.EnvEntry
 	30, // 26: corral.drivers.v1.ExecRequest.start:type_name -> corral.drivers.v1.ExecStart
-	32, // 27: corral.drivers.v1.ExecResponse.exit:type_name -> corral.drivers.v1.ExecExit
-	14, // 28: corral.drivers.v1.RecoverRequest.handle:type_name -> corral.drivers.v1.TaskHandle
-	0,  // 29: corral.drivers.v1.Driver.PluginInfo:input_type -> corral.drivers.v1.PluginInfoRequest
-	2,  // 30: corral.drivers.v1.Driver.Fingerprint:input_type -> corral.drivers.v1.FingerprintRequest
-	4,  // 31: corral.drivers.v1.Driver.Capabilities:input_type -> corral.drivers.v1.CapabilitiesRequest
-	18, // 32: corral.drivers.v1.Driver.Start:input_type -> corral.drivers.v1.StartRequest
-	20, // 33: corral.drivers.v1.Driver.Wait:input_type -> corral.drivers.v1.WaitRequest
-	22, // 34: corral.drivers.v1.Driver.Stop:input_type -> corral.drivers.v1.StopRequest
-	24, // 35: corral.drivers.v1.Driver.Destroy:input_type -> corral.drivers.v1.DestroyRequest
-	26, // 36: corral.drivers.v1.Driver.Inspect:input_type -> corral.drivers.v1.InspectRequest
-	28, // 37: corral.drivers.v1.Driver.Stats:input_type -> corral.drivers.v1.StatsRequest
-	31, // 38: corral.drivers.v1.Driver.Exec:input_type -> corral.drivers.v1.ExecRequest
-	34, // 39: corral.drivers.v1.Driver.Recover:input_type -> corral.drivers.v1.RecoverRequest
-	1,  // 40: corral.drivers.v1.Driver.PluginInfo:output_type -> corral.drivers.v1.PluginInfoResponse
-	3,  // 41: corral.drivers.v1.Driver.Fingerprint:output_type -> corral.drivers.v1.FingerprintResponse
-	5,  // 42: corral.drivers.v1.Driver.Capabilities:output_type -> corral.drivers.v1.CapabilitiesResponse
-	19, // 43: corral.drivers.v1.Driver.Start:output_type -> corral.drivers.v1.StartResponse
-	21, // 44: corral.drivers.v1.Driver.Wait:output_type -> corral.drivers.v1.WaitResponse
-	23, // 45: corral.drivers.v1.Driver.Stop:output_type -> corral.drivers.v1.StopResponse
-	25, // 46: corral.drivers.v1.Driver.Destroy:output_type -> corral.drivers.v1.DestroyResponse
-	27, // 47: corral.drivers.v1.Driver.Inspect:output_type -> corral.drivers.v1.InspectResponse
-	29, // 48: corral.drivers.v1.Driver.Stats:output_type -> corral.drivers.v1.StatsResponse
-	33, // 49: corral.drivers.v1.Driver.Exec:output_type -> corral.drivers.v1.ExecResponse
-	35, // 50: corral.drivers.v1.Driver.Recover:output_type -> corral.drivers.v1.RecoverResponse
-	40, // [40:51] is the sub-list for method output_type
-	29, // [29:40] is the sub-list for method input_type
-	29, // [29:29] is the sub-list for extension type_name
-	29, // [29:29] is the sub-list for extension extendee
-	0,  // [0:29] is the sub-list for field type_name
+	31, // 27: corral.drivers.v1.ExecRequest.resize:type_name -> corral.drivers.v1.TermSize
+	33, // 28: corral.drivers.v1.ExecResponse.exit:type_name -> corral.drivers.v1.ExecExit
+	14, // 29: corral.drivers.v1.RecoverRequest.handle:type_name -> corral.drivers.v1.TaskHandle
+	0,  // 30: corral.drivers.v1.Driver.PluginInfo:input_type -> corral.drivers.v1.PluginInfoRequest
+	2,  // 31: corral.drivers.v1.Driver.Fingerprint:input_type -> corral.drivers.v1.FingerprintRequest
+	4,  // 32: corral.drivers.v1.Driver.Capabilities:input_type -> corral.drivers.v1.CapabilitiesRequest
+	18, // 33: corral.drivers.v1.Driver.Start:input_type -> corral.drivers.v1.StartRequest
+	20, // 34: corral.drivers.v1.Driver.Wait:input_type -> corral.drivers.v1.WaitRequest
+	22, // 35: corral.drivers.v1.Driver.Stop:input_type -> corral.drivers.v1.StopRequest
+	24, // 36: corral.drivers.v1.Driver.Destroy:input_type -> corral.drivers.v1.DestroyRequest
+	26, // 37: corral.drivers.v1.Driver.Inspect:input_type -> corral.drivers.v1.InspectRequest
+	28, // 38: corral.drivers.v1.Driver.Stats:input_type -> corral.drivers.v1.StatsRequest
+	32, // 39: corral.drivers.v1.Driver.Exec:input_type -> corral.drivers.v1.ExecRequest
+	35, // 40: corral.drivers.v1.Driver.Recover:input_type -> corral.drivers.v1.RecoverRequest
+	1,  // 41: corral.drivers.v1.Driver.PluginInfo:output_type -> corral.drivers.v1.PluginInfoResponse
+	3,  // 42: corral.drivers.v1.Driver.Fingerprint:output_type -> corral.drivers.v1.FingerprintResponse
+	5,  // 43: corral.drivers.v1.Driver.Capabilities:output_type -> corral.drivers.v1.CapabilitiesResponse
+	19, // 44: corral.drivers.v1.Driver.Start:output_type -> corral.drivers.v1.StartResponse
+	21, // 45: corral.drivers.v1.Driver.Wait:output_type -> corral.drivers.v1.WaitResponse
+	23, // 46: corral.drivers.v1.Driver.Stop:output_type -> corral.drivers.v1.StopResponse
+	25, // 47: corral.drivers.v1.Driver.Destroy:output_type -> corral.drivers.v1.DestroyResponse
+	27, // 48: corral.drivers.v1.Driver.Inspect:output_type -> corral.drivers.v1.InspectResponse
+	29, // 49: corral.drivers.v1.Driver.Stats:output_type -> corral.drivers.v1.StatsResponse
+	34, // 50: corral.drivers.v1.Driver.Exec:output_type -> corral.drivers.v1.ExecResponse
+	36, // 51: corral.drivers.v1.Driver.Recover:output_type -> corral.drivers.v1.RecoverResponse
+	41, // [41:52] is the sub-list for method output_type
+	30, // [30:41] is the sub-list for method input_type
+	30, // [30:30] is the sub-list for extension type_name
+	30, // [30:30] is the sub-list for extension extendee
+	0,  // [0:30] is the sub-list for field type_name
 }
 
 func init() { file_driver_proto_init() }
@@ -2620,12 +2725,13 @@ func file_driver_proto_init() {
 	if File_driver_proto != nil {
 		return
 	}
-	file_driver_proto_msgTypes[31].OneofWrappers = []any{
+	file_driver_proto_msgTypes[32].OneofWrappers = []any{
 		(*ExecRequest_Start)(nil),
 		(*ExecRequest_Stdin)(nil),
 		(*ExecRequest_StdinClose)(nil),
+		(*ExecRequest_Resize)(nil),
 	}
-	file_driver_proto_msgTypes[33].OneofWrappers = []any{
+	file_driver_proto_msgTypes[34].OneofWrappers = []any{
 		(*ExecResponse_Stdout)(nil),
 		(*ExecResponse_Stderr)(nil),
 		(*ExecResponse_Exit)(nil),
@@ -2636,7 +2742,7 @@ func file_driver_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_driver_proto_rawDesc), len(file_driver_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   42,
+			NumMessages:   43,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
