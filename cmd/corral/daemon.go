@@ -50,6 +50,7 @@ type daemonFlags struct {
 	dataDir, name, httpAddr, rpcAddr, serfAddr, agentSerfAddr string
 	group, cpu, mem, logLevel, pluginDir                      string
 	execUser                                                  string
+	kernelSubnet                                              string
 	enableHostDriver                                          bool
 	nvmlLib                                                   string
 	kernelHelper                                              string
@@ -159,6 +160,7 @@ func parseDaemonFlags(role string, args []string) (*daemonFlags, error) {
 		fs.BoolVar(&f.enableHostDriver, "enable-host-driver", false, "offer the host driver: kernels run as root in the host's namespaces (for admins only)")
 		fs.StringVar(&f.nvmlLib, "nvml-lib", "", "NVIDIA NVML library to fingerprint GPUs with (default libnvidia-ml.so.1 through the loader)")
 		fs.StringVar(&f.kernelHelper, "kernel-helper", "", "the static corral-kernel binary put into cluster kernels (ssh, start barrier; default: corral-kernel next to this executable)")
+		fs.StringVar(&f.kernelSubnet, "kernel-subnet", "10.88.0.0/16", "IPv4 subnet of the agent's kernel bridge corral0: each container kernel gets an address in it and reaches out through NAT (off: kernels get only loopback, cluster kernels only their overlay)")
 		fs.BoolVar(&f.noGPUs, "no-gpus", false, "do not look for GPUs (offer none, even with an NVIDIA driver)")
 		fs.BoolVar(&f.runc.seccomp, "runc-seccomp", true, "give runc kernels the container runtimes' default seccomp profile (false: an operator's escape hatch)")
 		fs.Var(&f.runc.userns, "userns", "run runc kernels in user namespaces, their root an unprivileged host uid: auto (where the kernel supports it), true or false")
@@ -385,6 +387,7 @@ func runDaemon(role string, args []string) int {
 		cfg.MaxImageSize = f.maxImageBytes
 		cfg.NVMLLib, cfg.NoGPUs = f.nvmlLib, f.noGPUs
 		cfg.KernelHelper = f.kernelHelper
+		cfg.KernelSubnet = f.kernelSubnet
 		if role == "agent" && security.TLS == nil && security.JoinToken != "" {
 			// Not a secret of one's own PKI: the cluster's join token.
 			cfg.JoinToken, cfg.Security = security.JoinToken, nil
