@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"encoding/binary"
 	"fmt"
 	"maps"
 	"net"
@@ -14,6 +15,7 @@ import (
 	"github.com/corral-dev/corral/netns"
 	"github.com/corral-dev/corral/plugins/drivers"
 	"github.com/corral-dev/corral/structs"
+	"golang.org/x/sys/unix"
 )
 
 // kernelIf is the name of a cluster kernel's overlay interface in its netns.
@@ -50,6 +52,10 @@ type overlays struct {
 	// the kernel bridge: the bridge and rules go when the last one does.
 	egress   map[string]netip.Addr
 	egressUp bool // the bridge and rules are in place
+	egOnce   sync.Once
+	eg       netns.Egress
+	egErr    error
+	egLock   *os.File // the claim on eg's bridge
 }
 
 func (o *overlays) dir() string { return filepath.Join(o.a.cfg.DataDir, "netns") }
@@ -106,19 +112,34 @@ func egressIf(k *structs.Kernel) string {
 	return kernelIf
 }
 
-// egressConfig is the agent's kernel bridge and rules: its subnet, and as
-// denied ports the cluster's control ports wherever they are (the default
-// server and agent ports, this agent's own and its join addresses', TCP
-// and UDP for gossip) and the VXLAN port.
+// egressConfig is the agent's kernel bridge and rules (see claimEgress),
+// with as denied ports the cluster's control ports wherever they are (the
+// default server and agent ports, this agent's own and its join
+// addresses', TCP and UDP for gossip) and the VXLAN port.
 func (o *overlays) egressConfig() (netns.Egress, error) {
-	e := netns.Egress{}
+	o.egOnce.Do(func() { o.eg, o.egErr = o.claimEgress() })
+	return o.eg, o.egErr
+}
+
+// maxEgressSlots bounds how many agents share a network namespace, each
+// with a kernel bridge of its own.
+const maxEgressSlots = 16
+
+// claimEgress picks the agent's kernel bridge: corral0 with the configured
+// subnet, unless another agent in the same network namespace (tests, dev
+// set-ups) holds it; then corral1 with the next subnet of the same size,
+// and so on. The claim is an exclusive lock on a file that the agent keeps
+// open while it runs, so it ends with the agent however it ends.
+func (o *overlays) claimEgress() (netns.Egress, error) {
+	base := netns.DefaultEgressSubnet
 	if s := o.a.cfg.KernelSubnet; s != "" {
 		p, err := netip.ParsePrefix(s)
-		if err != nil {
-			return e, fmt.Errorf("kernel subnet %q: %w", s, err)
+		if err != nil || !p.Addr().Is4() {
+			return netns.Egress{}, fmt.Errorf("kernel subnet %q is not an IPv4 prefix", s)
 		}
-		e.Subnet = p
+		base = p.Masked()
 	}
+	e := netns.Egress{}
 	ports := map[uint16]bool{8640: true, 8641: true, 8642: true, 8643: true, 8644: true}
 	for _, hp := range append([]string{o.a.cfg.RPCAddr, o.a.cfg.SerfAddr, o.a.cfg.EnrollAddr}, o.a.cfg.Join...) {
 		if _, p, err := net.SplitHostPort(hp); err == nil {
@@ -131,8 +152,43 @@ func (o *overlays) egressConfig() (netns.Egress, error) {
 		e.DenyPorts = append(e.DenyPorts, netns.Port{Proto: "tcp", Port: p}, netns.Port{Proto: "udp", Port: p})
 	}
 	e.DenyPorts = append(e.DenyPorts, netns.Port{Proto: "udp", Port: netns.DefaultVXLANPort})
-	return e, nil
+
+	var st unix.Stat_t
+	if err := unix.Stat("/proc/self/ns/net", &st); err != nil {
+		return e, fmt.Errorf("kernel bridge: %w", err)
+	}
+	if err := os.MkdirAll(egressLockDir, 0o700); err != nil {
+		return e, fmt.Errorf("kernel bridge: %w", err)
+	}
+	size := uint32(1) << (32 - base.Bits())
+	b4 := base.Addr().As4()
+	start := binary.BigEndian.Uint32(b4[:])
+	for n := range uint32(maxEgressSlots) {
+		f, err := os.OpenFile(filepath.Join(egressLockDir, fmt.Sprintf("egress-%d-%d.lock", st.Ino, n)), os.O_CREATE|os.O_RDWR, 0o600)
+		if err != nil {
+			return e, fmt.Errorf("kernel bridge: %w", err)
+		}
+		if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+			f.Close()
+			continue // another agent's
+		}
+		var a [4]byte
+		binary.BigEndian.PutUint32(a[:], start+n*size)
+		e.Subnet = netip.PrefixFrom(netip.AddrFrom4(a), base.Bits())
+		e.Bridge = fmt.Sprintf("corral%d", n)
+		e.Table = netns.EgressTable
+		if n > 0 {
+			e.Table += strconv.Itoa(int(n))
+			o.a.logger.Info("another agent in this network namespace has the kernel bridge: using the next", "bridge", e.Bridge, "subnet", e.Subnet)
+		}
+		o.egLock = f
+		return e, nil
+	}
+	return e, fmt.Errorf("kernel bridge: %d agents in this network namespace already hold one each", maxEgressSlots)
 }
+
+// egressLockDir holds the kernel bridges' claim files.
+const egressLockDir = "/run/corral"
 
 // prepare gives a kernel its network: -network none becomes the driver's
 // default (a namespace with loopback only), and a networked kernel gets its
@@ -181,9 +237,6 @@ func (o *overlays) setupEgress(k *structs.Kernel, cfg *drivers.TaskConfig) error
 			used[a] = true
 		}
 		sub := e.Subnet
-		if !sub.IsValid() {
-			sub = netns.DefaultEgressSubnet
-		}
 		for a := e.Gateway().Next(); sub.Contains(a); a = a.Next() {
 			if !used[a] && sub.Contains(a.Next()) { // not the broadcast address
 				addr, ok = a, true
@@ -384,5 +437,9 @@ func (o *overlays) close() {
 	if o.mgr != nil {
 		_ = o.mgr.Close()
 		o.mgr = nil
+	}
+	if o.egLock != nil {
+		_ = o.egLock.Close()
+		o.egLock = nil
 	}
 }

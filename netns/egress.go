@@ -23,6 +23,8 @@ import (
 type Egress struct {
 	// Bridge names the bridge; DefaultEgressBridge when empty.
 	Bridge string
+	// Table names the nftables table (family inet); EgressTable when empty.
+	Table string
 	// Subnet is the kernels' subnet (IPv4); DefaultEgressSubnet when not
 	// valid. Its first address is the bridge's, the kernels' gateway.
 	Subnet netip.Prefix
@@ -44,7 +46,8 @@ func (p Port) String() string { return fmt.Sprintf("%s/%d", p.Proto, p.Port) }
 // Defaults of Egress.
 const (
 	DefaultEgressBridge = "corral0"
-	// EgressTable is the nftables table (family inet) of the egress rules.
+	// EgressTable is the default nftables table (family inet) of the
+	// egress rules.
 	EgressTable = "corral"
 	// EgressVethPrefix starts the host end of a kernel's egress veth.
 	EgressVethPrefix = "cre"
@@ -57,6 +60,9 @@ var DefaultEgressSubnet = netip.MustParsePrefix("10.88.0.0/16")
 func (e Egress) withDefaults() (Egress, error) {
 	if e.Bridge == "" {
 		e.Bridge = DefaultEgressBridge
+	}
+	if e.Table == "" {
+		e.Table = EgressTable
 	}
 	if len(e.Bridge) > 15 || strings.ContainsAny(e.Bridge, "/ \x00") {
 		return e, fmt.Errorf("netns: invalid egress bridge name %q", e.Bridge)
@@ -156,7 +162,7 @@ func (m *Manager) DeleteEgress(e Egress) error {
 			errs = append(errs, fmt.Errorf("netns: delete %s: %w", e.Bridge, err))
 		}
 	}
-	if err := m.deleteEgressRules(); err != nil {
+	if err := m.deleteEgressRules(e.Table); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
@@ -230,6 +236,9 @@ func (m *Manager) AttachEgress(e Egress, nsPath, ifName string, addr netip.Addr)
 		m.log.Debug("created egress veth", "link", hostName, "netns", nsPath, "ifname", ifName)
 	}
 	m.noIPv6(host)
+	if err := m.h.LinkSetAlias(host, egressAlias+e.Bridge); err != nil {
+		return fmt.Errorf("netns: set alias of %s: %w", hostName, err)
+	}
 	if host.Attrs().MasterIndex != br.Attrs().Index {
 		if err := m.h.LinkSetMaster(host, br); err != nil {
 			return fmt.Errorf("netns: enslave %s to %s: %w", hostName, e.Bridge, err)
@@ -311,10 +320,19 @@ func EgressAddr(nsPath, ifName string) (netip.Addr, error) {
 	return a, nil
 }
 
-// ReconcileEgress removes the egress veths whose names are not in keep
-// (EgressVethName of the kernels still running), and, when keep is empty,
-// the bridge and the rules too.
+// egressAlias, followed by the bridge's name, marks a host veth end as
+// AttachEgress's (agents sharing a network namespace have bridges of their
+// own).
+const egressAlias = "corral-egress="
+
+// ReconcileEgress removes the egress veths of e's bridge whose names are
+// not in keep (EgressVethName of the kernels still running), and, when
+// keep is empty, the bridge and the rules too.
 func (m *Manager) ReconcileEgress(e Egress, keep map[string]bool) error {
+	e, err := e.withDefaults()
+	if err != nil {
+		return err
+	}
 	m.mu.Lock()
 	ls, err := linkList(m.h)
 	if err != nil {
@@ -324,7 +342,7 @@ func (m *Manager) ReconcileEgress(e Egress, keep map[string]bool) error {
 	var errs []error
 	for _, l := range ls {
 		n := l.Attrs().Name
-		if l.Type() == "veth" && strings.HasPrefix(n, EgressVethPrefix) && len(n) == 15 && !keep[n] {
+		if l.Type() == "veth" && strings.HasPrefix(n, EgressVethPrefix) && len(n) == 15 && !keep[n] && l.Attrs().Alias == egressAlias+e.Bridge {
 			if err := m.h.LinkDel(l); err != nil && !notFound(err) {
 				errs = append(errs, fmt.Errorf("netns: delete %s: %w", n, err))
 			}

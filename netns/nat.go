@@ -140,8 +140,8 @@ func (m *Manager) writeEgressRules(e Egress) error {
 	if err != nil {
 		return err
 	}
-	t := &nftables.Table{Family: nftables.TableFamilyINet, Name: EgressTable}
-	if old, err := c.ListTableOfFamily(EgressTable, nftables.TableFamilyINet); err == nil && old != nil {
+	t := &nftables.Table{Family: nftables.TableFamilyINet, Name: e.Table}
+	if old, err := c.ListTableOfFamily(e.Table, nftables.TableFamilyINet); err == nil && old != nil {
 		c.DelTable(t)
 	}
 	c.AddTable(t)
@@ -158,26 +158,26 @@ func (m *Manager) writeEgressRules(e Egress) error {
 		c.AddRule(&nftables.Rule{Table: t, Chain: chains[r.chain], Exprs: r.exprs})
 	}
 	if err := c.Flush(); err != nil {
-		return fmt.Errorf("netns: write nftables table inet %s: %w", EgressTable, err)
+		return fmt.Errorf("netns: write nftables table inet %s: %w", e.Table, err)
 	}
-	m.log.Debug("wrote egress rules", "table", EgressTable, "bridge", e.Bridge, "subnet", e.Subnet)
+	m.log.Debug("wrote egress rules", "table", e.Table, "bridge", e.Bridge, "subnet", e.Subnet)
 	return nil
 }
 
-// deleteEgressRules removes the egress table if it exists.
-func (m *Manager) deleteEgressRules() error {
+// deleteEgressRules removes the named egress table if it exists.
+func (m *Manager) deleteEgressRules(table string) error {
 	c, err := m.nftConn()
 	if err != nil {
 		return err
 	}
-	if _, err := c.ListTableOfFamily(EgressTable, nftables.TableFamilyINet); err != nil {
+	if _, err := c.ListTableOfFamily(table, nftables.TableFamilyINet); err != nil {
 		if errors.Is(err, os.ErrNotExist) || strings.Contains(err.Error(), "no such file") {
 			return nil
 		}
 	}
-	c.DelTable(&nftables.Table{Family: nftables.TableFamilyINet, Name: EgressTable})
+	c.DelTable(&nftables.Table{Family: nftables.TableFamilyINet, Name: table})
 	if err := c.Flush(); err != nil && !errors.Is(err, unix.ENOENT) && !strings.Contains(err.Error(), "no such file") {
-		return fmt.Errorf("netns: delete nftables table inet %s: %w", EgressTable, err)
+		return fmt.Errorf("netns: delete nftables table inet %s: %w", table, err)
 	}
 	return nil
 }
