@@ -103,10 +103,14 @@ func ovStartRegistry(t *testing.T, h *testbed.Host) string {
 	return ref
 }
 
-func newOvCluster(t *testing.T) *ovCluster {
+func newOvCluster(t *testing.T) *ovCluster { return newOvClusterExtra(t, 0) }
+
+// newOvClusterExtra is newOvCluster with extra hosts on the bed after the
+// agents' (Hosts[4:]), running nothing.
+func newOvClusterExtra(t *testing.T, extra int) *ovCluster {
 	t.Helper()
-	b := testbed.New(t, 4)
-	oc := &ovCluster{bed: b, server: b.Hosts[0], agents: b.Hosts[1:], hostOf: map[string]*testbed.Host{}}
+	b := testbed.New(t, 4+extra)
+	oc := &ovCluster{bed: b, server: b.Hosts[0], agents: b.Hosts[1:4], hostOf: map[string]*testbed.Host{}}
 	oc.image = ovStartRegistry(t, oc.server)
 	regHost := strings.SplitN(oc.image, "/", 2)[0]
 
@@ -648,8 +652,9 @@ func TestOverlayMultiNodeSessions(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s of %s: %v", k.Hostname, k.SessionID, err)
 		}
-		if !slices.Equal(addrs, []string{k.Network.Address}) || !slices.Equal(links, []string{"eth0", "lo"}) {
-			t.Errorf("%s of %s: links %v, eth0 addresses %v, want [eth0 lo] and %s", k.Hostname, k.SessionID, links, addrs, k.Network.Address)
+		// eth1 is the kernel's way out through its agent's kernel bridge.
+		if !slices.Equal(addrs, []string{k.Network.Address}) || !slices.Equal(links, []string{"eth0", "eth1", "lo"}) {
+			t.Errorf("%s of %s: links %v, eth0 addresses %v, want [eth0 eth1 lo] and %s", k.Hostname, k.SessionID, links, addrs, k.Network.Address)
 		}
 		nsOf[k.ID] = p
 	}
