@@ -198,14 +198,14 @@ func TestKernelNetwork(t *testing.T) {
 
 	// Every kernel fetches a file from the internet with busybox wget.
 	for _, k := range ks {
-		code, out, errOut := oc.exec(t, k.k.SessionID, "main1", 30*time.Second, "wget", "-q", "-O", "-", inetURL)
+		code, out, errOut := oc.exec(t, k.k.SessionID, "main1", 30*time.Second, "busybox", "wget", "-q", "-O", "-", inetURL)
 		agentIP := oc.hostOf[k.k.AgentID].IP.String()
 		if code != 0 || !strings.HasPrefix(out, "file from the internet for "+agentIP+":") {
 			t.Errorf("kernel %s (%v) wget %s: exit %d, %q %q (want the file, fetched from its agent's address %s)", k.k.ID, k.addr, inetURL, code, out, errOut, agentIP)
 		}
 	}
 	// -network none: no way out.
-	if code, out, _ := oc.exec(t, none.Session.ID, "main1", 30*time.Second, "wget", "-q", "-T", "2", "-O", "-", inetURL); code == 0 {
+	if code, out, _ := oc.exec(t, none.Session.ID, "main1", 30*time.Second, "busybox", "wget", "-q", "-T", "2", "-O", "-", inetURL); code == 0 {
 		t.Errorf("-network none kernel fetched %q", out)
 	}
 
