@@ -204,6 +204,23 @@ func TestKernelNetwork(t *testing.T) {
 			t.Errorf("kernel %s (%v) wget %s: exit %d, %q %q (want the file, fetched from its agent's address %s)", k.k.ID, k.addr, inetURL, code, out, errOut, agentIP)
 		}
 	}
+	// DNS: the host's name servers but loopback ones, reached through the NAT.
+	if host, err := os.ReadFile("/etc/resolv.conf"); err == nil {
+		_, conf, _ := oc.exec(t, ks[0].k.SessionID, "main1", 30*time.Second, "cat", "/etc/resolv.conf")
+		for _, line := range strings.Split(string(host), "\n") {
+			f := strings.Fields(line)
+			if len(f) < 2 || f[0] != "nameserver" {
+				continue
+			}
+			a, err := netip.ParseAddr(f[1])
+			if err != nil {
+				continue
+			}
+			if has := strings.Contains(conf, "nameserver "+f[1]+"\n"); has == a.IsLoopback() {
+				t.Errorf("kernel's resolv.conf %q vs the host's nameserver %s (loopback: %v)", conf, f[1], a.IsLoopback())
+			}
+		}
+	}
 	// -network none: no way out.
 	if code, out, _ := oc.exec(t, none.Session.ID, "main1", 30*time.Second, "busybox", "wget", "-q", "-T", "2", "-O", "-", inetURL); code == 0 {
 		t.Errorf("-network none kernel fetched %q", out)
