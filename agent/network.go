@@ -210,8 +210,36 @@ func (o *overlays) prepare(k *structs.Kernel, d drivers.Driver, cfg *drivers.Tas
 		if err := o.setupEgress(k, cfg); err != nil {
 			return fmt.Errorf("egress: %w", err)
 		}
+		if wired(k, d) {
+			overlayOnly(cfg)
+		}
 	}
 	return nil
+}
+
+// overlayIfEnv keeps the job traffic of common launchers on the overlay
+// (eth0) of a cluster kernel that also has an egress interface: each
+// agent's kernel subnet is the same, so a launcher trying every interface
+// would take another agent's kernel bridge addresses for peers. A session
+// that sets a variable itself keeps its value.
+var overlayIfEnv = map[string]string{
+	"OMPI_MCA_btl_tcp_if_include": kernelIf, // Open MPI byte transfer
+	"OMPI_MCA_oob_tcp_if_include": kernelIf, // Open MPI 4 daemons
+	"PRTE_MCA_oob_tcp_if_include": kernelIf, // Open MPI 5 daemons
+	"HYDRA_IFACE":                 kernelIf, // MPICH
+	"NCCL_SOCKET_IFNAME":          kernelIf,
+	"GLOO_SOCKET_IFNAME":          kernelIf, // PyTorch's gloo
+}
+
+func overlayOnly(cfg *drivers.TaskConfig) {
+	if cfg.Env == nil {
+		cfg.Env = map[string]string{}
+	}
+	for key, v := range overlayIfEnv {
+		if _, set := cfg.Env[key]; !set {
+			cfg.Env[key] = v
+		}
+	}
 }
 
 // setupEgress puts the kernel on the kernel bridge with the lowest free
