@@ -15,7 +15,6 @@ import (
 	"github.com/corral-dev/corral/netns"
 	"github.com/corral-dev/corral/plugins/drivers"
 	"github.com/corral-dev/corral/structs"
-	"golang.org/x/sys/unix"
 )
 
 // kernelIf is the name of a cluster kernel's overlay interface in its netns.
@@ -55,7 +54,7 @@ type overlays struct {
 	egOnce   sync.Once
 	eg       netns.Egress
 	egErr    error
-	egLock   *os.File // the claim on eg's bridge
+	egLock   net.Listener // the claim on eg's bridge
 }
 
 func (o *overlays) dir() string { return filepath.Join(o.a.cfg.DataDir, "netns") }
@@ -128,8 +127,9 @@ const maxEgressSlots = 16
 // claimEgress picks the agent's kernel bridge: corral0 with the configured
 // subnet, unless another agent in the same network namespace (tests, dev
 // set-ups) holds it; then corral1 with the next subnet of the same size,
-// and so on. The claim is an exclusive lock on a file that the agent keeps
-// open while it runs, so it ends with the agent however it ends.
+// and so on. The claim is an abstract unix socket of the network namespace
+// that the agent holds while it runs, so it ends with the agent however it
+// ends.
 func (o *overlays) claimEgress() (netns.Egress, error) {
 	base := netns.DefaultEgressSubnet
 	if s := o.a.cfg.KernelSubnet; s != "" {
@@ -153,23 +153,14 @@ func (o *overlays) claimEgress() (netns.Egress, error) {
 	}
 	e.DenyPorts = append(e.DenyPorts, netns.Port{Proto: "udp", Port: netns.DefaultVXLANPort})
 
-	var st unix.Stat_t
-	if err := unix.Stat("/proc/self/ns/net", &st); err != nil {
-		return e, fmt.Errorf("kernel bridge: %w", err)
-	}
-	if err := os.MkdirAll(egressLockDir, 0o700); err != nil {
-		return e, fmt.Errorf("kernel bridge: %w", err)
-	}
 	size := uint32(1) << (32 - base.Bits())
 	b4 := base.Addr().As4()
 	start := binary.BigEndian.Uint32(b4[:])
 	for n := range uint32(maxEgressSlots) {
-		f, err := os.OpenFile(filepath.Join(egressLockDir, fmt.Sprintf("egress-%d-%d.lock", st.Ino, n)), os.O_CREATE|os.O_RDWR, 0o600)
+		// An abstract unix socket belongs to the network namespace and
+		// goes with the process: no file is left behind.
+		l, err := net.Listen("unix", fmt.Sprintf("@corral-egress-%d", n))
 		if err != nil {
-			return e, fmt.Errorf("kernel bridge: %w", err)
-		}
-		if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-			f.Close()
 			continue // another agent's
 		}
 		var a [4]byte
@@ -181,14 +172,11 @@ func (o *overlays) claimEgress() (netns.Egress, error) {
 			e.Table += strconv.Itoa(int(n))
 			o.a.logger.Info("another agent in this network namespace has the kernel bridge: using the next", "bridge", e.Bridge, "subnet", e.Subnet)
 		}
-		o.egLock = f
+		o.egLock = l
 		return e, nil
 	}
 	return e, fmt.Errorf("kernel bridge: %d agents in this network namespace already hold one each", maxEgressSlots)
 }
-
-// egressLockDir holds the kernel bridges' claim files.
-const egressLockDir = "/run/corral"
 
 // prepare gives a kernel its network: -network none becomes the driver's
 // default (a namespace with loopback only), and a networked kernel gets its
@@ -448,6 +436,9 @@ func (o *overlays) reconcile(live []*kernelRunner) {
 	}
 	if err := m.ReconcileEgress(e, veths); err != nil {
 		o.a.logger.Warn("egress reconcile", "error", err)
+	}
+	if len(names) == 0 {
+		m.Tidy() // no kernel left: nor the namespace dir's mount
 	}
 	if len(veths) > 0 {
 		// The rules of this run (its ports, its subnet) replace the last.
