@@ -356,6 +356,39 @@ func TestKernelNetwork(t *testing.T) {
 	}
 	mu.Unlock()
 
+	// The agent of kernels a and b is killed and started again: it
+	// reattaches, keeps their interfaces and addresses, and writes its
+	// rules again.
+	ai := slices.Index(oc.agents, aHost)
+	linksBefore, err := aHost.Links()
+	if err != nil {
+		t.Fatal(err)
+	}
+	oc.agentProcs[ai].kill9()
+	oc.agentProcs[ai] = ovStart(t, aHost, "agent-restarted", oc.agentArgs[ai]...)
+	eventually(t, 30*time.Second, "kernel a's agent reattached and serving exec", func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		var out strings.Builder
+		code, err := oc.c.Exec(ctx, a.k.SessionID, &api.ExecRequest{Kernel: "main1", Command: []string{"true"}}, &out, &out)
+		if err != nil || code != 0 {
+			return fmt.Errorf("exec: %d %v %s", code, err, out.String())
+		}
+		return nil
+	})
+	if got, _ := aHost.Links(); !slices.Equal(got, linksBefore) {
+		t.Errorf("agent restart changed %s's links: %v, before %v", aHost.Name, got, linksBefore)
+	}
+	if code, out, errOut := oc.exec(t, a.k.SessionID, "main1", 30*time.Second, "busybox", "wget", "-q", "-O", "-", inetURL); code != 0 || !strings.HasPrefix(out, "file from the internet") {
+		t.Errorf("after the agent restart, kernel %v: wget exit %d %q %q", a.addr, code, out, errOut)
+	}
+	if err := knDial(a.path, bAddr); err == nil {
+		t.Errorf("after the agent restart, kernel %v reached kernel %s", a.addr, bAddr)
+	}
+	if err := knDial(a.path, net.JoinHostPort(aHost.IP.String(), ovAgentRPCPort)); err == nil {
+		t.Errorf("after the agent restart, kernel %v reached its agent's RPC port", a.addr)
+	}
+
 	// The rules exist while kernels run, and nothing is left afterwards.
 	for _, h := range oc.agents {
 		if out, err := exec.Command("ip", "netns", "exec", h.NS, "nft", "list", "tables").CombinedOutput(); err == nil && !strings.Contains(string(out), "inet "+netns.EgressTable) {

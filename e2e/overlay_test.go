@@ -53,6 +53,9 @@ type ovCluster struct {
 	image    string
 	hostOf   map[string]*testbed.Host // agent ID -> its host
 	sessions []string                 // IDs of the sessions the test made
+	// agentProcs and agentArgs are each agent's process and command line.
+	agentProcs []*proc
+	agentArgs  [][]string
 }
 
 // ovStart runs corral inside host h's network namespace. It forks from a
@@ -146,10 +149,12 @@ func newOvClusterExtra(t *testing.T, extra int) *ovCluster {
 		dir := filepath.Join(b.Dir(), fmt.Sprintf("agent%d", i+1))
 		reapKernels(t, dir)
 		ip := h.IP.String()
-		ovStart(t, h, fmt.Sprintf("agent%d", i+1), "agent", "-name", fmt.Sprintf("agent%d", i+1), "-data-dir", dir,
+		args := []string{"agent", "-name", fmt.Sprintf("agent%d", i+1), "-data-dir", dir,
 			"-join", net.JoinHostPort(sip, ovServerSerf), "-rpc", net.JoinHostPort(ip, ovAgentRPCPort),
 			"-serf", net.JoinHostPort(ip, ovAgentSerf), "-cpu", "2", "-mem", "1G",
-			"-insecure-registry", regHost, "-allow-registry", regHost, "-fast-gossip", "-join-token", joinTok)
+			"-insecure-registry", regHost, "-allow-registry", regHost, "-fast-gossip", "-join-token", joinTok}
+		oc.agentArgs = append(oc.agentArgs, args)
+		oc.agentProcs = append(oc.agentProcs, ovStart(t, h, fmt.Sprintf("agent%d", i+1), args...))
 	}
 	eventually(t, 30*time.Second, "3 agents ALIVE with runc", func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
