@@ -33,6 +33,9 @@ type Egress struct {
 	// agent RPC and gossip) and the VXLAN port. Everything on this host is
 	// out of reach anyway.
 	DenyPorts []Port
+	// Allow, when not empty, are the only IPv4 networks kernels may reach
+	// (after DenyPorts); empty allows every address.
+	Allow []netip.Prefix
 }
 
 // Port is a transport protocol ("tcp" or "udp") and port.
@@ -74,6 +77,12 @@ func (e Egress) withDefaults() (Egress, error) {
 	if !e.Subnet.Addr().Is4() || e.Subnet.Bits() > 30 {
 		return e, fmt.Errorf("netns: egress subnet %v must be IPv4 and /30 or larger", e.Subnet)
 	}
+	for i, p := range e.Allow {
+		if !p.IsValid() || !p.Addr().Is4() {
+			return e, fmt.Errorf("netns: allowed egress network %v is not an IPv4 prefix", p)
+		}
+		e.Allow[i] = p.Masked()
+	}
 	for _, p := range e.DenyPorts {
 		if (p.Proto != "tcp" && p.Proto != "udp") || p.Port == 0 {
 			return e, fmt.Errorf("netns: invalid deny port %v (want tcp/N or udp/N)", p)
@@ -108,6 +117,12 @@ func (m *Manager) EnsureEgress(e Egress) error {
 	br, err := m.ensureBridge(e.Bridge, 1500)
 	if err != nil {
 		return err
+	}
+	// A bridge takes the lowest MAC address of its ports unless one was
+	// set: pin it, so that kernels' ARP entries for the gateway stay
+	// right when a port comes or goes.
+	if err := m.h.LinkSetHardwareAddr(br, br.Attrs().HardwareAddr); err != nil {
+		return fmt.Errorf("netns: pin the MAC address of %s: %w", e.Bridge, err)
 	}
 	gw := &netlink.Addr{IPNet: &net.IPNet{IP: net.IP(e.Gateway().AsSlice()), Mask: net.CIDRMask(e.Subnet.Bits(), 32)}}
 	if err := m.h.AddrReplace(br, gw); err != nil {

@@ -141,6 +141,30 @@ func TestEgress(t *testing.T) {
 	}
 }
 
+// TestEgressAllow: with allowed networks, kernels reach those and nothing
+// else.
+func TestEgressAllow(t *testing.T) {
+	bed := testbed.New(t, 3)
+	h0, h1, h2 := bed.Hosts[0], bed.Hosts[1], bed.Hosts[2]
+	m := manager(t, bed, h0)
+	e := netns.Egress{Allow: []netip.Prefix{netip.PrefixFrom(h1.IP, 32)}}
+	if err := m.EnsureEgress(e); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.DeleteEgress(e) })
+	p, err := m.Create("allow-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.AttachEgress(e, p, "eth0", netip.MustParseAddr("10.88.0.2")); err != nil {
+		t.Fatal(err)
+	}
+	echoServer(t, h1.Path(), h1.AddrPort(8000))
+	echoServer(t, h2.Path(), h2.AddrPort(8000))
+	mustEcho(t, p, h1.AddrPort(8000))
+	mustNotEcho(t, p, h2.AddrPort(8000))
+}
+
 func TestEgressConfig(t *testing.T) {
 	if g := (netns.Egress{}).Gateway(); g != netip.MustParseAddr("10.88.0.1") {
 		t.Errorf("default gateway %v", g)

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"strings"
 
@@ -63,12 +64,19 @@ func egressRules(e Egress) []nftRule {
 		rules = append(rules, nftRule{chainForward, fmt.Sprintf("iifname %s %s dport %d drop", q, p.Proto, p.Port),
 			cat(iif(), dport(p), v(drop))})
 	}
+	if len(e.Allow) > 0 {
+		for _, p := range e.Allow {
+			rules = append(rules, nftRule{chainForward, fmt.Sprintf("iifname %s ip daddr %v accept", q, p),
+				cat(iif(), addr4(16, p), v(accept))})
+		}
+		rules = append(rules, nftRule{chainForward, "iifname " + q + " drop", cat(iif(), v(drop))})
+	}
 	rules = append(rules,
 		nftRule{chainForward, "iifname " + q + " accept", cat(iif(), v(accept))},
 		nftRule{chainForward, "oifname " + q + " ct state established,related accept", cat(oif(expr.CmpOpEq), ctReplies(), v(accept))},
 		nftRule{chainForward, "oifname " + q + " drop", cat(oif(expr.CmpOpEq), v(drop))},
 		nftRule{chainPost, fmt.Sprintf("ip saddr %v oifname != %s masquerade", e.Subnet, q),
-			cat(saddr4(e), oif(expr.CmpOpNeq), v(&expr.Masq{}))},
+			cat(addr4(12, e.Subnet), oif(expr.CmpOpNeq), v(&expr.Masq{}))},
 	)
 	return rules
 }
@@ -110,15 +118,16 @@ func dport(p Port) []expr.Any {
 	}
 }
 
-// saddr4 matches IPv4 packets from the egress subnet.
-func saddr4(e Egress) []expr.Any {
+// addr4 matches IPv4 packets whose source (offset 12) or destination
+// (offset 16) address is in p.
+func addr4(offset uint32, p netip.Prefix) []expr.Any {
 	mask := make([]byte, 4)
-	binary.BigEndian.PutUint32(mask, ^uint32(0)<<(32-e.Subnet.Bits()))
-	net4 := e.Subnet.Addr().As4()
+	binary.BigEndian.PutUint32(mask, ^uint32(0)<<(32-p.Bits()))
+	net4 := p.Masked().Addr().As4()
 	return []expr.Any{
 		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.NFPROTO_IPV4}},
-		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: offset, Len: 4},
 		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: mask, Xor: make([]byte, 4)},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: net4[:]},
 	}

@@ -41,7 +41,24 @@ func TestEgressRules(t *testing.T) {
 		t.Errorf("rules:\n%q\nwant\n%q", got, want)
 	}
 
+	// With allowed networks: those after the port drops, then a drop.
+	e.Allow = []netip.Prefix{netip.MustParsePrefix("192.0.2.7/24")}
+	if e, err = e.withDefaults(); err != nil {
+		t.Fatal(err)
+	}
+	got = got[:0]
+	for _, r := range egressRules(e) {
+		got = append(got, r.chain+": "+r.text)
+	}
+	want = slices.Insert(slices.Clone(want), 5,
+		`forward: iifname "corral0" ip daddr 192.0.2.0/24 accept`,
+		`forward: iifname "corral0" drop`)
+	if !slices.Equal(got, want) {
+		t.Errorf("rules with allowed networks:\n%q\nwant\n%q", got, want)
+	}
+
 	for _, bad := range []Egress{
+		{Allow: []netip.Prefix{netip.MustParsePrefix("2001:db8::/32")}},
 		{Subnet: netip.MustParsePrefix("fd00::/64")},
 		{Subnet: netip.MustParsePrefix("10.0.0.0/31")},
 		{Bridge: "a-bridge-name-too-long"},
