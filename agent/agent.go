@@ -72,6 +72,9 @@ type Config struct {
 	// KernelSubnet is the IPv4 subnet of the kernels' egress bridge
 	// (netns.Egress; default 10.88.0.0/16), "off" for none.
 	KernelSubnet string
+	// KernelEgressAllow, when set, are the only IPv4 networks (CIDR)
+	// kernels reach through NAT, plus the host's name servers.
+	KernelEgressAllow []string
 	// Capacity overrides fingerprinted slots (e.g. to reserve some for the host).
 	Capacity structs.Slots
 	// Logger receives structured logs; LogOutput the logs of serf and memberlist.

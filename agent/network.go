@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 
 	"github.com/corral-dev/corral/netns"
@@ -120,6 +121,29 @@ func (o *overlays) egressConfig() (netns.Egress, error) {
 	return o.eg, o.egErr
 }
 
+// hostNameservers are the IPv4 name servers kernels are given (the host's,
+// or systemd-resolved's upstreams; see the runc driver's resolv.conf), as
+// /32 networks for the egress allow list.
+func hostNameservers() []netip.Prefix {
+	var out []netip.Prefix
+	for _, f := range []string{"/etc/resolv.conf", "/run/systemd/resolve/resolv.conf"} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			fs := strings.Fields(line)
+			if len(fs) < 2 || fs[0] != "nameserver" {
+				continue
+			}
+			if a, err := netip.ParseAddr(fs[1]); err == nil && a.Is4() && !a.IsLoopback() {
+				out = append(out, netip.PrefixFrom(a, 32))
+			}
+		}
+	}
+	return out
+}
+
 // maxEgressSlots bounds how many agents share a network namespace, each
 // with a kernel bridge of its own.
 const maxEgressSlots = 16
@@ -152,6 +176,16 @@ func (o *overlays) claimEgress() (netns.Egress, error) {
 		e.DenyPorts = append(e.DenyPorts, netns.Port{Proto: "tcp", Port: p}, netns.Port{Proto: "udp", Port: p})
 	}
 	e.DenyPorts = append(e.DenyPorts, netns.Port{Proto: "udp", Port: netns.DefaultVXLANPort})
+	for _, c := range o.a.cfg.KernelEgressAllow {
+		p, err := netip.ParsePrefix(c)
+		if err != nil || !p.Addr().Is4() {
+			return e, fmt.Errorf("kernel egress allow %q is not an IPv4 network", c)
+		}
+		e.Allow = append(e.Allow, p)
+	}
+	if len(e.Allow) > 0 {
+		e.Allow = append(e.Allow, hostNameservers()...)
+	}
 
 	size := uint32(1) << (32 - base.Bits())
 	b4 := base.Addr().As4()
