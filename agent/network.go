@@ -156,7 +156,9 @@ const maxEgressSlots = 16
 // ends.
 func (o *overlays) claimEgress() (netns.Egress, error) {
 	base := netns.DefaultEgressSubnet
-	if s := o.a.cfg.KernelSubnet; s != "" {
+	// "off" (no kernel gets the bridge) still names the default one, for
+	// reconcile to remove what an earlier run with it left.
+	if s := o.a.cfg.KernelSubnet; s != "" && s != "off" {
 		p, err := netip.ParsePrefix(s)
 		if err != nil || !p.Addr().Is4() {
 			return netns.Egress{}, fmt.Errorf("kernel subnet %q is not an IPv4 prefix", s)
