@@ -498,3 +498,14 @@ func (o *overlays) close() {
 		o.egLock = nil
 	}
 }
+
+// KernelAddr returns the kernel's address on the agent's kernel bridge,
+// which the agent's host reaches (app tunnels, service ports), or false
+// when the kernel has none (exec, -network host or none, not running).
+func (a *Agent) KernelAddr(kernelID string) (netip.Addr, bool) {
+	o := a.overlays
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	addr, ok := o.egress[kernelID]
+	return addr, ok
+}
