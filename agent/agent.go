@@ -69,6 +69,12 @@ type Config struct {
 	// MaxImageSize bounds the files of one unpacked image, in bytes
 	// (-max-image-size; default images.DefaultMaxImageSize).
 	MaxImageSize int64
+	// KernelSubnet is the IPv4 subnet of the kernels' egress bridge
+	// (netns.Egress; default 10.88.0.0/16), "off" for none.
+	KernelSubnet string
+	// KernelEgressAllow, when set, are the only IPv4 networks (CIDR)
+	// kernels reach through NAT, plus the host's name servers.
+	KernelEgressAllow []string
 	// Capacity overrides fingerprinted slots (e.g. to reserve some for the host).
 	Capacity structs.Slots
 	// Logger receives structured logs; LogOutput the logs of serf and memberlist.
@@ -585,9 +591,7 @@ func (a *Agent) recoverKernels() {
 		if err := d.Recover(a.ctx, rec.Handle); err != nil {
 			a.logger.Warn("reattaching to kernel failed", "kernel_id", k.ID, "driver", d.Name(), "error", err)
 			_ = d.Destroy(context.Background(), k.ID, true)
-			if wired(k, d) {
-				a.overlays.teardown(k)
-			}
+			a.overlays.release(k, d)
 			a.reporter.reportUpdate(newUpdate(k.ID, structs.KernelError, fmt.Sprintf("kernel lost: driver %s could not reattach after the agent restarted: %v", d.Name(), err), nil), forget)
 			continue
 		}
@@ -599,13 +603,7 @@ func (a *Agent) recoverKernels() {
 		runners = append(runners, r)
 	}
 	// Overlays of the last run that no recovered kernel uses go first.
-	var live []*structs.Kernel
-	for _, r := range runners {
-		if wired(r.kernel, r.driver) {
-			live = append(live, r.kernel)
-		}
-	}
-	a.overlays.reconcile(live)
+	a.overlays.reconcile(runners)
 	for _, r := range runners {
 		a.wg.Add(1)
 		go func() { defer a.wg.Done(); r.run(a.ctx) }()

@@ -199,19 +199,15 @@ func (r *kernelRunner) start(ctx context.Context, log *slog.Logger, cfg *drivers
 		r.fail(structs.KernelError, "cluster launch: "+err.Error())
 		return false
 	}
-	if wired(r.kernel, r.driver) {
-		if err := r.a.overlays.setup(r.kernel, cfg); err != nil {
-			log.Warn("overlay setup failed", "error", err)
-			r.a.overlays.teardown(r.kernel)
-			r.fail(structs.KernelError, "network: "+err.Error())
-			return false
-		}
+	if err := r.a.overlays.prepare(r.kernel, r.driver, cfg); err != nil {
+		log.Warn("network setup failed", "error", err)
+		r.a.overlays.release(r.kernel, r.driver)
+		r.fail(structs.KernelError, "network: "+err.Error())
+		return false
 	}
 	h, err := r.driver.Start(ctx, cfg)
 	if err != nil {
-		if wired(r.kernel, r.driver) {
-			r.a.overlays.teardown(r.kernel)
-		}
+		r.a.overlays.release(r.kernel, r.driver)
 		log.Warn("kernel failed to start", "error", err)
 		r.fail(structs.KernelError, fmt.Sprintf("driver %s could not start the kernel: %v", r.driver.Name(), err))
 		return false
@@ -259,7 +255,5 @@ func (r *kernelRunner) destroy(log interface{ Warn(string, ...any) }) {
 	if err := r.driver.Destroy(context.Background(), r.id, true); err != nil {
 		log.Warn("destroying kernel failed", "error", err)
 	}
-	if wired(r.kernel, r.driver) {
-		r.a.overlays.teardown(r.kernel)
-	}
+	r.a.overlays.release(r.kernel, r.driver)
 }

@@ -82,7 +82,8 @@ type CreateSessionRequest struct {
 	Ulimits []string `json:"ulimits,omitempty"`
 	// CapAdd are capabilities added to the kernel's default set.
 	CapAdd []string `json:"cap_add,omitempty"`
-	// Network is "" (overlay/namespace) or "host".
+	// Network is "" (the agent's kernel bridge with NAT, plus the session's
+	// overlay for cluster kernels), "host" or "none" (loopback only).
 	Network string `json:"network,omitempty"`
 	// InfiniBand passes the agent's /dev/infiniband devices in.
 	InfiniBand bool `json:"infiniband,omitempty"`

@@ -53,6 +53,9 @@ type ovCluster struct {
 	image    string
 	hostOf   map[string]*testbed.Host // agent ID -> its host
 	sessions []string                 // IDs of the sessions the test made
+	// agentProcs and agentArgs are each agent's process and command line.
+	agentProcs []*proc
+	agentArgs  [][]string
 }
 
 // ovStart runs corral inside host h's network namespace. It forks from a
@@ -103,10 +106,14 @@ func ovStartRegistry(t *testing.T, h *testbed.Host) string {
 	return ref
 }
 
-func newOvCluster(t *testing.T) *ovCluster {
+func newOvCluster(t *testing.T) *ovCluster { return newOvClusterExtra(t, 0) }
+
+// newOvClusterExtra is newOvCluster with extra hosts on the bed after the
+// agents' (Hosts[4:]), running nothing.
+func newOvClusterExtra(t *testing.T, extra int) *ovCluster {
 	t.Helper()
-	b := testbed.New(t, 4)
-	oc := &ovCluster{bed: b, server: b.Hosts[0], agents: b.Hosts[1:], hostOf: map[string]*testbed.Host{}}
+	b := testbed.New(t, 4+extra)
+	oc := &ovCluster{bed: b, server: b.Hosts[0], agents: b.Hosts[1:4], hostOf: map[string]*testbed.Host{}}
 	oc.image = ovStartRegistry(t, oc.server)
 	regHost := strings.SplitN(oc.image, "/", 2)[0]
 
@@ -142,10 +149,12 @@ func newOvCluster(t *testing.T) *ovCluster {
 		dir := filepath.Join(b.Dir(), fmt.Sprintf("agent%d", i+1))
 		reapKernels(t, dir)
 		ip := h.IP.String()
-		ovStart(t, h, fmt.Sprintf("agent%d", i+1), "agent", "-name", fmt.Sprintf("agent%d", i+1), "-data-dir", dir,
+		args := []string{"agent", "-name", fmt.Sprintf("agent%d", i+1), "-data-dir", dir,
 			"-join", net.JoinHostPort(sip, ovServerSerf), "-rpc", net.JoinHostPort(ip, ovAgentRPCPort),
 			"-serf", net.JoinHostPort(ip, ovAgentSerf), "-cpu", "2", "-mem", "1G",
-			"-insecure-registry", regHost, "-allow-registry", regHost, "-fast-gossip", "-join-token", joinTok)
+			"-insecure-registry", regHost, "-allow-registry", regHost, "-fast-gossip", "-join-token", joinTok}
+		oc.agentArgs = append(oc.agentArgs, args)
+		oc.agentProcs = append(oc.agentProcs, ovStart(t, h, fmt.Sprintf("agent%d", i+1), args...))
 	}
 	eventually(t, 30*time.Second, "3 agents ALIVE with runc", func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -648,8 +657,9 @@ func TestOverlayMultiNodeSessions(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s of %s: %v", k.Hostname, k.SessionID, err)
 		}
-		if !slices.Equal(addrs, []string{k.Network.Address}) || !slices.Equal(links, []string{"eth0", "lo"}) {
-			t.Errorf("%s of %s: links %v, eth0 addresses %v, want [eth0 lo] and %s", k.Hostname, k.SessionID, links, addrs, k.Network.Address)
+		// eth1 is the kernel's way out through its agent's kernel bridge.
+		if !slices.Equal(addrs, []string{k.Network.Address}) || !slices.Equal(links, []string{"eth0", "eth1", "lo"}) {
+			t.Errorf("%s of %s: links %v, eth0 addresses %v, want [eth0 eth1 lo] and %s", k.Hostname, k.SessionID, links, addrs, k.Network.Address)
 		}
 		nsOf[k.ID] = p
 	}

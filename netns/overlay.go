@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/moby/sys/mountinfo"
 	"github.com/vishvananda/netlink"
 	vnetns "github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -596,6 +597,10 @@ func (m *Manager) DetachKernel(vni uint32, nsPath string, ifName string) error {
 func (m *Manager) Reconcile(keepVNIs map[uint32]bool, keepNetns map[string]bool) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if ok, err := mountinfo.Mounted(m.dir); err == nil && ok {
+		// An earlier run made it a shared mount point: Tidy may undo it.
+		m.shared = true
+	}
 	ls, err := linkList(m.h)
 	if err != nil {
 		return fmt.Errorf("netns: list links: %w", err)

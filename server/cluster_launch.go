@@ -97,10 +97,10 @@ func kernelOptions(req *api.CreateSessionRequest) (*structs.KernelOptions, error
 		}
 	}
 	switch req.Network {
-	case structs.NetworkDefault, structs.NetworkHost:
+	case structs.NetworkDefault, structs.NetworkHost, structs.NetworkNone:
 		o.Network = req.Network
 	default:
-		return nil, badRequest("unknown network %q: use host (the agents' network, for fast fabrics) or leave it empty", req.Network)
+		return nil, badRequest("unknown network %q: use host (the agents' network, for fast fabrics), none (loopback only) or leave it empty (the agent's kernel bridge with NAT)", req.Network)
 	}
 	if o.ShmBytes == 0 && len(o.Ulimits) == 0 && len(o.CapAdd) == 0 && o.Network == "" && !o.InfiniBand {
 		return nil, nil

@@ -62,6 +62,7 @@ func TestKernelOptions(t *testing.T) {
 		{"ulimit twice", api.CreateSessionRequest{Ulimits: []string{"nofile=10", "nofile=20"}}, nil, "ulimit nofile is given twice"},
 		{"soft above hard", api.CreateSessionRequest{Ulimits: []string{"nofile=20:10"}}, nil, "soft limit above the hard limit"},
 		{"bad cap", api.CreateSessionRequest{CapAdd: []string{"FLY"}}, nil, `cap_add: unknown capability "FLY"`},
+		{"network none", api.CreateSessionRequest{Network: "none"}, &structs.KernelOptions{Network: structs.NetworkNone}, ""},
 		{"bad network", api.CreateSessionRequest{Network: "bridge"}, nil, `unknown network "bridge"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -41,6 +41,9 @@ const (
 	// NetworkHost: the kernel uses its agent's network namespace (fast
 	// fabrics, RDMA); peers are the agents' underlay addresses.
 	NetworkHost = "host"
+	// NetworkNone: a container kernel gets only loopback (no egress
+	// interface); a cluster kernel keeps its session's overlay only.
+	NetworkNone = "none"
 )
 
 // ClusterLaunch is what one kernel of a cluster session needs to take part
@@ -128,7 +131,7 @@ type KernelOptions struct {
 	// CapAdd are capabilities added to the driver's default set, e.g.
 	// "CAP_IPC_LOCK", "CAP_SYS_PTRACE".
 	CapAdd []string `json:"cap_add,omitempty"`
-	// Network is NetworkDefault or NetworkHost.
+	// Network is NetworkDefault, NetworkHost or NetworkNone.
 	Network string `json:"network,omitempty"`
 	// InfiniBand passes the agent's /dev/infiniband devices into the
 	// kernel.

@@ -66,7 +66,7 @@ func TestParseCreateClusterErrors(t *testing.T) {
 		{[]string{"-run-on", "sub", "true"}, `invalid -run-on "sub": want main or all`},
 		{[]string{"-fail-on", "all", "true"}, `invalid -fail-on "all": want any or main`},
 		{[]string{"-start", "now", "true"}, `invalid -start "now": want barrier or unordered`},
-		{[]string{"-network", "bridge", "true"}, `invalid -network "bridge": want host`},
+		{[]string{"-network", "bridge", "true"}, `invalid -network "bridge": want host or none`},
 		{[]string{"-shm", "big", "true"}, `invalid -shm "big"`},
 		{[]string{"-ulimit", "memlock", "true"}, "want name=soft[:hard]"},
 		{[]string{"-ulimit", "files=1", "true"}, `unknown ulimit "files"`},

@@ -50,12 +50,14 @@ type daemonFlags struct {
 	dataDir, name, httpAddr, rpcAddr, serfAddr, agentSerfAddr string
 	group, cpu, mem, logLevel, pluginDir                      string
 	execUser                                                  string
+	kernelSubnet                                              string
 	enableHostDriver                                          bool
 	nvmlLib                                                   string
 	kernelHelper                                              string
 	noGPUs                                                    bool
 	join                                                      listFlag
 	insecureRegistries                                        listFlag
+	kernelEgressAllow                                         listFlag
 	allowedRegistries                                         listFlag
 	maxImageSize                                              string
 	maxImageBytes                                             int64
@@ -159,6 +161,8 @@ func parseDaemonFlags(role string, args []string) (*daemonFlags, error) {
 		fs.BoolVar(&f.enableHostDriver, "enable-host-driver", false, "offer the host driver: kernels run as root in the host's namespaces (for admins only)")
 		fs.StringVar(&f.nvmlLib, "nvml-lib", "", "NVIDIA NVML library to fingerprint GPUs with (default libnvidia-ml.so.1 through the loader)")
 		fs.StringVar(&f.kernelHelper, "kernel-helper", "", "the static corral-kernel binary put into cluster kernels (ssh, start barrier; default: corral-kernel next to this executable)")
+		fs.StringVar(&f.kernelSubnet, "kernel-subnet", "10.88.0.0/16", "IPv4 subnet of the agent's kernel bridge corral0: each container kernel gets an address in it and reaches out through NAT (off: kernels get only loopback, cluster kernels only their overlay)")
+		fs.Var(&f.kernelEgressAllow, "kernel-egress-allow", "IPv4 network (CIDR) that container kernels may reach through NAT (repeatable; default: every address but the cluster's control ports); the host's name servers are added. Set it on a resource group's agents to restrict that group's egress")
 		fs.BoolVar(&f.noGPUs, "no-gpus", false, "do not look for GPUs (offer none, even with an NVIDIA driver)")
 		fs.BoolVar(&f.runc.seccomp, "runc-seccomp", true, "give runc kernels the container runtimes' default seccomp profile (false: an operator's escape hatch)")
 		fs.Var(&f.runc.userns, "userns", "run runc kernels in user namespaces, their root an unprivileged host uid: auto (where the kernel supports it), true or false")
@@ -385,6 +389,8 @@ func runDaemon(role string, args []string) int {
 		cfg.MaxImageSize = f.maxImageBytes
 		cfg.NVMLLib, cfg.NoGPUs = f.nvmlLib, f.noGPUs
 		cfg.KernelHelper = f.kernelHelper
+		cfg.KernelSubnet = f.kernelSubnet
+		cfg.KernelEgressAllow = f.kernelEgressAllow
 		if role == "agent" && security.TLS == nil && security.JoinToken != "" {
 			// Not a secret of one's own PKI: the cluster's join token.
 			cfg.JoinToken, cfg.Security = security.JoinToken, nil

@@ -62,7 +62,7 @@ func (c *cli) parseCreate(args []string) (*createCmd, error) {
 	f.StringVar(&r.Shm, "shm", "", "size of the kernels' /dev/shm, e.g. 8G (the policy's cap, by default the kernel's -mem)")
 	f.Var(ulimitFlag{&r.Ulimits}, "ulimit", "kernel resource limit `name=soft[:hard]`, values a number or unlimited, e.g. memlock=unlimited,nofile=65536 (repeatable; capped by the key's policy)")
 	f.Var(capFlag{&r.CapAdd}, "cap-add", "capability to add to the kernels, e.g. IPC_LOCK or SYS_PTRACE (repeatable or comma-separated; the key's policy must allow it)")
-	f.StringVar(&r.Network, "network", "", "host: the kernels use their agents' network (fast fabrics; peers are the agents' addresses; the key's policy must allow it)")
+	f.StringVar(&r.Network, "network", "", "default (empty): container kernels get an address on their agent's kernel bridge and reach out through NAT (cluster kernels also get their session's overlay); host: the kernels use their agents' network (fast fabrics; peers are the agents' addresses; the key's policy must allow it); none: loopback only (cluster kernels keep their overlay)")
 	f.BoolVar(&r.InfiniBand, "infiniband", false, "pass the agents' /dev/infiniband devices into the kernels (the key's policy must allow it)")
 	f.IntVar(&r.MaxRetries, "max-retries", 0, "batch: re-queue the session up to N times when an agent running it is lost")
 	f.StringVar(&r.LostAfter, "lost-after", "", "give the kernels up (ERROR, or re-queue with -max-retries) once their agent is DISCONNECTED this long, sooner than the cluster's -agent-lost-after (e.g. 30s)")
@@ -100,7 +100,7 @@ func (c *cli) parseCreate(args []string) (*createCmd, error) {
 		{"-run-on", r.RunOn, structs.RunOnMain, structs.RunOnAll},
 		{"-fail-on", r.FailOn, structs.FailOnAny, structs.FailOnMain},
 		{"-start", r.StartOrder, structs.StartBarrier, structs.StartUnordered},
-		{"-network", r.Network, structs.NetworkHost, structs.NetworkHost},
+		{"-network", r.Network, structs.NetworkHost, structs.NetworkNone},
 	} {
 		if v.val != "" && v.val != v.a && v.val != v.b {
 			want := v.a + " or " + v.b

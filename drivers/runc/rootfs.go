@@ -319,12 +319,31 @@ func writeEtcFiles(dir, hostname string, extra map[string]string, ids *idRange) 
 	return m, nil
 }
 
+// resolvedUpstreams is where systemd-resolved lists the upstream servers
+// behind its loopback stub (127.0.0.53).
+var resolvedUpstreams = "/run/systemd/resolve/resolv.conf"
+
 // resolvConf returns the host's resolver configuration without loopback
-// name servers, which mean nothing inside another network namespace.
+// name servers, which mean nothing inside another network namespace (the
+// kernel reaches the others through its agent's NAT). When only loopback
+// ones were listed (systemd-resolved's stub), the upstreams behind the
+// stub take their place.
 func resolvConf(hostFile string) string {
+	conf, dropped := resolvConfNoLoopback(hostFile)
+	if dropped && !strings.Contains(conf, "nameserver") && hostFile != resolvedUpstreams {
+		if up, _ := resolvConfNoLoopback(resolvedUpstreams); strings.Contains(up, "nameserver") {
+			return up
+		}
+	}
+	return conf
+}
+
+// resolvConfNoLoopback reads a resolv.conf without its loopback name
+// servers, and reports whether it dropped any.
+func resolvConfNoLoopback(hostFile string) (conf string, dropped bool) {
 	f, err := os.Open(hostFile)
 	if err != nil {
-		return ""
+		return "", false
 	}
 	defer f.Close()
 	var b strings.Builder
@@ -333,12 +352,13 @@ func resolvConf(hostFile string) string {
 		line := sc.Text()
 		if f := strings.Fields(line); len(f) >= 2 && f[0] == "nameserver" {
 			if a, err := netip.ParseAddr(strings.Split(f[1], "%")[0]); err == nil && a.IsLoopback() {
+				dropped = true
 				continue
 			}
 		}
 		b.WriteString(line + "\n")
 	}
-	return b.String()
+	return b.String(), dropped
 }
 
 // copyTree copies the tree at src into the existing directory dst as cp -a
