@@ -208,87 +208,8 @@ func (m *Manager) AttachEgress(e Egress, nsPath, ifName string, addr netip.Addr)
 	if br == nil {
 		return fmt.Errorf("netns: no egress bridge %s (call EnsureEgress first)", e.Bridge)
 	}
-	kns, err := vnetns.GetFromPath(nsPath)
-	if err != nil {
-		return fmt.Errorf("netns: open kernel namespace %s: %w", nsPath, err)
-	}
-	defer kns.Close()
-	kh, err := netlink.NewHandleAt(kns)
-	if err != nil {
-		return fmt.Errorf("netns: netlink handle in %s: %w", nsPath, err)
-	}
-	defer kh.Close()
-
-	hostName := EgressVethName(nsPath, ifName)
-	host, err := m.linkByName(hostName)
-	if err != nil {
-		return fmt.Errorf("netns: look up %s: %w", hostName, err)
-	}
-	peer, err := kh.LinkByName(ifName)
-	if err != nil && !notFound(err) {
-		return fmt.Errorf("netns: look up %s in %s: %w", ifName, nsPath, err)
-	}
-	if host != nil && (peer == nil || peer.Type() != "veth") {
-		if err := m.h.LinkDel(host); err != nil {
-			return fmt.Errorf("netns: delete stale %s: %w", hostName, err)
-		}
-		host = nil
-	}
-	if host == nil {
-		if peer != nil {
-			return fmt.Errorf("netns: %s already has an interface %s", nsPath, ifName)
-		}
-		attrs := netlink.NewLinkAttrs()
-		attrs.Name = hostName
-		attrs.MTU = br.Attrs().MTU
-		veth := &netlink.Veth{LinkAttrs: attrs, PeerName: ifName, PeerNamespace: netlink.NsFd(kns), PeerMTU: uint32(br.Attrs().MTU)}
-		if err := m.h.LinkAdd(veth); err != nil {
-			return fmt.Errorf("netns: create veth %s/%s in %s: %w", hostName, ifName, nsPath, err)
-		}
-		if host, err = m.h.LinkByName(hostName); err != nil {
-			return fmt.Errorf("netns: look up %s: %w", hostName, err)
-		}
-		m.log.Debug("created egress veth", "link", hostName, "netns", nsPath, "ifname", ifName)
-	}
-	m.noIPv6(host)
-	if err := m.h.LinkSetAlias(host, egressAlias+e.Bridge); err != nil {
-		return fmt.Errorf("netns: set alias of %s: %w", hostName, err)
-	}
-	if host.Attrs().MasterIndex != br.Attrs().Index {
-		if err := m.h.LinkSetMaster(host, br); err != nil {
-			return fmt.Errorf("netns: enslave %s to %s: %w", hostName, e.Bridge, err)
-		}
-	}
-	// Isolated ports forward only to non-isolated ones (the bridge
-	// itself): kernels never reach each other at layer 2.
-	if err := m.h.LinkSetIsolated(host, true); err != nil {
-		return fmt.Errorf("netns: isolate bridge port %s: %w", hostName, err)
-	}
-	if err := m.h.LinkSetUp(host); err != nil {
-		return fmt.Errorf("netns: set %s up: %w", hostName, err)
-	}
-	if peer, err = kh.LinkByName(ifName); err != nil {
-		return fmt.Errorf("netns: look up %s in %s: %w", ifName, nsPath, err)
-	}
-	a := &netlink.Addr{IPNet: &net.IPNet{IP: net.IP(addr.AsSlice()), Mask: net.CIDRMask(e.Subnet.Bits(), 32)}}
-	if err := kh.AddrReplace(peer, a); err != nil {
-		return fmt.Errorf("netns: set address %v on %s in %s: %w", addr, ifName, nsPath, err)
-	}
-	if err := kh.LinkSetUp(peer); err != nil {
-		return fmt.Errorf("netns: set %s up in %s: %w", ifName, nsPath, err)
-	}
-	if lo, err := kh.LinkByName("lo"); err == nil {
-		_ = kh.LinkSetUp(lo)
-	}
-	route := &netlink.Route{LinkIndex: peer.Attrs().Index, Gw: net.IP(e.Gateway().AsSlice()),
-		Dst: &net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}}
-	if err := kh.RouteReplace(route); err != nil {
-		return fmt.Errorf("netns: default route via %v in %s: %w", e.Gateway(), nsPath, err)
-	}
-	if !waitOperUp(m.h, hostName) || !waitOperUp(kh, ifName) {
-		m.log.Debug("egress veth not operationally up yet", "link", hostName, "netns", nsPath)
-	}
-	return nil
+	return m.attachVeth(vethSpec{br: br, nsPath: nsPath, ifName: ifName, hostName: EgressVethName(nsPath, ifName),
+		alias: egressAlias + e.Bridge, addr: netip.PrefixFrom(addr, e.Subnet.Bits()), isolated: true, gateway: e.Gateway()})
 }
 
 // DetachEgress removes the veth that AttachEgress made for the same

@@ -14,7 +14,6 @@ import (
 
 	"github.com/moby/sys/mountinfo"
 	"github.com/vishvananda/netlink"
-	vnetns "github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
 
@@ -459,98 +458,11 @@ func (m *Manager) AttachKernel(vni uint32, nsPath string, ifName string, addr ne
 	if br == nil {
 		return fmt.Errorf("%w: %d (call EnsureOverlay first)", ErrNoOverlay, vni)
 	}
-	mtu := br.Attrs().MTU
-
-	kns, err := vnetns.GetFromPath(nsPath)
-	if err != nil {
-		return fmt.Errorf("netns: open kernel namespace %s: %w", nsPath, err)
-	}
-	defer kns.Close()
-	kh, err := netlink.NewHandleAt(kns)
-	if err != nil {
-		return fmt.Errorf("netns: netlink handle in %s: %w", nsPath, err)
-	}
-	defer kh.Close()
-
-	hostName := VethName(vni, nsPath, ifName)
-	host, err := m.linkByName(hostName)
-	if err != nil {
-		return fmt.Errorf("netns: look up %s: %w", hostName, err)
-	}
-	peer, err := kh.LinkByName(ifName)
-	if err != nil && !notFound(err) {
-		return fmt.Errorf("netns: look up %s in %s: %w", ifName, nsPath, err)
-	}
-	if host != nil && (peer == nil || peer.Type() != "veth") {
-		// Half of an earlier attempt: start over.
-		if err := m.h.LinkDel(host); err != nil {
-			return fmt.Errorf("netns: delete stale %s: %w", hostName, err)
-		}
-		host = nil
-	}
-	if host == nil {
-		if peer != nil {
-			return fmt.Errorf("netns: %s already has an interface %s", nsPath, ifName)
-		}
-		attrs := netlink.NewLinkAttrs()
-		attrs.Name = hostName
-		attrs.MTU = mtu
-		veth := &netlink.Veth{
-			LinkAttrs:     attrs,
-			PeerName:      ifName,
-			PeerNamespace: netlink.NsFd(kns),
-			PeerMTU:       uint32(mtu),
-		}
-		if err := m.h.LinkAdd(veth); err != nil {
-			return fmt.Errorf("netns: create veth %s/%s in %s: %w", hostName, ifName, nsPath, err)
-		}
-		if host, err = m.h.LinkByName(hostName); err != nil {
-			return fmt.Errorf("netns: look up %s: %w", hostName, err)
-		}
-		m.log.Debug("created veth", "link", hostName, "netns", nsPath, "ifname", ifName, "vni", vni)
-	}
-	// From here on a failure leaves a veth that a retry or DetachKernel or
-	// DeleteOverlay removes.
-	m.noIPv6(host)
-	if err := m.h.LinkSetAlias(host, aliasPrefix+strconv.FormatUint(uint64(vni), 10)); err != nil {
-		return fmt.Errorf("netns: set alias of %s: %w", hostName, err)
-	}
-	if host.Attrs().MasterIndex != br.Attrs().Index {
-		if err := m.h.LinkSetMaster(host, br); err != nil {
-			return fmt.Errorf("netns: enslave %s to %s: %w", hostName, br.Attrs().Name, err)
-		}
-	}
-	if err := m.h.LinkSetUp(host); err != nil {
-		return fmt.Errorf("netns: set %s up: %w", hostName, err)
-	}
-
-	if peer, err = kh.LinkByName(ifName); err != nil {
-		return fmt.Errorf("netns: look up %s in %s: %w", ifName, nsPath, err)
-	}
-	a := &netlink.Addr{IPNet: &net.IPNet{
-		IP:   net.IP(addr.Addr().Unmap().AsSlice()),
-		Mask: net.CIDRMask(addr.Bits(), addr.Addr().Unmap().BitLen()),
-	}}
-	if err := kh.AddrReplace(peer, a); err != nil {
-		return fmt.Errorf("netns: set address %s on %s in %s: %w", addr, ifName, nsPath, err)
-	}
-	if err := kh.LinkSetUp(peer); err != nil {
-		return fmt.Errorf("netns: set %s up in %s: %w", ifName, nsPath, err)
-	}
-	if lo, err := kh.LinkByName("lo"); err == nil {
-		_ = kh.LinkSetUp(lo)
-	}
-	// The kernel turns carrier changes into an operational state, an active
-	// queue and a forwarding bridge port asynchronously, often a second
-	// later; frames sent before are dropped. Wait, so that the kernel's
-	// network works when AttachKernel returns.
-	if !waitOperUp(m.h, hostName) || !waitOperUp(kh, ifName) {
-		m.log.Debug("veth not operationally up yet", "link", hostName, "netns", nsPath)
-	}
-	return nil
+	return m.attachVeth(vethSpec{br: br, nsPath: nsPath, ifName: ifName, hostName: VethName(vni, nsPath, ifName),
+		alias: aliasPrefix + strconv.FormatUint(uint64(vni), 10), addr: addr})
 }
 
-// operUpTimeout bounds how long AttachKernel waits for a veth to come up.
+// operUpTimeout bounds how long an attach waits for a veth to come up.
 const operUpTimeout = 3 * time.Second
 
 // waitOperUp waits until the named link is operationally up.
