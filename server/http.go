@@ -897,30 +897,11 @@ func (s *Server) execSession(w http.ResponseWriter, r *http.Request) {
 		fail(err)
 		return
 	}
-	if len(req.Command) == 0 || strings.TrimSpace(req.Command[0]) == "" {
-		fail(badRequest("command is empty: give the program to run"))
-		return
-	}
 	if req.Stdin || req.TTY {
 		fail(badRequest("stdin and tty need the WebSocket of GET /v1/sessions/{id}/exec/ws (docs/api-exec.md)"))
 		return
 	}
-	d, err := s.sessionDetail(r.Context(), nil, s.state.Snapshot(), r.PathValue("ref"), nil)
-	if err != nil {
-		fail(err)
-		return
-	}
-	k, err := kernelOf(d, req.Kernel)
-	if err != nil {
-		fail(err)
-		return
-	}
-	s.activity.touch(d.Session.ID, time.Now().UTC())
-	if k.Status != structs.KernelRunning {
-		fail(&httpError{code: http.StatusConflict, msg: fmt.Sprintf("kernel %s of session %s is %s: exec needs a RUNNING kernel", k.Hostname, d.Session.ID, k.Status)})
-		return
-	}
-	c, err := s.agentFor(k)
+	_, k, c, err := s.execTarget(r.Context(), r.PathValue("ref"), &req)
 	if err != nil {
 		fail(err)
 		return

@@ -76,22 +76,12 @@ func (s *Server) execSessionWS(w http.ResponseWriter, r *http.Request) {
 		fail(badRequest("malformed exec request: %v", err))
 		return
 	}
-	if len(req.Command) == 0 || strings.TrimSpace(req.Command[0]) == "" {
-		fail(badRequest("command is empty: give the program to run"))
-		return
-	}
-	d, err := s.sessionDetail(ctx, nil, s.state.Snapshot(), r.PathValue("ref"), nil)
-	if err != nil {
-		fail(err)
-		return
-	}
-	k, err := kernelOf(d, req.Kernel)
+	d, k, ac, err := s.execTarget(ctx, r.PathValue("ref"), &req)
 	if err != nil {
 		fail(err)
 		return
 	}
 	// An open exec is activity for the idle timeout, input or not.
-	s.activity.touch(d.Session.ID, time.Now().UTC())
 	defer func() { s.activity.touch(d.Session.ID, time.Now().UTC()) }()
 	go func() {
 		tick := time.NewTicker(execActivityEvery)
@@ -105,15 +95,6 @@ func (s *Server) execSessionWS(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}()
-	if k.Status != structs.KernelRunning {
-		fail(&httpError{code: http.StatusConflict, msg: fmt.Sprintf("kernel %s of session %s is %s: exec needs a RUNNING kernel", k.Hostname, d.Session.ID, k.Status)})
-		return
-	}
-	ac, err := s.agentFor(k)
-	if err != nil {
-		fail(err)
-		return
-	}
 	stream, err := ac.ExecInteractive(ctx, &rpc.ExecRequest{
 		KernelID: k.ID, Command: req.Command, Env: req.Env,
 		Stdin: req.Stdin, TTY: req.TTY, Rows: req.Rows, Cols: req.Cols,
@@ -197,4 +178,30 @@ func truncateReason(msg string) string {
 		return msg
 	}
 	return msg[:120]
+}
+
+// execTarget resolves an exec request (both the POST and the WebSocket
+// form) to its session, a RUNNING kernel and that kernel's agent, and
+// counts the exec as the session's activity.
+func (s *Server) execTarget(ctx context.Context, ref string, req *api.ExecRequest) (*api.SessionDetail, *structs.Kernel, *rpc.AgentClient, error) {
+	if len(req.Command) == 0 || strings.TrimSpace(req.Command[0]) == "" {
+		return nil, nil, nil, badRequest("command is empty: give the program to run")
+	}
+	d, err := s.sessionDetail(ctx, nil, s.state.Snapshot(), ref, nil)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	k, err := kernelOf(d, req.Kernel)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	s.activity.touch(d.Session.ID, time.Now().UTC())
+	if k.Status != structs.KernelRunning {
+		return nil, nil, nil, &httpError{code: http.StatusConflict, msg: fmt.Sprintf("kernel %s of session %s is %s: exec needs a RUNNING kernel", k.Hostname, d.Session.ID, k.Status)}
+	}
+	ac, err := s.agentFor(k)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return d, k, ac, nil
 }

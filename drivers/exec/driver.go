@@ -39,6 +39,7 @@ import (
 	// Denies devices on cgroup v2 with an eBPF device program.
 	_ "github.com/corral-dev/corral/drivers/exec/cgroup/ebpfdev"
 	"github.com/corral-dev/corral/drivers/exec/taskrun"
+	"github.com/corral-dev/corral/drivers/internal/ibdev"
 	"github.com/corral-dev/corral/drivers/internal/lifecycle"
 	"github.com/corral-dev/corral/drivers/internal/logcap"
 	"github.com/corral-dev/corral/drivers/internal/ptyio"
@@ -192,7 +193,7 @@ func (d *Driver) Fingerprint(ctx context.Context) (*drivers.Fingerprint, error) 
 	}
 	// Kernels share the host's /dev: the InfiniBand devices are theirs to
 	// open (their device cgroup denies only other kernels' GPUs).
-	if n := infinibandDevices(); n > 0 {
+	if n := ibdev.Verbs(); n > 0 {
 		attrs["driver.exec.infiniband"] = fmt.Sprint(n)
 	}
 	attrs["driver.exec.cpuset"] = "affinity"

@@ -138,19 +138,3 @@ func writeHostsFile(path, hostFile string, extra map[string]string) error {
 	}
 	return os.Chmod(path, 0o644)
 }
-
-// infinibandDevices counts the node's /dev/infiniband verbs devices (for
-// the fingerprint); 0 without InfiniBand.
-func infinibandDevices() int {
-	entries, err := os.ReadDir("/dev/infiniband")
-	if err != nil {
-		return 0
-	}
-	n := 0
-	for _, e := range entries {
-		if strings.HasPrefix(e.Name(), "uverbs") {
-			n++
-		}
-	}
-	return n
-}

@@ -39,6 +39,7 @@ import (
 	"github.com/opencontainers/runc/libcontainer"
 	"golang.org/x/sys/unix"
 
+	"github.com/corral-dev/corral/drivers/internal/ibdev"
 	"github.com/corral-dev/corral/drivers/internal/lifecycle"
 	"github.com/corral-dev/corral/drivers/internal/ptyio"
 	"github.com/corral-dev/corral/drivers/shim"
@@ -231,7 +232,7 @@ func (d *Driver) Fingerprint(ctx context.Context) (*drivers.Fingerprint, error) 
 		"driver.runc.disk_limit":     fmt.Sprint(d.diskLimit),
 		"driver.runc.max_log_size":   fmt.Sprint(d.maxLogSize),
 	}
-	if n := infinibandDevices(); n > 0 {
+	if n := ibdev.Verbs(); n > 0 {
 		attrs["driver.runc.infiniband"] = fmt.Sprint(n)
 	}
 	desc := "containers with libcontainer under shims, cgroup " + cgroupVersion()

@@ -131,22 +131,6 @@ func hostNetwork(cfg *drivers.TaskConfig) bool {
 	return cfg.Options != nil && cfg.Options.Network == structs.NetworkHost
 }
 
-// infinibandDevices counts the node's /dev/infiniband verbs devices (for
-// the fingerprint); 0 without InfiniBand.
-func infinibandDevices() int {
-	entries, err := os.ReadDir("/dev/infiniband")
-	if err != nil {
-		return 0
-	}
-	n := 0
-	for _, e := range entries {
-		if strings.HasPrefix(e.Name(), "uverbs") {
-			n++
-		}
-	}
-	return n
-}
-
 // etcHosts are the kernel's extra /etc/hosts entries: cfg.Hosts and, for
 // a kernel on the host's network, the host's own name (on 127.0.1.1 as
 // Debian has it) unless cfg.Hosts names it.
