@@ -184,7 +184,10 @@ var agentDesc = grpc.ServiceDesc{
 			}
 			return srv.(AgentService).Exec(req, execServerStream{ServerStream: stream})
 		},
-	}},
+	},
+		// Tunnel (tunnel.go) carries a TCP connection to a kernel's port.
+		tunnelStreamDesc,
+	},
 }
 
 // RegisterServerService adds the server's agent-facing service to s.
