@@ -119,6 +119,9 @@ type KernelUpdate struct {
 	// Cpuset is the CPUs the agent pinned the kernel to, sent with its
 	// RUNNING update ("" for the shared pool).
 	Cpuset string `json:"cpuset,omitempty"`
+	// ImagePorts are the apps the kernel's image labels declare, sent
+	// with its RUNNING update.
+	ImagePorts []ServicePort `json:"image_ports,omitempty"`
 }
 
 // KernelUpdateRequest is a batch of kernel status changes from one agent.

@@ -58,6 +58,9 @@ type Session struct {
 	StartsAt time.Time `json:"starts_at,omitzero"`
 	// DependsOn lists sessions that must end TERMINATED with SUCCESS first.
 	DependsOn []string `json:"depends_on,omitempty"`
+	// ServicePorts are the apps the create request declared on main1's
+	// ports (an image's labels add theirs as the kernel's ImagePorts).
+	ServicePorts []ServicePort `json:"service_ports,omitempty"`
 	// ClusterMode says where the kernels of a session of several kernels
 	// run: ClusterModeSingleNode (all on one agent) or ClusterModeMultiNode
 	// (spread over agents, joined by an overlay). Empty: single-node.
@@ -135,6 +138,9 @@ type Kernel struct {
 	// GPUs are the UUIDs of the GPUs or MIG instances the kernel holds,
 	// chosen in the apply that placed it (server/scheduler devices.go).
 	GPUs []string `json:"gpus,omitempty"`
+	// ImagePorts are the apps the kernel's image declares in its labels
+	// (LabelServicePorts), as the agent reported them with RUNNING.
+	ImagePorts []ServicePort `json:"image_ports,omitempty"`
 	// Network wires the kernel into its session's overlay (cluster
 	// sessions); set when the kernel is placed.
 	Network *KernelNetwork `json:"network,omitempty"`
@@ -181,6 +187,7 @@ func (k *Kernel) Copy() *Kernel {
 	c.Options = k.Options.Copy()
 	c.GPUConstraint = k.GPUConstraint.Copy()
 	c.GPUs = append([]string(nil), k.GPUs...)
+	c.ImagePorts = append([]ServicePort(nil), k.ImagePorts...)
 	c.History = append([]StatusChange(nil), k.History...)
 	if k.ExitCode != nil {
 		v := *k.ExitCode
@@ -194,6 +201,7 @@ func (s *Session) Copy() *Session {
 	c := *s
 	c.KernelIDs = append([]string(nil), s.KernelIDs...)
 	c.DependsOn = append([]string(nil), s.DependsOn...)
+	c.ServicePorts = append([]ServicePort(nil), s.ServicePorts...)
 	c.History = append([]StatusChange(nil), s.History...)
 	if s.Network != nil {
 		n := *s.Network
