@@ -87,6 +87,9 @@ type CreateSessionRequest struct {
 	Network string `json:"network,omitempty"`
 	// InfiniBand passes the agent's /dev/infiniband devices in.
 	InfiniBand bool `json:"infiniband,omitempty"`
+	// ServicePorts are apps on main1's ports, reached through
+	// /v1/sessions/{id}/apps/{name} (docs/apps.md).
+	ServicePorts []structs.ServicePort `json:"service_ports,omitempty"`
 }
 
 // SessionDetail is a session with its kernels: the answer of create, get and destroy.

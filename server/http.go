@@ -65,6 +65,7 @@ func (s *Server) setupHTTP() error {
 	mux.HandleFunc("GET /v1/system/join-token", s.wrap(s.joinTokenHTTP))
 	mux.HandleFunc("POST /v1/nodes/{node}/revoke", s.wrap(s.revokeNodeHTTP))
 	s.registerAdmin(mux)
+	s.registerApps(mux)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path))
 	})
@@ -498,6 +499,9 @@ func (s *Server) validateCreate(req *api.CreateSessionRequest, snap *state.Snaps
 	}
 	if req.StartsAt.IsZero() {
 		sess.StartsAt = time.Time{}
+	}
+	if sess.ServicePorts, err = checkServicePorts(req.ServicePorts); err != nil {
+		return nil, nil, err
 	}
 	kernels := clusterKernels(sess, req, res, now)
 	for _, k := range kernels {

@@ -188,6 +188,7 @@ type Server struct {
 	httpLn       net.Listener
 	agents       *agentConns
 	activity     activity
+	apps         appsState
 	leaderMu     sync.Mutex
 	leaderCancel context.CancelFunc
 	// leaderConn is a follower's connection to the leader, for forwarding.
