@@ -250,3 +250,51 @@ func (a appAddr) Network() string { return "corral-app" }
 func (a appAddr) String() string  { return string(a) }
 
 var _ net.Conn = (*AppConn)(nil)
+
+// ServeApp accepts connections on ln until ctx ends and tunnels each to
+// an app of a session (what `corral session app` runs). A connection
+// the server refuses is closed, and the error goes to onError (nil:
+// dropped). It returns ctx's error or ln's.
+func (c *Client) ServeApp(ctx context.Context, ln net.Listener, ref, name string, onError func(error)) error {
+	go func() {
+		<-ctx.Done()
+		_ = ln.Close()
+	}()
+	for {
+		lc, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return err
+		}
+		go func() {
+			defer lc.Close()
+			rc, err := c.DialApp(ctx, ref, name)
+			if err != nil {
+				if onError != nil {
+					onError(err)
+				}
+				return
+			}
+			defer rc.Close()
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				if _, err := io.Copy(rc, lc); err == nil {
+					_ = rc.CloseWrite()
+				} else {
+					_ = rc.Close()
+				}
+			}()
+			if _, err := io.Copy(lc, rc); err == nil {
+				if tc, ok := lc.(interface{ CloseWrite() error }); ok {
+					_ = tc.CloseWrite()
+				}
+			} else {
+				_ = lc.Close()
+			}
+			<-done
+		}()
+	}
+}

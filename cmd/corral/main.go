@@ -67,6 +67,7 @@ var sessionCommands = []command{
 	{"status", "REF [flags]", "show a session, its kernels and the history of their statuses", (*cli).sessionStatus},
 	{"logs", "REF [flags]", "print the stdout and stderr of a kernel", (*cli).sessionLogs},
 	{"exec", "REF [flags] -- CMD [ARGS...]", "run a command in a running session", (*cli).sessionExec},
+	{"app", "REF [NAME] [flags]", "list a session's apps, or open a local port tunnelled to one", (*cli).sessionApp},
 	{"destroy", "REF [flags]", "cancel a pending session or terminate a running one", (*cli).sessionDestroy},
 }
 

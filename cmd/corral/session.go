@@ -63,6 +63,7 @@ func (c *cli) parseCreate(args []string) (*createCmd, error) {
 	f.Var(ulimitFlag{&r.Ulimits}, "ulimit", "kernel resource limit `name=soft[:hard]`, values a number or unlimited, e.g. memlock=unlimited,nofile=65536 (repeatable; capped by the key's policy)")
 	f.Var(capFlag{&r.CapAdd}, "cap-add", "capability to add to the kernels, e.g. IPC_LOCK or SYS_PTRACE (repeatable or comma-separated; the key's policy must allow it)")
 	f.StringVar(&r.Network, "network", "", "default (empty): container kernels get an address on their agent's kernel bridge and reach out through NAT (cluster kernels also get their session's overlay); host: the kernels use their agents' network (fast fabrics; peers are the agents' addresses; the key's policy must allow it); none: loopback only (cluster kernels keep their overlay)")
+	f.Var(portFlag{&r.ServicePorts}, "port", portUsage)
 	f.BoolVar(&r.InfiniBand, "infiniband", false, "pass the agents' /dev/infiniband devices into the kernels (the key's policy must allow it)")
 	f.IntVar(&r.MaxRetries, "max-retries", 0, "batch: re-queue the session up to N times when an agent running it is lost")
 	f.StringVar(&r.LostAfter, "lost-after", "", "give the kernels up (ERROR, or re-queue with -max-retries) once their agent is DISCONNECTED this long, sooner than the cluster's -agent-lost-after (e.g. 30s)")
@@ -420,6 +421,7 @@ func (c *cli) sessionStatus(ctx context.Context, args []string) error {
 	if err := renderSessionDetail(c.stdout, d, names, time.Now()); err != nil {
 		return err
 	}
+	renderSessionApps(c.stdout, d)
 	if d.Session.Status.Terminal() {
 		return nil
 	}
