@@ -41,6 +41,11 @@ func (r *kernelRunner) pullImage(ctx context.Context, cfg *drivers.TaskConfig) e
 		Entrypoint: img.Config.Entrypoint, Cmd: img.Config.Cmd, Env: img.Config.Env,
 		WorkingDir: img.Config.WorkingDir, User: img.Config.User,
 	}
+	ports, err := structs.ImageServicePorts(img.Config.Labels)
+	if err != nil {
+		r.a.logger.Warn("image declares service ports the agent cannot use", "kernel_id", r.id, "image", ref, "error", err)
+	}
+	r.imagePorts = ports
 	if r.kernel.WorkDir == "" {
 		cfg.WorkDir = "" // inside the container: the image's working dir
 	}

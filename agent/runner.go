@@ -28,6 +28,9 @@ type kernelRunner struct {
 
 	// handle is set for a kernel recovered after an agent restart.
 	handle *drivers.TaskHandle
+	// imagePorts are the apps the image's labels declare, reported with
+	// RUNNING.
+	imagePorts []structs.ServicePort
 
 	stopOnce   sync.Once
 	stopCh     chan struct{}
@@ -221,6 +224,7 @@ func (r *kernelRunner) start(ctx context.Context, log *slog.Logger, cfg *drivers
 	}
 	running := newUpdate(r.id, structs.KernelRunning, "started by driver "+r.driver.Name(), nil)
 	running.Cpuset = r.kernel.Cpuset
+	running.ImagePorts = r.imagePorts
 	rep.reportUpdate(running, nil)
 	return true
 }

@@ -298,6 +298,7 @@ func (s *Store) pull(ctx context.Context, key string, ref name.Reference, emit f
 			Cmd:        cfg.Config.Cmd,
 			Env:        cfg.Config.Env,
 			WorkingDir: cfg.Config.WorkingDir,
+			Labels:     cfg.Config.Labels,
 			User:       cfg.Config.User,
 		},
 		PulledAt: time.Now().UTC(),

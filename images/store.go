@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -62,12 +63,16 @@ type ImageConfig struct {
 	Env        []string `json:"env,omitempty"`
 	WorkingDir string   `json:"working_dir,omitempty"`
 	User       string   `json:"user,omitempty"`
+	// Labels are the image's labels (structs.LabelServicePorts declares
+	// its apps).
+	Labels map[string]string `json:"labels,omitempty"`
 }
 
 func (c ImageConfig) clone() ImageConfig {
 	c.Entrypoint = slices.Clone(c.Entrypoint)
 	c.Cmd = slices.Clone(c.Cmd)
 	c.Env = slices.Clone(c.Env)
+	c.Labels = maps.Clone(c.Labels)
 	return c
 }
 

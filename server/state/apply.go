@@ -720,6 +720,9 @@ func (s *StateStore) UpdateKernels(index uint64, req *structs.KernelUpdateReques
 		if u.Cpuset != "" {
 			k.Cpuset = u.Cpuset
 		}
+		if len(u.ImagePorts) > 0 {
+			k.ImagePorts = u.ImagePorts
+		}
 		if err := w.releaseIfEnded(cur, k, u.Time); err != nil {
 			return nil, err
 		}
