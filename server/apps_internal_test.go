@@ -78,3 +78,19 @@ func TestDropCookie(t *testing.T) {
 		t.Errorf("Cookie %q", got)
 	}
 }
+
+// TestAppConnectionIsActivity: an open app connection marks its session
+// active when it opens and when it closes.
+func TestAppConnectionIsActivity(t *testing.T) {
+	s := &Server{}
+	before := time.Now().UTC()
+	stop := s.touchWhileOpen("s1")
+	if got := s.activity.get("s1"); got.Before(before) {
+		t.Fatalf("activity %v after opening, want at least %v", got, before)
+	}
+	mid := time.Now().UTC()
+	stop()
+	if got := s.activity.get("s1"); got.Before(mid) {
+		t.Fatalf("activity %v after closing, want at least %v", got, mid)
+	}
+}
