@@ -164,9 +164,8 @@ func (c *AppConn) Read(p []byte) (int, error) {
 		}
 		typ, data, err := c.ws.Read(c.ctx)
 		if err != nil {
-			if websocket.CloseStatus(err) == websocket.StatusNormalClosure {
-				return 0, io.EOF
-			}
+			// A close without an end of data first is an abrupt end:
+			// not io.EOF, so that the other direction ends too.
 			return 0, appTunnelError(err)
 		}
 		if typ == websocket.MessageText {
@@ -186,8 +185,11 @@ func (c *AppConn) Read(p []byte) (int, error) {
 // gave one.
 func appTunnelError(err error) error {
 	var ce websocket.CloseError
-	if errors.As(err, &ce) && ce.Reason != "" {
-		return fmt.Errorf("app tunnel closed: %s", ce.Reason)
+	if errors.As(err, &ce) {
+		if ce.Reason != "" {
+			return fmt.Errorf("app tunnel closed: %s", ce.Reason)
+		}
+		return fmt.Errorf("app tunnel closed by the peer (%v) before the end of its data", ce.Code)
 	}
 	return err
 }

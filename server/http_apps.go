@@ -231,8 +231,8 @@ func pumpApp(client *api.AppConn, kernel net.Conn) {
 	}()
 	for range 2 {
 		if err := <-errc; err != nil {
-			_ = client.CloseWithError(websocket.StatusCode(4502), err.Error())
 			_ = kernel.Close()
+			_ = client.CloseWithError(websocket.StatusCode(4502), err.Error())
 			break
 		}
 	}
