@@ -2,6 +2,8 @@ package server_test
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"io"
 	"net"
@@ -12,7 +14,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/corral-dev/corral/agent"
 	"github.com/corral-dev/corral/api"
+	execdriver "github.com/corral-dev/corral/drivers/exec"
+	"github.com/corral-dev/corral/rpc"
+	"github.com/corral-dev/corral/rpc/tlsutil"
+	"github.com/corral-dev/corral/rpc/tlsutil/tlstest"
 	"github.com/corral-dev/corral/server"
 	"github.com/corral-dev/corral/structs"
 )
@@ -26,15 +33,58 @@ func TestAppsThroughFollower(t *testing.T) {
 		t.Skip("needs /bin/busybox (Debian busybox-static) for an HTTP server in a kernel")
 	}
 	srvs, token := startQuorumCfg(t, 3, func(*server.Config) {})
-	var follower *server.Server
-	for _, s := range srvs {
-		if !s.IsLeader() {
-			follower = s
-		}
-	}
+	follower := followerOf(srvs)
 	a := startAgent(t, t.TempDir(), follower.SerfAddr(), structs.Slots{structs.SlotCPU: structs.Whole(2)})
 	t.Cleanup(func() { a.StopKernels(5 * time.Second); a.Shutdown() })
-	fc := apiClient(t, follower.HTTPAddr(), token)
+	checkAppsThroughFollower(t, follower, a, apiClient(t, follower.HTTPAddr(), token), token, "http://"+follower.HTTPAddr(), http.DefaultClient)
+}
+
+// TestAppsThroughTLSFollower is TestAppsThroughFollower over https, with
+// the operators' own PKI (no cluster CA key: signed URLs use the
+// leader's own key) and Secure cookies.
+func TestAppsThroughTLSFollower(t *testing.T) {
+	if _, err := os.Stat("/bin/busybox"); err != nil {
+		t.Skip("needs /bin/busybox (Debian busybox-static) for an HTTP server in a kernel")
+	}
+	p := tlstest.New(t)
+	const joinToken = "apps-quorum-token"
+	srvs, admin := startQuorumCfg(t, 3, func(c *server.Config) {
+		c.Security = &rpc.Security{TLS: p.Node(t, tlsutil.RoleServer, ""), JoinToken: joinToken}
+		c.HTTPTLS = true
+	})
+	follower := followerOf(srvs)
+	a := startAgentCfg(t, t.TempDir(), follower.SerfAddr(), nil, execdriver.New(testLogger(t)), func(c *agent.Config) {
+		c.Name = "apps-tls-agent"
+		c.Security = &rpc.Security{TLS: p.Node(t, tlsutil.RoleAgent, ""), JoinToken: joinToken}
+	})
+	t.Cleanup(func() { a.StopKernels(5 * time.Second); a.Shutdown() })
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(p.CAPEM)
+	tlsConf := &tls.Config{RootCAs: pool}
+	fc, err := api.NewClient("https://" + follower.HTTPAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	fc.SetToken(admin)
+	fc.SetTLS(tlsConf)
+	checkAppsThroughFollower(t, follower, a, fc, admin, "https://"+follower.HTTPAddr(), &http.Client{Transport: &http.Transport{TLSClientConfig: tlsConf}})
+}
+
+// followerOf returns a server of srvs that is not the leader.
+func followerOf(srvs []*server.Server) *server.Server {
+	for _, s := range srvs {
+		if !s.IsLeader() {
+			return s
+		}
+	}
+	return nil
+}
+
+// checkAppsThroughFollower runs busybox httpd in an exec kernel on agent
+// a and reaches it through follower: the proxy with a token, a signed URL
+// and its cookie, and the TCP tunnel. hc speaks to base.
+func checkAppsThroughFollower(t *testing.T, follower *server.Server, a *agent.Agent, fc *api.Client, token, base string, hc *http.Client) {
+	t.Helper()
 	c := &cluster{client: fc}
 	c.waitAgentAlive(t, a.ID())
 
@@ -48,7 +98,6 @@ func TestAppsThroughFollower(t *testing.T) {
 		Command:      []string{"sh", "-c", fmt.Sprintf("mkdir -p www/sub && echo app-root > www/index.html && echo app-sub > www/sub/index.html && exec /bin/busybox httpd -f -p 127.0.0.1:%d -h www", port)},
 		ServicePorts: []structs.ServicePort{{Name: "web", Port: port}}})
 	c.waitFor(t, d.Session.ID, func(d *api.SessionDetail) bool { return d.Session.Status == structs.SessionRunning })
-	base := "http://" + follower.HTTPAddr()
 	get := func(hc *http.Client, u, tok string) (int, string) {
 		req, _ := http.NewRequest(http.MethodGet, u, nil)
 		if tok != "" {
@@ -64,7 +113,7 @@ func TestAppsThroughFollower(t *testing.T) {
 	}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		code, body := get(http.DefaultClient, base+"/v1/sessions/"+d.Session.ID+"/apps/web/", token)
+		code, body := get(hc, base+"/v1/sessions/"+d.Session.ID+"/apps/web/", token)
 		if code == 200 && body == "app-root\n" {
 			break
 		}
@@ -73,7 +122,7 @@ func TestAppsThroughFollower(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	if code, body := get(http.DefaultClient, base+"/v1/sessions/"+d.Session.ID+"/apps/web/sub/", token); code != 200 || body != "app-sub\n" {
+	if code, body := get(hc, base+"/v1/sessions/"+d.Session.ID+"/apps/web/sub/", token); code != 200 || body != "app-sub\n" {
 		t.Fatalf("sub path: %d %q", code, body)
 	}
 
@@ -82,7 +131,10 @@ func TestAppsThroughFollower(t *testing.T) {
 		t.Fatal(err)
 	}
 	jar, _ := cookiejar.New(nil)
-	browser := &http.Client{Jar: jar}
+	browser := &http.Client{Jar: jar, Transport: hc.Transport}
+	if !strings.HasPrefix(u.URL, base+"/") {
+		t.Fatalf("signed URL %s is not on %s", u.URL, base)
+	}
 	if code, body := get(browser, u.URL, ""); code != 200 || body != "app-root\n" {
 		t.Fatalf("signed URL through a follower: %d %q", code, body)
 	}
