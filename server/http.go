@@ -803,10 +803,12 @@ func (s *Server) getSession(w http.ResponseWriter, r *http.Request) (any, error)
 			return nil, err
 		}
 		if index == 0 || d.Session.ModifyIndex > index {
+			s.fillLimits(d)
 			return d, nil
 		}
 		ws.Add(abandon)
 		if ws.WatchCtx(ctx) != nil {
+			s.fillLimits(d)
 			return d, nil
 		}
 	}
