@@ -187,7 +187,9 @@ func TestIdleTimeoutSparesBusyKernel(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	running := func(d *api.SessionDetail) bool { return d.Session.Status == structs.SessionRunning || d.Session.Status.Terminal() }
+	running := func(d *api.SessionDetail) bool {
+		return d.Session.Status == structs.SessionRunning || d.Session.Status.Terminal()
+	}
 	if d := c.waitFor(t, busy.Session.ID, running); d.Session.Status != structs.SessionRunning {
 		t.Fatalf("busy session: %s %q", d.Session.Status, d.Session.StatusInfo)
 	}
