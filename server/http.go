@@ -50,6 +50,7 @@ func (s *Server) setupHTTP() error {
 	mux.HandleFunc("GET /v1/sessions/{ref}/logs", s.wrap(s.sessionLogs))
 	mux.HandleFunc("POST /v1/sessions/{ref}/exec", s.execSession)
 	mux.HandleFunc("GET /v1/sessions/{ref}/exec/ws", s.execSessionWS)
+	mux.HandleFunc("POST /v1/sessions/{ref}/execute", s.executeSession)
 	mux.HandleFunc("GET /v1/sessions/{ref}/stats", s.wrap(s.sessionStats))
 	mux.HandleFunc("GET /v1/agents", s.wrap(s.listAgents))
 	mux.HandleFunc("GET /v1/agents/{id}", s.wrap(s.getAgent))

@@ -53,6 +53,7 @@ func run(args []string) int {
 type cli struct {
 	stdout, stderr io.Writer
 	getenv         func(string) string
+	stdin          io.Reader // nil: os.Stdin
 }
 
 // command is one subcommand of a command group (session, node).
@@ -67,6 +68,8 @@ var sessionCommands = []command{
 	{"status", "REF [flags]", "show a session, its kernels and the history of their statuses", (*cli).sessionStatus},
 	{"logs", "REF [flags]", "print the stdout and stderr of a kernel", (*cli).sessionLogs},
 	{"exec", "REF [flags] -- CMD [ARGS...]", "run a command in a running session", (*cli).sessionExec},
+	{"run", "REF [-runtime python] -- CODE|-", "run shell or Python code in a running session, print its output, exit with its status", (*cli).sessionRun},
+	{"wait", "REF [-timeout D] [-until running|ended]", "wait for a session to end (or run), exit non-zero when it failed or the timeout expired", (*cli).sessionWait},
 	{"destroy", "REF [flags]", "cancel a pending session or terminate a running one", (*cli).sessionDestroy},
 }
 

@@ -19,9 +19,10 @@ const followWait = 30 * time.Second
 
 // createCmd is a parsed `session create`.
 type createCmd struct {
-	flags *flagSet
-	wait  bool
-	req   api.CreateSessionRequest
+	flags       *flagSet
+	wait        bool
+	waitTimeout time.Duration
+	req         api.CreateSessionRequest
 }
 
 // parseCreate parses `session create` flags and the command after them
@@ -69,6 +70,7 @@ func (c *cli) parseCreate(args []string) (*createCmd, error) {
 	f.IntVar(&r.ClusterSize, "cluster-size", 0, "number of kernels: main1 plus sub1..subN-1, placed together or not at all (0: one)")
 	f.StringVar(&r.ClusterMode, "cluster-mode", "", "single-node (all kernels on one agent, the default) or multi-node")
 	f.BoolVar(&cmd.wait, "wait", false, "follow the session until it ends (batch) or runs (interactive)")
+	f.DurationVar(&cmd.waitTimeout, "wait-timeout", 0, "with -wait, give up following after this long and exit non-zero (0: no limit); the session goes on")
 	_, command, err := f.parse(args, 0)
 	if err != nil {
 		return nil, err
@@ -212,8 +214,16 @@ func (c *cli) sessionCreate(ctx context.Context, args []string) error {
 	done := func(s *structs.Session) bool {
 		return s.Status.Terminal() || (!batch && (s.Status == structs.SessionRunning || s.Status == structs.SessionRunningDegraded))
 	}
-	d, err = followSession(ctx, client, d, done, func(s *structs.Session) { last = c.printProgress(short, last, s) })
+	fctx, cancel := ctx, context.CancelFunc(func() {})
+	if cmd.waitTimeout > 0 {
+		fctx, cancel = context.WithTimeout(ctx, cmd.waitTimeout)
+	}
+	d, err = followSession(fctx, client, d, done, func(s *structs.Session) { last = c.printProgress(short, last, s) })
+	cancel()
 	if err != nil {
+		if fctx.Err() == context.DeadlineExceeded && ctx.Err() == nil {
+			return fmt.Errorf("session %s is still %s after -wait-timeout %s: it goes on (see 'corral session wait %s')", short, d.Session.Status, cmd.waitTimeout, short)
+		}
 		if ctx.Err() == context.Canceled {
 			return fmt.Errorf("interrupted: session %s goes on (see 'corral session status %s', or end it with 'corral session destroy %s')", short, short, short)
 		}
