@@ -111,4 +111,3 @@ func (c *cli) sessionWait(ctx context.Context, args []string) error {
 	}
 	return fmt.Errorf("session %s ended %s (%s)%s", short, s.Status, dash(string(s.Result)), suffix(s.StatusInfo))
 }
-
