@@ -30,10 +30,12 @@ import (
 	"github.com/corral-dev/corral/rpc"
 	"github.com/corral-dev/corral/rpc/tlsutil"
 	"github.com/corral-dev/corral/structs"
+	buildversion "github.com/corral-dev/corral/version"
 )
 
-// Version is reported in gossip tags and registration.
-var Version = "dev"
+// Version is reported in gossip tags and registration: the build's (see
+// the version package).
+var Version = buildversion.Version
 
 // Config configures an agent.
 type Config struct {

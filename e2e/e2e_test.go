@@ -208,23 +208,31 @@ func agentJoin(t *testing.T, ports serverPorts) []string {
 	return []string{"-join", ports.serf, "-join-token", tok.(string), "-server", ports.rpc}
 }
 
+// adminTokenIn reads the first admin token a server wrote into its data
+// dir (the server prints it only on a terminal).
+func adminTokenIn(dataDir string) (string, bool) {
+	b, err := os.ReadFile(filepath.Join(dataDir, "admin-token"))
+	if err != nil || len(bytes.TrimSpace(b)) == 0 {
+		return "", false
+	}
+	return string(bytes.TrimSpace(b)), true
+}
+
 func startServerProc(t *testing.T, dir string, ports serverPorts, extra ...string) *proc {
 	p := start(t, "server", append([]string{"server", "-data-dir", dir, "-http", ports.http, "-rpc", ports.rpc, "-serf", ports.serf, "-fast-gossip"}, extra...)...)
 	addr := "http://" + ports.http
 	if _, ok := apiTokens.Load(addr); !ok {
-		eventually(t, 20*time.Second, "server prints the admin and join tokens", func() error {
+		eventually(t, 20*time.Second, "server writes the admin token and prints the join token", func() error {
 			jt, ok := joinTokenIn(p.output())
 			if !ok {
 				return fmt.Errorf("no join token line yet")
 			}
-			for _, line := range strings.Split(p.output(), "\n") {
-				if tok, ok := strings.CutPrefix(line, "export CORRAL_TOKEN="); ok {
-					apiTokens.Store(addr, strings.TrimSpace(tok))
-					joinTokens.Store(ports.serf, jt)
-					return nil
-				}
+			if tok, ok := adminTokenIn(dir); ok {
+				apiTokens.Store(addr, tok)
+				joinTokens.Store(ports.serf, jt)
+				return nil
 			}
-			return fmt.Errorf("no token line yet")
+			return fmt.Errorf("no admin token file yet")
 		})
 	}
 	eventually(t, 20*time.Second, "server answers", func() error {

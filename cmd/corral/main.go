@@ -19,10 +19,11 @@ import (
 
 	"github.com/corral-dev/corral/api"
 	"github.com/corral-dev/corral/rpc/tlsutil"
+	buildversion "github.com/corral-dev/corral/version"
 )
 
-// version is set at build time with -ldflags "-X main.version=...".
-var version = "dev"
+// version is the build's, set with -ldflags in the version package.
+var version = buildversion.Version
 
 func main() {
 	runcInitIfRequested()
