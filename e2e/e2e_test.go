@@ -23,6 +23,10 @@ import (
 
 var corralBin string
 
+// e2eVersion is the version the test binaries are built with (as make
+// sets it through the version package).
+const e2eVersion = "v0.0.0-e2e"
+
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "corral-e2e-")
 	if err != nil {
@@ -34,7 +38,7 @@ func TestMain(m *testing.M) {
 	// corral-kernel (static) too: cluster kernels get it.
 	for _, b := range []struct{ out, pkg string }{{corralBin, "./cmd/corral"}, {filepath.Join(dir, "corral-shim"), "./cmd/corral-shim"},
 		{filepath.Join(dir, "corral-kernel"), "./cmd/corral-kernel"}} {
-		build := exec.Command("go", "build", "-o", b.out, b.pkg)
+		build := exec.Command("go", "build", "-ldflags", "-X github.com/corral-dev/corral/version.Version="+e2eVersion, "-o", b.out, b.pkg)
 		build.Dir = ".."
 		if strings.HasSuffix(b.pkg, "corral-kernel") {
 			build.Env = append(os.Environ(), "CGO_ENABLED=0")
