@@ -46,7 +46,6 @@ func (a *Agent) currentConn(ctx context.Context) (*serverConn, error) {
 // some server, moving to another (or reconnecting) when it breaks.
 func (a *Agent) connectLoop() {
 	delay := 50 * time.Millisecond
-	started := time.Now()
 	for a.ctx.Err() == nil {
 		servers := a.servers()
 		if len(servers) == 0 {
@@ -73,7 +72,7 @@ func (a *Agent) connectLoop() {
 			delay = max(delay, 5*time.Second)
 			a.logger.Error("the server refused this agent: check -join-token and the -tls-* files", "server", addr, "error", err, "retry_in", delay)
 		} else {
-			a.logger.Log(a.ctx, reconnectLevel(err, time.Since(started)), "server connection lost, reconnecting", "server", addr, "error", err, "retry_in", delay)
+			a.logger.Log(a.ctx, reconnectLevel(err, time.Since(a.started)), "server connection lost, reconnecting", "server", addr, "error", err, "retry_in", delay)
 		}
 		select {
 		case <-a.ctx.Done():
