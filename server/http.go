@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -71,7 +70,7 @@ func (s *Server) setupHTTP() error {
 	})
 	ln := s.httpLn
 	if s.cfg.HTTPTLS {
-		ln = tls.NewListener(ln, s.cfg.Security.TLS.HTTPSConfig())
+		ln = httpsListener{Listener: ln, cfg: s.cfg.Security.TLS.HTTPSConfig()}
 	}
 	s.httpSrv = &http.Server{Handler: s.forwardToLeader(mux), ReadHeaderTimeout: 10 * time.Second,
 		// TLS handshake failures of stray clients are not worth a warning.
