@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/corral-dev/corral/api"
 	"github.com/corral-dev/corral/rpc/tlsutil"
@@ -55,6 +56,11 @@ type cli struct {
 	stdout, stderr io.Writer
 	getenv         func(string) string
 	stdin          io.Reader // nil: os.Stdin
+	// pull is the pull progress printProgress showed last, and when.
+	pull struct {
+		info string
+		at   time.Time
+	}
 }
 
 // command is one subcommand of a command group (session, node).

@@ -14,6 +14,9 @@ import (
 	"github.com/corral-dev/corral/structs"
 )
 
+// pullLineEvery is the least time between two image pull progress lines.
+const pullLineEvery = 2 * time.Second
+
 // followWait is the wait of each blocking query while following a session.
 const followWait = 30 * time.Second
 
@@ -314,9 +317,16 @@ func (c *cli) printProgress(short string, last structs.StatusChange, s *structs.
 	}
 	// Progress within a status (bytes of an image pulled) changes the
 	// status info without a new history entry: show it as a progress line.
-	if s.Status == structs.SessionPulling && string(s.Status) == last.Status && s.StatusInfo != last.Info {
-		fmt.Fprintf(c.stderr, "session %s: %s%s\n", short, s.Status, suffix(s.StatusInfo))
-		last.Info = s.StatusInfo
+	// last stays the history entry (else the next call would print that
+	// entry again after each progress line); one progress line per
+	// pullLineEvery at most: the kernels of a cluster session each
+	// report their pull.
+	if s.Status == structs.SessionPulling && string(s.Status) == last.Status && s.StatusInfo != last.Info && s.StatusInfo != c.pull.info {
+		now := time.Now()
+		if !strings.HasPrefix(s.StatusInfo, "pulling image ") || now.Sub(c.pull.at) >= pullLineEvery {
+			fmt.Fprintf(c.stderr, "session %s: %s%s\n", short, s.Status, suffix(s.StatusInfo))
+			c.pull.info, c.pull.at = s.StatusInfo, now
+		}
 	}
 	return last
 }
