@@ -120,6 +120,11 @@ type LogsResponse struct {
 	// (absent from servers older than protocol 2 and when empty).
 	StdoutBytes []byte `json:"stdout_b64,omitempty"`
 	StderrBytes []byte `json:"stderr_b64,omitempty"`
+	// StdoutEnd and StderrEnd are the offsets in the kernel's log files
+	// just past the bytes returned: ?stdout_offset=&stderr_offset= of the
+	// next request reads what came after (`session logs -f`).
+	StdoutEnd int64 `json:"stdout_end,omitempty"`
+	StderrEnd int64 `json:"stderr_end,omitempty"`
 }
 
 // StdoutData returns the kernel's stdout byte for byte (as text from a

@@ -863,18 +863,22 @@ func (s *Server) sessionLogs(w http.ResponseWriter, r *http.Request) (any, error
 	if err != nil {
 		return nil, err
 	}
-	s.activity.touch(d.Session.ID, time.Now().UTC())
+	req, err := logsRequest(r, k)
+	if err != nil {
+		return nil, err
+	}
 	c, err := s.agentFor(k)
 	if err != nil {
 		return nil, err
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
 	defer cancel()
-	lr, err := c.Logs(ctx, &rpc.LogsRequest{KernelID: k.ID})
+	lr, err := c.Logs(ctx, req)
 	if err != nil {
 		return nil, &httpError{code: http.StatusBadGateway, msg: fmt.Sprintf("reading logs of kernel %s from its agent: %s", k.Hostname, status.Convert(err).Message())}
 	}
-	return &api.LogsResponse{SessionID: d.Session.ID, KernelID: k.ID, Hostname: k.Hostname, Stdout: string(lr.Stdout), Stderr: string(lr.Stderr), StdoutBytes: lr.Stdout, StderrBytes: lr.Stderr}, nil
+	return &api.LogsResponse{SessionID: d.Session.ID, KernelID: k.ID, Hostname: k.Hostname, Stdout: string(lr.Stdout), Stderr: string(lr.Stderr), StdoutBytes: lr.Stdout, StderrBytes: lr.Stderr,
+		StdoutEnd: lr.StdoutEnd, StderrEnd: lr.StderrEnd}, nil
 }
 
 // execSession streams a command's output from the kernel's agent as

@@ -12,8 +12,8 @@ import (
 	"github.com/corral-dev/corral/structs"
 )
 
-// activity remembers, per session, when users last touched it (exec, logs,
-// app connections: touch) and when one of its kernels last used CPU or GPU
+// activity remembers, per session, when users last touched it (exec, app
+// connections: touch) and when one of its kernels last used CPU or GPU
 // above its policy's threshold (busy), plus the last CPU sample of each
 // kernel to measure that use from. The idle timeout counts from the latest
 // of these, or from when the session started running. It lives in the

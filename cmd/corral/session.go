@@ -471,24 +471,6 @@ func renderStats(w io.Writer, stats []*api.KernelStats) error {
 	return tw.Flush()
 }
 
-func (c *cli) sessionLogs(ctx context.Context, args []string) error {
-	f := c.newFlags("session logs", "REF [flags]", "Print a kernel's stdout to stdout and its stderr to stderr.", false)
-	kernel := f.String("kernel", "main1", "kernel hostname or ID")
-	ref, client, err := f.refClient(args, "session ID, ID prefix or name")
-	if err != nil {
-		return err
-	}
-	logs, err := client.SessionLogs(ctx, ref, *kernel)
-	if err != nil {
-		return err
-	}
-	if _, err := c.stdout.Write(logs.StdoutData()); err != nil {
-		return err
-	}
-	_, err = c.stderr.Write(logs.StderrData())
-	return err
-}
-
 func (c *cli) sessionExec(ctx context.Context, args []string) error {
 	f := c.newFlags("session exec", "REF [flags] -- CMD [ARGS...]",
 		"Run CMD in a running kernel of a session, stream its output and exit with its exit code.", false)
