@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"time"
 
 	"github.com/corral-dev/corral/api"
@@ -76,6 +77,9 @@ func (c *cli) sessionLogs(ctx context.Context, args []string) error {
 		return nil
 	}
 	outEnd, errEnd := logs.StdoutEnd, logs.StderrEnd
+	if (outEnd == 0 && len(logs.StdoutBytes) > 0) || (errEnd == 0 && len(logs.StderrBytes) > 0) {
+		return fmt.Errorf("cannot follow kernel %s: its agent (or the server) predates log offsets: upgrade it, or read the logs without -f", logs.Hostname)
+	}
 	for {
 		if d, err = client.GetSession(ctx, ref); err != nil {
 			return err
