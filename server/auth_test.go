@@ -171,7 +171,7 @@ func TestIdleTimeoutSparesBusyKernel(t *testing.T) {
 	c := startCluster(t, nil)
 	ctx := context.Background()
 	admin := c.client
-	if _, err := admin.CreatePolicy(ctx, &api.PolicyRequest{Name: "idle3", IdleTimeout: "3s", MaxSessionLifetime: "1h"}); err != nil {
+	if _, err := admin.CreatePolicy(ctx, &api.PolicyRequest{Name: "idle3", IdleTimeout: "4s", MaxSessionLifetime: "1h"}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := admin.CreateUser(ctx, &api.CreateUserRequest{Name: "worker"}); err != nil {
@@ -200,7 +200,7 @@ func TestIdleTimeoutSparesBusyKernel(t *testing.T) {
 		t.Fatal(err)
 	}
 	d := c.waitFor(t, idle.Session.ID, terminal)
-	if want := "idle for 3s (no app traffic, no exec, cpu<5%)"; d.Session.Status != structs.SessionTerminated || !strings.Contains(d.Session.StatusInfo, want) {
+	if want := "idle for 4s (no app traffic, no exec, cpu<5%)"; d.Session.Status != structs.SessionTerminated || !strings.Contains(d.Session.StatusInfo, want) {
 		t.Fatalf("idle session: %s %q, want TERMINATED with %q", d.Session.Status, d.Session.StatusInfo, want)
 	}
 	b, err := u.GetSession(ctx, busy.Session.ID)
@@ -213,8 +213,8 @@ func TestIdleTimeoutSparesBusyKernel(t *testing.T) {
 	if b.IdleRemaining == "" || b.LifetimeRemaining == "" {
 		t.Fatalf("busy session detail lacks the remaining idle time or lifetime: %q %q", b.IdleRemaining, b.LifetimeRemaining)
 	}
-	if left, err := time.ParseDuration(b.IdleRemaining); err != nil || left > 3*time.Second {
-		t.Fatalf("idle_remaining %q: want a duration up to 3s", b.IdleRemaining)
+	if left, err := time.ParseDuration(b.IdleRemaining); err != nil || left > 4*time.Second {
+		t.Fatalf("idle_remaining %q: want a duration up to 4s", b.IdleRemaining)
 	}
 	if left, err := time.ParseDuration(b.LifetimeRemaining); err != nil || left <= 50*time.Minute {
 		t.Fatalf("lifetime_remaining %q: want about 1h", b.LifetimeRemaining)
