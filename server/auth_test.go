@@ -171,13 +171,13 @@ func TestIdleTimeoutSparesBusyKernel(t *testing.T) {
 	c := startCluster(t, nil)
 	ctx := context.Background()
 	admin := c.client
-	if _, err := admin.CreatePolicy(ctx, &api.PolicyRequest{Name: "idle3", IdleTimeout: "4s", MaxSessionLifetime: "1h"}); err != nil {
+	if _, err := admin.CreatePolicy(ctx, &api.PolicyRequest{Name: "idle4", IdleTimeout: "4s", MaxSessionLifetime: "1h"}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := admin.CreateUser(ctx, &api.CreateUserRequest{Name: "worker"}); err != nil {
 		t.Fatal(err)
 	}
-	k, err := admin.CreateKey(ctx, &api.CreateKeyRequest{User: "worker", Policy: "idle3"})
+	k, err := admin.CreateKey(ctx, &api.CreateKeyRequest{User: "worker", Policy: "idle4"})
 	if err != nil {
 		t.Fatal(err)
 	}
