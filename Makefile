@@ -3,7 +3,7 @@
 
 GO      ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
-LDFLAGS := -X main.version=$(VERSION)
+LDFLAGS := -X github.com/corral-dev/corral/version.Version=$(VERSION)
 # seccomp: libcontainer loads the runc kernels' seccomp profile only when
 # built with cgo and this tag (libseccomp-dev, installed by `make deps`).
 # A build without it works, but runc kernels then run without seccomp.

@@ -30,10 +30,12 @@ import (
 	"github.com/corral-dev/corral/rpc"
 	"github.com/corral-dev/corral/rpc/tlsutil"
 	"github.com/corral-dev/corral/structs"
+	buildversion "github.com/corral-dev/corral/version"
 )
 
-// Version is reported in gossip tags and registration.
-var Version = "dev"
+// Version is reported in gossip tags and registration: the build's (see
+// the version package).
+var Version = buildversion.Version
 
 // Config configures an agent.
 type Config struct {
@@ -110,6 +112,9 @@ type Config struct {
 
 // Agent is one running agent.
 type Agent struct {
+	// started is when New made the agent (for the start-up grace of
+	// reconnectLevel).
+	started time.Time
 	cfg     Config
 	id      string
 	logger  *slog.Logger
@@ -200,7 +205,7 @@ func New(cfg Config) (*Agent, error) {
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	a := &Agent{cfg: cfg, id: id, logger: cfg.Logger.With("agent_id", id[:8]), drivers: map[string]drivers.Driver{},
+	a := &Agent{started: time.Now(), cfg: cfg, id: id, logger: cfg.Logger.With("agent_id", id[:8]), drivers: map[string]drivers.Driver{},
 		kernels: map[string]*kernelRunner{}, unhealthy: map[string]string{}, ctx: ctx, cancel: cancel}
 	a.reporter = newReporter(a)
 	a.overlays = &overlays{a: a}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"math/rand/v2"
 	"strings"
 	"time"
@@ -71,7 +72,7 @@ func (a *Agent) connectLoop() {
 			delay = max(delay, 5*time.Second)
 			a.logger.Error("the server refused this agent: check -join-token and the -tls-* files", "server", addr, "error", err, "retry_in", delay)
 		} else {
-			a.logger.Warn("server connection lost, reconnecting", "server", addr, "error", err, "retry_in", delay)
+			a.logger.Log(a.ctx, reconnectLevel(err, time.Since(a.started)), "server connection lost, reconnecting", "server", addr, "error", err, "retry_in", delay)
 		}
 		select {
 		case <-a.ctx.Done():
@@ -85,6 +86,21 @@ func (a *Agent) connectLoop() {
 			delay = 50 * time.Millisecond
 		}
 	}
+}
+
+// startupGrace is how long after its start an agent takes a server that
+// is not ready (no raft leader elected yet, not listening yet) as normal:
+// a cluster starting up (corral dev) elects its leader in a second or two.
+const startupGrace = 15 * time.Second
+
+// reconnectLevel is the log level of a lost or refused server connection:
+// debug while the servers are still starting (Unavailable within
+// startupGrace of the agent's start), a warning after.
+func reconnectLevel(err error, sinceStart time.Duration) slog.Level {
+	if sinceStart < startupGrace && status.Code(err) == codes.Unavailable {
+		return slog.LevelDebug
+	}
+	return slog.LevelWarn
 }
 
 // session registers with one server and follows its kernel stream until it breaks.

@@ -16,8 +16,26 @@ import (
 )
 
 // pullReportInterval bounds how often pull progress is reported to the
-// servers (each report is a raft write).
-const pullReportInterval = 500 * time.Millisecond
+// servers (each report is a raft write, and a line of `create -wait`).
+const pullReportInterval = 2 * time.Second
+
+// pullThrottle passes a kernel's pull progress on at most once per
+// pullReportInterval; the first report waits an interval too (the start
+// and the end of a pull are reported apart).
+type pullThrottle struct{ last time.Time }
+
+// due says whether progress at now (done of total bytes) is reported.
+func (t *pullThrottle) due(now time.Time, done, total int64) bool {
+	if t.last.IsZero() {
+		t.last = now
+		return false
+	}
+	if done >= total || now.Sub(t.last) < pullReportInterval {
+		return false
+	}
+	t.last = now
+	return true
+}
 
 // pullImage pulls the kernel's image (PULLING with bytes done/total as
 // status info) and returns the rootfs and run config for the driver.
@@ -25,10 +43,9 @@ func (r *kernelRunner) pullImage(ctx context.Context, cfg *drivers.TaskConfig) e
 	ref := r.kernel.Image
 	rep := r.a.reporter
 	rep.report(r.id, structs.KernelPulling, "pulling image "+ref, nil)
-	var last time.Time
+	var throttle pullThrottle
 	img, err := r.a.images.Pull(ctx, ref, func(p images.Progress) {
-		if now := time.Now(); now.Sub(last) >= pullReportInterval && p.BytesDone < p.BytesTotal {
-			last = now
+		if throttle.due(time.Now(), p.BytesDone, p.BytesTotal) {
 			rep.report(r.id, structs.KernelPulling, fmt.Sprintf("pulling image %s: %s / %s (layer %d of %d)",
 				ref, structs.FormatBytes(structs.Whole(p.BytesDone)), structs.FormatBytes(structs.Whole(p.BytesTotal)), p.Layer, p.Layers), nil)
 		}

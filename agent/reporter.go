@@ -71,7 +71,7 @@ func (r *reporter) run(ctx context.Context) {
 				if ctx.Err() != nil {
 					return
 				}
-				r.a.logger.Warn("reporting kernel status failed, will retry", "updates", len(batch), "error", err)
+				r.a.logger.Log(ctx, reconnectLevel(err, time.Since(r.a.started)), "reporting kernel status failed, will retry", "updates", len(batch), "error", err)
 				select {
 				case <-ctx.Done():
 					return

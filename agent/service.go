@@ -140,39 +140,53 @@ func (s *agentService) Logs(ctx context.Context, req *rpc.LogsRequest) (*rpc.Log
 	out := &rpc.LogsResponse{}
 	var err error
 	var t1, t2 bool
-	if out.Stdout, t1, err = tail(filepath.Join(dir, "stdout.log"), max); err != nil {
+	outFrom, errFrom := int64(-1), int64(-1) // -1: the tail
+	if req.From {
+		outFrom, errFrom = req.StdoutOffset, req.StderrOffset
+		if outFrom < 0 || errFrom < 0 {
+			return nil, status.Error(codes.InvalidArgument, "logs: negative offset")
+		}
+	}
+	if out.Stdout, out.StdoutEnd, t1, err = readLog(filepath.Join(dir, "stdout.log"), outFrom, max); err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
 	}
-	if out.Stderr, t2, err = tail(filepath.Join(dir, "stderr.log"), max); err != nil {
+	if out.Stderr, out.StderrEnd, t2, err = readLog(filepath.Join(dir, "stderr.log"), errFrom, max); err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
 	}
 	out.Truncated = t1 || t2
 	return out, nil
 }
 
-// tail reads at most max bytes from the end of a file; a missing file is empty.
-func tail(path string, max int64) ([]byte, bool, error) {
+// readLog reads at most limit bytes of a log file: from offset from, or
+// (from < 0) its tail; a file shorter than from was cut (a size limit):
+// it is read from its start. It returns the offset past what it read and
+// whether bytes were left out; a missing file is empty.
+func readLog(path string, from, limit int64) ([]byte, int64, bool, error) {
 	f, err := os.Open(path)
 	if errors.Is(err, os.ErrNotExist) {
-		return []byte{}, false, nil
+		return []byte{}, 0, false, nil
 	}
 	if err != nil {
-		return nil, false, err
+		return nil, 0, false, err
 	}
 	defer f.Close()
 	st, err := f.Stat()
 	if err != nil {
-		return nil, false, err
+		return nil, 0, false, err
 	}
+	size := st.Size()
 	truncated := false
-	if st.Size() > max {
-		if _, err := f.Seek(st.Size()-max, io.SeekStart); err != nil {
-			return nil, false, err
-		}
-		truncated = true
+	switch {
+	case from < 0 && size > limit:
+		from, truncated = size-limit, true
+	case from < 0 || from > size:
+		from = 0
 	}
-	b, err := io.ReadAll(io.LimitReader(f, max))
-	return b, truncated, err
+	if _, err := f.Seek(from, io.SeekStart); err != nil {
+		return nil, 0, false, err
+	}
+	b, err := io.ReadAll(io.LimitReader(f, limit))
+	return b, from + int64(len(b)), truncated || from+int64(len(b)) < size, err
 }
 
 // Stats samples the resource usage of running kernels through their drivers.

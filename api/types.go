@@ -101,6 +101,12 @@ type SessionDetail struct {
 	// nobody can tell until the agent is back or LOST. Its status field
 	// keeps the last one the agent reported.
 	Unknown map[string]string `json:"unknown_kernels,omitempty"`
+	// IdleRemaining is how long the session may stay idle before its
+	// policy's idle timeout terminates it, LifetimeRemaining how long it
+	// has left under the policy's max lifetime (Go durations, "59m30s";
+	// absent without such a limit). Only GET /v1/sessions/{id} fills them.
+	IdleRemaining     string `json:"idle_remaining,omitempty"`
+	LifetimeRemaining string `json:"lifetime_remaining,omitempty"`
 }
 
 // LogsResponse is the answer of GET /v1/sessions/{id}/logs.
@@ -117,6 +123,11 @@ type LogsResponse struct {
 	// (absent from servers older than protocol 2 and when empty).
 	StdoutBytes []byte `json:"stdout_b64,omitempty"`
 	StderrBytes []byte `json:"stderr_b64,omitempty"`
+	// StdoutEnd and StderrEnd are the offsets in the kernel's log files
+	// just past the bytes returned: ?stdout_offset=&stderr_offset= of the
+	// next request reads what came after (`session logs -f`).
+	StdoutEnd int64 `json:"stdout_end,omitempty"`
+	StderrEnd int64 `json:"stderr_end,omitempty"`
 }
 
 // StdoutData returns the kernel's stdout byte for byte (as text from a
@@ -228,6 +239,9 @@ type PolicyRequest struct {
 	MaxKernelsPerSession  int           `json:"max_kernels_per_session,omitempty"`
 	MaxSessionLifetime    string        `json:"max_session_lifetime,omitempty"`
 	IdleTimeout           string        `json:"idle_timeout,omitempty"`
+	// IdleCPUThreshold is the CPU/GPU use in percent of a kernel's
+	// allocation under which it counts as idle (0: 5).
+	IdleCPUThreshold float64 `json:"idle_cpu_threshold,omitempty"`
 	// Drivers lists the drivers the keys under the policy may use (empty:
 	// every driver but the admin-only "host").
 	Drivers []string `json:"drivers,omitempty"`

@@ -23,6 +23,10 @@ import (
 
 var corralBin string
 
+// e2eVersion is the version the test binaries are built with (as make
+// sets it through the version package).
+const e2eVersion = "v0.0.0-e2e"
+
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "corral-e2e-")
 	if err != nil {
@@ -34,7 +38,7 @@ func TestMain(m *testing.M) {
 	// corral-kernel (static) too: cluster kernels get it.
 	for _, b := range []struct{ out, pkg string }{{corralBin, "./cmd/corral"}, {filepath.Join(dir, "corral-shim"), "./cmd/corral-shim"},
 		{filepath.Join(dir, "corral-kernel"), "./cmd/corral-kernel"}} {
-		build := exec.Command("go", "build", "-o", b.out, b.pkg)
+		build := exec.Command("go", "build", "-ldflags", "-X github.com/corral-dev/corral/version.Version="+e2eVersion, "-o", b.out, b.pkg)
 		build.Dir = ".."
 		if strings.HasSuffix(b.pkg, "corral-kernel") {
 			build.Env = append(os.Environ(), "CGO_ENABLED=0")
@@ -208,23 +212,31 @@ func agentJoin(t *testing.T, ports serverPorts) []string {
 	return []string{"-join", ports.serf, "-join-token", tok.(string), "-server", ports.rpc}
 }
 
+// adminTokenIn reads the first admin token a server wrote into its data
+// dir (the server prints it only on a terminal).
+func adminTokenIn(dataDir string) (string, bool) {
+	b, err := os.ReadFile(filepath.Join(dataDir, "admin-token"))
+	if err != nil || len(bytes.TrimSpace(b)) == 0 {
+		return "", false
+	}
+	return string(bytes.TrimSpace(b)), true
+}
+
 func startServerProc(t *testing.T, dir string, ports serverPorts, extra ...string) *proc {
 	p := start(t, "server", append([]string{"server", "-data-dir", dir, "-http", ports.http, "-rpc", ports.rpc, "-serf", ports.serf, "-fast-gossip"}, extra...)...)
 	addr := "http://" + ports.http
 	if _, ok := apiTokens.Load(addr); !ok {
-		eventually(t, 20*time.Second, "server prints the admin and join tokens", func() error {
+		eventually(t, 20*time.Second, "server writes the admin token and prints the join token", func() error {
 			jt, ok := joinTokenIn(p.output())
 			if !ok {
 				return fmt.Errorf("no join token line yet")
 			}
-			for _, line := range strings.Split(p.output(), "\n") {
-				if tok, ok := strings.CutPrefix(line, "export CORRAL_TOKEN="); ok {
-					apiTokens.Store(addr, strings.TrimSpace(tok))
-					joinTokens.Store(ports.serf, jt)
-					return nil
-				}
+			if tok, ok := adminTokenIn(dir); ok {
+				apiTokens.Store(addr, tok)
+				joinTokens.Store(ports.serf, jt)
+				return nil
 			}
-			return fmt.Errorf("no token line yet")
+			return fmt.Errorf("no admin token file yet")
 		})
 	}
 	eventually(t, 20*time.Second, "server answers", func() error {

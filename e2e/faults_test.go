@@ -123,16 +123,14 @@ func newFltClusterGossip(t *testing.T, agents, fast bool) *fltCluster {
 	for i := 1; i < 3; i++ {
 		fc.startServer(i, false)
 	}
-	eventually(t, 30*time.Second, "a server prints the admin token", func() error {
+	eventually(t, 30*time.Second, "a server writes the admin token", func() error {
 		for _, s := range fc.servers {
-			for _, line := range strings.Split(s.p.output(), "\n") {
-				if v, ok := strings.CutPrefix(line, "export CORRAL_TOKEN="); ok {
-					fc.token = strings.TrimSpace(v)
-					return nil
-				}
+			if tok, ok := adminTokenIn(s.dir); ok {
+				fc.token = tok
+				return nil
 			}
 		}
-		return errors.New("no token line yet")
+		return errors.New("no admin token file yet")
 	})
 	eventually(t, 30*time.Second, "the leader prints the agents' join token", func() error {
 		for _, s := range fc.servers {

@@ -118,16 +118,13 @@ func newOvClusterExtra(t *testing.T, extra int) *ovCluster {
 	regHost := strings.SplitN(oc.image, "/", 2)[0]
 
 	sip := oc.server.IP.String()
-	srv := ovStart(t, oc.server, "server", "server", "-name", "server1", "-data-dir", filepath.Join(b.Dir(), "server"),
+	srvDir := filepath.Join(b.Dir(), "server")
+	srv := ovStart(t, oc.server, "server", "server", "-name", "server1", "-data-dir", srvDir,
 		"-http", net.JoinHostPort(sip, ovHTTPPort), "-rpc", net.JoinHostPort(sip, ovServerRPCPort),
 		"-serf", net.JoinHostPort(sip, ovServerSerf), "-fast-gossip", "-allow-registry", regHost)
 	var tok, joinTok string
-	eventually(t, 20*time.Second, "server prints the admin token", func() error {
-		for _, line := range strings.Split(srv.output(), "\n") {
-			if v, ok := strings.CutPrefix(line, "export CORRAL_TOKEN="); ok {
-				tok = strings.TrimSpace(v)
-			}
-		}
+	eventually(t, 20*time.Second, "server writes the admin token", func() error {
+		tok, _ = adminTokenIn(srvDir)
 		if jt, ok := joinTokenIn(srv.output()); ok && tok != "" {
 			joinTok = jt
 			return nil

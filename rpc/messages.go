@@ -83,6 +83,11 @@ type ExecFrame struct {
 type LogsRequest struct {
 	KernelID string `json:"kernel_id"`
 	MaxBytes int64  `json:"max_bytes,omitempty"`
+	// From reads each stream from StdoutOffset and StderrOffset (at most
+	// MaxBytes of each) instead of its tail: how a follower polls.
+	From         bool  `json:"from,omitempty"`
+	StdoutOffset int64 `json:"stdout_offset,omitempty"`
+	StderrOffset int64 `json:"stderr_offset,omitempty"`
 }
 
 // LogsResponse holds the kernel's stdout and stderr.
@@ -90,6 +95,10 @@ type LogsResponse struct {
 	Stdout    []byte `json:"stdout"`
 	Stderr    []byte `json:"stderr"`
 	Truncated bool   `json:"truncated,omitempty"`
+	// StdoutEnd and StderrEnd are the offsets just past the bytes
+	// returned: the offsets of the next read with From.
+	StdoutEnd int64 `json:"stdout_end,omitempty"`
+	StderrEnd int64 `json:"stderr_end,omitempty"`
 }
 
 // ImageInfo describes one image in an agent's cache.

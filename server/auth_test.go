@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/corral-dev/corral/api"
 	"github.com/corral-dev/corral/structs"
@@ -155,10 +156,67 @@ func TestLifetimeAndIdleTimeout(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for id, want := range map[string]string{a.Session.ID: "max session lifetime", b.Session.ID: "idle for more than", sys.Session.ID: "idle for more than"} {
+	for id, want := range map[string]string{a.Session.ID: "max session lifetime", b.Session.ID: "idle for 2s (no app traffic, no exec, cpu<5%)", sys.Session.ID: "idle for 2s (no app traffic, no exec, cpu<5%)"} {
 		d := c.waitFor(t, id, terminal)
 		if d.Session.Status != structs.SessionTerminated || !strings.Contains(d.Session.StatusInfo, want) {
 			t.Fatalf("session %s: %s %q, want reason with %q", id, d.Session.Status, d.Session.StatusInfo, want)
 		}
+	}
+}
+
+// TestIdleTimeoutSparesBusyKernel: under one policy, a session whose kernel
+// burns CPU (and so never idles) outlives an idle one, which the idle
+// timeout ends; the busy one's remaining idle time shows in its detail.
+func TestIdleTimeoutSparesBusyKernel(t *testing.T) {
+	c := startCluster(t, nil)
+	ctx := context.Background()
+	admin := c.client
+	if _, err := admin.CreatePolicy(ctx, &api.PolicyRequest{Name: "idle4", IdleTimeout: "4s", MaxSessionLifetime: "1h"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.CreateUser(ctx, &api.CreateUserRequest{Name: "worker"}); err != nil {
+		t.Fatal(err)
+	}
+	k, err := admin.CreateKey(ctx, &api.CreateKeyRequest{User: "worker", Policy: "idle4"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, _ := api.NewClient(c.addr)
+	u.SetToken(k.Token)
+	busy, err := u.CreateSession(ctx, &api.CreateSessionRequest{Type: "interactive", Command: []string{"sh", "-c", "while :; do :; done"}, Resources: small})
+	if err != nil {
+		t.Fatal(err)
+	}
+	running := func(d *api.SessionDetail) bool {
+		return d.Session.Status == structs.SessionRunning || d.Session.Status.Terminal()
+	}
+	if d := c.waitFor(t, busy.Session.ID, running); d.Session.Status != structs.SessionRunning {
+		t.Fatalf("busy session: %s %q", d.Session.Status, d.Session.StatusInfo)
+	}
+	// The idle session starts after the busy one runs: when the idle
+	// timeout ends it, the busy one has run longer than the timeout.
+	idle, err := u.CreateSession(ctx, &api.CreateSessionRequest{Type: "interactive", Command: []string{"sleep", "infinity"}, Resources: small})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := c.waitFor(t, idle.Session.ID, terminal)
+	if want := "idle for 4s (no app traffic, no exec, cpu<5%)"; d.Session.Status != structs.SessionTerminated || !strings.Contains(d.Session.StatusInfo, want) {
+		t.Fatalf("idle session: %s %q, want TERMINATED with %q", d.Session.Status, d.Session.StatusInfo, want)
+	}
+	b, err := u.GetSession(ctx, busy.Session.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.Session.Status != structs.SessionRunning {
+		t.Fatalf("busy session: %s %q, want it RUNNING", b.Session.Status, b.Session.StatusInfo)
+	}
+	if b.IdleRemaining == "" || b.LifetimeRemaining == "" {
+		t.Fatalf("busy session detail lacks the remaining idle time or lifetime: %q %q", b.IdleRemaining, b.LifetimeRemaining)
+	}
+	if left, err := time.ParseDuration(b.IdleRemaining); err != nil || left > 4*time.Second {
+		t.Fatalf("idle_remaining %q: want a duration up to 4s", b.IdleRemaining)
+	}
+	if left, err := time.ParseDuration(b.LifetimeRemaining); err != nil || left <= 50*time.Minute {
+		t.Fatalf("lifetime_remaining %q: want about 1h", b.LifetimeRemaining)
 	}
 }

@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -50,6 +49,7 @@ func (s *Server) setupHTTP() error {
 	mux.HandleFunc("GET /v1/sessions/{ref}/logs", s.wrap(s.sessionLogs))
 	mux.HandleFunc("POST /v1/sessions/{ref}/exec", s.execSession)
 	mux.HandleFunc("GET /v1/sessions/{ref}/exec/ws", s.execSessionWS)
+	mux.HandleFunc("POST /v1/sessions/{ref}/execute", s.executeSession)
 	mux.HandleFunc("GET /v1/sessions/{ref}/stats", s.wrap(s.sessionStats))
 	mux.HandleFunc("GET /v1/agents", s.wrap(s.listAgents))
 	mux.HandleFunc("GET /v1/agents/{id}", s.wrap(s.getAgent))
@@ -71,7 +71,7 @@ func (s *Server) setupHTTP() error {
 	})
 	ln := s.httpLn
 	if s.cfg.HTTPTLS {
-		ln = tls.NewListener(ln, s.cfg.Security.TLS.HTTPSConfig())
+		ln = httpsListener{Listener: ln, cfg: s.cfg.Security.TLS.HTTPSConfig()}
 	}
 	s.httpSrv = &http.Server{Handler: s.forwardToLeader(mux), ReadHeaderTimeout: 10 * time.Second,
 		// TLS handshake failures of stray clients are not worth a warning.
@@ -807,10 +807,12 @@ func (s *Server) getSession(w http.ResponseWriter, r *http.Request) (any, error)
 			return nil, err
 		}
 		if index == 0 || d.Session.ModifyIndex > index {
+			s.fillLimits(d)
 			return d, nil
 		}
 		ws.Add(abandon)
 		if ws.WatchCtx(ctx) != nil {
+			s.fillLimits(d)
 			return d, nil
 		}
 	}
@@ -865,18 +867,22 @@ func (s *Server) sessionLogs(w http.ResponseWriter, r *http.Request) (any, error
 	if err != nil {
 		return nil, err
 	}
-	s.activity.touch(d.Session.ID, time.Now().UTC())
+	req, err := logsRequest(r, k)
+	if err != nil {
+		return nil, err
+	}
 	c, err := s.agentFor(k)
 	if err != nil {
 		return nil, err
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
 	defer cancel()
-	lr, err := c.Logs(ctx, &rpc.LogsRequest{KernelID: k.ID})
+	lr, err := c.Logs(ctx, req)
 	if err != nil {
 		return nil, &httpError{code: http.StatusBadGateway, msg: fmt.Sprintf("reading logs of kernel %s from its agent: %s", k.Hostname, status.Convert(err).Message())}
 	}
-	return &api.LogsResponse{SessionID: d.Session.ID, KernelID: k.ID, Hostname: k.Hostname, Stdout: string(lr.Stdout), Stderr: string(lr.Stderr), StdoutBytes: lr.Stdout, StderrBytes: lr.Stderr}, nil
+	return &api.LogsResponse{SessionID: d.Session.ID, KernelID: k.ID, Hostname: k.Hostname, Stdout: string(lr.Stdout), Stderr: string(lr.Stderr), StdoutBytes: lr.Stdout, StderrBytes: lr.Stderr,
+		StdoutEnd: lr.StdoutEnd, StderrEnd: lr.StderrEnd}, nil
 }
 
 // execSession streams a command's output from the kernel's agent as

@@ -239,6 +239,9 @@ func (s *Server) createPolicy(w http.ResponseWriter, r *http.Request) (any, erro
 	if err != nil {
 		return nil, err
 	}
+	if req.IdleCPUThreshold < 0 || req.IdleCPUThreshold > 100 {
+		return nil, badRequest("idle_cpu_threshold %g: want a percentage of the kernel's CPU allocation between 0 (the default, 5) and 100", req.IdleCPUThreshold)
+	}
 	for _, d := range req.Drivers {
 		if !nameRe.MatchString(d) {
 			return nil, badRequest("invalid driver name %q in drivers", d)
@@ -248,7 +251,7 @@ func (s *Server) createPolicy(w http.ResponseWriter, r *http.Request) (any, erro
 		return nil, badRequest("pids_per_kernel %d: want 0 (the agents' default) or at least 16", req.PidsPerKernel)
 	}
 	p := &structs.ResourcePolicy{Name: req.Name, MaxConcurrentSessions: req.MaxConcurrentSessions, MaxPendingSessions: req.MaxPendingSessions,
-		TotalResourceSlots: req.TotalResourceSlots, MaxKernelsPerSession: req.MaxKernelsPerSession, MaxSessionLifetime: life, IdleTimeout: idle,
+		TotalResourceSlots: req.TotalResourceSlots, MaxKernelsPerSession: req.MaxKernelsPerSession, MaxSessionLifetime: life, IdleTimeout: idle, IdleCPUThreshold: req.IdleCPUThreshold,
 		Drivers: req.Drivers, PidsPerKernel: req.PidsPerKernel, AllowHostNetwork: req.AllowHostNetwork, AllowInfiniBand: req.AllowInfiniBand}
 	if err := policyOptions(&req, p); err != nil {
 		return nil, err

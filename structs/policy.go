@@ -60,6 +60,10 @@ type ResourcePolicy struct {
 	MaxKernelsPerSession  int           `json:"max_kernels_per_session,omitempty"`
 	MaxSessionLifetime    time.Duration `json:"max_session_lifetime,omitempty"`
 	IdleTimeout           time.Duration `json:"idle_timeout,omitempty"`
+	// IdleCPUThreshold is the CPU (and GPU) use, in percent of a kernel's
+	// CPU allocation (of its GPUs' utilisation), above which a kernel
+	// counts as busy for the idle timeout (0: DefaultIdleCPUThreshold).
+	IdleCPUThreshold float64 `json:"idle_cpu_threshold,omitempty"`
 	// Drivers lists the drivers the key's sessions may use (empty: every
 	// driver but the admin-only ones).
 	Drivers []string `json:"drivers,omitempty"`
@@ -88,6 +92,18 @@ type ResourcePolicy struct {
 	// devices.
 	AllowHostNetwork bool `json:"allow_host_network,omitempty"`
 	AllowInfiniBand  bool `json:"allow_infiniband,omitempty"`
+}
+
+// DefaultIdleCPUThreshold is the idle CPU threshold of a policy that sets
+// none: 5% of the kernel's CPU allocation.
+const DefaultIdleCPUThreshold = 5.0
+
+// IdleThreshold is the policy's idle CPU threshold in percent.
+func (p *ResourcePolicy) IdleThreshold() float64 {
+	if p.IdleCPUThreshold > 0 {
+		return p.IdleCPUThreshold
+	}
+	return DefaultIdleCPUThreshold
 }
 
 // DefaultDeniedUlimits are the ulimits a key may not set unless its policy

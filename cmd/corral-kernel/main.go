@@ -31,10 +31,11 @@ import (
 	"time"
 
 	"github.com/corral-dev/corral/internal/kernelssh"
+	buildversion "github.com/corral-dev/corral/version"
 )
 
-// version is set at build time with -ldflags "-X main.version=...".
-var version = "dev"
+// version is the build's, set with -ldflags in the version package.
+var version = buildversion.Version
 
 // dialTimeout bounds the client's connection to a peer.
 const dialTimeout = 30 * time.Second

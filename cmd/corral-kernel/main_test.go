@@ -51,7 +51,7 @@ func TestLightDependencies(t *testing.T) {
 	for _, p := range strings.Fields(string(out)) {
 		first, _, _ := strings.Cut(p, "/")
 		if !strings.Contains(first, ".") || p == "github.com/corral-dev/corral/cmd/corral-kernel" ||
-			p == "github.com/corral-dev/corral/internal/kernelssh" ||
+			p == "github.com/corral-dev/corral/internal/kernelssh" || p == "github.com/corral-dev/corral/version" ||
 			strings.HasPrefix(p, "golang.org/x/sys/") || strings.HasPrefix(p, "golang.org/x/crypto/") {
 			continue
 		}

@@ -12,15 +12,15 @@ import (
 	"os"
 
 	"github.com/corral-dev/corral/drivers/shim"
+	buildversion "github.com/corral-dev/corral/version"
 	// The task's init runs from taskrun's package initialiser (when the
 	// first argument is taskrun.InitArg), which also registers the shim
 	// runner of kind taskrun.Kind.
 	_ "github.com/corral-dev/corral/drivers/exec/taskrun"
 )
 
-// version is set at build time with -ldflags "-X main.version=...", as
-// the agent's is: the agent uses this binary only when both agree.
-var version = "dev"
+// version is the build's, set with -ldflags in the version package.
+var version = buildversion.Version
 
 func main() {
 	shim.MaybeRun() // exits when the first argument is shim.Arg

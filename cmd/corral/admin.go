@@ -177,6 +177,7 @@ func newPolicyFlags(f *flagSet) *policyFlags {
 	f.IntVar(&req.MaxKernelsPerSession, "max-kernels", 0, "max kernels per session")
 	f.StringVar(&req.MaxSessionLifetime, "max-lifetime", "", "max session lifetime, e.g. 12h")
 	f.StringVar(&req.IdleTimeout, "idle-timeout", "", "terminate sessions idle this long, e.g. 30m")
+	f.Float64Var(&req.IdleCPUThreshold, "idle-cpu-threshold", 0, "CPU/GPU use in percent of a kernel's allocation under which it counts as idle (0: 5)")
 	p.cpu = f.String("cpu", "", "total cpu cores of all the key's sessions")
 	p.mem = f.String("mem", "", "total memory of all the key's sessions, e.g. 64G")
 	p.gpu = f.String("gpu", "", "total GPUs (cuda.device) of all the key's sessions")
@@ -237,7 +238,8 @@ func (c *cli) policyCreate(ctx context.Context, args []string) error {
 func policyRequestOf(p *structs.ResourcePolicy) *api.PolicyRequest {
 	r := &api.PolicyRequest{Name: p.Name, MaxConcurrentSessions: p.MaxConcurrentSessions, MaxPendingSessions: p.MaxPendingSessions,
 		TotalResourceSlots: p.TotalResourceSlots.Copy(), MaxKernelsPerSession: p.MaxKernelsPerSession, Drivers: p.Drivers, PidsPerKernel: p.PidsPerKernel,
-		AllowedCapabilities: p.AllowedCapabilities, AllowedUlimits: p.AllowedUlimits, AllowHostNetwork: p.AllowHostNetwork, AllowInfiniBand: p.AllowInfiniBand}
+		AllowedCapabilities: p.AllowedCapabilities, AllowedUlimits: p.AllowedUlimits, AllowHostNetwork: p.AllowHostNetwork, AllowInfiniBand: p.AllowInfiniBand,
+		IdleCPUThreshold: p.IdleCPUThreshold}
 	if p.MaxSessionLifetime > 0 {
 		r.MaxSessionLifetime = p.MaxSessionLifetime.String()
 	}
@@ -274,6 +276,9 @@ func mergePolicy(cur, flags *api.PolicyRequest, set map[string]bool) *api.Policy
 	}
 	if set["idle-timeout"] {
 		out.IdleTimeout = flags.IdleTimeout
+	}
+	if set["idle-cpu-threshold"] {
+		out.IdleCPUThreshold = flags.IdleCPUThreshold
 	}
 	for flagName, slot := range map[string]string{"cpu": structs.SlotCPU, "mem": structs.SlotMem, "gpu": structs.SlotCUDADevice} {
 		if !set[flagName] {

@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/term"
+
 	"github.com/corral-dev/corral/agent"
 	execdriver "github.com/corral-dev/corral/drivers/exec"
 	"github.com/corral-dev/corral/drivers/runc"
@@ -340,7 +342,7 @@ func runDaemon(role string, args []string) int {
 			HTTPAddr: f.httpAddr, RPCAddr: f.rpcAddr, SerfAddr: f.serfAddr, Join: f.join,
 			BootstrapExpect: f.bootstrapExpect, Logger: logger, LogOutput: libLog,
 			FastGossip: f.fastGossip, GossipKey: gossipKey, Security: security, HTTPTLS: f.httpTLS,
-			AgentLostAfter: f.agentLostAfter, HeartbeatTTL: f.heartbeatTTL, OnBootstrapToken: func(token string) { announceToken(role, token, logger) },
+			AgentLostAfter: f.agentLostAfter, HeartbeatTTL: f.heartbeatTTL, OnBootstrapToken: func(token string) { announceToken(role, dataSubdir(role, f.dataDir, "server"), token, logger) },
 			OnJoinToken: func(token string) {
 				if role == "server" {
 					fmt.Printf("Agents join this cluster with (shown again by 'corral system join-token'):\n  corral agent -join %s -join-token %s\n", f.serfAddr, token)
@@ -497,11 +499,25 @@ func (l *levelFilter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// announceToken shows the first admin token once: as an export line on
-// stdout, and for `corral dev` also in ~/.corral/token, where the CLI looks
-// when CORRAL_TOKEN is unset.
-func announceToken(role, token string, logger *slog.Logger) {
-	fmt.Printf("The cluster's first admin key (shown once):\nexport CORRAL_TOKEN=%s\n", token)
+// adminTokenFile is the file in the server's data dir that keeps the first
+// admin token (0600).
+const adminTokenFile = "admin-token"
+
+// announceToken hands out the first admin token: it goes to the 0600 file
+// adminTokenFile in the server's data dir, is printed as an export line
+// only when stdout is a terminal (not into a journal or a log file), and
+// for `corral dev` also goes to ~/.corral/token, where the CLI looks when
+// CORRAL_TOKEN is unset.
+func announceToken(role, dataDir, token string, logger *slog.Logger) {
+	path := filepath.Join(dataDir, adminTokenFile)
+	if err := writeSecretFile(path, token+"\n"); err != nil {
+		logger.Error("could not save the first admin token: it is printed below, and lost if nobody reads it", "path", path, "error", err)
+		fmt.Printf("The cluster's first admin key (shown once):\nexport CORRAL_TOKEN=%s\n", token)
+	} else if term.IsTerminal(int(os.Stdout.Fd())) {
+		fmt.Printf("The cluster's first admin key (also in %s, readable by its owner only):\nexport CORRAL_TOKEN=%s\n", path, token)
+	} else {
+		fmt.Printf("The cluster's first admin key is in %s (readable by its owner only):\n  export CORRAL_TOKEN=$(cat %s)\n", path, path)
+	}
 	if role != "dev" {
 		return
 	}
@@ -511,11 +527,34 @@ func announceToken(role, token string, logger *slog.Logger) {
 	}
 	dir := filepath.Join(home, ".corral")
 	if err := os.MkdirAll(dir, 0o700); err == nil {
-		err = os.WriteFile(filepath.Join(dir, "token"), []byte(token+"\n"), 0o600)
+		err = writeSecretFile(filepath.Join(dir, "token"), token+"\n")
 	}
 	if err != nil {
 		logger.Warn("could not save the admin token for the CLI", "error", err)
 	}
+}
+
+// writeSecretFile writes data to path readable by its owner only (also
+// when the file was there with a wider mode), through a temporary file
+// renamed into place.
+func writeSecretFile(path, data string) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if err := tmp.Chmod(0o600); err != nil {
+		tmp.Close()
+		return err
+	}
+	if _, err := tmp.WriteString(data); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
 }
 
 // security loads the gossip key and the TLS material of a server or agent.

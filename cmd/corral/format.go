@@ -100,6 +100,12 @@ func renderSessionDetail(w io.Writer, d *api.SessionDetail, agents map[string]*s
 	if !s.TerminatedAt.IsZero() {
 		field("Ended", fmt.Sprintf("%s (after %s)", formatTime(s.TerminatedAt), formatDuration(s.TerminatedAt.Sub(s.CreatedAt))))
 	}
+	if d.IdleRemaining != "" {
+		field("Idle timeout in", d.IdleRemaining+" (idle: no exec, no app traffic, no CPU/GPU use)")
+	}
+	if d.LifetimeRemaining != "" {
+		field("Lifetime left", d.LifetimeRemaining)
+	}
 	if s.ScheduleAttempts > 0 {
 		field("Schedule attempts", fmt.Sprint(s.ScheduleAttempts))
 	}

@@ -16,13 +16,15 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/corral-dev/corral/api"
 	"github.com/corral-dev/corral/rpc/tlsutil"
+	buildversion "github.com/corral-dev/corral/version"
 )
 
-// version is set at build time with -ldflags "-X main.version=...".
-var version = "dev"
+// version is the build's, set with -ldflags in the version package.
+var version = buildversion.Version
 
 func main() {
 	runcInitIfRequested()
@@ -53,6 +55,12 @@ func run(args []string) int {
 type cli struct {
 	stdout, stderr io.Writer
 	getenv         func(string) string
+	stdin          io.Reader // nil: os.Stdin
+	// pull is the pull progress printProgress showed last, and when.
+	pull struct {
+		info string
+		at   time.Time
+	}
 }
 
 // command is one subcommand of a command group (session, node).
@@ -68,6 +76,8 @@ var sessionCommands = []command{
 	{"logs", "REF [flags]", "print the stdout and stderr of a kernel", (*cli).sessionLogs},
 	{"exec", "REF [flags] -- CMD [ARGS...]", "run a command in a running session", (*cli).sessionExec},
 	{"app", "REF [NAME] [flags]", "list a session's apps, or open a local port tunnelled to one", (*cli).sessionApp},
+	{"run", "REF [-runtime python] -- CODE|-", "run shell or Python code in a running session, print its output, exit with its status", (*cli).sessionRun},
+	{"wait", "REF [-timeout D] [-until running|ended]", "wait for a session to end (or run), exit non-zero when it failed or the timeout expired", (*cli).sessionWait},
 	{"destroy", "REF [flags]", "cancel a pending session or terminate a running one", (*cli).sessionDestroy},
 }
 

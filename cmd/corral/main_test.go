@@ -17,7 +17,7 @@ func TestUsageErrorsExit2WithOneLine(t *testing.T) {
 	}{
 		{[]string{"frobnicate"}, `unknown command "frobnicate" (see 'corral -h')`},
 		{[]string{"session"}, "missing subcommand (see 'corral session -h')"},
-		{[]string{"session", "frob"}, `unknown subcommand "frob": want one of create, list, status, logs, exec, app, destroy`},
+		{[]string{"session", "frob"}, `unknown subcommand "frob": want one of create, list, status, logs, exec, app, run, wait, destroy`},
 		{[]string{"node", "frob"}, `unknown subcommand "frob": want one of list, status`},
 		{[]string{"session", "create"}, "missing the command to run"},
 		{[]string{"session", "create", "-wait"}, "missing the command to run"},

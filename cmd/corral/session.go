@@ -14,14 +14,18 @@ import (
 	"github.com/corral-dev/corral/structs"
 )
 
+// pullLineEvery is the least time between two image pull progress lines.
+const pullLineEvery = 2 * time.Second
+
 // followWait is the wait of each blocking query while following a session.
 const followWait = 30 * time.Second
 
 // createCmd is a parsed `session create`.
 type createCmd struct {
-	flags *flagSet
-	wait  bool
-	req   api.CreateSessionRequest
+	flags       *flagSet
+	wait        bool
+	waitTimeout time.Duration
+	req         api.CreateSessionRequest
 }
 
 // parseCreate parses `session create` flags and the command after them
@@ -70,6 +74,7 @@ func (c *cli) parseCreate(args []string) (*createCmd, error) {
 	f.IntVar(&r.ClusterSize, "cluster-size", 0, "number of kernels: main1 plus sub1..subN-1, placed together or not at all (0: one)")
 	f.StringVar(&r.ClusterMode, "cluster-mode", "", "single-node (all kernels on one agent, the default) or multi-node")
 	f.BoolVar(&cmd.wait, "wait", false, "follow the session until it ends (batch) or runs (interactive)")
+	f.DurationVar(&cmd.waitTimeout, "wait-timeout", 0, "with -wait, give up following after this long and exit non-zero (0: no limit); the session goes on")
 	_, command, err := f.parse(args, 0)
 	if err != nil {
 		return nil, err
@@ -213,8 +218,16 @@ func (c *cli) sessionCreate(ctx context.Context, args []string) error {
 	done := func(s *structs.Session) bool {
 		return s.Status.Terminal() || (!batch && (s.Status == structs.SessionRunning || s.Status == structs.SessionRunningDegraded))
 	}
-	d, err = followSession(ctx, client, d, done, func(s *structs.Session) { last = c.printProgress(short, last, s) })
+	fctx, cancel := ctx, context.CancelFunc(func() {})
+	if cmd.waitTimeout > 0 {
+		fctx, cancel = context.WithTimeout(ctx, cmd.waitTimeout)
+	}
+	d, err = followSession(fctx, client, d, done, func(s *structs.Session) { last = c.printProgress(short, last, s) })
+	cancel()
 	if err != nil {
+		if fctx.Err() == context.DeadlineExceeded && ctx.Err() == nil {
+			return fmt.Errorf("session %s is still %s after -wait-timeout %s: it goes on (see 'corral session wait %s')", short, d.Session.Status, cmd.waitTimeout, short)
+		}
 		if ctx.Err() == context.Canceled {
 			return fmt.Errorf("interrupted: session %s goes on (see 'corral session status %s', or end it with 'corral session destroy %s')", short, short, short)
 		}
@@ -305,9 +318,16 @@ func (c *cli) printProgress(short string, last structs.StatusChange, s *structs.
 	}
 	// Progress within a status (bytes of an image pulled) changes the
 	// status info without a new history entry: show it as a progress line.
-	if s.Status == structs.SessionPulling && string(s.Status) == last.Status && s.StatusInfo != last.Info {
-		fmt.Fprintf(c.stderr, "session %s: %s%s\n", short, s.Status, suffix(s.StatusInfo))
-		last.Info = s.StatusInfo
+	// last stays the history entry (else the next call would print that
+	// entry again after each progress line); one progress line per
+	// pullLineEvery at most: the kernels of a cluster session each
+	// report their pull.
+	if s.Status == structs.SessionPulling && string(s.Status) == last.Status && s.StatusInfo != last.Info && s.StatusInfo != c.pull.info {
+		now := time.Now()
+		if !strings.HasPrefix(s.StatusInfo, "pulling image ") || now.Sub(c.pull.at) >= pullLineEvery {
+			fmt.Fprintf(c.stderr, "session %s: %s%s\n", short, s.Status, suffix(s.StatusInfo))
+			c.pull.info, c.pull.at = s.StatusInfo, now
+		}
 	}
 	return last
 }
@@ -451,24 +471,6 @@ func renderStats(w io.Writer, stats []*api.KernelStats) error {
 			structs.FormatBytes(structs.Whole(int64(st.MemoryRSSBytes))), st.Pids, gpuUtil, gpuMem)
 	}
 	return tw.Flush()
-}
-
-func (c *cli) sessionLogs(ctx context.Context, args []string) error {
-	f := c.newFlags("session logs", "REF [flags]", "Print a kernel's stdout to stdout and its stderr to stderr.", false)
-	kernel := f.String("kernel", "main1", "kernel hostname or ID")
-	ref, client, err := f.refClient(args, "session ID, ID prefix or name")
-	if err != nil {
-		return err
-	}
-	logs, err := client.SessionLogs(ctx, ref, *kernel)
-	if err != nil {
-		return err
-	}
-	if _, err := c.stdout.Write(logs.StdoutData()); err != nil {
-		return err
-	}
-	_, err = c.stderr.Write(logs.StderrData())
-	return err
 }
 
 func (c *cli) sessionExec(ctx context.Context, args []string) error {
