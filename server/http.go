@@ -72,7 +72,7 @@ func (s *Server) setupHTTP() error {
 	if s.cfg.HTTPTLS {
 		ln = tls.NewListener(ln, s.cfg.Security.TLS.HTTPSConfig())
 	}
-	s.httpSrv = &http.Server{Handler: s.forwardToLeader(mux), ReadHeaderTimeout: 10 * time.Second,
+	s.httpSrv = &http.Server{Handler: s.localRoutes(s.forwardToLeader(mux)), ReadHeaderTimeout: 10 * time.Second,
 		// TLS handshake failures of stray clients are not worth a warning.
 		ErrorLog: slog.NewLogLogger(s.logger.Handler(), slog.LevelDebug)}
 	s.wg.Add(1)

@@ -35,7 +35,9 @@ func (s *Server) runScheduler(ctx context.Context) {
 		}
 		abandon := s.state.AbandonCh()
 		ws := memdb.NewWatchSet()
+		start := time.Now()
 		progressed, wake, err := wk.pass(ws)
+		s.metrics.observePass(time.Since(start))
 		if err != nil {
 			s.logger.Warn("scheduling pass failed", "error", err)
 			select {
@@ -111,6 +113,7 @@ func (wk *schedWorker) pass(ws memdb.WatchSet) (bool, time.Time, error) {
 		}
 		wk.ownIndex = index
 		res, ok := resp.(*structs.PlanResult)
+		s.metrics.observePlan(res)
 		if !ok {
 			progressed = true
 			continue
