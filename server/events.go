@@ -2,9 +2,11 @@ package server
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"slices"
 	"sort"
@@ -331,15 +333,22 @@ func (s *Server) eventsHTTP(w http.ResponseWriter, r *http.Request) {
 	// starts, before any event.
 	fmt.Fprintf(w, ": corral events from index %d\n\n", cursor)
 	flusher.Flush()
+	s.eventBroker.stream(r.Context(), s.ctx.Done(), w, flusher, cursor, epoch, filter)
+}
+
+// stream writes the batches after cursor that filter lets through to w,
+// one SSE message per index, until ctx ends or stop is closed; it ends with
+// an "event: error" message when the events it needs left the ring.
+func (b *eventBroker) stream(ctx context.Context, stop <-chan struct{}, w io.Writer, flusher http.Flusher, cursor, epoch uint64, filter *eventFilter) {
 	keepalive := time.NewTicker(eventsKeepalive)
 	defer keepalive.Stop()
 	var buf bytes.Buffer
 	for {
-		batches, notify, _, err := s.eventBroker.since(cursor, epoch, 256)
+		batches, notify, _, err := b.since(cursor, epoch, 256)
 		if err != nil {
 			_, msg := errorStatus(err)
-			b, _ := json.Marshal(api.ErrorResponse{Error: msg})
-			fmt.Fprintf(w, "event: error\ndata: %s\n\n", b)
+			body, _ := json.Marshal(api.ErrorResponse{Error: msg})
+			fmt.Fprintf(w, "event: error\ndata: %s\n\n", body)
 			flusher.Flush()
 			return
 		}
@@ -373,9 +382,9 @@ func (s *Server) eventsHTTP(w http.ResponseWriter, r *http.Request) {
 			continue // there may be more right away
 		}
 		select {
-		case <-r.Context().Done():
+		case <-ctx.Done():
 			return
-		case <-s.ctx.Done():
+		case <-stop:
 			return
 		case <-notify:
 		case <-keepalive.C:
