@@ -256,27 +256,31 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	type sg struct{ status, group string }
 	counts := map[sg]int{}
 	oldest := map[string]time.Time{}
-	ages := map[string][]float64{}
-	if sessions, err := snap.Sessions(nil, ""); err == nil {
-		for _, sess := range sessions {
-			g := groupOf(sess.ResourceGroup)
-			counts[sg{string(sess.Status), g}]++
-			if sess.Status == structs.SessionPending {
-				if o, ok := oldest[g]; !ok || sess.CreatedAt.Before(o) {
-					oldest[g] = sess.CreatedAt
-				}
-				ages[g] = append(ages[g], now.Sub(sess.CreatedAt).Seconds())
-			}
+	ages := map[string]*ageHistogram{}
+	_ = snap.EachSession(func(sess *structs.Session) {
+		g := groupOf(sess.ResourceGroup)
+		counts[sg{string(sess.Status), g}]++
+		if sess.Status != structs.SessionPending {
+			return
 		}
-	}
+		if o, ok := oldest[g]; !ok || sess.CreatedAt.Before(o) {
+			oldest[g] = sess.CreatedAt
+		}
+		h := ages[g]
+		if h == nil {
+			h = &ageHistogram{counts: make(map[float64]uint64, len(pendingAgeBuckets))}
+			ages[g] = h
+		}
+		h.observe(now.Sub(sess.CreatedAt).Seconds())
+	})
 	for k, n := range counts {
 		ch <- prometheus.MustNewConstMetric(descSessions, prometheus.GaugeValue, float64(n), k.status, k.group)
 	}
 	for g, t := range oldest {
 		ch <- prometheus.MustNewConstMetric(descPendingOldest, prometheus.GaugeValue, now.Sub(t).Seconds(), g)
 	}
-	for g, as := range ages {
-		ch <- constHistogram(descPendingAge, as, pendingAgeBuckets, g)
+	for g, h := range ages {
+		ch <- prometheus.MustNewConstHistogram(descPendingAge, h.n, h.sum, h.counts, g)
 	}
 	type agk struct{ status, group, drain string }
 	agents := map[agk]int{}
@@ -352,19 +356,21 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 
 var pendingAgeBuckets = []float64{1, 10, 60, 300, 900, 3600, 4 * 3600, 24 * 3600}
 
-// constHistogram builds a histogram of values at scrape time.
-func constHistogram(d *prometheus.Desc, values, buckets []float64, labels ...string) prometheus.Metric {
-	counts := make(map[float64]uint64, len(buckets))
-	var sum float64
-	for _, v := range values {
-		sum += v
-		for _, b := range buckets {
-			if v <= b {
-				counts[b]++
-			}
+// ageHistogram counts values into pendingAgeBuckets at scrape time.
+type ageHistogram struct {
+	n      uint64
+	sum    float64
+	counts map[float64]uint64 // cumulative, as Prometheus wants
+}
+
+func (h *ageHistogram) observe(v float64) {
+	h.n++
+	h.sum += v
+	for _, b := range pendingAgeBuckets {
+		if v <= b {
+			h.counts[b]++
 		}
 	}
-	return prometheus.MustNewConstHistogram(d, uint64(len(values)), sum, counts, labels...)
 }
 
 func groupOf(g string) string {

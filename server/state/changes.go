@@ -3,6 +3,8 @@ package state
 import (
 	"cmp"
 	"slices"
+
+	"github.com/corral-dev/corral/structs"
 )
 
 // Tables whose rows a Change can name.
@@ -91,4 +93,17 @@ func (w *writer) changes() []Change {
 		return cmp.Or(cmp.Compare(a.Table, b.Table), cmp.Compare(a.Key, b.Key))
 	})
 	return out
+}
+
+// EachSession calls fn with every session, in no particular order,
+// without building a list (the metrics' scrape-time counts).
+func (sn *Snapshot) EachSession(fn func(*structs.Session)) error {
+	it, err := sn.txn.Get(tableSessions, "id")
+	if err != nil {
+		return err
+	}
+	for raw := it.Next(); raw != nil; raw = it.Next() {
+		fn(raw.(*structs.Session))
+	}
+	return nil
 }
