@@ -106,6 +106,9 @@ type Config struct {
 	// GCRetention is how long an ended kernel's directory and logs stay
 	// after a server acknowledged its end (0: DefaultGCRetention).
 	GCRetention time.Duration
+	// MetricsAddr, when set, serves the agent's metrics at
+	// GET /v1/metrics on this address, without authentication (metrics.go).
+	MetricsAddr string
 }
 
 // Agent is one running agent.
@@ -117,8 +120,11 @@ type Agent struct {
 
 	capacity structs.Slots
 	// nvml, gpuInv (under mu) and driverFiles: the node's GPUs (gpus.go).
-	nvml        *gpu.NVML
-	gpuInv      *structs.GPUInventory
+	nvml   *gpu.NVML
+	gpuInv *structs.GPUInventory
+	// metrics and metricsAddr: the agent's own metrics (metrics.go).
+	metrics     *agentMetrics
+	metricsAddr string
 	driverFiles []structs.DeviceMount
 	serf        *serf.Serf
 	events      chan serf.Event
@@ -271,6 +277,12 @@ func New(cfg Config) (*Agent, error) {
 		a.ownGRPC = true
 	}
 	rpc.RegisterAgentService(a.grpc, &agentService{a: a})
+	a.metrics = newAgentMetrics(a)
+	if cfg.MetricsAddr != "" {
+		if err := a.serveMetrics(cfg.MetricsAddr); err != nil {
+			return nil, err
+		}
+	}
 	if a.ownGRPC {
 		a.wg.Add(1)
 		go func() { defer a.wg.Done(); _ = a.grpc.Serve(a.ln) }()

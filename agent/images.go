@@ -26,7 +26,7 @@ func (r *kernelRunner) pullImage(ctx context.Context, cfg *drivers.TaskConfig) e
 	rep := r.a.reporter
 	rep.report(r.id, structs.KernelPulling, "pulling image "+ref, nil)
 	var last time.Time
-	img, err := r.a.images.Pull(ctx, ref, func(p images.Progress) {
+	img, err := r.a.pull(ctx, ref, func(p images.Progress) {
 		if now := time.Now(); now.Sub(last) >= pullReportInterval && p.BytesDone < p.BytesTotal {
 			last = now
 			rep.report(r.id, structs.KernelPulling, fmt.Sprintf("pulling image %s: %s / %s (layer %d of %d)",
@@ -67,7 +67,7 @@ func (s *agentService) ImageList(ctx context.Context, req *rpc.ImageListRequest)
 
 // ImagePull pulls an image into the agent's cache.
 func (s *agentService) ImagePull(ctx context.Context, req *rpc.ImagePullRequest) (*rpc.ImagePullResponse, error) {
-	img, err := s.a.images.Pull(ctx, req.Ref, nil)
+	img, err := s.a.pull(ctx, req.Ref, nil)
 	switch {
 	case err == nil:
 		return &rpc.ImagePullResponse{Image: imageInfo(img)}, nil

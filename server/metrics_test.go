@@ -4,14 +4,21 @@ import (
 	"context"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
+	"github.com/corral-dev/corral/agent"
 	"github.com/corral-dev/corral/api"
+	execdriver "github.com/corral-dev/corral/drivers/exec"
 	"github.com/corral-dev/corral/structs"
 )
 
@@ -165,5 +172,60 @@ func TestMetricsScrapeDuringSessions(t *testing.T) {
 	}
 	if v := metricValue(during, "corral_http_requests_total", map[string]string{"route": "GET /v1/sessions/{ref}"}); v == 0 {
 		t.Errorf("no corral_http_requests_total{route=\"GET /v1/sessions/{ref}\"}")
+	}
+}
+
+func TestAgentMetricsAddr(t *testing.T) {
+	reg := httptest.NewServer(registry.New())
+	defer reg.Close()
+	ref := strings.TrimPrefix(reg.URL, "http://") + "/demo/metrics:1"
+	img, err := random.Image(1<<20, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tag, err := name.ParseReference(ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(tag, img); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	srv := startServer(t, dir)
+	a := startAgentCfg(t, t.TempDir(), srv.SerfAddr(), nil, execdriver.New(testLogger(t)), func(c *agent.Config) { c.MetricsAddr = "127.0.0.1:0" })
+	t.Cleanup(func() { a.StopKernels(5e9); a.Shutdown(); srv.Shutdown() })
+	cl := &cluster{srv: srv, agent: a, client: client(t, srv, dir)}
+	cl.waitAgentAlive(t, a.ID())
+	if a.MetricsAddr() == "" {
+		t.Fatal("the agent has no metrics address")
+	}
+	d := create(t, cl, &api.CreateSessionRequest{Type: "batch", Command: []string{"true"}, Resources: small})
+	cl.waitFor(t, d.Session.ID, terminal)
+	ctx := context.Background()
+	if _, err := cl.client.PullImage(ctx, &api.ImagePullRequest{Ref: ref, Agent: a.ID()[:8]}); err != nil {
+		t.Fatalf("image pull: %v", err)
+	}
+	if _, err := cl.client.PullImage(ctx, &api.ImagePullRequest{Ref: ref, Agent: a.ID()[:8]}); err != nil {
+		t.Fatalf("second image pull: %v", err)
+	}
+	// No token: the agent's listener is for the monitoring network.
+	code, fams := scrape(t, "http://"+a.MetricsAddr(), "")
+	if code != http.StatusOK {
+		t.Fatalf("agent metrics: %d", code)
+	}
+	for _, tc := range []struct {
+		name   string
+		labels map[string]string
+		min    float64
+	}{
+		{"corral_agent_driver_start_duration_seconds", map[string]string{"driver": "exec", "result": "ok"}, 1},
+		{"corral_agent_image_pulls_total", map[string]string{"result": "pulled"}, 1},
+		{"corral_agent_image_pulls_total", map[string]string{"result": "cached"}, 1},
+		{"corral_agent_image_pull_bytes_total", nil, 1 << 20},
+		{"corral_agent_image_pull_duration_seconds", nil, 2},
+	} {
+		if v := metricValue(fams, tc.name, tc.labels); v < tc.min {
+			t.Errorf("%s%v = %v, want %v at least", tc.name, tc.labels, v, tc.min)
+		}
 	}
 }
