@@ -2,7 +2,9 @@ package server
 
 import (
 	"net/http"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -10,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/corral-dev/corral/gossip"
 	"github.com/corral-dev/corral/server/state"
@@ -396,9 +399,33 @@ func (s *Server) metricsHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	var g prometheus.Gatherer = s.metrics.reg
 	if s.cfg.ExtraMetrics != nil {
-		g = prometheus.Gatherers{s.metrics.reg, s.cfg.ExtraMetrics}
+		g = mergedGatherer{own: s.metrics.reg, extra: s.cfg.ExtraMetrics}
 	}
 	promhttp.HandlerFor(g, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError}).ServeHTTP(w, r)
+}
+
+// mergedGatherer gathers the server's metrics and extra ones (the
+// embedded agent's in corral dev), dropping extra families the server has
+// too (go_*, process_*: one process).
+type mergedGatherer struct{ own, extra prometheus.Gatherer }
+
+func (m mergedGatherer) Gather() ([]*dto.MetricFamily, error) {
+	own, err := m.own.Gather()
+	if err != nil {
+		return own, err
+	}
+	extra, err := m.extra.Gather()
+	have := make(map[string]bool, len(own))
+	for _, f := range own {
+		have[f.GetName()] = true
+	}
+	for _, f := range extra {
+		if !have[f.GetName()] {
+			own = append(own, f)
+		}
+	}
+	slices.SortFunc(own, func(a, b *dto.MetricFamily) int { return strings.Compare(a.GetName(), b.GetName()) })
+	return own, err
 }
 
 // localRoutes serves, on this server without forwarding to the leader,

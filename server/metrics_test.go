@@ -6,12 +6,14 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
@@ -19,6 +21,7 @@ import (
 	"github.com/corral-dev/corral/agent"
 	"github.com/corral-dev/corral/api"
 	execdriver "github.com/corral-dev/corral/drivers/exec"
+	"github.com/corral-dev/corral/server"
 	"github.com/corral-dev/corral/structs"
 )
 
@@ -191,8 +194,18 @@ func TestAgentMetricsAddr(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	srv := startServer(t, dir)
+	// As corral dev does: the server's /v1/metrics also serves the agent's.
+	var embedded atomic.Pointer[agent.Agent]
+	srv := startServerCfg(t, dir, func(c *server.Config) {
+		c.ExtraMetrics = prometheus.GathererFunc(func() ([]*dto.MetricFamily, error) {
+			if a := embedded.Load(); a != nil {
+				return a.Metrics().Gather()
+			}
+			return nil, nil
+		})
+	})
 	a := startAgentCfg(t, t.TempDir(), srv.SerfAddr(), nil, execdriver.New(testLogger(t)), func(c *agent.Config) { c.MetricsAddr = "127.0.0.1:0" })
+	embedded.Store(a)
 	t.Cleanup(func() { a.StopKernels(5e9); a.Shutdown(); srv.Shutdown() })
 	cl := &cluster{srv: srv, agent: a, client: client(t, srv, dir)}
 	cl.waitAgentAlive(t, a.ID())
@@ -212,6 +225,10 @@ func TestAgentMetricsAddr(t *testing.T) {
 	code, fams := scrape(t, "http://"+a.MetricsAddr(), "")
 	if code != http.StatusOK {
 		t.Fatalf("agent metrics: %d", code)
+	}
+	_, merged := scrape(t, "http://"+srv.HTTPAddr(), mustToken(dir))
+	if merged["corral_agent_image_pulls_total"] == nil || merged["corral_sessions"] == nil || merged["go_goroutines"] == nil {
+		t.Fatalf("the server's metrics with the embedded agent's lack a family: %d families", len(merged))
 	}
 	for _, tc := range []struct {
 		name   string

@@ -562,18 +562,9 @@ func embeddedAgentMetrics(role string, agt *atomic.Pointer[agent.Agent]) prometh
 		return nil
 	}
 	return prometheus.GathererFunc(func() ([]*dto.MetricFamily, error) {
-		a := agt.Load()
-		if a == nil {
-			return nil, nil
+		if a := agt.Load(); a != nil {
+			return a.Metrics().Gather()
 		}
-		fams, err := a.Metrics().Gather()
-		// The server registers the Go and process collectors already.
-		out := fams[:0]
-		for _, f := range fams {
-			if name := f.GetName(); !strings.HasPrefix(name, "go_") && !strings.HasPrefix(name, "process_") {
-				out = append(out, f)
-			}
-		}
-		return out, err
+		return nil, nil
 	})
 }
