@@ -937,7 +937,10 @@ func (s *Server) execSession(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) listAgents(w http.ResponseWriter, r *http.Request) (any, error) {
-	out, err := s.state.Snapshot().Agents(nil)
+	snap := s.state.Snapshot()
+	// The index to follow GET /v1/events from (docs/events.md).
+	w.Header().Set(api.IndexHeader, strconv.FormatUint(snap.Index("agents"), 10))
+	out, err := snap.Agents(nil)
 	if err != nil {
 		return nil, err
 	}
