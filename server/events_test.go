@@ -307,3 +307,78 @@ func TestEventsGoneAndBadRequests(t *testing.T) {
 		t.Fatalf("Last-Event-ID 1: %d, want 410", resp2.StatusCode)
 	}
 }
+
+// TestEventsServedByFollowersResumeOnAnother: every server serves its own
+// stream (no forwarding), under the cluster's raft indexes, so a stream
+// broken on one follower resumes on another without a gap or a repeat.
+func TestEventsServedByFollowersResumeOnAnother(t *testing.T) {
+	srvs, token := startQuorum(t, 3)
+	var leader int
+	for i, s := range srvs {
+		if s.IsLeader() {
+			leader = i
+		}
+	}
+	f1, f2 := srvs[(leader+1)%3], srvs[(leader+2)%3]
+	a := startAgent(t, t.TempDir(), f1.SerfAddr(), nil)
+	t.Cleanup(func() { a.StopKernels(5 * time.Second); a.Shutdown() })
+	c := &cluster{client: apiClient(t, f1.HTTPAddr(), token)}
+	c.waitAgentAlive(t, a.ID())
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+
+	d := create(t, c, &api.CreateSessionRequest{Type: "batch", Command: []string{"sh", "-c", "sleep 0.3"}, Resources: small})
+	id := d.Session.ID
+	isStatus := func(want ...structs.SessionStatus) func(*api.EventBatch) bool {
+		return func(b *api.EventBatch) bool {
+			for _, e := range b.Events {
+				if s, ok := sessionStatus(t, e); ok && s.ID == id && slices.Contains(want, s.Status) {
+					return true
+				}
+			}
+			return false
+		}
+	}
+	var ref, first, second followed
+	refDone := make(chan error, 1)
+	go func() {
+		refDone <- follow(ctx, apiClient(t, srvs[leader].HTTPAddr(), token), nil, 1, &ref, isStatus(structs.SessionTerminated))
+	}()
+	if err := follow(ctx, apiClient(t, f1.HTTPAddr(), token), nil, 1, &first, isStatus(structs.SessionScheduled, structs.SessionPreparing, structs.SessionRunning, structs.SessionTerminated)); err != nil {
+		t.Fatalf("stream on follower %s: %v", f1.ID(), err)
+	}
+	got := first.all()
+	last := got[len(got)-1].Index
+	if err := follow(ctx, apiClient(t, f2.HTTPAddr(), token), nil, last, &second, isStatus(structs.SessionTerminated)); err != nil {
+		t.Fatalf("resumed stream on follower %s from %d: %v", f2.ID(), last, err)
+	}
+	if err := <-refDone; err != nil {
+		t.Fatalf("stream on the leader: %v", err)
+	}
+	var mine, want []string
+	for _, b := range append(got, second.all()...) {
+		for _, e := range b.Events {
+			mine = append(mine, eventKey(e))
+		}
+	}
+	end := second.all()[len(second.all())-1].Index
+	for _, b := range ref.all() {
+		if b.Index > end {
+			break
+		}
+		for _, e := range b.Events {
+			want = append(want, eventKey(e))
+		}
+	}
+	if !slices.Equal(mine, want) {
+		t.Fatalf("two followers' streams joined at index %d differ from the leader's:\n got %v\nwant %v", last, mine, want)
+	}
+	// The followers answered the streams themselves: their own metrics
+	// count GET /v1/events under its route, not as forwarded.
+	for _, f := range []*server.Server{f1, f2} {
+		_, fams := scrape(t, "http://"+f.HTTPAddr(), token)
+		if v := metricValue(fams, "corral_http_requests_total", map[string]string{"route": "GET /v1/events"}); v < 1 {
+			t.Fatalf("follower %s counted %v local GET /v1/events", f.ID(), v)
+		}
+	}
+}
