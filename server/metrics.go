@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"net/http"
 	"slices"
 	"strconv"
@@ -94,8 +95,9 @@ func newServerMetrics(s *Server) *serverMetrics {
 	return m
 }
 
-// watchRaft counts leadership changes; call it once raft exists.
-func (m *serverMetrics) watchRaft(r *raft.Raft) {
+// watchRaft counts leadership changes until ctx ends; call it once raft
+// exists.
+func (m *serverMetrics) watchRaft(ctx context.Context, r *raft.Raft) {
 	ch := make(chan raft.Observation, 16)
 	m.raftObserver = raft.NewObserver(ch, false, func(o *raft.Observation) bool {
 		_, ok := o.Data.(raft.LeaderObservation)
@@ -103,8 +105,14 @@ func (m *serverMetrics) watchRaft(r *raft.Raft) {
 	})
 	r.RegisterObserver(m.raftObserver)
 	go func() {
-		for range ch {
-			m.leadershipChanges.Inc()
+		defer r.DeregisterObserver(m.raftObserver)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-ch:
+				m.leadershipChanges.Inc()
+			}
 		}
 	}()
 }

@@ -514,7 +514,7 @@ func (s *Server) setupRaft() error {
 		return fmt.Errorf("raft: %w", err)
 	}
 	s.raft = r
-	s.metrics.watchRaft(r)
+	s.metrics.watchRaft(s.ctx, r)
 	return nil
 }
 
