@@ -131,6 +131,11 @@ func TestMetricsScrapeDuringSessions(t *testing.T) {
 	}
 	c.waitFor(t, sleeper.Session.ID, func(d *api.SessionDetail) bool { return d.Session.Status == structs.SessionRunning })
 	c.waitFor(t, huge.Session.ID, func(d *api.SessionDetail) bool { return d.Session.StatusInfo != "" })
+	// The FSM counts a change just after it is visible: one more write,
+	// answered once applied, orders every count before the scrape.
+	if _, err := c.client.CreateUser(ctx, &api.CreateUserRequest{Name: "barrier"}); err != nil {
+		t.Fatal(err)
+	}
 
 	_, during := scrape(t, c.addr, c.token)
 	moved := func(name string, labels map[string]string, by float64) {
