@@ -17,6 +17,7 @@ import (
 
 	"github.com/corral-dev/corral/api"
 	"github.com/corral-dev/corral/server/state"
+	"github.com/corral-dev/corral/structs"
 )
 
 // The event stream (GET /v1/events, docs/events.md).
@@ -65,13 +66,22 @@ func (e *event) json() []byte {
 			Key     string `json:"key"`
 			Payload any    `json:"payload"`
 		}
-		b, err := json.Marshal(wire{Index: e.index, Topic: e.topic, Type: e.typ, Key: e.key, Payload: e.obj})
+		b, err := json.Marshal(wire{Index: e.index, Topic: e.topic, Type: e.typ, Key: e.key, Payload: apiView(e.obj)})
 		if err != nil {
 			b, _ = json.Marshal(wire{Index: e.index, Topic: e.topic, Type: e.typ, Key: e.key, Payload: map[string]string{"error": err.Error()}})
 		}
 		e.encoded = b
 	})
 	return e.encoded
+}
+
+// apiView is an object as the API shows it: a kernel's cluster launch
+// without its SSH private key (as GET /v1/sessions/{id} shows it).
+func apiView(obj any) any {
+	if k, ok := obj.(*structs.Kernel); ok && k.Launch != nil {
+		return redactKernels([]*structs.Kernel{k})[0]
+	}
+	return obj
 }
 
 // eventBatch is the events of one raft index.
@@ -208,23 +218,26 @@ func (b *eventBroker) start(index, applied uint64) (uint64, uint64, error) {
 // eventFilter decides what one stream sees.
 type eventFilter struct {
 	topics map[string]bool
-	owner  string // "" for admins: everything
+	admin  bool   // sees every session and kernel
+	owner  string // else: only those of this user
 }
 
 func (f *eventFilter) allows(e *event) bool {
 	if !f.topics[e.topic] {
 		return false
 	}
-	if f.owner == "" || e.topic == api.TopicNode {
+	if f.admin || e.topic == api.TopicNode {
 		return true
 	}
-	return e.owner == f.owner
+	// As visible(): a session without an owner is an admin's alone.
+	return e.owner != "" && e.owner == f.owner
 }
 
 // parseEventFilter reads ?topic= (default: every topic) against the key.
 func parseEventFilter(r *http.Request, id *identity) (*eventFilter, error) {
 	f := &eventFilter{topics: map[string]bool{}}
-	if !id.admin() {
+	f.admin = id.admin()
+	if !f.admin {
 		f.owner = id.key.User
 	}
 	raw := strings.Join(r.URL.Query()["topic"], ",")

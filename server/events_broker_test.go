@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -66,10 +67,23 @@ func TestEventBrokerRingAndReset(t *testing.T) {
 		{&event{topic: api.TopicSession, owner: "alice"}, false},
 		{&event{topic: api.TopicKernel, owner: "bob"}, false}, // topic not asked
 		{&event{topic: api.TopicNode}, true},
+		{&event{topic: api.TopicSession, owner: ""}, false},
 	} {
 		if got := f.allows(tc.e); got != tc.want {
 			t.Errorf("bob's filter on %s of %q: %v", tc.e.topic, tc.e.owner, got)
 		}
+	}
+}
+
+func TestEventPayloadIsTheAPIView(t *testing.T) {
+	k := &structs.Kernel{ID: "k1", SessionID: "s1", Launch: &structs.ClusterLaunch{SSHPrivateKey: "-----BEGIN OPENSSH PRIVATE KEY----- secret"}}
+	e := &event{index: 7, topic: api.TopicKernel, typ: "updated", key: "k1", obj: k}
+	got := string(e.json())
+	if strings.Contains(got, "secret") || !strings.Contains(got, "(redacted)") {
+		t.Fatalf("kernel event payload: %s", got)
+	}
+	if k.Launch.SSHPrivateKey == "(redacted)" {
+		t.Fatal("redacting the event changed the stored kernel")
 	}
 }
 
@@ -89,7 +103,7 @@ func BenchmarkEventsFanout100(b *testing.B) {
 		w.Header().Set("Content-Type", "text/event-stream")
 		w.WriteHeader(http.StatusOK)
 		w.(http.Flusher).Flush()
-		f := &eventFilter{topics: map[string]bool{api.TopicSession: true}}
+		f := &eventFilter{topics: map[string]bool{api.TopicSession: true}, admin: true}
 		broker.stream(r.Context(), stop, w, w.(http.Flusher), 0, 0, f)
 	}))
 	defer srv.Close()

@@ -1,7 +1,9 @@
 package server
 
 import (
+	"bufio"
 	"context"
+	"net"
 	"net/http"
 	"slices"
 	"strconv"
@@ -490,6 +492,16 @@ func (r *statusRecorder) Flush() {
 	if f, ok := r.ResponseWriter.(http.Flusher); ok {
 		f.Flush()
 	}
+}
+
+// Hijack hands the connection over (the exec WebSocket, a forwarded
+// upgrade): the request counts as 101 Switching Protocols.
+func (r *statusRecorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	c, rw, err := http.NewResponseController(r.ResponseWriter).Hijack()
+	if err == nil && !r.wrote {
+		r.code, r.wrote = http.StatusSwitchingProtocols, true
+	}
+	return c, rw, err
 }
 
 // Unwrap lets http.ResponseController reach the connection (hijacking
