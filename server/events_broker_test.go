@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -144,4 +145,56 @@ func BenchmarkEventsFanout100(b *testing.B) {
 	b.StopTimer()
 	b.ReportMetric(float64(delivered.Load())/el.Seconds(), "events/s")
 	b.ReportMetric(float64(delivered.Load())/float64(followers*batches*perBatch), "delivered/published")
+}
+
+// TestRestoreResetsTheEventStream: a raft snapshot restore replaces the
+// whole state, so streams that followed the old one must reload, and the
+// ring starts after the restored index.
+func TestRestoreResetsTheEventStream(t *testing.T) {
+	src, _ := testFSM(t)
+	t0 := time.Date(2026, 12, 1, 8, 0, 0, 0, time.UTC)
+	for i := uint64(1); i <= 3; i++ {
+		id := fmt.Sprintf("s%d", i)
+		req := &structs.SessionEnqueueRequest{Session: &structs.Session{ID: id, Type: structs.SessionTypeBatch, ResourceGroup: "default", Owner: "u"},
+			Kernels: []*structs.Kernel{{ID: id + "-k", SessionID: id, Role: "main", Idx: 1, Hostname: "main1", Driver: "exec", Command: []string{"true"}}}, Time: t0}
+		if err := src.state.EnqueueSession(i*10, req); err != nil {
+			t.Fatal(err)
+		}
+	}
+	snap, err := src.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sink memSink
+	if err := snap.Persist(&sink); err != nil {
+		t.Fatal(err)
+	}
+
+	dst, _ := testFSM(t)
+	b := newEventBroker(0)
+	dst.state.SetCommitHook(b.publish)
+	dst.restored = b.reset
+	if err := dst.state.EnqueueSession(5, &structs.SessionEnqueueRequest{Session: &structs.Session{ID: "old", Type: structs.SessionTypeBatch, ResourceGroup: "default", Owner: "u"},
+		Kernels: []*structs.Kernel{{ID: "old-k", SessionID: "old", Role: "main", Idx: 1, Hostname: "main1", Driver: "exec", Command: []string{"true"}}}, Time: t0}); err != nil {
+		t.Fatal(err)
+	}
+	cursor, epoch, err := b.start(1, 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, _, _, err := b.since(cursor, epoch, 10); err != nil || len(got) != 1 || got[0].index != 5 {
+		t.Fatalf("before the restore: %+v %v", got, err)
+	}
+	if err := dst.Restore(io.NopCloser(&sink.Buffer)); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, _, err := b.since(cursor, epoch, 10); !isGone(err) {
+		t.Fatalf("a stream of the old state after the restore: %v", err)
+	}
+	if _, _, err := b.start(29, 30); !isGone(err) {
+		t.Fatalf("start before the restored index 30: %v", err)
+	}
+	if c, _, err := b.start(30, 30); err != nil || c != 30 {
+		t.Fatalf("start at the restored index: %d %v", c, err)
+	}
 }
