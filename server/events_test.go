@@ -1,6 +1,7 @@
 package server_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -10,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -386,4 +388,89 @@ func TestEventsServedByFollowersResumeOnAnother(t *testing.T) {
 			t.Fatalf("follower %s counted %v local GET /v1/events", f.ID(), v)
 		}
 	}
+}
+
+// BenchmarkEventsEndToEnd100Followers: 100 followers of a real server's
+// /v1/events (admin token, topic session) while 16 API clients create b.N
+// batch sessions that one agent runs to the end. Reported: session events
+// delivered per second to all followers together, from the first create
+// until every follower saw every session TERMINATED, and the sessions
+// per second that fed them.
+func BenchmarkEventsEndToEnd100Followers(b *testing.B) {
+	const followers, writers = 100, 16
+	dir := b.TempDir()
+	srv := startServer(b, dir)
+	a := startAgent(b, b.TempDir(), srv.SerfAddr(), structs.Slots{structs.SlotCPU: structs.Whole(1000), structs.SlotMem: structs.Whole(1 << 40)})
+	b.Cleanup(func() { a.StopKernels(5 * time.Second); a.Shutdown(); srv.Shutdown() })
+	tok, _ := tokens.Load(dir)
+	token := tok.(string)
+	addr := srv.HTTPAddr()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	newClient := func() *api.Client {
+		c, _ := api.NewClient("http://" + addr)
+		c.SetToken(token)
+		return c
+	}
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if ag, err := newClient().GetAgent(ctx, a.ID()); err == nil && ag.Status == structs.AgentAlive && len(ag.Drivers) > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			b.Fatal("the agent never became ALIVE")
+		}
+	}
+	// Every stream starts at the same index, before the first create.
+	from := srv.State().Snapshot().Index("")
+	n := b.N
+	terminated := []byte(`"status":"TERMINATED"`)
+	done := errors.New("done")
+	var delivered atomic.Int64
+	var wg sync.WaitGroup
+	for range followers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ended := 0
+			err := newClient().Events(ctx, []string{"session"}, from, func(batch *api.EventBatch) error {
+				delivered.Add(int64(len(batch.Events)))
+				for _, e := range batch.Events {
+					if bytes.Contains(e.Payload, terminated) {
+						ended++
+					}
+				}
+				if ended >= n {
+					return done
+				}
+				return nil
+			})
+			if !errors.Is(err, done) {
+				b.Error(err)
+			}
+		}()
+	}
+	b.ResetTimer()
+	t0 := time.Now()
+	var next atomic.Int64
+	var ww sync.WaitGroup
+	for range writers {
+		ww.Add(1)
+		go func() {
+			defer ww.Done()
+			c := newClient()
+			for next.Add(1) <= int64(n) {
+				if _, err := c.CreateSession(ctx, &api.CreateSessionRequest{Type: "batch", Command: []string{"true"}, Resources: small}); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	ww.Wait()
+	wg.Wait()
+	el := time.Since(t0)
+	b.StopTimer()
+	b.ReportMetric(float64(delivered.Load())/el.Seconds(), "events/s")
+	b.ReportMetric(float64(n)/el.Seconds(), "sessions/s")
+	b.ReportMetric(float64(delivered.Load())/float64(followers)/float64(n), "events/session")
 }
