@@ -120,11 +120,8 @@ type Agent struct {
 
 	capacity structs.Slots
 	// nvml, gpuInv (under mu) and driverFiles: the node's GPUs (gpus.go).
-	nvml   *gpu.NVML
-	gpuInv *structs.GPUInventory
-	// metrics and metricsAddr: the agent's own metrics (metrics.go).
-	metrics     *agentMetrics
-	metricsAddr string
+	nvml        *gpu.NVML
+	gpuInv      *structs.GPUInventory
 	driverFiles []structs.DeviceMount
 	serf        *serf.Serf
 	events      chan serf.Event
@@ -157,6 +154,10 @@ type Agent struct {
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
 	shutdown sync.Once
+
+	// metrics and metricsAddr: the agent's own metrics (metrics.go).
+	metrics     *agentMetrics
+	metricsAddr string
 }
 
 // New starts an agent: fingerprint, gossip join, and the connection loop

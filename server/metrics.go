@@ -159,45 +159,46 @@ func (m *serverMetrics) observeChanges(s *Server, changes []state.Change) {
 		if !ok || c.Deleted {
 			continue
 		}
-		var was structs.KernelStatus
+		// One apply may take a kernel through several statuses (an agent
+		// reports PREPARING, RUNNING and TERMINATED of a short kernel in
+		// one batch): read what the history gained, not the status alone.
+		added := len(k.History)
 		if p, ok := c.Prev.(*structs.Kernel); ok {
-			was = p.Status
-		}
-		if was == k.Status {
-			continue
-		}
-		switch k.Status {
-		case structs.KernelRunning:
-			if was == structs.KernelRestarting {
-				continue
+			added -= len(p.History)
+			if added <= 0 && p.ModifyIndex != k.ModifyIndex && k.Status != p.Status {
+				added = 1 // the history was trimmed at its bound
 			}
-			m.kernelStarts.WithLabelValues(k.Driver).Inc()
-			if d, ok := startLatency(k); ok {
-				m.kernelStartLatency.WithLabelValues(k.Driver).Observe(d.Seconds())
+		}
+		for i := max(len(k.History)-added, 0); i < len(k.History); i++ {
+			switch structs.KernelStatus(k.History[i].Status) {
+			case structs.KernelRunning:
+				if i > 0 && structs.KernelStatus(k.History[i-1].Status) == structs.KernelRestarting {
+					continue // back from a restart, not a start
+				}
+				m.kernelStarts.WithLabelValues(k.Driver).Inc()
+				if d, ok := startLatency(k.History[:i+1]); ok {
+					m.kernelStartLatency.WithLabelValues(k.Driver).Observe(d.Seconds())
+				}
+			case structs.KernelError:
+				m.kernelFailures.WithLabelValues(k.Driver).Inc()
 			}
-		case structs.KernelError:
-			m.kernelFailures.WithLabelValues(k.Driver).Inc()
 		}
 	}
 }
 
-// startLatency is the time from a kernel's last SCHEDULED to its last
-// RUNNING in its history.
-func startLatency(k *structs.Kernel) (time.Duration, bool) {
-	var run, sched time.Time
-	for i := len(k.History) - 1; i >= 0; i-- {
-		h := k.History[i]
-		if run.IsZero() && h.Status == string(structs.KernelRunning) {
-			run = h.Time
-		} else if !run.IsZero() && h.Status == string(structs.KernelScheduled) {
-			sched = h.Time
-			break
+// startLatency is the time from the last SCHEDULED to the RUNNING that
+// ends h.
+func startLatency(h []structs.StatusChange) (time.Duration, bool) {
+	run := h[len(h)-1].Time
+	for i := len(h) - 2; i >= 0; i-- {
+		if h[i].Status == string(structs.KernelScheduled) {
+			if d := run.Sub(h[i].Time); d >= 0 {
+				return d, true
+			}
+			return 0, false
 		}
 	}
-	if run.IsZero() || sched.IsZero() || run.Before(sched) {
-		return 0, false
-	}
-	return run.Sub(sched), true
+	return 0, false
 }
 
 func messageTypeName(t structs.MessageType) string {

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 
 	"github.com/corral-dev/corral/server/state"
@@ -125,4 +127,58 @@ func BenchmarkMetricsMemory(b *testing.B) {
 			runtime.KeepAlive(m)
 		})
 	}
+}
+
+// TestKernelStartsCountedFromHistory: one apply that takes a kernel from
+// SCHEDULED through RUNNING to TERMINATED counts one start with its
+// latency; a return from RESTARTING is no start; ERROR is a failure.
+func TestKernelStartsCountedFromHistory(t *testing.T) {
+	s := metricsState(t, 0)
+	close(s.ready)
+	m := newServerMetrics(s)
+	t0 := time.Date(2026, 12, 1, 8, 0, 0, 0, time.UTC)
+	at := func(sec int) time.Time { return t0.Add(time.Duration(sec) * time.Second) }
+	hist := func(statuses ...structs.KernelStatus) []structs.StatusChange {
+		var h []structs.StatusChange
+		for i, st := range statuses {
+			h = append(h, structs.StatusChange{Status: string(st), Time: at(i)})
+		}
+		return h
+	}
+	prev := &structs.Kernel{ID: "k", Driver: "exec", Status: structs.KernelScheduled, ModifyIndex: 5,
+		History: hist(structs.KernelPending, structs.KernelScheduled)}
+	next := &structs.Kernel{ID: "k", Driver: "exec", Status: structs.KernelTerminated, ModifyIndex: 6,
+		History: hist(structs.KernelPending, structs.KernelScheduled, structs.KernelPreparing, structs.KernelRunning, structs.KernelTerminated)}
+	m.observeChanges(s, []state.Change{{Table: state.TableKernels, Key: "k", Obj: next, Prev: prev}})
+	if v := counterValue(t, m.kernelStarts.WithLabelValues("exec")); v != 1 {
+		t.Fatalf("starts %v, want 1", v)
+	}
+	// SCHEDULED at 1 s, RUNNING at 3 s.
+	var h dto.Metric
+	if err := m.kernelStartLatency.WithLabelValues("exec").(prometheus.Histogram).Write(&h); err != nil || h.Histogram.GetSampleCount() != 1 || h.Histogram.GetSampleSum() != 2 {
+		t.Fatalf("start latency: %v %v", h.Histogram, err)
+	}
+	restarted := &structs.Kernel{ID: "k", Driver: "exec", Status: structs.KernelRunning, ModifyIndex: 7,
+		History: append(hist(structs.KernelPending, structs.KernelScheduled, structs.KernelRunning, structs.KernelRestarting), structs.StatusChange{Status: string(structs.KernelRunning), Time: at(9)})}
+	before := &structs.Kernel{ID: "k", Driver: "exec", Status: structs.KernelRestarting, ModifyIndex: 6, History: restarted.History[:4]}
+	failed := &structs.Kernel{ID: "k2", Driver: "runc", Status: structs.KernelError, ModifyIndex: 7, History: hist(structs.KernelPending, structs.KernelError)}
+	m.observeChanges(s, []state.Change{{Table: state.TableKernels, Key: "k", Obj: restarted, Prev: before}, {Table: state.TableKernels, Key: "k2", Obj: failed}})
+	if v := counterValue(t, m.kernelStarts.WithLabelValues("exec")); v != 1 {
+		t.Fatalf("starts after a restart %v, want still 1", v)
+	}
+	if v := counterValue(t, m.kernelFailures.WithLabelValues("runc")); v != 1 {
+		t.Fatalf("runc failures %v, want 1", v)
+	}
+	if d, ok := startLatency(next.History[:4]); !ok || d != 2*time.Second {
+		t.Fatalf("start latency %v %v, want 2s", d, ok)
+	}
+}
+
+func counterValue(t *testing.T, c prometheus.Counter) float64 {
+	t.Helper()
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m.Counter.GetValue()
 }

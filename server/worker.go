@@ -35,9 +35,7 @@ func (s *Server) runScheduler(ctx context.Context) {
 		}
 		abandon := s.state.AbandonCh()
 		ws := memdb.NewWatchSet()
-		start := time.Now()
 		progressed, wake, err := wk.pass(ws)
-		s.metrics.observePass(time.Since(start))
 		if err != nil {
 			s.logger.Warn("scheduling pass failed", "error", err)
 			select {
@@ -72,11 +70,14 @@ func (s *Server) runScheduler(ctx context.Context) {
 // reserved session is due (zero: none).
 func (wk *schedWorker) pass(ws memdb.WatchSet) (bool, time.Time, error) {
 	s := wk.s
+	start := time.Now()
 	snap := s.state.Snapshot()
 	in, byID, wake, err := snap.SchedulerInput(ws, time.Now().UTC())
 	if err != nil || len(in.Pending) == 0 {
 		return false, wake, err
 	}
+	// Passes with sessions to place only: an idle pass is no measure.
+	defer func() { s.metrics.observePass(time.Since(start)) }()
 	in.RoundRobin = wk.roundRobin
 	res := scheduler.Plan(in)
 	wk.roundRobin = res.RoundRobin
