@@ -48,7 +48,12 @@ func newAgentMetrics(a *Agent) *agentMetrics {
 
 // Metrics is the agent's metrics, for a server in the same process to
 // serve with its own (corral dev).
-func (a *Agent) Metrics() prometheus.Gatherer { return a.metrics.reg }
+func (a *Agent) Metrics() prometheus.Gatherer {
+	if a.metrics == nil {
+		return prometheus.NewRegistry()
+	}
+	return a.metrics.reg
+}
 
 // pull pulls an image through the store, counting it.
 func (a *Agent) pull(ctx context.Context, ref string, progress func(images.Progress)) (*images.Image, error) {
@@ -70,16 +75,27 @@ func (a *Agent) pull(ctx context.Context, ref string, progress func(images.Progr
 	case reports <= 1:
 		result = "cached"
 	}
-	a.metrics.pulls.WithLabelValues(result).Inc()
-	if result == "pulled" {
-		a.metrics.pullBytes.Add(float64(done))
-	}
-	a.metrics.pullDuration.WithLabelValues(result).Observe(time.Since(start).Seconds())
+	a.metrics.observePull(result, done, time.Since(start))
 	return img, err
+}
+
+// observePull records one image pull.
+func (m *agentMetrics) observePull(result string, bytes int64, d time.Duration) {
+	if m == nil {
+		return // an Agent made without New (tests)
+	}
+	m.pulls.WithLabelValues(result).Inc()
+	if result == "pulled" {
+		m.pullBytes.Add(float64(bytes))
+	}
+	m.pullDuration.WithLabelValues(result).Observe(d.Seconds())
 }
 
 // observeDriverStart records one driver Start call.
 func (m *agentMetrics) observeDriverStart(driver string, d time.Duration, err error) {
+	if m == nil {
+		return // an Agent made without New (tests)
+	}
 	result := "ok"
 	if err != nil {
 		result = "error"
