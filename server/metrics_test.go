@@ -251,3 +251,12 @@ func TestAgentMetricsAddr(t *testing.T) {
 		}
 	}
 }
+
+func TestMetricsAnonymous(t *testing.T) {
+	srv := startServerCfg(t, t.TempDir(), func(c *server.Config) { c.MetricsAnonymous = true })
+	t.Cleanup(srv.Shutdown)
+	code, fams := scrape(t, "http://"+srv.HTTPAddr(), "")
+	if code != http.StatusOK || fams["corral_raft_leader"] == nil {
+		t.Fatalf("anonymous scrape with MetricsAnonymous: %d, %d families", code, len(fams))
+	}
+}
