@@ -108,6 +108,9 @@ type Config struct {
 	// GCRetention is how long an ended kernel's directory and logs stay
 	// after a server acknowledged its end (0: DefaultGCRetention).
 	GCRetention time.Duration
+	// MetricsAddr, when set, serves the agent's metrics at
+	// GET /v1/metrics on this address, without authentication (metrics.go).
+	MetricsAddr string
 }
 
 // Agent is one running agent.
@@ -156,6 +159,10 @@ type Agent struct {
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
 	shutdown sync.Once
+
+	// metrics and metricsAddr: the agent's own metrics (metrics.go).
+	metrics     *agentMetrics
+	metricsAddr string
 }
 
 // New starts an agent: fingerprint, gossip join, and the connection loop
@@ -276,6 +283,12 @@ func New(cfg Config) (*Agent, error) {
 		a.ownGRPC = true
 	}
 	rpc.RegisterAgentService(a.grpc, &agentService{a: a})
+	a.metrics = newAgentMetrics(a)
+	if cfg.MetricsAddr != "" {
+		if err := a.serveMetrics(cfg.MetricsAddr); err != nil {
+			return nil, err
+		}
+	}
 	if a.ownGRPC {
 		a.wg.Add(1)
 		go func() { defer a.wg.Done(); _ = a.grpc.Serve(a.ln) }()

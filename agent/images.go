@@ -44,7 +44,7 @@ func (r *kernelRunner) pullImage(ctx context.Context, cfg *drivers.TaskConfig) e
 	rep := r.a.reporter
 	rep.report(r.id, structs.KernelPulling, "pulling image "+ref, nil)
 	var throttle pullThrottle
-	img, err := r.a.images.Pull(ctx, ref, func(p images.Progress) {
+	img, err := r.a.pull(ctx, ref, func(p images.Progress) {
 		if throttle.due(time.Now(), p.BytesDone, p.BytesTotal) {
 			rep.report(r.id, structs.KernelPulling, fmt.Sprintf("pulling image %s: %s / %s (layer %d of %d)",
 				ref, structs.FormatBytes(structs.Whole(p.BytesDone)), structs.FormatBytes(structs.Whole(p.BytesTotal)), p.Layer, p.Layers), nil)
@@ -89,7 +89,7 @@ func (s *agentService) ImageList(ctx context.Context, req *rpc.ImageListRequest)
 
 // ImagePull pulls an image into the agent's cache.
 func (s *agentService) ImagePull(ctx context.Context, req *rpc.ImagePullRequest) (*rpc.ImagePullResponse, error) {
-	img, err := s.a.images.Pull(ctx, req.Ref, nil)
+	img, err := s.a.pull(ctx, req.Ref, nil)
 	switch {
 	case err == nil:
 		return &rpc.ImagePullResponse{Image: imageInfo(img)}, nil

@@ -208,7 +208,9 @@ func (r *kernelRunner) start(ctx context.Context, log *slog.Logger, cfg *drivers
 		r.fail(structs.KernelError, "network: "+err.Error())
 		return false
 	}
+	started := time.Now()
 	h, err := r.driver.Start(ctx, cfg)
+	r.a.metrics.observeDriverStart(r.driver.Name(), time.Since(started), err)
 	if err != nil {
 		r.a.overlays.release(r.kernel, r.driver)
 		log.Warn("kernel failed to start", "error", err)

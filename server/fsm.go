@@ -20,6 +20,9 @@ type fsm struct {
 	// applied is the index of the last entry the FSM has applied (raft's
 	// own AppliedIndex runs ahead of the FSM while entries sit in its queue).
 	applied atomic.Uint64
+	// restored, when set, is told the state index after a Restore (the
+	// event stream starts over there).
+	restored func(index uint64)
 }
 
 var _ raft.FSM = (*fsm)(nil)
@@ -161,7 +164,13 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 	if err != nil {
 		return err
 	}
-	return f.state.Restore(d)
+	if err := f.state.Restore(d); err != nil {
+		return err
+	}
+	if f.restored != nil {
+		f.restored(f.state.Snapshot().Index(""))
+	}
+	return nil
 }
 
 type fsmSnapshot struct{ dump *state.Dump }

@@ -73,7 +73,7 @@ func (s *Server) setupHTTP() error {
 	if s.cfg.HTTPTLS {
 		ln = httpsListener{Listener: ln, cfg: s.cfg.Security.TLS.HTTPSConfig()}
 	}
-	s.httpSrv = &http.Server{Handler: s.forwardToLeader(mux), ReadHeaderTimeout: 10 * time.Second,
+	s.httpSrv = &http.Server{Handler: s.localRoutes(s.forwardToLeader(mux)), ReadHeaderTimeout: 10 * time.Second,
 		// TLS handshake failures of stray clients are not worth a warning.
 		ErrorLog: slog.NewLogLogger(s.logger.Handler(), slog.LevelDebug)}
 	s.wg.Add(1)
@@ -947,7 +947,10 @@ func (s *Server) execSession(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) listAgents(w http.ResponseWriter, r *http.Request) (any, error) {
-	out, err := s.state.Snapshot().Agents(nil)
+	snap := s.state.Snapshot()
+	// The index to follow GET /v1/events from (docs/events.md).
+	w.Header().Set(api.IndexHeader, strconv.FormatUint(snap.Index("agents"), 10))
+	out, err := snap.Agents(nil)
 	if err != nil {
 		return nil, err
 	}

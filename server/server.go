@@ -22,6 +22,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 	"github.com/hashicorp/serf/serf"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 
 	"github.com/corral-dev/corral/images"
@@ -113,6 +114,15 @@ type Config struct {
 	// addition to the group's own list (host, host:port or *.domain;
 	// -allow-registry): e.g. a registry on the cluster's private network.
 	AllowedRegistries []string
+	// EventRing is how many events of GET /v1/events this server keeps
+	// for streams that resume (default 16384; see docs/events.md).
+	EventRing int
+	// MetricsAnonymous serves GET /v1/metrics without a token (default:
+	// an admin token is needed; see docs/metrics.md).
+	MetricsAnonymous bool
+	// ExtraMetrics, when set, is gathered with the server's own metrics
+	// (corral dev: the embedded agent's).
+	ExtraMetrics prometheus.Gatherer
 }
 
 func (c *Config) setDefaults() error {
@@ -216,6 +226,10 @@ type Server struct {
 	// auto is the automatic TLS state (autotls.go), nil with one's own
 	// PKI or none.
 	auto *autoTLS
+	// eventBroker serves GET /v1/events (events.go); metrics serves
+	// GET /v1/metrics (metrics.go).
+	eventBroker *eventBroker
+	metrics     *serverMetrics
 }
 
 // New starts a server: raft (bootstrapping a single voter on first start),
@@ -238,7 +252,9 @@ func New(cfg Config) (*Server, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{cfg: cfg, id: id, logger: cfg.Logger.With("server_id", id[:8]), state: st,
 		ctx: ctx, cancel: cancel, agents: newAgentConns(cfg.Security.DialOptions(tlsutil.RoleAgent)), ready: make(chan struct{}),
-		heartbeats: newHeartbeats()}
+		heartbeats: newHeartbeats(), eventBroker: newEventBroker(cfg.EventRing)}
+	st.SetCommitHook(s.eventBroker.publish)
+	s.metrics = newServerMetrics(s)
 	ok := false
 	defer func() {
 		if !ok {
@@ -467,7 +483,7 @@ func (s *Server) setupRaft() error {
 		return err
 	}
 	s.trans = raft.NewNetworkTransportWithLogger(&raftLayer{chanListener: s.mux.raft, advertise: adv, tls: s.cfg.Security.ClientTLS(tlsutil.RoleServer)}, 3, 10*time.Second, hl)
-	f := &fsm{state: s.state, logger: s.logger}
+	f := &fsm{state: s.state, logger: s.logger, restored: s.eventBroker.reset}
 	s.fsm = f
 	has, err := raft.HasExistingState(logs, stable, snaps)
 	if err != nil {
@@ -499,6 +515,7 @@ func (s *Server) setupRaft() error {
 		return fmt.Errorf("raft: %w", err)
 	}
 	s.raft = r
+	s.metrics.watchRaft(s.ctx, r)
 	return nil
 }
 
@@ -533,8 +550,11 @@ func (s *Server) apply(t structs.MessageType, req any) (any, uint64, error) {
 	if err != nil {
 		return nil, 0, err
 	}
+	start := time.Now()
 	f := s.raft.Apply(buf, 30*time.Second)
-	if err := f.Error(); err != nil {
+	err = f.Error()
+	s.metrics.observeApply(t, time.Since(start))
+	if err != nil {
 		if errors.Is(err, raft.ErrNotLeader) {
 			return nil, 0, ErrNotLeader
 		}

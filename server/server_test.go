@@ -38,7 +38,7 @@ func mustToken(dir string) string {
 	return s
 }
 
-func testLogger(t *testing.T) *slog.Logger {
+func testLogger(t testing.TB) *slog.Logger {
 	if os.Getenv("CORRAL_TEST_LOG") != "" {
 		return slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
@@ -49,13 +49,13 @@ func testLogger(t *testing.T) *slog.Logger {
 // tokens holds the admin token each test server's data dir bootstrapped.
 var tokens sync.Map
 
-func startServer(t *testing.T, dir string, join ...string) *server.Server {
+func startServer(t testing.TB, dir string, join ...string) *server.Server {
 	t.Helper()
 	return startServerCfg(t, dir, func(c *server.Config) { c.Join = join })
 }
 
 // startServerCfg is startServer with mod applied to the config.
-func startServerCfg(t *testing.T, dir string, mod func(*server.Config)) *server.Server {
+func startServerCfg(t testing.TB, dir string, mod func(*server.Config)) *server.Server {
 	t.Helper()
 	cfg := server.Config{
 		OnBootstrapToken: func(tok string) { tokens.Store(dir, tok) },
@@ -98,7 +98,7 @@ func client(t *testing.T, srv *server.Server, dir string) *api.Client {
 	return c
 }
 
-func startAgent(t *testing.T, dir, join string, capacity structs.Slots) *agent.Agent {
+func startAgent(t testing.TB, dir, join string, capacity structs.Slots) *agent.Agent {
 	t.Helper()
 	return startAgentCfg(t, dir, join, capacity, execdriver.New(testLogger(t)))
 }
@@ -115,7 +115,7 @@ var servers sync.Map
 // agentSeq gives every test agent its own gossip node name.
 var agentSeq atomic.Int64
 
-func startAgentCfg(t *testing.T, dir, join string, capacity structs.Slots, d drivers.Driver, mods ...func(*agent.Config)) *agent.Agent {
+func startAgentCfg(t testing.TB, dir, join string, capacity structs.Slots, d drivers.Driver, mods ...func(*agent.Config)) *agent.Agent {
 	t.Helper()
 	cfg := agent.Config{
 		Name: fmt.Sprintf("test-agent-%d", agentSeq.Add(1)), DataDir: dir, RPCAddr: "127.0.0.1:0", SerfAddr: "127.0.0.1:0", Join: []string{join},

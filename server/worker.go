@@ -70,11 +70,14 @@ func (s *Server) runScheduler(ctx context.Context) {
 // reserved session is due (zero: none).
 func (wk *schedWorker) pass(ws memdb.WatchSet) (bool, time.Time, error) {
 	s := wk.s
+	start := time.Now()
 	snap := s.state.Snapshot()
 	in, byID, wake, err := snap.SchedulerInput(ws, time.Now().UTC())
 	if err != nil || len(in.Pending) == 0 {
 		return false, wake, err
 	}
+	// Passes with sessions to place only: an idle pass is no measure.
+	defer func() { s.metrics.observePass(time.Since(start)) }()
 	in.RoundRobin = wk.roundRobin
 	res := scheduler.Plan(in)
 	wk.roundRobin = res.RoundRobin
@@ -111,6 +114,7 @@ func (wk *schedWorker) pass(ws memdb.WatchSet) (bool, time.Time, error) {
 		}
 		wk.ownIndex = index
 		res, ok := resp.(*structs.PlanResult)
+		s.metrics.observePlan(res)
 		if !ok {
 			progressed = true
 			continue

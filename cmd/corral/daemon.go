@@ -11,8 +11,12 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 
 	"golang.org/x/term"
 
@@ -66,6 +70,8 @@ type daemonFlags struct {
 	bootstrapExpect                                           int
 	agentLostAfter, heartbeatTTL                              time.Duration
 	httpTLS                                                   bool
+	metricsAddr                                               string // agent: -metrics-addr
+	metricsAnonymous                                          bool   // server, dev: -metrics-anonymous
 	fastGossip                                                bool
 	insecure                                                  bool
 	enrollAddr                                                string
@@ -120,6 +126,7 @@ func parseDaemonFlags(role string, args []string) (*daemonFlags, error) {
 		fs.StringVar(&f.httpAddr, "http", "127.0.0.1:8640", "HTTP API address")
 		fs.DurationVar(&f.agentLostAfter, "agent-lost-after", server.DefaultAgentLostAfter, "grace period of a DISCONNECTED agent (gossip failed and no RPC heartbeat): its kernels keep their slots and are given up only after this")
 		fs.DurationVar(&f.heartbeatTTL, "heartbeat-ttl", 0, "how long an agent may send no RPC heartbeat before that signal counts as gone (default 10s, 3s with -fast-gossip)")
+		fs.BoolVar(&f.metricsAnonymous, "metrics-anonymous", false, "serve GET /v1/metrics without a token (default: an admin token is needed)")
 		fs.IntVar(&f.bootstrapExpect, "bootstrap-expect", 1, "number of servers in the first quorum (1: a single server; 3 or 5: servers find each other through -join and bootstrap raft together)")
 	}
 	rpcDef := "127.0.0.1:8641"
@@ -129,6 +136,9 @@ func parseDaemonFlags(role string, args []string) (*daemonFlags, error) {
 	}
 	fs.StringVar(&f.rpcAddr, "rpc", rpcDef, "gRPC address (agents and servers; raft shares the port)")
 	fs.StringVar(&f.serfAddr, "serf", serfDef, "gossip address")
+	if role == "agent" {
+		fs.StringVar(&f.metricsAddr, "metrics-addr", "", "serve this agent's metrics at GET /v1/metrics on this address, without a token (default: off; corral dev serves them with the server's)")
+	}
 	if role == "dev" {
 		fs.StringVar(&f.agentSerfAddr, "agent-serf", "127.0.0.1:8643", "gossip address of the embedded agent")
 	}
@@ -336,6 +346,7 @@ func runDaemon(role string, args []string) int {
 
 	var srv *server.Server
 	var agt *agent.Agent
+	var devAgent atomic.Pointer[agent.Agent] // agt, for the server's /v1/metrics in corral dev
 	if role != "agent" {
 		srv, err = server.New(server.Config{
 			NodeName: nodeName(f.name, "-server"), DataDir: dataSubdir(role, f.dataDir, "server"),
@@ -354,6 +365,7 @@ func runDaemon(role string, args []string) int {
 			Insecure: f.insecure, EnrollAddr: f.enrollAddr, ServerJoinToken: serverJoin,
 			GCRetention:       f.gcRetention,
 			AllowedRegistries: f.allowedRegistries, AllowLoopbackRegistries: role == "dev",
+			MetricsAnonymous: f.metricsAnonymous, ExtraMetrics: embeddedAgentMetrics(role, &devAgent),
 		})
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "Error: %v\n", err)
@@ -393,6 +405,7 @@ func runDaemon(role string, args []string) int {
 		cfg.KernelHelper = f.kernelHelper
 		cfg.KernelSubnet = f.kernelSubnet
 		cfg.KernelEgressAllow = f.kernelEgressAllow
+		cfg.MetricsAddr = f.metricsAddr
 		if role == "agent" && security.TLS == nil && security.JoinToken != "" {
 			// Not a secret of one's own PKI: the cluster's join token.
 			cfg.JoinToken, cfg.Security = security.JoinToken, nil
@@ -418,6 +431,7 @@ func runDaemon(role string, args []string) int {
 		}
 	}
 	if srv != nil && agt != nil {
+		devAgent.Store(agt)
 		srv.SetLocalAgent(agt.ID())
 	}
 	switch role {
@@ -578,4 +592,18 @@ func (f *daemonFlags) security(role string) ([]byte, *rpc.Security, error) {
 		sec.TLS = conf
 	}
 	return key, sec, nil
+}
+
+// embeddedAgentMetrics, for corral dev, gathers the embedded agent's
+// metrics (once it exists) with the server's own at /v1/metrics.
+func embeddedAgentMetrics(role string, agt *atomic.Pointer[agent.Agent]) prometheus.Gatherer {
+	if role != "dev" {
+		return nil
+	}
+	return prometheus.GathererFunc(func() ([]*dto.MetricFamily, error) {
+		if a := agt.Load(); a != nil {
+			return a.Metrics().Gather()
+		}
+		return nil, nil
+	})
 }

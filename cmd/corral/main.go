@@ -115,6 +115,7 @@ Daemons:
 	}
 	fmt.Fprintf(w, `Other:
   queue               list pending sessions in the order the scheduler takes them, with why they wait
+  events              follow changes to sessions, kernels and nodes as they happen
   keygen              print a new gossip encryption key for -encrypt
   bench               measure throughput and latency of a running corral
   version             print the version
@@ -157,6 +158,8 @@ func (c *cli) run(ctx context.Context, args []string) int {
 		err = c.group(ctx, "group", groupCommands, args[1:])
 	case "queue":
 		err = c.queue(ctx, args[1:])
+	case "events":
+		err = c.events(ctx, args[1:])
 	case "keygen":
 		err = c.keygen(ctx, args[1:])
 	case "tls":

@@ -47,6 +47,10 @@ type writer struct {
 	// changes keys, policies or groups.
 	policies map[string]*structs.ResourcePolicy
 	groups   map[string]*structs.ResourceGroup
+	// store and deleted feed the commit hook (changes.go): deleted lists
+	// the rows this transaction removed.
+	store   *StateStore
+	deleted []Change
 }
 
 func (s *StateStore) write(index uint64) *writer {
@@ -54,7 +58,7 @@ func (s *StateStore) write(index uint64) *writer {
 	txn := db.Txn(true)
 	// Taken under the write lock the transaction holds: no commit between.
 	base := db.Txn(false)
-	return &writer{txn: txn, base: base, index: index, dirty: map[string]bool{},
+	return &writer{store: s, txn: txn, base: base, index: index, dirty: map[string]bool{},
 		usage: map[string]*structs.KeyUsage{}, agents: map[string]*structs.Agent{},
 		sessions: map[string]*structs.Session{}, kernels: map[string]*structs.Kernel{}}
 }
@@ -67,6 +71,13 @@ func (w *writer) commit() error {
 		}
 	}
 	w.txn.Commit()
+	if w.store != nil {
+		if h := w.store.commitHook(); h != nil {
+			if ch := w.changes(); len(ch) > 0 {
+				h(w.index, ch)
+			}
+		}
+	}
 	return nil
 }
 

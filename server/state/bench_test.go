@@ -19,16 +19,20 @@ func BenchmarkPassWithApply(b *testing.B) {
 	for _, agents := range []int{1000, 10000} {
 		for _, sel := range []string{structs.AgentSelectorDispersed, structs.AgentSelectorConcentrated} {
 			b.Run(fmt.Sprintf("sessions=10000/agents=%d/%s", agents, sel), func(b *testing.B) {
-				benchPass(b, 10000, agents, sel)
+				benchPass(b, 10000, agents, sel, false)
 			})
 		}
 	}
+	// With a commit hook, as every server has (the event stream, metrics).
+	b.Run("sessions=10000/agents=1000/dispersed/commit-hook", func(b *testing.B) {
+		benchPass(b, 10000, 1000, structs.AgentSelectorDispersed, true)
+	})
 }
 
 // chunk is how many session placements go into one raft apply.
 const chunk = 1000
 
-func benchPass(b *testing.B, nSessions, nAgents int, sel string) {
+func benchPass(b *testing.B, nSessions, nAgents int, sel string, hook bool) {
 	t0 := time.Date(2026, 11, 22, 8, 0, 0, 0, time.UTC)
 	var placed, total time.Duration
 	var n int
@@ -37,6 +41,10 @@ func benchPass(b *testing.B, nSessions, nAgents int, sel string) {
 		s, err := state.New()
 		if err != nil {
 			b.Fatal(err)
+		}
+		if hook {
+			var n int
+			s.SetCommitHook(func(_ uint64, ch []state.Change) { n += len(ch) })
 		}
 		idx := uint64(1)
 		keys := []*structs.AccessKey{}

@@ -104,10 +104,12 @@ func (s *StateStore) GCSessions(index uint64, req *structs.SessionsGCRequest) (*
 			if err := w.txn.Delete(tableKernels, k); err != nil {
 				return nil, fmt.Errorf("gc: delete kernel %s of session %s: %w", k.ID, sess.ID, err)
 			}
+			w.deleted = append(w.deleted, Change{Table: tableKernels, Key: k.ID, Owner: sess.Owner, Deleted: true, Obj: k, Prev: k})
 		}
 		if err := w.txn.Delete(tableSessions, sess); err != nil {
 			return nil, fmt.Errorf("gc: delete session %s: %w", sess.ID, err)
 		}
+		w.deleted = append(w.deleted, Change{Table: tableSessions, Key: sess.ID, Owner: sess.Owner, Deleted: true, Obj: sess, Prev: sess})
 		// Its idempotency key goes with it: a retry that late creates anew.
 		if err := w.forgetIdempotency(sess.ID); err != nil {
 			return nil, fmt.Errorf("gc: forget the idempotency key of session %s: %w", sess.ID, err)

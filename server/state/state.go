@@ -30,6 +30,7 @@ type StateStore struct {
 	mu      sync.Mutex // guards abandon across restores
 	db      atomic.Pointer[memdb.MemDB]
 	abandon chan struct{}
+	hook    CommitHook // guarded by mu; see SetCommitHook
 }
 
 // New returns an empty state store.
