@@ -65,6 +65,7 @@ func (s *Server) setupHTTP() error {
 	mux.HandleFunc("GET /v1/system/join-token", s.wrap(s.joinTokenHTTP))
 	mux.HandleFunc("POST /v1/nodes/{node}/revoke", s.wrap(s.revokeNodeHTTP))
 	s.registerAdmin(mux)
+	s.registerEndpointAPI(mux)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path))
 	})
@@ -72,7 +73,7 @@ func (s *Server) setupHTTP() error {
 	if s.cfg.HTTPTLS {
 		ln = tls.NewListener(ln, s.cfg.Security.TLS.HTTPSConfig())
 	}
-	s.httpSrv = &http.Server{Handler: s.forwardToLeader(mux), ReadHeaderTimeout: 10 * time.Second,
+	s.httpSrv = &http.Server{Handler: s.serveEndpointsOrAPI(s.forwardToLeader(mux)), ReadHeaderTimeout: 10 * time.Second,
 		// TLS handshake failures of stray clients are not worth a warning.
 		ErrorLog: slog.NewLogLogger(s.logger.Handler(), slog.LevelDebug)}
 	s.wg.Add(1)

@@ -215,6 +215,11 @@ type Server struct {
 	// auto is the automatic TLS state (autotls.go), nil with one's own
 	// PKI or none.
 	auto *autoTLS
+	// router, load and endpoints serve inference endpoints
+	// (endpoint_router.go, endpoints.go).
+	router    *router
+	load      loadTracker
+	endpoints endpointState
 }
 
 // New starts a server: raft (bootstrapping a single voter on first start),
@@ -277,6 +282,7 @@ func New(cfg Config) (*Server, error) {
 	if err := s.setupSerf(); err != nil {
 		return nil, err
 	}
+	s.router = newRouter(s)
 	if err := s.setupHTTP(); err != nil {
 		return nil, err
 	}
@@ -284,7 +290,8 @@ func New(cfg Config) (*Server, error) {
 		s.wg.Add(1)
 		go func() { defer s.wg.Done(); s.bootstrapWhenExpected() }()
 	}
-	s.wg.Add(3)
+	s.wg.Add(4)
+	go func() { defer s.wg.Done(); s.runRouterDuties() }()
 	go func() { defer s.wg.Done(); s.waitCaughtUp(s.replayTarget) }()
 	go func() { defer s.wg.Done(); s.monitorLeadership() }()
 	go func() { defer s.wg.Done(); s.handleSerfEvents() }()
@@ -591,7 +598,8 @@ func (s *Server) leaderLoop(ctx context.Context) {
 	s.bootstrapAdmin()
 	s.reconcileMembers()
 	var wg sync.WaitGroup
-	wg.Add(5)
+	wg.Add(6)
+	go func() { defer wg.Done(); s.manageEndpoints(ctx) }()
 	go func() { defer wg.Done(); s.watchLiveness(ctx) }()
 	go func() { defer wg.Done(); s.runGC(ctx) }()
 	go func() { defer wg.Done(); s.runScheduler(ctx) }()
