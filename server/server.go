@@ -406,6 +406,9 @@ func (s *Server) Shutdown() {
 			_ = s.mux.Close()
 		}
 		s.agents.closeAll()
+		if s.router != nil {
+			s.router.transport.CloseIdleConnections()
+		}
 		s.leaderConnMu.Lock()
 		if s.leaderConn != nil {
 			_ = s.leaderConn.Close()
