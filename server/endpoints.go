@@ -51,7 +51,8 @@ type endpointState struct {
 	lastUp   map[string]time.Time
 	lowSince map[string]time.Time
 	known    map[string]map[string]bool
-	// lastRates keeps what the autoscaler last saw, for GET.
+	// lastRates keeps what the autoscaler last saw, for GET (under ratesMu).
+	ratesMu   sync.Mutex
 	lastRates map[string][2]float64
 }
 
@@ -314,11 +315,11 @@ func (s *Server) endpointDetail(ctx context.Context, name string) (*api.Endpoint
 	c := e.Copy()
 	c.TokenHash = ""
 	d := &api.EndpointDetail{Endpoint: c, Path: endpointPrefix + e.Name + "/", Replicas: []api.EndpointReplica{}}
-	s.endpoints.mu.Lock()
+	s.endpoints.ratesMu.Lock()
 	if r, ok := s.endpoints.lastRates[e.Name]; ok {
 		d.RPS, d.Concurrency = r[0], r[1]
 	}
-	s.endpoints.mu.Unlock()
+	s.endpoints.ratesMu.Unlock()
 	reps, _ := snap.EndpointReplicas(nil, e.Name)
 	for _, sess := range reps {
 		if sess.Status.Terminal() {
@@ -591,10 +592,15 @@ func (s *Server) reconcileEndpoint(ctx context.Context, name string) error {
 
 	// Autoscaling.
 	rps, conc := s.load.rates(name, now)
+	if s.endpoints.lastUp == nil {
+		s.endpoints.lastUp, s.endpoints.lowSince = map[string]time.Time{}, map[string]time.Time{}
+	}
+	s.endpoints.ratesMu.Lock()
 	if s.endpoints.lastRates == nil {
-		s.endpoints.lastRates, s.endpoints.lastUp, s.endpoints.lowSince = map[string][2]float64{}, map[string]time.Time{}, map[string]time.Time{}
+		s.endpoints.lastRates = map[string][2]float64{}
 	}
 	s.endpoints.lastRates[name] = [2]float64{rps, conc}
+	s.endpoints.ratesMu.Unlock()
 	if e.Autoscaled() {
 		dec := structs.DecideScale(structs.ScaleInput{
 			Now: now, Current: e.Replicas, Min: e.MinReplicas, Max: e.MaxReplicas,
