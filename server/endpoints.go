@@ -51,6 +51,12 @@ type endpointState struct {
 	lastUp   map[string]time.Time
 	lowSince map[string]time.Time
 	known    map[string]map[string]bool
+	// served marks replicas seen healthy; failures counts the replicas of
+	// an endpoint in a row that ended without ever being healthy, and
+	// holdUntil delays the next create (a crash loop backs off).
+	served    map[string]bool
+	failures  map[string]int
+	holdUntil map[string]time.Time
 	// lastRates keeps what the autoscaler last saw, for GET (under ratesMu).
 	ratesMu   sync.Mutex
 	lastRates map[string][2]float64
@@ -527,6 +533,9 @@ func (s *Server) reconcileEndpoint(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
+	if s.endpoints.served == nil {
+		s.endpoints.served, s.endpoints.failures, s.endpoints.holdUntil = map[string]bool{}, map[string]int{}, map[string]time.Time{}
+	}
 	var live []*replicaView
 	liveIDs := map[string]bool{}
 	for _, sess := range reps {
@@ -536,7 +545,7 @@ func (s *Server) reconcileEndpoint(ctx context.Context, name string) error {
 				changed = true
 			}
 			if s.endpoints.known[name][sess.ID] {
-				event("replace", 0, 0, fmt.Sprintf("replica %s ended (%s: %s); a new one replaces it", sess.ID[:8], sess.Status, sess.StatusInfo))
+				s.replicaEnded(name, sess, now, event)
 			}
 			continue
 		}
@@ -551,6 +560,10 @@ func (s *Server) reconcileEndpoint(ctx context.Context, name string) error {
 		if v.kernel != nil {
 			h, checked := s.router.healthOf(v.kernel.ID)
 			v.healthy = checked && h.ok && v.kernel.Status == structs.KernelRunning
+			if v.healthy {
+				s.endpoints.served[sess.ID] = true
+				s.endpoints.failures[name] = 0
+			}
 			if !v.draining && v.kernel.Status == structs.KernelRunning && checked && !h.ok {
 				since := kernelRunningSince(v.kernel)
 				if (h.everOK && h.fails >= unhealthyAfter) || (!h.everOK && !since.IsZero() && now.Sub(since) > startGrace) {
@@ -663,12 +676,41 @@ func (s *Server) reconcileEndpoint(ctx context.Context, name string) error {
 			return err
 		}
 	}
+	if create > 0 && now.Before(s.endpoints.holdUntil[name]) {
+		create = 0
+	}
 	for i := 0; i < create; i++ {
-		if err := s.createReplica(ctx, e, now); err != nil {
+		id, err := s.createReplica(ctx, e, now)
+		if err != nil {
 			return err
 		}
+		// Known from its birth: a replica that ends before the next pass
+		// still counts as a failure.
+		s.endpoints.known[name][id] = true
 	}
 	return nil
+}
+
+// maxReplicaBackoff bounds the delay before a new replica after replicas
+// that kept failing before they ever were healthy.
+const maxReplicaBackoff = time.Minute
+
+// replicaEnded records a replica that ended without being drained: a new
+// one replaces it, after a backoff when replicas keep failing before they
+// ever serve (a crash loop must not create a session a second).
+func (s *Server) replicaEnded(name string, sess *structs.Session, now time.Time, event func(kind string, from, to int, reason string)) {
+	why := fmt.Sprintf("replica %s ended (%s: %s)", sess.ID[:8], sess.Status, sess.StatusInfo)
+	if s.endpoints.served[sess.ID] {
+		delete(s.endpoints.served, sess.ID)
+		s.endpoints.failures[name] = 0
+		event("replace", 0, 0, why+"; a new one replaces it")
+		return
+	}
+	n := s.endpoints.failures[name] + 1
+	s.endpoints.failures[name] = n
+	wait := min(time.Second<<min(n-1, 6), maxReplicaBackoff)
+	s.endpoints.holdUntil[name] = now.Add(wait)
+	event("replace", 0, 0, fmt.Sprintf("%s before it was ever healthy (%d in a row); the next one starts in %s", why, n, wait))
 }
 
 // oldest returns the replica created first.
@@ -715,22 +757,22 @@ func kernelRunningSince(k *structs.Kernel) time.Time {
 }
 
 // createReplica enqueues one replica session of e as its owner's key.
-func (s *Server) createReplica(ctx context.Context, e *structs.Endpoint, now time.Time) error {
+func (s *Server) createReplica(ctx context.Context, e *structs.Endpoint, now time.Time) (string, error) {
 	snap := s.state.Snapshot()
 	key, err := snap.Key(e.AccessKey)
 	if err != nil || key.Revoked {
-		return fmt.Errorf("endpoint %s: the access key %s it was created with is gone or revoked: no replica can be created", e.Name, e.AccessKey)
+		return "", fmt.Errorf("endpoint %s: the access key %s it was created with is gone or revoked: no replica can be created", e.Name, e.AccessKey)
 	}
 	sess, kernels, err := s.replicaSession(withIdentity(ctx, &identity{key: key}), snap, e, now)
 	if err != nil {
-		return fmt.Errorf("endpoint %s: creating a replica: %w", e.Name, err)
+		return "", fmt.Errorf("endpoint %s: creating a replica: %w", e.Name, err)
 	}
 	enq := &structs.SessionEnqueueRequest{Session: sess, Kernels: kernels, Time: now}
 	if _, _, err := s.apply(structs.SessionEnqueueRequestType, enq); err != nil {
-		return fmt.Errorf("endpoint %s: enqueueing a replica: %w", e.Name, err)
+		return "", fmt.Errorf("endpoint %s: enqueueing a replica: %w", e.Name, err)
 	}
 	s.logger.Info("endpoint replica created", "endpoint", e.Name, "session_id", sess.ID, "generation", e.Generation)
-	return nil
+	return sess.ID, nil
 }
 
 // destroyReplica ends one replica session.
