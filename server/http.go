@@ -372,7 +372,7 @@ func (s *Server) validateCreate(req *api.CreateSessionRequest, snap *state.Snaps
 	switch req.Type {
 	case structs.SessionTypeBatch, structs.SessionTypeInteractive, structs.SessionTypeSystem:
 	case structs.SessionTypeInference:
-		return nil, nil, badRequest("session type %q is not supported yet: inference replicas will be made by endpoints; use batch, interactive or system", req.Type)
+		return nil, nil, badRequest("session type %q is made by endpoints (corral endpoint create): use batch, interactive or system", req.Type)
 	default:
 		return nil, nil, badRequest("unknown session type %q: use batch, interactive or system", req.Type)
 	}
