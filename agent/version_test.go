@@ -53,6 +53,10 @@ func (s *versionedServer) JoinServer(context.Context, *rpc.JoinServerRequest) (*
 	return nil, errors.New("not in this test")
 }
 
+func (s *versionedServer) EndpointStats(context.Context, *rpc.EndpointStatsRequest) (*rpc.EndpointStatsResponse, error) {
+	return nil, errors.New("not in this test")
+}
+
 func serveDouble(t *testing.T, version int) (*versionedServer, string) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")

@@ -26,6 +26,7 @@ var messages = []any{
 	&StatsRequest{}, &KernelStats{}, &StatsResponse{},
 	&ReadIndexRequest{}, &ReadIndexResponse{},
 	&SignAgentRequest{}, &SignAgentResponse{}, &JoinServerRequest{}, &JoinServerResponse{},
+	&EndpointStatsRequest{}, &EndpointStatsResponse{},
 }
 
 func typeName(v any) string { return reflect.TypeOf(v).Elem().Name() }

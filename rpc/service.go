@@ -36,6 +36,9 @@ type ServerService interface {
 	// JoinServer hands the cluster's secrets to a new server that knows
 	// the server join secret.
 	JoinServer(ctx context.Context, req *JoinServerRequest) (*JoinServerResponse, error)
+	// EndpointStats, on the leader, takes a follower's endpoint router
+	// counters for the autoscaler (endpointstats.go).
+	EndpointStats(ctx context.Context, req *EndpointStatsRequest) (*EndpointStatsResponse, error)
 }
 
 // WatchStream is the server side of WatchKernels.
@@ -128,6 +131,9 @@ var serverDesc = grpc.ServiceDesc{
 		unary(func(srv any, ctx context.Context, req *JoinServerRequest) (*JoinServerResponse, error) {
 			return srv.(ServerService).JoinServer(ctx, req)
 		}, serverServiceName, "JoinServer"),
+		unary(func(srv any, ctx context.Context, req *EndpointStatsRequest) (*EndpointStatsResponse, error) {
+			return srv.(ServerService).EndpointStats(ctx, req)
+		}, serverServiceName, "EndpointStats"),
 	},
 	Streams: []grpc.StreamDesc{{
 		StreamName:    "WatchKernels",

@@ -143,6 +143,18 @@ func (f *fsm) Apply(l *raft.Log) any {
 			return err
 		}
 		return f.state.RevokeCerts(l.Index, &req)
+	case structs.EndpointUpsertRequestType:
+		var req structs.EndpointUpsertRequest
+		if err := json.Unmarshal(body, &req); err != nil {
+			return err
+		}
+		return f.state.UpsertEndpoint(l.Index, &req)
+	case structs.EndpointDeleteRequestType:
+		var req structs.EndpointDeleteRequest
+		if err := json.Unmarshal(body, &req); err != nil {
+			return err
+		}
+		return f.state.DeleteEndpoint(l.Index, &req)
 	}
 	// An unknown type means a newer server wrote the log.
 	return f.unknownEntry(t, ignorable, l.Index)

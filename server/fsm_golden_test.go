@@ -38,6 +38,8 @@ var entries = []struct {
 	{structs.ClusterSecretsRequestType, &structs.ClusterSecretsRequest{}},
 	{structs.CertIssueRequestType, &structs.CertIssueRequest{}},
 	{structs.CertRevokeRequestType, &structs.CertRevokeRequest{}},
+	{structs.EndpointUpsertRequestType, &structs.EndpointUpsertRequest{}},
+	{structs.EndpointDeleteRequestType, &structs.EndpointDeleteRequest{}},
 }
 
 func entryFixture(typ structs.MessageType, req any) string {

@@ -66,6 +66,7 @@ func (s *Server) setupHTTP() error {
 	mux.HandleFunc("POST /v1/nodes/{node}/revoke", s.wrap(s.revokeNodeHTTP))
 	s.registerAdmin(mux)
 	s.registerApps(mux)
+	s.registerEndpointAPI(mux)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path))
 	})
@@ -73,7 +74,7 @@ func (s *Server) setupHTTP() error {
 	if s.cfg.HTTPTLS {
 		ln = httpsListener{Listener: ln, cfg: s.cfg.Security.TLS.HTTPSConfig()}
 	}
-	s.httpSrv = &http.Server{Handler: s.localRoutes(s.forwardToLeader(mux)), ReadHeaderTimeout: 10 * time.Second,
+	s.httpSrv = &http.Server{Handler: s.serveEndpointsOrAPI(s.localRoutes(s.forwardToLeader(mux))), ReadHeaderTimeout: 10 * time.Second,
 		// TLS handshake failures of stray clients are not worth a warning.
 		ErrorLog: slog.NewLogLogger(s.logger.Handler(), slog.LevelDebug)}
 	s.wg.Add(1)
@@ -372,7 +373,7 @@ func (s *Server) validateCreate(req *api.CreateSessionRequest, snap *state.Snaps
 	switch req.Type {
 	case structs.SessionTypeBatch, structs.SessionTypeInteractive, structs.SessionTypeSystem:
 	case structs.SessionTypeInference:
-		return nil, nil, badRequest("session type %q is not supported yet: inference replicas will be made by endpoints; use batch, interactive or system", req.Type)
+		return nil, nil, badRequest("session type %q is made by endpoints (corral endpoint create): use batch, interactive or system", req.Type)
 	default:
 		return nil, nil, badRequest("unknown session type %q: use batch, interactive or system", req.Type)
 	}

@@ -230,6 +230,11 @@ type Server struct {
 	// GET /v1/metrics (metrics.go).
 	eventBroker *eventBroker
 	metrics     *serverMetrics
+	// router, load and endpoints serve inference endpoints
+	// (endpoint_router.go, endpoints.go).
+	router    *router
+	load      loadTracker
+	endpoints endpointState
 }
 
 // New starts a server: raft (bootstrapping a single voter on first start),
@@ -294,6 +299,7 @@ func New(cfg Config) (*Server, error) {
 	if err := s.setupSerf(); err != nil {
 		return nil, err
 	}
+	s.router = newRouter(s)
 	if err := s.setupHTTP(); err != nil {
 		return nil, err
 	}
@@ -301,7 +307,8 @@ func New(cfg Config) (*Server, error) {
 		s.wg.Add(1)
 		go func() { defer s.wg.Done(); s.bootstrapWhenExpected() }()
 	}
-	s.wg.Add(3)
+	s.wg.Add(4)
+	go func() { defer s.wg.Done(); s.runRouterDuties() }()
 	go func() { defer s.wg.Done(); s.waitCaughtUp(s.replayTarget) }()
 	go func() { defer s.wg.Done(); s.monitorLeadership() }()
 	go func() { defer s.wg.Done(); s.handleSerfEvents() }()
@@ -416,6 +423,9 @@ func (s *Server) Shutdown() {
 			_ = s.mux.Close()
 		}
 		s.agents.closeAll()
+		if s.router != nil {
+			s.router.transport.CloseIdleConnections()
+		}
 		s.leaderConnMu.Lock()
 		if s.leaderConn != nil {
 			_ = s.leaderConn.Close()
@@ -612,7 +622,8 @@ func (s *Server) leaderLoop(ctx context.Context) {
 	s.bootstrapAdmin()
 	s.reconcileMembers()
 	var wg sync.WaitGroup
-	wg.Add(5)
+	wg.Add(6)
+	go func() { defer wg.Done(); s.manageEndpoints(ctx) }()
 	go func() { defer wg.Done(); s.watchLiveness(ctx) }()
 	go func() { defer wg.Done(); s.runGC(ctx) }()
 	go func() { defer wg.Done(); s.runScheduler(ctx) }()

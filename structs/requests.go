@@ -20,6 +20,9 @@ const (
 	ClusterSecretsRequestType
 	CertIssueRequestType
 	CertRevokeRequestType
+	// Endpoints (structs/endpoint.go).
+	EndpointUpsertRequestType
+	EndpointDeleteRequestType
 )
 
 // KernelsLostRequest gives up the kernels of the listed sessions on a

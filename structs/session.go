@@ -91,10 +91,14 @@ type Session struct {
 	LostAfter time.Duration `json:"lost_after,omitempty"`
 	// Network is the session's overlay (VNI and subnet) while it is placed
 	// and has several kernels; nil otherwise.
-	Network    *Network      `json:"network,omitempty"`
-	Status     SessionStatus `json:"status"`
-	StatusInfo string        `json:"status_info,omitempty"`
-	Result     SessionResult `json:"result"`
+	Network *Network `json:"network,omitempty"`
+	// Endpoint names the endpoint an inference session is a replica of,
+	// and EndpointGeneration the endpoint's spec generation it runs.
+	Endpoint           string        `json:"endpoint,omitempty"`
+	EndpointGeneration int           `json:"endpoint_generation,omitempty"`
+	Status             SessionStatus `json:"status"`
+	StatusInfo         string        `json:"status_info,omitempty"`
+	Result             SessionResult `json:"result"`
 	// ScheduleAttempts counts scheduler passes that could not place the session.
 	ScheduleAttempts int            `json:"schedule_attempts,omitempty"`
 	KernelIDs        []string       `json:"kernel_ids"`

@@ -26,6 +26,8 @@ type Dump struct {
 	// node certificates the CA signed and their revocation (cluster.go).
 	Secrets *structs.ClusterSecrets `json:"secrets,omitempty"`
 	Certs   []*structs.IssuedCert   `json:"certs,omitempty"`
+	// Endpoints are the inference endpoints (endpoints.go).
+	Endpoints []*structs.Endpoint `json:"endpoints,omitempty"`
 }
 
 // Dump copies everything out of the snapshot.
@@ -44,7 +46,7 @@ func (sn *Snapshot) Dump() (*Dump, error) {
 	if d.Agents, err = sn.Agents(nil); err != nil {
 		return nil, err
 	}
-	for _, t := range []string{tableUsers, tableKeys, tablePolicies, tableGroups, tableUsage, tableNetworks, networkCursor, tableIdempotency, tableSecrets, tableCerts} {
+	for _, t := range []string{tableUsers, tableKeys, tablePolicies, tableGroups, tableUsage, tableNetworks, networkCursor, tableIdempotency, tableSecrets, tableCerts, tableEndpoints} {
 		d.Index[t] = sn.Index(t)
 	}
 	if d.Networks, err = sn.Networks(); err != nil {
@@ -72,6 +74,9 @@ func (sn *Snapshot) Dump() (*Dump, error) {
 		return nil, err
 	}
 	if d.Certs, err = sn.IssuedCerts(""); err != nil {
+		return nil, err
+	}
+	if d.Endpoints, err = sn.Endpoints(); err != nil {
 		return nil, err
 	}
 	return d, nil
@@ -108,6 +113,7 @@ func (s *StateStore) Restore(d *Dump) error {
 		{tableUsers, anySlice(d.Users)}, {tableKeys, anySlice(d.Keys)}, {tablePolicies, anySlice(d.Policies)},
 		{tableGroups, anySlice(d.Groups)}, {tableUsage, anySlice(d.Usage)}, {tableNetworks, anySlice(d.Networks)},
 		{tableIdempotency, anySlice(d.Idempotency)}, {tableCerts, anySlice(d.Certs)},
+		{tableEndpoints, anySlice(d.Endpoints)},
 	} {
 		for _, o := range set.objs {
 			if err := txn.Insert(set.table, o); err != nil {

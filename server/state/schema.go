@@ -151,6 +151,8 @@ func schema() *memdb.DBSchema {
 	for name, t := range clusterTables() {
 		sc.Tables[name] = t
 	}
+	sc.Tables[tableEndpoints] = endpointTable()
+	sc.Tables[tableSessions].Indexes["endpoint"] = sessionsByEndpoint()
 	return sc
 }
 
