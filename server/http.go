@@ -893,16 +893,11 @@ func (s *Server) execSession(w http.ResponseWriter, r *http.Request) {
 		code, msg := errorStatus(err)
 		writeError(w, code, msg)
 	}
-	if err := s.waitReady(r.Context()); err != nil {
-		fail(err)
+	ctx, ok := s.streamIdentity(w, r)
+	if !ok {
 		return
 	}
-	id, err := s.authenticate(r)
-	if err != nil {
-		fail(err)
-		return
-	}
-	r = r.WithContext(withIdentity(r.Context(), id))
+	r = r.WithContext(ctx)
 	var req api.ExecRequest
 	if err := decodeBody(r, &req); err != nil {
 		fail(err)
@@ -922,27 +917,58 @@ func (s *Server) execSession(w http.ResponseWriter, r *http.Request) {
 		fail(&httpError{code: http.StatusBadGateway, msg: "exec: " + status.Convert(err).Message()})
 		return
 	}
-	first, err := stream.Recv()
+	relayExec(w, stream, "exec", nil, func(f *rpc.ExecFrame) any {
+		return api.ExecFrame{Stream: f.Stream, Data: f.Data, ExitCode: f.ExitCode, Error: f.Error}
+	})
+}
+
+// streamIdentity readies and authenticates a handler that writes its own
+// answer (exec, execute; wrap does this for the others): the context
+// carries the caller's identity, and false means the error is answered.
+func (s *Server) streamIdentity(w http.ResponseWriter, r *http.Request) (context.Context, bool) {
+	err := s.waitReady(r.Context())
+	var id *identity
+	if err == nil {
+		id, err = s.authenticate(r)
+	}
 	if err != nil {
-		fail(&httpError{code: http.StatusBadGateway, msg: "exec: " + status.Convert(err).Message()})
-		return
+		code, msg := errorStatus(err)
+		writeError(w, code, msg)
+		return nil, false
+	}
+	return withIdentity(r.Context(), id), true
+}
+
+// relayExec answers with an agent's exec frames as newline-delimited JSON
+// (wire makes each frame's API form) until the exit code or an error;
+// label names the operation in errors, header adds answer headers. It
+// reports whether the command ended (exit code or the driver's error)
+// rather than the stream breaking. A stream that fails before its first
+// frame is a 502 answer.
+func relayExec(w http.ResponseWriter, stream *rpc.RecvStream[rpc.ExecFrame], label string, header func(http.Header), wire func(*rpc.ExecFrame) any) bool {
+	frame, err := stream.Recv()
+	if err != nil {
+		writeError(w, http.StatusBadGateway, label+": "+status.Convert(err).Message())
+		return false
 	}
 	w.Header().Set("Content-Type", "application/x-ndjson")
+	if header != nil {
+		header(w.Header())
+	}
 	w.WriteHeader(http.StatusOK)
 	flusher, _ := w.(http.Flusher)
 	enc := json.NewEncoder(w)
-	frame := first
 	for {
-		_ = enc.Encode(api.ExecFrame{Stream: frame.Stream, Data: frame.Data, ExitCode: frame.ExitCode, Error: frame.Error})
+		_ = enc.Encode(wire(frame))
 		if flusher != nil {
 			flusher.Flush()
 		}
 		if frame.ExitCode != nil || frame.Error != "" {
-			return
+			return true
 		}
 		if frame, err = stream.Recv(); err != nil {
-			_ = enc.Encode(api.ExecFrame{Error: "exec stream from agent broke: " + status.Convert(err).Message()})
-			return
+			_ = enc.Encode(wire(&rpc.ExecFrame{Error: label + " stream from agent broke: " + status.Convert(err).Message()}))
+			return false
 		}
 	}
 }

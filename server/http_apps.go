@@ -163,18 +163,11 @@ func (s *Server) touchWhileOpen(sessionID string) func() {
 // messages are bytes, api.AppTunnelEOF a half close. Errors before the
 // upgrade (unknown app, kernel not running, port closed) are JSON answers.
 func (s *Server) appTunnel(w http.ResponseWriter, r *http.Request) {
-	if err := s.waitReady(r.Context()); err != nil {
-		code, msg := errorStatus(err)
-		writeError(w, code, msg)
+	idCtx, ok := s.streamIdentity(w, r)
+	if !ok {
 		return
 	}
-	id, err := s.authenticate(r)
-	if err != nil {
-		code, msg := errorStatus(err)
-		writeError(w, code, msg)
-		return
-	}
-	ctx, cancel := context.WithCancel(withIdentity(r.Context(), id))
+	ctx, cancel := context.WithCancel(idCtx)
 	defer cancel()
 	d, k, app, err := s.resolveApp(ctx, r.PathValue("ref"), r.PathValue("name"))
 	if err == nil && !strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {

@@ -33,15 +33,8 @@ const execWSReadLimit = 1 << 20
 // follow; the command's output and its exit code come back. The wire
 // format is in docs/api-exec.md.
 func (s *Server) execSessionWS(w http.ResponseWriter, r *http.Request) {
-	if err := s.waitReady(r.Context()); err != nil {
-		code, msg := errorStatus(err)
-		writeError(w, code, msg)
-		return
-	}
-	id, err := s.authenticate(r)
-	if err != nil {
-		code, msg := errorStatus(err)
-		writeError(w, code, msg)
+	idCtx, ok := s.streamIdentity(w, r)
+	if !ok {
 		return
 	}
 	// Origins are checked by Accept (same host only); tokens are not
@@ -51,7 +44,7 @@ func (s *Server) execSessionWS(w http.ResponseWriter, r *http.Request) {
 		return // Accept answered the request
 	}
 	c.SetReadLimit(execWSReadLimit)
-	ctx, cancel := context.WithCancel(withIdentity(r.Context(), id))
+	ctx, cancel := context.WithCancel(idCtx)
 	defer cancel()
 	fail := func(err error) {
 		code, msg := errorStatus(err)

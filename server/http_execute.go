@@ -3,7 +3,6 @@ package server
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"regexp"
@@ -37,16 +36,10 @@ func (s *Server) executeSession(w http.ResponseWriter, r *http.Request) {
 		code, msg := errorStatus(err)
 		writeError(w, code, msg)
 	}
-	if err := s.waitReady(r.Context()); err != nil {
-		fail(err)
+	ctx, ok := s.streamIdentity(w, r)
+	if !ok {
 		return
 	}
-	id, err := s.authenticate(r)
-	if err != nil {
-		fail(err)
-		return
-	}
-	ctx := withIdentity(r.Context(), id)
 	var req api.ExecuteRequest
 	if err := decodeBody(r, &req); err != nil {
 		fail(err)
@@ -106,29 +99,11 @@ func (s *Server) executeSession(w http.ResponseWriter, r *http.Request) {
 		fail(&httpError{code: http.StatusBadGateway, msg: "execute: " + status.Convert(err).Message()})
 		return
 	}
-	frame, err := stream.Recv()
-	if err != nil {
-		fail(&httpError{code: http.StatusBadGateway, msg: "execute: " + status.Convert(err).Message()})
-		return
-	}
-	w.Header().Set("Content-Type", "application/x-ndjson")
-	w.Header().Set(api.RunIDHeader, req.RunID)
-	w.WriteHeader(http.StatusOK)
-	flusher, _ := w.(http.Flusher)
-	enc := json.NewEncoder(w)
-	for {
-		_ = enc.Encode(api.ExecuteFrame{RunID: req.RunID, ExecFrame: api.ExecFrame{Stream: frame.Stream, Data: frame.Data, ExitCode: frame.ExitCode, Error: frame.Error}})
-		if flusher != nil {
-			flusher.Flush()
-		}
-		if frame.ExitCode != nil || frame.Error != "" {
-			s.activity.touch(d.Session.ID, time.Now().UTC())
-			return
-		}
-		if frame, err = stream.Recv(); err != nil {
-			_ = enc.Encode(api.ExecuteFrame{RunID: req.RunID, ExecFrame: api.ExecFrame{Error: "execute stream from agent broke: " + status.Convert(err).Message()}})
-			return
-		}
+	ended := relayExec(w, stream, "execute", func(h http.Header) { h.Set(api.RunIDHeader, req.RunID) }, func(f *rpc.ExecFrame) any {
+		return api.ExecuteFrame{RunID: req.RunID, ExecFrame: api.ExecFrame{Stream: f.Stream, Data: f.Data, ExitCode: f.ExitCode, Error: f.Error}}
+	})
+	if ended {
+		s.activity.touch(d.Session.ID, time.Now().UTC())
 	}
 }
 
