@@ -73,9 +73,18 @@ func (w *writer) put(table string, obj any) error {
 }
 
 func listAll[T any](txn *memdb.Txn, table string) ([]T, error) {
-	it, err := txn.Get(table, "id")
+	return watchedList[T](txn, nil, table, "id")
+}
+
+// watchedList returns the rows of table that index matches args, adding
+// the query's watch channel to ws when ws is not nil.
+func watchedList[T any](txn *memdb.Txn, ws memdb.WatchSet, table, index string, args ...any) ([]T, error) {
+	it, err := txn.Get(table, index, args...)
 	if err != nil {
 		return nil, err
+	}
+	if ws != nil {
+		ws.Add(it.WatchCh())
 	}
 	var out []T
 	for raw := it.Next(); raw != nil; raw = it.Next() {

@@ -48,18 +48,7 @@ func (sn *Snapshot) Endpoints() ([]*structs.Endpoint, error) {
 // EndpointReplicas lists the sessions (live and ended, until collected)
 // that were replicas of the named endpoint, oldest first.
 func (sn *Snapshot) EndpointReplicas(ws memdb.WatchSet, name string) ([]*structs.Session, error) {
-	it, err := sn.txn.Get(tableSessions, "endpoint", name)
-	if err != nil {
-		return nil, err
-	}
-	if ws != nil {
-		ws.Add(it.WatchCh())
-	}
-	var out []*structs.Session
-	for raw := it.Next(); raw != nil; raw = it.Next() {
-		out = append(out, raw.(*structs.Session))
-	}
-	return out, nil
+	return watchedList[*structs.Session](sn.txn, ws, tableSessions, "endpoint", name)
 }
 
 // UpsertEndpoint creates or replaces an endpoint.

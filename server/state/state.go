@@ -290,16 +290,9 @@ func (sn *Snapshot) kernelsOf(ws memdb.WatchSet, sess *structs.Session) ([]*stru
 
 // KernelsByAgent returns the kernels placed on an agent.
 func (sn *Snapshot) KernelsByAgent(ws memdb.WatchSet, agentID string) ([]*structs.Kernel, error) {
-	it, err := sn.txn.Get(tableKernels, "agent", agentID)
+	out, err := watchedList[*structs.Kernel](sn.txn, ws, tableKernels, "agent", agentID)
 	if err != nil {
 		return nil, err
-	}
-	if ws != nil {
-		ws.Add(it.WatchCh())
-	}
-	var out []*structs.Kernel
-	for raw := it.Next(); raw != nil; raw = it.Next() {
-		out = append(out, raw.(*structs.Kernel))
 	}
 	sortKernels(out)
 	return out, nil
@@ -357,18 +350,7 @@ func (sn *Snapshot) ResolveAgent(ref string) (*structs.Agent, error) {
 
 // Agents lists all agents by ID.
 func (sn *Snapshot) Agents(ws memdb.WatchSet) ([]*structs.Agent, error) {
-	it, err := sn.txn.Get(tableAgents, "id")
-	if err != nil {
-		return nil, err
-	}
-	if ws != nil {
-		ws.Add(it.WatchCh())
-	}
-	var out []*structs.Agent
-	for raw := it.Next(); raw != nil; raw = it.Next() {
-		out = append(out, raw.(*structs.Agent))
-	}
-	return out, nil
+	return watchedList[*structs.Agent](sn.txn, ws, tableAgents, "id")
 }
 
 // sortKernels orders kernels main first, then by index and ID.
