@@ -24,17 +24,20 @@ const (
 	// TopicNode: an agent registered or changed (status, drain,
 	// occupancy); the payload is the structs.Agent.
 	TopicNode = "node"
+	// TopicEndpoint: an inference endpoint was created, changed (replicas,
+	// spec) or deleted; the payload is the structs.Endpoint.
+	TopicEndpoint = "endpoint"
 )
 
 // Event is one change of the event stream.
 type Event struct {
 	// Index is the raft index that applied the change.
 	Index uint64 `json:"index"`
-	// Topic is TopicSession, TopicKernel or TopicNode.
+	// Topic is TopicSession, TopicKernel, TopicNode or TopicEndpoint.
 	Topic string `json:"topic"`
 	// Type is "created", "updated" or "deleted".
 	Type string `json:"type"`
-	// Key is the session, kernel or agent ID.
+	// Key is the session, kernel or agent ID, or the endpoint's name.
 	Key string `json:"key"`
 	// Payload is the object as the change left it (for "deleted", as it
 	// was).

@@ -32,11 +32,12 @@ import (
 
 // eventTopics maps a state table to the topic its changes are published
 // under. Adding a topic is one line here (and one in state.Change's
-// tables): the endpoint table will be "endpoint".
+// tables).
 var eventTopics = map[string]string{
-	state.TableSessions: api.TopicSession,
-	state.TableKernels:  api.TopicKernel,
-	state.TableAgents:   api.TopicNode,
+	state.TableSessions:  api.TopicSession,
+	state.TableKernels:   api.TopicKernel,
+	state.TableAgents:    api.TopicNode,
+	state.TableEndpoints: api.TopicEndpoint,
 }
 
 // adminOnlyTopics are topics only admin keys may follow. Nodes are not

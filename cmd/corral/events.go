@@ -16,9 +16,9 @@ import (
 // JSON object per event with -json). It resumes by itself after a broken
 // connection, from the last index it printed.
 func (c *cli) events(ctx context.Context, args []string) error {
-	f := c.newFlags("events", "[-topic session,kernel,node] [-index N] [flags]",
-		"Follow changes to sessions, kernels and nodes as they happen (see docs/events.md).", true)
-	topic := f.String("topic", "", "comma-separated topics: session, kernel, node (default: all)")
+	f := c.newFlags("events", "[-topic session,kernel,node,endpoint] [-index N] [flags]",
+		"Follow changes to sessions, kernels, nodes and endpoints as they happen (see docs/events.md).", true)
+	topic := f.String("topic", "", "comma-separated topics: session, kernel, node, endpoint (default: all)")
 	index := f.Uint64("index", 0, "print the events after this raft index, then follow (default: from now)")
 	if err := f.parseNone(args); err != nil {
 		return err
@@ -89,6 +89,11 @@ func eventLine(e api.Event) string {
 		var a structs.Agent
 		if json.Unmarshal(e.Payload, &a) == nil {
 			return fmt.Sprintf("%s  %s name=%s group=%s drain=%t%s", head, a.Status, a.Name, a.ResourceGroup, a.Drain, info(a.StatusInfo))
+		}
+	case api.TopicEndpoint:
+		var ep structs.Endpoint
+		if json.Unmarshal(e.Payload, &ep) == nil {
+			return fmt.Sprintf("%-8d %-7s %-7s %s  replicas=%d owner=%s group=%s", e.Index, e.Topic, e.Type, ep.Name, ep.Replicas, dash(ep.Owner), dash(ep.ResourceGroup))
 		}
 	}
 	return head

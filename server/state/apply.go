@@ -48,7 +48,8 @@ type writer struct {
 	policies map[string]*structs.ResourcePolicy
 	groups   map[string]*structs.ResourceGroup
 	// store and deleted feed the commit hook (changes.go): deleted lists
-	// the rows this transaction removed.
+	// the rows this transaction removed, and the endpoint rows it wrote
+	// (endpoints are written whole, once per transaction).
 	store   *StateStore
 	deleted []Change
 }

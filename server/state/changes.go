@@ -12,23 +12,25 @@ const (
 	TableSessions = tableSessions
 	TableKernels  = tableKernels
 	TableAgents   = tableAgents
+	// TableEndpoints: inference endpoints (*structs.Endpoint).
+	TableEndpoints = tableEndpoints
 )
 
 // Change is one session, kernel or agent row that a committed transaction
 // wrote or deleted: what the event stream (server/events.go) and the
 // metrics derived from transitions are made of.
 type Change struct {
-	// Table is TableSessions, TableKernels or TableAgents.
+	// Table is TableSessions, TableKernels, TableAgents or TableEndpoints.
 	Table string
 	// Key is the row's ID.
 	Key string
-	// Owner is the user the session (or the kernel's session) belongs to;
-	// empty for agents.
+	// Owner is the user the session (or the kernel's session, or the
+	// endpoint) belongs to; empty for agents.
 	Owner string
 	// Deleted is set when the row was removed (session GC).
 	Deleted bool
-	// Obj is the row as committed (*structs.Session, *structs.Kernel or
-	// *structs.Agent); for a deletion, the row as it was. Stored rows are
+	// Obj is the row as committed (*structs.Session, *structs.Kernel,
+	// *structs.Agent or *structs.Endpoint); for a deletion, the row as it was. Stored rows are
 	// never changed in place, so it may be read after the commit.
 	Obj any
 	// Prev is the row before this transaction (nil for a new row).

@@ -63,8 +63,10 @@ func (s *StateStore) UpsertEndpoint(index uint64, req *structs.EndpointUpsertReq
 	if err != nil {
 		return err
 	}
+	var prev any
 	if raw != nil {
 		e.CreateIndex = raw.(*structs.Endpoint).CreateIndex
+		prev = raw
 	} else {
 		e.CreateIndex = index
 	}
@@ -73,6 +75,7 @@ func (s *StateStore) UpsertEndpoint(index uint64, req *structs.EndpointUpsertReq
 		return err
 	}
 	w.dirty[tableEndpoints] = true
+	w.deleted = append(w.deleted, Change{Table: tableEndpoints, Key: e.Name, Owner: e.Owner, Obj: e, Prev: prev})
 	return w.commit()
 }
 
@@ -92,6 +95,8 @@ func (s *StateStore) DeleteEndpoint(index uint64, req *structs.EndpointDeleteReq
 		return err
 	}
 	w.dirty[tableEndpoints] = true
+	gone := raw.(*structs.Endpoint)
+	w.deleted = append(w.deleted, Change{Table: tableEndpoints, Key: gone.Name, Owner: gone.Owner, Deleted: true, Obj: gone, Prev: gone})
 	reps, err := (&Snapshot{txn: w.base}).EndpointReplicas(nil, req.Name)
 	if err != nil {
 		return err
