@@ -305,7 +305,10 @@ func (c *Client) send(ctx context.Context, method, path string, query url.Values
 		u += "?" + query.Encode()
 	}
 	var rd io.Reader
-	if body != nil {
+	raw, isRaw := body.(io.Reader)
+	if isRaw {
+		rd = raw // a file's bytes as they are (snapshot restore)
+	} else if body != nil {
 		b, err := json.Marshal(body)
 		if err != nil {
 			return nil, fmt.Errorf("%s %s: encoding the request: %w", method, path, err)
@@ -320,7 +323,10 @@ func (c *Client) send(ctx context.Context, method, path string, query url.Values
 	if c.token != "" {
 		req.Header.Set("Authorization", "Bearer "+c.token)
 	}
-	if body != nil {
+	switch {
+	case isRaw:
+		req.Header.Set("Content-Type", "application/octet-stream")
+	case body != nil:
 		req.Header.Set("Content-Type", "application/json")
 	}
 	if key, _ := ctx.Value(idempotencyKeyCtx{}).(string); key != "" {

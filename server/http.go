@@ -67,6 +67,7 @@ func (s *Server) setupHTTP() error {
 	s.registerAdmin(mux)
 	s.registerApps(mux)
 	s.registerEndpointAPI(mux)
+	s.registerOperator(mux)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path))
 	})

@@ -14,12 +14,13 @@ import (
 
 	"github.com/corral-dev/corral/gossip"
 	"github.com/corral-dev/corral/structs"
+	buildversion "github.com/corral-dev/corral/version"
 )
 
 func (s *Server) setupSerf() error {
 	s.events = make(chan serf.Event, 256)
 	tags := map[string]string{gossip.TagRole: "server", gossip.TagID: s.id, gossip.TagRPC: s.RPCAddr(), gossip.TagHTTP: s.cfg.HTTPAddr,
-		gossip.TagExpect: strconv.Itoa(s.cfg.BootstrapExpect)}
+		gossip.TagExpect: strconv.Itoa(s.cfg.BootstrapExpect), gossip.TagVersion: buildversion.Version}
 	conf, err := gossip.NewConfig(s.cfg.NodeName, s.cfg.SerfAddr, tags, s.cfg.FastGossip, s.events)
 	if err != nil {
 		return err

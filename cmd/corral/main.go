@@ -40,6 +40,9 @@ func run(args []string) int {
 		case "dev":
 			return runDev(args[1:])
 		case "server":
+			if len(args) > 1 && args[1] == "members" {
+				break // a client command: corral server members
+			}
 			return runServer(args[1:])
 		case "agent":
 			return runAgent(args[1:])
@@ -106,10 +109,11 @@ Daemons:
 		cmds        []command
 	}{{"Sessions", "session", sessionCommands}, {"Endpoints", "endpoint", endpointCommands}, {"Nodes", "node", nodeCommands}, {"Images", "image", imageCommands},
 		{"Users", "user", userCommands}, {"Access keys", "key", keyCommands}, {"Policies", "policy", policyCommands},
-		{"Resource groups", "group", groupCommands}, {"Security", "tls", tlsCommands}, {"System", "system", systemCommands}} {
+		{"Resource groups", "group", groupCommands}, {"Security", "tls", tlsCommands}, {"System", "system", systemCommands},
+		{"Operator", "", clusterOpCommands()}} {
 		fmt.Fprintf(w, "%s:\n", g.title)
 		for _, sc := range g.cmds {
-			fmt.Fprintf(w, "  %-18s  %s\n", g.name+" "+sc.name, sc.summary)
+			fmt.Fprintf(w, "  %-18s  %s\n", strings.TrimSpace(g.name+" "+sc.name), sc.summary)
 		}
 		fmt.Fprintln(w)
 	}
@@ -170,6 +174,10 @@ func (c *cli) run(ctx context.Context, args []string) int {
 		err = c.bench(ctx, args[1:])
 	case "system":
 		err = c.group(ctx, "system", systemCommands, args[1:])
+	case "server":
+		err = c.group(ctx, "server", serverCommands, args[1:])
+	case "operator":
+		err = c.group(ctx, "operator", operatorCommands, args[1:])
 	default:
 		err = &usageError{cmd: "corral", msg: fmt.Sprintf("unknown command %q", args[0])}
 	}
