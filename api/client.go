@@ -527,3 +527,30 @@ func (c *Client) RevokeNode(ctx context.Context, node string) (*RevokeNodeRespon
 	_, err := c.do(ctx, http.MethodPost, "/v1/nodes/"+url.PathEscape(node)+"/revoke", nil, nil, &out, c.timeout)
 	return &out, err
 }
+
+// DeleteUser deletes a user and its access keys (admin only); refused
+// while the user has sessions that have not ended, or endpoints.
+func (c *Client) DeleteUser(ctx context.Context, name string) (*DeleteConfigResponse, error) {
+	return c.deleteConfig(ctx, "/v1/users/"+url.PathEscape(name))
+}
+
+// DeletePolicy deletes a resource policy (admin only); refused while keys
+// have it applied.
+func (c *Client) DeletePolicy(ctx context.Context, name string) (*DeleteConfigResponse, error) {
+	return c.deleteConfig(ctx, "/v1/policies/"+url.PathEscape(name))
+}
+
+// DeleteGroup deletes a resource group's configuration (admin only);
+// refused while agents, sessions that have not ended or endpoints are in
+// the group.
+func (c *Client) DeleteGroup(ctx context.Context, name string) (*DeleteConfigResponse, error) {
+	return c.deleteConfig(ctx, "/v1/groups/"+url.PathEscape(name))
+}
+
+func (c *Client) deleteConfig(ctx context.Context, path string) (*DeleteConfigResponse, error) {
+	var out DeleteConfigResponse
+	if _, err := c.do(ctx, http.MethodDelete, path, nil, nil, &out, c.timeout); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}

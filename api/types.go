@@ -317,3 +317,13 @@ type RoleSpec struct {
 	// GPUConstraint replaces the session's for the role's kernels.
 	GPUConstraint *structs.GPUConstraint `json:"gpu_constraint,omitempty"`
 }
+
+// DeleteConfigResponse is the answer of DELETE /v1/users/{name},
+// /v1/policies/{name} and /v1/groups/{name}.
+type DeleteConfigResponse struct {
+	// Kind is user, policy or group; Name what was deleted.
+	Kind string `json:"kind"`
+	Name string `json:"name"`
+	// Keys are the access keys deleted with a user.
+	Keys []string `json:"keys,omitempty"`
+}

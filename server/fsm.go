@@ -149,6 +149,12 @@ func (f *fsm) Apply(l *raft.Log) any {
 			return err
 		}
 		return f.state.UpsertEndpoint(l.Index, &req)
+	case structs.ConfigDeleteRequestType:
+		var req structs.ConfigDeleteRequest
+		if err := json.Unmarshal(body, &req); err != nil {
+			return err
+		}
+		return f.state.DeleteConfig(l.Index, &req)
 	case structs.EndpointDeleteRequestType:
 		var req structs.EndpointDeleteRequest
 		if err := json.Unmarshal(body, &req); err != nil {

@@ -40,6 +40,7 @@ var entries = []struct {
 	{structs.CertRevokeRequestType, &structs.CertRevokeRequest{}},
 	{structs.EndpointUpsertRequestType, &structs.EndpointUpsertRequest{}},
 	{structs.EndpointDeleteRequestType, &structs.EndpointDeleteRequest{}},
+	{structs.ConfigDeleteRequestType, &structs.ConfigDeleteRequest{}},
 }
 
 func entryFixture(typ structs.MessageType, req any) string {

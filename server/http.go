@@ -140,6 +140,8 @@ func errorStatus(err error) (int, string) {
 		return http.StatusBadRequest, err.Error()
 	case errors.Is(err, state.ErrForbidden):
 		return http.StatusForbidden, err.Error()
+	case errors.Is(err, state.ErrInUse):
+		return http.StatusConflict, strings.TrimSuffix(err.Error(), ": "+state.ErrInUse.Error())
 	case errors.Is(err, scheduler.ErrPendingLimit):
 		return http.StatusTooManyRequests, err.Error()
 	case errors.Is(err, ErrNotLeader), errors.Is(err, ErrNotReady):

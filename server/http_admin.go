@@ -25,6 +25,9 @@ func (s *Server) registerAdmin(mux *http.ServeMux) {
 	mux.HandleFunc("POST /v1/groups", s.wrap(s.upsertGroup))
 	mux.HandleFunc("PUT /v1/groups/{name}", s.wrap(s.upsertGroup))
 	mux.HandleFunc("GET /v1/groups", s.wrap(s.listGroups))
+	mux.HandleFunc("DELETE /v1/users/{name}", s.wrap(s.deleteConfig("user")))
+	mux.HandleFunc("DELETE /v1/policies/{name}", s.wrap(s.deleteConfig("policy")))
+	mux.HandleFunc("DELETE /v1/groups/{name}", s.wrap(s.deleteConfig("group")))
 }
 
 func requireAdmin(r *http.Request) error {
@@ -398,4 +401,58 @@ func policyOptions(req *api.PolicyRequest, p *structs.ResourcePolicy) error {
 		}
 	}
 	return nil
+}
+
+// deleteConfig deletes one user (with its access keys), policy or group,
+// refused (409, with what uses it) while it is in use.
+func (s *Server) deleteConfig(kind string) handler {
+	return func(w http.ResponseWriter, r *http.Request) (any, error) {
+		if err := requireAdmin(r); err != nil {
+			return nil, err
+		}
+		name := r.PathValue("name")
+		req := &structs.ConfigDeleteRequest{Time: time.Now().UTC()}
+		snap := s.state.Snapshot()
+		var err error
+		switch kind {
+		case "user":
+			if callerOf(r.Context()).key.User == name {
+				return nil, &httpError{code: http.StatusConflict, msg: fmt.Sprintf("user %s is the user of the key this request uses: delete it with another admin's key", name)}
+			}
+			req.Users = []string{name}
+			_, err = snap.User(name)
+		case "policy":
+			req.Policies = []string{name}
+			_, err = snap.Policy(name)
+		case "group":
+			req.Groups = []string{name}
+			_, err = snap.Group(name)
+		}
+		if err != nil {
+			return nil, err
+		}
+		why, err := snap.ConfigUse(req)
+		if err != nil {
+			return nil, err
+		}
+		if len(why) > 0 {
+			return nil, &httpError{code: http.StatusConflict, msg: fmt.Sprintf("%s %s is in use: %s", kind, name, strings.Join(why, "; "))}
+		}
+		var keys []string
+		if kind == "user" {
+			all, err := snap.Keys()
+			if err != nil {
+				return nil, err
+			}
+			for _, k := range all {
+				if k.User == name {
+					keys = append(keys, k.AccessKey)
+				}
+			}
+		}
+		if _, _, err := s.apply(structs.ConfigDeleteRequestType, req); err != nil {
+			return nil, err
+		}
+		return &api.DeleteConfigResponse{Kind: kind, Name: name, Keys: keys}, nil
+	}
 }

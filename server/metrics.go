@@ -222,6 +222,7 @@ var messageTypeNames = map[structs.MessageType]string{
 	structs.ClusterSecretsRequestType: "cluster_secrets",
 	structs.CertIssueRequestType:      "cert_issue",
 	structs.CertRevokeRequestType:     "cert_revoke",
+	structs.ConfigDeleteRequestType:   "config_delete",
 }
 
 // stateCollector reads the gauges of the state and of gossip at scrape

@@ -23,6 +23,8 @@ const (
 	// Endpoints (structs/endpoint.go).
 	EndpointUpsertRequestType
 	EndpointDeleteRequestType
+	// ConfigDeleteRequestType deletes users, policies and groups.
+	ConfigDeleteRequestType
 )
 
 // KernelsLostRequest gives up the kernels of the listed sessions on a
@@ -53,6 +55,16 @@ type ConfigUpsertRequest struct {
 	Policies []*ResourcePolicy `json:"policies,omitempty"`
 	Groups   []*ResourceGroup  `json:"groups,omitempty"`
 	Time     time.Time         `json:"time"`
+}
+
+// ConfigDeleteRequest deletes users (with their access keys), resource
+// policies and resource groups. The FSM refuses the whole request, changing
+// nothing, when any of them is still in use.
+type ConfigDeleteRequest struct {
+	Users    []string  `json:"users,omitempty"`
+	Policies []string  `json:"policies,omitempty"`
+	Groups   []string  `json:"groups,omitempty"`
+	Time     time.Time `json:"time"`
 }
 
 // SessionEnqueueRequest adds a new PENDING session and its kernels.

@@ -15,6 +15,7 @@ import (
 var userCommands = []command{
 	{"create", "NAME [-admin]", "create a user", (*cli).userCreate},
 	{"list", "[flags]", "list users", (*cli).userList},
+	{"delete", "NAME", "delete a user and its access keys (refused while its sessions run)", (*cli).userDelete},
 }
 
 var keyCommands = []command{
@@ -29,12 +30,14 @@ var policyCommands = []command{
 	{"update", "NAME [flags]", "change some limits of a resource policy, keeping the others", (*cli).policyUpdate},
 	{"apply", "NAME -key KEY", "apply a resource policy to an access key", (*cli).policyApply},
 	{"list", "[flags]", "list resource policies", (*cli).policyList},
+	{"delete", "NAME", "delete a resource policy (refused while keys have it)", (*cli).policyDelete},
 }
 
 var groupCommands = []command{
 	{"create", "NAME [flags]", "create a resource group with its scheduler configuration", (*cli).groupCreate},
 	{"update", "NAME [flags]", "change a resource group's scheduler configuration", (*cli).groupUpdate},
 	{"list", "[flags]", "list resource groups", (*cli).groupList},
+	{"delete", "NAME", "delete a resource group (refused while agents or sessions are in it)", (*cli).groupDelete},
 }
 
 // csvFlag collects a comma-separated or repeated flag.
@@ -596,4 +599,34 @@ func listCommand[T any](c *cli, ctx context.Context, args []string, name, summar
 		fmt.Fprintln(tw, row(it))
 	}
 	return tw.Flush()
+}
+
+func (c *cli) userDelete(ctx context.Context, args []string) error {
+	return c.configDelete(ctx, args, "user", "Delete a user and its access keys (admin only). Refused, with what uses it,\nwhile the user has sessions that have not ended or endpoints.", (*api.Client).DeleteUser)
+}
+
+func (c *cli) policyDelete(ctx context.Context, args []string) error {
+	return c.configDelete(ctx, args, "policy", "Delete a resource policy (admin only). Refused, naming them, while access keys\nhave it applied.", (*api.Client).DeletePolicy)
+}
+
+func (c *cli) groupDelete(ctx context.Context, args []string) error {
+	return c.configDelete(ctx, args, "group", "Delete a resource group's configuration (admin only). Refused, with what uses\nit, while agents, sessions that have not ended or endpoints are in the group.", (*api.Client).DeleteGroup)
+}
+
+func (c *cli) configDelete(ctx context.Context, args []string, kind, summary string, del func(*api.Client, context.Context, string) (*api.DeleteConfigResponse, error)) error {
+	f := c.newFlags(kind+" delete", "NAME", summary, false)
+	name, client, err := f.refClient(args, kind+" name")
+	if err != nil {
+		return err
+	}
+	res, err := del(client, ctx, name)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(c.stdout, "%s %s deleted", res.Kind, res.Name)
+	if len(res.Keys) > 0 {
+		fmt.Fprintf(c.stdout, " with its access keys %s", strings.Join(res.Keys, ", "))
+	}
+	fmt.Fprintln(c.stdout)
+	return nil
 }

@@ -25,6 +25,11 @@ var ErrAmbiguous = errors.New("ambiguous reference")
 // driver its policy does not allow).
 var ErrForbidden = errors.New("forbidden")
 
+// ErrInUse is wrapped by a delete of something that is still in use (a
+// user with sessions that have not ended, a policy keys name); the error
+// says what uses it.
+var ErrInUse = errors.New("in use")
+
 // StateStore holds the FSM's tables. Writes happen only from the FSM.
 type StateStore struct {
 	mu      sync.Mutex // guards abandon across restores
