@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -85,6 +87,51 @@ func (s *agentService) ImageList(ctx context.Context, req *rpc.ImageListRequest)
 		out.Images = append(out.Images, imageInfo(img))
 	}
 	return out, nil
+}
+
+// ImageRemove removes an image from the agent's cache, refused while a
+// kernel of this agent that has not ended uses it (by reference or by
+// digest). The check and the removal hold the agent's lock, under which
+// new kernels are registered: a kernel assigned after the removal pulls
+// the image again.
+func (s *agentService) ImageRemove(ctx context.Context, req *rpc.ImageRemoveRequest) (*rpc.ImageRemoveResponse, error) {
+	img, err := s.a.images.Get(req.Ref)
+	switch {
+	case errors.Is(err, images.ErrImageNotFound):
+		return nil, status.Error(codes.NotFound, err.Error())
+	case err != nil:
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	a := s.a
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var users []string
+	for _, r := range a.kernels {
+		if r.isDone() || r.kernel.Image == "" {
+			continue
+		}
+		uses := r.kernel.Image == req.Ref || r.kernel.Image == img.Ref
+		if !uses {
+			if ki, err := a.images.Get(r.kernel.Image); err == nil && ki.Digest == img.Digest {
+				uses = true
+			}
+		}
+		if uses {
+			users = append(users, fmt.Sprintf("kernel %s of session %s", r.id, r.kernel.SessionID))
+		}
+	}
+	if len(users) > 0 {
+		slices.Sort(users)
+		return nil, status.Errorf(codes.FailedPrecondition, "image %s is in use by %s: destroy those sessions first, or wait for them to end", img.Ref, strings.Join(users, ", "))
+	}
+	if err := a.images.Remove(req.Ref); err != nil {
+		if errors.Is(err, images.ErrImageNotFound) {
+			return nil, status.Error(codes.NotFound, err.Error())
+		}
+		return nil, status.Error(codes.Internal, err.Error())
+	}
+	a.logger.Info("removed image", "ref", img.Ref, "digest", img.Digest)
+	return &rpc.ImageRemoveResponse{Image: imageInfo(img)}, nil
 }
 
 // ImagePull pulls an image into the agent's cache.

@@ -380,6 +380,16 @@ func (c *Client) PullImage(ctx context.Context, req *ImagePullRequest) (*AgentIm
 	return &out, nil
 }
 
+// RemoveImage removes an image from one agent's cache (admin only) and
+// returns it as it was; refused (409) while a kernel uses it.
+func (c *Client) RemoveImage(ctx context.Context, req *ImagePullRequest) (*AgentImage, error) {
+	var out AgentImage
+	if _, err := c.do(ctx, http.MethodPost, "/v1/images/remove", nil, req, &out, c.timeout); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
 // CreateUser creates a user (admin only).
 func (c *Client) CreateUser(ctx context.Context, req *CreateUserRequest) (*structs.User, error) {
 	var out structs.User

@@ -203,7 +203,8 @@ type AgentImage struct {
 	PulledAt     time.Time `json:"pulled_at"`
 }
 
-// ImagePullRequest is the body of POST /v1/images/pull: warm an agent's cache.
+// ImagePullRequest is the body of POST /v1/images/pull (warm an agent's
+// cache) and of POST /v1/images/remove (remove an image from it).
 type ImagePullRequest struct {
 	Ref   string `json:"ref"`
 	Agent string `json:"agent"` // agent ID, ID prefix or name

@@ -23,6 +23,7 @@ var messages = []any{
 	&structs.KernelUpdateRequest{}, &UpdateKernelsResponse{},
 	&ExecRequest{}, &ExecInput{}, &ExecFrame{}, &LogsRequest{}, &LogsResponse{},
 	&ImageInfo{}, &ImageListRequest{}, &ImageListResponse{}, &ImagePullRequest{}, &ImagePullResponse{},
+	&ImageRemoveRequest{}, &ImageRemoveResponse{},
 	&StatsRequest{}, &KernelStats{}, &StatsResponse{},
 	&ReadIndexRequest{}, &ReadIndexResponse{},
 	&SignAgentRequest{}, &SignAgentResponse{}, &JoinServerRequest{}, &JoinServerResponse{},

@@ -129,6 +129,17 @@ type ImagePullResponse struct {
 	Image *ImageInfo `json:"image"`
 }
 
+// ImageRemoveRequest asks an agent to remove an image from its cache;
+// agents refuse (FailedPrecondition) while a kernel of theirs uses it.
+type ImageRemoveRequest struct {
+	Ref string `json:"ref"`
+}
+
+// ImageRemoveResponse is the image as it was before its removal.
+type ImageRemoveResponse struct {
+	Image *ImageInfo `json:"image"`
+}
+
 // StatsRequest asks for resource usage samples of kernels on the agent.
 type StatsRequest struct {
 	KernelIDs []string `json:"kernel_ids"`

@@ -53,6 +53,9 @@ type AgentService interface {
 	Logs(ctx context.Context, req *LogsRequest) (*LogsResponse, error)
 	ImageList(ctx context.Context, req *ImageListRequest) (*ImageListResponse, error)
 	ImagePull(ctx context.Context, req *ImagePullRequest) (*ImagePullResponse, error)
+	// ImageRemove removes an image from the cache (agents before it
+	// answer Unimplemented).
+	ImageRemove(ctx context.Context, req *ImageRemoveRequest) (*ImageRemoveResponse, error)
 	Stats(ctx context.Context, req *StatsRequest) (*StatsResponse, error)
 }
 
@@ -161,6 +164,9 @@ var agentDesc = grpc.ServiceDesc{
 		unary(func(srv any, ctx context.Context, req *ImagePullRequest) (*ImagePullResponse, error) {
 			return srv.(AgentService).ImagePull(ctx, req)
 		}, agentServiceName, "ImagePull"),
+		unary(func(srv any, ctx context.Context, req *ImageRemoveRequest) (*ImageRemoveResponse, error) {
+			return srv.(AgentService).ImageRemove(ctx, req)
+		}, agentServiceName, "ImageRemove"),
 		unary(func(srv any, ctx context.Context, req *StatsRequest) (*StatsResponse, error) {
 			return srv.(AgentService).Stats(ctx, req)
 		}, agentServiceName, "Stats"),
@@ -247,6 +253,12 @@ func (c *AgentClient) ImageList(ctx context.Context, req *ImageListRequest) (*Im
 func (c *AgentClient) ImagePull(ctx context.Context, req *ImagePullRequest) (*ImagePullResponse, error) {
 	out := new(ImagePullResponse)
 	return out, c.cc.Invoke(ctx, "/"+agentServiceName+"/ImagePull", req, out, CallOptions()...)
+}
+
+// ImageRemove makes the agent remove an image from its cache.
+func (c *AgentClient) ImageRemove(ctx context.Context, req *ImageRemoveRequest) (*ImageRemoveResponse, error) {
+	out := new(ImageRemoveResponse)
+	return out, c.cc.Invoke(ctx, "/"+agentServiceName+"/ImageRemove", req, out, CallOptions()...)
 }
 
 // Stats samples the resource usage of kernels.

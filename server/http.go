@@ -60,6 +60,7 @@ func (s *Server) setupHTTP() error {
 	mux.HandleFunc("GET /v1/queue", s.wrap(s.queue))
 	mux.HandleFunc("GET /v1/images", s.wrap(s.listImages))
 	mux.HandleFunc("POST /v1/images/pull", s.wrap(s.pullImage))
+	mux.HandleFunc("POST /v1/images/remove", s.wrap(s.removeImage))
 	mux.HandleFunc("POST /v1/system/gc", s.wrap(s.systemGC))
 	mux.HandleFunc("GET /v1/system/stats", s.wrap(s.systemStats))
 	mux.HandleFunc("GET /v1/system/join-token", s.wrap(s.joinTokenHTTP))
@@ -1145,6 +1146,66 @@ func (s *Server) pullImage(w http.ResponseWriter, r *http.Request) (any, error) 
 			code = http.StatusUnprocessableEntity
 		}
 		return nil, &httpError{code: code, msg: fmt.Sprintf("pulling %s on agent %s: %s", req.Ref, a.Name, st.Message())}
+	}
+	img := resp.Image
+	return &api.AgentImage{AgentID: a.ID, AgentName: a.Name, Ref: img.Ref, Digest: img.Digest, Size: img.Size, UnpackedSize: img.UnpackedSize, PulledAt: img.PulledAt}, nil
+}
+
+// removeImage removes an image from one agent's cache (admin), refused
+// while a kernel that has not ended uses it: first by the state (sessions
+// the caller can look up), then by the agent itself.
+func (s *Server) removeImage(w http.ResponseWriter, r *http.Request) (any, error) {
+	var req api.ImagePullRequest
+	if err := decodeAdmin(r, &req); err != nil {
+		return nil, err
+	}
+	if _, err := images.ParseReference(req.Ref); err != nil {
+		return nil, badRequest("%v", err)
+	}
+	if req.Agent == "" {
+		return nil, badRequest("agent is required: the agent whose cache to remove the image from")
+	}
+	snap := s.state.Snapshot()
+	a, err := snap.ResolveAgent(req.Agent)
+	if err != nil {
+		return nil, err
+	}
+	if a.Status != structs.AgentAlive {
+		return nil, &httpError{code: http.StatusServiceUnavailable, msg: fmt.Sprintf("agent %s is %s", a.Name, a.Status)}
+	}
+	kernels, err := snap.KernelsByAgent(nil, a.ID)
+	if err != nil {
+		return nil, err
+	}
+	var users []string
+	for _, k := range kernels {
+		if k.Image == req.Ref && !k.Status.Terminal() {
+			users = append(users, fmt.Sprintf("session %s (kernel %s, %s)", k.SessionID, k.ID, k.Status))
+		}
+	}
+	if len(users) > 0 {
+		slices.Sort(users)
+		return nil, &httpError{code: http.StatusConflict, msg: fmt.Sprintf("image %s on agent %s is in use by %s: destroy those sessions first, or wait for them to end", req.Ref, a.Name, strings.Join(users, ", "))}
+	}
+	c, err := s.agents.client(a.RPCAddr)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.ImageRemove(r.Context(), &rpc.ImageRemoveRequest{Ref: req.Ref})
+	if err != nil {
+		st := status.Convert(err)
+		code := http.StatusBadGateway
+		switch st.Code() {
+		case codes.InvalidArgument:
+			code = http.StatusBadRequest
+		case codes.NotFound:
+			code = http.StatusNotFound
+		case codes.FailedPrecondition:
+			code = http.StatusConflict
+		case codes.Unimplemented:
+			code = http.StatusNotImplemented
+		}
+		return nil, &httpError{code: code, msg: fmt.Sprintf("removing %s on agent %s: %s", req.Ref, a.Name, st.Message())}
 	}
 	img := resp.Image
 	return &api.AgentImage{AgentID: a.ID, AgentName: a.Name, Ref: img.Ref, Digest: img.Digest, Size: img.Size, UnpackedSize: img.UnpackedSize, PulledAt: img.PulledAt}, nil

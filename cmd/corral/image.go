@@ -13,6 +13,29 @@ import (
 var imageCommands = []command{
 	{"list", "[flags]", "list the images cached on the agents", (*cli).imageList},
 	{"pull", "REF -agent ID [flags]", "pull an image into an agent's cache", (*cli).imagePull},
+	{"rm", "REF -agent ID [flags]", "remove an image from an agent's cache (refused while a kernel uses it)", (*cli).imageRemove},
+}
+
+func (c *cli) imageRemove(ctx context.Context, args []string) error {
+	f := c.newFlags("image rm", "REF -agent ID [flags]", "Remove an image from one agent's cache: its record, its unpacked files and the layers\nno other image uses (admin only). Refused while a kernel that has not ended uses it.", false)
+	agent := f.String("agent", "", "agent ID, ID prefix or name (required)")
+	ref, err := f.parseRef(args, "image reference")
+	if err != nil {
+		return err
+	}
+	if *agent == "" {
+		return f.usageErr("-agent is required")
+	}
+	client, err := f.client()
+	if err != nil {
+		return err
+	}
+	img, err := client.RemoveImage(ctx, &api.ImagePullRequest{Ref: ref, Agent: *agent})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(c.stdout, "removed %s from %s: %s (%s)\n", img.Ref, img.AgentName, img.Digest, structs.FormatBytes(structs.Whole(img.Size)))
+	return nil
 }
 
 func (c *cli) imageList(ctx context.Context, args []string) error {
