@@ -255,16 +255,36 @@ func driverList(a *structs.Agent, sep string) string {
 // renderAgents writes the table of `node list`.
 func renderAgents(w io.Writer, agents []*structs.Agent, now time.Time) error {
 	tw := newTable(w)
-	fmt.Fprintln(tw, "ID\tNAME\tSTATUS\tGROUP\tDRIVERS\tCPU\tMEM\tGPUS\tAGE")
+	fmt.Fprintln(tw, "ID\tNAME\tSTATUS\tDRAIN\tELIGIBILITY\tGROUP\tDRIVERS\tCPU\tMEM\tGPUS\tAGE")
 	for _, a := range agents {
-		st := string(a.Status)
-		if a.Drain {
-			st += ",drained"
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", shortID(a.ID), dash(a.Name), st, dash(a.ResourceGroup),
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", shortID(a.ID), dash(a.Name), a.Status, drainState(a), eligibility(a), dash(a.ResourceGroup),
 			dash(driverList(a, ",")), usedTotal(a, structs.SlotCPU), usedTotal(a, structs.SlotMem), gpuUsage(a), since(a.RegisteredAt, now))
 	}
 	return tw.Flush()
+}
+
+// drainState is an agent's drain column: "-" (not drained), "draining"
+// (drained, kernels still hold slots there) or "drained" (empty).
+func drainState(a *structs.Agent) string {
+	switch {
+	case !a.Drain:
+		return "-"
+	}
+	for _, q := range a.Occupied {
+		if q > 0 {
+			return "draining"
+		}
+	}
+	return "drained"
+}
+
+// eligibility says whether the scheduler places new kernels on an agent:
+// only ALIVE agents that are not drained are eligible.
+func eligibility(a *structs.Agent) string {
+	if a.Status == structs.AgentAlive && !a.Drain {
+		return "eligible"
+	}
+	return "ineligible"
 }
 
 // gpuUsage writes an agent's GPU slots compactly for `node list`: whole

@@ -191,7 +191,7 @@ func TestRenderAgentsUnhealthyDriver(t *testing.T) {
 	if err := renderAgents(&b, []*structs.Agent{a}, now); err != nil {
 		t.Fatal(err)
 	}
-	if got := fields(b.String()); len(got) != 2 || got[1][4] != "exec,example(unhealthy)" {
+	if got := fields(b.String()); len(got) != 2 || got[1][6] != "exec,example(unhealthy)" {
 		t.Errorf("node list:\n%s", b.String())
 	}
 	b.Reset()
@@ -212,7 +212,21 @@ func TestRenderAgentsDrained(t *testing.T) {
 	if err := renderAgents(&b, []*structs.Agent{a}, now); err != nil {
 		t.Fatal(err)
 	}
-	if got := fields(b.String()); len(got) != 2 || got[1][2] != "ALIVE,drained" {
+	if got := fields(b.String()); len(got) != 2 || got[0][3] != "DRAIN" || got[0][4] != "ELIGIBILITY" || got[1][2] != "ALIVE" || got[1][3] != "drained" || got[1][4] != "ineligible" {
 		t.Errorf("node list of a drained agent:\n%s", b.String())
+	}
+	// Drained with kernels still there: draining; an agent that is not
+	// drained but DISCONNECTED is not eligible either.
+	busy := *a
+	busy.Occupied = structs.Slots{structs.SlotCPU: structs.Whole(1)}
+	off := &structs.Agent{ID: "66666666", Name: "n3", Status: structs.AgentDisconnected, RegisteredAt: now}
+	up := &structs.Agent{ID: "77777777", Name: "n4", Status: structs.AgentAlive, RegisteredAt: now}
+	b.Reset()
+	if err := renderAgents(&b, []*structs.Agent{&busy, off, up}, now); err != nil {
+		t.Fatal(err)
+	}
+	got := fields(b.String())
+	if len(got) != 4 || got[1][3] != "draining" || got[1][4] != "ineligible" || got[2][3] != "-" || got[2][4] != "ineligible" || got[3][3] != "-" || got[3][4] != "eligible" {
+		t.Errorf("node list:\n%s", b.String())
 	}
 }

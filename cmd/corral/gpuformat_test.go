@@ -35,7 +35,7 @@ func TestRenderAgentGPUs(t *testing.T) {
 		t.Fatal(err)
 	}
 	rows := fields(b.String())
-	if len(rows) != 3 || rows[0][7] != "GPUS" || rows[1][7] != "1/1" || rows[1][8] != "1g.10gb:1/2" || rows[2][7] != "-" {
+	if len(rows) != 3 || rows[0][9] != "GPUS" || rows[1][9] != "1/1" || rows[1][10] != "1g.10gb:1/2" || rows[2][9] != "-" {
 		t.Errorf("node list:\n%s", b.String())
 	}
 	b.Reset()
@@ -125,7 +125,7 @@ func TestNodeStatusNamesGPUHolders(t *testing.T) {
 		}
 	}
 	r = mustRun(t, f.url, 0, "node", "list")
-	if rows := fields(r.stdout); len(rows) != 2 || rows[1][7] != "1/1" || rows[1][8] != "1g.10gb:1/2" {
+	if rows := fields(r.stdout); len(rows) != 2 || rows[1][9] != "1/1" || rows[1][10] != "1g.10gb:1/2" {
 		t.Errorf("node list:\n%s", r.stdout)
 	}
 	if got := f.creates[0].Resources[structs.SlotCUDADevice]; got != structs.Whole(1) {

@@ -180,7 +180,7 @@ func TestNodeCommands(t *testing.T) {
 	if len(lines) != 2 {
 		t.Fatalf("node list:\n%s", r.stdout)
 	}
-	if got := strings.Join(strings.Fields(lines[1]), " "); got != "a1b2c3d4 node-1 ALIVE default exec 1.5/8 512MiB/16GiB - 3h" {
+	if got := strings.Join(strings.Fields(lines[1]), " "); got != "a1b2c3d4 node-1 ALIVE - eligible default exec 1.5/8 512MiB/16GiB - 3h" {
 		t.Fatalf("row %q", got)
 	}
 	r = mustRun(t, f.url, 0, "node", "list", "-json")
