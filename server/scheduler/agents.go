@@ -1,6 +1,7 @@
 package scheduler
 
 import (
+	"fmt"
 	"slices"
 	"strings"
 
@@ -183,8 +184,11 @@ type groupView struct {
 	// have all of them; built on first use.
 	withAll  map[string]driverSet
 	notAlive int
-	drained  int           // alive agents drained of new placements
-	capacity structs.Slots // summed capacity of the ALIVE agents, for DRF
+	drained  int // alive agents drained of new placements
+	// drainedAgents are those agents, sorted by ID: a reason names the
+	// ones that would have had room.
+	drainedAgents []*structs.Agent
+	capacity      structs.Slots // summed capacity of the ALIVE agents, for DRF
 	// held is what the group's sessions hold (Input.GroupUsage) plus what
 	// the pass placed, for the group's TotalResourceSlots.
 	held structs.Slots
@@ -221,8 +225,67 @@ type reasonKey struct {
 	first [maxAgentsInReason][6]structs.Quantity
 }
 
-// shortReason is the package's shortReason, cached by reasonKey.
+// shortReason is the package's shortReason, cached by reasonKey, with
+// the drained agents that would have had room (drainedHint).
 func (g *groupView) shortReason(withDriver []*agentView, d demand, r request, best func(i int) (*agentView, structs.Quantity)) string {
+	text := g.openShortReason(withDriver, d, r, best)
+	if len(g.drainedAgents) > 0 {
+		text += drainedHint(g.drainedAgents, d, r, withDriver[0].slots.names)
+	}
+	return text
+}
+
+// drainedHint names the drained agents with the demand's drivers and free
+// room for it: "; drained agent node-3 has room (corral node eligible
+// node-3 opens it to new sessions)". Empty when none has.
+func drainedHint(drained []*structs.Agent, d demand, r request, names []string) string {
+	var fit []string
+	for _, a := range drained {
+		if !hasDrivers(a, d.drivers) {
+			continue
+		}
+		ok := true
+		for j, i := range r.idx {
+			name := names[i]
+			if a.Capacity[name]-a.Occupied[name] < r.amt[j] {
+				ok = false
+				break
+			}
+		}
+		if ok {
+			fit = append(fit, agentName(a))
+		}
+	}
+	switch {
+	case len(fit) == 0:
+		return ""
+	case len(fit) == 1:
+		return fmt.Sprintf("; drained agent %s has room (corral node eligible %s opens it to new sessions)", fit[0], fit[0])
+	case len(fit) > maxAgentsInReason:
+		fit = append(fit[:maxAgentsInReason], fmt.Sprintf("%d more", len(fit)-maxAgentsInReason))
+	}
+	return fmt.Sprintf("; drained agents %s have room (corral node eligible opens one to new sessions)", strings.Join(fit, ", "))
+}
+
+// hasDrivers says whether a has every driver of a driverKey.
+func hasDrivers(a *structs.Agent, key string) bool {
+	for _, d := range strings.Split(key, driverSep) {
+		if !slices.Contains(a.Drivers, d) {
+			return false
+		}
+	}
+	return true
+}
+
+func agentName(a *structs.Agent) string {
+	if a.Name != "" {
+		return a.Name
+	}
+	return a.ID
+}
+
+// openShortReason is shortReason over the agents open to new sessions.
+func (g *groupView) openShortReason(withDriver []*agentView, d demand, r request, best func(i int) (*agentView, structs.Quantity)) string {
 	if len(r.idx) > len(reasonKey{}.idx) {
 		return shortReason(g, withDriver, d, r, best)
 	}
@@ -412,6 +475,7 @@ func buildGroups(agents []*structs.Agent, slots *slotTable) map[string]*groupVie
 		}
 		if a.Drain {
 			g.drained++
+			g.drainedAgents = append(g.drainedAgents, a)
 			continue
 		}
 		free := backing[len(views)*n : (len(views)+1)*n : (len(views)+1)*n]

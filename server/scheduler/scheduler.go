@@ -793,6 +793,14 @@ func (p *pass) noAliveReason(name string, g *groupView) string {
 	msg := fmt.Sprintf("no alive agent in resource group %q", name)
 	if g != nil && g.drained > 0 {
 		msg = fmt.Sprintf("no alive agent open to new sessions in resource group %q (%d drained, %d not ALIVE)", name, g.drained, g.notAlive)
+		var names []string
+		for _, a := range g.drainedAgents[:min(len(g.drainedAgents), maxAgentsInReason)] {
+			names = append(names, agentName(a))
+		}
+		if len(g.drainedAgents) > maxAgentsInReason {
+			names = append(names, fmt.Sprintf("%d more", len(g.drainedAgents)-maxAgentsInReason))
+		}
+		msg += fmt.Sprintf(": drained %s (corral node eligible ID opens one to new sessions)", strings.Join(names, ", "))
 		return msg
 	}
 	switch {
