@@ -127,18 +127,59 @@ Daemons:
 
 A session REF is its ID, a unique ID prefix or its name. Client commands
 talk to the HTTP API at -address (default $CORRAL_ADDR, else %s)
-with -token (default $CORRAL_TOKEN, else ~/.corral/token).
+with -token (default $CORRAL_TOKEN, else ~/.corral/token); both (and
+-ca-cert) may also come before the command: corral -token T node list.
 Run 'corral <command> [subcommand] -h' for the flags of a command.
 `, api.DefaultAddress)
 }
 
+// globalFlags maps the flags every client command takes, given before the
+// command (corral -token T node list), to the environment variable each
+// one's default comes from.
+var globalFlags = map[string]string{"token": "CORRAL_TOKEN", "address": "CORRAL_ADDR", "ca-cert": "CORRAL_CACERT"}
+
+// takeGlobalFlags reads -token, -address and -ca-cert given before the
+// command ("-token T" or "-token=T") into c's environment, where every
+// command's flags take their defaults; a flag after the command still wins.
+func (c *cli) takeGlobalFlags(args []string) ([]string, error) {
+	set := map[string]string{}
+	for len(args) > 0 && strings.HasPrefix(args[0], "-") {
+		name, val, hasVal := strings.Cut(strings.TrimLeft(args[0], "-"), "=")
+		env, ok := globalFlags[name]
+		if !ok {
+			break
+		}
+		if !hasVal {
+			if len(args) < 2 {
+				return nil, &usageError{cmd: "corral", msg: "flag -" + name + " needs a value"}
+			}
+			val, args = args[1], args[1:]
+		}
+		set[env] = val
+		args = args[1:]
+	}
+	if len(set) > 0 {
+		getenv := c.getenv
+		c.getenv = func(k string) string {
+			if v, ok := set[k]; ok {
+				return v
+			}
+			return getenv(k)
+		}
+	}
+	return args, nil
+}
+
 // run runs one client command and returns the process exit code.
 func (c *cli) run(ctx context.Context, args []string) int {
+	args, err := c.takeGlobalFlags(args)
+	if err != nil {
+		return c.exit(ctx, err)
+	}
 	if len(args) == 0 {
 		c.usage(c.stderr)
 		return 2
 	}
-	var err error
 	switch args[0] {
 	case "help", "-h", "-help", "--help":
 		c.usage(c.stdout)
