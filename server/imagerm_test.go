@@ -48,7 +48,9 @@ func TestImageRemove(t *testing.T) {
 	ctx := context.Background()
 
 	d := create(t, cl, &api.CreateSessionRequest{Type: "interactive", Driver: "imgexec", Image: ref, Command: []string{"sleep", "600"}, Resources: small})
-	d = cl.waitFor(t, d.Session.ID, func(d *api.SessionDetail) bool { return d.Session.Status == structs.SessionRunning || d.Session.Status.Terminal() })
+	d = cl.waitFor(t, d.Session.ID, func(d *api.SessionDetail) bool {
+		return d.Session.Status == structs.SessionRunning || d.Session.Status.Terminal()
+	})
 	if d.Session.Status != structs.SessionRunning {
 		t.Fatalf("session %s (%s)", d.Session.Status, d.Session.StatusInfo)
 	}
