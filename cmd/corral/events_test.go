@@ -129,3 +129,11 @@ func TestEventsCommandFollowsASession(t *testing.T) {
 		t.Fatalf("unknown topic: exit %d, stderr %q", r.code, r.stderr)
 	}
 }
+
+func TestEventLineOfAnEndpoint(t *testing.T) {
+	payload, _ := json.Marshal(&structs.Endpoint{Name: "chat", Owner: "alice", Replicas: 3, ResourceGroup: "gpu"})
+	got := eventLine(api.Event{Index: 42, Topic: api.TopicEndpoint, Type: "updated", Key: "chat", Payload: payload})
+	if got != "42       endpoint updated chat  replicas=3 owner=alice group=gpu" {
+		t.Fatalf("event line %q", got)
+	}
+}

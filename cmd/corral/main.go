@@ -119,7 +119,7 @@ Daemons:
 	}
 	fmt.Fprintf(w, `Other:
   queue               list pending sessions in the order the scheduler takes them, with why they wait
-  events              follow changes to sessions, kernels and nodes as they happen
+  events              follow changes to sessions, kernels, nodes and endpoints as they happen
   keygen              print a new gossip encryption key for -encrypt
   bench               measure throughput and latency of a running corral
   version             print the version
