@@ -204,8 +204,8 @@ func TestServerMembersAndRaftPeers(t *testing.T) {
 }
 
 // TestSnapshotSaveRestoreOntoNewCluster: a snapshot saved from a three-
-// server cluster (through a follower) and restored onto a new single
-// server brings every session, user, key, policy and group; the old keys
+// server cluster (through a follower) and restored onto a new cluster of
+// three brings every session, user, key, policy and group; the old keys
 // authenticate there and keep their policies; the new cluster's own first
 // key is replaced. Corrupt files and other keys are refused, nothing
 // changed.
@@ -278,8 +278,8 @@ func TestSnapshotSaveRestoreOntoNewCluster(t *testing.T) {
 		t.Fatalf("save by a user: %q", r.stderr)
 	}
 
-	// A new cluster of one server.
-	dsts, dstToken := startServers(t, 1)
+	// A new cluster of three servers.
+	dsts, dstToken := startServers(t, 3)
 	dst := "http://" + dsts[0].HTTPAddr()
 	// Bad files first: refused with the reason, the state unchanged.
 	bad := filepath.Join(t.TempDir(), "bad.snap")
@@ -309,6 +309,14 @@ func TestSnapshotSaveRestoreOntoNewCluster(t *testing.T) {
 		t.Fatalf("restore: %s", r.stdout)
 	}
 
+	// Every server of the new cluster holds the restored state (the
+	// followers received it from the leader as a raft snapshot).
+	for i, srv := range dsts {
+		waitUntil(t, fmt.Sprintf("server %d of the new cluster to hold the restored sessions", i), func() bool {
+			ss, err := srv.State().Snapshot().Sessions(nil, "")
+			return err == nil && len(ss) == len(before)
+		})
+	}
 	// The old admin key works on the new cluster and sees everything.
 	nadmin, _ := api.NewClient(dst)
 	nadmin.SetToken(token)
