@@ -71,12 +71,14 @@ bench: build
 # and dist/SHA256SUMS. nfpm runs at a pinned version through `go run`
 # (from the Go module proxy; nothing else is fetched).
 NFPM_VERSION ?= v2.48.0
-# A Debian version: v1.2.3[-N-gHASH][-dirty] -> 1.2.3[+N.gHASH][.dirty];
+# A Debian version: a tag v1.2.3[-N-gHASH][-dirty] -> 1.2.3[+N.gHASH][.dirty];
 # an untagged tree -> 0.0.0+git.HASH[.dirty].
-DEB_VERSION ?= $(shell v='$(VERSION)'; case "$$v" in (v[0-9]*|[0-9]*) echo "$$v" | sed 's/^v//; s/-/+/; s/-/./g';; (*) echo "0.0.0+git.$$v" | sed 's/-/./g';; esac)
+DEB_VERSION ?= $(shell v='$(VERSION)'; case "$$v" in (v[0-9]*.*|[0-9]*.*) echo "$$v" | sed 's/^v//; s/-/+/; s/-/./g';; (*) echo "0.0.0+git.$$v" | sed 's/-/./g';; esac)
 DIST_NAME := corral_$(DEB_VERSION)_linux_amd64
 
-dist: bin/corral
+dist: deps
+	@# the binaries again, so that they carry this VERSION
+	$(MAKE) -B bin/corral VERSION='$(VERSION)'
 	rm -rf dist && mkdir -p dist/$(DIST_NAME)/bin dist/$(DIST_NAME)/systemd dist/$(DIST_NAME)/etc dist/$(DIST_NAME)/docs
 	cp bin/corral bin/corral-shim bin/corral-kernel dist/$(DIST_NAME)/bin/
 	cp packaging/corral-server.service packaging/corral-agent.service dist/$(DIST_NAME)/systemd/
