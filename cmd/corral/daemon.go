@@ -321,7 +321,8 @@ func (f *daemonFlags) capacity() (structs.Slots, error) {
 }
 
 // newLogger is the daemon's one logger, on stderr. Every library logs
-// through it: the standard log package (slog.SetDefault), gRPC here, and
+// through it: the standard log package (slog.SetDefault), gRPC and
+// logrus (libcontainer) here, and
 // raft, serf, memberlist and go-plugin through the adapters the server,
 // agent and plugin loader build from it.
 func newLogger(level, format string) (*slog.Logger, error) {
@@ -331,6 +332,7 @@ func newLogger(level, format string) (*slog.Logger, error) {
 	}
 	slog.SetDefault(l)
 	grpclog.SetLoggerV2(logging.GRPCLogger(l))
+	logging.RouteLogrus(l)
 	return l, nil
 }
 

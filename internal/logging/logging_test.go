@@ -5,10 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"log/slog"
+	"os"
 	"strings"
 	"testing"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/sirupsen/logrus"
 )
 
 // records decodes the JSON lines a logger wrote.
@@ -146,5 +148,19 @@ func TestGRPCLogger(t *testing.T) {
 	}
 	if g.V(0) || g.V(2) {
 		t.Error("V is on below trace level")
+	}
+}
+
+func TestRouteLogrus(t *testing.T) {
+	buf, l := newJSON(t, "info")
+	RouteLogrus(l)
+	t.Cleanup(func() { logrus.StandardLogger().ReplaceHooks(logrus.LevelHooks{}); logrus.SetOutput(os.Stderr) })
+	logrus.Info("chatter")
+	logrus.WithField("id", "0b7c3f4e").WithError(errors.New("EBUSY")).Warn("unable to remove cgroup")
+	logrus.Error("exec failed")
+	got := records(t, buf)
+	if len(got) != 2 || got[0]["level"] != "WARN" || got[0]["component"] != "libcontainer" || got[0]["id"] != "0b7c3f4e" || got[0]["error"] != "EBUSY" ||
+		got[1]["level"] != "ERROR" || got[1]["msg"] != "exec failed" {
+		t.Errorf("logrus records %v", got)
 	}
 }
