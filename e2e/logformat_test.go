@@ -3,6 +3,7 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -10,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/creack/pty"
 )
 
 // startLogged starts a daemon with its stderr (the log) kept apart from
@@ -137,4 +140,51 @@ log_level   = "debug"
 		t.Errorf("no server_id or agent_id in the logs: %v", ids)
 	}
 	t.Logf("JSON lines by component: %v", components)
+}
+
+// TestAdminTokenOnTerminal: a server whose stdout is a terminal prints
+// the first admin key (the one in its 0600 file); with stdout a pipe it
+// prints only the file's path (TestVersionEverywhere).
+func TestAdminTokenOnTerminal(t *testing.T) {
+	ptmx, tty, err := pty.Open()
+	if err != nil {
+		t.Skip("no pseudo-terminal here:", err)
+	}
+	defer ptmx.Close()
+	ports := serverPorts{http: freePort(t), rpc: freePort(t), serf: freePort(t)}
+	dir := t.TempDir()
+	p := &proc{name: "server", log: &syncBuffer{}, done: make(chan struct{})}
+	p.cmd = exec.Command(corralBin, "server", "-data-dir", dir, "-http", ports.http, "-rpc", ports.rpc, "-serf", ports.serf, "-fast-gossip")
+	stderr := &syncBuffer{}
+	p.cmd.Stdout, p.cmd.Stderr = tty, stderr
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	tty.Close()
+	go func() { _ = p.cmd.Wait(); close(p.done) }()
+	go func() { _, _ = io.Copy(p.log, ptmx) }()
+	t.Cleanup(func() {
+		p.stop(10 * time.Second)
+		if t.Failed() {
+			t.Logf("--- server terminal ---\n%s\n--- stderr ---\n%s", p.log.String(), stderr.String())
+		}
+	})
+	var tok string
+	eventually(t, 60*time.Second, "the server prints the admin key on its terminal", func() error {
+		var ok bool
+		if tok, ok = adminTokenIn(dir); !ok {
+			return fmt.Errorf("no admin token file yet")
+		}
+		if !strings.Contains(p.log.String(), "export CORRAL_TOKEN="+tok) {
+			return fmt.Errorf("no export line with the file's key yet")
+		}
+		return nil
+	})
+	fi, err := os.Stat(filepath.Join(dir, "admin-token"))
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("admin token file: %v, mode %v, want 0600", err, fi.Mode())
+	}
+	if strings.Contains(stderr.String(), tok) {
+		t.Errorf("the admin key is in the log:\n%s", stderr.String())
+	}
 }
