@@ -15,7 +15,7 @@ TAGS    ?= seccomp
 export CGO_CFLAGS ?= -O2 -g -Wno-deprecated-declarations
 GOFILES := $(shell find . -name '*.go' -not -path './.git/*')
 
-.PHONY: all build run test deps lint bench clean
+.PHONY: all build run test deps lint bench clean dist
 
 .DEFAULT_GOAL := all
 include plugins.mk
@@ -66,5 +66,32 @@ bench: build
 	$(GO) test -tags "$(TAGS)" -run '^$$' -bench . -benchtime 1x ./server/... 
 	@echo "whole-system figures: start 'make run' and then 'bin/corral bench'"
 
+# dist: dist/corral_VERSION_linux_amd64.tar.gz and dist/corral_VERSION_amd64.deb
+# (the binaries, the systemd units, example configs in /etc/corral, docs)
+# and dist/SHA256SUMS. nfpm runs at a pinned version through `go run`
+# (from the Go module proxy; nothing else is fetched).
+NFPM_VERSION ?= v2.48.0
+# A Debian version: a tag v1.2.3[-N-gHASH][-dirty] -> 1.2.3[+N.gHASH][.dirty];
+# an untagged tree -> 0.0.0+git.HASH[.dirty].
+DEB_VERSION ?= $(shell v='$(VERSION)'; case "$$v" in (v[0-9]*.*|[0-9]*.*) echo "$$v" | sed 's/^v//; s/-/+/; s/-/./g';; (*) echo "0.0.0+git.$$v" | sed 's/-/./g';; esac)
+DIST_NAME := corral_$(DEB_VERSION)_linux_amd64
+
+dist: deps
+	@# the binaries again, so that they carry this VERSION
+	$(MAKE) -B bin/corral VERSION='$(VERSION)'
+	rm -rf dist && mkdir -p dist/$(DIST_NAME)/bin dist/$(DIST_NAME)/systemd dist/$(DIST_NAME)/etc dist/$(DIST_NAME)/docs
+	cp bin/corral bin/corral-shim bin/corral-kernel dist/$(DIST_NAME)/bin/
+	cp packaging/corral-server.service packaging/corral-agent.service dist/$(DIST_NAME)/systemd/
+	cp packaging/server.hcl packaging/agent.hcl dist/$(DIST_NAME)/etc/
+	cp packaging/default dist/$(DIST_NAME)/etc/corral.default
+	cp README.md dist/$(DIST_NAME)/
+	cp docs/operator.md docs/configuration.md docs/metrics.md docs/upgrades.md dist/$(DIST_NAME)/docs/
+	cd dist/$(DIST_NAME) && find . -type f ! -name SHA256SUMS | sort | xargs sha256sum > SHA256SUMS
+	tar -C dist --owner=0 --group=0 --sort=name -czf dist/$(DIST_NAME).tar.gz $(DIST_NAME)
+	rm -rf dist/$(DIST_NAME)
+	CORRAL_DEB_VERSION='$(DEB_VERSION)' $(GO) run github.com/goreleaser/nfpm/v2/cmd/nfpm@$(NFPM_VERSION) package -f packaging/nfpm.yaml -p deb -t dist/
+	cd dist && sha256sum *.tar.gz *.deb > SHA256SUMS
+	@cat dist/SHA256SUMS
+
 clean:
-	rm -rf bin
+	rm -rf bin dist

@@ -79,8 +79,10 @@ type Config struct {
 	KernelEgressAllow []string
 	// Capacity overrides fingerprinted slots (e.g. to reserve some for the host).
 	Capacity structs.Slots
-	// Logger receives structured logs; LogOutput the logs of serf and memberlist.
-	Logger    *slog.Logger
+	// Logger receives structured logs, serf's and memberlist's too.
+	Logger *slog.Logger
+	// LogOutput, when set, receives the logs of serf and memberlist in
+	// their own format instead (tests: io.Discard).
 	LogOutput io.Writer
 	// FastGossip shortens gossip timers (tests, dev).
 	FastGossip bool
@@ -174,9 +176,6 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	if cfg.LogOutput == nil {
-		cfg.LogOutput = os.Stderr
-	}
 	if cfg.ResourceGroup == "" {
 		cfg.ResourceGroup = structs.DefaultResourceGroup
 	}
@@ -212,7 +211,7 @@ func New(cfg Config) (*Agent, error) {
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	a := &Agent{started: time.Now(), cfg: cfg, id: id, logger: cfg.Logger.With("agent_id", id[:8]), drivers: map[string]drivers.Driver{},
+	a := &Agent{started: time.Now(), cfg: cfg, id: id, logger: cfg.Logger.With("agent_id", id), drivers: map[string]drivers.Driver{},
 		kernels: map[string]*kernelRunner{}, unhealthy: map[string]string{}, ctx: ctx, cancel: cancel}
 	a.reporter = newReporter(a)
 	a.overlays = &overlays{a: a}
@@ -482,8 +481,7 @@ func (a *Agent) setupSerf() error {
 	if err != nil {
 		return err
 	}
-	conf.LogOutput = a.cfg.LogOutput
-	conf.MemberlistConfig.LogOutput = a.cfg.LogOutput
+	gossip.SetLogger(conf, a.cfg.Logger, a.cfg.LogOutput)
 	if err := gossip.Encrypt(conf, a.cfg.GossipKey); err != nil {
 		return err
 	}

@@ -6,6 +6,8 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"fmt"
+	"io"
+	"log/slog"
 	"net"
 	"strconv"
 	"strings"
@@ -14,6 +16,7 @@ import (
 	"github.com/hashicorp/memberlist"
 	"github.com/hashicorp/serf/serf"
 
+	"github.com/corral-dev/corral/internal/logging"
 	"github.com/corral-dev/corral/structs"
 )
 
@@ -29,6 +32,23 @@ const (
 	TagVersion = "version"
 	TagExpect  = "expect" // servers: -bootstrap-expect
 )
+
+// SetLogger routes serf's and memberlist's logs through l (one log
+// format for the whole daemon), or, when raw is set, writes them to raw
+// in their own format (tests pass io.Discard).
+func SetLogger(conf *serf.Config, l *slog.Logger, raw io.Writer) {
+	if raw != nil || l == nil {
+		if raw == nil {
+			raw = io.Discard
+		}
+		conf.Logger, conf.MemberlistConfig.Logger = nil, nil
+		conf.LogOutput, conf.MemberlistConfig.LogOutput = raw, raw
+		return
+	}
+	conf.LogOutput, conf.MemberlistConfig.LogOutput = nil, nil
+	conf.Logger = logging.StdLogger(l, "serf")
+	conf.MemberlistConfig.Logger = logging.StdLogger(l, "memberlist")
+}
 
 // NewConfig builds a serf config bound to addr ("host:port"); fast
 // shortens the failure detector's timers (loopback tests, dev).

@@ -25,8 +25,7 @@ func (s *Server) setupSerf() error {
 	if err != nil {
 		return err
 	}
-	conf.LogOutput = s.cfg.LogOutput
-	conf.MemberlistConfig.LogOutput = s.cfg.LogOutput
+	gossip.SetLogger(conf, s.cfg.Logger, s.cfg.LogOutput)
 	conf.SnapshotPath = ""
 	if err := gossip.Encrypt(conf, s.cfg.GossipKey); err != nil {
 		return err

@@ -26,6 +26,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/corral-dev/corral/images"
+	"github.com/corral-dev/corral/internal/logging"
 	"github.com/corral-dev/corral/rpc"
 	"github.com/corral-dev/corral/rpc/tlsutil"
 	"github.com/corral-dev/corral/server/raftlog"
@@ -56,7 +57,9 @@ type Config struct {
 	DefaultResources structs.Slots
 	// Logger receives structured logs.
 	Logger *slog.Logger
-	// LogOutput receives the logs of raft, serf and memberlist.
+	// LogOutput, when set, receives the logs of raft, serf and memberlist
+	// in their own formats (tests: io.Discard). By default they log
+	// through Logger (internal/logging), in its format.
 	LogOutput io.Writer
 	// OnBootstrapToken receives the admin token created on the first start
 	// of a cluster (default: printed as an export line on stdout).
@@ -153,9 +156,6 @@ func (c *Config) setDefaults() error {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
-	}
-	if c.LogOutput == nil {
-		c.LogOutput = os.Stderr
 	}
 	for i, e := range c.AllowedRegistries {
 		n, err := images.CheckRegistryEntry(e)
@@ -255,7 +255,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &Server{cfg: cfg, id: id, logger: cfg.Logger.With("server_id", id[:8]), state: st,
+	s := &Server{cfg: cfg, id: id, logger: cfg.Logger.With("server_id", id), state: st,
 		ctx: ctx, cancel: cancel, agents: newAgentConns(cfg.Security.DialOptions(tlsutil.RoleAgent)), ready: make(chan struct{}),
 		heartbeats: newHeartbeats(), eventBroker: newEventBroker(cfg.EventRing)}
 	st.SetCommitHook(s.eventBroker.publish)
@@ -466,7 +466,10 @@ func (s *Server) setupRaft() error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
-	hl := hclog.New(&hclog.LoggerOptions{Name: "raft", Output: s.cfg.LogOutput, Level: hclog.Warn})
+	hl := logging.HCLog(s.cfg.Logger, "raft")
+	if s.cfg.LogOutput != nil {
+		hl = hclog.New(&hclog.LoggerOptions{Name: "raft", Output: s.cfg.LogOutput, Level: hclog.Warn})
+	}
 	conf := raft.DefaultConfig()
 	conf.LocalID = raft.ServerID(s.id)
 	conf.Logger = hl

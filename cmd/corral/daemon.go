@@ -19,11 +19,13 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"golang.org/x/term"
+	"google.golang.org/grpc/grpclog"
 
 	"github.com/corral-dev/corral/agent"
 	execdriver "github.com/corral-dev/corral/drivers/exec"
 	"github.com/corral-dev/corral/drivers/runc"
 	"github.com/corral-dev/corral/gossip"
+	"github.com/corral-dev/corral/internal/logging"
 	"github.com/corral-dev/corral/plugins/drivers"
 	"github.com/corral-dev/corral/plugins/loader"
 	"github.com/corral-dev/corral/rpc"
@@ -54,7 +56,8 @@ func (l *listFlag) Set(v string) error {
 
 type daemonFlags struct {
 	dataDir, name, httpAddr, rpcAddr, serfAddr, agentSerfAddr string
-	group, cpu, mem, logLevel, pluginDir                      string
+	group, cpu, mem, logLevel, logFormat, pluginDir           string
+	configFile                                                string
 	execUser                                                  string
 	kernelSubnet                                              string
 	enableHostDriver                                          bool
@@ -107,14 +110,17 @@ func (r *runcFlags) options() []runc.Option {
 	}
 }
 
-func parseDaemonFlags(role string, args []string) (*daemonFlags, error) {
-	f := &daemonFlags{}
+// newDaemonFlagSet defines the flags of a role on f. Each flag is also an
+// option of the role's -config file (see configfile.go).
+func newDaemonFlagSet(role string, f *daemonFlags) *flag.FlagSet {
 	fs := flag.NewFlagSet("corral "+role, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
+	fs.StringVar(&f.configFile, "config", "", "HCL file of options: each flag below without its dash, '-' written '_' (data_dir = \"/srv/corral\"); flags and the environment override the file (see docs/configuration.md)")
 	defDir := map[string]string{"dev": "./.corral-dev", "server": "/var/lib/corral/server", "agent": "/var/lib/corral/agent"}[role]
 	fs.StringVar(&f.dataDir, "data-dir", defDir, "directory for state (raft log, snapshots, kernel logs)")
 	fs.StringVar(&f.name, "name", "", "node name in gossip (default: the hostname)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&f.logFormat, "log-format", "text", "text (key=value) or json (one object a line); raft, serf, memberlist, gRPC and driver plugins log in it too")
 	fs.BoolVar(&f.fastGossip, "fast-gossip", role == "dev", "shorter gossip timers: failure detection in about a second (loopback, tests)")
 	gcHelp := map[string]string{
 		"dev":    "how long ended sessions stay in the state, and ended kernels' directories and logs on the agent, before they are collected",
@@ -186,6 +192,12 @@ func parseDaemonFlags(role string, args []string) (*daemonFlags, error) {
 		allowHelp += "; loopback registries are allowed in dev"
 	}
 	fs.Var(&f.allowedRegistries, "allow-registry", allowHelp)
+	return fs
+}
+
+func parseDaemonFlags(role string, args []string) (*daemonFlags, error) {
+	f := &daemonFlags{}
+	fs := newDaemonFlagSet(role, f)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fs.SetOutput(os.Stdout)
@@ -197,34 +209,65 @@ func parseDaemonFlags(role string, args []string) (*daemonFlags, error) {
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
-	f.sec.encrypt = envOr(f.sec.encrypt, "CORRAL_GOSSIP_KEY")
-	f.sec.joinToken = envOr(f.sec.joinToken, "CORRAL_JOIN_TOKEN")
+	// Flags win over the environment, and both over the config file.
+	given := map[string]bool{}
+	fs.Visit(func(fl *flag.Flag) { given[fl.Name] = true })
+	for name, env := range map[string]string{"encrypt": "CORRAL_GOSSIP_KEY", "join-token": "CORRAL_JOIN_TOKEN"} {
+		if v := os.Getenv(env); v != "" && !given[name] && fs.Lookup(name) != nil {
+			if err := fs.Set(name, v); err != nil {
+				return nil, fmt.Errorf("%s: %w", env, err)
+			}
+			given[name] = true
+		}
+	}
+	var fromFile map[string]string
+	if f.configFile != "" {
+		var err error
+		if fromFile, err = applyConfigFile(role, fs, f.configFile, given); err != nil {
+			return nil, err
+		}
+	}
+	if err := f.validate(role); err != nil {
+		return nil, blameConfigFile(err, fromFile)
+	}
+	return f, nil
+}
+
+// validate checks the options together, whether they came from flags, the
+// environment or the config file, and derives the parsed sizes.
+func (f *daemonFlags) validate(role string) error {
+	if _, err := logging.New(io.Discard, f.logLevel, f.logFormat); err != nil {
+		return fmt.Errorf("-log-level/-log-format: %w", err)
+	}
+	if _, err := f.capacity(); err != nil {
+		return err
+	}
 	if role == "server" && f.sec.joinToken != "" && f.sec.tlsCA == "" && !f.insecure {
 		if f.bootstrapExpect <= 1 {
-			return nil, errors.New("-join-token on a single server without -tls-*: the server creates its own join token (it prints it on first start; 'corral system join-token' prints it again)")
+			return errors.New("-join-token on a single server without -tls-*: the server creates its own join token (it prints it on first start; 'corral system join-token' prints it again)")
 		}
 		if _, _, err := agent.ParseJoinToken(f.sec.joinToken); err != nil {
-			return nil, fmt.Errorf("-join-token: %w", err)
+			return fmt.Errorf("-join-token: %w", err)
 		}
 		if len(f.join) == 0 && f.enrollAddr == "" {
-			return nil, errors.New("-join-token needs -join: the gossip address of a server of the cluster")
+			return errors.New("-join-token needs -join: the gossip address of a server of the cluster")
 		}
 	}
 	if role == "agent" && f.sec.tlsCA == "" && f.sec.joinToken != "" {
 		if _, _, err := agent.ParseJoinToken(f.sec.joinToken); err != nil {
-			return nil, fmt.Errorf("-join-token: %w", err)
+			return fmt.Errorf("-join-token: %w", err)
 		}
 	}
 	if err := f.sec.check(); err != nil {
-		return nil, err
+		return err
 	}
 	if f.httpTLS && f.sec.tlsCA == "" {
-		return nil, errors.New("-tls-http needs -tls-ca, -tls-cert and -tls-key")
+		return errors.New("-tls-http needs -tls-ca, -tls-cert and -tls-key")
 	}
 	if f.maxImageSize != "" {
 		q, err := structs.ParseBytes(f.maxImageSize)
 		if err != nil || q <= 0 {
-			return nil, fmt.Errorf("-max-image-size %q: want a positive size such as 50G or 500M", f.maxImageSize)
+			return fmt.Errorf("-max-image-size %q: want a positive size such as 50G or 500M", f.maxImageSize)
 		}
 		f.maxImageBytes = int64(q / structs.QuantityScale)
 	}
@@ -237,25 +280,25 @@ func parseDaemonFlags(role string, args []string) (*daemonFlags, error) {
 		}
 		q, err := structs.ParseBytes(b.v)
 		if err != nil || q < 0 {
-			return nil, fmt.Errorf("%s %q: want a size such as 100M or 10G (0: none)", b.name, b.v)
+			return fmt.Errorf("%s %q: want a size such as 100M or 10G (0: none)", b.name, b.v)
 		}
 		*b.out = int64(q / structs.QuantityScale)
 	}
 	if f.agentLostAfter < 0 || f.heartbeatTTL < 0 {
-		return nil, errors.New("-agent-lost-after and -heartbeat-ttl must not be negative")
+		return errors.New("-agent-lost-after and -heartbeat-ttl must not be negative")
 	}
 	if f.gcRetention <= 0 {
-		return nil, fmt.Errorf("invalid -gc-retention %s: want a positive duration such as 24h", f.gcRetention)
+		return fmt.Errorf("invalid -gc-retention %s: want a positive duration such as 24h", f.gcRetention)
 	}
 	if role != "server" {
 		if err := execdriver.CheckUser(f.execUser); err != nil {
-			return nil, fmt.Errorf("invalid -exec-user: %w", err)
+			return fmt.Errorf("invalid -exec-user: %w", err)
 		}
 	}
 	if role == "agent" && len(f.join) == 0 {
-		return nil, errors.New("-join ADDR is required: the gossip address of any server or agent")
+		return errors.New("-join ADDR is required: the gossip address of any server or agent")
 	}
-	return f, nil
+	return nil
 }
 
 func (f *daemonFlags) capacity() (structs.Slots, error) {
@@ -277,12 +320,20 @@ func (f *daemonFlags) capacity() (structs.Slots, error) {
 	return out, nil
 }
 
-func newLogger(level string) (*slog.Logger, error) {
-	var l slog.Level
-	if err := l.UnmarshalText([]byte(level)); err != nil {
-		return nil, fmt.Errorf("invalid -log-level %q: want debug, info, warn or error", level)
+// newLogger is the daemon's one logger, on stderr. Every library logs
+// through it: the standard log package (slog.SetDefault), gRPC and
+// logrus (libcontainer) here, and
+// raft, serf, memberlist and go-plugin through the adapters the server,
+// agent and plugin loader build from it.
+func newLogger(level, format string) (*slog.Logger, error) {
+	l, err := logging.New(os.Stderr, level, format)
+	if err != nil {
+		return nil, err
 	}
-	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l})), nil
+	slog.SetDefault(l)
+	grpclog.SetLoggerV2(logging.GRPCLogger(l))
+	logging.RouteLogrus(l)
+	return l, nil
 }
 
 // builtinDrivers are the in-process drivers; runc keeps its container state
@@ -319,7 +370,7 @@ func runDaemon(role string, args []string) int {
 		fmt.Fprintf(os.Stderr, "Error: %v (see 'corral %s -h')\n", err, role)
 		return 2
 	}
-	logger, err := newLogger(f.logLevel)
+	logger, err := newLogger(f.logLevel, f.logFormat)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "Error: %v\n", err)
 		return 2
@@ -341,9 +392,6 @@ func runDaemon(role string, args []string) int {
 		// with automatic TLS.
 		serverJoin, security.JoinToken = security.JoinToken, ""
 	}
-	// Raft, serf and memberlist log through here: warnings and errors only.
-	libLog := &levelFilter{w: os.Stderr}
-
 	var srv *server.Server
 	var agt *agent.Agent
 	var devAgent atomic.Pointer[agent.Agent] // agt, for the server's /v1/metrics in corral dev
@@ -351,7 +399,7 @@ func runDaemon(role string, args []string) int {
 		srv, err = server.New(server.Config{
 			NodeName: nodeName(f.name, "-server"), DataDir: dataSubdir(role, f.dataDir, "server"),
 			HTTPAddr: f.httpAddr, RPCAddr: f.rpcAddr, SerfAddr: f.serfAddr, Join: f.join,
-			BootstrapExpect: f.bootstrapExpect, Logger: logger, LogOutput: libLog,
+			BootstrapExpect: f.bootstrapExpect, Logger: logger,
 			FastGossip: f.fastGossip, GossipKey: gossipKey, Security: security, HTTPTLS: f.httpTLS,
 			AgentLostAfter: f.agentLostAfter, HeartbeatTTL: f.heartbeatTTL, OnBootstrapToken: func(token string) { announceToken(role, dataSubdir(role, f.dataDir, "server"), token, logger) },
 			OnJoinToken: func(token string) {
@@ -394,7 +442,7 @@ func runDaemon(role string, args []string) int {
 		cfg := agent.Config{
 			Name: nodeName(f.name, ""), DataDir: dataSubdir(role, f.dataDir, "agent"), ResourceGroup: f.group,
 			RPCAddr: f.rpcAddr, SerfAddr: f.serfAddr, Join: f.join, Drivers: drvs,
-			Capacity: capacity, Logger: logger, LogOutput: libLog, FastGossip: f.fastGossip,
+			Capacity: capacity, Logger: logger, FastGossip: f.fastGossip,
 			InsecureRegistries: f.insecureRegistries, GossipKey: gossipKey, Security: security,
 			EnrollAddr:        f.enrollAddr,
 			GCRetention:       f.gcRetention,
@@ -495,22 +543,6 @@ func nodeName(name, suffix string) string {
 		name, _ = os.Hostname()
 	}
 	return name + suffix
-}
-
-// levelFilter passes only warning and error lines of the libraries' loggers.
-type levelFilter struct{ w io.Writer }
-
-func (l *levelFilter) Write(p []byte) (int, error) {
-	s := string(p)
-	if strings.Contains(s, "[WARN]") || strings.Contains(s, "[ERR") || strings.Contains(s, "[error]") || strings.Contains(s, "[warn]") {
-		// memberlist warns on every refused probe during a normal shutdown;
-		// keep its noise down to errors.
-		if strings.Contains(s, "memberlist") && strings.Contains(s, "[WARN]") {
-			return len(p), nil
-		}
-		return l.w.Write(p)
-	}
-	return len(p), nil
 }
 
 // adminTokenFile is the file in the server's data dir that keeps the first

@@ -134,14 +134,6 @@ type securityFlags struct {
 	encrypt, tlsCA, tlsCert, tlsKey, joinToken string
 }
 
-// envOr returns the environment variable's value when def is empty.
-func envOr(def, key string) string {
-	if def != "" {
-		return def
-	}
-	return os.Getenv(key)
-}
-
 // check validates the combination; each file is read later, once.
 func (s *securityFlags) check() error {
 	n := 0
