@@ -45,6 +45,17 @@ function el(tag, attrs, ...children) {
   return e;
 }
 
+// swap replaces container's children with nodes unless they render the
+// same: a redraw on every event must not replace the element under the
+// user's pointer (a click needs its press and release on one element).
+function swap(container, ...items) {
+  const nodes = items.flat().filter((n) => n !== '' && n !== null && n !== undefined && n !== false)
+    .map((n) => (n instanceof Node ? n : document.createTextNode(String(n))));
+  const old = container.childNodes;
+  if (old.length === nodes.length && nodes.every((n, i) => n.isEqualNode(old[i]))) return;
+  container.replaceChildren(...nodes);
+}
+
 const $ = (sel) => document.querySelector(sel);
 const short = (id) => (id || '').slice(0, 8);
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -71,15 +82,6 @@ function fmtTime(t) {
   if (!t || t.startsWith('0001-')) return '';
   const d = new Date(t);
   return isNaN(d) ? t : d.toLocaleString();
-}
-
-function ago(t) {
-  if (!t || t.startsWith('0001-')) return '';
-  const s = Math.max(0, (Date.now() - new Date(t).getTime()) / 1000);
-  if (s < 60) return Math.floor(s) + 's ago';
-  if (s < 3600) return Math.floor(s / 60) + 'm ago';
-  if (s < 86400) return Math.floor(s / 3600) + 'h ago';
-  return Math.floor(s / 86400) + 'd ago';
 }
 
 // parseSize reads "512M", "2GiB", "1048576" as bytes (null when malformed).
@@ -380,7 +382,7 @@ function pageNodes(main) {
   main.append(body);
   const draw = () => {
     const agents = [...S.agents.values()].sort((a, b) => a.name.localeCompare(b.name));
-    if (!agents.length) { body.replaceChildren(el('p', { class: 'muted', text: 'No agents have joined yet.' })); return; }
+    if (!agents.length) { swap(body, el('p', { class: 'muted', text: 'No agents have joined yet.' })); return; }
     const rows = agents.map((a) => {
       const health = [];
       for (const [d, why] of Object.entries(a.unhealthy_drivers || {})) health.push(statusTag('driver ' + d + ': ' + why, 'unhealthy'));
@@ -400,7 +402,7 @@ function pageNodes(main) {
         el('td', { class: 'mono', text: a.version || '' }),
         el('td', {}, actions));
     });
-    body.replaceChildren(el('table', {},
+    swap(body, el('table', {},
       el('thead', {}, el('tr', {}, ['Node', 'Status / health', 'Group', 'Drivers', 'Slots', 'GPUs', 'Version', ''].map((h) => el('th', { text: h })))),
       el('tbody', {}, rows)));
   };
@@ -476,8 +478,8 @@ function pageSessions(main) {
       (!st || (st === 'active' ? !TERMINAL.has(s.status) : s.status === st)) &&
       (!u || (s.owner || '') === u) && (!g || s.resource_group === g))
       .sort((a, b) => (b.create_index || 0) - (a.create_index || 0));
-    if (!list.length) { body.replaceChildren(el('p', { class: 'muted', text: 'No sessions match.' })); return; }
-    body.replaceChildren(el('table', {},
+    if (!list.length) { swap(body, el('p', { class: 'muted', text: 'No sessions match.' })); return; }
+    swap(body, el('table', {},
       el('thead', {}, el('tr', {}, ['ID', 'Name', 'Type', 'Status', 'Result', 'Owner', 'Group', 'Created', 'Why', ''].map((h) => el('th', { text: h })))),
       el('tbody', {}, list.map((s) => el('tr', { 'data-session': s.id },
         el('td', {}, el('a', { href: '#/session/' + s.id, class: 'mono', text: short(s.id) })),
@@ -487,7 +489,7 @@ function pageSessions(main) {
         el('td', {}, s.result && s.result !== 'UNDEFINED' ? statusTag(s.result) : ''),
         el('td', { text: s.owner || '' }),
         el('td', { text: s.resource_group }),
-        el('td', { title: fmtTime(s.created_at), text: ago(s.created_at) }),
+        el('td', { text: fmtTime(s.created_at) }),
         el('td', { class: 'muted', text: s.status_info || '' }),
         el('td', {}, TERMINAL.has(s.status) ? '' : confirmButton('Destroy', () => destroySession(s))))))));
   };
@@ -522,7 +524,7 @@ function pageSession(main, id) {
     const s = session();
     if (!s) { info.replaceChildren(el('p', { class: 'muted', text: 'No such session (or it was garbage-collected).' })); return; }
     $('#session-title').textContent = (s.name ? s.name + ' ' : '') + short(s.id);
-    info.replaceChildren(el('dl', { class: 'kv' },
+    swap(info, el('dl', { class: 'kv' },
       el('dt', { text: 'ID' }), el('dd', { class: 'mono', text: s.id }),
       el('dt', { text: 'Status' }), el('dd', { id: 'session-status' }, statusTag(s.status), ' ', s.result && s.result !== 'UNDEFINED' ? statusTag(s.result) : ''),
       el('dt', { text: 'Why' }), el('dd', { text: s.status_info || '' }),
@@ -537,7 +539,7 @@ function pageSession(main, id) {
 
   const drawKernels = () => {
     const ks = myKernels();
-    kernels.replaceChildren(el('table', {},
+    swap(kernels, el('table', {},
       el('thead', {}, el('tr', {}, ['Kernel', 'Status', 'Driver', 'Agent', 'Resources', 'GPUs', 'Exit', 'Why'].map((h) => el('th', { text: h })))),
       el('tbody', {}, ks.map((k) => {
         const ag = S.agents.get(k.agent_id);
@@ -566,7 +568,7 @@ function pageSession(main, id) {
     for (const h of (s && s.status_history) || []) rows.push({ who: 'session', ...h });
     for (const k of myKernels()) for (const h of k.status_history || []) rows.push({ who: k.hostname, ...h });
     rows.sort((a, b) => (a.time < b.time ? -1 : a.time > b.time ? 1 : 0));
-    history.replaceChildren(el('table', {},
+    swap(history, el('table', {},
       el('thead', {}, el('tr', {}, ['Time', 'Of', 'Status', 'Reason'].map((h) => el('th', { text: h })))),
       el('tbody', {}, rows.map((h) => el('tr', {},
         el('td', { text: new Date(h.time).toLocaleTimeString() }), el('td', { text: h.who }),
@@ -576,7 +578,9 @@ function pageSession(main, id) {
   const drawApps = () => {
     const s = session();
     const ports = (s && s.service_ports) || [];
-    if (!ports.length) { apps.replaceChildren(el('p', { class: 'muted', text: 'This session publishes no service ports.' })); return; }
+    if (!ports.length) { swap(apps, el('p', { class: 'muted', text: 'This session publishes no service ports.' })); return; }
+    if (apps.dataset.ports === JSON.stringify(ports)) return; // keep the links already fetched
+    apps.dataset.ports = JSON.stringify(ports);
     apps.replaceChildren(el('table', {}, el('tbody', {}, ports.map((p) => {
       const cell = el('td');
       if (p.protocol === 'http') {
@@ -599,8 +603,12 @@ function pageSession(main, id) {
   // Logs follow through the offsets of GET /v1/sessions/{id}/logs: a read
   // when a kernel event arrives, and one a second while the kernel runs
   // (the agent keeps the logs; nothing announces new bytes).
+  const hasLogs = (k) => k && k.agent_id && ['RUNNING', 'RESTARTING', 'TERMINATING', 'TERMINATED', 'ERROR'].includes(k.status) &&
+    (k.status !== 'ERROR' || (k.status_history || []).some((h) => h.status === 'RUNNING'));
   const readLogs = async () => {
     if (closed || !kernelSel.value) return;
+    // Only a kernel its agent started has logs to read.
+    if (!hasLogs(myKernels().find((x) => x.hostname === kernelSel.value))) return;
     if (logState.busy) { logState.again = true; return; }
     logState.busy = true;
     try {
@@ -861,17 +869,17 @@ function pageQueue(main) {
         if (!by.has(g)) by.set(g, []);
         by.get(g).push(e);
       }
-      if (!by.size) { body.replaceChildren(el('p', { class: 'muted', text: 'Nothing is pending.' })); return; }
-      body.replaceChildren(...[...by.keys()].sort().map((g) => el('section', { 'data-group': g },
+      if (!by.size) { swap(body, el('p', { class: 'muted', text: 'Nothing is pending.' })); return; }
+      swap(body, ...[...by.keys()].sort().map((g) => el('section', { 'data-group': g },
         el('h2', { text: 'Group ' + g + ' (' + by.get(g).length + ' pending)' }),
         el('table', {},
-          el('thead', {}, el('tr', {}, ['#', 'Session', 'Owner', 'Priority', 'Waiting', 'Attempts', 'Pending because'].map((h) => el('th', { text: h })))),
+          el('thead', {}, el('tr', {}, ['#', 'Session', 'Owner', 'Priority', 'Created', 'Attempts', 'Pending because'].map((h) => el('th', { text: h })))),
           el('tbody', {}, by.get(g).map((e) => el('tr', {},
             el('td', { class: 'num', text: String(e.position) }),
             el('td', {}, el('a', { href: '#/session/' + e.session.id, class: 'mono', text: e.session.name || short(e.session.id) })),
             el('td', { text: e.session.owner || '' }),
             el('td', { class: 'num', text: String(e.session.priority || 0) }),
-            el('td', { text: ago(e.session.created_at) }),
+            el('td', { text: fmtTime(e.session.created_at) }),
             el('td', { class: 'num', text: String(e.session.schedule_attempts || 0) }),
             el('td', { text: e.session.status_info || '' }))))))));
     } catch (e) {
@@ -900,8 +908,8 @@ function pageEndpoints(main) {
       const r = await api('GET', '/v1/endpoints');
       if (closed) return;
       const list = r.data || [];
-      if (!list.length) { body.replaceChildren(el('p', { class: 'muted', text: 'No endpoints. Create one with corral endpoint create (docs/endpoints.md).' })); return; }
-      body.replaceChildren(...list.map((d) => {
+      if (!list.length) { swap(body, el('p', { class: 'muted', text: 'No endpoints. Create one with corral endpoint create (docs/endpoints.md).' })); return; }
+      swap(body, ...list.map((d) => {
         const e = d.endpoint;
         return el('div', { class: 'card', 'data-endpoint': e.name },
           el('h2', {}, e.name, ' ', el('span', { class: 'muted mono', text: d.path })),
@@ -919,7 +927,7 @@ function pageEndpoints(main) {
               el('td', {}, statusTag(rp.health, (rp.health || '').split(':')[0])),
               el('td', { class: 'num', text: String(rp.generation) }),
               el('td', { text: rp.agent || '' }),
-              el('td', { text: ago(rp.created_at) }))))));
+              el('td', { text: fmtTime(rp.created_at) }))))));
       }));
     } catch (e) {
       body.replaceChildren(el('p', { class: 'muted', text: e.message }));
