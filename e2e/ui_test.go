@@ -256,6 +256,17 @@ func TestUIDashboard(t *testing.T) {
 		clean("page " + p.page)
 	}
 
+	// The queue follows the events: a session no agent can fit shows up
+	// in its group with the reason, and leaves when it is destroyed.
+	must("open the queue", chromedp.Click(chromedp.CSS(`#nav a[data-page="queue"]`)))
+	waitJS("the queue is empty", `document.body.dataset.page === 'queue' && document.querySelector('#queue').textContent === 'Nothing is pending.'`)
+	mustCLI(t, base, 0, "session", "create", "-name", "ui-toobig", "-cpu", "64", "--", "true")
+	waitJS("the pending session shows in the queue with its reason", `[...document.querySelectorAll('#queue section[data-group="default"] tr')].some(r => r.textContent.includes('ui-toobig') && r.lastChild.textContent.length > 0)`)
+	shot(t, ctx, artifacts, "queue-pending")
+	mustCLI(t, base, 0, "session", "destroy", "ui-toobig")
+	waitJS("the destroyed session leaves the queue", `document.querySelector('#queue').textContent === 'Nothing is pending.'`)
+	clean("queue")
+
 	// A batch session created through the form runs; its status and its
 	// logs arrive on the open page (the page is never reloaded).
 	must("open the create form", chromedp.Click(chromedp.CSS(`#nav a[data-page="new"]`)), chromedp.WaitVisible(chromedp.CSS("#new-session")))
@@ -321,6 +332,7 @@ func shot(t *testing.T, ctx context.Context, dir, name string) {
 		t.Logf("screenshot %s: %v", name, err)
 		return
 	}
+	name = strings.NewReplacer(" ", "-", "/", "-").Replace(name)
 	if err := os.WriteFile(filepath.Join(dir, name+".png"), buf, 0o644); err != nil {
 		t.Logf("screenshot %s: %v", name, err)
 	}
