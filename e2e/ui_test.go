@@ -288,6 +288,34 @@ func TestUIDashboard(t *testing.T) {
 		t.Fatalf("the API says of session %s: %+v", id, s)
 	}
 
+	// The event stream resumes from the last index it applied: while the
+	// browser is offline a session runs to its end; back online, the page
+	// shows it without a reload.
+	must("open the sessions page", chromedp.Click(chromedp.CSS(`#nav a[data-page="sessions"]`)))
+	waitJS("the sessions page shows", `document.body.dataset.page === 'sessions' && document.querySelector('#sessions') !== null`)
+	offline := func(off bool) {
+		t.Helper()
+		if _, err := chromedp.Call(ctx, network.OverrideNetworkState, network.OverrideNetworkStateParams{Offline: off, DownloadThroughput: -1, UploadThroughput: -1}); err != nil {
+			t.Fatalf("Network.overrideNetworkState: %v", err)
+		}
+	}
+	offline(true)
+	if _, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`S.abort.abort(), true`)); err != nil {
+		t.Fatal(err)
+	}
+	waitJS("the page knows it is offline", `document.querySelector('#live').textContent === 'offline'`)
+	mustCLI(t, base, 0, "session", "create", "-name", "ui-offline", "-wait", "--", "true")
+	if seen, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`document.querySelector('#sessions').textContent.includes('ui-offline')`)); err != nil || seen {
+		t.Fatalf("the offline page shows a session created while it was offline (%v): it never was offline", err)
+	}
+	offline(false)
+	waitJS("back online, the session created meanwhile shows TERMINATED", `document.querySelector('#live').textContent === 'live' && [...document.querySelectorAll('#sessions tr')].some(r => r.textContent.includes('ui-offline') && r.textContent.includes('TERMINATED'))`)
+	for _, p := range bl.takeProblems() {
+		if !strings.Contains(p, "ERR_INTERNET_DISCONNECTED") {
+			t.Errorf("while offline and back, the page reported: %s", p)
+		}
+	}
+
 	// The terminal: an interactive session, a shell over the exec
 	// WebSocket (the token travels as a subprotocol).
 	mustCLI(t, base, 0, "session", "create", "-type", "interactive", "-name", "ui-shell", "-wait", "--", "sleep", "600")
