@@ -363,6 +363,27 @@ func TestUIDashboard(t *testing.T) {
 	must("make the node eligible", chromedp.Click(chromedp.CSS(`#nodes button[data-action="eligible"]`)))
 	waitJS("the node is eligible again", `document.querySelector('#nodes .status.drain') === null`)
 	clean("admin actions")
+	// Keys from the admin page: a user and a key for it, then the user
+	// logs in and sees no admin page and none of the admin's sessions.
+	must("open the admin page", chromedp.Click(chromedp.CSS(`#nav a[data-page="admin"]`)), chromedp.WaitVisible(chromedp.CSS(`#user-form`)))
+	must("create a user", chromedp.SendKeys(chromedp.CSS(`#user-name`), "bob"), chromedp.Click(chromedp.CSS(`#user-form button[type="submit"]`)))
+	waitJS("the user is listed", `[...document.querySelectorAll('#users td')].some(td => td.textContent === 'bob')`)
+	must("create a key", chromedp.SendKeys(chromedp.CSS(`#key-user`), "bob"), chromedp.Click(chromedp.CSS(`#key-form button[type="submit"]`)))
+	waitJS("the key's token is shown once", `document.querySelector('#new-token .secret') !== null`)
+	bobToken, err := chromedp.Run(ctx, chromedp.Evaluate[string](`document.querySelector('#new-token .secret').textContent`))
+	if err != nil || !strings.HasPrefix(bobToken, "AK") {
+		t.Fatalf("the new key's token: %q (%v)", bobToken, err)
+	}
+	clean("admin keys")
+	must("log out", chromedp.Click(chromedp.CSS(`#logout`)), chromedp.WaitVisible(chromedp.CSS(`#login-form`)))
+	must("log in as bob", chromedp.SendKeys(chromedp.CSS(`#token`), bobToken), chromedp.Click(chromedp.CSS(`#login-form button[type="submit"]`)),
+		chromedp.WaitVisible(chromedp.CSS(`#nodes table tr[data-agent]`)))
+	waitJS("bob has no admin page and no drain button", `document.querySelector('#who').textContent === 'bob' && document.querySelector('#nav-admin').hidden && document.querySelector('#nodes button') === null`)
+	must("open bob's sessions", chromedp.Click(chromedp.CSS(`#nav a[data-page="sessions"]`)))
+	waitJS("bob sees none of the admin's sessions", `document.body.dataset.page === 'sessions' && document.querySelector('#sessions').textContent === 'No sessions match.'`)
+	shot(t, ctx, artifacts, "user-sessions")
+	clean("user pages")
+
 	r := mustCLI(t, base, 0, "node", "list", "-json")
 	var agents []*structs.Agent
 	if err := json.Unmarshal([]byte(r.stdout), &agents); err != nil || len(agents) != 1 || agents[0].Drain {
