@@ -12,6 +12,17 @@ import (
 	"github.com/coder/websocket"
 )
 
+// ExecProtocol is the WebSocket subprotocol of the exec WebSocket. A
+// client that cannot set an Authorization header (a browser) offers it
+// together with WSTokenProtocolPrefix+TOKEN; the server's answer names
+// ExecProtocol only, never the token.
+const ExecProtocol = "corral.exec.v1"
+
+// WSTokenProtocolPrefix starts the subprotocol that carries a client's
+// token on a WebSocket upgrade ("corral.bearer.AK....SECRET"), read only
+// when the request has no Authorization header.
+const WSTokenProtocolPrefix = "corral.bearer."
+
 // TermSize is a terminal's size in characters.
 type TermSize struct{ Rows, Cols uint16 }
 

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/corral-dev/corral/api"
 	"github.com/corral-dev/corral/structs"
 )
 
@@ -53,8 +54,7 @@ var errUnauthenticated = &httpError{code: http.StatusUnauthorized, msg: "missing
 
 // authenticate checks a request's bearer token against the access keys.
 func (s *Server) authenticate(r *http.Request) (*identity, error) {
-	h := r.Header.Get("Authorization")
-	token, ok := strings.CutPrefix(h, "Bearer ")
+	token, ok := bearerToken(r)
 	if !ok {
 		return nil, errUnauthenticated
 	}
@@ -70,6 +70,26 @@ func (s *Server) authenticate(r *http.Request) (*identity, error) {
 		return nil, errUnauthenticated
 	}
 	return &identity{key: key}, nil
+}
+
+// bearerToken is the request's token: the Authorization header's, or, on
+// a WebSocket upgrade without that header, the api.WSTokenProtocolPrefix
+// subprotocol's (browsers cannot set headers on a WebSocket).
+func bearerToken(r *http.Request) (string, bool) {
+	if h := r.Header.Get("Authorization"); h != "" {
+		return strings.CutPrefix(h, "Bearer ")
+	}
+	if !strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
+		return "", false
+	}
+	for _, v := range r.Header.Values("Sec-WebSocket-Protocol") {
+		for _, p := range strings.Split(v, ",") {
+			if tok, ok := strings.CutPrefix(strings.TrimSpace(p), api.WSTokenProtocolPrefix); ok {
+				return tok, true
+			}
+		}
+	}
+	return "", false
 }
 
 var errAdminOnly = &httpError{code: http.StatusForbidden, msg: "this needs an admin key"}

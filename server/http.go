@@ -26,6 +26,7 @@ import (
 	"github.com/corral-dev/corral/server/scheduler"
 	"github.com/corral-dev/corral/server/state"
 	"github.com/corral-dev/corral/structs"
+	"github.com/corral-dev/corral/ui"
 )
 
 // httpError is an error with the HTTP status it should be answered with.
@@ -76,7 +77,7 @@ func (s *Server) setupHTTP() error {
 	if s.cfg.HTTPTLS {
 		ln = httpsListener{Listener: ln, cfg: s.cfg.Security.TLS.HTTPSConfig()}
 	}
-	s.httpSrv = &http.Server{Handler: s.serveEndpointsOrAPI(s.localRoutes(s.forwardToLeader(mux))), ReadHeaderTimeout: 10 * time.Second,
+	s.httpSrv = &http.Server{Handler: ui.Wrap(s.serveEndpointsOrAPI(s.localRoutes(s.forwardToLeader(mux)))), ReadHeaderTimeout: 10 * time.Second,
 		// TLS handshake failures of stray clients are not worth a warning.
 		ErrorLog: slog.NewLogLogger(s.logger.Handler(), slog.LevelDebug)}
 	s.wg.Add(1)

@@ -39,7 +39,9 @@ func (s *Server) execSessionWS(w http.ResponseWriter, r *http.Request) {
 	}
 	// Origins are checked by Accept (same host only); tokens are not
 	// cookies, so a foreign page cannot ride on a browser's session.
-	c, err := websocket.Accept(w, r, nil)
+	// A browser offers api.ExecProtocol with its token's subprotocol
+	// (bearerToken); the answer names api.ExecProtocol, never the token.
+	c, err := websocket.Accept(w, r, &websocket.AcceptOptions{Subprotocols: []string{api.ExecProtocol}})
 	if err != nil {
 		return // Accept answered the request
 	}
