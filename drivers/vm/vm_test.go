@@ -1,0 +1,254 @@
+package vm_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/corral-dev/corral/drivers/vm"
+	"github.com/corral-dev/corral/plugins/drivers"
+	"github.com/corral-dev/corral/plugins/drivers/testutils"
+	"github.com/corral-dev/corral/structs"
+)
+
+// vmTimeout bounds each wait for a VM: a software-emulated (TCG) boot on a
+// busy 2-core machine takes 10 to 30 seconds.
+const vmTimeout = 3 * time.Minute
+
+var (
+	prepOnce sync.Once
+	prepSkip string
+)
+
+// testConfig prepares the guest (make vm-guest's script: the cached
+// kernel, a fresh initramfs with this tree's guest agent) once per test
+// binary and returns the driver's configuration, TCG: on this kind of
+// machine /dev/kvm, where it exists, is a nested host on which stock guest
+// kernels hang. It skips the test where qemu or the guest's kernel cannot
+// be had.
+func testConfig(t testing.TB) vm.Config {
+	t.Helper()
+	prepOnce.Do(func() {
+		if os.Geteuid() != 0 {
+			prepSkip = "the vm driver's tests need root (cgroups, /run/corral-vm)"
+			return
+		}
+		if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
+			prepSkip = "qemu-system-x86_64 is not installed (make deps installs qemu-system-x86)"
+			return
+		}
+		out, err := exec.Command("../../scripts/vm-guest.sh").CombinedOutput()
+		if err != nil {
+			prepSkip = fmt.Sprintf("cannot prepare the guest kernel and initramfs: %v: %s", err, strings.TrimSpace(string(out)))
+		}
+	})
+	if prepSkip != "" {
+		t.Skip(prepSkip)
+	}
+	c := vm.DefaultConfig()
+	c.Accel = vm.AccelTCG
+	return c
+}
+
+func newDriver(t *testing.T) drivers.Driver {
+	t.Helper()
+	return testutils.InMemoryPlugin(t, vm.New(testConfig(t), testutils.TestLogger(t)))
+}
+
+// vmTask is a task config with small VM resources.
+func vmTask(t *testing.T, command ...string) *drivers.TaskConfig {
+	cfg := testutils.TaskConfig(t, command...)
+	cfg.Resources = structs.Slots{structs.SlotCPU: structs.Whole(1), structs.SlotMem: structs.Whole(160 << 20)}
+	return cfg
+}
+
+// TestBatch runs two batch VMs at once: one prints a line on each stream
+// and exits 0, the other exits 3.
+func TestBatch(t *testing.T) {
+	d := newDriver(t)
+	for _, code := range []int{0, 3} {
+		t.Run(fmt.Sprint(code), func(t *testing.T) {
+			t.Parallel()
+			cfg := vmTask(t, "/bin/sh", "-c", fmt.Sprintf("echo hello from $(hostname); echo oops >&2; exit %d", code))
+			cfg.Hostname = "main1"
+			start := time.Now()
+			testutils.StartTask(t, d, cfg)
+			res := testutils.WaitResult(t, d, cfg.ID, vmTimeout)
+			t.Logf("FIGURE vm_tcg_batch_seconds=%.1f (start to exit, boot included)", time.Since(start).Seconds())
+			if res.ExitCode != code || res.Signal != 0 || res.Err != nil {
+				t.Fatalf("result = %+v, want exit code %d", res, code)
+			}
+			if res.Successful() != (code == 0) {
+				t.Errorf("Successful() = %v", res.Successful())
+			}
+			if got := testutils.ReadLog(t, cfg.StdoutPath); got != "hello from main1\n" {
+				t.Errorf("stdout = %q", got)
+			}
+			if got := testutils.ReadLog(t, cfg.StderrPath); got != "oops\n" {
+				t.Errorf("stderr = %q", got)
+			}
+		})
+	}
+}
+
+// TestExecStopDestroy execs into a running VM (with stdin and both
+// streams), stops it with an ACPI shutdown that the guest turns into
+// SIGTERM, and checks that Destroy leaves no qemu process, file, socket or
+// cgroup behind.
+func TestExecStopDestroy(t *testing.T) {
+	raw := vm.New(testConfig(t), testutils.TestLogger(t))
+	d := testutils.InMemoryPlugin(t, raw)
+	cfg := vmTask(t, "/bin/sh", "-c", "echo booted; exec sleep 1000")
+	h := testutils.StartTask(t, d, cfg)
+	start := time.Now()
+	testutils.WaitForLog(t, cfg.StdoutPath, "booted", vmTimeout)
+	t.Logf("FIGURE vm_tcg_boot_to_command_seconds=%.1f", time.Since(start).Seconds())
+
+	st, err := d.Stats(context.Background(), cfg.ID)
+	if err != nil {
+		t.Fatalf("Stats: %v", err)
+	}
+	t.Logf("FIGURE vm_qemu_rss_mib=%d (VM memory 160 MiB)", st.MemoryRSSBytes>>20)
+	if st.MemoryRSSBytes == 0 || st.Pids != 1 {
+		t.Errorf("Stats = %+v, want qemu's memory and one process", st)
+	}
+
+	stdinR, stdinW := io.Pipe()
+	go func() {
+		_, _ = io.WriteString(stdinW, "ping\n")
+		stdinW.Close()
+	}()
+	var stdout, stderr testutils.SafeBuffer
+	code, err := d.Exec(context.Background(), cfg.ID, &drivers.ExecOptions{
+		Command: []string{"/bin/sh", "-c", `read line; echo "got $line in $(hostname) $FOO"; echo err >&2; exit 5`},
+		Env:     map[string]string{"FOO": "bar"},
+		Stdin:   stdinR, Stdout: &stdout, Stderr: &stderr,
+	})
+	if err != nil || code != 5 {
+		t.Fatalf("Exec = %d, %v; want 5", code, err)
+	}
+	if got := stdout.String(); got != "got ping in kernel bar\n" {
+		t.Errorf("exec stdout = %q", got)
+	}
+	if got := stderr.String(); got != "err\n" {
+		t.Errorf("exec stderr = %q", got)
+	}
+	if _, err := d.Exec(context.Background(), cfg.ID, &drivers.ExecOptions{Command: []string{"true"}, TTY: true}); !errors.Is(err, drivers.ErrNotSupported) {
+		t.Errorf("Exec with a TTY: err = %v, want ErrNotSupported", err)
+	}
+
+	if err := d.Stop(context.Background(), cfg.ID, vmTimeout, "SIGTERM"); err != nil {
+		t.Fatalf("Stop: %v", err)
+	}
+	res := testutils.WaitResult(t, d, cfg.ID, vmTimeout)
+	if res.Signal != 15 || res.ExitCode != 143 {
+		t.Errorf("result after an ACPI shutdown = %+v, want SIGTERM (143) from the guest", res)
+	}
+	var hs struct {
+		Pid       int    `json:"pid"`
+		Dir       string `json:"dir"`
+		SocketDir string `json:"socket_dir"`
+		Cgroup    *struct {
+			Dirs map[string]string `json:"dirs"`
+		} `json:"cgroup"`
+	}
+	if err := json.Unmarshal(h.DriverState, &hs); err != nil {
+		t.Fatalf("driver state %s: %v", h.DriverState, err)
+	}
+	if err := d.Destroy(context.Background(), cfg.ID, false); err != nil {
+		t.Fatalf("Destroy: %v", err)
+	}
+	if !testutils.ProcessGone(hs.Pid) {
+		t.Errorf("qemu (pid %d) still runs after Destroy", hs.Pid)
+	}
+	leftovers := []string{hs.Dir, hs.SocketDir}
+	if hs.Cgroup != nil {
+		for _, dir := range hs.Cgroup.Dirs {
+			leftovers = append(leftovers, dir)
+		}
+	}
+	for _, p := range leftovers {
+		if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s is left after Destroy (err %v)", p, err)
+		}
+	}
+	if _, err := d.Inspect(context.Background(), cfg.ID); !errors.Is(err, drivers.ErrTaskNotFound) {
+		t.Errorf("Inspect after Destroy: %v, want ErrTaskNotFound", err)
+	}
+}
+
+// TestStopKills kills a VM whose command ignores the ACPI shutdown's
+// SIGTERM once the timeout passed.
+func TestStopKills(t *testing.T) {
+	d := newDriver(t)
+	cfg := vmTask(t, "/bin/sh", "-c", `trap "" TERM; echo booted; while :; do sleep 1; done`)
+	testutils.StartTask(t, d, cfg)
+	testutils.WaitForLog(t, cfg.StdoutPath, "booted", vmTimeout)
+	if err := d.Stop(context.Background(), cfg.ID, 3*time.Second, "SIGTERM"); err != nil {
+		t.Fatalf("Stop: %v", err)
+	}
+	res := testutils.WaitResult(t, d, cfg.ID, vmTimeout)
+	if res.Signal != 9 || res.ExitCode != 137 {
+		t.Errorf("result = %+v, want SIGKILL (137) after the timeout", res)
+	}
+}
+
+// TestRecoveryConformance runs the recovery scenarios: the restart is a
+// new driver behind a new plugin connection, as a relaunched plugin
+// process has.
+func TestRecoveryConformance(t *testing.T) {
+	cfg := testConfig(t)
+	newOne := func(t *testing.T) drivers.Driver {
+		return testutils.InMemoryPlugin(t, vm.New(cfg, testutils.TestLogger(t)))
+	}
+	testutils.RunRecoveryConformance(t, newOne, func(t *testing.T, _ drivers.Driver) drivers.Driver { return newOne(t) }, vmTimeout)
+}
+
+func TestInvalidConfig(t *testing.T) {
+	d := newDriver(t)
+	for name, mod := range map[string]func(*drivers.TaskConfig){
+		"no command":    func(c *drivers.TaskConfig) { c.Command = nil },
+		"empty program": func(c *drivers.TaskConfig) { c.Command = []string{""} },
+		"empty ID":      func(c *drivers.TaskConfig) { c.ID = "" },
+		"devices": func(c *drivers.TaskConfig) {
+			c.Devices = &structs.DeviceReservation{Nodes: []structs.DeviceNode{{Path: "/dev/nvidia0", Type: "c", Major: 195, Minor: 0, Perms: "rwm"}}}
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			cfg := vmTask(t, "true")
+			mod(cfg)
+			if _, err := d.Start(context.Background(), cfg); !errors.Is(err, drivers.ErrInvalidConfig) {
+				t.Errorf("Start: err = %v, want ErrInvalidConfig", err)
+			}
+			if _, err := os.Stat(filepath.Join(cfg.TaskDir, "vm")); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("a refused start left %s/vm", cfg.TaskDir)
+			}
+		})
+	}
+}
+
+func TestFingerprint(t *testing.T) {
+	d := newDriver(t)
+	fp, err := d.Fingerprint(context.Background())
+	if err != nil || fp.Health != drivers.HealthHealthy {
+		t.Fatalf("Fingerprint = %+v, %v; want healthy", fp, err)
+	}
+	if fp.Attributes["driver.vm.accel"] != vm.AccelTCG {
+		t.Errorf("attributes = %v, want driver.vm.accel tcg", fp.Attributes)
+	}
+	bad := vm.DefaultConfig()
+	bad.Kernel = filepath.Join(t.TempDir(), "no-kernel")
+	fp, err = vm.New(bad, nil).Fingerprint(context.Background())
+	if err != nil || fp.Health != drivers.HealthUndetected || !strings.Contains(fp.Description, "make vm-guest") {
+		t.Errorf("Fingerprint without a kernel = %+v, %v; want undetected, saying to run make vm-guest", fp, err)
+	}
+}
