@@ -61,7 +61,61 @@ type guest struct {
 
 type execProc struct {
 	cmd   *exec.Cmd
-	stdin io.WriteCloser
+	stdin *stdinQueue
+}
+
+// stdinQueue writes an exec's stdin chunks in order, in a goroutine of its
+// own, so that a command that does not read its stdin never stalls the
+// control channel.
+type stdinQueue struct {
+	mu     sync.Mutex
+	cond   *sync.Cond
+	chunks [][]byte
+	closed bool
+}
+
+func newStdinQueue(w io.WriteCloser) *stdinQueue {
+	q := &stdinQueue{}
+	q.cond = sync.NewCond(&q.mu)
+	go func() {
+		for {
+			q.mu.Lock()
+			for len(q.chunks) == 0 && !q.closed {
+				q.cond.Wait()
+			}
+			if len(q.chunks) == 0 {
+				q.mu.Unlock()
+				_ = w.Close()
+				return
+			}
+			b := q.chunks[0]
+			q.chunks = q.chunks[1:]
+			q.mu.Unlock()
+			if _, err := w.Write(b); err != nil {
+				// The command closed its stdin: drop the rest.
+				q.mu.Lock()
+				q.chunks, q.closed = nil, true
+				q.mu.Unlock()
+			}
+		}
+	}()
+	return q
+}
+
+func (q *stdinQueue) push(b []byte) {
+	q.mu.Lock()
+	if !q.closed {
+		q.chunks = append(q.chunks, b)
+	}
+	q.mu.Unlock()
+	q.cond.Signal()
+}
+
+func (q *stdinQueue) close() {
+	q.mu.Lock()
+	q.closed = true
+	q.mu.Unlock()
+	q.cond.Signal()
 }
 
 func (g *guest) run() {
@@ -497,17 +551,14 @@ func (g *guest) handle(f guestproto.Frame) {
 		p := g.execs[f.ID]
 		g.mu.Unlock()
 		if p != nil {
-			// A command that does not read its stdin must not stall the
-			// channel: write in the background.
-			data := f.Payload
-			go func() { _, _ = p.stdin.Write(data) }()
+			p.stdin.push(f.Payload)
 		}
 	case guestproto.FrameStdinClose:
 		g.mu.Lock()
 		p := g.execs[f.ID]
 		g.mu.Unlock()
 		if p != nil {
-			_ = p.stdin.Close()
+			p.stdin.close()
 		}
 	}
 }
@@ -536,7 +587,7 @@ func (g *guest) startExec(f guestproto.Frame) {
 	}
 	cmd.Stdout = &frameWriter{g: g, typ: guestproto.FrameStdout, id: f.ID}
 	cmd.Stderr = &frameWriter{g: g, typ: guestproto.FrameStderr, id: f.ID}
-	p := &execProc{cmd: cmd, stdin: stdin}
+	p := &execProc{cmd: cmd, stdin: newStdinQueue(stdin)}
 	// Hold the lock over Start so that the reaper finds the process.
 	g.mu.Lock()
 	err = cmd.Start()
