@@ -226,7 +226,9 @@ func (t *task) qmpSocket() string { return filepath.Join(t.st.SocketDir, "qmp.so
 
 // Signal asks the VM to stop: an ACPI power button press (QMP
 // system_powerdown) for SIGTERM, which the guest agent turns into SIGTERM
-// for the command, and the signal itself over the control port.
+// for the command, and the signal itself over the control port, which
+// reaches the command also when it arrives before the guest booted far
+// enough to see the power button.
 func (t *task) Signal(sig syscall.Signal) error {
 	if !t.alive() {
 		return nil
@@ -237,8 +239,6 @@ func (t *task) Signal(sig syscall.Signal) error {
 	if sig == syscall.SIGTERM {
 		if err := qmp(ctx, t.qmpSocket(), "system_powerdown"); err != nil {
 			errs = append(errs, err)
-		} else {
-			return nil
 		}
 	}
 	if err := t.ctl.signal(ctx, sig); err != nil {
@@ -264,6 +264,15 @@ func (t *task) Members() []int {
 		return []int{t.st.Pid}
 	}
 	return nil
+}
+
+// QemuPid returns the pid of the qemu process of task id, for tests.
+func (d *Driver) QemuPid(id string) (int, error) {
+	t, err := d.tasks.Get(id)
+	if err != nil {
+		return 0, err
+	}
+	return t.st.Pid, nil
 }
 
 // Amend leaves the result as the VM's end made it.

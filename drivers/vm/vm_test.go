@@ -71,33 +71,42 @@ func vmTask(t *testing.T, command ...string) *drivers.TaskConfig {
 	return cfg
 }
 
-// TestBatch runs two batch VMs at once: one prints a line on each stream
-// and exits 0, the other exits 3.
-func TestBatch(t *testing.T) {
-	d := newDriver(t)
-	for _, code := range []int{0, 3} {
-		t.Run(fmt.Sprint(code), func(t *testing.T) {
-			t.Parallel()
-			cfg := vmTask(t, "/bin/sh", "-c", fmt.Sprintf("echo hello from $(hostname); echo oops >&2; exit %d", code))
-			cfg.Hostname = "main1"
-			start := time.Now()
-			testutils.StartTask(t, d, cfg)
-			res := testutils.WaitResult(t, d, cfg.ID, vmTimeout)
-			t.Logf("FIGURE vm_tcg_batch_seconds=%.1f (start to exit, boot included)", time.Since(start).Seconds())
-			if res.ExitCode != code || res.Signal != 0 || res.Err != nil {
-				t.Fatalf("result = %+v, want exit code %d", res, code)
-			}
-			if res.Successful() != (code == 0) {
-				t.Errorf("Successful() = %v", res.Successful())
-			}
-			if got := testutils.ReadLog(t, cfg.StdoutPath); got != "hello from main1\n" {
-				t.Errorf("stdout = %q", got)
-			}
-			if got := testutils.ReadLog(t, cfg.StderrPath); got != "oops\n" {
-				t.Errorf("stderr = %q", got)
-			}
-		})
+// TestConformance runs the driver conformance suite on VMs. The pids a
+// task prints are the guest's: on the host, all of them are the VM's qemu
+// process.
+func TestConformance(t *testing.T) {
+	cfg := testConfig(t)
+	var raws sync.Map // task ID -> *vm.Driver
+	testutils.RunConformance(t, func(t *testing.T) drivers.Driver {
+		raw := vm.New(cfg, testutils.TestLogger(t))
+		return &smallVMs{Driver: testutils.InMemoryPlugin(t, raw), raw: raw, raws: &raws}
+	}, testutils.WithTimeout(vmTimeout), testutils.WithHostPids(func(t testing.TB, _ drivers.Driver, id string, _ []int) []int {
+		raw, ok := raws.Load(id)
+		if !ok {
+			t.Fatalf("task %s was not started by this test", id)
+		}
+		pid, err := raw.(*vm.Driver).QemuPid(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return []int{pid}
+	}))
+}
+
+// smallVMs starts the suite's tasks with small VM resources and notes
+// which driver runs each.
+type smallVMs struct {
+	drivers.Driver
+	raw  *vm.Driver
+	raws *sync.Map
+}
+
+func (s *smallVMs) Start(ctx context.Context, cfg *drivers.TaskConfig) (*drivers.TaskHandle, error) {
+	if cfg != nil {
+		cfg.Resources = structs.Slots{structs.SlotCPU: structs.Whole(1), structs.SlotMem: structs.Whole(128 << 20)}
+		s.raws.Store(cfg.ID, s.raw)
 	}
+	return s.Driver.Start(ctx, cfg)
 }
 
 // TestExecStopDestroy execs into a running VM (with stdin and both
@@ -164,6 +173,9 @@ func TestExecStopDestroy(t *testing.T) {
 	if err := json.Unmarshal(h.DriverState, &hs); err != nil {
 		t.Fatalf("driver state %s: %v", h.DriverState, err)
 	}
+	if b, err := os.ReadFile(filepath.Join(hs.Dir, "console.log")); err != nil || !strings.Contains(string(b), "ACPI power button") {
+		t.Errorf("the guest's console log does not show the ACPI power button press (err %v):\n%s", err, b)
+	}
 	if err := d.Destroy(context.Background(), cfg.ID, false); err != nil {
 		t.Fatalf("Destroy: %v", err)
 	}
@@ -183,22 +195,6 @@ func TestExecStopDestroy(t *testing.T) {
 	}
 	if _, err := d.Inspect(context.Background(), cfg.ID); !errors.Is(err, drivers.ErrTaskNotFound) {
 		t.Errorf("Inspect after Destroy: %v, want ErrTaskNotFound", err)
-	}
-}
-
-// TestStopKills kills a VM whose command ignores the ACPI shutdown's
-// SIGTERM once the timeout passed.
-func TestStopKills(t *testing.T) {
-	d := newDriver(t)
-	cfg := vmTask(t, "/bin/sh", "-c", `trap "" TERM; echo booted; while :; do sleep 1; done`)
-	testutils.StartTask(t, d, cfg)
-	testutils.WaitForLog(t, cfg.StdoutPath, "booted", vmTimeout)
-	if err := d.Stop(context.Background(), cfg.ID, 3*time.Second, "SIGTERM"); err != nil {
-		t.Fatalf("Stop: %v", err)
-	}
-	res := testutils.WaitResult(t, d, cfg.ID, vmTimeout)
-	if res.Signal != 9 || res.ExitCode != 137 {
-		t.Errorf("result = %+v, want SIGKILL (137) after the timeout", res)
 	}
 }
 
