@@ -585,7 +585,7 @@ func (d *Driver) qemuArgs(cfg *drivers.TaskConfig, accel, dir, sockDir, initrd, 
 	args := []string{
 		"-name", qemuEscape("corral-" + cfg.ID),
 		"-machine", "microvm,pit=on,pic=on,rtc=on,acpi=on",
-		"-accel", accel,
+		"-accel", accelArg(accel),
 		"-cpu", cpu,
 		"-smp", strconv.Itoa(vcpus(cfg)),
 		"-m", strconv.FormatInt(memBytes(cfg)>>20, 10) + "M",
@@ -612,6 +612,16 @@ func (d *Driver) qemuArgs(cfg *drivers.TaskConfig, accel, dir, sockDir, initrd, 
 		args = append(args, "-runas", d.cfg.RunAs)
 	}
 	return args
+}
+
+// accelArg is qemu's -accel value: TCG with a translation cache of 64 MiB
+// (qemu's default, 1 GiB, grows the qemu process far beyond the guest's
+// memory).
+func accelArg(accel string) string {
+	if accel == AccelTCG {
+		return "tcg,tb-size=64"
+	}
+	return accel
 }
 
 // qemuEscape doubles commas, qemu's option separator.
@@ -779,12 +789,9 @@ func (d *Driver) Exec(ctx context.Context, id string, opts *drivers.ExecOptions)
 }
 
 // Recover finds a VM of an earlier plugin process again: running if its
-// qemu still runs, exited (with the guest's exit record) if not. A nil
-// handle is a no-op: the agent's way to check that the plugin answers.
+// qemu still runs, exited (with the guest's exit record) if not. A task
+// it knows already is left as it is; a nil handle is an invalid config.
 func (d *Driver) Recover(_ context.Context, h *drivers.TaskHandle) error {
-	if h == nil {
-		return nil
-	}
 	if err := kind.CheckHandle(h); err != nil {
 		return err
 	}
@@ -797,7 +804,7 @@ func (d *Driver) Recover(_ context.Context, h *drivers.TaskHandle) error {
 	t := d.newTask(&cfg, st, h.StartedAt, log)
 	t.Recovered = true
 	if !d.tasks.Add(cfg.ID, t) {
-		return fmt.Errorf("%w: %q", drivers.ErrTaskExists, cfg.ID)
+		return nil
 	}
 	log.Info("VM recovered", "running", t.alive())
 	go t.watch()

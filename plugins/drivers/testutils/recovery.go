@@ -21,8 +21,9 @@ type RestartFunc func(t *testing.T, old drivers.Driver) drivers.Driver
 // runs across a restart (found running, exec works where the driver can
 // exec, Stop ends it with SIGTERM's result), a task that exits after the
 // restart (the new driver learns its exit code), a task that exited before
-// it (found exited, with its exit code) and Recover(nil), which is a
-// no-op. timeout bounds each wait for a task (drivers that boot a VM need
+// it (found exited, with its exit code), a second Recover of a known
+// task (a no-op: the agent may hand a relaunched plugin a handle twice)
+// and Recover(nil), which is an invalid config. timeout bounds each wait for a task (drivers that boot a VM need
 // more than a process does).
 func RunRecoveryConformance(t *testing.T, newDriver func(t *testing.T) drivers.Driver, restart RestartFunc, timeout time.Duration) {
 	t.Helper()
@@ -34,8 +35,8 @@ func RunRecoveryConformance(t *testing.T, newDriver func(t *testing.T) drivers.D
 		{"RecoverThenExit", testRecoverThenExit},
 		{"RecoverExited", testRecoverExited},
 		{"RecoverNil", func(t *testing.T, d drivers.Driver, _ RestartFunc, _ time.Duration) {
-			if err := d.Recover(context.Background(), nil); err != nil {
-				t.Errorf("Recover(nil) = %v, want nil", err)
+			if err := d.Recover(context.Background(), nil); !errors.Is(err, drivers.ErrInvalidConfig) {
+				t.Errorf("Recover(nil) = %v, want ErrInvalidConfig", err)
 			}
 		}},
 	}
@@ -122,8 +123,11 @@ func testRecoverRunning(t *testing.T, d drivers.Driver, restart RestartFunc, tim
 	if !st.StartedAt.Equal(h.StartedAt) && st.StartedAt.Sub(h.StartedAt).Abs() > time.Second {
 		t.Errorf("StartedAt after Recover = %v, want the original %v", st.StartedAt, h.StartedAt)
 	}
-	if err := d2.Recover(ctx, persisted(t, h)); !errors.Is(err, drivers.ErrTaskExists) {
-		t.Errorf("second Recover of a known task: err = %v, want ErrTaskExists", err)
+	if err := d2.Recover(ctx, persisted(t, h)); err != nil {
+		t.Errorf("second Recover of a known task: err = %v, want nil (a no-op)", err)
+	}
+	if st, err := d2.Inspect(ctx, cfg.ID); err != nil || st.State != drivers.TaskStateRunning {
+		t.Errorf("Inspect after a second Recover = %+v, %v; want still running", st, err)
 	}
 	if d2.Capabilities().Exec {
 		var out SafeBuffer
