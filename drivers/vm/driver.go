@@ -636,15 +636,13 @@ func (d *Driver) writeInitrd(cfg *drivers.TaskConfig, path string) error {
 		Command: guestCommand(cfg), Env: guestEnv(cfg), WorkDir: cfg.WorkDir,
 		Hosts: cfg.Hosts, Chroot: cfg.RootFS != "",
 	}
-	if cfg.ImageConfig != nil && cfg.WorkDir == "" {
-		gt.WorkDir = cfg.ImageConfig.WorkingDir
-	}
-	if cfg.RootFS == "" && cfg.WorkDir != "" && !strings.HasPrefix(cfg.WorkDir, "/") {
-		gt.WorkDir = "/" + cfg.WorkDir
-	}
-	if cfg.RootFS == "" {
-		// A host directory means nothing in the guest: run in /root.
+	switch {
+	case cfg.RootFS == "":
+		// The task's WorkDir is a host directory, which means nothing
+		// in the guest.
 		gt.WorkDir = "/root"
+	case cfg.WorkDir == "" && cfg.ImageConfig != nil:
+		gt.WorkDir = cfg.ImageConfig.WorkingDir
 	}
 	taskJSON, err := json.Marshal(gt)
 	if err != nil {

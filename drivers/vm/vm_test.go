@@ -198,6 +198,46 @@ func TestExecStopDestroy(t *testing.T) {
 	}
 }
 
+// TestImageRoot runs a command in an image's root (here a directory with
+// a static busybox and a marker file, as the agent's image store unpacks
+// one) with the image's entrypoint, environment and working directory.
+func TestImageRoot(t *testing.T) {
+	d := newDriver(t)
+	root := t.TempDir()
+	for _, dir := range []string{"bin", "etc", "srv"} {
+		if err := os.MkdirAll(filepath.Join(root, dir), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bb, err := os.ReadFile("/bin/busybox")
+	if err != nil {
+		t.Skipf("a static busybox for the test image: %v", err)
+	}
+	if err := os.WriteFile(filepath.Join(root, "bin", "busybox"), bb, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, applet := range []string{"sh", "cat", "echo", "pwd"} {
+		if err := os.Symlink("busybox", filepath.Join(root, "bin", applet)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(root, "etc", "image-release"), []byte("corral-test-image\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg := vmTask(t, `cat /etc/image-release; echo "$IMGVAR $FOO"; pwd`)
+	cfg.WorkDir = ""
+	cfg.RootFS = root
+	cfg.Env = map[string]string{"FOO": "from-task"}
+	cfg.ImageConfig = &drivers.ImageConfig{Entrypoint: []string{"/bin/sh", "-c"}, Env: []string{"IMGVAR=from-image"}, WorkingDir: "/srv"}
+	testutils.StartTask(t, d, cfg)
+	if res := testutils.WaitResult(t, d, cfg.ID, vmTimeout); !res.Successful() {
+		t.Fatalf("result = %+v; stderr %q", res, testutils.ReadLog(t, cfg.StderrPath))
+	}
+	if got, want := testutils.ReadLog(t, cfg.StdoutPath), "corral-test-image\nfrom-image from-task\n/srv\n"; got != want {
+		t.Errorf("stdout = %q, want %q", got, want)
+	}
+}
+
 // TestRecoveryConformance runs the recovery scenarios: the restart is a
 // new driver behind a new plugin connection, as a relaunched plugin
 // process has.
