@@ -153,6 +153,7 @@ func (g *guest) run() {
 	if task.Hostname != "" {
 		_ = unix.Sethostname([]byte(task.Hostname))
 	}
+	configureNetwork(task.NICs)
 	writeHosts(task)
 	if task.Chroot {
 		if err := prepareRoot(task); err != nil {
@@ -622,4 +623,50 @@ func (w *frameWriter) Write(p []byte) (int, error) {
 		w.g.send(guestproto.Frame{Type: w.typ, ID: w.id, Payload: p[off:end]})
 	}
 	return len(p), nil
+}
+
+// configureNetwork brings up lo and each NIC (found by MAC) with its
+// addresses and default route, with busybox's ip.
+func configureNetwork(nics []guestproto.NIC) {
+	ip := func(args ...string) {
+		if out, err := exec.Command("/bin/ip", args...).CombinedOutput(); err != nil {
+			logf("ip %s: %v: %s", strings.Join(args, " "), err, bytes.TrimSpace(out))
+		}
+	}
+	ip("link", "set", "lo", "up")
+	if len(nics) == 0 {
+		return
+	}
+	byMAC := map[string]string{}
+	for i := 0; i < 100; i++ {
+		dirs, _ := filepath.Glob("/sys/class/net/*/address")
+		for _, a := range dirs {
+			b, _ := os.ReadFile(a)
+			byMAC[strings.TrimSpace(string(b))] = filepath.Base(filepath.Dir(a))
+		}
+		all := true
+		for _, n := range nics {
+			if _, ok := byMAC[strings.ToLower(n.MAC)]; !ok {
+				all = false
+			}
+		}
+		if all {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	for _, n := range nics {
+		dev, ok := byMAC[strings.ToLower(n.MAC)]
+		if !ok {
+			logf("no interface with MAC %s", n.MAC)
+			continue
+		}
+		for _, a := range n.Addresses {
+			ip("addr", "add", a, "dev", dev)
+		}
+		ip("link", "set", dev, "up")
+		if n.Gateway != "" {
+			ip("route", "add", "default", "via", n.Gateway, "dev", dev)
+		}
+	}
 }

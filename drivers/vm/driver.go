@@ -212,6 +212,10 @@ type state struct {
 	SocketDir string        `json:"socket_dir"`
 	Accel     string        `json:"accel"`
 	Cgroup    *cgroup.Group `json:"cgroup,omitempty"`
+	// NetNS is the kernel's network namespace and NICs the VM's
+	// interfaces in it, which Destroy removes.
+	NetNS string     `json:"netns,omitempty"`
+	NICs  []nicState `json:"nics,omitempty"`
 }
 
 // task is one VM.
@@ -512,8 +516,22 @@ func (d *Driver) launch(ctx context.Context, cfg *drivers.TaskConfig, accel stri
 		}
 		f.Close()
 	}
+	var guestNICs []guestproto.NIC
+	if cfg.NetNSPath != "" {
+		nics, g, err := plugNetwork(cfg.NetNSPath)
+		if err != nil {
+			return fail(fmt.Errorf("vm driver: network: %w", err))
+		}
+		st.NetNS, st.NICs, guestNICs = cfg.NetNSPath, nics, g
+		fail = func(err error) (*task, error) {
+			_ = unplugNetwork(st.NetNS, st.NICs)
+			_ = os.RemoveAll(dir)
+			_ = os.RemoveAll(sockDir)
+			return nil, err
+		}
+	}
 	initrd := filepath.Join(dir, "initrd")
-	if err := d.writeInitrd(cfg, initrd); err != nil {
+	if err := d.writeInitrd(cfg, guestNICs, initrd); err != nil {
 		return fail(fmt.Errorf("vm driver: building the guest's initramfs: %w", err))
 	}
 	qemu, err := exec.LookPath(d.cfg.Qemu)
@@ -522,6 +540,11 @@ func (d *Driver) launch(ctx context.Context, cfg *drivers.TaskConfig, accel stri
 	}
 	pidfile := filepath.Join(dir, "qemu.pid")
 	args := d.qemuArgs(cfg, accel, dir, sockDir, initrd, pidfile)
+	for i, n := range st.NICs {
+		id := "net" + strconv.Itoa(i)
+		args = append(args, "-netdev", "tap,id="+id+",ifname="+n.Tap+",script=no,downscript=no",
+			"-device", "virtio-net-device,netdev="+id+",mac="+n.MAC)
+	}
 	// A shell joins the task's cgroups and becomes qemu, so that qemu's
 	// every thread and allocation counts there from the start.
 	script := `for f in "$@"; do case "$f" in --) break;; esac; echo $$ > "$f" || exit 1; shift; done; shift; exec "$@"`
@@ -529,7 +552,12 @@ func (d *Driver) launch(ctx context.Context, cfg *drivers.TaskConfig, accel stri
 	if group != nil {
 		shArgs = append(shArgs, group.ProcsFiles()...)
 	}
-	shArgs = append(shArgs, "--", qemu)
+	shArgs = append(shArgs, "--")
+	if st.NetNS != "" {
+		// qemu opens its taps in the kernel's network namespace.
+		shArgs = append(shArgs, "nsenter", "--net="+st.NetNS)
+	}
+	shArgs = append(shArgs, qemu)
 	shArgs = append(shArgs, args...)
 	cmd := exec.CommandContext(ctx, "/bin/sh", shArgs...)
 	var stderr bytes.Buffer
@@ -567,8 +595,7 @@ func (d *Driver) newTask(cfg *drivers.TaskConfig, st state, startedAt time.Time,
 
 // qemuArgs is qemu's command line for cfg: a microvm with the guest kernel
 // and the task's initramfs, a serial console into console.log, the
-// virtio-serial ports of package guestproto, QMP, no network devices, no
-// display, no reboot (the guest's power off or panic ends qemu), dropped to
+// virtio-serial ports of package guestproto, QMP, no display, no reboot (the guest's power off or panic ends qemu), dropped to
 // RunAs once its files are open.
 func (d *Driver) qemuArgs(cfg *drivers.TaskConfig, accel, dir, sockDir, initrd, pidfile string) []string {
 	append_ := "console=ttyS0 quiet panic=-1 reboot=t tsc_early_khz=2000000 tsc=reliable"
@@ -630,11 +657,11 @@ func qemuEscape(s string) string { return strings.ReplaceAll(s, ",", ",,") }
 // writeInitrd writes the task's initramfs: the task file and the image's
 // root in an archive of their own, then the configured base initramfs (the
 // kernel unpacks both, one after the other).
-func (d *Driver) writeInitrd(cfg *drivers.TaskConfig, path string) error {
+func (d *Driver) writeInitrd(cfg *drivers.TaskConfig, nics []guestproto.NIC, path string) error {
 	gt := guestproto.Task{
 		Version: guestproto.Version, ID: cfg.ID, Hostname: cfg.Hostname,
 		Command: guestCommand(cfg), Env: guestEnv(cfg), WorkDir: cfg.WorkDir,
-		Hosts: cfg.Hosts, Chroot: cfg.RootFS != "",
+		Hosts: cfg.Hosts, Chroot: cfg.RootFS != "", NICs: nics,
 	}
 	switch {
 	case cfg.RootFS == "":
@@ -713,6 +740,9 @@ func (d *Driver) cleanup(ctx context.Context, t *task) error {
 		if err := os.RemoveAll(p); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	if err := unplugNetwork(t.st.NetNS, t.st.NICs); err != nil {
+		errs = append(errs, fmt.Errorf("network: %w", err))
 	}
 	if t.st.Cgroup != nil {
 		if err := t.st.Cgroup.Destroy(ctx); err != nil {

@@ -238,6 +238,62 @@ func TestImageRoot(t *testing.T) {
 	}
 }
 
+// TestNetwork puts a VM on a kernel's network as the agent prepares it (a
+// namespace whose veth has an address and a default route): the guest
+// pings the host's end, and Destroy removes the tap and bridge and gives
+// the veth its MAC back.
+func TestNetwork(t *testing.T) {
+	d := newDriver(t)
+	suffix := fmt.Sprintf("%04x", time.Now().UnixNano()&0xffff)
+	ns, hostIf := "corral-vmtest-"+suffix, "vmt"+suffix
+	subnet := fmt.Sprintf("10.213.%d", time.Now().UnixNano()%200+20)
+	run := func(args ...string) string {
+		t.Helper()
+		out, err := exec.Command("ip", args...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+		}
+		return string(out)
+	}
+	if _, err := exec.LookPath("ip"); err != nil {
+		t.Skip("the ip command (iproute2) is not installed")
+	}
+	run("netns", "add", ns)
+	t.Cleanup(func() {
+		_ = exec.Command("ip", "link", "del", hostIf).Run()
+		_ = exec.Command("ip", "netns", "del", ns).Run()
+	})
+	run("link", "add", hostIf, "type", "veth", "peer", "name", "eth0", "netns", ns)
+	run("addr", "add", subnet+".1/24", "dev", hostIf)
+	run("link", "set", hostIf, "up")
+	run("-n", ns, "addr", "add", subnet+".2/24", "dev", "eth0")
+	run("-n", ns, "link", "set", "eth0", "up")
+	run("-n", ns, "route", "add", "default", "via", subnet+".1")
+	macBefore := run("-n", ns, "-br", "link", "show", "eth0")
+
+	cfg := vmTask(t, "/bin/sh", "-c", "ip -4 -o addr show; ip route; ping -c 1 -W 20 "+subnet+".1 && echo reachable")
+	cfg.NetNSPath = "/run/netns/" + ns
+	testutils.StartTask(t, d, cfg)
+	res := testutils.WaitResult(t, d, cfg.ID, vmTimeout)
+	out := testutils.ReadLog(t, cfg.StdoutPath)
+	if !res.Successful() || !strings.Contains(out, "reachable") {
+		t.Fatalf("result %+v; stdout:\n%s\nstderr:\n%s", res, out, testutils.ReadLog(t, cfg.StderrPath))
+	}
+	if !strings.Contains(out, subnet+".2/24") || !strings.Contains(out, "default via "+subnet+".1") {
+		t.Errorf("the guest's addresses and routes:\n%s", out)
+	}
+	if err := d.Destroy(context.Background(), cfg.ID, false); err != nil {
+		t.Fatalf("Destroy: %v", err)
+	}
+	links := run("-n", ns, "-br", "link")
+	if strings.Contains(links, "vmtap") || strings.Contains(links, "vmbr") {
+		t.Errorf("tap or bridge left in the kernel's namespace after Destroy:\n%s", links)
+	}
+	if after := run("-n", ns, "-br", "link", "show", "eth0"); after != macBefore {
+		t.Errorf("eth0 after Destroy = %q, want %q as before the VM", after, macBefore)
+	}
+}
+
 // TestRecoveryConformance runs the recovery scenarios: the restart is a
 // new driver behind a new plugin connection, as a relaunched plugin
 // process has.

@@ -51,16 +51,18 @@ type Task struct {
 	Chroot bool `json:"chroot,omitempty"`
 	// Hosts are extra /etc/hosts entries, hostname to address.
 	Hosts map[string]string `json:"hosts,omitempty"`
-	// Network configures eth0 when set.
-	Network *Network `json:"network,omitempty"`
+	// NICs are the guest's network interfaces, to configure at boot.
+	NICs []NIC `json:"nics,omitempty"`
 }
 
-// Network is the guest's interface on the kernel's network.
-type Network struct {
-	// Address is an IPv4 prefix ("10.88.0.5/24").
-	Address string `json:"address"`
+// NIC is one of the guest's interfaces on the kernel's network, found by
+// its MAC.
+type NIC struct {
+	MAC string `json:"mac"`
+	// Addresses are IPv4 prefixes ("10.88.0.5/24").
+	Addresses []string `json:"addresses"`
+	// Gateway is the default route's, if this interface has it.
 	Gateway string `json:"gateway,omitempty"`
-	MAC     string `json:"mac,omitempty"`
 }
 
 // Exit is how the command ended, written once to PortExit.
