@@ -24,8 +24,10 @@ const vmWait = 4 * time.Minute
 // default configuration: the guest of `make vm-guest`, here prepared by
 // the test, and TCG, as KVM does not boot stock guests on this kind of
 // machine): a batch session prints a line and exits 0 (SUCCESS), another
-// exits 3 (FAILURE, exit code 3), `session exec` runs in a running VM, and
-// destroying that session leaves no qemu process and no VM files.
+// exits 3 (FAILURE, exit code 3), `session exec` runs in a running VM,
+// which has the kernel's egress address on its tap-backed eth0, and
+// destroying
+// that session leaves no qemu process and no VM files.
 func TestVMDriver(t *testing.T) {
 	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
 		t.Skip("qemu-system-x86_64 is not installed (make deps installs qemu-system-x86)")
@@ -94,14 +96,21 @@ func TestVMDriver(t *testing.T) {
 	// RUNNING is qemu started; the guest agent answers once it booted.
 	var r result
 	eventually(t, vmWait, "exec in the running VM", func() error {
-		r = cli(t, addr, "session", "exec", "vm-shell", "--", "sh", "-c", "echo inside $(uname -r); exit 4")
+		r = cli(t, addr, "session", "exec", "vm-shell", "--", "sh", "-c",
+			"echo inside $(uname -r); ip -4 -o addr show eth0 | awk '{print \"addr\", $4}'; exit 4")
 		if r.code != 4 {
 			return fmt.Errorf("exec: exit %d: %s %s", r.code, r.stdout, r.stderr)
 		}
 		return nil
 	})
 	if !strings.Contains(r.stdout, "inside ") {
-		t.Errorf("exec stdout = %q", r.stdout)
+		t.Errorf("exec stdout = %q, want the kernel release", r.stdout)
+	}
+	// The VM is on the kernel's egress network: its eth0 has the kernel's
+	// address (drivers/vm's TestNetwork checks traffic over the tap).
+	_, guestAddr, found := strings.Cut(r.stdout, "addr ")
+	if !found || !strings.Contains(guestAddr, "/") {
+		t.Errorf("the VM has no address on eth0: exec stdout %q", r.stdout)
 	}
 	kernel := kernelOf(t, addr, "vm-shell").ID
 	if len(qemuProcs(kernel)) == 0 {

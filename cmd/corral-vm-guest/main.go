@@ -139,10 +139,7 @@ func (g *guest) run() {
 	}
 	g.exitPort = open(guestproto.PortExit)
 	stdout, stderr := open(guestproto.PortStdout), open(guestproto.PortStderr)
-	if ctl := open(guestproto.PortControl); ctl != nil {
-		g.ctl = ctl
-		go g.serveControl()
-	}
+	g.ctl = open(guestproto.PortControl)
 	go g.watchPowerButton()
 
 	task, err := readTask()
@@ -160,6 +157,11 @@ func (g *guest) run() {
 			g.finish(guestproto.Exit{ExitCode: -1, Error: "preparing the image root: " + err.Error()})
 			return
 		}
+	}
+	// Execs and signals are served once the guest is set up (network,
+	// image root); until then they wait in the port.
+	if g.ctl != nil {
+		go g.serveControl()
 	}
 	cmd := command(task, task.Command, task.Env)
 	cmd.Stdout, cmd.Stderr = orDiscard(stdout), orDiscard(stderr)
