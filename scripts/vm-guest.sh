@@ -13,7 +13,7 @@
 set -eu
 
 CACHE=${1:-/var/cache/corral/vm}
-GO=${GO:-go}
+GO=${GO:-$(command -v go || echo /usr/local/go/bin/go)}
 cd "$(dirname "$0")/.."
 
 need() { command -v "$1" >/dev/null 2>&1 || { echo "vm-guest: $1 is missing ($2)" >&2; exit 1; }; }
@@ -22,6 +22,11 @@ need dpkg "a Debian machine is needed to extract the guest kernel"
 need busybox "install busybox-static (make deps)"
 
 mkdir -p "$CACHE"
+# One preparation at a time (test packages run in parallel).
+if command -v flock >/dev/null 2>&1; then
+	exec 9>"$CACHE/.lock"
+	flock 9
+fi
 work=$(mktemp -d "$CACHE/.prep.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 
