@@ -191,7 +191,11 @@ func (d *Driver) probeKVM(ctx context.Context) error {
 	case <-t.Done():
 	case <-time.After(probeTimeout):
 		t.Kill()
-		<-t.Done()
+		select {
+		case <-t.Done():
+		case <-time.After(30 * time.Second):
+			d.logger.Warn("the KVM probe's qemu survives SIGKILL", "pid", t.st.Pid)
+		}
 		return fmt.Errorf("a probe VM did not boot to its command within %v", probeTimeout)
 	}
 	if res := t.ExitResult(); !res.Successful() {

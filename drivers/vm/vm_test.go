@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -342,5 +343,37 @@ func TestFingerprint(t *testing.T) {
 	fp, err = vm.New(bad, nil).Fingerprint(context.Background())
 	if err != nil || fp.Health != drivers.HealthUndetected || !strings.Contains(fp.Description, "make vm-guest") {
 		t.Errorf("Fingerprint without a kernel = %+v, %v; want undetected, saying to run make vm-guest", fp, err)
+	}
+}
+
+// TestAutoAccel fingerprints with the accelerator "auto": KVM if a probe
+// VM boots under it, else TCG, said in one log line. Where /dev/kvm is
+// missing the probe ends at once; where it hangs (a nested host), after
+// its 20 s timeout.
+func TestAutoAccel(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.Accel = vm.AccelAuto
+	var logs testutils.SafeBuffer
+	d := vm.New(cfg, slog.New(slog.NewTextHandler(&logs, nil)))
+	fp, err := d.Fingerprint(context.Background())
+	if err != nil || fp.Health != drivers.HealthHealthy {
+		t.Fatalf("Fingerprint = %+v, %v", fp, err)
+	}
+	accel := fp.Attributes["driver.vm.accel"]
+	t.Logf("auto chose %s; log: %s", accel, logs.String())
+	switch accel {
+	case vm.AccelKVM:
+		if !strings.Contains(logs.String(), "VMs use KVM") {
+			t.Errorf("no log line says KVM is used: %s", logs.String())
+		}
+	case vm.AccelTCG:
+		if n := strings.Count(logs.String(), "KVM does not work here"); n != 1 {
+			t.Errorf("%d log lines about the fallback to TCG, want 1: %s", n, logs.String())
+		}
+		if _, err := d.Fingerprint(context.Background()); err != nil || strings.Count(logs.String(), "KVM does not work here") != 1 {
+			t.Errorf("a second fingerprint probed again: %s", logs.String())
+		}
+	default:
+		t.Errorf("driver.vm.accel = %q", accel)
 	}
 }
