@@ -43,6 +43,14 @@ func TestConformance(t *testing.T) {
 	testutils.RunConformance(t, func(t *testing.T) drivers.Driver { return newTestDriver(t) }, testutils.WithHostPids(hostPids))
 }
 
+// TestRecoveryConformance runs the recovery scenarios; the restart is a new
+// driver, as a restarted agent has, while the tasks run on under their
+// shims.
+func TestRecoveryConformance(t *testing.T) {
+	testutils.RunRecoveryConformance(t, func(t *testing.T) drivers.Driver { return newTestDriver(t) },
+		func(t *testing.T, _ drivers.Driver) drivers.Driver { return newTestDriver(t) }, 10*time.Second)
+}
+
 // hostPids turns pids that an isolated task printed, which are its pid
 // namespace's, into the host's (see testutils.WithHostPids).
 func hostPids(t testing.TB, d drivers.Driver, taskID string, pids []int) []int {

@@ -124,6 +124,29 @@ func TestConformanceExternal(t *testing.T) {
 	testutils.RunConformance(t, func(t *testing.T) drivers.Driver { return loadOne(t, dir) }, testutils.WithHostPids(testutils.HostPidsByCgroup))
 }
 
+// TestRecoveryConformanceExternal runs the recovery scenarios against the
+// example driver as a real plugin process: the restart kills the process
+// (SIGKILL) and launches the binary again.
+func TestRecoveryConformanceExternal(t *testing.T) {
+	bin := binary(t, "corral-driver-example")
+	var kills sync.Map // driver -> func that kills its process
+	launch := func(t *testing.T) drivers.Driver {
+		d, kill, err := loader.Launch(bin, testutils.TestLogger(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(kill)
+		kills.Store(drivers.Driver(d), kill)
+		return d
+	}
+	testutils.RunRecoveryConformance(t, launch, func(t *testing.T, old drivers.Driver) drivers.Driver {
+		if kill, ok := kills.Load(old); ok {
+			kill.(func())()
+		}
+		return launch(t)
+	}, 10*time.Second)
+}
+
 func TestLoadExample(t *testing.T) {
 	d := loadOne(t, pluginDir(t, "corral-driver-example"))
 	if d.Name() != "example" {

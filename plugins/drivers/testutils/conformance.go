@@ -14,7 +14,8 @@ import (
 	"github.com/corral-dev/corral/plugins/drivers"
 )
 
-// exitTimeout bounds every wait for a task that is expected to exit.
+// exitTimeout bounds every wait for a task that is expected to exit,
+// unless WithTimeout says otherwise.
 const exitTimeout = 10 * time.Second
 
 // RunConformance runs the behaviour every driver must share against fresh
@@ -26,7 +27,7 @@ const exitTimeout = 10 * time.Second
 // options (WithHostPids, SkipConformance).
 func RunConformance(t *testing.T, newDriver func(t *testing.T) drivers.Driver, opts ...ConformanceOption) {
 	t.Helper()
-	o := &conformanceOptions{}
+	o := &conformanceOptions{timeout: exitTimeout}
 	for _, opt := range opts {
 		opt(o)
 	}
@@ -34,24 +35,24 @@ func RunConformance(t *testing.T, newDriver func(t *testing.T) drivers.Driver, o
 		name string
 		fn   func(*testing.T, drivers.Driver)
 	}{
-		{"Identity", testIdentity},
-		{"ExitCodeAndLogs", testExitCodeAndLogs},
-		{"KilledBySignal", testKilledBySignal},
-		{"WaitManyCallers", testWaitManyCallers},
-		{"Env", testEnv},
-		{"InspectRunning", testInspectRunning},
-		{"StopSignal", testStopSignal},
+		{"Identity", func(t *testing.T, d drivers.Driver) { testIdentity(t, d, o) }},
+		{"ExitCodeAndLogs", func(t *testing.T, d drivers.Driver) { testExitCodeAndLogs(t, d, o) }},
+		{"KilledBySignal", func(t *testing.T, d drivers.Driver) { testKilledBySignal(t, d, o) }},
+		{"WaitManyCallers", func(t *testing.T, d drivers.Driver) { testWaitManyCallers(t, d, o) }},
+		{"Env", func(t *testing.T, d drivers.Driver) { testEnv(t, d, o) }},
+		{"InspectRunning", func(t *testing.T, d drivers.Driver) { testInspectRunning(t, d, o) }},
+		{"StopSignal", func(t *testing.T, d drivers.Driver) { testStopSignal(t, d, o) }},
 		{"StopEscalatesToKill", func(t *testing.T, d drivers.Driver) { testStopEscalates(t, d, o) }},
 		{"DestroyKillsChildren", func(t *testing.T, d drivers.Driver) { testDestroyKillsChildren(t, d, o) }},
-		{"DestroyRunningNeedsForce", testDestroyNeedsForce},
-		{"Exec", testExec},
-		{"ExecStreams", testExecStreams},
-		{"ExecCancel", testExecCancel},
-		{"ExecNotRunning", testExecNotRunning},
-		{"InvalidConfig", testInvalidConfig},
-		{"DuplicateID", testDuplicateID},
-		{"UnknownTask", testUnknownTask},
-		{"Stats", testStats},
+		{"DestroyRunningNeedsForce", func(t *testing.T, d drivers.Driver) { testDestroyNeedsForce(t, d, o) }},
+		{"Exec", func(t *testing.T, d drivers.Driver) { testExec(t, d, o) }},
+		{"ExecStreams", func(t *testing.T, d drivers.Driver) { testExecStreams(t, d, o) }},
+		{"ExecCancel", func(t *testing.T, d drivers.Driver) { testExecCancel(t, d, o) }},
+		{"ExecNotRunning", func(t *testing.T, d drivers.Driver) { testExecNotRunning(t, d, o) }},
+		{"InvalidConfig", func(t *testing.T, d drivers.Driver) { testInvalidConfig(t, d, o) }},
+		{"DuplicateID", func(t *testing.T, d drivers.Driver) { testDuplicateID(t, d, o) }},
+		{"UnknownTask", func(t *testing.T, d drivers.Driver) { testUnknownTask(t, d, o) }},
+		{"Stats", func(t *testing.T, d drivers.Driver) { testStats(t, d, o) }},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -69,6 +70,7 @@ type ConformanceOption func(*conformanceOptions)
 
 type conformanceOptions struct {
 	skip     map[string]string
+	timeout  time.Duration
 	hostPids func(t testing.TB, d drivers.Driver, taskID string, pids []int) []int
 }
 
@@ -78,6 +80,14 @@ type conformanceOptions struct {
 // processes are gone.
 func WithHostPids(hostPids func(t testing.TB, d drivers.Driver, taskID string, pids []int) []int) ConformanceOption {
 	return func(o *conformanceOptions) { o.hostPids = hostPids }
+}
+
+// WithTimeout bounds each wait for a task's output or exit by d instead of
+// 10 seconds: for drivers whose tasks take long to start, such as VMs that
+// boot a kernel under software emulation. Bounds on how fast Stop returns
+// scale with it.
+func WithTimeout(d time.Duration) ConformanceOption {
+	return func(o *conformanceOptions) { o.timeout = d }
 }
 
 // SkipConformance skips the subtest name (as RunConformance lists it) and
@@ -95,14 +105,14 @@ func SkipConformance(name, why string) ConformanceOption {
 // and returns them as the host's pids.
 func (o *conformanceOptions) taskPids(t *testing.T, d drivers.Driver, cfg *drivers.TaskConfig, n int) []int {
 	t.Helper()
-	pids := WaitForPids(t, cfg.StdoutPath, n, exitTimeout)
+	pids := WaitForPids(t, cfg.StdoutPath, n, o.timeout)
 	if o.hostPids != nil {
 		pids = o.hostPids(t, d, cfg.ID, pids)
 	}
 	return pids
 }
 
-func testIdentity(t *testing.T, d drivers.Driver) {
+func testIdentity(t *testing.T, d drivers.Driver, o *conformanceOptions) {
 	if d.Name() == "" {
 		t.Error("Name() is empty")
 	}
@@ -115,13 +125,13 @@ func testIdentity(t *testing.T, d drivers.Driver) {
 	}
 }
 
-func testExitCodeAndLogs(t *testing.T, d drivers.Driver) {
+func testExitCodeAndLogs(t *testing.T, d drivers.Driver, o *conformanceOptions) {
 	for _, code := range []int{0, 3, 42} {
 		t.Run(fmt.Sprint(code), func(t *testing.T) {
 			t.Parallel()
 			cfg := TaskConfig(t, "/bin/sh", "-c", fmt.Sprintf("echo out-%[1]d; echo err-%[1]d >&2; exit %[1]d", code))
 			StartTask(t, d, cfg)
-			res := WaitResult(t, d, cfg.ID, exitTimeout)
+			res := WaitResult(t, d, cfg.ID, o.timeout)
 			if res.ExitCode != code || res.Signal != 0 || res.Err != nil {
 				t.Fatalf("result = %+v, want exit code %d", res, code)
 			}
@@ -148,10 +158,10 @@ func testExitCodeAndLogs(t *testing.T, d drivers.Driver) {
 	}
 }
 
-func testKilledBySignal(t *testing.T, d drivers.Driver) {
+func testKilledBySignal(t *testing.T, d drivers.Driver, o *conformanceOptions) {
 	cfg := TaskConfig(t, "/bin/sh", "-c", "kill -KILL $$")
 	StartTask(t, d, cfg)
-	res := WaitResult(t, d, cfg.ID, exitTimeout)
+	res := WaitResult(t, d, cfg.ID, o.timeout)
 	if res.Signal != int(syscall.SIGKILL) || res.ExitCode != 128+int(syscall.SIGKILL) {
 		t.Fatalf("result = %+v, want signal 9 and exit code 137", res)
 	}
@@ -160,10 +170,10 @@ func testKilledBySignal(t *testing.T, d drivers.Driver) {
 	}
 }
 
-func testWaitManyCallers(t *testing.T, d drivers.Driver) {
+func testWaitManyCallers(t *testing.T, d drivers.Driver, o *conformanceOptions) {
 	cfg := TaskConfig(t, "/bin/sh", "-c", "sleep 0.3; exit 7")
 	StartTask(t, d, cfg)
-	ctx, cancel := context.WithTimeout(context.Background(), exitTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), o.timeout)
 	defer cancel()
 	var wg sync.WaitGroup
 	for i := 0; i < 3; i++ {
@@ -193,11 +203,11 @@ func testWaitManyCallers(t *testing.T, d drivers.Driver) {
 	}
 }
 
-func testEnv(t *testing.T, d drivers.Driver) {
+func testEnv(t *testing.T, d drivers.Driver, o *conformanceOptions) {
 	cfg := TaskConfig(t, "/bin/sh", "-c", `echo "FOO=$FOO BAR=$BAR"`)
 	cfg.Env = map[string]string{"FOO": "foo value", "BAR": "b=r"}
 	StartTask(t, d, cfg)
-	if res := WaitResult(t, d, cfg.ID, exitTimeout); !res.Successful() {
+	if res := WaitResult(t, d, cfg.ID, o.timeout); !res.Successful() {
 		t.Fatalf("result = %+v", res)
 	}
 	if got, want := ReadLog(t, cfg.StdoutPath), "FOO=foo value BAR=b=r\n"; got != want {
@@ -205,7 +215,7 @@ func testEnv(t *testing.T, d drivers.Driver) {
 	}
 }
 
-func testInspectRunning(t *testing.T, d drivers.Driver) {
+func testInspectRunning(t *testing.T, d drivers.Driver, o *conformanceOptions) {
 	cfg := TaskConfig(t, "sleep", "1000")
 	before := time.Now()
 	h := StartTask(t, d, cfg)
@@ -224,17 +234,17 @@ func testInspectRunning(t *testing.T, d drivers.Driver) {
 	}
 }
 
-func testStopSignal(t *testing.T, d drivers.Driver) {
+func testStopSignal(t *testing.T, d drivers.Driver, o *conformanceOptions) {
 	cfg := TaskConfig(t, "sleep", "1000")
 	StartTask(t, d, cfg)
 	start := time.Now()
-	if err := d.Stop(context.Background(), cfg.ID, 5*time.Second, "SIGTERM"); err != nil {
+	if err := d.Stop(context.Background(), cfg.ID, o.timeout/2, "SIGTERM"); err != nil {
 		t.Fatalf("Stop: %v", err)
 	}
-	if el := time.Since(start); el > 4*time.Second {
+	if el := time.Since(start); el > o.timeout*2/5 {
 		t.Errorf("Stop took %v for a task that dies of SIGTERM", el)
 	}
-	res := WaitResult(t, d, cfg.ID, exitTimeout)
+	res := WaitResult(t, d, cfg.ID, o.timeout)
 	if res.Signal != int(syscall.SIGTERM) || res.ExitCode != 128+int(syscall.SIGTERM) {
 		t.Errorf("result = %+v, want SIGTERM and exit code 143", res)
 	}
@@ -256,7 +266,7 @@ func testStopEscalates(t *testing.T, d drivers.Driver, o *conformanceOptions) {
 	if el := time.Since(start); el < 250*time.Millisecond {
 		t.Errorf("Stop returned after %v, before its timeout", el)
 	}
-	res := WaitResult(t, d, cfg.ID, exitTimeout)
+	res := WaitResult(t, d, cfg.ID, o.timeout)
 	if res.Signal != int(syscall.SIGKILL) {
 		t.Errorf("result = %+v, want SIGKILL after the timeout", res)
 	}
@@ -271,7 +281,7 @@ func testDestroyKillsChildren(t *testing.T, d drivers.Driver, o *conformanceOpti
 	if err != nil {
 		t.Fatalf("Wait: %v", err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), exitTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), o.timeout)
 	defer cancel()
 	if err := d.Destroy(ctx, cfg.ID, true); err != nil {
 		t.Fatalf("Destroy: %v", err)
@@ -286,7 +296,7 @@ func testDestroyKillsChildren(t *testing.T, d drivers.Driver, o *conformanceOpti
 		if res == nil || res.Signal != int(syscall.SIGKILL) {
 			t.Errorf("result after Destroy = %+v, want SIGKILL", res)
 		}
-	case <-time.After(exitTimeout):
+	case <-time.After(o.timeout):
 		t.Error("a Wait from before Destroy got no result")
 	}
 	if _, err := d.Inspect(context.Background(), cfg.ID); !errors.Is(err, drivers.ErrTaskNotFound) {
@@ -297,7 +307,7 @@ func testDestroyKillsChildren(t *testing.T, d drivers.Driver, o *conformanceOpti
 	}
 }
 
-func testDestroyNeedsForce(t *testing.T, d drivers.Driver) {
+func testDestroyNeedsForce(t *testing.T, d drivers.Driver, o *conformanceOptions) {
 	cfg := TaskConfig(t, "sleep", "1000")
 	StartTask(t, d, cfg)
 	ctx := context.Background()
@@ -310,7 +320,7 @@ func testDestroyNeedsForce(t *testing.T, d drivers.Driver) {
 	if err := d.Stop(ctx, cfg.ID, time.Second, "SIGKILL"); err != nil {
 		t.Fatalf("Stop: %v", err)
 	}
-	WaitResult(t, d, cfg.ID, exitTimeout)
+	WaitResult(t, d, cfg.ID, o.timeout)
 	if err := d.Destroy(ctx, cfg.ID, false); err != nil {
 		t.Fatalf("Destroy of an exited task: %v", err)
 	}
@@ -330,7 +340,7 @@ func skipNoExec(t *testing.T, d drivers.Driver, taskID string) {
 	t.Skip("driver cannot exec")
 }
 
-func testExec(t *testing.T, d drivers.Driver) {
+func testExec(t *testing.T, d drivers.Driver, o *conformanceOptions) {
 	cfg := TaskConfig(t, "sleep", "1000")
 	cfg.Env = map[string]string{"FOO": "from-task"}
 	StartTask(t, d, cfg)
@@ -359,7 +369,7 @@ func testExec(t *testing.T, d drivers.Driver) {
 	}
 }
 
-func testExecStreams(t *testing.T, d drivers.Driver) {
+func testExecStreams(t *testing.T, d drivers.Driver, o *conformanceOptions) {
 	cfg := TaskConfig(t, "sleep", "1000")
 	StartTask(t, d, cfg)
 	skipNoExec(t, d, cfg.ID)
@@ -380,7 +390,7 @@ func testExecStreams(t *testing.T, d drivers.Driver) {
 		done <- result{code, err}
 	}()
 	// "first" must arrive while the command still waits for input.
-	if !stdout.WaitFor("first\n", exitTimeout) {
+	if !stdout.WaitFor("first\n", o.timeout) {
 		t.Fatalf("no streamed output before the command ended; stdout = %q", stdout.String())
 	}
 	if _, err := io.WriteString(stdinW, "ping\n"); err != nil {
@@ -391,7 +401,7 @@ func testExecStreams(t *testing.T, d drivers.Driver) {
 		if r.err != nil || r.code != 0 {
 			t.Fatalf("Exec = %d, %v", r.code, r.err)
 		}
-	case <-time.After(exitTimeout):
+	case <-time.After(o.timeout):
 		t.Fatal("Exec did not return")
 	}
 	if got := stdout.String(); got != "first\ngot ping\n" {
@@ -399,7 +409,7 @@ func testExecStreams(t *testing.T, d drivers.Driver) {
 	}
 }
 
-func testExecCancel(t *testing.T, d drivers.Driver) {
+func testExecCancel(t *testing.T, d drivers.Driver, o *conformanceOptions) {
 	cfg := TaskConfig(t, "sleep", "1000")
 	StartTask(t, d, cfg)
 	skipNoExec(t, d, cfg.ID)
@@ -418,10 +428,10 @@ func testExecCancel(t *testing.T, d drivers.Driver) {
 	}
 }
 
-func testExecNotRunning(t *testing.T, d drivers.Driver) {
+func testExecNotRunning(t *testing.T, d drivers.Driver, o *conformanceOptions) {
 	cfg := TaskConfig(t, "true")
 	StartTask(t, d, cfg)
-	WaitResult(t, d, cfg.ID, exitTimeout)
+	WaitResult(t, d, cfg.ID, o.timeout)
 	skipNoExec(t, d, cfg.ID)
 	_, err := d.Exec(context.Background(), cfg.ID, &drivers.ExecOptions{Command: []string{"true"}})
 	if !errors.Is(err, drivers.ErrTaskNotRunning) {
@@ -429,7 +439,7 @@ func testExecNotRunning(t *testing.T, d drivers.Driver) {
 	}
 }
 
-func testInvalidConfig(t *testing.T, d drivers.Driver) {
+func testInvalidConfig(t *testing.T, d drivers.Driver, o *conformanceOptions) {
 	tests := []struct {
 		name string
 		cfg  func(*drivers.TaskConfig) *drivers.TaskConfig
@@ -453,7 +463,7 @@ func testInvalidConfig(t *testing.T, d drivers.Driver) {
 	}
 }
 
-func testDuplicateID(t *testing.T, d drivers.Driver) {
+func testDuplicateID(t *testing.T, d drivers.Driver, o *conformanceOptions) {
 	cfg := TaskConfig(t, "sleep", "1000")
 	StartTask(t, d, cfg)
 	dup := TaskConfig(t, "true")
@@ -467,7 +477,7 @@ func testDuplicateID(t *testing.T, d drivers.Driver) {
 	}
 }
 
-func testUnknownTask(t *testing.T, d drivers.Driver) {
+func testUnknownTask(t *testing.T, d drivers.Driver, o *conformanceOptions) {
 	ctx := context.Background()
 	const id = "no-such-task"
 	calls := map[string]func() error{
@@ -491,12 +501,12 @@ func testUnknownTask(t *testing.T, d drivers.Driver) {
 	}
 }
 
-func testStats(t *testing.T, d drivers.Driver) {
+func testStats(t *testing.T, d drivers.Driver, o *conformanceOptions) {
 	// Burn a little CPU, then idle.
 	cfg := TaskConfig(t, "/bin/sh", "-c", `i=0; while [ $i -lt 100000 ]; do i=$((i+1)); done; echo ready; exec sleep 1000`)
 	StartTask(t, d, cfg)
-	WaitForLog(t, cfg.StdoutPath, "ready", exitTimeout)
-	deadline := time.Now().Add(exitTimeout)
+	WaitForLog(t, cfg.StdoutPath, "ready", o.timeout)
+	deadline := time.Now().Add(o.timeout)
 	for {
 		st, err := d.Stats(context.Background(), cfg.ID)
 		if err != nil {
