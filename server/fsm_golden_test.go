@@ -40,6 +40,9 @@ var entries = []struct {
 	{structs.CertRevokeRequestType, &structs.CertRevokeRequest{}},
 	{structs.EndpointUpsertRequestType, &structs.EndpointUpsertRequest{}},
 	{structs.EndpointDeleteRequestType, &structs.EndpointDeleteRequest{}},
+	{structs.VolumeUpsertRequestType, &structs.VolumeUpsertRequest{}},
+	{structs.VolumeDeleteRequestType, &structs.VolumeDeleteRequest{}},
+	{structs.SSHKeysSetRequestType, &structs.SSHKeysSetRequest{}},
 }
 
 func entryFixture(typ structs.MessageType, req any) string {

@@ -23,6 +23,10 @@ const (
 	// Endpoints (structs/endpoint.go).
 	EndpointUpsertRequestType
 	EndpointDeleteRequestType
+	// Volumes and users' SSH keys (structs/volume.go).
+	VolumeUpsertRequestType
+	VolumeDeleteRequestType
+	SSHKeysSetRequestType
 )
 
 // KernelsLostRequest gives up the kernels of the listed sessions on a
