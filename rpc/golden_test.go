@@ -27,6 +27,7 @@ var messages = []any{
 	&ReadIndexRequest{}, &ReadIndexResponse{},
 	&SignAgentRequest{}, &SignAgentResponse{}, &JoinServerRequest{}, &JoinServerResponse{},
 	&EndpointStatsRequest{}, &EndpointStatsResponse{},
+	&VolumeUsageRequest{}, &VolumeUsageResponse{},
 }
 
 func typeName(v any) string { return reflect.TypeOf(v).Elem().Name() }

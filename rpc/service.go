@@ -54,6 +54,8 @@ type AgentService interface {
 	ImageList(ctx context.Context, req *ImageListRequest) (*ImageListResponse, error)
 	ImagePull(ctx context.Context, req *ImagePullRequest) (*ImagePullResponse, error)
 	Stats(ctx context.Context, req *StatsRequest) (*StatsResponse, error)
+	// VolumeUsage measures volume directories (volumes.go).
+	VolumeUsage(ctx context.Context, req *VolumeUsageRequest) (*VolumeUsageResponse, error)
 }
 
 // ExecStream is the agent side of Exec.
@@ -164,6 +166,9 @@ var agentDesc = grpc.ServiceDesc{
 		unary(func(srv any, ctx context.Context, req *StatsRequest) (*StatsResponse, error) {
 			return srv.(AgentService).Stats(ctx, req)
 		}, agentServiceName, "Stats"),
+		unary(func(srv any, ctx context.Context, req *VolumeUsageRequest) (*VolumeUsageResponse, error) {
+			return srv.(AgentService).VolumeUsage(ctx, req)
+		}, agentServiceName, "VolumeUsage"),
 	},
 	Streams: []grpc.StreamDesc{{
 		StreamName:    "Exec",

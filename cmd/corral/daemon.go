@@ -62,6 +62,7 @@ type daemonFlags struct {
 	kernelHelper                                              string
 	noGPUs                                                    bool
 	join                                                      listFlag
+	volumeRoots                                               volumeRootsFlag
 	insecureRegistries                                        listFlag
 	kernelEgressAllow                                         listFlag
 	allowedRegistries                                         listFlag
@@ -169,6 +170,7 @@ func parseDaemonFlags(role string, args []string) (*daemonFlags, error) {
 		fs.StringVar(&f.pluginDir, "plugin-dir", "", "directory of external driver plugins (executables launched through go-plugin)")
 		fs.Var(&f.insecureRegistries, "insecure-registry", "registry host[:port] spoken to over plain HTTP (repeatable; loopback always is)")
 		fs.StringVar(&f.maxImageSize, "max-image-size", "50G", "largest unpacked image (its files in all); a pull beyond it fails")
+		fs.Var(&f.volumeRoots, "volume-root", volumeRootsHelp)
 		fs.StringVar(&f.execUser, "exec-user", execdriver.DefaultUser, "unprivileged user (name or uid, never root) that exec kernels run as, in namespaces of their own")
 		fs.BoolVar(&f.enableHostDriver, "enable-host-driver", false, "offer the host driver: kernels run as root in the host's namespaces (for admins only)")
 		fs.StringVar(&f.nvmlLib, "nvml-lib", "", "NVIDIA NVML library to fingerprint GPUs with (default libnvidia-ml.so.1 through the loader)")
@@ -406,6 +408,13 @@ func runDaemon(role string, args []string) int {
 		cfg.KernelSubnet = f.kernelSubnet
 		cfg.KernelEgressAllow = f.kernelEgressAllow
 		cfg.MetricsAddr = f.metricsAddr
+		if err := setupVolumes(&cfg, f.volumeRoots, role, f.dataDir, f.execUser); err != nil {
+			fmt.Fprintf(os.Stderr, "Error: %v\n", err)
+			if srv != nil {
+				srv.Shutdown()
+			}
+			return 1
+		}
 		if role == "agent" && security.TLS == nil && security.JoinToken != "" {
 			// Not a secret of one's own PKI: the cluster's join token.
 			cfg.JoinToken, cfg.Security = security.JoinToken, nil
