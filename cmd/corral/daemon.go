@@ -63,6 +63,7 @@ type daemonFlags struct {
 	noGPUs                                                    bool
 	join                                                      listFlag
 	volumeRoots                                               volumeRootsFlag
+	sftpIdle                                                  time.Duration
 	insecureRegistries                                        listFlag
 	kernelEgressAllow                                         listFlag
 	allowedRegistries                                         listFlag
@@ -123,6 +124,7 @@ func parseDaemonFlags(role string, args []string) (*daemonFlags, error) {
 		"agent":  "how long an ended kernel's directory and logs stay on this node after the server acknowledged its end",
 	}[role]
 	fs.DurationVar(&f.gcRetention, "gc-retention", 24*time.Hour, gcHelp)
+	fs.DurationVar(&f.sftpIdle, "sftp-idle-timeout", 10*time.Minute, "servers: end SFTP system sessions (corral volume sftp/cp) after this long without SFTP traffic")
 	if role != "agent" {
 		fs.StringVar(&f.httpAddr, "http", "127.0.0.1:8640", "HTTP API address")
 		fs.DurationVar(&f.agentLostAfter, "agent-lost-after", server.DefaultAgentLostAfter, "grace period of a DISCONNECTED agent (gossip failed and no RPC heartbeat): its kernels keep their slots and are given up only after this")
@@ -355,7 +357,7 @@ func runDaemon(role string, args []string) int {
 			HTTPAddr: f.httpAddr, RPCAddr: f.rpcAddr, SerfAddr: f.serfAddr, Join: f.join,
 			BootstrapExpect: f.bootstrapExpect, Logger: logger, LogOutput: libLog,
 			FastGossip: f.fastGossip, GossipKey: gossipKey, Security: security, HTTPTLS: f.httpTLS,
-			AgentLostAfter: f.agentLostAfter, HeartbeatTTL: f.heartbeatTTL, OnBootstrapToken: func(token string) { announceToken(role, dataSubdir(role, f.dataDir, "server"), token, logger) },
+			AgentLostAfter: f.agentLostAfter, HeartbeatTTL: f.heartbeatTTL, SFTPIdleTimeout: f.sftpIdle, OnBootstrapToken: func(token string) { announceToken(role, dataSubdir(role, f.dataDir, "server"), token, logger) },
 			OnJoinToken: func(token string) {
 				if role == "server" {
 					fmt.Printf("Agents join this cluster with (shown again by 'corral system join-token'):\n  corral agent -join %s -join-token %s\n", f.serfAddr, token)
