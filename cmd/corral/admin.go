@@ -15,6 +15,7 @@ import (
 var userCommands = []command{
 	{"create", "NAME [-admin]", "create a user", (*cli).userCreate},
 	{"list", "[flags]", "list users", (*cli).userList},
+	{"ssh-key", "add FILE|- | list", "manage your SSH public keys for SFTP", (*cli).sshKey},
 }
 
 var keyCommands = []command{

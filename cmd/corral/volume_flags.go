@@ -71,3 +71,18 @@ func setupVolumes(cfg *agent.Config, roots volumeRootsFlag, role, dataDir, execU
 	}
 	return nil
 }
+
+// volumeFlag is session create's -volume NAME:/path[:ro] (repeatable).
+type volumeFlag []string
+
+func (v *volumeFlag) String() string { return strings.Join(*v, ",") }
+func (v *volumeFlag) Set(s string) error {
+	if !strings.Contains(s, ":") {
+		s += ":/volume" // -sftp -volume NAME: served from /volume
+	}
+	if _, err := structs.ParseVolumeRef(s); err != nil {
+		return err
+	}
+	*v = append(*v, s)
+	return nil
+}
