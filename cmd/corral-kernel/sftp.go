@@ -17,8 +17,8 @@ import (
 // sftpMain serves SFTP on one directory (a volume) to the holders of the
 // authorized keys: the kernel of an SFTP system session (corral volume
 // sftp). Only the "sftp" subsystem is served: no shell, no exec, no
-// forwarding. Paths resolve against the root (relative ones, and the
-// client's starting directory).
+// forwarding. Every path resolves inside the root ("/" is the root
+// itself; os.Root keeps "..", and symlinks, from leading out).
 func sftpMain(args []string) int {
 	fs := flag.NewFlagSet("sftp", flag.ContinueOnError)
 	listen := fs.String("listen", "127.0.0.1:2222", "address to listen on")
@@ -37,7 +37,8 @@ func sftpMain(args []string) int {
 		fmt.Fprintf(os.Stderr, "corral-kernel sftp: %v\n", err)
 		return 1
 	}
-	if err := os.Chdir(*root); err != nil {
+	rt, err := os.OpenRoot(*root)
+	if err != nil {
 		fmt.Fprintf(os.Stderr, "corral-kernel sftp: %v\n", err)
 		return 1
 	}
@@ -55,7 +56,7 @@ func sftpMain(args []string) int {
 		if err != nil {
 			return 0
 		}
-		go serveSFTPConn(c, cfg, *root)
+		go serveSFTPConn(c, cfg, rt)
 	}
 }
 
@@ -99,7 +100,7 @@ func sftpServerConfig(hostKeyFile, authFile string) (*ssh.ServerConfig, error) {
 }
 
 // serveSFTPConn serves one client connection.
-func serveSFTPConn(c net.Conn, cfg *ssh.ServerConfig, root string) {
+func serveSFTPConn(c net.Conn, cfg *ssh.ServerConfig, root *os.Root) {
 	defer c.Close()
 	_, chans, reqs, err := ssh.NewServerConn(c, cfg)
 	if err != nil {
@@ -123,10 +124,7 @@ func serveSFTPConn(c net.Conn, cfg *ssh.ServerConfig, root string) {
 				if !ok {
 					continue
 				}
-				srv, err := sftp.NewServer(ch, sftp.WithServerWorkingDirectory(root))
-				if err != nil {
-					return
-				}
+				srv := sftp.NewRequestServer(ch, newRootHandlers(root))
 				if err := srv.Serve(); err != nil && err != io.EOF {
 					fmt.Fprintf(os.Stderr, "sftp: %v\n", err)
 				}
