@@ -252,8 +252,20 @@ func newKeyPair(t *testing.T) (ssh.Signer, string, []byte) {
 	return signer, strings.TrimSpace(string(ssh.MarshalAuthorizedKey(signer.PublicKey()))) + " test", pem.EncodeToMemory(block)
 }
 
+// sftpConn is an SFTP client on an SSH connection through a tunnel.
+type sftpConn struct {
+	*sftp.Client
+	ssh *ssh.Client
+}
+
+// Close closes the SFTP client, the SSH connection and the tunnel.
+func (c *sftpConn) Close() error {
+	c.Client.Close()
+	return c.ssh.Close()
+}
+
 // dialSFTP opens an SFTP client through the session's app tunnel.
-func dialSFTP(ctx context.Context, c *api.Client, id string, signer ssh.Signer) (*sftp.Client, error) {
+func dialSFTP(ctx context.Context, c *api.Client, id string, signer ssh.Signer) (*sftpConn, error) {
 	conn, err := c.DialApp(ctx, id, structs.SFTPPortName)
 	if err != nil {
 		return nil, err
@@ -264,7 +276,13 @@ func dialSFTP(ctx context.Context, c *api.Client, id string, signer ssh.Signer) 
 		conn.Close()
 		return nil, err
 	}
-	return sftp.NewClient(ssh.NewClient(sc, chans, reqs))
+	client := ssh.NewClient(sc, chans, reqs)
+	sf, err := sftp.NewClient(client)
+	if err != nil {
+		client.Close()
+		return nil, err
+	}
+	return &sftpConn{Client: sf, ssh: client}, nil
 }
 
 func TestVolumeSFTP(t *testing.T) {
@@ -289,7 +307,7 @@ func TestVolumeSFTP(t *testing.T) {
 		t.Fatal(err)
 	}
 	id := sd.Session.ID
-	var sc *sftp.Client
+	var sc *sftpConn
 	eventually(t, volWait, "the sftp session serves through its tunnel", func() error {
 		sc, err = dialSFTP(ctx, alice, id, signer)
 		return err

@@ -294,6 +294,8 @@ func DialSFTP(ctx context.Context, client *api.Client, sessionID string, signer 
 		conn.Close()
 		return nil, fmt.Errorf("ssh to the sftp session: %w (is your key added with corral user ssh-key add?)", err)
 	}
+	// Closing the SFTP client leaves the SSH connection: the command
+	// ends with it (the tunnel closes with the process).
 	return sftp.NewClient(ssh.NewClient(sc, chans, reqs))
 }
 
