@@ -76,7 +76,11 @@ func (r *kernelRunner) prepareVolumes(cfg *drivers.TaskConfig) error {
 		if err := ensureVolumeDir(dir, uid, gid); err != nil {
 			return fmt.Errorf("volume %s: %w", m.Volume, err)
 		}
-		cfg.Mounts = append(cfg.Mounts, drivers.Mount{Source: dir, Destination: m.Target, ReadOnly: m.ReadOnly})
+		mnt := drivers.Mount{Source: dir, Destination: m.Target, ReadOnly: m.ReadOnly}
+		if uid >= 0 {
+			mnt.Owner = &drivers.MountOwner{UID: uint32(uid), GID: uint32(gid)}
+		}
+		cfg.Mounts = append(cfg.Mounts, mnt)
 	}
 	if k.SFTP != nil {
 		return r.prepareSFTP(cfg, uid, gid)

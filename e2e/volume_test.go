@@ -486,3 +486,61 @@ func TestVolumeMountFigure(t *testing.T) {
 	t.Logf("FIGURE volume_mount_start_ms_0=%.1f volume_mount_start_ms_3=%.1f added_ms=%.1f runs=%d (median PREPARING->RUNNING of exec kernels)",
 		float64(med[0].Microseconds())/1000, float64(med[3].Microseconds())/1000, float64((med[3]-med[0]).Microseconds())/1000, runs)
 }
+
+// TestVolumesRunc: a container kernel (runc, in a user namespace where
+// the host allows) reads and writes a volume that an exec kernel wrote;
+// its files belong to the same host uid; read-only is honoured.
+func TestVolumesRunc(t *testing.T) {
+	if why := runcUnavailable(); why != "" {
+		t.Skip(why)
+	}
+	ref := startRegistry(t, busyboxImage(t), "corral/busybox:1")
+	d := startVolDev(t, "-allow-registry", strings.SplitN(ref, "/", 2)[0])
+	ctx := context.Background()
+	alice, _ := d.user(t, "alice")
+	if _, err := alice.CreateVolume(ctx, &api.CreateVolumeRequest{Name: "data"}); err != nil {
+		t.Fatal(err)
+	}
+	if s, out := runBatch(t, alice, []string{"data:/mnt/data"}, "echo hello > /mnt/data/greeting"); s.Session.Result != structs.ResultSuccess {
+		t.Fatalf("exec writer: %s (%s) %q", s.Session.Result, s.Session.StatusInfo, out)
+	}
+	runc := func(vol, script string) (*api.SessionDetail, string) {
+		t.Helper()
+		c, err := alice.CreateSession(ctx, &api.CreateSessionRequest{Driver: "runc", Image: ref, Command: []string{"sh", "-c", script}, Volumes: []string{vol}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var g *api.SessionDetail
+		eventually(t, volWait, "runc session ends", func() error {
+			if g, err = alice.GetSession(ctx, c.Session.ID); err != nil {
+				return err
+			}
+			if !g.Session.Status.Terminal() {
+				return fmt.Errorf("it is %s", g.Session.Status)
+			}
+			return nil
+		})
+		logs, err := alice.SessionLogs(ctx, c.Session.ID, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return g, string(logs.Stdout) + string(logs.Stderr)
+	}
+	s, out := runc("data:/data", "cat /data/greeting && echo from-runc > /data/runc.txt && ls -ln /data/runc.txt")
+	if s.Session.Result != structs.ResultSuccess || !strings.Contains(out, "hello") {
+		t.Fatalf("runc kernel on the volume: %s (%s) %q", s.Session.Result, s.Session.StatusInfo, out)
+	}
+	host := filepath.Join(d.dir, "volumes", "alice", "data", "runc.txt")
+	fi, err := os.Stat(host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	uid, _, _ := execdriver.TaskUserIDs(execdriver.DefaultUser)
+	if got := fi.Sys().(*syscall.Stat_t).Uid; int(got) != uid {
+		t.Errorf("the runc kernel's file belongs to host uid %d, want %d, as exec kernels' files", got, uid)
+	}
+	s, out = runc("data:/data:ro", "echo x > /data/ro.txt")
+	if s.Session.Result != structs.ResultFailure || !strings.Contains(out, "Read-only") {
+		t.Fatalf("runc write to a read-only volume: %s %q", s.Session.Result, out)
+	}
+}
