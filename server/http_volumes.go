@@ -373,6 +373,9 @@ func (s *Server) attachVolumes(snap *state.Snapshot, req *api.CreateSessionReque
 		}
 	}
 	for _, k := range kernels {
+		if len(mounts) > 0 && k.Driver == "host" {
+			return badRequest("kernel %s: driver host has no mount namespace and cannot mount volumes: use exec, runc or a plugin driver", k.Hostname)
+		}
 		k.Volumes = slices.Clone(mounts)
 	}
 	if !req.SFTP {
