@@ -319,8 +319,8 @@ func prepareVolumeCreate(req *api.CreateSessionRequest) error {
 	if len(req.Volumes) == 0 {
 		return badRequest("an sftp session serves a volume: give one with -volume NAME")
 	}
-	if req.ClusterSize > 1 || req.Image != "" || (req.Driver != "" && req.Driver != "exec") || len(req.Command) > 0 {
-		return badRequest("an sftp session runs corral's SFTP server in one exec kernel: give no image, driver, command or cluster size")
+	if req.ClusterSize > 1 || req.Image != "" || (req.Driver != "" && req.Driver != "exec") || len(req.Command) > 0 || len(req.ServicePorts) > 0 {
+		return badRequest("an sftp session runs corral's SFTP server in one exec kernel: give no image, driver, command, ports or cluster size")
 	}
 	req.Driver = "exec"
 	req.Command = []string{"corral-kernel", "sftp"}
