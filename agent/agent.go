@@ -107,6 +107,12 @@ type Config struct {
 	// KernelHelper is the corral-kernel binary placed into cluster
 	// kernels (default: corral-kernel next to the agent's executable).
 	KernelHelper string
+	// VolumeRoots maps the storage backends this agent reaches to their
+	// root directories (-volume-root NAME=PATH); VolumeOwner gives the
+	// uid and gid that a kernel's files in a volume belong to (nil:
+	// root's). See volumes.go.
+	VolumeRoots map[string]string
+	VolumeOwner func(k *structs.Kernel) (uid, gid int, err error)
 	// GCRetention is how long an ended kernel's directory and logs stay
 	// after a server acknowledged its end (0: DefaultGCRetention).
 	GCRetention time.Duration
@@ -405,6 +411,7 @@ func (a *Agent) inventory() *structs.Agent {
 		ID: a.id, Name: a.cfg.Name, ResourceGroup: a.cfg.ResourceGroup, RPCAddr: a.cfg.RPCAddr,
 		SerfAddr: a.SerfAddr(), Drivers: a.driverNames(), UnhealthyDrivers: unhealthy,
 		Capacity: a.slots(), GPUs: a.gpus(), Version: Version,
+		VolumeRoots: maps.Clone(a.cfg.VolumeRoots),
 	}
 }
 

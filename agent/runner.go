@@ -197,6 +197,11 @@ func (r *kernelRunner) start(ctx context.Context, log *slog.Logger, cfg *drivers
 		return false
 	default:
 	}
+	if err := r.prepareVolumes(cfg); err != nil {
+		log.Warn("preparing volumes failed", "error", err)
+		r.fail(structs.KernelError, "volumes: "+err.Error())
+		return false
+	}
 	if err := r.prepareKernel(cfg); err != nil {
 		log.Warn("preparing cluster launch failed", "error", err)
 		r.fail(structs.KernelError, "cluster launch: "+err.Error())

@@ -90,6 +90,11 @@ type CreateSessionRequest struct {
 	// ServicePorts are apps on main1's ports, reached through
 	// /v1/sessions/{id}/apps/{name} (docs/apps.md).
 	ServicePorts []structs.ServicePort `json:"service_ports,omitempty"`
+	// Volumes are mounted into every kernel: "NAME:/path[:ro]" (NAME may
+	// be OWNER/NAME for a volume shared with the caller); SFTP makes a
+	// system session serve the first one over SFTP (docs/volumes.md).
+	Volumes []string `json:"volumes,omitempty"`
+	SFTP    bool     `json:"sftp,omitempty"`
 }
 
 // SessionDetail is a session with its kernels: the answer of create, get and destroy.

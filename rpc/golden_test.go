@@ -28,6 +28,7 @@ var messages = []any{
 	&ReadIndexRequest{}, &ReadIndexResponse{},
 	&SignAgentRequest{}, &SignAgentResponse{}, &JoinServerRequest{}, &JoinServerResponse{},
 	&EndpointStatsRequest{}, &EndpointStatsResponse{},
+	&VolumeUsageRequest{}, &VolumeUsageResponse{},
 }
 
 func typeName(v any) string { return reflect.TypeOf(v).Elem().Name() }
@@ -116,6 +117,7 @@ func TestPreviousVersionMessages(t *testing.T) {
 				r.Agent.DisconnectedAt = time.Time{}
 				r.Agent.UnhealthyDrivers = nil
 				r.Agent.GPUs, r.Agent.GPUHolders = nil, nil
+				r.Agent.VolumeRoots = nil
 			}
 			if !reflect.DeepEqual(got.Elem().Interface(), want.Interface()) {
 				t.Fatalf("protocol 1 %s decoded as\n%+v\nwant\n%+v", name, got.Elem().Interface(), want.Interface())

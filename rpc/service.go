@@ -57,6 +57,8 @@ type AgentService interface {
 	// answer Unimplemented).
 	ImageRemove(ctx context.Context, req *ImageRemoveRequest) (*ImageRemoveResponse, error)
 	Stats(ctx context.Context, req *StatsRequest) (*StatsResponse, error)
+	// VolumeUsage measures volume directories (volumes.go).
+	VolumeUsage(ctx context.Context, req *VolumeUsageRequest) (*VolumeUsageResponse, error)
 }
 
 // ExecStream is the agent side of Exec.
@@ -170,6 +172,9 @@ var agentDesc = grpc.ServiceDesc{
 		unary(func(srv any, ctx context.Context, req *StatsRequest) (*StatsResponse, error) {
 			return srv.(AgentService).Stats(ctx, req)
 		}, agentServiceName, "Stats"),
+		unary(func(srv any, ctx context.Context, req *VolumeUsageRequest) (*VolumeUsageResponse, error) {
+			return srv.(AgentService).VolumeUsage(ctx, req)
+		}, agentServiceName, "VolumeUsage"),
 	},
 	Streams: []grpc.StreamDesc{{
 		StreamName:    "Exec",

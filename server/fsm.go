@@ -161,6 +161,24 @@ func (f *fsm) Apply(l *raft.Log) any {
 			return err
 		}
 		return f.state.DeleteEndpoint(l.Index, &req)
+	case structs.VolumeUpsertRequestType:
+		var req structs.VolumeUpsertRequest
+		if err := json.Unmarshal(body, &req); err != nil {
+			return err
+		}
+		return f.state.UpsertVolume(l.Index, &req)
+	case structs.VolumeDeleteRequestType:
+		var req structs.VolumeDeleteRequest
+		if err := json.Unmarshal(body, &req); err != nil {
+			return err
+		}
+		return f.state.DeleteVolume(l.Index, &req)
+	case structs.SSHKeysSetRequestType:
+		var req structs.SSHKeysSetRequest
+		if err := json.Unmarshal(body, &req); err != nil {
+			return err
+		}
+		return f.state.SetSSHKeys(l.Index, &req)
 	}
 	// An unknown type means a newer server wrote the log.
 	return f.unknownEntry(t, ignorable, l.Index)

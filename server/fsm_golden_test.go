@@ -41,6 +41,9 @@ var entries = []struct {
 	{structs.EndpointUpsertRequestType, &structs.EndpointUpsertRequest{}},
 	{structs.EndpointDeleteRequestType, &structs.EndpointDeleteRequest{}},
 	{structs.ConfigDeleteRequestType, &structs.ConfigDeleteRequest{}},
+	{structs.VolumeUpsertRequestType, &structs.VolumeUpsertRequest{}},
+	{structs.VolumeDeleteRequestType, &structs.VolumeDeleteRequest{}},
+	{structs.SSHKeysSetRequestType, &structs.SSHKeysSetRequest{}},
 }
 
 func entryFixture(typ structs.MessageType, req any) string {

@@ -70,6 +70,7 @@ func (s *Server) setupHTTP() error {
 	s.registerApps(mux)
 	s.registerEndpointAPI(mux)
 	s.registerOperator(mux)
+	s.registerVolumes(mux)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path))
 	})
@@ -682,11 +683,17 @@ func (s *Server) createSession(w http.ResponseWriter, r *http.Request) (any, err
 	if id := callerOf(r.Context()); id != nil {
 		owner = id.key.User
 	}
+	if err := prepareVolumeCreate(&req); err != nil {
+		return nil, err
+	}
 	sess, kernels, err := s.validateCreate(&req, snap, owner, now)
 	if err != nil {
 		return nil, err
 	}
 	if err := s.admit(r.Context(), snap, sess, kernels); err != nil {
+		return nil, err
+	}
+	if err := s.attachVolumes(snap, &req, sess, kernels); err != nil {
 		return nil, err
 	}
 	if err := s.checkRegistries(r.Context(), snap, sess.ResourceGroup, kernels); err != nil {

@@ -36,6 +36,9 @@ import (
 
 // Config configures a server.
 type Config struct {
+	// SFTPIdleTimeout ends SFTP system sessions without app traffic for
+	// that long (0: DefaultSFTPIdleTimeout; volumes_idle.go).
+	SFTPIdleTimeout time.Duration
 	// NodeName names this server in gossip; default "<hostname>-server".
 	NodeName string
 	// DataDir holds raft's log, stable store and snapshots, and the node ID.
@@ -625,7 +628,8 @@ func (s *Server) leaderLoop(ctx context.Context) {
 	s.bootstrapAdmin()
 	s.reconcileMembers()
 	var wg sync.WaitGroup
-	wg.Add(6)
+	wg.Add(7)
+	go func() { defer wg.Done(); s.endIdleSFTP(ctx) }()
 	go func() { defer wg.Done(); s.manageEndpoints(ctx) }()
 	go func() { defer wg.Done(); s.watchLiveness(ctx) }()
 	go func() { defer wg.Done(); s.runGC(ctx) }()

@@ -43,8 +43,11 @@ type Agent struct {
 	UnhealthyDrivers map[string]string `json:"unhealthy_drivers,omitempty"`
 	// Drain stops new placements on the agent (corral node drain); its
 	// running kernels go on unless the drain was forced.
-	Drain    bool  `json:"drain,omitempty"`
-	Capacity Slots `json:"capacity"`
+	Drain bool `json:"drain,omitempty"`
+	// VolumeRoots maps the storage backends the agent reaches to their
+	// root directories there (-volume-root NAME=PATH; volume.go).
+	VolumeRoots map[string]string `json:"volume_roots,omitempty"`
+	Capacity    Slots             `json:"capacity"`
 	// Occupied is the sum of the resources of the kernels placed on this
 	// agent that have not ended; it changes in the same apply as they do.
 	Occupied Slots `json:"occupied"`
@@ -75,6 +78,7 @@ func (a *Agent) Copy() *Agent {
 	c.Occupied = a.Occupied.Copy()
 	c.GPUs = a.GPUs.Copy()
 	c.GPUHolders = maps.Clone(a.GPUHolders)
+	copyAgentVolumeRoots(&c, a)
 	return &c
 }
 

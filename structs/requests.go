@@ -25,6 +25,10 @@ const (
 	EndpointDeleteRequestType
 	// ConfigDeleteRequestType deletes users, policies and groups.
 	ConfigDeleteRequestType
+	// Volumes and users' SSH keys (structs/volume.go).
+	VolumeUpsertRequestType
+	VolumeDeleteRequestType
+	SSHKeysSetRequestType
 )
 
 // KernelsLostRequest gives up the kernels of the listed sessions on a

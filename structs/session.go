@@ -94,11 +94,13 @@ type Session struct {
 	Network *Network `json:"network,omitempty"`
 	// Endpoint names the endpoint an inference session is a replica of,
 	// and EndpointGeneration the endpoint's spec generation it runs.
-	Endpoint           string        `json:"endpoint,omitempty"`
-	EndpointGeneration int           `json:"endpoint_generation,omitempty"`
-	Status             SessionStatus `json:"status"`
-	StatusInfo         string        `json:"status_info,omitempty"`
-	Result             SessionResult `json:"result"`
+	Endpoint           string `json:"endpoint,omitempty"`
+	EndpointGeneration int    `json:"endpoint_generation,omitempty"`
+	// Volumes are the IDs of the volumes its kernels mount (volume.go).
+	Volumes    []string      `json:"volumes,omitempty"`
+	Status     SessionStatus `json:"status"`
+	StatusInfo string        `json:"status_info,omitempty"`
+	Result     SessionResult `json:"result"`
 	// ScheduleAttempts counts scheduler passes that could not place the session.
 	ScheduleAttempts int            `json:"schedule_attempts,omitempty"`
 	KernelIDs        []string       `json:"kernel_ids"`
@@ -156,7 +158,11 @@ type Kernel struct {
 	Options *KernelOptions `json:"options,omitempty"`
 	// Cpuset is the cores the agent pinned the kernel to ("2-3"), as it
 	// reported them; empty for a kernel in the shared pool.
-	Cpuset      string         `json:"cpuset,omitempty"`
+	Cpuset string `json:"cpuset,omitempty"`
+	// Volumes are bound into the kernel, SFTP makes it an SFTP server
+	// (volume.go).
+	Volumes     []VolumeMount  `json:"volumes,omitempty"`
+	SFTP        *SFTPServer    `json:"sftp,omitempty"`
 	Status      KernelStatus   `json:"status"`
 	StatusInfo  string         `json:"status_info,omitempty"`
 	ExitCode    *int           `json:"exit_code,omitempty"`
@@ -193,6 +199,7 @@ func (k *Kernel) Copy() *Kernel {
 	c.GPUs = append([]string(nil), k.GPUs...)
 	c.ImagePorts = append([]ServicePort(nil), k.ImagePorts...)
 	c.History = append([]StatusChange(nil), k.History...)
+	copyVolumeFields(&c, k)
 	if k.ExitCode != nil {
 		v := *k.ExitCode
 		c.ExitCode = &v
@@ -206,6 +213,7 @@ func (s *Session) Copy() *Session {
 	c.KernelIDs = append([]string(nil), s.KernelIDs...)
 	c.DependsOn = append([]string(nil), s.DependsOn...)
 	c.ServicePorts = append([]ServicePort(nil), s.ServicePorts...)
+	c.Volumes = append([]string(nil), s.Volumes...)
 	c.History = append([]StatusChange(nil), s.History...)
 	if s.Network != nil {
 		n := *s.Network

@@ -6,6 +6,7 @@
 //	corral-kernel run -launch FILE -- CMD...   ssh server, start barrier, then CMD
 //	corral-kernel serve -launch FILE           ssh server only, until SIGTERM
 //	corral-kernel ssh [ssh options] HOST CMD   client (also as a link named ssh)
+//	corral-kernel sftp -root DIR -host-key F -authorized-keys F [-listen ADDR]
 //	corral-kernel version
 //
 // run starts the kernel's built-in ssh server, waits (when the launch file
@@ -54,6 +55,8 @@ func main() {
 		os.Exit(runMain(os.Args[2:], true))
 	case "ssh":
 		os.Exit(sshMain(os.Args[2:]))
+	case "sftp":
+		os.Exit(sftpMain(os.Args[2:]))
 	case "version":
 		fmt.Printf("corral-kernel %s\n", version)
 	default:

@@ -42,7 +42,9 @@ func TestMain(m *testing.M) {
 }
 
 // TestLightDependencies keeps corral-kernel small and static: the standard
-// library, golang.org/x/crypto and x/sys, and its own package.
+// library, golang.org/x/crypto and x/sys, and its own package; and, for
+// its SFTP server (sftp.go), github.com/pkg/sftp and its github.com/kr/fs
+// (pure Go).
 func TestLightDependencies(t *testing.T) {
 	out, err := exec.Command("go", "list", "-deps", ".").Output()
 	if err != nil {
@@ -52,7 +54,8 @@ func TestLightDependencies(t *testing.T) {
 		first, _, _ := strings.Cut(p, "/")
 		if !strings.Contains(first, ".") || p == "github.com/corral-dev/corral/cmd/corral-kernel" ||
 			p == "github.com/corral-dev/corral/internal/kernelssh" || p == "github.com/corral-dev/corral/version" ||
-			strings.HasPrefix(p, "golang.org/x/sys/") || strings.HasPrefix(p, "golang.org/x/crypto/") {
+			strings.HasPrefix(p, "golang.org/x/sys/") || strings.HasPrefix(p, "golang.org/x/crypto/") ||
+			p == "github.com/pkg/sftp" || strings.HasPrefix(p, "github.com/pkg/sftp/internal/") || p == "github.com/kr/fs" {
 			continue
 		}
 		t.Errorf("corral-kernel links %s; keep it to the standard library, x/crypto and x/sys", p)

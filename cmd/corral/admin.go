@@ -16,6 +16,7 @@ var userCommands = []command{
 	{"create", "NAME [-admin]", "create a user", (*cli).userCreate},
 	{"list", "[flags]", "list users", (*cli).userList},
 	{"delete", "NAME", "delete a user and its access keys (refused while its sessions run)", (*cli).userDelete},
+	{"ssh-key", "add FILE|- | list", "manage your SSH public keys for SFTP", (*cli).sshKey},
 }
 
 var keyCommands = []command{

@@ -65,6 +65,8 @@ type daemonFlags struct {
 	kernelHelper                                              string
 	noGPUs                                                    bool
 	join                                                      listFlag
+	volumeRoots                                               volumeRootsFlag
+	sftpIdle                                                  time.Duration
 	insecureRegistries                                        listFlag
 	kernelEgressAllow                                         listFlag
 	allowedRegistries                                         listFlag
@@ -128,6 +130,7 @@ func newDaemonFlagSet(role string, f *daemonFlags) *flag.FlagSet {
 		"agent":  "how long an ended kernel's directory and logs stay on this node after the server acknowledged its end",
 	}[role]
 	fs.DurationVar(&f.gcRetention, "gc-retention", 24*time.Hour, gcHelp)
+	fs.DurationVar(&f.sftpIdle, "sftp-idle-timeout", 10*time.Minute, "servers: end SFTP system sessions (corral volume sftp/cp) after this long without SFTP traffic")
 	if role != "agent" {
 		fs.StringVar(&f.httpAddr, "http", "127.0.0.1:8640", "HTTP API address")
 		fs.DurationVar(&f.agentLostAfter, "agent-lost-after", server.DefaultAgentLostAfter, "grace period of a DISCONNECTED agent (gossip failed and no RPC heartbeat): its kernels keep their slots and are given up only after this")
@@ -175,6 +178,7 @@ func newDaemonFlagSet(role string, f *daemonFlags) *flag.FlagSet {
 		fs.StringVar(&f.pluginDir, "plugin-dir", "", "directory of external driver plugins (executables launched through go-plugin)")
 		fs.Var(&f.insecureRegistries, "insecure-registry", "registry host[:port] spoken to over plain HTTP (repeatable; loopback always is)")
 		fs.StringVar(&f.maxImageSize, "max-image-size", "50G", "largest unpacked image (its files in all); a pull beyond it fails")
+		fs.Var(&f.volumeRoots, "volume-root", volumeRootsHelp)
 		fs.StringVar(&f.execUser, "exec-user", execdriver.DefaultUser, "unprivileged user (name or uid, never root) that exec kernels run as, in namespaces of their own")
 		fs.BoolVar(&f.enableHostDriver, "enable-host-driver", false, "offer the host driver: kernels run as root in the host's namespaces (for admins only)")
 		fs.StringVar(&f.nvmlLib, "nvml-lib", "", "NVIDIA NVML library to fingerprint GPUs with (default libnvidia-ml.so.1 through the loader)")
@@ -401,7 +405,7 @@ func runDaemon(role string, args []string) int {
 			HTTPAddr: f.httpAddr, RPCAddr: f.rpcAddr, SerfAddr: f.serfAddr, Join: f.join,
 			BootstrapExpect: f.bootstrapExpect, Logger: logger,
 			FastGossip: f.fastGossip, GossipKey: gossipKey, Security: security, HTTPTLS: f.httpTLS,
-			AgentLostAfter: f.agentLostAfter, HeartbeatTTL: f.heartbeatTTL, OnBootstrapToken: func(token string) { announceToken(role, dataSubdir(role, f.dataDir, "server"), token, logger) },
+			AgentLostAfter: f.agentLostAfter, HeartbeatTTL: f.heartbeatTTL, SFTPIdleTimeout: f.sftpIdle, OnBootstrapToken: func(token string) { announceToken(role, dataSubdir(role, f.dataDir, "server"), token, logger) },
 			OnJoinToken: func(token string) {
 				if role == "server" {
 					fmt.Printf("Agents join this cluster with (shown again by 'corral system join-token'):\n  corral agent -join %s -join-token %s\n", f.serfAddr, token)
@@ -454,6 +458,13 @@ func runDaemon(role string, args []string) int {
 		cfg.KernelSubnet = f.kernelSubnet
 		cfg.KernelEgressAllow = f.kernelEgressAllow
 		cfg.MetricsAddr = f.metricsAddr
+		if err := setupVolumes(&cfg, f.volumeRoots, role, f.dataDir, f.execUser); err != nil {
+			fmt.Fprintf(os.Stderr, "Error: %v\n", err)
+			if srv != nil {
+				srv.Shutdown()
+			}
+			return 1
+		}
 		if role == "agent" && security.TLS == nil && security.JoinToken != "" {
 			// Not a secret of one's own PKI: the cluster's join token.
 			cfg.JoinToken, cfg.Security = security.JoinToken, nil

@@ -107,7 +107,7 @@ Daemons:
 	for _, g := range []struct {
 		title, name string
 		cmds        []command
-	}{{"Sessions", "session", sessionCommands}, {"Endpoints", "endpoint", endpointCommands}, {"Nodes", "node", nodeCommands}, {"Images", "image", imageCommands},
+	}{{"Sessions", "session", sessionCommands}, {"Endpoints", "endpoint", endpointCommands}, {"Volumes", "volume", volumeCommands}, {"Nodes", "node", nodeCommands}, {"Images", "image", imageCommands},
 		{"Users", "user", userCommands}, {"Access keys", "key", keyCommands}, {"Policies", "policy", policyCommands},
 		{"Resource groups", "group", groupCommands}, {"Security", "tls", tlsCommands}, {"System", "system", systemCommands},
 		{"Operator", "", clusterOpCommands()}} {
@@ -191,6 +191,8 @@ func (c *cli) run(ctx context.Context, args []string) int {
 		err = c.group(ctx, "session", sessionCommands, args[1:])
 	case "endpoint":
 		err = c.group(ctx, "endpoint", endpointCommands, args[1:])
+	case "volume":
+		err = c.group(ctx, "volume", volumeCommands, args[1:])
 	case "node":
 		err = c.group(ctx, "node", nodeCommands, args[1:])
 	case "image":

@@ -68,6 +68,8 @@ func (c *cli) parseCreate(args []string) (*createCmd, error) {
 	f.Var(capFlag{&r.CapAdd}, "cap-add", "capability to add to the kernels, e.g. IPC_LOCK or SYS_PTRACE (repeatable or comma-separated; the key's policy must allow it)")
 	f.StringVar(&r.Network, "network", "", "default (empty): container kernels get an address on their agent's kernel bridge and reach out through NAT (cluster kernels also get their session's overlay); host: the kernels use their agents' network (fast fabrics; peers are the agents' addresses; the key's policy must allow it); none: loopback only (cluster kernels keep their overlay)")
 	f.Var(portFlag{&r.ServicePorts}, "port", portUsage)
+	f.Var((*volumeFlag)(&r.Volumes), "volume", "mount a volume into every kernel, `NAME:/path[:ro]` (NAME, or OWNER/NAME when shared with you; repeatable)")
+	f.BoolVar(&r.SFTP, "sftp", false, "with -type system: serve the first -volume over SFTP (no command; see corral volume sftp)")
 	f.BoolVar(&r.InfiniBand, "infiniband", false, "pass the agents' /dev/infiniband devices into the kernels (the key's policy must allow it)")
 	f.IntVar(&r.MaxRetries, "max-retries", 0, "batch: re-queue the session up to N times when an agent running it is lost")
 	f.StringVar(&r.LostAfter, "lost-after", "", "give the kernels up (ERROR, or re-queue with -max-retries) once their agent is DISCONNECTED this long, sooner than the cluster's -agent-lost-after (e.g. 30s)")
@@ -79,7 +81,7 @@ func (c *cli) parseCreate(args []string) (*createCmd, error) {
 	if err != nil {
 		return nil, err
 	}
-	if len(command) == 0 && r.Image == "" {
+	if len(command) == 0 && r.Image == "" && !r.SFTP {
 		return nil, f.usageErr("missing the command to run: corral session create [flags] -- CMD [ARGS...]")
 	}
 	if len(*deps) > 0 {

@@ -98,3 +98,14 @@ func (d *Driver) resolveUser(cfg *drivers.TaskConfig) (name string, err error) {
 	}
 	return name, nil
 }
+
+// TaskUserIDs returns the uid and primary gid that an isolated task of
+// user name (a name or a uid, never root) runs as: the owner that files
+// it writes get (e.g. in a volume the agent makes for it).
+func TaskUserIDs(name string) (uid, gid int, err error) {
+	iso, err := lookupTaskUser(name)
+	if err != nil {
+		return 0, 0, err
+	}
+	return int(iso.Uid), int(iso.Gid), nil
+}

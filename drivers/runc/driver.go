@@ -427,6 +427,9 @@ func (d *Driver) Start(ctx context.Context, cfg *drivers.TaskConfig) (_ *drivers
 	if err != nil {
 		return nil, fmt.Errorf("task %s: %w", cfg.ID, err)
 	}
+	if cfg.Mounts, err = mapOwnedMounts(rfs.Dir, cfg.Mounts, ids); err != nil {
+		return nil, fmt.Errorf("task %s: %w", cfg.ID, err)
+	}
 	etc, err := writeEtcFiles(rfs.Dir, cfg.Hostname, etcHosts(cfg), ids)
 	if err != nil {
 		return nil, fmt.Errorf("task %s: writing /etc files: %w", cfg.ID, err)

@@ -147,12 +147,17 @@ func usernsSupport() error {
 // that is stopped before it runs anything (it is traced and stops at its
 // exec) and killed once the namespace is open.
 func usernsFile(ids *idRange) (*os.File, error) {
-	m := []syscall.SysProcIDMap{{ContainerID: 0, HostID: int(ids.HostID), Size: int(ids.Size)}}
+	return usernsFileMap([]syscall.SysProcIDMap{{ContainerID: 0, HostID: int(ids.HostID), Size: int(ids.Size)}},
+		[]syscall.SysProcIDMap{{ContainerID: 0, HostID: int(ids.HostID), Size: int(ids.Size)}})
+}
+
+// usernsFileMap is usernsFile with the given uid (m) and gid (g) maps.
+func usernsFileMap(m, g []syscall.SysProcIDMap) (*os.File, error) {
 	p, err := os.StartProcess("/proc/self/exe", []string{"corral-userns"}, &os.ProcAttr{
 		Sys: &syscall.SysProcAttr{
 			Cloneflags:  unix.CLONE_NEWUSER,
 			UidMappings: m,
-			GidMappings: m,
+			GidMappings: g,
 			Ptrace:      true,
 			Pdeathsig:   unix.SIGKILL,
 		},

@@ -147,6 +147,18 @@ type Mount struct {
 	Source      string `json:"source"`
 	Destination string `json:"destination"`
 	ReadOnly    bool   `json:"read_only,omitempty"`
+	// Owner, when set, is the host user whose files in Source belong to
+	// the kernel's own user (a volume): a container driver that gives
+	// kernels user namespaces maps it to the kernel's root (an idmapped
+	// mount), so that the kernel reads and writes them and its new files
+	// get this owner on the host.
+	Owner *MountOwner `json:"owner,omitempty"`
+}
+
+// MountOwner is the host uid and gid of a Mount's files.
+type MountOwner struct {
+	UID uint32 `json:"uid"`
+	GID uint32 `json:"gid"`
 }
 
 // ImageConfig is the run configuration of an OCI image.

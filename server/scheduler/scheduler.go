@@ -578,7 +578,13 @@ func (p *pass) place(g *groupView, it *item) (structs.SessionPlacement, string) 
 		if it.gpu != nil && !it.gpu[j].Empty() {
 			d.accept = p.deviceAccept(it.kernels[j:j+1], it.gpu[j:j+1])
 		}
-		v, reason, short := p.pick(g, d, r, withDriver, len(done) == 0)
+		var volReason string
+		if volReason, d.accept = g.volumeCheck(it.kernels[j:j+1], d.accept); volReason != "" {
+			rollback()
+			p.done = done
+			return sp, volReason
+		}
+		v, reason, short := p.pick(g, d, r, withDriver, len(done) == 0 && len(k.Volumes) == 0)
 		if v == nil {
 			rollback()
 			if short && len(done) > 0 && p.anyFits(g, k.Driver, r, withDriver) {
@@ -593,7 +599,7 @@ func (p *pass) place(g *groupView, it *item) (structs.SessionPlacement, string) 
 			g.cursor, g.moved = v.agent.ID, true
 		}
 		var gpus []string
-		if d.accept != nil {
+		if it.gpu != nil && !it.gpu[j].Empty() {
 			gpus = v.takeGPUs(it.kernels[j:j+1], it.gpu[j:j+1])
 		}
 		done = append(done, placed{k: k, v: v, r: r, gpus: gpus})
@@ -630,7 +636,12 @@ func (p *pass) placeTogether(g *groupView, it *item) (structs.SessionPlacement, 
 	if it.gpu != nil {
 		d.accept = p.deviceAccept(it.kernels, it.gpu)
 	}
-	v, reason, _ := p.pick(g, d, it.sum, set.agents, true)
+	volReason, acc := g.volumeCheck(it.kernels, d.accept)
+	if volReason != "" {
+		return sp, volReason
+	}
+	d.accept = acc
+	v, reason, _ := p.pick(g, d, it.sum, set.agents, kernelsBackends(it.kernels) == nil)
 	if v == nil {
 		return sp, reason
 	}

@@ -28,6 +28,9 @@ type Dump struct {
 	Certs   []*structs.IssuedCert   `json:"certs,omitempty"`
 	// Endpoints are the inference endpoints (endpoints.go).
 	Endpoints []*structs.Endpoint `json:"endpoints,omitempty"`
+	// Volumes and SSHKeys are users' volumes and SSH keys (volumes.go).
+	Volumes []*structs.Volume      `json:"volumes,omitempty"`
+	SSHKeys []*structs.UserSSHKeys `json:"ssh_keys,omitempty"`
 }
 
 // Dump copies everything out of the snapshot.
@@ -46,7 +49,7 @@ func (sn *Snapshot) Dump() (*Dump, error) {
 	if d.Agents, err = sn.Agents(nil); err != nil {
 		return nil, err
 	}
-	for _, t := range []string{tableUsers, tableKeys, tablePolicies, tableGroups, tableUsage, tableNetworks, networkCursor, tableIdempotency, tableSecrets, tableCerts, tableEndpoints} {
+	for _, t := range []string{tableUsers, tableKeys, tablePolicies, tableGroups, tableUsage, tableNetworks, networkCursor, tableIdempotency, tableSecrets, tableCerts, tableEndpoints, tableVolumes, tableSSHKeys} {
 		d.Index[t] = sn.Index(t)
 	}
 	if d.Networks, err = sn.Networks(); err != nil {
@@ -77,6 +80,12 @@ func (sn *Snapshot) Dump() (*Dump, error) {
 		return nil, err
 	}
 	if d.Endpoints, err = sn.Endpoints(); err != nil {
+		return nil, err
+	}
+	if d.Volumes, err = sn.Volumes(); err != nil {
+		return nil, err
+	}
+	if d.SSHKeys, err = sn.allSSHKeys(); err != nil {
 		return nil, err
 	}
 	return d, nil
@@ -114,6 +123,7 @@ func (s *StateStore) Restore(d *Dump) error {
 		{tableGroups, anySlice(d.Groups)}, {tableUsage, anySlice(d.Usage)}, {tableNetworks, anySlice(d.Networks)},
 		{tableIdempotency, anySlice(d.Idempotency)}, {tableCerts, anySlice(d.Certs)},
 		{tableEndpoints, anySlice(d.Endpoints)},
+		{tableVolumes, anySlice(d.Volumes)}, {tableSSHKeys, anySlice(d.SSHKeys)},
 	} {
 		for _, o := range set.objs {
 			if err := txn.Insert(set.table, o); err != nil {

@@ -153,6 +153,10 @@ func schema() *memdb.DBSchema {
 	}
 	sc.Tables[tableEndpoints] = endpointTable()
 	sc.Tables[tableSessions].Indexes["endpoint"] = sessionsByEndpoint()
+	for name, t := range volumeTables() {
+		sc.Tables[name] = t
+	}
+	sc.Tables[tableSessions].Indexes["volume"] = sessionsByVolume()
 	return sc
 }
 
