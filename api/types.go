@@ -90,6 +90,13 @@ type CreateSessionRequest struct {
 	// ServicePorts are apps on main1's ports, reached through
 	// /v1/sessions/{id}/apps/{name} (docs/apps.md).
 	ServicePorts []structs.ServicePort `json:"service_ports,omitempty"`
+	// Volumes are "NAME:/path[:ro]" mounts of named volumes into every
+	// kernel of the session.
+	Volumes []string `json:"volumes,omitempty"`
+	// Template names a session template (docs/templates.md): the caller's
+	// own, else a global one. The fields given here override the
+	// template's (resources, env and roles key by key).
+	Template string `json:"template,omitempty"`
 }
 
 // SessionDetail is a session with its kernels: the answer of create, get and destroy.
@@ -309,7 +316,11 @@ type DrainRequest struct {
 
 // RoleSpec overrides what the kernels of one role run and ask for.
 type RoleSpec struct {
-	Role      string        `json:"role"`
+	Role string `json:"role"`
+	// Count is the number of kernels of an extra role (any name but main
+	// and sub: kernels ROLE1..ROLEn, e.g. ps1, ps2); 0 for main and sub
+	// (cluster_size counts those) and 1 by default for an extra role.
+	Count     int           `json:"count,omitempty"`
 	Image     string        `json:"image,omitempty"`
 	Driver    string        `json:"driver,omitempty"`
 	Command   []string      `json:"command,omitempty"`
