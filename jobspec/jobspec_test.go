@@ -49,7 +49,7 @@ func TestParseTemplate(t *testing.T) {
 		Command: []string{"python", "train.py"}, Env: map[string]string{"EPOCHS": "3"},
 		Resources: structs.Slots{structs.SlotCPU: structs.Whole(2), structs.SlotMem: structs.Whole(1 << 30),
 			structs.SlotCUDADevice: structs.Whole(1), "cuda.mig-1g.10gb": 0},
-		Volumes: []string{"data:/home/work/data:ro"},
+		Volumes:      []string{"data:/home/work/data:ro"},
 		ServicePorts: []structs.ServicePort{{Name: "jupyter", Port: 8888, Protocol: "http"}, {Name: "web", Port: 8080, Protocol: "http"}},
 		ClusterMode:  structs.ClusterModeMultiNode, RunOn: structs.RunOnAll, ClusterSize: 2,
 		Roles: []api.RoleSpec{
