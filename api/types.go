@@ -328,3 +328,48 @@ type RoleSpec struct {
 	// GPUConstraint replaces the session's for the role's kernels.
 	GPUConstraint *structs.GPUConstraint `json:"gpu_constraint,omitempty"`
 }
+
+// TemplateRequest is the body of POST /v1/templates: a session template
+// in HCL or JSON (docs/templates.md).
+type TemplateRequest struct {
+	Name string `json:"name"`
+	// Filename names the source in error messages ("ps.hcl"); a name
+	// ending in .json, or a source starting with '{', is read as JSON.
+	Filename string `json:"filename,omitempty"`
+	Source   string `json:"source"`
+	// Global makes the template everyone's (admins only); otherwise it is
+	// the caller's user's.
+	Global bool `json:"global,omitempty"`
+	// Replace replaces a template of the same name (else 409).
+	Replace bool `json:"replace,omitempty"`
+}
+
+// PlanResponse is the answer of POST /v1/plan: where the scheduler would
+// place a session now, without submitting it.
+type PlanResponse struct {
+	// Placed says whether the session would be placed in the next pass;
+	// Reason says why not (the scheduler's explanation, as `session
+	// status` would show it).
+	Placed bool   `json:"placed"`
+	Reason string `json:"reason,omitempty"`
+	// ResourceGroup is the group the session would queue in, and
+	// QueuePosition its place among the group's pending sessions (1:
+	// first) in the order the scheduler takes them.
+	ResourceGroup string `json:"resource_group"`
+	QueuePosition int    `json:"queue_position,omitempty"`
+	// Kernels are the session's kernels, with the agent each would run on
+	// when placed.
+	Kernels []PlanKernel `json:"kernels"`
+}
+
+// PlanKernel is one kernel of a planned session.
+type PlanKernel struct {
+	Hostname  string        `json:"hostname"`
+	Role      string        `json:"role"`
+	Driver    string        `json:"driver"`
+	Image     string        `json:"image,omitempty"`
+	Command   []string      `json:"command,omitempty"`
+	Resources structs.Slots `json:"resources"`
+	AgentID   string        `json:"agent_id,omitempty"`
+	AgentName string        `json:"agent_name,omitempty"`
+}

@@ -40,6 +40,8 @@ var entries = []struct {
 	{structs.CertRevokeRequestType, &structs.CertRevokeRequest{}},
 	{structs.EndpointUpsertRequestType, &structs.EndpointUpsertRequest{}},
 	{structs.EndpointDeleteRequestType, &structs.EndpointDeleteRequest{}},
+	{structs.TemplateUpsertRequestType, &structs.TemplateUpsertRequest{}},
+	{structs.TemplateDeleteRequestType, &structs.TemplateDeleteRequest{}},
 }
 
 func entryFixture(typ structs.MessageType, req any) string {

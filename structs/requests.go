@@ -23,6 +23,9 @@ const (
 	// Endpoints (structs/endpoint.go).
 	EndpointUpsertRequestType
 	EndpointDeleteRequestType
+	// Session templates (structs/template.go).
+	TemplateUpsertRequestType
+	TemplateDeleteRequestType
 )
 
 // KernelsLostRequest gives up the kernels of the listed sessions on a

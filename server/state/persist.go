@@ -28,6 +28,8 @@ type Dump struct {
 	Certs   []*structs.IssuedCert   `json:"certs,omitempty"`
 	// Endpoints are the inference endpoints (endpoints.go).
 	Endpoints []*structs.Endpoint `json:"endpoints,omitempty"`
+	// Templates are the session templates (templates.go).
+	Templates []*structs.Template `json:"templates,omitempty"`
 }
 
 // Dump copies everything out of the snapshot.
@@ -46,7 +48,7 @@ func (sn *Snapshot) Dump() (*Dump, error) {
 	if d.Agents, err = sn.Agents(nil); err != nil {
 		return nil, err
 	}
-	for _, t := range []string{tableUsers, tableKeys, tablePolicies, tableGroups, tableUsage, tableNetworks, networkCursor, tableIdempotency, tableSecrets, tableCerts, tableEndpoints} {
+	for _, t := range []string{tableUsers, tableKeys, tablePolicies, tableGroups, tableUsage, tableNetworks, networkCursor, tableIdempotency, tableSecrets, tableCerts, tableEndpoints, tableTemplates} {
 		d.Index[t] = sn.Index(t)
 	}
 	if d.Networks, err = sn.Networks(); err != nil {
@@ -77,6 +79,9 @@ func (sn *Snapshot) Dump() (*Dump, error) {
 		return nil, err
 	}
 	if d.Endpoints, err = sn.Endpoints(); err != nil {
+		return nil, err
+	}
+	if d.Templates, err = sn.Templates(); err != nil {
 		return nil, err
 	}
 	return d, nil
@@ -113,7 +118,7 @@ func (s *StateStore) Restore(d *Dump) error {
 		{tableUsers, anySlice(d.Users)}, {tableKeys, anySlice(d.Keys)}, {tablePolicies, anySlice(d.Policies)},
 		{tableGroups, anySlice(d.Groups)}, {tableUsage, anySlice(d.Usage)}, {tableNetworks, anySlice(d.Networks)},
 		{tableIdempotency, anySlice(d.Idempotency)}, {tableCerts, anySlice(d.Certs)},
-		{tableEndpoints, anySlice(d.Endpoints)},
+		{tableEndpoints, anySlice(d.Endpoints)}, {tableTemplates, anySlice(d.Templates)},
 	} {
 		for _, o := range set.objs {
 			if err := txn.Insert(set.table, o); err != nil {
