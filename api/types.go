@@ -95,6 +95,10 @@ type CreateSessionRequest struct {
 	// system session serve the first one over SFTP (docs/volumes.md).
 	Volumes []string `json:"volumes,omitempty"`
 	SFTP    bool     `json:"sftp,omitempty"`
+	// Template names a session template (docs/templates.md): the caller's
+	// own, else a global one. The fields given here override the
+	// template's (resources, env and roles key by key).
+	Template string `json:"template,omitempty"`
 }
 
 // SessionDetail is a session with its kernels: the answer of create, get and destroy.
@@ -315,7 +319,11 @@ type DrainRequest struct {
 
 // RoleSpec overrides what the kernels of one role run and ask for.
 type RoleSpec struct {
-	Role      string        `json:"role"`
+	Role string `json:"role"`
+	// Count is the number of kernels of an extra role (any name but main
+	// and sub: kernels ROLE1..ROLEn, e.g. ps1, ps2); 0 for main and sub
+	// (cluster_size counts those) and 1 by default for an extra role.
+	Count     int           `json:"count,omitempty"`
 	Image     string        `json:"image,omitempty"`
 	Driver    string        `json:"driver,omitempty"`
 	Command   []string      `json:"command,omitempty"`
@@ -332,4 +340,49 @@ type DeleteConfigResponse struct {
 	Name string `json:"name"`
 	// Keys are the access keys deleted with a user.
 	Keys []string `json:"keys,omitempty"`
+}
+
+// TemplateRequest is the body of POST /v1/templates: a session template
+// in HCL or JSON (docs/templates.md).
+type TemplateRequest struct {
+	Name string `json:"name"`
+	// Filename names the source in error messages ("ps.hcl"); a name
+	// ending in .json, or a source starting with '{', is read as JSON.
+	Filename string `json:"filename,omitempty"`
+	Source   string `json:"source"`
+	// Global makes the template everyone's (admins only); otherwise it is
+	// the caller's user's.
+	Global bool `json:"global,omitempty"`
+	// Replace replaces a template of the same name (else 409).
+	Replace bool `json:"replace,omitempty"`
+}
+
+// PlanResponse is the answer of POST /v1/plan: where the scheduler would
+// place a session now, without submitting it.
+type PlanResponse struct {
+	// Placed says whether the session would be placed in the next pass;
+	// Reason says why not (the scheduler's explanation, as `session
+	// status` would show it).
+	Placed bool   `json:"placed"`
+	Reason string `json:"reason,omitempty"`
+	// ResourceGroup is the group the session would queue in, and
+	// QueuePosition its place among the group's pending sessions (1:
+	// first) in the order the scheduler takes them.
+	ResourceGroup string `json:"resource_group"`
+	QueuePosition int    `json:"queue_position,omitempty"`
+	// Kernels are the session's kernels, with the agent each would run on
+	// when placed.
+	Kernels []PlanKernel `json:"kernels"`
+}
+
+// PlanKernel is one kernel of a planned session.
+type PlanKernel struct {
+	Hostname  string        `json:"hostname"`
+	Role      string        `json:"role"`
+	Driver    string        `json:"driver"`
+	Image     string        `json:"image,omitempty"`
+	Command   []string      `json:"command,omitempty"`
+	Resources structs.Slots `json:"resources"`
+	AgentID   string        `json:"agent_id,omitempty"`
+	AgentName string        `json:"agent_name,omitempty"`
 }

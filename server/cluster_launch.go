@@ -200,11 +200,9 @@ func clusterLaunch(sess *structs.Session, kernels []*structs.Kernel, ownCommand 
 	if err != nil {
 		return fmt.Errorf("making the session's ssh key: %w", err)
 	}
-	for _, k := range kernels {
-		rank := k.Idx
-		if k.Role == "main" {
-			rank = 0
-		}
+	sorted := slices.Clone(kernels)
+	slices.SortFunc(sorted, structs.CompareKernels)
+	for rank, k := range sorted {
 		k.Launch = &structs.ClusterLaunch{
 			NodeRank: rank, NumNodes: len(kernels),
 			Barrier:       sess.StartOrder == structs.StartBarrier,

@@ -179,6 +179,18 @@ func (f *fsm) Apply(l *raft.Log) any {
 			return err
 		}
 		return f.state.SetSSHKeys(l.Index, &req)
+	case structs.TemplateUpsertRequestType:
+		var req structs.TemplateUpsertRequest
+		if err := json.Unmarshal(body, &req); err != nil {
+			return err
+		}
+		return f.state.UpsertTemplate(l.Index, &req)
+	case structs.TemplateDeleteRequestType:
+		var req structs.TemplateDeleteRequest
+		if err := json.Unmarshal(body, &req); err != nil {
+			return err
+		}
+		return f.state.DeleteTemplate(l.Index, &req)
 	}
 	// An unknown type means a newer server wrote the log.
 	return f.unknownEntry(t, ignorable, l.Index)

@@ -44,6 +44,8 @@ var entries = []struct {
 	{structs.VolumeUpsertRequestType, &structs.VolumeUpsertRequest{}},
 	{structs.VolumeDeleteRequestType, &structs.VolumeDeleteRequest{}},
 	{structs.SSHKeysSetRequestType, &structs.SSHKeysSetRequest{}},
+	{structs.TemplateUpsertRequestType, &structs.TemplateUpsertRequest{}},
+	{structs.TemplateDeleteRequestType, &structs.TemplateDeleteRequest{}},
 }
 
 func entryFixture(typ structs.MessageType, req any) string {

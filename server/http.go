@@ -71,6 +71,7 @@ func (s *Server) setupHTTP() error {
 	s.registerEndpointAPI(mux)
 	s.registerOperator(mux)
 	s.registerVolumes(mux)
+	s.registerTemplates(mux)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path))
 	})
@@ -479,6 +480,17 @@ func (s *Server) validateCreate(req *api.CreateSessionRequest, snap *state.Snaps
 	if req.ClusterSize < 0 || req.ClusterSize > maxClusterSize {
 		return nil, nil, badRequest("cluster_size %d is out of range [1, %d]", req.ClusterSize, maxClusterSize)
 	}
+	extra, err := extraRoles(req)
+	if err != nil {
+		return nil, nil, err
+	}
+	total := max(req.ClusterSize, 1)
+	for _, rs := range extra {
+		total += rs.Count
+	}
+	if total > maxClusterSize {
+		return nil, nil, badRequest("the session has %d kernels (main1, %d sub and %d of extra roles); at most %d", total, max(req.ClusterSize, 1)-1, total-max(req.ClusterSize, 1), maxClusterSize)
+	}
 	switch req.ClusterMode {
 	case "":
 		req.ClusterMode = structs.ClusterModeSingleNode
@@ -489,7 +501,7 @@ func (s *Server) validateCreate(req *api.CreateSessionRequest, snap *state.Snaps
 	if !req.StartsAt.IsZero() && req.Type != structs.SessionTypeBatch {
 		return nil, nil, badRequest("starts_at is for batch sessions (reservations)")
 	}
-	runOn, failOn, startOrder, err := jobSettings(req, max(req.ClusterSize, 1) >= 2)
+	runOn, failOn, startOrder, err := jobSettings(req, total >= 2)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -501,7 +513,7 @@ func (s *Server) validateCreate(req *api.CreateSessionRequest, snap *state.Snaps
 		ID: uuid.NewString(), Name: req.Name, Type: req.Type, ResourceGroup: group,
 		Status: structs.SessionPending, Result: structs.ResultUndefined, CreatedAt: now,
 		Priority: req.Priority, StartsAt: req.StartsAt.UTC(),
-		ClusterMode: req.ClusterMode, ClusterSize: max(req.ClusterSize, 1), MaxRetries: req.MaxRetries,
+		ClusterMode: req.ClusterMode, ClusterSize: total, MaxRetries: req.MaxRetries,
 		LostAfter: lostAfter, RunOn: runOn, FailOn: failOn, StartOrder: startOrder,
 	}
 	if req.StartsAt.IsZero() {
@@ -510,7 +522,7 @@ func (s *Server) validateCreate(req *api.CreateSessionRequest, snap *state.Snaps
 	if sess.ServicePorts, err = checkServicePorts(req.ServicePorts); err != nil {
 		return nil, nil, err
 	}
-	kernels := clusterKernels(sess, req, res, now)
+	kernels := clusterKernels(sess, req, extra, res, now)
 	for _, k := range kernels {
 		if len(limits) > 0 {
 			k.Limits = limits.Copy()
@@ -542,14 +554,11 @@ func (s *Server) validateCreate(req *api.CreateSessionRequest, snap *state.Snaps
 func (s *Server) applyRoles(req *api.CreateSessionRequest, kernels []*structs.Kernel, drivers []string) error {
 	seen := map[string]bool{}
 	for _, rs := range req.Roles {
-		if rs.Role != "main" && rs.Role != "sub" {
-			return badRequest("unknown role %q: use main or sub", rs.Role)
-		}
 		if seen[rs.Role] {
 			return badRequest("role %q is given twice", rs.Role)
 		}
 		seen[rs.Role] = true
-		if rs.Role == "sub" && len(kernels) < 2 {
+		if rs.Role == "sub" && max(req.ClusterSize, 1) < 2 {
 			return badRequest("role sub given for a session without sub kernels: set cluster_size to 2 or more")
 		}
 		driver := req.Driver
@@ -626,23 +635,60 @@ func (s *Server) applyRoles(req *api.CreateSessionRequest, kernels []*structs.Ke
 // maxClusterSize bounds the kernels of one session.
 const maxClusterSize = 64
 
-// clusterKernels builds the session's kernels, main1 and sub1..subN-1, each
-// with the cluster's environment (as Backend.AI's cluster sessions have).
-func clusterKernels(sess *structs.Session, req *api.CreateSessionRequest, res structs.Slots, now time.Time) []*structs.Kernel {
-	n := max(req.ClusterSize, 1)
-	hosts := make([]string, n)
-	for i := range hosts {
-		hosts[i] = "main1"
-		if i > 0 {
-			hosts[i] = fmt.Sprintf("sub%d", i)
+// roleNameRe is what an extra role's name looks like: letters and '-',
+// so that its kernels' hostnames (the name and an index: ps1) are unique.
+var roleNameRe = regexp.MustCompile(`^[a-z]([a-z-]{0,30}[a-z])?$`)
+
+// extraRoles returns the request's roles other than main and sub, checked,
+// with their counts defaulted to 1, sorted by name (the kernels' order).
+func extraRoles(req *api.CreateSessionRequest) ([]api.RoleSpec, error) {
+	var out []api.RoleSpec
+	for _, rs := range req.Roles {
+		switch rs.Role {
+		case "main", "sub":
+			if rs.Count != 0 {
+				return nil, badRequest("role %s: count is for extra roles; main is one kernel and cluster_size counts main1 and the sub kernels", rs.Role)
+			}
+			continue
 		}
+		if !roleNameRe.MatchString(rs.Role) {
+			return nil, badRequest("invalid role name %q: use main, sub, or 1-32 lowercase letters or '-' starting and ending with a letter (its kernels are named after it: ps1, ps2)", rs.Role)
+		}
+		if rs.Count < 0 || rs.Count > maxClusterSize {
+			return nil, badRequest("role %s: count %d is out of range [1, %d]", rs.Role, rs.Count, maxClusterSize)
+		}
+		rs.Count = max(rs.Count, 1)
+		out = append(out, rs)
+	}
+	slices.SortFunc(out, func(a, b api.RoleSpec) int { return strings.Compare(a.Role, b.Role) })
+	return out, nil
+}
+
+// clusterKernels builds the session's kernels, main1 and sub1..subN-1,
+// then the kernels of the extra roles (ps1, ps2...), each with the
+// cluster's environment (as Backend.AI's cluster sessions have).
+func clusterKernels(sess *structs.Session, req *api.CreateSessionRequest, extra []api.RoleSpec, res structs.Slots, now time.Time) []*structs.Kernel {
+	type slot struct {
+		role string
+		idx  int
+	}
+	slots := []slot{{"main", 1}}
+	for i := 1; i < max(req.ClusterSize, 1); i++ {
+		slots = append(slots, slot{"sub", i})
+	}
+	for _, rs := range extra {
+		for i := 1; i <= rs.Count; i++ {
+			slots = append(slots, slot{rs.Role, i})
+		}
+	}
+	n := len(slots)
+	hosts := make([]string, n)
+	for i, sl := range slots {
+		hosts[i] = fmt.Sprintf("%s%d", sl.role, sl.idx)
 	}
 	ks := make([]*structs.Kernel, n)
 	for i := range ks {
-		role, idx := "main", 1
-		if i > 0 {
-			role, idx = "sub", i
-		}
+		role, idx := slots[i].role, slots[i].idx
 		k := &structs.Kernel{
 			ID: uuid.NewString(), SessionID: sess.ID, Role: role, Idx: idx, Hostname: hosts[i],
 			Driver: req.Driver, Image: req.Image, Command: req.Command,
@@ -665,6 +711,34 @@ func clusterKernels(sess *structs.Session, req *api.CreateSessionRequest, res st
 	return ks
 }
 
+// prepareCreate turns a create request into the session and kernels it
+// would enqueue, for the caller of ctx: the template applied, the request
+// validated and admitted against the caller's limits, volumes resolved and
+// the images' registries checked. createSession and planSession share it,
+// so a dry run refuses exactly what a submission would.
+func (s *Server) prepareCreate(ctx context.Context, snap *state.Snapshot, req *api.CreateSessionRequest, now time.Time) (*structs.Session, []*structs.Kernel, error) {
+	if err := applyTemplate(ctx, snap, req); err != nil {
+		return nil, nil, err
+	}
+	if err := prepareVolumeCreate(req); err != nil {
+		return nil, nil, err
+	}
+	sess, kernels, err := s.validateCreate(req, snap, callerName(ctx), now)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := s.admit(ctx, snap, sess, kernels); err != nil {
+		return nil, nil, err
+	}
+	if err := s.attachVolumes(snap, req, sess, kernels); err != nil {
+		return nil, nil, err
+	}
+	if err := s.checkRegistries(ctx, snap, sess.ResourceGroup, kernels); err != nil {
+		return nil, nil, err
+	}
+	return sess, kernels, nil
+}
+
 func (s *Server) createSession(w http.ResponseWriter, r *http.Request) (any, error) {
 	var req api.CreateSessionRequest
 	if err := decodeBody(r, &req); err != nil {
@@ -679,24 +753,8 @@ func (s *Server) createSession(w http.ResponseWriter, r *http.Request) (any, err
 	}
 	now := time.Now().UTC()
 	snap := s.state.Snapshot()
-	owner := ""
-	if id := callerOf(r.Context()); id != nil {
-		owner = id.key.User
-	}
-	if err := prepareVolumeCreate(&req); err != nil {
-		return nil, err
-	}
-	sess, kernels, err := s.validateCreate(&req, snap, owner, now)
+	sess, kernels, err := s.prepareCreate(r.Context(), snap, &req, now)
 	if err != nil {
-		return nil, err
-	}
-	if err := s.admit(r.Context(), snap, sess, kernels); err != nil {
-		return nil, err
-	}
-	if err := s.attachVolumes(snap, &req, sess, kernels); err != nil {
-		return nil, err
-	}
-	if err := s.checkRegistries(r.Context(), snap, sess.ResourceGroup, kernels); err != nil {
 		return nil, err
 	}
 	for _, ref := range req.DependsOn {

@@ -194,7 +194,7 @@ func TestGangAndSingleNodeCluster(t *testing.T) {
 		t.Fatalf("heterogeneous session: %s/%s %q", d.Session.Status, d.Session.Result, d.Session.StatusInfo)
 	}
 	for _, bad := range []*api.CreateSessionRequest{
-		{Command: []string{"true"}, ClusterSize: 2, Roles: []api.RoleSpec{{Role: "boss"}}},
+		{Command: []string{"true"}, ClusterSize: 2, Roles: []api.RoleSpec{{Role: "Boss1"}}},
 		{Command: []string{"true"}, Roles: []api.RoleSpec{{Role: "sub", Resources: structs.Slots{structs.SlotCPU: 500}}}},
 		{Command: []string{"true"}, ClusterSize: 2, Roles: []api.RoleSpec{{Role: "sub", Driver: "warp"}}},
 		{Command: []string{"true"}, ClusterSize: 1000},

@@ -29,6 +29,9 @@ const (
 	VolumeUpsertRequestType
 	VolumeDeleteRequestType
 	SSHKeysSetRequestType
+	// Session templates (structs/template.go).
+	TemplateUpsertRequestType
+	TemplateDeleteRequestType
 )
 
 // KernelsLostRequest gives up the kernels of the listed sessions on a

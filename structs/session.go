@@ -1,7 +1,9 @@
 package structs
 
 import (
+	"cmp"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -124,7 +126,9 @@ func (s *Session) SingleNode() bool { return s.ClusterMode != ClusterModeMultiNo
 type Kernel struct {
 	ID        string `json:"id"`
 	SessionID string `json:"session_id"`
-	// Role is "main" or "sub"; Idx counts from 1 within the role.
+	// Role is "main", "sub" or an extra role of the session's template
+	// ("ps"); Idx counts from 1 within the role, and the hostname is the
+	// role and the index (main1, sub2, ps1).
 	Role      string            `json:"role"`
 	Idx       int               `json:"idx"`
 	Hostname  string            `json:"hostname"`
@@ -170,6 +174,26 @@ type Kernel struct {
 	CreatedAt   time.Time      `json:"created_at"`
 	CreateIndex uint64         `json:"create_index"`
 	ModifyIndex uint64         `json:"modify_index"`
+}
+
+// roleRank orders roles: main, sub, then the extra roles by name.
+func roleRank(role string) int {
+	switch role {
+	case "main":
+		return 0
+	case "sub":
+		return 1
+	}
+	return 2
+}
+
+// CompareKernels orders the kernels of a session: main1, the sub kernels,
+// then the kernels of extra roles by role name, each role by index. A
+// kernel's rank in a cluster job (CORRAL_NODE_RANK) is its position in
+// this order.
+func CompareKernels(a, b *Kernel) int {
+	return cmp.Or(cmp.Compare(roleRank(a.Role), roleRank(b.Role)), strings.Compare(a.Role, b.Role),
+		cmp.Compare(a.Idx, b.Idx), strings.Compare(a.ID, b.ID))
 }
 
 // HoldsSlots reports whether the kernel occupies resources on its agent:

@@ -107,7 +107,7 @@ Daemons:
 	for _, g := range []struct {
 		title, name string
 		cmds        []command
-	}{{"Sessions", "session", sessionCommands}, {"Endpoints", "endpoint", endpointCommands}, {"Volumes", "volume", volumeCommands}, {"Nodes", "node", nodeCommands}, {"Images", "image", imageCommands},
+	}{{"Sessions", "session", sessionCommands}, {"Templates", "template", templateCommands}, {"Endpoints", "endpoint", endpointCommands}, {"Volumes", "volume", volumeCommands}, {"Nodes", "node", nodeCommands}, {"Images", "image", imageCommands},
 		{"Users", "user", userCommands}, {"Access keys", "key", keyCommands}, {"Policies", "policy", policyCommands},
 		{"Resource groups", "group", groupCommands}, {"Security", "tls", tlsCommands}, {"System", "system", systemCommands},
 		{"Operator", "", clusterOpCommands()}} {
@@ -118,6 +118,7 @@ Daemons:
 		fmt.Fprintln(w)
 	}
 	fmt.Fprintf(w, `Other:
+  run                 submit the sessions of a job file (-dry-run: show where they would go)
   queue               list pending sessions in the order the scheduler takes them, with why they wait
   events              follow changes to sessions, kernels, nodes and endpoints as they happen
   keygen              print a new gossip encryption key for -encrypt
@@ -193,6 +194,10 @@ func (c *cli) run(ctx context.Context, args []string) int {
 		err = c.group(ctx, "endpoint", endpointCommands, args[1:])
 	case "volume":
 		err = c.group(ctx, "volume", volumeCommands, args[1:])
+	case "template":
+		err = c.group(ctx, "template", templateCommands, args[1:])
+	case "run":
+		err = c.runJob(ctx, args[1:])
 	case "node":
 		err = c.group(ctx, "node", nodeCommands, args[1:])
 	case "image":

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -39,7 +40,8 @@ func (c *cli) parseCreate(args []string) (*createCmd, error) {
 	cmd := &createCmd{flags: f}
 	r := &cmd.req
 	f.StringVar(&r.Name, "name", "", "session name: a reference to it wherever an ID is taken")
-	typ := f.String("type", string(structs.SessionTypeBatch), "session type: batch (ends with its command, SUCCESS or FAILURE), interactive (runs until destroyed or idle) or system (like interactive, for corral's own services such as file transfer)")
+	f.StringVar(&r.Template, "template", "", "start from this session template (yours, else a global one; see 'corral template list'): the flags given here override its fields")
+	typ := f.String("type", "", "session type (default batch, or the template's): batch (ends with its command, SUCCESS or FAILURE), interactive (runs until destroyed or idle) or system (like interactive, for corral's own services such as file transfer)")
 	f.StringVar(&r.Driver, "driver", "", "kernel driver (the server's default: exec)")
 	f.StringVar(&r.Image, "image", "", "image reference, for drivers that run images")
 	cpu := f.String("cpu", "", "CPU cores per kernel, fractions allowed, e.g. 0.5 (the server's default when unset)")
@@ -58,7 +60,7 @@ func (c *cli) parseCreate(args []string) (*createCmd, error) {
 	f.Var(slotArgs, "slot", "resource slot `NAME=QTY` per kernel, any slot, e.g. cuda.device=2 or cuda.mig-1g.10gb=1 (repeatable)")
 	gpuModel := f.String("gpu-model", "", "GPU model glob the kernels' GPUs must match, alternatives split by '|', e.g. 'H100*|H200*' (\"NVIDIA \" optional, case ignored)")
 	gpuMem := f.String("gpu-mem", "", "least memory of each of the kernels' GPUs (or MIG instances), e.g. 40G")
-	f.Var(roleFlag{&r.Roles}, "role", "per-role `ROLE:key=value,...` override, ROLE main or sub; keys "+roleKeys+
+	f.Var(roleFlag{&r.Roles}, "role", "per-role `ROLE:key=value,...` override, ROLE main, sub or an extra role (ps:count=2,image=IMG adds kernels ps1, ps2); keys "+roleKeys+
 		", e.g. sub:image=IMG2,cpu=2,mem=1G,gpu=1,gpu-model=A100*,slot.cuda.mig-1g.10gb=1 or 'sub:cpu=2,command=sleep 1; echo hi' (repeatable, once per role)")
 	f.StringVar(&r.RunOn, "run-on", "", "cluster sessions: who runs the command: main (main1 only; the subs serve ssh and exec until main1 ends; the default for batch) or all (every kernel; the default for interactive)")
 	f.StringVar(&r.FailOn, "fail-on", "", "batch cluster sessions: any (the first kernel that fails ends the session FAILURE and stops the others; the default) or main (only main1 decides)")
@@ -81,7 +83,7 @@ func (c *cli) parseCreate(args []string) (*createCmd, error) {
 	if err != nil {
 		return nil, err
 	}
-	if len(command) == 0 && r.Image == "" && !r.SFTP {
+	if len(command) == 0 && r.Image == "" && !r.SFTP && r.Template == "" {
 		return nil, f.usageErr("missing the command to run: corral session create [flags] -- CMD [ARGS...]")
 	}
 	if len(*deps) > 0 {
@@ -125,7 +127,10 @@ func (c *cli) parseCreate(args []string) (*createCmd, error) {
 	}
 	r.Command = command
 	r.Type = structs.SessionType(*typ)
-	if r.Type != structs.SessionTypeBatch && r.Type != structs.SessionTypeInteractive && r.Type != structs.SessionTypeSystem {
+	if r.Type == "" && r.Template == "" {
+		r.Type = structs.SessionTypeBatch
+	}
+	if r.Type != "" && r.Type != structs.SessionTypeBatch && r.Type != structs.SessionTypeInteractive && r.Type != structs.SessionTypeSystem {
 		return nil, f.usageErr("invalid -type %q: want batch, interactive or system", *typ)
 	}
 	if len(env) > 0 {
@@ -645,9 +650,12 @@ func (f slotFlag) Set(v string) error {
 	return nil
 }
 
+// cliRoleRe is a role the -role flag takes: main, sub or an extra role.
+var cliRoleRe = regexp.MustCompile(`^[a-z]([a-z-]{0,30}[a-z])?$`)
+
 // roleKeys are the keys of -role ROLE:key=value,...: every field of the
 // API's RoleSpec.
-const roleKeys = "image, driver, cpu, mem, gpu, gpu-model, gpu-mem, slot.NAME, pids, disk and command (last: the rest of the value, commas included, run by /bin/sh -c)"
+const roleKeys = "image, driver, cpu, mem, gpu, gpu-model, gpu-mem, slot.NAME, pids, disk and command (last: the rest of the value, commas included, run by /bin/sh -c); count (an extra role's number of kernels)"
 
 // roleFlag parses -role ROLE:key=value,... into an api.RoleSpec; see
 // roleKeys. command takes the rest of the value, commas included, and
@@ -667,8 +675,8 @@ func (f roleFlag) String() string {
 
 func (f roleFlag) Set(v string) error {
 	role, rest, ok := strings.Cut(v, ":")
-	if !ok || (role != "main" && role != "sub") {
-		return errors.New("want ROLE:key=value,... with ROLE main or sub, e.g. sub:image=busybox,cpu=2,mem=1G")
+	if !ok || !cliRoleRe.MatchString(role) {
+		return errors.New("want ROLE:key=value,... with ROLE main, sub or an extra role's name (e.g. ps, with count=N), e.g. sub:image=busybox,cpu=2,mem=1G")
 	}
 	spec := api.RoleSpec{Role: role}
 	for _, r := range *f.specs {
@@ -766,6 +774,12 @@ func (f roleFlag) Set(v string) error {
 			if err := setSlot(name, q); err != nil {
 				return err
 			}
+		case "count":
+			n, err := strconv.Atoi(val)
+			if err != nil || n < 1 || role == "main" || role == "sub" {
+				return fmt.Errorf("invalid count %q: an extra role (not main or sub) has 1 or more kernels", val)
+			}
+			spec.Count = n
 		case "pids":
 			n, err := strconv.ParseInt(val, 10, 64)
 			if err != nil || n <= 0 {

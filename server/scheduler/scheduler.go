@@ -24,7 +24,6 @@
 package scheduler
 
 import (
-	"cmp"
 	"fmt"
 	"maps"
 	"slices"
@@ -377,10 +376,9 @@ func driverKey(ks []*structs.Kernel) string {
 	return strings.Join(slices.Compact(names), driverSep)
 }
 
-// kernelOrder sorts a session's kernels: main1, sub1, sub2...
-func kernelOrder(a, b *structs.Kernel) int {
-	return cmp.Or(strings.Compare(a.Role, b.Role), cmp.Compare(a.Idx, b.Idx), strings.Compare(a.ID, b.ID))
-}
+// kernelOrder sorts a session's kernels: main1, sub1, sub2..., then the
+// extra roles' kernels (structs.CompareKernels).
+func kernelOrder(a, b *structs.Kernel) int { return structs.CompareKernels(a, b) }
 
 // sortedKernels returns ks without nils in kernelOrder: ks itself when it
 // already is (never modified), else a sorted copy.

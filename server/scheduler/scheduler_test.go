@@ -199,6 +199,37 @@ func TestSchedule(t *testing.T) {
 			},
 		},
 		{
+			// Extra roles (ps, aux) come after main1 and the subs, whatever
+			// their names, and each kernel asks for its own slots on an
+			// agent with its own driver.
+			name: "heterogeneous roles: each kernel with its own driver and slots",
+			agents: []*structs.Agent{
+				agent("a1", cpu(16)),
+				agent("a2", cpu(6), drivers("runc")),
+			},
+			pending: []*PendingSession{multiNode(session("s1", 1, "",
+				withDriver(kernel("ps2", cpu(3)), "runc"), kernel("aux1", cpu(1)), withDriver(kernel("ps1", cpu(3)), "runc"),
+				kernel("main1", cpu(2)), kernel("sub1", cpu(1))))},
+			placed: map[string]string{"s1": "main1@a1 sub1@a1 aux1@a1 ps1@a2 ps2@a2"},
+		},
+		{
+			name:   "heterogeneous roles: a role's driver found nowhere holds the gang",
+			agents: []*structs.Agent{agent("a1", cpu(4)), agent("a2", cpu(4), drivers("exec", "runc"))},
+			pending: []*PendingSession{multiNode(session("s1", 1, "",
+				kernel("main1", cpu(1)), withDriver(kernel("ps1", cpu(3)), "runc"), withDriver(kernel("ps2", cpu(3)), "runc")))},
+			unplaced: map[string]string{
+				"s1": `the session's 3 kernels do not fit together: after placing main1 on a1, ps1 on a2, ` +
+					`no agent with driver "runc" in resource group "default" has enough free cpu (kernel ps2 needs cpu=3, best free cpu=1 on agent a2)`,
+			},
+		},
+		{
+			name:   "heterogeneous roles: single-node sums every role on one agent with all their drivers",
+			agents: []*structs.Agent{agent("a1", cpu(16)), agent("a2", cpu(6), drivers("exec", "runc"))},
+			pending: []*PendingSession{session("s1", 1, "",
+				kernel("main1", cpu(2)), withDriver(kernel("ps1", cpu(2)), "runc"), withDriver(kernel("ps2", cpu(2)), "runc"))},
+			placed: map[string]string{"s1": "main1@a2 ps1@a2 ps2@a2"},
+		},
+		{
 			name: "group isolation",
 			agents: []*structs.Agent{
 				agent("a1", cpu(64)),

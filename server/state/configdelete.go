@@ -46,6 +46,14 @@ func (sn *Snapshot) ConfigUse(req *structs.ConfigDeleteRequest) ([]string, error
 	if err != nil {
 		return nil, err
 	}
+	vols, err := sn.Volumes()
+	if err != nil {
+		return nil, err
+	}
+	tmpls, err := sn.Templates()
+	if err != nil {
+		return nil, err
+	}
 	var why []string
 	for _, u := range req.Users {
 		if ids := live["user:"+u]; len(ids) > 0 {
@@ -54,6 +62,16 @@ func (sn *Snapshot) ConfigUse(req *structs.ConfigDeleteRequest) ([]string, error
 		for _, e := range eps {
 			if e.Owner == u {
 				why = append(why, fmt.Sprintf("user %s owns endpoint %s: delete it first (corral endpoint delete %s)", u, e.Name, e.Name))
+			}
+		}
+		for _, v := range vols {
+			if v.Owner == u {
+				why = append(why, fmt.Sprintf("user %s owns volume %s: delete it first (corral volume delete %s, as %s), which deletes its files", u, v.Name, v.Name, u))
+			}
+		}
+		for _, t := range tmpls {
+			if t.Owner == u {
+				why = append(why, fmt.Sprintf("user %s owns template %s: delete it first (corral template delete %s, as %s)", u, t.Name, t.Name, u))
 			}
 		}
 	}
@@ -78,6 +96,11 @@ func (sn *Snapshot) ConfigUse(req *structs.ConfigDeleteRequest) ([]string, error
 		for _, e := range eps {
 			if e.ResourceGroup == g {
 				why = append(why, fmt.Sprintf("group %s runs endpoint %s", g, e.Name))
+			}
+		}
+		for _, v := range vols {
+			if v.ResourceGroup == g {
+				why = append(why, fmt.Sprintf("group %s holds volume %s/%s", g, v.Owner, v.Name))
 			}
 		}
 	}

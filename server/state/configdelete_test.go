@@ -14,11 +14,11 @@ import (
 func TestDeleteConfigRefusedWhileInUse(t *testing.T) {
 	f := newFixture(t)
 	err := f.s.UpsertConfig(f.next(), &structs.ConfigUpsertRequest{
-		Users: []*structs.User{{Name: "alice"}, {Name: "bob"}},
+		Users: []*structs.User{{Name: "alice"}, {Name: "bob"}, {Name: "dave"}},
 		Keys: []*structs.AccessKey{{AccessKey: "KA", SecretHash: "h", User: "alice", Policy: "p1"},
 			{AccessKey: "KB", SecretHash: "h", User: "bob", Policy: "p2"}},
 		Policies: []*structs.ResourcePolicy{{Name: "p1"}, {Name: "p2"}},
-		Groups:   []*structs.ResourceGroup{{Name: "gpu"}, {Name: "idle"}, {Name: "busy"}},
+		Groups:   []*structs.ResourceGroup{{Name: "gpu"}, {Name: "idle"}, {Name: "busy"}, {Name: "store"}},
 		Time:     t0,
 	})
 	if err != nil {
@@ -31,6 +31,15 @@ func TestDeleteConfigRefusedWhileInUse(t *testing.T) {
 	sess := &structs.Session{ID: "s1", Type: structs.SessionTypeBatch, ResourceGroup: "busy", Owner: "alice", AccessKey: "KA"}
 	k := &structs.Kernel{ID: "s1-k", SessionID: "s1", Role: "main", Idx: 1, Hostname: "main1", Driver: "exec", Command: []string{"true"}, Resources: slots(1, 64)}
 	if err := f.s.EnqueueSession(f.next(), &structs.SessionEnqueueRequest{Session: sess, Kernels: []*structs.Kernel{k}, Time: t0}); err != nil {
+		t.Fatal(err)
+	}
+	// dave owns a volume (on group store) and a template.
+	vol := &structs.Volume{ID: structs.VolumeID("dave", "data"), Name: "data", Owner: "dave", Backend: "local", ResourceGroup: "store"}
+	if err := f.s.UpsertVolume(f.next(), &structs.VolumeUpsertRequest{Volume: vol, Create: true, Time: t0}); err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &structs.Template{ID: structs.TemplateID("dave", "train"), Name: "train", Owner: "dave", Source: "image = \"x\""}
+	if err := f.s.UpsertTemplate(f.next(), &structs.TemplateUpsertRequest{Template: tmpl, Time: t0}); err != nil {
 		t.Fatal(err)
 	}
 
@@ -46,6 +55,8 @@ func TestDeleteConfigRefusedWhileInUse(t *testing.T) {
 		{"group with a pending session", structs.ConfigDeleteRequest{Groups: []string{"busy"}}, ErrInUse, []string{"group busy has 1 session that have not ended (s1)"}},
 		// One name in use refuses the whole request: idle and bob stay.
 		{"all or nothing", structs.ConfigDeleteRequest{Users: []string{"bob"}, Groups: []string{"idle", "gpu"}}, ErrInUse, []string{"group gpu has 1 agent"}},
+		{"user with a volume and a template", structs.ConfigDeleteRequest{Users: []string{"dave"}}, ErrInUse, []string{"user dave owns volume data", "user dave owns template train"}},
+		{"group with a volume", structs.ConfigDeleteRequest{Groups: []string{"store"}}, ErrInUse, []string{"group store holds volume dave/data"}},
 		{"unknown user", structs.ConfigDeleteRequest{Users: []string{"carol"}}, ErrNotFound, nil},
 		{"unknown group", structs.ConfigDeleteRequest{Groups: []string{"nope"}}, ErrNotFound, nil},
 	} {

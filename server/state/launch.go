@@ -3,6 +3,7 @@ package state
 import (
 	"fmt"
 	"net"
+	"slices"
 
 	"github.com/corral-dev/corral/structs"
 )
@@ -46,12 +47,17 @@ func hostNetworked(k *structs.Kernel) bool {
 	return k.Driver == "exec" || (k.Options != nil && k.Options.Network == structs.NetworkHost)
 }
 
-// nodeRank is a kernel's rank in its session's job: main1 0, subN N.
-func nodeRank(k *structs.Kernel) int {
-	if k.Role == "main" {
-		return 0
+// nodeRanks gives each kernel of a session its rank in the job: its
+// position in structs.CompareKernels order (main1 0, subN N, then the
+// kernels of extra roles, ps1 N+1...).
+func nodeRanks(kernels []*structs.Kernel) map[string]int {
+	sorted := slices.Clone(kernels)
+	slices.SortFunc(sorted, structs.CompareKernels)
+	out := make(map[string]int, len(sorted))
+	for i, k := range sorted {
+		out[k.ID] = i
 	}
-	return k.Idx
+	return out
 }
 
 // launchSlots is how many ranks a launcher may start on a kernel: its
@@ -95,6 +101,7 @@ func clusterLaunches(sess *structs.Session, nw *structs.Network, kernels []*stru
 		}
 		masterPort = HostMasterPortBase + nw.Slot
 	}
+	ranks := nodeRanks(kernels)
 	used := map[string]map[int]bool{} // agent ID → ssh ports taken
 	peers := make([]structs.ClusterPeer, 0, len(kernels))
 	hosts := map[string]string{}
@@ -130,7 +137,7 @@ func clusterLaunches(sess *structs.Session, nw *structs.Network, kernels []*stru
 			}
 			addr = ip.String()
 		}
-		peers = append(peers, structs.ClusterPeer{Hostname: k.Hostname, Addr: addr, Rank: nodeRank(k), Slots: launchSlots(k), SSHPort: sshPort})
+		peers = append(peers, structs.ClusterPeer{Hostname: k.Hostname, Addr: addr, Rank: ranks[k.ID], Slots: launchSlots(k), SSHPort: sshPort})
 		hosts[k.Hostname] = addr
 	}
 	// Rank order, main1 first (the kernels come sorted, but the contract
@@ -153,7 +160,7 @@ func clusterLaunches(sess *structs.Session, nw *structs.Network, kernels []*stru
 			l.SSHPrivateKey = k.Launch.SSHPrivateKey
 			l.AuthorizedKeys = append([]string(nil), k.Launch.AuthorizedKeys...)
 		}
-		l.NodeRank, l.NumNodes = nodeRank(k), len(kernels)
+		l.NodeRank, l.NumNodes = ranks[k.ID], len(kernels)
 		l.MasterAddr, l.MasterPort = masterAddr, masterPort
 		for _, p := range peers {
 			if p.Hostname == k.Hostname {

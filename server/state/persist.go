@@ -31,6 +31,8 @@ type Dump struct {
 	// Volumes and SSHKeys are users' volumes and SSH keys (volumes.go).
 	Volumes []*structs.Volume      `json:"volumes,omitempty"`
 	SSHKeys []*structs.UserSSHKeys `json:"ssh_keys,omitempty"`
+	// Templates are the session templates (templates.go).
+	Templates []*structs.Template `json:"templates,omitempty"`
 }
 
 // Dump copies everything out of the snapshot.
@@ -49,7 +51,7 @@ func (sn *Snapshot) Dump() (*Dump, error) {
 	if d.Agents, err = sn.Agents(nil); err != nil {
 		return nil, err
 	}
-	for _, t := range []string{tableUsers, tableKeys, tablePolicies, tableGroups, tableUsage, tableNetworks, networkCursor, tableIdempotency, tableSecrets, tableCerts, tableEndpoints, tableVolumes, tableSSHKeys} {
+	for _, t := range []string{tableUsers, tableKeys, tablePolicies, tableGroups, tableUsage, tableNetworks, networkCursor, tableIdempotency, tableSecrets, tableCerts, tableEndpoints, tableVolumes, tableSSHKeys, tableTemplates} {
 		d.Index[t] = sn.Index(t)
 	}
 	if d.Networks, err = sn.Networks(); err != nil {
@@ -88,6 +90,9 @@ func (sn *Snapshot) Dump() (*Dump, error) {
 	if d.SSHKeys, err = sn.allSSHKeys(); err != nil {
 		return nil, err
 	}
+	if d.Templates, err = sn.Templates(); err != nil {
+		return nil, err
+	}
 	return d, nil
 }
 
@@ -124,6 +129,7 @@ func (s *StateStore) Restore(d *Dump) error {
 		{tableIdempotency, anySlice(d.Idempotency)}, {tableCerts, anySlice(d.Certs)},
 		{tableEndpoints, anySlice(d.Endpoints)},
 		{tableVolumes, anySlice(d.Volumes)}, {tableSSHKeys, anySlice(d.SSHKeys)},
+		{tableTemplates, anySlice(d.Templates)},
 	} {
 		for _, o := range set.objs {
 			if err := txn.Insert(set.table, o); err != nil {

@@ -152,6 +152,7 @@ func schema() *memdb.DBSchema {
 		sc.Tables[name] = t
 	}
 	sc.Tables[tableEndpoints] = endpointTable()
+	sc.Tables[tableTemplates] = templateTable()
 	sc.Tables[tableSessions].Indexes["endpoint"] = sessionsByEndpoint()
 	for name, t := range volumeTables() {
 		sc.Tables[name] = t

@@ -358,24 +358,11 @@ func (sn *Snapshot) Agents(ws memdb.WatchSet) ([]*structs.Agent, error) {
 	return watchedList[*structs.Agent](sn.txn, ws, tableAgents, "id")
 }
 
-// sortKernels orders kernels main first, then by index and ID.
+// sortKernels orders kernels main first, then sub, then extra roles by
+// name, each by index and ID (structs.CompareKernels).
 func sortKernels(ks []*structs.Kernel) {
 	if len(ks) < 2 {
 		return
 	}
-	slices.SortFunc(ks, func(a, b *structs.Kernel) int {
-		if a.Role != b.Role {
-			switch {
-			case a.Role == "main":
-				return -1
-			case b.Role == "main":
-				return 1
-			}
-			return 0
-		}
-		if c := cmp.Compare(a.Idx, b.Idx); c != 0 {
-			return c
-		}
-		return strings.Compare(a.ID, b.ID)
-	})
+	slices.SortFunc(ks, structs.CompareKernels)
 }
