@@ -108,7 +108,6 @@ command = ["sh", "-c", "echo from-template $GREETING"]
 env     = { GREETING = "hi", KEEP = "kept" }
 cpu     = 0.2
 mem     = "48M"
-volumes = ["data:/data:ro"]
 
 # The helper serves until main1 ends (a command that ended before the
 # start barrier passed would hold main1 there).
@@ -216,6 +215,19 @@ func TestTemplatesAPI(t *testing.T) {
 	if err != nil || strings.TrimSpace(logs.Stdout) != "from-template override" {
 		t.Fatalf("main1 output %q %v", logs.Stdout, err)
 	}
+	// A template's volumes are resolved like the create's own: carol has
+	// no volume "data", so both a create and a dry run are refused.
+	if _, err := carol.CreateTemplate(ctx, &api.TemplateRequest{Name: "vol", Source: "command = [\"true\"]\nvolumes = [\"data:/data:ro\"]\n"}); err != nil {
+		t.Fatal(err)
+	}
+	for what, call := range map[string]func() (any, error){
+		"create":  func() (any, error) { return carol.CreateSession(ctx, &api.CreateSessionRequest{Template: "vol"}) },
+		"dry run": func() (any, error) { return carol.PlanSession(ctx, &api.CreateSessionRequest{Template: "vol"}) },
+	} {
+		if _, err := call(); err == nil || !strings.Contains(err.Error(), `no volume "data"`) {
+			t.Fatalf("%s from a template with another's volume: %v", what, err)
+		}
+	}
 	// The global template, by any user; another user's is not found.
 	if g, err := carol.CreateSession(ctx, &api.CreateSessionRequest{Template: "base"}); err != nil || g.Kernels[0].Command[2] != "echo global" {
 		t.Fatalf("global template: %+v %v", g, err)
@@ -248,8 +260,10 @@ func TestTemplatesAPI(t *testing.T) {
 	if code, _ := status(carol.DeleteTemplate(ctx, "base", false)); code != 404 {
 		t.Fatalf("user deleting a global template as hers: %d", code)
 	}
-	if err := carol.DeleteTemplate(ctx, "mine", false); err != nil {
-		t.Fatal(err)
+	for _, name := range []string{"mine", "vol"} {
+		if err := carol.DeleteTemplate(ctx, name, false); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if err := c.client.DeleteTemplate(ctx, "base", true); err != nil {
 		t.Fatal(err)
