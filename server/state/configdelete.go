@@ -66,7 +66,7 @@ func (sn *Snapshot) ConfigUse(req *structs.ConfigDeleteRequest) ([]string, error
 		}
 		for _, v := range vols {
 			if v.Owner == u {
-				why = append(why, fmt.Sprintf("user %s owns volume %s: delete it first (corral volume delete %s, as %s), which deletes its files", u, v.Name, v.Name, u))
+				why = append(why, fmt.Sprintf("user %s owns volume %s: delete it first (corral volume delete %s, as %s; its files stay in the backend)", u, v.Name, v.Name, u))
 			}
 		}
 		for _, t := range tmpls {
