@@ -1132,7 +1132,7 @@ func (s *Server) listImages(w http.ResponseWriter, r *http.Request) (any, error)
 			return nil, &httpError{code: http.StatusBadGateway, msg: fmt.Sprintf("listing images on agent %s: %s", a.Name, status.Convert(err).Message())}
 		}
 		for _, img := range resp.Images {
-			out = append(out, &api.AgentImage{AgentID: a.ID, AgentName: a.Name, Ref: img.Ref, Digest: img.Digest, Size: img.Size, UnpackedSize: img.UnpackedSize, PulledAt: img.PulledAt})
+			out = append(out, agentImage(a, img))
 		}
 	}
 	return out, nil
@@ -1199,22 +1199,37 @@ func (s *Server) pullImage(w http.ResponseWriter, r *http.Request) (any, error) 
 	}
 	resp, err := c.ImagePull(r.Context(), &rpc.ImagePullRequest{Ref: req.Ref})
 	if err != nil {
-		st := status.Convert(err)
-		code := http.StatusBadGateway
-		switch st.Code() {
-		case codes.InvalidArgument:
-			code = http.StatusBadRequest
-		case codes.NotFound:
-			code = http.StatusNotFound
-		case codes.PermissionDenied:
-			code = http.StatusForbidden
-		case codes.ResourceExhausted:
-			code = http.StatusUnprocessableEntity
-		}
-		return nil, &httpError{code: code, msg: fmt.Sprintf("pulling %s on agent %s: %s", req.Ref, a.Name, st.Message())}
+		return nil, agentCallError(err, "pulling %s on agent %s", req.Ref, a.Name)
 	}
-	img := resp.Image
-	return &api.AgentImage{AgentID: a.ID, AgentName: a.Name, Ref: img.Ref, Digest: img.Digest, Size: img.Size, UnpackedSize: img.UnpackedSize, PulledAt: img.PulledAt}, nil
+	return agentImage(a, resp.Image), nil
+}
+
+// agentCallError turns an agent RPC's error into the API's answer: the
+// gRPC code's HTTP equivalent (502 for the agent's own failures), the
+// agent's message after what was being done.
+func agentCallError(err error, format string, args ...any) error {
+	st := status.Convert(err)
+	code := http.StatusBadGateway
+	switch st.Code() {
+	case codes.InvalidArgument:
+		code = http.StatusBadRequest
+	case codes.NotFound:
+		code = http.StatusNotFound
+	case codes.PermissionDenied:
+		code = http.StatusForbidden
+	case codes.FailedPrecondition:
+		code = http.StatusConflict
+	case codes.ResourceExhausted:
+		code = http.StatusUnprocessableEntity
+	case codes.Unimplemented:
+		code = http.StatusNotImplemented
+	}
+	return &httpError{code: code, msg: fmt.Sprintf(format, args...) + ": " + st.Message()}
+}
+
+// agentImage is an agent's cached image as the API shows it.
+func agentImage(a *structs.Agent, img *rpc.ImageInfo) *api.AgentImage {
+	return &api.AgentImage{AgentID: a.ID, AgentName: a.Name, Ref: img.Ref, Digest: img.Digest, Size: img.Size, UnpackedSize: img.UnpackedSize, PulledAt: img.PulledAt}
 }
 
 // removeImage removes an image from one agent's cache (admin), refused
@@ -1259,22 +1274,9 @@ func (s *Server) removeImage(w http.ResponseWriter, r *http.Request) (any, error
 	}
 	resp, err := c.ImageRemove(r.Context(), &rpc.ImageRemoveRequest{Ref: req.Ref})
 	if err != nil {
-		st := status.Convert(err)
-		code := http.StatusBadGateway
-		switch st.Code() {
-		case codes.InvalidArgument:
-			code = http.StatusBadRequest
-		case codes.NotFound:
-			code = http.StatusNotFound
-		case codes.FailedPrecondition:
-			code = http.StatusConflict
-		case codes.Unimplemented:
-			code = http.StatusNotImplemented
-		}
-		return nil, &httpError{code: code, msg: fmt.Sprintf("removing %s on agent %s: %s", req.Ref, a.Name, st.Message())}
+		return nil, agentCallError(err, "removing %s on agent %s", req.Ref, a.Name)
 	}
-	img := resp.Image
-	return &api.AgentImage{AgentID: a.ID, AgentName: a.Name, Ref: img.Ref, Digest: img.Digest, Size: img.Size, UnpackedSize: img.UnpackedSize, PulledAt: img.PulledAt}, nil
+	return agentImage(a, resp.Image), nil
 }
 
 // sessionStats samples the running kernels of a session on their agents.

@@ -17,25 +17,32 @@ var imageCommands = []command{
 }
 
 func (c *cli) imageRemove(ctx context.Context, args []string) error {
-	f := c.newFlags("image rm", "REF -agent ID [flags]", "Remove an image from one agent's cache: its record, its unpacked files and the layers\nno other image uses (admin only). Refused while a kernel that has not ended uses it.", false)
-	agent := f.String("agent", "", "agent ID, ID prefix or name (required)")
-	ref, err := f.parseRef(args, "image reference")
-	if err != nil {
-		return err
-	}
-	if *agent == "" {
-		return f.usageErr("-agent is required")
-	}
-	client, err := f.client()
-	if err != nil {
-		return err
-	}
-	img, err := client.RemoveImage(ctx, &api.ImagePullRequest{Ref: ref, Agent: *agent})
+	img, err := c.imageOnAgent(ctx, args, "image rm", "Remove an image from one agent's cache: its record, its unpacked files and the layers\nno other image uses (admin only). Refused while a kernel that has not ended uses it.",
+		(*api.Client).RemoveImage)
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(c.stdout, "removed %s from %s: %s (%s)\n", img.Ref, img.AgentName, img.Digest, structs.FormatBytes(structs.Whole(img.Size)))
 	return nil
+}
+
+// imageOnAgent parses "REF -agent ID" and makes one image call on that
+// agent's cache.
+func (c *cli) imageOnAgent(ctx context.Context, args []string, name, help string, call func(*api.Client, context.Context, *api.ImagePullRequest) (*api.AgentImage, error)) (*api.AgentImage, error) {
+	f := c.newFlags(name, "REF -agent ID [flags]", help, false)
+	agent := f.String("agent", "", "agent ID, ID prefix or name (required)")
+	ref, err := f.parseRef(args, "image reference")
+	if err != nil {
+		return nil, err
+	}
+	if *agent == "" {
+		return nil, f.usageErr("-agent is required")
+	}
+	client, err := f.client()
+	if err != nil {
+		return nil, err
+	}
+	return call(client, ctx, &api.ImagePullRequest{Ref: ref, Agent: *agent})
 }
 
 func (c *cli) imageList(ctx context.Context, args []string) error {
@@ -58,20 +65,7 @@ func (c *cli) imageList(ctx context.Context, args []string) error {
 }
 
 func (c *cli) imagePull(ctx context.Context, args []string) error {
-	f := c.newFlags("image pull", "REF -agent ID [flags]", "Pull an image into one agent's cache (warm it before sessions need it).", false)
-	agent := f.String("agent", "", "agent ID, ID prefix or name (required)")
-	ref, err := f.parseRef(args, "image reference")
-	if err != nil {
-		return err
-	}
-	if *agent == "" {
-		return f.usageErr("-agent is required")
-	}
-	client, err := f.client()
-	if err != nil {
-		return err
-	}
-	img, err := client.PullImage(ctx, &api.ImagePullRequest{Ref: ref, Agent: *agent})
+	img, err := c.imageOnAgent(ctx, args, "image pull", "Pull an image into one agent's cache (warm it before sessions need it).", (*api.Client).PullImage)
 	if err != nil {
 		return err
 	}

@@ -38,27 +38,10 @@ func (c *cli) operatorSnapshot(ctx context.Context, args []string) error {
 }
 
 func (c *cli) serverMembers(ctx context.Context, args []string) error {
-	f := c.newFlags("server members", "[flags]", "List the cluster's servers: gossip status, raft role (leader, follower, nonvoter, none), addresses and build version.", true)
-	if err := f.parseNone(args); err != nil {
-		return err
-	}
-	client, err := f.client()
-	if err != nil {
-		return err
-	}
-	ms, err := client.ServerMembers(ctx)
-	if err != nil {
-		return err
-	}
-	if f.json {
-		return printJSON(c.stdout, ms)
-	}
-	tw := newTable(c.stdout)
-	fmt.Fprintln(tw, "NAME\tID\tADDRESS\tSTATUS\tRAFT\tRPC\tHTTP\tVERSION")
-	for _, m := range ms {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.Name, shortID(m.ID), m.Address, m.Status, m.Raft, m.RPCAddr, dash(m.HTTPAddr), dash(m.Version))
-	}
-	return tw.Flush()
+	return listCommand(c, ctx, args, "server members", "List the cluster's servers: gossip status, raft role (leader, follower, nonvoter, none), addresses and build version.",
+		(*api.Client).ServerMembers, "NAME\tID\tADDRESS\tSTATUS\tRAFT\tRPC\tHTTP\tVERSION", func(m *api.ServerMember) string {
+			return fmt.Sprintf("%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s", m.Name, shortID(m.ID), m.Address, m.Status, m.Raft, m.RPCAddr, dash(m.HTTPAddr), dash(m.Version))
+		})
 }
 
 func renderPeers(c *cli, peers *api.RaftPeers) error {
