@@ -81,8 +81,10 @@ DIST_NAME := corral_$(DEB_VERSION)_linux_amd64
 dist: deps
 	@# the binaries again, so that they carry this VERSION
 	$(MAKE) -B bin/corral VERSION='$(VERSION)'
-	rm -rf dist && mkdir -p dist/$(DIST_NAME)/bin dist/$(DIST_NAME)/systemd dist/$(DIST_NAME)/etc dist/$(DIST_NAME)/docs
+	$(MAKE) plugins
+	rm -rf dist && mkdir -p dist/$(DIST_NAME)/bin dist/$(DIST_NAME)/plugins dist/$(DIST_NAME)/systemd dist/$(DIST_NAME)/etc dist/$(DIST_NAME)/docs
 	cp bin/corral bin/corral-shim bin/corral-kernel dist/$(DIST_NAME)/bin/
+	cp bin/plugins/corral-driver-vm dist/$(DIST_NAME)/plugins/
 	cp packaging/corral-server.service packaging/corral-agent.service dist/$(DIST_NAME)/systemd/
 	cp packaging/server.hcl packaging/agent.hcl dist/$(DIST_NAME)/etc/
 	cp packaging/default dist/$(DIST_NAME)/etc/corral.default
