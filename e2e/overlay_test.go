@@ -29,6 +29,7 @@ import (
 	"github.com/corral-dev/corral/structs"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/vishvananda/netlink"
 )
@@ -93,7 +94,14 @@ func ovStartRegistry(t *testing.T, h *testbed.Host) string {
 	srv := &http.Server{Handler: registry.New(registry.Logger(log.New(io.Discard, "", 0)))}
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
-	ref := ln.Addr().String() + "/corral/busybox:1"
+	return ovPush(t, h, ln.Addr().String(), img, "corral/busybox:1")
+}
+
+// ovPush pushes img as repoTag ("corral/ps:1") to the registry that
+// ovStartRegistry serves at regHost in h's namespace, and returns its ref.
+func ovPush(t *testing.T, h *testbed.Host, regHost string, img v1.Image, repoTag string) string {
+	t.Helper()
+	ref := regHost + "/" + repoTag
 	tag, err := name.ParseReference(ref, name.Insecure)
 	if err != nil {
 		t.Fatal(err)
@@ -101,7 +109,7 @@ func ovStartRegistry(t *testing.T, h *testbed.Host) string {
 	tr := &http.Transport{DialContext: h.DialContext}
 	defer tr.CloseIdleConnections()
 	if err := remote.Write(tag, img, remote.WithTransport(tr)); err != nil {
-		t.Fatalf("pushing the busybox image to the registry in %s: %v", h.Name, err)
+		t.Fatalf("pushing %s to the registry in %s: %v", ref, h.Name, err)
 	}
 	return ref
 }
@@ -111,6 +119,13 @@ func newOvCluster(t *testing.T) *ovCluster { return newOvClusterExtra(t, 0) }
 // newOvClusterExtra is newOvCluster with extra hosts on the bed after the
 // agents' (Hosts[4:]), running nothing.
 func newOvClusterExtra(t *testing.T, extra int) *ovCluster {
+	t.Helper()
+	return newOvClusterWith(t, extra, nil)
+}
+
+// newOvClusterWith is newOvClusterExtra with agentFlags(i) appended to the
+// command line of agent i (0-based; nil: none).
+func newOvClusterWith(t *testing.T, extra int, agentFlags func(i int) []string) *ovCluster {
 	t.Helper()
 	b := testbed.New(t, 4+extra)
 	oc := &ovCluster{bed: b, server: b.Hosts[0], agents: b.Hosts[1:4], hostOf: map[string]*testbed.Host{}}
@@ -150,6 +165,9 @@ func newOvClusterExtra(t *testing.T, extra int) *ovCluster {
 			"-join", net.JoinHostPort(sip, ovServerSerf), "-rpc", net.JoinHostPort(ip, ovAgentRPCPort),
 			"-serf", net.JoinHostPort(ip, ovAgentSerf), "-cpu", "2", "-mem", "1G",
 			"-insecure-registry", regHost, "-allow-registry", regHost, "-fast-gossip", "-join-token", joinTok}
+		if agentFlags != nil {
+			args = append(args, agentFlags(i)...)
+		}
 		oc.agentArgs = append(oc.agentArgs, args)
 		oc.agentProcs = append(oc.agentProcs, ovStart(t, h, fmt.Sprintf("agent%d", i+1), args...))
 	}

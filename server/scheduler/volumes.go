@@ -65,6 +65,18 @@ func (g *groupView) volumeCheck(ks []*structs.Kernel, prev accept) (string, acce
 		agents[i] = v.agent
 	}
 	if r := VolumeBackendsReason(g.name, agents, backends); r != "" {
+		var reach []string
+		for _, a := range g.drainedAgents {
+			if a.ReachesBackends(backends) {
+				reach = append(reach, a.Name)
+			}
+		}
+		switch {
+		case len(reach) == 1:
+			r += fmt.Sprintf("; drained agent %s reaches it (corral node eligible %s opens it to new sessions)", reach[0], reach[0])
+		case len(reach) > 1:
+			r += fmt.Sprintf("; drained agents %s reach it (corral node eligible opens one to new sessions)", strings.Join(reach, ", "))
+		}
 		return r, nil
 	}
 	return "", func(v *agentView) bool {

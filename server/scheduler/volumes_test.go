@@ -74,3 +74,22 @@ func TestSchedulePlacesVolumesOnReachingAgents(t *testing.T) {
 		t.Errorf("s4 (no volume) placed %q, want main1@a1, the most free", got["s4"])
 	}
 }
+
+// TestVolumeReasonNamesDrainedAgents: when the only agents that reach a
+// session's backend are drained, the PENDING reason says so and how to
+// open one, while a free agent that does not reach it stays unused.
+func TestVolumeReasonNamesDrainedAgents(t *testing.T) {
+	agents := []*structs.Agent{
+		agent("a1", cpu(8)),
+		agent("a2", cpu(2), reaches("nfs"), drained()),
+	}
+	p := Schedule(&Input{Agents: agents, Pending: []*PendingSession{
+		session("s1", 1, "", withVolume(kernel("main1", cpu(1)), "nfs")),
+	}})
+	if got := placedMap(p)["s1"]; got != "" {
+		t.Fatalf("s1 placed %q, want PENDING: a2 is drained and a1 does not reach nfs", got)
+	}
+	if r := p.Unplaced["s1"]; !strings.Contains(r, `volume backend "nfs"`) || !strings.Contains(r, "drained agent a2 reaches it (corral node eligible a2") {
+		t.Fatalf("reason %q", r)
+	}
+}
