@@ -495,7 +495,7 @@ func (d *Driver) Wait(ctx context.Context, taskID string) (<-chan *drivers.ExitR
 // SIGKILL to the group and its cgroups if processes are left after timeout.
 // It returns once the task's main process has exited.
 func (d *Driver) Stop(ctx context.Context, taskID string, timeout time.Duration, signal string) error {
-	sig, err := parseSignal(signal)
+	sig, err := drivers.ParseSignal(signal)
 	if err != nil {
 		return err
 	}

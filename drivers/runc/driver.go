@@ -608,7 +608,7 @@ func (d *Driver) Wait(ctx context.Context, taskID string) (<-chan *drivers.ExitR
 // (the task's result then reports the signal asked for), so that a command
 // that would die of SIGTERM elsewhere dies of it in a container too.
 func (d *Driver) Stop(ctx context.Context, taskID string, timeout time.Duration, signal string) error {
-	sig, err := parseSignal(signal)
+	sig, err := drivers.ParseSignal(signal)
 	if err != nil {
 		return err
 	}

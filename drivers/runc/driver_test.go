@@ -690,13 +690,13 @@ func TestRecover(t *testing.T) {
 
 func TestSignalNames(t *testing.T) {
 	for in, want := range map[string]syscall.Signal{"": syscall.SIGTERM, "SIGINT": syscall.SIGINT, "hup": syscall.SIGHUP, "9": syscall.SIGKILL} {
-		if got, err := parseSignal(in); err != nil || got != want {
-			t.Errorf("parseSignal(%q) = %v, %v; want %v", in, got, err, want)
+		if got, err := drivers.ParseSignal(in); err != nil || got != want {
+			t.Errorf("drivers.ParseSignal(%q) = %v, %v; want %v", in, got, err, want)
 		}
 	}
 	for _, in := range []string{"0", "65", "SIGFOO"} {
-		if _, err := parseSignal(in); !errors.Is(err, drivers.ErrInvalidConfig) {
-			t.Errorf("parseSignal(%q): err = %v", in, err)
+		if _, err := drivers.ParseSignal(in); !errors.Is(err, drivers.ErrInvalidConfig) {
+			t.Errorf("drivers.ParseSignal(%q): err = %v", in, err)
 		}
 	}
 	pid := strconv.Itoa(os.Getpid())

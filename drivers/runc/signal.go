@@ -7,35 +7,7 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/corral-dev/corral/plugins/drivers"
 )
-
-// signals maps the names Stop accepts (without "SIG") to signals.
-var signals = map[string]unix.Signal{
-	"HUP": unix.SIGHUP, "INT": unix.SIGINT, "QUIT": unix.SIGQUIT,
-	"KILL": unix.SIGKILL, "USR1": unix.SIGUSR1, "USR2": unix.SIGUSR2,
-	"TERM": unix.SIGTERM, "CONT": unix.SIGCONT, "STOP": unix.SIGSTOP,
-	"ALRM": unix.SIGALRM, "WINCH": unix.SIGWINCH, "PWR": unix.SIGPWR,
-}
-
-// parseSignal turns "SIGTERM", "term", "15" or "" (SIGTERM) into a signal.
-func parseSignal(s string) (unix.Signal, error) {
-	s = strings.ToUpper(strings.TrimSpace(s))
-	if s == "" {
-		return unix.SIGTERM, nil
-	}
-	if n, err := strconv.Atoi(s); err == nil {
-		if n <= 0 || n > 64 {
-			return 0, fmt.Errorf("%w: signal %d out of range 1-64", drivers.ErrInvalidConfig, n)
-		}
-		return unix.Signal(n), nil
-	}
-	if sig, ok := signals[strings.TrimPrefix(s, "SIG")]; ok {
-		return sig, nil
-	}
-	return 0, fmt.Errorf("%w: unknown signal %q: use a name such as SIGTERM or SIGINT, or a number", drivers.ErrInvalidConfig, s)
-}
 
 // terminatesByDefault reports whether sig's default action ends the
 // process (terminate or core dump), see signal(7).

@@ -724,7 +724,7 @@ func (d *Driver) Inspect(_ context.Context, id string) (*drivers.TaskStatus, err
 // gives the command SIGTERM), the signal itself over the control port for
 // others; qemu is killed after timeout.
 func (d *Driver) Stop(ctx context.Context, id string, timeout time.Duration, signal string) error {
-	sig, err := parseSignal(signal)
+	sig, err := drivers.ParseSignal(signal)
 	if err != nil {
 		return err
 	}
