@@ -12,7 +12,6 @@ import (
 
 	"github.com/corral-dev/corral/api"
 	"github.com/corral-dev/corral/structs"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
 )
 
 // ovHeteroTemplate is a multi-node template of main1 and two "ps" kernels
@@ -80,16 +79,7 @@ func TestOverlayVolumesAndRoles(t *testing.T) {
 	}
 
 	base := busyboxImage(t)
-	cfg, err := base.ConfigFile()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg = cfg.DeepCopy()
-	cfg.Config.Env = []string{"PATH=/bin", "IMAGE_VAR=ps-image"}
-	psImg, err := mutate.ConfigFile(base, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	psImg := withImageVar(t, base, "ps-image")
 	psRef := ovPush(t, oc.server, strings.SplitN(oc.image, "/", 2)[0], psImg, "corral/ps:1")
 
 	if _, err := oc.c.CreateVolume(ctx, &api.CreateVolumeRequest{Name: "data", Backend: "shared"}); err != nil {

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 
 	"github.com/corral-dev/corral/api"
@@ -79,16 +80,7 @@ func TestTemplatesRolesAndJobFiles(t *testing.T) {
 	}
 	base := busyboxImage(t)
 	mainRef := startRegistry(t, base, "corral/busybox:1")
-	cfg, err := base.ConfigFile()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg = cfg.DeepCopy()
-	cfg.Config.Env = []string{"PATH=/bin", "IMAGE_VAR=ps-image"}
-	psImg, err := mutate.ConfigFile(base, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	psImg := withImageVar(t, base, "ps-image")
 	psRef := startRegistry(t, psImg, "corral/ps:1")
 
 	dir := t.TempDir()
@@ -287,4 +279,21 @@ session "transform" {
 	if !strings.Contains(r.stderr, `no template "basic"`) {
 		t.Fatalf("deleted template: %q", r.stderr)
 	}
+}
+
+// withImageVar is img with IMAGE_VAR=value in its environment (busyboxImage
+// has IMAGE_VAR=from-image): another image of the same files, for roles.
+func withImageVar(t *testing.T, img v1.Image, value string) v1.Image {
+	t.Helper()
+	cfg, err := img.ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg = cfg.DeepCopy()
+	cfg.Config.Env = []string{"PATH=/bin", "IMAGE_VAR=" + value}
+	out, err := mutate.ConfigFile(img, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
 }

@@ -112,7 +112,7 @@ func (c *cli) raftRemovePeer(ctx context.Context, args []string) error {
 func (c *cli) snapshotSave(ctx context.Context, args []string) error {
 	f := c.newFlags("operator snapshot save", "FILE [flags]",
 		"Write a snapshot of the cluster's whole state (sessions, kernels, users, keys, policies,\n"+
-			"groups, endpoints, the cluster CA), read on the leader, to FILE (admin). The file holds\n"+
+			"groups, endpoints, volumes, templates, the cluster CA), read on the leader, to FILE (admin). The file holds\n"+
 			"key hashes and the CA's private key: keep it as safe as an admin key.", false)
 	file, err := f.parseRef(args, "snapshot file")
 	if err != nil {
@@ -153,7 +153,7 @@ func (c *cli) snapshotRestore(ctx context.Context, args []string) error {
 	f := c.newFlags("operator snapshot restore", "FILE [flags]",
 		"Replace the cluster's state with the snapshot in FILE (admin). The cluster keeps its\n"+
 			"servers, CA, join token and registered agents; sessions, kernels, users, keys, policies,\n"+
-			"groups and endpoints become the snapshot's: the snapshot's keys work afterwards, keys\n"+
+			"groups, endpoints, volumes and templates become the snapshot's: the snapshot's keys work afterwards, keys\n"+
 			"made since do not. Restore onto a new cluster before it runs work.", true)
 	file, err := f.parseRef(args, "snapshot file")
 	if err != nil {
