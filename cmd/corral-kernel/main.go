@@ -126,6 +126,13 @@ func runMain(args []string, serveOnly bool) int {
 	defer srv.Close()
 
 	if serveOnly {
+		if l.Barrier {
+			// Check in with the peers that run commands: each keeps its
+			// server up after its command until every peer has.
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			go func() { _ = kernelssh.WaitForPeers(ctx, l, signer, nil) }()
+		}
 		for s := range sigs {
 			if s == syscall.SIGTERM || s == syscall.SIGINT {
 				return 0
@@ -165,17 +172,49 @@ func runMain(args []string, serveOnly bool) int {
 	}
 	exited := make(chan syscall.WaitStatus, 1)
 	go func() { exited <- wait() }()
+	stopping := false // a SIGTERM or SIGINT came: the kernel is being stopped
 	for {
 		select {
 		case s := <-sigs:
+			stopping = stopping || s == syscall.SIGTERM || s == syscall.SIGINT
 			_ = cmd.Process.Signal(s)
 		case ws := <-exited:
+			code := ws.ExitStatus()
 			if ws.Signaled() {
-				return 128 + int(ws.Signal())
+				code = 128 + int(ws.Signal())
 			}
-			return ws.ExitStatus()
+			if l.Barrier && !stopping {
+				awaitCheckIns(srv, l, sigs, code)
+			}
+			return code
 		}
 	}
+}
+
+// awaitCheckIns keeps the kernel's ssh server up, after its command ended
+// with code, until every peer has found it up at the start barrier: a
+// peer still polling for it would otherwise wait there forever (its
+// session going on when this kernel's end does not decide it). The peers
+// are all up or coming (the server ends the session when one fails to
+// start, and its SIGTERM ends this wait).
+func awaitCheckIns(srv *kernelssh.Server, l *kernelssh.Launch, sigs <-chan os.Signal, code int) {
+	hosts := make([]string, len(l.Peers))
+	for i, p := range l.Peers {
+		hosts[i] = p.Hostname
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		for s := range sigs {
+			if s == syscall.SIGTERM || s == syscall.SIGINT {
+				cancel()
+				return
+			}
+		}
+	}()
+	_ = srv.WaitCheckedIn(ctx, hosts, func(missing []string) {
+		logf("corral-kernel: the command ended (code %d); serving until %s pass the start barrier", code, strings.Join(missing, ", "))
+	})
 }
 
 // sshMain is the client: `corral-kernel ssh ...` or a link named ssh.

@@ -18,7 +18,7 @@ const (
 
 // WaitForPeers returns once every peer's ssh server (this kernel's
 // included) has accepted an authenticated connection with the session
-// key, or with ctx's error. It retries each peer forever with backoff:
+// key and this kernel's check-in (BarrierRequest), or with ctx's error. It retries each peer forever with backoff:
 // the server ends the session when a peer fails to start. logf gets one
 // line per peer that was not up at the first attempt, and one when it
 // comes up.
@@ -45,7 +45,12 @@ func waitForPeer(ctx context.Context, l *Launch, p Peer, signer ssh.Signer, logf
 	for {
 		c, err := Dial(ctx, signer, addr, barrierDialTimeout)
 		if err == nil {
+			// Check in: the peer keeps its server up after its command
+			// until every peer has (Server.WaitCheckedIn).
+			_, _, err = c.SendRequest(BarrierRequest, true, []byte(l.Hostname))
 			c.Close()
+		}
+		if err == nil {
 			if waited {
 				logf("corral-kernel: peer %s (rank %d) at %s is up", p.Hostname, p.Rank, addr)
 			}

@@ -375,3 +375,67 @@ func TestPeerAddrOwnPorts(t *testing.T) {
 		}
 	}
 }
+
+// TestBarrierCheckIn: a kernel's server counts the peers that found it up
+// at the barrier; WaitCheckedIn holds until each has, so that a kernel
+// whose command ended first does not leave a peer polling for it.
+func TestBarrierCheckIn(t *testing.T) {
+	key := newSigner(t)
+	ln1, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln1.Addr().(*net.TCPAddr).Port
+	ln2, err := net.Listen("tcp", fmt.Sprintf("127.0.0.2:%d", port))
+	if err != nil {
+		ln1.Close()
+		t.Skipf("cannot listen on 127.0.0.2: %v", err)
+	}
+	main, sub := &Server{Signer: key}, &Server{Signer: key}
+	go func() { _ = main.Serve(ln1) }()
+	go func() { _ = sub.Serve(ln2) }()
+	t.Cleanup(func() { main.Close(); sub.Close() })
+	peers := []Peer{{Hostname: "main1", Addr: "127.0.0.1", Rank: 0}, {Hostname: "sub1", Addr: "127.0.0.2", Rank: 1}}
+
+	missing := make(chan []string, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- main.WaitCheckedIn(context.Background(), []string{"main1", "sub1"}, func(m []string) { missing <- m })
+	}()
+	if m := <-missing; strings.Join(m, ",") != "main1,sub1" {
+		t.Fatalf("missing %v, want main1,sub1", m)
+	}
+	// sub1 passes its barrier: it checks in at main1 (and itself).
+	if err := WaitForPeers(context.Background(), &Launch{Hostname: "sub1", SSHPort: port, Peers: peers}, key, nil); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("WaitCheckedIn returned (%v) before main1 checked in", err)
+	default:
+	}
+	if err := sub.WaitCheckedIn(context.Background(), []string{"sub1"}, nil); err != nil {
+		t.Fatalf("sub1's own check-in: %v", err)
+	}
+	if err := WaitForPeers(context.Background(), &Launch{Hostname: "main1", SSHPort: port, Peers: peers}, key, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("WaitCheckedIn after both checked in: %v", err)
+	}
+
+	// A stopped wait returns ctx's error; other global requests are refused.
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := main.WaitCheckedIn(ctx, []string{"sub2"}, nil); !errors.Is(err, context.Canceled) {
+		t.Fatalf("canceled wait: %v", err)
+	}
+	c, err := Dial(context.Background(), key, ln1.Addr().String(), 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if ok, _, err := c.SendRequest("tcpip-forward", true, nil); err != nil || ok {
+		t.Fatalf("tcpip-forward: ok %v err %v, want refused", ok, err)
+	}
+}

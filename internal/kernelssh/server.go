@@ -2,6 +2,7 @@ package kernelssh
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -50,7 +51,18 @@ type Server struct {
 	lns    map[net.Listener]bool
 	conns  map[*ssh.ServerConn]bool
 	groups map[int]bool // process groups of running commands
+	// checkedIn are the peers that found this server up at the start
+	// barrier (BarrierRequest); checkInCh is closed at each new one.
+	checkedIn map[string]bool
+	checkInCh chan struct{}
 }
+
+// BarrierRequest is the global request a kernel sends each peer whose
+// server it found up at the start barrier, with its own hostname as the
+// payload. A kernel whose command ends keeps its server up until every
+// peer has sent it (WaitCheckedIn): a peer still polling for it at the
+// barrier would otherwise wait for a server that is gone, forever.
+const BarrierRequest = "corral-barrier@corral"
 
 // ErrServerClosed is returned by Serve after Close.
 var ErrServerClosed = errors.New("kernelssh: server closed")
@@ -82,7 +94,61 @@ func (s *Server) init() {
 		s.lns = map[net.Listener]bool{}
 		s.conns = map[*ssh.ServerConn]bool{}
 		s.groups = map[int]bool{}
+		s.checkedIn = map[string]bool{}
+		s.checkInCh = make(chan struct{})
 	})
+}
+
+// handleGlobal answers a connection's global requests: BarrierRequest
+// checks the sender in, anything else is refused.
+func (s *Server) handleGlobal(reqs <-chan *ssh.Request) {
+	for r := range reqs {
+		if r.Type == BarrierRequest && len(r.Payload) > 0 && len(r.Payload) <= 255 {
+			s.mu.Lock()
+			if host := string(r.Payload); !s.checkedIn[host] {
+				s.checkedIn[host] = true
+				close(s.checkInCh)
+				s.checkInCh = make(chan struct{})
+			}
+			s.mu.Unlock()
+			_ = r.Reply(true, nil)
+			continue
+		}
+		if r.WantReply {
+			_ = r.Reply(false, nil)
+		}
+	}
+}
+
+// WaitCheckedIn returns once every one of hosts has found this server up
+// at the start barrier, or with ctx's error. waiting, when not nil, gets
+// the hosts still missing once, if any are.
+func (s *Server) WaitCheckedIn(ctx context.Context, hosts []string, waiting func(missing []string)) error {
+	s.init()
+	told := false
+	for {
+		s.mu.Lock()
+		var missing []string
+		for _, h := range hosts {
+			if !s.checkedIn[h] {
+				missing = append(missing, h)
+			}
+		}
+		ch := s.checkInCh
+		s.mu.Unlock()
+		if len(missing) == 0 {
+			return nil
+		}
+		if !told && waiting != nil {
+			waiting(missing)
+			told = true
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-ch:
+		}
+	}
 }
 
 // Serve accepts connections on ln until Close.
@@ -158,7 +224,7 @@ func (s *Server) handleConn(c net.Conn) {
 		s.mu.Unlock()
 		sc.Close()
 	}()
-	go ssh.DiscardRequests(reqs)
+	go s.handleGlobal(reqs)
 	for nc := range chans {
 		if nc.ChannelType() != "session" {
 			_ = nc.Reject(ssh.UnknownChannelType, "only session channels are served")
