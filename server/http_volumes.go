@@ -304,6 +304,20 @@ const (
 	sftpPorts    = 10000
 )
 
+// pickSFTPPort returns the first port from sftpPortBase+start onward
+// (wrapping) that no live SFTP session holds; exec kernels share their
+// agent's network, and the session is not placed yet, so a port unused
+// cluster-wide is one unused on whichever agent gets it.
+func pickSFTPPort(used map[int]bool, start int) (int, bool) {
+	for i := 0; i < sftpPorts; i++ {
+		p := sftpPortBase + (start+i)%sftpPorts
+		if !used[p] {
+			return p, true
+		}
+	}
+	return 0, false
+}
+
 // prepareVolumeCreate readies an SFTP create before validation: a
 // system session on the exec driver whose command the agent replaces.
 func prepareVolumeCreate(req *api.CreateSessionRequest) error {
@@ -388,7 +402,23 @@ func (s *Server) attachVolumes(snap *state.Snapshot, req *api.CreateSessionReque
 	if len(keys) == 0 {
 		return badRequest("you have no SSH key for SFTP: add one with corral user ssh-key add ~/.ssh/id_ed25519.pub")
 	}
-	port := sftpPortBase + rand.IntN(sftpPorts)
+	used := map[int]bool{}
+	if err := snap.EachSession(func(o *structs.Session) {
+		if o.Status.Terminal() {
+			return
+		}
+		for _, sp := range o.ServicePorts {
+			if sp.Name == structs.SFTPPortName {
+				used[sp.Port] = true
+			}
+		}
+	}); err != nil {
+		return err
+	}
+	port, ok := pickSFTPPort(used, rand.IntN(sftpPorts))
+	if !ok {
+		return &httpError{code: http.StatusServiceUnavailable, msg: fmt.Sprintf("all %d SFTP ports (%d-%d) are held by live SFTP sessions: end one first", sftpPorts, sftpPortBase, sftpPortBase+sftpPorts-1)}
+	}
 	kernels[0].SFTP = &structs.SFTPServer{Port: port, AuthorizedKeys: keys, Root: mounts[0].Target}
 	sess.ServicePorts = append(sess.ServicePorts, structs.ServicePort{Name: structs.SFTPPortName, Port: port, Protocol: "tcp"})
 	return nil
