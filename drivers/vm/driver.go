@@ -26,6 +26,7 @@ import (
 	"maps"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -696,6 +697,9 @@ func (d *Driver) writeInitrd(cfg *drivers.TaskConfig, nics []guestproto.NIC, pat
 			return fmt.Errorf("archiving the image root %s: %w", cfg.RootFS, err)
 		}
 	}
+	if err := archiveMounts(w, cfg); err != nil {
+		return err
+	}
 	if err := w.Close(); err != nil {
 		return err
 	}
@@ -840,5 +844,36 @@ func (d *Driver) Recover(_ context.Context, h *drivers.TaskHandle) error {
 	}
 	log.Info("VM recovered", "running", t.alive())
 	go t.watch()
+	return nil
+}
+
+// archiveMounts copies the task's mounts (a cluster kernel's launch files
+// and corral-kernel helper) into the initramfs at their destinations, in
+// the image root when there is one: the guest has no share of the host's
+// files, and these are small and read-only. The parent directories are
+// archived first, as the kernel's unpacker creates none.
+func archiveMounts(w *cpioWriter, cfg *drivers.TaskConfig) error {
+	made := map[string]bool{"": true, "corral": true}
+	for _, m := range cfg.Mounts {
+		dst := path.Clean("/" + m.Destination)
+		if cfg.RootFS != "" {
+			dst = path.Join(guestproto.RootDir, dst)
+		}
+		dst = strings.TrimPrefix(dst, "/")
+		var parents []string
+		for p := path.Dir(dst); p != "." && p != "/" && !made[p]; p = path.Dir(p) {
+			parents = append(parents, p)
+		}
+		for i := len(parents) - 1; i >= 0; i-- {
+			if err := w.Dir(parents[i], 0o755); err != nil {
+				return err
+			}
+			made[parents[i]] = true
+		}
+		if err := w.Tree(m.Source, dst); err != nil {
+			return fmt.Errorf("archiving the mount %s: %w", m.Source, err)
+		}
+		made[dst] = true
+	}
 	return nil
 }
