@@ -199,7 +199,8 @@ func vmPluginDir(t *testing.T) string {
 }
 
 // TestVMClusterMixed runs a cluster session on `corral dev` whose main1
-// is a runc kernel and whose role "vm" is one VM kernel (vm1): both get
+// is a runc kernel and whose role "vm" is one VM kernel (vm1, booting the
+// same busybox image as its root): both get
 // the session's overlay and hosts. corral-kernel's start barrier (ssh
 // both ways) runs in each; then vm1 serves a line on TCP 7000 and fetches
 // main1's line from main1:7001 by name, and main1 fetches vm1's from
@@ -247,7 +248,6 @@ command = ["sh", "-c", <<-EOT
 role "vm" {
   count   = 1
   driver  = "vm"
-  image   = ""
   cpu     = 1
   mem     = "192M"
   command = ["sh", "-c", <<-EOT
@@ -267,7 +267,8 @@ role "vm" {
 		t.Fatal(err)
 	}
 	started := time.Now()
-	mustCLI(t, addr, 0, "session", "create", "-f", job, "-name", "mixed")
+	mustCLI(t, addr, 0, "template", "create", "mixed", "-f", job)
+	mustCLI(t, addr, 0, "session", "create", "-template", "mixed", "-name", "mixed")
 	d := waitVMStatus(t, addr, "mixed", structs.SessionTerminated)
 	t.Logf("FIGURE e2e_vm_mixed_cluster_seconds=%.1f (create to TERMINATED, runc main1 + TCG VM vm1)", time.Since(started).Seconds())
 	drivers := map[string]string{}
