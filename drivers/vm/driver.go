@@ -24,6 +24,7 @@ import (
 	"io"
 	"log/slog"
 	"maps"
+	"net"
 	"os"
 	"os/exec"
 	"path"
@@ -668,6 +669,9 @@ func (d *Driver) writeInitrd(cfg *drivers.TaskConfig, nics []guestproto.NIC, pat
 		Command: guestCommand(cfg), Env: guestEnv(cfg), WorkDir: cfg.WorkDir,
 		Hosts: cfg.Hosts, Chroot: cfg.RootFS != "", NICs: nics,
 	}
+	if len(nics) > 0 {
+		gt.ResolvConf = resolvConf("/etc/resolv.conf")
+	}
 	switch {
 	case cfg.RootFS == "":
 		// The task's WorkDir is a host directory, which means nothing
@@ -876,4 +880,26 @@ func archiveMounts(w *cpioWriter, cfg *drivers.TaskConfig) error {
 		made[dst] = true
 	}
 	return nil
+}
+
+// resolvConf is the host's resolver configuration at path without
+// loopback name servers, which mean nothing in the guest (it reaches the
+// others through the agent's NAT, as a runc kernel does).
+func resolvConf(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	var out strings.Builder
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "nameserver" {
+			if ip := net.ParseIP(f[1]); ip == nil || ip.IsLoopback() {
+				continue
+			}
+		}
+		if strings.TrimSpace(line) != "" {
+			out.WriteString(line + "\n")
+		}
+	}
+	return out.String()
 }

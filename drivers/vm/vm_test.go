@@ -275,7 +275,7 @@ func TestNetwork(t *testing.T) {
 
 	// The guest pings the host, then serves a line on TCP port 7000 once,
 	// which the host fetches from the guest's (the kernel's) address.
-	cfg := vmTask(t, "/bin/sh", "-c", "ip -4 -o addr show; ip route; ping -c 1 -W 20 "+subnet+".1 && echo reachable; "+
+	cfg := vmTask(t, "/bin/sh", "-c", "ip -4 -o addr show; ip route; sed 's/^/resolv: /' /etc/resolv.conf; ping -c 1 -W 20 "+subnet+".1 && echo reachable; "+
 		"echo line from the guest | nc -l -p 7000 && echo served")
 	cfg.NetNSPath = "/run/netns/" + ns
 	testutils.StartTask(t, d, cfg)
@@ -300,6 +300,16 @@ func TestNetwork(t *testing.T) {
 	out := testutils.ReadLog(t, cfg.StdoutPath)
 	if !res.Successful() || !strings.Contains(out, "reachable") || !strings.Contains(out, "served") {
 		t.Fatalf("result %+v; stdout:\n%s\nstderr:\n%s", res, out, testutils.ReadLog(t, cfg.StderrPath))
+	}
+	hostResolv, _ := os.ReadFile("/etc/resolv.conf")
+	for _, line := range strings.Split(string(hostResolv), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 || f[0] != "nameserver" || net.ParseIP(f[1]) == nil || net.ParseIP(f[1]).IsLoopback() {
+			continue
+		}
+		if !strings.Contains(out, "resolv: "+line) {
+			t.Errorf("the guest's /etc/resolv.conf lacks the host's %q:\n%s", line, out)
+		}
 	}
 	if !strings.Contains(out, subnet+".2/24") || !strings.Contains(out, "default via "+subnet+".1") {
 		t.Errorf("the guest's addresses and routes:\n%s", out)
