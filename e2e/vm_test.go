@@ -29,20 +29,7 @@ const vmWait = 4 * time.Minute
 // destroying
 // that session leaves no qemu process and no VM files.
 func TestVMDriver(t *testing.T) {
-	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
-		t.Skip("qemu-system-x86_64 is not installed (make deps installs qemu-system-x86)")
-	}
-	if out, err := exec.Command("../scripts/vm-guest.sh").CombinedOutput(); err != nil {
-		t.Skipf("cannot prepare the VM guest (make vm-guest): %v: %s", err, strings.TrimSpace(string(out)))
-	}
-	pluginDir := t.TempDir()
-	build := exec.Command("go", "build", "-o", filepath.Join(pluginDir, "corral-driver-vm"), "./cmd/corral-driver-vm")
-	build.Dir = ".."
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("building the vm plugin: %v\n%s", err, out)
-	}
-	// TCG: skip the KVM probe, which cannot succeed on this machine.
-	t.Setenv("CORRAL_VM_ACCEL", "tcg")
+	pluginDir := vmPluginDir(t)
 	dataDir := t.TempDir()
 	reapKernels(t, dataDir)
 	t.Cleanup(func() { killQemusUnder(dataDir) })
@@ -186,5 +173,120 @@ func killQemusUnder(dir string) {
 		if err == nil && strings.Contains(string(b), "qemu-system") && strings.Contains(string(b), dir+"/") {
 			_ = syscall.Kill(pid, syscall.SIGKILL)
 		}
+	}
+}
+
+// vmPluginDir prepares the guest (make vm-guest) and builds the vm driver
+// plugin into a plugin directory, and sets TCG (the KVM probe cannot
+// succeed on this kind of machine); it skips where qemu or the guest's
+// parts are missing.
+func vmPluginDir(t *testing.T) string {
+	t.Helper()
+	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
+		t.Skip("qemu-system-x86_64 is not installed (make deps installs qemu-system-x86)")
+	}
+	if out, err := exec.Command("../scripts/vm-guest.sh").CombinedOutput(); err != nil {
+		t.Skipf("cannot prepare the VM guest (make vm-guest): %v: %s", err, strings.TrimSpace(string(out)))
+	}
+	pluginDir := t.TempDir()
+	build := exec.Command("go", "build", "-o", filepath.Join(pluginDir, "corral-driver-vm"), "./cmd/corral-driver-vm")
+	build.Dir = ".."
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("building the vm plugin: %v\n%s", err, out)
+	}
+	t.Setenv("CORRAL_VM_ACCEL", "tcg")
+	return pluginDir
+}
+
+// TestVMClusterMixed runs a cluster session on `corral dev` whose main1
+// is a runc kernel and whose role "vm" is one VM kernel (vm1, booting the
+// same busybox image as its root): both get
+// the session's overlay and hosts. corral-kernel's start barrier (ssh
+// both ways) runs in each; then vm1 serves a line on TCP 7000 and fetches
+// main1's line from main1:7001 by name, and main1 fetches vm1's from
+// vm1:7000. The session ends SUCCESS with both lines in the logs.
+func TestVMClusterMixed(t *testing.T) {
+	if why := runcUnavailable(); why != "" {
+		t.Skip(why)
+	}
+	pluginDir := vmPluginDir(t)
+	ref := startRegistry(t, busyboxImage(t), "corral/busybox:1")
+	dir := t.TempDir()
+	reapKernels(t, filepath.Join(dir, "agent"))
+	t.Cleanup(func() { killQemusUnder(dir) })
+	addr := startDev(t, dir, "-plugin-dir", pluginDir)
+	agentRunsRunc(t, addr)
+	eventually(t, 60*time.Second, "the agent advertises the vm driver", func() error {
+		r := cli(t, addr, "node", "list", "-json")
+		var agents []*structs.Agent
+		if err := json.Unmarshal([]byte(r.stdout), &agents); err != nil {
+			return fmt.Errorf("node list: %v: %s %s", err, r.stdout, r.stderr)
+		}
+		if len(agents) != 1 || !agents[0].HasDriver("vm") {
+			return fmt.Errorf("agents: %s", r.stdout)
+		}
+		return nil
+	})
+	job := filepath.Join(t.TempDir(), "mixed.hcl")
+	src := fmt.Sprintf(`type    = "batch"
+driver  = "runc"
+image   = %q
+cpu     = 0.2
+mem     = "64M"
+command = ["sh", "-c", <<-EOT
+  echo "line from $(hostname)" | nc -l -p 7001 &
+  for i in $(seq 600); do
+    r=$(nc -w 5 vm1 7000 </dev/null) && [ -n "$r" ] && break
+    sleep 0.5
+  done
+  [ -n "$r" ] || { echo "no answer from vm1"; exit 1; }
+  echo "main1 got: $r"
+  wait
+  EOT
+]
+
+role "vm" {
+  count   = 1
+  driver  = "vm"
+  cpu     = 1
+  mem     = "192M"
+  command = ["sh", "-c", <<-EOT
+    echo "line from $(hostname) $(uname -r)" | nc -l -p 7000 &
+    for i in $(seq 600); do
+      r=$(nc -w 5 main1 7001 </dev/null) && [ -n "$r" ] && break
+      sleep 0.5
+    done
+    [ -n "$r" ] || { echo "no answer from main1"; exit 1; }
+    echo "vm1 got: $r"
+    wait
+    EOT
+  ]
+}
+`, ref)
+	if err := os.WriteFile(job, []byte(src), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	started := time.Now()
+	mustCLI(t, addr, 0, "template", "create", "mixed", "-f", job)
+	mustCLI(t, addr, 0, "session", "create", "-template", "mixed", "-name", "mixed")
+	d := waitVMStatus(t, addr, "mixed", structs.SessionTerminated)
+	t.Logf("FIGURE e2e_vm_mixed_cluster_seconds=%.1f (create to TERMINATED, runc main1 + TCG VM vm1)", time.Since(started).Seconds())
+	drivers := map[string]string{}
+	for _, k := range d.Kernels {
+		drivers[k.Hostname] = k.Driver
+	}
+	main := mustCLI(t, addr, 0, "session", "logs", "mixed", "-kernel", "main1").stdout
+	vm := mustCLI(t, addr, 0, "session", "logs", "mixed", "-kernel", "vm1").stdout
+	if d.Session.Result != structs.ResultSuccess {
+		t.Fatalf("mixed: result %s (%s); kernels %v\nmain1:\n%s\nvm1:\n%s", d.Session.Result, d.Session.StatusInfo, drivers, main, vm)
+	}
+	if drivers["main1"] != "runc" || drivers["vm1"] != "vm" {
+		t.Errorf("kernels' drivers %v, want main1 runc and vm1 vm", drivers)
+	}
+	if !strings.Contains(main, "main1 got: line from vm1") {
+		t.Errorf("main1 did not fetch vm1's line: %q", main)
+	}
+	if !strings.Contains(vm, "vm1 got: line from main1") {
+		t.Errorf("vm1 did not fetch main1's line: %q", vm)
 	}
 }

@@ -407,7 +407,7 @@ func readTask() (*guestproto.Task, error) {
 }
 
 // writeHosts writes /etc/hosts (in the image root too) with the hostname
-// and the task's extra entries.
+// and the task's extra entries, and /etc/resolv.conf when the task has one.
 func writeHosts(t *guestproto.Task) {
 	var b bytes.Buffer
 	b.WriteString("127.0.0.1\tlocalhost\n")
@@ -423,6 +423,9 @@ func writeHosts(t *guestproto.Task) {
 		}
 		_ = os.MkdirAll(filepath.Join(root, "etc"), 0o755)
 		_ = os.WriteFile(filepath.Join(root, "etc", "hosts"), b.Bytes(), 0o644)
+		if t.ResolvConf != "" {
+			_ = os.WriteFile(filepath.Join(root, "etc", "resolv.conf"), []byte(t.ResolvConf), 0o644)
+		}
 	}
 }
 

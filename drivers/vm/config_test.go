@@ -43,3 +43,20 @@ func TestLoadConfig(t *testing.T) {
 		t.Error("a named config file that is missing is no error")
 	}
 }
+
+// TestResolvConf: the guest's resolv.conf is the host's without loopback
+// name servers.
+func TestResolvConf(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "resolv.conf")
+	src := "# comment\nnameserver 127.0.0.53\nnameserver 10.1.2.3\nnameserver ::1\nsearch example.org\noptions edns0\n"
+	if err := os.WriteFile(p, []byte(src), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	want := "# comment\nnameserver 10.1.2.3\nsearch example.org\noptions edns0\n"
+	if got := resolvConf(p); got != want {
+		t.Errorf("resolvConf = %q, want %q", got, want)
+	}
+	if got := resolvConf(filepath.Join(t.TempDir(), "missing")); got != "" {
+		t.Errorf("resolvConf of a missing file = %q, want empty", got)
+	}
+}

@@ -24,8 +24,10 @@ import (
 	"io"
 	"log/slog"
 	"maps"
+	"net"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -667,6 +669,9 @@ func (d *Driver) writeInitrd(cfg *drivers.TaskConfig, nics []guestproto.NIC, pat
 		Command: guestCommand(cfg), Env: guestEnv(cfg), WorkDir: cfg.WorkDir,
 		Hosts: cfg.Hosts, Chroot: cfg.RootFS != "", NICs: nics,
 	}
+	if len(nics) > 0 {
+		gt.ResolvConf = resolvConf("/etc/resolv.conf")
+	}
 	switch {
 	case cfg.RootFS == "":
 		// The task's WorkDir is a host directory, which means nothing
@@ -695,6 +700,9 @@ func (d *Driver) writeInitrd(cfg *drivers.TaskConfig, nics []guestproto.NIC, pat
 		if err := w.Tree(cfg.RootFS, strings.TrimPrefix(guestproto.RootDir, "/")); err != nil {
 			return fmt.Errorf("archiving the image root %s: %w", cfg.RootFS, err)
 		}
+	}
+	if err := archiveMounts(w, cfg); err != nil {
+		return err
 	}
 	if err := w.Close(); err != nil {
 		return err
@@ -841,4 +849,57 @@ func (d *Driver) Recover(_ context.Context, h *drivers.TaskHandle) error {
 	log.Info("VM recovered", "running", t.alive())
 	go t.watch()
 	return nil
+}
+
+// archiveMounts copies the task's mounts (a cluster kernel's launch files
+// and corral-kernel helper) into the initramfs at their destinations, in
+// the image root when there is one: the guest has no share of the host's
+// files, and these are small and read-only. The parent directories are
+// archived first, as the kernel's unpacker creates none.
+func archiveMounts(w *cpioWriter, cfg *drivers.TaskConfig) error {
+	made := map[string]bool{"": true, "corral": true}
+	for _, m := range cfg.Mounts {
+		dst := path.Clean("/" + m.Destination)
+		if cfg.RootFS != "" {
+			dst = path.Join(guestproto.RootDir, dst)
+		}
+		dst = strings.TrimPrefix(dst, "/")
+		var parents []string
+		for p := path.Dir(dst); p != "." && p != "/" && !made[p]; p = path.Dir(p) {
+			parents = append(parents, p)
+		}
+		for i := len(parents) - 1; i >= 0; i-- {
+			if err := w.Dir(parents[i], 0o755); err != nil {
+				return err
+			}
+			made[parents[i]] = true
+		}
+		if err := w.Tree(m.Source, dst); err != nil {
+			return fmt.Errorf("archiving the mount %s: %w", m.Source, err)
+		}
+		made[dst] = true
+	}
+	return nil
+}
+
+// resolvConf is the host's resolver configuration at path without
+// loopback name servers, which mean nothing in the guest (it reaches the
+// others through the agent's NAT, as a runc kernel does).
+func resolvConf(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	var out strings.Builder
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "nameserver" {
+			if ip := net.ParseIP(f[1]); ip == nil || ip.IsLoopback() {
+				continue
+			}
+		}
+		if strings.TrimSpace(line) != "" {
+			out.WriteString(line + "\n")
+		}
+	}
+	return out.String()
 }

@@ -62,6 +62,13 @@ func plugNetwork(nsPath string) ([]nicState, []guestproto.NIC, error) {
 	var nics []nicState
 	var guest []guestproto.NIC
 	err := inNetNS(nsPath, func() error {
+		// The namespace keeps the addresses that the guest took over:
+		// it must not answer ARP for them, or the peers' traffic for
+		// the guest goes to the bridge, which answers ping itself and
+		// refuses or drops TCP. arp_ignore 8 answers no request.
+		if err := os.WriteFile("/proc/sys/net/ipv4/conf/all/arp_ignore", []byte("8"), 0o644); err != nil {
+			return fmt.Errorf("arp_ignore: %w", err)
+		}
 		links, err := netlink.LinkList()
 		if err != nil {
 			return err

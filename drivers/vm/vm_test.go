@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -272,13 +273,43 @@ func TestNetwork(t *testing.T) {
 	run("-n", ns, "route", "add", "default", "via", subnet+".1")
 	macBefore := run("-n", ns, "-br", "link", "show", "eth0")
 
-	cfg := vmTask(t, "/bin/sh", "-c", "ip -4 -o addr show; ip route; ping -c 1 -W 20 "+subnet+".1 && echo reachable")
+	// The guest pings the host, then serves a line on TCP port 7000 once,
+	// which the host fetches from the guest's (the kernel's) address.
+	cfg := vmTask(t, "/bin/sh", "-c", "ip -4 -o addr show; ip route; sed 's/^/resolv: /' /etc/resolv.conf; ping -c 1 -W 20 "+subnet+".1 && echo reachable; "+
+		"echo line from the guest | nc -l -p 7000 && echo served")
 	cfg.NetNSPath = "/run/netns/" + ns
 	testutils.StartTask(t, d, cfg)
+	var got string
+	deadline := time.Now().Add(vmTimeout)
+	for time.Now().Before(deadline) {
+		c, err := net.DialTimeout("tcp", subnet+".2:7000", 5*time.Second)
+		if err == nil {
+			_ = c.SetReadDeadline(time.Now().Add(30 * time.Second))
+			b, _ := io.ReadAll(c)
+			c.Close()
+			if got = string(b); strings.Contains(got, "line from the guest") {
+				break
+			}
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	if !strings.Contains(got, "line from the guest") {
+		t.Errorf("host -> guest TCP: read %q from %s.2:7000, want the guest's line", got, subnet)
+	}
 	res := testutils.WaitResult(t, d, cfg.ID, vmTimeout)
 	out := testutils.ReadLog(t, cfg.StdoutPath)
-	if !res.Successful() || !strings.Contains(out, "reachable") {
+	if !res.Successful() || !strings.Contains(out, "reachable") || !strings.Contains(out, "served") {
 		t.Fatalf("result %+v; stdout:\n%s\nstderr:\n%s", res, out, testutils.ReadLog(t, cfg.StderrPath))
+	}
+	hostResolv, _ := os.ReadFile("/etc/resolv.conf")
+	for _, line := range strings.Split(string(hostResolv), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 || f[0] != "nameserver" || net.ParseIP(f[1]) == nil || net.ParseIP(f[1]).IsLoopback() {
+			continue
+		}
+		if !strings.Contains(out, "resolv: "+line) {
+			t.Errorf("the guest's /etc/resolv.conf lacks the host's %q:\n%s", line, out)
+		}
 	}
 	if !strings.Contains(out, subnet+".2/24") || !strings.Contains(out, "default via "+subnet+".1") {
 		t.Errorf("the guest's addresses and routes:\n%s", out)

@@ -51,6 +51,9 @@ type Task struct {
 	Chroot bool `json:"chroot,omitempty"`
 	// Hosts are extra /etc/hosts entries, hostname to address.
 	Hosts map[string]string `json:"hosts,omitempty"`
+	// ResolvConf is the guest's /etc/resolv.conf: the host's, without
+	// loopback name servers (as runc kernels get it); empty writes none.
+	ResolvConf string `json:"resolv_conf,omitempty"`
 	// NICs are the guest's network interfaces, to configure at boot.
 	NICs []NIC `json:"nics,omitempty"`
 }
