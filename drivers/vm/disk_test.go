@@ -150,7 +150,8 @@ func fileHash(t *testing.T, path string) string {
 func runDisk(t *testing.T, image string, command ...string) (*drivers.ExitResult, string) {
 	t.Helper()
 	d := testutils.InMemoryPlugin(t, vm.New(diskConfig(t), testutils.TestLogger(t)))
-	before := fileHash(t, image)
+	file := strings.TrimPrefix(image, "file://")
+	before := fileHash(t, file)
 	cfg := vmTask(t, command...)
 	cfg.Image = image
 	h := testutils.StartTask(t, d, cfg)
@@ -179,8 +180,8 @@ func runDisk(t *testing.T, image string, command ...string) (*drivers.ExitResult
 			t.Errorf("%s is left after Destroy (err %v)", p, err)
 		}
 	}
-	if after := fileHash(t, image); after != before {
-		t.Errorf("the base image %s changed (sha256 %s, was %s): the VM wrote to it", image, after, before)
+	if after := fileHash(t, file); after != before {
+		t.Errorf("the base image %s changed (sha256 %s, was %s): the VM wrote to it", file, after, before)
 	}
 	return res, stdout
 }
