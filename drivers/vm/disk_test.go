@@ -9,6 +9,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -259,7 +261,14 @@ func TestDiskImageRefused(t *testing.T) {
 	if err := os.WriteFile(backed, hdr, 0o644); err != nil {
 		t.Fatal(err)
 	}
+	srv := httptest.NewServer(http.FileServer(http.Dir(dir)))
+	defer srv.Close()
+	closed := httptest.NewServer(http.NotFoundHandler())
+	closed.Close()
 	for _, c := range []struct{ image, want string }{
+		{srv.URL + "/notes.txt", "not a disk image"},
+		{srv.URL + "/missing.raw", "404 Not Found"},
+		{closed.URL + "/root.raw", "downloading it"},
 		{text, "not a disk image"},
 		{filepath.Join(dir, "missing.raw"), "no such file on this agent"},
 		{"/dev/null", "not a regular file"},
