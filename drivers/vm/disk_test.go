@@ -148,11 +148,10 @@ func fileHash(t *testing.T, path string) string {
 
 // runDisk boots image as the task's root disk with command, waits for its
 // end, destroys it and checks that nothing of the VM is left and the image
-// is unchanged. It returns the result and stdout.
-func runDisk(t *testing.T, image string, command ...string) (*drivers.ExitResult, string) {
+// file (the image's file on this host) is unchanged. It returns the result and stdout.
+func runDisk(t *testing.T, image, file string, command ...string) (*drivers.ExitResult, string) {
 	t.Helper()
 	d := testutils.InMemoryPlugin(t, vm.New(diskConfig(t), testutils.TestLogger(t)))
-	file := strings.TrimPrefix(image, "file://")
 	before := fileHash(t, file)
 	cfg := vmTask(t, command...)
 	cfg.Image = image
@@ -203,7 +202,16 @@ func TestDiskImage(t *testing.T) {
 	cmd := []string{"/bin/sh", "-c", "echo scribble > /marker.txt.new; cat /marker.txt; test -e /proc/self/stat && test -d /sys/block && test -c /dev/null && echo mounts-ok; exit 3"}
 
 	t.Run("raw", func(t *testing.T) {
-		res, stdout := runDisk(t, whole, cmd...)
+		res, stdout := runDisk(t, whole, whole, cmd...)
+		if res.ExitCode != 3 || stdout != marker+"\nmounts-ok\n" {
+			t.Errorf("result %+v, stdout %q; want exit 3 and %q", res, stdout, marker+"\nmounts-ok\n")
+		}
+	})
+
+	t.Run("http", func(t *testing.T) {
+		srv := httptest.NewServer(http.FileServer(http.Dir(dir)))
+		defer srv.Close()
+		res, stdout := runDisk(t, srv.URL+"/"+filepath.Base(whole), whole, cmd...)
 		if res.ExitCode != 3 || stdout != marker+"\nmounts-ok\n" {
 			t.Errorf("result %+v, stdout %q; want exit 3 and %q", res, stdout, marker+"\nmounts-ok\n")
 		}
@@ -224,7 +232,7 @@ func TestDiskImage(t *testing.T) {
 		} else {
 			t.Log("qemu-img is not installed: the partitioned disk boots as raw, not qcow2")
 		}
-		res, stdout := runDisk(t, "file://"+img, cmd...)
+		res, stdout := runDisk(t, "file://"+img, img, cmd...)
 		if res.ExitCode != 3 || stdout != marker+"\nmounts-ok\n" {
 			t.Errorf("%s: result %+v, stdout %q; want exit 3 and %q", format, res, stdout, marker+"\nmounts-ok\n")
 		}
@@ -232,7 +240,7 @@ func TestDiskImage(t *testing.T) {
 
 	t.Run("no filesystem", func(t *testing.T) {
 		img := partitionedImage(t, filepath.Join(dir, "empty.raw"), "")
-		res, _ := runDisk(t, img, "/bin/true")
+		res, _ := runDisk(t, img, img, "/bin/true")
 		if res.Successful() || res.Err == nil || !strings.Contains(res.Err.Error(), "the disk image has no mountable filesystem") {
 			t.Errorf("result %+v (err %v); want a failure saying the disk has no mountable filesystem", res, res.Err)
 		}
