@@ -73,7 +73,7 @@ func TestDiskImagePassesToVMDriver(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err = c.CreateSession(context.Background(), &api.CreateSessionRequest{Type: "batch", Driver: "exec", Image: "/srv/images/root.raw", Command: []string{"true"}})
-	if e, ok := err.(*api.Error); !ok || e.StatusCode != 400 || !strings.Contains(e.Message, "driver exec") {
+	if e, ok := err.(*api.Error); !ok || e.StatusCode != 400 || !strings.Contains(e.Message, "only driver vm boots") {
 		t.Errorf("driver exec with a disk image: err = %v, want 400", err)
 	}
 	_, err = c.CreateSession(context.Background(), &api.CreateSessionRequest{Type: "batch", Driver: "vm", Command: []string{"true"},

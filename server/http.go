@@ -396,11 +396,11 @@ func (s *Server) validateCreate(req *api.CreateSessionRequest, snap *state.Snaps
 		return nil, nil, badRequest("unknown driver %q: known drivers are %s", req.Driver, strings.Join(drivers, ", "))
 	}
 	if req.Image != "" {
-		if req.Driver == "exec" {
-			return nil, nil, badRequest("driver exec runs host processes and takes no image: use -driver runc for %q", req.Image)
-		}
 		if err := checkImageRef(req.Driver, req.Image); err != nil {
 			return nil, nil, err
+		}
+		if req.Driver == "exec" {
+			return nil, nil, badRequest("driver exec runs host processes and takes no image: use -driver runc for %q", req.Image)
 		}
 	} else if req.Driver == "runc" {
 		return nil, nil, badRequest("driver runc needs an image: give one with -image REF")
