@@ -184,7 +184,7 @@ func (r *kernelRunner) start(ctx context.Context, log *slog.Logger, cfg *drivers
 		r.fail(structs.KernelError, "preparing kernel directory: "+err.Error())
 		return false
 	}
-	if r.kernel.Image != "" {
+	if r.kernel.Image != "" && !structs.IsDiskImage(r.kernel.Image) { // a disk image is the driver's to read
 		if err := r.pullImage(ctx, cfg); err != nil {
 			log.Warn("image pull failed", "image", r.kernel.Image, "error", err)
 			r.fail(structs.KernelError, err.Error())

@@ -34,7 +34,15 @@ trap 'rm -rf "$work"' EXIT
 pkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
 [ -n "$pkg" ] || { echo "vm-guest: apt-cache knows no linux-image-amd64 (run apt-get update)" >&2; exit 1; }
 kdir="$CACHE/$pkg"
-if [ ! -e "$kdir/.done" ]; then
+# The modules the guest needs, in load order (each after its dependencies,
+# as modules.dep of the package has them): virtio, the console and
+# network, the power button; virtio_blk and ext4 (with crc32c, which ext4's
+# checksums ask the crypto API for) for disk images. .done holds the list:
+# a changed list fetches the package again.
+MODULES="virtio_ring virtio virtio_mmio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci \
+virtio_console failover net_failover virtio_net button evdev \
+virtio_blk crc16 mbcache jbd2 crc32c_generic ext4"
+if [ "$(cat "$kdir/.done" 2>/dev/null)" != "$MODULES" ]; then
 	echo "vm-guest: fetching $pkg"
 	rm -rf "$kdir"
 	mkdir -p "$kdir"
@@ -43,15 +51,14 @@ if [ ! -e "$kdir/.done" ]; then
 	cp "$kdir"/x/boot/vmlinuz-* "$kdir/vmlinuz"
 	# Keep the modules the guest needs, drop the rest (hundreds of MB).
 	mkdir -p "$kdir/modules"
-	for m in virtio_ring virtio virtio_mmio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci \
-		virtio_console failover net_failover virtio_net button evdev; do
+	for m in $MODULES; do
 		f=$(find "$kdir"/x/lib/modules -name "$m.ko" | head -n 1)
 		[ -n "$f" ] || { echo "vm-guest: module $m.ko not in $pkg" >&2; exit 1; }
 		cp "$f" "$kdir/modules/"
 		echo "$m.ko" >>"$kdir/modules/order"
 	done
 	rm -rf "$kdir/x" "$work"/*.deb
-	touch "$kdir/.done"
+	echo "$MODULES" >"$kdir/.done"
 fi
 
 # The initramfs root.

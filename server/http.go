@@ -396,11 +396,11 @@ func (s *Server) validateCreate(req *api.CreateSessionRequest, snap *state.Snaps
 		return nil, nil, badRequest("unknown driver %q: known drivers are %s", req.Driver, strings.Join(drivers, ", "))
 	}
 	if req.Image != "" {
+		if err := checkImageRef(req.Driver, req.Image); err != nil {
+			return nil, nil, err
+		}
 		if req.Driver == "exec" {
 			return nil, nil, badRequest("driver exec runs host processes and takes no image: use -driver runc for %q", req.Image)
-		}
-		if _, err := images.ParseReference(req.Image); err != nil {
-			return nil, nil, badRequest("%v", err)
 		}
 	} else if req.Driver == "runc" {
 		return nil, nil, badRequest("driver runc needs an image: give one with -image REF")
@@ -568,8 +568,12 @@ func (s *Server) applyRoles(req *api.CreateSessionRequest, kernels []*structs.Ke
 			}
 			driver = rs.Driver
 		}
-		if rs.Image != "" {
-			if _, err := images.ParseReference(rs.Image); err != nil {
+		img := rs.Image
+		if img == "" {
+			img = req.Image
+		}
+		if img != "" {
+			if err := checkImageRef(driver, img); err != nil {
 				return badRequest("role %s: %v", rs.Role, err)
 			}
 		}
@@ -1158,7 +1162,7 @@ func (s *Server) checkRegistries(ctx context.Context, snap *state.Snapshot, grou
 	p := s.registryPolicy(snap, group)
 	seen := map[string]bool{}
 	for _, k := range kernels {
-		if k.Image == "" || seen[k.Image] {
+		if k.Image == "" || seen[k.Image] || structs.IsDiskImage(k.Image) {
 			continue
 		}
 		seen[k.Image] = true

@@ -147,6 +147,12 @@ func (g *guest) run() {
 		g.finish(guestproto.Exit{ExitCode: -1, Error: err.Error()})
 		return
 	}
+	if task.RootDisk {
+		if err := mountRootDisk(); err != nil {
+			g.finish(guestproto.Exit{ExitCode: -1, Error: err.Error()})
+			return
+		}
+	}
 	if task.Hostname != "" {
 		_ = unix.Sethostname([]byte(task.Hostname))
 	}

@@ -43,7 +43,7 @@ func (c *cli) parseCreate(args []string) (*createCmd, error) {
 	f.StringVar(&r.Template, "template", "", "start from this session template (yours, else a global one; see 'corral template list'): the flags given here override its fields")
 	typ := f.String("type", "", "session type (default batch, or the template's): batch (ends with its command, SUCCESS or FAILURE), interactive (runs until destroyed or idle) or system (like interactive, for corral's own services such as file transfer)")
 	f.StringVar(&r.Driver, "driver", "", "kernel driver (the server's default: exec)")
-	f.StringVar(&r.Image, "image", "", "image reference, for drivers that run images")
+	f.StringVar(&r.Image, "image", "", "image reference, for drivers that run images (driver vm: also a disk image path or URL)")
 	cpu := f.String("cpu", "", "CPU cores per kernel, fractions allowed, e.g. 0.5 (the server's default when unset)")
 	mem := f.String("mem", "", "memory per kernel, e.g. 256M or 2G (the server's default when unset)")
 	pids := f.Int("pids", 0, "most processes and threads per kernel (0: the policy's or the agent's default, 4096)")

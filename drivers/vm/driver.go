@@ -536,6 +536,10 @@ func (d *Driver) launch(ctx context.Context, cfg *drivers.TaskConfig, accel stri
 			return nil, err
 		}
 	}
+	rootDisk, err := prepareDisk(ctx, cfg.Image, dir)
+	if err != nil {
+		return fail(fmt.Errorf("vm driver: %w", err))
+	}
 	initrd := filepath.Join(dir, "initrd")
 	if err := d.writeInitrd(cfg, guestNICs, initrd); err != nil {
 		return fail(fmt.Errorf("vm driver: building the guest's initramfs: %w", err))
@@ -550,6 +554,9 @@ func (d *Driver) launch(ctx context.Context, cfg *drivers.TaskConfig, accel stri
 		id := "net" + strconv.Itoa(i)
 		args = append(args, "-netdev", "tap,id="+id+",ifname="+n.Tap+",script=no,downscript=no",
 			"-device", "virtio-net-device,netdev="+id+",mac="+n.MAC)
+	}
+	if rootDisk != nil {
+		args = append(args, rootDisk.qemuArgs()...)
 	}
 	// A shell joins the task's cgroups and becomes qemu, so that qemu's
 	// every thread and allocation counts there from the start.
@@ -569,6 +576,10 @@ func (d *Driver) launch(ctx context.Context, cfg *drivers.TaskConfig, accel stri
 	var stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = io.Discard, &stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if rootDisk != nil {
+		// qemu's snapshot overlay goes to TMPDIR: the VM's directory.
+		cmd.Env = append(os.Environ(), "TMPDIR="+dir)
+	}
 	log := d.logger.With("kernel_id", cfg.ID, "session_id", cfg.SessionID)
 	startedAt := time.Now()
 	if err := cmd.Run(); err != nil {
@@ -671,6 +682,9 @@ func (d *Driver) writeInitrd(cfg *drivers.TaskConfig, nics []guestproto.NIC, pat
 	}
 	if len(nics) > 0 {
 		gt.ResolvConf = resolvConf("/etc/resolv.conf")
+	}
+	if structs.IsDiskImage(cfg.Image) {
+		gt.Chroot, gt.RootDisk = true, true
 	}
 	switch {
 	case cfg.RootFS == "":

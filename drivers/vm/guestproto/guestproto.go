@@ -49,6 +49,10 @@ type Task struct {
 	WorkDir string   `json:"workdir,omitempty"`
 	// Chroot is set when the command runs in the image's root (RootDir).
 	Chroot bool `json:"chroot,omitempty"`
+	// RootDisk is set when the image root is the first virtio disk's
+	// filesystem (the whole disk or its first partition that mounts),
+	// which the guest agent mounts on RootDir first.
+	RootDisk bool `json:"root_disk,omitempty"`
 	// Hosts are extra /etc/hosts entries, hostname to address.
 	Hosts map[string]string `json:"hosts,omitempty"`
 	// ResolvConf is the guest's /etc/resolv.conf: the host's, without

@@ -1,0 +1,180 @@
+package vm
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/corral-dev/corral/plugins/drivers"
+	"github.com/corral-dev/corral/structs"
+)
+
+// Disk image formats qemu is told explicitly (it never probes one).
+const (
+	diskRaw   = "raw"
+	diskQcow2 = "qcow2"
+)
+
+// disk is a task's root disk image on the host: the file qemu attaches
+// (read-only for it: snapshot=on) and its format.
+type disk struct {
+	Path   string
+	Format string
+}
+
+// diskArgs are qemu's arguments for d: virtio-blk (virtio-mmio, as the
+// microvm machine has no PCI), snapshot mode, so that the guest's writes
+// go to a temporary overlay (in TMPDIR: the VM's directory) and the image
+// itself is never written.
+func (d *disk) qemuArgs() []string {
+	return []string{
+		"-drive", "file=" + qemuEscape(d.Path) + ",if=none,id=rootdisk,format=" + d.Format + ",snapshot=on",
+		"-device", "virtio-blk-device,drive=rootdisk",
+	}
+}
+
+// prepareDisk resolves the task's disk image, if its image is one (see
+// structs.IsDiskImage): a path on this host, a file:// URL, or an
+// http(s):// URL downloaded into dir once. It checks that the file is a
+// disk image the guest can use and returns nil for an OCI image.
+func prepareDisk(ctx context.Context, ref, dir string) (*disk, error) {
+	if !structs.IsDiskImage(ref) {
+		return nil, nil
+	}
+	path, downloaded := ref, false
+	switch {
+	case strings.HasPrefix(ref, "file://"):
+		u, err := url.Parse(ref)
+		if err != nil || (u.Host != "" && u.Host != "localhost") || u.Path == "" {
+			return nil, fmt.Errorf("%w: disk image %s: a file URL names a path on the agent (file:///path)", drivers.ErrInvalidConfig, ref)
+		}
+		path = u.Path
+	case strings.HasPrefix(ref, "http://") || strings.HasPrefix(ref, "https://"):
+		p, err := downloadDisk(ctx, ref, dir)
+		if err != nil {
+			return nil, fmt.Errorf("%w: disk image %s: %v", drivers.ErrInvalidConfig, ref, err)
+		}
+		path, downloaded = p, true
+	}
+	if !filepath.IsAbs(path) || filepath.Clean(path) != path {
+		return nil, fmt.Errorf("%w: disk image %s: the path must be absolute and clean", drivers.ErrInvalidConfig, ref)
+	}
+	if err := checkDiskAccess(path); err != nil && !downloaded {
+		return nil, fmt.Errorf("%w: disk image %s: %v", drivers.ErrInvalidConfig, ref, err)
+	}
+	format, err := diskFormat(path)
+	if err != nil {
+		return nil, fmt.Errorf("%w: disk image %s: %v", drivers.ErrInvalidConfig, ref, err)
+	}
+	return &disk{Path: path, Format: format}, nil
+}
+
+// checkDiskAccess refuses what is not a regular file every host user may
+// read (with its directories searchable by all): qemu opens the image as
+// root, and a session must not reach host files (a device, a private
+// file) through it.
+func checkDiskAccess(path string) error {
+	fi, err := os.Stat(path)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return errors.New("no such file on this agent")
+	case err != nil:
+		return err
+	case !fi.Mode().IsRegular():
+		return errors.New("not a regular file (devices and directories are refused)")
+	case fi.Mode().Perm()&0o004 == 0:
+		return errors.New("not readable by all host users (the vm driver attaches only world-readable disk images)")
+	}
+	real, err := filepath.EvalSymlinks(path)
+	if err != nil {
+		return err
+	}
+	for d := filepath.Dir(real); ; d = filepath.Dir(d) {
+		di, err := os.Stat(d)
+		if err != nil {
+			return err
+		}
+		if di.Mode().Perm()&0o001 == 0 {
+			return fmt.Errorf("directory %s is not searchable by all host users (the vm driver attaches only world-readable disk images)", d)
+		}
+		if d == "/" {
+			return nil
+		}
+	}
+}
+
+// errNotDiskImage says what the driver accepts.
+var errNotDiskImage = errors.New("not a disk image: the vm driver takes qcow2, or raw disks with an MBR/GPT partition table or an ext2/3/4 filesystem")
+
+// diskFormat detects an image's format by its magic bytes: qcow2 (without
+// a backing or external data file, which qemu would open on the host),
+// else raw when it has a partition table (MBR, or GPT's protective MBR)
+// or an ext2/3/4 superblock.
+func diskFormat(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	b := make([]byte, 4096)
+	n, err := io.ReadFull(f, b)
+	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
+		return "", err
+	}
+	b = b[:n]
+	if len(b) >= 104 && string(b[:4]) == "QFI\xfb" {
+		version := binary.BigEndian.Uint32(b[4:8])
+		if version != 2 && version != 3 {
+			return "", fmt.Errorf("qcow2 version %d is not supported", version)
+		}
+		if binary.BigEndian.Uint64(b[8:16]) != 0 {
+			return "", errors.New("a qcow2 image with a backing file is refused (qemu would open that host file): flatten it with qemu-img convert")
+		}
+		// Version 3's incompatible feature bit 2: an external data file.
+		if version == 3 && binary.BigEndian.Uint64(b[72:80])&(1<<2) != 0 {
+			return "", errors.New("a qcow2 image with an external data file is refused (qemu would open that host file)")
+		}
+		return diskQcow2, nil
+	}
+	if len(b) >= 1082 && binary.LittleEndian.Uint16(b[1080:1082]) == 0xEF53 {
+		return diskRaw, nil // ext2/3/4 on the whole disk
+	}
+	if len(b) >= 512 && b[510] == 0x55 && b[511] == 0xAA {
+		return diskRaw, nil // an MBR (or GPT's protective MBR)
+	}
+	return "", errNotDiskImage
+}
+
+// downloadDisk fetches url into dir (the VM's directory, removed by
+// Destroy) and returns the file's path.
+func downloadDisk(ctx context.Context, rawURL, dir string) (string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, rawURL, nil)
+	if err != nil {
+		return "", err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return "", fmt.Errorf("downloading it: %v", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("downloading it: %s", resp.Status)
+	}
+	path := filepath.Join(dir, "disk.img")
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
+	if err != nil {
+		return "", err
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		f.Close()
+		return "", fmt.Errorf("downloading it: %v", err)
+	}
+	return path, f.Close()
+}
