@@ -45,6 +45,7 @@ deps:
 	command -v debootstrap >/dev/null 2>&1 || need="$$need debootstrap"; \
 	command -v chromium >/dev/null 2>&1 || need="$$need chromium"; \
 	command -v qemu-system-x86_64 >/dev/null 2>&1 || need="$$need qemu-system-x86"; \
+	command -v mkfs.btrfs >/dev/null 2>&1 || need="$$need btrfs-progs"; \
 	if [ -n "$$need" ]; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 			echo "installing:$$need"; \

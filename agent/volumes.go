@@ -76,6 +76,11 @@ func (r *kernelRunner) prepareVolumes(cfg *drivers.TaskConfig) error {
 		if err := ensureVolumeDir(dir, uid, gid); err != nil {
 			return fmt.Errorf("volume %s: %w", m.Volume, err)
 		}
+		if _, err := r.a.enforceQuota(dir, m.QuotaBytes); err != nil {
+			// The kernel starts: its volume is measured, as on any
+			// filesystem without quotas.
+			r.a.logger.Warn("volume quota not enforced", "volume", m.Volume, "error", err)
+		}
 		mnt := drivers.Mount{Source: dir, Destination: m.Target, ReadOnly: m.ReadOnly}
 		if uid >= 0 {
 			mnt.Owner = &drivers.MountOwner{UID: uint32(uid), GID: uint32(gid)}
@@ -88,8 +93,9 @@ func (r *kernelRunner) prepareVolumes(cfg *drivers.TaskConfig) error {
 	return nil
 }
 
-// ensureVolumeDir makes dir (and its owner's directory) when missing and
-// hands a new one to uid:gid (-1: leave it root's), mode 0750.
+// ensureVolumeDir makes dir (and its owner's directory) when missing, a
+// btrfs subvolume where the backend is on btrfs (quota.go), and hands a
+// new one to uid:gid (-1: leave it root's), mode 0750.
 func ensureVolumeDir(dir string, uid, gid int) error {
 	if fi, err := os.Stat(dir); err == nil {
 		if !fi.IsDir() {
@@ -100,7 +106,7 @@ func ensureVolumeDir(dir string, uid, gid int) error {
 	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
 		return err
 	}
-	if err := os.Mkdir(dir, 0o750); err != nil && !errors.Is(err, fs.ErrExist) {
+	if err := makeVolumeDir(dir); err != nil && !errors.Is(err, fs.ErrExist) {
 		return err
 	}
 	if uid >= 0 {
@@ -164,7 +170,8 @@ func (r *kernelRunner) prepareSFTP(cfg *drivers.TaskConfig, uid, gid int) error 
 }
 
 // VolumeUsage measures volume directories (a du: the bytes of regular
-// files and how many entries) on the backends this agent reaches.
+// files and how many entries) on the backends this agent reaches, and
+// says how each one's quota holds, setting it where it can (quota.go).
 func (s *agentService) VolumeUsage(ctx context.Context, req *rpc.VolumeUsageRequest) (*rpc.VolumeUsageResponse, error) {
 	out := &rpc.VolumeUsageResponse{}
 	for _, v := range req.Volumes {
@@ -175,6 +182,17 @@ func (s *agentService) VolumeUsage(ctx context.Context, req *rpc.VolumeUsageRequ
 		}
 		if errors.Is(err, fs.ErrNotExist) {
 			err = nil // never mounted yet: empty
+			if v.QuotaBytes > 0 && onBtrfs(s.a.cfg.VolumeRoots[v.Backend]) {
+				u.Quota = QuotaEnforced // its first mount makes a subvolume and sets the limit
+			}
+		} else if err == nil && v.QuotaBytes > 0 {
+			var qerr error
+			if u.Quota, qerr = s.a.enforceQuota(dir, v.QuotaBytes); qerr != nil {
+				s.a.logger.Warn("volume quota not enforced", "dir", dir, "error", qerr)
+			}
+		}
+		if v.QuotaBytes > 0 && u.Quota == "" {
+			u.Quota = QuotaMeasured
 		}
 		if err != nil {
 			u.Error = err.Error()

@@ -33,6 +33,10 @@ type VolumeInfo struct {
 	UsageBytes int64  `json:"usage_bytes"`
 	UsageFiles int64  `json:"usage_files"`
 	UsageError string `json:"usage_error,omitempty"`
+	// QuotaEnforcement says how the quota holds, where the volume has
+	// one: "enforced" (the filesystem refuses writes past it: a btrfs
+	// qgroup) or "measured" (reported only).
+	QuotaEnforcement string `json:"quota_enforcement,omitempty"`
 	// Access is the caller's: "owner", "rw" or "ro".
 	Access string `json:"access"`
 }

@@ -22,6 +22,7 @@ import (
 
 	"github.com/corral-dev/corral/api"
 	execdriver "github.com/corral-dev/corral/drivers/exec"
+	"github.com/corral-dev/corral/internal/btrfstest"
 	"github.com/corral-dev/corral/structs"
 )
 
@@ -199,6 +200,9 @@ func TestVolumes(t *testing.T) {
 	if len(l.Volumes) != 1 || l.Volumes[0].UsageBytes != 6 || l.Volumes[0].UsageFiles != 2 || l.Volumes[0].UsageError != "" {
 		t.Fatalf("volume list = %+v, want data with 6 bytes in 2 entries", l.Volumes[0])
 	}
+	if q := l.Volumes[0].QuotaEnforcement; q != "measured" && !(q == "enforced" && onBtrfs(host)) {
+		t.Fatalf("quota of a volume on %s: %q, want measured (not btrfs)", host, q)
+	}
 	if bl, err := bob.Volumes(ctx); err != nil || len(bl.Volumes) != 0 {
 		t.Fatalf("bob's volume list = %+v, %v; want none", bl, err)
 	}
@@ -231,6 +235,64 @@ func TestVolumes(t *testing.T) {
 	if err := alice.DeleteVolume(ctx, "data"); err != nil {
 		t.Fatalf("delete once no session mounts it: %v", err)
 	}
+}
+
+// TestVolumeQuotaBtrfs: on a backend on btrfs, a volume's quota is
+// enforced: a kernel writing past it gets "Disk quota exceeded", another
+// volume without a quota on the same backend does not, and volume list
+// says "enforced".
+func TestVolumeQuotaBtrfs(t *testing.T) {
+	mnt := btrfstest.Mount(t, 256<<20)
+	d := startVolDev(t, "-volume-root", "local="+filepath.Join(mnt, "volumes"))
+	ctx := context.Background()
+	alice, _ := d.user(t, "alice")
+	for _, r := range []*api.CreateVolumeRequest{{Name: "small", Quota: "8M"}, {Name: "big"}} {
+		if _, err := alice.CreateVolume(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	l, err := alice.Volumes(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range l.Volumes {
+		want := map[string]string{"small": "enforced", "big": ""}[v.Name]
+		if v.QuotaEnforcement != want || v.UsageError != "" {
+			t.Fatalf("volume %s before its first mount: %+v, want quota %q", v.Name, v, want)
+		}
+	}
+
+	write := "dd if=/dev/zero of=/mnt/v/blob bs=1M count=16 conv=fsync 2>&1; echo rc=$?"
+	s, out := runBatch(t, alice, []string{"small:/mnt/v"}, write)
+	if !strings.Contains(out, "Disk quota exceeded") || strings.Contains(out, "rc=0") {
+		t.Fatalf("writing 16 MiB into an 8 MiB volume: %s %s, output %q; want Disk quota exceeded", s.Session.Status, s.Session.Result, out)
+	}
+	s, out = runBatch(t, alice, []string{"big:/mnt/v"}, write)
+	if !strings.Contains(out, "rc=0") {
+		t.Fatalf("writing 16 MiB into a volume without a quota: %s %s, output %q", s.Session.Status, s.Session.Result, out)
+	}
+
+	if l, err = alice.Volumes(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range l.Volumes {
+		switch {
+		case v.Name == "small" && (v.QuotaEnforcement != "enforced" || v.UsageBytes > 8<<20 || v.UsageBytes == 0):
+			t.Fatalf("small after the write: %+v, want enforced with at most 8 MiB", v)
+		case v.Name == "big" && v.UsageBytes != 16<<20:
+			t.Fatalf("big after the write: %+v, want 16 MiB", v)
+		}
+	}
+	r := mustCLI(t, d.addr, 0, "volume", "list")
+	if !strings.Contains(r.stdout, "8MiB enforced") {
+		t.Fatalf("volume list does not say the quota is enforced:\n%s", r.stdout)
+	}
+}
+
+// onBtrfs says whether path is on btrfs (where volume quotas hold).
+func onBtrfs(path string) bool {
+	var st syscall.Statfs_t
+	return syscall.Statfs(path, &st) == nil && uint32(st.Type) == 0x9123683e
 }
 
 // newKeyPair returns an ed25519 signer, its authorized_keys line and the

@@ -12,6 +12,9 @@ type VolumeUsageRequest struct {
 type VolumeDir struct {
 	Backend string `json:"backend"`
 	Dir     string `json:"dir"`
+	// QuotaBytes is the volume's quota (0: none), set where the
+	// filesystem can hold it.
+	QuotaBytes int64 `json:"quota_bytes,omitempty"`
 }
 
 // VolumeUsage is one volume's measured size, or why there is none.
@@ -20,7 +23,10 @@ type VolumeUsage struct {
 	Dir     string `json:"dir"`
 	Bytes   int64  `json:"bytes"`
 	Files   int64  `json:"files"`
-	Error   string `json:"error,omitempty"`
+	// Quota says how a quota holds: "enforced" (a btrfs qgroup limit)
+	// or "measured"; "" without a quota.
+	Quota string `json:"quota,omitempty"`
+	Error string `json:"error,omitempty"`
 }
 
 // VolumeUsageResponse answers a VolumeUsageRequest, one entry per volume.

@@ -229,7 +229,7 @@ func (s *Server) measureVolumes(ctx context.Context, snap *state.Snapshot, vols 
 		}
 		req := &rpc.VolumeUsageRequest{}
 		for _, v := range vs {
-			req.Volumes = append(req.Volumes, rpc.VolumeDir{Backend: backend, Dir: v.Dir()})
+			req.Volumes = append(req.Volumes, rpc.VolumeDir{Backend: backend, Dir: v.Dir(), QuotaBytes: v.QuotaBytes})
 		}
 		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		resp, err := c.VolumeUsage(cctx, req)
@@ -241,6 +241,7 @@ func (s *Server) measureVolumes(ctx context.Context, snap *state.Snapshot, vols 
 		for j, u := range resp.Volumes {
 			if j < len(vs) {
 				vs[j].UsageBytes, vs[j].UsageFiles, vs[j].UsageError = u.Bytes, u.Files, u.Error
+				vs[j].QuotaEnforcement = u.Quota
 			}
 		}
 	}
@@ -381,7 +382,7 @@ func (s *Server) attachVolumes(snap *state.Snapshot, req *api.CreateSessionReque
 				return badRequest("two volumes are mounted at %s", target)
 			}
 		}
-		mounts = append(mounts, structs.VolumeMount{Volume: id, Backend: v.Backend, Dir: v.Dir(), Target: target, ReadOnly: ref.ReadOnly || ro})
+		mounts = append(mounts, structs.VolumeMount{Volume: id, Backend: v.Backend, Dir: v.Dir(), Target: target, ReadOnly: ref.ReadOnly || ro, QuotaBytes: v.QuotaBytes})
 		if !slices.Contains(sess.Volumes, id) {
 			sess.Volumes = append(sess.Volumes, id)
 		}

@@ -100,6 +100,9 @@ type VolumeMount struct {
 	// Target is the path inside the kernel.
 	Target   string `json:"target"`
 	ReadOnly bool   `json:"read_only,omitempty"`
+	// QuotaBytes is the volume's quota (0: none): the agent sets it
+	// where the backend's filesystem can hold it.
+	QuotaBytes int64 `json:"quota_bytes,omitempty"`
 }
 
 // VolumeRef is one -volume argument before it is resolved: a volume

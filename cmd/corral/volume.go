@@ -93,6 +93,9 @@ func (c *cli) volumeList(ctx context.Context, args []string) error {
 		quota := "-"
 		if v.QuotaBytes > 0 {
 			quota = structs.FormatBytes(structs.Quantity(v.QuotaBytes) * structs.QuantityScale)
+			if v.QuotaEnforcement != "" {
+				quota += " " + v.QuotaEnforcement
+			}
 			if v.UsageBytes > v.QuotaBytes {
 				quota += " (OVER)"
 			}
