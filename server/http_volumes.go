@@ -9,6 +9,7 @@ import (
 	"path"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/crypto/ssh"
@@ -319,6 +320,47 @@ func pickSFTPPort(used map[int]bool, start int) (int, bool) {
 	return 0, false
 }
 
+// sftpReservations holds the SFTP ports that creates on this server
+// picked and have not committed yet: two creates at the same moment see
+// the same snapshot, and must not draw the same port.
+type sftpReservations struct {
+	mu   sync.Mutex
+	held map[int]bool
+}
+
+// reserve picks a port that neither a live session (used) nor a create
+// in flight holds, and holds it until release.
+func (r *sftpReservations) reserve(used map[int]bool, start int) (int, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for p := range r.held {
+		used[p] = true
+	}
+	port, ok := pickSFTPPort(used, start)
+	if ok {
+		if r.held == nil {
+			r.held = map[int]bool{}
+		}
+		r.held[port] = true
+	}
+	return port, ok
+}
+
+// release lets go of the SFTP port of sess (nil or none: nothing), once
+// its create committed (the state holds it from then on) or failed.
+func (r *sftpReservations) release(sess *structs.Session) {
+	if sess == nil {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, sp := range sess.ServicePorts {
+		if sp.Name == structs.SFTPPortName {
+			delete(r.held, sp.Port)
+		}
+	}
+}
+
 // prepareVolumeCreate readies an SFTP create before validation: a
 // system session on the exec driver whose command the agent replaces.
 func prepareVolumeCreate(req *api.CreateSessionRequest) error {
@@ -416,7 +458,7 @@ func (s *Server) attachVolumes(snap *state.Snapshot, req *api.CreateSessionReque
 	}); err != nil {
 		return err
 	}
-	port, ok := pickSFTPPort(used, rand.IntN(sftpPorts))
+	port, ok := s.sftpPorts.reserve(used, rand.IntN(sftpPorts))
 	if !ok {
 		return &httpError{code: http.StatusServiceUnavailable, msg: fmt.Sprintf("all %d SFTP ports (%d-%d) are held by live SFTP sessions: end one first", sftpPorts, sftpPortBase, sftpPortBase+sftpPorts-1)}
 	}

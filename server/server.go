@@ -194,6 +194,9 @@ type Server struct {
 	serf   *serf.Serf
 	events chan serf.Event
 
+	// sftpPorts holds SFTP ports picked by creates not yet committed.
+	sftpPorts sftpReservations
+
 	mux          *muxListener
 	grpc         *grpc.Server
 	ownGRPC      bool
