@@ -243,10 +243,17 @@ func TestVolumes(t *testing.T) {
 // says "enforced".
 func TestVolumeQuotaBtrfs(t *testing.T) {
 	mnt := btrfstest.Mount(t, 256<<20)
-	d := startVolDev(t, "-volume-root", "local="+filepath.Join(mnt, "volumes"))
+	args := []string{"-volume-root", "local=" + filepath.Join(mnt, "volumes")}
+	withRunc := runcUnavailable() == ""
+	var ref string
+	if withRunc {
+		ref = startRegistry(t, busyboxImage(t), "corral/busybox:1")
+		args = append(args, "-allow-registry", strings.SplitN(ref, "/", 2)[0])
+	}
+	d := startVolDev(t, args...)
 	ctx := context.Background()
 	alice, _ := d.user(t, "alice")
-	for _, r := range []*api.CreateVolumeRequest{{Name: "small", Quota: "8M"}, {Name: "big"}} {
+	for _, r := range []*api.CreateVolumeRequest{{Name: "small", Quota: "8M"}, {Name: "big"}, {Name: "runc", Quota: "8M"}} {
 		if _, err := alice.CreateVolume(ctx, r); err != nil {
 			t.Fatal(err)
 		}
@@ -256,7 +263,7 @@ func TestVolumeQuotaBtrfs(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, v := range l.Volumes {
-		want := map[string]string{"small": "enforced", "big": ""}[v.Name]
+		want := map[string]string{"small": "enforced", "big": "", "runc": "enforced"}[v.Name]
 		if v.QuotaEnforcement != want || v.UsageError != "" {
 			t.Fatalf("volume %s before its first mount: %+v, want quota %q", v.Name, v, want)
 		}
@@ -270,6 +277,43 @@ func TestVolumeQuotaBtrfs(t *testing.T) {
 	s, out = runBatch(t, alice, []string{"big:/mnt/v"}, write)
 	if !strings.Contains(out, "rc=0") {
 		t.Fatalf("writing 16 MiB into a volume without a quota: %s %s, output %q", s.Session.Status, s.Session.Result, out)
+	}
+
+	if withRunc {
+		// A runc kernel (user namespace, idmapped mount of the subvolume)
+		// is held to the quota too, and writes as the exec uid.
+		c, err := alice.CreateSession(ctx, &api.CreateSessionRequest{Driver: "runc", Image: ref,
+			Command: []string{"sh", "-c", "dd if=/dev/zero of=/v/blob bs=1M count=16 conv=fsync 2>&1; echo rc=$?"}, Volumes: []string{"runc:/v"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, volWait, "the runc session ends", func() error {
+			g, err := alice.GetSession(ctx, c.Session.ID)
+			if err != nil {
+				return err
+			}
+			if !g.Session.Status.Terminal() {
+				return fmt.Errorf("it is %s", g.Session.Status)
+			}
+			return nil
+		})
+		logs, err := alice.SessionLogs(ctx, c.Session.ID, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if out := string(logs.Stdout) + string(logs.Stderr); !strings.Contains(out, "Disk quota exceeded") || strings.Contains(out, "rc=0") {
+			t.Fatalf("runc kernel writing 16 MiB into an 8 MiB volume: output %q; want Disk quota exceeded", out)
+		}
+		fi, err := os.Stat(filepath.Join(mnt, "volumes", "alice", "runc", "blob"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		uid, _, _ := execdriver.TaskUserIDs(execdriver.DefaultUser)
+		if got := fi.Sys().(*syscall.Stat_t).Uid; int(got) != uid {
+			t.Errorf("the runc kernel's file belongs to host uid %d, want %d", got, uid)
+		}
+	} else {
+		t.Logf("runc part skipped: %s", runcUnavailable())
 	}
 
 	if l, err = alice.Volumes(ctx); err != nil {
