@@ -85,10 +85,17 @@ func (d *volDev) user(t *testing.T, name string) (*api.Client, string) {
 // ends; it returns the detail and main1's stdout.
 func runBatch(t *testing.T, c *api.Client, volumes []string, script string) (*api.SessionDetail, string) {
 	t.Helper()
+	return runSession(t, c, &api.CreateSessionRequest{Command: []string{"sh", "-c", script}, Volumes: volumes})
+}
+
+// runSession creates the session of req and waits until it ends; it
+// returns the detail and its output (stdout, then stderr).
+func runSession(t *testing.T, c *api.Client, req *api.CreateSessionRequest) (*api.SessionDetail, string) {
+	t.Helper()
 	ctx := context.Background()
-	d, err := c.CreateSession(ctx, &api.CreateSessionRequest{Command: []string{"sh", "-c", script}, Volumes: volumes})
+	d, err := c.CreateSession(ctx, req)
 	if err != nil {
-		t.Fatalf("create with volumes %v: %v", volumes, err)
+		t.Fatalf("create %v with volumes %v: %v", req.Command, req.Volumes, err)
 	}
 	id := d.Session.ID
 	eventually(t, volWait, "session "+id+" ends", func() error {
@@ -282,26 +289,9 @@ func TestVolumeQuotaBtrfs(t *testing.T) {
 	if withRunc {
 		// A runc kernel (user namespace, idmapped mount of the subvolume)
 		// is held to the quota too, and writes as the exec uid.
-		c, err := alice.CreateSession(ctx, &api.CreateSessionRequest{Driver: "runc", Image: ref,
-			Command: []string{"sh", "-c", "dd if=/dev/zero of=/v/blob bs=1M count=16 conv=fsync 2>&1; echo rc=$?"}, Volumes: []string{"runc:/v"}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		eventually(t, volWait, "the runc session ends", func() error {
-			g, err := alice.GetSession(ctx, c.Session.ID)
-			if err != nil {
-				return err
-			}
-			if !g.Session.Status.Terminal() {
-				return fmt.Errorf("it is %s", g.Session.Status)
-			}
-			return nil
-		})
-		logs, err := alice.SessionLogs(ctx, c.Session.ID, "")
-		if err != nil {
-			t.Fatal(err)
-		}
-		if out := string(logs.Stdout) + string(logs.Stderr); !strings.Contains(out, "Disk quota exceeded") || strings.Contains(out, "rc=0") {
+		_, out := runSession(t, alice, &api.CreateSessionRequest{Driver: "runc", Image: ref,
+			Command: []string{"sh", "-c", write}, Volumes: []string{"runc:/mnt/v"}})
+		if !strings.Contains(out, "Disk quota exceeded") || strings.Contains(out, "rc=0") {
 			t.Fatalf("runc kernel writing 16 MiB into an 8 MiB volume: output %q; want Disk quota exceeded", out)
 		}
 		fi, err := os.Stat(filepath.Join(mnt, "volumes", "alice", "runc", "blob"))
@@ -612,25 +602,7 @@ func TestVolumesRunc(t *testing.T) {
 	}
 	runc := func(vol, script string) (*api.SessionDetail, string) {
 		t.Helper()
-		c, err := alice.CreateSession(ctx, &api.CreateSessionRequest{Driver: "runc", Image: ref, Command: []string{"sh", "-c", script}, Volumes: []string{vol}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		var g *api.SessionDetail
-		eventually(t, volWait, "runc session ends", func() error {
-			if g, err = alice.GetSession(ctx, c.Session.ID); err != nil {
-				return err
-			}
-			if !g.Session.Status.Terminal() {
-				return fmt.Errorf("it is %s", g.Session.Status)
-			}
-			return nil
-		})
-		logs, err := alice.SessionLogs(ctx, c.Session.ID, "")
-		if err != nil {
-			t.Fatal(err)
-		}
-		return g, string(logs.Stdout) + string(logs.Stderr)
+		return runSession(t, alice, &api.CreateSessionRequest{Driver: "runc", Image: ref, Command: []string{"sh", "-c", script}, Volumes: []string{vol}})
 	}
 	s, out := runc("data:/data", "cat /data/greeting && echo from-runc > /data/runc.txt && ls -ln /data/runc.txt")
 	if s.Session.Result != structs.ResultSuccess || !strings.Contains(out, "hello") {
