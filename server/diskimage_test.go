@@ -86,6 +86,15 @@ func TestDiskImagePassesToVMDriver(t *testing.T) {
 	if e, ok := err.(*api.Error); !ok || e.StatusCode != 400 || !strings.Contains(e.Message, "only driver vm boots") {
 		t.Errorf("a role on driver exec with the session's disk image: err = %v, want 400 saying only driver vm boots it", err)
 	}
+	// An endpoint's replicas are sessions too: the same check, before
+	// anything is stored.
+	_, err = c.CreateEndpoint(context.Background(), &api.CreateEndpointRequest{Name: "disk", Driver: "exec", Image: "/srv/root.raw", Command: []string{"true"}, Port: 8000})
+	if e, ok := err.(*api.Error); !ok || e.StatusCode != 400 || !strings.Contains(e.Message, "only driver vm boots") {
+		t.Errorf("an endpoint on driver exec with a disk image: err = %v, want 400 saying only driver vm boots it", err)
+	}
+	if eps, err := c.ListEndpoints(context.Background()); err != nil || len(eps) != 0 {
+		t.Errorf("endpoints after the refused create: %v, %v; want none", eps, err)
+	}
 	after, err := c.ListSessions(context.Background(), "")
 	if err != nil {
 		t.Fatal(err)
