@@ -46,6 +46,10 @@ type Config struct {
 	// OverheadMem is added to a VM's memory for its cgroup's limit: what
 	// qemu itself needs (bytes; default 384 MiB: about 200 MiB under TCG).
 	OverheadMem int64 `json:"overhead_mem,omitempty"`
+	// MaxDiskDownload caps a disk image fetched over http(s), in bytes
+	// (default 64 GiB): the download lands in the VM's directory on the
+	// agent's disk.
+	MaxDiskDownload int64 `json:"max_disk_download,omitempty"`
 }
 
 // DefaultConfig is the configuration that works after `make vm-guest` on a
@@ -104,6 +108,12 @@ func (c *Config) validate() error {
 	}
 	if c.OverheadMem == 0 {
 		c.OverheadMem = 384 << 20
+	}
+	if c.MaxDiskDownload == 0 {
+		c.MaxDiskDownload = 64 << 30
+	}
+	if c.MaxDiskDownload < 0 {
+		return fmt.Errorf("vm plugin config: max_disk_download %d: want a size in bytes", c.MaxDiskDownload)
 	}
 	return nil
 }

@@ -1,8 +1,11 @@
 package vm
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -42,9 +45,11 @@ func (d *disk) qemuArgs() []string {
 
 // prepareDisk resolves the task's disk image, if its image is one (see
 // structs.IsDiskImage): a path on this host, a file:// URL, or an
-// http(s):// URL downloaded into dir once. It checks that the file is a
-// disk image the guest can use and returns nil for an OCI image.
-func prepareDisk(ctx context.Context, ref, dir string) (*disk, error) {
+// http(s):// URL downloaded into dir once (at most maxDownload bytes,
+// checked against the URL's #sha256=HEX when it has one). It checks that
+// the file is a disk image the guest can use and returns nil for an OCI
+// image.
+func prepareDisk(ctx context.Context, ref, dir string, maxDownload int64) (*disk, error) {
 	if !structs.IsDiskImage(ref) {
 		return nil, nil
 	}
@@ -57,7 +62,7 @@ func prepareDisk(ctx context.Context, ref, dir string) (*disk, error) {
 		}
 		path = u.Path
 	case strings.HasPrefix(ref, "http://") || strings.HasPrefix(ref, "https://"):
-		p, err := downloadDisk(ctx, ref, dir)
+		p, err := downloadDisk(ctx, ref, dir, maxDownload)
 		if err != nil {
 			return nil, fmt.Errorf("%w: disk image %s: %v", drivers.ErrInvalidConfig, ref, err)
 		}
@@ -153,9 +158,23 @@ func diskFormat(path string) (string, error) {
 }
 
 // downloadDisk fetches url into dir (the VM's directory, removed by
-// Destroy) and returns the file's path.
-func downloadDisk(ctx context.Context, rawURL, dir string) (string, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, rawURL, nil)
+// Destroy) and returns the file's path. It stops past max bytes, and
+// checks the file's SHA-256 when the URL ends in #sha256=HEX (the
+// fragment is not sent).
+func downloadDisk(ctx context.Context, rawURL, dir string, max int64) (string, error) {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return "", err
+	}
+	var want []byte
+	if u.Fragment != "" {
+		h, ok := strings.CutPrefix(u.Fragment, "sha256=")
+		if want, err = hex.DecodeString(h); !ok || err != nil || len(want) != sha256.Size {
+			return "", fmt.Errorf("the URL's fragment %q: the only one understood is #sha256= and 64 hex digits, the file's digest", u.Fragment)
+		}
+		u.Fragment, u.RawFragment = "", ""
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
 	if err != nil {
 		return "", err
 	}
@@ -167,14 +186,33 @@ func downloadDisk(ctx context.Context, rawURL, dir string) (string, error) {
 	if resp.StatusCode != http.StatusOK {
 		return "", fmt.Errorf("downloading it: %s", resp.Status)
 	}
+	tooBig := func(n int64) error {
+		return fmt.Errorf("the image is %d bytes, more than the vm driver downloads (max_disk_download: %d)", n, max)
+	}
+	if resp.ContentLength > max {
+		return "", tooBig(resp.ContentLength)
+	}
 	path := filepath.Join(dir, "disk.img")
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
 	if err != nil {
 		return "", err
 	}
-	if _, err := io.Copy(f, resp.Body); err != nil {
-		f.Close()
-		return "", fmt.Errorf("downloading it: %v", err)
+	sum := sha256.New()
+	n, err := io.Copy(io.MultiWriter(f, sum), io.LimitReader(resp.Body, max+1))
+	if err == nil && n > max {
+		err = tooBig(n)
+	} else if err != nil {
+		err = fmt.Errorf("downloading it: %v", err)
 	}
-	return path, f.Close()
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil && want != nil && !bytes.Equal(sum.Sum(nil), want) {
+		err = fmt.Errorf("sha256 mismatch: the URL names %x, the downloaded file is %x", want, sum.Sum(nil))
+	}
+	if err != nil {
+		os.Remove(path)
+		return "", err
+	}
+	return path, nil
 }

@@ -211,7 +211,12 @@ func TestDiskImage(t *testing.T) {
 	t.Run("http", func(t *testing.T) {
 		srv := httptest.NewServer(http.FileServer(http.Dir(dir)))
 		defer srv.Close()
-		res, stdout := runDisk(t, srv.URL+"/"+filepath.Base(whole), whole, cmd...)
+		b, err := os.ReadFile(whole)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// With its digest: checked on download.
+		res, stdout := runDisk(t, fmt.Sprintf("%s/%s#sha256=%x", srv.URL, filepath.Base(whole), sha256.Sum256(b)), whole, cmd...)
 		if res.ExitCode != 3 || stdout != marker+"\nmounts-ok\n" {
 			t.Errorf("result %+v, stdout %q; want exit 3 and %q", res, stdout, marker+"\nmounts-ok\n")
 		}
@@ -269,6 +274,7 @@ func TestDiskImageRefused(t *testing.T) {
 	if err := os.WriteFile(backed, hdr, 0o644); err != nil {
 		t.Fatal(err)
 	}
+	partitionedImage(t, filepath.Join(dir, "good.raw"), "")
 	srv := httptest.NewServer(http.FileServer(http.Dir(dir)))
 	defer srv.Close()
 	closed := httptest.NewServer(http.NotFoundHandler())
@@ -284,6 +290,8 @@ func TestDiskImageRefused(t *testing.T) {
 		{private, "not readable by all host users"},
 		{backed, "backing file"},
 		{"file://otherhost" + text, "file:///path"},
+		{srv.URL + "/good.raw#sha256=" + strings.Repeat("0", 64), "sha256 mismatch"},
+		{srv.URL + "/good.raw#md5=00", "#sha256="},
 	} {
 		cfg := vmTask(t, "/bin/true")
 		cfg.Image = c.image
@@ -294,6 +302,42 @@ func TestDiskImageRefused(t *testing.T) {
 		}
 		if _, err := os.Stat(filepath.Join(cfg.TaskDir, "vm")); !errors.Is(err, os.ErrNotExist) {
 			t.Errorf("image %s: the VM's directory is left after the refused start (err %v)", c.image, err)
+		}
+	}
+}
+
+// TestDiskDownloadLimit: a download past max_disk_download is refused,
+// whether the server announces its length or streams it, and nothing is
+// left behind.
+func TestDiskDownloadLimit(t *testing.T) {
+	cfg := diskConfig(t)
+	cfg.MaxDiskDownload = 64 << 10
+	d := testutils.InMemoryPlugin(t, vm.New(cfg, testutils.TestLogger(t)))
+	dir := publicDir(t)
+	partitionedImage(t, filepath.Join(dir, "big.raw"), "")
+	files := httptest.NewServer(http.FileServer(http.Dir(dir)))
+	defer files.Close()
+	stream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mbr := make([]byte, 512)
+		mbr[510], mbr[511] = 0x55, 0xAA
+		w.Write(mbr)
+		for i := 0; i < 256; i++ { // 1 MiB more, chunked: no length announced
+			w.(http.Flusher).Flush()
+			if _, err := w.Write(make([]byte, 4096)); err != nil {
+				return
+			}
+		}
+	}))
+	defer stream.Close()
+	for _, image := range []string{files.URL + "/big.raw", stream.URL + "/disk.raw"} {
+		tc := vmTask(t, "/bin/true")
+		tc.Image = image
+		_, err := d.Start(context.Background(), tc)
+		if err == nil || !errors.Is(err, drivers.ErrInvalidConfig) || !strings.Contains(err.Error(), "max_disk_download: 65536") {
+			t.Errorf("Start with %s: err = %v; want ErrInvalidConfig naming max_disk_download", image, err)
+		}
+		if _, err := os.Stat(filepath.Join(tc.TaskDir, "vm")); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s: the VM's directory is left after the refused start (err %v)", image, err)
 		}
 	}
 }

@@ -536,7 +536,7 @@ func (d *Driver) launch(ctx context.Context, cfg *drivers.TaskConfig, accel stri
 			return nil, err
 		}
 	}
-	rootDisk, err := prepareDisk(ctx, cfg.Image, dir)
+	rootDisk, err := prepareDisk(ctx, cfg.Image, dir, d.cfg.MaxDiskDownload)
 	if err != nil {
 		return fail(fmt.Errorf("vm driver: %w", err))
 	}
