@@ -81,7 +81,7 @@ func (r *kernelRunner) prepareVolumes(cfg *drivers.TaskConfig) error {
 			// filesystem without quotas.
 			r.a.logger.Warn("volume quota not enforced", "volume", m.Volume, "error", err)
 		}
-		mnt := drivers.Mount{Source: dir, Destination: m.Target, ReadOnly: m.ReadOnly}
+		mnt := drivers.Mount{Source: dir, Destination: m.Target, ReadOnly: m.ReadOnly, Volume: true}
 		if uid >= 0 {
 			mnt.Owner = &drivers.MountOwner{UID: uint32(uid), GID: uint32(gid)}
 		}

@@ -23,7 +23,8 @@ const vmWait = 4 * time.Minute
 // TestVMDriver runs `corral dev -plugin-dir` with the vm driver plugin (its
 // default configuration: the guest of `make vm-guest`, here prepared by
 // the test, and TCG, as KVM does not boot stock guests on this kind of
-// machine): a batch session prints a line and exits 0 (SUCCESS), another
+// machine): a batch session prints a line, writes into a volume (shared
+// live with the VM: the file is on the host) and exits 0 (SUCCESS), another
 // exits 3 (FAILURE, exit code 3), `session exec` runs in a running VM,
 // which has the kernel's egress address on its tap-backed eth0, and
 // destroying
@@ -58,11 +59,15 @@ func TestVMDriver(t *testing.T) {
 	})
 
 	create := func(typ, name string, cmd ...string) {
-		a := []string{"session", "create", "-type", typ, "-name", name, "-cpu", "1", "-mem", "192M", "-driver", "vm", "--"}
-		mustCLI(t, addr, 0, append(a, cmd...)...)
+		a := []string{"session", "create", "-type", typ, "-name", name, "-cpu", "1", "-mem", "192M", "-driver", "vm"}
+		if name == "vm-ok" {
+			a = append(a, "-volume", "data:/mnt/data")
+		}
+		mustCLI(t, addr, 0, append(append(a, "--"), cmd...)...)
 	}
+	mustCLI(t, addr, 0, "volume", "create", "data")
 	started := time.Now()
-	create("batch", "vm-ok", "sh", "-c", "echo hello from the vm")
+	create("batch", "vm-ok", "sh", "-c", "echo hello from the vm; echo written in the vm > /mnt/data/vm.txt")
 	create("batch", "vm-fail", "sh", "-c", "echo failing >&2; exit 3")
 	create("interactive", "vm-shell", "sleep", "100000")
 
@@ -73,6 +78,18 @@ func TestVMDriver(t *testing.T) {
 	}
 	if r := mustCLI(t, addr, 0, "session", "logs", "vm-ok"); !strings.Contains(r.stdout, "hello from the vm") {
 		t.Errorf("vm-ok logs = %q", r.stdout)
+	}
+	// The volume is shared live (virtio-9p): the file is on the host, the
+	// exec kernels' uid's, as an exec kernel's would be.
+	written, _ := filepath.Glob(filepath.Join(dataDir, "volumes", "*", "data", "vm.txt"))
+	if len(written) != 1 {
+		t.Errorf("the VM's file in volume data is not on the host (found %v)", written)
+	} else if b, err := os.ReadFile(written[0]); err != nil || string(b) != "written in the vm\n" {
+		t.Errorf("%s = %q, %v", written[0], b, err)
+	} else if fi, err := os.Stat(written[0]); err == nil {
+		if uid := fi.Sys().(*syscall.Stat_t).Uid; uid != 65534 {
+			t.Errorf("%s belongs to uid %d, want the exec kernels' (nobody, 65534)", written[0], uid)
+		}
 	}
 	fail := waitVMStatus(t, addr, "vm-fail", structs.SessionTerminated)
 	if k := fail.Kernels[0]; fail.Session.Result != structs.ResultFailure || k.ExitCode == nil || *k.ExitCode != 3 {

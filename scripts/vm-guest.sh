@@ -37,11 +37,13 @@ kdir="$CACHE/$pkg"
 # The modules the guest needs, in load order (each after its dependencies,
 # as modules.dep of the package has them): virtio, the console and
 # network, the power button; virtio_blk and ext4 (with crc32c, which ext4's
-# checksums ask the crypto API for) for disk images. .done holds the list:
+# checksums ask the crypto API for) for disk images; 9p over virtio for
+# volumes. .done holds the list:
 # a changed list fetches the package again.
 MODULES="virtio_ring virtio virtio_mmio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci \
 virtio_console failover net_failover virtio_net button evdev \
-virtio_blk crc16 mbcache jbd2 crc32c_generic ext4"
+virtio_blk crc16 mbcache jbd2 crc32c_generic ext4 \
+netfs fscache 9pnet 9pnet_virtio 9p"
 if [ "$(cat "$kdir/.done" 2>/dev/null)" != "$MODULES" ]; then
 	echo "vm-guest: fetching $pkg"
 	rm -rf "$kdir"

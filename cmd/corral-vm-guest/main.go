@@ -153,6 +153,10 @@ func (g *guest) run() {
 			return
 		}
 	}
+	if err := mountShares(task.Shares); err != nil {
+		g.finish(guestproto.Exit{ExitCode: -1, Error: err.Error()})
+		return
+	}
 	if task.Hostname != "" {
 		_ = unix.Sethostname([]byte(task.Hostname))
 	}
@@ -403,8 +407,8 @@ func readTask() (*guestproto.Task, error) {
 	if err := json.Unmarshal(b, &t); err != nil {
 		return nil, fmt.Errorf("reading the task: %w", err)
 	}
-	if t.Version != guestproto.Version {
-		return nil, fmt.Errorf("task of protocol version %d, this guest agent speaks %d: rebuild the guest initramfs (make vm-guest)", t.Version, guestproto.Version)
+	if t.Version < 1 || t.Version > guestproto.Version {
+		return nil, fmt.Errorf("task of protocol version %d, this guest agent speaks 1 to %d: rebuild the guest initramfs (make vm-guest)", t.Version, guestproto.Version)
 	}
 	if len(t.Command) == 0 || t.Command[0] == "" {
 		return nil, errors.New("the task has no command")
@@ -433,6 +437,24 @@ func writeHosts(t *guestproto.Task) {
 			_ = os.WriteFile(filepath.Join(root, "etc", "resolv.conf"), []byte(t.ResolvConf), 0o644)
 		}
 	}
+}
+
+// mountShares mounts the host directories qemu exports over virtio-9p
+// (the task's volumes), read-only where asked.
+func mountShares(shares []guestproto.Share) error {
+	for _, sh := range shares {
+		if err := os.MkdirAll(sh.Path, 0o755); err != nil {
+			return fmt.Errorf("volume at %s: %w", sh.Path, err)
+		}
+		var flags uintptr = unix.MS_NOSUID | unix.MS_NODEV
+		if sh.ReadOnly {
+			flags |= unix.MS_RDONLY
+		}
+		if err := unix.Mount(sh.Tag, sh.Path, "9p", flags, "trans=virtio,version=9p2000.L,msize=262144,cache=none"); err != nil {
+			return fmt.Errorf("mounting the volume at %s (virtio-9p %s): %w (a guest initramfs without the 9p modules: rerun make vm-guest)", sh.Path, sh.Tag, err)
+		}
+	}
+	return nil
 }
 
 // prepareRoot mounts /proc, /sys, /dev and friends into the image root.

@@ -652,11 +652,56 @@ func (d *Driver) qemuArgs(cfg *drivers.TaskConfig, accel, dir, sockDir, initrd, 
 		"-pidfile", pidfile,
 		"-daemonize",
 	}
-	if d.cfg.RunAs != "" {
-		args = append(args, "-runas", d.cfg.RunAs)
+	runAs := d.cfg.RunAs
+	for i, m := range volumeMounts(cfg) {
+		// The volume is exported as it is on the host (security_model
+		// none: the guest's chown and chmod of its files are ignored);
+		// qemu reads and writes it as the volume's owner, so that the
+		// files it makes there belong to the owner, as an exec kernel's.
+		fsdev := "local,id=" + shareTag(i) + ",path=" + qemuEscape(m.Source) + ",security_model=none"
+		if m.ReadOnly {
+			fsdev += ",readonly=on"
+		}
+		args = append(args, "-fsdev", fsdev, "-device", "virtio-9p-device,fsdev="+shareTag(i)+",mount_tag="+shareTag(i))
+		if m.Owner != nil && m.Owner.UID != 0 {
+			runAs = fmt.Sprintf("%d:%d", m.Owner.UID, m.Owner.GID)
+		}
+	}
+	if runAs != "" {
+		args = append(args, "-runas", runAs)
 	}
 	return args
 }
+
+// volumeMounts are the task's volumes, which the guest gets live over
+// virtio-9p; its other mounts (launch files, the corral-kernel helper:
+// small and read-only) are copied into the initramfs.
+func volumeMounts(cfg *drivers.TaskConfig) []drivers.Mount {
+	var vs []drivers.Mount
+	for _, m := range cfg.Mounts {
+		if m.Volume {
+			vs = append(vs, m)
+		}
+	}
+	return vs
+}
+
+// guestShares are the guest's mounts of the task's volumes, below the
+// image root when the command runs chrooted there.
+func guestShares(cfg *drivers.TaskConfig, chroot bool) []guestproto.Share {
+	var shares []guestproto.Share
+	for i, m := range volumeMounts(cfg) {
+		dst := path.Clean("/" + m.Destination)
+		if chroot {
+			dst = path.Join(guestproto.RootDir, dst)
+		}
+		shares = append(shares, guestproto.Share{Tag: shareTag(i), Path: dst, ReadOnly: m.ReadOnly})
+	}
+	return shares
+}
+
+// shareTag is the virtio-9p mount tag (and fsdev id) of the i-th volume.
+func shareTag(i int) string { return "corralvol" + strconv.Itoa(i) }
 
 // accelArg is qemu's -accel value: TCG with a translation cache of 64 MiB
 // (qemu's default, 1 GiB, grows the qemu process far beyond the guest's
@@ -676,7 +721,7 @@ func qemuEscape(s string) string { return strings.ReplaceAll(s, ",", ",,") }
 // kernel unpacks both, one after the other).
 func (d *Driver) writeInitrd(cfg *drivers.TaskConfig, nics []guestproto.NIC, path string) error {
 	gt := guestproto.Task{
-		Version: guestproto.Version, ID: cfg.ID, Hostname: cfg.Hostname,
+		ID: cfg.ID, Hostname: cfg.Hostname,
 		Command: guestCommand(cfg), Env: guestEnv(cfg), WorkDir: cfg.WorkDir,
 		Hosts: cfg.Hosts, Chroot: cfg.RootFS != "", NICs: nics,
 	}
@@ -686,6 +731,8 @@ func (d *Driver) writeInitrd(cfg *drivers.TaskConfig, nics []guestproto.NIC, pat
 	if structs.IsDiskImage(cfg.Image) {
 		gt.Chroot, gt.RootDisk = true, true
 	}
+	gt.Shares = guestShares(cfg, gt.Chroot)
+	gt.Version = guestproto.TaskVersion(&gt)
 	switch {
 	case cfg.RootFS == "":
 		// The task's WorkDir is a host directory, which means nothing
@@ -865,14 +912,17 @@ func (d *Driver) Recover(_ context.Context, h *drivers.TaskHandle) error {
 	return nil
 }
 
-// archiveMounts copies the task's mounts (a cluster kernel's launch files
-// and corral-kernel helper) into the initramfs at their destinations, in
+// archiveMounts copies the task's mounts but volumes (a cluster kernel's
+// launch files and corral-kernel helper) into the initramfs at their destinations, in
 // the image root when there is one: the guest has no share of the host's
 // files, and these are small and read-only. The parent directories are
 // archived first, as the kernel's unpacker creates none.
 func archiveMounts(w *cpioWriter, cfg *drivers.TaskConfig) error {
 	made := map[string]bool{"": true, "corral": true}
 	for _, m := range cfg.Mounts {
+		if m.Volume {
+			continue // shared live over virtio-9p (volumeMounts)
+		}
 		dst := path.Clean("/" + m.Destination)
 		if cfg.RootFS != "" {
 			dst = path.Join(guestproto.RootDir, dst)

@@ -61,6 +61,8 @@ func TestConversionsRoundTrip(t *testing.T) {
 		StdoutPath: "/o", StderrPath: "/e", User: "nobody",
 		RootFS: "/images/abc", NetNSPath: "/run/netns/k1",
 		ImageConfig: &ImageConfig{Entrypoint: []string{"/init"}, Cmd: []string{"serve"}, Env: []string{"A=1"}, WorkingDir: "/app", User: "1000:1000"},
+		Mounts: []Mount{{Source: "/launch", Destination: "/corral/launch", ReadOnly: true},
+			{Source: "/vols/alice/data", Destination: "/data", Volume: true, Owner: &MountOwner{UID: 65534, GID: 65534}}},
 	}
 	if got := taskConfigFromProto(taskConfigToProto(cfg)); !reflect.DeepEqual(got, cfg) {
 		t.Errorf("TaskConfig round trip = %+v, want %+v", got, cfg)

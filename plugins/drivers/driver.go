@@ -153,6 +153,10 @@ type Mount struct {
 	// mount), so that the kernel reads and writes them and its new files
 	// get this owner on the host.
 	Owner *MountOwner `json:"owner,omitempty"`
+	// Volume marks a user's volume: data that lives on the host and
+	// outlives the kernel. A driver that cannot bind-mount shares it live
+	// (the vm driver: virtio-9p), and never copies it.
+	Volume bool `json:"volume,omitempty"`
 }
 
 // MountOwner is the host uid and gid of a Mount's files.

@@ -444,7 +444,11 @@ func taskStatsFromProto(s *proto.TaskStats) *TaskStats {
 func mountsToProto(ms []Mount) []*proto.Mount {
 	var out []*proto.Mount
 	for _, m := range ms {
-		out = append(out, &proto.Mount{Source: m.Source, Destination: m.Destination, ReadOnly: m.ReadOnly})
+		pm := &proto.Mount{Source: m.Source, Destination: m.Destination, ReadOnly: m.ReadOnly, Volume: m.Volume}
+		if m.Owner != nil {
+			pm.Owner = &proto.MountOwner{Uid: m.Owner.UID, Gid: m.Owner.GID}
+		}
+		out = append(out, pm)
 	}
 	return out
 }
@@ -452,7 +456,11 @@ func mountsToProto(ms []Mount) []*proto.Mount {
 func mountsFromProto(ms []*proto.Mount) []Mount {
 	var out []Mount
 	for _, m := range ms {
-		out = append(out, Mount{Source: m.GetSource(), Destination: m.GetDestination(), ReadOnly: m.GetReadOnly()})
+		mt := Mount{Source: m.GetSource(), Destination: m.GetDestination(), ReadOnly: m.GetReadOnly(), Volume: m.GetVolume()}
+		if o := m.GetOwner(); o != nil {
+			mt.Owner = &MountOwner{UID: o.GetUid(), GID: o.GetGid()}
+		}
+		out = append(out, mt)
 	}
 	return out
 }

@@ -13,9 +13,20 @@ import (
 	"io"
 )
 
-// Version is the protocol version; the driver writes it into the task file
-// and the guest agent refuses a task of another version.
-const Version = 1
+// Version is the protocol version the guest agent speaks; it runs tasks
+// of versions 1 to Version and refuses others. The driver writes the
+// lowest version that a task needs (TaskVersion), so that a guest
+// initramfs built before a change still runs the tasks it can.
+// Version 2 added Shares.
+const Version = 2
+
+// TaskVersion is the protocol version t needs.
+func TaskVersion(t *Task) int {
+	if len(t.Shares) > 0 {
+		return 2
+	}
+	return 1
+}
 
 // Paths inside the guest.
 const (
@@ -60,6 +71,17 @@ type Task struct {
 	ResolvConf string `json:"resolv_conf,omitempty"`
 	// NICs are the guest's network interfaces, to configure at boot.
 	NICs []NIC `json:"nics,omitempty"`
+	// Shares are host directories (volumes) the guest mounts over
+	// virtio-9p, after its root disk and before the command.
+	Shares []Share `json:"shares,omitempty"`
+}
+
+// Share is a host directory qemu exports over virtio-9p with mount tag
+// Tag, mounted at Path in the guest (below RootDir for a chrooted task).
+type Share struct {
+	Tag      string `json:"tag"`
+	Path     string `json:"path"`
+	ReadOnly bool   `json:"read_only,omitempty"`
 }
 
 // NIC is one of the guest's interfaces on the kernel's network, found by

@@ -549,10 +549,13 @@ func (x *TaskConfig) GetOptions() *KernelOptions {
 }
 
 type Mount struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Source        string                 `protobuf:"bytes,1,opt,name=source,proto3" json:"source,omitempty"`
-	Destination   string                 `protobuf:"bytes,2,opt,name=destination,proto3" json:"destination,omitempty"`
-	ReadOnly      bool                   `protobuf:"varint,3,opt,name=read_only,json=readOnly,proto3" json:"read_only,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Source      string                 `protobuf:"bytes,1,opt,name=source,proto3" json:"source,omitempty"`
+	Destination string                 `protobuf:"bytes,2,opt,name=destination,proto3" json:"destination,omitempty"`
+	ReadOnly    bool                   `protobuf:"varint,3,opt,name=read_only,json=readOnly,proto3" json:"read_only,omitempty"`
+	// owner unset stands for a nil *MountOwner.
+	Owner         *MountOwner `protobuf:"bytes,4,opt,name=owner,proto3" json:"owner,omitempty"`
+	Volume        bool        `protobuf:"varint,5,opt,name=volume,proto3" json:"volume,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -608,6 +611,72 @@ func (x *Mount) GetReadOnly() bool {
 	return false
 }
 
+func (x *Mount) GetOwner() *MountOwner {
+	if x != nil {
+		return x.Owner
+	}
+	return nil
+}
+
+func (x *Mount) GetVolume() bool {
+	if x != nil {
+		return x.Volume
+	}
+	return false
+}
+
+type MountOwner struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Uid           uint32                 `protobuf:"varint,1,opt,name=uid,proto3" json:"uid,omitempty"`
+	Gid           uint32                 `protobuf:"varint,2,opt,name=gid,proto3" json:"gid,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MountOwner) Reset() {
+	*x = MountOwner{}
+	mi := &file_driver_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MountOwner) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MountOwner) ProtoMessage() {}
+
+func (x *MountOwner) ProtoReflect() protoreflect.Message {
+	mi := &file_driver_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MountOwner.ProtoReflect.Descriptor instead.
+func (*MountOwner) Descriptor() ([]byte, []int) {
+	return file_driver_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *MountOwner) GetUid() uint32 {
+	if x != nil {
+		return x.Uid
+	}
+	return 0
+}
+
+func (x *MountOwner) GetGid() uint32 {
+	if x != nil {
+		return x.Gid
+	}
+	return 0
+}
+
 // KernelOptions is structs.KernelOptions.
 type KernelOptions struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -622,7 +691,7 @@ type KernelOptions struct {
 
 func (x *KernelOptions) Reset() {
 	*x = KernelOptions{}
-	mi := &file_driver_proto_msgTypes[8]
+	mi := &file_driver_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -634,7 +703,7 @@ func (x *KernelOptions) String() string {
 func (*KernelOptions) ProtoMessage() {}
 
 func (x *KernelOptions) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[8]
+	mi := &file_driver_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -647,7 +716,7 @@ func (x *KernelOptions) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KernelOptions.ProtoReflect.Descriptor instead.
 func (*KernelOptions) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{8}
+	return file_driver_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *KernelOptions) GetShmBytes() int64 {
@@ -696,7 +765,7 @@ type Ulimit struct {
 
 func (x *Ulimit) Reset() {
 	*x = Ulimit{}
-	mi := &file_driver_proto_msgTypes[9]
+	mi := &file_driver_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -708,7 +777,7 @@ func (x *Ulimit) String() string {
 func (*Ulimit) ProtoMessage() {}
 
 func (x *Ulimit) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[9]
+	mi := &file_driver_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -721,7 +790,7 @@ func (x *Ulimit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ulimit.ProtoReflect.Descriptor instead.
 func (*Ulimit) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{9}
+	return file_driver_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Ulimit) GetName() string {
@@ -767,7 +836,7 @@ type DeviceReservation struct {
 
 func (x *DeviceReservation) Reset() {
 	*x = DeviceReservation{}
-	mi := &file_driver_proto_msgTypes[10]
+	mi := &file_driver_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -779,7 +848,7 @@ func (x *DeviceReservation) String() string {
 func (*DeviceReservation) ProtoMessage() {}
 
 func (x *DeviceReservation) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[10]
+	mi := &file_driver_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -792,7 +861,7 @@ func (x *DeviceReservation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeviceReservation.ProtoReflect.Descriptor instead.
 func (*DeviceReservation) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{10}
+	return file_driver_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *DeviceReservation) GetIds() []string {
@@ -846,7 +915,7 @@ type DeviceNode struct {
 
 func (x *DeviceNode) Reset() {
 	*x = DeviceNode{}
-	mi := &file_driver_proto_msgTypes[11]
+	mi := &file_driver_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -858,7 +927,7 @@ func (x *DeviceNode) String() string {
 func (*DeviceNode) ProtoMessage() {}
 
 func (x *DeviceNode) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[11]
+	mi := &file_driver_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -871,7 +940,7 @@ func (x *DeviceNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeviceNode.ProtoReflect.Descriptor instead.
 func (*DeviceNode) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{11}
+	return file_driver_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *DeviceNode) GetPath() string {
@@ -921,7 +990,7 @@ type DeviceMount struct {
 
 func (x *DeviceMount) Reset() {
 	*x = DeviceMount{}
-	mi := &file_driver_proto_msgTypes[12]
+	mi := &file_driver_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -933,7 +1002,7 @@ func (x *DeviceMount) String() string {
 func (*DeviceMount) ProtoMessage() {}
 
 func (x *DeviceMount) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[12]
+	mi := &file_driver_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -946,7 +1015,7 @@ func (x *DeviceMount) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeviceMount.ProtoReflect.Descriptor instead.
 func (*DeviceMount) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{12}
+	return file_driver_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *DeviceMount) GetHostPath() string {
@@ -983,7 +1052,7 @@ type ImageConfig struct {
 
 func (x *ImageConfig) Reset() {
 	*x = ImageConfig{}
-	mi := &file_driver_proto_msgTypes[13]
+	mi := &file_driver_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -995,7 +1064,7 @@ func (x *ImageConfig) String() string {
 func (*ImageConfig) ProtoMessage() {}
 
 func (x *ImageConfig) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[13]
+	mi := &file_driver_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1008,7 +1077,7 @@ func (x *ImageConfig) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImageConfig.ProtoReflect.Descriptor instead.
 func (*ImageConfig) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{13}
+	return file_driver_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ImageConfig) GetEntrypoint() []string {
@@ -1060,7 +1129,7 @@ type TaskHandle struct {
 
 func (x *TaskHandle) Reset() {
 	*x = TaskHandle{}
-	mi := &file_driver_proto_msgTypes[14]
+	mi := &file_driver_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1072,7 +1141,7 @@ func (x *TaskHandle) String() string {
 func (*TaskHandle) ProtoMessage() {}
 
 func (x *TaskHandle) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[14]
+	mi := &file_driver_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1085,7 +1154,7 @@ func (x *TaskHandle) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskHandle.ProtoReflect.Descriptor instead.
 func (*TaskHandle) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{14}
+	return file_driver_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *TaskHandle) GetVersion() int64 {
@@ -1143,7 +1212,7 @@ type ExitResult struct {
 
 func (x *ExitResult) Reset() {
 	*x = ExitResult{}
-	mi := &file_driver_proto_msgTypes[15]
+	mi := &file_driver_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1155,7 +1224,7 @@ func (x *ExitResult) String() string {
 func (*ExitResult) ProtoMessage() {}
 
 func (x *ExitResult) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[15]
+	mi := &file_driver_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1168,7 +1237,7 @@ func (x *ExitResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExitResult.ProtoReflect.Descriptor instead.
 func (*ExitResult) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{15}
+	return file_driver_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ExitResult) GetExitCode() int64 {
@@ -1212,7 +1281,7 @@ type TaskStatus struct {
 
 func (x *TaskStatus) Reset() {
 	*x = TaskStatus{}
-	mi := &file_driver_proto_msgTypes[16]
+	mi := &file_driver_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1224,7 +1293,7 @@ func (x *TaskStatus) String() string {
 func (*TaskStatus) ProtoMessage() {}
 
 func (x *TaskStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[16]
+	mi := &file_driver_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1237,7 +1306,7 @@ func (x *TaskStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskStatus.ProtoReflect.Descriptor instead.
 func (*TaskStatus) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{16}
+	return file_driver_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *TaskStatus) GetId() string {
@@ -1287,7 +1356,7 @@ type TaskStats struct {
 
 func (x *TaskStats) Reset() {
 	*x = TaskStats{}
-	mi := &file_driver_proto_msgTypes[17]
+	mi := &file_driver_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1299,7 +1368,7 @@ func (x *TaskStats) String() string {
 func (*TaskStats) ProtoMessage() {}
 
 func (x *TaskStats) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[17]
+	mi := &file_driver_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1312,7 +1381,7 @@ func (x *TaskStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskStats.ProtoReflect.Descriptor instead.
 func (*TaskStats) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{17}
+	return file_driver_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *TaskStats) GetTime() *timestamppb.Timestamp {
@@ -1353,7 +1422,7 @@ type StartRequest struct {
 
 func (x *StartRequest) Reset() {
 	*x = StartRequest{}
-	mi := &file_driver_proto_msgTypes[18]
+	mi := &file_driver_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1365,7 +1434,7 @@ func (x *StartRequest) String() string {
 func (*StartRequest) ProtoMessage() {}
 
 func (x *StartRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[18]
+	mi := &file_driver_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1378,7 +1447,7 @@ func (x *StartRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartRequest.ProtoReflect.Descriptor instead.
 func (*StartRequest) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{18}
+	return file_driver_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *StartRequest) GetConfig() *TaskConfig {
@@ -1397,7 +1466,7 @@ type StartResponse struct {
 
 func (x *StartResponse) Reset() {
 	*x = StartResponse{}
-	mi := &file_driver_proto_msgTypes[19]
+	mi := &file_driver_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1409,7 +1478,7 @@ func (x *StartResponse) String() string {
 func (*StartResponse) ProtoMessage() {}
 
 func (x *StartResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[19]
+	mi := &file_driver_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1422,7 +1491,7 @@ func (x *StartResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartResponse.ProtoReflect.Descriptor instead.
 func (*StartResponse) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{19}
+	return file_driver_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *StartResponse) GetHandle() *TaskHandle {
@@ -1441,7 +1510,7 @@ type WaitRequest struct {
 
 func (x *WaitRequest) Reset() {
 	*x = WaitRequest{}
-	mi := &file_driver_proto_msgTypes[20]
+	mi := &file_driver_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1453,7 +1522,7 @@ func (x *WaitRequest) String() string {
 func (*WaitRequest) ProtoMessage() {}
 
 func (x *WaitRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[20]
+	mi := &file_driver_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1466,7 +1535,7 @@ func (x *WaitRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitRequest.ProtoReflect.Descriptor instead.
 func (*WaitRequest) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{20}
+	return file_driver_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *WaitRequest) GetTaskId() string {
@@ -1487,7 +1556,7 @@ type WaitResponse struct {
 
 func (x *WaitResponse) Reset() {
 	*x = WaitResponse{}
-	mi := &file_driver_proto_msgTypes[21]
+	mi := &file_driver_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1499,7 +1568,7 @@ func (x *WaitResponse) String() string {
 func (*WaitResponse) ProtoMessage() {}
 
 func (x *WaitResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[21]
+	mi := &file_driver_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1512,7 +1581,7 @@ func (x *WaitResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitResponse.ProtoReflect.Descriptor instead.
 func (*WaitResponse) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{21}
+	return file_driver_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *WaitResponse) GetResult() *ExitResult {
@@ -1533,7 +1602,7 @@ type StopRequest struct {
 
 func (x *StopRequest) Reset() {
 	*x = StopRequest{}
-	mi := &file_driver_proto_msgTypes[22]
+	mi := &file_driver_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1545,7 +1614,7 @@ func (x *StopRequest) String() string {
 func (*StopRequest) ProtoMessage() {}
 
 func (x *StopRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[22]
+	mi := &file_driver_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1558,7 +1627,7 @@ func (x *StopRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopRequest.ProtoReflect.Descriptor instead.
 func (*StopRequest) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{22}
+	return file_driver_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *StopRequest) GetTaskId() string {
@@ -1590,7 +1659,7 @@ type StopResponse struct {
 
 func (x *StopResponse) Reset() {
 	*x = StopResponse{}
-	mi := &file_driver_proto_msgTypes[23]
+	mi := &file_driver_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1602,7 +1671,7 @@ func (x *StopResponse) String() string {
 func (*StopResponse) ProtoMessage() {}
 
 func (x *StopResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[23]
+	mi := &file_driver_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1615,7 +1684,7 @@ func (x *StopResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopResponse.ProtoReflect.Descriptor instead.
 func (*StopResponse) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{23}
+	return file_driver_proto_rawDescGZIP(), []int{24}
 }
 
 type DestroyRequest struct {
@@ -1628,7 +1697,7 @@ type DestroyRequest struct {
 
 func (x *DestroyRequest) Reset() {
 	*x = DestroyRequest{}
-	mi := &file_driver_proto_msgTypes[24]
+	mi := &file_driver_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1640,7 +1709,7 @@ func (x *DestroyRequest) String() string {
 func (*DestroyRequest) ProtoMessage() {}
 
 func (x *DestroyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[24]
+	mi := &file_driver_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1653,7 +1722,7 @@ func (x *DestroyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DestroyRequest.ProtoReflect.Descriptor instead.
 func (*DestroyRequest) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{24}
+	return file_driver_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *DestroyRequest) GetTaskId() string {
@@ -1678,7 +1747,7 @@ type DestroyResponse struct {
 
 func (x *DestroyResponse) Reset() {
 	*x = DestroyResponse{}
-	mi := &file_driver_proto_msgTypes[25]
+	mi := &file_driver_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1690,7 +1759,7 @@ func (x *DestroyResponse) String() string {
 func (*DestroyResponse) ProtoMessage() {}
 
 func (x *DestroyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[25]
+	mi := &file_driver_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1703,7 +1772,7 @@ func (x *DestroyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DestroyResponse.ProtoReflect.Descriptor instead.
 func (*DestroyResponse) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{25}
+	return file_driver_proto_rawDescGZIP(), []int{26}
 }
 
 type InspectRequest struct {
@@ -1715,7 +1784,7 @@ type InspectRequest struct {
 
 func (x *InspectRequest) Reset() {
 	*x = InspectRequest{}
-	mi := &file_driver_proto_msgTypes[26]
+	mi := &file_driver_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1727,7 +1796,7 @@ func (x *InspectRequest) String() string {
 func (*InspectRequest) ProtoMessage() {}
 
 func (x *InspectRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[26]
+	mi := &file_driver_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1740,7 +1809,7 @@ func (x *InspectRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InspectRequest.ProtoReflect.Descriptor instead.
 func (*InspectRequest) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{26}
+	return file_driver_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *InspectRequest) GetTaskId() string {
@@ -1759,7 +1828,7 @@ type InspectResponse struct {
 
 func (x *InspectResponse) Reset() {
 	*x = InspectResponse{}
-	mi := &file_driver_proto_msgTypes[27]
+	mi := &file_driver_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1771,7 +1840,7 @@ func (x *InspectResponse) String() string {
 func (*InspectResponse) ProtoMessage() {}
 
 func (x *InspectResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[27]
+	mi := &file_driver_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1784,7 +1853,7 @@ func (x *InspectResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InspectResponse.ProtoReflect.Descriptor instead.
 func (*InspectResponse) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{27}
+	return file_driver_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *InspectResponse) GetStatus() *TaskStatus {
@@ -1803,7 +1872,7 @@ type StatsRequest struct {
 
 func (x *StatsRequest) Reset() {
 	*x = StatsRequest{}
-	mi := &file_driver_proto_msgTypes[28]
+	mi := &file_driver_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1815,7 +1884,7 @@ func (x *StatsRequest) String() string {
 func (*StatsRequest) ProtoMessage() {}
 
 func (x *StatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[28]
+	mi := &file_driver_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1828,7 +1897,7 @@ func (x *StatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsRequest.ProtoReflect.Descriptor instead.
 func (*StatsRequest) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{28}
+	return file_driver_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *StatsRequest) GetTaskId() string {
@@ -1847,7 +1916,7 @@ type StatsResponse struct {
 
 func (x *StatsResponse) Reset() {
 	*x = StatsResponse{}
-	mi := &file_driver_proto_msgTypes[29]
+	mi := &file_driver_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1859,7 +1928,7 @@ func (x *StatsResponse) String() string {
 func (*StatsResponse) ProtoMessage() {}
 
 func (x *StatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[29]
+	mi := &file_driver_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1872,7 +1941,7 @@ func (x *StatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsResponse.ProtoReflect.Descriptor instead.
 func (*StatsResponse) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{29}
+	return file_driver_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *StatsResponse) GetStats() *TaskStats {
@@ -1902,7 +1971,7 @@ type ExecStart struct {
 
 func (x *ExecStart) Reset() {
 	*x = ExecStart{}
-	mi := &file_driver_proto_msgTypes[30]
+	mi := &file_driver_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1914,7 +1983,7 @@ func (x *ExecStart) String() string {
 func (*ExecStart) ProtoMessage() {}
 
 func (x *ExecStart) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[30]
+	mi := &file_driver_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1927,7 +1996,7 @@ func (x *ExecStart) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecStart.ProtoReflect.Descriptor instead.
 func (*ExecStart) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{30}
+	return file_driver_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ExecStart) GetTaskId() string {
@@ -2004,7 +2073,7 @@ type TermSize struct {
 
 func (x *TermSize) Reset() {
 	*x = TermSize{}
-	mi := &file_driver_proto_msgTypes[31]
+	mi := &file_driver_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2016,7 +2085,7 @@ func (x *TermSize) String() string {
 func (*TermSize) ProtoMessage() {}
 
 func (x *TermSize) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[31]
+	mi := &file_driver_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2029,7 +2098,7 @@ func (x *TermSize) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TermSize.ProtoReflect.Descriptor instead.
 func (*TermSize) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{31}
+	return file_driver_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *TermSize) GetRows() uint32 {
@@ -2061,7 +2130,7 @@ type ExecRequest struct {
 
 func (x *ExecRequest) Reset() {
 	*x = ExecRequest{}
-	mi := &file_driver_proto_msgTypes[32]
+	mi := &file_driver_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2073,7 +2142,7 @@ func (x *ExecRequest) String() string {
 func (*ExecRequest) ProtoMessage() {}
 
 func (x *ExecRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[32]
+	mi := &file_driver_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2086,7 +2155,7 @@ func (x *ExecRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecRequest.ProtoReflect.Descriptor instead.
 func (*ExecRequest) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{32}
+	return file_driver_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ExecRequest) GetMsg() isExecRequest_Msg {
@@ -2172,7 +2241,7 @@ type ExecExit struct {
 
 func (x *ExecExit) Reset() {
 	*x = ExecExit{}
-	mi := &file_driver_proto_msgTypes[33]
+	mi := &file_driver_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2184,7 +2253,7 @@ func (x *ExecExit) String() string {
 func (*ExecExit) ProtoMessage() {}
 
 func (x *ExecExit) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[33]
+	mi := &file_driver_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2197,7 +2266,7 @@ func (x *ExecExit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecExit.ProtoReflect.Descriptor instead.
 func (*ExecExit) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{33}
+	return file_driver_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ExecExit) GetExitCode() int64 {
@@ -2221,7 +2290,7 @@ type ExecResponse struct {
 
 func (x *ExecResponse) Reset() {
 	*x = ExecResponse{}
-	mi := &file_driver_proto_msgTypes[34]
+	mi := &file_driver_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2233,7 +2302,7 @@ func (x *ExecResponse) String() string {
 func (*ExecResponse) ProtoMessage() {}
 
 func (x *ExecResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[34]
+	mi := &file_driver_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2246,7 +2315,7 @@ func (x *ExecResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecResponse.ProtoReflect.Descriptor instead.
 func (*ExecResponse) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{34}
+	return file_driver_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ExecResponse) GetMsg() isExecResponse_Msg {
@@ -2315,7 +2384,7 @@ type RecoverRequest struct {
 
 func (x *RecoverRequest) Reset() {
 	*x = RecoverRequest{}
-	mi := &file_driver_proto_msgTypes[35]
+	mi := &file_driver_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2327,7 +2396,7 @@ func (x *RecoverRequest) String() string {
 func (*RecoverRequest) ProtoMessage() {}
 
 func (x *RecoverRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[35]
+	mi := &file_driver_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2340,7 +2409,7 @@ func (x *RecoverRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecoverRequest.ProtoReflect.Descriptor instead.
 func (*RecoverRequest) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{35}
+	return file_driver_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *RecoverRequest) GetHandle() *TaskHandle {
@@ -2358,7 +2427,7 @@ type RecoverResponse struct {
 
 func (x *RecoverResponse) Reset() {
 	*x = RecoverResponse{}
-	mi := &file_driver_proto_msgTypes[36]
+	mi := &file_driver_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2370,7 +2439,7 @@ func (x *RecoverResponse) String() string {
 func (*RecoverResponse) ProtoMessage() {}
 
 func (x *RecoverResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_driver_proto_msgTypes[36]
+	mi := &file_driver_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2383,7 +2452,7 @@ func (x *RecoverResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecoverResponse.ProtoReflect.Descriptor instead.
 func (*RecoverResponse) Descriptor() ([]byte, []int) {
-	return file_driver_proto_rawDescGZIP(), []int{36}
+	return file_driver_proto_rawDescGZIP(), []int{37}
 }
 
 var File_driver_proto protoreflect.FileDescriptor
@@ -2452,11 +2521,17 @@ const file_driver_proto_rawDesc = "" +
 	"\n" +
 	"HostsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"^\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xab\x01\n" +
 	"\x05Mount\x12\x16\n" +
 	"\x06source\x18\x01 \x01(\tR\x06source\x12 \n" +
 	"\vdestination\x18\x02 \x01(\tR\vdestination\x12\x1b\n" +
-	"\tread_only\x18\x03 \x01(\bR\breadOnly\"\xb4\x01\n" +
+	"\tread_only\x18\x03 \x01(\bR\breadOnly\x123\n" +
+	"\x05owner\x18\x04 \x01(\v2\x1d.corral.drivers.v1.MountOwnerR\x05owner\x12\x16\n" +
+	"\x06volume\x18\x05 \x01(\bR\x06volume\"0\n" +
+	"\n" +
+	"MountOwner\x12\x10\n" +
+	"\x03uid\x18\x01 \x01(\rR\x03uid\x12\x10\n" +
+	"\x03gid\x18\x02 \x01(\rR\x03gid\"\xb4\x01\n" +
 	"\rKernelOptions\x12\x1b\n" +
 	"\tshm_bytes\x18\x01 \x01(\x03R\bshmBytes\x123\n" +
 	"\aulimits\x18\x02 \x03(\v2\x19.corral.drivers.v1.UlimitR\aulimits\x12\x17\n" +
@@ -2612,7 +2687,7 @@ func file_driver_proto_rawDescGZIP() []byte {
 	return file_driver_proto_rawDescData
 }
 
-var file_driver_proto_msgTypes = make([]protoimpl.MessageInfo, 43)
+var file_driver_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
 var file_driver_proto_goTypes = []any{
 	(*PluginInfoRequest)(nil),     // 0: corral.drivers.v1.PluginInfoRequest
 	(*PluginInfoResponse)(nil),    // 1: corral.drivers.v1.PluginInfoResponse
@@ -2622,102 +2697,104 @@ var file_driver_proto_goTypes = []any{
 	(*CapabilitiesResponse)(nil),  // 5: corral.drivers.v1.CapabilitiesResponse
 	(*TaskConfig)(nil),            // 6: corral.drivers.v1.TaskConfig
 	(*Mount)(nil),                 // 7: corral.drivers.v1.Mount
-	(*KernelOptions)(nil),         // 8: corral.drivers.v1.KernelOptions
-	(*Ulimit)(nil),                // 9: corral.drivers.v1.Ulimit
-	(*DeviceReservation)(nil),     // 10: corral.drivers.v1.DeviceReservation
-	(*DeviceNode)(nil),            // 11: corral.drivers.v1.DeviceNode
-	(*DeviceMount)(nil),           // 12: corral.drivers.v1.DeviceMount
-	(*ImageConfig)(nil),           // 13: corral.drivers.v1.ImageConfig
-	(*TaskHandle)(nil),            // 14: corral.drivers.v1.TaskHandle
-	(*ExitResult)(nil),            // 15: corral.drivers.v1.ExitResult
-	(*TaskStatus)(nil),            // 16: corral.drivers.v1.TaskStatus
-	(*TaskStats)(nil),             // 17: corral.drivers.v1.TaskStats
-	(*StartRequest)(nil),          // 18: corral.drivers.v1.StartRequest
-	(*StartResponse)(nil),         // 19: corral.drivers.v1.StartResponse
-	(*WaitRequest)(nil),           // 20: corral.drivers.v1.WaitRequest
-	(*WaitResponse)(nil),          // 21: corral.drivers.v1.WaitResponse
-	(*StopRequest)(nil),           // 22: corral.drivers.v1.StopRequest
-	(*StopResponse)(nil),          // 23: corral.drivers.v1.StopResponse
-	(*DestroyRequest)(nil),        // 24: corral.drivers.v1.DestroyRequest
-	(*DestroyResponse)(nil),       // 25: corral.drivers.v1.DestroyResponse
-	(*InspectRequest)(nil),        // 26: corral.drivers.v1.InspectRequest
-	(*InspectResponse)(nil),       // 27: corral.drivers.v1.InspectResponse
-	(*StatsRequest)(nil),          // 28: corral.drivers.v1.StatsRequest
-	(*StatsResponse)(nil),         // 29: corral.drivers.v1.StatsResponse
-	(*ExecStart)(nil),             // 30: corral.drivers.v1.ExecStart
-	(*TermSize)(nil),              // 31: corral.drivers.v1.TermSize
-	(*ExecRequest)(nil),           // 32: corral.drivers.v1.ExecRequest
-	(*ExecExit)(nil),              // 33: corral.drivers.v1.ExecExit
-	(*ExecResponse)(nil),          // 34: corral.drivers.v1.ExecResponse
-	(*RecoverRequest)(nil),        // 35: corral.drivers.v1.RecoverRequest
-	(*RecoverResponse)(nil),       // 36: corral.drivers.v1.RecoverResponse
-	nil,                           // 37: corral.drivers.v1.FingerprintResponse.AttributesEntry
-	nil,                           // 38: corral.drivers.v1.TaskConfig.EnvEntry
-	nil,                           // 39: corral.drivers.v1.TaskConfig.ResourcesEntry
-	nil,                           // 40: corral.drivers.v1.TaskConfig.HostsEntry
-	nil,                           // 41: corral.drivers.v1.DeviceReservation.EnvEntry
-	nil,                           // 42: corral.drivers.v1.ExecStart.EnvEntry
-	(*timestamppb.Timestamp)(nil), // 43: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 44: google.protobuf.Duration
+	(*MountOwner)(nil),            // 8: corral.drivers.v1.MountOwner
+	(*KernelOptions)(nil),         // 9: corral.drivers.v1.KernelOptions
+	(*Ulimit)(nil),                // 10: corral.drivers.v1.Ulimit
+	(*DeviceReservation)(nil),     // 11: corral.drivers.v1.DeviceReservation
+	(*DeviceNode)(nil),            // 12: corral.drivers.v1.DeviceNode
+	(*DeviceMount)(nil),           // 13: corral.drivers.v1.DeviceMount
+	(*ImageConfig)(nil),           // 14: corral.drivers.v1.ImageConfig
+	(*TaskHandle)(nil),            // 15: corral.drivers.v1.TaskHandle
+	(*ExitResult)(nil),            // 16: corral.drivers.v1.ExitResult
+	(*TaskStatus)(nil),            // 17: corral.drivers.v1.TaskStatus
+	(*TaskStats)(nil),             // 18: corral.drivers.v1.TaskStats
+	(*StartRequest)(nil),          // 19: corral.drivers.v1.StartRequest
+	(*StartResponse)(nil),         // 20: corral.drivers.v1.StartResponse
+	(*WaitRequest)(nil),           // 21: corral.drivers.v1.WaitRequest
+	(*WaitResponse)(nil),          // 22: corral.drivers.v1.WaitResponse
+	(*StopRequest)(nil),           // 23: corral.drivers.v1.StopRequest
+	(*StopResponse)(nil),          // 24: corral.drivers.v1.StopResponse
+	(*DestroyRequest)(nil),        // 25: corral.drivers.v1.DestroyRequest
+	(*DestroyResponse)(nil),       // 26: corral.drivers.v1.DestroyResponse
+	(*InspectRequest)(nil),        // 27: corral.drivers.v1.InspectRequest
+	(*InspectResponse)(nil),       // 28: corral.drivers.v1.InspectResponse
+	(*StatsRequest)(nil),          // 29: corral.drivers.v1.StatsRequest
+	(*StatsResponse)(nil),         // 30: corral.drivers.v1.StatsResponse
+	(*ExecStart)(nil),             // 31: corral.drivers.v1.ExecStart
+	(*TermSize)(nil),              // 32: corral.drivers.v1.TermSize
+	(*ExecRequest)(nil),           // 33: corral.drivers.v1.ExecRequest
+	(*ExecExit)(nil),              // 34: corral.drivers.v1.ExecExit
+	(*ExecResponse)(nil),          // 35: corral.drivers.v1.ExecResponse
+	(*RecoverRequest)(nil),        // 36: corral.drivers.v1.RecoverRequest
+	(*RecoverResponse)(nil),       // 37: corral.drivers.v1.RecoverResponse
+	nil,                           // 38: corral.drivers.v1.FingerprintResponse.AttributesEntry
+	nil,                           // 39: corral.drivers.v1.TaskConfig.EnvEntry
+	nil,                           // 40: corral.drivers.v1.TaskConfig.ResourcesEntry
+	nil,                           // 41: corral.drivers.v1.TaskConfig.HostsEntry
+	nil,                           // 42: corral.drivers.v1.DeviceReservation.EnvEntry
+	nil,                           // 43: corral.drivers.v1.ExecStart.EnvEntry
+	(*timestamppb.Timestamp)(nil), // 44: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 45: google.protobuf.Duration
 }
 var file_driver_proto_depIdxs = []int32{
-	37, // 0: corral.drivers.v1.FingerprintResponse.attributes:type_name -> corral.drivers.v1.FingerprintResponse.AttributesEntry
-	38, // 1: corral.drivers.v1.TaskConfig.env:type_name -> corral.drivers.v1.TaskConfig.EnvEntry
-	39, // 2: corral.drivers.v1.TaskConfig.resources:type_name -> corral.drivers.v1.TaskConfig.ResourcesEntry
-	13, // 3: corral.drivers.v1.TaskConfig.image_config:type_name -> corral.drivers.v1.ImageConfig
-	40, // 4: corral.drivers.v1.TaskConfig.hosts:type_name -> corral.drivers.v1.TaskConfig.HostsEntry
-	10, // 5: corral.drivers.v1.TaskConfig.devices:type_name -> corral.drivers.v1.DeviceReservation
+	38, // 0: corral.drivers.v1.FingerprintResponse.attributes:type_name -> corral.drivers.v1.FingerprintResponse.AttributesEntry
+	39, // 1: corral.drivers.v1.TaskConfig.env:type_name -> corral.drivers.v1.TaskConfig.EnvEntry
+	40, // 2: corral.drivers.v1.TaskConfig.resources:type_name -> corral.drivers.v1.TaskConfig.ResourcesEntry
+	14, // 3: corral.drivers.v1.TaskConfig.image_config:type_name -> corral.drivers.v1.ImageConfig
+	41, // 4: corral.drivers.v1.TaskConfig.hosts:type_name -> corral.drivers.v1.TaskConfig.HostsEntry
+	11, // 5: corral.drivers.v1.TaskConfig.devices:type_name -> corral.drivers.v1.DeviceReservation
 	7,  // 6: corral.drivers.v1.TaskConfig.mounts:type_name -> corral.drivers.v1.Mount
-	8,  // 7: corral.drivers.v1.TaskConfig.options:type_name -> corral.drivers.v1.KernelOptions
-	9,  // 8: corral.drivers.v1.KernelOptions.ulimits:type_name -> corral.drivers.v1.Ulimit
-	11, // 9: corral.drivers.v1.DeviceReservation.nodes:type_name -> corral.drivers.v1.DeviceNode
-	11, // 10: corral.drivers.v1.DeviceReservation.deny:type_name -> corral.drivers.v1.DeviceNode
-	12, // 11: corral.drivers.v1.DeviceReservation.mounts:type_name -> corral.drivers.v1.DeviceMount
-	41, // 12: corral.drivers.v1.DeviceReservation.env:type_name -> corral.drivers.v1.DeviceReservation.EnvEntry
-	6,  // 13: corral.drivers.v1.TaskHandle.config:type_name -> corral.drivers.v1.TaskConfig
-	43, // 14: corral.drivers.v1.TaskHandle.started_at:type_name -> google.protobuf.Timestamp
-	43, // 15: corral.drivers.v1.TaskStatus.started_at:type_name -> google.protobuf.Timestamp
-	43, // 16: corral.drivers.v1.TaskStatus.completed_at:type_name -> google.protobuf.Timestamp
-	15, // 17: corral.drivers.v1.TaskStatus.exit_result:type_name -> corral.drivers.v1.ExitResult
-	43, // 18: corral.drivers.v1.TaskStats.time:type_name -> google.protobuf.Timestamp
-	6,  // 19: corral.drivers.v1.StartRequest.config:type_name -> corral.drivers.v1.TaskConfig
-	14, // 20: corral.drivers.v1.StartResponse.handle:type_name -> corral.drivers.v1.TaskHandle
-	15, // 21: corral.drivers.v1.WaitResponse.result:type_name -> corral.drivers.v1.ExitResult
-	44, // 22: corral.drivers.v1.StopRequest.timeout:type_name -> google.protobuf.Duration
-	16, // 23: corral.drivers.v1.InspectResponse.status:type_name -> corral.drivers.v1.TaskStatus
-	17, // 24: corral.drivers.v1.StatsResponse.stats:type_name -> corral.drivers.v1.TaskStats
-	42, // 25: corral.drivers.v1.ExecStart.env:type_name -> corral.drivers.v1.ExecStart.EnvEntry
-	30, // 26: corral.drivers.v1.ExecRequest.start:type_name -> corral.drivers.v1.ExecStart
-	31, // 27: corral.drivers.v1.ExecRequest.resize:type_name -> corral.drivers.v1.TermSize
-	33, // 28: corral.drivers.v1.ExecResponse.exit:type_name -> corral.drivers.v1.ExecExit
-	14, // 29: corral.drivers.v1.RecoverRequest.handle:type_name -> corral.drivers.v1.TaskHandle
-	0,  // 30: corral.drivers.v1.Driver.PluginInfo:input_type -> corral.drivers.v1.PluginInfoRequest
-	2,  // 31: corral.drivers.v1.Driver.Fingerprint:input_type -> corral.drivers.v1.FingerprintRequest
-	4,  // 32: corral.drivers.v1.Driver.Capabilities:input_type -> corral.drivers.v1.CapabilitiesRequest
-	18, // 33: corral.drivers.v1.Driver.Start:input_type -> corral.drivers.v1.StartRequest
-	20, // 34: corral.drivers.v1.Driver.Wait:input_type -> corral.drivers.v1.WaitRequest
-	22, // 35: corral.drivers.v1.Driver.Stop:input_type -> corral.drivers.v1.StopRequest
-	24, // 36: corral.drivers.v1.Driver.Destroy:input_type -> corral.drivers.v1.DestroyRequest
-	26, // 37: corral.drivers.v1.Driver.Inspect:input_type -> corral.drivers.v1.InspectRequest
-	28, // 38: corral.drivers.v1.Driver.Stats:input_type -> corral.drivers.v1.StatsRequest
-	32, // 39: corral.drivers.v1.Driver.Exec:input_type -> corral.drivers.v1.ExecRequest
-	35, // 40: corral.drivers.v1.Driver.Recover:input_type -> corral.drivers.v1.RecoverRequest
-	1,  // 41: corral.drivers.v1.Driver.PluginInfo:output_type -> corral.drivers.v1.PluginInfoResponse
-	3,  // 42: corral.drivers.v1.Driver.Fingerprint:output_type -> corral.drivers.v1.FingerprintResponse
-	5,  // 43: corral.drivers.v1.Driver.Capabilities:output_type -> corral.drivers.v1.CapabilitiesResponse
-	19, // 44: corral.drivers.v1.Driver.Start:output_type -> corral.drivers.v1.StartResponse
-	21, // 45: corral.drivers.v1.Driver.Wait:output_type -> corral.drivers.v1.WaitResponse
-	23, // 46: corral.drivers.v1.Driver.Stop:output_type -> corral.drivers.v1.StopResponse
-	25, // 47: corral.drivers.v1.Driver.Destroy:output_type -> corral.drivers.v1.DestroyResponse
-	27, // 48: corral.drivers.v1.Driver.Inspect:output_type -> corral.drivers.v1.InspectResponse
-	29, // 49: corral.drivers.v1.Driver.Stats:output_type -> corral.drivers.v1.StatsResponse
-	34, // 50: corral.drivers.v1.Driver.Exec:output_type -> corral.drivers.v1.ExecResponse
-	36, // 51: corral.drivers.v1.Driver.Recover:output_type -> corral.drivers.v1.RecoverResponse
-	41, // [41:52] is the sub-list for method output_type
-	30, // [30:41] is the sub-list for method input_type
-	30, // [30:30] is the sub-list for extension type_name
-	30, // [30:30] is the sub-list for extension extendee
-	0,  // [0:30] is the sub-list for field type_name
+	9,  // 7: corral.drivers.v1.TaskConfig.options:type_name -> corral.drivers.v1.KernelOptions
+	8,  // 8: corral.drivers.v1.Mount.owner:type_name -> corral.drivers.v1.MountOwner
+	10, // 9: corral.drivers.v1.KernelOptions.ulimits:type_name -> corral.drivers.v1.Ulimit
+	12, // 10: corral.drivers.v1.DeviceReservation.nodes:type_name -> corral.drivers.v1.DeviceNode
+	12, // 11: corral.drivers.v1.DeviceReservation.deny:type_name -> corral.drivers.v1.DeviceNode
+	13, // 12: corral.drivers.v1.DeviceReservation.mounts:type_name -> corral.drivers.v1.DeviceMount
+	42, // 13: corral.drivers.v1.DeviceReservation.env:type_name -> corral.drivers.v1.DeviceReservation.EnvEntry
+	6,  // 14: corral.drivers.v1.TaskHandle.config:type_name -> corral.drivers.v1.TaskConfig
+	44, // 15: corral.drivers.v1.TaskHandle.started_at:type_name -> google.protobuf.Timestamp
+	44, // 16: corral.drivers.v1.TaskStatus.started_at:type_name -> google.protobuf.Timestamp
+	44, // 17: corral.drivers.v1.TaskStatus.completed_at:type_name -> google.protobuf.Timestamp
+	16, // 18: corral.drivers.v1.TaskStatus.exit_result:type_name -> corral.drivers.v1.ExitResult
+	44, // 19: corral.drivers.v1.TaskStats.time:type_name -> google.protobuf.Timestamp
+	6,  // 20: corral.drivers.v1.StartRequest.config:type_name -> corral.drivers.v1.TaskConfig
+	15, // 21: corral.drivers.v1.StartResponse.handle:type_name -> corral.drivers.v1.TaskHandle
+	16, // 22: corral.drivers.v1.WaitResponse.result:type_name -> corral.drivers.v1.ExitResult
+	45, // 23: corral.drivers.v1.StopRequest.timeout:type_name -> google.protobuf.Duration
+	17, // 24: corral.drivers.v1.InspectResponse.status:type_name -> corral.drivers.v1.TaskStatus
+	18, // 25: corral.drivers.v1.StatsResponse.stats:type_name -> corral.drivers.v1.TaskStats
+	43, // 26: corral.drivers.v1.ExecStart.env:type_name -> corral.drivers.v1.ExecStart.EnvEntry
+	31, // 27: corral.drivers.v1.ExecRequest.start:type_name -> corral.drivers.v1.ExecStart
+	32, // 28: corral.drivers.v1.ExecRequest.resize:type_name -> corral.drivers.v1.TermSize
+	34, // 29: corral.drivers.v1.ExecResponse.exit:type_name -> corral.drivers.v1.ExecExit
+	15, // 30: corral.drivers.v1.RecoverRequest.handle:type_name -> corral.drivers.v1.TaskHandle
+	0,  // 31: corral.drivers.v1.Driver.PluginInfo:input_type -> corral.drivers.v1.PluginInfoRequest
+	2,  // 32: corral.drivers.v1.Driver.Fingerprint:input_type -> corral.drivers.v1.FingerprintRequest
+	4,  // 33: corral.drivers.v1.Driver.Capabilities:input_type -> corral.drivers.v1.CapabilitiesRequest
+	19, // 34: corral.drivers.v1.Driver.Start:input_type -> corral.drivers.v1.StartRequest
+	21, // 35: corral.drivers.v1.Driver.Wait:input_type -> corral.drivers.v1.WaitRequest
+	23, // 36: corral.drivers.v1.Driver.Stop:input_type -> corral.drivers.v1.StopRequest
+	25, // 37: corral.drivers.v1.Driver.Destroy:input_type -> corral.drivers.v1.DestroyRequest
+	27, // 38: corral.drivers.v1.Driver.Inspect:input_type -> corral.drivers.v1.InspectRequest
+	29, // 39: corral.drivers.v1.Driver.Stats:input_type -> corral.drivers.v1.StatsRequest
+	33, // 40: corral.drivers.v1.Driver.Exec:input_type -> corral.drivers.v1.ExecRequest
+	36, // 41: corral.drivers.v1.Driver.Recover:input_type -> corral.drivers.v1.RecoverRequest
+	1,  // 42: corral.drivers.v1.Driver.PluginInfo:output_type -> corral.drivers.v1.PluginInfoResponse
+	3,  // 43: corral.drivers.v1.Driver.Fingerprint:output_type -> corral.drivers.v1.FingerprintResponse
+	5,  // 44: corral.drivers.v1.Driver.Capabilities:output_type -> corral.drivers.v1.CapabilitiesResponse
+	20, // 45: corral.drivers.v1.Driver.Start:output_type -> corral.drivers.v1.StartResponse
+	22, // 46: corral.drivers.v1.Driver.Wait:output_type -> corral.drivers.v1.WaitResponse
+	24, // 47: corral.drivers.v1.Driver.Stop:output_type -> corral.drivers.v1.StopResponse
+	26, // 48: corral.drivers.v1.Driver.Destroy:output_type -> corral.drivers.v1.DestroyResponse
+	28, // 49: corral.drivers.v1.Driver.Inspect:output_type -> corral.drivers.v1.InspectResponse
+	30, // 50: corral.drivers.v1.Driver.Stats:output_type -> corral.drivers.v1.StatsResponse
+	35, // 51: corral.drivers.v1.Driver.Exec:output_type -> corral.drivers.v1.ExecResponse
+	37, // 52: corral.drivers.v1.Driver.Recover:output_type -> corral.drivers.v1.RecoverResponse
+	42, // [42:53] is the sub-list for method output_type
+	31, // [31:42] is the sub-list for method input_type
+	31, // [31:31] is the sub-list for extension type_name
+	31, // [31:31] is the sub-list for extension extendee
+	0,  // [0:31] is the sub-list for field type_name
 }
 
 func init() { file_driver_proto_init() }
@@ -2725,13 +2802,13 @@ func file_driver_proto_init() {
 	if File_driver_proto != nil {
 		return
 	}
-	file_driver_proto_msgTypes[32].OneofWrappers = []any{
+	file_driver_proto_msgTypes[33].OneofWrappers = []any{
 		(*ExecRequest_Start)(nil),
 		(*ExecRequest_Stdin)(nil),
 		(*ExecRequest_StdinClose)(nil),
 		(*ExecRequest_Resize)(nil),
 	}
-	file_driver_proto_msgTypes[34].OneofWrappers = []any{
+	file_driver_proto_msgTypes[35].OneofWrappers = []any{
 		(*ExecResponse_Stdout)(nil),
 		(*ExecResponse_Stderr)(nil),
 		(*ExecResponse_Exit)(nil),
@@ -2742,7 +2819,7 @@ func file_driver_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_driver_proto_rawDesc), len(file_driver_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   43,
+			NumMessages:   44,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
