@@ -54,11 +54,21 @@ func setupVolumes(cfg *agent.Config, roots volumeRootsFlag, role, dataDir, execU
 	if len(roots) == 0 && role == "dev" {
 		roots = volumeRootsFlag{"local": filepath.Join(dataDir, "volumes")}
 	}
+	abs := volumeRootsFlag{}
 	for name, p := range roots {
-		if err := os.MkdirAll(p, 0o755); err != nil {
+		// Kernels get volumes as bind mounts of absolute paths: a
+		// relative root (a relative -data-dir, as make run's) is made
+		// absolute here, once.
+		a, err := filepath.Abs(p)
+		if err != nil {
 			return fmt.Errorf("-volume-root %s: %w", name, err)
 		}
+		if err := os.MkdirAll(a, 0o755); err != nil {
+			return fmt.Errorf("-volume-root %s: %w", name, err)
+		}
+		abs[name] = a
 	}
+	roots = abs
 	cfg.VolumeRoots = roots
 	if execUser == "" {
 		execUser = execdriver.DefaultUser
