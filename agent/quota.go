@@ -128,6 +128,12 @@ var quotaEnabled sync.Map
 // are off (logged once). A directory that is not a subvolume (made
 // before corral used subvolumes, or on another filesystem) is measured.
 func (a *Agent) enforceQuota(dir string, quota int64) (string, error) {
+	return a.setQuota(dir, quota, true)
+}
+
+// setQuota is enforceQuota; enable says whether it may turn quotas on
+// (a kernel's start may; measuring for volume list only reports).
+func (a *Agent) setQuota(dir string, quota int64, enable bool) (string, error) {
 	if !isSubvolume(dir) {
 		return QuotaMeasured, nil
 	}
@@ -147,7 +153,7 @@ func (a *Agent) enforceQuota(dir string, quota int64) (string, error) {
 		// Quotas are off on this filesystem: turn them on (cheap on a
 		// new filesystem; a rescan of existing data runs in the
 		// background), then set the limit again.
-		if quota == 0 {
+		if quota == 0 || !enable {
 			return QuotaMeasured, nil
 		}
 		ctl := btrfsQuotaCtlArgs{Cmd: btrfsQuotaCtlEnable}

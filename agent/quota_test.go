@@ -122,4 +122,17 @@ func TestVolumeQuotaBtrfs(t *testing.T) {
 	if u[2].Quota != QuotaEnforced || u[2].Bytes != 0 || u[2].Error != "" {
 		t.Fatalf("usage of a volume never mounted = %+v", u[2])
 	}
+
+	// A subvolume inside the volume escapes its qgroup limit: the quota
+	// is then reported measured, not enforced.
+	if err := makeVolumeDir(filepath.Join(free, "nested")); err != nil {
+		t.Fatal(err)
+	}
+	resp, err = s.VolumeUsage(context.Background(), &rpc.VolumeUsageRequest{Volumes: []rpc.VolumeDir{{Backend: "bt", Dir: "alice/free", QuotaBytes: 64 << 20}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if q := resp.Volumes[0].Quota; q != QuotaMeasured {
+		t.Fatalf("a volume with a subvolume inside: quota %q, want %q", q, QuotaMeasured)
+	}
 }

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"golang.org/x/crypto/ssh"
 
@@ -177,8 +178,9 @@ func (s *agentService) VolumeUsage(ctx context.Context, req *rpc.VolumeUsageRequ
 	for _, v := range req.Volumes {
 		u := rpc.VolumeUsage{Backend: v.Backend, Dir: v.Dir}
 		dir, err := s.a.volumeHostDir(structs.VolumeMount{Volume: v.Dir, Backend: v.Backend, Dir: v.Dir})
+		var nested int
 		if err == nil {
-			u.Bytes, u.Files, err = du(ctx, dir)
+			u.Bytes, u.Files, nested, err = du(ctx, dir)
 		}
 		if errors.Is(err, fs.ErrNotExist) {
 			err = nil // never mounted yet: empty
@@ -187,8 +189,15 @@ func (s *agentService) VolumeUsage(ctx context.Context, req *rpc.VolumeUsageRequ
 			}
 		} else if err == nil && v.QuotaBytes > 0 {
 			var qerr error
-			if u.Quota, qerr = s.a.enforceQuota(dir, v.QuotaBytes); qerr != nil {
+			if u.Quota, qerr = s.a.setQuota(dir, v.QuotaBytes, false); qerr != nil {
 				s.a.logger.Warn("volume quota not enforced", "dir", dir, "error", qerr)
+			}
+			if nested > 0 && u.Quota == QuotaEnforced {
+				// A subvolume inside has a qgroup of its own: what it
+				// holds is outside the limit (exec kernels cannot make
+				// one; others, or the host, could).
+				u.Quota = QuotaMeasured
+				s.a.logger.Warn("volume quota not enforced: btrfs subvolumes inside the volume escape it", "dir", dir, "subvolumes", nested)
 			}
 		}
 		if v.QuotaBytes > 0 && u.Quota == "" {
@@ -202,8 +211,10 @@ func (s *agentService) VolumeUsage(ctx context.Context, req *rpc.VolumeUsageRequ
 	return out, nil
 }
 
-// du sums the sizes of the regular files below dir and counts its entries.
-func du(ctx context.Context, dir string) (bytes, files int64, err error) {
+// du sums the sizes of the regular files below dir and counts its
+// entries, and the btrfs subvolumes below it (directories with a
+// subvolume root's inode number).
+func du(ctx context.Context, dir string) (bytes, files int64, subvolumes int, err error) {
 	err = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
@@ -215,6 +226,13 @@ func du(ctx context.Context, dir string) (bytes, files int64, err error) {
 			return nil
 		}
 		files++
+		if d.IsDir() {
+			if fi, err := d.Info(); err == nil {
+				if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Ino == btrfsFirstFreeIno && onBtrfs(p) {
+					subvolumes++
+				}
+			}
+		}
 		if d.Type().IsRegular() {
 			fi, err := d.Info()
 			if err != nil {
@@ -224,5 +242,5 @@ func du(ctx context.Context, dir string) (bytes, files int64, err error) {
 		}
 		return nil
 	})
-	return bytes, files, err
+	return bytes, files, subvolumes, err
 }

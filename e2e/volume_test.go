@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"errors"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
@@ -276,8 +277,17 @@ func TestVolumeQuotaBtrfs(t *testing.T) {
 		}
 	}
 
+	// A subvolume or snapshot made inside the volume would have a qgroup
+	// of its own, without the limit: exec kernels may not make them.
+	s, out := runBatch(t, alice, []string{"small:/mnt/v"}, "btrfs subvolume create /mnt/v/escape 2>&1; btrfs subvolume snapshot /mnt/v /mnt/v/snap 2>&1; ls /mnt/v")
+	if strings.Count(out, "Operation not permitted") != 2 || strings.Contains(out, "escape") && !strings.Contains(out, "/mnt/v/escape") {
+		t.Fatalf("making subvolumes inside a volume with a quota: output %q; want both refused", out)
+	}
+	if _, err := os.Stat(filepath.Join(mnt, "volumes", "alice", "small", "escape")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the kernel made a subvolume in its volume (stat: %v)", err)
+	}
 	write := "dd if=/dev/zero of=/mnt/v/blob bs=1M count=16 conv=fsync 2>&1; echo rc=$?"
-	s, out := runBatch(t, alice, []string{"small:/mnt/v"}, write)
+	s, out = runBatch(t, alice, []string{"small:/mnt/v"}, write)
 	if !strings.Contains(out, "Disk quota exceeded") || strings.Contains(out, "rc=0") {
 		t.Fatalf("writing 16 MiB into an 8 MiB volume: %s %s, output %q; want Disk quota exceeded", s.Session.Status, s.Session.Result, out)
 	}

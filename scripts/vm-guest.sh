@@ -55,6 +55,8 @@ if [ "$(cat "$kdir/.done" 2>/dev/null)" != "$MODULES" ]; then
 	mkdir -p "$kdir/modules"
 	for m in $MODULES; do
 		f=$(find "$kdir"/x/lib/modules -name "$m.ko" | head -n 1)
+		# fscache is part of netfs from Linux 6.8 on: optional.
+		[ -n "$f" ] || [ "$m" != fscache ] || continue
 		[ -n "$f" ] || { echo "vm-guest: module $m.ko not in $pkg" >&2; exit 1; }
 		cp "$f" "$kdir/modules/"
 		echo "$m.ko" >>"$kdir/modules/order"

@@ -738,7 +738,7 @@ func (s *Server) prepareCreate(ctx context.Context, snap *state.Snapshot, req *a
 		return nil, nil, err
 	}
 	if err := s.checkRegistries(ctx, snap, sess.ResourceGroup, kernels); err != nil {
-		s.sftpPorts.release(sess)
+		s.sftpPorts.release(kernels)
 		return nil, nil, err
 	}
 	return sess, kernels, nil
@@ -762,7 +762,7 @@ func (s *Server) createSession(w http.ResponseWriter, r *http.Request) (any, err
 	if err != nil {
 		return nil, err
 	}
-	defer s.sftpPorts.release(sess) // committed or failed: the state says from here
+	defer s.sftpPorts.release(kernels) // committed or failed: the state says from here
 	for _, ref := range req.DependsOn {
 		dep, err := resolveSession(r.Context(), nil, snap, ref)
 		if err != nil {

@@ -215,7 +215,7 @@ func (s *Server) planSession(w http.ResponseWriter, r *http.Request) (any, error
 	if err != nil {
 		return nil, err
 	}
-	s.sftpPorts.release(sess) // a dry run holds no port
+	s.sftpPorts.release(kernels) // a dry run holds no port
 	in, _, _, err := snap.SchedulerInput(nil, now)
 	if err != nil {
 		return nil, err

@@ -321,42 +321,46 @@ func pickSFTPPort(used map[int]bool, start int) (int, bool) {
 }
 
 // sftpReservations holds the SFTP ports that creates on this server
-// picked and have not committed yet: two creates at the same moment see
-// the same snapshot, and must not draw the same port.
+// picked and have not committed yet: two creates at the same moment must
+// not draw the same port.
 type sftpReservations struct {
 	mu   sync.Mutex
 	held map[int]bool
 }
 
-// reserve picks a port that neither a live session (used) nor a create
-// in flight holds, and holds it until release.
-func (r *sftpReservations) reserve(used map[int]bool, start int) (int, bool) {
+// reserve picks a port that neither a live session (used, read under the
+// lock from a fresh snapshot, so that it holds every port a create
+// released before) nor a create in flight holds, and holds it until
+// release.
+func (r *sftpReservations) reserve(used func() (map[int]bool, error), start int) (int, bool, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	for p := range r.held {
-		used[p] = true
+	u, err := used()
+	if err != nil {
+		return 0, false, err
 	}
-	port, ok := pickSFTPPort(used, start)
+	for p := range r.held {
+		u[p] = true
+	}
+	port, ok := pickSFTPPort(u, start)
 	if ok {
 		if r.held == nil {
 			r.held = map[int]bool{}
 		}
 		r.held[port] = true
 	}
-	return port, ok
+	return port, ok, nil
 }
 
-// release lets go of the SFTP port of sess (nil or none: nothing), once
-// its create committed (the state holds it from then on) or failed.
-func (r *sftpReservations) release(sess *structs.Session) {
-	if sess == nil {
-		return
-	}
+// release lets go of the SFTP port that kernels' SFTP server holds (none:
+// nothing), once its create committed (the state holds it from then on)
+// or failed.
+func (r *sftpReservations) release(kernels []*structs.Kernel) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	for _, sp := range sess.ServicePorts {
-		if sp.Name == structs.SFTPPortName {
-			delete(r.held, sp.Port)
+	for _, k := range kernels {
+		if k.SFTP != nil {
+			delete(r.held, k.SFTP.Port)
 		}
 	}
 }
@@ -445,20 +449,24 @@ func (s *Server) attachVolumes(snap *state.Snapshot, req *api.CreateSessionReque
 	if len(keys) == 0 {
 		return badRequest("you have no SSH key for SFTP: add one with corral user ssh-key add ~/.ssh/id_ed25519.pub")
 	}
-	used := map[int]bool{}
-	if err := snap.EachSession(func(o *structs.Session) {
-		if o.Status.Terminal() {
-			return
-		}
-		for _, sp := range o.ServicePorts {
-			if sp.Name == structs.SFTPPortName {
-				used[sp.Port] = true
+	live := func() (map[int]bool, error) {
+		used := map[int]bool{}
+		err := s.state.Snapshot().EachSession(func(o *structs.Session) {
+			if o.Status.Terminal() {
+				return
 			}
-		}
-	}); err != nil {
+			for _, sp := range o.ServicePorts {
+				if sp.Name == structs.SFTPPortName {
+					used[sp.Port] = true
+				}
+			}
+		})
+		return used, err
+	}
+	port, ok, err := s.sftpPorts.reserve(live, rand.IntN(sftpPorts))
+	if err != nil {
 		return err
 	}
-	port, ok := s.sftpPorts.reserve(used, rand.IntN(sftpPorts))
 	if !ok {
 		return &httpError{code: http.StatusServiceUnavailable, msg: fmt.Sprintf("all %d SFTP ports (%d-%d) are held by live SFTP sessions: end one first", sftpPorts, sftpPortBase, sftpPortBase+sftpPorts-1)}
 	}

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"maps"
 	"sync"
 	"testing"
 
@@ -24,10 +25,18 @@ func TestPickSFTPPortSkipsUsed(t *testing.T) {
 	}
 }
 
-// TestSFTPReservationsConcurrent: creates that see the same snapshot at
-// once draw different ports; a released port is drawn again.
+// TestSFTPReservationsConcurrent: creates at the same moment draw
+// different ports; a released port is drawn again; a port a committed
+// session holds (seen in the fresh state read under the lock) is not.
 func TestSFTPReservationsConcurrent(t *testing.T) {
 	var r sftpReservations
+	var mu sync.Mutex
+	live := map[int]bool{sftpPortBase: true}
+	used := func() (map[int]bool, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		return maps.Clone(live), nil
+	}
 	const n = 50
 	ports := make(chan int, n)
 	var wg sync.WaitGroup
@@ -35,9 +44,9 @@ func TestSFTPReservationsConcurrent(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			p, ok := r.reserve(map[int]bool{sftpPortBase: true}, 0) // the same snapshot, the same start
-			if !ok {
-				t.Error("no port")
+			p, ok, err := r.reserve(used, 0) // the same start
+			if !ok || err != nil {
+				t.Error("no port", err)
 			}
 			ports <- p
 		}()
@@ -51,13 +60,22 @@ func TestSFTPReservationsConcurrent(t *testing.T) {
 		}
 		seen[p] = true
 	}
+	sftpKernel := func(port int) []*structs.Kernel {
+		return []*structs.Kernel{{SFTP: &structs.SFTPServer{Port: port}}}
+	}
 	first := sftpPortBase + 1
-	r.release(&structs.Session{ServicePorts: []structs.ServicePort{{Name: structs.SFTPPortName, Port: first}}})
-	r.release(nil)
-	if p, _ := r.reserve(map[int]bool{}, 1); p != first {
+	r.release(sftpKernel(first))
+	r.release([]*structs.Kernel{{}}) // not an SFTP session: nothing
+	if p, _, _ := r.reserve(used, 1); p != first {
 		t.Fatalf("after release: drew %d, want the released %d", p, first)
 	}
-	if p, _ := r.reserve(map[int]bool{}, 1); p != sftpPortBase+n+1 {
-		t.Fatalf("next draw %d, want %d", p, sftpPortBase+n+1)
+	// A create committed and released its port: the state holds it now.
+	second := sftpPortBase + 2
+	mu.Lock()
+	live[second] = true
+	mu.Unlock()
+	r.release(sftpKernel(second))
+	if p, _, _ := r.reserve(used, 2); p != sftpPortBase+n+1 {
+		t.Fatalf("drew %d, want %d (the committed port %d is live)", p, sftpPortBase+n+1, second)
 	}
 }

@@ -153,10 +153,6 @@ func (g *guest) run() {
 			return
 		}
 	}
-	if err := mountShares(task.Shares); err != nil {
-		g.finish(guestproto.Exit{ExitCode: -1, Error: err.Error()})
-		return
-	}
 	if task.Hostname != "" {
 		_ = unix.Sethostname([]byte(task.Hostname))
 	}
@@ -167,6 +163,12 @@ func (g *guest) run() {
 			g.finish(guestproto.Exit{ExitCode: -1, Error: "preparing the image root: " + err.Error()})
 			return
 		}
+	}
+	// Volumes last, over the image root's /proc, /dev, /tmp and /run
+	// binds: a volume at /tmp/data must not be hidden by the guest's /tmp.
+	if err := mountShares(task.Shares); err != nil {
+		g.finish(guestproto.Exit{ExitCode: -1, Error: err.Error()})
+		return
 	}
 	// Execs and signals are served once the guest is set up (network,
 	// image root); until then they wait in the port.

@@ -54,6 +54,7 @@ func prepareDisk(ctx context.Context, ref, dir string, maxDownload int64) (*disk
 		return nil, nil
 	}
 	path, downloaded := ref, false
+	var localDigest []byte // a file URL's #sha256=, checked once the file may be read
 	switch {
 	case strings.HasPrefix(ref, "file://"):
 		u, err := url.Parse(ref)
@@ -61,6 +62,9 @@ func prepareDisk(ctx context.Context, ref, dir string, maxDownload int64) (*disk
 			return nil, fmt.Errorf("%w: disk image %s: a file URL names a path on the agent (file:///path)", drivers.ErrInvalidConfig, ref)
 		}
 		path = u.Path
+		if localDigest, err = urlDigest(u); err != nil {
+			return nil, fmt.Errorf("%w: disk image %s: %v", drivers.ErrInvalidConfig, ref, err)
+		}
 	case strings.HasPrefix(ref, "http://") || strings.HasPrefix(ref, "https://"):
 		p, err := downloadDisk(ctx, ref, dir, maxDownload)
 		if err != nil {
@@ -73,6 +77,11 @@ func prepareDisk(ctx context.Context, ref, dir string, maxDownload int64) (*disk
 	}
 	if err := checkDiskAccess(path); err != nil && !downloaded {
 		return nil, fmt.Errorf("%w: disk image %s: %v", drivers.ErrInvalidConfig, ref, err)
+	}
+	if localDigest != nil {
+		if err := checkFileDigest(path, localDigest); err != nil {
+			return nil, fmt.Errorf("%w: disk image %s: %v", drivers.ErrInvalidConfig, ref, err)
+		}
 	}
 	format, err := diskFormat(path)
 	if err != nil {
@@ -166,14 +175,11 @@ func downloadDisk(ctx context.Context, rawURL, dir string, max int64) (string, e
 	if err != nil {
 		return "", err
 	}
-	var want []byte
-	if u.Fragment != "" {
-		h, ok := strings.CutPrefix(u.Fragment, "sha256=")
-		if want, err = hex.DecodeString(h); !ok || err != nil || len(want) != sha256.Size {
-			return "", fmt.Errorf("the URL's fragment %q: the only one understood is #sha256= and 64 hex digits, the file's digest", u.Fragment)
-		}
-		u.Fragment, u.RawFragment = "", ""
+	want, err := urlDigest(u)
+	if err != nil {
+		return "", err
 	}
+	u.Fragment, u.RawFragment = "", ""
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
 	if err != nil {
 		return "", err
@@ -186,11 +192,9 @@ func downloadDisk(ctx context.Context, rawURL, dir string, max int64) (string, e
 	if resp.StatusCode != http.StatusOK {
 		return "", fmt.Errorf("downloading it: %s", resp.Status)
 	}
-	tooBig := func(n int64) error {
-		return fmt.Errorf("the image is %d bytes, more than the vm driver downloads (max_disk_download: %d)", n, max)
-	}
+	tooBig := fmt.Errorf("the image is larger than the vm driver downloads (max_disk_download: %d bytes)", max)
 	if resp.ContentLength > max {
-		return "", tooBig(resp.ContentLength)
+		return "", tooBig
 	}
 	path := filepath.Join(dir, "disk.img")
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
@@ -200,7 +204,7 @@ func downloadDisk(ctx context.Context, rawURL, dir string, max int64) (string, e
 	sum := sha256.New()
 	n, err := io.Copy(io.MultiWriter(f, sum), io.LimitReader(resp.Body, max+1))
 	if err == nil && n > max {
-		err = tooBig(n)
+		err = tooBig
 	} else if err != nil {
 		err = fmt.Errorf("downloading it: %v", err)
 	}
@@ -215,4 +219,35 @@ func downloadDisk(ctx context.Context, rawURL, dir string, max int64) (string, e
 		return "", err
 	}
 	return path, nil
+}
+
+// urlDigest is the SHA-256 a disk image URL names in its fragment
+// (#sha256= and 64 hex digits), nil without one.
+func urlDigest(u *url.URL) ([]byte, error) {
+	if u.Fragment == "" {
+		return nil, nil
+	}
+	h, ok := strings.CutPrefix(u.Fragment, "sha256=")
+	want, err := hex.DecodeString(h)
+	if !ok || err != nil || len(want) != sha256.Size {
+		return nil, fmt.Errorf("the URL's fragment %q: the only one understood is #sha256= and 64 hex digits, the file's digest", u.Fragment)
+	}
+	return want, nil
+}
+
+// checkFileDigest checks the SHA-256 of the file at path.
+func checkFileDigest(path string, want []byte) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	sum := sha256.New()
+	if _, err := io.Copy(sum, f); err != nil {
+		return err
+	}
+	if got := sum.Sum(nil); !bytes.Equal(got, want) {
+		return fmt.Errorf("sha256 mismatch: the URL names %x, the file is %x", want, got)
+	}
+	return nil
 }

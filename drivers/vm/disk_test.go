@@ -292,6 +292,7 @@ func TestDiskImageRefused(t *testing.T) {
 		{"file://otherhost" + text, "file:///path"},
 		{srv.URL + "/good.raw#sha256=" + strings.Repeat("0", 64), "sha256 mismatch"},
 		{srv.URL + "/good.raw#md5=00", "#sha256="},
+		{"file://" + filepath.Join(dir, "good.raw") + "#sha256=" + strings.Repeat("0", 64), "sha256 mismatch"},
 	} {
 		cfg := vmTask(t, "/bin/true")
 		cfg.Image = c.image

@@ -536,6 +536,9 @@ func (d *Driver) launch(ctx context.Context, cfg *drivers.TaskConfig, accel stri
 			return nil, err
 		}
 	}
+	if err := d.checkVolumeUser(cfg); err != nil {
+		return fail(err)
+	}
 	rootDisk, err := prepareDisk(ctx, cfg.Image, dir, d.cfg.MaxDiskDownload)
 	if err != nil {
 		return fail(fmt.Errorf("vm driver: %w", err))
@@ -652,7 +655,7 @@ func (d *Driver) qemuArgs(cfg *drivers.TaskConfig, accel, dir, sockDir, initrd, 
 		"-pidfile", pidfile,
 		"-daemonize",
 	}
-	runAs := d.cfg.RunAs
+	runAs := d.qemuUser(cfg)
 	for i, m := range volumeMounts(cfg) {
 		// The volume is exported as it is on the host (security_model
 		// none: the guest's chown and chmod of its files are ignored);
@@ -663,14 +666,37 @@ func (d *Driver) qemuArgs(cfg *drivers.TaskConfig, accel, dir, sockDir, initrd, 
 			fsdev += ",readonly=on"
 		}
 		args = append(args, "-fsdev", fsdev, "-device", "virtio-9p-device,fsdev="+shareTag(i)+",mount_tag="+shareTag(i))
-		if m.Owner != nil && m.Owner.UID != 0 {
-			runAs = fmt.Sprintf("%d:%d", m.Owner.UID, m.Owner.GID)
-		}
 	}
 	if runAs != "" {
 		args = append(args, "-runas", runAs)
 	}
 	return args
+}
+
+// qemuUser is the host user qemu drops to: the volumes' owner when the
+// task has volumes with one (so that the files the guest makes there are
+// the owner's), else the configured RunAs ("": stays root).
+func (d *Driver) qemuUser(cfg *drivers.TaskConfig) string {
+	for _, m := range volumeMounts(cfg) {
+		if m.Owner != nil && m.Owner.UID != 0 {
+			return fmt.Sprintf("%d:%d", m.Owner.UID, m.Owner.GID)
+		}
+	}
+	return d.cfg.RunAs
+}
+
+// checkVolumeUser refuses volumes that qemu would serve as host root:
+// with security_model=none a root qemu creates what the guest asks in the
+// volume, device nodes and setuid files included.
+func (d *Driver) checkVolumeUser(cfg *drivers.TaskConfig) error {
+	if len(volumeMounts(cfg)) == 0 {
+		return nil
+	}
+	switch u := d.qemuUser(cfg); u {
+	case "", "root", "0", "0:0":
+		return fmt.Errorf("%w: task %s has volumes, which qemu would serve as host root: give volumes an owner (the agent does, running as root) or set run_as", drivers.ErrInvalidConfig, cfg.ID)
+	}
+	return nil
 }
 
 // volumeMounts are the task's volumes, which the guest gets live over

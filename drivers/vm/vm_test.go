@@ -432,7 +432,10 @@ func TestVolumes(t *testing.T) {
 	if err := os.Chown(rw, owner, owner); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Chmod(ro, 0o755); err != nil {
+	// The read-only volume is the owner's too: only qemu's readonly=on
+	// (not the guest's read-only mount, which guest root could remount,
+	// nor host permissions) keeps the guest from writing.
+	if err := os.Chown(ro, owner, owner); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(filepath.Join(rw, "in.txt"), []byte("from-host\n"), 0o644); err != nil {
@@ -442,7 +445,7 @@ func TestVolumes(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg := vmTask(t, "/bin/sh", "-c", `cat /data/in.txt; echo from-vm > /data/out.txt && mkdir /data/sub && echo wrote;
-cat /ro/hello; if echo x > /ro/x; then echo ro-writable; else echo ro-refused; fi`)
+cat /ro/hello; mount -o remount,rw /ro; if echo x > /ro/x; then echo ro-writable; else echo ro-refused; fi`)
 	cfg.Mounts = append(cfg.Mounts,
 		drivers.Mount{Source: rw, Destination: "/data", Volume: true, Owner: &drivers.MountOwner{UID: owner, GID: owner}},
 		drivers.Mount{Source: ro, Destination: "/ro", ReadOnly: true, Volume: true, Owner: &drivers.MountOwner{UID: owner, GID: owner}})

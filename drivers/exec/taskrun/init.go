@@ -304,6 +304,9 @@ func startAsUser(cfg *InitConfig) (int, error) {
 	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
 		return 0, fmt.Errorf("setting no_new_privs: %w", err)
 	}
+	if err := denySubvolumes(); err != nil {
+		return 0, err
+	}
 	devNull, err := os.Open(os.DevNull)
 	if err != nil {
 		return 0, err
@@ -339,6 +342,9 @@ func execAsUser(cfg *InitConfig) error {
 	}
 	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
 		return fmt.Errorf("setting no_new_privs: %w", err)
+	}
+	if err := denySubvolumes(); err != nil {
+		return err
 	}
 	// As root: the working directory of a task from before the isolation
 	// lies below directories private to root.
