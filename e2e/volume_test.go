@@ -2,12 +2,12 @@ package e2e
 
 import (
 	"bytes"
-	"errors"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"io"
 	"os"
