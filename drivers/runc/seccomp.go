@@ -28,5 +28,65 @@ func defaultSeccomp(spec *specs.Spec) (*specs.LinuxSeccomp, error) {
 		return nil, fmt.Errorf("building the default seccomp profile: %w", err)
 	}
 	s.Architectures = slices.DeleteFunc(s.Architectures, func(a specs.Arch) bool { return a == specs.ArchX32 })
+	denyBtrfsSubvolumes(s)
 	return s, nil
+}
+
+// btrfsSubvolumeIoctls are BTRFS_IOC_SNAP_CREATE, SUBVOL_CREATE,
+// SNAP_CREATE_V2 and SUBVOL_CREATE_V2 (_IOW(0x94, nr, 4096-byte args)).
+var btrfsSubvolumeIoctls = []uint32{0x50009401, 0x5000940e, 0x50009417, 0x50009418}
+
+// denyBtrfsSubvolumes makes the profile refuse (with its default action,
+// EPERM) the ioctls that make btrfs subvolumes and snapshots: one made
+// inside a volume would escape its quota (agent/quota.go). A conditional
+// rule cannot carve exceptions out of the profile's unconditional allow
+// of ioctl (libseccomp keeps the unconditional one), and rules compare
+// all 64 bits while the kernel reads the request's low 32: so ioctl
+// leaves the allow list and comes back as masked-equal rules on the
+// request's low 32 bits that cover every request but those four.
+func denyBtrfsSubvolumes(s *specs.LinuxSeccomp) {
+	for i := range s.Syscalls {
+		s.Syscalls[i].Names = slices.DeleteFunc(s.Syscalls[i].Names, func(n string) bool {
+			return n == "ioctl" && s.Syscalls[i].Action == specs.ActAllow && len(s.Syscalls[i].Args) == 0
+		})
+	}
+	for _, b := range coverExcept(btrfsSubvolumeIoctls) {
+		s.Syscalls = append(s.Syscalls, specs.LinuxSyscall{
+			Names: []string{"ioctl"}, Action: specs.ActAllow,
+			Args: []specs.LinuxSeccompArg{{Index: 1, Value: uint64(b.mask), ValueTwo: uint64(b.value), Op: specs.OpMaskedEqual}},
+		})
+	}
+}
+
+// maskedBlock is the set of 32-bit values v with v&mask == value.
+type maskedBlock struct{ mask, value uint32 }
+
+// coverExcept returns blocks, prefixes of the high bits, whose union is
+// every 32-bit value but those in deny (each block holds none of them).
+func coverExcept(deny []uint32) []maskedBlock {
+	var out []maskedBlock
+	var walk func(bits int, prefix uint32)
+	walk = func(bits int, prefix uint32) { // the block of the top bits of prefix
+		mask := ^uint32(0) << (32 - bits)
+		if bits == 0 {
+			mask = 0
+		}
+		in := 0
+		for _, d := range deny {
+			if d&mask == prefix {
+				in++
+			}
+		}
+		switch {
+		case in == 0:
+			out = append(out, maskedBlock{mask, prefix})
+		case bits == 32:
+			// a denied value: left out
+		default:
+			walk(bits+1, prefix)
+			walk(bits+1, prefix|1<<(31-bits))
+		}
+	}
+	walk(0, 0)
+	return out
 }

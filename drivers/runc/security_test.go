@@ -54,6 +54,16 @@ func main() {
 	try("settimeofday", syscall.SYS_SETTIMEOFDAY, 0, 0)
 	// SWAP_FLAG-less swapon of a missing file: ENOENT if the call got through.
 	try("swapon", syscall.SYS_SWAPON, str("/nonexistent"), 0)
+	// BTRFS_IOC_SUBVOL_CREATE and SNAP_CREATE_V2 on / (not btrfs): ENOTTY
+	// if the call got through; the same with the high 32 bits set (the
+	// kernel reads the low 32); TCGETS on / gets through (ENOTTY).
+	root, _ := syscall.Open("/", syscall.O_RDONLY|syscall.O_DIRECTORY, 0)
+	args := make([]byte, 4096)
+	try("btrfs_subvol_create", syscall.SYS_IOCTL, uintptr(root), 0x5000940e, uintptr(unsafe.Pointer(&args[0])))
+	try("btrfs_snap_create_v2", syscall.SYS_IOCTL, uintptr(root), 0x50009417, uintptr(unsafe.Pointer(&args[0])))
+	try("btrfs_subvol_create_high", syscall.SYS_IOCTL, uintptr(root), 0xffffffff5000940e, uintptr(unsafe.Pointer(&args[0])))
+	try("ioctl_tcgets", syscall.SYS_IOCTL, uintptr(root), 0x5401, uintptr(unsafe.Pointer(&args[0])))
+	try("ioctl_near", syscall.SYS_IOCTL, uintptr(root), 0x5000940f, uintptr(unsafe.Pointer(&args[0])))
 }
 `
 
@@ -154,6 +164,10 @@ func TestSeccompDefaultProfile(t *testing.T) {
 		"Seccomp": "2", "unshare-U": "refused", "mount-tmpfs": "refused", "mount": eperm,
 		"keyctl": eperm, "bpf": eperm, "init_module": eperm,
 		"clock_settime": eperm, "settimeofday": eperm, "swapon": eperm,
+		// btrfs subvolumes would escape a volume's quota (agent/quota.go);
+		// other ioctls get through.
+		"btrfs_subvol_create": eperm, "btrfs_snap_create_v2": eperm, "btrfs_subvol_create_high": eperm,
+		"ioctl_tcgets": "25", "ioctl_near": "25",
 	}
 	for k, w := range want {
 		if got[k] != w {
