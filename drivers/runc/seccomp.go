@@ -6,6 +6,8 @@ import (
 
 	"github.com/moby/profiles/seccomp"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/corral-dev/corral/drivers/internal/btrfsioc"
 )
 
 // defaultSeccomp returns the container runtimes' default seccomp profile
@@ -32,10 +34,6 @@ func defaultSeccomp(spec *specs.Spec) (*specs.LinuxSeccomp, error) {
 	return s, nil
 }
 
-// btrfsSubvolumeIoctls are BTRFS_IOC_SNAP_CREATE, SUBVOL_CREATE,
-// SNAP_CREATE_V2 and SUBVOL_CREATE_V2 (_IOW(0x94, nr, 4096-byte args)).
-var btrfsSubvolumeIoctls = []uint32{0x50009401, 0x5000940e, 0x50009417, 0x50009418}
-
 // denyBtrfsSubvolumes makes the profile refuse (with its default action,
 // EPERM) the ioctls that make btrfs subvolumes and snapshots: one made
 // inside a volume would escape its quota (agent/quota.go). A conditional
@@ -50,7 +48,7 @@ func denyBtrfsSubvolumes(s *specs.LinuxSeccomp) {
 			return n == "ioctl" && s.Syscalls[i].Action == specs.ActAllow && len(s.Syscalls[i].Args) == 0
 		})
 	}
-	for _, b := range coverExcept(btrfsSubvolumeIoctls) {
+	for _, b := range coverExcept(btrfsioc.SubvolumeIoctls) {
 		s.Syscalls = append(s.Syscalls, specs.LinuxSyscall{
 			Names: []string{"ioctl"}, Action: specs.ActAllow,
 			Args: []specs.LinuxSeccompArg{{Index: 1, Value: uint64(b.mask), ValueTwo: uint64(b.value), Op: specs.OpMaskedEqual}},

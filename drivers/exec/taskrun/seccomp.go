@@ -5,6 +5,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/corral-dev/corral/drivers/internal/btrfsioc"
 )
 
 // A kernel's command gets a seccomp filter that refuses (EPERM) the btrfs
@@ -15,14 +17,6 @@ import (
 // needs no capability, only write access, hence the filter. (The exec
 // driver's other defences are the unprivileged uid, no_new_privs and the
 // namespaces; it has no general system call filter.)
-
-// btrfs ioctl requests that make subvolumes: _IOW(0x94, nr, 4096-byte args).
-var btrfsSubvolumeIoctls = []uint32{
-	0x50009401, // BTRFS_IOC_SNAP_CREATE
-	0x5000940e, // BTRFS_IOC_SUBVOL_CREATE
-	0x50009417, // BTRFS_IOC_SNAP_CREATE_V2
-	0x50009418, // BTRFS_IOC_SUBVOL_CREATE_V2
-}
 
 const (
 	auditArchX86_64 = 0xc000003e
@@ -58,8 +52,8 @@ func subvolumeFilter() []unix.SockFilter {
 		bpfJump(sysIoctlI386, 0, 5),          // 6: -> 7, else 12
 		bpfStmt(uint16(ld), seccompDataArg1), // 7
 	}
-	for i, req := range btrfsSubvolumeIoctls { // 8..11: -> 13 (deny)
-		prog = append(prog, bpfJump(req, uint8(len(btrfsSubvolumeIoctls)-i), 0))
+	for i, req := range btrfsioc.SubvolumeIoctls { // 8..11: -> 13 (deny)
+		prog = append(prog, bpfJump(req, uint8(len(btrfsioc.SubvolumeIoctls)-i), 0))
 	}
 	return append(prog,
 		bpfStmt(unix.BPF_RET|unix.BPF_K, unix.SECCOMP_RET_ALLOW),                    // 12
