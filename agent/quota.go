@@ -9,6 +9,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/corral-dev/corral/internal/btrfsioc"
 )
 
 // Volume quotas (docs/volumes.md "Quotas"). A backend on btrfs gets
@@ -24,23 +26,9 @@ const (
 	QuotaMeasured = "measured" // reported by du, not enforced
 )
 
-// btrfs ioctls (linux/btrfs.h): _IOC(dir, 0x94, nr, size).
 const (
-	btrfsIoctlMagic   = 0x94
-	btrfsSuperMagic   = 0x9123683e
-	btrfsFirstFreeIno = 256 // a subvolume's root directory inode
-
 	btrfsQuotaCtlEnable  = 1
 	btrfsQgroupLimitRfer = 1 << 0 // BTRFS_QGROUP_LIMIT_MAX_RFER
-)
-
-func iocNum(dir, nr, size uintptr) uintptr {
-	return dir<<30 | size<<16 | btrfsIoctlMagic<<8 | nr
-}
-
-const (
-	iocWrite = 1
-	iocRead  = 2
 )
 
 // btrfsVolArgs is struct btrfs_ioctl_vol_args.
@@ -65,12 +53,6 @@ type btrfsQgroupLimitArgs struct {
 	RsvExcl  uint64
 }
 
-var (
-	btrfsIocSubvolCreate = iocNum(iocWrite, 14, unsafe.Sizeof(btrfsVolArgs{}))
-	btrfsIocQuotaCtl     = iocNum(iocWrite|iocRead, 40, unsafe.Sizeof(btrfsQuotaCtlArgs{}))
-	btrfsIocQgroupLimit  = iocNum(iocRead, 43, unsafe.Sizeof(btrfsQgroupLimitArgs{}))
-)
-
 func ioctl(fd int, req uintptr, arg unsafe.Pointer) error {
 	if _, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), req, uintptr(arg)); e != 0 {
 		return e
@@ -78,16 +60,10 @@ func ioctl(fd int, req uintptr, arg unsafe.Pointer) error {
 	return nil
 }
 
-// onBtrfs says whether path lies on a btrfs filesystem.
-func onBtrfs(path string) bool {
-	var st unix.Statfs_t
-	return unix.Statfs(path, &st) == nil && uint32(st.Type) == btrfsSuperMagic
-}
-
 // isSubvolume says whether dir is the root of a btrfs subvolume.
 func isSubvolume(dir string) bool {
 	var st unix.Stat_t
-	return onBtrfs(dir) && unix.Stat(dir, &st) == nil && st.Ino == btrfsFirstFreeIno
+	return btrfsioc.OnBtrfs(dir) && unix.Stat(dir, &st) == nil && st.Ino == btrfsioc.FirstFreeIno
 }
 
 // makeVolumeDir makes the directory dir (its parent exists): a btrfs
@@ -95,7 +71,7 @@ func isSubvolume(dir string) bool {
 // a plain directory elsewhere.
 func makeVolumeDir(dir string) error {
 	parent, name := filepath.Split(dir)
-	if !onBtrfs(parent) {
+	if !btrfsioc.OnBtrfs(parent) {
 		return os.Mkdir(dir, 0o750)
 	}
 	f, err := os.Open(parent)
@@ -108,7 +84,7 @@ func makeVolumeDir(dir string) error {
 		return fmt.Errorf("volume directory name %q too long", name)
 	}
 	copy(args.Name[:], name)
-	if err := ioctl(int(f.Fd()), btrfsIocSubvolCreate, unsafe.Pointer(&args)); err != nil {
+	if err := ioctl(int(f.Fd()), btrfsioc.SubvolCreate, unsafe.Pointer(&args)); err != nil {
 		if errors.Is(err, unix.EEXIST) {
 			return os.ErrExist
 		}
@@ -124,16 +100,11 @@ var quotaEnabled sync.Map
 // enforceQuota holds the volume directory dir to quota bytes (0: no
 // limit) where its filesystem can, and says how the quota holds:
 // QuotaEnforced or QuotaMeasured. On btrfs it sets the qgroup limit of
-// dir's subvolume, turning quotas on for the filesystem first when they
-// are off (logged once). A directory that is not a subvolume (made
+// dir's subvolume; when quotas are off on the filesystem it turns them
+// on first if enable (a kernel's start; logged once), else reports
+// measured (volume list). A directory that is not a subvolume (made
 // before corral used subvolumes, or on another filesystem) is measured.
-func (a *Agent) enforceQuota(dir string, quota int64) (string, error) {
-	return a.setQuota(dir, quota, true)
-}
-
-// setQuota is enforceQuota; enable says whether it may turn quotas on
-// (a kernel's start may; measuring for volume list only reports).
-func (a *Agent) setQuota(dir string, quota int64, enable bool) (string, error) {
+func (a *Agent) enforceQuota(dir string, quota int64, enable bool) (string, error) {
 	if !isSubvolume(dir) {
 		return QuotaMeasured, nil
 	}
@@ -148,7 +119,7 @@ func (a *Agent) setQuota(dir string, quota int64, enable bool) (string, error) {
 	} else {
 		limit.Flags, limit.MaxRfer = btrfsQgroupLimitRfer, ^uint64(0) // none
 	}
-	err = ioctl(int(f.Fd()), btrfsIocQgroupLimit, unsafe.Pointer(&limit))
+	err = ioctl(int(f.Fd()), btrfsioc.QgroupLimit, unsafe.Pointer(&limit))
 	if errors.Is(err, unix.ENOTCONN) || errors.Is(err, unix.ENOENT) {
 		// Quotas are off on this filesystem: turn them on (cheap on a
 		// new filesystem; a rescan of existing data runs in the
@@ -157,16 +128,16 @@ func (a *Agent) setQuota(dir string, quota int64, enable bool) (string, error) {
 			return QuotaMeasured, nil
 		}
 		ctl := btrfsQuotaCtlArgs{Cmd: btrfsQuotaCtlEnable}
-		if err := ioctl(int(f.Fd()), btrfsIocQuotaCtl, unsafe.Pointer(&ctl)); err != nil {
+		if err := ioctl(int(f.Fd()), btrfsioc.QuotaCtl, unsafe.Pointer(&ctl)); err != nil {
 			return QuotaMeasured, fmt.Errorf("turning btrfs quotas on for %s: %w", dir, err)
 		}
 		var st unix.Stat_t
 		if unix.Stat(dir, &st) == nil {
-			if _, seen := quotaEnabled.LoadOrStore(st.Dev, true); !seen && a != nil && a.logger != nil {
+			if _, seen := quotaEnabled.LoadOrStore(st.Dev, true); !seen {
 				a.logger.Info("turned btrfs quotas on to enforce volume quotas", "filesystem", dir)
 			}
 		}
-		err = ioctl(int(f.Fd()), btrfsIocQgroupLimit, unsafe.Pointer(&limit))
+		err = ioctl(int(f.Fd()), btrfsioc.QgroupLimit, unsafe.Pointer(&limit))
 	}
 	if err != nil {
 		return QuotaMeasured, fmt.Errorf("setting the btrfs quota of %s: %w", dir, err)

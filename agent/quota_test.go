@@ -8,9 +8,11 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/corral-dev/corral/internal/btrfsioc"
 	"github.com/corral-dev/corral/internal/btrfstest"
 	"github.com/corral-dev/corral/rpc"
 )
@@ -38,12 +40,12 @@ func TestVolumeQuotaBtrfs(t *testing.T) {
 	if err := unix.Stat(dir, &st); err != nil || st.Uid != 65534 || st.Mode&0o777 != 0o750 {
 		t.Fatalf("volume dir: uid %d mode %o (%v), want 65534 0750", st.Uid, st.Mode&0o777, err)
 	}
-	how, err := a.enforceQuota(dir, quota)
+	how, err := a.enforceQuota(dir, quota, true)
 	if err != nil || how != QuotaEnforced {
 		t.Fatalf("enforceQuota = %q, %v; want %q", how, err, QuotaEnforced)
 	}
 	// Setting it again (every mount does) is fine.
-	if how, err := a.enforceQuota(dir, quota); err != nil || how != QuotaEnforced {
+	if how, err := a.enforceQuota(dir, quota, true); err != nil || how != QuotaEnforced {
 		t.Fatalf("second enforceQuota = %q, %v", how, err)
 	}
 
@@ -77,7 +79,7 @@ func TestVolumeQuotaBtrfs(t *testing.T) {
 	if err := ensureVolumeDir(free, -1, -1); err != nil {
 		t.Fatal(err)
 	}
-	if how, err := a.enforceQuota(free, 0); err != nil || how != QuotaMeasured {
+	if how, err := a.enforceQuota(free, 0, true); err != nil || how != QuotaMeasured {
 		t.Fatalf("enforceQuota without a quota = %q, %v", how, err)
 	}
 	if err := os.WriteFile(filepath.Join(free, "big"), make([]byte, 2*quota), 0o644); err != nil {
@@ -94,10 +96,10 @@ func TestVolumeQuotaBtrfs(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, d := range []string{plain, other} {
-		if d == other && onBtrfs(other) {
+		if d == other && btrfsioc.OnBtrfs(other) {
 			continue // the temporary directory is on btrfs itself
 		}
-		if how, err := a.enforceQuota(d, quota); err != nil || how != QuotaMeasured {
+		if how, err := a.enforceQuota(d, quota, true); err != nil || how != QuotaMeasured {
 			t.Fatalf("enforceQuota(%s) = %q, %v; want %q", d, how, err, QuotaMeasured)
 		}
 	}
@@ -134,5 +136,22 @@ func TestVolumeQuotaBtrfs(t *testing.T) {
 	}
 	if q := resp.Volumes[0].Quota; q != QuotaMeasured {
 		t.Fatalf("a volume with a subvolume inside: quota %q, want %q", q, QuotaMeasured)
+	}
+}
+
+// TestBtrfsIoctlSizes: the argument structs match the sizes the ioctl
+// requests encode (bits 16-29).
+func TestBtrfsIoctlSizes(t *testing.T) {
+	for _, c := range []struct {
+		req  uint32
+		size uintptr
+	}{
+		{btrfsioc.SubvolCreate, unsafe.Sizeof(btrfsVolArgs{})},
+		{btrfsioc.QuotaCtl, unsafe.Sizeof(btrfsQuotaCtlArgs{})},
+		{btrfsioc.QgroupLimit, unsafe.Sizeof(btrfsQgroupLimitArgs{})},
+	} {
+		if got := uintptr(c.req>>16) & 0x3fff; got != c.size {
+			t.Errorf("request %#x encodes %d bytes, the struct has %d", c.req, got, c.size)
+		}
 	}
 }

@@ -12,10 +12,10 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/corral-dev/corral/internal/btrfsioc"
 	"github.com/corral-dev/corral/plugins/drivers"
 	"github.com/corral-dev/corral/rpc"
 	"github.com/corral-dev/corral/structs"
@@ -77,7 +77,7 @@ func (r *kernelRunner) prepareVolumes(cfg *drivers.TaskConfig) error {
 		if err := ensureVolumeDir(dir, uid, gid); err != nil {
 			return fmt.Errorf("volume %s: %w", m.Volume, err)
 		}
-		if _, err := r.a.enforceQuota(dir, m.QuotaBytes); err != nil {
+		if _, err := r.a.enforceQuota(dir, m.QuotaBytes, true); err != nil {
 			// The kernel starts: its volume is measured, as on any
 			// filesystem without quotas.
 			r.a.logger.Warn("volume quota not enforced", "volume", m.Volume, "error", err)
@@ -184,12 +184,12 @@ func (s *agentService) VolumeUsage(ctx context.Context, req *rpc.VolumeUsageRequ
 		}
 		if errors.Is(err, fs.ErrNotExist) {
 			err = nil // never mounted yet: empty
-			if v.QuotaBytes > 0 && onBtrfs(s.a.cfg.VolumeRoots[v.Backend]) {
+			if v.QuotaBytes > 0 && btrfsioc.OnBtrfs(s.a.cfg.VolumeRoots[v.Backend]) {
 				u.Quota = QuotaEnforced // its first mount makes a subvolume and sets the limit
 			}
 		} else if err == nil && v.QuotaBytes > 0 {
 			var qerr error
-			if u.Quota, qerr = s.a.setQuota(dir, v.QuotaBytes, false); qerr != nil {
+			if u.Quota, qerr = s.a.enforceQuota(dir, v.QuotaBytes, false); qerr != nil {
 				s.a.logger.Warn("volume quota not enforced", "dir", dir, "error", qerr)
 			}
 			if nested > 0 && u.Quota == QuotaEnforced {
@@ -226,12 +226,8 @@ func du(ctx context.Context, dir string) (bytes, files int64, subvolumes int, er
 			return nil
 		}
 		files++
-		if d.IsDir() {
-			if fi, err := d.Info(); err == nil {
-				if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Ino == btrfsFirstFreeIno && onBtrfs(p) {
-					subvolumes++
-				}
-			}
+		if d.IsDir() && isSubvolume(p) {
+			subvolumes++
 		}
 		if d.Type().IsRegular() {
 			fi, err := d.Info()

@@ -23,6 +23,7 @@ import (
 
 	"github.com/corral-dev/corral/api"
 	execdriver "github.com/corral-dev/corral/drivers/exec"
+	"github.com/corral-dev/corral/internal/btrfsioc"
 	"github.com/corral-dev/corral/internal/btrfstest"
 	"github.com/corral-dev/corral/structs"
 )
@@ -208,7 +209,7 @@ func TestVolumes(t *testing.T) {
 	if len(l.Volumes) != 1 || l.Volumes[0].UsageBytes != 6 || l.Volumes[0].UsageFiles != 2 || l.Volumes[0].UsageError != "" {
 		t.Fatalf("volume list = %+v, want data with 6 bytes in 2 entries", l.Volumes[0])
 	}
-	if q := l.Volumes[0].QuotaEnforcement; q != "measured" && !(q == "enforced" && onBtrfs(host)) {
+	if q := l.Volumes[0].QuotaEnforcement; q != "measured" && !(q == "enforced" && btrfsioc.OnBtrfs(host)) {
 		t.Fatalf("quota of a volume on %s: %q, want measured (not btrfs)", host, q)
 	}
 	if bl, err := bob.Volumes(ctx); err != nil || len(bl.Volumes) != 0 {
@@ -331,12 +332,6 @@ func TestVolumeQuotaBtrfs(t *testing.T) {
 	if !strings.Contains(r.stdout, "8MiB enforced") {
 		t.Fatalf("volume list does not say the quota is enforced:\n%s", r.stdout)
 	}
-}
-
-// onBtrfs says whether path is on btrfs (where volume quotas hold).
-func onBtrfs(path string) bool {
-	var st syscall.Statfs_t
-	return syscall.Statfs(path, &st) == nil && uint32(st.Type) == 0x9123683e
 }
 
 // newKeyPair returns an ed25519 signer, its authorized_keys line and the

@@ -21,7 +21,7 @@ func TestLightDependencies(t *testing.T) {
 		"github.com/corral-dev/corral/drivers/exec/cgroup":       true,
 		"github.com/corral-dev/corral/drivers/exec/taskrun":      true,
 		"github.com/corral-dev/corral/drivers/internal/logcap":   true,
-		"github.com/corral-dev/corral/drivers/internal/btrfsioc": true, // one list of numbers, for the init's seccomp filter
+		"github.com/corral-dev/corral/internal/btrfsioc": true, // one list of numbers, for the init's seccomp filter
 		"github.com/corral-dev/corral/version":                   true, // one string
 	}
 	for _, p := range strings.Fields(string(out)) {

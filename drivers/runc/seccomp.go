@@ -7,7 +7,7 @@ import (
 	"github.com/moby/profiles/seccomp"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
-	"github.com/corral-dev/corral/drivers/internal/btrfsioc"
+	"github.com/corral-dev/corral/internal/btrfsioc"
 )
 
 // defaultSeccomp returns the container runtimes' default seccomp profile

@@ -5,7 +5,7 @@ import (
 	"slices"
 	"testing"
 
-	"github.com/corral-dev/corral/drivers/internal/btrfsioc"
+	"github.com/corral-dev/corral/internal/btrfsioc"
 )
 
 // TestCoverExcept: the allow blocks for ioctl cover every 32-bit request

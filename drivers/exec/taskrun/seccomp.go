@@ -6,7 +6,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/corral-dev/corral/drivers/internal/btrfsioc"
+	"github.com/corral-dev/corral/internal/btrfsioc"
 )
 
 // A kernel's command gets a seccomp filter that refuses (EPERM) the btrfs
