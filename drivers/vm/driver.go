@@ -717,13 +717,19 @@ func volumeMounts(cfg *drivers.TaskConfig) []drivers.Mount {
 func guestShares(cfg *drivers.TaskConfig, chroot bool) []guestproto.Share {
 	var shares []guestproto.Share
 	for i, m := range volumeMounts(cfg) {
-		dst := path.Clean("/" + m.Destination)
-		if chroot {
-			dst = path.Join(guestproto.RootDir, dst)
-		}
-		shares = append(shares, guestproto.Share{Tag: shareTag(i), Path: dst, ReadOnly: m.ReadOnly})
+		shares = append(shares, guestproto.Share{Tag: shareTag(i), Path: guestPath(m.Destination, chroot), ReadOnly: m.ReadOnly})
 	}
 	return shares
+}
+
+// guestPath is where a mount's destination lies in the guest: below the
+// image root when the command runs chrooted there.
+func guestPath(dest string, chroot bool) string {
+	dst := path.Clean("/" + dest)
+	if chroot {
+		dst = path.Join(guestproto.RootDir, dst)
+	}
+	return dst
 }
 
 // shareTag is the virtio-9p mount tag (and fsdev id) of the i-th volume.
@@ -949,11 +955,7 @@ func archiveMounts(w *cpioWriter, cfg *drivers.TaskConfig) error {
 		if m.Volume {
 			continue // shared live over virtio-9p (volumeMounts)
 		}
-		dst := path.Clean("/" + m.Destination)
-		if cfg.RootFS != "" {
-			dst = path.Join(guestproto.RootDir, dst)
-		}
-		dst = strings.TrimPrefix(dst, "/")
+		dst := strings.TrimPrefix(guestPath(m.Destination, cfg.RootFS != ""), "/")
 		var parents []string
 		for p := path.Dir(dst); p != "." && p != "/" && !made[p]; p = path.Dir(p) {
 			parents = append(parents, p)

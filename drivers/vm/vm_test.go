@@ -499,3 +499,20 @@ done`)
 	}
 	t.Logf("FIGURE vm 64 MiB in the guest (TCG), 9p volume vs guest tmpfs:\n%s", testutils.ReadLog(t, cfg.StdoutPath))
 }
+
+// TestVolumesRefusedAsRoot: volumes that qemu would serve as host root (no
+// owner, run_as empty) are refused before anything is made.
+func TestVolumesRefusedAsRoot(t *testing.T) {
+	c := testConfig(t)
+	c.RunAs = ""
+	d := testutils.InMemoryPlugin(t, vm.New(c, testutils.TestLogger(t)))
+	cfg := vmTask(t, "/bin/true")
+	cfg.Mounts = append(cfg.Mounts, drivers.Mount{Source: t.TempDir(), Destination: "/data", Volume: true})
+	_, err := d.Start(context.Background(), cfg)
+	if !errors.Is(err, drivers.ErrInvalidConfig) || !strings.Contains(err.Error(), "qemu would serve as host root") {
+		t.Fatalf("Start: err = %v, want ErrInvalidConfig saying qemu would serve the volumes as host root", err)
+	}
+	if _, err := os.Stat(filepath.Join(cfg.TaskDir, "vm")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a refused start left %s/vm", cfg.TaskDir)
+	}
+}
