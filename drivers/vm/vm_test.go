@@ -516,3 +516,59 @@ func TestVolumesRefusedAsRoot(t *testing.T) {
 		t.Errorf("a refused start left %s/vm", cfg.TaskDir)
 	}
 }
+
+// TestVolumeSurvivesPluginRestart: a VM keeps its live volume across a
+// plugin restart (a new driver recovers the task): the guest goes on
+// seeing the host's writes and writing the host's files.
+func TestVolumeSurvivesPluginRestart(t *testing.T) {
+	c := testConfig(t)
+	d1 := testutils.InMemoryPlugin(t, vm.New(c, testutils.TestLogger(t)))
+	vol := t.TempDir()
+	if err := os.Chown(vol, 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
+	cfg := vmTask(t, "/bin/sh", "-c", `while [ ! -e /data/stop ]; do echo tick >> /data/ticks; sleep 0.2; done; echo done > /data/out`)
+	cfg.Mounts = append(cfg.Mounts, drivers.Mount{Source: vol, Destination: "/data", Volume: true, Owner: &drivers.MountOwner{UID: 65534, GID: 65534}})
+	h, err := d1.Start(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ticks := func() int {
+		b, _ := os.ReadFile(filepath.Join(vol, "ticks"))
+		return strings.Count(string(b), "tick")
+	}
+	waitFor := func(what string, ok func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(vmTimeout); !ok(); time.Sleep(200 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out waiting for %s", what)
+			}
+		}
+	}
+	waitFor("the guest writing into the volume", func() bool { return ticks() > 0 })
+
+	b, err := json.Marshal(h) // as the agent's state store keeps it
+	if err != nil {
+		t.Fatal(err)
+	}
+	var saved drivers.TaskHandle
+	if err := json.Unmarshal(b, &saved); err != nil {
+		t.Fatal(err)
+	}
+	d2 := testutils.InMemoryPlugin(t, vm.New(c, testutils.TestLogger(t)))
+	t.Cleanup(func() { _ = d2.Destroy(context.Background(), cfg.ID, true) })
+	if err := d2.Recover(context.Background(), &saved); err != nil {
+		t.Fatalf("Recover: %v", err)
+	}
+	before := ticks()
+	waitFor("more ticks after the restart", func() bool { return ticks() > before+2 })
+	if err := os.WriteFile(filepath.Join(vol, "stop"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if res := testutils.WaitResult(t, d2, cfg.ID, vmTimeout); !res.Successful() {
+		t.Fatalf("result after the restart: %+v", res)
+	}
+	if b, err := os.ReadFile(filepath.Join(vol, "out")); err != nil || string(b) != "done\n" {
+		t.Fatalf("the guest's last write: %q, %v", b, err)
+	}
+}
