@@ -135,6 +135,12 @@ func TestVolumes(t *testing.T) {
 	if _, err := alice.CreateVolume(ctx, &api.CreateVolumeRequest{Name: "x", Backend: "nfs"}); !isStatus(err, 400) {
 		t.Fatalf("create on a backend no agent reaches: %v, want 400", err)
 	}
+	if _, err := alice.CreateVolume(ctx, &api.CreateVolumeRequest{Name: "x", Quota: "lots"}); !isStatus(err, 400) || !strings.Contains(err.Error(), `quota "lots"`) {
+		t.Fatalf("create with quota lots: %v, want 400 naming the quota", err)
+	}
+	if r := cli(t, d.addr, "volume", "create", "y", "-quota", "lots"); r.code == 0 || !strings.Contains(r.stderr, `quota "lots"`) || strings.Count(strings.TrimSpace(r.stderr), "\n") > 0 {
+		t.Fatalf("corral volume create -quota lots: exit %d, stderr %q; want a failure in one line naming the quota", r.code, r.stderr)
+	}
 
 	// A batch session writes; the files belong to the exec kernels' uid.
 	s1, out := runBatch(t, alice, []string{"data:/mnt/data"}, "echo hello > /mnt/data/greeting && mkdir -p /mnt/data/sub && id -u")
