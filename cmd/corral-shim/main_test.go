@@ -16,13 +16,13 @@ func TestLightDependencies(t *testing.T) {
 		t.Fatalf("go list -deps: %v", err)
 	}
 	allowed := map[string]bool{
-		"github.com/corral-dev/corral/cmd/corral-shim":           true,
-		"github.com/corral-dev/corral/drivers/shim":              true,
-		"github.com/corral-dev/corral/drivers/exec/cgroup":       true,
-		"github.com/corral-dev/corral/drivers/exec/taskrun":      true,
-		"github.com/corral-dev/corral/drivers/internal/logcap":   true,
-		"github.com/corral-dev/corral/internal/btrfsioc": true, // one list of numbers, for the init's seccomp filter
-		"github.com/corral-dev/corral/version":                   true, // one string
+		"github.com/corral-dev/corral/cmd/corral-shim":         true,
+		"github.com/corral-dev/corral/drivers/shim":            true,
+		"github.com/corral-dev/corral/drivers/exec/cgroup":     true,
+		"github.com/corral-dev/corral/drivers/exec/taskrun":    true,
+		"github.com/corral-dev/corral/drivers/internal/logcap": true,
+		"github.com/corral-dev/corral/internal/btrfsioc":       true, // one list of numbers, for the init's seccomp filter
+		"github.com/corral-dev/corral/version":                 true, // one string
 	}
 	for _, p := range strings.Fields(string(out)) {
 		first, _, _ := strings.Cut(p, "/")
